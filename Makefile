@@ -1,0 +1,69 @@
+# AEAMC — developer entry points. `make test` and `make demo` set up everything they need.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+PY_STAMP := $(VENV)/.installed
+PY_INPUTS := requirements/constraints.txt requirements/dev.txt \
+	shared/pyproject.toml agent/pyproject.toml coordinator/pyproject.toml
+NODE_STAMP := node_modules/.installed
+DEB_STAMP := $(VENV)/.debian-packages
+
+.PHONY: help deps test lint format demo lock clean
+
+help:
+	@echo "make test    install what is missing, then lint and run every test with coverage"
+	@echo "make demo    run a local network (chain, coordinator, agents) and show the result"
+	@echo "make lint    ruff check and format check"
+	@echo "make format  apply ruff formatting"
+	@echo "make lock    re-resolve requirements/constraints.txt from requirements/dev.txt"
+	@echo "make clean   remove the virtualenv, node_modules and caches"
+
+$(PY_STAMP): $(PY_INPUTS)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -c requirements/constraints.txt -r requirements/dev.txt
+	$(BIN)/python -m pip install -q --no-build-isolation --no-deps \
+		-e shared -e agent -e coordinator
+	@touch $@
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(DEB_STAMP): requirements/debian.txt | $(PY_STAMP)
+	tools/ensure-debian-packages requirements/debian.txt
+	@touch $@
+
+deps: $(PY_STAMP) $(NODE_STAMP) $(DEB_STAMP)
+
+lint: $(PY_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(PY_STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: deps lint
+	rm -f .coverage .coverage.*
+	$(BIN)/python -m pytest --cov --cov-report=term --cov-fail-under=80
+
+demo: deps
+	@echo "The demo (embedded chain, a coordinator and several agents on loopback) is not"
+	@echo "part of this version yet: the coordinator and agent daemons are still being built."
+	@echo "What works today is the protocol core; try: make test"
+	@exit 1
+
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q -r requirements/dev.txt
+	{ echo "# Pinned versions tested together: a fresh machine installs exactly these."; \
+	  echo "# Regenerate with: make lock"; \
+	  .lock-venv/bin/python -m pip freeze --all | grep -v '^pip=='; } > requirements/constraints.txt
+	rm -rf .lock-venv
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache .hypothesis .coverage .coverage.* htmlcov

@@ -1,0 +1,3 @@
+"""aeamc-agent."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+"""aeamc-coordinator."""
+
+__version__ = "0.1.0"

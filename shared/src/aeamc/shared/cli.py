@@ -1,0 +1,75 @@
+"""``aeamc``: the operator's and auditor's tool; it needs no coordinator.
+
+Exit status: 0 success, 1 the input is not valid (a refused block, a failed check),
+64 usage error, 66 input file missing or unreadable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from . import __version__, microblock
+from .errors import MicroblockError
+
+EX_OK, EX_INVALID, EX_USAGE, EX_NOINPUT = 0, 1, 64, 66
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _read_input(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _inspect_microblock(args: argparse.Namespace) -> int:
+    try:
+        data = _read_input(args.file)
+    except OSError as exc:
+        print(f"aeamc: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return EX_NOINPUT
+    if args.hex:
+        try:
+            data = bytes.fromhex(data.decode("ascii").strip())
+        except (UnicodeDecodeError, ValueError):
+            print("aeamc: invalid microblock: input is not hex", file=sys.stderr)
+            return EX_INVALID
+    try:
+        block = microblock.decode(data)
+    except MicroblockError as exc:
+        print(f"aeamc: invalid microblock: {exc}", file=sys.stderr)
+        return EX_INVALID
+    json.dump(block.to_json(), sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return EX_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="aeamc", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"aeamc {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    inspect = sub.add_parser("inspect", help="decode protocol artefacts")
+    what = inspect.add_subparsers(dest="what", required=True, parser_class=_Parser)
+    mb = what.add_parser("microblock", help="decode raw microblock bytes to JSON")
+    mb.add_argument("file", help="file with the raw block bytes, or - for stdin")
+    mb.add_argument("--hex", action="store_true", help="the input is hex text, not raw bytes")
+    mb.set_defaults(func=_inspect_microblock)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,355 @@
+"""The signed protocol messages of SPEC §2 and §9 as frozen, strictly parsed models.
+
+``parse(Model, data)`` accepts exactly the JSON the spec describes and nothing else, so a
+parsed model's ``to_dict()`` is byte-for-byte the object that was signed: signatures are
+verified on it without keeping the raw request around.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+from .canonical import MAX_SAFE_INT
+from .errors import FreshnessError, ValidationError
+from .identity import (
+    Signer,
+    check_key_matches_id,
+    parse_public_key,
+    sign_message,
+    verify_signature,
+)
+from .schema import (
+    Validator,
+    array,
+    boolean,
+    constant,
+    hex_bytes,
+    integer,
+    json_object,
+    nullable,
+    optional,
+    record,
+    text,
+)
+
+TASK_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}"
+KIND_PATTERN = r"[a-z0-9][a-z0-9._-]{0,63}"
+MAX_CHUNKS = 65_536
+#: Largest single chunk output a device may return (and the coordinator will store).
+MAX_CHUNK_OUTPUT = 1 << 20
+MAX_MERKLE_DEPTH = 64
+
+device_id_field = hex_bytes(16)
+task_id_field = text(64, TASK_ID_PATTERN)
+timestamp_field = integer(0, MAX_SAFE_INT)
+digest_field = hex_bytes(32)
+signature_field = hex_bytes(64)
+
+
+class Model:
+    """Shared behaviour of the message models: strict parsing and exact serialisation."""
+
+    FIELDS: ClassVar[dict[str, Any]]
+
+    @classmethod
+    def validator(cls) -> Validator:
+        return record(cls.FIELDS, cls)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if value is None and _is_optional(self.FIELDS[f.name]):
+                continue
+            out[f.name] = _plain(value)
+        return out
+
+
+def _is_optional(spec: Any) -> bool:
+    return isinstance(spec, tuple)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Model):
+        return value.to_dict()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+M = TypeVar("M", bound=Model)
+
+
+def parse(model: type[M], data: Any, path: str = "") -> M:
+    """Parse ``data`` (decoded JSON) as ``model`` or raise ``ValidationError``."""
+    return record(model.FIELDS, model)(data, path)  # type: ignore[no-any-return]
+
+
+class SignedMessage(Model):
+    TYPE: ClassVar[str]
+    signature: str
+
+    def signed_dict(self) -> dict[str, Any]:
+        return self.to_dict()
+
+    def verify(self, public_key: bytes, *, signer_id: str | None = None) -> None:
+        """Check that ``public_key`` fits ``signer_id`` and signed exactly this object."""
+        if signer_id is not None:
+            check_key_matches_id(public_key, signer_id)
+        verify_signature(self.to_dict(), public_key)
+
+
+def sign(model: type[M], body: Mapping[str, Any], signer: Signer) -> M:
+    """Validate ``body`` (everything but the signature), sign it and return the model."""
+    return parse(model, sign_message(body, signer))
+
+
+def check_fresh(timestamp: int, now_ms: int, window_ms: int, field: str = "timestamp") -> None:
+    """Refuse timestamps more than ``window_ms`` away from ``now_ms`` in either direction."""
+    if abs(now_ms - timestamp) > window_ms:
+        raise FreshnessError(
+            f"{field} is {abs(now_ms - timestamp)} ms away from now (window {window_ms} ms)"
+        )
+
+
+# --- telemetry and capabilities ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Telemetry(Model):
+    """Integer-unit readings; ``None`` means the device cannot tell, never a guess."""
+
+    battery_pct: int | None
+    charging: bool | None
+    cpu_temp_mc: int | None
+    cpu_load_permille: int | None
+    net_latency_us: int | None
+    mem_available_kb: int | None
+
+    FIELDS: ClassVar[dict[str, Any]] = {
+        "battery_pct": nullable(integer(0, 100)),
+        "charging": nullable(boolean()),
+        "cpu_temp_mc": nullable(integer(-60_000, 200_000)),
+        "cpu_load_permille": nullable(integer(0, 1000)),
+        "net_latency_us": nullable(integer(0, 3_600_000_000)),
+        "mem_available_kb": nullable(integer(0, 1 << 50)),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities(Model):
+    """What a device offers; mirrors the agent's mDNS TXT record (SPEC §9)."""
+
+    kinds: tuple[str, ...]
+    cpus: int
+    mem_mb: int
+    battery: bool
+    version: str
+    endpoint: str | None
+
+    FIELDS: ClassVar[dict[str, Any]] = {
+        "kinds": array(text(64, KIND_PATTERN), 32),
+        "cpus": integer(1, 4096),
+        "mem_mb": integer(0, 1 << 30),
+        "battery": boolean(),
+        "version": text(64, r"[A-Za-z0-9.+~_-]+"),
+        "endpoint": nullable(text(256, r"https?://[A-Za-z0-9.:\[\]_-]+(/[A-Za-z0-9._~/-]*)?")),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionMetadata(Model):
+    execution_time_ms: int
+    cpu_time_ms: int
+    chunks: int
+
+    FIELDS: ClassVar[dict[str, Any]] = {
+        "execution_time_ms": integer(0, MAX_SAFE_INT),
+        "cpu_time_ms": integer(0, MAX_SAFE_INT),
+        "chunks": integer(1, MAX_CHUNKS),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkOpening(Model):
+    index: int
+    output: str
+    path: tuple[str, ...]
+
+    FIELDS: ClassVar[dict[str, Any]] = {
+        "index": integer(0, MAX_CHUNKS - 1),
+        "output": hex_bytes(max_bytes=MAX_CHUNK_OUTPUT),
+        "path": array(digest_field, MAX_MERKLE_DEPTH),
+    }
+
+
+# --- signed messages -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Enroll(SignedMessage):
+    TYPE: ClassVar[str] = "enroll"
+    type: str
+    public_key: str
+    device_id: str
+    timestamp: int
+    capabilities: Capabilities
+    signature: str
+    token: str | None = None
+
+    FIELDS: ClassVar[dict[str, Any]] = {
+        "type": constant("enroll"),
+        "public_key": hex_bytes(32),
+        "device_id": device_id_field,
+        "timestamp": timestamp_field,
+        "capabilities": Capabilities.validator(),
+        "token": optional(text(128, r"[A-Za-z0-9._~-]+")),
+        "signature": signature_field,
+    }
+
+    @property
+    def public_key_bytes(self) -> bytes:
+        return parse_public_key(self.public_key)
+
+    def verify_self(self) -> None:
+        """An enrollment is self-signed: the key it carries must fit its id and signature."""
+        self.verify(self.public_key_bytes, signer_id=self.device_id)
+
+
+@dataclass(frozen=True, slots=True)
+class PoA(SignedMessage):
+    TYPE: ClassVar[str] = "poa"
+    type: str
+    device_id: str
+    timestamp: int
+    seq: int
+    telemetry: Telemetry
+    signature: str
+
+    FIELDS: ClassVar[dict[str, Any]] = {
+        "type": constant("poa"),
+        "device_id": device_id_field,
+        "timestamp": timestamp_field,
+        "seq": integer(0, MAX_SAFE_INT),
+        "telemetry": Telemetry.validator(),
+        "signature": signature_field,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment(SignedMessage):
+    TYPE: ClassVar[str] = "assignment"
+    type: str
+    task_id: str
+    device_id: str
+    coordinator_id: str
+    kind: str
+    params: dict[str, Any]
+    chunks: int
+    issued_at: int
+    expires_at: int
+    signature: str
+
+    FIELDS: ClassVar[dict[str, Any]] = {
+        "type": constant("assignment"),
+        "task_id": task_id_field,
+        "device_id": device_id_field,
+        "coordinator_id": device_id_field,
+        "kind": text(64, KIND_PATTERN),
+        "params": json_object(),
+        "chunks": integer(1, MAX_CHUNKS),
+        "issued_at": timestamp_field,
+        "expires_at": timestamp_field,
+        "signature": signature_field,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class PoT(SignedMessage):
+    TYPE: ClassVar[str] = "pot"
+    type: str
+    task_id: str
+    device_id: str
+    timestamp: int
+    output_digest: str
+    trace_root: str
+    device_nonce: str
+    checkpoint: str
+    execution_metadata: ExecutionMetadata
+    signature: str
+
+    FIELDS: ClassVar[dict[str, Any]] = {
+        "type": constant("pot"),
+        "task_id": task_id_field,
+        "device_id": device_id_field,
+        "timestamp": timestamp_field,
+        "output_digest": digest_field,
+        "trace_root": digest_field,
+        "device_nonce": hex_bytes(16),
+        "checkpoint": digest_field,
+        "execution_metadata": ExecutionMetadata.validator(),
+        "signature": signature_field,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge(SignedMessage):
+    TYPE: ClassVar[str] = "challenge"
+    type: str
+    task_id: str
+    device_id: str
+    block_hash: str
+    indices: tuple[int, ...]
+    issued_at: int
+    signature: str
+
+    FIELDS: ClassVar[dict[str, Any]] = {
+        "type": constant("challenge"),
+        "task_id": task_id_field,
+        "device_id": device_id_field,
+        "block_hash": digest_field,
+        "indices": array(integer(0, MAX_CHUNKS - 1), 256, min_items=1),
+        "issued_at": timestamp_field,
+        "signature": signature_field,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Opening(SignedMessage):
+    TYPE: ClassVar[str] = "opening"
+    type: str
+    task_id: str
+    device_id: str
+    openings: tuple[ChunkOpening, ...]
+    signature: str
+
+    FIELDS: ClassVar[dict[str, Any]] = {
+        "type": constant("opening"),
+        "task_id": task_id_field,
+        "device_id": device_id_field,
+        "openings": array(ChunkOpening.validator(), 256, min_items=1),
+        "signature": signature_field,
+    }
+
+
+SIGNED_TYPES: dict[str, type[SignedMessage]] = {
+    m.TYPE: m for m in (Enroll, PoA, Assignment, PoT, Challenge, Opening)
+}
+
+
+def parse_signed(data: Any, expected: type[M]) -> M:
+    """Parse a signed message, refusing one of another ``type`` with code ``wrong_type``.
+
+    Cross-type confusion (a PoA replayed as a PoT) is refused before anything else is read.
+    """
+    if not isinstance(data, Mapping):
+        raise ValidationError("$", "expected a JSON object")
+    expected_type = expected.TYPE  # type: ignore[attr-defined]
+    if data.get("type") != expected_type:
+        raise ValidationError("type", f"expected {expected_type!r}", code="wrong_type")
+    return parse(expected, data)

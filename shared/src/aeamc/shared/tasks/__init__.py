@@ -1,0 +1,1 @@
+"""Task kinds: deterministic chunk functions shared by the agent and the coordinator."""
