@@ -148,7 +148,7 @@ def load_model() -> Model:
 def _numpy() -> ModuleType | None:
     """numpy if it is installed; it is an optional speed-up, never a requirement."""
     try:
-        import numpy  # noqa: PLC0415 - lazy on purpose: importing the kind must stay cheap
+        import numpy  # lazy on purpose: importing the kind must stay cheap
     except ImportError:
         return None
     return numpy

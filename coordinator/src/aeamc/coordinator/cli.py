@@ -1,0 +1,378 @@
+"""``aeamc-coordinator``: set up, run and operate a Microblock Coordinator.
+
+Exit status: 0 success, 1 the request was refused or failed, 64 usage error,
+69 the coordinator is not reachable, 78 configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import ConfigError, CoordinatorConfig, load_config, parse_config, render_config
+from .keys import KeyFileError, create_key_file, load_key_file
+
+EX_OK, EX_FAIL, EX_USAGE, EX_UNAVAILABLE, EX_CONFIG = 0, 1, 64, 69, 78
+DEFAULT_CONFIG = Path("/etc/aeamc/coordinator.toml")
+log = logging.getLogger("aeamc.coordinator")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
+class CliError(Exception):
+    def __init__(self, message: str, status: int = EX_FAIL) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    return Path(args.config or os.environ.get("AEAMC_COORDINATOR_CONFIG") or DEFAULT_CONFIG)
+
+
+def _load(args: argparse.Namespace) -> CoordinatorConfig:
+    try:
+        return load_config(_config_path(args))
+    except ConfigError as exc:
+        raise CliError(f"configuration error: {exc}", EX_CONFIG) from None
+
+
+# -- init and run ---------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    path = _config_path(args)
+    if path.exists():
+        config = _load(args)
+        print(f"using existing configuration {path}")
+    else:
+        data: dict[str, Any] = {"state_dir": str(Path(args.state_dir).resolve())}
+        if args.port is not None:
+            data["server"] = {"port": args.port}
+        if args.host is not None:
+            data.setdefault("server", {})["host"] = args.host
+        if args.cluster_id is not None:
+            data["protocol"] = {"cluster_id": args.cluster_id}
+        try:
+            config = parse_config(data)
+        except ConfigError as exc:
+            raise CliError(f"configuration error: {exc}", EX_CONFIG) from None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render_config(config))
+        print(f"wrote configuration {path}")
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(config.state_dir, 0o700)
+    if config.key_path.exists():
+        key = load_key_file(config.key_path)
+        print(f"identity exists: coordinator_id {key.device_id}")
+    else:
+        key = create_key_file(config.key_path)
+        print(f"created identity: coordinator_id {key.device_id}")
+    tokens_dir = config.state_dir / "tokens"
+    tokens_dir.mkdir(mode=0o700, exist_ok=True)
+    created = asyncio.run(_initial_tokens(config, key, tokens_dir))
+    for role, token in created.items():
+        print(f"{role} token (also saved in {tokens_dir / (role + '.token')}): {token}")
+    return EX_OK
+
+
+async def _initial_tokens(config: CoordinatorConfig, key: Any, tokens_dir: Path) -> dict[str, str]:
+    from aeamc.shared.tasks.registry import discover
+
+    from .db import Database
+    from .service import Coordinator
+
+    created: dict[str, str] = {}
+    db = Database(config.db_path)
+    db.open()
+    try:
+        c = Coordinator(config, key, db, discover())
+        for role in ("operator", "client"):
+            path = tokens_dir / f"{role}.token"
+            if path.exists():
+                continue
+            token = await c.create_token(role, label=f"initial {role}")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(token + "\n")
+            created[role] = token
+    finally:
+        db.close()
+    return created
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args)
+    try:
+        key = load_key_file(config.key_path)
+    except KeyFileError as exc:
+        raise CliError(f"configuration error: {exc}", EX_CONFIG) from None
+    return asyncio.run(_serve(config, key))
+
+
+async def _serve(config: CoordinatorConfig, key: Any) -> int:
+    from .app import CoordinatorService
+
+    service = CoordinatorService(config, key)
+    try:
+        await service.start()
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        await service.stop()
+        return EX_CONFIG
+    ready = config.state_dir / "coordinator.port"
+    ready.write_text(f"{service.port}\n")
+    _notify_ready()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    await service.stop()
+    return EX_OK
+
+
+def _notify_ready() -> None:
+    """systemd ``Type=notify``: say READY=1 once the API is listening."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    import socket
+
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(b"READY=1", address)
+
+
+# -- talking to a running coordinator ----------------------------------------------------------
+
+
+class Api:
+    def __init__(self, config: CoordinatorConfig, url: str | None, role: str = "operator") -> None:
+        port_file = config.state_dir / "coordinator.port"
+        port = config.server.port
+        if port == 0 and port_file.exists():
+            port = int(port_file.read_text().strip())
+        host = config.server.host
+        if host in ("0.0.0.0", "::", ""):  # noqa: S104
+            host = "127.0.0.1"
+        self.base = (url or f"http://{host}:{port}").rstrip("/")
+        token_file = config.state_dir / "tokens" / f"{role}.token"
+        self.token = token_file.read_text().strip() if token_file.exists() else None
+
+    def call(self, method: str, path: str, body: Any = None, *, raw: bool = False) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method)  # noqa: S310
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
+                payload = resp.read()
+        except urllib.error.HTTPError as exc:
+            try:
+                err = json.loads(exc.read())["error"]
+                message = f"{err['code']}: {err['message']}"
+            except (ValueError, KeyError, TypeError):
+                message = f"HTTP {exc.code}"
+            raise CliError(message) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise CliError(
+                f"cannot reach the coordinator at {self.base}: {reason}", EX_UNAVAILABLE
+            ) from None
+        return payload if raw else json.loads(payload)
+
+
+def _print(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    api = Api(_load(args), args.url)
+    summary = api.call("GET", "/v1/status")
+    health = api.call("GET", "/v1/health")
+    summary["health"] = health
+    if args.json:
+        _print(summary)
+        return EX_OK
+    print(
+        f"coordinator {summary['coordinator_id']}  cluster {summary['cluster_id']}  "
+        f"status {health['status']}  up {summary['uptime_s']} s"
+    )
+    for key in ("devices", "tasks", "proofs", "spot_checks"):
+        parts = ", ".join(f"{k} {v}" for k, v in sorted(summary[key].items())) or "none"
+        print(f"{key:12} {parts}")
+    print(f"{'blocks':12} {summary['blocks']} ({summary['unblocked_receipts']} receipts waiting)")
+    return EX_OK
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    api = Api(_load(args), args.url)
+    if args.action == "list":
+        devices = api.call("GET", "/v1/devices")["devices"]
+        if args.json:
+            _print(devices)
+            return EX_OK
+        print(f"{'device_id':32}  {'state':11}  {'eps':>6}  {'rep':>5}  kinds")
+        for d in devices:
+            eps = "-" if d["eps"] is None else f"{d['eps']:.3f}"
+            kinds = ",".join(d["capabilities"]["kinds"])
+            print(
+                f"{d['device_id']:32}  {d['state']:11}  {eps:>6}  {d['reputation']:5.2f}  {kinds}"
+            )
+        return EX_OK
+    if not args.device_id:
+        raise CliError("a device id is required", EX_USAGE)
+    if args.action == "show":
+        _print(api.call("GET", f"/v1/devices/{args.device_id}"))
+    else:
+        body = {"reason": args.reason} if args.reason else None
+        _print(api.call("POST", f"/v1/devices/{args.device_id}/{args.action}", body))
+    return EX_OK
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    api = Api(_load(args), args.url, role="client" if args.action == "submit" else "operator")
+    if args.action == "submit":
+        try:
+            params = json.loads(args.params)
+        except ValueError as exc:
+            raise CliError(f"--params is not JSON: {exc}", EX_USAGE) from None
+        body: dict[str, Any] = {"kind": args.kind, "params": params, "chunks": args.chunks}
+        if args.replicas:
+            body["replicas"] = args.replicas
+        _print(api.call("POST", "/v1/tasks", body))
+    elif args.action == "show":
+        if not args.task_id:
+            raise CliError("a task id is required", EX_USAGE)
+        _print(api.call("GET", f"/v1/tasks/{args.task_id}"))
+    else:
+        _print(api.call("GET", "/v1/tasks")["tasks"])
+    return EX_OK
+
+
+def cmd_blocks(args: argparse.Namespace) -> int:
+    api = Api(_load(args), args.url)
+    if args.action == "list":
+        _print(api.call("GET", "/v1/microblocks")["microblocks"])
+        return EX_OK
+    if args.height is None:
+        raise CliError("a block height is required", EX_USAGE)
+    if args.action == "show":
+        _print(api.call("GET", f"/v1/microblocks/{args.height}"))
+        return EX_OK
+    raw = api.call("GET", f"/v1/microblocks/{args.height}/raw", raw=True)
+    if args.output in (None, "-"):
+        sys.stdout.buffer.write(raw)
+    else:
+        Path(args.output).write_bytes(raw)
+    return EX_OK
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    api = Api(_load(args), args.url)
+    body: dict[str, Any] = {"role": args.role, "label": args.label or ""}
+    if args.ttl_s:
+        body["ttl_s"] = args.ttl_s
+    if args.uses:
+        body["uses"] = args.uses
+    _print(api.call("POST", "/v1/tokens", body))
+    return EX_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="aeamc-coordinator", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"aeamc-coordinator {__version__}")
+    p.add_argument("--config", help=f"configuration file (default {DEFAULT_CONFIG})")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    init = sub.add_parser("init", help="create configuration, state, identity and tokens")
+    init.add_argument("--state-dir", default="/var/lib/microblock-coordinator")
+    init.add_argument("--port", type=int)
+    init.add_argument("--host")
+    init.add_argument("--cluster-id", type=int)
+    init.set_defaults(func=cmd_init)
+
+    sub.add_parser("run", help="run the coordinator").set_defaults(func=cmd_run)
+
+    def remote(name: str, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help)
+        sp.add_argument("--url", help="coordinator URL (default: from the configuration)")
+        return sp
+
+    st = remote("status", "summary of a running coordinator")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
+    dv = remote("devices", "list, show, approve or quarantine devices")
+    dv.add_argument("action", choices=["list", "show", "approve", "quarantine"])
+    dv.add_argument("device_id", nargs="?")
+    dv.add_argument("--reason")
+    dv.add_argument("--json", action="store_true")
+    dv.set_defaults(func=cmd_devices)
+
+    tk = remote("tasks", "submit, show or list tasks")
+    tk.add_argument("action", choices=["submit", "show", "list"])
+    tk.add_argument("task_id", nargs="?")
+    tk.add_argument("--kind", default="sha256-chain")
+    tk.add_argument("--params", default="{}")
+    tk.add_argument("--chunks", type=int, default=1)
+    tk.add_argument("--replicas", type=int)
+    tk.set_defaults(func=cmd_tasks)
+
+    bl = remote("blocks", "list, show or export microblocks")
+    bl.add_argument("action", choices=["list", "show", "export"])
+    bl.add_argument("height", nargs="?", type=int)
+    bl.add_argument("-o", "--output", help="file for export (default stdout)")
+    bl.set_defaults(func=cmd_blocks)
+
+    to = remote("token", "create a token")
+    to.add_argument("action", choices=["create"])
+    to.add_argument("--role", choices=["enroll", "client", "operator"], default="enroll")
+    to.add_argument("--label")
+    to.add_argument("--ttl-s", type=int)
+    to.add_argument("--uses", type=int)
+    to.set_defaults(func=cmd_token)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args))
+    except CliError as exc:
+        print(f"aeamc-coordinator: {exc}", file=sys.stderr)
+        return exc.status
+    except KeyFileError as exc:
+        print(f"aeamc-coordinator: {exc}", file=sys.stderr)
+        return EX_CONFIG
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

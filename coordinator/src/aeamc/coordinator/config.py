@@ -1,0 +1,229 @@
+"""Coordinator configuration: one TOML file, one frozen dataclass per section.
+
+Every default is the documented one (docs/coordinator.md); an unknown key or a value of
+the wrong type is a configuration error (exit 78) rather than something silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aeamc.shared.eps import EpsConfig
+from aeamc.shared.errors import ValidationError
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "0.0.0.0"  # noqa: S104 - a LAN service listens on the LAN
+    port: int = 8443
+    #: Address advertised over mDNS; empty = the addresses of the host's interfaces.
+    advertise_address: str = ""
+    max_body_bytes: int = 16 * 1024 * 1024
+    mdns: bool = True
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    cluster_id: int = 1
+    heartbeat_window_s: int = 60
+    pot_window_s: int = 300
+    heartbeat_interval_s: int = 30
+    #: A device that has not sent a heartbeat for this long is ``stale``.
+    stale_after_s: int = 90
+    telemetry_retention_days: int = 30
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    tick_s: float = 0.5
+    assignment_timeout_s: int = 600
+    #: Assignments a device may hold at once before it counts as busy.
+    max_inflight_per_device: int = 1
+    push_timeout_s: float = 10.0
+    max_replicas: int = 5
+
+
+@dataclass(frozen=True)
+class BlockConfig:
+    interval_s: float = 10.0
+    max_receipts: int = 1000
+
+
+@dataclass(frozen=True)
+class SpotCheckConfig:
+    #: Chunks opened per challenge (k in SPEC §2).
+    k: int = 4
+    #: Passes after which a device is no longer checked on every task.
+    trust_after: int = 10
+    #: The check rate never drops below this, however long the record.
+    floor: float = 0.1
+    timeout_s: float = 15.0
+    max_attempts: int = 5
+    retry_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class EpsSection:
+    w_battery: float = 0.4
+    w_charging: float = 0.2
+    w_temperature: float = 0.2
+    w_network: float = 0.2
+    max_temp_c: int = 80
+    max_latency_ms: int = 500
+    min_eps: float = 0.5
+    min_poas: int = 2
+    poa_window_s: int = 120
+
+    def to_eps_config(self) -> EpsConfig:
+        return EpsConfig(
+            w_battery=self.w_battery,
+            w_charging=self.w_charging,
+            w_temperature=self.w_temperature,
+            w_network=self.w_network,
+            max_temp_c=self.max_temp_c,
+            max_latency_ms=self.max_latency_ms,
+            min_eps=self.min_eps,
+            min_poas=self.min_poas,
+            poa_window_ms=self.poa_window_s * 1000,
+        )
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    state_dir: Path = Path("/var/lib/microblock-coordinator")
+    server: ServerConfig = field(default_factory=ServerConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    blocks: BlockConfig = field(default_factory=BlockConfig)
+    spot_checks: SpotCheckConfig = field(default_factory=SpotCheckConfig)
+    eps: EpsSection = field(default_factory=EpsSection)
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "coordinator.db"
+
+    @property
+    def key_path(self) -> Path:
+        return self.state_dir / "identity.key"
+
+
+_SECTIONS = {
+    "server": ServerConfig,
+    "protocol": ProtocolConfig,
+    "scheduler": SchedulerConfig,
+    "blocks": BlockConfig,
+    "spot_checks": SpotCheckConfig,
+    "eps": EpsSection,
+}
+
+
+def _coerce(section: str, cls: type, values: Any) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{section}] must be a table")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{section}.{key}: unknown setting")
+        default = known[key].default
+        expected = type(default)
+        coerced = value
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            coerced = float(value)
+        if not isinstance(coerced, expected) or isinstance(value, bool) != isinstance(
+            default, bool
+        ):
+            raise ConfigError(
+                f"{section}.{key}: expected {expected.__name__}, got {type(value).__name__}"
+            )
+        out[key] = coerced
+    return cls(**out)
+
+
+def parse_config(data: dict[str, Any], *, base_dir: Path | None = None) -> CoordinatorConfig:
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "state_dir":
+            if not isinstance(value, str) or not value:
+                raise ConfigError("state_dir: expected a path")
+            path = Path(value)
+            if not path.is_absolute() and base_dir is not None:
+                path = base_dir / path
+            kwargs["state_dir"] = path
+        elif key in _SECTIONS:
+            kwargs[key] = _coerce(key, _SECTIONS[key], value)
+        else:
+            raise ConfigError(f"{key}: unknown setting")
+    config = CoordinatorConfig(**kwargs)
+    validate(config)
+    return config
+
+
+def validate(config: CoordinatorConfig) -> None:
+    checks = [
+        (0 <= config.server.port <= 65535, "server.port must be 0..65535"),
+        (config.server.max_body_bytes >= 1024, "server.max_body_bytes must be at least 1024"),
+        (0 <= config.protocol.cluster_id <= 0xFFFFFFFF, "protocol.cluster_id must fit in u32"),
+        (config.protocol.heartbeat_window_s > 0, "protocol.heartbeat_window_s must be > 0"),
+        (config.protocol.pot_window_s > 0, "protocol.pot_window_s must be > 0"),
+        (config.protocol.stale_after_s > 0, "protocol.stale_after_s must be > 0"),
+        (config.scheduler.tick_s > 0, "scheduler.tick_s must be > 0"),
+        (config.scheduler.assignment_timeout_s > 0, "scheduler.assignment_timeout_s must be > 0"),
+        (config.scheduler.max_inflight_per_device >= 1, "max_inflight_per_device must be ≥ 1"),
+        (config.scheduler.max_replicas >= 1, "scheduler.max_replicas must be ≥ 1"),
+        (config.blocks.interval_s > 0, "blocks.interval_s must be > 0"),
+        (1 <= config.blocks.max_receipts <= 0xFFFF, "blocks.max_receipts must be 1..65535"),
+        (config.spot_checks.k >= 1, "spot_checks.k must be ≥ 1"),
+        (0 <= config.spot_checks.floor <= 1, "spot_checks.floor must be 0..1"),
+        (config.spot_checks.max_attempts >= 1, "spot_checks.max_attempts must be ≥ 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    try:
+        config.eps.to_eps_config()
+    except ValidationError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def load_config(path: Path) -> CoordinatorConfig:
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such file (create one with `aeamc-coordinator init`)"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return parse_config(data, base_dir=path.parent)
+
+
+def render_config(config: CoordinatorConfig) -> str:
+    """TOML text of ``config`` with every setting spelled out, for ``init``."""
+    lines = [
+        "# aeamc-coordinator configuration. Every setting is shown with its value;",
+        "# see docs/coordinator.md for what each one means.",
+        f'state_dir = "{config.state_dir}"',
+    ]
+    for name in _SECTIONS:
+        lines.append(f"\n[{name}]")
+        section = getattr(config, name)
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, str):
+                text = f'"{value}"'
+            else:
+                text = repr(value)
+            lines.append(f"{f.name} = {text}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,204 @@
+"""SQLite storage: one writer thread with group commit, readers on their own connections.
+
+A heartbeat or proof is answered 202 only after its transaction is committed with
+``synchronous=FULL``, so an acknowledged message survives ``kill -9`` and power loss. To
+keep that affordable, the writer drains every queued operation into one transaction and
+one fsync (group commit); each operation runs in its own savepoint, so one failing write
+never takes its neighbours down. SQLite never runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+from .schema import MIGRATIONS
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+WriteFn = Callable[[sqlite_utils.Database], T]
+
+_MAX_BATCH = 512
+
+
+@dataclass
+class _Job:
+    fn: Callable[[sqlite_utils.Database], Any]
+    loop: asyncio.AbstractEventLoop | None
+    future: Any
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to the latest version, one transaction per migration."""
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    if current > len(MIGRATIONS):
+        raise RuntimeError(
+            f"database schema v{current} is newer than this software (v{len(MIGRATIONS)})"
+        )
+    for version, statements in enumerate(MIGRATIONS[current:], start=current + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for sql in statements:
+                conn.execute(sql)
+            conn.execute(f"PRAGMA user_version={version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        log.info("database migrated to schema v%d", version)
+    return len(MIGRATIONS)
+
+
+class Database:
+    """The coordinator's only path to SQLite."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._writer: threading.Thread | None = None
+        self._wconn: sqlite3.Connection | None = None
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="db-read")
+        self._local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self.commits = 0
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._wconn = connect(self.path)
+        migrate(self._wconn)
+        self._writer = threading.Thread(target=self._run_writer, name="db-writer", daemon=True)
+        self._writer.start()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join()
+            self._writer = None
+        self._readers.shutdown(wait=True)
+        with self._lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
+        if self._wconn is not None:
+            self._wconn.close()
+            self._wconn = None
+
+    # -- writing ---------------------------------------------------------------------
+
+    async def write(self, fn: WriteFn[T]) -> T:
+        """Run ``fn`` in the writer's transaction; return once it is durably committed."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Job(fn, loop, future))
+        return await future
+
+    def write_sync(self, fn: WriteFn[T]) -> T:
+        """Blocking variant for command-line tools and start-up (not on the event loop)."""
+        from concurrent.futures import Future
+
+        future: Future[T] = Future()
+        self._queue.put(_Job(fn, None, future))
+        return future.result()
+
+    def _run_writer(self) -> None:
+        assert self._wconn is not None
+        db = sqlite_utils.Database(self._wconn)
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            batch = [job]
+            stop = False
+            while len(batch) < _MAX_BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._commit_batch(db, batch)
+            if stop:
+                return
+
+    def _commit_batch(self, db: sqlite_utils.Database, batch: list[_Job]) -> None:
+        conn = db.conn
+        results: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                conn.execute("SAVEPOINT job")
+                try:
+                    results.append((True, job.fn(db)))
+                    conn.execute("RELEASE job")
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    results.append((False, exc))
+            conn.execute("COMMIT")
+            self.commits += 1
+        except Exception as exc:  # the commit itself failed: nobody's write is durable
+            log.exception("database commit failed")
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            results = [(False, exc)] * len(batch)
+        for job, (ok, value) in zip(batch, results, strict=True):
+            _resolve(job, ok, value)
+
+    # -- reading ---------------------------------------------------------------------
+
+    def _reader(self) -> sqlite_utils.Database:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            conn = connect(self.path)
+            conn.execute("PRAGMA query_only=ON")
+            with self._lock:
+                self._reader_conns.append(conn)
+            db = sqlite_utils.Database(conn)
+            self._local.db = db
+        return db
+
+    async def read(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, lambda: fn(self._reader()))
+
+    def read_sync(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
+        return self._readers.submit(lambda: fn(self._reader())).result()
+
+
+def _resolve(job: _Job, ok: bool, value: Any) -> None:
+    def settle() -> None:
+        if job.future.done():
+            return
+        if ok:
+            job.future.set_result(value)
+        else:
+            job.future.set_exception(value)
+
+    if job.loop is None:
+        settle()
+    else:
+        with contextlib.suppress(RuntimeError):  # loop already closed during shutdown
+            job.loop.call_soon_threadsafe(settle)

@@ -1,0 +1,216 @@
+"""The OpenAPI 3.1 description of the coordinator's API, served at ``/v1/openapi.json``.
+
+A test compares its paths and methods with the routes the server really has, so the
+document cannot silently drift from the code.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from . import __version__
+
+_HEX32 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+_DEVICE_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
+_SIG = {"type": "string", "pattern": "^[0-9a-f]{128}$"}
+_INT = {"type": "integer", "minimum": 0}
+_NULLABLE_INT = {"type": ["integer", "null"]}
+
+
+def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": props,
+        "required": list(props) if required is None else required,
+    }
+
+
+SCHEMAS: dict[str, Any] = {
+    "Error": _obj(
+        {
+            "error": {
+                "type": "object",
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "field": {"type": "string"},
+                },
+                "required": ["code", "message"],
+            }
+        }
+    ),
+    "Telemetry": _obj(
+        {
+            "battery_pct": {"type": ["integer", "null"], "minimum": 0, "maximum": 100},
+            "charging": {"type": ["boolean", "null"]},
+            "cpu_temp_mc": _NULLABLE_INT,
+            "cpu_load_permille": {"type": ["integer", "null"], "minimum": 0, "maximum": 1000},
+            "net_latency_us": _NULLABLE_INT,
+            "mem_available_kb": _NULLABLE_INT,
+        }
+    ),
+    "Capabilities": _obj(
+        {
+            "kinds": {"type": "array", "items": {"type": "string"}, "maxItems": 32},
+            "cpus": {"type": "integer", "minimum": 1},
+            "mem_mb": _INT,
+            "battery": {"type": "boolean"},
+            "version": {"type": "string"},
+            "endpoint": {"type": ["string", "null"]},
+        }
+    ),
+    "Enroll": _obj(
+        {
+            "type": {"const": "enroll"},
+            "public_key": _HEX32,
+            "device_id": _DEVICE_ID,
+            "timestamp": _INT,
+            "capabilities": {"$ref": "#/components/schemas/Capabilities"},
+            "token": {"type": "string"},
+            "signature": _SIG,
+        },
+        ["type", "public_key", "device_id", "timestamp", "capabilities", "signature"],
+    ),
+    "PoA": _obj(
+        {
+            "type": {"const": "poa"},
+            "device_id": _DEVICE_ID,
+            "timestamp": _INT,
+            "seq": _INT,
+            "telemetry": {"$ref": "#/components/schemas/Telemetry"},
+            "signature": _SIG,
+        }
+    ),
+    "PoT": _obj(
+        {
+            "type": {"const": "pot"},
+            "task_id": {"type": "string"},
+            "device_id": _DEVICE_ID,
+            "timestamp": _INT,
+            "output_digest": _HEX32,
+            "trace_root": _HEX32,
+            "device_nonce": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+            "checkpoint": _HEX32,
+            "execution_metadata": _obj(
+                {"execution_time_ms": _INT, "cpu_time_ms": _INT, "chunks": _INT}
+            ),
+            "signature": _SIG,
+        }
+    ),
+    "ProofSubmission": _obj(
+        {
+            "pot": {"$ref": "#/components/schemas/PoT"},
+            "output": {"type": "string", "pattern": "^([0-9a-f]{2})*$"},
+        }
+    ),
+    "TaskRequest": _obj(
+        {
+            "kind": {"type": "string"},
+            "params": {"type": "object"},
+            "chunks": {"type": "integer", "minimum": 1, "maximum": 65536},
+            "replicas": {"type": "integer", "minimum": 1},
+            "deadline": {"type": "integer", "description": "ms since the epoch"},
+            "task_id": {"type": "string"},
+        },
+        ["kind", "params", "chunks"],
+    ),
+}
+
+
+def _body(schema: str) -> dict[str, Any]:
+    return {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
+
+
+def _op(summary: str, security: str | None = None, **extra: Any) -> dict[str, Any]:
+    responses = {
+        "4XX": {
+            "description": "the request was refused; nothing changed",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+    }
+    responses.update(extra.pop("responses", {"200": {"description": "OK"}}))
+    op: dict[str, Any] = {"summary": summary, "responses": responses, **extra}
+    if security:
+        op["security"] = [{security: []}]
+    return op
+
+
+_ACCEPTED = {"202": {"description": "accepted and durably stored"}}
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {
+        "/v1/enroll": {
+            "post": _op(
+                "Enroll a device (signed)", requestBody=_body("Enroll"), responses=_ACCEPTED
+            )
+        },
+        "/v1/heartbeats": {
+            "post": _op(
+                "Proof-of-Availability heartbeat", requestBody=_body("PoA"), responses=_ACCEPTED
+            )
+        },
+        "/v1/proofs": {
+            "post": _op(
+                "Submit a Proof-of-Task with its output",
+                requestBody=_body("ProofSubmission"),
+                responses=_ACCEPTED,
+            )
+        },
+        "/v1/tasks": {
+            "post": _op(
+                "Submit a task", "client", requestBody=_body("TaskRequest"), responses=_ACCEPTED
+            ),
+            "get": _op("List tasks", "client"),
+        },
+        "/v1/tasks/{task_id}": {"get": _op("Task status, devices, verdicts and output", "client")},
+        "/v1/devices": {"get": _op("Device registry with EPS, reputation and state", "operator")},
+        "/v1/devices/{device_id}": {"get": _op("One device", "operator")},
+        "/v1/devices/{device_id}/approve": {"post": _op("Approve a pending device", "operator")},
+        "/v1/devices/{device_id}/quarantine": {"post": _op("Quarantine a device", "operator")},
+        "/v1/tokens": {
+            "post": _op(
+                "Create a token (enroll, client or operator)",
+                "operator",
+                responses={"201": {"description": "the token, shown once"}},
+            )
+        },
+        "/v1/status": {"get": _op("Counts of devices, tasks, proofs, blocks", "operator")},
+        "/v1/microblocks": {"get": _op("Chain listing (?from=&limit=)")},
+        "/v1/microblocks/{height}": {"get": _op("A block decoded, with spot-check verdicts")},
+        "/v1/microblocks/{height}/raw": {
+            "get": _op(
+                "Exact block bytes",
+                responses={
+                    "200": {
+                        "description": "header || payload",
+                        "content": {"application/octet-stream": {}},
+                    }
+                },
+            )
+        },
+        "/v1/health": {"get": _op("Liveness and what is degraded")},
+        "/v1/openapi.json": {"get": _op("This document")},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "AEAMC Microblock Coordinator API",
+            "version": __version__,
+            "description": "Signed device messages, task submission and the microblock chain.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "operator": {"type": "http", "scheme": "bearer"},
+                "client": {"type": "http", "scheme": "bearer"},
+            },
+        },
+    }

@@ -1,0 +1,75 @@
+"""The in-memory view of enrolled devices that the hot paths consult.
+
+SQLite is the truth; this cache is loaded at start and updated only after a write has
+committed, so a crash can lose nothing but the cache itself.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from aeamc.shared.eps import Candidate
+from aeamc.shared.messages import Capabilities, Telemetry, parse
+from aeamc.shared.reputation import Record, reputation
+
+POA_HISTORY = 16
+
+
+@dataclass
+class Device:
+    device_id: str
+    public_key: bytes
+    state: str
+    capabilities: Capabilities
+    endpoint: str | None
+    address: str | None
+    enrolled_at: int
+    last_seq: int = -1
+    last_seen: int | None = None
+    telemetry: Telemetry | None = None
+    record: Record = field(default_factory=Record)
+    state_reason: str | None = None
+    poa_times: deque[int] = field(default_factory=lambda: deque(maxlen=POA_HISTORY))
+
+    @property
+    def reputation(self) -> float:
+        return reputation(self.record)
+
+    def candidate(self, busy: bool) -> Candidate:
+        return Candidate(
+            device_id=self.device_id,
+            state=self.state,
+            telemetry=self.telemetry,
+            poa_times=list(self.poa_times),
+            kinds=frozenset(self.capabilities.kinds),
+            busy=busy,
+            reputation=self.reputation,
+        )
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Device:
+        telemetry = parse(Telemetry, json.loads(row["telemetry"])) if row["telemetry"] else None
+        return cls(
+            device_id=row["device_id"],
+            public_key=bytes.fromhex(row["public_key"]),
+            state=row["state"],
+            capabilities=parse(Capabilities, json.loads(row["capabilities"])),
+            endpoint=row["endpoint"],
+            address=row["address"],
+            enrolled_at=row["enrolled_at"],
+            last_seq=row["last_seq"],
+            last_seen=row["last_seen"],
+            telemetry=telemetry,
+            record=Record(
+                passes=row["passes"],
+                failures=row["failures"],
+                unanswered=row["unanswered"],
+                timeouts=row["timeouts"],
+                refusals=row["refusals"],
+                completed=row["completed"],
+            ),
+            state_reason=row["state_reason"],
+        )

@@ -1,0 +1,197 @@
+"""Assigning tasks to devices (SPEC §4): who may run what, and pushing the assignment.
+
+Each round: expire overdue assignments, then for every task that still needs replicas,
+rank the eligible devices (EPS × reputation) and offer the task to the best ones that have
+never held it. The assignment row is committed *before* it is pushed, so a crash can never
+leave a device working on a task the coordinator has forgotten, and the primary key
+(task, device) makes running a task twice on one device impossible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import replace
+from typing import Any
+
+import sqlite_utils
+
+from aeamc.shared.eps import rank
+from aeamc.shared.messages import Assignment, sign
+
+from .peers import AgentClient
+from .service import Coordinator
+
+log = logging.getLogger(__name__)
+
+#: A device that refused a task may be offered it again after this long (its battery or
+#: temperature may have recovered); one that lost or let it expire never is.
+REFUSAL_COOLDOWN_MS = 30_000
+
+
+class Scheduler:
+    def __init__(self, coordinator: Coordinator, client: AgentClient) -> None:
+        self.c = coordinator
+        self.client = client
+        self._pushes: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        tick = self.c.config.scheduler.tick_s
+        while True:
+            try:
+                await self.round()
+            except Exception:
+                log.exception("scheduling round failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.c.wake_scheduler.wait(), timeout=tick)
+            self.c.wake_scheduler.clear()
+
+    async def drain(self) -> None:
+        if self._pushes:
+            await asyncio.gather(*self._pushes, return_exceptions=True)
+
+    async def round(self) -> int:
+        """One scheduling pass; returns the number of assignments offered."""
+        await self.c.expire_assignments()
+        await self.c.mark_stale()
+        tasks, assignments, inflight = await self.c.db.read(_open_work)
+        held: dict[str, set[str]] = {}
+        now = self.c.clock()
+        for a in assignments:
+            if a["state"] != "refused" or a["issued_at"] > now - REFUSAL_COOLDOWN_MS:
+                held.setdefault(a["task_id"], set()).add(a["device_id"])
+        limit = self.c.config.scheduler.max_inflight_per_device
+        offered = 0
+        for task in tasks:
+            needed = task["replicas"] - task["live"]
+            if needed <= 0:
+                continue
+            excluded = held.get(task["task_id"], set())
+            candidates = [
+                d.candidate(busy=inflight.get(d.device_id, 0) >= limit)
+                for d in self.c.devices.values()
+                if d.device_id not in excluded and d.endpoint
+            ]
+            for device_id in rank(candidates, task["kind"], now, self.c.eps_config)[:needed]:
+                assignment = await self._offer(task, device_id, now)
+                inflight[device_id] = inflight.get(device_id, 0) + 1
+                offered += 1
+                push = asyncio.create_task(self._push(assignment))
+                self._pushes.add(push)
+                push.add_done_callback(self._pushes.discard)
+        return offered
+
+    async def _offer(self, task: dict[str, Any], device_id: str, now: int) -> Assignment:
+        timeout_ms = self.c.config.scheduler.assignment_timeout_s * 1000
+        expires = now + timeout_ms
+        if task["deadline"] is not None:
+            expires = min(expires, task["deadline"])
+        assignment = sign(
+            Assignment,
+            {
+                "type": "assignment",
+                "task_id": task["task_id"],
+                "device_id": device_id,
+                "coordinator_id": self.c.coordinator_id,
+                "kind": task["kind"],
+                "params": json.loads(task["params"]),
+                "chunks": task["chunks"],
+                "issued_at": now,
+                "expires_at": expires,
+            },
+            self.c.signer,
+        )
+        message = json.dumps(assignment.to_dict(), sort_keys=True)
+
+        def txn(db: sqlite_utils.Database) -> None:
+            db.execute(
+                "INSERT INTO assignments (task_id, device_id, state, issued_at, expires_at, "
+                "message) VALUES (?,?,'offered',?,?,?) ON CONFLICT (task_id, device_id) DO "
+                "UPDATE SET state='offered', issued_at=excluded.issued_at, reason=NULL, "
+                "expires_at=excluded.expires_at, message=excluded.message "
+                "WHERE assignments.state='refused'",
+                [task["task_id"], device_id, now, expires, message],
+            )
+            db.execute(
+                "UPDATE tasks SET state='running' WHERE task_id=? AND state='queued'",
+                [task["task_id"]],
+            )
+
+        await self.c.db.write(txn)
+        return assignment
+
+    async def _push(self, assignment: Assignment) -> None:
+        device = self.c.devices.get(assignment.device_id)
+        endpoint = device.endpoint if device else None
+        if not endpoint:
+            await self._refused(assignment, "no endpoint")
+            return
+        reply = await self.client.post(endpoint, "/v1/assignments", assignment.to_dict())
+        if reply.status == 202:
+            await self.c.db.write(
+                lambda db: db.execute(
+                    "UPDATE assignments SET state='accepted' WHERE task_id=? AND device_id=? "
+                    "AND state='offered'",
+                    [assignment.task_id, assignment.device_id],
+                )
+            )
+            self.c.count("assignments_accepted")
+            log.info("task %s accepted by %s", assignment.task_id, assignment.device_id)
+        else:
+            reason = "unreachable" if reply.status == 0 else reply.reason
+            await self._refused(assignment, reason)
+
+    async def _refused(self, assignment: Assignment, reason: str) -> None:
+        def txn(db: sqlite_utils.Database) -> None:
+            cur = db.execute(
+                "UPDATE assignments SET state='refused', reason=? WHERE task_id=? AND "
+                "device_id=? AND state='offered'",
+                [reason, assignment.task_id, assignment.device_id],
+            )
+            if cur.rowcount:
+                db.execute(
+                    "UPDATE devices SET refusals=refusals+1 WHERE device_id=?",
+                    [assignment.device_id],
+                )
+
+        await self.c.db.write(txn)
+        device = self.c.devices.get(assignment.device_id)
+        if device is not None:
+            device.record = replace(device.record, refusals=device.record.refusals + 1)
+        self.c.count("assignments_refused")
+        log.info("task %s refused by %s: %s", assignment.task_id, assignment.device_id, reason)
+        self.c.wake_scheduler.set()
+
+
+def _open_work(
+    db: sqlite_utils.Database,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
+    """Tasks that still need devices (oldest first), their assignments, and per-device load."""
+    tasks = list(
+        db.query(
+            "SELECT t.task_id, t.kind, t.params, t.chunks, t.replicas, t.deadline, "
+            "(SELECT count(*) FROM assignments a WHERE a.task_id = t.task_id "
+            " AND a.state IN ('offered','accepted','proved')) AS live "
+            "FROM tasks t WHERE t.state IN ('queued','running') AND t.replicas > "
+            "(SELECT count(*) FROM assignments a WHERE a.task_id = t.task_id "
+            " AND a.state IN ('offered','accepted','proved')) "
+            "ORDER BY t.created_at LIMIT 500"
+        )
+    )
+    ids = [t["task_id"] for t in tasks]
+    assignments: list[dict[str, Any]] = []
+    for start in range(0, len(ids), 250):
+        part = ids[start : start + 250]
+        marks = ",".join("?" * len(part))  # placeholders only: the ids are bound, not spliced
+        sql = f"SELECT task_id, device_id, state, issued_at FROM assignments WHERE task_id IN ({marks})"  # noqa: S608, E501
+        assignments += db.query(sql, part)
+    inflight = {
+        r["device_id"]: r["n"]
+        for r in db.query(
+            "SELECT device_id, count(*) AS n FROM assignments "
+            "WHERE state IN ('offered','accepted') GROUP BY device_id"
+        )
+    }
+    return tasks, assignments, inflight

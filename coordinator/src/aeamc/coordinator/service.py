@@ -1,0 +1,873 @@
+"""The Microblock Coordinator's state transitions: enrollment, heartbeats, tasks, proofs,
+microblocks and verdicts.
+
+Each public coroutine validates its input with the pure protocol core first (bad input
+changes nothing), then performs one writer transaction, and only then updates the
+in-memory device view and answers. The HTTP layer (``api.py``) and the background loops
+(``scheduler.py``, ``spotchecks.py``) are thin callers of this class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlite_utils
+
+from aeamc.shared import microblock, spotcheck
+from aeamc.shared import reputation as rep
+from aeamc.shared.eps import eps
+from aeamc.shared.identity import Signer, device_id_for
+from aeamc.shared.messages import (
+    TASK_ID_PATTERN,
+    Assignment,
+    Enroll,
+    PoA,
+    PoT,
+    check_fresh,
+    parse,
+    parse_signed,
+)
+from aeamc.shared.proofs import verify_pot
+from aeamc.shared.schema import hex_bytes, integer, json_object, optional, record, text
+from aeamc.shared.tasks.registry import KindRegistry
+
+from .config import CoordinatorConfig
+from .db import Database
+from .errors import ApiError, not_found
+from .registry import Device
+
+log = logging.getLogger(__name__)
+
+ROLES = ("operator", "client", "enroll")
+
+_TASK_REQUEST = record(
+    {
+        "kind": text(64),
+        "params": json_object(),
+        "chunks": integer(1, 65_536),
+        "replicas": optional(integer(1, 16)),
+        "deadline": optional(integer(0, 2**53 - 1)),
+        "task_id": optional(text(64, TASK_ID_PATTERN)),
+    },
+    dict,
+)
+_PROOF_REQUEST = record({"pot": lambda v, p: v, "output": hex_bytes(max_bytes=64 << 20)}, dict)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    role: str
+    label: str
+    expires_at: int | None
+    uses_left: int | None
+
+
+class Coordinator:
+    def __init__(
+        self,
+        config: CoordinatorConfig,
+        signer: Signer,
+        db: Database,
+        kinds: KindRegistry,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.config = config
+        self.signer = signer
+        self.db = db
+        self.kinds = kinds
+        self.clock = clock
+        self.coordinator_id = device_id_for(signer.public_key)
+        self.devices: dict[str, Device] = {}
+        self.eps_config = config.eps.to_eps_config()
+        #: Set whenever something may let the scheduler make progress.
+        self.wake_scheduler = asyncio.Event()
+        self.wake_blocks = asyncio.Event()
+        self.wake_spot_checks = asyncio.Event()
+        self.started_at = clock()
+        self.counters: dict[str, int] = {}
+        #: Receipts accepted but not yet in a block (a hint for forming full blocks early).
+        self.unblocked = 0
+
+    # -- life cycle --------------------------------------------------------------------
+
+    async def load(self) -> None:
+        rows = await self.db.read(lambda db: list(db.query("SELECT * FROM devices")))
+        self.devices = {r["device_id"]: Device.from_row(r) for r in rows}
+        recent = await self.db.read(
+            lambda db: list(
+                db.query(
+                    "SELECT device_id, received_at FROM heartbeats WHERE received_at >= ? "
+                    "ORDER BY received_at",
+                    [self.clock() - self.eps_config.poa_window_ms],
+                )
+            )
+        )
+        for r in recent:
+            d = self.devices.get(r["device_id"])
+            if d is not None:
+                d.poa_times.append(r["received_at"])
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    # -- tokens ------------------------------------------------------------------------
+
+    async def create_token(
+        self, role: str, *, label: str = "", ttl_s: int | None = None, uses: int | None = None
+    ) -> str:
+        if role not in ROLES:
+            raise ApiError(400, "invalid_message", f"role must be one of {', '.join(ROLES)}")
+        token = secrets.token_urlsafe(32)
+        now = self.clock()
+        row = {
+            "token_hash": hash_token(token),
+            "role": role,
+            "label": label,
+            "created_at": now,
+            "expires_at": now + ttl_s * 1000 if ttl_s else None,
+            "uses_left": uses,
+        }
+        await self.db.write(lambda db: db["tokens"].insert(row))
+        return token
+
+    async def check_token(self, token: str | None, roles: tuple[str, ...]) -> TokenInfo:
+        """Find a valid token of one of ``roles``; only its hash is ever stored."""
+        if not token:
+            raise ApiError(401, "unauthorized", "a bearer token is required")
+        wanted = hash_token(token)
+        row = await self.db.read(
+            lambda db: next(
+                iter(db.query("SELECT * FROM tokens WHERE token_hash = ?", [wanted])), None
+            )
+        )
+        # compare_digest: the lookup found the row by hash, this guards the equality itself.
+        if row is None or not hmac.compare_digest(row["token_hash"], wanted):
+            raise ApiError(401, "unauthorized", "unknown token")
+        info = TokenInfo(row["role"], row["label"], row["expires_at"], row["uses_left"])
+        if info.role not in roles:
+            raise ApiError(403, "forbidden", f"a {info.role} token cannot do this")
+        if info.expires_at is not None and info.expires_at < self.clock():
+            raise ApiError(401, "unauthorized", "token expired")
+        return info
+
+    # -- enrollment ----------------------------------------------------------------------
+
+    async def enroll(self, data: Any, address: str | None) -> dict[str, Any]:
+        msg = parse_signed(data, Enroll)
+        msg.verify_self()
+        now = self.clock()
+        check_fresh(msg.timestamp, now, self.config.protocol.heartbeat_window_s * 1000)
+        existing = self.devices.get(msg.device_id)
+        if existing is not None and existing.state == "quarantined":
+            raise ApiError(403, "quarantined", "this device is quarantined")
+        caps = msg.capabilities
+        caps_json = json.dumps(caps.to_dict(), sort_keys=True)
+
+        def txn(db: sqlite_utils.Database) -> str:
+            row = next(
+                iter(db.query("SELECT state FROM devices WHERE device_id = ?", [msg.device_id])),
+                None,
+            )
+            state = row["state"] if row else "pending"
+            if msg.token is not None and state == "pending":
+                self._consume_enroll_token(db, msg.token, now)
+                state = "active"
+            if row is None:
+                db["devices"].insert(
+                    {
+                        "device_id": msg.device_id,
+                        "public_key": msg.public_key,
+                        "state": state,
+                        "capabilities": caps_json,
+                        "endpoint": caps.endpoint,
+                        "address": address,
+                        "enrolled_at": now,
+                        "approved_at": now if state == "active" else None,
+                    }
+                )
+            else:
+                db.execute(
+                    "UPDATE devices SET capabilities=?, endpoint=?, address=?, state=?, "
+                    "approved_at=COALESCE(approved_at, CASE WHEN ?='active' THEN ? END) "
+                    "WHERE device_id=?",
+                    [caps_json, caps.endpoint, address, state, state, now, msg.device_id],
+                )
+            db.execute("DELETE FROM candidates WHERE device_id = ?", [msg.device_id])
+            return state
+
+        state = await self.db.write(txn)
+        if existing is None:
+            self.devices[msg.device_id] = Device(
+                device_id=msg.device_id,
+                public_key=msg.public_key_bytes,
+                state=state,
+                capabilities=caps,
+                endpoint=caps.endpoint,
+                address=address,
+                enrolled_at=now,
+            )
+        else:
+            existing.capabilities, existing.endpoint, existing.address = (
+                caps,
+                caps.endpoint,
+                address,
+            )
+            existing.state = state
+        self.count("enrollments")
+        log.info("device %s enrolled (%s)", msg.device_id, state)
+        self.wake_scheduler.set()
+        return {
+            "device_id": msg.device_id,
+            "state": state,
+            "coordinator_id": self.coordinator_id,
+            "coordinator_public_key": self.signer.public_key.hex(),
+            "cluster_id": self.config.protocol.cluster_id,
+        }
+
+    @staticmethod
+    def _consume_enroll_token(db: sqlite_utils.Database, token: str, now: int) -> None:
+        row = next(
+            iter(
+                db.query(
+                    "SELECT * FROM tokens WHERE token_hash = ? AND role = 'enroll'",
+                    [hash_token(token)],
+                )
+            ),
+            None,
+        )
+        if row is None:
+            raise ApiError(403, "invalid_token", "unknown enrollment token")
+        if row["expires_at"] is not None and row["expires_at"] < now:
+            raise ApiError(403, "invalid_token", "enrollment token expired")
+        if row["uses_left"] is not None:
+            if row["uses_left"] <= 0:
+                raise ApiError(403, "invalid_token", "enrollment token used up")
+            db.execute(
+                "UPDATE tokens SET uses_left = uses_left - 1 WHERE token_hash = ?",
+                [row["token_hash"]],
+            )
+
+    async def set_device_state(self, device_id: str, state: str, reason: str) -> Device:
+        device = self.devices.get(device_id)
+        if device is None:
+            raise not_found(f"device {device_id}")
+        if state == "active" and device.state == "quarantined" and reason == "approved":
+            raise ApiError(409, "quarantined", "a quarantined device cannot be approved")
+        now = self.clock()
+
+        def txn(db: sqlite_utils.Database) -> None:
+            db.execute(
+                "UPDATE devices SET state=?, state_reason=?, "
+                "approved_at=CASE WHEN ?='active' THEN COALESCE(approved_at, ?) "
+                "ELSE approved_at END WHERE device_id=?",
+                [state, reason, state, now, device_id],
+            )
+            if state == "quarantined":
+                self._release_assignments(db, device_id, "lost", "device quarantined")
+                db.execute(
+                    "UPDATE proofs SET credit='void' WHERE device_id=? AND credit='unverified'",
+                    [device_id],
+                )
+
+        await self.db.write(txn)
+        device.state, device.state_reason = state, reason
+        log.info("device %s is now %s (%s)", device_id, state, reason)
+        self.wake_scheduler.set()
+        return device
+
+    # -- heartbeats ------------------------------------------------------------------------
+
+    async def heartbeat(self, data: Any) -> dict[str, Any]:
+        poa = parse_signed(data, PoA)
+        device = self.devices.get(poa.device_id)
+        if device is None:
+            raise ApiError(403, "not_enrolled", "unknown device: enroll first")
+        poa.verify(device.public_key)
+        now = self.clock()
+        check_fresh(poa.timestamp, now, self.config.protocol.heartbeat_window_s * 1000)
+        if device.state == "pending":
+            raise ApiError(403, "pending", "enrollment awaits the operator's approval")
+        if device.state == "quarantined":
+            raise ApiError(403, "quarantined", "this device is quarantined")
+        if poa.seq <= device.last_seq:
+            raise ApiError(409, "replay", f"seq {poa.seq} is not above {device.last_seq}")
+        score = eps(poa.telemetry, self.eps_config)
+        telemetry_json = json.dumps(poa.telemetry.to_dict(), sort_keys=True)
+
+        def txn(db: sqlite_utils.Database) -> str:
+            cur = db.execute(
+                "UPDATE devices SET last_seq=?, last_seen=?, telemetry=?, eps=?, "
+                "state=CASE WHEN state='stale' THEN 'active' ELSE state END "
+                "WHERE device_id=? AND last_seq < ? AND state IN ('active','stale')",
+                [poa.seq, now, telemetry_json, score, poa.device_id, poa.seq],
+            )
+            if cur.rowcount != 1:
+                raise ApiError(409, "replay", f"seq {poa.seq} was already used")
+            db.execute(
+                "INSERT INTO heartbeats (device_id, seq, timestamp, received_at, telemetry) "
+                "VALUES (?,?,?,?,?)",
+                [poa.device_id, poa.seq, poa.timestamp, now, telemetry_json],
+            )
+            return "active"
+
+        state = await self.db.write(txn)
+        device.last_seq = max(device.last_seq, poa.seq)
+        device.last_seen = now
+        device.telemetry = poa.telemetry
+        device.state = state
+        device.poa_times.append(now)
+        self.count("heartbeats")
+        self.wake_scheduler.set()
+        return {"state": state, "flags": {}, "server_time_ms": now, "eps": round(score, 4)}
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    async def submit_task(self, data: Any, client: str) -> dict[str, Any]:
+        req = _TASK_REQUEST(data, "")
+        kind = req["kind"]
+        if kind not in self.kinds:
+            raise ApiError(400, "unknown_kind", f"unknown task kind {kind!r}", field="kind")
+        self.kinds.validate(kind, req["params"], req["chunks"])
+        replicas = req.get("replicas", 1)
+        if replicas > self.config.scheduler.max_replicas:
+            raise ApiError(
+                400,
+                "invalid_message",
+                f"replicas: at most {self.config.scheduler.max_replicas}",
+                field="replicas",
+            )
+        task_id = req.get("task_id") or f"t-{secrets.token_hex(8)}"
+        now = self.clock()
+        row = {
+            "task_id": task_id,
+            "kind": kind,
+            "params": json.dumps(req["params"], sort_keys=True),
+            "chunks": req["chunks"],
+            "replicas": replicas,
+            "deadline": req.get("deadline"),
+            "created_at": now,
+            "client": client,
+            "state": "queued",
+        }
+
+        def txn(db: sqlite_utils.Database) -> None:
+            if next(iter(db.query("SELECT 1 FROM tasks WHERE task_id=?", [task_id])), None):
+                raise ApiError(409, "duplicate", f"task {task_id} exists", field="task_id")
+            db["tasks"].insert(row)
+
+        await self.db.write(txn)
+        self.count("tasks_submitted")
+        self.wake_scheduler.set()
+        return {"task_id": task_id, "state": "queued"}
+
+    async def task_view(self, task_id: str, *, with_output: bool = True) -> dict[str, Any]:
+        def q(db: sqlite_utils.Database) -> dict[str, Any] | None:
+            task = next(iter(db.query("SELECT * FROM tasks WHERE task_id=?", [task_id])), None)
+            if task is None:
+                return None
+            task["assignments"] = list(
+                db.query(
+                    "SELECT device_id, state, issued_at, expires_at, reason FROM assignments "
+                    "WHERE task_id=? ORDER BY issued_at",
+                    [task_id],
+                )
+            )
+            task["proofs"] = list(
+                db.query(
+                    "SELECT p.device_id, p.accepted_at, p.block_height, p.credit, "
+                    "p.output_digest, hex(p.output) AS output, s.state AS spot_check "
+                    "FROM proofs p LEFT JOIN spot_checks s "
+                    "ON s.task_id = p.task_id AND s.device_id = p.device_id "
+                    "WHERE p.task_id=? ORDER BY p.seq",
+                    [task_id],
+                )
+            )
+            return task
+
+        task = await self.db.read(q)
+        if task is None:
+            raise not_found(f"task {task_id}")
+        task["params"] = json.loads(task["params"])
+        output = None
+        for p in task["proofs"]:
+            p["output"] = p["output"].lower() if with_output else None
+            if output is None and p["output_digest"] == task["output_digest"]:
+                output = p["output"]
+        task["output"] = output if task["state"] == "completed" else None
+        return task
+
+    async def list_tasks(self, limit: int = 100, state: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT task_id, kind, chunks, replicas, state, created_at, completed_at FROM tasks"
+        args: list[Any] = []
+        if state:
+            sql += " WHERE state = ?"
+            args.append(state)
+        sql += " ORDER BY created_at DESC LIMIT ?"
+        args.append(limit)
+        return await self.db.read(lambda db: list(db.query(sql, args)))
+
+    # -- proofs --------------------------------------------------------------------------------
+
+    async def accept_proof(self, data: Any) -> dict[str, Any]:
+        req = _PROOF_REQUEST(data, "")
+        pot = parse_signed(req["pot"], PoT)
+        device = self.devices.get(pot.device_id)
+        if device is None:
+            raise ApiError(403, "not_enrolled", "unknown device")
+        if device.state == "quarantined":
+            raise ApiError(403, "quarantined", "this device is quarantined")
+        pot.verify(device.public_key)
+        row = await self.db.read(
+            lambda db: next(
+                iter(
+                    db.query(
+                        "SELECT a.state, a.message FROM assignments a "
+                        "WHERE a.task_id=? AND a.device_id=?",
+                        [pot.task_id, pot.device_id],
+                    )
+                ),
+                None,
+            )
+        )
+        if row is None:
+            raise ApiError(410, "unknown_assignment", "no such assignment for this device")
+        if row["state"] == "proved":
+            raise ApiError(409, "duplicate", "a proof for this task was already accepted")
+        if row["state"] not in ("offered", "accepted"):
+            raise ApiError(410, "assignment_expired", f"the assignment is {row['state']}")
+        assignment = parse(Assignment, json.loads(row["message"]))
+        output = bytes.fromhex(req["output"])
+        verify_pot(
+            pot,
+            output,
+            public_key=device.public_key,
+            assignment=assignment,
+            now_ms=self.clock(),
+            window_ms=self.config.protocol.pot_window_s * 1000,
+        )
+        now = self.clock()
+        pot_json = json.dumps(pot.to_dict(), sort_keys=True)
+
+        def txn(db: sqlite_utils.Database) -> str:
+            cur = db.execute(
+                "UPDATE assignments SET state='proved' WHERE task_id=? AND device_id=? "
+                "AND state IN ('offered','accepted')",
+                [pot.task_id, pot.device_id],
+            )
+            if cur.rowcount != 1:
+                raise ApiError(409, "duplicate", "a proof for this task was already accepted")
+            db.execute(
+                "INSERT INTO proofs (task_id, device_id, pot, signature, output, output_digest, "
+                "accepted_at) VALUES (?,?,?,?,?,?,?)",
+                [
+                    pot.task_id,
+                    pot.device_id,
+                    pot_json,
+                    bytes.fromhex(pot.signature),
+                    output,
+                    pot.output_digest,
+                    now,
+                ],
+            )
+            db.execute(
+                "UPDATE devices SET completed=completed+1 WHERE device_id=?", [pot.device_id]
+            )
+            return self._settle_task(db, pot.task_id, now)
+
+        task_state = await self.db.write(txn)
+        device.record = dataclasses.replace(device.record, completed=device.record.completed + 1)
+        self.count("proofs_accepted")
+        self.wake_scheduler.set()
+        self.unblocked += 1
+        if self.unblocked >= self.config.blocks.max_receipts:
+            self.wake_blocks.set()
+        return {
+            "task_id": pot.task_id,
+            "device_id": pot.device_id,
+            "status": "accepted",
+            "task_state": task_state,
+        }
+
+    def _settle_task(self, db: sqlite_utils.Database, task_id: str, now: int) -> str:
+        task = next(iter(db.query("SELECT replicas, state FROM tasks WHERE task_id=?", [task_id])))
+        digests = [
+            r["output_digest"]
+            for r in db.query("SELECT output_digest FROM proofs WHERE task_id=?", [task_id])
+        ]
+        if len(digests) < task["replicas"]:
+            return str(task["state"])
+        if len(set(digests)) == 1:
+            db.execute(
+                "UPDATE tasks SET state='completed', output_digest=?, completed_at=? "
+                "WHERE task_id=?",
+                [digests[0], now, task_id],
+            )
+            return "completed"
+        db.execute(
+            "UPDATE tasks SET state='disputed', completed_at=?, detail=? WHERE task_id=?",
+            [now, f"{len(set(digests))} different outputs from {len(digests)} devices", task_id],
+        )
+        # Every replica of a disputed task is spot-checked, whatever its device's record.
+        for p in db.query(
+            "SELECT p.device_id, p.block_height, b.hash FROM proofs p "
+            "JOIN blocks b ON b.height = p.block_height WHERE p.task_id=?",
+            [task_id],
+        ):
+            self._schedule_spot_check(
+                db,
+                task_id=task_id,
+                device_id=p["device_id"],
+                height=p["block_height"],
+                block_hash=p["hash"],
+                now=now,
+            )
+        return "disputed"
+
+    # -- devices and views --------------------------------------------------------------------
+
+    def device_view(self, d: Device) -> dict[str, Any]:
+        t = d.telemetry
+        return {
+            "device_id": d.device_id,
+            "public_key": d.public_key.hex(),
+            "state": d.state,
+            "state_reason": d.state_reason,
+            "capabilities": d.capabilities.to_dict(),
+            "endpoint": d.endpoint,
+            "address": d.address,
+            "enrolled_at": d.enrolled_at,
+            "last_seen": d.last_seen,
+            "last_seq": d.last_seq,
+            "telemetry": t.to_dict() if t else None,
+            "eps": round(eps(t, self.eps_config), 4) if t else None,
+            "reputation": round(d.reputation, 4),
+            "record": dataclasses.asdict(d.record),
+        }
+
+    def device(self, device_id: str) -> Device:
+        d = self.devices.get(device_id)
+        if d is None:
+            raise not_found(f"device {device_id}")
+        return d
+
+    # -- microblocks ---------------------------------------------------------------------------
+
+    async def form_block(self) -> int | None:
+        """Commit the next block from receipts not yet in one; ``None`` when there are none.
+
+        Selecting the receipts, writing the block and marking the receipts happen in one
+        transaction, so a receipt can never land in two blocks, even across a crash.
+        """
+        cfg = self.config
+        now = self.clock()
+        checks = cfg.spot_checks
+
+        def txn(db: sqlite_utils.Database) -> tuple[int, int] | None:
+            rows = list(
+                db.query(
+                    "SELECT p.seq, p.task_id, p.device_id, p.signature, d.passes, t.state "
+                    "FROM proofs p JOIN devices d ON d.device_id = p.device_id "
+                    "JOIN tasks t ON t.task_id = p.task_id "
+                    "WHERE p.block_height IS NULL ORDER BY p.seq LIMIT ?",
+                    [cfg.blocks.max_receipts],
+                )
+            )
+            if not rows:
+                return None
+            last = next(
+                iter(db.query("SELECT height, hash FROM blocks ORDER BY height DESC LIMIT 1")),
+                None,
+            )
+            height = 0 if last is None else last["height"] + 1
+            previous = microblock.GENESIS_PREVIOUS if last is None else last["hash"]
+            block = microblock.build_block(
+                cluster_id=cfg.protocol.cluster_id,
+                timestamp=now,
+                previous_hash=previous,
+                receipts=[
+                    microblock.Receipt(r["task_id"], r["device_id"], r["signature"]) for r in rows
+                ],
+            )
+            db.execute(
+                "INSERT INTO blocks (height, hash, previous_hash, timestamp, receipt_count, "
+                "header, payload) VALUES (?,?,?,?,?,?,?)",
+                [
+                    height,
+                    block.block_hash,
+                    previous,
+                    now,
+                    len(rows),
+                    block.header.encode(),
+                    block.payload,
+                ],
+            )
+            db.conn.executemany(
+                "UPDATE proofs SET block_height=? WHERE seq=?", [(height, r["seq"]) for r in rows]
+            )
+            for r in rows:
+                draw = secrets.randbits(53) / (1 << 53)
+                forced = r["state"] == "disputed"
+                if forced or rep.should_check(
+                    r["passes"], draw, trust_after=checks.trust_after, floor=checks.floor
+                ):
+                    self._schedule_spot_check(
+                        db,
+                        task_id=r["task_id"],
+                        device_id=r["device_id"],
+                        height=height,
+                        block_hash=block.block_hash,
+                        now=now,
+                    )
+            return height, len(rows)
+
+        formed = await self.db.write(txn)
+        if formed is None:
+            self.unblocked = 0
+            return None
+        height, receipts = formed
+        self.unblocked = max(0, self.unblocked - receipts)
+        self.count("blocks")
+        self.wake_spot_checks.set()
+        log.info("microblock %d formed with %d receipts", height, receipts)
+        return height
+
+    def _schedule_spot_check(
+        self,
+        db: sqlite_utils.Database,
+        *,
+        task_id: str,
+        device_id: str,
+        height: int,
+        block_hash: bytes,
+        now: int,
+    ) -> None:
+        chunks = next(iter(db.query("SELECT chunks FROM tasks WHERE task_id=?", [task_id])))[
+            "chunks"
+        ]
+        indices = spotcheck.challenge_indices(
+            block_hash, task_id, self.config.spot_checks.k, chunks
+        )
+        db.execute(
+            "INSERT OR IGNORE INTO spot_checks (task_id, device_id, block_height, indices, state, "
+            "next_attempt_at, created_at) VALUES (?,?,?,?, 'pending', ?, ?)",
+            [task_id, device_id, height, json.dumps(indices), now, now],
+        )
+
+    async def blocks_view(self, start: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        rows = await self.db.read(
+            lambda db: list(
+                db.query(
+                    "SELECT height, hex(hash) AS hash, hex(previous_hash) AS previous_hash, "
+                    "timestamp, receipt_count FROM blocks WHERE height >= ? "
+                    "ORDER BY height LIMIT ?",
+                    [start, limit],
+                )
+            )
+        )
+        for r in rows:
+            r["hash"], r["previous_hash"] = r["hash"].lower(), r["previous_hash"].lower()
+        return rows
+
+    async def block_bytes(self, height: int) -> bytes:
+        row = await self.db.read(
+            lambda db: next(
+                iter(db.query("SELECT header, payload FROM blocks WHERE height=?", [height])),
+                None,
+            )
+        )
+        if row is None:
+            raise not_found(f"microblock {height}")
+        return bytes(row["header"]) + bytes(row["payload"])
+
+    async def block_view(self, height: int) -> dict[str, Any]:
+        raw = await self.block_bytes(height)
+        view = microblock.decode(raw).to_json()
+        checks = await self.db.read(
+            lambda db: {
+                (r["task_id"], r["device_id"]): r
+                for r in db.query(
+                    "SELECT task_id, device_id, state, detail FROM spot_checks "
+                    "WHERE block_height=?",
+                    [height],
+                )
+            }
+        )
+        for r in view["receipts"]:  # type: ignore[union-attr]
+            c = checks.get((r["task_id"], r["device_id"]))
+            r["spot_check"] = c["state"] if c else "not sampled"
+        view["height"] = height
+        return view
+
+    # -- background maintenance ---------------------------------------------------------------
+
+    def _release_assignments(
+        self, db: sqlite_utils.Database, device_id: str, state: str, reason: str
+    ) -> list[str]:
+        tasks = [
+            r["task_id"]
+            for r in db.query(
+                "SELECT task_id FROM assignments WHERE device_id=? "
+                "AND state IN ('offered','accepted')",
+                [device_id],
+            )
+        ]
+        db.execute(
+            "UPDATE assignments SET state=?, reason=? WHERE device_id=? "
+            "AND state IN ('offered','accepted')",
+            [state, reason, device_id],
+        )
+        return tasks
+
+    async def mark_stale(self) -> list[str]:
+        """Devices silent for ``stale_after_s`` become stale and lose their assignments."""
+        now = self.clock()
+        limit = now - self.config.protocol.stale_after_s * 1000
+        silent = [
+            d.device_id
+            for d in self.devices.values()
+            if d.state == "active" and (d.last_seen or d.enrolled_at) < limit
+        ]
+        if not silent:
+            return []
+
+        def txn(db: sqlite_utils.Database) -> None:
+            for device_id in silent:
+                db.execute(
+                    "UPDATE devices SET state='stale', state_reason='missed heartbeats' "
+                    "WHERE device_id=? AND state='active'",
+                    [device_id],
+                )
+                self._release_assignments(db, device_id, "lost", "device went stale")
+
+        await self.db.write(txn)
+        for device_id in silent:
+            self.devices[device_id].state = "stale"
+            self.devices[device_id].state_reason = "missed heartbeats"
+        self.wake_scheduler.set()
+        return silent
+
+    async def expire_assignments(self) -> int:
+        now = self.clock()
+
+        def txn(db: sqlite_utils.Database) -> list[str]:
+            rows = list(
+                db.query(
+                    "SELECT task_id, device_id FROM assignments "
+                    "WHERE state IN ('offered','accepted') AND expires_at < ?",
+                    [now],
+                )
+            )
+            for r in rows:
+                db.execute(
+                    "UPDATE assignments SET state='expired', reason='no proof in time' "
+                    "WHERE task_id=? AND device_id=?",
+                    [r["task_id"], r["device_id"]],
+                )
+                db.execute(
+                    "UPDATE devices SET timeouts=timeouts+1 WHERE device_id=?", [r["device_id"]]
+                )
+            db.execute(
+                "UPDATE tasks SET state='failed', completed_at=?, detail='deadline passed' "
+                "WHERE state IN ('queued','running') AND deadline IS NOT NULL AND deadline < ?",
+                [now, now],
+            )
+            return [r["device_id"] for r in rows]
+
+        timed_out = await self.db.write(txn)
+        for device_id in timed_out:
+            d = self.devices.get(device_id)
+            if d is not None:
+                d.record = dataclasses.replace(d.record, timeouts=d.record.timeouts + 1)
+        return len(timed_out)
+
+    async def purge_telemetry(self) -> int:
+        cutoff = self.clock() - self.config.protocol.telemetry_retention_days * 86_400_000
+        return await self.db.write(
+            lambda db: db.execute("DELETE FROM heartbeats WHERE received_at < ?", [cutoff]).rowcount
+        )
+
+    async def record_verdict(
+        self, task_id: str, device_id: str, verdict: str, detail: str, reexecuted: int = 0
+    ) -> None:
+        now = self.clock()
+        column = {"passed": "passes", "failed": "failures", "unanswered": "unanswered"}[verdict]
+
+        def txn(db: sqlite_utils.Database) -> None:
+            db.execute(
+                "UPDATE spot_checks SET state=?, detail=?, completed_at=?, reexecuted_chunks=? "
+                "WHERE task_id=? AND device_id=?",
+                [verdict, detail, now, reexecuted, task_id, device_id],
+            )
+            db.execute(f"UPDATE devices SET {column}={column}+1 WHERE device_id=?", [device_id])  # noqa: S608
+            if verdict == "passed":
+                db.execute(
+                    "UPDATE proofs SET credit='verified' WHERE task_id=? AND device_id=? "
+                    "AND credit='unverified'",
+                    [task_id, device_id],
+                )
+            elif verdict == "failed":
+                db.execute(
+                    "UPDATE devices SET state='quarantined', state_reason=? WHERE device_id=?",
+                    [f"failed spot-check of {task_id}: {detail}", device_id],
+                )
+                db.execute(
+                    "UPDATE proofs SET credit='void' WHERE device_id=? AND credit='unverified'",
+                    [device_id],
+                )
+                self._release_assignments(db, device_id, "lost", "device quarantined")
+
+        await self.db.write(txn)
+        self.count(f"spot_checks_{verdict}")
+        d = self.devices.get(device_id)
+        if d is not None:
+            d.record = dataclasses.replace(d.record, **{column: getattr(d.record, column) + 1})
+            if verdict == "failed":
+                d.state = "quarantined"
+                d.state_reason = f"failed spot-check of {task_id}: {detail}"
+                log.warning("device %s quarantined: %s", device_id, detail)
+        self.wake_scheduler.set()
+
+    async def summary(self) -> dict[str, Any]:
+        def q(db: sqlite_utils.Database) -> dict[str, Any]:
+            def counts(sql: str) -> dict[str, int]:
+                return {r["k"]: r["n"] for r in db.query(sql)}
+
+            return {
+                "tasks": counts("SELECT state AS k, count(*) AS n FROM tasks GROUP BY state"),
+                "spot_checks": counts(
+                    "SELECT state AS k, count(*) AS n FROM spot_checks GROUP BY state"
+                ),
+                "proofs": counts("SELECT credit AS k, count(*) AS n FROM proofs GROUP BY credit"),
+                "blocks": next(iter(db.query("SELECT count(*) AS n FROM blocks")))["n"],
+                "unblocked_receipts": next(
+                    iter(db.query("SELECT count(*) AS n FROM proofs WHERE block_height IS NULL"))
+                )["n"],
+            }
+
+        out = await self.db.read(q)
+        states: dict[str, int] = {}
+        for d in self.devices.values():
+            states[d.state] = states.get(d.state, 0) + 1
+        out["devices"] = states
+        out["coordinator_id"] = self.coordinator_id
+        out["cluster_id"] = self.config.protocol.cluster_id
+        out["uptime_s"] = (self.clock() - self.started_at) // 1000
+        return out

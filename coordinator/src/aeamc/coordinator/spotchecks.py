@@ -1,0 +1,147 @@
+"""Spot-checks (SPEC §2): challenge a device on chunks it could not predict, re-execute
+them, and record the verdict.
+
+The indices come from the hash of the block holding the receipt. Re-execution runs in a
+worker thread so a heavy chunk never stalls the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+import sqlite_utils
+
+from aeamc.shared import proofs
+from aeamc.shared.errors import ProtocolError
+from aeamc.shared.messages import Challenge, Opening, PoT, parse, parse_signed, sign
+
+from .peers import AgentClient
+from .service import Coordinator
+
+log = logging.getLogger(__name__)
+
+
+class SpotChecker:
+    def __init__(self, coordinator: Coordinator, client: AgentClient) -> None:
+        self.c = coordinator
+        self.client = client
+
+    async def run(self) -> None:
+        interval = self.c.config.spot_checks.retry_s
+        while True:
+            try:
+                await self.round()
+            except Exception:
+                log.exception("spot-check round failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.c.wake_spot_checks.wait(), timeout=interval)
+            self.c.wake_spot_checks.clear()
+
+    async def round(self) -> int:
+        now = self.c.clock()
+        due = await self.c.db.read(lambda db: _due(db, now))
+        if due:
+            await asyncio.gather(*(self.check(row) for row in due))
+        return len(due)
+
+    async def check(self, row: dict[str, Any]) -> str | None:
+        """Challenge one receipt; returns the verdict, or ``None`` if it will be retried."""
+        device = self.c.devices.get(row["device_id"])
+        if device is None or not device.endpoint:
+            return await self._retry_or_give_up(row, "device has no endpoint")
+        challenge = sign(
+            Challenge,
+            {
+                "type": "challenge",
+                "task_id": row["task_id"],
+                "device_id": row["device_id"],
+                "block_hash": row["block_hash"].lower(),
+                "indices": json.loads(row["indices"]),
+                "issued_at": self.c.clock(),
+            },
+            self.c.signer,
+        )
+        reply = await self.client.post(device.endpoint, "/v1/challenges", challenge.to_dict())
+        if reply.status == 404 and reply.code == "unknown_task":
+            await self.c.record_verdict(
+                row["task_id"],
+                row["device_id"],
+                proofs.UNANSWERED,
+                "device no longer has the trace",
+            )
+            return proofs.UNANSWERED
+        if reply.status != 200:
+            return await self._retry_or_give_up(row, reply.reason)
+        try:
+            opening = parse_signed(reply.body, Opening)
+            pot = parse(PoT, json.loads(row["pot"]))
+            kind = self.c.kinds.get(row["kind"])
+            outputs = proofs.split_output(bytes(row["output"]), row["chunks"])
+            result = await asyncio.to_thread(
+                proofs.verify_opening,
+                opening,
+                challenge=challenge,
+                pot=pot,
+                outputs=outputs,
+                kind=kind,
+                params=json.loads(row["params"]),
+                public_key=device.public_key,
+            )
+        except ProtocolError as exc:
+            # A malformed or forged answer says nothing about the work: ask again later.
+            return await self._retry_or_give_up(row, f"bad opening: {exc}")
+        self.c.count("spot_check_chunks_reexecuted", result.reexecuted_chunks)
+        await self.c.record_verdict(
+            row["task_id"],
+            row["device_id"],
+            result.verdict,
+            result.detail,
+            result.reexecuted_chunks,
+        )
+        log.info(
+            "spot-check %s/%s: %s (%s)",
+            row["task_id"],
+            row["device_id"],
+            result.verdict,
+            result.detail,
+        )
+        return result.verdict
+
+    async def _retry_or_give_up(self, row: dict[str, Any], why: str) -> str | None:
+        cfg = self.c.config.spot_checks
+        attempts = row["attempts"] + 1
+        if attempts >= cfg.max_attempts:
+            await self.c.record_verdict(
+                row["task_id"], row["device_id"], proofs.UNANSWERED, f"{attempts} attempts: {why}"
+            )
+            return proofs.UNANSWERED
+        next_at = self.c.clock() + int(cfg.retry_s * 1000 * 2 ** (attempts - 1))
+
+        def txn(db: sqlite_utils.Database) -> None:
+            db.execute(
+                "UPDATE spot_checks SET attempts=?, next_attempt_at=?, detail=? "
+                "WHERE task_id=? AND device_id=? AND state='pending'",
+                [attempts, next_at, why, row["task_id"], row["device_id"]],
+            )
+
+        await self.c.db.write(txn)
+        return None
+
+
+def _due(db: sqlite_utils.Database, now: int) -> list[dict[str, Any]]:
+    return list(
+        db.query(
+            "SELECT s.task_id, s.device_id, s.indices, s.attempts, hex(b.hash) AS block_hash, "
+            "p.pot, p.output, t.kind, t.params, t.chunks FROM spot_checks s "
+            "JOIN blocks b ON b.height = s.block_height "
+            "JOIN proofs p ON p.task_id = s.task_id AND p.device_id = s.device_id "
+            "JOIN tasks t ON t.task_id = s.task_id "
+            "WHERE s.state = 'pending' AND s.next_attempt_at <= ? "
+            "ORDER BY s.next_attempt_at LIMIT 32",
+            [now],
+        )
+    )

@@ -1,0 +1,175 @@
+"""The coordinator end to end with real processes and HTTP: enrollment, heartbeats, task
+assignment, proofs, microblocks, spot-checks, quarantine and redundancy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from typing import Any
+
+from aeamc.shared import microblock
+from tests.support.coordinator import CoordinatorProcess
+from tests.support.device import SimDevice
+
+SHA_TASK = {"kind": "sha256-chain", "params": {"seed": "ab" * 32, "iterations": 200}, "chunks": 8}
+
+
+async def wait(predicate: Any, timeout: float = 30) -> Any:
+    for _ in range(int(timeout / 0.1)):
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        await asyncio.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+async def test_happy_path(coordinator: CoordinatorProcess, enroll_token: str) -> None:
+    device = await SimDevice(coordinator.url).start()
+    try:
+        await device.join(enroll_token)
+        client = coordinator.token("client")
+        status, body = coordinator.request("POST", "/v1/tasks", SHA_TASK, token=client)
+        assert status == 202, body
+        task_id = body["task_id"]
+
+        def task() -> dict[str, Any]:
+            return coordinator.request("GET", f"/v1/tasks/{task_id}", token=client)[1]
+
+        done = await wait(
+            lambda: (
+                (t := task())["state"] == "completed"
+                and t["proofs"][0]["spot_check"] == "passed"
+                and t
+            )
+        )
+        assert done["assignments"][0]["device_id"] == device.device_id
+        proof = done["proofs"][0]
+        assert proof["credit"] == "verified"
+        assert done["output"] == device.traces[task_id].output.hex()
+        height = proof["block_height"]
+        status, raw = coordinator.request("GET", f"/v1/microblocks/{height}/raw")
+        assert status == 200
+        # The exact bytes decode with the auditor's tool.
+        out = subprocess.run(
+            [sys.executable, "-m", "aeamc.shared.cli", "inspect", "microblock", "-"],
+            input=raw,
+            capture_output=True,
+            check=True,
+        )
+        view = json.loads(out.stdout)
+        assert {"task_id": task_id, "device_id": device.device_id} in [
+            {"task_id": r["task_id"], "device_id": r["device_id"]} for r in view["receipts"]
+        ]
+        assert device.challenges and device.challenges[0].task_id == task_id
+        assert len(device.challenges[0].indices) == 4
+        # The chain verifies from genesis.
+        blocks = coordinator.request("GET", "/v1/microblocks")[1]["microblocks"]
+        decoded = [
+            microblock.decode(coordinator.request("GET", f"/v1/microblocks/{b['height']}/raw")[1])
+            for b in blocks
+        ]
+        microblock.verify_chain(decoded)
+        status, dev = coordinator.request(
+            "GET", f"/v1/devices/{device.device_id}", token=coordinator.token("operator")
+        )
+        assert dev["record"]["passes"] == 1 and dev["state"] == "active"
+        assert dev["reputation"] > 0.5
+    finally:
+        await device.stop()
+
+
+async def test_cheater_is_caught_and_quarantined(
+    coordinator: CoordinatorProcess, enroll_token: str
+) -> None:
+    cheater = await SimDevice(coordinator.url, cheat_chunks=frozenset(range(0, 8, 2))).start()
+    try:
+        await cheater.join(enroll_token)
+        client = coordinator.token("client")
+        task_id = coordinator.request("POST", "/v1/tasks", SHA_TASK, token=client)[1]["task_id"]
+        operator = coordinator.token("operator")
+
+        def state() -> dict[str, Any]:
+            return coordinator.request("GET", f"/v1/devices/{cheater.device_id}", token=operator)[1]
+
+        dev = await wait(lambda: (d := state())["state"] == "quarantined" and d)
+        assert "failed spot-check" in dev["state_reason"]
+        assert dev["record"]["failures"] == 1
+        task = coordinator.request("GET", f"/v1/tasks/{task_id}", token=client)[1]
+        assert task["proofs"][0]["spot_check"] == "failed"
+        assert task["proofs"][0]["credit"] == "void"
+        # A quarantined device gets no further work and its messages are refused.
+        status, body = await cheater.heartbeat()
+        assert status == 403 and body["error"]["code"] == "quarantined"
+        coordinator.request("POST", "/v1/tasks", SHA_TASK, token=client)
+        await asyncio.sleep(1.0)
+        assert len(cheater.assignments) == 1
+    finally:
+        await cheater.stop()
+
+
+async def test_redundancy_detects_mismatching_output(
+    coordinator: CoordinatorProcess, enroll_token: str
+) -> None:
+    honest = await SimDevice(coordinator.url).start()
+    cheater = await SimDevice(coordinator.url, cheat_chunks=frozenset({3})).start()
+    try:
+        await honest.join(enroll_token)
+        await cheater.join(enroll_token)
+        client = coordinator.token("client")
+        body = {**SHA_TASK, "replicas": 2}
+        task_id = coordinator.request("POST", "/v1/tasks", body, token=client)[1]["task_id"]
+
+        def task() -> dict[str, Any]:
+            return coordinator.request("GET", f"/v1/tasks/{task_id}", token=client)[1]
+
+        t = await wait(lambda: (t := task())["state"] == "disputed" and t)
+        assert {a["device_id"] for a in t["assignments"]} == {honest.device_id, cheater.device_id}
+        assert t["output"] is None
+        # Both replicas are spot-checked; only the cheater fails.
+        t = await wait(
+            lambda: (
+                (t := task())
+                and all(p["spot_check"] in ("passed", "failed") for p in t["proofs"])
+                and t
+            )
+        )
+        verdicts = {p["device_id"]: p["spot_check"] for p in t["proofs"]}
+        assert verdicts == {honest.device_id: "passed", cheater.device_id: "failed"}
+    finally:
+        await honest.stop()
+        await cheater.stop()
+
+
+async def test_refusal_reassigns_to_another_device(
+    coordinator: CoordinatorProcess, enroll_token: str
+) -> None:
+    lazy = await SimDevice(coordinator.url, refuse="battery_low").start()
+    worker = await SimDevice(coordinator.url).start()
+    try:
+        await lazy.join(enroll_token)
+        await worker.join(enroll_token)
+        client = coordinator.token("client")
+        ids = [
+            coordinator.request("POST", "/v1/tasks", SHA_TASK, token=client)[1]["task_id"]
+            for _ in range(3)
+        ]
+
+        def states() -> list[str]:
+            return [
+                coordinator.request("GET", f"/v1/tasks/{i}", token=client)[1]["state"] for i in ids
+            ]
+
+        await wait(lambda: states() == ["completed"] * 3)
+        operator = coordinator.token("operator")
+        dev = coordinator.request("GET", f"/v1/devices/{lazy.device_id}", token=operator)[1]
+        assert dev["record"]["refusals"] >= 1
+        for i in ids:
+            t = coordinator.request("GET", f"/v1/tasks/{i}", token=client)[1]
+            assert [p["device_id"] for p in t["proofs"]] == [worker.device_id]
+    finally:
+        await lazy.stop()
+        await worker.stop()

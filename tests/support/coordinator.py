@@ -1,0 +1,180 @@
+"""A real coordinator process for integration tests: `aeamc-coordinator init` then `run`,
+on a free loopback port, with a state directory of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FAST_SETTINGS = {
+    "server": {"host": "127.0.0.1", "port": 0, "mdns": False},
+    "scheduler": {"tick_s": 0.2, "push_timeout_s": 5.0},
+    "blocks": {"interval_s": 0.5},
+    "spot_checks": {"retry_s": 0.5},
+}
+
+
+def _toml(data: dict[str, Any]) -> str:
+    lines = []
+    for key, value in data.items():
+        if not isinstance(value, dict):
+            lines.append(f"{key} = {json.dumps(value)}")
+    for section, values in data.items():
+        if isinstance(values, dict):
+            lines.append(f"[{section}]")
+            for k, v in values.items():
+                lines.append(f"{k} = {json.dumps(v)}")
+    return "\n".join(lines) + "\n"
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for k, v in extra.items():
+        if isinstance(v, dict):
+            out.setdefault(k, {}).update(v)
+        else:
+            out[k] = v
+    return out
+
+
+@dataclass
+class CoordinatorProcess:
+    root: Path
+    settings: dict[str, Any] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    port: int = 0
+    log: Path | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "coordinator.toml"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def token(self, role: str) -> str:
+        return (self.state_dir / "tokens" / f"{role}.token").read_text().strip()
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "aeamc.coordinator.cli",
+                "--config",
+                str(self.config_path),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"aeamc-coordinator {args} failed: {proc.stderr}")
+        return proc
+
+    def init(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        settings = merge(FAST_SETTINGS, self.settings)
+        settings = {"state_dir": str(self.state_dir), **settings}
+        self.config_path.write_text(_toml(settings))
+        self.cli("init")
+
+    def start(self, timeout: float = 30) -> None:
+        port_file = self.state_dir / "coordinator.port"
+        port_file.unlink(missing_ok=True)
+        self.log = self.root / f"coordinator-{int(time.time() * 1000)}.log"
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "aeamc.coordinator.cli",
+                    "--config",
+                    str(self.config_path),
+                    "run",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"coordinator exited: {self.log.read_text()}")
+            if port_file.exists() and port_file.read_text().strip():
+                self.port = int(port_file.read_text())
+                return
+            time.sleep(0.05)
+        raise AssertionError("coordinator did not start in time")
+
+    def kill(self) -> None:
+        """kill -9: no clean-up, exactly like a crash or power loss of the process."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> int:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            return self.process.wait(timeout=30)
+        return self.process.returncode if self.process else 0
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        token: str | None = None,
+        raw_body: bytes | None = None,
+        content_type: str = "application/json",
+    ) -> tuple[int, Any]:
+        data = (
+            raw_body
+            if raw_body is not None
+            else (json.dumps(body).encode() if body is not None else None)
+        )
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", content_type)
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                payload = resp.read()
+                status = resp.status
+                ctype = resp.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as exc:
+            payload, status, ctype = exc.read(), exc.code, exc.headers.get("Content-Type", "")
+        if ctype.startswith("application/json"):
+            return status, json.loads(payload)
+        return status, payload
+
+    def wait_for(self, predicate: Any, timeout: float = 30, interval: float = 0.1) -> Any:
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            last = predicate()
+            if last:
+                return last
+            time.sleep(interval)
+        raise AssertionError(f"condition not met in {timeout}s (last: {last!r})")
+
+
+def env_without_coverage() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE")}

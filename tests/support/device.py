@@ -1,0 +1,187 @@
+"""A protocol-level device for coordinator tests: it signs real messages with the
+protocol core, serves a real HTTP endpoint for assignments and challenges, and can be
+told to refuse work or to cheat. It is a test client, not a stand-in for the coordinator."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from aeamc.shared import proofs
+from aeamc.shared.identity import SigningKey
+from aeamc.shared.messages import Assignment, Challenge, Enroll, PoA, parse_signed, sign
+from aeamc.shared.tasks.registry import discover
+
+KINDS = discover()
+GOOD_TELEMETRY = {
+    "battery_pct": 90,
+    "charging": True,
+    "cpu_temp_mc": 40_000,
+    "cpu_load_permille": 100,
+    "net_latency_us": 2_000,
+    "mem_available_kb": 1 << 20,
+}
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class SimDevice:
+    coordinator_url: str
+    key: SigningKey = field(default_factory=lambda: SigningKey.from_seed(os.urandom(32)))
+    kinds: tuple[str, ...] = ("sha256-chain", "classify-int8")
+    #: Chunk indices whose output the device makes up instead of computing.
+    cheat_chunks: frozenset[int] = frozenset()
+    #: When set, every assignment is refused with this reason.
+    refuse: str | None = None
+    auto_prove: bool = True
+    seq: int = 0
+    assignments: list[Assignment] = field(default_factory=list)
+    challenges: list[Challenge] = field(default_factory=list)
+    traces: dict[str, proofs.Trace] = field(default_factory=dict)
+    proof_replies: list[tuple[int, Any]] = field(default_factory=list)
+    _runner: web.AppRunner | None = None
+    _session: aiohttp.ClientSession | None = None
+    _work: set[asyncio.Task[Any]] = field(default_factory=set)
+    port: int = 0
+
+    @property
+    def device_id(self) -> str:
+        return self.key.device_id
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> SimDevice:
+        app = web.Application()
+        app.router.add_post("/v1/assignments", self._on_assignment)
+        app.router.add_post("/v1/challenges", self._on_challenge)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._session = aiohttp.ClientSession()
+        return self
+
+    async def stop(self) -> None:
+        for t in list(self._work):
+            t.cancel()
+        if self._session:
+            await self._session.close()
+        if self._runner:
+            await self._runner.cleanup()
+
+    async def post(self, path: str, body: Any) -> tuple[int, Any]:
+        assert self._session is not None
+        async with self._session.post(self.coordinator_url + path, json=body) as resp:
+            return resp.status, await resp.json()
+
+    def enroll_message(self, token: str | None = None, **over: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": "enroll",
+            "public_key": self.key.public_key.hex(),
+            "device_id": self.device_id,
+            "timestamp": now_ms(),
+            "capabilities": {
+                "kinds": list(self.kinds),
+                "cpus": 2,
+                "mem_mb": 1024,
+                "battery": True,
+                "version": "0.1.0",
+                "endpoint": self.endpoint,
+            },
+        }
+        if token:
+            body["token"] = token
+        body.update(over)
+        return sign(Enroll, body, self.key).to_dict()
+
+    async def enroll(self, token: str | None = None) -> tuple[int, Any]:
+        return await self.post("/v1/enroll", self.enroll_message(token))
+
+    def poa(self, telemetry: dict[str, Any] | None = None, **over: Any) -> dict[str, Any]:
+        self.seq += 1
+        body = {
+            "type": "poa",
+            "device_id": self.device_id,
+            "timestamp": now_ms(),
+            "seq": self.seq,
+            "telemetry": telemetry or GOOD_TELEMETRY,
+        }
+        body.update(over)
+        return sign(PoA, body, self.key).to_dict()
+
+    async def heartbeat(self, telemetry: dict[str, Any] | None = None) -> tuple[int, Any]:
+        return await self.post("/v1/heartbeats", self.poa(telemetry))
+
+    async def join(self, token: str) -> None:
+        """Enroll with a token and send the heartbeats that make the device eligible."""
+        status, body = await self.enroll(token)
+        assert status == 202 and body["state"] == "active", body
+        for _ in range(2):
+            status, body = await self.heartbeat()
+            assert status == 202, body
+
+    def compute(self, a: Assignment) -> proofs.Trace:
+        kind = KINDS.get(a.kind)
+        outputs = []
+        for i in range(a.chunks):
+            if i in self.cheat_chunks:
+                outputs.append(b"\x00" * 32)
+            else:
+                outputs.append(kind.run_chunk(a.params, i, a.chunks))
+        return proofs.Trace(tuple(outputs))
+
+    def proof_for(self, a: Assignment, **over: Any) -> dict[str, Any]:
+        trace = self.traces.get(a.task_id) or self.compute(a)
+        self.traces[a.task_id] = trace
+        pot = proofs.build_pot(
+            self.key,
+            task_id=a.task_id,
+            device_id=self.device_id,
+            trace=trace,
+            nonce=os.urandom(16),
+            timestamp=over.pop("timestamp", now_ms()),
+            execution_time_ms=1,
+            cpu_time_ms=1,
+        )
+        return {"pot": pot.to_dict(), "output": trace.output.hex(), **over}
+
+    async def prove(self, a: Assignment) -> tuple[int, Any]:
+        reply = await self.post("/v1/proofs", self.proof_for(a))
+        self.proof_replies.append(reply)
+        return reply
+
+    async def _on_assignment(self, request: web.Request) -> web.Response:
+        a = parse_signed(await request.json(), Assignment)
+        if self.refuse:
+            return web.json_response(
+                {"error": {"code": "refused", "message": self.refuse, "reason": self.refuse}},
+                status=409,
+            )
+        self.assignments.append(a)
+        if self.auto_prove:
+            task = asyncio.create_task(self.prove(a))
+            self._work.add(task)
+            task.add_done_callback(self._work.discard)
+        return web.json_response({"accepted": True}, status=202)
+
+    async def _on_challenge(self, request: web.Request) -> web.Response:
+        ch = parse_signed(await request.json(), Challenge)
+        self.challenges.append(ch)
+        trace = self.traces.get(ch.task_id)
+        if trace is None:
+            return web.json_response(
+                {"error": {"code": "unknown_task", "message": "no trace"}}, status=404
+            )
+        return web.json_response(proofs.build_opening(self.key, ch, trace).to_dict())
