@@ -23,7 +23,7 @@ from typing import Any
 
 import sqlite_utils
 
-from aeamc.shared import microblock, spotcheck
+from aeamc.shared import microblock, proofs, spotcheck
 from aeamc.shared import reputation as rep
 from aeamc.shared.eps import eps
 from aeamc.shared.identity import Signer, device_id_for
@@ -49,6 +49,7 @@ from .registry import Device
 log = logging.getLogger(__name__)
 
 ROLES = ("operator", "client", "enroll")
+MAX_CHALLENGE_INDICES = 256
 
 _TASK_REQUEST = record(
     {
@@ -659,11 +660,22 @@ class Coordinator:
         block_hash: bytes,
         now: int,
     ) -> None:
-        chunks = next(iter(db.query("SELECT chunks FROM tasks WHERE task_id=?", [task_id])))[
-            "chunks"
-        ]
+        """Queue a challenge; a disputed task is challenged on the chunks that differ."""
+        task = next(iter(db.query("SELECT chunks, state FROM tasks WHERE task_id=?", [task_id])))
+        if task["state"] == "disputed":
+            indices = _differing_chunks(db, task_id, task["chunks"])
+            # A dispute overrides an earlier, random check: the evidence is now specific.
+            db.execute(
+                "INSERT INTO spot_checks (task_id, device_id, block_height, indices, state, "
+                "next_attempt_at, created_at) VALUES (?,?,?,?, 'pending', ?, ?) "
+                "ON CONFLICT (task_id, device_id) DO UPDATE SET indices=excluded.indices, "
+                "state='pending', attempts=0, next_attempt_at=excluded.next_attempt_at "
+                "WHERE spot_checks.state IN ('pending','passed')",
+                [task_id, device_id, height, json.dumps(indices), now, now],
+            )
+            return
         indices = spotcheck.challenge_indices(
-            block_hash, task_id, self.config.spot_checks.k, chunks
+            block_hash, task_id, self.config.spot_checks.k, task["chunks"]
         )
         db.execute(
             "INSERT OR IGNORE INTO spot_checks (task_id, device_id, block_height, indices, state, "
@@ -871,3 +883,13 @@ class Coordinator:
         out["cluster_id"] = self.config.protocol.cluster_id
         out["uptime_s"] = (self.clock() - self.started_at) // 1000
         return out
+
+
+def _differing_chunks(db: sqlite_utils.Database, task_id: str, chunks: int) -> list[int]:
+    """Chunk indices on which the replicas of a task disagree (at most one challenge's worth)."""
+    outputs = [
+        proofs.split_output(bytes(r["output"]), chunks)
+        for r in db.query("SELECT output FROM proofs WHERE task_id=?", [task_id])
+    ]
+    differing = [i for i in range(chunks) if len({o[i] for o in outputs}) > 1]
+    return differing[:MAX_CHALLENGE_INDICES] or [0]
