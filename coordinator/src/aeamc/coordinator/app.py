@@ -16,6 +16,7 @@ from aeamc.shared.tasks.registry import discover
 from .api import build_app
 from .config import CoordinatorConfig
 from .db import Database
+from .discovery import Discovery
 from .peers import AgentClient
 from .scheduler import Scheduler
 from .service import Coordinator
@@ -37,6 +38,7 @@ class CoordinatorService:
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.port = 0
+        self.discovery: Discovery | None = None
 
     async def start(self) -> None:
         self.db.open()
@@ -56,6 +58,9 @@ class CoordinatorService:
             "maintenance": self._maintenance_loop(),
         }
         self._tasks = [asyncio.create_task(coro, name=name) for name, coro in loops.items()]
+        if self.config.server.mdns:
+            self.discovery = Discovery(self.coordinator, self.port)
+            await self.discovery.start()
         log.info(
             "coordinator %s listening on %s:%d",
             self.coordinator.coordinator_id,
@@ -64,6 +69,9 @@ class CoordinatorService:
         )
 
     async def stop(self) -> None:
+        if self.discovery is not None:
+            await self.discovery.stop()
+            self.discovery = None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -28,6 +28,8 @@ class ServerConfig:
     advertise_address: str = ""
     max_body_bytes: int = 16 * 1024 * 1024
     mdns: bool = True
+    #: Comma-separated IPv4 addresses of the interfaces for mDNS; empty = all of them.
+    mdns_interfaces: str = ""
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import json
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -106,6 +107,9 @@ class Coordinator:
         self.counters: dict[str, int] = {}
         #: Receipts accepted but not yet in a block (a hint for forming full blocks early).
         self.unblocked = 0
+        self._background: set[asyncio.Future[Any]] = set()
+        #: (time ms, status, seconds) of the latest requests, for alert evaluation.
+        self.recent_requests: deque[tuple[int, int, float]] = deque(maxlen=10_000)
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -125,6 +129,16 @@ class Coordinator:
             d = self.devices.get(r["device_id"])
             if d is not None:
                 d.poa_times.append(r["received_at"])
+
+    def spawn(self, coro: Any) -> None:
+        """Run ``coro`` in the background, keeping a reference so it is not collected."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def observe_request(self, status: int, seconds: float) -> None:
+        """Remember recent requests for the coordinator's own alert evaluation."""
+        self.recent_requests.append((self.clock(), status, seconds))
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -309,7 +323,12 @@ class Coordinator:
         if device.state == "quarantined":
             raise ApiError(403, "quarantined", "this device is quarantined")
         if poa.seq <= device.last_seq:
-            raise ApiError(409, "replay", f"seq {poa.seq} is not above {device.last_seq}")
+            raise ApiError(
+                409,
+                "replay",
+                f"seq {poa.seq} is not above {device.last_seq}",
+                last_seq=device.last_seq,
+            )
         score = eps(poa.telemetry, self.eps_config)
         telemetry_json = json.dumps(poa.telemetry.to_dict(), sort_keys=True)
 

@@ -1,0 +1,189 @@
+"""``aeamc-agent``: set up, run and inspect the device agent.
+
+Exit status: 0 success, 1 runtime failure, 64 usage error, 73 refusing to replace the
+device identity (``init`` without ``--force``), 78 configuration error (bad or missing
+config, key file with loose permissions, simulated telemetry not enabled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__, logs
+from .config import (
+    DEFAULT_STATE_DIR,
+    ConfigError,
+    config_from_mapping,
+    config_path,
+    load_config,
+    render_config,
+)
+from .keystore import KeyFileError, create_identity, key_path, load_identity
+from .state import StateError, ensure_dir
+from .status import live_status, offline_status, render_text
+from .telemetry import TelemetryError, make_source
+
+EX_OK, EX_FAILURE, EX_USAGE, EX_CANTCREAT, EX_CONFIG = 0, 1, 64, 73, 78
+
+log = logging.getLogger("aeamc.agent")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="aeamc-agent", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"aeamc-agent {__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="configuration file (default: $AEAMC_AGENT_CONFIG or /etc/aeamc/agent.toml)",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log detail")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    init = sub.add_parser("init", help="create the state directory, identity key and config")
+    init.add_argument(
+        "--state-dir", type=Path, help=f"state directory (default {DEFAULT_STATE_DIR})"
+    )
+    init.add_argument("--coordinator-url", help="coordinator base URL (default: find it over mDNS)")
+    init.add_argument("--token", help="enrollment token from the coordinator's operator")
+    init.add_argument(
+        "--force", action="store_true", help="replace an existing identity (a new device!)"
+    )
+    init.set_defaults(func=cmd_init)
+
+    run = sub.add_parser("run", help="run the agent daemon in the foreground")
+    run.set_defaults(func=cmd_run)
+
+    status = sub.add_parser("status", help="show identity, coordinator, telemetry, work, outbox")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.configure(args.verbose)
+    args.config_path = config_path(args.config)
+    return int(args.func(args))
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    path: Path = args.config_path
+    if path.exists():
+        if args.state_dir or args.coordinator_url or args.token:
+            print(
+                f"aeamc-agent: {path} exists; edit it instead of passing "
+                "--state-dir/--coordinator-url/--token",
+                file=sys.stderr,
+            )
+            return EX_USAGE
+        try:
+            config = load_config(path)
+        except ConfigError as exc:
+            return _config_error(exc)
+    else:
+        text = render_config(
+            state_dir=(args.state_dir or DEFAULT_STATE_DIR).absolute(),
+            coordinator_url=args.coordinator_url,
+            token=args.token,
+        )
+        try:
+            config_from_mapping(tomllib.loads(text))
+        except ConfigError as exc:
+            return _config_error(exc)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if args.token else 0o644)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+        except OSError as exc:
+            print(f"aeamc-agent: cannot write {path}: {exc.strerror}", file=sys.stderr)
+            return EX_CANTCREAT
+        config = load_config(path)
+        print(f"wrote {path}")
+    try:
+        ensure_dir(config.state_dir)
+        existed = key_path(config.state_dir).exists()
+        key = create_identity(config.state_dir, force=args.force)
+    except KeyFileError as exc:
+        print(f"aeamc-agent: {exc}", file=sys.stderr)
+        return EX_CANTCREAT
+    except OSError as exc:
+        print(f"aeamc-agent: cannot create {config.state_dir}: {exc.strerror}", file=sys.stderr)
+        return EX_CANTCREAT
+    if existed:
+        print("replaced the identity: to coordinators this is a new device", file=sys.stderr)
+    print(f"device id {key.device_id}")
+    print(f"identity  {key_path(config.state_dir)}")
+    return EX_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .daemon import Agent
+
+    try:
+        config = load_config(args.config_path)
+        agent = Agent(config)
+    except (ConfigError, KeyFileError, TelemetryError, StateError) as exc:
+        return _config_error(exc)
+    try:
+        asyncio.run(agent.run_until_signalled())
+    except OSError as exc:
+        log.error("cannot run: %s", exc)
+        return EX_FAILURE
+    return EX_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config_path)
+    except ConfigError as exc:
+        return _config_error(exc)
+    status = live_status(config.state_dir)
+    if status is None:
+        device_id = public_key = identity_error = source_error = None
+        try:
+            key = load_identity(config.state_dir)
+            device_id, public_key = key.device_id, key.public_key.hex()
+        except KeyFileError as exc:
+            identity_error = str(exc)
+        try:
+            source = make_source(config.telemetry_source, config.telemetry_profile)
+        except TelemetryError as exc:
+            source, source_error = None, str(exc)
+        status = offline_status(
+            config,
+            device_id=device_id,
+            public_key=public_key,
+            identity_error=identity_error,
+            source=source,
+            source_error=source_error,
+        )
+    if args.json:
+        json.dump(status, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render_text(status))
+    return EX_OK
+
+
+def _config_error(exc: Exception) -> int:
+    print(f"aeamc-agent: configuration error: {exc}", file=sys.stderr)
+    return EX_CONFIG
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

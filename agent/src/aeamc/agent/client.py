@@ -1,0 +1,73 @@
+"""Requests to the coordinator, with their round-trip time.
+
+Every answer is a ``Reply`` (status, JSON body, round trip in µs); anything that is not an
+HTTP answer (refused connection, timeout, reset) is ``Unreachable``. The round trip of
+each request is the device's latency measurement (SPEC §2 ``net_latency_us``): a real
+exchange with the coordinator, not a ping to somewhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+
+class Unreachable(Exception):
+    """No HTTP answer from the coordinator."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: Any
+    rtt_us: int
+
+    @property
+    def error_code(self) -> str | None:
+        """``error.code`` of a SPEC §9 error body, if there is one."""
+        if isinstance(self.body, dict) and isinstance(self.body.get("error"), dict):
+            code = self.body["error"].get("code")
+            return code if isinstance(code, str) else None
+        return None
+
+    @property
+    def error_message(self) -> str:
+        if isinstance(self.body, dict) and isinstance(self.body.get("error"), dict):
+            return str(self.body["error"].get("message", ""))
+        return ""
+
+    @property
+    def error(self) -> dict[str, Any]:
+        if isinstance(self.body, dict) and isinstance(self.body.get("error"), dict):
+            return self.body["error"]  # type: ignore[no-any-return]
+        return {}
+
+
+class CoordinatorClient:
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+        self.last_rtt_us: int | None = None
+
+    async def post(self, base_url: str, path: str, payload: Any) -> Reply:
+        url = base_url.rstrip("/") + path
+        data = json.dumps(payload, separators=(",", ":")).encode()
+        started = time.perf_counter_ns()
+        try:
+            async with self.session.post(
+                url, data=data, headers={"Content-Type": "application/json"}
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise Unreachable(f"{url}: {exc.__class__.__name__}: {exc}") from None
+        rtt_us = (time.perf_counter_ns() - started) // 1000
+        self.last_rtt_us = rtt_us
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        return Reply(status, body, rtt_us)

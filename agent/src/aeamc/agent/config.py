@@ -1,0 +1,328 @@
+"""The agent's configuration: one frozen dataclass of settings with documented defaults.
+
+Read from TOML (``/etc/aeamc/agent.toml`` unless ``--config`` or ``AEAMC_AGENT_CONFIG``
+say otherwise). Every key is optional; an unknown key, a wrong type or an inconsistent
+combination is a ``ConfigError`` naming the key, so a typo never silently falls back to
+a default. docs/agent.md is the reference for every key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .energy import EnergyThresholds
+
+DEFAULT_CONFIG_PATH = Path("/etc/aeamc/agent.toml")
+CONFIG_ENV = "AEAMC_AGENT_CONFIG"
+DEFAULT_STATE_DIR = Path("/var/lib/aeamc-agent")
+TELEMETRY_SOURCES = ("psutil", "simulated")
+_TOKEN = re.compile(r"[A-Za-z0-9._~-]{1,128}")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key and what is wrong."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Every setting of the agent; the TOML key of each field is in ``TOML_KEYS``."""
+
+    #: Identity key, heartbeat counter, pinned coordinator key, outbox, traces, status.
+    state_dir: Path = DEFAULT_STATE_DIR
+    #: Fixed coordinator base URL; unset means "find it over mDNS".
+    coordinator_url: str | None = None
+    #: Enrollment token from the coordinator's operator; without it enrollment is pending.
+    enrollment_token: str | None = None
+
+    #: Address the assignment/challenge server binds; port 0 picks a free port.
+    listen_host: str = "0.0.0.0"  # noqa: S104 - the coordinator must reach the device
+    listen_port: int = 0
+    #: Address put in the enrollment endpoint and the mDNS advert; unset = detected.
+    advertise_address: str | None = None
+
+    heartbeat_interval_s: float = 30.0
+    #: Each wait is ``interval × (1 ± jitter)`` so a fleet does not beat in lockstep.
+    heartbeat_jitter: float = 0.1
+    #: While pending approval, enrollment is re-sent this often.
+    enroll_retry_s: float = 60.0
+
+    min_battery_pct: int = 20
+    resume_battery_pct: int = 25
+    max_temp_c: int = 75
+    resume_temp_c: int = 70
+    run_only_when_charging: bool = False
+
+    telemetry_source: str = "psutil"
+    telemetry_profile: Path | None = None
+    #: How often telemetry is read to re-evaluate the energy policy.
+    telemetry_interval_s: float = 5.0
+
+    outbox_max_count: int = 1000
+    outbox_max_bytes: int = 256 * 1024 * 1024
+    trace_retention_s: float = 24 * 3600.0
+
+    request_timeout_s: float = 10.0
+    retry_initial_s: float = 1.0
+    retry_max_s: float = 300.0
+    #: On shutdown the running chunk may finish for this long, then it is abandoned.
+    shutdown_grace_s: float = 10.0
+
+    mdns_enabled: bool = True
+    #: IPv4 addresses of the interfaces mDNS uses; empty = every IPv4 interface.
+    mdns_interfaces: tuple[str, ...] = ()
+
+    #: DEMO ONLY: fraction of chunk outputs faked instead of computed (needs simulated telemetry).
+    cheat_fraction: float = 0.0
+
+    source_path: Path | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def energy(self) -> EnergyThresholds:
+        return EnergyThresholds(
+            min_battery_pct=self.min_battery_pct,
+            resume_battery_pct=self.resume_battery_pct,
+            max_temp_c=self.max_temp_c,
+            resume_temp_c=self.resume_temp_c,
+            run_only_when_charging=self.run_only_when_charging,
+        )
+
+    @property
+    def is_demo_cheater(self) -> bool:
+        return self.cheat_fraction > 0
+
+
+#: TOML (section, key) → field. Top-level keys have section ``""``.
+TOML_KEYS: dict[tuple[str, str], str] = {
+    ("", "state_dir"): "state_dir",
+    ("", "coordinator_url"): "coordinator_url",
+    ("", "enrollment_token"): "enrollment_token",
+    ("listen", "host"): "listen_host",
+    ("listen", "port"): "listen_port",
+    ("listen", "advertise_address"): "advertise_address",
+    ("heartbeat", "interval_s"): "heartbeat_interval_s",
+    ("heartbeat", "jitter"): "heartbeat_jitter",
+    ("heartbeat", "enroll_retry_s"): "enroll_retry_s",
+    ("energy", "min_battery_pct"): "min_battery_pct",
+    ("energy", "resume_battery_pct"): "resume_battery_pct",
+    ("energy", "max_temp_c"): "max_temp_c",
+    ("energy", "resume_temp_c"): "resume_temp_c",
+    ("energy", "run_only_when_charging"): "run_only_when_charging",
+    ("telemetry", "source"): "telemetry_source",
+    ("telemetry", "profile"): "telemetry_profile",
+    ("telemetry", "interval_s"): "telemetry_interval_s",
+    ("outbox", "max_count"): "outbox_max_count",
+    ("outbox", "max_bytes"): "outbox_max_bytes",
+    ("traces", "retention_h"): "trace_retention_s",
+    ("network", "request_timeout_s"): "request_timeout_s",
+    ("network", "retry_initial_s"): "retry_initial_s",
+    ("network", "retry_max_s"): "retry_max_s",
+    ("network", "shutdown_grace_s"): "shutdown_grace_s",
+    ("mdns", "enabled"): "mdns_enabled",
+    ("mdns", "interfaces"): "mdns_interfaces",
+    ("demo", "cheat_fraction"): "cheat_fraction",
+}
+_SECTIONS = {section for section, _ in TOML_KEYS if section}
+_FIELD_TYPES = {f.name: f.type for f in fields(AgentConfig)}
+
+
+def config_path(cli_value: str | None, env: Mapping[str, str] = os.environ) -> Path:
+    """``--config`` wins, then ``AEAMC_AGENT_CONFIG``, then the packaged default."""
+    if cli_value:
+        return Path(cli_value)
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV])
+    return DEFAULT_CONFIG_PATH
+
+
+def load_config(path: Path) -> AgentConfig:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (run `aeamc-agent init` first)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return config_from_mapping(data, source=path)
+
+
+def config_from_mapping(data: Mapping[str, Any], *, source: Path | None = None) -> AgentConfig:
+    """Build the config from parsed TOML; relative paths are relative to the file."""
+    where = f"{source}: " if source else ""
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key in _SECTIONS:
+            for sub, subvalue in value.items():
+                name = TOML_KEYS.get((key, sub))
+                if name is None:
+                    raise ConfigError(f"{where}unknown key {key}.{sub}")
+                values[name] = _convert(name, f"{key}.{sub}", subvalue, source, where)
+        else:
+            name = TOML_KEYS.get(("", key))
+            if name is None:
+                raise ConfigError(f"{where}unknown key {key}")
+            values[name] = _convert(name, key, value, source, where)
+    try:
+        return AgentConfig(**values, source_path=source)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}{exc}") from None
+
+
+def render_config(
+    *, state_dir: Path, coordinator_url: str | None = None, token: str | None = None
+) -> str:
+    """A commented starter config, as ``aeamc-agent init`` writes it."""
+    lines = [
+        "# aeamc-agent configuration; every key and its default: docs/agent.md",
+        f'state_dir = "{_toml_str(str(state_dir))}"',
+    ]
+    lines.append(
+        f'coordinator_url = "{_toml_str(coordinator_url)}"'
+        if coordinator_url
+        else '# coordinator_url = "http://192.0.2.1:8480"   # unset: found over mDNS'
+    )
+    lines.append(
+        f'enrollment_token = "{_toml_str(token)}"'
+        if token
+        else '# enrollment_token = "..."   # unset: enrollment waits for the operator'
+    )
+    lines += [
+        "",
+        "[listen]",
+        'host = "0.0.0.0"',
+        "port = 0   # 0 picks a free port; set one if a firewall is in the way",
+        "",
+        "[energy]",
+        "min_battery_pct = 20",
+        "resume_battery_pct = 25",
+        "max_temp_c = 75",
+        "resume_temp_c = 70",
+        "run_only_when_charging = false",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _toml_str(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _convert(name: str, key: str, value: Any, source: Path | None, where: str) -> Any:
+    kind = _FIELD_TYPES[name]
+    if name == "trace_retention_s":
+        return _number(key, value, where) * 3600.0
+    if kind in ("Path", "Path | None"):
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where}{key}: expected a path string")
+        path = Path(value).expanduser()
+        if not path.is_absolute() and source is not None:
+            path = source.parent / path
+        return path
+    if kind == "float":
+        return _number(key, value, where)
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}{key}: expected an integer")
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}{key}: expected true or false")
+        return value
+    if kind in ("str | None", "str"):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}{key}: expected a string")
+        return value
+    if kind == "tuple[str, ...]":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}{key}: expected a list of strings")
+        return tuple(value)
+    raise AssertionError(f"no converter for {name}: {kind}")  # pragma: no cover
+
+
+def _number(key: str, value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{where}{key}: expected a number")
+    return float(value)
+
+
+def _validate(c: AgentConfig) -> None:
+    if c.coordinator_url is not None:
+        parts = urlsplit(c.coordinator_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError("coordinator_url: expected http://host:port or https://host:port")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ConfigError("coordinator_url: give the base URL only (the agent adds /v1/...)")
+    if c.enrollment_token is not None and not _TOKEN.fullmatch(c.enrollment_token):
+        raise ConfigError("enrollment_token: 1-128 characters of A-Z a-z 0-9 . _ ~ -")
+    _ip("listen.host", c.listen_host)
+    if c.advertise_address is not None:
+        _ip("listen.advertise_address", c.advertise_address)
+        if ipaddress.ip_address(c.advertise_address).is_unspecified:
+            raise ConfigError("listen.advertise_address: must be an address peers can reach")
+    if not 0 <= c.listen_port <= 65535:
+        raise ConfigError("listen.port: must be 0-65535 (0 picks a free port)")
+    for key, value, lo in (
+        ("heartbeat.interval_s", c.heartbeat_interval_s, 0.01),
+        ("heartbeat.enroll_retry_s", c.enroll_retry_s, 0.01),
+        ("telemetry.interval_s", c.telemetry_interval_s, 0.01),
+        ("network.request_timeout_s", c.request_timeout_s, 0.01),
+        ("network.retry_initial_s", c.retry_initial_s, 0.001),
+        ("network.retry_max_s", c.retry_max_s, 0.001),
+        ("traces.retention_h", c.trace_retention_s, 1.0),
+    ):
+        if value < lo:
+            raise ConfigError(f"{key}: must be positive")
+    if c.shutdown_grace_s < 0:
+        raise ConfigError("network.shutdown_grace_s: must not be negative")
+    if c.retry_max_s < c.retry_initial_s:
+        raise ConfigError("network.retry_max_s: must not be below network.retry_initial_s")
+    if not 0 <= c.heartbeat_jitter < 1:
+        raise ConfigError("heartbeat.jitter: must be a fraction in [0, 1)")
+    try:
+        c.energy  # noqa: B018 - validates the thresholds
+    except ValueError as exc:
+        raise ConfigError(f"energy.{exc}") from None
+    if c.telemetry_source not in TELEMETRY_SOURCES:
+        raise ConfigError(f"telemetry.source: one of {', '.join(TELEMETRY_SOURCES)}")
+    if c.telemetry_source == "simulated" and c.telemetry_profile is None:
+        raise ConfigError('telemetry.profile: required with telemetry.source = "simulated"')
+    if c.telemetry_source != "simulated" and c.telemetry_profile is not None:
+        raise ConfigError('telemetry.profile: only used with telemetry.source = "simulated"')
+    if c.outbox_max_count < 1:
+        raise ConfigError("outbox.max_count: must be at least 1")
+    if c.outbox_max_bytes < 1024:
+        raise ConfigError("outbox.max_bytes: must be at least 1024")
+    for address in c.mdns_interfaces:
+        _ip("mdns.interfaces", address)
+        if ipaddress.ip_address(address).version != 4:
+            raise ConfigError(f"mdns.interfaces: {address} is not IPv4 (mDNS runs over IPv4)")
+    if not 0 <= c.cheat_fraction <= 1:
+        raise ConfigError("demo.cheat_fraction: must be between 0 and 1")
+    if c.cheat_fraction > 0 and c.telemetry_source != "simulated":
+        raise ConfigError(
+            "demo.cheat_fraction: the demo cheating mode is only allowed together with "
+            'telemetry.source = "simulated"'
+        )
+
+
+def _ip(key: str, value: str) -> None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ConfigError(f"{key}: {value!r} is not an IP address") from None

@@ -1,0 +1,449 @@
+"""The agent daemon: wires the pieces together and runs them on one asyncio loop.
+
+================  =========================================================================
+monitor           reads telemetry, keeps the energy policy (monitor.py, energy.py)
+link              enrollment and heartbeats (link.py)
+locator           where the coordinator is: configured URL or mDNS (locator.py)
+server            assignments, challenges, health (server.py)
+runner            the one running task, chunk by chunk in a worker process (runner.py)
+sender            delivers the durable outbox of proofs (sender.py, outbox.py)
+mdns              advertises ``_aeamc-agent._tcp`` and browses ``_aeamc-coord._tcp``
+================  =========================================================================
+
+Shutdown (SIGTERM/SIGINT): refuse new work with ``shutting_down``, let the chunk in flight
+finish within the grace period, withdraw the mDNS advert, stop the server; the outbox and
+traces stay on disk for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from aeamc.shared.discovery import (
+    AGENT_SERVICE_TYPE,
+    COORDINATOR_SERVICE_TYPE,
+    AgentAdvert,
+    kinds_that_fit,
+)
+from aeamc.shared.errors import ProtocolError
+from aeamc.shared.messages import Assignment, Capabilities
+from aeamc.shared.runtime.mdns import Mdns, ServiceEvent, ipv4_addresses
+from aeamc.shared.tasks.registry import discover
+
+from . import __version__
+from .backoff import Backoff
+from .client import CoordinatorClient
+from .config import AgentConfig
+from .keystore import load_identity
+from .link import CoordinatorLink
+from .locator import CoordinatorLocator
+from .monitor import EnergyMonitor
+from .net import client_session, start_server
+from .outbox import Outbox
+from .runner import TaskRunner
+from .sender import OutboxSender
+from .server import ApiError, Refused, make_app
+from .state import (
+    OUTBOX_DIR,
+    REJECTED_DIR,
+    TRACES_DIR,
+    CoordinatorPin,
+    SeqCounter,
+    ensure_dir,
+    write_status,
+)
+from .status import daemon_status
+from .telemetry import TelemetrySource, make_source
+from .traces import TraceStore
+from .worker import ChunkPool
+
+log = logging.getLogger(__name__)
+
+#: How often the status file is refreshed and old traces pruned.
+HOUSEKEEPING_S = 5.0
+PRUNE_EVERY_S = 600.0
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        env: Mapping[str, str] = os.environ,
+        source: TelemetrySource | None = None,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+    ) -> None:
+        """Load identity and state; raises on anything that makes running pointless."""
+        self.config = config
+        self.clock_ms = clock_ms
+        state = ensure_dir(config.state_dir)
+        self.key = load_identity(state)
+        self.device_id = self.key.device_id
+        self.registry = discover()
+        self.source = source or make_source(
+            config.telemetry_source, config.telemetry_profile, env=env
+        )
+        self.monitor = EnergyMonitor(
+            self.source, config.energy, interval_s=config.telemetry_interval_s
+        )
+        self.outbox = Outbox(
+            state / OUTBOX_DIR,
+            state / REJECTED_DIR,
+            max_count=config.outbox_max_count,
+            max_bytes=config.outbox_max_bytes,
+        )
+        self.traces = TraceStore(
+            state / TRACES_DIR, retention_ms=int(config.trace_retention_s * 1000)
+        )
+        self.seq = SeqCounter(state)
+        pin = CoordinatorPin.load(state)
+        self.locator = CoordinatorLocator(
+            config.coordinator_url, pin.coordinator_id if pin else None
+        )
+        self.pool = ChunkPool()
+        self.shutting_down = False
+        self.started_ms = clock_ms()
+        self.port: int | None = None
+        self.link: CoordinatorLink | None = None
+        self.runner: TaskRunner | None = None
+        self.sender: OutboxSender | None = None
+        self.mdns: Mdns | None = None
+        self.advert_name: str | None = None
+        self._http: web.AppRunner | None = None
+        self._session: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = asyncio.Event()
+        if config.is_demo_cheater:
+            log.warning(
+                "DEMO CHEATER: this agent fakes %.0f%% of chunk outputs without computing "
+                "them; it exists to show spot-checks catching a cheater",
+                config.cheat_fraction * 100,
+            )
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        c = self.config
+        self._session = client_session(timeout_s=c.request_timeout_s)
+        client = CoordinatorClient(self._session)
+        self.monitor.poll()
+        self.link = CoordinatorLink(
+            config=c,
+            key=self.key,
+            client=client,
+            locator=self.locator,
+            monitor=self.monitor,
+            seq=self.seq,
+            capabilities=self.capabilities,
+            clock_ms=self.clock_ms,
+            on_change=self.write_status,
+        )
+        self.runner = TaskRunner(
+            signer=self.key,
+            device_id=self.device_id,
+            pool=self.pool,
+            monitor=self.monitor,
+            traces=self.traces,
+            outbox=self.outbox,
+            clock_ms=self.clock_ms,
+            cheat_fraction=c.cheat_fraction,
+            on_change=self._task_changed,
+        )
+        self.sender = OutboxSender(
+            outbox=self.outbox,
+            client=client,
+            locator=self.locator,
+            signer=self.key,
+            clock_ms=self.clock_ms,
+            backoff=Backoff(c.retry_initial_s, c.retry_max_s),
+            on_change=self.write_status,
+            on_latency=self._latency,
+        )
+        self._http, self.port = await start_server(make_app(self), c.listen_host, c.listen_port)
+        log.info(
+            "agent %s listening on %s:%d (telemetry: %s)",
+            self.device_id,
+            c.listen_host,
+            self.port,
+            self.source.name,
+        )
+        if c.mdns_enabled:
+            # Probing and announcing take a second or two; nothing needs to wait for them.
+            self._spawn(self._start_mdns(), "mdns")
+        self._spawn(self.link.run(), "link")
+        self._spawn(self.sender.run(), "sender")
+        self._spawn(self.monitor.run(), "monitor")
+        self._spawn(self._housekeeping(), "housekeeping")
+        self.write_status()
+        _notify_systemd("READY=1")
+
+    async def stop(self) -> None:
+        """Graceful shutdown; the outbox and traces stay for the next start."""
+        if self._stopped.is_set():
+            return
+        self.shutting_down = True
+        _notify_systemd("STOPPING=1")
+        log.info("shutting down: taking no new work")
+        if self.runner is not None:
+            await self.runner.stop(self.config.shutdown_grace_s)
+        else:
+            await self.pool.close(0)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self.mdns is not None:
+            with contextlib.suppress(Exception):
+                await self.mdns.async_close()
+            self.mdns = None
+        if self._http is not None:
+            await self._http.cleanup()
+            self._http = None
+        if self._session is not None:
+            await self._session.close()
+        self._stopped.set()
+        self.write_status()
+        log.info("stopped; %d proofs kept in the outbox", self.outbox.count)
+
+    async def run_until_signalled(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await self.start()
+            await stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self.stop()
+
+    # --- work ---------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._http is not None and not self._stopped.is_set()
+
+    @property
+    def pinned_coordinator_id(self) -> str | None:
+        pin = self.link.pin if self.link else None
+        return pin.coordinator_id if pin else None
+
+    def refusal_reason(self) -> str | None:
+        """Why a new assignment would be refused right now (before looking at it)."""
+        if self.shutting_down:
+            return "shutting_down"
+        if self.link is not None and not self.link.accepting_work:
+            return "quarantined"
+        if self.monitor.reason is not None:
+            # The device's condition first: it outlasts the current task.
+            return self.monitor.reason
+        if not self.outbox.has_room():
+            return "outbox_full"
+        if self.runner is not None and self.runner.busy:
+            return "busy"
+        return None
+
+    def accept(self, a: Assignment) -> str:
+        """Start ``a`` or raise ``Refused``/``ApiError``; the state to report on success."""
+        if self.shutting_down:
+            raise Refused("shutting_down", "the agent is shutting down")
+        if a.expires_at <= self.clock_ms():
+            raise Refused("expired", "the assignment has expired")
+        if a.kind not in self.registry:
+            raise Refused("unknown_kind", f"this agent cannot run {a.kind!r}")
+        try:
+            self.registry.validate(a.kind, a.params, a.chunks)
+        except ProtocolError as exc:
+            raise ApiError(400, exc.code, exc.message) from None
+        except (ImportError, TypeError, AttributeError) as exc:  # a broken plug-in
+            log.error("task kind %s cannot be loaded: %s", a.kind, exc)
+            raise Refused("unknown_kind", f"task kind {a.kind!r} cannot be loaded") from None
+        assert self.runner is not None
+        current = self.runner.current
+        if current is not None and current.assignment == a:
+            return "running"  # the coordinator retried a request we already took
+        if self.traces.assignment(a.task_id) == a:
+            return "done"  # already run; its proof is delivered or in the outbox
+        reason = self.refusal_reason()
+        if reason is not None:
+            raise Refused(reason, _REFUSAL_TEXT.get(reason, reason))
+        self.runner.start(a)
+        return "running"
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            kinds=tuple(self.registry.names()[:32]),
+            cpus=os.cpu_count() or 1,
+            mem_mb=_total_memory_mb(),
+            battery=self.monitor.reading.battery_pct is not None,
+            version=__version__,
+            endpoint=self.endpoint(),
+        )
+
+    def endpoint(self) -> str | None:
+        """The URL the coordinator reaches this agent at."""
+        if self.port is None:
+            return None
+        host = self.config.advertise_address
+        if host is None and not ipaddress.ip_address(self.config.listen_host).is_unspecified:
+            host = self.config.listen_host
+        if host is None:
+            host = _source_address_towards(self.locator.url)
+        if host is None:
+            return None
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    # --- status ---------------------------------------------------------------------------
+
+    def write_status(self) -> None:
+        try:
+            write_status(self.config.state_dir, daemon_status(self))
+        except OSError as exc:
+            log.warning("cannot write the status file: %s", exc)
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._crashed)
+        self._tasks.append(task)
+
+    def _crashed(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s loop crashed", task.get_name(), exc_info=task.exception())
+
+    def _task_changed(self) -> None:
+        if self.sender is not None:
+            self.sender.wake()
+        self.write_status()
+
+    def _latency(self, rtt_us: int) -> None:
+        self.monitor.latency_us = rtt_us
+
+    async def _housekeeping(self) -> None:
+        last_prune = -PRUNE_EVERY_S
+        while True:
+            if time.monotonic() - last_prune >= PRUNE_EVERY_S:
+                removed = self.traces.prune(self.clock_ms())
+                if removed:
+                    log.info("dropped %d traces past retention", len(removed))
+                last_prune = time.monotonic()
+            self.write_status()
+            await asyncio.sleep(HOUSEKEEPING_S)
+
+    async def _start_mdns(self) -> None:
+        c = self.config
+        self.mdns = Mdns(list(c.mdns_interfaces) or None)
+        if c.coordinator_url is None:
+            self.mdns.browse(COORDINATOR_SERVICE_TYPE, self._coordinator_event)
+        caps = self.capabilities()
+        kinds = kinds_that_fit(caps.kinds)
+        if len(kinds) < len(caps.kinds):
+            log.warning(
+                "mDNS TXT lists %d of %d kinds (255-byte limit)", len(kinds), len(caps.kinds)
+            )
+        advert = AgentAdvert(
+            device_id=self.device_id,
+            public_key=self.key.public_key.hex(),
+            version=__version__,
+            kinds=tuple(kinds),
+            cpus=caps.cpus,
+            mem_mb=caps.mem_mb,
+            battery=caps.battery,
+        )
+        addresses = self._advertised_addresses()
+        assert self.port is not None
+        try:
+            self.advert_name = await self.mdns.async_advertise(
+                AGENT_SERVICE_TYPE,
+                self.device_id,
+                port=self.port,
+                properties=advert.txt(),
+                addresses=addresses,
+                server=f"aeamc-{self.device_id}.local.",
+            )
+        except Exception as exc:
+            # Discovery is a convenience: a configured coordinator still works without it.
+            log.error("mDNS advertisement failed: %s", exc)
+        else:
+            log.info("advertised %s at %s", self.advert_name, ",".join(addresses))
+
+    def _coordinator_event(self, event: ServiceEvent) -> None:
+        self.locator.on_event(event)
+        if self.sender is not None and self.locator.url is not None:
+            self.sender.wake()
+
+    def _advertised_addresses(self) -> list[str]:
+        c = self.config
+        if c.advertise_address is not None:
+            return [c.advertise_address]
+        if not ipaddress.ip_address(c.listen_host).is_unspecified:
+            return [c.listen_host]
+        return ipv4_addresses(list(c.mdns_interfaces) or None)
+
+
+_REFUSAL_TEXT = {
+    "shutting_down": "the agent is shutting down",
+    "quarantined": "the coordinator quarantined this device",
+    "outbox_full": "undelivered proofs fill the outbox",
+    "busy": "already running a task",
+    "too_hot": "the CPU is too hot",
+    "battery_low": "the battery is low and not charging",
+    "not_charging": "configured to work only while charging",
+}
+
+
+def _total_memory_mb() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().total) // (1024 * 1024)
+
+
+def _source_address_towards(url: str | None) -> str | None:
+    """Our address on the route to ``url`` (a UDP connect sends no packet)."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    host = parts.hostname
+    if host is None:
+        return None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect((host, parts.port or 80))
+            return str(s.getsockname()[0])
+    except OSError:
+        return None
+
+
+def _notify_systemd(state: str) -> None:
+    """sd_notify(3) without libsystemd: one datagram to ``$NOTIFY_SOCKET``, if set."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(address)
+        s.sendall(state.encode())

@@ -1,0 +1,277 @@
+"""Enrollment and heartbeats: the agent's side of ``/v1/enroll`` and ``/v1/heartbeats``.
+
+Enrollment is re-sent at every start (it is idempotent and refreshes the endpoint and
+capabilities the coordinator holds), every ``enroll_retry_s`` while the device is pending,
+and whenever the coordinator says ``not_enrolled``. The first answer pins the
+coordinator's key (trust on first use, checked against ``coordinator_id`` and against the
+mDNS advert); a later answer with another key is refused and nothing is sent to it.
+
+Heartbeats carry a ``seq`` persisted before sending; a ``replay`` refusal moves the
+counter past what the coordinator saw. Without an answer, the link backs off
+exponentially (with jitter, capped) and tries again.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+from aeamc.shared.errors import ProtocolError
+from aeamc.shared.identity import SigningKey, check_key_matches_id, parse_public_key
+from aeamc.shared.messages import Capabilities, Enroll, PoA, sign
+
+from .backoff import Backoff, jittered
+from .client import CoordinatorClient, Reply, Unreachable
+from .config import AgentConfig
+from .locator import CoordinatorLocator
+from .monitor import EnergyMonitor
+from .state import CoordinatorPin, SeqCounter
+
+log = logging.getLogger(__name__)
+
+ACTIVE, PENDING, QUARANTINED = "active", "pending", "quarantined"
+UNKNOWN, NOT_ENROLLED, UNTRUSTED = "unknown", "not_enrolled", "untrusted_coordinator"
+CLOCK_SKEW_WARNING_MS = 30_000
+
+
+class UntrustedCoordinator(Exception):
+    """The coordinator's key differs from the pinned (or advertised) one."""
+
+
+class CoordinatorLink:
+    def __init__(
+        self,
+        *,
+        config: AgentConfig,
+        key: SigningKey,
+        client: CoordinatorClient,
+        locator: CoordinatorLocator,
+        monitor: EnergyMonitor,
+        seq: SeqCounter,
+        capabilities: Callable[[], Capabilities],
+        clock_ms: Callable[[], int],
+        on_change: Callable[[], None] = lambda: None,
+        uniform: Callable[[float, float], float] = random.uniform,
+    ) -> None:
+        self.config = config
+        self.key = key
+        self.device_id = key.device_id
+        self.client = client
+        self.locator = locator
+        self.monitor = monitor
+        self.seq = seq
+        self.capabilities = capabilities
+        self.clock_ms = clock_ms
+        self.on_change = on_change
+        self._uniform = uniform
+        self.pin = CoordinatorPin.load(config.state_dir)
+        self.state = self.pin.state if self.pin else UNKNOWN
+        self.flags: dict[str, bool] = {}
+        self.server_time_ms: int | None = None
+        self.last_heartbeat_ms: int | None = None
+        self.last_error: str | None = None
+        self.need_enroll = True
+        self._warned_skew = False
+        self.backoff = Backoff(config.retry_initial_s, config.retry_max_s, uniform=uniform)
+
+    @property
+    def accepting_work(self) -> bool:
+        return self.state not in (QUARANTINED, UNTRUSTED)
+
+    async def run(self) -> None:
+        while True:
+            url = await self.locator.wait_url()
+            try:
+                delay = await self.exchange(url)
+            except Unreachable as exc:
+                delay = self.backoff.next_delay()
+                self._set_error(f"coordinator unreachable: {exc}")
+                log.warning("coordinator unreachable (%s); retrying in %.1f s", exc, delay)
+            except UntrustedCoordinator as exc:
+                delay = self.config.retry_max_s
+                self._set_state(UNTRUSTED, str(exc))
+                log.error("%s", exc)
+            except Exception as exc:  # a bug must not end heartbeats for good
+                delay = self.backoff.next_delay()
+                self._set_error(f"internal error: {exc}")
+                log.exception("heartbeat loop error; retrying in %.1f s", delay)
+            if delay > 0:
+                await self.locator.wait_changed(delay)
+
+    async def exchange(self, url: str) -> float:
+        """One enrollment or heartbeat; return how long to wait before the next."""
+        if self.need_enroll:
+            return await self.enroll(url)
+        return await self.heartbeat(url)
+
+    async def enroll(self, url: str) -> float:
+        body: dict[str, Any] = {
+            "type": "enroll",
+            "public_key": self.key.public_key.hex(),
+            "device_id": self.device_id,
+            "timestamp": self.clock_ms(),
+            "capabilities": self.capabilities().to_dict(),
+        }
+        if self.config.enrollment_token:
+            body["token"] = self.config.enrollment_token
+        message = sign(Enroll, body, self.key)
+        reply = await self.client.post(url, "/v1/enroll", message.to_dict())
+        self._measured(reply)
+        if reply.status not in (200, 201, 202):
+            return self._refused("enrollment", reply)
+        state = self._accept_enrollment(url, reply.body)
+        self.backoff.reset()
+        self.last_error = None
+        if state == PENDING:
+            log.info("enrollment pending approval by the coordinator's operator")
+            return self.config.enroll_retry_s
+        self.need_enroll = False
+        log.info("enrolled: %s", state)
+        return 0.0
+
+    async def heartbeat(self, url: str) -> float:
+        body = {
+            "type": "poa",
+            "device_id": self.device_id,
+            "timestamp": self.clock_ms(),
+            "seq": self.seq.next(),  # durable before it leaves the device
+            "telemetry": self.monitor.telemetry().to_dict(),
+        }
+        poa = sign(PoA, body, self.key)
+        reply = await self.client.post(url, "/v1/heartbeats", poa.to_dict())
+        self._measured(reply)
+        if reply.status in (200, 202):
+            self.backoff.reset()
+            self.last_error = None
+            self.last_heartbeat_ms = self.clock_ms()
+            self._accept_heartbeat(reply.body)
+            return self._interval()
+        return self._refused("heartbeat", reply)
+
+    def _interval(self) -> float:
+        return jittered(
+            self.config.heartbeat_interval_s, self.config.heartbeat_jitter, self._uniform
+        )
+
+    def _refused(self, what: str, reply: Reply) -> float:
+        code = reply.error_code
+        message = f"{what} refused: HTTP {reply.status} {code or ''} {reply.error_message}".strip()
+        if reply.status >= 500 or reply.status in (408, 429):
+            delay = self.backoff.next_delay()
+            self._set_error(message)
+            log.warning("%s; retrying in %.1f s", message, delay)
+            return delay
+        if code == NOT_ENROLLED:
+            log.warning("the coordinator does not know this device; enrolling again")
+            self.need_enroll = True
+            self._set_state(NOT_ENROLLED)
+            return 0.0
+        if code == PENDING:
+            self.need_enroll = True
+            self._set_state(PENDING)
+            return self.config.enroll_retry_s
+        if code == QUARANTINED:
+            self._set_state(QUARANTINED, "quarantined by the coordinator: taking no work")
+            log.warning("quarantined by the coordinator: taking no work")
+            return self._interval()
+        if code == "replay":
+            last = reply.error.get("last_seq")
+            seen = last if isinstance(last, int) and not isinstance(last, bool) else None
+            # Without last_seq, jump to the clock in ms: above any counter used so far.
+            self.seq.skip_past(seen if seen is not None else max(self.seq.last, self.clock_ms()))
+            log.warning("heartbeat seq was replayed; continuing from %d", self.seq.last + 1)
+            return 0.0
+        delay = self.backoff.next_delay()
+        self._set_error(message)
+        log.error("%s; retrying in %.1f s", message, delay)
+        return delay
+
+    def _accept_enrollment(self, url: str, body: Any) -> str:
+        if not isinstance(body, dict):
+            raise UntrustedCoordinator("enrollment answer is not a JSON object")
+        try:
+            coordinator_id = body["coordinator_id"]
+            public_key = parse_public_key(body["coordinator_public_key"], "coordinator_public_key")
+            check_key_matches_id(public_key, coordinator_id)
+        except (KeyError, TypeError, ProtocolError) as exc:
+            raise UntrustedCoordinator(
+                f"enrollment answer without a valid coordinator key: {exc}"
+            ) from None
+        if body.get("device_id") != self.device_id:
+            raise UntrustedCoordinator("enrollment answer is for another device")
+        state = body.get("state")
+        if state not in (PENDING, ACTIVE, QUARANTINED):
+            raise UntrustedCoordinator(f"enrollment answer with unknown state {state!r}")
+        if self.pin is not None and (
+            self.pin.coordinator_id != coordinator_id or self.pin.public_key != public_key.hex()
+        ):
+            raise UntrustedCoordinator(
+                f"coordinator at {url} presents key {coordinator_id}, but this device is "
+                f"pinned to {self.pin.coordinator_id}; refusing it. To move the device to "
+                f"another coordinator, delete {self.config.state_dir / 'coordinator.json'}"
+            )
+        advert = self.locator.advert
+        if (
+            self.locator.fixed_url is None
+            and advert is not None
+            and (advert.coordinator_id != coordinator_id or advert.public_key != public_key.hex())
+        ):
+            raise UntrustedCoordinator("enrollment answer does not match the mDNS advert")
+        cluster = body.get("cluster_id")
+        self.pin = CoordinatorPin(
+            coordinator_id=coordinator_id,
+            public_key=public_key.hex(),
+            cluster_id=cluster if isinstance(cluster, int) else None,
+            state=state,
+            url=url,
+        )
+        self.pin.save(self.config.state_dir)
+        self.locator.pin(coordinator_id)
+        self._set_state(state)
+        return state
+
+    def _accept_heartbeat(self, body: Any) -> None:
+        if not isinstance(body, dict):
+            return
+        flags = body.get("flags")
+        if isinstance(flags, dict):
+            self.flags = {k: v for k, v in flags.items() if isinstance(v, bool)}
+        server_time = body.get("server_time_ms")
+        if isinstance(server_time, int) and not isinstance(server_time, bool):
+            self.server_time_ms = server_time
+            skew_ms = abs(self.clock_ms() - server_time)
+            if skew_ms > CLOCK_SKEW_WARNING_MS and not self._warned_skew:
+                # Proofs older than the coordinator's window are refused as stale.
+                log.warning("device clock is %.1f s off the coordinator's; fix NTP", skew_ms / 1000)
+                self._warned_skew = True
+        state = body.get("state")
+        if isinstance(state, str):
+            if state == PENDING:
+                self.need_enroll = True
+            self._set_state(state)
+        self.on_change()
+
+    def _measured(self, reply: Reply) -> None:
+        self.monitor.latency_us = reply.rtt_us
+
+    def _set_state(self, state: str, error: str | None = None) -> None:
+        if state != self.state:
+            log.info("coordinator state: %s", state)
+            self.state = state
+            if self.pin is not None and state in (PENDING, ACTIVE, QUARANTINED):
+                self.pin = CoordinatorPin(
+                    self.pin.coordinator_id,
+                    self.pin.public_key,
+                    self.pin.cluster_id,
+                    state,
+                    self.pin.url,
+                )
+                self.pin.save(self.config.state_dir)
+        self.last_error = error
+        self.on_change()
+
+    def _set_error(self, error: str) -> None:
+        self.last_error = error
+        self.on_change()

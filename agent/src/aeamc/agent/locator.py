@@ -1,0 +1,104 @@
+"""Where the coordinator is: a configured URL, or what mDNS currently says.
+
+With ``coordinator_url`` set the answer never changes. Otherwise the agent browses
+``_aeamc-coord._tcp.local.`` and follows the advert: a new address or port (an
+``updated`` event) moves the agent there; a goodbye makes it wait for the next advert.
+Adverts whose TXT record is inconsistent (``pk`` not hashing to ``id``) are ignored, and
+once the agent has pinned a coordinator only that coordinator's adverts count, so another
+host on the LAN cannot lure the agent away by advertising.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+
+from aeamc.shared.discovery import CoordinatorAdvert, parse_coordinator_txt
+from aeamc.shared.errors import ProtocolError
+from aeamc.shared.runtime.mdns import REMOVED, ServiceEvent, ServiceRecord
+
+log = logging.getLogger(__name__)
+
+
+def url_for(record: ServiceRecord) -> str | None:
+    """Base URL of an advertised coordinator; LAN addresses before loopback ones."""
+    if not record.addresses or not record.port:
+        return None
+    addresses = sorted(record.addresses, key=lambda a: ipaddress.ip_address(a).is_loopback)
+    return f"http://{addresses[0]}:{record.port}"
+
+
+class CoordinatorLocator:
+    def __init__(self, fixed_url: str | None = None, pinned_id: str | None = None) -> None:
+        self.fixed_url = fixed_url.rstrip("/") if fixed_url else None
+        self.pinned_id = pinned_id
+        self._candidates: dict[str, tuple[CoordinatorAdvert, str]] = {}
+        self._changed = asyncio.Event()
+
+    @property
+    def url(self) -> str | None:
+        if self.fixed_url is not None:
+            return self.fixed_url
+        chosen = self._choose()
+        return chosen[1] if chosen else None
+
+    @property
+    def advert(self) -> CoordinatorAdvert | None:
+        chosen = self._choose()
+        return chosen[0] if chosen else None
+
+    async def wait_url(self) -> str:
+        while True:
+            url = self.url
+            if url is not None:
+                return url
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def wait_changed(self, timeout_s: float) -> bool:
+        """Sleep up to ``timeout_s``; return early (True) if the coordinator moved."""
+        self._changed.clear()
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    def pin(self, coordinator_id: str) -> None:
+        """From now on, only this coordinator's adverts count."""
+        before = self.url
+        self.pinned_id = coordinator_id
+        if self.url != before:
+            self._changed.set()
+
+    def on_event(self, event: ServiceEvent) -> None:
+        """mDNS browser callback."""
+        before = self.url
+        if event.change == REMOVED:
+            self._candidates.pop(event.name, None)
+        elif event.record is not None:
+            self._consider(event.name, event.record)
+        after = self.url
+        if after != before:
+            log.info("coordinator %s", f"at {after}" if after else "gone from mDNS")
+            self._changed.set()
+
+    def _consider(self, name: str, record: ServiceRecord) -> None:
+        try:
+            advert = parse_coordinator_txt(record.properties, name=name)
+        except ProtocolError as exc:
+            log.warning("ignoring coordinator advert %s: %s", name, exc)
+            self._candidates.pop(name, None)
+            return
+        url = url_for(record)
+        if url is None:
+            self._candidates.pop(name, None)
+            return
+        self._candidates[name] = (advert, url)
+
+    def _choose(self) -> tuple[CoordinatorAdvert, str] | None:
+        found = sorted(self._candidates.values(), key=lambda c: c[0].coordinator_id)
+        if self.pinned_id is not None:
+            found = [c for c in found if c[0].coordinator_id == self.pinned_id]
+        return found[0] if found else None

@@ -1,0 +1,172 @@
+"""Delivers the outbox to ``POST /v1/proofs``, oldest first, until it is empty.
+
+What each answer means for the queued proof:
+
+==========================================  =================================================
+202 (or 200/201)                            stored by the coordinator: delete
+409 ``duplicate``                           it already had it: delete
+400 ``stale_message``                       re-sign the same commitment with a fresh
+                                            timestamp (same nonce, trace root, checkpoint),
+                                            store it in place, send again
+410 (``assignment_expired``,                refused for good: move to ``rejected/`` with the
+``unknown_assignment``), other 4xx          reason
+403 ``not_enrolled`` / ``pending``          keep; wait for enrollment, retry with backoff
+5xx, 408, 429, no answer                    keep; retry with backoff
+==========================================  =================================================
+
+Delivery is in order: a proof that cannot be delivered now blocks the ones behind it, so
+the coordinator sees proofs in the order the tasks finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from aeamc.shared.errors import ProtocolError
+from aeamc.shared.identity import Signer
+from aeamc.shared.messages import PoT, sign
+
+from .backoff import Backoff
+from .client import CoordinatorClient, Reply, Unreachable
+from .locator import CoordinatorLocator
+from .outbox import Entry, Outbox, QueuedProof
+
+log = logging.getLogger(__name__)
+
+DELIVERED, RETRY, REJECTED, RESIGNED = "delivered", "retry", "rejected", "resigned"
+_RETRY_STATUSES = (408, 429)
+_WAIT_CODES = ("not_enrolled", "pending", "quarantined")
+
+
+class OutboxSender:
+    def __init__(
+        self,
+        *,
+        outbox: Outbox,
+        client: CoordinatorClient,
+        locator: CoordinatorLocator,
+        signer: Signer,
+        clock_ms: Callable[[], int],
+        backoff: Backoff,
+        on_change: Callable[[], None] = lambda: None,
+        on_latency: Callable[[int], None] = lambda rtt: None,
+    ) -> None:
+        self.outbox = outbox
+        self.client = client
+        self.locator = locator
+        self.signer = signer
+        self.clock_ms = clock_ms
+        self.backoff = backoff
+        self.on_change = on_change
+        self.on_latency = on_latency
+        self.last_error: str | None = None
+        self._wake = asyncio.Event()
+        self._just_resigned: Path | None = None
+
+    def wake(self) -> None:
+        """Something was queued, or the coordinator is back: try now."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            self._wake.clear()
+            delay: float | None = None
+            try:
+                if self.outbox.entries():
+                    url = await self.locator.wait_url()
+                    delay = await self.deliver_all(url)
+            except Exception as exc:  # a bug must not stop deliveries for good
+                delay = self.backoff.next_delay()
+                log.exception("outbox delivery error; retrying in %.1f s", delay)
+                self.last_error = f"internal error: {exc}"
+            await self._sleep(delay)
+
+    async def deliver_all(self, url: str) -> float | None:
+        """Send queued proofs in order; ``None`` when empty, else the backoff delay."""
+        while True:
+            entries = self.outbox.entries()
+            if not entries:
+                return None
+            result = await self.deliver(url, entries[0])
+            if result == RETRY:
+                return self.backoff.next_delay()
+            self.backoff.reset()
+
+    async def deliver(self, url: str, entry: Entry) -> str:
+        try:
+            proof = self.outbox.load(entry)
+        except (OSError, ValueError, KeyError, TypeError, ProtocolError) as exc:
+            # Damaged on disk (the write itself is atomic): keep it for the owner.
+            target = self.outbox.reject(entry, status=0, code="unreadable", message=str(exc))
+            log.error("outbox entry %s is unreadable (%s); moved to %s", entry.path, exc, target)
+            return REJECTED
+        try:
+            reply = await self.client.post(url, "/v1/proofs", proof.body())
+        except Unreachable as exc:
+            self._error(f"proof {entry.task_id}: coordinator unreachable ({exc})")
+            return RETRY
+        self.on_latency(reply.rtt_us)
+        code = reply.error_code
+        if reply.status in (200, 201, 202) or (reply.status == 409 and code == "duplicate"):
+            self.outbox.remove(entry)
+            log.info("proof %s delivered%s", entry.task_id, " (duplicate)" if code else "")
+            self.last_error = None
+            self.on_change()
+            return DELIVERED
+        if reply.status == 400 and code == "stale_message":
+            if self._just_resigned == entry.path:
+                # Fresh from our clock and still stale: the clocks disagree; back off.
+                self._just_resigned = None
+                self._error(f"proof {entry.task_id}: stale even when freshly signed")
+                return RETRY
+            self._just_resigned = entry.path
+            return self._resign(entry, proof)
+        self._just_resigned = None
+        if reply.status >= 500 or reply.status in _RETRY_STATUSES or code in _WAIT_CODES:
+            self._error(f"proof {entry.task_id}: HTTP {reply.status} {code or ''}".rstrip())
+            return RETRY
+        return self._reject(entry, reply)
+
+    async def _sleep(self, delay: float | None) -> None:
+        if delay is None:
+            await self._wake.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), delay)
+
+    def _resign(self, entry: Entry, proof: QueuedProof) -> str:
+        body = proof.pot.to_dict()
+        old = body["timestamp"]
+        body["timestamp"] = self.clock_ms()
+        if body["timestamp"] <= old:
+            # Re-signing would not make it any fresher: our clock or theirs is off.
+            self._error(f"proof {entry.task_id}: stale, and the device clock has not moved")
+            return RETRY
+        pot = sign(PoT, body, self.signer)
+        self.outbox.replace(entry, QueuedProof(pot, proof.output, proof.queued_at_ms))
+        log.info("proof %s was stale; re-signed with a fresh timestamp", entry.task_id)
+        return RESIGNED
+
+    def _reject(self, entry: Entry, reply: Reply) -> str:
+        code = reply.error_code or f"http_{reply.status}"
+        message = reply.error_message or "no message"
+        target = self.outbox.reject(entry, status=reply.status, code=code, message=message)
+        log.error(
+            "proof %s refused by the coordinator (HTTP %d %s: %s); kept in %s",
+            entry.task_id,
+            reply.status,
+            code,
+            message,
+            target,
+        )
+        self.on_change()
+        return REJECTED
+
+    def _error(self, message: str) -> None:
+        self.last_error = message
+        log.warning("%s", message)
+        self.on_change()

@@ -1,0 +1,191 @@
+"""The agent's HTTP API, called by the coordinator (and by anyone for health).
+
+=====================  ===================================================================
+``POST /v1/assignments``  a signed ``assignment`` → 202 ``{"accepted": true}``, or 409
+                          ``{"error": {"code": "refused", "message", "reason"}}``
+``POST /v1/challenges``   a signed ``challenge`` → 200 the signed ``opening``, or 404
+                          ``unknown_task`` when the trace is not kept (any more)
+``GET /v1/health``        liveness and whether the device takes work now
+``GET /v1/capabilities``  identity and capabilities (as sent at enrollment)
+=====================  ===================================================================
+
+Every error is JSON ``{"error": {"code", "message"}}`` with a 4xx status; bad input never
+causes a 5xx. Checks run cheapest and least revealing first: parse, then the pinned
+coordinator's signature (an unsigned request learns nothing else), then the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from aiohttp import web
+
+from aeamc.shared.errors import ProtocolError, SignatureError, UnknownTaskKind
+from aeamc.shared.messages import Assignment, Challenge, SignedMessage, parse_signed
+from aeamc.shared.proofs import build_opening
+
+from . import __version__
+from .net import MAX_REQUEST_BYTES
+
+if TYPE_CHECKING:
+    from .daemon import Agent
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=SignedMessage)
+
+AGENT_KEY: web.AppKey[Agent] = web.AppKey("agent")
+
+#: Machine reasons a valid assignment is refused with (HTTP 409, ``error.reason``).
+REFUSAL_REASONS = (
+    "shutting_down",
+    "expired",
+    "unknown_kind",
+    "quarantined",
+    "too_hot",
+    "battery_low",
+    "not_charging",
+    "outbox_full",
+    "busy",
+)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+    def response(self) -> web.Response:
+        return web.json_response(
+            {"error": {"code": self.code, "message": self.message, **self.extra}},
+            status=self.status,
+        )
+
+
+class Refused(ApiError):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(409, "refused", message, reason=reason)
+
+
+def make_app(agent: Agent) -> web.Application:
+    app = web.Application(middlewares=[_errors], client_max_size=MAX_REQUEST_BYTES)
+    app[AGENT_KEY] = agent
+    app.router.add_post("/v1/assignments", post_assignment)
+    app.router.add_post("/v1/challenges", post_challenge)
+    app.router.add_get("/v1/health", get_health)
+    app.router.add_get("/v1/capabilities", get_capabilities)
+    return app
+
+
+async def post_assignment(request: web.Request) -> web.Response:
+    agent = request.app[AGENT_KEY]
+    assignment = _verified(agent, await _json(request), Assignment)
+    if assignment.coordinator_id != agent.pinned_coordinator_id:
+        raise ApiError(403, "unknown_coordinator", "not the coordinator this device enrolled with")
+    state = agent.accept(assignment)
+    return web.json_response({"accepted": True, "state": state}, status=202)
+
+
+async def post_challenge(request: web.Request) -> web.Response:
+    agent = request.app[AGENT_KEY]
+    challenge = _verified(agent, await _json(request), Challenge)
+    stored = agent.traces.load(challenge.task_id, agent.clock_ms())
+    if stored is None:
+        raise ApiError(404, "unknown_task", f"no trace kept for task {challenge.task_id}")
+    chunks = len(stored.trace.outputs)
+    if any(i >= chunks for i in challenge.indices):
+        raise ApiError(400, "invalid_message", f"indices: the task has {chunks} chunks")
+    opening = build_opening(agent.key, challenge, stored.trace)
+    log.info(
+        "challenge for %s answered (%d chunks opened)", challenge.task_id, len(challenge.indices)
+    )
+    return web.json_response(opening.to_dict())
+
+
+async def get_health(request: web.Request) -> web.Response:
+    agent = request.app[AGENT_KEY]
+    reason = agent.refusal_reason()
+    return web.json_response(
+        {
+            "status": "shutting_down" if agent.shutting_down else "ok",
+            "device_id": agent.device_id,
+            "version": __version__,
+            "accepting_work": reason is None,
+            "reason": reason,
+            "coordinator_state": agent.link.state if agent.link else None,
+        }
+    )
+
+
+async def get_capabilities(request: web.Request) -> web.Response:
+    agent = request.app[AGENT_KEY]
+    return web.json_response(
+        {
+            "device_id": agent.device_id,
+            "public_key": agent.key.public_key.hex(),
+            "capabilities": agent.capabilities().to_dict(),
+        }
+    )
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+async def _json(request: web.Request) -> Any:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, "too_large", f"request body over {MAX_REQUEST_BYTES} bytes") from None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_json", "the request body is not JSON") from None
+
+
+def _verified(agent: Agent, data: Any, model: type[M]) -> M:
+    try:
+        message = parse_signed(data, model)
+    except ProtocolError as exc:
+        raise ApiError(400, exc.code, exc.message) from None
+    pin = agent.link.pin if agent.link else None
+    if pin is None:
+        raise ApiError(403, "not_enrolled", "this device is not enrolled with a coordinator yet")
+    try:
+        message.verify(pin.public_key_bytes)
+    except SignatureError as exc:
+        raise ApiError(
+            403, "bad_signature", f"not signed by the pinned coordinator: {exc}"
+        ) from None
+    if message.device_id != agent.device_id:  # type: ignore[attr-defined]
+        raise ApiError(400, "wrong_device", f"addressed to another device, not {agent.device_id}")
+    return message
+
+
+@web.middleware
+async def _errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        if exc.status >= 400:
+            log.info("%s %s → %d %s: %s", request.method, request.path, exc.status, exc.code, exc)
+        return exc.response()
+    except UnknownTaskKind as exc:
+        return Refused("unknown_kind", exc.message).response()
+    except ProtocolError as exc:
+        return ApiError(400, exc.code, exc.message).response()
+    except web.HTTPException as exc:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
+            exc.status, "http_error"
+        )
+        return ApiError(exc.status, code, exc.reason).response()
+    except Exception:
+        # A bug, not bad input: say so without leaking internals.
+        log.exception("%s %s failed", request.method, request.path)
+        return ApiError(500, "internal_error", "the agent failed to handle this request").response()

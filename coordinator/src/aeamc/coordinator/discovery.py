@@ -1,0 +1,82 @@
+"""mDNS for the coordinator: advertise ``_aeamc-coord._tcp`` and watch for agents.
+
+Agents seen on the LAN but not enrolled are recorded as *candidates* with their TXT
+capabilities, so an operator can see what is out there before anything enrolls. A TXT
+record proves nothing (anyone can advertise anything); it only has to be self-consistent
+(``pk`` hashes to ``id``), and enrollment later proves possession of the key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from aeamc.shared.discovery import (
+    AGENT_SERVICE_TYPE,
+    COORDINATOR_SERVICE_TYPE,
+    CoordinatorAdvert,
+    parse_agent_txt,
+)
+from aeamc.shared.errors import ValidationError
+from aeamc.shared.runtime.mdns import REMOVED, Mdns, ServiceEvent, ipv4_addresses
+
+from . import __version__
+from .service import Coordinator
+
+log = logging.getLogger(__name__)
+
+
+class Discovery:
+    def __init__(self, coordinator: Coordinator, port: int) -> None:
+        self.c = coordinator
+        self.port = port
+        server = coordinator.config.server
+        interfaces = [a.strip() for a in server.mdns_interfaces.split(",") if a.strip()]
+        self.mdns = Mdns(interfaces or None)
+        self.addresses = (
+            [server.advertise_address]
+            if server.advertise_address
+            else ipv4_addresses(interfaces or None)
+        )
+
+    async def start(self) -> None:
+        advert = CoordinatorAdvert(
+            coordinator_id=self.c.coordinator_id,
+            public_key=self.c.signer.public_key.hex(),
+            version=__version__,
+            cluster_id=self.c.config.protocol.cluster_id,
+        )
+        await self.mdns.async_advertise(
+            COORDINATOR_SERVICE_TYPE,
+            self.c.coordinator_id,
+            port=self.port,
+            properties=advert.txt(),
+            addresses=self.addresses,
+        )
+        self.mdns.browse(AGENT_SERVICE_TYPE, self._on_agent)
+        log.info("advertising over mDNS at %s:%d", ",".join(self.addresses), self.port)
+
+    async def stop(self) -> None:
+        await self.mdns.async_close()
+
+    def _on_agent(self, event: ServiceEvent) -> None:
+        if event.change == REMOVED or event.record is None:
+            return
+        record = event.record
+        try:
+            advert = parse_agent_txt(record.properties, name=event.name)
+        except ValidationError as exc:
+            log.info("ignoring agent advert %s: %s", event.name, exc)
+            return
+        if advert.device_id in self.c.devices:
+            return
+        row = {
+            "device_id": advert.device_id,
+            "address": record.addresses[0] if record.addresses else None,
+            "port": record.port,
+            "txt": json.dumps(dict(record.properties), sort_keys=True),
+            "last_seen": self.c.clock(),
+        }
+        task = self.c.db.write(lambda db: db["candidates"].upsert(row, pk="device_id"))
+        self.c.spawn(task)
+        log.info("agent %s seen over mDNS (not enrolled)", advert.device_id)

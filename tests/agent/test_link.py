@@ -1,0 +1,197 @@
+"""Enrollment, key pinning, heartbeats and their persisted seq, and the coordinator's answers."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from aeamc.agent.link import ACTIVE, PENDING, QUARANTINED, UNTRUSTED
+from aeamc.agent.state import SeqCounter
+from aeamc.shared.identity import SigningKey
+
+from .conftest import eventually
+from .fakecoord import FakeCoordinator, Scripted
+
+
+async def test_enroll_pins_key_and_heartbeats_carry_telemetry(coordinator, make_agent) -> None:
+    agent = await make_agent(coordinator_url=coordinator.url)
+    await eventually(lambda: len(coordinator.heartbeats) >= 3)
+    enroll = coordinator.enrollments[0]
+    assert enroll.device_id == agent.device_id
+    assert enroll.capabilities.endpoint == agent.endpoint()
+    assert "sha256-chain" in enroll.capabilities.kinds
+    assert enroll.token is None
+    pin = json.loads((agent.config.state_dir / "coordinator.json").read_text())
+    assert pin["coordinator_id"] == coordinator.coordinator_id
+    assert pin["public_key"] == coordinator.public_key
+    assert pin["cluster_id"] == 7 and pin["state"] == ACTIVE
+    seqs = [h.seq for h in coordinator.heartbeats]
+    assert seqs == sorted(set(seqs))
+    first, later = coordinator.heartbeats[0], coordinator.heartbeats[-1]
+    assert first.telemetry.battery_pct == 80 and first.telemetry.cpu_temp_mc == 45_000
+    # Latency is the round trip of an earlier real request, reported in the next heartbeat.
+    assert later.telemetry.net_latency_us is not None and later.telemetry.net_latency_us > 0
+    assert agent.link.flags == {"fast_heartbeats": True}
+    assert agent.link.server_time_ms is not None
+
+
+async def test_token_is_sent(coordinator, make_agent) -> None:
+    await make_agent(coordinator_url=coordinator.url, enrollment_token="t0k3n-abc")
+    await eventually(lambda: coordinator.enrollments)
+    assert coordinator.enrollments[0].token == "t0k3n-abc"
+
+
+async def test_seq_survives_restarts_and_is_persisted_first(coordinator, make_agent) -> None:
+    agent = await make_agent(coordinator_url=coordinator.url)
+    await eventually(lambda: len(coordinator.heartbeats) >= 2)
+    await agent.stop()
+    last = coordinator.heartbeats[-1].seq
+    assert SeqCounter(agent.config.state_dir).last >= last
+    n = len(coordinator.heartbeats)
+    await make_agent(coordinator_url=coordinator.url)
+    await eventually(lambda: len(coordinator.heartbeats) >= n + 2)
+    # The fake coordinator refuses non-increasing seqs with 409 replay: none were needed.
+    assert coordinator.heartbeats[n].seq > last
+
+
+async def test_replay_moves_the_counter_past_the_coordinator(coordinator, make_agent) -> None:
+    agent = await make_agent(coordinator_url=coordinator.url, start=False)
+    # The coordinator has seen seq 500 (say, the state dir was restored from a backup).
+    coordinator.last_seq[agent.device_id] = 500
+    await agent.start()
+    await eventually(lambda: coordinator.heartbeats)
+    assert coordinator.heartbeats[0].seq == 501
+    # Without last_seq in the error, the counter jumps to the clock.
+    coordinator.queue(
+        "/v1/heartbeats", Scripted(409, {"error": {"code": "replay", "message": "x"}})
+    )
+    n = len(coordinator.heartbeats)
+    await eventually(lambda: len(coordinator.heartbeats) > n)
+    assert coordinator.heartbeats[-1].seq > 1_600_000_000_000
+
+
+async def test_pending_then_approved(coordinator, make_agent) -> None:
+    coordinator.enroll_state = PENDING
+    agent = await make_agent(coordinator_url=coordinator.url)
+    await eventually(lambda: len(coordinator.enrollments) >= 3)  # re-sent while pending
+    assert agent.link.state == PENDING and not coordinator.heartbeats
+    coordinator.enroll_state = ACTIVE
+    await eventually(lambda: coordinator.heartbeats)
+    assert agent.link.state == ACTIVE
+
+
+async def test_not_enrolled_triggers_reenrollment(coordinator, make_agent) -> None:
+    agent = await make_agent(coordinator_url=coordinator.url)
+    await eventually(lambda: coordinator.heartbeats)
+    n = len(coordinator.enrollments)
+    coordinator.device_keys.clear()  # the coordinator lost (or erased) the device
+    await eventually(lambda: len(coordinator.enrollments) > n)
+    await eventually(lambda: agent.link.state == ACTIVE and len(coordinator.heartbeats) > 1)
+
+
+async def test_pending_heartbeat_answer(coordinator, make_agent) -> None:
+    agent = await make_agent(coordinator_url=coordinator.url)
+    await eventually(lambda: coordinator.heartbeats)
+    coordinator.queue(
+        "/v1/heartbeats", Scripted(403, {"error": {"code": "pending", "message": "x"}})
+    )
+    await eventually(lambda: agent.link.state == PENDING)
+    await eventually(lambda: agent.link.state == ACTIVE)  # re-enrolled: active again
+
+
+async def test_quarantine_stops_work(coordinator, make_agent) -> None:
+    agent = await make_agent(coordinator_url=coordinator.url)
+    await eventually(lambda: coordinator.heartbeats)
+    coordinator.queue(
+        "/v1/heartbeats", Scripted(403, {"error": {"code": "quarantined", "message": "bad proofs"}})
+    )
+    await eventually(lambda: agent.link.state == QUARANTINED)
+    assert agent.refusal_reason() == "quarantined"
+    # A later accepted heartbeat reports the state the coordinator holds.
+    coordinator.enroll_state = QUARANTINED
+    await eventually(lambda: len(coordinator.heartbeats) >= 3)
+    assert agent.refusal_reason() == "quarantined"
+    coordinator.enroll_state = ACTIVE
+    await eventually(lambda: agent.link.state == ACTIVE)
+    assert agent.refusal_reason() is None
+
+
+async def test_a_different_coordinator_key_is_refused(coordinator, make_agent) -> None:
+    agent = await make_agent(coordinator_url=coordinator.url)
+    await eventually(lambda: coordinator.heartbeats)
+    await agent.stop()
+    await coordinator.stop()
+    impostor = await FakeCoordinator(key=SigningKey.generate(os.urandom(32))).start(
+        coordinator.port
+    )
+    try:
+        again = await make_agent(coordinator_url=impostor.url)
+        await eventually(lambda: again.link.state == UNTRUSTED)
+        assert "pinned" in again.link.last_error
+        assert not impostor.heartbeats
+        assert (
+            json.loads((again.config.state_dir / "coordinator.json").read_text())["coordinator_id"]
+            == coordinator.coordinator_id
+        )
+        assert again.refusal_reason() == "quarantined"
+    finally:
+        await impostor.stop()
+
+
+async def test_malformed_enrollment_answers_are_not_trusted(coordinator, make_agent) -> None:
+    bad = [
+        Scripted(202, ["not", "an", "object"]),
+        Scripted(202, {"device_id": "x", "state": "active"}),
+        Scripted(
+            202,
+            {
+                "device_id": "00" * 16,
+                "state": "active",
+                "coordinator_id": coordinator.coordinator_id,
+                "coordinator_public_key": coordinator.public_key,
+            },
+        ),
+        Scripted(
+            202,
+            {
+                "state": "active",
+                "coordinator_id": "11" * 16,  # does not fit the key
+                "coordinator_public_key": coordinator.public_key,
+            },
+        ),
+    ]
+    for answer in bad:
+        coordinator.queue("/v1/enroll", answer)
+    agent = await make_agent(coordinator_url=coordinator.url, start=False)
+    await agent.start()
+    await eventually(lambda: agent.link.state == UNTRUSTED)
+    assert agent.link.pin is None
+
+
+async def test_backoff_while_the_coordinator_is_away(coordinator, make_agent) -> None:
+    agent = await make_agent(coordinator_url=coordinator.url)
+    await eventually(lambda: coordinator.heartbeats)
+    for _ in range(3):
+        coordinator.queue(
+            "/v1/heartbeats", Scripted(503, {"error": {"code": "down", "message": ""}})
+        )
+    await eventually(lambda: agent.link.backoff.failures >= 2)
+    assert "503" in (agent.link.last_error or "")
+    await eventually(lambda: agent.link.backoff.failures == 0 and agent.link.last_error is None)
+    # Refused connections back off too, and the link recovers when the coordinator returns.
+    await coordinator.stop()
+    await eventually(lambda: agent.link.last_error and "unreachable" in agent.link.last_error)
+    n = len(coordinator.heartbeats)
+    await coordinator.start(coordinator.port)
+    await eventually(lambda: len(coordinator.heartbeats) > n, timeout=5)
+
+
+async def test_other_refusals_are_logged_and_retried(coordinator, make_agent, caplog) -> None:
+    await make_agent(coordinator_url=coordinator.url)
+    await eventually(lambda: coordinator.heartbeats)
+    n = len(coordinator.heartbeats)
+    coordinator.queue(
+        "/v1/heartbeats", Scripted(400, {"error": {"code": "stale_message", "message": "clock"}})
+    )
+    await eventually(lambda: any("stale_message" in r.getMessage() for r in caplog.records))
+    await eventually(lambda: len(coordinator.heartbeats) > n)

@@ -1,0 +1,75 @@
+"""The coordinator over real mDNS on loopback: it advertises itself with the TXT keys of
+SPEC §9 and records agents it sees as candidates."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+from aeamc.shared.discovery import (
+    AGENT_SERVICE_TYPE,
+    COORDINATOR_SERVICE_TYPE,
+    AgentAdvert,
+    parse_coordinator_txt,
+)
+from aeamc.shared.identity import SigningKey
+from aeamc.shared.runtime.mdns import Mdns, ServiceEvent
+from tests.support.coordinator import CoordinatorProcess
+
+
+async def test_advertises_and_records_candidates(tmp_path: Path) -> None:
+    coord = CoordinatorProcess(
+        tmp_path / "c",
+        settings={"server": {"mdns": True, "mdns_interfaces": "127.0.0.1"}},
+    )
+    coord.init()
+    coord.start()
+    mdns = Mdns(["127.0.0.1"])
+    seen: list[ServiceEvent] = []
+    try:
+        mdns.browse(COORDINATOR_SERVICE_TYPE, seen.append)
+        key = SigningKey.from_seed(os.urandom(32))
+        advert = AgentAdvert(
+            device_id=key.device_id,
+            public_key=key.public_key.hex(),
+            version="0.1.0",
+            kinds=("sha256-chain",),
+            cpus=2,
+            mem_mb=512,
+            battery=False,
+        )
+        await mdns.async_advertise(
+            AGENT_SERVICE_TYPE,
+            key.device_id,
+            port=9999,
+            properties=advert.txt(),
+            addresses=["127.0.0.1"],
+        )
+        for _ in range(100):
+            if any(e.record for e in seen):
+                break
+            await asyncio.sleep(0.1)
+        record = next(e.record for e in seen if e.record)
+        txt = parse_coordinator_txt(record.properties, name=record.name)
+        health = coord.request("GET", "/v1/health")[1]
+        assert txt.coordinator_id == health["coordinator_id"]
+        assert record.port == coord.port and "127.0.0.1" in record.addresses
+        assert txt.cluster_id == 1 and txt.proto == 1
+
+        def candidates() -> dict[str, dict[str, str]]:
+            with sqlite3.connect(coord.state_dir / "coordinator.db") as db:
+                rows = db.execute("SELECT device_id, port, txt FROM candidates").fetchall()
+            return {r[0]: {"port": r[1], **json.loads(r[2])} for r in rows}
+
+        for _ in range(100):
+            if key.device_id in candidates():
+                break
+            await asyncio.sleep(0.1)
+        found = candidates()[key.device_id]
+        assert found["port"] == 9999 and found["kinds"] == "sha256-chain" and found["bat"] == "0"
+    finally:
+        await mdns.async_close()
+        coord.stop()
