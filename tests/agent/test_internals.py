@@ -64,10 +64,10 @@ async def test_pool_close_abandons_a_long_chunk() -> None:
     await ChunkPool().close(0)  # closing an unused pool is a no-op
 
 
-async def test_shutdown_mid_task_abandons_it_cleanly(coordinator, make_agent) -> None:
+async def test_shutdown_mid_task_keeps_it_queued(coordinator, make_agent) -> None:
     agent = await make_agent(coordinator_url=coordinator.url, shutdown_grace_s=0.2)
     await eventually(lambda: agent.link.pin is not None)
-    a = coordinator.assignment(agent.device_id, params=SLOW, chunks=10)
+    a = coordinator.assignment(agent.device_id, params=SLOW, chunks=2)
     async with (
         aiohttp.ClientSession() as s,
         s.post(agent.endpoint() + "/v1/assignments", json=a.to_dict()) as r,
@@ -77,9 +77,17 @@ async def test_shutdown_mid_task_abandons_it_cleanly(coordinator, make_agent) ->
     started = time.monotonic()
     await agent.stop()
     assert time.monotonic() - started < 3
-    assert agent.runner.last.result == "abandoned"
+    assert agent.runner.last.result == "interrupted"
+    # Nothing half-done is kept: no proof, no trace; the assignment waits in the queue.
     assert agent.outbox.count == 0 and not agent.traces.has(a.task_id)
+    assert [e.assignment for e in agent.queue.entries()] == [a]
     assert json.loads((agent.config.state_dir / "status.json").read_text())["running"] is False
+    # The next start runs it again from chunk 0, to a valid proof.
+    again = await make_agent(coordinator_url=coordinator.url)
+    await eventually(lambda: coordinator.proofs, timeout=15)
+    assert [p.task_id for p, _ in coordinator.proofs] == [a.task_id]
+    assert coordinator.proofs[0][0].execution_metadata.chunks == 2
+    await eventually(lambda: again.queue.count == 0)
 
 
 async def test_broken_plugin_kind_is_refused(coordinator, make_agent) -> None:

@@ -179,20 +179,32 @@ async def test_bad_params_and_unknown_kind(coordinator, enrolled) -> None:
     assert (status, body["error"]["reason"]) == (409, "unknown_kind")
 
 
-async def test_expired_and_busy(coordinator, enrolled) -> None:
-    agent = enrolled
+async def test_expired_and_busy(coordinator, make_agent) -> None:
+    agent = await make_agent(coordinator_url=coordinator.url, max_queued_tasks=2)
+    await eventually(lambda: agent.link.pin is not None)
     old = coordinator.assignment(agent.device_id, issued_at=now_ms() - 120_000, ttl_ms=60_000)
     status, body = await call(agent, "POST", "/v1/assignments", old.to_dict())
     assert (status, body["error"]["code"], body["error"]["reason"]) == (409, "refused", "expired")
     slow = {"seed": "ef" * 32, "iterations": 50_000}
     first = coordinator.assignment(agent.device_id, task_id="long", params=slow, chunks=50)
-    assert (await call(agent, "POST", "/v1/assignments", first.to_dict()))[0] == 202
-    second = coordinator.assignment(agent.device_id, task_id="other")
-    status, body = await call(agent, "POST", "/v1/assignments", second.to_dict())
-    assert body["error"]["reason"] == "busy"
-    # Retrying the running assignment is idempotent, not "busy".
+    assert await call(agent, "POST", "/v1/assignments", first.to_dict()) == (
+        202,
+        {"accepted": True, "state": "running"},
+    )
+    queued = coordinator.assignment(agent.device_id, task_id="next")
+    assert await call(agent, "POST", "/v1/assignments", queued.to_dict()) == (
+        202,
+        {"accepted": True, "state": "queued"},
+    )
+    third = coordinator.assignment(agent.device_id, task_id="other")
+    status, body = await call(agent, "POST", "/v1/assignments", third.to_dict())
+    assert (status, body["error"]["reason"]) == (409, "busy")
+    # Retrying the running or a queued assignment is idempotent, not "busy".
     status, body = await call(agent, "POST", "/v1/assignments", first.to_dict())
     assert (status, body["state"]) == (202, "running")
+    status, body = await call(agent, "POST", "/v1/assignments", queued.to_dict())
+    assert (status, body["state"]) == (202, "queued")
+    assert [e.task_id for e in agent.queue.entries()] == ["long", "next"]
     # Health says the same.
     status, health = await call(agent, "GET", "/v1/health")
     assert (health["accepting_work"], health["reason"]) == (False, "busy")

@@ -25,6 +25,8 @@ DEFAULT_CONFIG_PATH = Path("/etc/aeamc/agent.toml")
 CONFIG_ENV = "AEAMC_AGENT_CONFIG"
 DEFAULT_STATE_DIR = Path("/var/lib/aeamc-agent")
 TELEMETRY_SOURCES = ("psutil", "simulated")
+#: Upper bound of ``max_queued_tasks`` (each queued assignment is a file and a promise).
+MAX_QUEUED_TASKS = 1000
 _TOKEN = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 
 
@@ -65,6 +67,9 @@ class AgentConfig:
     telemetry_profile: Path | None = None
     #: How often telemetry is read to re-evaluate the energy policy.
     telemetry_interval_s: float = 5.0
+
+    #: Accepted assignments held at once, the running one included; more → ``busy``.
+    max_queued_tasks: int = 4
 
     outbox_max_count: int = 1000
     outbox_max_bytes: int = 256 * 1024 * 1024
@@ -108,6 +113,7 @@ TOML_KEYS: dict[tuple[str, str], str] = {
     ("", "state_dir"): "state_dir",
     ("", "coordinator_url"): "coordinator_url",
     ("", "enrollment_token"): "enrollment_token",
+    ("", "max_queued_tasks"): "max_queued_tasks",
     ("listen", "host"): "listen_host",
     ("listen", "port"): "listen_port",
     ("listen", "advertise_address"): "advertise_address",
@@ -200,6 +206,7 @@ def render_config(
         else '# enrollment_token = "..."   # unset: enrollment waits for the operator'
     )
     lines += [
+        "max_queued_tasks = 4   # accepted tasks held at once, the running one included",
         "",
         "[listen]",
         'host = "0.0.0.0"',
@@ -304,6 +311,8 @@ def _validate(c: AgentConfig) -> None:
         raise ConfigError('telemetry.profile: required with telemetry.source = "simulated"')
     if c.telemetry_source != "simulated" and c.telemetry_profile is not None:
         raise ConfigError('telemetry.profile: only used with telemetry.source = "simulated"')
+    if not 1 <= c.max_queued_tasks <= MAX_QUEUED_TASKS:
+        raise ConfigError(f"max_queued_tasks: must be 1-{MAX_QUEUED_TASKS}")
     if c.outbox_max_count < 1:
         raise ConfigError("outbox.max_count: must be at least 1")
     if c.outbox_max_bytes < 1024:

@@ -5,14 +5,15 @@ monitor           reads telemetry, keeps the energy policy (monitor.py, energy.p
 link              enrollment and heartbeats (link.py)
 locator           where the coordinator is: configured URL or mDNS (locator.py)
 server            assignments, challenges, health (server.py)
-runner            the one running task, chunk by chunk in a worker process (runner.py)
+queue             accepted assignments, durable until their proof is queued (workqueue.py)
+runner            runs the queue in order, chunk by chunk in a worker process (runner.py)
 sender            delivers the durable outbox of proofs (sender.py, outbox.py)
 mdns              advertises ``_aeamc-agent._tcp`` and browses ``_aeamc-coord._tcp``
 ================  =========================================================================
 
 Shutdown (SIGTERM/SIGINT): refuse new work with ``shutting_down``, let the chunk in flight
-finish within the grace period, withdraw the mDNS advert, stop the server; the outbox and
-traces stay on disk for the next start.
+finish within the grace period, withdraw the mDNS advert, stop the server; the queue,
+outbox and traces stay on disk for the next start.
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ from .runner import TaskRunner
 from .sender import OutboxSender
 from .server import ApiError, Refused, make_app
 from .state import (
+    ABANDONED_DIR,
     OUTBOX_DIR,
+    QUEUE_DIR,
     REJECTED_DIR,
     TRACES_DIR,
     CoordinatorPin,
@@ -68,6 +71,7 @@ from .status import daemon_status
 from .telemetry import TelemetrySource, make_source
 from .traces import TraceStore
 from .worker import ChunkPool
+from .workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +115,7 @@ class Agent:
         self.traces = TraceStore(
             state / TRACES_DIR, retention_ms=int(config.trace_retention_s * 1000)
         )
+        self.queue = WorkQueue(state / QUEUE_DIR, state / ABANDONED_DIR)
         self.seq = SeqCounter(state)
         pin = CoordinatorPin.load(state)
         self.locator = CoordinatorLocator(
@@ -152,7 +157,7 @@ class Agent:
             seq=self.seq,
             capabilities=self.capabilities,
             clock_ms=self.clock_ms,
-            on_change=self.write_status,
+            on_change=self._link_changed,
         )
         self.runner = TaskRunner(
             signer=self.key,
@@ -161,7 +166,10 @@ class Agent:
             monitor=self.monitor,
             traces=self.traces,
             outbox=self.outbox,
+            queue=self.queue,
             clock_ms=self.clock_ms,
+            known_kind=self._known_kind,
+            hold=self._hold,
             cheat_fraction=c.cheat_fraction,
             on_change=self._task_changed,
         )
@@ -190,6 +198,9 @@ class Agent:
         self._spawn(self.sender.run(), "sender")
         self._spawn(self.monitor.run(), "monitor")
         self._spawn(self._housekeeping(), "housekeeping")
+        if self.queue.count:
+            log.info("%d accepted assignments waiting from before the restart", self.queue.count)
+        self.runner.start()
         self.write_status()
         _notify_systemd("READY=1")
 
@@ -221,7 +232,11 @@ class Agent:
             await self._session.close()
         self._stopped.set()
         self.write_status()
-        log.info("stopped; %d proofs kept in the outbox", self.outbox.count)
+        log.info(
+            "stopped; %d assignments kept in the queue, %d proofs in the outbox",
+            self.queue.count,
+            self.outbox.count,
+        )
 
     async def run_until_signalled(self) -> None:
         loop = asyncio.get_running_loop()
@@ -258,12 +273,12 @@ class Agent:
             return self.monitor.reason
         if not self.outbox.has_room():
             return "outbox_full"
-        if self.runner is not None and self.runner.busy:
+        if self.queue.count >= self.config.max_queued_tasks:
             return "busy"
         return None
 
     def accept(self, a: Assignment) -> str:
-        """Start ``a`` or raise ``Refused``/``ApiError``; the state to report on success."""
+        """Queue ``a`` durably or raise ``Refused``/``ApiError``; the state to report."""
         if self.shutting_down:
             raise Refused("shutting_down", "the agent is shutting down")
         if a.expires_at <= self.clock_ms():
@@ -281,13 +296,21 @@ class Agent:
         current = self.runner.current
         if current is not None and current.assignment == a:
             return "running"  # the coordinator retried a request we already took
+        if self.queue.find(a) is not None:
+            return "queued"
         if self.traces.assignment(a.task_id) == a:
             return "done"  # already run; its proof is delivered or in the outbox
+        self.runner.sweep()  # expired entries must not hold places in the queue
         reason = self.refusal_reason()
         if reason is not None:
             raise Refused(reason, _REFUSAL_TEXT.get(reason, reason))
-        self.runner.start(a)
-        return "running"
+        idle = current is None and self.queue.count == 0
+        # Durable before the coordinator hears 202: a crash cannot lose accepted work.
+        self.queue.add(a, self.clock_ms())
+        log.info("task %s accepted (%d in the queue)", a.task_id, self.queue.count)
+        self.runner.wake()
+        self.write_status()
+        return "running" if idle else "queued"
 
     def capabilities(self) -> Capabilities:
         return Capabilities(
@@ -338,17 +361,38 @@ class Agent:
             self.sender.wake()
         self.write_status()
 
+    def _link_changed(self) -> None:
+        if self.runner is not None:
+            self.runner.wake()  # quarantine holds the queue; its end releases it
+        self.write_status()
+
+    def _known_kind(self, kind: str) -> bool:
+        return kind in self.registry
+
+    def _hold(self) -> str | None:
+        """Why queued work must wait apart from energy: the coordinator wants none."""
+        if self.link is not None and not self.link.accepting_work:
+            return self.link.state
+        return None
+
     def _latency(self, rtt_us: int) -> None:
         self.monitor.latency_us = rtt_us
 
     async def _housekeeping(self) -> None:
         last_prune = -PRUNE_EVERY_S
         while True:
-            if time.monotonic() - last_prune >= PRUNE_EVERY_S:
-                removed = self.traces.prune(self.clock_ms())
-                if removed:
-                    log.info("dropped %d traces past retention", len(removed))
-                last_prune = time.monotonic()
+            try:
+                if time.monotonic() - last_prune >= PRUNE_EVERY_S:
+                    removed = self.traces.prune(self.clock_ms())
+                    if removed:
+                        log.info("dropped %d traces past retention", len(removed))
+                    retention_ms = int(self.config.trace_retention_s * 1000)
+                    self.queue.prune_abandoned(self.clock_ms(), retention_ms)
+                    last_prune = time.monotonic()
+                if self.runner is not None:
+                    self.runner.sweep()
+            except OSError as exc:
+                log.warning("housekeeping: %s", exc)
             self.write_status()
             await asyncio.sleep(HOUSEKEEPING_S)
 
@@ -407,7 +451,7 @@ _REFUSAL_TEXT = {
     "shutting_down": "the agent is shutting down",
     "quarantined": "the coordinator quarantined this device",
     "outbox_full": "undelivered proofs fill the outbox",
-    "busy": "already running a task",
+    "busy": "the work queue is full",
     "too_hot": "the CPU is too hot",
     "battery_low": "the battery is low and not charging",
     "not_charging": "configured to work only while charging",

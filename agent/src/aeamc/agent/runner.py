@@ -1,13 +1,21 @@
-"""Runs one assigned task at a time, chunk by chunk, under the energy policy.
+"""Runs the accepted assignments of the durable queue, one at a time, chunk by chunk.
 
-Between chunks the runner checks the policy: when it forbids work the task is suspended
-(the worker idles, nothing is lost) until the policy allows work again, and abandoned if
-the assignment expires meanwhile. On shutdown the chunk in flight may finish within the
-grace period; the task is then abandoned, because a partial trace proves nothing and the
-coordinator reassigns work whose assignment expires.
+The runner takes the oldest entry of the queue (workqueue.py) and runs its chunks in the
+worker process. Before every chunk it checks the energy policy (and whether the
+coordinator still wants work from this device): while work is not allowed the task is
+suspended (the worker idles, nothing is lost, the tasks behind it wait too) until it is
+allowed again; if the assignment expires meanwhile, the task is abandoned.
 
 When every chunk is done: the trace is stored (spot-checks may come after a restart),
-then the PoT is signed with a fresh 16-byte nonce and queued durably in the outbox.
+the PoT is signed with a fresh 16-byte nonce and queued durably in the outbox, and only
+then is the entry removed from the queue. On shutdown the chunk in flight may finish
+within the grace period; the task then stays in the queue and restarts from chunk 0 at
+the next start (a partial trace is not kept: restarting is simple and always correct).
+
+An entry leaves the queue without a proof only for a reason that cannot change, and is
+recorded in ``abandoned/`` first: the assignment expired (before or while it ran), the
+task kind is gone, a chunk failed, or the worker crashed on it ``MAX_WORKER_CRASHES``
+times in a row.
 """
 
 from __future__ import annotations
@@ -18,8 +26,9 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from aeamc.shared.identity import Signer
 from aeamc.shared.messages import Assignment
@@ -29,20 +38,35 @@ from .monitor import EnergyMonitor
 from .outbox import Outbox
 from .traces import TraceStore
 from .worker import ChunkPool, WorkerCrashed
+from .workqueue import EXPIRED, FAILED, UNKNOWN_KIND, QueuedTask, WorkQueue
 
 log = logging.getLogger(__name__)
 
 #: Size of a faked chunk output in the demo cheating mode.
 FAKE_OUTPUT_BYTES = 32
+#: A task on which the worker process died this many times in a row is abandoned.
+MAX_WORKER_CRASHES = 3
+#: After a storage error (disk full?) the task is retried this much later.
+STORAGE_RETRY_S = 5.0
+
+QUEUED, ABANDONED, INTERRUPTED = "queued", "abandoned", "interrupted"
+
+
+class ChunkFailed(Exception):
+    """A chunk raised an error: running it again would fail the same way."""
 
 
 @dataclass
 class TaskProgress:
-    assignment: Assignment
+    entry: QueuedTask
     started_ms: int
     chunks_done: int = 0
     suspended_reason: str | None = None
     cheated_chunks: int = 0
+
+    @property
+    def assignment(self) -> Assignment:
+        return self.entry.assignment
 
     def to_json(self) -> dict[str, object]:
         a = self.assignment
@@ -61,7 +85,9 @@ class TaskProgress:
 @dataclass
 class Outcome:
     task_id: str
-    result: str  # "queued" | "abandoned"
+    #: "queued" (the proof is in the outbox), "abandoned" (dropped for good, recorded in
+    #: ``abandoned/``) or "interrupted" (still in the queue; it runs again from chunk 0).
+    result: str
     detail: str = ""
     at_ms: int = 0
     cheated_chunks: int = 0
@@ -75,7 +101,12 @@ class TaskRunner:
     monitor: EnergyMonitor
     traces: TraceStore
     outbox: Outbox
+    queue: WorkQueue
     clock_ms: Callable[[], int]
+    #: Kinds this agent can run (an entry of a kind that disappeared is abandoned).
+    known_kind: Callable[[str], bool] = lambda kind: True
+    #: Why no work may be done right now apart from energy (e.g. "quarantined"), or None.
+    hold: Callable[[], str | None] = lambda: None
     cheat_fraction: float = 0.0
     on_change: Callable[[], None] = lambda: None
     random_fn: Callable[[], float] = random.random
@@ -84,28 +115,36 @@ class TaskRunner:
     _task: asyncio.Task[None] | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _stopping: bool = False
+    _crashes: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.monitor.add_listener(self._wake.set)
 
-    @property
-    def busy(self) -> bool:
-        return self.current is not None
+    def start(self) -> None:
+        """Start working through the queue (including what a previous run left)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="runner")
+            self._task.add_done_callback(_log_crash)
 
-    def start(self, assignment: Assignment) -> None:
-        if self.current is not None:
-            raise RuntimeError("a task is already running")
-        self.current = TaskProgress(assignment, self.clock_ms())
-        self._task = asyncio.create_task(self._run(self.current), name=f"task {assignment.task_id}")
-        self.on_change()
+    def wake(self) -> None:
+        """Something was queued, or may now be allowed to run."""
+        self._wake.set()
 
-    async def wait_idle(self) -> None:
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(self._task)
+    def sweep(self) -> int:
+        """Abandon waiting entries whose assignment has expired; how many."""
+        now = self.clock_ms()
+        running = self.current.entry.path if self.current else None
+        dropped = 0
+        for entry in self.queue.entries():
+            if entry.path != running and entry.assignment.expires_at <= now:
+                self._abandon(entry, EXPIRED, "the assignment expired while it waited")
+                dropped += 1
+        if dropped:
+            self.on_change()
+        return dropped
 
     async def stop(self, grace_s: float) -> None:
-        """Stop after the chunk in flight (abandoning it after ``grace_s``)."""
+        """Stop after the chunk in flight (abandoning the chunk after ``grace_s``)."""
         self._stopping = True
         self._wake.set()
         task = self._task
@@ -118,44 +157,91 @@ class TaskRunner:
         # The grace period is spent: a chunk still in the worker now is abandoned.
         await self.pool.close(0)
 
-    async def _run(self, progress: TaskProgress) -> None:
-        a = progress.assignment
-        outcome = Outcome(a.task_id, "abandoned", "interrupted")
+    # --- internals ----------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        retry_s: float | None = None
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                self.sweep()
+                entry = self.queue.head()
+                if entry is None or retry_s is not None:
+                    timeout, retry_s = retry_s, None
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout)
+                    continue
+                outcome = await self._run(entry)
+            except Exception as exc:  # the queue cannot be written (disk full?), or a bug
+                log.error(
+                    "work queue: %s; trying again in %.0f s",
+                    exc,
+                    STORAGE_RETRY_S,
+                    exc_info=not isinstance(exc, OSError),
+                )
+                retry_s = STORAGE_RETRY_S
+                continue
+            if outcome.result == INTERRUPTED and not self._stopping:
+                retry_s = STORAGE_RETRY_S
+
+    async def _run(self, entry: QueuedTask) -> Outcome:
+        a = entry.assignment
+        progress = TaskProgress(entry, self.clock_ms())
+        self.current = progress
+        self.on_change()
+        outcome = Outcome(a.task_id, INTERRUPTED, "interrupted")
         try:
             outcome = await self._execute(progress)
         except asyncio.CancelledError:
-            outcome = Outcome(a.task_id, "abandoned", "shutting down")
+            outcome = Outcome(a.task_id, INTERRUPTED, "shutting down")
             raise
         except WorkerCrashed as exc:
-            outcome = Outcome(a.task_id, "abandoned", str(exc))
+            outcome = self._crashed(entry, str(exc))
+        except ChunkFailed as exc:
+            outcome = self._abandon(entry, FAILED, f"a chunk failed: {exc}")
+        except OSError as exc:
+            log.error("task %s: cannot store its result (%s); retrying", a.task_id, exc)
+            outcome = Outcome(a.task_id, INTERRUPTED, f"storage error: {exc}")
         except Exception as exc:
             log.exception("task %s failed", a.task_id)
-            outcome = Outcome(a.task_id, "abandoned", f"internal error: {exc}")
+            outcome = self._abandon(entry, FAILED, f"internal error: {exc}")
         finally:
             self.current = None
             outcome.at_ms = self.clock_ms()
             outcome.cheated_chunks = progress.cheated_chunks
             self.last = outcome
-            if outcome.result != "queued":
-                log.warning("task %s abandoned: %s", a.task_id, outcome.detail)
+            if outcome.result == INTERRUPTED:
+                log.warning(
+                    "task %s interrupted (%s); it stays queued and restarts from chunk 0",
+                    a.task_id,
+                    outcome.detail,
+                )
             self.on_change()
+        return outcome
 
     async def _execute(self, progress: TaskProgress) -> Outcome:
-        a = progress.assignment
+        entry = progress.entry
+        a = entry.assignment
+        if self._already_in_outbox(entry):
+            # Done before a crash that came between queueing the proof and this removal.
+            self.queue.remove(entry)
+            return Outcome(a.task_id, QUEUED, "the proof was already in the outbox")
+        if not self.known_kind(a.kind):
+            return self._abandon(entry, UNKNOWN_KIND, f"this agent cannot run {a.kind!r}")
         log.info("task %s started: %s, %d chunks", a.task_id, a.kind, a.chunks)
         outputs: list[bytes] = []
         cpu_ns = 0
         active_ns = 0
         for index in range(a.chunks):
-            stop_reason = await self._wait_until_allowed(progress)
-            if stop_reason is not None:
-                return Outcome(a.task_id, "abandoned", stop_reason)
+            stop = await self._wait_until_allowed(progress)
+            if stop is not None:
+                return stop
             started = time.perf_counter_ns()
             if self.cheat_fraction > 0 and self.random_fn() < self.cheat_fraction:
                 output = os.urandom(FAKE_OUTPUT_BYTES)  # DEMO CHEATER: not computed
                 progress.cheated_chunks += 1
             else:
-                output, chunk_cpu_ns = await self.pool.run(a.kind, a.params, index, a.chunks)
+                output, chunk_cpu_ns = await self._chunk(a.kind, a.params, index, a.chunks)
                 cpu_ns += chunk_cpu_ns
             active_ns += time.perf_counter_ns() - started
             outputs.append(output)
@@ -174,6 +260,9 @@ class TaskRunner:
             cpu_time_ms=cpu_ns // 1_000_000,
         )
         self.outbox.add(pot, trace.output, now)
+        # Only now may the assignment leave the queue: the outbox keeps the proof.
+        self.queue.remove(entry)
+        self._crashes.pop(a.task_id, None)
         if progress.cheated_chunks:
             log.warning(
                 "DEMO CHEATER: task %s has %d of %d chunk outputs faked",
@@ -182,27 +271,70 @@ class TaskRunner:
                 a.chunks,
             )
         log.info("task %s done; proof queued", a.task_id)
-        return Outcome(a.task_id, "queued")
+        return Outcome(a.task_id, QUEUED)
 
-    async def _wait_until_allowed(self, progress: TaskProgress) -> str | None:
-        """Block while the policy forbids work; the reason to give up, or ``None``."""
-        a = progress.assignment
+    async def _chunk(
+        self, kind: str, params: Mapping[str, Any], index: int, chunks: int
+    ) -> tuple[bytes, int]:
+        try:
+            return await self.pool.run(kind, params, index, chunks)
+        except (WorkerCrashed, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            raise ChunkFailed(f"chunk {index}: {type(exc).__name__}: {exc}") from exc
+
+    async def _wait_until_allowed(self, progress: TaskProgress) -> Outcome | None:
+        """Block while no work is allowed; the outcome that ends the task, or ``None``."""
+        entry = progress.entry
+        a = entry.assignment
         while True:
             if self._stopping:
-                return "shutting down"
+                return Outcome(a.task_id, INTERRUPTED, "shutting down")
             if self.clock_ms() >= a.expires_at:
-                return "assignment expired"
-            if self.monitor.allowed:
+                return self._abandon(entry, EXPIRED, "the assignment expired")
+            reason = self.monitor.reason or self.hold()
+            if reason is None:
                 if progress.suspended_reason is not None:
                     log.info("task %s resumed", a.task_id)
                     progress.suspended_reason = None
                     self.on_change()
                 return None
-            if progress.suspended_reason != self.monitor.reason:
-                log.warning("task %s suspended: %s", a.task_id, self.monitor.reason)
-                progress.suspended_reason = self.monitor.reason
+            if progress.suspended_reason != reason:
+                log.warning("task %s suspended: %s", a.task_id, reason)
+                progress.suspended_reason = reason
                 self.on_change()
             self._wake.clear()
             remaining_s = (a.expires_at - self.clock_ms()) / 1000
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, remaining_s))
+
+    def _already_in_outbox(self, entry: QueuedTask) -> bool:
+        a = entry.assignment
+        return self.traces.assignment(a.task_id) == a and any(
+            e.task_id == a.task_id for e in self.outbox.entries()
+        )
+
+    def _crashed(self, entry: QueuedTask, detail: str) -> Outcome:
+        task_id = entry.task_id
+        if self._stopping:
+            return Outcome(task_id, INTERRUPTED, detail)
+        crashes = self._crashes.get(task_id, 0) + 1
+        self._crashes[task_id] = crashes
+        if crashes >= MAX_WORKER_CRASHES:
+            self._crashes.pop(task_id, None)
+            return self._abandon(entry, FAILED, f"{detail} ({crashes} times)")
+        log.warning("task %s: %s; running it again from chunk 0", task_id, detail)
+        return Outcome(task_id, INTERRUPTED, detail)
+
+    def _abandon(self, entry: QueuedTask, reason: str, detail: str) -> Outcome:
+        now = self.clock_ms()
+        record = self.queue.abandon(entry, reason=reason, detail=detail, now_ms=now)
+        log.warning(
+            "task %s abandoned (%s): %s; recorded in %s", entry.task_id, reason, detail, record
+        )
+        return Outcome(entry.task_id, ABANDONED, detail, at_ms=now)
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("task runner crashed", exc_info=task.exception())

@@ -1,7 +1,8 @@
 """The agent's HTTP API, called by the coordinator (and by anyone for health).
 
 =====================  ===================================================================
-``POST /v1/assignments``  a signed ``assignment`` → 202 ``{"accepted": true}``, or 409
+``POST /v1/assignments``  a signed ``assignment`` → 202 ``{"accepted": true, "state"}``
+                          once it is durably queued, or 409
                           ``{"error": {"code": "refused", "message", "reason"}}``
 ``POST /v1/challenges``   a signed ``challenge`` → 200 the signed ``opening``, or 404
                           ``unknown_task`` when the trace is not kept (any more)

@@ -6,6 +6,8 @@ Layout (all under ``state_dir``)::
     seq                 last heartbeat seq used, written durably before each heartbeat
     coordinator.json    the pinned coordinator key, cluster and last enrollment state
     status.json         what the running daemon last saw (``aeamc-agent status`` reads it)
+    queue/              accepted assignments not yet done, one file each (workqueue.py)
+    abandoned/          assignments dropped for good (expired...), with the reason
     outbox/             proofs not yet delivered, one file each (outbox.py)
     rejected/           proofs the coordinator refused for good, with the reason
     traces/             chunk outputs kept for spot-checks (traces.py)
@@ -29,6 +31,8 @@ KEY_FILE = "identity.key"
 SEQ_FILE = "seq"
 COORDINATOR_FILE = "coordinator.json"
 STATUS_FILE = "status.json"
+QUEUE_DIR = "queue"
+ABANDONED_DIR = "abandoned"
 OUTBOX_DIR = "outbox"
 REJECTED_DIR = "rejected"
 TRACES_DIR = "traces"

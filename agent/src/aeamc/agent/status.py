@@ -17,8 +17,18 @@ from aeamc.shared.eps import eps
 from . import __version__
 from .energy import EnergyPolicy
 from .outbox import summary
-from .state import OUTBOX_DIR, REJECTED_DIR, STATUS_FILE, TRACES_DIR, CoordinatorPin, read_json
+from .state import (
+    ABANDONED_DIR,
+    OUTBOX_DIR,
+    QUEUE_DIR,
+    REJECTED_DIR,
+    STATUS_FILE,
+    TRACES_DIR,
+    CoordinatorPin,
+    read_json,
+)
 from .telemetry import TelemetrySource
+from .workqueue import summary as queue_summary
 
 if TYPE_CHECKING:
     from .config import AgentConfig
@@ -59,6 +69,12 @@ def daemon_status(agent: Agent) -> dict[str, Any]:
         "accepting_work": agent.refusal_reason() is None,
         "refusal_reason": agent.refusal_reason(),
         "task": runner.current.to_json() if runner and runner.current else None,
+        "queue": {
+            "count": agent.queue.count,
+            "max": c.max_queued_tasks,
+            "task_ids": [e.task_id for e in agent.queue.entries()],
+            "abandoned": agent.queue.abandoned_count(),
+        },
         "last_task": None
         if last is None
         else {
@@ -126,6 +142,8 @@ def offline_status(
         "accepting_work": False,
         "refusal_reason": "not_running",
         "task": None,
+        "queue": queue_summary(state / QUEUE_DIR, state / ABANDONED_DIR)
+        | {"max": config.max_queued_tasks},
         "last_task": (previous or {}).get("last_task"),
         "outbox": summary(state / OUTBOX_DIR, state / REJECTED_DIR)
         | {"max_count": config.outbox_max_count, "max_bytes": config.outbox_max_bytes},
@@ -182,6 +200,7 @@ def render_text(status: Mapping[str, Any]) -> str:
         policy = "work allowed" if energy["allowed"] else f"no work ({energy['reason']})"
     refusal = status.get("refusal_reason")
     task = status.get("task")
+    queue = status.get("queue") or {}
     flags = status.get("flags") or {}
     rows += [
         ("EPS", "-" if status.get("eps") is None else status["eps"]),
@@ -192,6 +211,11 @@ def render_text(status: Mapping[str, Any]) -> str:
             f"{task['task_id']} {task['chunks_done']}/{task['chunks']} {task['state']}"
             if task
             else "none",
+        ),
+        (
+            "queue",
+            f"{queue.get('count', 0)} of {queue.get('max', '?')} tasks "
+            f"(the running one included), {queue.get('abandoned', 0)} abandoned",
         ),
         (
             "outbox",

@@ -48,7 +48,7 @@ class SchedulerConfig:
     tick_s: float = 0.5
     assignment_timeout_s: int = 600
     #: Assignments a device may hold at once before it counts as busy.
-    max_inflight_per_device: int = 1
+    max_inflight_per_device: int = 2
     push_timeout_s: float = 10.0
     max_replicas: int = 5
 
