@@ -19,6 +19,7 @@ help:
 	@echo "make lint    ruff check and format check"
 	@echo "make format  apply ruff formatting"
 	@echo "make lock    re-resolve requirements/constraints.txt from requirements/dev.txt"
+	@echo "make packages  build dist/aeamc-agent_*.deb and dist/microblock-coordinator_*.deb"
 	@echo "make clean   remove the virtualenv, node_modules and caches"
 
 $(PY_STAMP): $(PY_INPUTS)
@@ -55,6 +56,11 @@ demo: deps
 	@echo "part of this version yet: the coordinator and agent daemons are still being built."
 	@echo "What works today is the protocol core; try: make test"
 	@exit 1
+
+# Debian packages: a self-contained venv under /opt each (docs/packaging.md).
+.PHONY: packages
+packages: $(PY_STAMP)
+	$(BIN)/python packaging/build.py --out dist
 
 lock:
 	rm -rf .lock-venv

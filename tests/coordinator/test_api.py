@@ -252,3 +252,34 @@ def test_health_and_status(coordinator: CoordinatorProcess) -> None:
     assert out["blocks"] == 0 and out["coordinator_id"] == body["coordinator_id"]
     text = coordinator.cli("status").stdout
     assert "coordinator " + body["coordinator_id"] in text
+
+
+def test_metrics_follow_prometheus_conventions(
+    coordinator: CoordinatorProcess, enroll_token: str
+) -> None:
+    d = SimDevice(coordinator.url, port=1)
+    post(coordinator, "/v1/enroll", d.enroll_message(enroll_token))
+    post(coordinator, "/v1/heartbeats", d.poa())
+    post(coordinator, "/v1/proofs", {"pot": {}, "output": ""})
+    status, text = coordinator.request("GET", "/metrics")
+    assert status == 200
+    lines = text.decode().splitlines()
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in lines
+        if line and not line.startswith("#")
+    }
+    assert samples['aeamc_coordinator_devices{state="active"}'] == 1
+    assert samples["aeamc_coordinator_heartbeats_total"] == 1
+    assert samples['aeamc_coordinator_proofs_total{result="rejected"}'] == 1
+    assert 'aeamc_coordinator_build_info{version="0.1.0"}' in samples
+    assert any(
+        k.startswith('aeamc_coordinator_http_requests_total{method="POST",route="/v1/heartbeats"')
+        for k in samples
+    )
+    assert any(
+        k.startswith("aeamc_coordinator_http_request_duration_seconds_bucket") for k in samples
+    )
+    # Never a per-device label, whatever the fleet size.
+    assert d.device_id not in text.decode()
+    assert all(name.startswith("aeamc_coordinator_") for name in samples)

@@ -12,12 +12,13 @@ import ipaddress
 import math
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from aeamc.shared.runtime.configfiles import ConfigFileError, read_config_files
 
 from .energy import EnergyThresholds
 
@@ -154,14 +155,11 @@ def config_path(cli_value: str | None, env: Mapping[str, str] = os.environ) -> P
 
 def load_config(path: Path) -> AgentConfig:
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
+        data = read_config_files(path)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file (run `aeamc-agent init` first)") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except ConfigFileError as exc:
+        raise ConfigError(str(exc)) from None
     return config_from_mapping(data, source=path)
 
 

@@ -17,7 +17,10 @@ from aiohttp import web
 
 from aeamc.shared.errors import ProtocolError
 
+from .anchoring.bundles import receipt_bundle
+from .dashboard import add_dashboard_routes
 from .errors import ApiError
+from .metrics import Metrics
 from .openapi import openapi_document
 from .service import Coordinator
 
@@ -258,6 +261,12 @@ async def get_block_raw(request: web.Request) -> web.Response:
     return web.Response(body=raw, content_type="application/octet-stream")
 
 
+async def receipt_proof(request: web.Request) -> web.Response:
+    c = request.app[COORDINATOR_KEY]
+    device_id = _device_id(request)
+    return reply(await receipt_bundle(c.db, request.match_info["task_id"], device_id))
+
+
 async def health(request: web.Request) -> web.Response:
     c = request.app[COORDINATOR_KEY]
     return reply(
@@ -275,11 +284,14 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def build_app(coordinator: Coordinator) -> web.Application:
+    metrics = Metrics(coordinator)
     app = web.Application(
-        middlewares=[error_middleware],
+        # Metrics outermost, so they see the status the error middleware chose.
+        middlewares=[metrics.middleware, error_middleware],
         client_max_size=coordinator.config.server.max_body_bytes,
     )
     app[COORDINATOR_KEY] = coordinator
+    app.router.add_get("/metrics", metrics.handler)
     app.router.add_post("/v1/enroll", enroll)
     app.router.add_post("/v1/heartbeats", heartbeats)
     app.router.add_post("/v1/proofs", post_proof)
@@ -295,6 +307,9 @@ def build_app(coordinator: Coordinator) -> web.Application:
     app.router.add_get("/v1/microblocks", list_blocks)
     app.router.add_get("/v1/microblocks/{height}", get_block)
     app.router.add_get("/v1/microblocks/{height}/raw", get_block_raw)
+    app.router.add_get("/v1/receipts/{task_id}/{device_id}/proof", receipt_proof)
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/openapi.json", openapi)
+    # The page, /privacy, login; also appends the session middleware, innermost.
+    add_dashboard_routes(app, coordinator)
     return app

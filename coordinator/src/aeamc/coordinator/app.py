@@ -4,7 +4,6 @@ stopped together."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -13,13 +12,14 @@ from aiohttp import web
 from aeamc.shared.identity import Signer
 from aeamc.shared.tasks.registry import discover
 
+from .anchoring.service import AnchoringService
 from .api import build_app
 from .config import CoordinatorConfig
 from .db import Database
 from .discovery import Discovery
 from .peers import AgentClient
 from .scheduler import Scheduler
-from .service import Coordinator
+from .service import Coordinator, wait_event
 from .spotchecks import SpotChecker
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ class CoordinatorService:
         self.client = AgentClient(timeout_s=config.scheduler.push_timeout_s)
         self.scheduler = Scheduler(self.coordinator, self.client)
         self.spot_checker = SpotChecker(self.coordinator, self.client)
+        self.anchoring = AnchoringService(config, self.coordinator)
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.port = 0
@@ -58,6 +59,7 @@ class CoordinatorService:
             "maintenance": self._maintenance_loop(),
         }
         self._tasks = [asyncio.create_task(coro, name=name) for name, coro in loops.items()]
+        await self.anchoring.start()
         if self.config.server.mdns:
             self.discovery = Discovery(self.coordinator, self.port)
             await self.discovery.start()
@@ -73,11 +75,13 @@ class CoordinatorService:
             await self.discovery.stop()
             self.discovery = None
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Cancel until it is really done: one cancel can be absorbed by a task that
+            # was just completing an inner wait.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=1.0)
         self._tasks = []
+        await self.anchoring.stop()
         await self.scheduler.drain()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -89,9 +93,7 @@ class CoordinatorService:
         c = self.coordinator
         interval = self.config.blocks.interval_s
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(c.wake_blocks.wait(), timeout=interval)
-            c.wake_blocks.clear()
+            await wait_event(c.wake_blocks, interval)
             try:
                 while await c.form_block() is not None:
                     if c.unblocked < self.config.blocks.max_receipts:

@@ -21,11 +21,20 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import ConfigError, CoordinatorConfig, load_config, parse_config, render_config
+from .config import (
+    ConfigError,
+    CoordinatorConfig,
+    load_config,
+    parse_config,
+    render_config,
+    write_setting,
+)
 from .keys import KeyFileError, create_key_file, load_key_file
 
 EX_OK, EX_FAIL, EX_USAGE, EX_UNAVAILABLE, EX_CONFIG = 0, 1, 64, 69, 78
 DEFAULT_CONFIG = Path("/etc/aeamc/coordinator.toml")
+#: Gas of one anchor(root) transaction, measured on anvil (cancun); see docs/anchoring.md.
+ANCHOR_GAS = 50_576
 log = logging.getLogger("aeamc.coordinator")
 
 
@@ -83,12 +92,36 @@ def cmd_init(args: argparse.Namespace) -> int:
     else:
         key = create_key_file(config.key_path)
         print(f"created identity: coordinator_id {key.device_id}")
+    if config.chain.enabled:
+        _init_wallet(config)
     tokens_dir = config.state_dir / "tokens"
     tokens_dir.mkdir(mode=0o700, exist_ok=True)
     created = asyncio.run(_initial_tokens(config, key, tokens_dir))
     for role, token in created.items():
         print(f"{role} token (also saved in {tokens_dir / (role + '.token')}): {token}")
     return EX_OK
+
+
+def _init_wallet(config: CoordinatorConfig) -> None:
+    from .anchoring.wallet import WalletError, ensure_key_file
+
+    try:
+        created = ensure_key_file(config.wallet_path)
+    except WalletError as exc:
+        raise CliError(f"configuration error: {exc}", EX_CONFIG) from None
+    if created:
+        print(f"created the anchoring wallet key {config.wallet_path}")
+
+
+def _wallet(config: CoordinatorConfig) -> Any:
+    from .anchoring.wallet import WalletError, ensure_wallet_file
+
+    try:
+        wallet, created = ensure_wallet_file(config.wallet_path)
+    except WalletError as exc:
+        raise CliError(f"configuration error: {exc}", EX_CONFIG) from None
+    print(f"{'created' if created else 'using'} anchoring wallet {wallet.address}")
+    return wallet
 
 
 async def _initial_tokens(config: CoordinatorConfig, key: Any, tokens_dir: Path) -> dict[str, str]:
@@ -129,9 +162,12 @@ async def _serve(config: CoordinatorConfig, key: Any) -> int:
     from .app import CoordinatorService
 
     service = CoordinatorService(config, key)
+    from .db import SchemaTooNew
+
     try:
         await service.start()
-    except OSError as exc:
+    except (OSError, SchemaTooNew) as exc:
+        # Exit 78: systemd's RestartPreventExitStatus stops a restart loop that cannot help.
         log.error("cannot start: %s", exc)
         await service.stop()
         return EX_CONFIG
@@ -223,6 +259,128 @@ def cmd_status(args: argparse.Namespace) -> int:
         parts = ", ".join(f"{k} {v}" for k, v in sorted(summary[key].items())) or "none"
         print(f"{key:12} {parts}")
     print(f"{'blocks':12} {summary['blocks']} ({summary['unblocked_receipts']} receipts waiting)")
+    if "anchoring" in summary:
+        print(f"{'anchoring':12} {_anchoring_line(summary['anchoring'])}")
+    return EX_OK
+
+
+def _anchoring_line(a: dict[str, Any]) -> str:
+    if not a.get("enabled"):
+        return "disabled"
+    age = a.get("last_final_anchor_age_s")
+    balance = a.get("balance_wei")
+    parts = [
+        a.get("state", "?"),
+        "embedded chain (lost on restart)" if a.get("embedded") else f"chain {a.get('chain_id')}",
+        f"{a.get('unanchored_blocks', 0)} blocks unanchored",
+        f"last final anchor {'never' if age is None else f'{age} s ago'}",
+        f"balance {'?' if balance is None else f'{balance / 10**18:.6f} ETH'}",
+        f"{a.get('rpc_errors', 0)} RPC errors",
+    ]
+    return ", ".join(parts)
+
+
+# -- anchoring --------------------------------------------------------------------------------
+
+
+def cmd_chain(args: argparse.Namespace) -> int:
+    if args.action == "deploy":
+        return _chain_deploy(args)
+    api = Api(_load(args), args.url)
+    a = api.call("GET", "/v1/status").get("anchoring")
+    if a is None:
+        raise CliError("this coordinator does not report anchoring")
+    if args.json:
+        _print(a)
+        return EX_OK
+    balance = a.get("balance_wei")
+    last = a.get("last_final_anchor") or {}
+    age = a.get("last_final_anchor_age_s")
+    rows = [
+        ("state", a.get("state")),
+        ("chain", "embedded, in-process (lost on restart)" if a.get("embedded") else a.get("rpc")),
+        ("chain id", a.get("chain_id")),
+        ("head", a.get("head")),
+        ("contract", a.get("contract")),
+        ("wallet", a.get("wallet")),
+        ("balance", "?" if balance is None else f"{balance / 10**18:.6f} ETH ({balance} wei)"),
+        ("in flight", a.get("live_anchors", 0)),
+        ("unanchored", f"{a.get('unanchored_blocks', 0)} blocks"),
+        (
+            "last final",
+            "never" if age is None else f"{age} s ago, block {last.get('block_number')}",
+        ),
+        ("gas used", last.get("gas_used", "-")),
+        ("RPC errors", a.get("rpc_errors", 0)),
+        ("last error", a.get("last_error") or "-"),
+    ]
+    for name, value in rows:
+        print(f"{name:12} {value}")
+    if a.get("note"):
+        print(f"note: {a['note']}")
+    return EX_OK
+
+
+def _chain_deploy(args: argparse.Namespace) -> int:
+    """Deploy MicroblockAnchor with the anchoring wallet, then record its address."""
+    config = _load(args)
+    path = _config_path(args)
+    if not config.chain.rpc_url:
+        raise CliError(
+            "chain.rpc_url is not set: the embedded chain deploys its own contract at start",
+            EX_CONFIG,
+        )
+    if config.chain.contract and not args.force:
+        raise CliError(
+            f"chain.contract is already {config.chain.contract}; --force deploys another "
+            "(its anchors would start over)"
+        )
+    from .anchoring.chain import GWEI, Chain, ChainError
+
+    wallet = _wallet(config)
+    chain = Chain.connect(config.chain.rpc_url, config.chain.rpc_timeout_s)
+    try:
+        chain_id = chain.chain_id()
+        if config.chain.chain_id and chain_id != config.chain.chain_id:
+            raise CliError(
+                f"{chain.label} is chain {chain_id}, chain.chain_id says {config.chain.chain_id}",
+                EX_CONFIG,
+            )
+        balance = chain.balance(wallet.address)
+        if balance == 0:
+            raise CliError(
+                f"the wallet {wallet.address} has no funds on chain {chain_id}: send it some "
+                "ether (a deployment costs about 580,000 gas), then run this again"
+            )
+        address = chain.deploy(
+            wallet,
+            cap_wei=int(config.chain.max_fee_gwei * GWEI),
+            priority_wei=int(config.chain.priority_fee_gwei * GWEI),
+        )
+        fees = chain.market_fees(int(config.chain.priority_fee_gwei * GWEI), 10**30)
+        price = (fees.max_fee_per_gas - fees.max_priority_fee_per_gas) // 2 + (
+            fees.max_priority_fee_per_gas
+        )
+    except ChainError as exc:
+        raise CliError(str(exc)) from None
+    except (OSError, ValueError) as exc:
+        raise CliError(f"cannot use {chain.label}: {exc}", EX_UNAVAILABLE) from None
+    write_setting(path, "chain", "contract", address)
+    print(f"deployed MicroblockAnchor at {address} on chain {chain_id}")
+    per_anchor = ANCHOR_GAS * price / 10**18
+    per_day = per_anchor * 86_400 / config.chain.anchor_interval_s
+    print(
+        f"each anchor uses about {ANCHOR_GAS:,} gas: {per_anchor:.6f} ETH at today's "
+        f"{price / GWEI:.3g} gwei; one every {config.chain.anchor_interval_s:g} s is at most "
+        f"{per_day:.4f} ETH a day (raise chain.anchor_interval_s to anchor less often)"
+    )
+    print(f"wrote chain.contract to {path}; restart the coordinator to anchor there")
+    return EX_OK
+
+
+def cmd_receipts(args: argparse.Namespace) -> int:
+    api = Api(_load(args), args.url)
+    _print(api.call("GET", f"/v1/receipts/{args.task_id}/{args.device_id}/proof"))
     return EX_OK
 
 
@@ -346,6 +504,18 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("height", nargs="?", type=int)
     bl.add_argument("-o", "--output", help="file for export (default stdout)")
     bl.set_defaults(func=cmd_blocks)
+
+    ch = remote("chain", "deploy the anchor contract, or show the anchoring status")
+    ch.add_argument("action", choices=["deploy", "status"])
+    ch.add_argument("--force", action="store_true", help="deploy even if a contract is set")
+    ch.add_argument("--json", action="store_true")
+    ch.set_defaults(func=cmd_chain)
+
+    rc = remote("receipts", "proof bundles of receipts (SPEC §8)")
+    rc.add_argument("action", choices=["proof"])
+    rc.add_argument("task_id")
+    rc.add_argument("device_id")
+    rc.set_defaults(func=cmd_receipts)
 
     to = remote("token", "create a token")
     to.add_argument("action", choices=["create"])

@@ -7,6 +7,9 @@ the wrong type is a configuration error (exit 78) rather than something silently
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +17,7 @@ from typing import Any
 
 from aeamc.shared.eps import EpsConfig
 from aeamc.shared.errors import ValidationError
+from aeamc.shared.runtime.configfiles import ConfigFileError, read_config_files
 
 
 class ConfigError(Exception):
@@ -99,6 +103,31 @@ class EpsSection:
 
 
 @dataclass(frozen=True)
+class ChainConfig:
+    """Anchoring (docs/anchoring.md). No ``rpc_url``: an in-process chain, lost on restart."""
+
+    enabled: bool = True
+    #: JSON-RPC endpoint; empty = the embedded in-process chain.
+    rpc_url: str = ""
+    #: MicroblockAnchor address (``aeamc-coordinator chain deploy`` writes it).
+    contract: str = ""
+    #: Expected chain id; 0 = whatever the endpoint reports.
+    chain_id: int = 0
+    #: secp256k1 key of the anchoring wallet; empty = ``state_dir/anchor-wallet.key``.
+    wallet_key_file: str = ""
+    anchor_interval_s: float = 10.0
+    confirmations: int = 3
+    #: How often receipts, the head and the wallet balance are checked.
+    poll_s: float = 1.0
+    rpc_timeout_s: float = 10.0
+    #: A transaction not included this long after sending is replaced with higher fees.
+    stuck_after_s: float = 180.0
+    max_fee_gwei: float = 200.0
+    #: Tip per gas; 0 = what the node suggests (``eth_maxPriorityFeePerGas``).
+    priority_fee_gwei: float = 0.0
+
+
+@dataclass(frozen=True)
 class CoordinatorConfig:
     state_dir: Path = Path("/var/lib/microblock-coordinator")
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -107,10 +136,16 @@ class CoordinatorConfig:
     blocks: BlockConfig = field(default_factory=BlockConfig)
     spot_checks: SpotCheckConfig = field(default_factory=SpotCheckConfig)
     eps: EpsSection = field(default_factory=EpsSection)
+    chain: ChainConfig = field(default_factory=ChainConfig)
 
     @property
     def db_path(self) -> Path:
         return self.state_dir / "coordinator.db"
+
+    @property
+    def wallet_path(self) -> Path:
+        path = Path(self.chain.wallet_key_file or "anchor-wallet.key")
+        return path if path.is_absolute() else self.state_dir / path
 
     @property
     def key_path(self) -> Path:
@@ -124,6 +159,7 @@ _SECTIONS = {
     "blocks": BlockConfig,
     "spot_checks": SpotCheckConfig,
     "eps": EpsSection,
+    "chain": ChainConfig,
 }
 
 
@@ -186,6 +222,7 @@ def validate(config: CoordinatorConfig) -> None:
         (config.spot_checks.k >= 1, "spot_checks.k must be ≥ 1"),
         (0 <= config.spot_checks.floor <= 1, "spot_checks.floor must be 0..1"),
         (config.spot_checks.max_attempts >= 1, "spot_checks.max_attempts must be ≥ 1"),
+        *_chain_checks(config.chain),
     ]
     for ok, message in checks:
         if not ok:
@@ -196,16 +233,73 @@ def validate(config: CoordinatorConfig) -> None:
         raise ConfigError(str(exc)) from None
 
 
+def _chain_checks(c: ChainConfig) -> list[tuple[bool, str]]:
+    return [
+        (
+            not c.rpc_url or re.fullmatch(r"https?://\S+", c.rpc_url) is not None,
+            "chain.rpc_url must be an http:// or https:// URL",
+        ),
+        (
+            not c.contract or re.fullmatch(r"0x[0-9a-fA-F]{40}", c.contract) is not None,
+            "chain.contract must be a 0x-prefixed 20-byte address",
+        ),
+        (0 <= c.chain_id < 2**53, "chain.chain_id must be 0..2^53-1"),
+        (c.anchor_interval_s > 0, "chain.anchor_interval_s must be > 0"),
+        (0 <= c.confirmations <= 10_000, "chain.confirmations must be 0..10000"),
+        (c.poll_s > 0, "chain.poll_s must be > 0"),
+        (c.rpc_timeout_s > 0, "chain.rpc_timeout_s must be > 0"),
+        (c.stuck_after_s > 0, "chain.stuck_after_s must be > 0"),
+        (c.max_fee_gwei > 0, "chain.max_fee_gwei must be > 0"),
+        (0 <= c.priority_fee_gwei <= c.max_fee_gwei, "chain.priority_fee_gwei must be 0..max"),
+    ]
+
+
+def write_setting(path: Path, section: str, key: str, value: str) -> CoordinatorConfig:
+    """Set one string setting in the file and keep everything else as the operator wrote
+    it (comments, order); the result must still load, or the file is left untouched."""
+    lines = path.read_text().splitlines()
+    setting = f"{key} = {json.dumps(value)}"
+    out: list[str] = []
+    current = None
+    done = False
+    for line in lines:
+        stripped = line.strip()
+        if stripped.startswith("[") and not done and current == section:
+            # The section had no such key: add it after its last non-blank line.
+            end = len(out)
+            while end and not out[end - 1].strip():
+                end -= 1
+            out.insert(end, setting)
+            done = True
+        if stripped.startswith("["):
+            current = stripped.strip("[]").strip()
+        elif current == section and not done and re.match(rf"{re.escape(key)}\s*=", stripped):
+            out.append(setting)
+            done = True
+            continue
+        out.append(line)
+    if not done:
+        if current != section:
+            out += ["", f"[{section}]"]
+        out.append(setting)
+    text = "\n".join(out) + "\n"
+    data = tomllib.loads(text)
+    config = parse_config(data, base_dir=path.parent)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return config
+
+
 def load_config(path: Path) -> CoordinatorConfig:
     try:
-        with path.open("rb") as f:
-            data = tomllib.load(f)
+        data = read_config_files(path)
     except FileNotFoundError:
         raise ConfigError(
             f"{path}: no such file (create one with `aeamc-coordinator init`)"
         ) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    except ConfigFileError as exc:
+        raise ConfigError(str(exc)) from None
     return parse_config(data, base_dir=path.parent)
 
 

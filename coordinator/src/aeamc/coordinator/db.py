@@ -48,11 +48,15 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer version: refuse rather than damage it."""
+
+
 def migrate(conn: sqlite3.Connection) -> int:
     """Bring the schema to the latest version, one transaction per migration."""
     current = conn.execute("PRAGMA user_version").fetchone()[0]
     if current > len(MIGRATIONS):
-        raise RuntimeError(
+        raise SchemaTooNew(
             f"database schema v{current} is newer than this software (v{len(MIGRATIONS)})"
         )
     for version, statements in enumerate(MIGRATIONS[current:], start=current + 1):

@@ -10,6 +10,7 @@ from functools import cache
 from typing import Any
 
 from . import __version__
+from .dashboard import openapi_paths as dashboard_paths
 
 _HEX32 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 _DEVICE_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
@@ -105,6 +106,25 @@ SCHEMAS: dict[str, Any] = {
             "output": {"type": "string", "pattern": "^([0-9a-f]{2})*$"},
         }
     ),
+    "ProofBundle": _obj(
+        {
+            "pot": {"$ref": "#/components/schemas/PoT"},
+            "device_public_key": _HEX32,
+            "microblock": {"type": "string", "description": "hex(header || payload)"},
+            "anchor": _obj(
+                {
+                    "root": _HEX32,
+                    "leaf_index": _INT,
+                    "tree_size": {"type": "integer", "minimum": 1},
+                    "path": {"type": "array", "items": _HEX32, "maxItems": 64},
+                    "chain_id": {"type": "integer", "minimum": 1},
+                    "contract": {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$"},
+                    "tx_hash": {"type": "string", "pattern": "^0x[0-9a-f]{64}$"},
+                    "block_number": _INT,
+                }
+            ),
+        }
+    ),
     "TaskRequest": _obj(
         {
             "kind": {"type": "string"},
@@ -181,7 +201,9 @@ def openapi_document() -> dict[str, Any]:
                 responses={"201": {"description": "the token, shown once"}},
             )
         },
-        "/v1/status": {"get": _op("Counts of devices, tasks, proofs, blocks", "operator")},
+        "/v1/status": {
+            "get": _op("Counts of devices, tasks, proofs, blocks; anchoring", "operator")
+        },
         "/v1/microblocks": {"get": _op("Chain listing (?from=&limit=)")},
         "/v1/microblocks/{height}": {"get": _op("A block decoded, with spot-check verdicts")},
         "/v1/microblocks/{height}/raw": {
@@ -195,9 +217,33 @@ def openapi_document() -> dict[str, Any]:
                 },
             )
         },
+        "/v1/receipts/{task_id}/{device_id}/proof": {
+            "get": _op(
+                "Proof bundle of one receipt (SPEC §8); 409 not_anchored until its anchor is final",
+                responses={
+                    "200": {
+                        "description": "the bundle; check it with `aeamc verify`",
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/ProofBundle"}
+                            }
+                        },
+                    }
+                },
+            )
+        },
         "/v1/health": {"get": _op("Liveness and what is degraded")},
         "/v1/openapi.json": {"get": _op("This document")},
+        "/metrics": {
+            "get": _op(
+                "Prometheus metrics",
+                responses={
+                    "200": {"description": "text exposition format", "content": {"text/plain": {}}}
+                },
+            )
+        },
     }
+    paths.update(dashboard_paths())
     return {
         "openapi": "3.1.0",
         "info": {

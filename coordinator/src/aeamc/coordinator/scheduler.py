@@ -10,7 +10,6 @@ leave a device working on a task the coordinator has forgotten, and the primary 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from dataclasses import replace
@@ -22,7 +21,7 @@ from aeamc.shared.eps import rank
 from aeamc.shared.messages import Assignment, sign
 
 from .peers import AgentClient
-from .service import Coordinator
+from .service import Coordinator, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +43,7 @@ class Scheduler:
                 await self.round()
             except Exception:
                 log.exception("scheduling round failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.c.wake_scheduler.wait(), timeout=tick)
-            self.c.wake_scheduler.clear()
+            await wait_event(self.c.wake_scheduler, tick)
 
     async def drain(self) -> None:
         if self._pushes:

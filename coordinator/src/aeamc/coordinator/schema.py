@@ -122,4 +122,64 @@ MIGRATIONS: list[list[str]] = [
             last_seen INTEGER NOT NULL
         )""",
     ],
+    # v2: anchoring (SPEC §7). An anchor is one anchor(root) transaction; its leaves are the
+    # blocks whose hashes the root covers, by leaf index. A block's anchor_id names the one
+    # anchor that currently owns it (live or final); NULL means it waits for the next root.
+    [
+        """CREATE TABLE anchors (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            root BLOB NOT NULL,
+            tree_size INTEGER NOT NULL,
+            chain_id INTEGER NOT NULL,
+            contract TEXT NOT NULL,
+            embedded INTEGER NOT NULL DEFAULT 0,
+            sender TEXT NOT NULL,
+            nonce INTEGER,
+            state TEXT NOT NULL CHECK (state IN ('pending','sent','included','final',
+                'reorged','dropped','failed','abandoned')),
+            max_fee_per_gas INTEGER,
+            max_priority_fee_per_gas INTEGER,
+            tx_hash TEXT NOT NULL,
+            first_broadcast_at INTEGER,
+            last_broadcast_at INTEGER,
+            block_number INTEGER,
+            block_hash BLOB,
+            gas_used INTEGER,
+            effective_gas_price INTEGER,
+            created_at INTEGER NOT NULL,
+            included_at INTEGER,
+            final_at INTEGER,
+            detail TEXT
+        )""",
+        # A root is live or final at most once per contract: never sent twice.
+        """CREATE UNIQUE INDEX anchors_live_root ON anchors(chain_id, contract, root)
+            WHERE state IN ('pending','sent','included','final')""",
+        """CREATE INDEX anchors_state ON anchors(state, id)""",
+        """CREATE TABLE anchor_txs (
+            tx_hash TEXT PRIMARY KEY,
+            anchor_id INTEGER NOT NULL REFERENCES anchors(id),
+            nonce INTEGER NOT NULL,
+            max_fee_per_gas INTEGER NOT NULL,
+            max_priority_fee_per_gas INTEGER NOT NULL,
+            gas_limit INTEGER NOT NULL,
+            raw BLOB NOT NULL,
+            created_at INTEGER NOT NULL
+        )""",
+        """CREATE INDEX anchor_txs_anchor ON anchor_txs(anchor_id, created_at)""",
+        """CREATE TABLE anchor_leaves (
+            anchor_id INTEGER NOT NULL REFERENCES anchors(id),
+            leaf_index INTEGER NOT NULL,
+            height INTEGER NOT NULL REFERENCES blocks(height),
+            PRIMARY KEY (anchor_id, leaf_index)
+        )""",
+        """CREATE INDEX anchor_leaves_height ON anchor_leaves(height)""",
+        """ALTER TABLE blocks ADD COLUMN anchor_id INTEGER REFERENCES anchors(id)""",
+        """ALTER TABLE blocks ADD COLUMN leaf_index INTEGER""",
+        """CREATE INDEX blocks_anchor ON blocks(anchor_id, height)""",
+        # Per block: everything a proof bundle's "anchor" member needs, in one place.
+        """CREATE VIEW block_anchors AS
+            SELECT b.height, b.hash, b.anchor_id, b.leaf_index, a.tree_size, a.root,
+                   a.tx_hash, a.block_number, a.chain_id, a.contract, a.state
+            FROM blocks b LEFT JOIN anchors a ON a.id = b.anchor_id""",
+    ],
 ]

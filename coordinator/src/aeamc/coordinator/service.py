@@ -10,6 +10,7 @@ in-memory device view and answers. The HTTP layer (``api.py``) and the backgroun
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -18,7 +19,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ import sqlite_utils
 
 from aeamc.shared import microblock, proofs, spotcheck
 from aeamc.shared import reputation as rep
-from aeamc.shared.eps import eps
+from aeamc.shared.eps import eps, ineligibility
 from aeamc.shared.identity import Signer, device_id_for
 from aeamc.shared.messages import (
     TASK_ID_PATTERN,
@@ -64,6 +65,18 @@ _TASK_REQUEST = record(
     dict,
 )
 _PROOF_REQUEST = record({"pot": lambda v, p: v, "output": hex_bytes(max_bytes=64 << 20)}, dict)
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> None:
+    """Wait until ``event`` is set or ``timeout`` passes, then clear it.
+
+    ``asyncio.timeout`` rather than ``wait_for``: on Python 3.11 ``wait_for`` can swallow a
+    cancellation that arrives as the inner wait completes, leaving a loop that never stops.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    event.clear()
 
 
 def now_ms() -> int:
@@ -108,6 +121,8 @@ class Coordinator:
         #: Receipts accepted but not yet in a block (a hint for forming full blocks early).
         self.unblocked = 0
         self._background: set[asyncio.Future[Any]] = set()
+        #: Extra sections of ``summary()`` (e.g. anchoring), each computed by its owner.
+        self.status_hooks: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {}
         #: (time ms, status, seconds) of the latest requests, for alert evaluation.
         self.recent_requests: deque[tuple[int, int, float]] = deque(maxlen=10_000)
 
@@ -580,7 +595,19 @@ class Coordinator:
             "eps": round(eps(t, self.eps_config), 4) if t else None,
             "reputation": round(d.reputation, 4),
             "record": dataclasses.asdict(d.record),
+            "eligibility": self._eligibility(d),
         }
+
+    def _eligibility(self, d: Device) -> str:
+        """Why the scheduler would (not) give this device work now, in words."""
+        if not d.capabilities.kinds:
+            return "supports no task kind"
+        if not d.endpoint:
+            return "no endpoint to push assignments to"
+        reason = ineligibility(
+            d.candidate(busy=False), d.capabilities.kinds[0], self.clock(), self.eps_config
+        )
+        return "eligible" if reason is None else reason
 
     def device(self, device_id: str) -> Device:
         d = self.devices.get(device_id)
@@ -901,6 +928,8 @@ class Coordinator:
         out["coordinator_id"] = self.coordinator_id
         out["cluster_id"] = self.config.protocol.cluster_id
         out["uptime_s"] = (self.clock() - self.started_at) // 1000
+        for name, hook in self.status_hooks.items():
+            out[name] = await hook()
         return out
 
 

@@ -8,7 +8,6 @@ worker thread so a heavy chunk never stalls the event loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from typing import Any
@@ -20,7 +19,7 @@ from aeamc.shared.errors import ProtocolError
 from aeamc.shared.messages import Challenge, Opening, PoT, parse, parse_signed, sign
 
 from .peers import AgentClient
-from .service import Coordinator
+from .service import Coordinator, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +36,7 @@ class SpotChecker:
                 await self.round()
             except Exception:
                 log.exception("spot-check round failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.c.wake_spot_checks.wait(), timeout=interval)
-            self.c.wake_spot_checks.clear()
+            await wait_event(self.c.wake_spot_checks, interval)
 
     async def round(self) -> int:
         now = self.c.clock()

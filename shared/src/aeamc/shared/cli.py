@@ -2,6 +2,9 @@
 
 Exit status: 0 success, 1 the input is not valid (a refused block, a failed check),
 64 usage error, 66 input file missing or unreadable.
+
+``aeamc verify`` prints one line per SPEC §8 step, ``ok|FAIL step: detail``, stopping at
+the first failure; it needs web3 (``pip install aeamc-shared[chain]``), imported only then.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__, microblock
+from .bundle import STEPS, verify_bundle
 from .errors import MicroblockError
 
 EX_OK, EX_INVALID, EX_USAGE, EX_NOINPUT = 0, 1, 64, 66
@@ -52,6 +56,37 @@ def _inspect_microblock(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _verify(args: argparse.Namespace) -> int:
+    """SPEC §8: check a receipt's proof bundle, the last step against the chain itself."""
+    try:
+        data = _read_input(args.bundle)
+    except OSError as exc:
+        print(f"aeamc: cannot read {args.bundle}: {exc.strerror}", file=sys.stderr)
+        return EX_NOINPUT
+    try:
+        bundle = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        print(f"FAIL bundle: not JSON: {exc}")
+        print("aeamc: verification failed at step 'bundle'", file=sys.stderr)
+        return EX_INVALID
+    from .chain import web3_chain_check
+
+    anchor = bundle.get("anchor") if isinstance(bundle, dict) else None
+    claimed = anchor.get("contract") if isinstance(anchor, dict) else None
+    if args.contract and isinstance(claimed, str) and claimed.lower() != args.contract.lower():
+        print(f"note: asking contract {args.contract}, not the bundle's {claimed}")
+    check = web3_chain_check(args.rpc, contract=args.contract, timeout_s=args.timeout)
+    steps = verify_bundle(bundle, check)
+    for step in steps:
+        print(f"{'ok' if step.ok else 'FAIL'} {step.name}: {step.detail}")
+    failed = next((step.name for step in steps if not step.ok), None)
+    if failed is None and len(steps) == len(STEPS):
+        print("receipt verified")
+        return EX_OK
+    print(f"aeamc: verification failed at step '{failed}'", file=sys.stderr)
+    return EX_INVALID
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="aeamc", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"aeamc {__version__}")
@@ -63,6 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     mb.add_argument("file", help="file with the raw block bytes, or - for stdin")
     mb.add_argument("--hex", action="store_true", help="the input is hex text, not raw bytes")
     mb.set_defaults(func=_inspect_microblock)
+
+    verify = sub.add_parser(
+        "verify", help="check a receipt proof bundle (SPEC §8) against the chain"
+    )
+    verify.add_argument("bundle", help="bundle JSON file, or - for stdin")
+    verify.add_argument("--rpc", required=True, help="JSON-RPC URL of the bundle's chain")
+    verify.add_argument(
+        "--contract", help="MicroblockAnchor address to ask (default: the bundle's own)"
+    )
+    verify.add_argument("--timeout", type=float, default=30.0, help="RPC timeout in seconds")
+    verify.set_defaults(func=_verify)
     return parser
 
 

@@ -1,0 +1,127 @@
+"""The anchoring wallet: who signs ``anchor(root)`` transactions.
+
+The service only needs an address and ``sign_transaction``, so a key that never leaves an
+HSM (PKCS#11) can replace the key file without touching anything else. The default is a
+file holding the secp256k1 private key in hex, mode 0600; a file readable by others is
+refused, because whoever holds the key can spend the wallet and anchor in our name.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+#: Order of the secp256k1 group: a private key is an integer in [1, N-1].
+_SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+
+class WalletError(Exception):
+    """The wallet key cannot be used; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class SignedTx:
+    raw: bytes
+    #: 0x-prefixed lowercase hex; known before the transaction reaches any node.
+    tx_hash: str
+
+
+class TxSigner(Protocol):
+    """What the anchoring service needs from a key."""
+
+    @property
+    def address(self) -> str:
+        """Checksummed address of the key."""
+        ...
+
+    def sign_transaction(self, tx: Mapping[str, Any]) -> SignedTx:
+        """Sign a complete EIP-1559 transaction dict (chainId, nonce, fees, gas, to, data)."""
+        ...
+
+
+class FileWallet:
+    """A private key loaded from a key file, signing with eth-account."""
+
+    def __init__(self, private_key: bytes) -> None:
+        from eth_account import Account
+
+        self._account = Account.from_key(private_key)
+
+    @property
+    def address(self) -> str:
+        return str(self._account.address)
+
+    def sign_transaction(self, tx: Mapping[str, Any]) -> SignedTx:
+        signed = self._account.sign_transaction(dict(tx))
+        return SignedTx(bytes(signed.raw_transaction), "0x" + bytes(signed.hash).hex())
+
+
+def _check_key(key: bytes, path: Path) -> bytes:
+    if len(key) != 32 or not 0 < int.from_bytes(key, "big") < _SECP256K1_N:
+        raise WalletError(f"{path}: not a secp256k1 private key (32 bytes, hex)")
+    return key
+
+
+def read_key_file(path: Path) -> bytes:
+    """The private key in ``path``, refusing a file others can read (stdlib only)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise WalletError(
+            f"{path}: no wallet key (`aeamc-coordinator init` or `chain deploy` creates one)"
+        ) from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise WalletError(
+            f"{path}: permissions {stat.filemode(st.st_mode)} are too open; chmod 600 it"
+        )
+    text = path.read_text().strip().removeprefix("0x")
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise WalletError(f"{path}: not a hex secp256k1 private key") from None
+    return _check_key(key, path)
+
+
+def create_key_file(path: Path) -> bytes:
+    """Write a new random key (stdlib only, so ``init`` stays fast); never overwrites."""
+    if path.exists():
+        raise WalletError(f"{path} exists; refusing to overwrite a wallet key")
+    while True:
+        key = secrets.token_bytes(32)
+        if 0 < int.from_bytes(key, "big") < _SECP256K1_N:
+            break
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key.hex() + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return key
+
+
+def ensure_key_file(path: Path) -> bool:
+    """Create the key file if missing, else check it; True if it was created."""
+    if path.exists():
+        read_key_file(path)
+        return False
+    create_key_file(path)
+    return True
+
+
+def create_wallet_file(path: Path) -> FileWallet:
+    return FileWallet(create_key_file(path))
+
+
+def load_wallet_file(path: Path) -> FileWallet:
+    return FileWallet(read_key_file(path))
+
+
+def ensure_wallet_file(path: Path) -> tuple[FileWallet, bool]:
+    """The wallet at ``path``, created if missing; the flag says whether it was created."""
+    created = ensure_key_file(path)
+    return load_wallet_file(path), created

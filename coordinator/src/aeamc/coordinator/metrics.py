@@ -1,0 +1,132 @@
+"""Prometheus metrics at ``/metrics``: one ``aeamc_coordinator_`` prefix, base units,
+``_total`` on counters, a ``_build_info``, and never a per-device label (a fleet of ten
+thousand devices must not become ten thousand series).
+
+Request metrics are recorded by a middleware; everything about the fleet is read from
+the coordinator when Prometheus scrapes, so no second bookkeeping can drift from it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterator
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from . import __version__
+from .service import Coordinator
+
+PREFIX = "aeamc_coordinator"
+DEVICE_STATES = ("pending", "active", "stale", "quarantined")
+VERDICTS = ("passed", "failed", "unanswered")
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class FleetCollector(Collector):
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.c = coordinator
+
+    def collect(self) -> Iterator[Metric]:
+        c = self.c
+        build = GaugeMetricFamily(
+            f"{PREFIX}_build_info", "Version of the running coordinator", labels=["version"]
+        )
+        build.add_metric([__version__], 1)
+        yield build
+        devices = GaugeMetricFamily(
+            f"{PREFIX}_devices", "Enrolled devices by state", labels=["state"]
+        )
+        states = dict.fromkeys(DEVICE_STATES, 0)
+        for d in c.devices.values():
+            states[d.state] = states.get(d.state, 0) + 1
+        for state, n in states.items():
+            devices.add_metric([state], n)
+        yield devices
+        counters = c.counters
+
+        def counter(name: str, doc: str, key: str) -> CounterMetricFamily:
+            return CounterMetricFamily(f"{PREFIX}_{name}", doc, value=counters.get(key, 0))
+
+        yield counter("heartbeats", "Heartbeats accepted", "heartbeats")
+        yield counter("enrollments", "Enrollment requests accepted", "enrollments")
+        yield counter("tasks_submitted", "Tasks accepted from clients", "tasks_submitted")
+        yield counter("blocks", "Microblocks formed", "blocks")
+        yield counter(
+            "spot_check_chunks_reexecuted",
+            "Chunks the coordinator re-executed to judge spot-checks",
+            "spot_check_chunks_reexecuted",
+        )
+        proofs = CounterMetricFamily(
+            f"{PREFIX}_proofs", "Proof-of-Task submissions by result", labels=["result"]
+        )
+        proofs.add_metric(["accepted"], counters.get("proofs_accepted", 0))
+        proofs.add_metric(["rejected"], counters.get("proofs_rejected", 0))
+        yield proofs
+        checks = CounterMetricFamily(
+            f"{PREFIX}_spot_checks", "Spot-check verdicts", labels=["verdict"]
+        )
+        for verdict in VERDICTS:
+            checks.add_metric([verdict], counters.get(f"spot_checks_{verdict}", 0))
+        yield checks
+        assignments = CounterMetricFamily(
+            f"{PREFIX}_assignments", "Assignments pushed to devices by outcome", labels=["outcome"]
+        )
+        assignments.add_metric(["accepted"], counters.get("assignments_accepted", 0))
+        assignments.add_metric(["refused"], counters.get("assignments_refused", 0))
+        yield assignments
+        yield GaugeMetricFamily(
+            f"{PREFIX}_unblocked_receipts",
+            "Accepted proofs waiting for a microblock",
+            value=c.unblocked,
+        )
+
+
+class Metrics:
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.c = coordinator
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            f"{PREFIX}_http_requests",
+            "HTTP requests by route, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            f"{PREFIX}_http_request_duration_seconds",
+            "Time to answer HTTP requests",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(FleetCollector(coordinator))
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        response = await handler(request)
+        route = _route(request)
+        elapsed = time.perf_counter() - started
+        self.requests.labels(route, request.method, str(response.status)).inc()
+        self.latency.labels(route).observe(elapsed)
+        self.c.observe_request(response.status, elapsed)
+        if route == "/v1/proofs" and response.status >= 400:
+            self.c.count("proofs_rejected")
+        return response
+
+    async def handler(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _route(request: web.Request) -> str:
+    """The route template (``/v1/tasks/{task_id}``), never the raw path: bounded labels."""
+    info = request.match_info
+    resource = info.route.resource if info.route is not None else None
+    if resource is None or info.http_exception is not None:
+        return "unmatched"
+    return resource.canonical
