@@ -16,6 +16,7 @@ DEB_STAMP := $(VENV)/.debian-packages
 help:
 	@echo "make test    install what is missing, then lint and run every test with coverage"
 	@echo "make demo    run a local network (chain, coordinator, agents) and show the result"
+	@echo "             options: make demo ARGS='--agents 8 --tasks 30' (see aeamc devnet --help)"
 	@echo "make lint    ruff check and format check"
 	@echo "make format  apply ruff formatting"
 	@echo "make lock    re-resolve requirements/constraints.txt from requirements/dev.txt"
@@ -52,10 +53,7 @@ test: deps lint
 	$(BIN)/python -m pytest --cov --cov-report=term --cov-fail-under=80
 
 demo: deps
-	@echo "The demo (embedded chain, a coordinator and several agents on loopback) is not"
-	@echo "part of this version yet: the coordinator and agent daemons are still being built."
-	@echo "What works today is the protocol core; try: make test"
-	@exit 1
+	$(BIN)/aeamc devnet demo $(ARGS)
 
 # Debian packages: a self-contained venv under /opt each (docs/packaging.md).
 .PHONY: packages

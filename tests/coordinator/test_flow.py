@@ -107,6 +107,21 @@ async def test_cheater_is_caught_and_quarantined(
         coordinator.request("POST", "/v1/tasks", SHA_TASK, token=client)
         await asyncio.sleep(1.0)
         assert len(cheater.assignments) == 1
+        # The cheater's task went back to the queue: an honest device redoes it, and the
+        # client gets the honest output, never the cheater's.
+        assert task["state"] == "queued" and task["output"] is None
+        honest = await SimDevice(coordinator.url).start()
+        try:
+            await honest.join(enroll_token)
+
+            def redone() -> dict[str, Any]:
+                return coordinator.request("GET", f"/v1/tasks/{task_id}", token=client)[1]
+
+            t = await wait(lambda: (t := redone())["state"] == "completed" and t)
+            assert t["output"] == honest.traces[task_id].output.hex()
+            assert {p["device_id"]: p["credit"] for p in t["proofs"]}[cheater.device_id] == "void"
+        finally:
+            await honest.stop()
     finally:
         await cheater.stop()
 

@@ -312,10 +312,7 @@ class Coordinator:
             )
             if state == "quarantined":
                 self._release_assignments(db, device_id, "lost", "device quarantined")
-                db.execute(
-                    "UPDATE proofs SET credit='void' WHERE device_id=? AND credit='unverified'",
-                    [device_id],
-                )
+                self._void_unverified(db, device_id, now)
 
         await self.db.write(txn)
         device.state, device.state_reason = state, reason
@@ -545,7 +542,9 @@ class Coordinator:
         task = next(iter(db.query("SELECT replicas, state FROM tasks WHERE task_id=?", [task_id])))
         digests = [
             r["output_digest"]
-            for r in db.query("SELECT output_digest FROM proofs WHERE task_id=?", [task_id])
+            for r in db.query(
+                "SELECT output_digest FROM proofs WHERE task_id=? AND credit != 'void'", [task_id]
+            )
         ]
         if len(digests) < task["replicas"]:
             return str(task["state"])
@@ -794,6 +793,32 @@ class Coordinator:
         )
         return tasks
 
+    @staticmethod
+    def _void_unverified(db: sqlite_utils.Database, device_id: str, now: int) -> None:
+        """A quarantined device's unverified work counts for nothing: void its credit and
+        give its tasks back to the queue, so clients never keep an output from a cheater."""
+        tasks = [
+            r["task_id"]
+            for r in db.query(
+                "SELECT task_id FROM proofs WHERE device_id=? AND credit='unverified'", [device_id]
+            )
+        ]
+        db.execute(
+            "UPDATE proofs SET credit='void' WHERE device_id=? AND credit='unverified'", [device_id]
+        )
+        for task_id in tasks:
+            db.execute(
+                "UPDATE assignments SET state='lost', reason='proof voided: quarantined device' "
+                "WHERE task_id=? AND device_id=? AND state='proved'",
+                [task_id, device_id],
+            )
+            db.execute(
+                "UPDATE tasks SET state='queued', output_digest=NULL, completed_at=NULL, "
+                "detail='re-queued: a device that ran it was quarantined' "
+                "WHERE task_id=? AND state IN ('completed','disputed','running')",
+                [task_id],
+            )
+
     async def mark_stale(self) -> list[str]:
         """Devices silent for ``stale_after_s`` become stale and lose their assignments."""
         now = self.clock()
@@ -886,10 +911,7 @@ class Coordinator:
                     "UPDATE devices SET state='quarantined', state_reason=? WHERE device_id=?",
                     [f"failed spot-check of {task_id}: {detail}", device_id],
                 )
-                db.execute(
-                    "UPDATE proofs SET credit='void' WHERE device_id=? AND credit='unverified'",
-                    [device_id],
-                )
+                self._void_unverified(db, device_id, now)
                 self._release_assignments(db, device_id, "lost", "device quarantined")
 
         await self.db.write(txn)

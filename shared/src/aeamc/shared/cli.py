@@ -13,12 +13,14 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from . import __version__, microblock
 from .bundle import STEPS, verify_bundle
 from .errors import MicroblockError
 
-EX_OK, EX_INVALID, EX_USAGE, EX_NOINPUT = 0, 1, 64, 66
+EX_OK, EX_INVALID, EX_USAGE, EX_NOINPUT, EX_UNAVAILABLE = 0, 1, 64, 66, 69
 
 
 class _Parser(argparse.ArgumentParser):
@@ -109,7 +111,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--timeout", type=float, default=30.0, help="RPC timeout in seconds")
     verify.set_defaults(func=_verify)
+    _add_devnet(sub)
     return parser
+
+
+def _devnet(args: argparse.Namespace) -> int:
+    try:
+        from aeamc.coordinator import devnet
+        from aeamc.coordinator.devnet import DevnetError
+    except ImportError:
+        print("aeamc: devnet needs aeamc-coordinator and aeamc-agent installed", file=sys.stderr)
+        return EX_UNAVAILABLE
+    root = Path(args.dir) if args.dir else None
+    try:
+        if args.action == "demo":
+            return devnet.demo(args.agents, args.tasks, root, args.timeout, args.keep)
+        return devnet.up(args.agents, root)
+    except DevnetError as exc:
+        print(f"aeamc: devnet: {exc}", file=sys.stderr)
+        return EX_INVALID
+    except KeyboardInterrupt:
+        return 130
+
+
+def _add_devnet(sub: Any) -> None:
+    dn = sub.add_parser("devnet", help="a local network: chain, coordinator and agents")
+    dn.add_argument("action", choices=["up", "demo"], help="up: keep running; demo: run tasks")
+    dn.add_argument("--agents", type=int, default=5, help="number of agents (default 5)")
+    dn.add_argument("--tasks", type=int, default=12, help="tasks the demo submits (default 12)")
+    dn.add_argument("--dir", help="working folder (default: a temporary one)")
+    dn.add_argument("--timeout", type=float, default=100.0, help="demo time limit in seconds")
+    dn.add_argument("--keep", action="store_true", help="keep the demo's folder afterwards")
+    dn.set_defaults(func=_devnet)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
