@@ -159,8 +159,9 @@ class Devnet:
             self._agent(i, PROFILES[i % len(PROFILES)], token["token"])
         # Enrolled, and heartbeating long enough to be judged by the scheduler (SPEC §4).
         self._wait(
-            lambda: len(devs := self.devices()) == self.agents
-            and all(d["last_seq"] >= 2 for d in devs),
+            lambda: (
+                len(devs := self.devices()) == self.agents and all(d["last_seq"] >= 2 for d in devs)
+            ),
             60,
             "agents to enroll and send heartbeats",
         )
