@@ -11,12 +11,13 @@ PY_INPUTS := requirements/constraints.txt requirements/dev.txt \
 NODE_STAMP := node_modules/.installed
 DEB_STAMP := $(VENV)/.debian-packages
 
-.PHONY: help deps test lint format demo lock clean
+.PHONY: help deps test lint format demo bench lock clean
 
 help:
 	@echo "make test    install what is missing, then lint and run every test with coverage"
 	@echo "make demo    run a local network (chain, coordinator, agents) and show the result"
 	@echo "             options: make demo ARGS='--agents 8 --tasks 30' (see aeamc devnet --help)"
+	@echo "make bench   run the benchmarks; results in bench/results/ and docs/performance.md"
 	@echo "make lint    ruff check and format check"
 	@echo "make format  apply ruff formatting"
 	@echo "make lock    re-resolve requirements/constraints.txt from requirements/dev.txt"
@@ -59,6 +60,9 @@ demo: deps
 .PHONY: packages
 packages: $(PY_STAMP)
 	$(BIN)/python packaging/build.py --out dist
+
+bench: deps
+	$(BIN)/python -m bench.run $(ARGS)
 
 lock:
 	rm -rf .lock-venv
