@@ -13,6 +13,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -39,9 +40,9 @@ def _gas(w3: Web3, call: Any) -> int:
     return int(receipt["gasUsed"])
 
 
-def measure(roots: int = 20, workdir: Path | None = None) -> dict[str, Any]:
+def measure(roots: int = 20) -> dict[str, Any]:
     port = free_port()
-    log = (workdir or Path("/tmp")) / f"anvil-bench-{port}.log"
+    log = Path(tempfile.gettempdir()) / f"aeamc-bench-anvil-{port}.log"
     anvil = Proc("anvil", [str(find_anvil()), "--port", str(port), "--hardfork", "cancun"], log)
     anvil.start()
     try:

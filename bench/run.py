@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "performance.md")
     args = parser.parse_args(argv)
-    gas = anchor_gas.measure(3 if args.quick else 20, args.out)
+    gas = anchor_gas.measure(3 if args.quick else 20)
     now = dt.datetime.now(dt.UTC)
     result = {
         "date": now.isoformat(timespec="seconds"),
