@@ -11,12 +11,14 @@ from aeamc.shared import canonical
 from aeamc.shared.errors import FreshnessError, SignatureError, ValidationError
 from aeamc.shared.identity import SigningKey, parse_public_key, sign_message, verify_signature
 from aeamc.shared.messages import (
+    SIGNED_TYPES,
     Assignment,
     Challenge,
     Enroll,
     Opening,
     PoA,
     PoT,
+    Privacy,
     check_fresh,
     parse,
     parse_signed,
@@ -104,7 +106,7 @@ def test_not_an_object() -> None:
 def test_cross_type_signature_is_refused(vectors: dict[str, Any]) -> None:
     """A validly signed PoA can never pass as another message type."""
     poa = _poa(vectors)
-    for model in (PoT, Enroll, Assignment, Challenge, Opening):
+    for model in (PoT, Enroll, Assignment, Challenge, Opening, Privacy):
         with pytest.raises(ValidationError) as info:
             parse_signed(poa, model)
         assert info.value.code == "wrong_type"
@@ -282,3 +284,20 @@ def test_key_seed_roundtrip_and_bad_seed() -> None:
     with pytest.raises(ValidationError):
         SigningKey.from_seed(b"short")
     assert SigningKey.generate(bytes([7]) * 32).public_key != KEY.public_key
+
+
+def test_privacy_request_is_signed_strict_and_typed() -> None:
+    body = {"type": "privacy", "device_id": KEY.device_id, "action": "erase", "timestamp": 1}
+    msg = sign(Privacy, body, KEY)
+    assert SIGNED_TYPES["privacy"] is Privacy
+    assert parse_signed(msg.to_dict(), Privacy) == msg
+    msg.verify(KEY.public_key, signer_id=KEY.device_id)
+    with pytest.raises(SignatureError):
+        msg.verify(OTHER.public_key)
+    for over, field in (({"action": "delete"}, "action"), ({"extra": 1}, "extra")):
+        with pytest.raises(ValidationError) as info:
+            parse_signed({**msg.to_dict(), **over}, Privacy)
+        assert info.value.field == field
+    # An erasure request signed over the export action does not verify, and vice versa.
+    with pytest.raises(SignatureError):
+        parse_signed({**msg.to_dict(), "action": "export"}, Privacy).verify(KEY.public_key)

@@ -13,11 +13,18 @@ import json
 import logging
 import os
 import sys
+import time
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from aeamc.shared.messages import Privacy, sign
 
 from . import __version__, logs
+from .client import CoordinatorClient, Reply, Unreachable
 from .config import (
     DEFAULT_STATE_DIR,
     ConfigError,
@@ -27,7 +34,8 @@ from .config import (
     render_config,
 )
 from .keystore import KeyFileError, create_identity, key_path, load_identity
-from .state import StateError, ensure_dir
+from .link import ERASED
+from .state import CoordinatorPin, StateError, ensure_dir
 from .status import live_status, offline_status, render_text
 from .telemetry import TelemetryError, make_source
 
@@ -70,6 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show identity, coordinator, telemetry, work, outbox")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
+
+    privacy = sub.add_parser(
+        "privacy", help="export or erase what the coordinator holds about this device"
+    )
+    psub = privacy.add_subparsers(dest="privacy_command", required=True, parser_class=_Parser)
+    export = psub.add_parser("export", help="everything the coordinator holds, as JSON")
+    export.add_argument("-o", "--output", metavar="FILE", help="write here (default stdout)")
+    export.set_defaults(func=cmd_privacy)
+    forget = psub.add_parser("forget", help="have the coordinator erase this device")
+    forget.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    forget.set_defaults(func=cmd_privacy)
     return parser
 
 
@@ -178,6 +197,86 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render_text(status))
     return EX_OK
+
+
+def cmd_privacy(args: argparse.Namespace) -> int:
+    """A request signed with the device key to the coordinator the device enrolled with."""
+    try:
+        config = load_config(args.config_path)
+        key = load_identity(config.state_dir)
+        pin = CoordinatorPin.load(config.state_dir)
+    except (ConfigError, KeyFileError, StateError) as exc:
+        return _config_error(exc)
+    if pin is None:
+        print("aeamc-agent: this device has not enrolled with a coordinator", file=sys.stderr)
+        return EX_FAILURE
+    if pin.state == ERASED:
+        print("aeamc-agent: this device was already erased from its coordinator", file=sys.stderr)
+        return EX_FAILURE
+    url = config.coordinator_url or pin.url
+    if not url:
+        print("aeamc-agent: no coordinator URL (set coordinator_url)", file=sys.stderr)
+        return EX_FAILURE
+    forget = args.privacy_command == "forget"
+    if forget and not args.yes:
+        if not sys.stdin.isatty():
+            print("aeamc-agent: not erasing without confirmation: pass --yes", file=sys.stderr)
+            return EX_USAGE
+        answer = input(
+            f"Erase device {key.device_id} from coordinator {pin.coordinator_id} at {url}?\n"
+            "Its telemetry history, addresses, capabilities, public key and record are deleted "
+            "for good; its receipts in microblocks stay, and this identity cannot enroll again.\n"
+            "Type 'yes' to continue: "
+        )
+        if answer.strip().lower() != "yes":
+            print("not confirmed; nothing was erased", file=sys.stderr)
+            return EX_FAILURE
+    body = {
+        "type": "privacy",
+        "device_id": key.device_id,
+        "action": "erase" if forget else "export",
+        "timestamp": time.time_ns() // 1_000_000,
+    }
+    message = sign(Privacy, body, key).to_dict()
+    method, path = (
+        ("DELETE", f"/v1/devices/{key.device_id}")
+        if forget
+        else ("POST", f"/v1/devices/{key.device_id}/export")
+    )
+    try:
+        reply = asyncio.run(_privacy_request(config.request_timeout_s, method, url, path, message))
+    except Unreachable as exc:
+        print(f"aeamc-agent: coordinator unreachable: {exc}", file=sys.stderr)
+        return EX_FAILURE
+    if reply.status != 200:
+        print(
+            f"aeamc-agent: refused: HTTP {reply.status} {reply.error_code or ''} "
+            f"{reply.error_message}".rstrip(),
+            file=sys.stderr,
+        )
+        return EX_FAILURE
+    if forget:
+        CoordinatorPin(pin.coordinator_id, pin.public_key, pin.cluster_id, ERASED, pin.url).save(
+            config.state_dir
+        )
+        print(f"device {key.device_id} erased from coordinator {pin.coordinator_id}")
+        print("this identity is no longer enrolled; to take part again: aeamc-agent init --force")
+        return EX_OK
+    text = json.dumps(reply.body, indent=2, sort_keys=True) + "\n"
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    return EX_OK
+
+
+async def _privacy_request(timeout_s: float, method: str, url: str, path: str, body: Any) -> Reply:
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        return await CoordinatorClient(session).send(method, url, path, body)
 
 
 def _config_error(exc: Exception) -> int:

@@ -53,12 +53,15 @@ class CoordinatorClient:
         self.last_rtt_us: int | None = None
 
     async def post(self, base_url: str, path: str, payload: Any) -> Reply:
+        return await self.send("POST", base_url, path, payload)
+
+    async def send(self, method: str, base_url: str, path: str, payload: Any) -> Reply:
         url = base_url.rstrip("/") + path
         data = json.dumps(payload, separators=(",", ":")).encode()
         started = time.perf_counter_ns()
         try:
-            async with self.session.post(
-                url, data=data, headers={"Content-Type": "application/json"}
+            async with self.session.request(
+                method, url, data=data, headers={"Content-Type": "application/json"}
             ) as resp:
                 raw = await resp.read()
                 status = resp.status

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 ACTIVE, PENDING, QUARANTINED = "active", "pending", "quarantined"
 UNKNOWN, NOT_ENROLLED, UNTRUSTED = "unknown", "not_enrolled", "untrusted_coordinator"
+#: The device's data was erased at its owner's request: this identity takes no more part.
+ERASED = "erased"
 CLOCK_SKEW_WARNING_MS = 30_000
 
 
@@ -78,7 +80,7 @@ class CoordinatorLink:
 
     @property
     def accepting_work(self) -> bool:
-        return self.state not in (QUARANTINED, UNTRUSTED)
+        return self.state not in (QUARANTINED, UNTRUSTED, ERASED)
 
     async def run(self) -> None:
         while True:
@@ -102,6 +104,12 @@ class CoordinatorLink:
 
     async def exchange(self, url: str) -> float:
         """One enrollment or heartbeat; return how long to wait before the next."""
+        if self.state == ERASED:
+            log.warning(
+                "this device was erased from its coordinator (aeamc-agent privacy forget); "
+                "sending nothing. To take part again: aeamc-agent init --force"
+            )
+            return self.config.retry_max_s * 60
         if self.need_enroll:
             return await self.enroll(url)
         return await self.heartbeat(url)
@@ -172,6 +180,10 @@ class CoordinatorLink:
             self.need_enroll = True
             self._set_state(PENDING)
             return self.config.enroll_retry_s
+        if code == ERASED:
+            self._set_state(ERASED, "erased from the coordinator: this identity takes no part")
+            log.warning("the coordinator erased this device: sending nothing more")
+            return self._interval()
         if code == QUARANTINED:
             self._set_state(QUARANTINED, "quarantined by the coordinator: taking no work")
             log.warning("quarantined by the coordinator: taking no work")
@@ -260,7 +272,7 @@ class CoordinatorLink:
         if state != self.state:
             log.info("coordinator state: %s", state)
             self.state = state
-            if self.pin is not None and state in (PENDING, ACTIVE, QUARANTINED):
+            if self.pin is not None and state in (PENDING, ACTIVE, QUARANTINED, ERASED):
                 self.pin = CoordinatorPin(
                     self.pin.coordinator_id,
                     self.pin.public_key,

@@ -214,6 +214,40 @@ async def quarantine_device(request: web.Request) -> web.Response:
     return reply(c.device_view(await c.set_device_state(device_id, "quarantined", reason)))
 
 
+async def _operator_or_device(request: web.Request, device_id: str, action: str) -> str:
+    """Authorize with the operator token, or else with the device's signed privacy request."""
+    c = request.app[COORDINATOR_KEY]
+    if request.headers.get("Authorization"):
+        await _auth(request, "operator")
+        return "operator"
+    if not request.can_read_body:
+        raise ApiError(
+            401, "unauthorized", "send the operator token or the device's signed privacy request"
+        )
+    c.check_privacy_request(await json_body(request), device_id, action)
+    return "device"
+
+
+async def export_device_operator(request: web.Request) -> web.Response:
+    await _auth(request, "operator")
+    c = request.app[COORDINATOR_KEY]
+    return reply(await c.export_device(_device_id(request)))
+
+
+async def export_device(request: web.Request) -> web.Response:
+    c = request.app[COORDINATOR_KEY]
+    device_id = _device_id(request)
+    await _operator_or_device(request, device_id, "export")
+    return reply(await c.export_device(device_id))
+
+
+async def erase_device(request: web.Request) -> web.Response:
+    c = request.app[COORDINATOR_KEY]
+    device_id = _device_id(request)
+    await _operator_or_device(request, device_id, "erase")
+    return reply(await c.erase_device(device_id))
+
+
 async def create_token(request: web.Request) -> web.Response:
     await _auth(request, "operator")
     body = await json_body(request)
@@ -269,12 +303,14 @@ async def receipt_proof(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     c = request.app[COORDINATOR_KEY]
+    alerts = await c.alerts()
     return reply(
         {
-            "status": "ok",
+            "status": "degraded" if alerts else "ok",
             "coordinator_id": c.coordinator_id,
             "cluster_id": c.config.protocol.cluster_id,
-            "degraded": [],
+            "degraded": [a["name"] for a in alerts],
+            "alerts": alerts,
         }
     )
 
@@ -300,6 +336,9 @@ def build_app(coordinator: Coordinator) -> web.Application:
     app.router.add_get("/v1/tasks/{task_id}", get_task)
     app.router.add_get("/v1/devices", list_devices)
     app.router.add_get("/v1/devices/{device_id}", get_device)
+    app.router.add_delete("/v1/devices/{device_id}", erase_device)
+    app.router.add_get("/v1/devices/{device_id}/export", export_device_operator)
+    app.router.add_post("/v1/devices/{device_id}/export", export_device)
     app.router.add_post("/v1/devices/{device_id}/approve", approve_device)
     app.router.add_post("/v1/devices/{device_id}/quarantine", quarantine_device)
     app.router.add_post("/v1/tokens", create_token)

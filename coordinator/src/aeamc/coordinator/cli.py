@@ -261,6 +261,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"{'blocks':12} {summary['blocks']} ({summary['unblocked_receipts']} receipts waiting)")
     if "anchoring" in summary:
         print(f"{'anchoring':12} {_anchoring_line(summary['anchoring'])}")
+    for alert in health.get("alerts", []):
+        print(f"{'ALERT':12} {alert['name']} ({alert['severity']}): {alert['summary']}")
+        print(f"{'':12} runbook: {alert['runbook_url']}")
     return EX_OK
 
 
@@ -403,10 +406,34 @@ def cmd_devices(args: argparse.Namespace) -> int:
         raise CliError("a device id is required", EX_USAGE)
     if args.action == "show":
         _print(api.call("GET", f"/v1/devices/{args.device_id}"))
+    elif args.action == "export":
+        data = api.call("GET", f"/v1/devices/{args.device_id}/export")
+        if args.output in (None, "-"):
+            _print(data)
+        else:
+            fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, indent=2, sort_keys=True)
+                f.write("\n")
+            print(f"wrote {args.output}", file=sys.stderr)
+    elif args.action == "forget":
+        if not args.yes and not _confirm(
+            f"Erase device {args.device_id}? Its telemetry history, addresses, capabilities, "
+            "public key and record are deleted for good; its receipts in microblocks stay."
+        ):
+            raise CliError("not confirmed; nothing was erased")
+        _print(api.call("DELETE", f"/v1/devices/{args.device_id}"))
     else:
         body = {"reason": args.reason} if args.reason else None
         _print(api.call("POST", f"/v1/devices/{args.device_id}/{args.action}", body))
     return EX_OK
+
+
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        raise CliError("refusing to erase without confirmation: pass --yes", EX_USAGE)
+    answer = input(f"{question}\nType 'yes' to continue: ")
+    return answer.strip().lower() == "yes"
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
@@ -483,10 +510,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
 
-    dv = remote("devices", "list, show, approve or quarantine devices")
-    dv.add_argument("action", choices=["list", "show", "approve", "quarantine"])
+    dv = remote("devices", "list, show, approve, quarantine, export or forget (erase) devices")
+    dv.add_argument("action", choices=["list", "show", "approve", "quarantine", "export", "forget"])
     dv.add_argument("device_id", nargs="?")
     dv.add_argument("--reason")
+    dv.add_argument("-o", "--output", help="file for export (default stdout; written 0600)")
+    dv.add_argument("--yes", action="store_true", help="forget without asking")
     dv.add_argument("--json", action="store_true")
     dv.set_defaults(func=cmd_devices)
 

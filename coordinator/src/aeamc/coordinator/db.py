@@ -44,6 +44,9 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
+    # Deleted content is overwritten with zeros in the file, not just unlinked: erasure
+    # (SPEC §11) must not leave a device's data in free pages.
+    conn.execute("PRAGMA secure_delete=ON")
     conn.execute("PRAGMA busy_timeout=30000")
     return conn
 
@@ -125,6 +128,17 @@ class Database:
         self._queue.put(_Job(fn, None, future))
         return future.result()
 
+    def checkpoint_sync(self) -> None:
+        """Copy the WAL into the database file and truncate it to zero bytes.
+
+        Runs on the writer's connection, between its transactions; readers finish first.
+        After an erasure this leaves no older copy of the deleted pages in the WAL file.
+        """
+        self.write_sync(_CHECKPOINT)
+
+    async def checkpoint(self) -> None:
+        await self.write(_CHECKPOINT)
+
     def _run_writer(self) -> None:
         assert self._wconn is not None
         db = sqlite_utils.Database(self._wconn)
@@ -150,6 +164,21 @@ class Database:
     def _commit_batch(self, db: sqlite_utils.Database, batch: list[_Job]) -> None:
         conn = db.conn
         results: list[tuple[bool, Any]] = []
+        checkpoints = [job for job in batch if job.fn is _CHECKPOINT]
+        batch = [job for job in batch if job.fn is not _CHECKPOINT]
+        if batch:
+            self._commit_jobs(db, batch, results)
+        for job in checkpoints:
+            try:
+                row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                _resolve(job, True, tuple(row))
+            except sqlite3.Error as exc:
+                _resolve(job, False, exc)
+
+    def _commit_jobs(
+        self, db: sqlite_utils.Database, batch: list[_Job], results: list[tuple[bool, Any]]
+    ) -> None:
+        conn = db.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job in batch:
@@ -190,6 +219,10 @@ class Database:
 
     def read_sync(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
         return self._readers.submit(lambda: fn(self._reader())).result()
+
+
+def _CHECKPOINT(db: sqlite_utils.Database) -> None:
+    """Marker job: the writer runs a WAL checkpoint outside any transaction."""
 
 
 def _resolve(job: _Job, ok: bool, value: Any) -> None:

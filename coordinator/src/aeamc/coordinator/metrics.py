@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
@@ -86,6 +87,47 @@ class FleetCollector(Collector):
         )
 
 
+class AnchoringCollector(Collector):
+    """The runbook's anchoring signals, from the status read just before the scrape."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        a = self.m.anchoring
+        if not a or not a.get("enabled", False):
+            return
+        yield GaugeMetricFamily(
+            f"{PREFIX}_unanchored_blocks",
+            "Microblocks not yet covered by a final anchor",
+            value=a.get("unanchored_blocks", 0),
+        )
+        age = a.get("last_final_anchor_age_s")
+        if age is not None:
+            yield GaugeMetricFamily(
+                f"{PREFIX}_last_anchor_age_seconds",
+                "Seconds since the last anchor became final",
+                value=age,
+            )
+        if a.get("balance_wei") is not None:
+            yield GaugeMetricFamily(
+                f"{PREFIX}_wallet_balance_wei",
+                "Balance of the anchoring wallet (wei, the chain's base unit)",
+                value=a["balance_wei"],
+            )
+        yield CounterMetricFamily(
+            f"{PREFIX}_anchoring_rpc_errors",
+            "Failed calls to the chain's JSON-RPC endpoint",
+            value=a.get("rpc_errors", 0),
+        )
+        anchors = CounterMetricFamily(
+            f"{PREFIX}_anchors", "Anchor transactions by outcome", labels=["outcome"]
+        )
+        for outcome, n in sorted((a.get("counters") or {}).items()):
+            anchors.add_metric([outcome], n)
+        yield anchors
+
+
 class Metrics:
     def __init__(self, coordinator: Coordinator) -> None:
         self.c = coordinator
@@ -103,7 +145,9 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.anchoring: dict[str, Any] | None = None
         self.registry.register(FleetCollector(coordinator))
+        self.registry.register(AnchoringCollector(self))
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -119,6 +163,8 @@ class Metrics:
         return response
 
     async def handler(self, request: web.Request) -> web.Response:
+        hook = self.c.status_hooks.get("anchoring")
+        self.anchoring = await hook() if hook is not None else None
         body = generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

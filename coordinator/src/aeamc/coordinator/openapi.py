@@ -74,6 +74,15 @@ SCHEMAS: dict[str, Any] = {
         },
         ["type", "public_key", "device_id", "timestamp", "capabilities", "signature"],
     ),
+    "Privacy": _obj(
+        {
+            "type": {"const": "privacy"},
+            "device_id": _DEVICE_ID,
+            "action": {"enum": ["export", "erase"]},
+            "timestamp": _INT,
+            "signature": _SIG,
+        }
+    ),
     "PoA": _obj(
         {
             "type": {"const": "poa"},
@@ -146,7 +155,11 @@ def _body(schema: str) -> dict[str, Any]:
     }
 
 
-def _op(summary: str, security: str | None = None, **extra: Any) -> dict[str, Any]:
+#: The operator token, or no token and the device's signed request as the body.
+_OPERATOR_OR_DEVICE = [{"operator": []}, {}]
+
+
+def _op(summary: str, security: Any = None, **extra: Any) -> dict[str, Any]:
     responses = {
         "4XX": {
             "description": "the request was refused; nothing changed",
@@ -155,7 +168,9 @@ def _op(summary: str, security: str | None = None, **extra: Any) -> dict[str, An
     }
     responses.update(extra.pop("responses", {"200": {"description": "OK"}}))
     op: dict[str, Any] = {"summary": summary, "responses": responses, **extra}
-    if security:
+    if isinstance(security, list):
+        op["security"] = security
+    elif security:
         op["security"] = [{security: []}]
     return op
 
@@ -191,7 +206,24 @@ def openapi_document() -> dict[str, Any]:
         },
         "/v1/tasks/{task_id}": {"get": _op("Task status, devices, verdicts and output", "client")},
         "/v1/devices": {"get": _op("Device registry with EPS, reputation and state", "operator")},
-        "/v1/devices/{device_id}": {"get": _op("One device", "operator")},
+        "/v1/devices/{device_id}": {
+            "get": _op("One device", "operator"),
+            "delete": _op(
+                "Erase a device (SPEC §11): operator token, or the device's signed privacy "
+                "request (action erase) as body; its receipts in microblocks stay",
+                requestBody={**_body("Privacy"), "required": False},
+                security=_OPERATOR_OR_DEVICE,
+            ),
+        },
+        "/v1/devices/{device_id}/export": {
+            "get": _op("Everything held about a device, as JSON", "operator"),
+            "post": _op(
+                "The same export, for the device itself: body is its signed privacy request "
+                "(action export); the operator token works too",
+                requestBody={**_body("Privacy"), "required": False},
+                security=_OPERATOR_OR_DEVICE,
+            ),
+        },
         "/v1/devices/{device_id}/approve": {"post": _op("Approve a pending device", "operator")},
         "/v1/devices/{device_id}/quarantine": {"post": _op("Quarantine a device", "operator")},
         "/v1/tokens": {

@@ -73,6 +73,8 @@ class Scheduler:
             ]
             for device_id in rank(candidates, task["kind"], now, self.c.eps_config)[:needed]:
                 assignment = await self._offer(task, device_id, now)
+                if assignment is None:  # erased meanwhile
+                    continue
                 inflight[device_id] = inflight.get(device_id, 0) + 1
                 offered += 1
                 push = asyncio.create_task(self._push(assignment))
@@ -80,7 +82,7 @@ class Scheduler:
                 push.add_done_callback(self._pushes.discard)
         return offered
 
-    async def _offer(self, task: dict[str, Any], device_id: str, now: int) -> Assignment:
+    async def _offer(self, task: dict[str, Any], device_id: str, now: int) -> Assignment | None:
         timeout_ms = self.c.config.scheduler.assignment_timeout_s * 1000
         expires = now + timeout_ms
         if task["deadline"] is not None:
@@ -102,7 +104,13 @@ class Scheduler:
         )
         message = json.dumps(assignment.to_dict(), sort_keys=True)
 
-        def txn(db: sqlite_utils.Database) -> None:
+        def txn(db: sqlite_utils.Database) -> bool:
+            # The device may have been erased since this round read the registry.
+            if (
+                db.execute("SELECT 1 FROM devices WHERE device_id=?", [device_id]).fetchone()
+                is None
+            ):
+                return False
             db.execute(
                 "INSERT INTO assignments (task_id, device_id, state, issued_at, expires_at, "
                 "message) VALUES (?,?,'offered',?,?,?) ON CONFLICT (task_id, device_id) DO "
@@ -115,8 +123,10 @@ class Scheduler:
                 "UPDATE tasks SET state='running' WHERE task_id=? AND state='queued'",
                 [task["task_id"]],
             )
+            return True
 
-        await self.c.db.write(txn)
+        if not await self.c.db.write(txn):
+            return None
         return assignment
 
     async def _push(self, assignment: Assignment) -> None:

@@ -182,4 +182,13 @@ MIGRATIONS: list[list[str]] = [
                    a.tx_hash, a.block_number, a.chain_id, a.contract, a.state
             FROM blocks b LEFT JOIN anchors a ON a.id = b.anchor_id""",
     ],
+    # v3: erasure (SPEC §11). What remains of an erased device is its pseudonymous id, as in
+    # the receipts already in microblocks: enough to refuse the identity for good and to
+    # say why its proof bundles can no longer be served.
+    [
+        """CREATE TABLE erased_devices (
+            device_id TEXT PRIMARY KEY,
+            erased_at INTEGER NOT NULL
+        )""",
+    ],
 ]

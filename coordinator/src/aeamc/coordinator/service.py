@@ -35,6 +35,7 @@ from aeamc.shared.messages import (
     Enroll,
     PoA,
     PoT,
+    Privacy,
     check_fresh,
     parse,
     parse_signed,
@@ -43,6 +44,8 @@ from aeamc.shared.proofs import verify_pot
 from aeamc.shared.schema import hex_bytes, integer, json_object, optional, record, text
 from aeamc.shared.tasks.registry import KindRegistry
 
+from .alerts import AlertTracker
+from .alerts import evaluate as evaluate_alerts
 from .config import CoordinatorConfig
 from .db import Database
 from .errors import ApiError, not_found
@@ -51,6 +54,10 @@ from .registry import Device
 log = logging.getLogger(__name__)
 
 ROLES = ("operator", "client", "enroll")
+ERASED_MESSAGE = (
+    "this device identity was erased at its owner's request; to take part again, "
+    "create a new identity (aeamc-agent init --force)"
+)
 MAX_CHALLENGE_INDICES = 256
 
 _TASK_REQUEST = record(
@@ -123,6 +130,7 @@ class Coordinator:
         self._background: set[asyncio.Future[Any]] = set()
         #: Extra sections of ``summary()`` (e.g. anchoring), each computed by its owner.
         self.status_hooks: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {}
+        self.alert_tracker = AlertTracker()
         #: (time ms, status, seconds) of the latest requests, for alert evaluation.
         self.recent_requests: deque[tuple[int, int, float]] = deque(maxlen=10_000)
 
@@ -150,6 +158,18 @@ class Coordinator:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def alerts(self) -> list[dict[str, Any]]:
+        """The runbook's alerts firing now, each with the time it started firing."""
+        hook = self.status_hooks.get("anchoring")
+        anchoring = await hook() if hook is not None else None
+        if anchoring is not None:
+            oldest = await self.db.read(_oldest_unanchored_block)
+            anchoring["oldest_unanchored_age_s"] = (
+                None if oldest is None else max(0, (self.clock() - oldest) // 1000)
+            )
+        now = self.clock()
+        return self.alert_tracker.update(evaluate_alerts(self.recent_requests, anchoring, now), now)
 
     def observe_request(self, status: int, seconds: float) -> None:
         """Remember recent requests for the coordinator's own alert evaluation."""
@@ -212,6 +232,11 @@ class Coordinator:
         caps_json = json.dumps(caps.to_dict(), sort_keys=True)
 
         def txn(db: sqlite_utils.Database) -> str:
+            if next(
+                iter(db.query("SELECT 1 FROM erased_devices WHERE device_id=?", [msg.device_id])),
+                None,
+            ):
+                raise ApiError(403, "erased", ERASED_MESSAGE)
             row = next(
                 iter(db.query("SELECT state FROM devices WHERE device_id = ?", [msg.device_id])),
                 None,
@@ -614,6 +639,162 @@ class Coordinator:
             raise not_found(f"device {device_id}")
         return d
 
+    # -- the device owner's rights (SPEC §11) --------------------------------------------------
+
+    def check_privacy_request(self, data: Any, device_id: str, action: str) -> None:
+        """Accept only a fresh ``privacy`` request for ``action`` signed by ``device_id``'s key."""
+        msg = parse_signed(data, Privacy)
+        if msg.device_id != device_id:
+            raise ApiError(
+                400, "invalid_message", "device_id differs from the path", field="device_id"
+            )
+        if msg.action != action:
+            raise ApiError(
+                400, "invalid_message", f"action must be {action!r} here", field="action"
+            )
+        device = self.devices.get(device_id)
+        if device is None:
+            raise ApiError(403, "not_enrolled", "unknown device (never enrolled, or erased)")
+        msg.verify(device.public_key, signer_id=device_id)
+        check_fresh(msg.timestamp, self.clock(), self.config.protocol.heartbeat_window_s * 1000)
+
+    async def export_device(self, device_id: str) -> dict[str, Any]:
+        """Everything the coordinator holds about a device, as JSON."""
+        if device_id not in self.devices:
+            raise not_found(f"device {device_id}")
+
+        def q(db: sqlite_utils.Database) -> dict[str, Any] | None:
+            def rows(sql: str) -> list[dict[str, Any]]:
+                return list(db.query(sql, [device_id]))
+
+            device = next(iter(rows("SELECT * FROM devices WHERE device_id=?")), None)
+            if device is None:
+                return None
+            return {
+                "device": device,
+                "heartbeats": rows(
+                    "SELECT seq, timestamp, received_at, telemetry FROM heartbeats "
+                    "WHERE device_id=? ORDER BY seq"
+                ),
+                "mdns_candidate": next(
+                    iter(rows("SELECT * FROM candidates WHERE device_id=?")), None
+                ),
+                "assignments": rows(
+                    "SELECT task_id, state, issued_at, expires_at, reason, message "
+                    "FROM assignments WHERE device_id=? ORDER BY issued_at"
+                ),
+                "proofs": rows(
+                    "SELECT task_id, pot, lower(hex(signature)) AS signature, "
+                    "lower(hex(output)) AS output, output_digest, accepted_at, block_height, "
+                    "credit FROM proofs WHERE device_id=? ORDER BY seq"
+                ),
+                "spot_checks": rows(
+                    "SELECT task_id, block_height, indices, state, attempts, detail, "
+                    "reexecuted_chunks, created_at, completed_at FROM spot_checks "
+                    "WHERE device_id=? ORDER BY created_at"
+                ),
+                "receipts": rows(
+                    "SELECT p.task_id, p.block_height AS height, lower(hex(b.hash)) AS block_hash "
+                    "FROM proofs p JOIN blocks b ON b.height = p.block_height "
+                    "WHERE p.device_id=? ORDER BY p.block_height, p.seq"
+                ),
+            }
+
+        out = await self.db.read(q)
+        if out is None:
+            raise not_found(f"device {device_id}")
+        d = out["device"]
+        for key in ("capabilities", "telemetry"):
+            d[key] = json.loads(d[key]) if d[key] else None
+        for h in out["heartbeats"]:
+            h["telemetry"] = json.loads(h["telemetry"])
+        if out["mdns_candidate"]:
+            out["mdns_candidate"]["txt"] = json.loads(out["mdns_candidate"]["txt"])
+        for a in out["assignments"]:
+            a["message"] = json.loads(a["message"])
+        for p in out["proofs"]:
+            p["pot"] = json.loads(p["pot"])
+        for c in out["spot_checks"]:
+            c["indices"] = json.loads(c["indices"])
+        out["device_id"] = device_id
+        out["exported_at"] = self.clock()
+        out["coordinator_id"] = self.coordinator_id
+        out["note"] = (
+            "Receipts already in microblocks (task id, device id, signature) stay after an "
+            "erasure; everything else here is deleted."
+        )
+        return out
+
+    async def erase_device(self, device_id: str) -> dict[str, Any]:
+        """Erase a device (SPEC §11): keep only its receipts in microblocks.
+
+        Deleted: the device row (public key, capabilities, endpoint, address, telemetry,
+        record), its heartbeat history, its mDNS candidate row, its assignments (in-flight
+        ones go back to the queue first), its spot-checks, and its proofs not yet in a block
+        (their tasks are re-queued). Proofs already in a block keep only what the receipt and
+        the client's task need: task id, device id, signature, output and its digest, the
+        block height and credit; the signed PoT itself is deleted, and the acceptance time
+        becomes the block's. A tombstone with the pseudonymous id refuses the identity for
+        good. Then the WAL is checkpointed, so no older page copy stays in its file.
+        """
+        if device_id not in self.devices:
+            raise not_found(f"device {device_id}")
+        now = self.clock()
+
+        def txn(db: sqlite_utils.Database) -> dict[str, int]:
+            released = self._release_assignments(db, device_id, "lost", "device erased")
+            unblocked = [
+                r["task_id"]
+                for r in db.query(
+                    "SELECT task_id FROM proofs WHERE device_id=? AND block_height IS NULL",
+                    [device_id],
+                )
+            ]
+            counts = {
+                "heartbeats": db.execute(
+                    "DELETE FROM heartbeats WHERE device_id=?", [device_id]
+                ).rowcount,
+                "assignments": db.execute(
+                    "DELETE FROM assignments WHERE device_id=?", [device_id]
+                ).rowcount,
+                "spot_checks": db.execute(
+                    "DELETE FROM spot_checks WHERE device_id=?", [device_id]
+                ).rowcount,
+                "unblocked_proofs": db.execute(
+                    "DELETE FROM proofs WHERE device_id=? AND block_height IS NULL", [device_id]
+                ).rowcount,
+                "receipts_kept": db.execute(
+                    "UPDATE proofs SET pot='', accepted_at=(SELECT b.timestamp FROM blocks b "
+                    "WHERE b.height = proofs.block_height) WHERE device_id=?",
+                    [device_id],
+                ).rowcount,
+                "candidates": db.execute(
+                    "DELETE FROM candidates WHERE device_id=?", [device_id]
+                ).rowcount,
+            }
+            for task_id in unblocked:
+                db.execute(
+                    "UPDATE tasks SET state='queued', output_digest=NULL, completed_at=NULL, "
+                    "detail='re-queued: a device that ran it was erased' "
+                    "WHERE task_id=? AND state IN ('completed','disputed','running')",
+                    [task_id],
+                )
+            db.execute("DELETE FROM devices WHERE device_id=?", [device_id])
+            db.execute(
+                "INSERT OR IGNORE INTO erased_devices (device_id, erased_at) VALUES (?,?)",
+                [device_id, now],
+            )
+            counts["tasks_released"] = len(released) + len(unblocked)
+            return counts
+
+        counts = await self.db.write(txn)
+        self.devices.pop(device_id, None)
+        await self.db.checkpoint()
+        self.count("devices_erased")
+        log.info("device %s erased at its owner's or the operator's request", device_id)
+        self.wake_scheduler.set()
+        return {"device_id": device_id, "state": "erased", "erased_at": now, "deleted": counts}
+
     # -- microblocks ---------------------------------------------------------------------------
 
     async def form_block(self) -> int | None:
@@ -963,3 +1144,16 @@ def _differing_chunks(db: sqlite_utils.Database, task_id: str, chunks: int) -> l
     ]
     differing = [i for i in range(chunks) if len({o[i] for o in outputs}) > 1]
     return differing[:MAX_CHALLENGE_INDICES] or [0]
+
+
+def _oldest_unanchored_block(db: sqlite_utils.Database) -> int | None:
+    row = next(
+        iter(
+            db.query(
+                "SELECT min(b.timestamp) AS t FROM blocks b LEFT JOIN anchors a "
+                "ON a.id = b.anchor_id WHERE a.state IS NULL OR a.state != 'final'"
+            )
+        ),
+        None,
+    )
+    return None if row is None else row["t"]

@@ -337,8 +337,36 @@ class Opening(SignedMessage):
     }
 
 
+PRIVACY_ACTIONS = ("export", "erase")
+
+
+@dataclass(frozen=True, slots=True)
+class Privacy(SignedMessage):
+    """The device owner's request for an export or the erasure of the device's data.
+
+    Signed by the device key and freshness-checked like a heartbeat. It carries no
+    sequence number: an erasure is idempotent, and replaying an export within the
+    freshness window only returns the same data to whoever could already ask for it.
+    """
+
+    TYPE: ClassVar[str] = "privacy"
+    type: str
+    device_id: str
+    action: str
+    timestamp: int
+    signature: str
+
+    FIELDS: ClassVar[dict[str, Any]] = {
+        "type": constant("privacy"),
+        "device_id": device_id_field,
+        "action": text(16, "export|erase"),
+        "timestamp": timestamp_field,
+        "signature": signature_field,
+    }
+
+
 SIGNED_TYPES: dict[str, type[SignedMessage]] = {
-    m.TYPE: m for m in (Enroll, PoA, Assignment, PoT, Challenge, Opening)
+    m.TYPE: m for m in (Enroll, PoA, Assignment, PoT, Challenge, Opening, Privacy)
 }
 
 

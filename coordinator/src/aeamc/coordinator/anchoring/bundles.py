@@ -31,6 +31,13 @@ def _gather(db: sqlite_utils.Database, task_id: str, device_id: str) -> dict[str
     )
     if proof is None:
         raise not_found(f"receipt of task {task_id} by device {device_id}")
+    if proof["pot"] == "":
+        raise ApiError(
+            410,
+            "erased",
+            f"device {device_id} was erased at its owner's request: its public key and signed "
+            "proof are gone, so no bundle can be built; the receipt itself stays in the block",
+        )
     height = proof["block_height"]
     if height is None:
         raise ApiError(409, "not_anchored", "the receipt is not in a microblock yet")

@@ -1,0 +1,118 @@
+"""The runbook's alerts, evaluated by the coordinator itself (the same conditions as
+packaging/monitoring/alerts.yml), so an operator without Prometheus is still told.
+
+Request-based alerts look at the last ``WINDOW_MS`` of requests; the anchoring alerts at
+the anchoring status. A firing alert remembers since when it fires and clears as soon as
+its condition no longer holds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+WINDOW_MS = 5 * 60_000
+MIN_REQUESTS = 20
+ERROR_SHARE = 0.05
+LATENCY_P99_S = 0.5
+NO_ANCHOR_S = 15 * 60
+WALLET_LOW_WEI = 5 * 10**16
+RUNBOOK = "docs/runbook.md"
+
+
+@dataclass(frozen=True)
+class Alert:
+    name: str
+    severity: str
+    summary: str
+    runbook_url: str
+
+
+def evaluate(
+    requests: Iterable[tuple[int, int, float]],
+    anchoring: dict[str, Any] | None,
+    now_ms: int,
+) -> list[Alert]:
+    """The alerts whose condition holds now (pure: everything is passed in)."""
+    firing: list[Alert] = []
+    recent = [(s, secs) for t, s, secs in requests if now_ms - t <= WINDOW_MS]
+    if len(recent) >= MIN_REQUESTS:
+        errors = sum(1 for s, _ in recent if s >= 500)
+        if errors / len(recent) > ERROR_SHARE:
+            firing.append(
+                Alert(
+                    "HighErrorRate",
+                    "page",
+                    f"{errors} of {len(recent)} requests failed (5xx) in the last 5 minutes",
+                    f"{RUNBOOK}#high-error-rate",
+                )
+            )
+        latencies = sorted(secs for _, secs in recent)
+        p99 = latencies[math.ceil(0.99 * len(latencies)) - 1]  # nearest rank
+        if p99 > LATENCY_P99_S:
+            firing.append(
+                Alert(
+                    "HighLatency",
+                    "page",
+                    f"p99 latency {p99 * 1000:.0f} ms in the last 5 minutes",
+                    f"{RUNBOOK}#high-latency",
+                )
+            )
+    if anchoring and anchoring.get("enabled"):
+        waiting = anchoring.get("unanchored_blocks", 0)
+        age = anchoring.get("last_final_anchor_age_s")
+        stalled_for = anchoring.get("oldest_unanchored_age_s")
+        if waiting and stalled_for is not None and stalled_for > NO_ANCHOR_S:
+            firing.append(
+                Alert(
+                    "NoNewMicroblocksAnchored",
+                    "page",
+                    f"{waiting} microblocks wait; last final anchor "
+                    + ("never" if age is None else f"{age} s ago")
+                    + (
+                        f"; last error: {anchoring['last_error']}"
+                        if anchoring.get("last_error")
+                        else ""
+                    ),
+                    f"{RUNBOOK}#no-new-microblocks-anchored",
+                )
+            )
+        balance = anchoring.get("balance_wei")
+        if balance is not None and balance < WALLET_LOW_WEI:
+            firing.append(
+                Alert(
+                    "AnchoringWalletLow",
+                    "warning",
+                    f"the anchoring wallet holds {balance / 10**18:.4f} ether",
+                    f"{RUNBOOK}#anchoring-wallet-low",
+                )
+            )
+    return firing
+
+
+class AlertTracker:
+    """Remembers since when each alert fires, for ``since_ms`` in the health report."""
+
+    def __init__(self) -> None:
+        self._since: dict[str, int] = {}
+
+    def update(self, firing: list[Alert], now_ms: int) -> list[dict[str, Any]]:
+        names = {a.name for a in firing}
+        for name in list(self._since):
+            if name not in names:
+                del self._since[name]
+        out = []
+        for a in firing:
+            since = self._since.setdefault(a.name, now_ms)
+            out.append(
+                {
+                    "name": a.name,
+                    "severity": a.severity,
+                    "summary": a.summary,
+                    "since_ms": since,
+                    "runbook_url": a.runbook_url,
+                }
+            )
+        return out
