@@ -111,6 +111,16 @@ async def test_kill_9_under_load_loses_no_acknowledged_proof(tmp_path: Path) -> 
         keys = [r.key for b in chain for r in b.receipts]
         assert len(keys) == len(set(keys)) == PROOFS
         assert set(keys) == {(a.task_id, d.device_id) for d, a in work}
+        # And every block ends anchored (on the embedded chain, which the restart replaced:
+        # the blocks anchored before the kill are anchored again on the new one).
+        for _ in range(300):
+            anchoring = (await _get(session, f"{coord.url}/v1/status", headers=operator))[
+                "anchoring"
+            ]
+            if anchoring["unanchored_blocks"] == 0 and anchoring["blocks_anchored"] == len(chain):
+                break
+            await asyncio.sleep(0.2)
+        assert anchoring["blocks_anchored"] == len(chain), anchoring
     finally:
         await session.close()
         for d in devices:
