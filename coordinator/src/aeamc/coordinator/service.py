@@ -91,7 +91,9 @@ def now_ms() -> int:
 
 
 def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    # surrogatepass: a header's non-UTF-8 bytes or a JSON lone surrogate hash (to nothing
+    # known) instead of raising.
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass(frozen=True)

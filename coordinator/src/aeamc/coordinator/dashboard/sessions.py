@@ -35,12 +35,12 @@ class Session:
 
     def csrf_matches(self, presented: str | None) -> bool:
         return presented is not None and hmac.compare_digest(
-            presented.encode(), self.csrf_token.encode()
+            presented.encode("utf-8", "surrogatepass"), self.csrf_token.encode()
         )
 
 
 def _key(session_id: str) -> str:
-    return hashlib.sha256(session_id.encode()).hexdigest()
+    return hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class SessionStore:

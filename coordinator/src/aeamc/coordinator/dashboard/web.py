@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 
 from ..errors import ApiError
@@ -140,7 +141,11 @@ def _check_origin(request: web.Request) -> None:
     origin = request.headers.get("Origin")
     if origin is None:
         return  # not a browser, or a same-origin request the browser did not label
-    if urlsplit(origin).netloc != request.host:
+    try:
+        netloc: str | None = urlsplit(origin).netloc
+    except ValueError:  # e.g. "http://[": not an origin at all
+        netloc = None
+    if netloc != request.host:
         raise ApiError(403, "forbidden", "requests from another origin are refused")
 
 
@@ -205,11 +210,16 @@ async def _login_token(request: web.Request) -> str:
     if request.content_type == "application/json":
         try:
             body = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise ApiError(400, "invalid_json", "body is not valid JSON") from None
         token = body.get("token") if isinstance(body, dict) else None
     elif request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        token = (await request.post()).get("token")
+        try:
+            form = await request.post()
+        # A missing or wrong multipart boundary, a broken part header, bytes not UTF-8.
+        except (ValueError, HttpProcessingError):
+            raise ApiError(400, "invalid_message", "the form cannot be parsed") from None
+        token = form.get("token")
     else:
         raise ApiError(415, "unsupported_media_type", "send JSON or a form with the token")
     if not isinstance(token, str) or not 0 < len(token.strip()) <= _MAX_TOKEN_CHARS:

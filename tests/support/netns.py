@@ -1,0 +1,232 @@
+"""A small LAN made of Linux network namespaces, for tests that need real multicast.
+
+``Lan(prefix, hosts)`` creates one namespace holding a bridge (``br0``) and one namespace
+per host, each joined to the bridge by a veth pair (``eth0`` in the host namespace) with
+an address in ``10.213.<subnet>.0/24``. Everything lives inside namespaces created here:
+the host's own interfaces and routes are never touched, and ``close()`` deletes every
+namespace (which takes the veths and the bridge with it).
+
+Processes run inside a namespace through ``ip netns exec``, which execs (same pid), so
+``CoordinatorProcess``/``AgentProcess`` work unchanged apart from the command prefix;
+HTTP requests to a namespace go through a tiny ``python -c`` client run there.
+
+Needs root and iproute2 with ``ip netns``; ``unavailable()`` says why not, or None.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .agent import CLI as AGENT_CLI
+from .agent import AgentProcess, wait_for
+from .coordinator import CoordinatorProcess
+
+
+def unavailable() -> str | None:
+    """Why namespaces cannot be used here, or None."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    if shutil.which("ip") is None:
+        return "iproute2 (`ip`) is not installed"
+    probe = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        return f"`ip netns` is unavailable: {probe.stderr.strip()}"
+    return None
+
+
+def ip(*args: str, ns: str | None = None) -> None:
+    cmd = ["ip", *(["-n", ns] if ns else []), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=30)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {proc.stderr.strip()}")
+
+
+@dataclass
+class Lan:
+    prefix: str
+    hosts: list[str]
+    subnet: int = 213
+    bridge_ns: str = ""
+    namespaces: dict[str, str] = field(default_factory=dict)  # host -> namespace
+    addresses: dict[str, str] = field(default_factory=dict)  # host -> IPv4 address
+
+    def up(self) -> Lan:
+        self.bridge_ns = f"{self.prefix}-br"
+        created = [self.bridge_ns]
+        ip("netns", "add", self.bridge_ns)
+        try:
+            ip("link", "set", "lo", "up", ns=self.bridge_ns)
+            # No IGMP snooping: mDNS must flood to every port whatever the querier state.
+            ip("link", "add", "br0", "type", "bridge", "mcast_snooping", "0", ns=self.bridge_ns)
+            ip("link", "set", "br0", "up", ns=self.bridge_ns)
+            for n, host in enumerate(self.hosts, start=1):
+                ns = f"{self.prefix}-{host}"
+                ip("netns", "add", ns)
+                created.append(ns)
+                port = f"p{n}"
+                # Both ends are born inside namespaces: nothing appears in the root one.
+                ip(
+                    "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns,
+                    ns=self.bridge_ns,
+                )  # fmt: skip
+                ip("link", "set", port, "master", "br0", "multicast", "on", "up", ns=self.bridge_ns)
+                address = f"10.213.{self.subnet}.{n}"
+                ip("link", "set", "lo", "up", ns=ns)
+                ip("link", "set", "eth0", "multicast", "on", "up", ns=ns)
+                ip("addr", "add", f"{address}/24", "dev", "eth0", ns=ns)
+                ip("route", "add", "224.0.0.0/4", "dev", "eth0", ns=ns)
+                self.namespaces[host] = ns
+                self.addresses[host] = address
+        except BaseException:
+            for ns in created:
+                subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+            raise
+        return self
+
+    def close(self) -> list[str]:
+        """Delete every namespace; the ones that could not be deleted (should be none)."""
+        failed = []
+        for ns in [*self.namespaces.values(), self.bridge_ns]:
+            if not ns:
+                continue
+            proc = subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+            if proc.returncode != 0:
+                failed.append(ns)
+        return failed
+
+    def link(self, host: str, state: str) -> None:
+        """``up`` or ``down``: plug or unplug a host's cable (its port on the bridge)."""
+        port = f"p{self.hosts.index(host) + 1}"
+        ip("link", "set", port, state, ns=self.bridge_ns)
+
+
+def existing_namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
+    return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
+
+
+_CLIENT = r"""
+import json, sys, urllib.error, urllib.request
+a = json.load(sys.stdin)
+req = urllib.request.Request(a["url"], data=a["data"] and a["data"].encode(), method=a["method"])
+if a["data"] is not None:
+    req.add_header("Content-Type", "application/json")
+if a["token"]:
+    req.add_header("Authorization", "Bearer " + a["token"])
+try:
+    with urllib.request.urlopen(req, timeout=20) as r:
+        status, body, ctype = r.status, r.read(), r.headers.get("Content-Type", "")
+except urllib.error.HTTPError as e:
+    status, body, ctype = e.code, e.read(), e.headers.get("Content-Type", "")
+json.dump({"status": status, "body": body.hex(), "ctype": ctype}, sys.stdout)
+"""
+
+
+def ns_request(
+    ns: str, method: str, url: str, body: Any = None, *, token: str | None = None
+) -> tuple[int, Any]:
+    """One HTTP request made from inside namespace ``ns``: (status, JSON body or bytes)."""
+    args = {
+        "url": url,
+        "method": method,
+        "data": json.dumps(body) if body is not None else None,
+        "token": token,
+    }
+    proc = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", _CLIENT],
+        input=json.dumps(args),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"request {method} {url} in {ns} failed: {proc.stderr[-2000:]}")
+    reply = json.loads(proc.stdout)
+    payload = bytes.fromhex(reply["body"])
+    if reply["ctype"].startswith("application/json"):
+        return reply["status"], json.loads(payload)
+    return reply["status"], payload
+
+
+@dataclass
+class NetnsCoordinator(CoordinatorProcess):
+    """A coordinator run inside namespace ``ns``, listening on ``address:port``."""
+
+    ns: str = ""
+    address: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}:{self.port}"
+
+    def start(self, timeout: float = 30) -> None:
+        port_file = self.state_dir / "coordinator.port"
+        port_file.unlink(missing_ok=True)
+        self.log = self.root / f"coordinator-{int(time.time() * 1000)}.log"
+        cmd = [sys.executable, "-m", "aeamc.coordinator.cli", "--config", str(self.config_path)]
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                ["ip", "netns", "exec", self.ns, *cmd, "run"], stdout=out, stderr=subprocess.STDOUT
+            )
+
+        def started() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"coordinator exited: {self.log_text()}")
+            return port_file.exists() and bool(port_file.read_text().strip())
+
+        wait_for(started, timeout, 0.05)
+        self.port = int(port_file.read_text())
+
+    def log_text(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in self.root.glob("coordinator-*.log"))
+
+    def request(  # type: ignore[override]
+        self, method: str, path: str, body: Any = None, *, token: str | None = None
+    ) -> tuple[int, Any]:
+        return ns_request(self.ns, method, self.url + path, body, token=token)
+
+
+@dataclass
+class NetnsAgent(AgentProcess):
+    """An agent run inside namespace ``ns`` (``ip netns exec`` keeps its pid)."""
+
+    ns: str = ""
+
+    def start(self, timeout: float = 30) -> None:
+        if not self.device_id:
+            self.init()
+        self.log = self.root / f"agent-{time.time_ns() // 1_000_000}.log"
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    self.ns,
+                    *AGENT_CLI,
+                    "--config",
+                    str(self.config_path),
+                    "run",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.process_env(),
+            )
+        pid = self.process.pid
+
+        def serving() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"aeamc-agent exited: {self.log_text()}")
+            status = self.status_file()
+            return bool(status and status.get("running") and status.get("pid") == pid)
+
+        wait_for(serving, timeout, 0.05)
