@@ -293,7 +293,8 @@ class Devnet:
         device_id = next(
             line.split()[-1] for line in init.stdout.splitlines() if line.startswith("device id")
         )
-        self.labels[device_id] = profile.label
+        copy = i // len(PROFILES)
+        self.labels[device_id] = profile.label + (f" #{copy + 1}" if copy else "")
         proc = Proc(f"agent-{i}", [*cli, "run"], home / "agent.log", env)
         proc.start()
         self.procs.append(proc)
