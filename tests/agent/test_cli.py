@@ -218,7 +218,7 @@ async def test_run_status_and_sigterm(tmp_path: Path) -> None:
         assert proc.returncode == 0, stderr.decode()
         log = stderr.decode()
         assert "SIMULATED TELEMETRY" in log and "DEMO CHEATER" in log
-        assert "level=info" in log and "shutting down" in log
+        assert '"level": "info"' in log and "shutting down" in log
         final = json.loads((tmp_path / "state" / "status.json").read_text())
         assert final["running"] is False
     finally:

@@ -187,7 +187,7 @@ def test_logfmt(monkeypatch: pytest.MonkeyPatch) -> None:
 
     stream = io.StringIO()
     monkeypatch.setenv("JOURNAL_STREAM", "1:2")
-    configure(1, stream)
+    configure(1, stream, fmt="logfmt")
     logging.getLogger("aeamc.agent.test").info('a "quoted" = value')
     try:
         raise ValueError("boom")
@@ -201,3 +201,39 @@ def test_logfmt(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     assert stamped.startswith("ts=") and stamped.endswith("msg=plain")
     assert os.environ["JOURNAL_STREAM"]
+
+
+def test_json_logs_carry_request_id_and_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import logging
+
+    from aeamc.agent import logs
+
+    stream = io.StringIO()
+    monkeypatch.delenv("AEAMC_LOG_FORMAT", raising=False)
+    monkeypatch.setenv("JOURNAL_STREAM", "1:2")
+    configure(0, stream)  # JSON is the default
+    logger = logging.getLogger("aeamc.agent.test")
+    token = logs.REQUEST_ID.set("task-abc")
+    try:
+        logger.info("ran %s", "t-1", extra={"task_id": "t-1"})
+    finally:
+        logs.REQUEST_ID.reset(token)
+    logger.debug("hidden without -v")
+    monkeypatch.delenv("JOURNAL_STREAM")
+    configure(0, stream)
+    logger.warning("stamped")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert lines[0] == {
+        "level": "info",
+        "logger": "aeamc.agent.test",
+        "msg": "ran t-1",
+        "task_id": "t-1",
+        "request_id": "task-abc",
+    }
+    assert len(lines) == 2 and lines[1]["ts"].endswith("Z") and "request_id" not in lines[1]
+    # An assignment's id is remembered for its task; otherwise it is derived from the task id.
+    logs.remember_task("t-2", "abc-123")
+    assert logs.task_request_id("t-2") == "abc-123"
+    logs.remember_task("t-3", "bad id\n")
+    assert logs.task_request_id("t-3").startswith("task-")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 
@@ -195,3 +196,75 @@ async def test_other_refusals_are_logged_and_retried(coordinator, make_agent, ca
     )
     await eventually(lambda: any("stale_message" in r.getMessage() for r in caplog.records))
     await eventually(lambda: len(coordinator.heartbeats) > n)
+
+
+def _median_gap_ms(heartbeats: list) -> float:
+    gaps = sorted(b.timestamp - a.timestamp for a, b in itertools.pairwise(heartbeats))
+    return gaps[len(gaps) // 2]
+
+
+async def test_adaptive_heartbeat_flag_slows_idle_battery_devices(make_agent) -> None:
+    from aeamc.agent.link import ADAPTIVE_HEARTBEAT
+
+    from .conftest import write_profile
+
+    off = await FakeCoordinator(flags={ADAPTIVE_HEARTBEAT: False}).start()
+    on = await FakeCoordinator(flags={ADAPTIVE_HEARTBEAT: True}).start()
+    try:
+        # Off: the configured 0.2 s interval.
+        a = await make_agent(coordinator_url=off.url, subdir="off")
+        await eventually(lambda: len(off.heartbeats) >= 7, timeout=8)
+        assert _median_gap_ms(off.heartbeats[1:]) < 300
+        assert a.link.heartbeat_interval_s() == a.config.heartbeat_interval_s
+
+        # On, idle, on battery (the profile says not charging): twice the interval.
+        b = await make_agent(coordinator_url=on.url, subdir="on")
+        await eventually(lambda: len(on.heartbeats) >= 7, timeout=8)
+        assert b.link.flags == {ADAPTIVE_HEARTBEAT: True}
+        assert _median_gap_ms(on.heartbeats[1:]) >= 340
+        assert b.link.heartbeat_interval_s() == 2 * b.config.heartbeat_interval_s
+
+        # With work to do, the configured interval again.
+        b.link.has_work = lambda: True
+        assert b.link.heartbeat_interval_s() == b.config.heartbeat_interval_s
+        b.link.has_work = lambda: False
+
+        # Charging: no energy to save, the configured interval.
+        write_profile(
+            b.config.telemetry_profile,
+            battery_pct=80,
+            charging=True,
+            cpu_temp_c=45,
+            cpu_load_permille=100,
+        )
+        await eventually(lambda: b.monitor.telemetry().charging is True, timeout=5)
+        assert b.link.heartbeat_interval_s() == b.config.heartbeat_interval_s
+        seen = len(on.heartbeats)
+        await eventually(lambda: len(on.heartbeats) >= seen + 6, timeout=8)
+        assert _median_gap_ms(on.heartbeats[seen + 1 :]) < 300
+    finally:
+        await off.stop()
+        await on.stop()
+
+
+def test_adaptive_heartbeat_keeps_devices_eligible() -> None:
+    from types import SimpleNamespace
+
+    from aeamc.agent.link import ADAPTIVE_HEARTBEAT, ADAPTIVE_MAX_INTERVAL_S, CoordinatorLink
+
+    def interval(configured: float, charging: bool | None, flags: dict[str, bool]) -> float:
+        link = SimpleNamespace(
+            config=SimpleNamespace(heartbeat_interval_s=configured),
+            flags=flags,
+            has_work=lambda: False,
+            monitor=SimpleNamespace(telemetry=lambda: SimpleNamespace(charging=charging)),
+        )
+        return CoordinatorLink.heartbeat_interval_s(link)  # type: ignore[arg-type]
+
+    on = {ADAPTIVE_HEARTBEAT: True}
+    assert interval(10, False, on) == 20
+    assert interval(30, False, on) == ADAPTIVE_MAX_INTERVAL_S == 50  # the default, capped
+    assert interval(90, False, on) == 90  # never faster than configured
+    assert interval(10, None, on) == 10  # mains or unknown: nothing to save
+    assert interval(10, False, {ADAPTIVE_HEARTBEAT: False}) == 10
+    assert interval(10, False, {}) == 10

@@ -7,6 +7,7 @@ bytes decoded and chain-verified, labels recomputed locally, device states.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -324,3 +325,57 @@ def test_cheater_is_caught_quarantined_and_given_no_more_work(
     assert cheater.status_file()["queue"]["count"] == 0
     assert f"task {second} accepted" not in cheater.log_text()
     assert cheater.stop() == 0  # and it still shuts down cleanly
+
+
+def test_one_request_id_follows_a_task_through_both_daemons_logs(
+    tmp_path: Path, coordinators: list[CoordinatorProcess], agents: list[AgentProcess]
+) -> None:
+    from aeamc.coordinator.logs import task_request_id
+
+    coordinator = start_coordinator(tmp_path / "coord", coordinators)
+    agent = AgentProcess(
+        tmp_path / "agent",
+        coordinator_url=coordinator.url,
+        token=enroll_token(coordinator),
+        mdns=False,
+    )
+    agents.append(agent)
+    agent.start()
+    coordinator.wait_for(
+        lambda: (d := device_view(coordinator, agent.device_id)) and d["last_seq"] >= 2
+    )
+    # The flag the agent understands reaches it with the next heartbeat reply.
+    coordinator.cli("flags", "set", "adaptive-heartbeat", "--percent", "100", "--by", "ops")
+    agent.wait_status(lambda s: s["flags"] == {"adaptive-heartbeat": True})
+
+    task_id = submit(coordinator, sha_task(0xB7, chunks=4))
+    coordinator.wait_for(
+        lambda: (
+            (v := task_view(coordinator, task_id))["state"] == "completed"
+            and v["proofs"][0]["spot_check"] == "passed"
+        )
+    )
+    rid = task_request_id(task_id)
+
+    def lines(text: str) -> list[dict[str, Any]]:
+        parsed = [json.loads(x) for x in text.splitlines() if x.startswith("{")]
+        keys = {"level", "logger", "msg"} | (
+            {"ts"} if "JOURNAL_STREAM" not in os.environ else set()
+        )
+        assert parsed and all(keys <= set(x) for x in parsed)
+        return [x for x in parsed if x.get("request_id") == rid]
+
+    assert coordinator.log is not None
+    coord_lines = coordinator.wait_for(
+        lambda: (found := lines(coordinator.log.read_text())) and len(found) >= 3 and found
+    )
+    agent_lines = lines(agent.log_text())
+    coord_msgs = " | ".join(x["msg"] for x in coord_lines)
+    agent_msgs = " | ".join(x["msg"] for x in agent_lines)
+    # The coordinator's push, the proof the agent posted back under the same id, the check.
+    assert "accepted by" in coord_msgs and f"proof for task {task_id}" in coord_msgs
+    assert {x["logger"].split(".")[1] for x in coord_lines} == {"coordinator"}
+    # The agent's acceptance, its run, its delivery and its answer to the challenge.
+    for needle in ("accepted", "started", "done", "delivered", "challenge"):
+        assert needle in agent_msgs, (needle, agent_msgs)
+    assert {x["logger"].split(".")[1] for x in agent_lines} == {"agent"}

@@ -33,7 +33,7 @@ from .config import (
     load_config,
     render_config,
 )
-from .keystore import KeyFileError, create_identity, key_path, load_identity
+from .keystore import KeyFileError, create_identity, describe, identity_exists, load_identity
 from .link import ERASED
 from .state import CoordinatorPin, StateError, ensure_dir
 from .status import live_status, offline_status, render_text
@@ -135,8 +135,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
     try:
         ensure_dir(config.state_dir)
-        existed = key_path(config.state_dir).exists()
-        key = create_identity(config.state_dir, force=args.force)
+        existed = identity_exists(config.state_dir, config.identity_key)
+        key = create_identity(config.state_dir, force=args.force, identity_key=config.identity_key)
     except KeyFileError as exc:
         print(f"aeamc-agent: {exc}", file=sys.stderr)
         return EX_CANTCREAT
@@ -146,7 +146,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     if existed:
         print("replaced the identity: to coordinators this is a new device", file=sys.stderr)
     print(f"device id {key.device_id}")
-    print(f"identity  {key_path(config.state_dir)}")
+    print(f"identity  {describe(config.state_dir, config.identity_key)}")
     return EX_OK
 
 
@@ -175,7 +175,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if status is None:
         device_id = public_key = identity_error = source_error = None
         try:
-            key = load_identity(config.state_dir)
+            key = load_identity(config.state_dir, config.identity_key)
             device_id, public_key = key.device_id, key.public_key.hex()
         except KeyFileError as exc:
             identity_error = str(exc)
@@ -203,7 +203,7 @@ def cmd_privacy(args: argparse.Namespace) -> int:
     """A request signed with the device key to the coordinator the device enrolled with."""
     try:
         config = load_config(args.config_path)
-        key = load_identity(config.state_dir)
+        key = load_identity(config.state_dir, config.identity_key)
         pin = CoordinatorPin.load(config.state_dir)
     except (ConfigError, KeyFileError, StateError) as exc:
         return _config_error(exc)

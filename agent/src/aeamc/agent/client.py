@@ -15,6 +15,8 @@ from typing import Any
 
 import aiohttp
 
+from .logs import REQUEST_ID_HEADER
+
 
 class Unreachable(Exception):
     """No HTTP answer from the coordinator."""
@@ -52,17 +54,29 @@ class CoordinatorClient:
         self.session = session
         self.last_rtt_us: int | None = None
 
-    async def post(self, base_url: str, path: str, payload: Any) -> Reply:
-        return await self.send("POST", base_url, path, payload)
+    async def post(
+        self, base_url: str, path: str, payload: Any, *, request_id: str | None = None
+    ) -> Reply:
+        return await self.send("POST", base_url, path, payload, request_id=request_id)
 
-    async def send(self, method: str, base_url: str, path: str, payload: Any) -> Reply:
+    async def send(
+        self,
+        method: str,
+        base_url: str,
+        path: str,
+        payload: Any,
+        *,
+        request_id: str | None = None,
+    ) -> Reply:
+        """``request_id`` goes along as ``X-Request-ID`` (a task's proof carries its id)."""
         url = base_url.rstrip("/") + path
+        headers = {"Content-Type": "application/json"}
+        if request_id:
+            headers[REQUEST_ID_HEADER] = request_id
         data = json.dumps(payload, separators=(",", ":")).encode()
         started = time.perf_counter_ns()
         try:
-            async with self.session.request(
-                method, url, data=data, headers={"Content-Type": "application/json"}
-            ) as resp:
+            async with self.session.request(method, url, data=data, headers=headers) as resp:
                 raw = await resp.read()
                 status = resp.status
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aeamc.shared.runtime.configfiles import ConfigFileError, read_config_files
+from aeamc.shared.runtime.pkcs11 import Pkcs11Error, Pkcs11Uri, is_pkcs11_uri
 
 from .energy import EnergyThresholds
 
@@ -41,6 +42,9 @@ class AgentConfig:
 
     #: Identity key, heartbeat counter, pinned coordinator key, outbox, traces, status.
     state_dir: Path = DEFAULT_STATE_DIR
+    #: Device identity: a key file path or a ``pkcs11:`` URI (docs/security-keys.md);
+    #: unset = ``state_dir/identity.key``.
+    identity_key: str | None = None
     #: Fixed coordinator base URL; unset means "find it over mDNS".
     coordinator_url: str | None = None
     #: Enrollment token from the coordinator's operator; without it enrollment is pending.
@@ -112,6 +116,7 @@ class AgentConfig:
 #: TOML (section, key) → field. Top-level keys have section ``""``.
 TOML_KEYS: dict[tuple[str, str], str] = {
     ("", "state_dir"): "state_dir",
+    ("", "identity_key"): "identity_key",
     ("", "coordinator_url"): "coordinator_url",
     ("", "enrollment_token"): "enrollment_token",
     ("", "max_queued_tasks"): "max_queued_tasks",
@@ -232,6 +237,8 @@ def _convert(name: str, key: str, value: Any, source: Path | None, where: str) -
     kind = _FIELD_TYPES[name]
     if name == "trace_retention_s":
         return _number(key, value, where) * 3600.0
+    if name == "identity_key":
+        return _key_location(key, value, source, where)
     if kind in ("Path", "Path | None"):
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{where}{key}: expected a path string")
@@ -258,6 +265,22 @@ def _convert(name: str, key: str, value: Any, source: Path | None, where: str) -
             raise ConfigError(f"{where}{key}: expected a list of strings")
         return tuple(value)
     raise AssertionError(f"no converter for {name}: {kind}")  # pragma: no cover
+
+
+def _key_location(key: str, value: Any, source: Path | None, where: str) -> str:
+    """A ``pkcs11:`` URI (checked now, so a typo fails at load) or an absolute path."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}{key}: expected a path or a pkcs11: URI")
+    if is_pkcs11_uri(value):
+        try:
+            Pkcs11Uri.parse(value)
+        except Pkcs11Error as exc:
+            raise ConfigError(f"{where}{key}: {exc}") from None
+        return value
+    path = Path(value).expanduser()
+    if not path.is_absolute() and source is not None:
+        path = source.parent / path
+    return str(path)
 
 
 def _number(key: str, value: Any, where: str) -> float:

@@ -97,7 +97,7 @@ class Agent:
         self.config = config
         self.clock_ms = clock_ms
         state = ensure_dir(config.state_dir)
-        self.key = load_identity(state)
+        self.key = load_identity(state, config.identity_key)
         self.device_id = self.key.device_id
         self.registry = discover()
         self.source = source or make_source(
@@ -158,6 +158,7 @@ class Agent:
             capabilities=self.capabilities,
             clock_ms=self.clock_ms,
             on_change=self._link_changed,
+            has_work=self._has_work,
         )
         self.runner = TaskRunner(
             signer=self.key,
@@ -261,6 +262,10 @@ class Agent:
     def pinned_coordinator_id(self) -> str | None:
         pin = self.link.pin if self.link else None
         return pin.coordinator_id if pin else None
+
+    def _has_work(self) -> bool:
+        running = self.runner is not None and self.runner.current is not None
+        return running or self.queue.count > 0
 
     def refusal_reason(self) -> str | None:
         """Why a new assignment would be refused right now (before looking at it)."""

@@ -36,6 +36,13 @@ UNKNOWN, NOT_ENROLLED, UNTRUSTED = "unknown", "not_enrolled", "untrusted_coordin
 #: The device's data was erased at its owner's request: this identity takes no more part.
 ERASED = "erased"
 CLOCK_SKEW_WARNING_MS = 30_000
+#: Feature flag (SPEC §10, set on the coordinator): while on, an idle device on battery
+#: heartbeats half as often, and at the configured interval again once it has work.
+ADAPTIVE_HEARTBEAT = "adaptive-heartbeat"
+#: The slowed interval never exceeds this: with 10 % jitter, the default PoA window
+#: (``eps.poa_window_s`` 120 s, ``eps.min_poas`` 2) still sees two heartbeats, so an idle
+#: device stays eligible for the work that would bring it back to its normal pace.
+ADAPTIVE_MAX_INTERVAL_S = 50.0
 
 
 class UntrustedCoordinator(Exception):
@@ -56,6 +63,7 @@ class CoordinatorLink:
         clock_ms: Callable[[], int],
         on_change: Callable[[], None] = lambda: None,
         uniform: Callable[[float, float], float] = random.uniform,
+        has_work: Callable[[], bool] = lambda: False,
     ) -> None:
         self.config = config
         self.key = key
@@ -68,6 +76,7 @@ class CoordinatorLink:
         self.clock_ms = clock_ms
         self.on_change = on_change
         self._uniform = uniform
+        self.has_work = has_work
         self.pin = CoordinatorPin.load(config.state_dir)
         self.state = self.pin.state if self.pin else UNKNOWN
         self.flags: dict[str, bool] = {}
@@ -158,10 +167,20 @@ class CoordinatorLink:
             return self._interval()
         return self._refused("heartbeat", reply)
 
+    def heartbeat_interval_s(self) -> float:
+        """The configured interval, doubled by ``adaptive-heartbeat`` while idle on battery."""
+        interval = self.config.heartbeat_interval_s
+        idle = not self.has_work()
+        if (
+            self.flags.get(ADAPTIVE_HEARTBEAT)
+            and idle
+            and self.monitor.telemetry().charging is False
+        ):
+            return max(interval, min(interval * 2, ADAPTIVE_MAX_INTERVAL_S))
+        return interval
+
     def _interval(self) -> float:
-        return jittered(
-            self.config.heartbeat_interval_s, self.config.heartbeat_jitter, self._uniform
-        )
+        return jittered(self.heartbeat_interval_s(), self.config.heartbeat_jitter, self._uniform)
 
     def _refused(self, what: str, reply: Reply) -> float:
         code = reply.error_code

@@ -34,6 +34,7 @@ from aeamc.shared.identity import Signer
 from aeamc.shared.messages import Assignment
 from aeamc.shared.proofs import Trace, build_pot
 
+from . import logs
 from .monitor import EnergyMonitor
 from .outbox import Outbox
 from .traces import TraceStore
@@ -185,6 +186,13 @@ class TaskRunner:
                 retry_s = STORAGE_RETRY_S
 
     async def _run(self, entry: QueuedTask) -> Outcome:
+        token = logs.REQUEST_ID.set(logs.task_request_id(entry.assignment.task_id))
+        try:
+            return await self._run_logged(entry)
+        finally:
+            logs.REQUEST_ID.reset(token)
+
+    async def _run_logged(self, entry: QueuedTask) -> Outcome:
         a = entry.assignment
         progress = TaskProgress(entry, self.clock_ms())
         self.current = progress

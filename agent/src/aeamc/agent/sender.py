@@ -30,6 +30,7 @@ from aeamc.shared.errors import ProtocolError
 from aeamc.shared.identity import Signer
 from aeamc.shared.messages import PoT, sign
 
+from . import logs
 from .backoff import Backoff
 from .client import CoordinatorClient, Reply, Unreachable
 from .locator import CoordinatorLocator
@@ -97,6 +98,14 @@ class OutboxSender:
             self.backoff.reset()
 
     async def deliver(self, url: str, entry: Entry) -> str:
+        rid = logs.task_request_id(entry.task_id)
+        token = logs.REQUEST_ID.set(rid)
+        try:
+            return await self._deliver(url, entry, rid)
+        finally:
+            logs.REQUEST_ID.reset(token)
+
+    async def _deliver(self, url: str, entry: Entry, rid: str) -> str:
         try:
             proof = self.outbox.load(entry)
         except (OSError, ValueError, KeyError, TypeError, ProtocolError) as exc:
@@ -105,7 +114,7 @@ class OutboxSender:
             log.error("outbox entry %s is unreadable (%s); moved to %s", entry.path, exc, target)
             return REJECTED
         try:
-            reply = await self.client.post(url, "/v1/proofs", proof.body())
+            reply = await self.client.post(url, "/v1/proofs", proof.body(), request_id=rid)
         except Unreachable as exc:
             self._error(f"proof {entry.task_id}: coordinator unreachable ({exc})")
             return RETRY

@@ -28,7 +28,7 @@ from aeamc.shared.errors import ProtocolError, SignatureError, UnknownTaskKind
 from aeamc.shared.messages import Assignment, Challenge, SignedMessage, parse_signed
 from aeamc.shared.proofs import build_opening
 
-from . import __version__
+from . import __version__, logs
 from .net import MAX_REQUEST_BYTES
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class Refused(ApiError):
 
 
 def make_app(agent: Agent) -> web.Application:
-    app = web.Application(middlewares=[_errors], client_max_size=MAX_REQUEST_BYTES)
+    app = web.Application(middlewares=[_request_id, _errors], client_max_size=MAX_REQUEST_BYTES)
     app[AGENT_KEY] = agent
     app.router.add_post("/v1/assignments", post_assignment)
     app.router.add_post("/v1/challenges", post_challenge)
@@ -88,6 +88,7 @@ async def post_assignment(request: web.Request) -> web.Response:
     assignment = _verified(agent, await _json(request), Assignment)
     if assignment.coordinator_id != agent.pinned_coordinator_id:
         raise ApiError(403, "unknown_coordinator", "not the coordinator this device enrolled with")
+    logs.remember_task(assignment.task_id, logs.REQUEST_ID.get())
     state = agent.accept(assignment)
     return web.json_response({"accepted": True, "state": state}, status=202)
 
@@ -95,6 +96,7 @@ async def post_assignment(request: web.Request) -> web.Response:
 async def post_challenge(request: web.Request) -> web.Response:
     agent = request.app[AGENT_KEY]
     challenge = _verified(agent, await _json(request), Challenge)
+    logs.remember_task(challenge.task_id, logs.REQUEST_ID.get())
     stored = agent.traces.load(challenge.task_id, agent.clock_ms())
     if stored is None:
         raise ApiError(404, "unknown_task", f"no trace kept for task {challenge.task_id}")
@@ -165,6 +167,22 @@ def _verified(agent: Agent, data: Any, model: type[M]) -> M:
     if message.device_id != agent.device_id:  # type: ignore[attr-defined]
         raise ApiError(400, "wrong_device", f"addressed to another device, not {agent.device_id}")
     return message
+
+
+@web.middleware
+async def _request_id(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Log under the coordinator's ``X-Request-ID`` (the task's id) when it sends one."""
+    rid = request.headers.get(logs.REQUEST_ID_HEADER)
+    token = logs.REQUEST_ID.set(rid if logs.well_formed(rid) else None)
+    try:
+        resp = await handler(request)
+        if rid and logs.well_formed(rid) and not resp.prepared:
+            resp.headers[logs.REQUEST_ID_HEADER] = rid
+        return resp
+    finally:
+        logs.REQUEST_ID.reset(token)
 
 
 @web.middleware

@@ -20,6 +20,7 @@ from aeamc.shared.errors import ProtocolError
 from .anchoring.bundles import receipt_bundle
 from .dashboard import add_dashboard_routes
 from .errors import ApiError
+from .logs import REQUEST_ID, REQUEST_ID_HEADER, incoming_request_id
 from .metrics import Metrics
 from .openapi import openapi_document
 from .service import Coordinator
@@ -91,6 +92,24 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return reply({"error": {"code": "internal", "message": "internal error"}}, 500)
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give the request an id (a well-formed ``X-Request-ID`` is kept), log under it, echo it."""
+    rid = incoming_request_id(request.headers.get(REQUEST_ID_HEADER))
+    token = REQUEST_ID.set(rid)
+    try:
+        try:
+            resp = await handler(request)
+        except web.HTTPException as exc:
+            exc.headers[REQUEST_ID_HEADER] = rid
+            raise
+        if not resp.prepared:
+            resp.headers[REQUEST_ID_HEADER] = rid
+        return resp
+    finally:
+        REQUEST_ID.reset(token)
 
 
 def _bearer(request: web.Request) -> str | None:
@@ -270,6 +289,29 @@ async def create_token(request: web.Request) -> web.Response:
     return reply({"token": token, "role": role, "ttl_s": ttl, "uses": uses}, 201)
 
 
+async def list_flags(request: web.Request) -> web.Response:
+    await _auth(request, "operator")
+    return reply({"flags": await request.app[COORDINATOR_KEY].list_flags()})
+
+
+async def set_flag(request: web.Request) -> web.Response:
+    who = await _auth(request, "operator")
+    body = await json_body(request)
+    if not isinstance(body, dict) or "percent" not in body or set(body) - {"percent", "by"}:
+        raise ApiError(400, "invalid_message", "fields: percent, and optionally by")
+    by = body.get("by")
+    if by is not None and (not isinstance(by, str) or not 0 < len(by) <= 100):
+        raise ApiError(400, "invalid_message", "by: a string of at most 100", field="by")
+    c = request.app[COORDINATOR_KEY]
+    return reply(await c.set_flag(request.match_info["name"], body["percent"], by or who))
+
+
+async def flag_history(request: web.Request) -> web.Response:
+    await _auth(request, "operator")
+    name = request.query.get("name")
+    return reply({"history": await request.app[COORDINATOR_KEY].flag_history(name)})
+
+
 async def status(request: web.Request) -> web.Response:
     await _auth(request, "operator")
     return reply(await request.app[COORDINATOR_KEY].summary())
@@ -323,7 +365,8 @@ def build_app(coordinator: Coordinator) -> web.Application:
     metrics = Metrics(coordinator)
     app = web.Application(
         # Metrics outermost, so they see the status the error middleware chose.
-        middlewares=[metrics.middleware, error_middleware],
+        # Request ids outermost, so every line logged for a request carries its id.
+        middlewares=[request_id_middleware, metrics.middleware, error_middleware],
         client_max_size=coordinator.config.server.max_body_bytes,
     )
     app[COORDINATOR_KEY] = coordinator
@@ -343,6 +386,9 @@ def build_app(coordinator: Coordinator) -> web.Application:
     app.router.add_post("/v1/devices/{device_id}/quarantine", quarantine_device)
     app.router.add_post("/v1/tokens", create_token)
     app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/flags", list_flags)
+    app.router.add_get("/v1/flags/history", flag_history)
+    app.router.add_put("/v1/flags/{name}", set_flag)
     app.router.add_get("/v1/microblocks", list_blocks)
     app.router.add_get("/v1/microblocks/{height}", get_block)
     app.router.add_get("/v1/microblocks/{height}/raw", get_block_raw)

@@ -14,13 +14,15 @@ import logging
 import os
 import signal
 import sys
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, logs
 from .config import (
     ConfigError,
     CoordinatorConfig,
@@ -29,7 +31,7 @@ from .config import (
     render_config,
     write_setting,
 )
-from .keys import KeyFileError, create_key_file, load_key_file
+from .keys import KeyFileError, ensure_identity, load_identity
 
 EX_OK, EX_FAIL, EX_USAGE, EX_UNAVAILABLE, EX_CONFIG = 0, 1, 64, 69, 78
 DEFAULT_CONFIG = Path("/etc/aeamc/coordinator.toml")
@@ -86,12 +88,14 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(f"wrote configuration {path}")
     config.state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(config.state_dir, 0o700)
-    if config.key_path.exists():
-        key = load_key_file(config.key_path)
-        print(f"identity exists: coordinator_id {key.device_id}")
-    else:
-        key = create_key_file(config.key_path)
+    try:
+        key, created = ensure_identity(config.key_ref)
+    except KeyFileError as exc:
+        raise CliError(f"configuration error: {exc}", EX_CONFIG) from None
+    if created:
         print(f"created identity: coordinator_id {key.device_id}")
+    else:
+        print(f"identity exists: coordinator_id {key.device_id}")
     if config.chain.enabled:
         _init_wallet(config)
     tokens_dir = config.state_dir / "tokens"
@@ -103,25 +107,31 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def _init_wallet(config: CoordinatorConfig) -> None:
-    from .anchoring.wallet import WalletError, ensure_key_file
+    from .anchoring.wallet import WalletError, ensure_key
 
     try:
-        created = ensure_key_file(config.wallet_path)
+        created = ensure_key(config.wallet_ref)
     except WalletError as exc:
         raise CliError(f"configuration error: {exc}", EX_CONFIG) from None
     if created:
-        print(f"created the anchoring wallet key {config.wallet_path}")
+        print(f"created the anchoring wallet key {_redacted(config.wallet_ref)}")
 
 
 def _wallet(config: CoordinatorConfig) -> Any:
-    from .anchoring.wallet import WalletError, ensure_wallet_file
+    from .anchoring.wallet import WalletError, ensure_wallet
 
     try:
-        wallet, created = ensure_wallet_file(config.wallet_path)
+        wallet, created = ensure_wallet(config.wallet_ref)
     except WalletError as exc:
         raise CliError(f"configuration error: {exc}", EX_CONFIG) from None
     print(f"{'created' if created else 'using'} anchoring wallet {wallet.address}")
     return wallet
+
+
+def _redacted(ref: Any) -> str:
+    from aeamc.shared.runtime.pkcs11 import Pkcs11Uri, is_pkcs11_uri
+
+    return Pkcs11Uri.parse(ref).redacted if is_pkcs11_uri(ref) else str(ref)
 
 
 async def _initial_tokens(config: CoordinatorConfig, key: Any, tokens_dir: Path) -> dict[str, str]:
@@ -152,7 +162,7 @@ async def _initial_tokens(config: CoordinatorConfig, key: Any, tokens_dir: Path)
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
     try:
-        key = load_key_file(config.key_path)
+        key = load_identity(config.key_ref)
     except KeyFileError as exc:
         raise CliError(f"configuration error: {exc}", EX_CONFIG) from None
     return asyncio.run(_serve(config, key))
@@ -474,6 +484,43 @@ def cmd_blocks(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def cmd_flags(args: argparse.Namespace) -> int:
+    api = Api(_load(args), args.url)
+    if args.action == "set":
+        if not args.name or args.percent is None:
+            raise CliError("usage: flags set NAME --percent P [--by WHO]", EX_USAGE)
+        body: dict[str, Any] = {"percent": args.percent}
+        if args.by:
+            body["by"] = args.by
+        _print(api.call("PUT", f"/v1/flags/{urllib.parse.quote(args.name, safe='')}", body))
+        return EX_OK
+    if args.action == "history":
+        query = f"?name={urllib.parse.quote(args.name)}" if args.name else ""
+        rows = api.call("GET", f"/v1/flags/history{query}")["history"]
+        if args.json:
+            _print(rows)
+            return EX_OK
+        print(f"{'at (UTC)':20}  {'flag':24}  {'from':>5}  {'to':>4}  by")
+        for r in rows:
+            before = "-" if r["from_percent"] is None else f"{r['from_percent']}%"
+            print(
+                f"{_utc(r['at']):20}  {r['name']:24}  {before:>5}  {r['to_percent']:>3}%  {r['by']}"
+            )
+        return EX_OK
+    flags = api.call("GET", "/v1/flags")["flags"]
+    if args.json:
+        _print(flags)
+        return EX_OK
+    print(f"{'flag':24}  {'percent':>7}  {'updated (UTC)':20}  by")
+    for f in flags:
+        print(f"{f['name']:24}  {f['percent']:>6}%  {_utc(f['updated_at']):20}  {f['updated_by']}")
+    return EX_OK
+
+
+def _utc(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000))
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     api = Api(_load(args), args.url)
     body: dict[str, Any] = {"role": args.role, "label": args.label or ""}
@@ -546,6 +593,14 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("device_id")
     rc.set_defaults(func=cmd_receipts)
 
+    fl = remote("flags", "feature flags (SPEC §10): set a rollout percent, list, history")
+    fl.add_argument("action", choices=["set", "list", "history"])
+    fl.add_argument("name", nargs="?")
+    fl.add_argument("--percent", type=int, help="share of devices the flag is on for, 0..100")
+    fl.add_argument("--by", help="who made the change (default: the token's label)")
+    fl.add_argument("--json", action="store_true")
+    fl.set_defaults(func=cmd_flags)
+
     to = remote("token", "create a token")
     to.add_argument("action", choices=["create"])
     to.add_argument("--role", choices=["enroll", "client", "operator"], default="enroll")
@@ -558,11 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(1 if args.verbose else 0)
     try:
         return int(args.func(args))
     except CliError as exc:

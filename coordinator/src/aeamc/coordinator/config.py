@@ -18,6 +18,7 @@ from typing import Any
 from aeamc.shared.eps import EpsConfig
 from aeamc.shared.errors import ValidationError
 from aeamc.shared.runtime.configfiles import ConfigFileError, read_config_files
+from aeamc.shared.runtime.pkcs11 import Pkcs11Error, Pkcs11Uri, is_pkcs11_uri
 
 
 class ConfigError(Exception):
@@ -113,7 +114,10 @@ class ChainConfig:
     contract: str = ""
     #: Expected chain id; 0 = whatever the endpoint reports.
     chain_id: int = 0
-    #: secp256k1 key of the anchoring wallet; empty = ``state_dir/anchor-wallet.key``.
+    #: secp256k1 key of the anchoring wallet: a key file path or a ``pkcs11:`` URI
+    #: (docs/security-keys.md); empty = ``wallet_key_file``.
+    wallet_key: str = ""
+    #: Older name for a key file path; empty (and no wallet_key) = ``state_dir/anchor-wallet.key``.
     wallet_key_file: str = ""
     anchor_interval_s: float = 10.0
     confirmations: int = 3
@@ -130,6 +134,8 @@ class ChainConfig:
 @dataclass(frozen=True)
 class CoordinatorConfig:
     state_dir: Path = Path("/var/lib/microblock-coordinator")
+    #: Coordinator identity: a key file path or a ``pkcs11:`` URI; empty = state_dir/identity.key.
+    identity_key: str = ""
     server: ServerConfig = field(default_factory=ServerConfig)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -144,12 +150,28 @@ class CoordinatorConfig:
 
     @property
     def wallet_path(self) -> Path:
-        path = Path(self.chain.wallet_key_file or "anchor-wallet.key")
+        ref = self.chain.wallet_key if not is_pkcs11_uri(self.chain.wallet_key) else ""
+        path = Path(ref or self.chain.wallet_key_file or "anchor-wallet.key")
         return path if path.is_absolute() else self.state_dir / path
 
     @property
+    def wallet_ref(self) -> str | Path:
+        """The wallet key: a ``pkcs11:`` URI or the key file path."""
+        if is_pkcs11_uri(self.chain.wallet_key):
+            return self.chain.wallet_key
+        return self.wallet_path
+
+    @property
     def key_path(self) -> Path:
+        if self.identity_key and not is_pkcs11_uri(self.identity_key):
+            path = Path(self.identity_key)
+            return path if path.is_absolute() else self.state_dir / path
         return self.state_dir / "identity.key"
+
+    @property
+    def key_ref(self) -> str | Path:
+        """The identity key: a ``pkcs11:`` URI or the key file path."""
+        return self.identity_key if is_pkcs11_uri(self.identity_key) else self.key_path
 
 
 _SECTIONS = {
@@ -196,6 +218,10 @@ def parse_config(data: dict[str, Any], *, base_dir: Path | None = None) -> Coord
             if not path.is_absolute() and base_dir is not None:
                 path = base_dir / path
             kwargs["state_dir"] = path
+        elif key == "identity_key":
+            if not isinstance(value, str):
+                raise ConfigError("identity_key: expected a path or a pkcs11: URI")
+            kwargs["identity_key"] = value
         elif key in _SECTIONS:
             kwargs[key] = _coerce(key, _SECTIONS[key], value)
         else:
@@ -231,6 +257,17 @@ def validate(config: CoordinatorConfig) -> None:
         config.eps.to_eps_config()
     except ValidationError as exc:
         raise ConfigError(str(exc)) from None
+    if config.chain.wallet_key and config.chain.wallet_key_file:
+        raise ConfigError("chain.wallet_key and chain.wallet_key_file: set one, not both")
+    for name, ref in (
+        ("identity_key", config.identity_key),
+        ("chain.wallet_key", config.chain.wallet_key),
+    ):
+        if is_pkcs11_uri(ref):
+            try:
+                Pkcs11Uri.parse(ref)
+            except Pkcs11Error as exc:
+                raise ConfigError(f"{name}: {exc}") from None
 
 
 def _chain_checks(c: ChainConfig) -> list[tuple[bool, str]]:
@@ -309,6 +346,7 @@ def render_config(config: CoordinatorConfig) -> str:
         "# aeamc-coordinator configuration. Every setting is shown with its value;",
         "# see docs/coordinator.md for what each one means.",
         f'state_dir = "{config.state_dir}"',
+        f'identity_key = "{config.identity_key}"   # empty: state_dir/identity.key',
     ]
     for name in _SECTIONS:
         lines.append(f"\n[{name}]")

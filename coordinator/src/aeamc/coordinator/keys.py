@@ -1,7 +1,9 @@
-"""The coordinator's signing key in a file (the default keystore).
+"""The coordinator's signing key: a file (the default keystore) or a PKCS#11 token.
 
 The file holds the 32-byte Ed25519 seed in hex, mode 0600; a file readable by others is
 refused, because a leaked coordinator key lets anyone forge assignments and challenges.
+With ``identity_key = "pkcs11:..."`` the key is generated in and used from the token and
+never leaves it (docs/security-keys.md).
 """
 
 from __future__ import annotations
@@ -11,6 +13,12 @@ import stat
 from pathlib import Path
 
 from aeamc.shared.identity import SigningKey
+from aeamc.shared.runtime.pkcs11 import (
+    Ed25519HsmSigner,
+    Pkcs11Error,
+    ensure_ed25519,
+    is_pkcs11_uri,
+)
 
 
 class KeyFileError(Exception):
@@ -47,3 +55,26 @@ def load_key_file(path: Path) -> SigningKey:
     if len(seed) != 32:
         raise KeyFileError(f"{path}: an Ed25519 seed is 32 bytes")
     return SigningKey.from_seed(seed)
+
+
+def load_identity(ref: str | Path) -> SigningKey | Ed25519HsmSigner:
+    """The identity a ``pkcs11:`` URI or a key file path names."""
+    if is_pkcs11_uri(ref):
+        try:
+            return Ed25519HsmSigner(str(ref))
+        except Pkcs11Error as exc:
+            raise KeyFileError(str(exc)) from None
+    return load_key_file(Path(ref))
+
+
+def ensure_identity(ref: str | Path) -> tuple[SigningKey | Ed25519HsmSigner, bool]:
+    """The identity, created if missing (in the token for a URI); flag: whether created."""
+    if is_pkcs11_uri(ref):
+        try:
+            return ensure_ed25519(str(ref))
+        except Pkcs11Error as exc:
+            raise KeyFileError(str(exc)) from None
+    path = Path(ref)
+    if path.exists():
+        return load_key_file(path), False
+    return create_key_file(path), True

@@ -236,6 +236,36 @@ def openapi_document() -> dict[str, Any]:
         "/v1/status": {
             "get": _op("Counts of devices, tasks, proofs, blocks; anchoring", "operator")
         },
+        "/v1/flags": {
+            "get": _op(
+                "Feature flags (SPEC §10): name, percent, updated_at, updated_by", "operator"
+            )
+        },
+        "/v1/flags/history": {
+            "get": _op("Every change of a flag: name, from, to, at, by (?name=)", "operator")
+        },
+        "/v1/flags/{name}": {
+            "put": _op(
+                "Set a flag's rollout percent; audited (by defaults to the token's label)",
+                "operator",
+                requestBody={
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["percent"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "percent": {"type": "integer", "minimum": 0, "maximum": 100},
+                                    "by": {"type": "string", "maxLength": 100},
+                                },
+                            }
+                        }
+                    },
+                },
+            )
+        },
         "/v1/microblocks": {"get": _op("Chain listing (?from=&limit=)")},
         "/v1/microblocks/{height}": {"get": _op("A block decoded, with spot-check verdicts")},
         "/v1/microblocks/{height}/raw": {

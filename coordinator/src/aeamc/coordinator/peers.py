@@ -13,6 +13,8 @@ from typing import Any
 
 import aiohttp
 
+from .logs import REQUEST_ID_HEADER
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -50,11 +52,15 @@ class AgentClient:
             await self._session.close()
             self._session = None
 
-    async def post(self, endpoint: str, path: str, message: dict[str, Any]) -> Reply:
+    async def post(
+        self, endpoint: str, path: str, message: dict[str, Any], *, request_id: str | None = None
+    ) -> Reply:
+        """POST ``message``; ``request_id`` (e.g. the task's) goes along as ``X-Request-ID``."""
         assert self._session is not None, "AgentClient.start() first"
         url = endpoint.rstrip("/") + path
+        headers = {REQUEST_ID_HEADER: request_id} if request_id else None
         try:
-            async with self._session.post(url, json=message) as resp:
+            async with self._session.post(url, json=message, headers=headers) as resp:
                 raw = await resp.read()
                 try:
                     body = json.loads(raw) if raw else None

@@ -20,6 +20,7 @@ import sqlite_utils
 from aeamc.shared.eps import rank
 from aeamc.shared.messages import Assignment, sign
 
+from .logs import REQUEST_ID, task_request_id
 from .peers import AgentClient
 from .service import Coordinator, wait_event
 
@@ -130,12 +131,22 @@ class Scheduler:
         return assignment
 
     async def _push(self, assignment: Assignment) -> None:
+        rid = task_request_id(assignment.task_id)
+        token = REQUEST_ID.set(rid)  # on every line logged about the push
+        try:
+            await self._push_as(assignment, rid)
+        finally:
+            REQUEST_ID.reset(token)
+
+    async def _push_as(self, assignment: Assignment, rid: str) -> None:
         device = self.c.devices.get(assignment.device_id)
         endpoint = device.endpoint if device else None
         if not endpoint:
             await self._refused(assignment, "no endpoint")
             return
-        reply = await self.client.post(endpoint, "/v1/assignments", assignment.to_dict())
+        reply = await self.client.post(
+            endpoint, "/v1/assignments", assignment.to_dict(), request_id=rid
+        )
         if reply.status == 202:
             await self.c.db.write(
                 lambda db: db.execute(

@@ -191,4 +191,23 @@ MIGRATIONS: list[list[str]] = [
             erased_at INTEGER NOT NULL
         )""",
     ],
+    # v4: feature flags (SPEC §10). A flag is on for a device when its bucket is below the
+    # flag's percent; every change of a percent is kept, with who made it and when.
+    [
+        """CREATE TABLE flags (
+            name TEXT PRIMARY KEY,
+            percent INTEGER NOT NULL CHECK (percent BETWEEN 0 AND 100),
+            updated_at INTEGER NOT NULL,
+            updated_by TEXT NOT NULL
+        )""",
+        """CREATE TABLE flag_history (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL,
+            from_percent INTEGER,
+            to_percent INTEGER NOT NULL,
+            at INTEGER NOT NULL,
+            by TEXT NOT NULL
+        )""",
+        """CREATE INDEX flag_history_name ON flag_history(name, id)""",
+    ],
 ]

@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import secrets
 import time
 from collections import deque
@@ -28,6 +29,7 @@ import sqlite_utils
 from aeamc.shared import microblock, proofs, spotcheck
 from aeamc.shared import reputation as rep
 from aeamc.shared.eps import eps, ineligibility
+from aeamc.shared.flags import in_rollout
 from aeamc.shared.identity import Signer, device_id_for
 from aeamc.shared.messages import (
     TASK_ID_PATTERN,
@@ -52,6 +54,12 @@ from .errors import ApiError, not_found
 from .registry import Device
 
 log = logging.getLogger(__name__)
+
+#: Feature flag: devices in its cohort get half the heartbeat freshness window (a PoA
+#: must be at most ``heartbeat_window_s / 2`` old), narrowing the window a captured
+#: heartbeat could be replayed in — rolled out gradually, as devices with poor clocks fail it.
+STRICT_FRESHNESS = "strict-freshness"
+FLAG_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 ROLES = ("operator", "client", "enroll")
 ERASED_MESSAGE = (
@@ -135,6 +143,8 @@ class Coordinator:
         self.alert_tracker = AlertTracker()
         #: (time ms, status, seconds) of the latest requests, for alert evaluation.
         self.recent_requests: deque[tuple[int, int, float]] = deque(maxlen=10_000)
+        #: Feature flags (SPEC §10): name → rollout percent.
+        self.flags: dict[str, int] = {}
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -154,6 +164,8 @@ class Coordinator:
             d = self.devices.get(r["device_id"])
             if d is not None:
                 d.poa_times.append(r["received_at"])
+        flags = await self.db.read(lambda db: list(db.query("SELECT name, percent FROM flags")))
+        self.flags = {r["name"]: r["percent"] for r in flags}
 
     def spawn(self, coro: Any) -> None:
         """Run ``coro`` in the background, keeping a reference so it is not collected."""
@@ -356,7 +368,10 @@ class Coordinator:
             raise ApiError(403, "not_enrolled", "unknown device: enroll first")
         poa.verify(device.public_key)
         now = self.clock()
-        check_fresh(poa.timestamp, now, self.config.protocol.heartbeat_window_s * 1000)
+        window_ms = self.config.protocol.heartbeat_window_s * 1000
+        if self.flag_on(STRICT_FRESHNESS, poa.device_id):
+            window_ms //= 2
+        check_fresh(poa.timestamp, now, window_ms)
         if device.state == "pending":
             raise ApiError(403, "pending", "enrollment awaits the operator's approval")
         if device.state == "quarantined":
@@ -395,7 +410,79 @@ class Coordinator:
         device.poa_times.append(now)
         self.count("heartbeats")
         self.wake_scheduler.set()
-        return {"state": state, "flags": {}, "server_time_ms": now, "eps": round(score, 4)}
+        return {
+            "state": state,
+            "flags": self.flags_for(poa.device_id),
+            "server_time_ms": now,
+            "eps": round(score, 4),
+        }
+
+    # -- feature flags (SPEC §10) -------------------------------------------------------------
+
+    def flag_on(self, name: str, device_id: str) -> bool:
+        return in_rollout(name, device_id, self.flags.get(name, 0))
+
+    def flags_for(self, device_id: str) -> dict[str, bool]:
+        """Every flag, on or off for this device: what its heartbeat replies carry."""
+        return {name: in_rollout(name, device_id, p) for name, p in sorted(self.flags.items())}
+
+    async def list_flags(self) -> list[dict[str, Any]]:
+        return await self.db.read(
+            lambda db: list(
+                db.query("SELECT name, percent, updated_at, updated_by FROM flags ORDER BY name")
+            )
+        )
+
+    async def set_flag(self, name: str, percent: Any, by: str) -> dict[str, Any]:
+        if not isinstance(name, str) or not FLAG_NAME.fullmatch(name):
+            raise ApiError(
+                400, "invalid_message", "flag name: 1-64 of a-z, 0-9, '-', '_', '.'", field="name"
+            )
+        if not isinstance(percent, int) or isinstance(percent, bool) or not 0 <= percent <= 100:
+            raise ApiError(400, "invalid_message", "percent: an integer 0..100", field="percent")
+        now = self.clock()
+
+        def txn(db: sqlite_utils.Database) -> int | None:
+            row = db.execute("SELECT percent FROM flags WHERE name=?", [name]).fetchone()
+            before = row[0] if row else None
+            db.execute(
+                "INSERT INTO flags (name, percent, updated_at, updated_by) VALUES (?,?,?,?) "
+                "ON CONFLICT (name) DO UPDATE SET percent=excluded.percent, "
+                "updated_at=excluded.updated_at, updated_by=excluded.updated_by",
+                [name, percent, now, by],
+            )
+            db.execute(
+                "INSERT INTO flag_history (name, from_percent, to_percent, at, by) "
+                "VALUES (?,?,?,?,?)",
+                [name, before, percent, now, by],
+            )
+            return before
+
+        before = await self.db.write(txn)
+        self.flags[name] = percent
+        log.info(
+            "flag %s set from %s to %d %% by %s",
+            name,
+            "unset" if before is None else f"{before} %",
+            percent,
+            by,
+            extra={"flag": name, "from_percent": before, "to_percent": percent, "by": by},
+        )
+        return {
+            "name": name,
+            "percent": percent,
+            "updated_at": now,
+            "updated_by": by,
+            "from_percent": before,
+        }
+
+    async def flag_history(self, name: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT name, from_percent, to_percent, at, by FROM flag_history"
+        args: list[Any] = []
+        if name is not None:
+            sql += " WHERE name=?"
+            args.append(name)
+        return await self.db.read(lambda db: list(db.query(sql + " ORDER BY id", args)))
 
     # -- tasks -------------------------------------------------------------------------------
 
@@ -554,6 +641,13 @@ class Coordinator:
         task_state = await self.db.write(txn)
         device.record = dataclasses.replace(device.record, completed=device.record.completed + 1)
         self.count("proofs_accepted")
+        log.info(
+            "proof for task %s from %s accepted; task %s",
+            pot.task_id,
+            pot.device_id,
+            task_state,
+            extra={"task_id": pot.task_id, "device_id": pot.device_id},
+        )
         self.wake_scheduler.set()
         self.unblocked += 1
         if self.unblocked >= self.config.blocks.max_receipts:

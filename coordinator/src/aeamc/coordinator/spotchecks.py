@@ -18,6 +18,7 @@ from aeamc.shared import proofs
 from aeamc.shared.errors import ProtocolError
 from aeamc.shared.messages import Challenge, Opening, PoT, parse, parse_signed, sign
 
+from .logs import REQUEST_ID, task_request_id
 from .peers import AgentClient
 from .service import Coordinator, wait_event
 
@@ -47,6 +48,13 @@ class SpotChecker:
 
     async def check(self, row: dict[str, Any]) -> str | None:
         """Challenge one receipt; returns the verdict, or ``None`` if it will be retried."""
+        token = REQUEST_ID.set(task_request_id(row["task_id"]))
+        try:
+            return await self._check(row)
+        finally:
+            REQUEST_ID.reset(token)
+
+    async def _check(self, row: dict[str, Any]) -> str | None:
         device = self.c.devices.get(row["device_id"])
         if device is None or not device.endpoint:
             return await self._retry_or_give_up(row, "device has no endpoint")
@@ -62,7 +70,12 @@ class SpotChecker:
             },
             self.c.signer,
         )
-        reply = await self.client.post(device.endpoint, "/v1/challenges", challenge.to_dict())
+        reply = await self.client.post(
+            device.endpoint,
+            "/v1/challenges",
+            challenge.to_dict(),
+            request_id=task_request_id(row["task_id"]),
+        )
         if reply.status == 404 and reply.code == "unknown_task":
             await self.c.record_verdict(
                 row["task_id"],

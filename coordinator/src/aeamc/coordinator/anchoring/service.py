@@ -47,7 +47,7 @@ from aeamc.shared.anchoring import (
 
 from . import store
 from .store import Target
-from .wallet import TxSigner, WalletError, ensure_wallet_file
+from .wallet import TxSigner, WalletError, ensure_wallet
 
 if TYPE_CHECKING:
     from ..config import CoordinatorConfig
@@ -244,11 +244,11 @@ class AnchoringService:
         from .chain import Chain, ChainError
 
         try:
-            wallet, created = ensure_wallet_file(self.config.wallet_path)
+            wallet, created = ensure_wallet(self.config.wallet_ref)
         except WalletError as exc:
             raise NotReady(str(exc)) from None
         if created:
-            log.info("created anchoring wallet %s in %s", wallet.address, self.config.wallet_path)
+            log.info("created anchoring wallet %s", wallet.address)
         if not self.cc.rpc_url:
             chain = Chain.start_embedded()
             chain.fund(wallet.address)

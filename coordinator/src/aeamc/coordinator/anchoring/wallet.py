@@ -125,3 +125,55 @@ def ensure_wallet_file(path: Path) -> tuple[FileWallet, bool]:
     """The wallet at ``path``, created if missing; the flag says whether it was created."""
     created = ensure_key_file(path)
     return load_wallet_file(path), created
+
+
+class HsmWallet:
+    """A secp256k1 key in a PKCS#11 token (RFC 7512 URI); it never leaves the token."""
+
+    def __init__(self, signer: Any) -> None:
+        self._signer = signer
+
+    @property
+    def address(self) -> str:
+        return str(self._signer.address)
+
+    def sign_transaction(self, tx: Mapping[str, Any]) -> SignedTx:
+        signed = self._signer.sign_transaction(tx)
+        return SignedTx(signed.raw, signed.tx_hash)
+
+
+def _hsm(ref: str, create: bool) -> tuple[HsmWallet, bool]:
+    from aeamc.shared.runtime.pkcs11 import Pkcs11Error, Secp256k1HsmSigner, ensure_secp256k1
+
+    try:
+        if create:
+            signer, created = ensure_secp256k1(ref)
+            return HsmWallet(signer), created
+        return HsmWallet(Secp256k1HsmSigner(ref)), False
+    except Pkcs11Error as exc:
+        raise WalletError(str(exc)) from None
+
+
+def load_wallet(ref: str | Path) -> TxSigner:
+    """The wallet a ``pkcs11:`` URI or a key file path names."""
+    if _is_uri(ref):
+        return _hsm(str(ref), create=False)[0]
+    return load_wallet_file(Path(ref))
+
+
+def ensure_wallet(ref: str | Path) -> tuple[TxSigner, bool]:
+    """The wallet, created if missing (in the token for a URI); flag: whether created."""
+    if _is_uri(ref):
+        return _hsm(str(ref), create=True)
+    return ensure_wallet_file(Path(ref))
+
+
+def ensure_key(ref: str | Path) -> bool:
+    """Like ``ensure_key_file``, for a path or a ``pkcs11:`` URI; True if created."""
+    if _is_uri(ref):
+        return _hsm(str(ref), create=True)[1]
+    return ensure_key_file(Path(ref))
+
+
+def _is_uri(ref: str | Path) -> bool:
+    return isinstance(ref, str) and ref[:7].lower() == "pkcs11:"
