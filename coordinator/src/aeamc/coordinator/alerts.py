@@ -13,13 +13,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-WINDOW_MS = 5 * 60_000
-MIN_REQUESTS = 20
-ERROR_SHARE = 0.05
-LATENCY_P99_S = 0.5
-NO_ANCHOR_S = 15 * 60
-WALLET_LOW_WEI = 5 * 10**16
 RUNBOOK = "docs/runbook.md"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The runbook's lines; the defaults are the ones in packaging/monitoring/alerts.yml."""
+
+    window_s: float = 300.0
+    min_requests: int = 20
+    error_share: float = 0.05
+    latency_p99_s: float = 0.5
+    no_anchor_s: float = 900.0
+    wallet_low_ether: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -34,29 +40,31 @@ def evaluate(
     requests: Iterable[tuple[int, int, float]],
     anchoring: dict[str, Any] | None,
     now_ms: int,
+    limits: Thresholds = Thresholds(),
 ) -> list[Alert]:
     """The alerts whose condition holds now (pure: everything is passed in)."""
     firing: list[Alert] = []
-    recent = [(s, secs) for t, s, secs in requests if now_ms - t <= WINDOW_MS]
-    if len(recent) >= MIN_REQUESTS:
+    recent = [(s, secs) for t, s, secs in requests if now_ms - t <= limits.window_s * 1000]
+    if len(recent) >= limits.min_requests:
         errors = sum(1 for s, _ in recent if s >= 500)
-        if errors / len(recent) > ERROR_SHARE:
+        if errors / len(recent) > limits.error_share:
             firing.append(
                 Alert(
                     "HighErrorRate",
                     "page",
-                    f"{errors} of {len(recent)} requests failed (5xx) in the last 5 minutes",
+                    f"{errors} of {len(recent)} requests failed (5xx) "
+                    f"in the last {limits.window_s:.0f} s",
                     f"{RUNBOOK}#high-error-rate",
                 )
             )
         latencies = sorted(secs for _, secs in recent)
         p99 = latencies[math.ceil(0.99 * len(latencies)) - 1]  # nearest rank
-        if p99 > LATENCY_P99_S:
+        if p99 > limits.latency_p99_s:
             firing.append(
                 Alert(
                     "HighLatency",
                     "page",
-                    f"p99 latency {p99 * 1000:.0f} ms in the last 5 minutes",
+                    f"p99 latency {p99 * 1000:.0f} ms in the last {limits.window_s:.0f} s",
                     f"{RUNBOOK}#high-latency",
                 )
             )
@@ -64,7 +72,7 @@ def evaluate(
         waiting = anchoring.get("unanchored_blocks", 0)
         age = anchoring.get("last_final_anchor_age_s")
         stalled_for = anchoring.get("oldest_unanchored_age_s")
-        if waiting and stalled_for is not None and stalled_for > NO_ANCHOR_S:
+        if waiting and stalled_for is not None and stalled_for > limits.no_anchor_s:
             firing.append(
                 Alert(
                     "NoNewMicroblocksAnchored",
@@ -80,7 +88,7 @@ def evaluate(
                 )
             )
         balance = anchoring.get("balance_wei")
-        if balance is not None and balance < WALLET_LOW_WEI:
+        if balance is not None and balance < limits.wallet_low_ether * 10**18:
             firing.append(
                 Alert(
                     "AnchoringWalletLow",

@@ -132,6 +132,18 @@ class ChainConfig:
 
 
 @dataclass(frozen=True)
+class AlertsConfig:
+    """Where the coordinator's own alerts fire (docs/runbook.md); same lines as alerts.yml."""
+
+    window_s: float = 300.0
+    min_requests: int = 20
+    error_share: float = 0.05
+    latency_p99_s: float = 0.5
+    no_anchor_s: float = 900.0
+    wallet_low_ether: float = 0.05
+
+
+@dataclass(frozen=True)
 class CoordinatorConfig:
     state_dir: Path = Path("/var/lib/microblock-coordinator")
     #: Coordinator identity: a key file path or a ``pkcs11:`` URI; empty = state_dir/identity.key.
@@ -143,6 +155,7 @@ class CoordinatorConfig:
     spot_checks: SpotCheckConfig = field(default_factory=SpotCheckConfig)
     eps: EpsSection = field(default_factory=EpsSection)
     chain: ChainConfig = field(default_factory=ChainConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
     @property
     def db_path(self) -> Path:
@@ -182,6 +195,7 @@ _SECTIONS = {
     "spot_checks": SpotCheckConfig,
     "eps": EpsSection,
     "chain": ChainConfig,
+    "alerts": AlertsConfig,
 }
 
 

@@ -46,7 +46,7 @@ from aeamc.shared.proofs import verify_pot
 from aeamc.shared.schema import hex_bytes, integer, json_object, optional, record, text
 from aeamc.shared.tasks.registry import KindRegistry
 
-from .alerts import AlertTracker
+from .alerts import AlertTracker, Thresholds
 from .alerts import evaluate as evaluate_alerts
 from .config import CoordinatorConfig
 from .db import Database
@@ -183,7 +183,9 @@ class Coordinator:
                 None if oldest is None else max(0, (self.clock() - oldest) // 1000)
             )
         now = self.clock()
-        return self.alert_tracker.update(evaluate_alerts(self.recent_requests, anchoring, now), now)
+        limits = Thresholds(**dataclasses.asdict(self.config.alerts))
+        firing = evaluate_alerts(self.recent_requests, anchoring, now, limits)
+        return self.alert_tracker.update(firing, now)
 
     def observe_request(self, status: int, seconds: float) -> None:
         """Remember recent requests for the coordinator's own alert evaluation."""
