@@ -216,3 +216,29 @@ def test_anchor_and_alerts_appear_when_the_coordinator_reports_them(
     expect(detail.locator("dd").filter(has_text="4242")).to_have_count(1)
     expect(detail).to_contain_text("Confirmations")
     expect(detail).not_to_contain_text("not shown")
+
+
+def test_flags_page_shows_and_changes_a_rollout(
+    page: Page, coordinator: DashboardCoordinator
+) -> None:
+    coordinator.operator("PUT", "/v1/flags/adaptive-heartbeat", {"percent": 10})
+    login(page, coordinator, "flags")
+    row = page.locator("#flags-table tbody tr").filter(has_text="adaptive-heartbeat")
+    expect(row).to_contain_text("10 %")
+    row.get_by_label("Rollout of adaptive-heartbeat in percent").fill("100")
+    row.get_by_role("button", name="Set").click()
+    flag = wait_for(
+        lambda: next(
+            (
+                f
+                for f in coordinator.operator("GET", "/v1/flags")["flags"]
+                if f["name"] == "adaptive-heartbeat" and f["percent"] == 100
+            ),
+            None,
+        )
+    )
+    assert flag["percent"] == 100
+    expect(row).to_contain_text("100 %")
+    history = coordinator.operator("GET", "/v1/flags/history")["history"]
+    assert [(h["from_percent"], h["to_percent"]) for h in history] == [(None, 10), (10, 100)]
+    expect(page.locator("#flag-history")).to_contain_text("10 % → 100 %")

@@ -228,7 +228,7 @@
   function route() {
     if (!state.csrf) return;
     const [view, arg] = (location.hash.replace(/^#\/?/, "") || "overview").split("/");
-    state.view = ["overview", "devices", "explorer"].includes(view) ? view : "overview";
+    state.view = ["overview", "devices", "explorer", "flags"].includes(view) ? view : "overview";
     const selected = state.view === "explorer" && /^\d+$/.test(arg || "") ? Number(arg) : null;
     if (selected !== state.selectedBlock) state.blockView = null;
     state.selectedBlock = selected;
@@ -299,6 +299,10 @@
       state.devices = (await api("/v1/devices")).devices;
     } else if (state.view === "explorer") {
       await loadBlocks();
+    } else if (state.view === "flags") {
+      const [flags, history] = await Promise.all([api("/v1/flags"), api("/v1/flags/history")]);
+      state.flags = flags.flags;
+      state.flagHistory = history.history;
     }
     render();
   }
@@ -308,6 +312,59 @@
     if (state.view === "overview") renderOverview();
     else if (state.view === "devices") renderDevices();
     else if (state.view === "explorer") renderExplorer();
+    else if (state.view === "flags") renderFlags();
+  }
+
+  // -- flags ----------------------------------------------------------------------------------
+
+  function renderFlags() {
+    const flags = state.flags || [];
+    const body = $("#flags-table tbody");
+    // Keep a field the operator is typing in: rebuild only when the data changed.
+    const key = JSON.stringify(flags);
+    if (body.dataset.key !== key) {
+      body.dataset.key = key;
+      body.replaceChildren(
+        ...flags.map((f) => {
+          const input = h("input", { type: "number", min: "0", max: "100", step: "1", value: String(f.percent), "aria-label": `Rollout of ${f.name} in percent` });
+          const button = h("button", { type: "button", class: "button small primary", onclick: (e) => setFlag(f.name, input.value, e.currentTarget) }, "Set");
+          return h(
+            "tr",
+            {},
+            h("td", { class: "mono" }, f.name),
+            h("td", { class: "num" }, `${f.percent} %`),
+            h("td", {}, ago(f.updated_at)),
+            h("td", {}, f.updated_by || "—"),
+            h("td", { class: "actions" }, input, button),
+          );
+        }),
+      );
+    }
+    $("#flags-empty").hidden = flags.length > 0;
+    const history = (state.flagHistory || []).slice(-50).reverse();
+    $("#flag-history").replaceChildren(
+      ...history.map((x) =>
+        h("li", {}, `${x.name}: ${x.from_percent === null ? "new" : x.from_percent + " %"} → ${x.to_percent} % by ${x.by || "—"}, ${ago(x.at)}`),
+      ),
+    );
+  }
+
+  async function setFlag(name, value, button) {
+    const percent = Number(value);
+    if (!Number.isInteger(percent) || percent < 0 || percent > 100) {
+      toast("A rollout is a whole number from 0 to 100.", true);
+      return;
+    }
+    button.disabled = true;
+    try {
+      await api(`/v1/flags/${encodeURIComponent(name)}`, { method: "PUT", body: { percent } });
+      toast(`${name} set to ${percent} %.`);
+    } catch (error) {
+      if (!(error instanceof AuthError)) toast(`Setting ${name} failed: ${error.message}`, true);
+    } finally {
+      button.disabled = false;
+      tick();
+    }
   }
 
   function renderHeader() {
