@@ -117,7 +117,7 @@ async def test_embedded_default_anchors_with_no_chain_configuration(tmp_path: Pa
     coord.start()
     device = await enrolled_device(coord)
     try:
-        task_id, _ = await run_task(coord)
+        task_id, height = await run_task(coord)
         a = await wait(
             lambda: (
                 (s := anchoring(coord))["blocks_anchored"] >= 1
@@ -126,6 +126,10 @@ async def test_embedded_default_anchors_with_no_chain_configuration(tmp_path: Pa
             ),
             timeout=40,
         )
+        # The explorer's view of the block names its anchor transaction and depth.
+        anchor = coord.request("GET", f"/v1/microblocks/{height}")[1]["anchor"]
+        assert anchor["state"] == "final" and anchor["tx_hash"].startswith("0x")
+        assert anchor["confirmations"] >= 1 and anchor["tree_size"] >= 1
         assert a["embedded"] is True and a["state"] == "running"
         assert "lost when the coordinator stops" in a["note"]
         assert a["last_final_anchor"]["gas_used"] > 40_000 and a["balance_wei"] > 0

@@ -1050,7 +1050,36 @@ class Coordinator:
             c = checks.get((r["task_id"], r["device_id"]))
             r["spot_check"] = c["state"] if c else "not sampled"
         view["height"] = height
+        view["anchor"] = await self._block_anchor(height)
         return view
+
+    async def _block_anchor(self, height: int) -> dict[str, Any] | None:
+        """The anchor covering block ``height`` (with its confirmations), or ``None``."""
+        row = await self.db.read(
+            lambda db: next(
+                iter(
+                    db.query(
+                        "SELECT state, root, tx_hash, block_number, chain_id, contract, "
+                        "leaf_index, tree_size FROM block_anchors "
+                        "WHERE height=? AND anchor_id IS NOT NULL",
+                        [height],
+                    )
+                ),
+                None,
+            )
+        )
+        if row is None:
+            return None
+        if isinstance(row.get("root"), bytes):
+            row["root"] = row["root"].hex()
+        hook = self.status_hooks.get("anchoring")
+        head = (await hook()).get("head") if hook is not None else None
+        row["confirmations"] = (
+            head - row["block_number"] + 1
+            if isinstance(head, int) and isinstance(row["block_number"], int)
+            else None
+        )
+        return row
 
     # -- background maintenance ---------------------------------------------------------------
 
