@@ -13,32 +13,31 @@ id and sends it back with the task's proof.
 
 from __future__ import annotations
 
-import contextvars
-import hashlib
-import json
-import logging
-import os
-import re
-import sys
-import time
 from collections import OrderedDict
-from typing import Any
 
-#: The id of the request or task being handled, on every log line written meanwhile.
-REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "aeamc_request_id", default=None
+from aeamc.shared.runtime.logs import (
+    REQUEST_ID,
+    REQUEST_ID_HEADER,
+    JsonFormatter,
+    LogfmtFormatter,
+    configure,
+    derived_task_request_id,
+    well_formed,
 )
-REQUEST_ID_HEADER = "X-Request-ID"
-_WELL_FORMED = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+__all__ = [
+    "REQUEST_ID",
+    "REQUEST_ID_HEADER",
+    "JsonFormatter",
+    "LogfmtFormatter",
+    "configure",
+    "remember_task",
+    "task_request_id",
+    "well_formed",
+]
+
 _TASK_IDS: OrderedDict[str, str] = OrderedDict()
 _TASK_IDS_MAX = 1024
-
-# Attributes every LogRecord has; anything else came from ``extra=`` and is context.
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
-
-
-def well_formed(value: str | None) -> bool:
-    return value is not None and _WELL_FORMED.fullmatch(value) is not None
 
 
 def task_request_id(task_id: str) -> str:
@@ -46,7 +45,7 @@ def task_request_id(task_id: str) -> str:
     (the coordinator derives it the same way)."""
     rid = _TASK_IDS.get(task_id)
     if rid is None:
-        rid = "task-" + hashlib.sha256(task_id.encode()).hexdigest()[:24]
+        rid = derived_task_request_id(task_id)
     return rid
 
 
@@ -58,83 +57,3 @@ def remember_task(task_id: str, request_id: str | None) -> None:
     _TASK_IDS.move_to_end(task_id)
     while len(_TASK_IDS) > _TASK_IDS_MAX:
         _TASK_IDS.popitem(last=False)
-
-
-def _stamp(record: logging.LogRecord) -> str:
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-    return f"{stamp}.{int(record.msecs):03d}Z"
-
-
-def _context(record: logging.LogRecord) -> dict[str, Any]:
-    fields = {k: v for k, v in vars(record).items() if k not in _STANDARD}
-    rid = REQUEST_ID.get()
-    if rid is not None:
-        fields.setdefault("request_id", rid)
-    return fields
-
-
-def _quote(value: str) -> str:
-    if value and not any(c in value for c in ' "=\n\t'):
-        return value
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
-
-
-class JsonFormatter(logging.Formatter):
-    def __init__(self, *, timestamps: bool) -> None:
-        super().__init__()
-        self.timestamps = timestamps
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {}
-        if self.timestamps:
-            out["ts"] = _stamp(record)
-        out["level"] = record.levelname.lower()
-        out["logger"] = record.name
-        out["msg"] = record.getMessage()
-        for key, value in _context(record).items():
-            out.setdefault(key, value)
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str, ensure_ascii=False)
-
-
-class LogfmtFormatter(logging.Formatter):
-    def __init__(self, *, timestamps: bool) -> None:
-        super().__init__()
-        self.timestamps = timestamps
-
-    def format(self, record: logging.LogRecord) -> str:
-        parts = []
-        if self.timestamps:
-            parts.append(f"ts={_stamp(record)}")
-        parts += [
-            f"level={record.levelname.lower()}",
-            f"logger={record.name}",
-            f"msg={_quote(record.getMessage())}",
-        ]
-        parts += [f"{k}={_quote(str(v))}" for k, v in _context(record).items()]
-        if record.exc_info:
-            parts.append(f"exc={_quote(self.formatException(record.exc_info))}")
-        return " ".join(parts)
-
-
-def configure(verbosity: int, stream: object = None, fmt: str | None = None) -> None:
-    """INFO by default, DEBUG with ``-v``; third-party chatter stays at WARNING.
-
-    ``fmt`` is ``"json"`` or ``"logfmt"``; by default ``$AEAMC_LOG_FORMAT``, else JSON.
-    """
-    fmt = fmt or os.environ.get("AEAMC_LOG_FORMAT", "json")
-    timestamps = "JOURNAL_STREAM" not in os.environ
-    formatter: logging.Formatter = (
-        LogfmtFormatter(timestamps=timestamps)
-        if fmt == "logfmt"
-        else JsonFormatter(timestamps=timestamps)
-    )
-    handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
-    handler.setFormatter(formatter)
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbosity > 0 else logging.INFO)
-    for noisy in ("zeroconf", "aiohttp.access", "asyncio"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if verbosity > 1 else logging.WARNING)

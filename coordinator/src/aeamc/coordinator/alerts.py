@@ -13,19 +13,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .config import AlertsConfig
+
 RUNBOOK = "docs/runbook.md"
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """The runbook's lines; the defaults are the ones in packaging/monitoring/alerts.yml."""
-
-    window_s: float = 300.0
-    min_requests: int = 20
-    error_share: float = 0.05
-    latency_p99_s: float = 0.5
-    no_anchor_s: float = 900.0
-    wallet_low_ether: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -40,7 +30,7 @@ def evaluate(
     requests: Iterable[tuple[int, int, float]],
     anchoring: dict[str, Any] | None,
     now_ms: int,
-    limits: Thresholds = Thresholds(),
+    limits: AlertsConfig = AlertsConfig(),  # noqa: B008 - frozen
 ) -> list[Alert]:
     """The alerts whose condition holds now (pure: everything is passed in)."""
     firing: list[Alert] = []

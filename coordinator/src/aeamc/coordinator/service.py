@@ -46,7 +46,7 @@ from aeamc.shared.proofs import verify_pot
 from aeamc.shared.schema import hex_bytes, integer, json_object, optional, record, text
 from aeamc.shared.tasks.registry import KindRegistry
 
-from .alerts import AlertTracker, Thresholds
+from .alerts import AlertTracker
 from .alerts import evaluate as evaluate_alerts
 from .config import CoordinatorConfig
 from .db import Database
@@ -183,8 +183,7 @@ class Coordinator:
                 None if oldest is None else max(0, (self.clock() - oldest) // 1000)
             )
         now = self.clock()
-        limits = Thresholds(**dataclasses.asdict(self.config.alerts))
-        firing = evaluate_alerts(self.recent_requests, anchoring, now, limits)
+        firing = evaluate_alerts(self.recent_requests, anchoring, now, self.config.alerts)
         return self.alert_tracker.update(firing, now)
 
     def observe_request(self, status: int, seconds: float) -> None:
