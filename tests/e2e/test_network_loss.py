@@ -169,9 +169,11 @@ def test_coordinator_unreachable_mid_task_proofs_arrive_exactly_once(
 
     assert_delivered_exactly_once(coordinator, agent, ids)
     assert coordinator.process.poll() is None and agent.running
-    # The request that hung during the outage reached the coordinator after all, and so
-    # did its retry: the same proof arrived twice and was kept once (checked above).
-    assert "delivered (duplicate)" in agent.log_text()
+    # Whether the request that hung during the outage is still read by the coordinator once
+    # it resumes (and its retry then answered 409 duplicate) depends on the kernel and on
+    # aiohttp noticing the closed connection first; either way the proof is kept once,
+    # which is what is checked above. The 409-duplicate path itself is tested against a
+    # scripted server in tests/agent/test_outbox.py.
 
 
 def test_agent_silent_mid_task_proofs_arrive_exactly_once(
