@@ -280,3 +280,60 @@ def test_refusal_reasons_are_all_documented() -> None:
     assert set(REFUSAL_REASONS) == set(_REFUSAL_TEXT) | {"expired", "unknown_kind"}
     documented = (Path(__file__).parents[2] / "docs" / "agent.md").read_text()
     assert all(f"`{reason}`" in documented for reason in REFUSAL_REASONS)
+
+
+async def scrape(agent: Agent) -> tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with aiohttp.ClientSession() as s, s.get(agent.endpoint() + "/metrics") as r:
+        assert r.status == 200
+        content_type, text = r.headers["Content-Type"], await r.text()
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    return content_type, samples
+
+
+async def test_metrics_count_tasks_refusals_and_deliveries(
+    coordinator, make_agent, tmp_path
+) -> None:
+    profile = tmp_path / "profile.json"
+    write_profile(profile, **GOOD)
+    agent = await make_agent(coordinator_url=coordinator.url)
+    await eventually(lambda: agent.link.pin is not None and coordinator.heartbeats)
+    content_type, before = await scrape(agent)
+    assert content_type.startswith("text/plain; version=")
+    # Every known label value is there from the start, at zero.
+    assert before[("aeamc_agent_refusals_total", (("reason", "battery_low"),))] == 0
+    assert before[("aeamc_agent_tasks_total", (("result", "queued"),))] == 0
+    assert before[("aeamc_agent_accepting_work", ())] == 1
+    assert ("aeamc_agent_build_info", (("version", agent_version()),)) in before
+
+    await run_task(coordinator, agent, chunks=3, params=FAST_PARAMS)
+    await eventually(lambda: agent.outbox.count == 0)
+    write_profile(profile, **{**GOOD, "battery_pct": 10})
+    await eventually(lambda: agent.refusal_reason() == "battery_low")
+    for task_id in ("low-1", "low-2"):
+        a = coordinator.assignment(agent.device_id, task_id=task_id)
+        status, _ = await call(agent, "POST", "/v1/assignments", a.to_dict())
+        assert status == 409
+
+    _, after = await scrape(agent)
+    assert after[("aeamc_agent_tasks_total", (("result", "queued"),))] == 1
+    assert after[("aeamc_agent_proof_deliveries_total", (("result", "delivered"),))] == 1
+    assert after[("aeamc_agent_refusals_total", (("reason", "battery_low"),))] == 2
+    assert after[("aeamc_agent_refusals_total", (("reason", "too_hot"),))] == 0
+    assert after[("aeamc_agent_heartbeats_total", (("result", "accepted"),))] >= 1
+    assert after[("aeamc_agent_outbox_proofs", ())] == 0
+    assert after[("aeamc_agent_queued_tasks", ())] == 0
+    assert after[("aeamc_agent_accepting_work", ())] == 0
+    # Nothing about the device's condition is exported: anyone on the LAN can scrape.
+    assert not [name for name, _ in after if "battery" in name or "temp" in name]
+
+
+def agent_version() -> str:
+    from aeamc.agent import __version__
+
+    return __version__

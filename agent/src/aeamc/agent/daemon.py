@@ -26,6 +26,7 @@ import os
 import signal
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -50,6 +51,7 @@ from .config import AgentConfig
 from .keystore import load_identity
 from .link import CoordinatorLink
 from .locator import CoordinatorLocator
+from .metrics import AgentMetrics
 from .monitor import EnergyMonitor
 from .net import client_session, start_server
 from .outbox import Outbox
@@ -124,6 +126,7 @@ class Agent:
         self.pool = ChunkPool()
         self.shutting_down = False
         self.started_ms = clock_ms()
+        self.metrics = AgentMetrics()
         self.port: int | None = None
         self.link: CoordinatorLink | None = None
         self.runner: TaskRunner | None = None
@@ -159,6 +162,7 @@ class Agent:
             clock_ms=self.clock_ms,
             on_change=self._link_changed,
             has_work=self._has_work,
+            on_heartbeat=self._count(self.metrics.heartbeats),
         )
         self.runner = TaskRunner(
             signer=self.key,
@@ -173,6 +177,7 @@ class Agent:
             hold=self._hold,
             cheat_fraction=c.cheat_fraction,
             on_change=self._task_changed,
+            on_outcome=lambda outcome: self._count(self.metrics.tasks)(outcome.result),
         )
         self.sender = OutboxSender(
             outbox=self.outbox,
@@ -183,6 +188,7 @@ class Agent:
             backoff=Backoff(c.retry_initial_s, c.retry_max_s),
             on_change=self.write_status,
             on_latency=self._latency,
+            on_result=self._count(self.metrics.deliveries),
         )
         self._http, self.port = await start_server(make_app(self), c.listen_host, c.listen_port)
         log.info(
@@ -284,6 +290,13 @@ class Agent:
 
     def accept(self, a: Assignment) -> str:
         """Queue ``a`` durably or raise ``Refused``/``ApiError``; the state to report."""
+        try:
+            return self._accept(a)
+        except Refused as exc:
+            self.metrics.refusals[exc.extra["reason"]] += 1
+            raise
+
+    def _accept(self, a: Assignment) -> str:
         if self.shutting_down:
             raise Refused("shutting_down", "the agent is shutting down")
         if a.expires_at <= self.clock_ms():
@@ -316,6 +329,35 @@ class Agent:
         self.runner.wake()
         self.write_status()
         return "running" if idle else "queued"
+
+    def metrics_gauges(self) -> dict[str, tuple[str, float]]:
+        """The gauges of ``GET /metrics``, read now (help text, value)."""
+        running = self.runner is not None and self.runner.current is not None
+        outbox = self.outbox.entries()
+        return {
+            "outbox_proofs": ("Proofs waiting in the outbox for delivery", len(outbox)),
+            "outbox_bytes": (
+                "Bytes of the proofs waiting in the outbox",
+                sum(e.size for e in outbox),
+            ),
+            "rejected_proofs": (
+                "Proofs the coordinator refused for good, kept for the owner",
+                len(self.outbox.rejected()),
+            ),
+            "queued_tasks": ("Accepted assignments waiting or running", self.queue.count),
+            "running_tasks": ("Tasks being computed now (0 or 1)", int(running)),
+            "accepting_work": (
+                "1 when a new assignment would be accepted now",
+                int(self.refusal_reason() is None),
+            ),
+        }
+
+    @staticmethod
+    def _count(counts: Counter[str]) -> Callable[[str], None]:
+        def record(value: str) -> None:
+            counts[value] += 1
+
+        return record
 
     def capabilities(self) -> Capabilities:
         return Capabilities(

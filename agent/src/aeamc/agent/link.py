@@ -64,6 +64,7 @@ class CoordinatorLink:
         on_change: Callable[[], None] = lambda: None,
         uniform: Callable[[float, float], float] = random.uniform,
         has_work: Callable[[], bool] = lambda: False,
+        on_heartbeat: Callable[[str], None] = lambda result: None,
     ) -> None:
         self.config = config
         self.key = key
@@ -77,6 +78,7 @@ class CoordinatorLink:
         self.on_change = on_change
         self._uniform = uniform
         self.has_work = has_work
+        self.on_heartbeat = on_heartbeat
         self.pin = CoordinatorPin.load(config.state_dir)
         self.state = self.pin.state if self.pin else UNKNOWN
         self.flags: dict[str, bool] = {}
@@ -157,14 +159,20 @@ class CoordinatorLink:
             "telemetry": self.monitor.telemetry().to_dict(),
         }
         poa = sign(PoA, body, self.key)
-        reply = await self.client.post(url, "/v1/heartbeats", poa.to_dict())
+        try:
+            reply = await self.client.post(url, "/v1/heartbeats", poa.to_dict())
+        except Unreachable:
+            self.on_heartbeat("unreachable")
+            raise
         self._measured(reply)
         if reply.status in (200, 202):
+            self.on_heartbeat("accepted")
             self.backoff.reset()
             self.last_error = None
             self.last_heartbeat_ms = self.clock_ms()
             self._accept_heartbeat(reply.body)
             return self._interval()
+        self.on_heartbeat("refused")
         return self._refused("heartbeat", reply)
 
     def heartbeat_interval_s(self) -> float:

@@ -110,6 +110,7 @@ class TaskRunner:
     hold: Callable[[], str | None] = lambda: None
     cheat_fraction: float = 0.0
     on_change: Callable[[], None] = lambda: None
+    on_outcome: Callable[[Outcome], None] = lambda outcome: None
     random_fn: Callable[[], float] = random.random
     current: TaskProgress | None = None
     last: Outcome | None = None
@@ -218,6 +219,7 @@ class TaskRunner:
             outcome.at_ms = self.clock_ms()
             outcome.cheated_chunks = progress.cheated_chunks
             self.last = outcome
+            self.on_outcome(outcome)
             if outcome.result == INTERRUPTED:
                 log.warning(
                     "task %s interrupted (%s); it stays queued and restarts from chunk 0",

@@ -55,6 +55,7 @@ class OutboxSender:
         backoff: Backoff,
         on_change: Callable[[], None] = lambda: None,
         on_latency: Callable[[int], None] = lambda rtt: None,
+        on_result: Callable[[str], None] = lambda result: None,
     ) -> None:
         self.outbox = outbox
         self.client = client
@@ -64,6 +65,7 @@ class OutboxSender:
         self.backoff = backoff
         self.on_change = on_change
         self.on_latency = on_latency
+        self.on_result = on_result
         self.last_error: str | None = None
         self._wake = asyncio.Event()
         self._just_resigned: Path | None = None
@@ -101,7 +103,9 @@ class OutboxSender:
         rid = logs.task_request_id(entry.task_id)
         token = logs.REQUEST_ID.set(rid)
         try:
-            return await self._deliver(url, entry, rid)
+            result = await self._deliver(url, entry, rid)
+            self.on_result(result)
+            return result
         finally:
             logs.REQUEST_ID.reset(token)
 

@@ -8,6 +8,7 @@
                           ``unknown_task`` when the trace is not kept (any more)
 ``GET /v1/health``        liveness and whether the device takes work now
 ``GET /v1/capabilities``  identity and capabilities (as sent at enrollment)
+``GET /metrics``          Prometheus metrics (metrics.py): tasks, refusals, outbox
 =====================  ===================================================================
 
 Every error is JSON ``{"error": {"code", "message"}}`` with a 4xx status; bad input never
@@ -80,6 +81,7 @@ def make_app(agent: Agent) -> web.Application:
     app.router.add_post("/v1/challenges", post_challenge)
     app.router.add_get("/v1/health", get_health)
     app.router.add_get("/v1/capabilities", get_capabilities)
+    app.router.add_get("/metrics", get_metrics)
     return app
 
 
@@ -134,6 +136,12 @@ async def get_capabilities(request: web.Request) -> web.Response:
             "capabilities": agent.capabilities().to_dict(),
         }
     )
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    agent = request.app[AGENT_KEY]
+    body, content_type = agent.metrics.render(__version__, agent.metrics_gauges())
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 # --- helpers ------------------------------------------------------------------------------
