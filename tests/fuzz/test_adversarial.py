@@ -156,7 +156,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     coord.start()
     try:
         state = asyncio.run(build_state(coord))
-        fuzzer = Fuzzer("127.0.0.1", coord.port)
+        fuzzer = Fuzzer("127.0.0.1", coord.port, coord.ssl_context(state.device))
         e = Env(coord, state, fuzzer)
         e.before = snapshot(coord.state_dir / "coordinator.db")
         e.started = time.monotonic()  # type: ignore[attr-defined]
@@ -574,7 +574,7 @@ def _enroll(key: SigningKey, **over: Any) -> dict[str, Any]:
             "mem_mb": 1024,
             "battery": True,
             "version": "0.1.0",
-            "endpoint": "http://127.0.0.1:9",
+            "endpoint": "https://127.0.0.1:9",
         },
         **over,
     }
@@ -893,7 +893,10 @@ def test_invalid_http(env: Env) -> None:
         b"GET /v1/health HTTP/1.1\r\nBad Header\r\n\r\n",
     ]
     for raw in raw_requests:
-        with socket.create_connection(("127.0.0.1", env.coord.port), timeout=30) as sock:
+        with (
+            socket.create_connection(("127.0.0.1", env.coord.port), timeout=30) as plain,
+            env.coord.ssl_context().wrap_socket(plain, server_hostname="127.0.0.1") as sock,
+        ):
             sock.sendall(raw)
             reply = b""
             while b"\r\n\r\n" not in reply:
@@ -908,7 +911,9 @@ def test_invalid_http(env: Env) -> None:
 
 def test_dashboard_session_cookie_without_csrf(env: Env) -> None:
     """The session cookie alone (no or a wrong CSRF header, a foreign Origin) changes nothing."""
-    conn = http.client.HTTPConnection("127.0.0.1", env.coord.port, timeout=30)
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", env.coord.port, timeout=30, context=env.coord.ssl_context()
+    )
     conn.request(
         "POST",
         "/dashboard/login",
@@ -996,7 +1001,9 @@ def test_login_unparsable_origin_is_a_403(env: Env) -> None:
 
 
 def test_non_utf8_csrf_header_is_a_403(env: Env) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", env.coord.port, timeout=30)
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", env.coord.port, timeout=30, context=env.coord.ssl_context()
+    )
     conn.request(
         "POST",
         "/dashboard/login",
