@@ -12,7 +12,8 @@ from tests.dashboard.support import Browserless, DashboardCoordinator, Fleet, wa
 
 
 def test_privacy_policy_is_public_and_sets_no_cookie(coordinator: DashboardCoordinator) -> None:
-    status, headers, body = Browserless(coordinator.url, coordinator.ssl_context()).request("GET", "/privacy")
+    client = Browserless(coordinator.url, coordinator.ssl_context())
+    status, headers, body = client.request("GET", "/privacy")
     assert status == 200 and headers["content-type"].startswith("text/html")
     assert headers["set-cookie"] == ""
     assert headers["content-security-policy"] == CONTENT_SECURITY_POLICY
