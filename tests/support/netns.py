@@ -196,9 +196,7 @@ class NetnsCoordinator(CoordinatorProcess):
     def request(  # type: ignore[override]
         self, method: str, path: str, body: Any = None, *, token: str | None = None
     ) -> tuple[int, Any]:
-        return ns_request(
-            self.ns, method, self.url + path, body, token=token, ca_pem=self.ca_pem
-        )
+        return ns_request(self.ns, method, self.url + path, body, token=token, ca_pem=self.ca_pem)
 
 
 @dataclass
