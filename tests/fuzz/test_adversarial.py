@@ -1021,6 +1021,33 @@ def test_non_utf8_csrf_header_is_a_403(env: Env) -> None:
 # -- the totals -----------------------------------------------------------------------------------
 
 
+def test_bad_certificate_requests(env: Env) -> None:
+    """Well-signed enrollments of known devices whose CSR is garbage, for another curve,
+    tampered with or too large: refused, no certificate issued, nothing stored."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from aeamc.shared.runtime import tls
+
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    good = bytearray(tls.make_csr(tls.generate_key(), env.state.device.device_id))
+    tampered = bytes(good[:-3]) + bytes([good[-3] ^ 0x01]) + bytes(good[-2:])
+    bad_csrs: list[Any] = [
+        "zz",
+        "0",
+        "00",
+        "30" * 10,
+        tampered.hex(),
+        tls.make_csr(p384, env.state.device.device_id).hex(),  # type: ignore[arg-type]
+        "ab" * 2049,
+        123,
+        None,
+        ["30"],
+    ]
+    for device in (env.state.device, env.state.pending):
+        for csr in bad_csrs:
+            env.send("POST", "/v1/enroll", dumps(_enroll(device.key, csr=csr)))
+
+
 def test_totals_health_and_no_state_change(env: Env) -> None:
     fuzzer = env.fuzzer
     elapsed = time.monotonic() - env.started  # type: ignore[attr-defined]
@@ -1039,3 +1066,4 @@ def test_totals_health_and_no_state_change(env: Env) -> None:
     after = snapshot(env.coord.state_dir / "coordinator.db")
     changed = {t for t in set(env.before) | set(after) if env.before.get(t) != after.get(t)}
     assert not changed, {t: (env.before.get(t), after.get(t)) for t in changed}
+

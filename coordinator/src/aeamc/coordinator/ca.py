@@ -43,8 +43,10 @@ CA_DIR = "ca"
 CA_KEY_FILE = "ca.key"
 CA_CERT_FILE = "ca.pem"
 CA_LIFETIME = dt.timedelta(days=20 * 365)
-#: Certificates are valid from a little before they are issued, so a peer whose clock is
-#: somewhat behind does not see them as "not yet valid".
+#: The CA's and the coordinator's certificates are valid from a little before they are
+#: issued, so an agent whose clock is somewhat behind does not see them as "not yet
+#: valid". Device certificates are checked by the coordinator's own clock only, so they
+#: start when they are issued, and "two thirds of the lifetime" is two thirds of it.
 BACKDATE = dt.timedelta(minutes=10)
 #: DER AlgorithmIdentifier of ecdsa-with-SHA256 (RFC 5758: no parameters).
 _ECDSA_SHA256 = bytes.fromhex("300a06082a8648ce3d040302")
@@ -156,7 +158,12 @@ class CertificateAuthority:
     # -- issuing ---------------------------------------------------------------------------
 
     def _leaf(
-        self, public_key: ec.EllipticCurvePublicKey, name: str, role: str, lifetime_s: int
+        self,
+        public_key: ec.EllipticCurvePublicKey,
+        name: str,
+        role: str,
+        lifetime_s: int,
+        backdate: dt.timedelta,
     ) -> x509.CertificateBuilder:
         now = _now()
         return (
@@ -165,7 +172,7 @@ class CertificateAuthority:
             .issuer_name(self.cert.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - BACKDATE)
+            .not_valid_before(now - backdate)
             .not_valid_after(now + dt.timedelta(seconds=lifetime_s))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
@@ -205,7 +212,8 @@ class CertificateAuthority:
             "secp256r1"
         ):
             raise CaError("csr: the TLS key must be ECDSA P-256")
-        builder = self._leaf(public_key, device_id, tls.ROLE_DEVICE, lifetime_s).add_extension(
+        leaf = self._leaf(public_key, device_id, tls.ROLE_DEVICE, lifetime_s, dt.timedelta(0))
+        builder = leaf.add_extension(
             x509.SubjectAlternativeName([x509.DNSName(tls.device_hostname(device_id))]),
             critical=False,
         )
@@ -226,7 +234,7 @@ class CertificateAuthority:
             except ValueError:
                 general.append(x509.DNSName(name))
         builder = self._leaf(
-            public_key, coordinator_id, tls.ROLE_COORDINATOR, lifetime_s
+            public_key, coordinator_id, tls.ROLE_COORDINATOR, lifetime_s, BACKDATE
         ).add_extension(x509.SubjectAlternativeName(general), critical=False)
         return _sign(builder, self.key)
 
