@@ -327,7 +327,9 @@ def openapi_document() -> dict[str, Any]:
                 "the device's client certificate, issued in the enrollment answer."
             ),
         },
-        "servers": [{"url": "https://{host}:8443", "variables": {"host": {"default": "localhost"}}}],
+        "servers": [
+            {"url": "https://{host}:8443", "variables": {"host": {"default": "localhost"}}}
+        ],
         "paths": paths,
         "components": {
             "schemas": SCHEMAS,
