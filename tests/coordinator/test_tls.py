@@ -98,9 +98,9 @@ async def test_device_routes_need_the_devices_own_certificate(
         assert revoked == serials
         assert error_code(await d.heartbeat()) == (403, "quarantined")
         # The export shows the revocation.
-        exported = coordinator.request(
-            "GET", f"/v1/devices/{d.device_id}/export", token=operator
-        )[1]
+        exported = coordinator.request("GET", f"/v1/devices/{d.device_id}/export", token=operator)[
+            1
+        ]
         assert {c["serial"] for c in exported["certificates"]} == serials
         assert all(c["revoked_reason"] == "quarantined" for c in exported["certificates"])
         # A restart keeps the revocations.

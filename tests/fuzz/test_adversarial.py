@@ -1066,4 +1066,3 @@ def test_totals_health_and_no_state_change(env: Env) -> None:
     after = snapshot(env.coord.state_dir / "coordinator.db")
     changed = {t for t in set(env.before) | set(after) if env.before.get(t) != after.get(t)}
     assert not changed, {t: (env.before.get(t), after.get(t)) for t in changed}
-
