@@ -175,3 +175,55 @@ async def test_rate_limits_answer_429_with_retry_after(tmp_path: Path) -> None:
         assert int(headers["Retry-After"]) >= 1 and body["error"]["retry_after_s"] >= 1
     finally:
         coord.stop()
+
+
+def test_ca_files_refuse_what_they_cannot_trust(tmp_path: Path) -> None:
+    from aeamc.coordinator.ca import CaError, key_path
+
+    with pytest.raises(CaError, match="no CA certificate"):
+        CertificateAuthority.load(tmp_path, "")
+    ca, created = CertificateAuthority.ensure(tmp_path, "", "ab" * 16)
+    assert created and key_path(tmp_path, "").stat().st_mode & 0o777 == 0o600
+    key_path(tmp_path, "").chmod(0o644)
+    with pytest.raises(CaError, match="too open"):
+        CertificateAuthority.ensure(tmp_path, "", "ab" * 16)
+    key_path(tmp_path, "").unlink()
+    with pytest.raises(CaError, match="restore the key"):
+        CertificateAuthority.ensure(tmp_path, "", "ab" * 16)
+    # Another key beside this certificate is refused rather than used.
+    tls.write_key(key_path(tmp_path, ""), tls.generate_key())
+    with pytest.raises(CaError, match="does not belong"):
+        CertificateAuthority.ensure(tmp_path, "", "ab" * 16)
+    assert key_path(tmp_path, "keys/ca.pem") == tmp_path / "keys" / "ca.pem"
+
+
+def test_token_buckets_refill_and_forget_idle_clients() -> None:
+    from aeamc.coordinator import ratelimit
+    from aeamc.coordinator.config import LimitsConfig
+
+    now = [0.0]
+    buckets = ratelimit.TokenBuckets(rate=2.0, burst=2, clock=lambda: now[0])
+    assert [buckets.take("a") for _ in range(2)] == [0.0, 0.0]
+    assert buckets.take("a") == pytest.approx(0.5)
+    now[0] += 0.5
+    assert buckets.take("a") == 0.0
+    old_max, ratelimit.MAX_BUCKETS = ratelimit.MAX_BUCKETS, 4
+    try:
+        for key in "bcd":
+            buckets.take(key)
+        now[0] += 10  # every bucket is full again: forgotten to make room
+        buckets.take("e")
+        assert set(buckets._buckets) == {"e"}
+        for key in "fgh":
+            buckets.take(key)
+        buckets.take("i")  # none full: the idlest half goes
+        assert len(buckets._buckets) <= 4 and "i" in buckets._buckets
+    finally:
+        ratelimit.MAX_BUCKETS = old_max
+    limiter = ratelimit.RateLimiter(LimitsConfig(exempt="10.0.0.1", per_address_burst=1))
+    for _ in range(3):
+        limiter.check("10.0.0.1", None)  # exempt
+    limiter.check("10.0.0.2", "dev")
+    with pytest.raises(ApiError) as limited:
+        limiter.check("10.0.0.2", "dev")
+    assert limited.value.status == 429 and limited.value.extra["retry_after_s"] >= 1
