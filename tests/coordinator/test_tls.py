@@ -182,7 +182,7 @@ def test_ca_files_refuse_what_they_cannot_trust(tmp_path: Path) -> None:
 
     with pytest.raises(CaError, match="no CA certificate"):
         CertificateAuthority.load(tmp_path, "")
-    ca, created = CertificateAuthority.ensure(tmp_path, "", "ab" * 16)
+    _, created = CertificateAuthority.ensure(tmp_path, "", "ab" * 16)
     assert created and key_path(tmp_path, "").stat().st_mode & 0o777 == 0o600
     key_path(tmp_path, "").chmod(0o644)
     with pytest.raises(CaError, match="too open"):
