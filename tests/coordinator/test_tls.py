@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import sqlite3
 import ssl
 import urllib.error
@@ -35,6 +36,15 @@ def test_the_coordinator_listener_is_tls13_only(coordinator: CoordinatorProcess)
     assert status == 200 and health["ca_fingerprint"] == tls.fingerprint(ca)
     shown = coordinator.cli("status").stdout
     assert tls.fingerprint(ca) in shown
+    # A state directory from before TLS (no CA) gets one at the next start, loudly.
+    coordinator.stop()
+    shutil.rmtree(coordinator.state_dir / "ca")
+    coordinator.start()
+    renewed = (coordinator.state_dir / "ca" / "ca.pem").read_text()
+    assert renewed != ca
+    assert coordinator.request("GET", "/v1/health")[1]["ca_fingerprint"] == tls.fingerprint(renewed)
+    assert coordinator.log is not None
+    assert f"created one, fingerprint {tls.fingerprint(renewed)}" in coordinator.log.read_text()
 
 
 async def test_device_routes_need_the_devices_own_certificate(

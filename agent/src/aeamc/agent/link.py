@@ -214,6 +214,9 @@ class CoordinatorLink:
         message = f"{what} refused: HTTP {reply.status} {code or ''} {reply.error_message}".strip()
         if reply.status >= 500 or reply.status in (408, 429):
             delay = self.backoff.next_delay()
+            wait = reply.error.get("retry_after_s")  # a rate limit says how long
+            if isinstance(wait, int) and not isinstance(wait, bool) and 0 < wait <= 3600:
+                delay = max(delay, float(wait))
             self._set_error(message)
             log.warning("%s; retrying in %.1f s", message, delay)
             return delay
