@@ -122,6 +122,7 @@ class FakeCoordinator:
         app.router.add_post("/v1/enroll", self._enroll)
         app.router.add_post("/v1/heartbeats", self._heartbeat)
         app.router.add_post("/v1/proofs", self._proof)
+        app.router.add_get("/v1/ca", self._ca)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port, ssl_context=self.server_ssl)
@@ -202,6 +203,15 @@ class FakeCoordinator:
             request.transport.close()
             return web.Response(status=500)
         return web.json_response(answer.body, status=answer.status)
+
+    async def _ca(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append((request.path, None))
+        scripted = await self._scripted(request)
+        if scripted is not None:
+            return scripted
+        return web.json_response(
+            {"ca_certificate": self.ca.cert_pem, "ca_fingerprint": self.ca.fingerprint}
+        )
 
     async def _enroll(self, request: web.Request) -> web.StreamResponse:
         data = await request.json()

@@ -96,11 +96,18 @@ async def test_agent_refuses_a_coordinator_with_the_same_key_but_another_ca(
 async def test_a_configured_ca_fingerprint_is_the_only_one_pinned(
     coordinator: FakeCoordinator, make_agent
 ) -> None:
-    wrong = await make_agent(coordinator_url=coordinator.url, coordinator_ca_fingerprint="0" * 64)
+    wrong = await make_agent(
+        coordinator_url=coordinator.url,
+        coordinator_ca_fingerprint="0" * 64,
+        enrollment_token="secret-token",
+    )
     await eventually(lambda: wrong.link.state == UNTRUSTED)
-    assert "configured" in wrong.link.last_error
+    assert "expected" in wrong.link.last_error
     assert not (wrong.config.state_dir / "tls" / "ca.pem").exists()
-    assert not coordinator.heartbeats
+    # Checked before anything was sent: the enrollment (and its token) never left.
+    assert {path for path, _ in coordinator.requests} == {"/v1/ca"}
+    await wrong.stop()
+    n = len(coordinator.requests)
     right = await make_agent(
         subdir="right",
         coordinator_url=coordinator.url,
@@ -108,6 +115,8 @@ async def test_a_configured_ca_fingerprint_is_the_only_one_pinned(
     )
     await eventually(lambda: coordinator.heartbeats)
     assert right.link.pin.ca_fingerprint == coordinator.ca.fingerprint
+    # The CA was checked and pinned first; the enrollment went over a verified connection.
+    assert [p for p, _ in coordinator.requests[n : n + 2]] == ["/v1/ca", "/v1/enroll"]
 
 
 async def test_the_certificate_is_renewed_before_it_expires(make_agent) -> None:

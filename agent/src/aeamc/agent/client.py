@@ -85,7 +85,7 @@ class CoordinatorClient:
         headers = {"Content-Type": "application/json"}
         if request_id:
             headers[REQUEST_ID_HEADER] = request_id
-        data = json.dumps(payload, separators=(",", ":")).encode()
+        data = None if payload is None else json.dumps(payload, separators=(",", ":")).encode()
         options = self.tls.request_options(time.time_ns() // 1_000_000) if self.tls else {}
         started = time.perf_counter_ns()
         try:

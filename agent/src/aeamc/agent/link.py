@@ -150,6 +150,12 @@ class CoordinatorLink:
         return await self.heartbeat(url)
 
     async def enroll(self, url: str) -> float:
+        if self.tls.ca_pem is None:
+            advert = self.locator.advert
+            discovered = advert is not None and self.locator.fixed_url is None
+            expected = self.tls.expected_ca_for(advert.ca_fingerprint if discovered else None)
+            if expected is not None:
+                await self._fetch_ca(url, expected)
         body: dict[str, Any] = {
             "type": "enroll",
             "public_key": self.key.public_key.hex(),
@@ -174,6 +180,16 @@ class CoordinatorLink:
         self.need_enroll = False
         log.info("enrolled: %s", state)
         return 0.0
+
+    async def _fetch_ca(self, url: str, expected: str) -> None:
+        """Pin the CA by its known fingerprint before anything (a token) is sent."""
+        reply = await self.client.send("GET", url, "/v1/ca", None)
+        if reply.status != 200:
+            raise Unreachable(f"{url}/v1/ca: HTTP {reply.status} {reply.error_code or ''}")
+        try:
+            self.tls.pin_ca(reply.body, expected)
+        except TrustError as exc:
+            raise UntrustedCoordinator(f"coordinator at {url}: {exc}; refusing it") from None
 
     async def heartbeat(self, url: str) -> float:
         body = {

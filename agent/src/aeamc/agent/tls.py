@@ -8,10 +8,12 @@ Files (``state_dir/tls/``, the directory 0700)::
     cert.pem         the certificate the coordinator's CA issued for key.pem
     ca.pem           the coordinator's CA, pinned at the first enrollment
 
-Trust on first use, as for the coordinator's key: the first enrollment is encrypted but
-not yet authenticated; its answer carries the CA certificate, which must match the
-configured ``coordinator_ca_fingerprint`` and the mDNS advert's ``ca`` when there are
-any, and which is pinned from then on. Every later connection to the coordinator
+Trust on first use, as for the coordinator's key: without a fingerprint to check, the
+first enrollment is encrypted but not yet authenticated; its answer carries the CA
+certificate, which is pinned from then on. With a fingerprint — the configured
+``coordinator_ca_fingerprint``, or the mDNS advert's ``ca`` — the agent first fetches the
+CA (``GET /v1/ca``, public), pins it only if it matches, and enrolls over a verified
+connection, so its enrollment token never reaches anyone else. Every later connection to the coordinator
 verifies it under ``<coordinator_id>.coordinator.aeamc``, presents our certificate, and
 every call from the coordinator must present the pinned coordinator's certificate. A
 coordinator answering with another CA is refused, like one with another key.
@@ -117,9 +119,8 @@ class AgentTls:
         """``ssl`` and ``server_hostname`` for a request to the coordinator."""
         if self._client_ssl is None or (self.cert is not None and self._expired(now_ms)):
             self._client_ssl = self._build_client_ssl(now_ms)
-        name = None
-        if self.ca_pem is not None and self.coordinator_id is not None:
-            name = tls.coordinator_hostname(self.coordinator_id)
+        # Before the coordinator's id is known: the name every coordinator certificate has.
+        name = tls.coordinator_hostname(self.coordinator_id) if self.ca_pem is not None else None
         return {"ssl": self._client_ssl, "server_hostname": name}
 
     def _expired(self, now_ms: int) -> bool:
@@ -130,14 +131,37 @@ class AgentTls:
         # An expired certificate would fail the whole handshake, enrollment included; so
         # once it has expired the agent goes without one and enrolls for a new one.
         present = self.cert is not None and not self._expired(now_ms)
-        ca = self.ca_pem if self.coordinator_id is not None else None
         return tls.client_context(
-            ca_pem=ca,
+            ca_pem=self.ca_pem,
             cert_file=self.cert_file if present else None,
             key_file=self.key_file if present else None,
         )
 
     # -- enrollment -----------------------------------------------------------------------
+
+    def pin_ca(self, answer: Any, expected: str) -> None:
+        """Pin the CA of a ``GET /v1/ca`` answer if it is the one ``expected``."""
+        pem = answer.get("ca_certificate") if isinstance(answer, dict) else None
+        if not isinstance(pem, str):
+            raise TrustError("the coordinator did not send its CA certificate")
+        try:
+            ca = tls.load_pem(pem)
+        except tls.TlsError as exc:
+            raise TrustError(f"CA certificate: {exc}") from None
+        fp = tls.fingerprint(ca)
+        if fp != _normal(expected):
+            raise TrustError(f"the coordinator's CA {fp} is not the expected {_normal(expected)}")
+        self.ca_pem = ca.public_bytes(serialization.Encoding.PEM).decode()
+        self.ca_fingerprint = fp
+        tls.write_text_atomic(self.ca_file, self.ca_pem)
+        self.server_ssl.load_verify_locations(cadata=self.ca_pem)
+        self.server_ssl.verify_mode = ssl.CERT_OPTIONAL
+        self._client_ssl = None
+        log.info("pinned the coordinator's CA %s (it matches the expected fingerprint)", fp)
+
+    def expected_ca_for(self, advert_ca: str | None) -> str | None:
+        """The fingerprint to check a not yet pinned CA against, if there is one."""
+        return self.expected_ca or _normal(advert_ca)
 
     def accept(self, answer: dict[str, Any], coordinator_id: str, advert_ca: str | None) -> None:
         """Pin the CA (first time) and keep the certificate of an enrollment answer."""
@@ -161,7 +185,7 @@ class AgentTls:
         if not tls.issued_by(cert, ca) or not self._matches_key(cert) or not self._names_me(cert):
             raise TrustError("the certificate is not for this device's key from that CA")
         ca_text = ca.public_bytes(serialization.Encoding.PEM).decode()
-        if self.ca_pem is None:
+        if not self.ca_file.exists():
             tls.write_text_atomic(self.ca_file, ca_text)
             log.info("pinned the coordinator's CA, fingerprint %s", fp)
         self.ca_pem, self.ca_fingerprint, self.coordinator_id = ca_text, fp, coordinator_id

@@ -361,6 +361,15 @@ async def health(request: web.Request) -> web.Response:
     )
 
 
+async def ca_certificate(request: web.Request) -> web.Response:
+    """The CA certificate, public: an agent that was given its fingerprint checks it before
+    it sends anything (its enrollment token included) to this coordinator."""
+    c = request.app[COORDINATOR_KEY]
+    if c.certs is None:
+        raise ApiError(503, "unavailable", "this coordinator has no certificate authority")
+    return reply({"ca_certificate": c.certs.ca.cert_pem, "ca_fingerprint": c.certs.ca.fingerprint})
+
+
 async def openapi(request: web.Request) -> web.Response:
     return reply(openapi_document())
 
@@ -405,6 +414,7 @@ def build_app(coordinator: Coordinator) -> web.Application:
     app.router.add_get("/v1/microblocks/{height}/raw", get_block_raw)
     app.router.add_get("/v1/receipts/{task_id}/{device_id}/proof", receipt_proof)
     app.router.add_get("/v1/health", health)
+    app.router.add_get("/v1/ca", ca_certificate)
     app.router.add_get("/v1/openapi.json", openapi)
     # The page, /privacy, login; also appends the session middleware, innermost.
     add_dashboard_routes(app, coordinator)

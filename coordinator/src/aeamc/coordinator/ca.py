@@ -227,7 +227,10 @@ class CertificateAuthority:
         lifetime_s: int,
     ) -> x509.Certificate:
         """The coordinator's certificate: its id's name for agents, ``names`` for browsers."""
-        general: list[x509.GeneralName] = [x509.DNSName(tls.coordinator_hostname(coordinator_id))]
+        general: list[x509.GeneralName] = [
+            x509.DNSName(tls.coordinator_hostname(coordinator_id)),
+            x509.DNSName(tls.coordinator_hostname(None)),
+        ]
         for name in dict.fromkeys(names):
             try:
                 general.append(x509.IPAddress(ipaddress.ip_address(name)))

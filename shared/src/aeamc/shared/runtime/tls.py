@@ -8,7 +8,9 @@ what tells the coordinator from a device:
 - a device's certificate: subject ``CN=<device_id>, OU=device``, SAN
   ``<device_id>.device.aeamc``; it is the device's client *and* server certificate;
 - the coordinator's: ``CN=<coordinator_id>, OU=coordinator``, SAN
-  ``<coordinator_id>.coordinator.aeamc`` plus the host's names and addresses (for browsers).
+  ``<coordinator_id>.coordinator.aeamc`` and ``coordinator.aeamc`` (what an agent that
+  knows the CA but not yet the coordinator's id verifies) plus the host's names and
+  addresses (for browsers).
 
 A client connects by IP address but verifies the peer under that name
 (``server_hostname``), so a device certificate from the same CA can never pass for the
@@ -51,7 +53,10 @@ def device_hostname(device_id: str) -> str:
     return f"{device_id}.{ROLE_DEVICE}.{NAME_SUFFIX}"
 
 
-def coordinator_hostname(coordinator_id: str) -> str:
+def coordinator_hostname(coordinator_id: str | None) -> str:
+    """The coordinator's name; without its id, the name every coordinator certificate has."""
+    if coordinator_id is None:
+        return f"{ROLE_COORDINATOR}.{NAME_SUFFIX}"
     return f"{coordinator_id}.{ROLE_COORDINATOR}.{NAME_SUFFIX}"
 
 
