@@ -13,10 +13,11 @@ first enrollment is encrypted but not yet authenticated; its answer carries the 
 certificate, which is pinned from then on. With a fingerprint — the configured
 ``coordinator_ca_fingerprint``, or the mDNS advert's ``ca`` — the agent first fetches the
 CA (``GET /v1/ca``, public), pins it only if it matches, and enrolls over a verified
-connection, so its enrollment token never reaches anyone else. Every later connection to the coordinator
-verifies it under ``<coordinator_id>.coordinator.aeamc``, presents our certificate, and
-every call from the coordinator must present the pinned coordinator's certificate. A
-coordinator answering with another CA is refused, like one with another key.
+connection, so its enrollment token never reaches anyone else. Every later connection
+to the coordinator verifies it under ``<coordinator_id>.coordinator.aeamc``, presents our
+certificate, and every call from the coordinator must present the pinned coordinator's
+certificate. A coordinator answering with another CA is refused, like one with another
+key.
 """
 
 from __future__ import annotations
