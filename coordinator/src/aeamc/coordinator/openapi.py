@@ -305,9 +305,7 @@ def openapi_document() -> dict[str, Any]:
             )
         },
         "/v1/health": {"get": _op("Liveness, what is degraded, the CA fingerprint")},
-        "/v1/ca": {
-            "get": _op("The CA certificate (PEM) and its SHA-256 fingerprint, for pinning")
-        },
+        "/v1/ca": {"get": _op("The CA certificate (PEM) and its SHA-256 fingerprint, for pinning")},
         "/v1/openapi.json": {"get": _op("This document")},
         "/metrics": {
             "get": _op(
