@@ -144,3 +144,24 @@ async def test_an_unenrolled_agent_refuses_work_and_agent_session_helper(
     a = coordinator.assignment(agent.device_id).to_dict()
     async with agent_session(agent) as s, s.post(agent.endpoint() + "/v1/assignments", json=a) as r:
         assert (r.status, (await r.json())["error"]["code"]) == (403, "not_enrolled")
+
+
+async def test_tls_state_on_disk_is_checked(coordinator: FakeCoordinator, make_agent) -> None:
+    """A damaged certificate is replaced by enrolling again; a damaged pinned CA or a TLS key
+    others may read stops the agent with a message naming the file."""
+    from aeamc.agent.tls import AgentTls
+
+    agent = await make_agent(coordinator_url=coordinator.url)
+    await eventually(lambda: coordinator.heartbeats)
+    await agent.stop()
+    tls_dir = agent.config.state_dir / "tls"
+    (tls_dir / "cert.pem").write_text("garbage")
+    again = AgentTls(agent.config.state_dir, agent.device_id)
+    assert again.cert is None and again.renewal_due(0)
+    assert again.ca_fingerprint == coordinator.ca.fingerprint
+    (tls_dir / "ca.pem").write_text("garbage")
+    with pytest.raises(tls.TlsError, match="ca.pem"):
+        AgentTls(agent.config.state_dir, agent.device_id)
+    (tls_dir / "key.pem").chmod(0o644)
+    with pytest.raises(tls.TlsError, match="too open"):
+        AgentTls(agent.config.state_dir, agent.device_id)

@@ -159,7 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config_path)
         agent = Agent(config)
-    except (ConfigError, KeyFileError, TelemetryError, StateError) as exc:
+    except (ConfigError, KeyFileError, TelemetryError, StateError, TlsError) as exc:
         return _config_error(exc)
     try:
         asyncio.run(agent.run_until_signalled())

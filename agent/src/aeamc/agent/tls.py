@@ -62,15 +62,19 @@ class AgentTls:
         self.cert_file = self.dir / "cert.pem"
         self.ca_file = self.dir / "ca.pem"
         self.key = tls.ensure_key(self.key_file)
-        self.ca_pem: str | None = self.ca_file.read_text() if self.ca_file.exists() else None
-        self.ca_fingerprint = tls.fingerprint(self.ca_pem) if self.ca_pem else None
-        self.cert: x509.Certificate | None = None
-        if self.ca_pem and self.cert_file.exists():
-            cert = tls.load_pem(self.cert_file.read_text())
-            if self._ours(cert):
-                self.cert = cert
+        self.ca_pem: str | None = None
+        self.ca_fingerprint: str | None = None
+        if self.ca_file.exists():
+            # The pinned trust anchor: unreadable is an error to fix, never silently dropped.
+            try:
+                self.ca_pem = self.ca_file.read_text()
+                self.ca_fingerprint = tls.fingerprint(self.ca_pem)
+            except tls.TlsError as exc:
+                raise tls.TlsError(f"{self.ca_file}: {exc}") from None
+        self.cert = self._load_own(self.cert_file) if self.ca_pem else None
         self_signed = self.dir / "self-signed.pem"
-        if not self_signed.exists() or not self._matches_key(tls.load_pem(self_signed.read_text())):
+        served_self = self._load_own(self_signed, ca_issued=False)
+        if served_self is None:
             tls.write_text_atomic(self_signed, tls.self_signed(self.key, device_id))
         served = self.cert_file if self.cert is not None else self_signed
         self.server_ssl = tls.server_context(served, self.key_file, ca_pem=self.ca_pem)
@@ -87,6 +91,17 @@ class AgentTls:
         except x509.ExtensionNotFound:
             return False
         return tls.device_hostname(self.device_id) in san.get_values_for_type(x509.DNSName)
+
+    def _load_own(self, path: Path, *, ca_issued: bool = True) -> x509.Certificate | None:
+        """A certificate file for our key and id (issued by the pinned CA), else None: a
+        damaged or stale one is replaced by the next enrollment."""
+        try:
+            cert = tls.load_pem(path.read_text())
+        except (OSError, tls.TlsError):
+            return None
+        if ca_issued:
+            return cert if self._ours(cert) else None
+        return cert if self._matches_key(cert) and self._names_me(cert) else None
 
     def _ours(self, cert: x509.Certificate) -> bool:
         assert self.ca_pem is not None
