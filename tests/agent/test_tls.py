@@ -160,7 +160,7 @@ async def test_tls_state_on_disk_is_checked(coordinator: FakeCoordinator, make_a
     assert again.cert is None and again.renewal_due(0)
     assert again.ca_fingerprint == coordinator.ca.fingerprint
     (tls_dir / "ca.pem").write_text("garbage")
-    with pytest.raises(tls.TlsError, match="ca.pem"):
+    with pytest.raises(tls.TlsError, match=r"ca\.pem"):
         AgentTls(agent.config.state_dir, agent.device_id)
     (tls_dir / "key.pem").chmod(0o644)
     with pytest.raises(tls.TlsError, match="too open"):
