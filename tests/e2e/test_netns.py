@@ -102,10 +102,12 @@ def test_discovery_and_verified_work_across_a_bridge(tmp_path: Path, lan: Lan) -
         # Both have sent the heartbeats that make them eligible, so work can go to either.
         for agent in agents:
             wait_for(
-                lambda a=agent: coordinator.request(
-                    "GET", f"/v1/devices/{a.device_id}", token=coordinator.token("operator")
-                )[1]["eligibility"]
-                == "eligible",
+                lambda a=agent: (
+                    coordinator.request(
+                        "GET", f"/v1/devices/{a.device_id}", token=coordinator.token("operator")
+                    )[1]["eligibility"]
+                    == "eligible"
+                ),
                 timeout=30,
                 interval=0.2,
             )
