@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import ssl
 import tempfile
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,7 +94,11 @@ class FakeCoordinator:
     running: ClassVar[dict[str, FakeCoordinator]] = {}
 
     def __post_init__(self) -> None:
-        self.dir = self.ca_dir or Path(tempfile.mkdtemp(prefix="fakecoord-"))
+        if self.ca_dir is None:
+            self.dir = Path(tempfile.mkdtemp(prefix="fakecoord-"))
+            weakref.finalize(self, shutil.rmtree, self.dir, True)
+        else:
+            self.dir = self.ca_dir
         self.ca, _ = CertificateAuthority.ensure(self.dir, "", self.coordinator_id)
         files = issue_server_files(
             self.ca, self.dir, self.coordinator_id, names=["127.0.0.1"], lifetime_s=3600

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import ssl
 import tempfile
 import time
@@ -84,6 +85,7 @@ class SimDevice:
 
     def __post_init__(self) -> None:
         self.tls_dir = Path(tempfile.mkdtemp(prefix="simdevice-"))
+        weakref.finalize(self, shutil.rmtree, self.tls_dir, True)
         self.tls_key = tls.generate_key()
         self.key_file = self.tls_dir / "key.pem"
         tls.write_key(self.key_file, self.tls_key)
