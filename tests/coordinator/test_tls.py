@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from aeamc.coordinator.ca import CertificateAuthority
 from aeamc.coordinator.certs import DeviceCertificates
@@ -237,3 +238,28 @@ def test_token_buckets_refill_and_forget_idle_clients() -> None:
     with pytest.raises(ApiError) as limited:
         limiter.check("10.0.0.2", "dev")
     assert limited.value.status == 429 and limited.value.extra["retry_after_s"] >= 1
+
+
+def test_the_coordinators_certificate_is_renewed_in_place(tmp_path: Path) -> None:
+    import os
+
+    from aeamc.coordinator.app import CoordinatorService
+    from aeamc.coordinator.config import parse_config
+    from aeamc.shared.identity import SigningKey
+
+    config = parse_config(
+        {"state_dir": str(tmp_path), "server": {"mdns": False}, "chain": {"enabled": False}}
+    )
+    service = CoordinatorService(config, SigningKey.from_seed(os.urandom(32)))
+    first = service.server_files.cert
+    names = first.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    coordinator_id = service.coordinator.coordinator_id
+    assert tls.coordinator_hostname(coordinator_id) in names.get_values_for_type(x509.DNSName)
+    assert "coordinator.aeamc" in names.get_values_for_type(x509.DNSName)
+    start, end = tls.validity_ms(first)
+    assert not service.renew_server_certificate(start + (end - start) // 2)
+    assert service.renew_server_certificate(end - 1000)
+    renewed = tls.load_pem(service.server_files.cert_file.read_text())
+    assert renewed.serial_number != first.serial_number
+    assert renewed.public_key() == first.public_key()  # same TLS key, new certificate
+    assert tls.issued_by(renewed, service.ca.cert)
