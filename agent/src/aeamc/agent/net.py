@@ -18,9 +18,12 @@ from aiohttp import web
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 
 
-def client_session(*, timeout_s: float) -> aiohttp.ClientSession:
-    """Every request gets its ``ssl`` context per call; none given would mean the system's."""
-    connector = aiohttp.TCPConnector(limit=4)
+def client_session(
+    *, timeout_s: float, ssl_context: ssl.SSLContext | None = None
+) -> aiohttp.ClientSession:
+    """Requests to the coordinator pass their ``ssl`` context per call (``client.py``);
+    ``ssl_context`` is the default for the others (none: the system's trust store)."""
+    connector = aiohttp.TCPConnector(ssl=ssl_context if ssl_context is not None else True, limit=4)
     return aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=timeout_s),

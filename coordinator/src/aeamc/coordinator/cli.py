@@ -266,7 +266,7 @@ class Api:
 
 def _ca_context(config: CoordinatorConfig) -> Any:
     """TLS 1.3 to our own API, trusting only our CA (its certificate names this host)."""
-    from aeamc.shared.runtime.tls import client_context
+    from aeamc.shared.runtime.tls import client_context, system_client_context
 
     from .ca import CertificateAuthority
 
@@ -275,11 +275,7 @@ def _ca_context(config: CoordinatorConfig) -> Any:
         return client_context(ca_pem=path.read_text())
     except FileNotFoundError:
         # Not set up here: only a certificate the system trusts could be accepted.
-        import ssl
-
-        ctx = ssl.create_default_context()
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-        return ctx
+        return system_client_context()
 
 
 def _print(obj: Any) -> None:

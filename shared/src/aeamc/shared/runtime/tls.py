@@ -98,6 +98,11 @@ def client_context(
     return ctx
 
 
+def system_client_context() -> ssl.SSLContext:
+    """TLS 1.3 trusting the system's authorities: for a peer that is not one of ours."""
+    return _tls13(ssl.create_default_context())
+
+
 # --- peers ---------------------------------------------------------------------------------
 
 
