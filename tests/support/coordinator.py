@@ -64,6 +64,7 @@ class CoordinatorProcess:
     process: subprocess.Popen[bytes] | None = None
     port: int = 0
     log: Path | None = None
+    _ssl: tuple[str, ssl.SSLContext] | None = None
 
     @property
     def config_path(self) -> Path:
@@ -85,7 +86,10 @@ class CoordinatorProcess:
         """Trusting this coordinator's CA; with ``device``, presenting its certificate."""
         if device is not None and device.cert_file is not None:
             return device.client_context()
-        return client_context(ca_pem=self.ca_pem)
+        ca_pem = self.ca_pem
+        if self._ssl is None or self._ssl[0] != ca_pem:
+            self._ssl = (ca_pem, client_context(ca_pem=ca_pem))
+        return self._ssl[1]
 
     def session(self, device: SimDevice | None = None) -> Any:
         """An aiohttp session that speaks TLS 1.3 to this coordinator (as ``device``)."""

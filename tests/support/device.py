@@ -92,6 +92,7 @@ class SimDevice:
         self_signed = self.tls_dir / "self.pem"
         self_signed.write_text(tls.self_signed(self.tls_key, self.device_id))
         self.server_ssl = tls.server_context(self_signed, self.key_file, ca_pem=None)
+        self._client_ssl: ssl.SSLContext | None = None
         _DEVICES[self.device_id] = self
 
     @property
@@ -114,11 +115,16 @@ class SimDevice:
         self.cert_file = self.tls_dir / f"cert-{len(self.certificates)}.pem"
         self.cert_file.write_text(answer["certificate"])
         self.server_ssl.load_cert_chain(self.cert_file, self.key_file)
+        self._client_ssl = None
 
     def client_context(self) -> ssl.SSLContext:
-        return tls.client_context(
-            ca_pem=self.ca_pem, cert_file=self.cert_file, key_file=self.key_file
-        )
+        """One context per certificate, so kept-alive connections are reused between
+        requests (a new context object would mean a new connection and handshake)."""
+        if self._client_ssl is None:
+            self._client_ssl = tls.client_context(
+                ca_pem=self.ca_pem, cert_file=self.cert_file, key_file=self.key_file
+            )
+        return self._client_ssl
 
     async def start(self) -> SimDevice:
         app = web.Application()
