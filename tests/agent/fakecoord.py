@@ -5,19 +5,32 @@ It implements exactly the contract the agent expects (docs/agent.md, "HTTP contr
 what it receives with the protocol core, and lets a test script the next answers
 (``script``) to play outages, refusals and replays. It also signs assignments and
 challenges the way a coordinator does.
+
+It speaks TLS 1.3 with a real CA of its own (``aeamc.coordinator.ca``): enrollment answers
+carry the CA and a certificate for the agent's CSR, heartbeats and proofs need that client
+certificate (``require_client_cert``), and ``agent_session`` calls an agent the way the
+coordinator does, with the coordinator's certificate.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import ssl
+import tempfile
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
+import aiohttp
 from aiohttp import web
+from cryptography.hazmat.primitives.serialization import Encoding
 
+from aeamc.coordinator.ca import CertificateAuthority, issue_server_files
 from aeamc.shared.errors import ProtocolError
 from aeamc.shared.identity import SigningKey
 from aeamc.shared.messages import (
@@ -31,6 +44,7 @@ from aeamc.shared.messages import (
     sign,
 )
 from aeamc.shared.proofs import verify_pot
+from aeamc.shared.runtime import tls
 
 
 def now_ms() -> int:
@@ -68,7 +82,35 @@ class FakeCoordinator:
     script: dict[str, deque[Scripted]] = field(default_factory=dict)
     url: str = ""
     port: int = 0
+    require_client_cert: bool = True
+    #: Serials of the client certificates seen on heartbeats and proofs.
+    client_serials: list[str] = field(default_factory=list)
+    issued: list[str] = field(default_factory=list)
+    cert_lifetime_s: int = 3600
+    #: Share another fake's CA (the same coordinator moved), instead of a new one.
+    ca_dir: Path | None = None
     _runner: web.AppRunner | None = None
+    #: Running fakes by coordinator id, so a test can call an agent as its coordinator.
+    running: ClassVar[dict[str, FakeCoordinator]] = {}
+
+    def __post_init__(self) -> None:
+        if self.ca_dir is None:
+            self.dir = Path(tempfile.mkdtemp(prefix="fakecoord-"))
+            weakref.finalize(self, shutil.rmtree, self.dir, True)
+        else:
+            self.dir = self.ca_dir
+        self.ca, _ = CertificateAuthority.ensure(self.dir, "", self.coordinator_id)
+        files = issue_server_files(
+            self.ca, self.dir, self.coordinator_id, names=["127.0.0.1"], lifetime_s=3600
+        )
+        self.server_ssl = tls.server_context(
+            files.cert_file, files.key_file, ca_pem=self.ca.cert_pem
+        )
+        self.client_ssl = tls.client_context(
+            ca_pem=self.ca.cert_pem, cert_file=files.cert_file, key_file=files.key_file
+        )
+        # Calls to agents by address: the agent's name is checked by the real coordinator.
+        self.client_ssl.check_hostname = False
 
     @property
     def coordinator_id(self) -> str:
@@ -86,18 +128,32 @@ class FakeCoordinator:
         app.router.add_post("/v1/enroll", self._enroll)
         app.router.add_post("/v1/heartbeats", self._heartbeat)
         app.router.add_post("/v1/proofs", self._proof)
+        app.router.add_get("/v1/ca", self._ca)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        site = web.TCPSite(self._runner, "127.0.0.1", port, ssl_context=self.server_ssl)
         await site.start()
         self.port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"https://127.0.0.1:{self.port}"
+        FakeCoordinator.running[self.coordinator_id] = self
         return self
 
     async def stop(self) -> None:
+        FakeCoordinator.running.pop(self.coordinator_id, None)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    def certify(self, agent_tls: Any) -> None:
+        """Issue ``agent_tls`` (an ``AgentTls``) its certificate as an enrollment would."""
+        cert = self.ca.issue_device(
+            bytes.fromhex(agent_tls.csr_hex()), agent_tls.device_id, self.cert_lifetime_s
+        )
+        answer = {
+            "ca_certificate": self.ca.cert_pem,
+            "certificate": cert.public_bytes(Encoding.PEM).decode(),
+        }
+        agent_tls.accept(answer, self.coordinator_id, None)
 
     # --- what a coordinator signs -----------------------------------------------------------
 
@@ -154,6 +210,15 @@ class FakeCoordinator:
             return web.Response(status=500)
         return web.json_response(answer.body, status=answer.status)
 
+    async def _ca(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append((request.path, None))
+        scripted = await self._scripted(request)
+        if scripted is not None:
+            return scripted
+        return web.json_response(
+            {"ca_certificate": self.ca.cert_pem, "ca_fingerprint": self.ca.fingerprint}
+        )
+
     async def _enroll(self, request: web.Request) -> web.StreamResponse:
         data = await request.json()
         self.requests.append((request.path, data))
@@ -167,16 +232,34 @@ class FakeCoordinator:
             return error(400, exc.code, str(exc))
         self.enrollments.append(message)
         self.device_keys[message.device_id] = message.public_key_bytes
-        return web.json_response(
-            {
-                "device_id": message.device_id,
-                "state": self.enroll_state,
-                "coordinator_id": self.coordinator_id,
-                "coordinator_public_key": self.public_key,
-                "cluster_id": self.cluster_id,
-            },
-            status=202,
-        )
+        answer = {
+            "device_id": message.device_id,
+            "state": self.enroll_state,
+            "coordinator_id": self.coordinator_id,
+            "coordinator_public_key": self.public_key,
+            "cluster_id": self.cluster_id,
+            "ca_certificate": self.ca.cert_pem,
+            "ca_fingerprint": self.ca.fingerprint,
+        }
+        if message.csr is not None:
+            cert = self.ca.issue_device(
+                bytes.fromhex(message.csr), message.device_id, self.cert_lifetime_s
+            )
+            self.issued.append(tls.serial_hex(cert))
+            answer["certificate"] = cert.public_bytes(Encoding.PEM).decode()
+        return web.json_response(answer, status=202)
+
+    def _client_cert_refusal(self, request: web.Request, device_id: str) -> web.Response | None:
+        peer = tls.peer_of(request.transport)
+        if peer is not None:
+            self.client_serials.append(peer.serial)
+        if not self.require_client_cert:
+            return None
+        if peer is None:
+            return error(401, "certificate_required", "no client certificate")
+        if peer.name != device_id or peer.role != tls.ROLE_DEVICE:
+            return error(403, "certificate_mismatch", "another identity's certificate")
+        return None
 
     async def _heartbeat(self, request: web.Request) -> web.StreamResponse:
         data = await request.json()
@@ -195,6 +278,9 @@ class FakeCoordinator:
             poa.verify(key, signer_id=poa.device_id)
         except ProtocolError as exc:
             return error(403, exc.code, str(exc))
+        refusal = self._client_cert_refusal(request, poa.device_id)
+        if refusal is not None:
+            return refusal
         if self.enroll_state == "pending":
             return error(403, "pending", "waiting for approval")
         last = self.last_seq.get(poa.device_id, -1)
@@ -218,6 +304,9 @@ class FakeCoordinator:
             output = bytes.fromhex(data["output"])
         except (ProtocolError, KeyError, TypeError, ValueError) as exc:
             return error(400, "invalid_message", str(exc))
+        refusal = self._client_cert_refusal(request, pot.device_id)
+        if refusal is not None:
+            return refusal
         if (pot.task_id, pot.device_id) in self.stored:
             return error(409, "duplicate", "already stored")
         assignment = self.assignments.get(pot.task_id)
@@ -236,6 +325,22 @@ class FakeCoordinator:
         self.stored.add((pot.task_id, pot.device_id))
         self.proofs.append((pot, output))
         return web.json_response({"accepted": True}, status=202)
+
+
+def coordinator_session(coordinator_id: str | None) -> aiohttp.ClientSession:
+    """A session that calls agents as the running fake ``coordinator_id`` does: TLS 1.3
+    with that coordinator's client certificate (none for an unknown id)."""
+    fake = FakeCoordinator.running.get(coordinator_id) if coordinator_id else None
+    ctx: ssl.SSLContext = fake.client_ssl if fake is not None else tls.client_context(ca_pem=None)
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=ctx), timeout=aiohttp.ClientTimeout(total=30)
+    )
+
+
+def agent_session(agent: Any) -> aiohttp.ClientSession:
+    """``coordinator_session`` of the coordinator ``agent`` (in-process) has pinned."""
+    pin = agent.link.pin if agent.link is not None else None
+    return coordinator_session(pin.coordinator_id if pin is not None else None)
 
 
 def dumps(obj: Any) -> str:

@@ -52,7 +52,7 @@ def test_usage_errors_exit_64(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_init_creates_private_identity_and_config(tmp_path: Path, capsys) -> None:
-    rc, config = init(tmp_path, "--coordinator-url", "http://192.0.2.1:8480", "--token", "abc")
+    rc, config = init(tmp_path, "--coordinator-url", "https://192.0.2.1:8480", "--token", "abc")
     assert rc == 0
     state = tmp_path / "state"
     key_file = state / "identity.key"
@@ -63,7 +63,7 @@ def test_init_creates_private_identity_and_config(tmp_path: Path, capsys) -> Non
     assert f"device id {device_id}" in capsys.readouterr().out
     text = config.read_text()
     assert (
-        'coordinator_url = "http://192.0.2.1:8480"' in text and 'enrollment_token = "abc"' in text
+        'coordinator_url = "https://192.0.2.1:8480"' in text and 'enrollment_token = "abc"' in text
     )
 
 
@@ -227,7 +227,7 @@ async def test_run_status_and_sigterm(tmp_path: Path) -> None:
 
 def test_idle_agent_footprint(tmp_path: Path) -> None:
     """No web3, sqlite or numpy: on import, and in a started, idle daemon."""
-    rc, config = init(tmp_path, "--coordinator-url", "http://127.0.0.1:9")
+    rc, config = init(tmp_path, "--coordinator-url", "https://127.0.0.1:9")
     assert rc == 0
     config.write_text(config.read_text() + '\n[mdns]\ninterfaces = ["127.0.0.1"]\n')
     code = textwrap.dedent(
@@ -259,7 +259,7 @@ def test_idle_agent_footprint(tmp_path: Path) -> None:
 def test_port_in_use_is_a_runtime_failure(tmp_path: Path, capsys) -> None:
     import socket
 
-    _, config = init(tmp_path, "--coordinator-url", "http://127.0.0.1:9")
+    _, config = init(tmp_path, "--coordinator-url", "https://127.0.0.1:9")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

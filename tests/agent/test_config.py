@@ -43,7 +43,7 @@ def test_every_key_read_from_toml(tmp_path: Path) -> None:
     (tmp_path / "p.json").write_text('{"steps": [{}]}')
     text = """
 state_dir = "state"
-coordinator_url = "http://192.0.2.1:8480"
+coordinator_url = "https://192.0.2.1:8480"
 enrollment_token = "abc.DEF-1"
 [listen]
 host = "127.0.0.1"
@@ -103,7 +103,9 @@ cheat_fraction = 0.25
         ("[listen]\nhost = 'localhost'", "not an IP address"),
         ("[listen]\nadvertise_address = '0.0.0.0'", "advertise_address"),
         ("coordinator_url = 'ftp://x'", "coordinator_url"),
-        ("coordinator_url = 'http://x:1/api'", "base URL only"),
+        ("coordinator_url = 'https://x:1/api'", "base URL only"),
+        ("coordinator_url = 'http://x:1'", "TLS 1.3 only; use https://"),
+        ("coordinator_ca_fingerprint = 'abc'", "coordinator_ca_fingerprint"),
         ("enrollment_token = 'has space'", "enrollment_token"),
         ("[heartbeat]\ninterval_s = 0", "heartbeat.interval_s: must be positive"),
         ("[heartbeat]\ninterval_s = true", "expected a number"),
@@ -152,11 +154,11 @@ def test_config_path_precedence() -> None:
 
 
 def test_rendered_starter_config_is_valid() -> None:
-    text = render_config(state_dir=Path("/srv/a"), coordinator_url="http://10.0.0.1:1", token="t")
+    text = render_config(state_dir=Path("/srv/a"), coordinator_url="https://10.0.0.1:1", token="t")
     c = config_from_mapping(tomllib.loads(text))
     assert (c.state_dir, c.coordinator_url, c.enrollment_token) == (
         Path("/srv/a"),
-        "http://10.0.0.1:1",
+        "https://10.0.0.1:1",
         "t",
     )
     assert (

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from aeamc.agent.energy import (
@@ -23,6 +22,7 @@ from aeamc.shared.messages import Telemetry
 from aeamc.shared.proofs import verify_pot
 
 from .conftest import GOOD, eventually, write_profile
+from .fakecoord import coordinator_session
 
 TH = EnergyThresholds()
 
@@ -147,7 +147,7 @@ SLOW = {"seed": "cd" * 32, "iterations": 60_000}  # a few tens of ms per chunk
 
 
 async def _post(url: str, body: dict) -> tuple[int, dict]:
-    async with aiohttp.ClientSession() as s, s.post(url, json=body) as r:
+    async with coordinator_session(body["coordinator_id"]) as s, s.post(url, json=body) as r:
         return r.status, await r.json()
 
 

@@ -9,7 +9,6 @@ import socket
 import time
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from aeamc.agent.daemon import _notify_systemd, _source_address_towards
@@ -22,7 +21,7 @@ from aeamc.shared.proofs import Trace
 from aeamc.shared.tasks.registry import discover
 
 from .conftest import FAST_PARAMS, eventually
-from .fakecoord import FakeCoordinator
+from .fakecoord import FakeCoordinator, agent_session
 
 SLOW = {"seed": "01" * 32, "iterations": 3_000_000}  # about a second
 
@@ -69,7 +68,7 @@ async def test_shutdown_mid_task_keeps_it_queued(coordinator, make_agent) -> Non
     await eventually(lambda: agent.link.pin is not None)
     a = coordinator.assignment(agent.device_id, params=SLOW, chunks=2)
     async with (
-        aiohttp.ClientSession() as s,
+        agent_session(agent) as s,
         s.post(agent.endpoint() + "/v1/assignments", json=a.to_dict()) as r,
     ):
         assert r.status == 202
@@ -96,7 +95,7 @@ async def test_broken_plugin_kind_is_refused(coordinator, make_agent) -> None:
     agent.registry = discover(extra=[("broken-kind", "no_such_module_anywhere:KIND")])
     a = coordinator.assignment(agent.device_id, kind="broken-kind")
     async with (
-        aiohttp.ClientSession() as s,
+        agent_session(agent) as s,
         s.post(agent.endpoint() + "/v1/assignments", json=a.to_dict()) as r,
     ):
         body = await r.json()
@@ -157,10 +156,10 @@ def test_atomic_write_leaves_no_temp_file_on_failure(tmp_path: Path) -> None:
 
 async def test_endpoint_variants(coordinator, make_agent) -> None:
     fixed = await make_agent(subdir="a", advertise_address="192.0.2.77")
-    assert fixed.endpoint() == f"http://192.0.2.77:{fixed.port}"
+    assert fixed.endpoint() == f"https://192.0.2.77:{fixed.port}"
     assert fixed._advertised_addresses() == ["192.0.2.77"]
     wildcard = await make_agent(subdir="b", listen_host="0.0.0.0", coordinator_url=coordinator.url)
-    assert wildcard.endpoint() == f"http://127.0.0.1:{wildcard.port}"  # the route to it
+    assert wildcard.endpoint() == f"https://127.0.0.1:{wildcard.port}"  # the route to it
     assert wildcard._advertised_addresses()  # every IPv4 address of the host
     lonely = await make_agent(subdir="c", listen_host="0.0.0.0")
     assert lonely.endpoint() is None  # nothing to route towards yet

@@ -268,3 +268,14 @@ def test_adaptive_heartbeat_keeps_devices_eligible() -> None:
     assert interval(10, None, on) == 10  # mains or unknown: nothing to save
     assert interval(10, False, {ADAPTIVE_HEARTBEAT: False}) == 10
     assert interval(10, False, {}) == 10
+
+
+async def test_a_rate_limit_is_waited_out(coordinator, make_agent) -> None:
+    from aeamc.agent.client import Reply
+
+    agent = await make_agent(coordinator_url=coordinator.url)
+    limited = {"error": {"code": "rate_limited", "message": "slow down", "retry_after_s": 7}}
+    assert agent.link._refused("heartbeat", Reply(429, limited, 0)) >= 7.0
+    # Nonsense in the hint is ignored: the usual backoff applies.
+    bogus = {"error": {"code": "rate_limited", "message": "", "retry_after_s": True}}
+    assert agent.link._refused("heartbeat", Reply(429, bogus, 0)) <= agent.config.retry_max_s

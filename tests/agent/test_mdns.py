@@ -111,6 +111,7 @@ async def test_agent_finds_and_follows_the_coordinator(mdns, coordinator, make_a
         public_key=coordinator.public_key,
         version="0.1.0",
         cluster_id=7,
+        ca_fingerprint=coordinator.ca.fingerprint,
     )
     # An impostor claiming the real coordinator's id with its own key is ignored.
     impostor = SigningKey.generate(b"\x01" * 32)
@@ -136,7 +137,7 @@ async def test_agent_finds_and_follows_the_coordinator(mdns, coordinator, make_a
     assert agent.link.pin.coordinator_id == coordinator.coordinator_id
 
     # The coordinator moves to another port: the agent follows the updated advert.
-    moved = await FakeCoordinator(key=coordinator.key).start()
+    moved = await FakeCoordinator(key=coordinator.key, ca_dir=coordinator.dir).start()
     moved.device_keys.update(coordinator.device_keys)
     moved.last_seq.update(coordinator.last_seq)
     try:
@@ -174,9 +175,9 @@ def test_locator_choice_and_pinning() -> None:
     loc.on_event(
         ServiceEvent(ADDED, names[0], COORDINATOR_SERVICE_TYPE, record(names[0], adverts[0], 1))
     )
-    assert loc.url == "http://127.0.0.1:1"  # lowest id when nothing is pinned yet
+    assert loc.url == "https://127.0.0.1:1"  # lowest id when nothing is pinned yet
     loc.pin(keys[1].device_id)
-    assert loc.url == "http://127.0.0.1:2" and loc.advert.coordinator_id == keys[1].device_id
+    assert loc.url == "https://127.0.0.1:2" and loc.advert.coordinator_id == keys[1].device_id
     loc.on_event(ServiceEvent(REMOVED, names[1], COORDINATOR_SERVICE_TYPE))
     assert loc.url is None  # the pinned one left; the other does not count
     # A record under another instance name than its id is ignored.
@@ -184,12 +185,12 @@ def test_locator_choice_and_pinning() -> None:
         ServiceEvent(ADDED, names[0], COORDINATOR_SERVICE_TYPE, record(names[0], adverts[1]))
     )
     assert loc.url is None
-    assert CoordinatorLocator("http://10.0.0.1:8480/").url == "http://10.0.0.1:8480"
+    assert CoordinatorLocator("https://10.0.0.1:8480/").url == "https://10.0.0.1:8480"
 
 
 def test_url_prefers_lan_addresses() -> None:
     r = record("x", {}, 8480, ("127.0.0.1", "192.0.2.9"))
-    assert url_for(r) == "http://192.0.2.9:8480"
+    assert url_for(r) == "https://192.0.2.9:8480"
     assert url_for(record("x", {}, 0)) is None
 
 

@@ -16,6 +16,7 @@ from aeamc.agent.locator import CoordinatorLocator
 from aeamc.agent.net import client_session
 from aeamc.agent.outbox import Outbox, reason_path, summary
 from aeamc.agent.sender import DELIVERED, REJECTED, RESIGNED, RETRY, OutboxSender
+from aeamc.agent.tls import AgentTls
 from aeamc.shared.identity import SigningKey, verify_signature
 from aeamc.shared.proofs import Trace, build_pot, verify_pot
 
@@ -94,7 +95,7 @@ def test_bounded_by_count_and_bytes(tmp_path: Path) -> None:
 
 
 async def test_full_outbox_refuses_new_assignments(coordinator, make_agent) -> None:
-    agent = await make_agent(coordinator_url="http://127.0.0.1:9", outbox_max_count=1)
+    agent = await make_agent(coordinator_url="https://127.0.0.1:9", outbox_max_count=1)
     agent.outbox.add(*make_proof("old"), now_ms())
     assert agent.refusal_reason() == "outbox_full"
 
@@ -115,6 +116,8 @@ def test_backoff_grows_to_the_cap_with_jitter() -> None:
 async def sender(tmp_path: Path, coordinator: FakeCoordinator) -> AsyncIterator[OutboxSender]:
     coordinator.device_keys[KEY.device_id] = KEY.public_key
     session = client_session(timeout_s=2)
+    agent_tls = AgentTls(tmp_path, KEY.device_id)
+    coordinator.certify(agent_tls)
     clock = [now_ms() + 10_000]  # ahead of the proofs made below
 
     def tick() -> int:
@@ -123,7 +126,7 @@ async def sender(tmp_path: Path, coordinator: FakeCoordinator) -> AsyncIterator[
 
     s = OutboxSender(
         outbox=new_outbox(tmp_path),
-        client=CoordinatorClient(session),
+        client=CoordinatorClient(session, tls=agent_tls),
         locator=CoordinatorLocator(coordinator.url),
         signer=KEY,
         clock_ms=tick,
@@ -241,10 +244,12 @@ async def test_retries_through_an_outage_until_the_coordinator_returns(
     later.device_keys[KEY.device_id] = KEY.public_key
     box = new_outbox(tmp_path)
     session = client_session(timeout_s=1)
+    agent_tls = AgentTls(tmp_path, KEY.device_id)
+    later.certify(agent_tls)
     sender = OutboxSender(
         outbox=box,
-        client=CoordinatorClient(session),
-        locator=CoordinatorLocator(f"http://127.0.0.1:{port}"),
+        client=CoordinatorClient(session, tls=agent_tls),
+        locator=CoordinatorLocator(f"https://127.0.0.1:{port}"),
         signer=KEY,
         clock_ms=now_ms,
         backoff=Backoff(0.02, 0.1),

@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from aeamc.agent.config import ConfigError, config_from_mapping
@@ -21,7 +20,7 @@ from aeamc.shared.proofs import Trace, build_pot, verify_pot
 from tests.support.agent import AgentProcess
 
 from .conftest import FAST_PARAMS, GOOD, eventually, write_profile
-from .fakecoord import FakeCoordinator, now_ms
+from .fakecoord import FakeCoordinator, coordinator_session, now_ms
 
 #: Tens of milliseconds per chunk.
 SLOW = {"seed": "cd" * 32, "iterations": 60_000}
@@ -31,7 +30,7 @@ SLOWER = {"seed": "ce" * 32, "iterations": 600_000}
 
 async def post(endpoint: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     async with (
-        aiohttp.ClientSession() as s,
+        coordinator_session(body["coordinator_id"]) as s,
         s.post(endpoint + "/v1/assignments", json=body) as r,
     ):
         return r.status, await r.json()

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from aeamc.agent.daemon import Agent
@@ -16,13 +15,13 @@ from aeamc.shared.proofs import FAILED, PASSED, split_output, verify_opening, ve
 from aeamc.shared.tasks.registry import discover
 
 from .conftest import FAST_PARAMS, GOOD, eventually, write_profile
-from .fakecoord import FakeCoordinator, now_ms
+from .fakecoord import FakeCoordinator, agent_session, now_ms
 
 SHA = discover().get("sha256-chain")
 
 
 async def call(agent: Agent, method: str, path: str, body: Any = None, raw: bytes | None = None):
-    async with aiohttp.ClientSession() as s:
+    async with agent_session(agent) as s:
         kwargs: dict[str, Any] = {"data": raw} if raw is not None else {"json": body}
         async with s.request(method, agent.endpoint() + path, **kwargs) as r:
             return r.status, await r.json()
@@ -229,7 +228,7 @@ async def test_energy_refusals(coordinator, make_agent, tmp_path, case, reason) 
 
 
 async def test_not_enrolled_yet(coordinator, make_agent) -> None:
-    agent = await make_agent(coordinator_url="http://127.0.0.1:9")  # nobody there
+    agent = await make_agent(coordinator_url="https://127.0.0.1:9")  # nobody there
     a = coordinator.assignment(agent.device_id)
     status, body = await call(agent, "POST", "/v1/assignments", a.to_dict())
     assert (status, body["error"]["code"]) == (403, "not_enrolled")
@@ -285,7 +284,7 @@ def test_refusal_reasons_are_all_documented() -> None:
 async def scrape(agent: Agent) -> tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
     from prometheus_client.parser import text_string_to_metric_families
 
-    async with aiohttp.ClientSession() as s, s.get(agent.endpoint() + "/metrics") as r:
+    async with agent_session(agent) as s, s.get(agent.endpoint() + "/metrics") as r:
         assert r.status == 200
         content_type, text = r.headers["Content-Type"], await r.text()
     samples = {

@@ -225,6 +225,7 @@ def test_proof_refusals(coordinator: CoordinatorProcess, enroll_token: str) -> N
 
 def test_openapi_matches_routes(coordinator: CoordinatorProcess) -> None:
     from aeamc.coordinator.api import build_app
+    from aeamc.coordinator.config import LimitsConfig
     from aeamc.coordinator.openapi import openapi_document
 
     status, doc = coordinator.request("GET", "/v1/openapi.json")
@@ -235,6 +236,8 @@ def test_openapi_matches_routes(coordinator: CoordinatorProcess) -> None:
         class config:  # mimics the attribute path build_app reads
             class server:
                 max_body_bytes = 1024
+
+            limits = LimitsConfig()
 
     app = build_app(_Stub())  # type: ignore[arg-type]
     served = {

@@ -44,7 +44,7 @@ async def test_kill_9_under_load_loses_no_acknowledged_proof(tmp_path: Path) -> 
     coord.init()
     coord.start()
     devices = [await SimDevice(coord.url, auto_prove=False).start() for _ in range(DEVICES)]
-    session = aiohttp.ClientSession()
+    session = coord.session()
     try:
         operator = {"Authorization": f"Bearer {coord.token('operator')}"}
         client = {"Authorization": f"Bearer {coord.token('client')}"}

@@ -66,6 +66,8 @@ async def test_advertises_and_records_candidates(tmp_path: Path) -> None:
         assert txt.coordinator_id == ours
         assert record.port == coord.port and "127.0.0.1" in record.addresses
         assert txt.cluster_id == 1 and txt.proto == 1
+        # The CA fingerprint an agent (and its owner) can compare with `status`.
+        assert txt.ca_fingerprint == coord.request("GET", "/v1/health")[1]["ca_fingerprint"]
 
         def candidates() -> dict[str, dict[str, str]]:
             with sqlite3.connect(coord.state_dir / "coordinator.db") as db:

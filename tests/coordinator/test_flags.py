@@ -157,7 +157,7 @@ def test_request_ids_are_assigned_honoured_and_logged(coordinator: CoordinatorPr
 
     def rid_of(headers: dict[str, str]) -> str:
         req = urllib.request.Request(coordinator.url + "/v1/health", headers=headers)
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with urllib.request.urlopen(req, timeout=10, context=coordinator.ssl_context()) as resp:
             return str(resp.headers["X-Request-ID"])
 
     generated = rid_of({})

@@ -101,6 +101,11 @@ async def test_cheater_is_caught_and_quarantined(
         task = coordinator.request("GET", f"/v1/tasks/{task_id}", token=client)[1]
         assert task["proofs"][0]["spot_check"] == "failed"
         assert task["proofs"][0]["credit"] == "void"
+        # The failed spot-check revoked the cheater's certificate.
+        exported = coordinator.request(
+            "GET", f"/v1/devices/{cheater.device_id}/export", token=operator
+        )[1]
+        assert [c["revoked_reason"] for c in exported["certificates"]] == ["quarantined"]
         # A quarantined device gets no further work and its messages are refused.
         status, body = await cheater.heartbeat()
         assert status == 403 and body["error"]["code"] == "quarantined"

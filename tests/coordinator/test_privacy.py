@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from aeamc.shared import microblock
 from aeamc.shared.identity import SigningKey
 from aeamc.shared.messages import Privacy, sign
+from aeamc.shared.runtime import tls
 from tests.support.coordinator import CoordinatorProcess
 from tests.support.device import GOOD_TELEMETRY, SimDevice, now_ms
 
@@ -190,6 +192,13 @@ def test_device_exports_then_erases_itself(
             assert status == 200, body
             assert body["state"] == "erased" and body["deleted"]["heartbeats"] == 3
             assert body["deleted"]["receipts_kept"] == 1
+            # Its certificate record is gone; only the revoked serial stays, naming nobody.
+            assert body["deleted"]["certificates"] == 1
+            db = sqlite3.connect(coordinator.state_dir / "coordinator.db")
+            revoked = db.execute("SELECT serial, reason FROM revoked_certificates").fetchall()
+            db.close()
+            serial = tls.serial_hex(tls.load_pem(device.certificates[0]))
+            assert revoked == [(serial, "erased")]
 
             # The device is gone: no heartbeat, no enrollment, no record, no export.
             status, reply = await device.heartbeat(TELEMETRY)

@@ -8,6 +8,7 @@ import asyncio
 import http.cookiejar
 import json
 import shutil
+import ssl
 import subprocess
 import sys
 import threading
@@ -98,11 +99,15 @@ class Browserless:
     """A cookie-keeping HTTP client, to check what the browser would be sent and refused."""
 
     url: str
+    #: TLS 1.3 trusting the coordinator's CA (``CoordinatorProcess.ssl_context()``).
+    ssl_context: ssl.SSLContext
     jar: http.cookiejar.CookieJar = field(default_factory=http.cookiejar.CookieJar)
 
     def __post_init__(self) -> None:
         self.opener = urllib.request.build_opener(
-            urllib.request.HTTPCookieProcessor(self.jar), _NoRedirect()
+            urllib.request.HTTPSHandler(context=self.ssl_context),
+            urllib.request.HTTPCookieProcessor(self.jar),
+            _NoRedirect(),
         )
 
     def request(

@@ -12,7 +12,8 @@ from tests.dashboard.support import Browserless, DashboardCoordinator, Fleet, wa
 
 
 def test_privacy_policy_is_public_and_sets_no_cookie(coordinator: DashboardCoordinator) -> None:
-    status, headers, body = Browserless(coordinator.url).request("GET", "/privacy")
+    client = Browserless(coordinator.url, coordinator.ssl_context())
+    status, headers, body = client.request("GET", "/privacy")
     assert status == 200 and headers["content-type"].startswith("text/html")
     assert headers["set-cookie"] == ""
     assert headers["content-security-policy"] == CONTENT_SECURITY_POLICY
@@ -32,7 +33,7 @@ def test_the_served_policy_is_the_documented_one() -> None:
 
 
 def test_page_and_assets_load_without_login_or_cookies(coordinator: DashboardCoordinator) -> None:
-    client = Browserless(coordinator.url)
+    client = Browserless(coordinator.url, coordinator.ssl_context())
     for path in ("/", "/dashboard"):
         status, headers, _ = client.request("GET", path)
         assert status == 302 and headers["location"] == "/dashboard/"
@@ -57,7 +58,7 @@ def test_page_and_assets_load_without_login_or_cookies(coordinator: DashboardCoo
 
 
 def test_logged_out_requests_for_data_are_refused(coordinator: DashboardCoordinator) -> None:
-    client = Browserless(coordinator.url)
+    client = Browserless(coordinator.url, coordinator.ssl_context())
     forged = {"Cookie": "aeamc_session=not-a-session"}
     for path in ("/v1/status", "/v1/devices", "/v1/tasks", "/dashboard/samples"):
         for headers in ({}, forged):
@@ -69,7 +70,7 @@ def test_logged_out_requests_for_data_are_refused(coordinator: DashboardCoordina
 
 
 def test_login_cookie_and_csrf(coordinator: DashboardCoordinator, fleet: Fleet) -> None:
-    client = Browserless(coordinator.url)
+    client = Browserless(coordinator.url, coordinator.ssl_context())
     for body, status in (
         ({"token": "not-a-token"}, 401),
         ({"token": coordinator.token("client")}, 403),
@@ -86,7 +87,7 @@ def test_login_cookie_and_csrf(coordinator: DashboardCoordinator, fleet: Fleet) 
     assert cookie.startswith("aeamc_session=")
     for attribute in ("HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=43200"):
         assert attribute in cookie
-    assert "Secure" not in cookie  # plain HTTP here; set whenever served over TLS
+    assert "Secure" in cookie  # served over TLS 1.3 only
     assert coordinator.token("operator") not in cookie + str(body)
     csrf = body["csrf_token"]
     assert client.request("GET", "/dashboard/session")[2] == {
@@ -128,7 +129,7 @@ def test_login_cookie_and_csrf(coordinator: DashboardCoordinator, fleet: Fleet) 
 
 
 def test_form_login_and_samples(coordinator: DashboardCoordinator, fleet: Fleet) -> None:
-    client = Browserless(coordinator.url)
+    client = Browserless(coordinator.url, coordinator.ssl_context())
     raw = f"token={coordinator.token('operator')}".encode()
     status, _, body = client.request(
         "POST", "/dashboard/login", raw=raw, content_type="application/x-www-form-urlencoded"

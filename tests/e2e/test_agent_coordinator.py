@@ -379,3 +379,43 @@ def test_one_request_id_follows_a_task_through_both_daemons_logs(
     for needle in ("accepted", "started", "done", "delivered", "challenge"):
         assert needle in agent_msgs, (needle, agent_msgs)
     assert {x["logger"].split(".")[1] for x in agent_lines} == {"agent"}
+
+
+def test_the_agent_renews_its_certificate_and_keeps_working(
+    tmp_path: Path, coordinators: list[CoordinatorProcess], agents: list[AgentProcess]
+) -> None:
+    """4 s certificates: the agent re-enrolls after two thirds of each, over mutual TLS, and
+    its heartbeats and proofs go on being accepted with the new one."""
+    coordinator = start_coordinator(
+        tmp_path / "coord", coordinators, {"tls": {"device_cert_lifetime_s": 4}}
+    )
+    agent = AgentProcess(
+        tmp_path / "agent",
+        coordinator_url=coordinator.url,
+        token=enroll_token(coordinator),
+        mdns=False,
+        heartbeat_interval_s=0.5,
+    )
+    agents.append(agent)
+    agent.start()
+    operator = coordinator.token("operator")
+
+    def certificates() -> list[dict[str, Any]]:
+        path = f"/v1/devices/{agent.device_id}/export"
+        status, body = coordinator.request("GET", path, token=operator)
+        return body["certificates"] if status == 200 else []
+
+    issued = coordinator.wait_for(lambda: len(c := certificates()) >= 3 and c, timeout=30)
+    assert len({c["serial"] for c in issued}) == len(issued)
+    assert all(c["revoked_at"] is None for c in issued)
+    # The agent shows the CA the coordinator shows, and uses one of the recent certificates.
+    status = agent.status()
+    ca = coordinator.request("GET", "/v1/health")[1]["ca_fingerprint"]
+    assert status["tls"]["ca_fingerprint"] == ca
+    assert status["tls"]["certificate"]["serial"] in {c["serial"] for c in certificates()}
+    task_id = submit(coordinator, sha_task(0xCE))
+    view = coordinator.wait_for(
+        lambda: (v := task_view(coordinator, task_id))["state"] == "completed" and v, timeout=30
+    )
+    assert [p["device_id"] for p in view["proofs"]] == [agent.device_id]
+    assert device_view(coordinator, agent.device_id)["state"] == "active"

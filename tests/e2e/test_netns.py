@@ -76,7 +76,7 @@ def test_discovery_and_verified_work_across_a_bridge(tmp_path: Path, lan: Lan) -
     try:
         coordinator.init()
         coordinator.start()
-        assert coordinator.url == f"http://{lan.addresses['coord']}:8443"
+        assert coordinator.url == f"https://{lan.addresses['coord']}:8443"
         status, health = coordinator.request("GET", "/v1/health")
         assert status == 200
         status, tok = coordinator.request(
@@ -94,11 +94,23 @@ def test_discovery_and_verified_work_across_a_bridge(tmp_path: Path, lan: Lan) -
             assert st["coordinator"]["discovery"] == "mdns"
             assert st["coordinator"]["url"] == coordinator.url
             assert st["coordinator"]["coordinator_id"] == health["coordinator_id"]
-            assert st["endpoint"].startswith(f"http://{lan.addresses[host]}:")
+            assert st["endpoint"].startswith(f"https://{lan.addresses[host]}:")
             device = coordinator.request(
                 "GET", f"/v1/devices/{agent.device_id}", token=coordinator.token("operator")
             )[1]
             assert device["state"] == "active" and device["endpoint"] == st["endpoint"]
+        # Both have sent the heartbeats that make them eligible, so work can go to either.
+        for agent in agents:
+            wait_for(
+                lambda a=agent: (
+                    coordinator.request(
+                        "GET", f"/v1/devices/{a.device_id}", token=coordinator.token("operator")
+                    )[1]["eligibility"]
+                    == "eligible"
+                ),
+                timeout=30,
+                interval=0.2,
+            )
 
         tasks = [sha_task(0x70 + i, iterations=40_000, chunks=CHUNKS) for i in range(N_TASKS)]
         ids = []

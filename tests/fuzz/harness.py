@@ -1,4 +1,8 @@
-"""Keep-alive HTTP client that records every exchange, and a read-only database snapshot."""
+"""Keep-alive HTTPS client that records every exchange, and a read-only database snapshot.
+
+It speaks TLS 1.3 with the enrolled device's client certificate, so device routes get
+past the certificate check and every forged or malformed message reaches the checks
+behind it."""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import contextlib
 import http.client
 import json
 import sqlite3
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,17 +53,20 @@ class Fuzzer:
 
     host: str
     port: int
+    ssl_context: ssl.SSLContext
     sent: int = 0
     server_errors: list[Exchange] = field(default_factory=list)
     bad_shape: list[Exchange] = field(default_factory=list)
     accepted: list[Exchange] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     reported: list[str] = field(default_factory=list)
-    _conn: http.client.HTTPConnection | None = None
+    _conn: http.client.HTTPSConnection | None = None
 
-    def _connection(self) -> http.client.HTTPConnection:
+    def _connection(self) -> http.client.HTTPSConnection:
         if self._conn is None:
-            self._conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+            self._conn = http.client.HTTPSConnection(
+                self.host, self.port, timeout=60, context=self.ssl_context
+            )
         return self._conn
 
     def close(self) -> None:

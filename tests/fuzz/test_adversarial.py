@@ -156,7 +156,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     coord.start()
     try:
         state = asyncio.run(build_state(coord))
-        fuzzer = Fuzzer("127.0.0.1", coord.port)
+        fuzzer = Fuzzer("127.0.0.1", coord.port, coord.ssl_context(state.device))
         e = Env(coord, state, fuzzer)
         e.before = snapshot(coord.state_dir / "coordinator.db")
         e.started = time.monotonic()  # type: ignore[attr-defined]
@@ -574,7 +574,7 @@ def _enroll(key: SigningKey, **over: Any) -> dict[str, Any]:
             "mem_mb": 1024,
             "battery": True,
             "version": "0.1.0",
-            "endpoint": "http://127.0.0.1:9",
+            "endpoint": "https://127.0.0.1:9",
         },
         **over,
     }
@@ -893,7 +893,10 @@ def test_invalid_http(env: Env) -> None:
         b"GET /v1/health HTTP/1.1\r\nBad Header\r\n\r\n",
     ]
     for raw in raw_requests:
-        with socket.create_connection(("127.0.0.1", env.coord.port), timeout=30) as sock:
+        with (
+            socket.create_connection(("127.0.0.1", env.coord.port), timeout=30) as plain,
+            env.coord.ssl_context().wrap_socket(plain, server_hostname="127.0.0.1") as sock,
+        ):
             sock.sendall(raw)
             reply = b""
             while b"\r\n\r\n" not in reply:
@@ -908,7 +911,9 @@ def test_invalid_http(env: Env) -> None:
 
 def test_dashboard_session_cookie_without_csrf(env: Env) -> None:
     """The session cookie alone (no or a wrong CSRF header, a foreign Origin) changes nothing."""
-    conn = http.client.HTTPConnection("127.0.0.1", env.coord.port, timeout=30)
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", env.coord.port, timeout=30, context=env.coord.ssl_context()
+    )
     conn.request(
         "POST",
         "/dashboard/login",
@@ -996,7 +1001,9 @@ def test_login_unparsable_origin_is_a_403(env: Env) -> None:
 
 
 def test_non_utf8_csrf_header_is_a_403(env: Env) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", env.coord.port, timeout=30)
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", env.coord.port, timeout=30, context=env.coord.ssl_context()
+    )
     conn.request(
         "POST",
         "/dashboard/login",
@@ -1012,6 +1019,33 @@ def test_non_utf8_csrf_header_is_a_403(env: Env) -> None:
 
 
 # -- the totals -----------------------------------------------------------------------------------
+
+
+def test_bad_certificate_requests(env: Env) -> None:
+    """Well-signed enrollments of known devices whose CSR is garbage, for another curve,
+    tampered with or too large: refused, no certificate issued, nothing stored."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from aeamc.shared.runtime import tls
+
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    good = bytearray(tls.make_csr(tls.generate_key(), env.state.device.device_id))
+    tampered = bytes(good[:-3]) + bytes([good[-3] ^ 0x01]) + bytes(good[-2:])
+    bad_csrs: list[Any] = [
+        "zz",
+        "0",
+        "00",
+        "30" * 10,
+        tampered.hex(),
+        tls.make_csr(p384, env.state.device.device_id).hex(),  # type: ignore[arg-type]
+        "ab" * 2049,
+        123,
+        None,
+        ["30"],
+    ]
+    for device in (env.state.device, env.state.pending):
+        for csr in bad_csrs:
+            env.send("POST", "/v1/enroll", dumps(_enroll(device.key, csr=csr)))
 
 
 def test_totals_health_and_no_state_change(env: Env) -> None:

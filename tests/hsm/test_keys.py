@@ -221,3 +221,44 @@ def test_config_accepts_a_path_or_a_uri_and_names_a_bad_uri(tmp_path: Path) -> N
         parse_config({"chain": {"wallet_key": "pkcs11:colour=red?module-path=/x.so"}})
     with pytest.raises(ConfigError, match="not both"):
         parse_config({"chain": {"wallet_key": "a", "wallet_key_file": "b"}})
+
+
+def test_ca_key_in_the_hsm_signs_certificates_that_verify(
+    softhsm: SoftHsm, label: Label, tmp_path: Path
+) -> None:
+    """The coordinator's CA with its P-256 key in the token: the self-signed CA certificate
+    and a device certificate verify (also with openssl), and the key never leaves."""
+    import subprocess
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from aeamc.coordinator.ca import CertificateAuthority
+    from aeamc.shared.runtime import tls
+    from aeamc.shared.runtime.pkcs11 import P256HsmSigner
+
+    uri = softhsm.uri(label("ca"))
+    ca, created = CertificateAuthority.ensure(tmp_path, uri, "ab" * 16)
+    assert created
+    again, created = CertificateAuthority.ensure(tmp_path, uri, "ab" * 16)
+    assert not created and again.fingerprint == ca.fingerprint
+    assert not (tmp_path / "ca" / "ca.key").exists()  # nothing of the key on disk
+    assert tls.issued_by(ca.cert, ca.cert)
+    device_key = tls.generate_key()
+    cert = ca.issue_device(tls.make_csr(device_key, "cd" * 16), "cd" * 16, 3600)
+    assert tls.issued_by(cert, ca.cert) and cert.public_key() == device_key.public_key()
+    leaf = tmp_path / "leaf.pem"
+    leaf.write_text(cert.public_bytes(Encoding.PEM).decode())
+    ca_file = CertificateAuthority.cert_path(tmp_path)
+    verified = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(ca_file), str(leaf)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stderr
+    _assert_never_leaves(P256HsmSigner(uri)._private)
+    # A token key of another curve is refused with a clear message.
+    ed = softhsm.uri(label("not-p256"))
+    generate_ed25519(ed)
+    with pytest.raises(Exception, match="not a P-256 key"):
+        P256HsmSigner(ed)

@@ -235,7 +235,7 @@ def test_upgrade_rollback_remove_purge(
 def test_drop_ins_override_the_conffile(installed: Throwaway) -> None:
     script = f"""
         trap 'rm -f {CONFFILE[AGENT]}.d/50-test.toml {CONFFILE[COORDINATOR]}.d/50-test.toml' EXIT
-        echo 'coordinator_url = "http://192.0.2.7:8443"' > {CONFFILE[AGENT]}.d/50-test.toml
+        echo 'coordinator_url = "https://192.0.2.7:8443"' > {CONFFILE[AGENT]}.d/50-test.toml
         {AS_AGENT} aeamc-agent status --json
         printf '[server]\\nno_such_setting = 1\\n' > {CONFFILE[COORDINATOR]}.d/50-test.toml
         rc=0; aeamc-coordinator status 2>/dev/null || rc=$?
@@ -243,5 +243,5 @@ def test_drop_ins_override_the_conffile(installed: Throwaway) -> None:
     """
     out = installed.out(script)
     status, _, last = out.rpartition("coordinator exit ")
-    assert json.loads(status)["coordinator"]["url"] == "http://192.0.2.7:8443"
+    assert json.loads(status)["coordinator"]["url"] == "https://192.0.2.7:8443"
     assert last.strip() == "78"  # the drop-in was read, and its bad key refused

@@ -135,7 +135,7 @@ def test_agent_and_coordinator_run_sandboxed(
     agent = Service(extracted[AGENT], AGENT, "aeamc-agent", workdir / "agent.toml")
     agent.config.write_text(
         f'state_dir = "{workdir / "agent"}"\n'
-        f'coordinator_url = "http://127.0.0.1:{port}"\n'
+        f'coordinator_url = "https://127.0.0.1:{port}"\n'
         f'enrollment_token = "{token}"\n'
         '[listen]\nhost = "127.0.0.1"\nport = 0\n'
         "[mdns]\nenabled = false\n"

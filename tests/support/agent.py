@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aeamc.agent.keystore import load_identity
+from aeamc.shared.runtime.tls import client_context
 
 from .coordinator import merge
 
@@ -257,7 +258,11 @@ class AgentProcess:
     def health(self) -> dict[str, Any]:
         """``GET /v1/health`` of the running agent."""
         assert self.endpoint, "the agent is not serving"
-        with urllib.request.urlopen(self.endpoint + "/v1/health", timeout=10) as resp:
+        # Health is public: no need to verify who answers it.
+        context = client_context(ca_pem=None)
+        with urllib.request.urlopen(
+            self.endpoint + "/v1/health", timeout=10, context=context
+        ) as resp:
             return json.loads(resp.read())  # type: ignore[no-any-return]
 
     def log_text(self) -> str:

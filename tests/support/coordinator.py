@@ -1,11 +1,16 @@
 """A real coordinator process for integration tests: `aeamc-coordinator init` then `run`,
-on a free loopback port, with a state directory of its own."""
+on a free loopback port, with a state directory of its own.
+
+Its API is HTTPS only: ``request`` trusts the coordinator's CA and, for a device route,
+presents the client certificate of the ``SimDevice`` whose id the body carries (what
+that device's agent would do); ``device=None`` sends without one."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -14,6 +19,12 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from aeamc.shared.runtime.tls import client_context
+
+from .device import SimDevice, device_for_body
+
+AUTO: Any = object()
 
 FAST_SETTINGS = {
     "server": {"host": "127.0.0.1", "port": 0, "mdns": False},
@@ -53,6 +64,7 @@ class CoordinatorProcess:
     process: subprocess.Popen[bytes] | None = None
     port: int = 0
     log: Path | None = None
+    _ssl: tuple[str, ssl.SSLContext] | None = None
 
     @property
     def config_path(self) -> Path:
@@ -64,7 +76,29 @@ class CoordinatorProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def ca_pem(self) -> str:
+        return (self.state_dir / "ca" / "ca.pem").read_text()
+
+    def ssl_context(self, device: SimDevice | None = None) -> ssl.SSLContext:
+        """Trusting this coordinator's CA; with ``device``, presenting its certificate."""
+        if device is not None and device.cert_file is not None:
+            return device.client_context()
+        ca_pem = self.ca_pem
+        if self._ssl is None or self._ssl[0] != ca_pem:
+            self._ssl = (ca_pem, client_context(ca_pem=ca_pem))
+        return self._ssl[1]
+
+    def session(self, device: SimDevice | None = None) -> Any:
+        """An aiohttp session that speaks TLS 1.3 to this coordinator (as ``device``)."""
+        import aiohttp
+
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self.ssl_context(device)),
+            timeout=aiohttp.ClientTimeout(total=60),
+        )
 
     def token(self, role: str) -> str:
         return (self.state_dir / "tokens" / f"{role}.token").read_text().strip()
@@ -143,6 +177,7 @@ class CoordinatorProcess:
         token: str | None = None,
         raw_body: bytes | None = None,
         content_type: str = "application/json",
+        device: SimDevice | None = AUTO,
     ) -> tuple[int, Any]:
         data = (
             raw_body
@@ -154,15 +189,20 @@ class CoordinatorProcess:
             req.add_header("Content-Type", content_type)
         if token:
             req.add_header("Authorization", f"Bearer {token}")
+        if device is AUTO:
+            device = device_for_body(body)
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
+            with urllib.request.urlopen(req, timeout=30, context=self.ssl_context(device)) as resp:
                 payload = resp.read()
                 status = resp.status
                 ctype = resp.headers.get("Content-Type", "")
         except urllib.error.HTTPError as exc:
             payload, status, ctype = exc.read(), exc.code, exc.headers.get("Content-Type", "")
         if ctype.startswith("application/json"):
-            return status, json.loads(payload)
+            answer = json.loads(payload)
+            if path == "/v1/enroll" and device is not None and status == 202:
+                device.accept_enrollment(answer)
+            return status, answer
         return status, payload
 
     def wait_for(self, predicate: Any, timeout: float = 30, interval: float = 0.1) -> Any:

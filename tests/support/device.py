@@ -1,13 +1,22 @@
 """A protocol-level device for coordinator tests: it signs real messages with the
-protocol core, serves a real HTTP endpoint for assignments and challenges, and can be
-told to refuse work or to cheat. It is a test client, not a stand-in for the coordinator."""
+protocol core, serves a real HTTPS endpoint for assignments and challenges, and can be
+told to refuse work or to cheat. It is a test client, not a stand-in for the coordinator.
+
+Like an agent, it sends a CSR for its own TLS key with every enrollment, keeps the
+certificate and CA the coordinator answers with, presents the certificate on every
+request and serves its endpoint with it (aeamc.shared.runtime.tls)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import ssl
+import tempfile
 import time
+import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -16,6 +25,7 @@ from aiohttp import web
 from aeamc.shared import proofs
 from aeamc.shared.identity import SigningKey
 from aeamc.shared.messages import Assignment, Challenge, Enroll, PoA, parse_signed, sign
+from aeamc.shared.runtime import tls
 from aeamc.shared.tasks.registry import discover
 
 KINDS = discover()
@@ -31,6 +41,21 @@ GOOD_TELEMETRY = {
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+#: Every SimDevice by id, so test requests can go with the right client certificate.
+_DEVICES: weakref.WeakValueDictionary[str, SimDevice] = weakref.WeakValueDictionary()
+
+
+def device_for_body(body: Any) -> SimDevice | None:
+    """The SimDevice a request body is from (its ``device_id``, or its PoT's)."""
+    if not isinstance(body, dict):
+        return None
+    device_id = body.get("device_id")
+    pot = body.get("pot")
+    if not isinstance(device_id, str) and isinstance(pot, dict):
+        device_id = pot.get("device_id")
+    return _DEVICES.get(device_id) if isinstance(device_id, str) else None
 
 
 @dataclass
@@ -52,6 +77,23 @@ class SimDevice:
     _session: aiohttp.ClientSession | None = None
     _work: set[asyncio.Task[Any]] = field(default_factory=set)
     port: int = 0
+    #: The certificate the coordinator issued (None before the first enrollment answer).
+    cert_file: Path | None = None
+    ca_pem: str | None = None
+    #: Certificates received, oldest first (PEM).
+    certificates: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.tls_dir = Path(tempfile.mkdtemp(prefix="simdevice-"))
+        weakref.finalize(self, shutil.rmtree, self.tls_dir, True)
+        self.tls_key = tls.generate_key()
+        self.key_file = self.tls_dir / "key.pem"
+        tls.write_key(self.key_file, self.tls_key)
+        self_signed = self.tls_dir / "self.pem"
+        self_signed.write_text(tls.self_signed(self.tls_key, self.device_id))
+        self.server_ssl = tls.server_context(self_signed, self.key_file, ca_pem=None)
+        self._client_ssl: ssl.SSLContext | None = None
+        _DEVICES[self.device_id] = self
 
     @property
     def device_id(self) -> str:
@@ -59,7 +101,30 @@ class SimDevice:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"https://127.0.0.1:{self.port}"
+
+    def csr(self) -> str:
+        return tls.make_csr(self.tls_key, self.device_id).hex()
+
+    def accept_enrollment(self, answer: Any) -> None:
+        """Keep the certificate and CA of an enrollment answer, as an agent does."""
+        if not isinstance(answer, dict) or not isinstance(answer.get("certificate"), str):
+            return
+        self.ca_pem = answer["ca_certificate"]
+        self.certificates.append(answer["certificate"])
+        self.cert_file = self.tls_dir / f"cert-{len(self.certificates)}.pem"
+        self.cert_file.write_text(answer["certificate"])
+        self.server_ssl.load_cert_chain(self.cert_file, self.key_file)
+        self._client_ssl = None
+
+    def client_context(self) -> ssl.SSLContext:
+        """One context per certificate, so kept-alive connections are reused between
+        requests (a new context object would mean a new connection and handshake)."""
+        if self._client_ssl is None:
+            self._client_ssl = tls.client_context(
+                ca_pem=self.ca_pem, cert_file=self.cert_file, key_file=self.key_file
+            )
+        return self._client_ssl
 
     async def start(self) -> SimDevice:
         app = web.Application()
@@ -67,10 +132,10 @@ class SimDevice:
         app.router.add_post("/v1/challenges", self._on_challenge)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.server_ssl)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self._session = aiohttp.ClientSession()
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         return self
 
     async def stop(self) -> None:
@@ -82,9 +147,16 @@ class SimDevice:
             await self._runner.cleanup()
 
     async def post(self, path: str, body: Any) -> tuple[int, Any]:
+        """POST over TLS 1.3; before the first enrollment answer the CA is not known yet
+        (trust on first use), afterwards it is verified and the certificate presented."""
         assert self._session is not None
-        async with self._session.post(self.coordinator_url + path, json=body) as resp:
-            return resp.status, await resp.json()
+        async with self._session.post(
+            self.coordinator_url + path, json=body, ssl=self.client_context()
+        ) as resp:
+            answer = await resp.json()
+        if path == "/v1/enroll" and resp.status == 202:
+            self.accept_enrollment(answer)
+        return resp.status, answer
 
     def enroll_message(self, token: str | None = None, **over: Any) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -103,7 +175,10 @@ class SimDevice:
         }
         if token:
             body["token"] = token
+        body["csr"] = self.csr()
         body.update(over)
+        if body["csr"] is None:
+            del body["csr"]
         return sign(Enroll, body, self.key).to_dict()
 
     async def enroll(self, token: str | None = None) -> tuple[int, Any]:

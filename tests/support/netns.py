@@ -113,15 +113,17 @@ def existing_namespaces() -> set[str]:
 
 
 _CLIENT = r"""
-import json, sys, urllib.error, urllib.request
+import json, ssl, sys, urllib.error, urllib.request
 a = json.load(sys.stdin)
+ctx = ssl.create_default_context(cadata=a["ca_pem"])
+ctx.minimum_version = ssl.TLSVersion.TLSv1_3
 req = urllib.request.Request(a["url"], data=a["data"] and a["data"].encode(), method=a["method"])
 if a["data"] is not None:
     req.add_header("Content-Type", "application/json")
 if a["token"]:
     req.add_header("Authorization", "Bearer " + a["token"])
 try:
-    with urllib.request.urlopen(req, timeout=20) as r:
+    with urllib.request.urlopen(req, timeout=20, context=ctx) as r:
         status, body, ctype = r.status, r.read(), r.headers.get("Content-Type", "")
 except urllib.error.HTTPError as e:
     status, body, ctype = e.code, e.read(), e.headers.get("Content-Type", "")
@@ -130,10 +132,12 @@ json.dump({"status": status, "body": body.hex(), "ctype": ctype}, sys.stdout)
 
 
 def ns_request(
-    ns: str, method: str, url: str, body: Any = None, *, token: str | None = None
+    ns: str, method: str, url: str, body: Any = None, *, token: str | None = None, ca_pem: str
 ) -> tuple[int, Any]:
-    """One HTTP request made from inside namespace ``ns``: (status, JSON body or bytes)."""
+    """One HTTPS request made from inside namespace ``ns``, trusting ``ca_pem`` only:
+    (status, JSON body or bytes)."""
     args = {
+        "ca_pem": ca_pem,
         "url": url,
         "method": method,
         "data": json.dumps(body) if body is not None else None,
@@ -165,7 +169,7 @@ class NetnsCoordinator(CoordinatorProcess):
 
     @property
     def url(self) -> str:
-        return f"http://{self.address}:{self.port}"
+        return f"https://{self.address}:{self.port}"
 
     def start(self, timeout: float = 30) -> None:
         port_file = self.state_dir / "coordinator.port"
@@ -192,7 +196,7 @@ class NetnsCoordinator(CoordinatorProcess):
     def request(  # type: ignore[override]
         self, method: str, path: str, body: Any = None, *, token: str | None = None
     ) -> tuple[int, Any]:
-        return ns_request(self.ns, method, self.url + path, body, token=token)
+        return ns_request(self.ns, method, self.url + path, body, token=token, ca_pem=self.ca_pem)
 
 
 @dataclass

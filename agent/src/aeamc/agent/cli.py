@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from typing import Any
 import aiohttp
 
 from aeamc.shared.messages import Privacy, sign
+from aeamc.shared.runtime.tls import TlsError
 
 from . import __version__, logs
 from .client import CoordinatorClient, Reply, Unreachable
@@ -38,6 +40,7 @@ from .link import ERASED
 from .state import CoordinatorPin, StateError, ensure_dir
 from .status import live_status, offline_status, render_text
 from .telemetry import TelemetryError, make_source
+from .tls import AgentTls
 
 EX_OK, EX_FAILURE, EX_USAGE, EX_CANTCREAT, EX_CONFIG = 0, 1, 64, 73, 78
 
@@ -156,7 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config_path)
         agent = Agent(config)
-    except (ConfigError, KeyFileError, TelemetryError, StateError) as exc:
+    except (ConfigError, KeyFileError, TelemetryError, StateError, TlsError) as exc:
         return _config_error(exc)
     try:
         asyncio.run(agent.run_until_signalled())
@@ -217,6 +220,22 @@ def cmd_privacy(args: argparse.Namespace) -> int:
     if not url:
         print("aeamc-agent: no coordinator URL (set coordinator_url)", file=sys.stderr)
         return EX_FAILURE
+    try:
+        agent_tls = AgentTls(
+            config.state_dir,
+            key.device_id,
+            coordinator_id=pin.coordinator_id,
+            expected_ca=config.coordinator_ca_fingerprint,
+        )
+    except TlsError as exc:
+        return _config_error(exc)
+    if agent_tls.ca_pem is None:
+        print(
+            "aeamc-agent: the coordinator's CA is not pinned yet; run the daemon until it "
+            "has enrolled, then try again",
+            file=sys.stderr,
+        )
+        return EX_FAILURE
     forget = args.privacy_command == "forget"
     if forget and not args.yes:
         if not sys.stdin.isatty():
@@ -244,7 +263,9 @@ def cmd_privacy(args: argparse.Namespace) -> int:
         else ("POST", f"/v1/devices/{key.device_id}/export")
     )
     try:
-        reply = asyncio.run(_privacy_request(config.request_timeout_s, method, url, path, message))
+        reply = asyncio.run(
+            _privacy_request(config.request_timeout_s, agent_tls, method, url, path, body=message)
+        )
     except Unreachable as exc:
         print(f"aeamc-agent: coordinator unreachable: {exc}", file=sys.stderr)
         return EX_FAILURE
@@ -256,9 +277,7 @@ def cmd_privacy(args: argparse.Namespace) -> int:
         )
         return EX_FAILURE
     if forget:
-        CoordinatorPin(pin.coordinator_id, pin.public_key, pin.cluster_id, ERASED, pin.url).save(
-            config.state_dir
-        )
+        dataclasses.replace(pin, state=ERASED).save(config.state_dir)
         print(f"device {key.device_id} erased from coordinator {pin.coordinator_id}")
         print("this identity is no longer enrolled; to take part again: aeamc-agent init --force")
         return EX_OK
@@ -273,10 +292,12 @@ def cmd_privacy(args: argparse.Namespace) -> int:
     return EX_OK
 
 
-async def _privacy_request(timeout_s: float, method: str, url: str, path: str, body: Any) -> Reply:
+async def _privacy_request(
+    timeout_s: float, agent_tls: AgentTls, method: str, url: str, path: str, *, body: Any
+) -> Reply:
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        return await CoordinatorClient(session).send(method, url, path, body)
+        return await CoordinatorClient(session, tls=agent_tls).send(method, url, path, body)
 
 
 def _config_error(exc: Exception) -> int:

@@ -4,6 +4,10 @@ Every answer is a ``Reply`` (status, JSON body, round trip in µs); anything tha
 HTTP answer (refused connection, timeout, reset) is ``Unreachable``. The round trip of
 each request is the device's latency measurement (SPEC §2 ``net_latency_us``): a real
 exchange with the coordinator, not a ping to somewhere else.
+
+Every request is TLS 1.3: with ``tls`` (the agent's ``AgentTls``) it verifies the pinned
+CA under the coordinator's name and presents the device's certificate; a coordinator
+whose certificate does not verify is ``Unreachable`` (and logged as such).
 """
 
 from __future__ import annotations
@@ -11,15 +15,22 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from .logs import REQUEST_ID_HEADER
 
+if TYPE_CHECKING:
+    from .tls import AgentTls
+
 
 class Unreachable(Exception):
     """No HTTP answer from the coordinator."""
+
+
+class CertificateRefused(Unreachable):
+    """The coordinator's TLS certificate is not from the pinned CA (or not for its id)."""
 
 
 @dataclass(frozen=True)
@@ -50,8 +61,9 @@ class Reply:
 
 
 class CoordinatorClient:
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(self, session: aiohttp.ClientSession, *, tls: AgentTls | None = None) -> None:
         self.session = session
+        self.tls = tls
         self.last_rtt_us: int | None = None
 
     async def post(
@@ -73,12 +85,17 @@ class CoordinatorClient:
         headers = {"Content-Type": "application/json"}
         if request_id:
             headers[REQUEST_ID_HEADER] = request_id
-        data = json.dumps(payload, separators=(",", ":")).encode()
+        data = None if payload is None else json.dumps(payload, separators=(",", ":")).encode()
+        options = self.tls.request_options(time.time_ns() // 1_000_000) if self.tls else {}
         started = time.perf_counter_ns()
         try:
-            async with self.session.request(method, url, data=data, headers=headers) as resp:
+            async with self.session.request(
+                method, url, data=data, headers=headers, **options
+            ) as resp:
                 raw = await resp.read()
                 status = resp.status
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise CertificateRefused(f"{url}: {exc.certificate_error}") from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise Unreachable(f"{url}: {exc.__class__.__name__}: {exc}") from None
         rtt_us = (time.perf_counter_ns() - started) // 1000

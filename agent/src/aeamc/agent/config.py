@@ -49,6 +49,9 @@ class AgentConfig:
     coordinator_url: str | None = None
     #: Enrollment token from the coordinator's operator; without it enrollment is pending.
     enrollment_token: str | None = None
+    #: SHA-256 of the coordinator's CA certificate, as its operator reads it from
+    #: ``aeamc-coordinator status``; set, the first enrollment pins only that CA.
+    coordinator_ca_fingerprint: str | None = None
 
     #: Address the assignment/challenge server binds; port 0 picks a free port.
     listen_host: str = "0.0.0.0"  # noqa: S104 - the coordinator must reach the device
@@ -119,6 +122,7 @@ TOML_KEYS: dict[tuple[str, str], str] = {
     ("", "identity_key"): "identity_key",
     ("", "coordinator_url"): "coordinator_url",
     ("", "enrollment_token"): "enrollment_token",
+    ("", "coordinator_ca_fingerprint"): "coordinator_ca_fingerprint",
     ("", "max_queued_tasks"): "max_queued_tasks",
     ("listen", "host"): "listen_host",
     ("listen", "port"): "listen_port",
@@ -201,7 +205,11 @@ def render_config(
     lines.append(
         f'coordinator_url = "{_toml_str(coordinator_url)}"'
         if coordinator_url
-        else '# coordinator_url = "http://192.0.2.1:8480"   # unset: found over mDNS'
+        else '# coordinator_url = "https://192.0.2.1:8443"   # unset: found over mDNS'
+    )
+    lines.append(
+        '# coordinator_ca_fingerprint = "..."   # from `aeamc-coordinator status`; '
+        "unset: trust on first use"
     )
     lines.append(
         f'enrollment_token = "{_toml_str(token)}"'
@@ -292,10 +300,18 @@ def _number(key: str, value: Any, where: str) -> float:
 def _validate(c: AgentConfig) -> None:
     if c.coordinator_url is not None:
         parts = urlsplit(c.coordinator_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError("coordinator_url: expected http://host:port or https://host:port")
+        if parts.scheme == "http":
+            raise ConfigError(
+                "coordinator_url: the coordinator speaks TLS 1.3 only; use https:// (same "
+                "host and port)"
+            )
+        if parts.scheme != "https" or not parts.hostname:
+            raise ConfigError("coordinator_url: expected https://host:port")
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise ConfigError("coordinator_url: give the base URL only (the agent adds /v1/...)")
+    fp = c.coordinator_ca_fingerprint
+    if fp is not None and not re.fullmatch(r"[0-9a-f]{64}", fp.replace(":", "").lower()):
+        raise ConfigError("coordinator_ca_fingerprint: the 64 hex digits of a SHA-256")
     if c.enrollment_token is not None and not _TOKEN.fullmatch(c.enrollment_token):
         raise ConfigError("enrollment_token: 1-128 characters of A-Z a-z 0-9 . _ ~ -")
     _ip("listen.host", c.listen_host)

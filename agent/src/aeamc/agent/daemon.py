@@ -71,6 +71,7 @@ from .state import (
 )
 from .status import daemon_status
 from .telemetry import TelemetrySource, make_source
+from .tls import AgentTls
 from .traces import TraceStore
 from .worker import ChunkPool
 from .workqueue import WorkQueue
@@ -120,6 +121,12 @@ class Agent:
         self.queue = WorkQueue(state / QUEUE_DIR, state / ABANDONED_DIR)
         self.seq = SeqCounter(state)
         pin = CoordinatorPin.load(state)
+        self.tls = AgentTls(
+            state,
+            self.device_id,
+            coordinator_id=pin.coordinator_id if pin else None,
+            expected_ca=config.coordinator_ca_fingerprint,
+        )
         self.locator = CoordinatorLocator(
             config.coordinator_url, pin.coordinator_id if pin else None
         )
@@ -149,7 +156,7 @@ class Agent:
     async def start(self) -> None:
         c = self.config
         self._session = client_session(timeout_s=c.request_timeout_s)
-        client = CoordinatorClient(self._session)
+        client = CoordinatorClient(self._session, tls=self.tls)
         self.monitor.poll()
         self.link = CoordinatorLink(
             config=c,
@@ -163,6 +170,7 @@ class Agent:
             on_change=self._link_changed,
             has_work=self._has_work,
             on_heartbeat=self._count(self.metrics.heartbeats),
+            tls=self.tls,
         )
         self.runner = TaskRunner(
             signer=self.key,
@@ -190,7 +198,9 @@ class Agent:
             on_latency=self._latency,
             on_result=self._count(self.metrics.deliveries),
         )
-        self._http, self.port = await start_server(make_app(self), c.listen_host, c.listen_port)
+        self._http, self.port = await start_server(
+            make_app(self), c.listen_host, c.listen_port, ssl_context=self.tls.server_ssl
+        )
         log.info(
             "agent %s listening on %s:%d (telemetry: %s)",
             self.device_id,
@@ -382,7 +392,7 @@ class Agent:
             return None
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return f"https://{host}:{self.port}"
 
     # --- status ---------------------------------------------------------------------------
 

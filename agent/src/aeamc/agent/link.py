@@ -6,6 +6,13 @@ and whenever the coordinator says ``not_enrolled``. The first answer pins the
 coordinator's key (trust on first use, checked against ``coordinator_id`` and against the
 mDNS advert); a later answer with another key is refused and nothing is sent to it.
 
+Every enrollment carries a CSR for the device's TLS key; the answer's certificate is
+what every later request presents (mutual TLS), and the first answer's CA is pinned
+with the key (``tls.py``). Enrollment is also how the certificate is renewed: once two
+thirds of its lifetime have passed, the next exchange is an enrollment, sent over the
+mutually authenticated connection. A refusal of the certificate (missing, revoked)
+leads to an enrollment too, and a quarantined device gets no new one.
+
 Heartbeats carry a ``seq`` persisted before sending; a ``replay`` refusal moves the
 counter past what the coordinator saw. Without an answer, the link backs off
 exponentially (with jitter, capped) and tries again.
@@ -13,6 +20,7 @@ exponentially (with jitter, capped) and tries again.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Callable
@@ -23,11 +31,12 @@ from aeamc.shared.identity import SigningKey, check_key_matches_id, parse_public
 from aeamc.shared.messages import Capabilities, Enroll, PoA, sign
 
 from .backoff import Backoff, jittered
-from .client import CoordinatorClient, Reply, Unreachable
+from .client import CertificateRefused, CoordinatorClient, Reply, Unreachable
 from .config import AgentConfig
 from .locator import CoordinatorLocator
 from .monitor import EnergyMonitor
 from .state import CoordinatorPin, SeqCounter
+from .tls import AgentTls, TrustError
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +48,8 @@ CLOCK_SKEW_WARNING_MS = 30_000
 #: Feature flag (SPEC §10, set on the coordinator): while on, an idle device on battery
 #: heartbeats half as often, and at the configured interval again once it has work.
 ADAPTIVE_HEARTBEAT = "adaptive-heartbeat"
+#: Refusals of the client certificate: enroll (again) to get one.
+CERTIFICATE_CODES = ("certificate_required", "certificate_revoked", "certificate_mismatch")
 #: The slowed interval never exceeds this: with 10 % jitter, the default PoA window
 #: (``eps.poa_window_s`` 120 s, ``eps.min_poas`` 2) still sees two heartbeats, so an idle
 #: device stays eligible for the work that would bring it back to its normal pace.
@@ -65,6 +76,7 @@ class CoordinatorLink:
         uniform: Callable[[float, float], float] = random.uniform,
         has_work: Callable[[], bool] = lambda: False,
         on_heartbeat: Callable[[str], None] = lambda result: None,
+        tls: AgentTls | None = None,
     ) -> None:
         self.config = config
         self.key = key
@@ -80,6 +92,12 @@ class CoordinatorLink:
         self.has_work = has_work
         self.on_heartbeat = on_heartbeat
         self.pin = CoordinatorPin.load(config.state_dir)
+        self.tls = tls or AgentTls(
+            config.state_dir,
+            key.device_id,
+            coordinator_id=self.pin.coordinator_id if self.pin else None,
+            expected_ca=config.coordinator_ca_fingerprint,
+        )
         self.state = self.pin.state if self.pin else UNKNOWN
         self.flags: dict[str, bool] = {}
         self.server_time_ms: int | None = None
@@ -98,6 +116,14 @@ class CoordinatorLink:
             url = await self.locator.wait_url()
             try:
                 delay = await self.exchange(url)
+            except CertificateRefused as exc:
+                delay = self.config.retry_max_s
+                self._set_state(
+                    UNTRUSTED,
+                    f"the coordinator's TLS certificate does not verify against the pinned CA "
+                    f"{self.tls.ca_fingerprint}: {exc}; refusing it",
+                )
+                log.error("%s", self.last_error)
             except Unreachable as exc:
                 delay = self.backoff.next_delay()
                 self._set_error(f"coordinator unreachable: {exc}")
@@ -121,11 +147,17 @@ class CoordinatorLink:
                 "sending nothing. To take part again: aeamc-agent init --force"
             )
             return self.config.retry_max_s * 60
-        if self.need_enroll:
+        if self.need_enroll or self.tls.renewal_due(self.clock_ms()):
             return await self.enroll(url)
         return await self.heartbeat(url)
 
     async def enroll(self, url: str) -> float:
+        if self.tls.ca_pem is None:
+            advert = self.locator.advert
+            discovered = advert is not None and self.locator.fixed_url is None
+            expected = self.tls.expected_ca_for(advert.ca_fingerprint if discovered else None)
+            if expected is not None:
+                await self._fetch_ca(url, expected)
         body: dict[str, Any] = {
             "type": "enroll",
             "public_key": self.key.public_key.hex(),
@@ -135,6 +167,7 @@ class CoordinatorLink:
         }
         if self.config.enrollment_token:
             body["token"] = self.config.enrollment_token
+        body["csr"] = self.tls.csr_hex()
         message = sign(Enroll, body, self.key)
         reply = await self.client.post(url, "/v1/enroll", message.to_dict())
         self._measured(reply)
@@ -149,6 +182,16 @@ class CoordinatorLink:
         self.need_enroll = False
         log.info("enrolled: %s", state)
         return 0.0
+
+    async def _fetch_ca(self, url: str, expected: str) -> None:
+        """Pin the CA by its known fingerprint before anything (a token) is sent."""
+        reply = await self.client.send("GET", url, "/v1/ca", None)
+        if reply.status != 200:
+            raise Unreachable(f"{url}/v1/ca: HTTP {reply.status} {reply.error_code or ''}")
+        try:
+            self.tls.pin_ca(reply.body, expected)
+        except TrustError as exc:
+            raise UntrustedCoordinator(f"coordinator at {url}: {exc}; refusing it") from None
 
     async def heartbeat(self, url: str) -> float:
         body = {
@@ -195,8 +238,17 @@ class CoordinatorLink:
         message = f"{what} refused: HTTP {reply.status} {code or ''} {reply.error_message}".strip()
         if reply.status >= 500 or reply.status in (408, 429):
             delay = self.backoff.next_delay()
+            wait = reply.error.get("retry_after_s")  # a rate limit says how long
+            if isinstance(wait, int) and not isinstance(wait, bool) and 0 < wait <= 3600:
+                delay = max(delay, float(wait))
             self._set_error(message)
             log.warning("%s; retrying in %.1f s", message, delay)
+            return delay
+        if code in CERTIFICATE_CODES:
+            delay = self.backoff.next_delay()
+            log.warning("%s; enrolling for a new certificate in %.1f s", message, delay)
+            self.need_enroll = True
+            self._set_error(message)
             return delay
         if code == NOT_ENROLLED:
             log.warning("the coordinator does not know this device; enrolling again")
@@ -258,6 +310,15 @@ class CoordinatorLink:
             and (advert.coordinator_id != coordinator_id or advert.public_key != public_key.hex())
         ):
             raise UntrustedCoordinator("enrollment answer does not match the mDNS advert")
+        discovered = advert is not None and self.locator.fixed_url is None
+        try:
+            self.tls.accept(body, coordinator_id, advert.ca_fingerprint if discovered else None)
+        except TrustError as exc:
+            raise UntrustedCoordinator(
+                f"coordinator at {url}: {exc}. To move the device to another coordinator, "
+                f"delete {self.config.state_dir / 'coordinator.json'} and "
+                f"{self.tls.ca_file}"
+            ) from None
         cluster = body.get("cluster_id")
         self.pin = CoordinatorPin(
             coordinator_id=coordinator_id,
@@ -265,6 +326,7 @@ class CoordinatorLink:
             cluster_id=cluster if isinstance(cluster, int) else None,
             state=state,
             url=url,
+            ca_fingerprint=self.tls.ca_fingerprint,
         )
         self.pin.save(self.config.state_dir)
         self.locator.pin(coordinator_id)
@@ -300,13 +362,7 @@ class CoordinatorLink:
             log.info("coordinator state: %s", state)
             self.state = state
             if self.pin is not None and state in (PENDING, ACTIVE, QUARANTINED, ERASED):
-                self.pin = CoordinatorPin(
-                    self.pin.coordinator_id,
-                    self.pin.public_key,
-                    self.pin.cluster_id,
-                    state,
-                    self.pin.url,
-                )
+                self.pin = dataclasses.replace(self.pin, state=state)
                 self.pin.save(self.config.state_dir)
         self.last_error = error
         self.on_change()

@@ -26,7 +26,7 @@ def url_for(record: ServiceRecord) -> str | None:
     if not record.addresses or not record.port:
         return None
     addresses = sorted(record.addresses, key=lambda a: ipaddress.ip_address(a).is_loopback)
-    return f"http://{addresses[0]}:{record.port}"
+    return f"https://{addresses[0]}:{record.port}"
 
 
 class CoordinatorLocator:

@@ -1,8 +1,9 @@
-"""Where HTTP clients and servers are built: the one place TLS will plug in.
+"""Where the agent's HTTP client session and server are built.
 
-SPEC §9 wants TLS 1.3 and mutual authentication after enrollment; until the coordinator
-issues certificates the agent speaks plain HTTP. Both constructors already take an
-``ssl.SSLContext`` so that adding TLS changes the callers' arguments, not their code.
+The TLS side (contexts, certificates, the pinned CA) is ``tls.py`` on top of
+``aeamc.shared.runtime.tls``: the server is started with the agent's server context,
+and each request to the coordinator carries the client context (``client.py``), so
+that pinning the CA or renewing the certificate needs no new session.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ MAX_REQUEST_BYTES = 4 * 1024 * 1024
 def client_session(
     *, timeout_s: float, ssl_context: ssl.SSLContext | None = None
 ) -> aiohttp.ClientSession:
+    """Requests to the coordinator pass their ``ssl`` context per call (``client.py``);
+    ``ssl_context`` is the default for the others (none: the system's trust store)."""
     connector = aiohttp.TCPConnector(ssl=ssl_context if ssl_context is not None else True, limit=4)
     return aiohttp.ClientSession(
         connector=connector,
@@ -33,7 +36,7 @@ async def start_server(
     host: str,
     port: int,
     *,
-    ssl_context: ssl.SSLContext | None = None,
+    ssl_context: ssl.SSLContext,
 ) -> tuple[web.AppRunner, int]:
     """Serve ``app`` on ``host:port`` (port 0 picks a free one); return the bound port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -10,7 +10,8 @@ What each answer means for the queued proof:
                                             store it in place, send again
 410 (``assignment_expired``,                refused for good: move to ``rejected/`` with the
 ``unknown_assignment``), other 4xx          reason
-403 ``not_enrolled`` / ``pending``          keep; wait for enrollment, retry with backoff
+403 ``not_enrolled`` / ``pending``,         keep; wait for enrollment (which also renews
+401/403 ``certificate_*``                   the certificate), retry with backoff
 5xx, 408, 429, no answer                    keep; retry with backoff
 ==========================================  =================================================
 
@@ -40,7 +41,15 @@ log = logging.getLogger(__name__)
 
 DELIVERED, RETRY, REJECTED, RESIGNED = "delivered", "retry", "rejected", "resigned"
 _RETRY_STATUSES = (408, 429)
-_WAIT_CODES = ("not_enrolled", "pending", "quarantined")
+#: Not refusals of the proof: the link re-enrolls (for a new certificate, too), then it goes.
+_WAIT_CODES = (
+    "not_enrolled",
+    "pending",
+    "quarantined",
+    "certificate_required",
+    "certificate_revoked",
+    "certificate_mismatch",
+)
 
 
 class OutboxSender:

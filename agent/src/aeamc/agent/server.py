@@ -12,8 +12,12 @@
 =====================  ===================================================================
 
 Every error is JSON ``{"error": {"code", "message"}}`` with a 4xx status; bad input never
-causes a 5xx. Checks run cheapest and least revealing first: parse, then the pinned
-coordinator's signature (an unsigned request learns nothing else), then the rest.
+causes a 5xx. The server speaks TLS 1.3 only. Assignments and challenges must come over
+a connection on which the pinned coordinator presented its certificate from the pinned
+CA (403 ``certificate_required`` otherwise; a certificate from another CA fails the
+handshake); health and capabilities are public. Checks run cheapest and least revealing
+first: the client certificate, parse, then the pinned coordinator's signature (an
+unsigned request learns nothing else), then the rest.
 """
 
 from __future__ import annotations
@@ -85,8 +89,20 @@ def make_app(agent: Agent) -> web.Application:
     return app
 
 
+def _from_coordinator(agent: Agent, request: web.Request) -> None:
+    if agent.link is None or agent.link.pin is None:
+        raise ApiError(403, "not_enrolled", "this device is not enrolled with a coordinator yet")
+    if not agent.link.tls.coordinator_peer_ok(request.transport):
+        raise ApiError(
+            403,
+            "certificate_required",
+            "only the pinned coordinator, with its client certificate, may send this",
+        )
+
+
 async def post_assignment(request: web.Request) -> web.Response:
     agent = request.app[AGENT_KEY]
+    _from_coordinator(agent, request)
     assignment = _verified(agent, await _json(request), Assignment)
     if assignment.coordinator_id != agent.pinned_coordinator_id:
         raise ApiError(403, "unknown_coordinator", "not the coordinator this device enrolled with")
@@ -97,6 +113,7 @@ async def post_assignment(request: web.Request) -> web.Response:
 
 async def post_challenge(request: web.Request) -> web.Response:
     agent = request.app[AGENT_KEY]
+    _from_coordinator(agent, request)
     challenge = _verified(agent, await _json(request), Challenge)
     logs.remember_task(challenge.task_id, logs.REQUEST_ID.get())
     stored = agent.traces.load(challenge.task_id, agent.clock_ms())

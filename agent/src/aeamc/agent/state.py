@@ -4,7 +4,8 @@ Layout (all under ``state_dir``)::
 
     identity.key        Ed25519 seed, hex, mode 0600 (keystore.py)
     seq                 last heartbeat seq used, written durably before each heartbeat
-    coordinator.json    the pinned coordinator key, cluster and last enrollment state
+    coordinator.json    the pinned coordinator key and CA fingerprint, cluster, last state
+    tls/                the TLS key, the certificate the coordinator issued, its CA (tls.py)
     status.json         what the running daemon last saw (``aeamc-agent status`` reads it)
     queue/              accepted assignments not yet done, one file each (workqueue.py)
     abandoned/          assignments dropped for good (expired...), with the reason
@@ -118,6 +119,8 @@ class CoordinatorPin:
     cluster_id: int | None
     state: str
     url: str | None = None
+    #: SHA-256 of the coordinator's CA certificate (``tls/ca.pem``), pinned with the key.
+    ca_fingerprint: str | None = None
 
     @property
     def public_key_bytes(self) -> bytes:
@@ -133,6 +136,10 @@ class CoordinatorPin:
         if data is None:
             return None
         try:
+            url = data.get("url")
+            if isinstance(url, str) and url.startswith("http://"):
+                # Saved before the coordinator spoke TLS only: same host and port.
+                data["url"] = "https://" + url[len("http://") :]
             pin = cls(**data)
             check_key_matches_id(pin.public_key_bytes, pin.coordinator_id)
         except Exception as exc:

@@ -62,6 +62,7 @@ def daemon_status(agent: Agent) -> dict[str, Any]:
             "last_error": link.last_error if link else None,
         },
         "flags": dict(link.flags) if link else {},
+        "tls": agent.tls.status(),
         "telemetry_source": agent.source.name,
         "telemetry": telemetry.to_dict(),
         "eps": round(eps(telemetry), 4),
@@ -134,6 +135,7 @@ def offline_status(
             "last_error": None,
         },
         "flags": (previous or {}).get("flags", {}),
+        "tls": _offline_tls(state, pin),
         "telemetry_source": config.telemetry_source,
         "telemetry_error": source_error,
         "telemetry": telemetry.to_dict() if telemetry else None,
@@ -153,6 +155,26 @@ def offline_status(
         "demo_cheater": config.is_demo_cheater,
         "cheat_fraction": config.cheat_fraction,
     }
+
+
+def _offline_tls(state: Path, pin: CoordinatorPin | None) -> dict[str, Any]:
+    """What the pinned CA and the certificate on disk say (read only, nothing created)."""
+    from aeamc.shared.runtime import tls
+
+    out: dict[str, Any] = {"ca_fingerprint": pin.ca_fingerprint if pin else None}
+    cert_file = state / "tls" / "cert.pem"
+    try:
+        cert = tls.load_pem(cert_file.read_text())
+    except (OSError, tls.TlsError):
+        out["certificate"] = None
+    else:
+        start, end = tls.validity_ms(cert)
+        out["certificate"] = {
+            "serial": tls.serial_hex(cert),
+            "not_before_ms": start,
+            "not_after_ms": end,
+        }
+    return out
 
 
 def live_status(state_dir: Path) -> dict[str, Any] | None:
@@ -178,6 +200,7 @@ def render_text(status: Mapping[str, Any]) -> str:
             f"{coord.get('url') or '-'} ({coord.get('discovery')}), "
             f"state {coord.get('state') or 'unknown'}",
         ),
+        ("coordinator CA", (status.get("tls") or {}).get("ca_fingerprint") or "not pinned yet"),
         ("telemetry source", status.get("telemetry_source")),
     ]
     if status.get("identity_error"):

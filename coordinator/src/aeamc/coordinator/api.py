@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from aeamc.shared.errors import ProtocolError
+from aeamc.shared.runtime.tls import peer_of
 
 from .anchoring.bundles import receipt_bundle
 from .dashboard import add_dashboard_routes
@@ -23,6 +24,7 @@ from .errors import ApiError
 from .logs import REQUEST_ID, REQUEST_ID_HEADER, incoming_request_id
 from .metrics import Metrics
 from .openapi import openapi_document
+from .ratelimit import RateLimiter
 from .service import Coordinator
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,7 @@ _HTTP_CODES = {
     405: "method_not_allowed",
     413: "body_too_large",
     415: "unsupported_media_type",
+    429: "rate_limited",
 }
 
 
@@ -155,12 +158,12 @@ async def enroll(request: web.Request) -> web.Response:
 
 async def heartbeats(request: web.Request) -> web.Response:
     c = request.app[COORDINATOR_KEY]
-    return reply(await c.heartbeat(await json_body(request)), 202)
+    return reply(await c.heartbeat(await json_body(request), peer_of(request.transport)), 202)
 
 
 async def post_proof(request: web.Request) -> web.Response:
     c = request.app[COORDINATOR_KEY]
-    return reply(await c.accept_proof(await json_body(request)), 202)
+    return reply(await c.accept_proof(await json_body(request), peer_of(request.transport)), 202)
 
 
 # -- clients --------------------------------------------------------------------------------
@@ -243,7 +246,7 @@ async def _operator_or_device(request: web.Request, device_id: str, action: str)
         raise ApiError(
             401, "unauthorized", "send the operator token or the device's signed privacy request"
         )
-    c.check_privacy_request(await json_body(request), device_id, action)
+    c.check_privacy_request(await json_body(request), device_id, action, peer_of(request.transport))
     return "device"
 
 
@@ -353,8 +356,18 @@ async def health(request: web.Request) -> web.Response:
             "cluster_id": c.config.protocol.cluster_id,
             "degraded": [a["name"] for a in alerts],
             "alerts": alerts,
+            "ca_fingerprint": c.certs.ca.fingerprint if c.certs is not None else None,
         }
     )
+
+
+async def ca_certificate(request: web.Request) -> web.Response:
+    """The CA certificate, public: an agent that was given its fingerprint checks it before
+    it sends anything (its enrollment token included) to this coordinator."""
+    c = request.app[COORDINATOR_KEY]
+    if c.certs is None:
+        raise ApiError(503, "unavailable", "this coordinator has no certificate authority")
+    return reply({"ca_certificate": c.certs.ca.cert_pem, "ca_fingerprint": c.certs.ca.fingerprint})
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -363,10 +376,17 @@ async def openapi(request: web.Request) -> web.Response:
 
 def build_app(coordinator: Coordinator) -> web.Application:
     metrics = Metrics(coordinator)
+    limiter = RateLimiter(coordinator.config.limits)
     app = web.Application(
         # Metrics outermost, so they see the status the error middleware chose.
         # Request ids outermost, so every line logged for a request carries its id.
-        middlewares=[request_id_middleware, metrics.middleware, error_middleware],
+        # Rate limits before any work (even reading the body) is spent on a request.
+        middlewares=[
+            request_id_middleware,
+            metrics.middleware,
+            limiter.middleware,
+            error_middleware,
+        ],
         client_max_size=coordinator.config.server.max_body_bytes,
     )
     app[COORDINATOR_KEY] = coordinator
@@ -394,6 +414,7 @@ def build_app(coordinator: Coordinator) -> web.Application:
     app.router.add_get("/v1/microblocks/{height}/raw", get_block_raw)
     app.router.add_get("/v1/receipts/{task_id}/{device_id}/proof", receipt_proof)
     app.router.add_get("/v1/health", health)
+    app.router.add_get("/v1/ca", ca_certificate)
     app.router.add_get("/v1/openapi.json", openapi)
     # The page, /privacy, login; also appends the session middleware, innermost.
     add_dashboard_routes(app, coordinator)

@@ -1,4 +1,4 @@
-"""The running coordinator: storage, HTTP server and background loops, started and
+"""The running coordinator: storage, HTTPS server and background loops, started and
 stopped together."""
 
 from __future__ import annotations
@@ -9,11 +9,14 @@ from typing import Any
 
 from aiohttp import web
 
-from aeamc.shared.identity import Signer
+from aeamc.shared.identity import Signer, device_id_for
+from aeamc.shared.runtime import tls
 from aeamc.shared.tasks.registry import discover
 
 from .anchoring.service import AnchoringService
 from .api import build_app
+from .ca import CertificateAuthority, ServerFiles, host_names, issue_server_files
+from .certs import DeviceCertificates
 from .config import CoordinatorConfig
 from .db import Database
 from .discovery import Discovery
@@ -31,8 +34,31 @@ class CoordinatorService:
     def __init__(self, config: CoordinatorConfig, signer: Signer) -> None:
         self.config = config
         self.db = Database(config.db_path)
-        self.coordinator = Coordinator(config, signer, self.db, discover())
-        self.client = AgentClient(timeout_s=config.scheduler.push_timeout_s)
+        coordinator_id = device_id_for(signer.public_key)
+        self.ca, created = CertificateAuthority.ensure(
+            config.state_dir, config.ca_key, coordinator_id
+        )
+        if created:
+            log.warning(
+                "this state directory had no certificate authority; created one, fingerprint "
+                "%s. Agents enrolled before learn it at their next enrollment: compare it with "
+                "`aeamc-agent status` on each device",
+                self.ca.fingerprint,
+            )
+        self.server_files = self._issue_server_files(coordinator_id)
+        self.server_ssl = tls.server_context(
+            self.server_files.cert_file, self.server_files.key_file, ca_pem=self.ca.cert_pem
+        )
+        self.client_ssl = tls.client_context(
+            ca_pem=self.ca.cert_pem,
+            cert_file=self.server_files.cert_file,
+            key_file=self.server_files.key_file,
+        )
+        certs = DeviceCertificates(self.ca, self.db, config.tls.device_cert_lifetime_s)
+        self.coordinator = Coordinator(config, signer, self.db, discover(), certs=certs)
+        self.client = AgentClient(
+            timeout_s=config.scheduler.push_timeout_s, ssl_context=self.client_ssl
+        )
         self.scheduler = Scheduler(self.coordinator, self.client)
         self.spot_checker = SpotChecker(self.coordinator, self.client)
         self.anchoring = AnchoringService(config, self.coordinator)
@@ -47,7 +73,12 @@ class CoordinatorService:
         await self.client.start()
         self._runner = web.AppRunner(build_app(self.coordinator), access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.server.host, self.config.server.port)
+        site = web.TCPSite(
+            self._runner,
+            self.config.server.host,
+            self.config.server.port,
+            ssl_context=self.server_ssl,
+        )
         await site.start()
         server = site._server  # aiohttp keeps the bound sockets here
         sockets = getattr(server, "sockets", None) or []
@@ -64,11 +95,34 @@ class CoordinatorService:
             self.discovery = Discovery(self.coordinator, self.port)
             await self.discovery.start()
         log.info(
-            "coordinator %s listening on %s:%d",
+            "coordinator %s listening on https://%s:%d (TLS 1.3; CA fingerprint %s)",
             self.coordinator.coordinator_id,
             self.config.server.host,
             self.port,
+            self.ca.fingerprint,
         )
+
+    def _issue_server_files(self, coordinator_id: str) -> ServerFiles:
+        s = self.config.server
+        names = host_names(s.host, s.advertise_address, self.config.tls.server_names)
+        return issue_server_files(
+            self.ca,
+            self.config.state_dir,
+            coordinator_id,
+            names=names,
+            lifetime_s=self.config.tls.server_cert_lifetime_s,
+        )
+
+    def renew_server_certificate(self, now_ms: int) -> bool:
+        """Re-issue our certificate once two thirds of its lifetime passed; new handshakes
+        (served and made) use it at once, open connections keep the old one."""
+        if not tls.renewal_due(self.server_files.cert, now_ms):
+            return False
+        self.server_files = self._issue_server_files(self.coordinator.coordinator_id)
+        for ctx in (self.server_ssl, self.client_ssl):
+            ctx.load_cert_chain(self.server_files.cert_file, self.server_files.key_file)
+        log.info("renewed the coordinator's TLS certificate")
+        return True
 
     async def stop(self) -> None:
         if self.discovery is not None:
@@ -107,6 +161,7 @@ class CoordinatorService:
                 purged = await self.coordinator.purge_telemetry()
                 if purged:
                     log.info("purged %d heartbeats past retention", purged)
+                self.renew_server_certificate(self.coordinator.clock())
             except Exception:
                 log.exception("maintenance failed")
             await asyncio.sleep(MAINTENANCE_INTERVAL_S)

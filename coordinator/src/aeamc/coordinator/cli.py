@@ -96,6 +96,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(f"created identity: coordinator_id {key.device_id}")
     else:
         print(f"identity exists: coordinator_id {key.device_id}")
+    _init_ca(config, key.device_id)
     if config.chain.enabled:
         _init_wallet(config)
     tokens_dir = config.state_dir / "tokens"
@@ -104,6 +105,20 @@ def cmd_init(args: argparse.Namespace) -> int:
     for role, token in created.items():
         print(f"{role} token (also saved in {tokens_dir / (role + '.token')}): {token}")
     return EX_OK
+
+
+def _init_ca(config: CoordinatorConfig, coordinator_id: str) -> None:
+    from .ca import CaError, CertificateAuthority
+
+    try:
+        ca, created = CertificateAuthority.ensure(config.state_dir, config.ca_key, coordinator_id)
+    except CaError as exc:
+        raise CliError(f"configuration error: {exc}", EX_CONFIG) from None
+    print(
+        f"{'created' if created else 'using'} certificate authority "
+        f"{CertificateAuthority.cert_path(config.state_dir)}\n"
+        f"CA fingerprint (SHA-256): {ca.fingerprint}"
+    )
 
 
 def _init_wallet(config: CoordinatorConfig) -> None:
@@ -219,9 +234,10 @@ class Api:
         host = config.server.host
         if host in ("0.0.0.0", "::", ""):  # noqa: S104
             host = "127.0.0.1"
-        self.base = (url or f"http://{host}:{port}").rstrip("/")
+        self.base = (url or f"https://{host}:{port}").rstrip("/")
         token_file = config.state_dir / "tokens" / f"{role}.token"
         self.token = token_file.read_text().strip() if token_file.exists() else None
+        self.ssl = _ca_context(config)
 
     def call(self, method: str, path: str, body: Any = None, *, raw: bool = False) -> Any:
         data = json.dumps(body).encode() if body is not None else None
@@ -231,7 +247,7 @@ class Api:
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
+            with urllib.request.urlopen(req, timeout=30, context=self.ssl) as resp:  # noqa: S310
                 payload = resp.read()
         except urllib.error.HTTPError as exc:
             try:
@@ -246,6 +262,20 @@ class Api:
                 f"cannot reach the coordinator at {self.base}: {reason}", EX_UNAVAILABLE
             ) from None
         return payload if raw else json.loads(payload)
+
+
+def _ca_context(config: CoordinatorConfig) -> Any:
+    """TLS 1.3 to our own API, trusting only our CA (its certificate names this host)."""
+    from aeamc.shared.runtime.tls import client_context, system_client_context
+
+    from .ca import CertificateAuthority
+
+    path = CertificateAuthority.cert_path(config.state_dir)
+    try:
+        return client_context(ca_pem=path.read_text())
+    except FileNotFoundError:
+        # Not set up here: only a certificate the system trusts could be accepted.
+        return system_client_context()
 
 
 def _print(obj: Any) -> None:
@@ -269,6 +299,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         parts = ", ".join(f"{k} {v}" for k, v in sorted(summary[key].items())) or "none"
         print(f"{key:12} {parts}")
     print(f"{'blocks':12} {summary['blocks']} ({summary['unblocked_receipts']} receipts waiting)")
+    print(f"{'CA':12} SHA-256 {health.get('ca_fingerprint')}")
     if "anchoring" in summary:
         print(f"{'anchoring':12} {_anchoring_line(summary['anchoring'])}")
     for alert in health.get("alerts", []):

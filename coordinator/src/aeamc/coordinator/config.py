@@ -144,10 +144,38 @@ class AlertsConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """The coordinator's CA and certificates (docs/coordinator.md#tls)."""
+
+    #: Lifetime of a device's client certificate; agents renew after two thirds of it.
+    device_cert_lifetime_s: int = 30 * 86400
+    #: Lifetime of the coordinator's own certificate (re-issued at start and before expiry).
+    server_cert_lifetime_s: int = 90 * 86400
+    #: Comma-separated extra DNS names or IP addresses for the coordinator's certificate.
+    server_names: str = ""
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Rate limits (token buckets) answered with 429 and ``Retry-After``."""
+
+    #: Requests per second (sustained) and burst per client address.
+    per_address_rate: float = 50.0
+    per_address_burst: int = 200
+    #: Requests per second and burst per device (by its client certificate).
+    per_device_rate: float = 10.0
+    per_device_burst: int = 60
+    #: Comma-separated addresses never limited (the host itself: CLI, dashboard, demo).
+    exempt: str = "127.0.0.1,::1"
+
+
+@dataclass(frozen=True)
 class CoordinatorConfig:
     state_dir: Path = Path("/var/lib/microblock-coordinator")
     #: Coordinator identity: a key file path or a ``pkcs11:`` URI; empty = state_dir/identity.key.
     identity_key: str = ""
+    #: The CA key: a key file path or a ``pkcs11:`` URI; empty = state_dir/ca/ca.key.
+    ca_key: str = ""
     server: ServerConfig = field(default_factory=ServerConfig)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -156,6 +184,8 @@ class CoordinatorConfig:
     eps: EpsSection = field(default_factory=EpsSection)
     chain: ChainConfig = field(default_factory=ChainConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     @property
     def db_path(self) -> Path:
@@ -196,6 +226,8 @@ _SECTIONS = {
     "eps": EpsSection,
     "chain": ChainConfig,
     "alerts": AlertsConfig,
+    "tls": TlsConfig,
+    "limits": LimitsConfig,
 }
 
 
@@ -232,10 +264,10 @@ def parse_config(data: dict[str, Any], *, base_dir: Path | None = None) -> Coord
             if not path.is_absolute() and base_dir is not None:
                 path = base_dir / path
             kwargs["state_dir"] = path
-        elif key == "identity_key":
+        elif key in ("identity_key", "ca_key"):
             if not isinstance(value, str):
-                raise ConfigError("identity_key: expected a path or a pkcs11: URI")
-            kwargs["identity_key"] = value
+                raise ConfigError(f"{key}: expected a path or a pkcs11: URI")
+            kwargs[key] = value
         elif key in _SECTIONS:
             kwargs[key] = _coerce(key, _SECTIONS[key], value)
         else:
@@ -263,6 +295,12 @@ def validate(config: CoordinatorConfig) -> None:
         (0 <= config.spot_checks.floor <= 1, "spot_checks.floor must be 0..1"),
         (config.spot_checks.max_attempts >= 1, "spot_checks.max_attempts must be ≥ 1"),
         *_chain_checks(config.chain),
+        (config.tls.device_cert_lifetime_s >= 1, "tls.device_cert_lifetime_s must be ≥ 1"),
+        (config.tls.server_cert_lifetime_s >= 60, "tls.server_cert_lifetime_s must be ≥ 60"),
+        (config.limits.per_address_rate > 0, "limits.per_address_rate must be > 0"),
+        (config.limits.per_address_burst >= 1, "limits.per_address_burst must be ≥ 1"),
+        (config.limits.per_device_rate > 0, "limits.per_device_rate must be > 0"),
+        (config.limits.per_device_burst >= 1, "limits.per_device_burst must be ≥ 1"),
     ]
     for ok, message in checks:
         if not ok:
@@ -275,6 +313,7 @@ def validate(config: CoordinatorConfig) -> None:
         raise ConfigError("chain.wallet_key and chain.wallet_key_file: set one, not both")
     for name, ref in (
         ("identity_key", config.identity_key),
+        ("ca_key", config.ca_key),
         ("chain.wallet_key", config.chain.wallet_key),
     ):
         if is_pkcs11_uri(ref):
@@ -361,6 +400,7 @@ def render_config(config: CoordinatorConfig) -> str:
         "# see docs/coordinator.md for what each one means.",
         f'state_dir = "{config.state_dir}"',
         f'identity_key = "{config.identity_key}"   # empty: state_dir/identity.key',
+        f'ca_key = "{config.ca_key}"   # empty: state_dir/ca/ca.key',
     ]
     for name in _SECTIONS:
         lines.append(f"\n[{name}]")

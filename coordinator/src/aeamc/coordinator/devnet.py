@@ -31,6 +31,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
+from aeamc.shared.runtime.tls import client_context, fingerprint
+
 SIMULATION_ENV = "AEAMC_SIMULATED_TELEMETRY"
 
 
@@ -147,6 +149,7 @@ class Devnet:
     labels: dict[str, str] = field(default_factory=dict)
     rpc_url: str = ""
     api: str = ""
+    _ssl: Any = None
 
     # -- start-up ---------------------------------------------------------------------
 
@@ -215,7 +218,7 @@ class Devnet:
 
     def _coordinator(self) -> None:
         port = free_port()
-        self.api = f"http://127.0.0.1:{port}"
+        self.api = f"https://127.0.0.1:{port}"
         self.coord_dir.mkdir(exist_ok=True)
         config = {
             "state_dir": str(self.coord_dir / "state"),
@@ -261,6 +264,7 @@ class Devnet:
         self._wait(lambda: self._get("/v1/health") is not None, 60, "the coordinator")
         self.say(f"contract   {deployed[0] if deployed else 'deployed'}")
         self.say(f"coordinator {self.api}  (advertised over mDNS as _aeamc-coord._tcp)")
+        self.say(f"CA         {self.ca_path}  SHA-256 {self.ca_fingerprint()}")
 
     def _agent(self, i: int, profile: Profile, token: str) -> None:
         home = self.root / f"agent-{i}"
@@ -311,8 +315,21 @@ class Devnet:
             req.add_header("Content-Type", "application/json")
         if role:
             req.add_header("Authorization", f"Bearer {self.token(role)}")
-        with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310
+        with urllib.request.urlopen(req, timeout=30, context=self._tls()) as r:  # noqa: S310
             return json.loads(r.read())
+
+    @property
+    def ca_path(self) -> Path:
+        return self.coord_dir / "state" / "ca" / "ca.pem"
+
+    def _tls(self) -> Any:
+        """TLS 1.3, trusting only the devnet coordinator's own CA."""
+        if self._ssl is None:
+            self._ssl = client_context(ca_pem=self.ca_path.read_text())
+        return self._ssl
+
+    def ca_fingerprint(self) -> str:
+        return fingerprint(self.ca_path.read_text())
 
     def _get(self, path: str, role: str | None = None) -> Any:
         try:
@@ -522,6 +539,11 @@ def print_summary(net: Devnet, result: dict[str, Any], verify: tuple[int, str]) 
     for line in text.splitlines():
         say("  " + line)
     say(f"dashboard {net.api}/  (operator token: {net.token('operator')})")
+    say(
+        f"  the browser warns until you trust the devnet's CA {net.ca_path} (SHA-256 "
+        f"{net.ca_fingerprint()}): import it as an authority, or "
+        f"curl --cacert {net.ca_path} {net.api}/v1/health"
+    )
 
 
 @contextlib.contextmanager

@@ -45,6 +45,7 @@ class Discovery:
             public_key=self.c.signer.public_key.hex(),
             version=__version__,
             cluster_id=self.c.config.protocol.cluster_id,
+            ca_fingerprint=self.c.certs.ca.fingerprint if self.c.certs is not None else None,
         )
         await self.mdns.async_advertise(
             COORDINATOR_SERVICE_TYPE,

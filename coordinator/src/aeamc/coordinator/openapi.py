@@ -70,6 +70,11 @@ SCHEMAS: dict[str, Any] = {
             "timestamp": _INT,
             "capabilities": {"$ref": "#/components/schemas/Capabilities"},
             "token": {"type": "string"},
+            "csr": {
+                "type": "string",
+                "pattern": "^([0-9a-f]{2})+$",
+                "description": "hex DER of a P-256 certificate request for the device's TLS key",
+            },
             "signature": _SIG,
         },
         ["type", "public_key", "device_id", "timestamp", "capabilities", "signature"],
@@ -165,6 +170,11 @@ def _op(summary: str, security: Any = None, **extra: Any) -> dict[str, Any]:
             "description": "the request was refused; nothing changed",
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
         }
+    }
+    responses["429"] = {
+        "description": "rate limited: retry after the Retry-After header's seconds",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
     }
     responses.update(extra.pop("responses", {"200": {"description": "OK"}}))
     op: dict[str, Any] = {"summary": summary, "responses": responses, **extra}
@@ -294,7 +304,8 @@ def openapi_document() -> dict[str, Any]:
                 },
             )
         },
-        "/v1/health": {"get": _op("Liveness and what is degraded")},
+        "/v1/health": {"get": _op("Liveness, what is degraded, the CA fingerprint")},
+        "/v1/ca": {"get": _op("The CA certificate (PEM) and its SHA-256 fingerprint, for pinning")},
         "/v1/openapi.json": {"get": _op("This document")},
         "/metrics": {
             "get": _op(
@@ -311,8 +322,15 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "AEAMC Microblock Coordinator API",
             "version": __version__,
-            "description": "Signed device messages, task submission and the microblock chain.",
+            "description": (
+                "Signed device messages, task submission and the microblock chain. TLS 1.3 "
+                "only; device routes (heartbeats, proofs, a device's privacy requests) need "
+                "the device's client certificate, issued in the enrollment answer."
+            ),
         },
+        "servers": [
+            {"url": "https://{host}:8443", "variables": {"host": {"default": "localhost"}}}
+        ],
         "paths": paths,
         "components": {
             "schemas": SCHEMAS,

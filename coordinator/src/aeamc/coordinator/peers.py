@@ -2,6 +2,11 @@
 
 Every call has a timeout and returns a plain outcome instead of raising, so one
 unreachable or misbehaving device can never stall a scheduling or spot-check round.
+
+Calls are TLS 1.3 with the coordinator's certificate as the client certificate, and the
+agent must present the certificate of the device the message is addressed to: it is
+verified against our CA under ``<device_id>.device.aeamc``, whatever address the
+endpoint has (``aeamc.shared.runtime.tls``).
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+
+from aeamc.shared.runtime.tls import device_hostname
 
 from .logs import REQUEST_ID_HEADER
 
@@ -38,13 +45,13 @@ class Reply:
 
 
 class AgentClient:
-    def __init__(self, *, timeout_s: float, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, *, timeout_s: float, ssl_context: ssl.SSLContext) -> None:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._ssl = ssl_context
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else False)
+        connector = aiohttp.TCPConnector(ssl=self._ssl)
         self._session = aiohttp.ClientSession(timeout=self._timeout, connector=connector)
 
     async def close(self) -> None:
@@ -59,8 +66,13 @@ class AgentClient:
         assert self._session is not None, "AgentClient.start() first"
         url = endpoint.rstrip("/") + path
         headers = {REQUEST_ID_HEADER: request_id} if request_id else None
+        device_id = message.get("device_id")
+        if not url.startswith("https://") or not isinstance(device_id, str):
+            return Reply(0, None, "the device's endpoint is not an https:// URL")
         try:
-            async with self._session.post(url, json=message, headers=headers) as resp:
+            async with self._session.post(
+                url, json=message, headers=headers, server_hostname=device_hostname(device_id)
+            ) as resp:
                 raw = await resp.read()
                 try:
                     body = json.loads(raw) if raw else None

@@ -210,4 +210,22 @@ MIGRATIONS: list[list[str]] = [
         )""",
         """CREATE INDEX flag_history_name ON flag_history(name, id)""",
     ],
+    # v5: TLS client certificates (SPEC §9). Each certificate issued to a device, and the
+    # serials revoked when a device is quarantined or erased. A revoked serial keeps no
+    # device id: after an erasure it says nothing about whom it belonged to.
+    [
+        """CREATE TABLE certificates (
+            serial TEXT PRIMARY KEY,
+            device_id TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            issued_at INTEGER NOT NULL,
+            not_after INTEGER NOT NULL
+        )""",
+        """CREATE INDEX certificates_device ON certificates(device_id)""",
+        """CREATE TABLE revoked_certificates (
+            serial TEXT PRIMARY KEY,
+            revoked_at INTEGER NOT NULL,
+            reason TEXT NOT NULL
+        )""",
+    ],
 ]

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlite_utils
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from aeamc.shared import microblock, proofs, spotcheck
 from aeamc.shared import reputation as rep
@@ -43,11 +44,13 @@ from aeamc.shared.messages import (
     parse_signed,
 )
 from aeamc.shared.proofs import verify_pot
+from aeamc.shared.runtime.tls import Peer
 from aeamc.shared.schema import hex_bytes, integer, json_object, optional, record, text
 from aeamc.shared.tasks.registry import KindRegistry
 
 from .alerts import AlertTracker
 from .alerts import evaluate as evaluate_alerts
+from .certs import DeviceCertificates
 from .config import CoordinatorConfig
 from .db import Database
 from .errors import ApiError, not_found
@@ -120,8 +123,12 @@ class Coordinator:
         db: Database,
         kinds: KindRegistry,
         clock: Callable[[], int] = now_ms,
+        *,
+        certs: DeviceCertificates | None = None,
     ) -> None:
         self.config = config
+        #: The CA's side of mutual TLS; None only for offline uses (``init``'s tokens).
+        self.certs = certs
         self.signer = signer
         self.db = db
         self.kinds = kinds
@@ -166,6 +173,17 @@ class Coordinator:
                 d.poa_times.append(r["received_at"])
         flags = await self.db.read(lambda db: list(db.query("SELECT name, percent FROM flags")))
         self.flags = {r["name"]: r["percent"] for r in flags}
+        if self.certs is not None:
+            await self.certs.load()
+
+    def _tls(self) -> DeviceCertificates:
+        if self.certs is None:
+            raise ApiError(503, "unavailable", "this coordinator has no certificate authority")
+        return self.certs
+
+    def check_peer(self, peer: Peer | None, device_id: str, *, allow_revoked: bool = False) -> None:
+        """The device request's TLS client certificate must be this device's (certs.py)."""
+        self._tls().check(peer, device_id, allow_revoked=allow_revoked)
 
     def spawn(self, coro: Any) -> None:
         """Run ``coro`` in the background, keeping a reference so it is not collected."""
@@ -245,6 +263,9 @@ class Coordinator:
             raise ApiError(403, "quarantined", "this device is quarantined")
         caps = msg.capabilities
         caps_json = json.dumps(caps.to_dict(), sort_keys=True)
+        cert, cert_row = (None, None)
+        if msg.csr is not None:
+            cert, cert_row = self._tls().issue(bytes.fromhex(msg.csr), msg.device_id)
 
         def txn(db: sqlite_utils.Database) -> str:
             if next(
@@ -281,6 +302,8 @@ class Coordinator:
                     [caps_json, caps.endpoint, address, state, state, now, msg.device_id],
                 )
             db.execute("DELETE FROM candidates WHERE device_id = ?", [msg.device_id])
+            if cert_row is not None:
+                db["certificates"].insert({**cert_row, "issued_at": now})
             return state
 
         state = await self.db.write(txn)
@@ -304,13 +327,19 @@ class Coordinator:
         self.count("enrollments")
         log.info("device %s enrolled (%s)", msg.device_id, state)
         self.wake_scheduler.set()
-        return {
+        answer: dict[str, Any] = {
             "device_id": msg.device_id,
             "state": state,
             "coordinator_id": self.coordinator_id,
             "coordinator_public_key": self.signer.public_key.hex(),
             "cluster_id": self.config.protocol.cluster_id,
         }
+        if self.certs is not None:
+            answer["ca_certificate"] = self.certs.ca.cert_pem
+            answer["ca_fingerprint"] = self.certs.ca.fingerprint
+        if cert is not None:
+            answer["certificate"] = cert.public_bytes(Encoding.PEM).decode()
+        return answer
 
     @staticmethod
     def _consume_enroll_token(db: sqlite_utils.Database, token: str, now: int) -> None:
@@ -343,7 +372,7 @@ class Coordinator:
             raise ApiError(409, "quarantined", "a quarantined device cannot be approved")
         now = self.clock()
 
-        def txn(db: sqlite_utils.Database) -> None:
+        def txn(db: sqlite_utils.Database) -> list[str]:
             db.execute(
                 "UPDATE devices SET state=?, state_reason=?, "
                 "approved_at=CASE WHEN ?='active' THEN COALESCE(approved_at, ?) "
@@ -353,8 +382,12 @@ class Coordinator:
             if state == "quarantined":
                 self._release_assignments(db, device_id, "lost", "device quarantined")
                 self._void_unverified(db, device_id, now)
+                return DeviceCertificates.revoke_in(db, device_id, now, "quarantined")
+            return []
 
-        await self.db.write(txn)
+        revoked = await self.db.write(txn)
+        if self.certs is not None:
+            self.certs.revoked_now(revoked)
         device.state, device.state_reason = state, reason
         log.info("device %s is now %s (%s)", device_id, state, reason)
         self.wake_scheduler.set()
@@ -362,7 +395,7 @@ class Coordinator:
 
     # -- heartbeats ------------------------------------------------------------------------
 
-    async def heartbeat(self, data: Any) -> dict[str, Any]:
+    async def heartbeat(self, data: Any, peer: Peer | None = None) -> dict[str, Any]:
         poa = parse_signed(data, PoA)
         device = self.devices.get(poa.device_id)
         if device is None:
@@ -377,6 +410,7 @@ class Coordinator:
             raise ApiError(403, "pending", "enrollment awaits the operator's approval")
         if device.state == "quarantined":
             raise ApiError(403, "quarantined", "this device is quarantined")
+        self.check_peer(peer, poa.device_id)
         if poa.seq <= device.last_seq:
             raise ApiError(
                 409,
@@ -573,7 +607,7 @@ class Coordinator:
 
     # -- proofs --------------------------------------------------------------------------------
 
-    async def accept_proof(self, data: Any) -> dict[str, Any]:
+    async def accept_proof(self, data: Any, peer: Peer | None = None) -> dict[str, Any]:
         req = _PROOF_REQUEST(data, "")
         pot = parse_signed(req["pot"], PoT)
         device = self.devices.get(pot.device_id)
@@ -582,6 +616,7 @@ class Coordinator:
         if device.state == "quarantined":
             raise ApiError(403, "quarantined", "this device is quarantined")
         pot.verify(device.public_key)
+        self.check_peer(peer, pot.device_id)
         row = await self.db.read(
             lambda db: next(
                 iter(
@@ -738,7 +773,9 @@ class Coordinator:
 
     # -- the device owner's rights (SPEC §11) --------------------------------------------------
 
-    def check_privacy_request(self, data: Any, device_id: str, action: str) -> None:
+    def check_privacy_request(
+        self, data: Any, device_id: str, action: str, peer: Peer | None = None
+    ) -> None:
         """Accept only a fresh ``privacy`` request for ``action`` signed by ``device_id``'s key."""
         msg = parse_signed(data, Privacy)
         if msg.device_id != device_id:
@@ -754,6 +791,8 @@ class Coordinator:
             raise ApiError(403, "not_enrolled", "unknown device (never enrolled, or erased)")
         msg.verify(device.public_key, signer_id=device_id)
         check_fresh(msg.timestamp, self.clock(), self.config.protocol.heartbeat_window_s * 1000)
+        # A quarantine revokes the certificates, not the owner's rights over the data.
+        self.check_peer(peer, device_id, allow_revoked=True)
 
     async def export_device(self, device_id: str) -> dict[str, Any]:
         """Everything the coordinator holds about a device, as JSON."""
@@ -794,6 +833,12 @@ class Coordinator:
                     "SELECT p.task_id, p.block_height AS height, lower(hex(b.hash)) AS block_hash "
                     "FROM proofs p JOIN blocks b ON b.height = p.block_height "
                     "WHERE p.device_id=? ORDER BY p.block_height, p.seq"
+                ),
+                "certificates": rows(
+                    "SELECT c.serial, c.fingerprint, c.issued_at, c.not_after, "
+                    "r.revoked_at, r.reason AS revoked_reason FROM certificates c "
+                    "LEFT JOIN revoked_certificates r ON r.serial = c.serial "
+                    "WHERE c.device_id=? ORDER BY c.issued_at"
                 ),
             }
 
@@ -837,6 +882,7 @@ class Coordinator:
         if device_id not in self.devices:
             raise not_found(f"device {device_id}")
         now = self.clock()
+        revoked: list[str] = []
 
         def txn(db: sqlite_utils.Database) -> dict[str, int]:
             released = self._release_assignments(db, device_id, "lost", "device erased")
@@ -869,6 +915,10 @@ class Coordinator:
                     "DELETE FROM candidates WHERE device_id=?", [device_id]
                 ).rowcount,
             }
+            revoked[:] = DeviceCertificates.revoke_in(db, device_id, now, "erased")
+            counts["certificates"] = db.execute(
+                "DELETE FROM certificates WHERE device_id=?", [device_id]
+            ).rowcount
             for task_id in unblocked:
                 db.execute(
                     "UPDATE tasks SET state='queued', output_digest=NULL, completed_at=NULL, "
@@ -885,6 +935,8 @@ class Coordinator:
             return counts
 
         counts = await self.db.write(txn)
+        if self.certs is not None:
+            self.certs.revoked_now(revoked)
         self.devices.pop(device_id, None)
         await self.db.checkpoint()
         self.count("devices_erased")
@@ -1200,7 +1252,7 @@ class Coordinator:
         now = self.clock()
         column = {"passed": "passes", "failed": "failures", "unanswered": "unanswered"}[verdict]
 
-        def txn(db: sqlite_utils.Database) -> None:
+        def txn(db: sqlite_utils.Database) -> list[str]:
             db.execute(
                 "UPDATE spot_checks SET state=?, detail=?, completed_at=?, reexecuted_chunks=? "
                 "WHERE task_id=? AND device_id=?",
@@ -1220,8 +1272,12 @@ class Coordinator:
                 )
                 self._void_unverified(db, device_id, now)
                 self._release_assignments(db, device_id, "lost", "device quarantined")
+                return DeviceCertificates.revoke_in(db, device_id, now, "quarantined")
+            return []
 
-        await self.db.write(txn)
+        revoked = await self.db.write(txn)
+        if self.certs is not None:
+            self.certs.revoked_now(revoked)
         self.count(f"spot_checks_{verdict}")
         d = self.devices.get(device_id)
         if d is not None:

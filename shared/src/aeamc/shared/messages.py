@@ -201,6 +201,9 @@ class Enroll(SignedMessage):
     capabilities: Capabilities
     signature: str
     token: str | None = None
+    #: DER of a certificate request for the device's TLS key, hex (SPEC §9): signed along
+    #: with the rest, so the identity vouches for the key the coordinator certifies.
+    csr: str | None = None
 
     FIELDS: ClassVar[dict[str, Any]] = {
         "type": constant("enroll"),
@@ -209,6 +212,7 @@ class Enroll(SignedMessage):
         "timestamp": timestamp_field,
         "capabilities": Capabilities.validator(),
         "token": optional(text(128, r"[A-Za-z0-9._~-]+")),
+        "csr": optional(hex_bytes(max_bytes=2048)),
         "signature": signature_field,
     }
 

@@ -4,8 +4,8 @@
 
 The private key never leaves the token: it is generated there as SENSITIVE and not
 EXTRACTABLE, and every signature is computed by the token (``CKM_EDDSA`` for the Ed25519
-identities, ``CKM_ECDSA`` for the secp256k1 anchoring wallet). python-pkcs11 is imported
-only when a URI is used, so file keys need no native library.
+identities, ``CKM_ECDSA`` for the secp256k1 anchoring wallet and the P-256 CA key).
+python-pkcs11 is imported only when a URI is used, so file keys need no native library.
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
 SCHEME = "pkcs11:"
 
-#: DER of the curve OIDs put in CKA_EC_PARAMS: id-Ed25519 (RFC 8410) and secp256k1 (SEC 2).
+#: DER of the curve OIDs put in CKA_EC_PARAMS: id-Ed25519 (RFC 8410), secp256k1 (SEC 2)
+#: and P-256 (prime256v1, the coordinator's CA).
 ED25519_PARAMS = bytes.fromhex("06032b6570")
 SECP256K1_PARAMS = bytes.fromhex("06052b8104000a")
+P256_PARAMS = bytes.fromhex("06082a8648ce3d030107")
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 _PATH_ATTRS = {"token", "serial", "object", "id", "type"}
@@ -457,3 +459,66 @@ def ensure_secp256k1(uri: str | Pkcs11Uri) -> tuple[Secp256k1HsmSigner, bool]:
     if key_exists(parsed):
         return Secp256k1HsmSigner(parsed), False
     return generate_secp256k1(parsed), True
+
+
+# --- P-256 (the coordinator's certificate authority) ----------------------------------------
+
+
+class P256HsmSigner:
+    """An ECDSA P-256 key in a token, signing SHA-256 digests with raw CKM_ECDSA.
+
+    ``sign`` returns the DER ``ECDSA-Sig-Value`` X.509 wants; the token only ever sees the
+    32-byte digest, hashed here, so it needs no CKM_ECDSA_SHA256 support.
+    """
+
+    def __init__(self, uri: str | Pkcs11Uri) -> None:
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from pkcs11 import KeyType
+
+        self.uri = uri if isinstance(uri, Pkcs11Uri) else Pkcs11Uri.parse(uri)
+        self._lock = threading.Lock()
+        self._session = open_session(self.uri)
+        pair = _find_pair(self._session, self.uri)
+        if pair is None:
+            self._session.close()
+            raise Pkcs11Error(
+                f"pkcs11: {self.uri.redacted}: no such key (`init` generates it in the token)"
+            )
+        self._private, public = pair
+        point = _ec_point(public)
+        try:
+            if self._private.key_type != KeyType.EC:
+                raise ValueError("not an EC key")
+            self.public_key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+        except ValueError:
+            self._session.close()
+            raise Pkcs11Error(f"pkcs11: {self.uri.redacted}: not a P-256 key") from None
+
+    def sign(self, data: bytes) -> bytes:
+        """DER ECDSA signature of SHA-256(``data``), computed by the token."""
+        import hashlib
+
+        from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+        from pkcs11 import Mechanism
+
+        digest = hashlib.sha256(data).digest()
+        with self._lock:
+            raw = bytes(self._private.sign(digest, mechanism=Mechanism.ECDSA))
+        half = len(raw) // 2
+        return encode_dss_signature(
+            int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
+        )
+
+    def close(self) -> None:
+        self._session.close()
+
+
+def ensure_p256(uri: str | Pkcs11Uri) -> tuple[P256HsmSigner, bool]:
+    """The P-256 key the URI names, generated in the token if missing; flag: created."""
+    from pkcs11 import KeyType, Mechanism
+
+    parsed = uri if isinstance(uri, Pkcs11Uri) else Pkcs11Uri.parse(uri)
+    if key_exists(parsed):
+        return P256HsmSigner(parsed), False
+    _generate(parsed, KeyType.EC, P256_PARAMS, Mechanism.EC_KEY_PAIR_GEN)
+    return P256HsmSigner(parsed), True

@@ -1,0 +1,94 @@
+"""Device certificates: issuing them at enrollment, revoking them, and checking the client
+certificate of every device request (SPEC §9: mutual TLS after enrollment).
+
+The TLS layer already refused any certificate not from our CA; what is left is whose it
+is and whether it still counts. A device request (heartbeat, proof, the device's own
+privacy request) must come with the certificate of the device that signed the message,
+and — for heartbeats and proofs — one not revoked. Quarantine and erasure revoke every
+certificate the device holds; the revoked serials are kept in the database and mirrored
+in memory, so the check costs a set lookup per request (the peer's identity is parsed
+once per connection, in ``aeamc.shared.runtime.tls.peer_of``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import sqlite_utils
+
+from aeamc.shared.runtime import tls
+
+from .ca import CaError, CertificateAuthority
+from .db import Database
+from .errors import ApiError
+
+log = logging.getLogger(__name__)
+
+
+class DeviceCertificates:
+    def __init__(self, ca: CertificateAuthority, db: Database, lifetime_s: int) -> None:
+        self.ca = ca
+        self.db = db
+        self.lifetime_s = lifetime_s
+        self.revoked: set[str] = set()
+
+    async def load(self) -> None:
+        rows = await self.db.read(
+            lambda db: [r["serial"] for r in db.query("SELECT serial FROM revoked_certificates")]
+        )
+        self.revoked = set(rows)
+
+    def issue(self, csr_der: bytes, device_id: str) -> tuple[Any, dict[str, Any]]:
+        """A certificate for the CSR's key, and the row to store with the enrollment."""
+        try:
+            cert = self.ca.issue_device(csr_der, device_id, self.lifetime_s)
+        except CaError as exc:
+            raise ApiError(400, "invalid_message", str(exc), field="csr") from None
+        _, not_after = tls.validity_ms(cert)
+        row = {
+            "serial": tls.serial_hex(cert),
+            "device_id": device_id,
+            "fingerprint": tls.fingerprint(cert),
+            "not_after": not_after,
+        }
+        return cert, row
+
+    @staticmethod
+    def revoke_in(db: sqlite_utils.Database, device_id: str, now: int, reason: str) -> list[str]:
+        """Revoke every certificate of ``device_id`` inside the caller's transaction."""
+        serials = [
+            r["serial"]
+            for r in db.query("SELECT serial FROM certificates WHERE device_id=?", [device_id])
+        ]
+        for serial in serials:
+            db.execute(
+                "INSERT OR IGNORE INTO revoked_certificates (serial, revoked_at, reason) "
+                "VALUES (?,?,?)",
+                [serial, now, reason],
+            )
+        return serials
+
+    def revoked_now(self, serials: list[str]) -> None:
+        """Mirror a committed revocation in memory (after the transaction)."""
+        self.revoked.update(serials)
+        if serials:
+            log.info("revoked %d certificate(s)", len(serials))
+
+    def check(self, peer: tls.Peer | None, device_id: str, *, allow_revoked: bool = False) -> None:
+        """Refuse a device request whose client certificate is missing, another's, or revoked.
+
+        ``allow_revoked``: the owner's data rights (export, erasure) outlive a quarantine.
+        """
+        if peer is None:
+            raise ApiError(
+                401,
+                "certificate_required",
+                "device requests need the device's TLS client certificate (enroll to get one)",
+            )
+        if peer.role != tls.ROLE_DEVICE or peer.name != device_id:
+            raise ApiError(
+                403, "certificate_mismatch", "the client certificate belongs to another identity"
+            )
+        if not allow_revoked and peer.serial in self.revoked:
+            raise ApiError(403, "certificate_revoked", "this client certificate was revoked")
