@@ -88,3 +88,12 @@ class CoordinatorClient:
         except ValueError:
             body = None
         return Reply(status, body, rtt_us)
+
+    async def fetch(self, url: str, max_bytes: int) -> tuple[int, bytes]:
+        """GET ``url`` (update metadata and files); at most ``max_bytes`` of the body."""
+        try:
+            async with self.session.get(url) as resp:
+                data = await resp.content.read(max_bytes + 1)
+                return resp.status, data
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise Unreachable(f"{url}: {exc.__class__.__name__}: {exc}") from None

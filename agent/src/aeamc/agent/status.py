@@ -46,6 +46,7 @@ def daemon_status(agent: Agent) -> dict[str, Any]:
     return {
         "running": agent.running,
         "pid": os.getpid(),
+        "launcher_pid": _launcher_pid(),
         "device_id": agent.device_id,
         "public_key": agent.key.public_key.hex(),
         "version": __version__,
@@ -62,6 +63,7 @@ def daemon_status(agent: Agent) -> dict[str, Any]:
             "last_error": link.last_error if link else None,
         },
         "flags": dict(link.flags) if link else {},
+        "updates": agent.updater.status() if agent.updater is not None else None,
         "telemetry_source": agent.source.name,
         "telemetry": telemetry.to_dict(),
         "eps": round(eps(telemetry), 4),
@@ -269,3 +271,11 @@ def _alive(pid: Any) -> bool:
     except PermissionError:
         return True  # alive, owned by another user (the daemon's service account)
     return True
+
+
+def _launcher_pid() -> int | None:
+    """The pid of the launcher that supervises this daemon (``aeamc-agent run``), if any."""
+    from .launcher import LAUNCHER_ENV
+
+    value = os.environ.get(LAUNCHER_ENV, "")
+    return int(value) if value.isdigit() else None

@@ -24,6 +24,7 @@ from .logs import REQUEST_ID, REQUEST_ID_HEADER, incoming_request_id
 from .metrics import Metrics
 from .openapi import openapi_document
 from .service import Coordinator
+from .updates.api import add_update_routes
 
 log = logging.getLogger(__name__)
 
@@ -395,6 +396,7 @@ def build_app(coordinator: Coordinator) -> web.Application:
     app.router.add_get("/v1/receipts/{task_id}/{device_id}/proof", receipt_proof)
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/openapi.json", openapi)
+    add_update_routes(app)  # TUF repository, update reports, rollouts
     # The page, /privacy, login; also appends the session middleware, innermost.
     add_dashboard_routes(app, coordinator)
     return app

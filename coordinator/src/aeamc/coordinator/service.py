@@ -145,6 +145,8 @@ class Coordinator:
         self.recent_requests: deque[tuple[int, int, float]] = deque(maxlen=10_000)
         #: Feature flags (SPEC §10): name → rollout percent.
         self.flags: dict[str, int] = {}
+        #: Fleet updates (updates/rollouts.py), set up by the service that runs us.
+        self.rollouts: Any = None
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -867,6 +869,9 @@ class Coordinator:
                 ).rowcount,
                 "candidates": db.execute(
                     "DELETE FROM candidates WHERE device_id=?", [device_id]
+                ).rowcount,
+                "update_reports": db.execute(
+                    "DELETE FROM update_reports WHERE device_id=?", [device_id]
                 ).rowcount,
             }
             for task_id in unblocked:
