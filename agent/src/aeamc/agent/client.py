@@ -93,7 +93,12 @@ class CoordinatorClient:
         """GET ``url`` (update metadata and files); at most ``max_bytes`` of the body."""
         try:
             async with self.session.get(url) as resp:
-                data = await resp.content.read(max_bytes + 1)
-                return resp.status, data
+                chunks, size = [], 0
+                async for chunk in resp.content.iter_chunked(1 << 16):
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > max_bytes:  # the caller's length check refuses it
+                        break
+                return resp.status, b"".join(chunks)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise Unreachable(f"{url}: {exc.__class__.__name__}: {exc}") from None
