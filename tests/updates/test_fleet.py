@@ -13,8 +13,6 @@ import concurrent.futures
 import hashlib
 import json
 import os
-import shutil
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,12 +25,9 @@ from aeamc.shared.identity import SigningKey
 from tests.support.agent import GOOD_TELEMETRY, AgentProcess, wait_for
 from tests.support.coordinator import CoordinatorProcess
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "packaging"))
-import build as packaging_build  # noqa: E402
+from .releases import BASE, CRASH_AT_START, REPO, build_release
 
 FLEET = 20
-BASE = "0.1.0"
 GOOD, TAMPERED, HELD_BACK, BROKEN = "0.2.0", "0.3.0", "0.3.1", "0.4.0"
 
 pytestmark = pytest.mark.timeout(300)
@@ -47,26 +42,6 @@ def cohort_bucket(flag: str, device_id: str) -> int:
 def test_cohort_formula_matches_the_vectors() -> None:
     vector = json.loads((REPO / "tests" / "vectors" / "v1.json").read_text())["feature_flag"]
     assert cohort_bucket(vector["flag"], vector["device_id"]) == vector["bucket"]
-
-
-def build_release(work: Path, version: str, *, broken: bool = False) -> list[Path]:
-    """Wheels of aeamc-shared and aeamc-agent at ``version``, from a copy of the source."""
-    src = work / f"src-{version}"
-    ignore = shutil.ignore_patterns("*.egg-info", "__pycache__", "build", "dist")
-    for project in ("shared", "agent"):
-        shutil.copytree(REPO / project, src / project, ignore=ignore)
-        init = src / project / "src" / "aeamc" / project / "__init__.py"
-        init.write_text(init.read_text().replace(f'"{BASE}"', f'"{version}"'))
-        assert f'"{version}"' in init.read_text()
-    if broken:
-        daemon = src / "agent" / "src" / "aeamc" / "agent" / "daemon.py"
-        text = daemon.read_text()
-        start = "    async def start(self) -> None:\n"
-        assert start in text
-        daemon.write_text(
-            text.replace(start, start + '        raise RuntimeError("broken on purpose")\n', 1)
-        )
-    return packaging_build.build_release(src, work / f"wheels-{version}")
 
 
 @dataclass
@@ -135,7 +110,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     root = tmp_path_factory.mktemp("fleet")
     builder = concurrent.futures.ThreadPoolExecutor(2)
     builds = {
-        v: builder.submit(build_release, root / "build", v, broken=v == BROKEN)
+        v: builder.submit(build_release, root / "build", v, CRASH_AT_START if v == BROKEN else None)
         for v in (GOOD, TAMPERED, HELD_BACK, BROKEN)
     }
     coord = CoordinatorProcess(

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 
 from aeamc.shared.messages import Privacy, sign
+from aeamc.shared.runtime.pkcs11 import is_pkcs11_uri
 
 from . import __version__, logs
 from .client import CoordinatorClient, Reply, Unreachable
@@ -157,7 +158,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     """The daemon under the launcher, which switches and rolls back releases."""
     try:
         config = load_config(args.config_path)
-    except ConfigError as exc:
+        # What the daemon would refuse at start, refused here with the same status 78
+        # (an HSM key is left to the daemon: one session on the token is enough).
+        if not is_pkcs11_uri(config.identity_key):
+            load_identity(config.state_dir, config.identity_key)
+        make_source(config.telemetry_source, config.telemetry_profile)
+    except (ConfigError, KeyFileError, TelemetryError, StateError) as exc:
         return _config_error(exc)
     if not config.updates_enabled:
         return cmd_daemon(args)

@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from aeamc.shared.releases import newer
+
 from . import __version__
 from .config import AgentConfig
 from .slots import BASE, Slots, SlotState, Trial
@@ -107,6 +109,13 @@ class Launcher:
         if not self.slots.installed(state.active):
             log.error("release %s is not installed; running the base installation", state.active)
             state.active, state.trial = BASE, None
+        elif state.active != BASE and not newer(state.active, __version__):
+            # The package was upgraded past the release: the package's own code wins.
+            log.info(
+                "the base installation (%s) is newer than release %s", __version__, state.active
+            )
+            self.slots.remove(state.active)
+            state.active, state.previous, state.trial = BASE, None, None
         self.slots.save(state)
         return state
 

@@ -51,6 +51,7 @@ from aeamc.shared.releases import (
     target_path,
     version_key,
 )
+from aeamc.shared.runtime.pkcs11 import is_pkcs11_uri
 
 from ..config import UpdatesConfig
 from .signing import OFFLINE_ROLES, ROLES, Ed25519Signer, RoleKeyError, load_role_signer
@@ -232,8 +233,13 @@ class Repository:
         with self.locked():
             if self.exists:
                 raise RepositoryError(f"{self.dir} already holds an update repository")
+            # Online keys are made here; so is a key configured in an HSM (in the token).
             signers = {
-                role: self.signer(role, keys_dir, create=role not in OFFLINE_ROLES)
+                role: self.signer(
+                    role,
+                    keys_dir,
+                    create=role not in OFFLINE_ROLES or is_pkcs11_uri(self.key_ref(role, keys_dir)),
+                )
                 for role in ROLES
             }
             root = Root(expires=self._expires("root"), consistent_snapshot=True)

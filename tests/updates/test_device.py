@@ -1,0 +1,135 @@
+"""One device, two behaviours the fleet test cannot pin down: an update waits for the task
+that runs (the update lock), and a release that starts but never becomes healthy is rolled
+back once its health deadline passes."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.agent import GOOD_TELEMETRY, AgentProcess, wait_for
+from tests.support.coordinator import CoordinatorProcess
+
+from .releases import BASE, NEVER_HEARTBEATS, build_release
+
+GOOD, UNHEALTHY = "0.2.0", "0.3.0"
+HOT = {**GOOD_TELEMETRY, "cpu_temp_c": 90}
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def device(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[CoordinatorProcess, AgentProcess, dict[str, list[Path]], Path]]:
+    root = tmp_path_factory.mktemp("device")
+    with concurrent.futures.ThreadPoolExecutor(2) as builder:
+        builds = {
+            GOOD: builder.submit(build_release, root / "build", GOOD),
+            UNHEALTHY: builder.submit(build_release, root / "build", UNHEALTHY, NEVER_HEARTBEATS),
+        }
+        coord = CoordinatorProcess(root / "coord", settings={"updates": {"resign_check_s": 60.0}})
+        coord.init()
+        keys = root / "keys"
+        coord.cli("release", "keygen", str(keys))
+        coord.cli("release", "init", "--keys", str(keys))
+        coord.start()
+        _, token = coord.request(
+            "POST", "/v1/tokens", {"role": "enroll"}, token=coord.token("operator")
+        )
+        agent = AgentProcess(
+            root / "agent",
+            coordinator_url=coord.url,
+            token=token["token"],
+            profile=[{"at_s": 0, **GOOD_TELEMETRY}],
+            mdns=False,
+            settings={"updates": {"check_interval_s": 0.5, "health_deadline_s": 4.0}},
+        )
+        try:
+            agent.start()
+            wheels = {v: f.result() for v, f in builds.items()}
+            agent.wait_status(lambda s: s["coordinator"]["state"] == "active")
+            yield coord, agent, wheels, keys
+        finally:
+            agent.close()
+            coord.stop()
+
+
+def _publish(coord: CoordinatorProcess, wheels: list[Path], keys: Path) -> None:
+    coord.cli("release", "publish", *map(str, wheels), "--rollout", "100", "--keys", str(keys))
+
+
+def _updates(status: dict[str, Any]) -> dict[str, Any]:
+    return status.get("updates") or {}
+
+
+def test_an_update_waits_for_the_running_task(device) -> None:  # type: ignore[no-untyped-def]
+    coord, agent, wheels, keys = device
+    task = {
+        "kind": "sha256-chain",
+        "params": {"seed": "11" * 32, "iterations": 200_000},
+        "chunks": 8,
+    }
+    status, body = coord.request("POST", "/v1/tasks", task, token=coord.token("client"))
+    assert status == 202, body
+    task_id = body["task_id"]
+    agent.wait_status(lambda s: s["task"] is not None and s["task"]["task_id"] == task_id)
+    # Too hot: the task is suspended between chunks — running, not finished.
+    agent.set_profile([{"at_s": 0, **HOT}])
+    agent.wait_status(lambda s: (s["task"] or {}).get("state") == "suspended")
+    _publish(coord, wheels[GOOD], keys)
+    waiting = agent.wait_status(lambda s: _updates(s).get("state") == "waiting_for_idle")
+    # Installed next to the running agent, which goes on with its task.
+    assert waiting["version"] == BASE and _updates(waiting)["installed"] == [GOOD]
+    assert waiting["task"]["task_id"] == task_id
+    agent.set_profile([{"at_s": 0, **GOOD_TELEMETRY}])
+    agent.wait_status(lambda s: s["version"] == GOOD and not _updates(s).get("trial"), 60)
+    # The task ran to its end on the old release and its proof was accepted.
+    wait_for(
+        lambda: (
+            coord.request("GET", f"/v1/tasks/{task_id}", token=coord.token("client"))[1]["state"]
+            == "completed"
+        ),
+        30,
+    )
+    log = agent.log_text()
+    finished = log.index(f"task {task_id} done")
+    restarted = log.index(f"release {GOOD} installed; restarting into it")
+    assert finished < restarted
+    assert "interrupted" not in log
+
+
+def test_a_release_that_never_becomes_healthy_is_rolled_back(device) -> None:  # type: ignore[no-untyped-def]
+    coord, agent, wheels, keys = device
+    _publish(coord, wheels[UNHEALTHY], keys)
+    agent.wait_status(lambda s: s["version"] == UNHEALTHY, 60)
+    back = agent.wait_status(
+        lambda s: s["version"] == GOOD and UNHEALTHY in _updates(s).get("failed", {}), 60
+    )
+    reason = _updates(back)["failed"][UNHEALTHY]
+    assert "did not confirm its health within 4 s" in reason
+    assert _updates(back)["installed"] == [GOOD] and _updates(back)["slot"] == GOOD
+    wait_for(
+        lambda: (
+            coord.request("GET", f"/v1/releases/{UNHEALTHY}", token=coord.token("operator"))[1][
+                "state"
+            ]
+            == "halted"
+        ),
+        30,
+    )
+    _, detail = coord.request("GET", f"/v1/releases/{UNHEALTHY}", token=coord.token("operator"))
+    [report] = detail["reports"]
+    assert (report["outcome"], report["version"]) == ("rolled_back", GOOD)
+    assert "did not confirm its health" in report["detail"]
+    # Healthy again on the previous release: it heartbeats and is not offered the bad one.
+    agent.wait_status(
+        lambda s: (
+            s["coordinator"]["state"] == "active"
+            and s["flags"].get(f"release-{UNHEALTHY}") is False
+        )
+    )
