@@ -9,16 +9,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 BASE = "0.1.0"
 
-#: Patches of a release's source that make a real, broken build.
+#: Patches of a release's source that make a real, broken build. Each rewrites one line
+#: in place, so line numbers (and the coverage measured in the release) stay true.
 CRASH_AT_START = (
     "agent/src/aeamc/agent/daemon.py",
-    "    async def start(self) -> None:\n",
-    '        raise RuntimeError("broken on purpose")\n',
+    "    async def start(self) -> None:\n        c = self.config\n",
+    "    async def start(self) -> None:\n"
+    '        c = self.config; raise RuntimeError("broken on purpose")\n',
 )
 NEVER_HEARTBEATS = (
     "agent/src/aeamc/agent/link.py",
-    "    async def heartbeat(self, url: str) -> float:\n",
-    "        await asyncio.sleep(3600)  # broken on purpose: the agent never looks healthy\n",
+    "    async def heartbeat(self, url: str) -> float:\n        body = {",
+    "    async def heartbeat(self, url: str) -> float:\n"
+    '        await __import__("asyncio").sleep(3600); body = {  # broken on purpose',
 )
 
 
@@ -40,12 +43,9 @@ def build_release(
         assert f'"{BASE}"' in text
         init.write_text(text.replace(f'"{BASE}"', f'"{version}"'))
     if patch is not None:
-        path, anchor, inserted = patch
+        path, old, new = patch
         file = src / path
         text = file.read_text()
-        assert anchor in text, anchor
-        if "asyncio.sleep" in inserted and "import asyncio\n" not in text:
-            future = "from __future__ import annotations\n"
-            text = text.replace(future, future + "import asyncio\n", 1)
-        file.write_text(text.replace(anchor, anchor + inserted, 1))
+        assert text.count(old) == 1 and old.count("\n") == new.count("\n"), old
+        file.write_text(text.replace(old, new))
     return packaging_build.build_release(src, work / f"wheels-{version}")

@@ -187,7 +187,7 @@ class Launcher:
         env[LAUNCHER_ENV] = str(os.getpid())
         env[SLOT_ENV] = version
         if version != BASE:
-            slot = str(self.slots.path(version))
+            slot = str(self.slots.site(version))
             env["PYTHONPATH"] = os.pathsep.join(p for p in (slot, env.get("PYTHONPATH")) if p)
         cmd = [sys.executable, "-m", "aeamc.agent.cli", "--config", str(self.config_path)]
         cmd += ["-v"] * self.verbose + ["daemon"]

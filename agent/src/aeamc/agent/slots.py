@@ -3,8 +3,9 @@
 ``<state_dir>/releases/``:
 
 ================  ===========================================================================
-``<version>/``    one release, installed from its wheels (``aeamc.agent``, ``aeamc.shared``);
-                  runs on the base installation's dependencies. ``.complete`` marks it whole
+``<version>/``    one release, installed from its wheels (``aeamc.agent``, ``aeamc.shared``)
+                  into ``site/``; runs on the base installation's dependencies.
+                  ``.complete`` marks it whole
 ``slots.json``    written by the launcher only: ``active`` ("" = the base installation),
                   ``previous``, the ``trial`` in progress, the versions that ``failed`` here
 ``request.json``  the daemon asks the launcher to switch to an installed release
@@ -60,6 +61,10 @@ class Slots:
 
     def path(self, version: str) -> Path:
         return self.dir / version
+
+    def site(self, version: str) -> Path:
+        """The folder put first on the daemon's ``PYTHONPATH`` for this release."""
+        return self.path(version) / "site"
 
     def installed(self, version: str) -> bool:
         return version == BASE or (self.path(version) / COMPLETE).is_file()

@@ -334,9 +334,10 @@ def install_slot(slots: Slots, version: str, wheels: list[Path]) -> Path:
     dest = slots.path(version)
     partial = dest.with_name(f".{version}.partial")
     shutil.rmtree(partial, ignore_errors=True)
+    site = partial / slots.site(version).relative_to(dest)
     scheme = {
-        "purelib": str(partial),
-        "platlib": str(partial),
+        "purelib": str(site),
+        "platlib": str(site),
         "scripts": str(partial / "bin"),
         "data": str(partial / "data"),
         "headers": str(partial / "include"),
