@@ -236,3 +236,64 @@ def test_online_roles_are_renewed_before_they_expire(repo) -> None:  # type: ign
     assert r.versions() == {"root": 1, "targets": 1, "snapshot": 2, "timestamp": 3}
     assert r.timestamp().signed.snapshot_meta.version == 2
     r.root().verify_delegate("timestamp", r.timestamp())
+
+
+def test_release_version_of_wheels(tmp_path: Path) -> None:
+    assert Repository.release_version(fake_release(tmp_path / "a", "0.2.0")) == "0.2.0"
+    mixed = fake_release(tmp_path / "b", "0.2.0", names=("agent",))
+    mixed += fake_release(tmp_path / "c", "0.3.0", names=("shared",))
+    assert Repository.release_version(mixed) is None
+    assert Repository.release_version([tmp_path / "notes.txt"]) is None
+
+
+# -- the launcher's decisions, on real state files ----------------------------------------------
+
+
+def _launcher(tmp_path: Path):  # type: ignore[no-untyped-def]
+    from aeamc.agent.config import config_from_mapping
+    from aeamc.agent.launcher import Launcher
+
+    config = config_from_mapping({"state_dir": str(tmp_path / "state")})
+    return Launcher(config, tmp_path / "agent.toml")
+
+
+def _install(slots, version: str) -> None:  # type: ignore[no-untyped-def]
+    from aeamc.agent.slots import COMPLETE
+
+    slots.site(version).mkdir(parents=True)
+    (slots.path(version) / COMPLETE).write_text("{}\n")
+
+
+def test_a_package_newer_than_the_active_release_takes_over(tmp_path: Path) -> None:
+    from aeamc.agent.slots import SlotState
+
+    launcher = _launcher(tmp_path)
+    _install(launcher.slots, "0.0.9")
+    launcher.slots.save(SlotState(active="0.0.9", previous=""))
+    state = launcher._prepare()
+    assert state.active == "" and launcher.slots.load().active == ""
+    assert not launcher.slots.path("0.0.9").exists()
+
+
+def test_a_trial_that_never_confirmed_is_rolled_back_at_the_next_start(tmp_path: Path) -> None:
+    from aeamc.agent.launcher import MAX_TRIAL_STARTS
+    from aeamc.agent.slots import SlotState, Trial
+
+    launcher = _launcher(tmp_path)
+    for version in ("9.0.0", "9.1.0"):
+        _install(launcher.slots, version)
+    trial = Trial(version="9.1.0", previous="9.0.0", started_ms=1, starts=MAX_TRIAL_STARTS)
+    launcher.slots.save(SlotState(active="9.1.0", previous="", trial=trial))
+    state = launcher._prepare()  # e.g. power cuts during each of its starts
+    assert state.active == "9.0.0" and state.trial is None
+    assert "did not confirm its health in 2 starts" in state.failed["9.1.0"]
+    assert not launcher.slots.path("9.1.0").exists() and launcher.slots.installed("9.0.0")
+    [(_, report)] = launcher.slots.reports()
+    assert (report["release"], report["outcome"], report["version"]) == (
+        "9.1.0",
+        "rolled_back",
+        "9.0.0",
+    )
+    # A request for a release that is not installed is ignored.
+    launcher.slots.request("9.9.9")
+    assert launcher._prepare().active == "9.0.0"

@@ -229,6 +229,13 @@ def render_text(status: Mapping[str, Any]) -> str:
             ", ".join(f"{k}={'on' if v else 'off'}" for k, v in sorted(flags.items())) or "none",
         ),
     ]
+    updates = status.get("updates")
+    if updates:
+        slot = updates.get("slot") or "base installation"
+        line = f"{slot}, {updates.get('state')}"
+        if updates.get("last_error"):
+            line += f"; {updates['last_error']}"
+        rows.append(("updates", line))
     if status.get("demo_cheater"):
         rows.append(("DEMO CHEATER", f"fakes {status['cheat_fraction']:.0%} of chunk outputs"))
     return "".join(f"{label + ':':<20}{value}\n" for label, value in rows)

@@ -64,6 +64,10 @@ def _publish(args: argparse.Namespace, cli: Any) -> int:
     paths = [Path(p) for p in args.packages]
     if len(paths) == 1 and paths[0].is_dir():
         version = repo.publish_staged(paths[0])
+    elif (known := repo.release_version(paths)) is not None and repo.has_release(known):
+        # Signed by an earlier publish whose rollout did not start (coordinator down?).
+        version = known
+        print(f"release {version} is already in the update repository")
     else:
         version = repo.publish(paths, _keys(args))
     print(f"release {version} signed into the update repository")

@@ -165,6 +165,12 @@ class Repository:
     def has_release(self, version: str) -> bool:
         return self.exists and manifest_path(version) in self.targets().signed.targets
 
+    @staticmethod
+    def release_version(wheels: Sequence[Path]) -> str | None:
+        """The one version named by these wheel files, if they agree on one."""
+        versions = {m.group(2) for w in wheels if (m := _WHEEL.fullmatch(w.name))}
+        return versions.pop() if len(versions) == 1 else None
+
     def metadata_file(self, name: str) -> Path | None:
         """The file a client asks for by name, if it is one the repository serves."""
         if not METADATA_NAME.fullmatch(name):
