@@ -233,6 +233,12 @@ class AgentProcess:
                 raise
         return self.process.returncode
 
+    def signal_daemon(self, sig: int) -> None:
+        """Signal the daemon itself (``process`` is ``run``'s launcher, which supervises it)."""
+        status = self.status_file()
+        assert status and isinstance(status.get("pid"), int), "the daemon is not running"
+        os.kill(status["pid"], sig)
+
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None

@@ -71,7 +71,11 @@ class Launcher:
             signal.signal(sig, self._forward)
         while True:
             state = self._prepare()
+            if self.stopping:  # a signal between two daemons: start none
+                return 0
             self.child = self._spawn(state.active)
+            if self.stopping:  # a signal while it was being started
+                self.child.send_signal(signal.SIGTERM)
             code = self._supervise(state)
             self.child = None
             if self.stopping:
