@@ -133,3 +133,97 @@ def test_a_release_that_never_becomes_healthy_is_rolled_back(device) -> None:  #
             and s["flags"].get(f"release-{UNHEALTHY}") is False
         )
     )
+
+
+def test_bad_release_requests_are_refused(device) -> None:  # type: ignore[no-untyped-def]
+    from aeamc.shared.identity import SigningKey
+    from aeamc.shared.messages import sign
+    from aeamc.shared.releases import UpdateReport
+
+    coord, agent, _, _ = device
+    operator = coord.token("operator")
+    before = coord.request("GET", "/v1/releases", token=operator)[1]
+    cases = [
+        ("POST", "/v1/releases", {"version": "9.0.0", "percent": 5}, None, 401, "unauthorized"),
+        (
+            "POST",
+            "/v1/releases",
+            {"version": "9.0.0", "percent": 5},
+            operator,
+            409,
+            "not_published",
+        ),
+        ("POST", "/v1/releases", {"version": GOOD, "percent": 5}, operator, 409, "exists"),
+        (
+            "POST",
+            "/v1/releases",
+            {"version": "latest", "percent": 5},
+            operator,
+            400,
+            "invalid_message",
+        ),
+        (
+            "POST",
+            "/v1/releases",
+            {"version": GOOD, "percent": 101},
+            operator,
+            400,
+            "invalid_message",
+        ),
+        ("POST", "/v1/releases", {"version": GOOD}, operator, 400, "invalid_message"),
+        (
+            "POST",
+            "/v1/releases",
+            {"version": GOOD, "percent": 5, "x": 1},
+            operator,
+            400,
+            "invalid_message",
+        ),
+        ("GET", "/v1/releases/9.9.9", None, operator, 404, "not_found"),
+        ("PUT", "/v1/releases/9.9.9/rollout", {"percent": 5}, operator, 404, "not_found"),
+        (
+            "PUT",
+            f"/v1/releases/{GOOD}/rollout",
+            {"percent": True},
+            operator,
+            400,
+            "invalid_message",
+        ),
+        ("PUT", f"/v1/releases/{GOOD}/rollout", {}, operator, 400, "invalid_message"),
+        ("POST", f"/v1/releases/{GOOD}/halt", {"reason": ""}, operator, 400, "invalid_message"),
+        ("POST", "/v1/releases/9.9.9/halt", None, operator, 404, "not_found"),
+        ("POST", "/v1/updates/reports", {"type": "poa"}, None, 400, "wrong_type"),
+        ("GET", "/v1/updates/metadata/coordinator.db", None, None, 404, "not_found"),
+        ("GET", "/v1/updates/metadata/..%2Fcoordinator.db", None, None, 404, "not_found"),
+        (
+            "GET",
+            "/v1/updates/targets/agent/0.2.0/../../keys/timestamp.key",
+            None,
+            None,
+            404,
+            "not_found",
+        ),
+        ("GET", "/v1/updates/targets/keys/timestamp.key", None, None, 404, "not_found"),
+    ]
+    for method, path, body, token, status, code in cases:
+        got, reply = coord.request(method, path, body, token=token)
+        assert (got, (reply.get("error") or {}).get("code")) == (status, code), (path, body, reply)
+    stranger = SigningKey.from_seed(b"\x09" * 32)
+    report = {
+        "type": "update_report",
+        "device_id": stranger.device_id,
+        "release": GOOD,
+        "version": GOOD,
+        "outcome": "updated",
+        "detail": "",
+        "timestamp": 1,
+    }
+    got, reply = coord.request(
+        "POST", "/v1/updates/reports", sign(UpdateReport, report, stranger).to_dict()
+    )
+    assert (got, reply["error"]["code"]) == (403, "not_enrolled")
+    key_body = {**report, "device_id": agent.device_id}
+    forged = sign(UpdateReport, key_body, stranger).to_dict()
+    got, reply = coord.request("POST", "/v1/updates/reports", forged)
+    assert got == 401, reply
+    assert coord.request("GET", "/v1/releases", token=operator)[1] == before

@@ -24,7 +24,7 @@ import random
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,20 +105,29 @@ class Updater:
         #: Releases whose files failed verification in this run: not fetched again.
         self.refused: dict[str, str] = {}
         self._confirmed = False
+        self._delivery: asyncio.Task[None] | None = None
 
     # -- the loop ----------------------------------------------------------------------------
 
     async def run(self) -> None:
+        # Reports left by the launcher (a rollback) go out as soon as the device is enrolled,
+        # not an interval later.
+        while not self.enrolled():
+            await asyncio.sleep(IDLE_POLL_S)
+        await self._safely(self.deliver_reports)
         while True:
             await asyncio.sleep(jittered(self.config.update_check_interval_s, 0.1, random.uniform))
-            try:
-                await self.deliver_reports()
-                await self.check()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a bug must not end update checks for good
-                self._error(f"internal error: {exc}")
-                log.exception("update check failed")
+            await self._safely(self.deliver_reports)
+            await self._safely(self.check)
+
+    async def _safely(self, step: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must not end update checks for good
+            self._error(f"internal error: {exc}")
+            log.exception("update check failed")
 
     def heartbeat_accepted(self) -> None:
         """The coordinator accepted a heartbeat: a release on trial is healthy."""
@@ -134,6 +143,7 @@ class Updater:
             __version__, UPDATED, f"from {previous}", __version__, self.clock_ms()
         )
         log.info("release %s is healthy: confirmed to the launcher", __version__)
+        self._delivery = asyncio.get_running_loop().create_task(self._safely(self.deliver_reports))
         self.on_change()
 
     async def check(self) -> None:
@@ -263,8 +273,16 @@ class Updater:
                 reply = await self.client.post(url, REPORTS_PATH, message.to_dict())
             except Unreachable:
                 return
-            if reply.status >= 500 or reply.status in (408, 429):
-                return
+            if (
+                reply.status >= 500
+                or reply.status in (408, 429)
+                or reply.error_code
+                in (
+                    "not_enrolled",
+                    "pending",
+                )
+            ):
+                return  # kept: delivered once the coordinator can take it
             if reply.status != 202:
                 log.warning(
                     "update report %s refused: HTTP %d %s",

@@ -2,7 +2,8 @@
 
 Devices fetch TUF metadata and release files without a token (TUF signatures, not the
 transport, make them trustworthy) and post signed update reports; the operator manages
-rollouts with the operator token.
+rollouts with the operator token. The shared HTTP helpers are imported from ``..api`` when
+a request comes, since ``..api`` imports this module to add the routes.
 """
 
 from __future__ import annotations
