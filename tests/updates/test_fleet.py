@@ -13,6 +13,7 @@ import concurrent.futures
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -252,7 +253,8 @@ def test_tampered_package_is_refused(fleet: Fleet) -> None:
     fleet.release("rollout", TAMPERED, "--percent", "100")
     wait_for(lambda: fleet.detail(TAMPERED)["state"] == "halted", 60)
     # Every device that was offered it refused it; the rollout halted after the first.
-    fleet.wait_all(lambda a, s: s["flags"].get(f"release-{TAMPERED}") is False)
+    # Settled: the flag is off everywhere and no download is still under way.
+    fleet.wait_all(lambda a, s: s["flags"].get(f"release-{TAMPERED}") is False and _idle(s))
     refused = {a.device_id for a in fleet.agents if TAMPERED in fleet.updates(a)["refused"]}
     assert refused, "no device was offered the tampered release"
     for a in fleet.agents:
@@ -296,31 +298,31 @@ def test_expired_metadata_is_refused(fleet: Fleet) -> None:
     from aeamc.coordinator.updates.repository import Repository
 
     config = load_config(fleet.coord.config_path)
-    past = Repository(
-        _repo(fleet),
-        config.updates,
-        state_dir=config.state_dir,
-        clock=lambda: _utc_now() - _days(30),
-    )
     # Newer versions, properly signed with the real online keys, but long expired: what a
-    # client sees from a repository that stopped re-signing (a freeze attack). Twice: the
-    # first only reaches the version the devices trust (the replay above served an older
-    # one), which they ignore.
+    # client sees from a repository that stopped re-signing (a freeze attack). Made in a
+    # copy and signed twice there, since the replay above left an older timestamp served:
+    # once would only reach the version the devices already trust.
+    shadow = fleet.root / "shadow-repo"
+    shutil.copytree(_repo(fleet), shadow, ignore=shutil.ignore_patterns("lock"))
+    past = Repository(
+        shadow, config.updates, state_dir=config.state_dir, clock=lambda: _utc_now() - _days(30)
+    )
     past.refresh_online(force=True)
     past.refresh_online(force=True)
+    metadata = _repo(fleet) / "metadata"
+    for name in sorted(p.name for p in (shadow / "metadata").glob("*.snapshot.json")):
+        if not (metadata / name).exists():
+            _replace(metadata / name, (shadow / "metadata" / name).read_bytes())
+    _replace(metadata / "timestamp.json", (shadow / "metadata" / "timestamp.json").read_bytes())
     fleet.wait_all(
         lambda a, s: "ExpiredMetadataError" in ((s.get("updates") or {}).get("last_error") or "")
     )
     _nothing_installed(fleet, HELD_BACK)
     # Recovery: halt the held-back release, re-sign; every device trusts the repository again.
     fleet.release("halt", HELD_BACK, "--reason", "test over")
+    fleet.wait_all(lambda a, s: s["flags"].get(f"release-{HELD_BACK}") is False)
     fleet.release("refresh")
-    fleet.wait_all(
-        lambda a, s: (
-            (s.get("updates") or {}).get("last_error") is None
-            and s["flags"].get(f"release-{HELD_BACK}") is False
-        )
-    )
+    fleet.wait_all(lambda a, s: (s.get("updates") or {}).get("last_error") is None)
     _nothing_installed(fleet, HELD_BACK)
 
 
@@ -335,6 +337,7 @@ def test_broken_release_rolls_back_and_halts(fleet: Fleet) -> None:
         lambda a, s: (
             s["flags"].get(flag) is False
             and _on(GOOD)(a, s)
+            and _idle(s)
             and s["coordinator"]["state"] == "active"
         ),
         timeout=90,
@@ -355,6 +358,11 @@ def test_broken_release_rolls_back_and_halts(fleet: Fleet) -> None:
     assert f"of {len(cohort)} targeted devices failed" in detail["halt_reason"]
     text = fleet.release("status", BROKEN)
     assert "halted" in text and "rolled_back" in text
+
+
+def _idle(status: dict[str, Any]) -> bool:
+    """A running daemon with no update under way (none downloading, waiting or restarting)."""
+    return bool(status.get("running")) and (status.get("updates") or {}).get("state") == "idle"
 
 
 def _nothing_installed(fleet: Fleet, version: str) -> None:
