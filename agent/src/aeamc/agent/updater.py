@@ -66,6 +66,13 @@ MAX_FILE_BYTES = 64 * 1024 * 1024
 IDLE_POLL_S = 0.2
 
 
+NO_REPOSITORY = "the coordinator offers no updates (no update repository)"
+
+
+class NoRepository(Exception):
+    """The coordinator has no TUF repository (``release init`` was never run there)."""
+
+
 class Updater:
     def __init__(
         self,
@@ -154,6 +161,11 @@ class Updater:
         fetcher = CoordinatorFetcher(self.client, loop, self.config.request_timeout_s)
         try:
             updater = await asyncio.to_thread(self._refresh, url, fetcher)
+        except NoRepository:
+            if self.last_error != NO_REPOSITORY:
+                log.info("%s", NO_REPOSITORY)
+            self._error(NO_REPOSITORY)
+            return
         except Exception as exc:
             self._error(f"update metadata refused: {type(exc).__name__}: {exc}")
             log.warning("%s", self.last_error)
@@ -218,8 +230,14 @@ class Updater:
         """The root to start from: configured, else the coordinator's v1 (pinned on first use)."""
         if self.config.update_root is not None:
             return self.config.update_root.read_bytes()
+        try:
+            root = fetcher.download_bytes(url.rstrip("/") + METADATA_PATH + "1.root.json", 512_000)
+        except DownloadHTTPError as exc:
+            if exc.status_code == 404:
+                raise NoRepository from None
+            raise
         log.warning("no TUF root configured: trusting the coordinator's root on first use")
-        return fetcher.download_bytes(url.rstrip("/") + METADATA_PATH + "1.root.json", 512_000)
+        return root
 
     def _install(self, updater: Any, release: str) -> None:
         work = Path(tempfile.mkdtemp(prefix=".download-", dir=self._releases_dir()))

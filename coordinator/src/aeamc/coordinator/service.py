@@ -891,6 +891,8 @@ class Coordinator:
 
         counts = await self.db.write(txn)
         self.devices.pop(device_id, None)
+        if self.rollouts is not None:
+            await self.rollouts.load()  # its update reports went with it
         await self.db.checkpoint()
         self.count("devices_erased")
         log.info("device %s erased at its owner's or the operator's request", device_id)

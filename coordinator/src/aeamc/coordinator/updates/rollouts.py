@@ -233,9 +233,12 @@ class Rollouts:
         if msg.release not in self.releases:
             raise not_found(f"release {msg.release}")
         async with self._lock:
-            changed = await self.c.db.write(lambda db: _upsert_report(db, msg, now))
+            changed, before = await self.c.db.write(lambda db: _upsert_report(db, msg, now))
             if changed:
-                await self.load()
+                counts = self.outcomes.setdefault(msg.release, Counter())
+                if before is not None:
+                    counts[before] -= 1
+                counts[msg.outcome] += 1
             progress = self.progress(msg.release)
             release = self.releases[msg.release]
             threshold = self.c.config.updates.halt_failure_share
@@ -276,7 +279,14 @@ class Rollouts:
             await asyncio.sleep(self.c.config.updates.resign_check_s)
 
 
-def _upsert_report(db: sqlite_utils.Database, msg: UpdateReport, now: int) -> bool:
+def _upsert_report(
+    db: sqlite_utils.Database, msg: UpdateReport, now: int
+) -> tuple[bool, str | None]:
+    """Keep the device's latest report on the release; (changed, the outcome it replaced)."""
+    row = db.execute(
+        "SELECT outcome FROM update_reports WHERE device_id=? AND release=?",
+        [msg.device_id, msg.release],
+    ).fetchone()
     cur = db.execute(
         "INSERT INTO update_reports (device_id, release, version, outcome, detail, timestamp, "
         "received_at) VALUES (?,?,?,?,?,?,?) ON CONFLICT (device_id, release) DO UPDATE SET "
@@ -285,7 +295,7 @@ def _upsert_report(db: sqlite_utils.Database, msg: UpdateReport, now: int) -> bo
         "WHERE excluded.timestamp > update_reports.timestamp",
         [msg.device_id, msg.release, msg.version, msg.outcome, msg.detail, msg.timestamp, now],
     )
-    return cur.rowcount == 1
+    return cur.rowcount == 1, row[0] if row else None
 
 
 def _check_percent(percent: Any) -> None:
