@@ -5,6 +5,7 @@ back once its health deadline passes."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -227,3 +228,36 @@ def test_bad_release_requests_are_refused(device) -> None:  # type: ignore[no-un
     got, reply = coord.request("POST", "/v1/updates/reports", forged)
     assert got == 401, reply
     assert coord.request("GET", "/v1/releases", token=operator)[1] == before
+
+
+def test_offline_signing_through_the_cli(device, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import zipfile
+
+    coord, agent, _, keys = device
+    wheels = []
+    for name in ("agent", "shared"):
+        path = tmp_path / f"aeamc_{name}-0.9.0-py3-none-any.whl"
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr(f"aeamc/{name}/__init__.py", '__version__ = "0.9.0"\n')
+        wheels.append(str(path))
+    metadata = coord.state_dir / "updates" / "metadata"
+    before = sorted(p.name for p in metadata.iterdir())
+    # Without the targets key nothing is signed, and the command says where the key is.
+    refused = coord.cli("release", "publish", *wheels, "--rollout", "0", check=False)
+    assert refused.returncode == 1 and "--keys" in refused.stderr
+    assert sorted(p.name for p in metadata.iterdir()) == before
+    staged = tmp_path / "stick"
+    coord.cli("release", "stage", *wheels, "-o", str(staged))
+    unsigned = coord.cli("release", "publish", str(staged), "--rollout", "0", check=False)
+    assert unsigned.returncode == 1 and "not signed" in unsigned.stderr
+    signed = coord.cli("release", "sign", str(staged), "--keys", str(keys)).stdout
+    assert "agent/0.9.0/release.json" in signed
+    coord.cli("release", "publish", str(staged), "--rollout", "0")
+    _, detail = coord.request("GET", "/v1/releases/0.9.0", token=coord.token("operator"))
+    assert (detail["state"], detail["percent"]) == ("rolling", 0)
+    assert "0.9.0" in coord.cli("release", "list").stdout
+    status = json.loads(coord.cli("release", "status", "--json").stdout)
+    assert status["repository"]["versions"]["targets"] >= 4
+    # At 0 % nobody is offered it.
+    agent.wait_status(lambda s: s["flags"].get("release-0.9.0") is False)
+    assert (agent.status_file() or {})["version"] == GOOD
