@@ -261,3 +261,14 @@ def test_offline_signing_through_the_cli(device, tmp_path: Path) -> None:  # typ
     # At 0 % nobody is offered it.
     agent.wait_status(lambda s: s["flags"].get("release-0.9.0") is False)
     assert (agent.status_file() or {})["version"] == GOOD
+
+
+def test_a_restart_keeps_the_release(device) -> None:  # type: ignore[no-untyped-def]
+    _, agent, _, _ = device
+    assert agent.stop() == 0
+    offline = agent.status()  # no daemon: read from the state directory
+    assert offline["running"] is False and offline["version"] == GOOD
+    assert offline["updates"]["slot"] == GOOD and UNHEALTHY in offline["updates"]["failed"]
+    agent.start()
+    again = agent.wait_status(lambda s: s["coordinator"]["state"] == "active")
+    assert again["version"] == GOOD and _updates(again)["slot"] == GOOD

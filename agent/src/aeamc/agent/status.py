@@ -17,6 +17,7 @@ from aeamc.shared.eps import eps
 from . import __version__
 from .energy import EnergyPolicy
 from .outbox import summary
+from .slots import Slots
 from .state import (
     ABANDONED_DIR,
     OUTBOX_DIR,
@@ -118,13 +119,16 @@ def offline_status(
     policy = EnergyPolicy(config.energy)
     if telemetry is not None:
         policy.update(telemetry)
+    slots = Slots(state)
+    releases = slots.load()
     return {
         "running": False,
         "pid": None,
         "device_id": device_id,
         "public_key": public_key,
         "identity_error": identity_error,
-        "version": __version__,
+        # What `run` starts: the active release, else this installation.
+        "version": releases.active or __version__,
         "endpoint": None,
         "coordinator": {
             "url": config.coordinator_url or (pin.url if pin else None),
@@ -136,6 +140,15 @@ def offline_status(
             "last_error": None,
         },
         "flags": (previous or {}).get("flags", {}),
+        "updates": {
+            "state": "not_running",
+            "slot": releases.active,
+            "previous": releases.previous,
+            "trial": releases.trial.version if releases.trial else None,
+            "failed": releases.failed,
+            "installed": slots.installed_versions(),
+            "last_error": None,
+        },
         "telemetry_source": config.telemetry_source,
         "telemetry_error": source_error,
         "telemetry": telemetry.to_dict() if telemetry else None,
