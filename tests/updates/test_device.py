@@ -272,3 +272,18 @@ def test_a_restart_keeps_the_release(device) -> None:  # type: ignore[no-untyped
     agent.start()
     again = agent.wait_status(lambda s: s["coordinator"]["state"] == "active")
     assert again["version"] == GOOD and _updates(again)["slot"] == GOOD
+
+
+def test_update_reports_are_exported_and_erased_with_the_device(device) -> None:  # type: ignore[no-untyped-def]
+    coord, agent, _, _ = device
+    operator = coord.token("operator")
+    status, export = coord.request("GET", f"/v1/devices/{agent.device_id}/export", token=operator)
+    assert status == 200
+    assert {(r["release"], r["outcome"]) for r in export["update_reports"]} == {
+        (GOOD, "updated"),
+        (UNHEALTHY, "rolled_back"),
+    }
+    status, erased = coord.request("DELETE", f"/v1/devices/{agent.device_id}", token=operator)
+    assert status == 200 and erased["deleted"]["update_reports"] == 2
+    _, detail = coord.request("GET", f"/v1/releases/{GOOD}", token=operator)
+    assert detail["reports"] == [] and detail["progress"]["updated"] == 0

@@ -140,10 +140,11 @@ class Updater:
         """The coordinator accepted a heartbeat: a release on trial is healthy."""
         if self._confirmed:
             return
+        # Trials begin only when a daemon starts: looking once per process is enough.
+        self._confirmed = True
         trial = self.slots.load().trial
         if trial is None or trial.version != __version__:
             return
-        self._confirmed = True
         self.slots.confirm(__version__)
         previous = trial.previous or "the base installation"
         self.slots.add_report(

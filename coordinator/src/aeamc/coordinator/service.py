@@ -797,6 +797,10 @@ class Coordinator:
                     "FROM proofs p JOIN blocks b ON b.height = p.block_height "
                     "WHERE p.device_id=? ORDER BY p.block_height, p.seq"
                 ),
+                "update_reports": rows(
+                    "SELECT release, version, outcome, detail, timestamp, received_at "
+                    "FROM update_reports WHERE device_id=? ORDER BY release"
+                ),
             }
 
         out = await self.db.read(q)
@@ -829,7 +833,8 @@ class Coordinator:
 
         Deleted: the device row (public key, capabilities, endpoint, address, telemetry,
         record), its heartbeat history, its mDNS candidate row, its assignments (in-flight
-        ones go back to the queue first), its spot-checks, and its proofs not yet in a block
+        ones go back to the queue first), its spot-checks, its update reports, and its proofs
+        not yet in a block
         (their tasks are re-queued). Proofs already in a block keep only what the receipt and
         the client's task need: task id, device id, signature, output and its digest, the
         block height and credit; the signed PoT itself is deleted, and the acceptance time
