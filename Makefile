@@ -22,6 +22,7 @@ help:
 	@echo "make format  apply ruff formatting"
 	@echo "make lock    re-resolve requirements/constraints.txt from requirements/dev.txt"
 	@echo "make packages  build dist/aeamc-agent_*.deb and dist/microblock-coordinator_*.deb"
+	@echo "make release-wheels  build dist/release/*.whl, an agent release for fleet updates"
 	@echo "make clean   remove the virtualenv, node_modules and caches"
 
 $(PY_STAMP): $(PY_INPUTS)
@@ -60,6 +61,11 @@ demo: deps
 .PHONY: packages
 packages: $(PY_STAMP)
 	$(BIN)/python packaging/build.py --out dist
+
+# The wheels of an agent release, for `aeamc-coordinator release publish` (docs/updates.md).
+.PHONY: release-wheels
+release-wheels: $(PY_STAMP)
+	$(BIN)/python packaging/build.py --release --out dist/release
 
 bench: deps
 	$(BIN)/python -m bench.run $(ARGS)

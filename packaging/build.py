@@ -43,6 +43,8 @@ TARGET_PYTHON = "/usr/bin/python3.11"
 PYTHON_DEPENDS = "python3 (>= 3.11), python3.11"
 MAINTAINER = "AEAMC maintainers <maintainers@users.noreply.r-seed-1d2ce721.example>"
 PROJECTS = ("shared", "agent", "coordinator")
+#: What a fleet update ships (docs/updates.md): the agent and its protocol core.
+RELEASE_PROJECTS = ("shared", "agent")
 STAGING_PREFIX = "aeamc-deb-"
 
 
@@ -148,26 +150,36 @@ def debian_version(python_version: str) -> str:
 # -- wheels -----------------------------------------------------------------------------------
 
 
-def build_own_wheels(source: Path, work: Path) -> tuple[Path, str]:
-    """Wheels of the three distributions, built from a clean copy of ``source``."""
+def build_own_wheels(
+    source: Path, work: Path, projects: Sequence[str] = PROJECTS
+) -> tuple[Path, str]:
+    """Wheels of the distributions, built from a clean copy of ``source``."""
     copies, wheels = work / "src", work / "own-wheels"
     ignore = shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__", "*.pyc")
-    for project in PROJECTS:
+    for project in projects:
         shutil.copytree(source / project, copies / project, ignore=ignore)
     # The repository venv has the pinned setuptools; elsewhere pip fetches one.
     isolation = ["--no-build-isolation"] if _has_setuptools() else []
     run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "-w", wheels]
         + isolation
-        + [copies / p for p in PROJECTS]
+        + [copies / p for p in projects]
     )
     versions = {}
     for wheel in wheels.glob("*.whl"):
         name, version = wheel.name.split("-")[:2]
         versions[name] = version
-    if len(set(versions.values())) != 1 or len(versions) != len(PROJECTS):
-        raise BuildError(f"the three distributions must have one version, found {versions}")
+    if len(set(versions.values())) != 1 or len(versions) != len(projects):
+        raise BuildError(f"the distributions must have one version, found {versions}")
     return wheels, next(iter(versions.values()))
+
+
+def build_release(source: Path, out: Path) -> list[Path]:
+    """The wheels of an agent release for ``aeamc-coordinator release publish``."""
+    with tempfile.TemporaryDirectory(prefix=STAGING_PREFIX) as tmp:
+        wheels, _ = build_own_wheels(source, Path(tmp), RELEASE_PROJECTS)
+        out.mkdir(parents=True, exist_ok=True)
+        return [Path(shutil.copy2(w, out / w.name)) for w in sorted(wheels.glob("*.whl"))]
 
 
 def _has_setuptools() -> bool:
@@ -460,8 +472,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="xz",
         help="xz (default) is the smallest and readable by every dpkg; zstd is much faster",
     )
+    parser.add_argument(
+        "--release",
+        action="store_true",
+        help="build only the wheels of an agent release (fleet update), into --out",
+    )
     args = parser.parse_args(argv)
     source = args.source.resolve()
+    if args.release:
+        try:
+            for wheel in build_release(source, args.out.resolve()):
+                log(str(wheel))
+        except BuildError as exc:
+            log(str(exc))
+            return 1
+        return 0
     try:
         check_tools()
         declared = set_version.current(source)

@@ -206,7 +206,8 @@ async def test_run_status_and_sigterm(tmp_path: Path) -> None:
             )
             stdout, _ = await out.communicate()
             status = json.loads(stdout)
-            assert status["running"] is True and status["pid"] == proc.pid
+            # `run` is the update launcher; the daemon it supervises names it.
+            assert status["running"] is True and status["launcher_pid"] == proc.pid
             assert status["telemetry_source"] == "simulated"
             assert status["demo_cheater"] is True and status["cheat_fraction"] == 0.25
             assert status["coordinator"]["state"] == "active"
@@ -256,7 +257,7 @@ def test_idle_agent_footprint(tmp_path: Path) -> None:
     assert not idle & HEAVY, idle & HEAVY
 
 
-def test_port_in_use_is_a_runtime_failure(tmp_path: Path, capsys) -> None:
+def test_port_in_use_is_a_runtime_failure(tmp_path: Path, capfd) -> None:
     import socket
 
     _, config = init(tmp_path, "--coordinator-url", "https://127.0.0.1:9")
@@ -270,5 +271,6 @@ def test_port_in_use_is_a_runtime_failure(tmp_path: Path, capsys) -> None:
             .replace("port = 0", f"port = {port}")
             + "\n[mdns]\nenabled = false\n"
         )
+        # `run` is the launcher: the daemon it starts says why, on the same stderr.
         assert main(["--config", str(config), "run"]) == 1
-    assert "cannot run" in capsys.readouterr().err
+    assert "cannot run" in capfd.readouterr().err

@@ -242,3 +242,27 @@ def test_flags_page_shows_and_changes_a_rollout(
     history = coordinator.operator("GET", "/v1/flags/history")["history"]
     assert [(h["from_percent"], h["to_percent"]) for h in history] == [(None, 10), (10, 100)]
     expect(page.locator("#flag-history")).to_contain_text("10 % → 100 %")
+
+
+def test_flags_page_shows_the_agent_releases(
+    page: Page, coordinator: DashboardCoordinator, tmp_path: Any
+) -> None:
+    import zipfile
+
+    keys = tmp_path / "keys"
+    coordinator.cli("release", "keygen", str(keys))
+    coordinator.cli("release", "init", "--keys", str(keys))
+    wheels = []
+    for name in ("agent", "shared"):
+        path = tmp_path / f"aeamc_{name}-0.7.0-py3-none-any.whl"
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr(f"aeamc/{name}/__init__.py", '__version__ = "0.7.0"\n')
+        wheels.append(str(path))
+    coordinator.cli("release", "publish", *wheels, "--rollout", "25", "--keys", str(keys))
+    coordinator.operator("POST", "/v1/releases/0.7.0/halt", {"reason": "checked by hand"})
+    login(page, coordinator, "flags")
+    row = page.locator("#releases-table tbody tr").filter(has_text="0.7.0")
+    expect(row).to_contain_text("25 %")
+    expect(row).to_contain_text("halted: checked by hand")
+    expect(page.locator("#releases-empty")).to_be_hidden()
+    expect(page.locator("#fleet-versions")).to_contain_text("Fleet")

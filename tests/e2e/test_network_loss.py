@@ -182,7 +182,7 @@ def test_agent_silent_mid_task_proofs_arrive_exactly_once(
     coordinator, agent = network
     ids = submit_batch(coordinator)
     assert agent.process is not None
-    agent.process.send_signal(signal.SIGSTOP)  # no heartbeats, no proofs, no answers
+    agent.signal_daemon(signal.SIGSTOP)  # no heartbeats, no proofs, no answers
     try:
         before = proved(coordinator, ids)
         assert len(before) <= N_TASKS - 4, "the outage came too late to be mid-task"
@@ -195,7 +195,7 @@ def test_agent_silent_mid_task_proofs_arrive_exactly_once(
         assert device is not None and device["last_seq"] == seq
         assert proved(coordinator, ids) == before
     finally:
-        agent.process.send_signal(signal.SIGCONT)
+        agent.signal_daemon(signal.SIGCONT)
 
     assert_delivered_exactly_once(coordinator, agent, ids)
     device = device_view(coordinator, agent.device_id)

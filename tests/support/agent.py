@@ -208,7 +208,9 @@ class AgentProcess:
             if self.process is not None and self.process.poll() is not None:
                 raise AssertionError(f"aeamc-agent exited: {self.log_text()}")
             status = self.status_file()
-            return bool(status and status.get("running") and status.get("pid") == pid)
+            # `run` is the launcher (docs/updates.md): the daemon it starts names it.
+            ours = status and pid in (status.get("pid"), status.get("launcher_pid"))
+            return bool(ours and status.get("running"))
 
         wait_for(serving, timeout, 0.05)
 
@@ -231,6 +233,12 @@ class AgentProcess:
                 self.process.wait(timeout=10)
                 raise
         return self.process.returncode
+
+    def signal_daemon(self, sig: int) -> None:
+        """Signal the daemon itself (``process`` is ``run``'s launcher, which supervises it)."""
+        status = self.status_file()
+        assert status and isinstance(status.get("pid"), int), "the daemon is not running"
+        os.kill(status["pid"], sig)
 
     @property
     def running(self) -> bool:

@@ -231,6 +231,7 @@ class NetnsAgent(AgentProcess):
             if self.process is not None and self.process.poll() is not None:
                 raise AssertionError(f"aeamc-agent exited: {self.log_text()}")
             status = self.status_file()
-            return bool(status and status.get("running") and status.get("pid") == pid)
+            ours = status and pid in (status.get("pid"), status.get("launcher_pid"))
+            return bool(ours and status.get("running"))
 
         wait_for(serving, timeout, 0.05)

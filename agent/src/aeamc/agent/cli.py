@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 
 from aeamc.shared.messages import Privacy, sign
+from aeamc.shared.runtime.pkcs11 import is_pkcs11_uri
 from aeamc.shared.runtime.tls import TlsError
 
 from . import __version__, logs
@@ -77,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the agent daemon in the foreground")
     run.set_defaults(func=cmd_run)
+    # What the launcher of `run` starts (docs/updates.md); also the daemon without updates.
+    daemon = sub.add_parser("daemon", help="run the daemon itself, without the update launcher")
+    daemon.set_defaults(func=cmd_daemon)
 
     status = sub.add_parser("status", help="show identity, coordinator, telemetry, work, outbox")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -154,6 +158,24 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """The daemon under the launcher, which switches and rolls back releases."""
+    try:
+        config = load_config(args.config_path)
+        # What the daemon would refuse at start, refused here with the same status 78
+        # (an HSM key is left to the daemon: one session on the token is enough).
+        if not is_pkcs11_uri(config.identity_key):
+            load_identity(config.state_dir, config.identity_key)
+        make_source(config.telemetry_source, config.telemetry_profile)
+    except (ConfigError, KeyFileError, TelemetryError, StateError) as exc:
+        return _config_error(exc)
+    if not config.updates_enabled:
+        return cmd_daemon(args)
+    from .launcher import Launcher
+
+    return Launcher(config, args.config_path, args.verbose).run()
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
     from .daemon import Agent
 
     try:
@@ -166,7 +188,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         log.error("cannot run: %s", exc)
         return EX_FAILURE
-    return EX_OK
+    return agent.exit_code
 
 
 def cmd_status(args: argparse.Namespace) -> int:

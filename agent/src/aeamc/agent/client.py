@@ -105,3 +105,20 @@ class CoordinatorClient:
         except ValueError:
             body = None
         return Reply(status, body, rtt_us)
+
+    async def fetch(self, url: str, max_bytes: int) -> tuple[int, bytes]:
+        """GET ``url`` (update metadata and files); at most ``max_bytes`` of the body."""
+        options = self.tls.request_options(time.time_ns() // 1_000_000) if self.tls else {}
+        try:
+            async with self.session.get(url, **options) as resp:
+                chunks, size = [], 0
+                async for chunk in resp.content.iter_chunked(1 << 16):
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > max_bytes:  # the caller's length check refuses it
+                        break
+                return resp.status, b"".join(chunks)
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise CertificateRefused(f"{url}: {exc.certificate_error}") from None
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise Unreachable(f"{url}: {exc.__class__.__name__}: {exc}") from None

@@ -93,6 +93,14 @@ class AgentConfig:
     #: IPv4 addresses of the interfaces mDNS uses; empty = every IPv4 interface.
     mdns_interfaces: tuple[str, ...] = ()
 
+    #: Fleet updates (docs/updates.md): ``aeamc-agent run`` supervises the release it
+    #: runs, checks for new ones this often, and rolls back one not healthy in time.
+    updates_enabled: bool = True
+    update_check_interval_s: float = 3600.0
+    update_health_deadline_s: float = 300.0
+    #: The TUF root to trust; unset: the coordinator's first root, pinned on first use.
+    update_root: Path | None = None
+
     #: DEMO ONLY: fraction of chunk outputs faked instead of computed (needs simulated telemetry).
     cheat_fraction: float = 0.0
 
@@ -148,6 +156,10 @@ TOML_KEYS: dict[tuple[str, str], str] = {
     ("mdns", "enabled"): "mdns_enabled",
     ("mdns", "interfaces"): "mdns_interfaces",
     ("demo", "cheat_fraction"): "cheat_fraction",
+    ("updates", "enabled"): "updates_enabled",
+    ("updates", "check_interval_s"): "update_check_interval_s",
+    ("updates", "health_deadline_s"): "update_health_deadline_s",
+    ("updates", "root"): "update_root",
 }
 _SECTIONS = {section for section, _ in TOML_KEYS if section}
 _FIELD_TYPES = {f.name: f.type for f in fields(AgentConfig)}
@@ -329,6 +341,8 @@ def _validate(c: AgentConfig) -> None:
         ("network.retry_initial_s", c.retry_initial_s, 0.001),
         ("network.retry_max_s", c.retry_max_s, 0.001),
         ("traces.retention_h", c.trace_retention_s, 1.0),
+        ("updates.check_interval_s", c.update_check_interval_s, 0.01),
+        ("updates.health_deadline_s", c.update_health_deadline_s, 0.01),
     ):
         if value < lo:
             raise ConfigError(f"{key}: must be positive")

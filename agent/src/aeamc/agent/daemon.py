@@ -49,7 +49,8 @@ from .backoff import Backoff
 from .client import CoordinatorClient
 from .config import AgentConfig
 from .keystore import load_identity
-from .link import CoordinatorLink
+from .launcher import LAUNCHER_ENV
+from .link import ACTIVE, CoordinatorLink
 from .locator import CoordinatorLocator
 from .metrics import AgentMetrics
 from .monitor import EnergyMonitor
@@ -144,6 +145,11 @@ class Agent:
         self._session: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
+        #: Fleet updates (updater.py): only under the launcher, which can switch releases.
+        self.updater: Any = None
+        self.update_hold = False
+        self.exit_code = 0
+        self._stop_requested = asyncio.Event()
         if config.is_demo_cheater:
             log.warning(
                 "DEMO CHEATER: this agent fakes %.0f%% of chunk outputs without computing "
@@ -198,6 +204,8 @@ class Agent:
             on_latency=self._latency,
             on_result=self._count(self.metrics.deliveries),
         )
+        if c.updates_enabled and os.environ.get(LAUNCHER_ENV):
+            self.updater = self._make_updater(client)
         self._http, self.port = await start_server(
             make_app(self), c.listen_host, c.listen_port, ssl_context=self.tls.server_ssl
         )
@@ -215,6 +223,8 @@ class Agent:
         self._spawn(self.sender.run(), "sender")
         self._spawn(self.monitor.run(), "monitor")
         self._spawn(self._housekeeping(), "housekeeping")
+        if self.updater is not None:
+            self._spawn(self.updater.run(), "updater")
         if self.queue.count:
             log.info("%d accepted assignments waiting from before the restart", self.queue.count)
         self.runner.start()
@@ -257,7 +267,7 @@ class Agent:
 
     async def run_until_signalled(self) -> None:
         loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
+        stop = self._stop_requested
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         try:
@@ -421,7 +431,42 @@ class Agent:
     def _link_changed(self) -> None:
         if self.runner is not None:
             self.runner.wake()  # quarantine holds the queue; its end releases it
+        link = self.link
+        healthy = link is not None and link.last_heartbeat_ms is not None and link.state == ACTIVE
+        if self.updater is not None and healthy:
+            self.updater.heartbeat_accepted()
         self.write_status()
+
+    # --- fleet updates -----------------------------------------------------------------------
+
+    def _make_updater(self, client: CoordinatorClient) -> Any:
+        from .updater import Updater
+
+        return Updater(
+            config=self.config,
+            key=self.key,
+            device_id=self.device_id,
+            client=client,
+            locator=self.locator,
+            flags=lambda: dict(self.link.flags) if self.link else {},
+            enrolled=lambda: self.link is not None and self.link.state == "active",
+            is_idle=lambda: self.runner is not None and self.runner.current is None,
+            hold_work=self._hold_for_update,
+            restart=self.request_restart,
+            clock_ms=self.clock_ms,
+            on_change=self.write_status,
+        )
+
+    def _hold_for_update(self) -> None:
+        """The update lock: no queued task starts from now on (they wait for the restart)."""
+        self.update_hold = True
+        if self.runner is not None:
+            self.runner.wake()
+
+    def request_restart(self, code: int) -> None:
+        """Stop gracefully and exit with ``code`` (the launcher's cue to switch releases)."""
+        self.exit_code = code
+        self._stop_requested.set()
 
     def _known_kind(self, kind: str) -> bool:
         return kind in self.registry
@@ -430,6 +475,8 @@ class Agent:
         """Why queued work must wait apart from energy: the coordinator wants none."""
         if self.link is not None and not self.link.accepting_work:
             return self.link.state
+        if self.update_hold:
+            return "updating"
         return None
 
     def _latency(self, rtt_us: int) -> None:

@@ -17,6 +17,7 @@ from aeamc.shared.eps import eps
 from . import __version__
 from .energy import EnergyPolicy
 from .outbox import summary
+from .slots import Slots
 from .state import (
     ABANDONED_DIR,
     OUTBOX_DIR,
@@ -46,6 +47,7 @@ def daemon_status(agent: Agent) -> dict[str, Any]:
     return {
         "running": agent.running,
         "pid": os.getpid(),
+        "launcher_pid": _launcher_pid(),
         "device_id": agent.device_id,
         "public_key": agent.key.public_key.hex(),
         "version": __version__,
@@ -63,6 +65,7 @@ def daemon_status(agent: Agent) -> dict[str, Any]:
         },
         "flags": dict(link.flags) if link else {},
         "tls": agent.tls.status(),
+        "updates": agent.updater.status() if agent.updater is not None else None,
         "telemetry_source": agent.source.name,
         "telemetry": telemetry.to_dict(),
         "eps": round(eps(telemetry), 4),
@@ -117,13 +120,16 @@ def offline_status(
     policy = EnergyPolicy(config.energy)
     if telemetry is not None:
         policy.update(telemetry)
+    slots = Slots(state)
+    releases = slots.load()
     return {
         "running": False,
         "pid": None,
         "device_id": device_id,
         "public_key": public_key,
         "identity_error": identity_error,
-        "version": __version__,
+        # What `run` starts: the active release, else this installation.
+        "version": releases.active or __version__,
         "endpoint": None,
         "coordinator": {
             "url": config.coordinator_url or (pin.url if pin else None),
@@ -136,6 +142,15 @@ def offline_status(
         },
         "flags": (previous or {}).get("flags", {}),
         "tls": _offline_tls(state, pin),
+        "updates": {
+            "state": "not_running",
+            "slot": releases.active,
+            "previous": releases.previous,
+            "trial": releases.trial.version if releases.trial else None,
+            "failed": releases.failed,
+            "installed": slots.installed_versions(),
+            "last_error": None,
+        },
         "telemetry_source": config.telemetry_source,
         "telemetry_error": source_error,
         "telemetry": telemetry.to_dict() if telemetry else None,
@@ -250,6 +265,13 @@ def render_text(status: Mapping[str, Any]) -> str:
             ", ".join(f"{k}={'on' if v else 'off'}" for k, v in sorted(flags.items())) or "none",
         ),
     ]
+    updates = status.get("updates")
+    if updates:
+        slot = updates.get("slot") or "base installation"
+        line = f"{slot}, {updates.get('state')}"
+        if updates.get("last_error"):
+            line += f"; {updates['last_error']}"
+        rows.append(("updates", line))
     if status.get("demo_cheater"):
         rows.append(("DEMO CHEATER", f"fakes {status['cheat_fraction']:.0%} of chunk outputs"))
     return "".join(f"{label + ':':<20}{value}\n" for label, value in rows)
@@ -292,3 +314,11 @@ def _alive(pid: Any) -> bool:
     except PermissionError:
         return True  # alive, owned by another user (the daemon's service account)
     return True
+
+
+def _launcher_pid() -> int | None:
+    """The pid of the launcher that supervises this daemon (``aeamc-agent run``), if any."""
+    from .launcher import LAUNCHER_ENV
+
+    value = os.environ.get(LAUNCHER_ENV, "")
+    return int(value) if value.isdigit() else None

@@ -26,6 +26,7 @@ from .metrics import Metrics
 from .openapi import openapi_document
 from .ratelimit import RateLimiter
 from .service import Coordinator
+from .updates.api import add_update_routes
 
 log = logging.getLogger(__name__)
 
@@ -416,6 +417,7 @@ def build_app(coordinator: Coordinator) -> web.Application:
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/ca", ca_certificate)
     app.router.add_get("/v1/openapi.json", openapi)
+    add_update_routes(app)  # TUF repository, update reports, rollouts
     # The page, /privacy, login; also appends the session middleware, innermost.
     add_dashboard_routes(app, coordinator)
     return app

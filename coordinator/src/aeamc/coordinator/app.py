@@ -24,6 +24,8 @@ from .peers import AgentClient
 from .scheduler import Scheduler
 from .service import Coordinator, wait_event
 from .spotchecks import SpotChecker
+from .updates.repository import Repository
+from .updates.rollouts import Rollouts
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,9 @@ class CoordinatorService:
         self.scheduler = Scheduler(self.coordinator, self.client)
         self.spot_checker = SpotChecker(self.coordinator, self.client)
         self.anchoring = AnchoringService(config, self.coordinator)
+        self.rollouts = Rollouts(self.coordinator, update_repository(config))
+        self.coordinator.rollouts = self.rollouts
+        self.coordinator.status_hooks["updates"] = self.rollouts.status
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.port = 0
@@ -70,6 +75,7 @@ class CoordinatorService:
     async def start(self) -> None:
         self.db.open()
         await self.coordinator.load()
+        await self.rollouts.load()
         await self.client.start()
         self._runner = web.AppRunner(build_app(self.coordinator), access_log=None)
         await self._runner.setup()
@@ -88,6 +94,7 @@ class CoordinatorService:
             "blocks": self._block_loop(),
             "spot-checks": self.spot_checker.run(),
             "maintenance": self._maintenance_loop(),
+            "update-metadata": self.rollouts.keep_fresh(),
         }
         self._tasks = [asyncio.create_task(coro, name=name) for name, coro in loops.items()]
         await self.anchoring.start()
@@ -165,3 +172,8 @@ class CoordinatorService:
             except Exception:
                 log.exception("maintenance failed")
             await asyncio.sleep(MAINTENANCE_INTERVAL_S)
+
+
+def update_repository(config: CoordinatorConfig) -> Repository:
+    """The TUF repository of agent releases in the state directory (docs/updates.md)."""
+    return Repository(config.state_dir / "updates", config.updates, state_dir=config.state_dir)

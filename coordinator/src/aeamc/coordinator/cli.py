@@ -32,6 +32,7 @@ from .config import (
     write_setting,
 )
 from .keys import KeyFileError, ensure_identity, load_identity
+from .updates.cli import add_release_parser
 
 EX_OK, EX_FAIL, EX_USAGE, EX_UNAVAILABLE, EX_CONFIG = 0, 1, 64, 69, 78
 DEFAULT_CONFIG = Path("/etc/aeamc/coordinator.toml")
@@ -639,6 +640,8 @@ def build_parser() -> argparse.ArgumentParser:
     to.add_argument("--ttl-s", type=int)
     to.add_argument("--uses", type=int)
     to.set_defaults(func=cmd_token)
+
+    add_release_parser(sub, _Parser)
     return p
 
 

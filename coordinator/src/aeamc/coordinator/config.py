@@ -170,6 +170,30 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class UpdatesConfig:
+    """Fleet updates (docs/updates.md): the TUF repository's keys and expiries, and when a
+    rollout halts by itself."""
+
+    #: Role keys: a key file (relative to state_dir) or a ``pkcs11:`` URI. Empty root and
+    #: targets keys are offline: the release commands take them from ``--keys DIR``.
+    root_key: str = ""
+    targets_key: str = ""
+    #: Empty: ``state_dir/updates/keys/<role>.key``, created by ``release init``.
+    snapshot_key: str = ""
+    timestamp_key: str = ""
+    root_expiry_days: int = 365
+    targets_expiry_days: int = 90
+    snapshot_expiry_days: int = 7
+    timestamp_expiry_s: int = 86400
+    #: How often the running coordinator checks whether snapshot/timestamp need re-signing.
+    resign_check_s: float = 600.0
+    #: A rollout halts once more than this share of its targeted devices failed it...
+    halt_failure_share: float = 0.2
+    #: ...and at least this many did.
+    halt_min_failures: int = 1
+
+
+@dataclass(frozen=True)
 class CoordinatorConfig:
     state_dir: Path = Path("/var/lib/microblock-coordinator")
     #: Coordinator identity: a key file path or a ``pkcs11:`` URI; empty = state_dir/identity.key.
@@ -186,6 +210,7 @@ class CoordinatorConfig:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    updates: UpdatesConfig = field(default_factory=UpdatesConfig)
 
     @property
     def db_path(self) -> Path:
@@ -228,6 +253,7 @@ _SECTIONS = {
     "alerts": AlertsConfig,
     "tls": TlsConfig,
     "limits": LimitsConfig,
+    "updates": UpdatesConfig,
 }
 
 
@@ -301,6 +327,7 @@ def validate(config: CoordinatorConfig) -> None:
         (config.limits.per_address_burst >= 1, "limits.per_address_burst must be ≥ 1"),
         (config.limits.per_device_rate > 0, "limits.per_device_rate must be > 0"),
         (config.limits.per_device_burst >= 1, "limits.per_device_burst must be ≥ 1"),
+        *_updates_checks(config.updates),
     ]
     for ok, message in checks:
         if not ok:
@@ -315,12 +342,32 @@ def validate(config: CoordinatorConfig) -> None:
         ("identity_key", config.identity_key),
         ("ca_key", config.ca_key),
         ("chain.wallet_key", config.chain.wallet_key),
+        *((f"updates.{r}_key", getattr(config.updates, f"{r}_key")) for r in _TUF_ROLES),
     ):
         if is_pkcs11_uri(ref):
             try:
                 Pkcs11Uri.parse(ref)
             except Pkcs11Error as exc:
                 raise ConfigError(f"{name}: {exc}") from None
+
+
+_TUF_ROLES = ("root", "targets", "snapshot", "timestamp")
+
+
+def _updates_checks(u: UpdatesConfig) -> list[tuple[bool, str]]:
+    return [
+        (u.root_expiry_days >= 1, "updates.root_expiry_days must be ≥ 1"),
+        (u.targets_expiry_days >= 1, "updates.targets_expiry_days must be ≥ 1"),
+        (u.snapshot_expiry_days >= 1, "updates.snapshot_expiry_days must be ≥ 1"),
+        (u.timestamp_expiry_s >= 60, "updates.timestamp_expiry_s must be ≥ 60"),
+        (u.resign_check_s > 0, "updates.resign_check_s must be > 0"),
+        (
+            u.resign_check_s * 2 < u.timestamp_expiry_s,
+            "updates.resign_check_s must be under half of updates.timestamp_expiry_s",
+        ),
+        (0 <= u.halt_failure_share < 1, "updates.halt_failure_share must be 0..1 (exclusive)"),
+        (u.halt_min_failures >= 1, "updates.halt_min_failures must be ≥ 1"),
+    ]
 
 
 def _chain_checks(c: ChainConfig) -> list[tuple[bool, str]]:

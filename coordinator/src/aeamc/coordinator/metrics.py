@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from .service import Coordinator
+from .updates.rollouts import UpdatesCollector
 
 PREFIX = "aeamc_coordinator"
 DEVICE_STATES = ("pending", "active", "stale", "quarantined")
@@ -148,6 +149,7 @@ class Metrics:
         self.anchoring: dict[str, Any] | None = None
         self.registry.register(FleetCollector(coordinator))
         self.registry.register(AnchoringCollector(self))
+        self.registry.register(UpdatesCollector(coordinator))
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:

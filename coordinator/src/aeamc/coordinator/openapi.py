@@ -11,6 +11,7 @@ from typing import Any
 
 from . import __version__
 from .dashboard import openapi_paths as dashboard_paths
+from .updates.api import openapi_paths as update_paths
 
 _HEX32 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 _DEVICE_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
@@ -317,6 +318,7 @@ def openapi_document() -> dict[str, Any]:
         },
     }
     paths.update(dashboard_paths())
+    paths.update(update_paths())
     return {
         "openapi": "3.1.0",
         "info": {

@@ -228,4 +228,27 @@ MIGRATIONS: list[list[str]] = [
             reason TEXT NOT NULL
         )""",
     ],
+    # v6: fleet updates (docs/updates.md). A release is rolled out through the flag
+    # ``release-<version>``; each device's latest word on each release is kept.
+    [
+        """CREATE TABLE releases (
+            version TEXT PRIMARY KEY,
+            percent INTEGER NOT NULL CHECK (percent BETWEEN 0 AND 100),
+            state TEXT NOT NULL CHECK (state IN ('rolling','halted')),
+            published_at INTEGER NOT NULL,
+            published_by TEXT NOT NULL,
+            halted_at INTEGER,
+            halt_reason TEXT
+        )""",
+        """CREATE TABLE update_reports (
+            device_id TEXT NOT NULL,
+            release TEXT NOT NULL,
+            version TEXT NOT NULL,
+            outcome TEXT NOT NULL CHECK (outcome IN ('updated','rolled_back','refused')),
+            detail TEXT NOT NULL,
+            timestamp INTEGER NOT NULL,
+            received_at INTEGER NOT NULL,
+            PRIMARY KEY (device_id, release)
+        )""",
+    ],
 ]

@@ -152,6 +152,8 @@ class Coordinator:
         self.recent_requests: deque[tuple[int, int, float]] = deque(maxlen=10_000)
         #: Feature flags (SPEC §10): name → rollout percent.
         self.flags: dict[str, int] = {}
+        #: Fleet updates (updates/rollouts.py), set up by the service that runs us.
+        self.rollouts: Any = None
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -840,6 +842,10 @@ class Coordinator:
                     "LEFT JOIN revoked_certificates r ON r.serial = c.serial "
                     "WHERE c.device_id=? ORDER BY c.issued_at"
                 ),
+                "update_reports": rows(
+                    "SELECT release, version, outcome, detail, timestamp, received_at "
+                    "FROM update_reports WHERE device_id=? ORDER BY release"
+                ),
             }
 
         out = await self.db.read(q)
@@ -872,7 +878,8 @@ class Coordinator:
 
         Deleted: the device row (public key, capabilities, endpoint, address, telemetry,
         record), its heartbeat history, its mDNS candidate row, its assignments (in-flight
-        ones go back to the queue first), its spot-checks, and its proofs not yet in a block
+        ones go back to the queue first), its spot-checks, its update reports, and its proofs
+        not yet in a block
         (their tasks are re-queued). Proofs already in a block keep only what the receipt and
         the client's task need: task id, device id, signature, output and its digest, the
         block height and credit; the signed PoT itself is deleted, and the acceptance time
@@ -914,6 +921,9 @@ class Coordinator:
                 "candidates": db.execute(
                     "DELETE FROM candidates WHERE device_id=?", [device_id]
                 ).rowcount,
+                "update_reports": db.execute(
+                    "DELETE FROM update_reports WHERE device_id=?", [device_id]
+                ).rowcount,
             }
             revoked[:] = DeviceCertificates.revoke_in(db, device_id, now, "erased")
             counts["certificates"] = db.execute(
@@ -938,6 +948,8 @@ class Coordinator:
         if self.certs is not None:
             self.certs.revoked_now(revoked)
         self.devices.pop(device_id, None)
+        if self.rollouts is not None:
+            await self.rollouts.load()  # its update reports went with it
         await self.db.checkpoint()
         self.count("devices_erased")
         log.info("device %s erased at its owner's or the operator's request", device_id)

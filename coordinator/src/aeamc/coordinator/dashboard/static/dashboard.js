@@ -300,9 +300,14 @@
     } else if (state.view === "explorer") {
       await loadBlocks();
     } else if (state.view === "flags") {
-      const [flags, history] = await Promise.all([api("/v1/flags"), api("/v1/flags/history")]);
+      const [flags, history, releases] = await Promise.all([
+        api("/v1/flags"),
+        api("/v1/flags/history"),
+        api("/v1/releases"),
+      ]);
       state.flags = flags.flags;
       state.flagHistory = history.history;
+      state.releases = releases;
     }
     render();
   }
@@ -312,7 +317,36 @@
     if (state.view === "overview") renderOverview();
     else if (state.view === "devices") renderDevices();
     else if (state.view === "explorer") renderExplorer();
-    else if (state.view === "flags") renderFlags();
+    else if (state.view === "flags") {
+      renderFlags();
+      renderReleases();
+    }
+  }
+
+  // -- agent releases (fleet updates) -----------------------------------------------------------
+
+  function renderReleases() {
+    const data = state.releases || { releases: [], fleet_versions: {} };
+    const versions = Object.entries(data.fleet_versions || {});
+    $("#fleet-versions").textContent = versions.length
+      ? "Fleet: " + versions.map(([v, n]) => `${v} on ${n} ${n === 1 ? "device" : "devices"}`).join(", ")
+      : "No devices yet.";
+    $("#releases-table tbody").replaceChildren(
+      ...data.releases.map((r) =>
+        h(
+          "tr",
+          {},
+          h("td", { class: "mono" }, r.version),
+          h("td", { class: "num" }, `${r.percent} %`),
+          h("td", {}, r.state === "halted" ? `halted: ${r.halt_reason || ""}` : r.state),
+          h("td", { class: "num" }, String(r.progress.updated)),
+          h("td", { class: "num" }, String(r.progress.failed)),
+          h("td", { class: "num" }, String(r.progress.targeted)),
+          h("td", { class: "num" }, String(r.progress.running)),
+        ),
+      ),
+    );
+    $("#releases-empty").hidden = data.releases.length > 0;
   }
 
   // -- flags ----------------------------------------------------------------------------------
