@@ -45,11 +45,15 @@ def reference_rate(seconds: float) -> float:
 
 
 def measure(
-    runs: int = 3, per_run: int = 1000, batch: int = 100, concurrency: int = 8
+    runs: int = 3,
+    per_run: int = 1000,
+    batch: int = 100,
+    concurrency: int = 8,
+    profile: procs.Path | None = None,
 ) -> dict[str, Any]:
     root = procs.workdir("ingest")
     tasks = runs * per_run * 2
-    coord = procs.Coordinator(root, SETTINGS).start()
+    coord = procs.Coordinator(root, SETTINGS, profile=profile).start()
     log = root / "loadgen.log"
     gen = None
     try:
@@ -60,10 +64,8 @@ def measure(
                 "proofs",
                 "--url",
                 coord.url,
-                "--enroll-token",
-                token,
-                "--client-token",
-                coord.token("client"),
+                f"--enroll-token={token}",
+                f"--client-token={coord.token('client')}",
                 "--devices",
                 str(devices),
                 "--tasks",
@@ -106,4 +108,9 @@ def measure(
 
 
 if __name__ == "__main__":
-    json.dump(measure(int(sys.argv[1]) if len(sys.argv) > 1 else 2, 300), sys.stdout, indent=2)
+    prof = procs.Path(sys.argv[2]) if len(sys.argv) > 2 else None
+    json.dump(
+        measure(int(sys.argv[1]) if len(sys.argv) > 1 else 2, 300, profile=prof),
+        sys.stdout,
+        indent=2,
+    )

@@ -404,7 +404,13 @@ async def latency_mode(args: argparse.Namespace) -> None:
                     break
                 await asyncio.sleep(0.002)
             task_ids.append(got["task_id"])
-    emit({"tasks": task_ids})
+        rtt = []
+        for _ in range(30):
+            start = time.perf_counter()
+            async with s.get(args.url + "/v1/openapi.json") as r:
+                await r.read()
+            rtt.append((time.perf_counter() - start) * 1000)
+    emit({"tasks": task_ids, "rtt_ms": rtt})
 
 
 # -- bytes on the wire ------------------------------------------------------------------------

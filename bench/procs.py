@@ -71,6 +71,9 @@ class Coordinator:
     settings: dict[str, Any] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     port: int = 0
+    #: When set, ``run`` executes under cProfile and writes its profile here (the
+    #: evidence behind the limits docs/performance.md names).
+    profile: Path | None = None
 
     @property
     def config_path(self) -> Path:
@@ -94,6 +97,12 @@ class Coordinator:
     def _cli(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "aeamc.coordinator.cli", "--config", str(self.config_path)]
 
+    def _run_cmd(self) -> list[str]:
+        if self.profile is None:
+            return [*self._cli(), "run"]
+        prof = [sys.executable, "-m", "cProfile", "-o", str(self.profile)]
+        return [*prof, "-m", "aeamc.coordinator.cli", "--config", str(self.config_path), "run"]
+
     def start(self, timeout: float = 60) -> Coordinator:
         self.root.mkdir(parents=True, exist_ok=True)
         settings = merge(
@@ -106,9 +115,7 @@ class Coordinator:
         subprocess.run([*self._cli(), "init"], check=True, capture_output=True, timeout=120)
         port_file = self.state_dir / "coordinator.port"
         with self.log_path.open("ab") as out:
-            self.process = subprocess.Popen(
-                [*self._cli(), "run"], stdout=out, stderr=subprocess.STDOUT
-            )
+            self.process = subprocess.Popen(self._run_cmd(), stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

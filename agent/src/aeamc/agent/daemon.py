@@ -77,6 +77,8 @@ log = logging.getLogger(__name__)
 
 #: How often the status file is refreshed and old traces pruned.
 HOUSEKEEPING_S = 5.0
+#: Changes within this long share one write of the status file.
+STATUS_COALESCE_S = 0.05
 PRUNE_EVERY_S = 600.0
 
 
@@ -134,6 +136,7 @@ class Agent:
         self._session: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
+        self._status_due: asyncio.TimerHandle | None = None
         if config.is_demo_cheater:
             log.warning(
                 "DEMO CHEATER: this agent fakes %.0f%% of chunk outputs without computing "
@@ -181,7 +184,7 @@ class Agent:
             signer=self.key,
             clock_ms=self.clock_ms,
             backoff=Backoff(c.retry_initial_s, c.retry_max_s),
-            on_change=self.write_status,
+            on_change=self.status_changed,
             on_latency=self._latency,
         )
         self._http, self.port = await start_server(make_app(self), c.listen_host, c.listen_port)
@@ -314,7 +317,7 @@ class Agent:
         self.queue.add(a, self.clock_ms())
         log.info("task %s accepted (%d in the queue)", a.task_id, self.queue.count)
         self.runner.wake()
-        self.write_status()
+        self.status_changed()
         return "running" if idle else "queued"
 
     def capabilities(self) -> Capabilities:
@@ -345,10 +348,29 @@ class Agent:
     # --- status ---------------------------------------------------------------------------
 
     def write_status(self) -> None:
+        if self._status_due is not None:
+            self._status_due.cancel()
+            self._status_due = None
         try:
             write_status(self.config.state_dir, daemon_status(self))
         except OSError as exc:
             log.warning("cannot write the status file: %s", exc)
+
+    def status_changed(self) -> None:
+        """Refresh the status file soon, once for all the changes of that moment.
+
+        A task changes state several times on its way from assignment to delivered proof;
+        writing the file each time put several file replacements on that path. The file
+        is for people and ``aeamc-agent status``: a few milliseconds late is fine.
+        """
+        if self._status_due is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not running (start-up or tests): write now
+            self.write_status()
+            return
+        self._status_due = loop.call_later(STATUS_COALESCE_S, self.write_status)
 
     # --- internals --------------------------------------------------------------------------
 
@@ -364,12 +386,12 @@ class Agent:
     def _task_changed(self) -> None:
         if self.sender is not None:
             self.sender.wake()
-        self.write_status()
+        self.status_changed()
 
     def _link_changed(self) -> None:
         if self.runner is not None:
             self.runner.wake()  # quarantine holds the queue; its end releases it
-        self.write_status()
+        self.status_changed()
 
     def _known_kind(self, kind: str) -> bool:
         return kind in self.registry

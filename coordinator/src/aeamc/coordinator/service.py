@@ -410,13 +410,18 @@ class Coordinator:
             return "active"
 
         state = await self.db.write(txn)
+        was = device.state
         device.last_seq = max(device.last_seq, poa.seq)
         device.last_seen = now
         device.telemetry = poa.telemetry
         device.state = state
         device.poa_times.append(now)
         self.count("heartbeats")
-        self.wake_scheduler.set()
+        if was != state or len(device.poa_times) <= self.eps_config.min_poas:
+            # The device may just have become schedulable: schedule now. Any other change
+            # a heartbeat brings (its EPS) waits for the next tick: waking a full round
+            # for each of thousands of heartbeats a second would starve the event loop.
+            self.wake_scheduler.set()
         return {
             "state": state,
             "flags": self.flags_for(poa.device_id),
