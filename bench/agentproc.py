@@ -62,7 +62,12 @@ class Agent:
         config = merge(config, transport().agent_settings, self.settings)
         self.config_path.write_text(toml(config))
         init = subprocess.run(
-            [*self._cli(), "init"], capture_output=True, text=True, env=self._env(), timeout=60
+            [*self._cli(), "init"],
+            capture_output=True,
+            text=True,
+            env=self._env(),
+            timeout=60,
+            check=False,
         )
         if init.returncode != 0:
             raise RuntimeError(f"aeamc-agent init: {init.stderr.strip()}")

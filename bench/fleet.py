@@ -34,7 +34,9 @@ def _windows(result: dict[str, Any], width: float) -> list[dict[str, float]]:
     return out
 
 
-def _one_size(coord: procs.Coordinator, token: str, devices: int, duration: float) -> dict:
+def _one_size(
+    coord: procs.Coordinator, token: str, devices: int, duration: float, interval_s: float
+) -> dict:
     log = coord.root / f"fleet-{devices}.log"
     gen = procs.spawn_loadgen(
         [
@@ -45,7 +47,7 @@ def _one_size(coord: procs.Coordinator, token: str, devices: int, duration: floa
             "--devices",
             str(devices),
             "--interval",
-            str(INTERVAL_S),
+            str(interval_s),
             "--duration",
             str(duration),
         ],
@@ -65,8 +67,8 @@ def _one_size(coord: procs.Coordinator, token: str, devices: int, duration: floa
         gen.kill()
         gen.wait()
     lat = result["latencies_ms"]
-    windows = _windows(result, INTERVAL_S)
-    offered = devices / INTERVAL_S
+    windows = _windows(result, interval_s)
+    offered = devices / interval_s
     accepted_per_s = result["accepted"] / result["window_s"]
     return {
         "devices": devices,
@@ -85,12 +87,18 @@ def _one_size(coord: procs.Coordinator, token: str, devices: int, duration: floa
     }
 
 
-def measure(sizes: tuple[int, ...] = (1000, 5000, 10_000), duration: float = 20.0) -> dict:
+def measure(
+    sizes: tuple[int, ...] = (1000, 5000, 10_000),
+    duration: float = 20.0,
+    interval_s: float = INTERVAL_S,
+) -> dict:
     procs.raise_fd_limit()
-    root = procs.workdir("fleet")
-    with procs.Coordinator(root, SETTINGS) as coord:
+    with (
+        procs.workspace("fleet") as root,
+        procs.Coordinator(root, SETTINGS) as coord,
+    ):
         token = coord.enroll_token(max(sizes))
-        results = [_one_size(coord, token, n, duration) for n in sizes]
+        results = [_one_size(coord, token, n, duration, interval_s) for n in sizes]
     held = [
         r["devices"]
         for r in results
@@ -98,7 +106,7 @@ def measure(sizes: tuple[int, ...] = (1000, 5000, 10_000), duration: float = 20.
     ]
     top = next((r for r in results if r["devices"] == TARGET_DEVICES), None)
     return {
-        "interval_s": INTERVAL_S,
+        "interval_s": interval_s,
         "window_s": duration,
         "sizes": results,
         "largest_held_p99_under_500ms": max(held) if held else 0,

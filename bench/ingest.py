@@ -45,19 +45,44 @@ def reference_rate(seconds: float) -> float:
 
 
 def measure(
+    *,
     runs: int = 3,
     per_run: int = 1000,
     batch: int = 100,
     concurrency: int = 8,
+    reference_s: float = 2.0,
+    devices: int = 10,
     profile: procs.Path | None = None,
 ) -> dict[str, Any]:
-    root = procs.workdir("ingest")
+    with procs.workspace("ingest") as root:
+        return _measure(
+            root,
+            runs=runs,
+            per_run=per_run,
+            batch=batch,
+            concurrency=concurrency,
+            reference_s=reference_s,
+            devices=devices,
+            profile=profile,
+        )
+
+
+def _measure(
+    root: procs.Path,
+    *,
+    runs: int,
+    per_run: int,
+    batch: int,
+    concurrency: int,
+    reference_s: float,
+    devices: int,
+    profile: procs.Path | None,
+) -> dict[str, Any]:
     tasks = runs * per_run * 2
     coord = procs.Coordinator(root, SETTINGS, profile=profile).start()
     log = root / "loadgen.log"
     gen = None
     try:
-        devices = 10
         token = coord.enroll_token(devices)
         gen = procs.spawn_loadgen(
             [
@@ -78,7 +103,7 @@ def measure(
             raise RuntimeError(f"only {ready} of {tasks} assignments arrived; see {log}")
         refs, single, batched, errors = [], [], [], []
         for _ in range(runs):
-            refs.append(reference_rate(2.0))
+            refs.append(reference_rate(reference_s))
             one = procs.command(gen, f"single {per_run} {concurrency}", "single round")
             many = procs.command(gen, f"batch {per_run} {batch} {concurrency}", "batch round")
             for got, out in ((one, single), (many, batched)):
@@ -110,7 +135,7 @@ def measure(
 if __name__ == "__main__":
     prof = procs.Path(sys.argv[2]) if len(sys.argv) > 2 else None
     json.dump(
-        measure(int(sys.argv[1]) if len(sys.argv) > 1 else 2, 300, profile=prof),
+        measure(runs=int(sys.argv[1]) if len(sys.argv) > 1 else 2, per_run=300, profile=prof),
         sys.stdout,
         indent=2,
     )

@@ -49,9 +49,11 @@ def _rows(db: procs.Path, task_ids: list[str]) -> list[dict[str, Any]]:
 
 
 def measure(tasks: int = 40, warmup: int = 3, profile: procs.Path | None = None) -> dict[str, Any]:
-    root = procs.workdir("latency")
     settings = {"spot_checks": {"retry_s": 1.0}}
-    with procs.Coordinator(root / "coordinator", settings) as coord:
+    with (
+        procs.workspace("latency") as root,
+        procs.Coordinator(root / "coordinator", settings) as coord,
+    ):
         agent = Agent(
             root / "agent",
             coord.url,

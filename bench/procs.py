@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,18 @@ def merge(*parts: dict[str, Any]) -> dict[str, Any]:
 
 def workdir(name: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"aeamc-bench-{name}-"))
+
+
+@contextlib.contextmanager
+def workspace(name: str) -> Iterator[Path]:
+    """A benchmark's own state folder: removed after success, kept (and named) on failure."""
+    root = workdir(name)
+    try:
+        yield root
+    except BaseException:
+        print(f"bench: {name} failed; its logs and state are in {root}", file=sys.stderr)
+        raise
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @dataclass

@@ -66,6 +66,9 @@ class FakeCoordinator:
     last_seq: dict[str, int] = field(default_factory=dict)
     stored: set[tuple[str, str]] = field(default_factory=set)
     script: dict[str, deque[Scripted]] = field(default_factory=dict)
+    #: Serve ``/v1/proofs/batch`` too (the real coordinator does; older ones did not).
+    batch: bool = False
+    batches: list[int] = field(default_factory=list)
     url: str = ""
     port: int = 0
     _runner: web.AppRunner | None = None
@@ -86,6 +89,8 @@ class FakeCoordinator:
         app.router.add_post("/v1/enroll", self._enroll)
         app.router.add_post("/v1/heartbeats", self._heartbeat)
         app.router.add_post("/v1/proofs", self._proof)
+        if self.batch:
+            app.router.add_post("/v1/proofs/batch", self._proof_batch)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port)
@@ -213,16 +218,38 @@ class FakeCoordinator:
         scripted = await self._scripted(request)
         if scripted is not None:
             return scripted
+        status, body = self._judge_proof(data)
+        return web.json_response(body, status=status)
+
+    async def _proof_batch(self, request: web.Request) -> web.StreamResponse:
+        data = await request.json()
+        self.requests.append((request.path, data))
+        scripted = await self._scripted(request)
+        if scripted is not None:
+            return scripted
+        self.batches.append(len(data["proofs"]))
+        results = []
+        for item in data["proofs"]:
+            status, body = self._judge_proof(item)
+            results.append(
+                {"status": status, "body": body} if status == 202 else {"status": status, **body}
+            )
+        return web.json_response({"results": results})
+
+    def _judge_proof(self, data: Any) -> tuple[int, Any]:
+        def err(status: int, code: str, message: str) -> tuple[int, Any]:
+            return status, {"error": {"code": code, "message": message}}
+
         try:
             pot = parse(PoT, data["pot"])
             output = bytes.fromhex(data["output"])
         except (ProtocolError, KeyError, TypeError, ValueError) as exc:
-            return error(400, "invalid_message", str(exc))
+            return err(400, "invalid_message", str(exc))
         if (pot.task_id, pot.device_id) in self.stored:
-            return error(409, "duplicate", "already stored")
+            return err(409, "duplicate", "already stored")
         assignment = self.assignments.get(pot.task_id)
         if assignment is None:
-            return error(410, "unknown_assignment", "no such assignment")
+            return err(410, "unknown_assignment", "no such assignment")
         try:
             verify_pot(
                 pot,
@@ -232,10 +259,10 @@ class FakeCoordinator:
                 now_ms=now_ms(),
             )
         except ProtocolError as exc:
-            return error(400, exc.code, str(exc))
+            return err(400, exc.code, str(exc))
         self.stored.add((pot.task_id, pot.device_id))
         self.proofs.append((pot, output))
-        return web.json_response({"accepted": True}, status=202)
+        return 202, {"accepted": True}
 
 
 def dumps(obj: Any) -> str:
