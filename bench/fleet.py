@@ -10,6 +10,7 @@ The devices run in a load-generator process of their own; all traffic is on 127.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -57,11 +58,14 @@ def _one_size(
     try:
         procs.read_json_line(gen, "the fleet to reach its pace")
         cpu0, t0 = procs.cpu_seconds(pid), time.monotonic()
+        gen0 = procs.cpu_seconds(gen.pid)
         rss = []
         while time.monotonic() - t0 < duration:
             rss.append(procs.rss_bytes(pid))
             time.sleep(1.0)
         cpu = (procs.cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
+        gen_cpu = (procs.cpu_seconds(gen.pid) - gen0) / (time.monotonic() - t0)
+        load = os.getloadavg()[0]
         result = procs.read_json_line(gen, "the fleet's results")
     finally:
         gen.kill()
@@ -83,6 +87,8 @@ def _one_size(
         "enroll_seconds": result["enroll_seconds"],
         "enroll_errors": result["enroll_errors"],
         "coordinator_cpu_cores": cpu,
+        "loadgen_cpu_cores": gen_cpu,
+        "load_average_1m": load,
         "coordinator_rss_mb": max(rss) / 2**20 if rss else 0.0,
     }
 

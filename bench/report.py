@@ -168,11 +168,11 @@ Target: batched ≥ {g["target_ratio"]} × the raw rate — {_verdict(g["target_
 def _fleet(g: dict[str, Any]) -> str:
     rows = "\n".join(
         f"| {s['devices']:,} | {_f(s['offered_per_s'], 0)} | {_f(s['accepted_per_s'], 0)} "
-        f"({_spread(s['per_window_per_s'], 0)}) | {_f(s['ratio_to_offered'], 3)} "
+        f"(windows {_f(s['per_window_per_s']['min'], 0)}–{_f(s['per_window_per_s']['max'], 0)}) | {_f(s['ratio_to_offered'], 3)} "
         f"| {_f(s['p50_ms'])} | {_f(s['p99_ms'])} ({_f(s['per_window_p99_ms']['min'])}–"
         f"{_f(s['per_window_p99_ms']['max'])}) | {s['errors'] + s['enroll_errors']} "
         f"| {_f(s['coordinator_cpu_cores'], 2)} | {_f(s['coordinator_rss_mb'], 0)} "
-        f"| {_f(s['enroll_seconds'])} |"
+        f"| {_f(s['loadgen_cpu_cores'], 2)} | {_f(s['load_average_1m'])} | {_f(s['enroll_seconds'])} |"
         for s in g["sizes"]
     )
     return f"""## 2. Fleet scale
@@ -183,8 +183,8 @@ enrollment token, holds its own keep-alive connection and sends a signed heartbe
 {_f(g["window_s"], 0)} s are measured. The reference is the rate offered (devices ÷ interval);
 the spread is over consecutive {_f(g["interval_s"], 0)}-s windows.
 
-| devices | offered /s | accepted /s (per window) | ÷ offered | p50 ms | p99 ms (per window) | errors | coordinator CPU (cores) | coordinator RSS MB | enrollment s |
-| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+| devices | offered /s | accepted /s (per window) | ÷ offered | p50 ms | p99 ms (per window) | errors | coordinator CPU (cores) | coordinator RSS MB | load generator CPU (cores) | machine load (1 min) | enrollment s |
+| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
 {rows}
 
 Largest fleet held with p99 < 500 ms (the runbook's alert line) and no error:

@@ -43,6 +43,7 @@ class CoordinatorService:
 
     async def start(self) -> None:
         self.db.open()
+        self.coordinator.verifier.start()
         await self.coordinator.load()
         await self.client.start()
         self._runner = web.AppRunner(build_app(self.coordinator), access_log=None)
@@ -87,6 +88,7 @@ class CoordinatorService:
             await self._runner.cleanup()
             self._runner = None
         await self.client.close()
+        self.coordinator.verifier.stop()
         self.db.close()
 
     async def _block_loop(self) -> None:

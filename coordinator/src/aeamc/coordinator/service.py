@@ -53,6 +53,7 @@ from .config import CoordinatorConfig
 from .db import Database
 from .errors import ApiError, not_found
 from .registry import Device
+from .verifier import SignatureVerifier
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,8 @@ class Coordinator:
         self.eps_config = config.eps.to_eps_config()
         #: Set whenever something may let the scheduler make progress.
         self.wake_scheduler = asyncio.Event()
+        #: The last scheduling round saw tasks that still need devices.
+        self.work_waiting = True
         self.wake_blocks = asyncio.Event()
         self.wake_spot_checks = asyncio.Event()
         self.started_at = clock()
@@ -151,6 +154,8 @@ class Coordinator:
         self.recent_requests: deque[tuple[int, int, float]] = deque(maxlen=10_000)
         #: Feature flags (SPEC §10): name → rollout percent.
         self.flags: dict[str, int] = {}
+        #: Where heartbeat signatures are checked (a thread, once the service starts it).
+        self.verifier = SignatureVerifier()
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -373,7 +378,7 @@ class Coordinator:
         device = self.devices.get(poa.device_id)
         if device is None:
             raise ApiError(403, "not_enrolled", "unknown device: enroll first")
-        poa.verify(device.public_key)
+        await self.verifier.verify(poa, device.public_key)
         now = self.clock()
         window_ms = self.config.protocol.heartbeat_window_s * 1000
         if self.flag_on(STRICT_FRESHNESS, poa.device_id):
@@ -417,10 +422,12 @@ class Coordinator:
         device.state = state
         device.poa_times.append(now)
         self.count("heartbeats")
-        if was != state or len(device.poa_times) <= self.eps_config.min_poas:
-            # The device may just have become schedulable: schedule now. Any other change
-            # a heartbeat brings (its EPS) waits for the next tick: waking a full round
-            # for each of thousands of heartbeats a second would starve the event loop.
+        if self.work_waiting and (
+            was != state or len(device.poa_times) <= self.eps_config.min_poas
+        ):
+            # The device may just have become schedulable for waiting work: schedule now.
+            # Any other change a heartbeat brings (its EPS) waits for the next tick: a full
+            # round for each of thousands of heartbeats a second would starve the loop.
             self.wake_scheduler.set()
         return {
             "state": state,
