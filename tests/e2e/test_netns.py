@@ -99,6 +99,19 @@ def test_discovery_and_verified_work_across_a_bridge(tmp_path: Path, lan: Lan) -
                 "GET", f"/v1/devices/{agent.device_id}", token=coordinator.token("operator")
             )[1]
             assert device["state"] == "active" and device["endpoint"] == st["endpoint"]
+        # Both may take work (enough heartbeats seen) before any is offered: otherwise the
+        # first one could finish every task before the second becomes eligible.
+        for agent in agents:
+            wait_for(
+                lambda a=agent: (
+                    coordinator.request(
+                        "GET", f"/v1/devices/{a.device_id}", token=coordinator.token("operator")
+                    )[1]["eligibility"]
+                    == "eligible"
+                ),
+                timeout=30,
+                interval=0.2,
+            )
 
         tasks = [sha_task(0x70 + i, iterations=40_000, chunks=CHUNKS) for i in range(N_TASKS)]
         ids = []
