@@ -1,4 +1,3 @@
-# ruff: noqa: E501 - markdown paragraphs and table rows
 """What limits the figures that miss their targets, from profiles taken on this machine.
 
 Kept apart from the renderer because this is analysis, not measurement: it was written

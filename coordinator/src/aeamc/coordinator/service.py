@@ -648,7 +648,11 @@ class Coordinator:
                 if ok
                 else _item_error(value)
             )
-        return [r for r in results if r is not None]
+        out = [r for r in results if r is not None]
+        refused = sum(1 for r in out if r["status"] != 202)
+        if refused:
+            self.count("proofs_rejected", refused)  # as /v1/proofs refusals are counted
+        return out
 
     def _proof_sender(self, data: Any) -> tuple[PoT, Device]:
         """Parse the submission and check who sent it, before anything else is looked up."""
