@@ -72,8 +72,9 @@ Raw results: `bench/results/<date>.json`.
     ):
         if key in r:
             parts.append(fn(r[key]))
+    parts.append(limits.OPTIMISATIONS)
     parts.append(limits.HOW_TO_PROFILE)
-    return "\n".join(parts)
+    return "\n\n".join(p.strip() for p in parts) + "\n"
 
 
 def _glance(r: dict[str, Any]) -> str:
@@ -172,7 +173,7 @@ def _fleet(g: dict[str, Any]) -> str:
         f"| {_f(s['p50_ms'])} | {_f(s['p99_ms'])} ({_f(s['per_window_p99_ms']['min'])}–"
         f"{_f(s['per_window_p99_ms']['max'])}) | {s['errors'] + s['enroll_errors']} "
         f"| {_f(s['coordinator_cpu_cores'], 2)} | {_f(s['coordinator_rss_mb'], 0)} "
-        f"| {_f(s['loadgen_cpu_cores'], 2)} | {_f(s['load_average_1m'])} | {_f(s['enroll_seconds'])} |"
+        f"| {_f(s.get('loadgen_cpu_cores'), 2)} | {_f(s.get('load_average_1m'))} | {_f(s['enroll_seconds'])} |"
         for s in g["sizes"]
     )
     return f"""## 2. Fleet scale
@@ -306,7 +307,7 @@ probability f), over many tasks; analytic: 1 − (1 − f)^k per checked task, a
 | ---: | ---: | ---: | --- |
 {devs}
 
-Spot-checks: {live["spot_checks"]}. **CPU**: the coordinator re-executed
+Spot-checks: {", ".join(f"{n} {k}" for k, n in sorted(live["spot_checks"].items()))}. **CPU**: the coordinator re-executed
 {live["chunks_reexecuted"]} chunks while the devices proved {live["chunks_proved"]}; priced at
 the devices' own CPU per chunk (the same function on the same machine), re-execution was
 **{_f(live["reexecution_share"], 3)}** of the devices' compute. All the coordinator's CPU in
