@@ -34,8 +34,8 @@ the whole batch instead of six statements per proof).
 """
 
 FLEET = """
-**What limits it.** One heartbeat costs the coordinator about 0.55–0.6 ms of CPU (1,000
-heartbeats/s took 0.55–0.6 cores in these runs), almost all of it on the one event loop.
+**What limits it.** One heartbeat costs the coordinator about 0.55–0.7 ms of CPU (the
+table's "ms per heartbeat"), almost all of it on the one event loop.
 A cProfile of 3,000 devices (12,000 heartbeats; the profiler roughly doubles Python's
 share) splits the 0.96 ms it measured per heartbeat into: writing the response and the
 socket send 18 % (the send alone 13 % — on loopback it carries the receiver's TCP work),
@@ -43,8 +43,9 @@ parsing and validating the PoA 17 %, the signature's canonical bytes and hand-of
 Ed25519 thread 9.5 %, reading the body with the duplicate-key check 8 %, request parsing
 5 %, EPS 4 %, the reply 3 %, the write hand-off 3 %, and the four middlewares and
 aiohttp's dispatch the rest. 10,000 devices offer 2,000 heartbeats/s, which needs
-~1.1–1.2 cores of a loop that can use one — on a machine whose other core runs the load
-generator and whose load average (in the table) shows it is shared with other work. Past
+~1.1–1.4 cores of a loop that can use one — on a machine whose other core runs the load
+generator and whose load average (in the table) shows it is shared with other work: at
+10,000 devices the coordinator got less than one core, and served what that core allowed. Past
 saturation the queue grows without bound, so the p99 is seconds, not a little over the
 line: the figure to read is the largest fleet held.
 

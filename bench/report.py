@@ -172,7 +172,9 @@ def _fleet(g: dict[str, Any]) -> str:
         f"(windows {_f(s['per_window_per_s']['min'], 0)}–{_f(s['per_window_per_s']['max'], 0)}) | {_f(s['ratio_to_offered'], 3)} "
         f"| {_f(s['p50_ms'])} | {_f(s['p99_ms'])} ({_f(s['per_window_p99_ms']['min'])}–"
         f"{_f(s['per_window_p99_ms']['max'])}) | {s['errors'] + s['enroll_errors']} "
-        f"| {_f(s['coordinator_cpu_cores'], 2)} | {_f(s['coordinator_rss_mb'], 0)} "
+        f"| {_f(s['coordinator_cpu_cores'], 2)} "
+        f"| {_f(s['coordinator_cpu_cores'] / s['accepted_per_s'] * 1000 if s['accepted_per_s'] else None, 2)} "
+        f"| {_f(s['coordinator_rss_mb'], 0)} "
         f"| {_f(s.get('loadgen_cpu_cores'), 2)} | {_f(s.get('load_average_1m'))} | {_f(s['enroll_seconds'])} |"
         for s in g["sizes"]
     )
@@ -184,8 +186,8 @@ enrollment token, holds its own keep-alive connection and sends a signed heartbe
 {_f(g["window_s"], 0)} s are measured. The reference is the rate offered (devices ÷ interval);
 the spread is over consecutive {_f(g["interval_s"], 0)}-s windows.
 
-| devices | offered /s | accepted /s (per window) | ÷ offered | p50 ms | p99 ms (per window) | errors | coordinator CPU (cores) | coordinator RSS MB | load generator CPU (cores) | machine load (1 min) | enrollment s |
-| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+| devices | offered /s | accepted /s (per window) | ÷ offered | p50 ms | p99 ms (per window) | errors | coordinator CPU (cores) | coordinator CPU ms per heartbeat | coordinator RSS MB | load generator CPU (cores) | machine load (1 min) | enrollment s |
+| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
 {rows}
 
 Largest fleet held with p99 < 500 ms (the runbook's alert line) and no error:
