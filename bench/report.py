@@ -342,4 +342,4 @@ The overhead is {_f(g["ratio_p50_to_rtt"])} × one API round trip: it holds two 
 (the assignment pushed to the device, the proof sent back), the device's durable writes
 (the accepted assignment, the trace, the proof in its outbox, each fsynced with its
 directory) and the coordinator's durable commits (the assignment, then the proof). Target p50 ≤ {_f(g["target_p50_ms"], 0)} ms — {_verdict(g["target_met"])}.
-"""
+{"" if g["target_met"] else limits.LATENCY}"""
