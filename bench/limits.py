@@ -139,9 +139,9 @@ figures move, the direction and size of each change did not.
 
 HOW_TO_PROFILE = """## How these figures are taken, and how to profile
 
-- `make bench` runs everything (about 6–8 minutes here); `make bench ARGS=--quick` runs
-  every benchmark at a tiny size (a check of the harness); `ARGS="--only fleet"` runs one
-  (the JSON is written, the document only by a full run or with `--doc PATH`).
+- `make bench` runs everything (about 6–7 minutes here); `make bench ARGS=--quick` runs
+  every benchmark at a tiny size (a check of the harness); `ARGS="--only fleet"` runs one.
+  Only a full run rewrites this document (the others write it only with `--doc PATH`).
 - Each benchmark module also runs alone: `python -m bench.fleet 1000 5000`,
   `python -m bench.ingest 1 /tmp/ingest.prof` (the second argument runs the coordinator
   under cProfile and writes its profile there), `python -m bench.blocks 10000`,
