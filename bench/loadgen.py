@@ -146,9 +146,12 @@ class ProofDevices:
         app.router.add_post("/d/{i}/v1/assignments", self._assignment)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=transport().server_ssl())
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def endpoint(self, key: SigningKey) -> str:
+        return f"{transport().url(self.port)}/d/{key.device_id}"
 
     async def _assignment(self, request: web.Request) -> web.Response:
         a = parse_signed(await request.json(), Assignment)
@@ -183,9 +186,8 @@ async def proofs_mode(args: argparse.Namespace) -> None:
     await devs.start()
     async with session(64) as s:
         for key in devs.keys:
-            endpoint = f"http://127.0.0.1:{devs.port}/d/{key.device_id}"
             status, body = await post_json(
-                s, args.url + "/v1/enroll", enroll_body(key, args.enroll_token, endpoint)
+                s, args.url + "/v1/enroll", enroll_body(key, args.enroll_token, devs.endpoint(key))
             )
             assert status == 202 and body["state"] == "active", body
             for seq in (1, 2):

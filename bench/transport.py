@@ -27,9 +27,26 @@ class Transport:
     coordinator_settings: dict[str, Any] = field(default_factory=dict)
     #: Extra agent TOML.
     agent_settings: dict[str, Any] = field(default_factory=dict)
+    #: Certificate chain and key of the benchmarks' own device endpoints (TLS only).
+    endpoint_cert: Path | None = None
+    endpoint_key: Path | None = None
+    #: CA bundle that verifies the coordinator (TLS only; default: the system's).
+    ca_file: Path | None = None
 
     def url(self, port: int, host: str = "127.0.0.1") -> str:
         return f"{self.scheme}://{host}:{port}"
+
+    def server_ssl(self) -> ssl.SSLContext | None:
+        """The TLS context of a benchmark's own server playing a device's endpoint (the
+        coordinator pushes assignments to it); ``None`` on plain HTTP."""
+        if self.scheme == "http":
+            return None
+        if self.endpoint_cert is None:
+            raise ValueError("a TLS transport needs endpoint_cert (and endpoint_key)")
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.load_cert_chain(self.endpoint_cert, self.endpoint_key)
+        return ctx
 
     def client_ssl(self, device_cert: Path | None = None) -> ssl.SSLContext | bool:
         """What a benchmark client passes as aiohttp's ``ssl=``; ``False`` on plain HTTP.
@@ -38,7 +55,7 @@ class Transport:
         """
         if self.scheme == "http":
             return False
-        ctx = ssl.create_default_context()
+        ctx = ssl.create_default_context(cafile=self.ca_file)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
         if device_cert is not None:
             ctx.load_cert_chain(device_cert)
