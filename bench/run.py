@@ -1,73 +1,103 @@
-"""``make bench``: run the benchmarks, write ``bench/results/<date>.json`` and the table in
-``docs/performance.md``. Every figure with a reference is a ratio measured in this run."""
+"""``make bench``: run the benchmarks, write ``bench/results/<date>.json`` and the tables in
+``docs/performance.md``. Every figure with a reference is a ratio measured in this run.
+
+``--quick`` runs every benchmark at a tiny size (a check of the harness, not a
+measurement; its JSON is ``<date>-quick.json``); ``--only NAME`` runs some of them. Only a
+full run of all of them writes ``docs/performance.md``, unless ``--doc`` says where.
+"""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import json
-import platform
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from bench import anchor_gas
+from bench import (
+    anchor_gas,
+    blocks,
+    economy,
+    fleet,
+    footprint,
+    ingest,
+    latency,
+    machine,
+    report,
+)
+from bench.transport import transport
 
 ROOT = Path(__file__).resolve().parents[1]
+
+#: Each benchmark at full size (``make bench``) and at a tiny one (``--quick``).
+PLANS: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
+    "anchoring_gas": (lambda: anchor_gas.measure(20), lambda: anchor_gas.measure(3)),
+    "microblocks": (
+        lambda: blocks.measure((100, 1000, 10_000, 65_535), 5),
+        lambda: blocks.measure((100,), 1),
+    ),
+    "ingestion": (
+        lambda: ingest.measure(runs=5, per_run=1000, batch=100, concurrency=16),
+        lambda: ingest.measure(
+            runs=1, per_run=10, batch=5, concurrency=2, reference_s=0.3, devices=2
+        ),
+    ),
+    "fleet": (
+        lambda: fleet.measure((1000, 5000, 10_000), 30.0),
+        lambda: fleet.measure((20,), 1.0, interval_s=0.5),
+    ),
+    "agent_footprint": (
+        lambda: footprint.measure(60.0, 30.0),
+        lambda: footprint.measure(1.0, 0.5, settle_s=0.2),
+    ),
+    "verification_economy": (
+        lambda: economy.measure(20_000, 4000, cheaters_per_f=2, honest=2, timeout_s=240.0),
+        lambda: economy.measure(200, 50, cheaters_per_f=0, honest=1, timeout_s=1.0, fs=(0.25,)),
+    ),
+    "latency": (lambda: latency.measure(60, 5), lambda: latency.measure(2, 1)),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (harness check)")
+    parser.add_argument("--only", action="append", choices=sorted(PLANS), help="run only these")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "performance.md")
+    parser.add_argument("--doc", type=Path, default=None)
     args = parser.parse_args(argv)
-    gas = anchor_gas.measure(3 if args.quick else 20)
+    names = args.only or list(PLANS)
+    # Only a full run of every benchmark describes the product; a quick or partial one
+    # writes the document only where --doc says.
+    full = not args.only and not args.quick
+    doc = args.doc or (ROOT / "docs" / "performance.md" if full else None)
+    started = time.monotonic()
     now = dt.datetime.now(dt.UTC)
-    result = {
+    result: dict[str, Any] = {
         "date": now.isoformat(timespec="seconds"),
-        "machine": {
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
-            "processor": platform.machine(),
-        },
-        "anchoring_gas": gas,
+        "quick": args.quick,
+        "transport": transport().name,
+        "machine": machine.describe(),
+        "seconds": {},
     }
+    for name in names:
+        t0 = time.monotonic()
+        print(f"bench: {name} …", file=sys.stderr, flush=True)
+        result[name] = PLANS[name][1 if args.quick else 0]()
+        result["seconds"][name] = round(time.monotonic() - t0, 1)
+        print(f"bench: {name} done in {result['seconds'][name]} s", file=sys.stderr, flush=True)
+    result["seconds"]["total"] = round(time.monotonic() - started, 1)
+    result["machine"]["load_average_at_end"] = list(machine.os.getloadavg())
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{now:%Y-%m-%d}.json").write_text(json.dumps(result, indent=2) + "\n")
-    args.doc.write_text(render(result))
-    print(render(result))
+    suffix = "-quick" if args.quick else ""
+    (args.out / f"{now:%Y-%m-%d}{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
+    text = report.render(result)
+    if doc is not None:
+        doc.write_text(text)
+    print(text)
     return 0
-
-
-def render(r: dict) -> str:
-    g = r["anchoring_gas"]
-    med, spread, ratio = g["gas_per_anchor_tx"], g["spread"], g["ratio_to_bare"]
-    rows = "\n".join(
-        f"| {n} | {med[n]:,.0f} | {spread[n][0]:,}–{spread[n][1]:,} | {ratio[n]:.3f} |"
-        for n in ("BareAnchor", "MicroblockAnchor", "Seed")
-    )
-    return f"""# Performance
-
-Measured by `make bench` on {r["date"]} ({r["machine"]["platform"]}, Python
-{r["machine"]["python"]}). Each figure with a reference is a ratio to that reference
-measured in the same run on the same machine; absolute times vary between runs here.
-
-## Anchoring cost (gas per anchor transaction, anvil, cancun, solc 0.8.37)
-
-| contract | median gas | spread over {g["roots"]} roots | ratio to bare |
-| --- | ---: | ---: | ---: |
-{rows}
-
-- BareAnchor: one storage slot and one event, no access control (the reference).
-- MicroblockAnchor: the project's contract (submitters, pause, duplicate check).
-- Seed: the original design, a four-slot struct per microblock.
-- Target: MicroblockAnchor ≤ {g["target_ratio"]} × bare — {"met" if g["target_met"] else "MISSED"}.
-  One anchor transaction covers any number of microblocks (it anchors the Merkle root
-  of their hashes), so the cost per anchored receipt falls with the batch size.
-
-The remaining benchmarks (proof ingestion, fleet scale, microblock formation, agent
-footprint, verification economy, latency) are not part of this harness yet.
-"""
 
 
 if __name__ == "__main__":

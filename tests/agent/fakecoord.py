@@ -80,6 +80,9 @@ class FakeCoordinator:
     last_seq: dict[str, int] = field(default_factory=dict)
     stored: set[tuple[str, str]] = field(default_factory=set)
     script: dict[str, deque[Scripted]] = field(default_factory=dict)
+    #: Serve ``/v1/proofs/batch`` too (the real coordinator does; older ones did not).
+    batch: bool = False
+    batches: list[int] = field(default_factory=list)
     url: str = ""
     port: int = 0
     require_client_cert: bool = True
@@ -129,6 +132,8 @@ class FakeCoordinator:
         app.router.add_post("/v1/heartbeats", self._heartbeat)
         app.router.add_post("/v1/proofs", self._proof)
         app.router.add_get("/v1/ca", self._ca)
+        if self.batch:
+            app.router.add_post("/v1/proofs/batch", self._proof_batch)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port, ssl_context=self.server_ssl)
@@ -250,15 +255,21 @@ class FakeCoordinator:
         return web.json_response(answer, status=202)
 
     def _client_cert_refusal(self, request: web.Request, device_id: str) -> web.Response | None:
+        problem = self._client_cert_problem(request, device_id)
+        return None if problem is None else error(*problem)
+
+    def _client_cert_problem(
+        self, request: web.Request, device_id: str
+    ) -> tuple[int, str, str] | None:
         peer = tls.peer_of(request.transport)
         if peer is not None:
             self.client_serials.append(peer.serial)
         if not self.require_client_cert:
             return None
         if peer is None:
-            return error(401, "certificate_required", "no client certificate")
+            return 401, "certificate_required", "no client certificate"
         if peer.name != device_id or peer.role != tls.ROLE_DEVICE:
-            return error(403, "certificate_mismatch", "another identity's certificate")
+            return 403, "certificate_mismatch", "another identity's certificate"
         return None
 
     async def _heartbeat(self, request: web.Request) -> web.StreamResponse:
@@ -299,19 +310,41 @@ class FakeCoordinator:
         scripted = await self._scripted(request)
         if scripted is not None:
             return scripted
+        status, body = self._judge_proof(request, data)
+        return web.json_response(body, status=status)
+
+    async def _proof_batch(self, request: web.Request) -> web.StreamResponse:
+        data = await request.json()
+        self.requests.append((request.path, data))
+        scripted = await self._scripted(request)
+        if scripted is not None:
+            return scripted
+        self.batches.append(len(data["proofs"]))
+        results = []
+        for item in data["proofs"]:
+            status, body = self._judge_proof(request, item)
+            results.append(
+                {"status": status, "body": body} if status == 202 else {"status": status, **body}
+            )
+        return web.json_response({"results": results})
+
+    def _judge_proof(self, request: web.Request, data: Any) -> tuple[int, Any]:
+        def err(status: int, code: str, message: str) -> tuple[int, Any]:
+            return status, {"error": {"code": code, "message": message}}
+
         try:
             pot = parse(PoT, data["pot"])
             output = bytes.fromhex(data["output"])
         except (ProtocolError, KeyError, TypeError, ValueError) as exc:
-            return error(400, "invalid_message", str(exc))
-        refusal = self._client_cert_refusal(request, pot.device_id)
-        if refusal is not None:
-            return refusal
+            return err(400, "invalid_message", str(exc))
+        problem = self._client_cert_problem(request, pot.device_id)
+        if problem is not None:
+            return err(*problem)
         if (pot.task_id, pot.device_id) in self.stored:
-            return error(409, "duplicate", "already stored")
+            return err(409, "duplicate", "already stored")
         assignment = self.assignments.get(pot.task_id)
         if assignment is None:
-            return error(410, "unknown_assignment", "no such assignment")
+            return err(410, "unknown_assignment", "no such assignment")
         try:
             verify_pot(
                 pot,
@@ -321,10 +354,10 @@ class FakeCoordinator:
                 now_ms=now_ms(),
             )
         except ProtocolError as exc:
-            return error(400, exc.code, str(exc))
+            return err(400, exc.code, str(exc))
         self.stored.add((pot.task_id, pot.device_id))
         self.proofs.append((pot, output))
-        return web.json_response({"accepted": True}, status=202)
+        return 202, {"accepted": True}
 
 
 def coordinator_session(coordinator_id: str | None) -> aiohttp.ClientSession:

@@ -305,3 +305,47 @@ async def test_damaged_entry_is_kept_aside_not_lost(sender, coordinator) -> None
     kept = sender.outbox.rejected()
     assert [e.task_id for e in kept] == ["t-1"]
     assert json.loads(reason_path(kept[0].path).read_text())["code"] == "unreadable"
+
+
+async def test_waiting_proofs_go_in_one_batch_each_judged_alone(
+    sender: OutboxSender, coordinator: FakeCoordinator
+) -> None:
+    coordinator.batch = True
+    await coordinator.stop()
+    await coordinator.start(coordinator.port)
+    for t in ("t-1", "t-2", "t-3"):
+        queue_for(coordinator, sender.outbox, t)
+    coordinator.stored.add(("t-2", KEY.device_id))  # delivered earlier: 409 duplicate
+    del coordinator.assignments["t-3"]  # refused for good: 410
+    assert await sender.deliver_all(coordinator.url) is None
+    assert coordinator.batches == [3]
+    assert [p.task_id for p, _ in coordinator.proofs] == ["t-1"]
+    assert sender.outbox.count == 0
+    (rejected,) = sender.outbox.rejected()
+    assert rejected.task_id == "t-3"
+
+
+async def test_a_coordinator_without_batches_gets_proofs_one_by_one(
+    sender: OutboxSender, coordinator: FakeCoordinator
+) -> None:
+    for t in ("t-1", "t-2"):
+        queue_for(coordinator, sender.outbox, t)
+    assert await sender.deliver_all(coordinator.url) is None
+    assert not sender.batch_supported
+    assert [p.task_id for p, _ in coordinator.proofs] == ["t-1", "t-2"]
+    assert [path for path, _ in coordinator.requests].count("/v1/proofs") == 2
+
+
+async def test_a_failing_batch_is_retried_and_nothing_is_lost(
+    sender: OutboxSender, coordinator: FakeCoordinator
+) -> None:
+    coordinator.batch = True
+    await coordinator.stop()
+    await coordinator.start(coordinator.port)
+    for t in ("t-1", "t-2"):
+        queue_for(coordinator, sender.outbox, t)
+    coordinator.queue("/v1/proofs/batch", Scripted(503, {"error": {"code": "x", "message": "y"}}))
+    assert await sender.deliver_all(coordinator.url) is not None  # back off, keep both
+    assert sender.outbox.count == 2
+    assert await sender.deliver_all(coordinator.url) is None
+    assert [p.task_id for p, _ in coordinator.proofs] == ["t-1", "t-2"]

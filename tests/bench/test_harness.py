@@ -6,16 +6,41 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench import run
+from bench import report, run, stats
 
 
-def test_harness_writes_results_and_table(tmp_path: Path) -> None:
+def test_harness_runs_every_benchmark_and_writes_results_and_table(tmp_path: Path) -> None:
     doc = tmp_path / "performance.md"
     assert run.main(["--quick", "--out", str(tmp_path), "--doc", str(doc)]) == 0
-    (result_file,) = tmp_path.glob("*.json")
-    result = json.loads(result_file.read_text())
-    gas = result["anchoring_gas"]
-    assert gas["roots"] == 3
+    (result_file,) = tmp_path.glob("*-quick.json")
+    r = json.loads(result_file.read_text())
+    assert set(run.PLANS) <= set(r) and r["quick"] is True
+    assert r["machine"]["cores"] >= 1 and r["machine"]["versions"]["aiohttp"]
+    gas = r["anchoring_gas"]
     assert set(gas["gas_per_anchor_tx"]) == {"MicroblockAnchor", "BareAnchor", "Seed"}
     assert gas["ratio_to_bare"]["BareAnchor"] == 1.0
-    assert "| MicroblockAnchor |" in doc.read_text()
+    (block,) = [b for b in r["microblocks"]["sizes"] if b["fleet"] == "new"]
+    assert block["receipts"] == 100 and block["form_ms"]["runs"]
+    ing = r["ingestion"]
+    assert ing["refused"] == [] and len(ing["batched_ratio"]["runs"]) == 1
+    (size,) = r["fleet"]["sizes"]
+    assert size["devices"] == 20 and size["errors"] == 0 and size["enroll_errors"] == 0
+    assert r["fleet"]["target_met"] is None  # 10,000 devices were not measured
+    assert r["agent_footprint"]["rss_mb"]["agent"]["median"] > 0
+    econ = r["verification_economy"]
+    assert [s["f"] for s in econ["selection"]] == [0.25]
+    assert econ["catch_target_met"] is None  # f = 10 % was not measured
+    assert r["latency"]["tasks"] == 2
+    text = doc.read_text()
+    assert "--quick: tiny sizes, not a measurement" in text
+    for heading in ("## 1. Proof ingestion", "## 2. Fleet scale", "## 7. Latency"):
+        assert heading in text
+    assert "| MicroblockAnchor |" in text
+    assert text == report.render(r)
+
+
+def test_summaries_and_percentiles() -> None:
+    assert stats.percentile([5, 1, 3, 2, 4], 50) == 3
+    assert stats.percentile([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 99) == 10
+    s = stats.ratio_summary([10, 30, 20], [10, 10, 10])
+    assert (s["median"], s["min"], s["max"]) == (2.0, 1.0, 3.0)

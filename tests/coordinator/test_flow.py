@@ -193,3 +193,40 @@ async def test_refusal_reassigns_to_another_device(
     finally:
         await lazy.stop()
         await worker.stop()
+
+
+async def test_proof_batch_judges_each_proof_alone_in_one_commit(
+    coordinator: CoordinatorProcess, enroll_token: str
+) -> None:
+    device = await SimDevice(coordinator.url, auto_prove=False).start()
+    try:
+        await device.join(enroll_token)
+        client = coordinator.token("client")
+        for _ in range(2):
+            status, body = coordinator.request("POST", "/v1/tasks", SHA_TASK, token=client)
+            assert status == 202, body
+        await wait(lambda: len(device.assignments) == 2)
+        a, b = device.assignments
+        good_a, good_b = device.proof_for(a), device.proof_for(b)
+        forged = device.proof_for(b)
+        forged["pot"] = {**forged["pot"], "signature": "00" * 64}
+        batch = {"proofs": [good_a, {"pot": {}, "output": "zz"}, good_b, good_a, forged]}
+        status, body = await device.post("/v1/proofs/batch", batch)
+        assert status == 200, body
+        got = [(r["status"], r.get("error", {}).get("code")) for r in body["results"]]
+        assert got == [
+            (202, None),
+            (400, "invalid_message"),
+            (202, None),
+            (409, "duplicate"),
+            (401, "bad_signature"),
+        ]
+        assert body["results"][0]["body"]["task_state"] == "completed"
+        operator = coordinator.token("operator")
+        summary = coordinator.request("GET", "/v1/status", token=operator)[1]
+        assert sum(summary["proofs"].values()) == 2
+        for bad in ({"proofs": []}, {"proofs": [good_a] * 257}, {"proof": [good_a]}, []):
+            status, body = await device.post("/v1/proofs/batch", bad)
+            assert (status, body["error"]["code"]) == (400, "invalid_message"), bad
+    finally:
+        await device.stop()

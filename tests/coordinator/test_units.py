@@ -173,3 +173,42 @@ def test_cli_init_is_idempotent(tmp_path: Path) -> None:
     assert again.returncode == 0 and "identity exists" in again.stdout
     assert "operator token" not in again.stdout
     assert (tmp_path / "st" / "tokens" / "operator.token").stat().st_mode & 0o077 == 0
+
+
+async def test_signature_verifier_checks_off_the_loop_with_the_same_verdicts() -> None:
+    from aeamc.coordinator.verifier import SignatureVerifier
+    from aeamc.shared.errors import SignatureError
+    from aeamc.shared.identity import SigningKey
+    from aeamc.shared.messages import PoA, sign
+
+    key, other = SigningKey.from_seed(os.urandom(32)), SigningKey.from_seed(os.urandom(32))
+    body = {
+        "type": "poa",
+        "device_id": key.device_id,
+        "timestamp": 1,
+        "seq": 1,
+        "telemetry": {
+            "battery_pct": None,
+            "charging": None,
+            "cpu_temp_mc": None,
+            "cpu_load_permille": None,
+            "net_latency_us": None,
+            "mem_available_kb": None,
+        },
+    }
+    good = sign(PoA, body, key)
+    verifier = SignatureVerifier()
+    for started in (False, True):
+        if started:
+            verifier.start()
+        await verifier.verify(good, key.public_key, signer_id=key.device_id)
+        with pytest.raises(SignatureError):
+            await verifier.verify(good, other.public_key)
+        with pytest.raises(SignatureError):
+            await verifier.verify(good, other.public_key, signer_id=key.device_id)
+    # Many at once, good and bad mixed: each gets its own verdict.
+    results = await asyncio.gather(
+        *(verifier.verify(good, k.public_key) for k in [key, other] * 50), return_exceptions=True
+    )
+    assert [r is None for r in results] == [True, False] * 50
+    verifier.stop()

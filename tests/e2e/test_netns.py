@@ -99,7 +99,8 @@ def test_discovery_and_verified_work_across_a_bridge(tmp_path: Path, lan: Lan) -
                 "GET", f"/v1/devices/{agent.device_id}", token=coordinator.token("operator")
             )[1]
             assert device["state"] == "active" and device["endpoint"] == st["endpoint"]
-        # Both have sent the heartbeats that make them eligible, so work can go to either.
+        # Both may take work (enough heartbeats seen) before any is offered: otherwise the
+        # first one could finish every task before the second becomes eligible.
         for agent in agents:
             wait_for(
                 lambda a=agent: (

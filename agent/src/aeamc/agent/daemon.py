@@ -81,6 +81,8 @@ log = logging.getLogger(__name__)
 
 #: How often the status file is refreshed and old traces pruned.
 HOUSEKEEPING_S = 5.0
+#: Changes within this long share one write of the status file.
+STATUS_COALESCE_S = 0.05
 PRUNE_EVERY_S = 600.0
 
 
@@ -150,6 +152,7 @@ class Agent:
         self.update_hold = False
         self.exit_code = 0
         self._stop_requested = asyncio.Event()
+        self._status_due: asyncio.TimerHandle | None = None
         if config.is_demo_cheater:
             log.warning(
                 "DEMO CHEATER: this agent fakes %.0f%% of chunk outputs without computing "
@@ -200,7 +203,7 @@ class Agent:
             signer=self.key,
             clock_ms=self.clock_ms,
             backoff=Backoff(c.retry_initial_s, c.retry_max_s),
-            on_change=self.write_status,
+            on_change=self.status_changed,
             on_latency=self._latency,
             on_result=self._count(self.metrics.deliveries),
         )
@@ -347,7 +350,7 @@ class Agent:
         self.queue.add(a, self.clock_ms())
         log.info("task %s accepted (%d in the queue)", a.task_id, self.queue.count)
         self.runner.wake()
-        self.write_status()
+        self.status_changed()
         return "running" if idle else "queued"
 
     def metrics_gauges(self) -> dict[str, tuple[str, float]]:
@@ -407,10 +410,29 @@ class Agent:
     # --- status ---------------------------------------------------------------------------
 
     def write_status(self) -> None:
+        if self._status_due is not None:
+            self._status_due.cancel()
+            self._status_due = None
         try:
             write_status(self.config.state_dir, daemon_status(self))
         except OSError as exc:
             log.warning("cannot write the status file: %s", exc)
+
+    def status_changed(self) -> None:
+        """Refresh the status file soon, once for all the changes of that moment.
+
+        A task changes state several times on its way from assignment to delivered proof;
+        writing the file each time put several file replacements on that path. The file
+        is for people and ``aeamc-agent status``: a few milliseconds late is fine.
+        """
+        if self._status_due is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not running (start-up or tests): write now
+            self.write_status()
+            return
+        self._status_due = loop.call_later(STATUS_COALESCE_S, self.write_status)
 
     # --- internals --------------------------------------------------------------------------
 
@@ -426,7 +448,7 @@ class Agent:
     def _task_changed(self) -> None:
         if self.sender is not None:
             self.sender.wake()
-        self.write_status()
+        self.status_changed()
 
     def _link_changed(self) -> None:
         if self.runner is not None:
@@ -435,7 +457,7 @@ class Agent:
         healthy = link is not None and link.last_heartbeat_ms is not None and link.state == ACTIVE
         if self.updater is not None and healthy:
             self.updater.heartbeat_accepted()
-        self.write_status()
+        self.status_changed()
 
     # --- fleet updates -----------------------------------------------------------------------
 

@@ -17,6 +17,11 @@ What each answer means for the queued proof:
 
 Delivery is in order: a proof that cannot be delivered now blocks the ones behind it, so
 the coordinator sees proofs in the order the tasks finished.
+
+When several proofs wait (after an outage, or on a busy device) they go together to
+``POST /v1/proofs/batch`` — one request, one commit on the coordinator — in queue order,
+and each gets its own answer, handled exactly as the table says. A coordinator without
+that endpoint (404/405) gets them one by one from then on.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from .outbox import Entry, Outbox, QueuedProof
 log = logging.getLogger(__name__)
 
 DELIVERED, RETRY, REJECTED, RESIGNED = "delivered", "retry", "rejected", "resigned"
+UNBATCHED = "unbatched"
 _RETRY_STATUSES = (408, 429)
 #: Not refusals of the proof: the link re-enrolls (for a new certificate, too), then it goes.
 _WAIT_CODES = (
@@ -50,6 +56,10 @@ _WAIT_CODES = (
     "certificate_revoked",
     "certificate_mismatch",
 )
+#: Most proofs, and bytes of them on disk, sent in one batch (the coordinator takes 256
+#: and, by default, a 16 MiB body; hex doubles the output bytes on the wire).
+MAX_BATCH = 64
+MAX_BATCH_BYTES = 4 * 1024 * 1024
 
 
 class OutboxSender:
@@ -78,6 +88,8 @@ class OutboxSender:
         self.last_error: str | None = None
         self._wake = asyncio.Event()
         self._just_resigned: Path | None = None
+        #: ``False`` once the coordinator has shown it has no batch endpoint.
+        self.batch_supported = True
 
     def wake(self) -> None:
         """Something was queued, or the coordinator is back: try now."""
@@ -103,35 +115,97 @@ class OutboxSender:
             entries = self.outbox.entries()
             if not entries:
                 return None
-            result = await self.deliver(url, entries[0])
+            if len(entries) > 1 and self.batch_supported:
+                result = await self.deliver_batch(url, _batch(entries))
+            else:
+                result = await self.deliver(url, entries[0])
             if result == RETRY:
                 return self.backoff.next_delay()
             self.backoff.reset()
+
+    async def deliver_batch(self, url: str, entries: list[Entry]) -> str:
+        """Send ``entries`` in one request; ``RETRY`` if any of them must wait."""
+        loaded: list[tuple[Entry, QueuedProof]] = []
+        for entry in entries:
+            proof = self._load(entry)
+            if proof is not None:
+                loaded.append((entry, proof))
+        if not loaded:
+            return REJECTED
+        body = {"proofs": [proof.body() for _, proof in loaded]}
+        try:
+            reply = await self.client.post(url, "/v1/proofs/batch", body)
+        except Unreachable as exc:
+            self._error(f"{len(loaded)} proofs: coordinator unreachable ({exc})")
+            for _ in loaded:
+                self.on_result(RETRY)
+            return RETRY
+        self.on_latency(reply.rtt_us)
+        results = reply.body.get("results") if isinstance(reply.body, dict) else None
+        if reply.status in (404, 405):
+            log.info("the coordinator takes no proof batches; sending one by one")
+            self.batch_supported = False
+            return UNBATCHED  # nothing happened to the proofs: go round again
+        if reply.status != 200 or not isinstance(results, list) or len(results) != len(loaded):
+            if reply.status >= 500 or reply.status in _RETRY_STATUSES:
+                self._error(f"{len(loaded)} proofs: HTTP {reply.status}")
+                return RETRY
+            # Not a batch answer (a proxy, a limit): let single requests say what is wrong.
+            return await self.deliver(url, loaded[0][0])
+        outcome = DELIVERED
+        for (entry, proof), item in zip(loaded, results, strict=True):
+            status = item.get("status") if isinstance(item, dict) else None
+            answer = item.get("body", item) if isinstance(item, dict) else None
+            if not isinstance(status, int):
+                status, answer = 502, None  # a malformed answer: keep it, try again later
+            rid = logs.task_request_id(entry.task_id)
+            token = logs.REQUEST_ID.set(rid)
+            try:
+                done = self._judge(entry, proof, Reply(status, answer, reply.rtt_us))
+            finally:
+                logs.REQUEST_ID.reset(token)
+            if done == RETRY:
+                outcome = RETRY
+        return outcome
 
     async def deliver(self, url: str, entry: Entry) -> str:
         rid = logs.task_request_id(entry.task_id)
         token = logs.REQUEST_ID.set(rid)
         try:
-            result = await self._deliver(url, entry, rid)
-            self.on_result(result)
-            return result
+            return await self._deliver(url, entry, rid)
         finally:
             logs.REQUEST_ID.reset(token)
 
-    async def _deliver(self, url: str, entry: Entry, rid: str) -> str:
+    def _load(self, entry: Entry) -> QueuedProof | None:
         try:
-            proof = self.outbox.load(entry)
+            return self.outbox.load(entry)
         except (OSError, ValueError, KeyError, TypeError, ProtocolError) as exc:
             # Damaged on disk (the write itself is atomic): keep it for the owner.
             target = self.outbox.reject(entry, status=0, code="unreadable", message=str(exc))
             log.error("outbox entry %s is unreadable (%s); moved to %s", entry.path, exc, target)
+            self.on_result(REJECTED)
+            return None
+
+    async def _deliver(self, url: str, entry: Entry, rid: str) -> str:
+        proof = self._load(entry)
+        if proof is None:
             return REJECTED
         try:
             reply = await self.client.post(url, "/v1/proofs", proof.body(), request_id=rid)
         except Unreachable as exc:
             self._error(f"proof {entry.task_id}: coordinator unreachable ({exc})")
+            self.on_result(RETRY)
             return RETRY
         self.on_latency(reply.rtt_us)
+        return self._judge(entry, proof, reply)
+
+    def _judge(self, entry: Entry, proof: QueuedProof, reply: Reply) -> str:
+        """What the coordinator's answer about one proof means for it (the table above)."""
+        result = self._judged(entry, proof, reply)
+        self.on_result(result)
+        return result
+
+    def _judged(self, entry: Entry, proof: QueuedProof, reply: Reply) -> str:
         code = reply.error_code
         if reply.status in (200, 201, 202) or (reply.status == 409 and code == "duplicate"):
             self.outbox.remove(entry)
@@ -192,3 +266,15 @@ class OutboxSender:
         self.last_error = message
         log.warning("%s", message)
         self.on_change()
+
+
+def _batch(entries: list[Entry]) -> list[Entry]:
+    """The oldest entries, within the batch limits (always at least one)."""
+    out: list[Entry] = []
+    size = 0
+    for entry in entries[:MAX_BATCH]:
+        if out and size + entry.size > MAX_BATCH_BYTES:
+            break
+        out.append(entry)
+        size += entry.size
+    return out

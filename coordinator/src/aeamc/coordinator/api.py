@@ -167,6 +167,26 @@ async def post_proof(request: web.Request) -> web.Response:
     return reply(await c.accept_proof(await json_body(request), peer_of(request.transport)), 202)
 
 
+#: Most proofs one batch may carry (a device's outbox sends what it holds, in order).
+MAX_PROOF_BATCH = 256
+
+
+async def post_proof_batch(request: web.Request) -> web.Response:
+    """Several proofs in one request and one durable commit; a result for each, in order."""
+    c = request.app[COORDINATOR_KEY]
+    body = await json_body(request)
+    items = body.get("proofs") if isinstance(body, dict) and set(body) == {"proofs"} else None
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_PROOF_BATCH:
+        raise ApiError(
+            400,
+            "invalid_message",
+            f'body: {{"proofs": [1..{MAX_PROOF_BATCH} proof submissions]}}',
+            field="proofs",
+        )
+    results = await c.accept_proofs(items, peer_of(request.transport))
+    return reply({"results": results}, 200)
+
+
 # -- clients --------------------------------------------------------------------------------
 
 
@@ -395,6 +415,7 @@ def build_app(coordinator: Coordinator) -> web.Application:
     app.router.add_post("/v1/enroll", enroll)
     app.router.add_post("/v1/heartbeats", heartbeats)
     app.router.add_post("/v1/proofs", post_proof)
+    app.router.add_post("/v1/proofs/batch", post_proof_batch)
     app.router.add_post("/v1/tasks", submit_task)
     app.router.add_get("/v1/tasks", list_tasks)
     app.router.add_get("/v1/tasks/{task_id}", get_task)

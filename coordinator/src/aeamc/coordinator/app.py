@@ -74,6 +74,7 @@ class CoordinatorService:
 
     async def start(self) -> None:
         self.db.open()
+        self.coordinator.verifier.start()
         await self.coordinator.load()
         await self.rollouts.load()
         await self.client.start()
@@ -148,6 +149,7 @@ class CoordinatorService:
             await self._runner.cleanup()
             self._runner = None
         await self.client.close()
+        self.coordinator.verifier.stop()
         self.db.close()
 
     async def _block_loop(self) -> None:

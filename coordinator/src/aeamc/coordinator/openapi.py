@@ -121,6 +121,16 @@ SCHEMAS: dict[str, Any] = {
             "output": {"type": "string", "pattern": "^([0-9a-f]{2})*$"},
         }
     ),
+    "ProofBatch": _obj(
+        {
+            "proofs": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 256,
+                "items": {"$ref": "#/components/schemas/ProofSubmission"},
+            }
+        }
+    ),
     "ProofBundle": _obj(
         {
             "pot": {"$ref": "#/components/schemas/PoT"},
@@ -207,6 +217,14 @@ def openapi_document() -> dict[str, Any]:
                 "Submit a Proof-of-Task with its output",
                 requestBody=_body("ProofSubmission"),
                 responses=_ACCEPTED,
+            )
+        },
+        "/v1/proofs/batch": {
+            "post": _op(
+                "Submit up to 256 proofs in one request and one commit; one result per "
+                "proof, in order (status 202 with the single-request answer, or the error)",
+                requestBody=_body("ProofBatch"),
+                responses={"200": {"description": "every proof judged; see each result"}},
             )
         },
         "/v1/tasks": {

@@ -55,6 +55,9 @@ class Scheduler:
         await self.c.expire_assignments()
         await self.c.mark_stale()
         tasks, assignments, inflight = await self.c.db.read(_open_work)
+        # Whether a device that just became eligible could be given anything: if not,
+        # its heartbeat need not start a round (see Coordinator.heartbeat).
+        self.c.work_waiting = bool(tasks)
         held: dict[str, set[str]] = {}
         now = self.c.clock()
         for a in assignments:

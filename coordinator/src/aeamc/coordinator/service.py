@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from aeamc.shared import microblock, proofs, spotcheck
 from aeamc.shared import reputation as rep
 from aeamc.shared.eps import eps, ineligibility
+from aeamc.shared.errors import ProtocolError
 from aeamc.shared.flags import in_rollout
 from aeamc.shared.identity import Signer, device_id_for
 from aeamc.shared.messages import (
@@ -55,6 +56,7 @@ from .config import CoordinatorConfig
 from .db import Database
 from .errors import ApiError, not_found
 from .registry import Device
+from .verifier import SignatureVerifier
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,11 @@ _TASK_REQUEST = record(
         "task_id": optional(text(64, TASK_ID_PATTERN)),
     },
     dict,
+)
+#: A random spot-check (SPEC §2): never replaces a check already scheduled.
+_RANDOM_CHECK_SQL = (
+    "INSERT OR IGNORE INTO spot_checks (task_id, device_id, block_height, indices, state, "
+    "next_attempt_at, created_at) VALUES (?,?,?,?, 'pending', ?, ?)"
 )
 _PROOF_REQUEST = record({"pot": lambda v, p: v, "output": hex_bytes(max_bytes=64 << 20)}, dict)
 
@@ -138,6 +145,8 @@ class Coordinator:
         self.eps_config = config.eps.to_eps_config()
         #: Set whenever something may let the scheduler make progress.
         self.wake_scheduler = asyncio.Event()
+        #: The last scheduling round saw tasks that still need devices.
+        self.work_waiting = True
         self.wake_blocks = asyncio.Event()
         self.wake_spot_checks = asyncio.Event()
         self.started_at = clock()
@@ -154,6 +163,8 @@ class Coordinator:
         self.flags: dict[str, int] = {}
         #: Fleet updates (updates/rollouts.py), set up by the service that runs us.
         self.rollouts: Any = None
+        #: Where heartbeat signatures are checked (a thread, once the service starts it).
+        self.verifier = SignatureVerifier()
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -402,7 +413,7 @@ class Coordinator:
         device = self.devices.get(poa.device_id)
         if device is None:
             raise ApiError(403, "not_enrolled", "unknown device: enroll first")
-        poa.verify(device.public_key)
+        await self.verifier.verify(poa, device.public_key)
         now = self.clock()
         window_ms = self.config.protocol.heartbeat_window_s * 1000
         if self.flag_on(STRICT_FRESHNESS, poa.device_id):
@@ -440,13 +451,20 @@ class Coordinator:
             return "active"
 
         state = await self.db.write(txn)
+        was = device.state
         device.last_seq = max(device.last_seq, poa.seq)
         device.last_seen = now
         device.telemetry = poa.telemetry
         device.state = state
         device.poa_times.append(now)
         self.count("heartbeats")
-        self.wake_scheduler.set()
+        if self.work_waiting and (
+            was != state or len(device.poa_times) <= self.eps_config.min_poas
+        ):
+            # The device may just have become schedulable for waiting work: schedule now.
+            # Any other change a heartbeat brings (its EPS) waits for the next tick: a full
+            # round for each of thousands of heartbeats a second would starve the loop.
+            self.wake_scheduler.set()
         return {
             "state": state,
             "flags": self.flags_for(poa.device_id),
@@ -610,6 +628,72 @@ class Coordinator:
     # -- proofs --------------------------------------------------------------------------------
 
     async def accept_proof(self, data: Any, peer: Peer | None = None) -> dict[str, Any]:
+        pot, device = self._proof_sender(data, peer)
+        row = await self.db.read(lambda db: _assignment_row(db, pot.task_id, pot.device_id))
+        checked = self._check_proof(data, pot, device, row)
+        task_state = await self.db.write(lambda db: self._store_proof(db, checked))
+        return self._proof_accepted(checked, task_state)
+
+    async def accept_proofs(
+        self, items: list[Any], peer: Peer | None = None
+    ) -> list[dict[str, Any]]:
+        """Accept a batch of proofs: one read, one durable commit, one answer per item.
+
+        Each item is judged exactly as ``accept_proof`` would judge it alone and gets its
+        own result (``status`` 202 and the body, or the error); one bad item never takes
+        its neighbours down. The CPU-bound checks (signatures, output digests, trace
+        roots) run in a worker thread, off the event loop.
+        """
+        results: list[dict[str, Any] | None] = [None] * len(items)
+        senders: list[tuple[int, PoT, Device]] = []
+        for i, data in enumerate(items):
+            try:
+                pot, device = self._proof_sender(data, peer)
+                senders.append((i, pot, device))
+            except (ApiError, ProtocolError) as exc:
+                results[i] = _item_error(exc)
+        keys = [(pot.task_id, pot.device_id) for _, pot, _ in senders]
+        rows = await self.db.read(lambda db: [_assignment_row(db, t, d) for t, d in keys])
+
+        def check_all() -> list[tuple[int, _CheckedProof]]:
+            ok = []
+            for (i, pot, device), row in zip(senders, rows, strict=True):
+                try:
+                    ok.append((i, self._check_proof(items[i], pot, device, row)))
+                except (ApiError, ProtocolError) as exc:
+                    results[i] = _item_error(exc)
+            return ok
+
+        checked = await asyncio.to_thread(check_all)
+
+        def txn(db: sqlite_utils.Database) -> list[tuple[bool, Any]]:
+            out: list[tuple[bool, Any]] = []
+            for _, proof in checked:
+                db.conn.execute("SAVEPOINT item")
+                try:
+                    out.append((True, self._store_proof(db, proof)))
+                    db.conn.execute("RELEASE item")
+                except ApiError as exc:
+                    db.conn.execute("ROLLBACK TO item")
+                    db.conn.execute("RELEASE item")
+                    out.append((False, exc))
+            return out
+
+        stored = await self.db.write(txn) if checked else []
+        for (i, proof), (ok, value) in zip(checked, stored, strict=True):
+            results[i] = (
+                {"status": 202, "body": self._proof_accepted(proof, value)}
+                if ok
+                else _item_error(value)
+            )
+        out = [r for r in results if r is not None]
+        refused = sum(1 for r in out if r["status"] != 202)
+        if refused:
+            self.count("proofs_rejected", refused)  # as /v1/proofs refusals are counted
+        return out
+
+    def _proof_sender(self, data: Any, peer: Peer | None) -> tuple[PoT, Device]:
+        """Parse the submission and check who sent it, before anything else is looked up."""
         req = _PROOF_REQUEST(data, "")
         pot = parse_signed(req["pot"], PoT)
         device = self.devices.get(pot.device_id)
@@ -617,20 +701,15 @@ class Coordinator:
             raise ApiError(403, "not_enrolled", "unknown device")
         if device.state == "quarantined":
             raise ApiError(403, "quarantined", "this device is quarantined")
-        pot.verify(device.public_key)
+        # Identity and signature first: a forged message learns nothing about assignments.
+        pot.verify(device.public_key, signer_id=pot.device_id)
+        # Then the connection: the proof must come over this device's own certificate.
         self.check_peer(peer, pot.device_id)
-        row = await self.db.read(
-            lambda db: next(
-                iter(
-                    db.query(
-                        "SELECT a.state, a.message FROM assignments a "
-                        "WHERE a.task_id=? AND a.device_id=?",
-                        [pot.task_id, pot.device_id],
-                    )
-                ),
-                None,
-            )
-        )
+        return pot, device
+
+    def _check_proof(
+        self, data: Any, pot: PoT, device: Device, row: dict[str, Any] | None
+    ) -> _CheckedProof:
         if row is None:
             raise ApiError(410, "unknown_assignment", "no such assignment for this device")
         if row["state"] == "proved":
@@ -638,7 +717,7 @@ class Coordinator:
         if row["state"] not in ("offered", "accepted"):
             raise ApiError(410, "assignment_expired", f"the assignment is {row['state']}")
         assignment = parse(Assignment, json.loads(row["message"]))
-        output = bytes.fromhex(req["output"])
+        output = bytes.fromhex(data["output"])
         verify_pot(
             pot,
             output,
@@ -646,37 +725,38 @@ class Coordinator:
             assignment=assignment,
             now_ms=self.clock(),
             window_ms=self.config.protocol.pot_window_s * 1000,
+            signature_checked=True,
         )
-        now = self.clock()
-        pot_json = json.dumps(pot.to_dict(), sort_keys=True)
+        return _CheckedProof(pot, device, output, json.dumps(pot.to_dict(), sort_keys=True))
 
-        def txn(db: sqlite_utils.Database) -> str:
-            cur = db.execute(
-                "UPDATE assignments SET state='proved' WHERE task_id=? AND device_id=? "
-                "AND state IN ('offered','accepted')",
-                [pot.task_id, pot.device_id],
-            )
-            if cur.rowcount != 1:
-                raise ApiError(409, "duplicate", "a proof for this task was already accepted")
-            db.execute(
-                "INSERT INTO proofs (task_id, device_id, pot, signature, output, output_digest, "
-                "accepted_at) VALUES (?,?,?,?,?,?,?)",
-                [
-                    pot.task_id,
-                    pot.device_id,
-                    pot_json,
-                    bytes.fromhex(pot.signature),
-                    output,
-                    pot.output_digest,
-                    now,
-                ],
-            )
-            db.execute(
-                "UPDATE devices SET completed=completed+1 WHERE device_id=?", [pot.device_id]
-            )
-            return self._settle_task(db, pot.task_id, now)
+    def _store_proof(self, db: sqlite_utils.Database, proof: _CheckedProof) -> str:
+        pot, now = proof.pot, self.clock()
+        cur = db.execute(
+            "UPDATE assignments SET state='proved' WHERE task_id=? AND device_id=? "
+            "AND state IN ('offered','accepted')",
+            [pot.task_id, pot.device_id],
+        )
+        if cur.rowcount != 1:
+            raise ApiError(409, "duplicate", "a proof for this task was already accepted")
+        db.execute(
+            "INSERT INTO proofs (task_id, device_id, pot, signature, output, output_digest, "
+            "accepted_at) VALUES (?,?,?,?,?,?,?)",
+            [
+                pot.task_id,
+                pot.device_id,
+                proof.pot_json,
+                bytes.fromhex(pot.signature),
+                proof.output,
+                pot.output_digest,
+                now,
+            ],
+        )
+        db.execute("UPDATE devices SET completed=completed+1 WHERE device_id=?", [pot.device_id])
+        return self._settle_task(db, pot.task_id, now)
 
-        task_state = await self.db.write(txn)
+    def _proof_accepted(self, proof: _CheckedProof, task_state: str) -> dict[str, Any]:
+        """After the commit: update the in-memory view, wake the loops, and answer."""
+        pot, device = proof.pot, proof.device
         device.record = dataclasses.replace(device.record, completed=device.record.completed + 1)
         self.count("proofs_accepted")
         log.info(
@@ -969,30 +1049,27 @@ class Coordinator:
         checks = cfg.spot_checks
 
         def txn(db: sqlite_utils.Database) -> tuple[int, int] | None:
-            rows = list(
-                db.query(
-                    "SELECT p.seq, p.task_id, p.device_id, p.signature, d.passes, t.state "
-                    "FROM proofs p JOIN devices d ON d.device_id = p.device_id "
-                    "JOIN tasks t ON t.task_id = p.task_id "
-                    "WHERE p.block_height IS NULL ORDER BY p.seq LIMIT ?",
-                    [cfg.blocks.max_receipts],
-                )
-            )
+            # Plain tuples, not sqlite-utils dicts, and set-based statements: this runs
+            # once per receipt, for blocks of up to 65,535 of them.
+            rows = db.conn.execute(
+                "SELECT p.seq, p.task_id, p.device_id, p.signature, d.passes, t.state, "
+                "t.chunks FROM proofs p JOIN devices d ON d.device_id = p.device_id "
+                "JOIN tasks t ON t.task_id = p.task_id "
+                "WHERE p.block_height IS NULL ORDER BY p.seq LIMIT ?",
+                [cfg.blocks.max_receipts],
+            ).fetchall()
             if not rows:
                 return None
-            last = next(
-                iter(db.query("SELECT height, hash FROM blocks ORDER BY height DESC LIMIT 1")),
-                None,
-            )
-            height = 0 if last is None else last["height"] + 1
-            previous = microblock.GENESIS_PREVIOUS if last is None else last["hash"]
+            last = db.conn.execute(
+                "SELECT height, hash FROM blocks ORDER BY height DESC LIMIT 1"
+            ).fetchone()
+            height = 0 if last is None else last[0] + 1
+            previous = microblock.GENESIS_PREVIOUS if last is None else last[1]
             block = microblock.build_block(
                 cluster_id=cfg.protocol.cluster_id,
                 timestamp=now,
                 previous_hash=previous,
-                receipts=[
-                    microblock.Receipt(r["task_id"], r["device_id"], r["signature"]) for r in rows
-                ],
+                receipts=[microblock.Receipt(r[1], r[2], r[3]) for r in rows],
             )
             db.execute(
                 "INSERT INTO blocks (height, hash, previous_hash, timestamp, receipt_count, "
@@ -1007,23 +1084,32 @@ class Coordinator:
                     block.payload,
                 ],
             )
-            db.conn.executemany(
-                "UPDATE proofs SET block_height=? WHERE seq=?", [(height, r["seq"]) for r in rows]
+            # The rows selected are exactly the unblocked ones up to the last seq taken:
+            # the writer is the only one adding proofs, and it is running this.
+            db.execute(
+                "UPDATE proofs SET block_height=? WHERE block_height IS NULL AND seq <= ?",
+                [height, rows[-1][0]],
             )
-            for r in rows:
+            block_hash = block.block_hash
+            k = checks.k
+            challenged = []
+            for _seq, task_id, device_id, _sig, passes, state, chunks in rows:
                 draw = secrets.randbits(53) / (1 << 53)
-                forced = r["state"] == "disputed"
-                if forced or rep.should_check(
-                    r["passes"], draw, trust_after=checks.trust_after, floor=checks.floor
-                ):
+                if state == "disputed":
                     self._schedule_spot_check(
                         db,
-                        task_id=r["task_id"],
-                        device_id=r["device_id"],
+                        task_id=task_id,
+                        device_id=device_id,
                         height=height,
-                        block_hash=block.block_hash,
+                        block_hash=block_hash,
                         now=now,
                     )
+                elif rep.should_check(
+                    passes, draw, trust_after=checks.trust_after, floor=checks.floor
+                ):
+                    indices = spotcheck.challenge_indices(block_hash, task_id, k, chunks)
+                    challenged.append((task_id, device_id, height, json.dumps(indices), now, now))
+            db.conn.executemany(_RANDOM_CHECK_SQL, challenged)
             return height, len(rows)
 
         formed = await self.db.write(txn)
@@ -1064,11 +1150,7 @@ class Coordinator:
         indices = spotcheck.challenge_indices(
             block_hash, task_id, self.config.spot_checks.k, task["chunks"]
         )
-        db.execute(
-            "INSERT OR IGNORE INTO spot_checks (task_id, device_id, block_height, indices, state, "
-            "next_attempt_at, created_at) VALUES (?,?,?,?, 'pending', ?, ?)",
-            [task_id, device_id, height, json.dumps(indices), now, now],
-        )
+        db.execute(_RANDOM_CHECK_SQL, [task_id, device_id, height, json.dumps(indices), now, now])
 
     async def blocks_view(self, start: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         rows = await self.db.read(
@@ -1220,6 +1302,18 @@ class Coordinator:
 
     async def expire_assignments(self) -> int:
         now = self.clock()
+        # A read first: most rounds find nothing overdue, and a write would cost every
+        # round a durable commit (and a fresh task its latency).
+        due = await self.db.read(
+            lambda db: db.execute(
+                "SELECT EXISTS (SELECT 1 FROM assignments WHERE state IN ('offered','accepted') "
+                "AND expires_at < ?) OR EXISTS (SELECT 1 FROM tasks WHERE state IN "
+                "('queued','running') AND deadline IS NOT NULL AND deadline < ?)",
+                [now, now],
+            ).fetchone()[0]
+        )
+        if not due:
+            return 0
 
         def txn(db: sqlite_utils.Database) -> list[str]:
             rows = list(
@@ -1351,3 +1445,31 @@ def _oldest_unanchored_block(db: sqlite_utils.Database) -> int | None:
         None,
     )
     return None if row is None else row["t"]
+
+
+@dataclass(frozen=True)
+class _CheckedProof:
+    """A proof that passed every check and waits for its commit."""
+
+    pot: PoT
+    device: Device
+    output: bytes
+    pot_json: str
+
+
+def _assignment_row(db: sqlite_utils.Database, task_id: str, device_id: str) -> Any:
+    return next(
+        iter(
+            db.query(
+                "SELECT a.state, a.message FROM assignments a WHERE a.task_id=? AND a.device_id=?",
+                [task_id, device_id],
+            )
+        ),
+        None,
+    )
+
+
+def _item_error(exc: Exception) -> dict[str, Any]:
+    """One batch item's refusal, in the shape and with the status a single request gets."""
+    err = exc if isinstance(exc, ApiError) else ApiError.from_protocol(exc)  # type: ignore[arg-type]
+    return {"status": err.status, **err.body()}

@@ -60,24 +60,37 @@ class EpsConfig:
 
 
 def eps_exact(t: Telemetry, config: EpsConfig = EpsConfig()) -> Fraction:
+    # The weighted sum of SPEC §4, over one common denominator in integers: the same
+    # exact value as summing Fractions term by term, with one reduction instead of a
+    # dozen (this runs for every heartbeat and every candidate of every task).
     wb, wc, wt, wn = config._weights
+    t_cap = config.max_temp_c * 1000
+    n_cap = config.max_latency_ms * 1000
     if t.battery_pct is None:
         # No battery: the device is on mains, the best case for both energy terms.
-        fb = fc = Fraction(1)
+        fb_num, fc = 100, 1
     else:
-        fb = Fraction(t.battery_pct, 100)
-        fc = Fraction(1 if t.charging else 0)
-    if t.cpu_temp_mc is None:
-        ft = _HALF
-    else:
-        cap = config.max_temp_c * 1000
-        ft = 1 - Fraction(min(max(t.cpu_temp_mc, 0), cap), cap)
-    if t.net_latency_us is None:
-        fn = _HALF
-    else:
-        cap = config.max_latency_ms * 1000
-        fn = 1 - Fraction(min(t.net_latency_us, cap), cap)
-    return wb * fb + wc * fc + wt * ft + wn * fn
+        fb_num, fc = t.battery_pct, 1 if t.charging else 0
+    # Each factor f as an integer over its own denominator: fb/100, ft/t_cap, fn/n_cap
+    # (an unknown temperature or latency counts as one half).
+    ft_num = t_cap - min(max(t.cpu_temp_mc, 0), t_cap) if t.cpu_temp_mc is not None else None
+    fn_num = n_cap - min(t.net_latency_us, n_cap) if t.net_latency_us is not None else None
+    ft_den, fn_den = (t_cap, n_cap)
+    if ft_num is None:
+        ft_num, ft_den = 1, 2
+    if fn_num is None:
+        fn_num, fn_den = 1, 2
+    terms = (
+        (wb.numerator * fb_num, wb.denominator * 100),
+        (wc.numerator * fc, wc.denominator),
+        (wt.numerator * ft_num, wt.denominator * ft_den),
+        (wn.numerator * fn_num, wn.denominator * fn_den),
+    )
+    den = 1
+    for _, d in terms:
+        den *= d
+    num = sum(n * (den // d) for n, d in terms)
+    return Fraction(num, den)
 
 
 def eps(t: Telemetry, config: EpsConfig = EpsConfig()) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import MicroblockError
 
@@ -78,6 +78,9 @@ class Header:
 class Microblock:
     header: Header
     receipts: tuple[Receipt, ...]
+    #: The encoded receipts when already known (``build_block`` has them): encoding a
+    #: block of 65,535 receipts twice is measurable.
+    encoded_payload: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def block_hash(self) -> bytes:
@@ -85,6 +88,8 @@ class Microblock:
 
     @property
     def payload(self) -> bytes:
+        if self.encoded_payload is not None:
+            return self.encoded_payload
         return encode_payload(self.receipts)
 
     def to_bytes(self) -> bytes:
@@ -142,7 +147,7 @@ def build_block(
         previous_hash=previous_hash,
         receipt_count=len(receipts),
     )
-    return Microblock(header, tuple(receipts))
+    return Microblock(header, tuple(receipts), payload)
 
 
 def decode_header(data: bytes) -> Header:
@@ -201,7 +206,7 @@ def decode(data: bytes) -> Microblock:
         # reader cares about: these are not the bytes the header commits to.
         receipts_try = _try_count(payload, header.receipt_count)
         raise MicroblockError(receipts_try or "payload hash does not match the header")
-    return Microblock(header, decode_payload(payload, header.receipt_count))
+    return Microblock(header, decode_payload(payload, header.receipt_count), payload)
 
 
 def _try_count(payload: bytes, count: int) -> str | None:

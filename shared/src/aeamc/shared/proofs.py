@@ -137,13 +137,17 @@ def verify_pot(
     assignment: Assignment,
     now_ms: int,
     window_ms: int = DEFAULT_POT_WINDOW_MS,
+    signature_checked: bool = False,
 ) -> list[bytes]:
     """Verify a PoT and its output bytes against the assignment; return the chunk outputs.
 
     Order matters for the error a device sees: identity and signature first (a forged
-    message learns nothing else), then freshness, then the commitments.
+    message learns nothing else), then freshness, then the commitments. A caller that
+    already checked identity and signature (before looking up the assignment) says so
+    with ``signature_checked`` rather than paying for the signature twice.
     """
-    pot.verify(public_key, signer_id=pot.device_id)
+    if not signature_checked:
+        pot.verify(public_key, signer_id=pot.device_id)
     check_fresh(pot.timestamp, now_ms, window_ms)
     if pot.task_id != assignment.task_id or pot.device_id != assignment.device_id:
         raise ProofError("the PoT is not for this assignment")

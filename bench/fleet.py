@@ -1,0 +1,129 @@
+"""Benchmark 2, fleet scale: N simulated devices, each with its own Ed25519 key, enrolled
+through the API with a real token, each holding its own keep-alive connection and sending
+a signed heartbeat every 5 s (random phase). For 1,000 / 5,000 / 10,000 devices: the
+heartbeats accepted per second (against the rate offered, the reference), p50/p99 latency,
+errors, and the coordinator's CPU and RSS over the measured window.
+
+The devices run in a load-generator process of their own; all traffic is on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from . import procs, stats
+
+TARGET_DEVICES = 10_000
+TARGET_P99_MS = 100.0
+ALERT_P99_MS = 500.0
+INTERVAL_S = 5.0
+SETTINGS = {"protocol": {"stale_after_s": 3600, "heartbeat_interval_s": 5}}
+
+
+def _windows(result: dict[str, Any], width: float) -> list[dict[str, float]]:
+    """Split the measured window into consecutive ``width``-second runs."""
+    out = []
+    n = int(result["window_s"] // width)
+    pairs = list(zip(result["seconds_into_window"], result["latencies_ms"], strict=True))
+    for w in range(n):
+        lat = [ms for t, ms in pairs if w * width <= t < (w + 1) * width]
+        out.append({"per_s": len(lat) / width, "p99_ms": stats.percentile(lat, 99)})
+    return out
+
+
+def _one_size(
+    coord: procs.Coordinator, token: str, devices: int, duration: float, interval_s: float
+) -> dict:
+    log = coord.root / f"fleet-{devices}.log"
+    gen = procs.spawn_loadgen(
+        [
+            "fleet",
+            "--url",
+            coord.url,
+            f"--enroll-token={token}",
+            "--devices",
+            str(devices),
+            "--interval",
+            str(interval_s),
+            "--duration",
+            str(duration),
+        ],
+        log,
+    )
+    pid = coord.process.pid if coord.process else 0
+    try:
+        procs.read_json_line(gen, "the fleet to reach its pace")
+        cpu0, t0 = procs.cpu_seconds(pid), time.monotonic()
+        gen0 = procs.cpu_seconds(gen.pid)
+        rss = []
+        while time.monotonic() - t0 < duration:
+            rss.append(procs.rss_bytes(pid))
+            time.sleep(1.0)
+        cpu = (procs.cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
+        gen_cpu = (procs.cpu_seconds(gen.pid) - gen0) / (time.monotonic() - t0)
+        load = os.getloadavg()[0]
+        result = procs.read_json_line(gen, "the fleet's results")
+    finally:
+        gen.kill()
+        gen.wait()
+    lat = result["latencies_ms"]
+    windows = _windows(result, interval_s)
+    offered = devices / interval_s
+    accepted_per_s = result["accepted"] / result["window_s"]
+    return {
+        "devices": devices,
+        "offered_per_s": offered,
+        "accepted_per_s": accepted_per_s,
+        "ratio_to_offered": accepted_per_s / offered,
+        "per_window_per_s": stats.summary([w["per_s"] for w in windows]),
+        "p50_ms": stats.percentile(lat, 50),
+        "p99_ms": stats.percentile(lat, 99),
+        "per_window_p99_ms": stats.summary([w["p99_ms"] for w in windows]),
+        "errors": result["errors"],
+        "enroll_seconds": result["enroll_seconds"],
+        "enroll_errors": result["enroll_errors"],
+        "coordinator_cpu_cores": cpu,
+        "loadgen_cpu_cores": gen_cpu,
+        "load_average_1m": load,
+        "coordinator_rss_mb": max(rss) / 2**20 if rss else 0.0,
+    }
+
+
+def measure(
+    sizes: tuple[int, ...] = (1000, 5000, 10_000),
+    duration: float = 20.0,
+    interval_s: float = INTERVAL_S,
+) -> dict:
+    procs.raise_fd_limit()
+    with (
+        procs.workspace("fleet") as root,
+        procs.Coordinator(root, SETTINGS) as coord,
+    ):
+        token = coord.enroll_token(max(sizes))
+        results = [_one_size(coord, token, n, duration, interval_s) for n in sizes]
+    held = [
+        r["devices"]
+        for r in results
+        if r["p99_ms"] < ALERT_P99_MS and r["errors"] == 0 and r["enroll_errors"] == 0
+    ]
+    top = next((r for r in results if r["devices"] == TARGET_DEVICES), None)
+    return {
+        "interval_s": interval_s,
+        "window_s": duration,
+        "sizes": results,
+        "largest_held_p99_under_500ms": max(held) if held else 0,
+        "target": f"{TARGET_DEVICES} devices, p99 < {TARGET_P99_MS:.0f} ms, zero errors",
+        "target_met": None
+        if top is None
+        else top["p99_ms"] < TARGET_P99_MS and top["errors"] + top["enroll_errors"] == 0,
+    }
+
+
+if __name__ == "__main__":
+    sizes = tuple(int(a) for a in sys.argv[1:]) or (1000,)
+    out = measure(sizes, 10.0)
+    json.dump(out, sys.stdout, indent=2)

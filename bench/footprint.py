@@ -1,0 +1,113 @@
+"""Benchmark 5, agent footprint: an enrolled, idle agent heartbeating every 30 s — its RSS
+and CPU over 60 s, and the bytes on the wire per heartbeat — against, in the same
+minute, a bare Python process and a process that only imports the agent's dependencies.
+
+The agent is the real daemon (``aeamc-agent run``) with its real telemetry source; its
+traffic passes through a byte-counting TCP relay (a load-generator process), so the bytes
+are what crossed the socket, headers and all.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+from . import procs, stats
+from .agentproc import Agent
+
+TARGET_RSS_RATIO = 1.15
+TARGET_CPU_PCT = 0.2
+DEPS = "import aiohttp, aiohttp.web, nacl.signing, psutil, rfc8785, zeroconf, zeroconf.asyncio"
+
+
+def _idle_python(imports: str, seconds: float) -> subprocess.Popen[bytes]:
+    code = f"{imports}\nimport time\ntime.sleep({seconds})"
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def _last_seq(coord: procs.Coordinator, device_id: str) -> int:
+    for d in coord.call("GET", "/v1/devices", role="operator")["devices"]:
+        if d["device_id"] == device_id:
+            return int(d["last_seq"])
+    return -1
+
+
+def measure(
+    window_s: float = 60.0, interval_s: float = 30.0, settle_s: float = 3.0
+) -> dict[str, Any]:
+    settings = {"protocol": {"heartbeat_interval_s": max(1, int(interval_s))}}
+    with (
+        procs.workspace("footprint") as root,
+        procs.Coordinator(root / "coordinator", settings) as coord,
+    ):
+        relay = procs.spawn_loadgen(["proxy", "--target", str(coord.port)], root / "relay.log")
+        agent = None
+        refs: list[subprocess.Popen[bytes]] = []
+        try:
+            port = procs.read_json_line(relay, "the relay")["port"]
+            agent = Agent(
+                root / "agent",
+                procs.transport().url(port),
+                coord.enroll_token(1),
+                {"heartbeat": {"interval_s": interval_s}},
+                telemetry=None,  # the real psutil source, as on a device
+            ).start()
+            deadline = time.monotonic() + 60
+            while _last_seq(coord, agent.device_id) < 1:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the agent did not enroll in time")
+                time.sleep(0.2)
+            refs = [_idle_python("", window_s + 30), _idle_python(DEPS, window_s + 30)]
+            time.sleep(settle_s)  # start-up over (imports, first telemetry), for all three
+            pids = {"agent": agent.pid, "bare": refs[0].pid, "deps": refs[1].pid}
+            seq0 = _last_seq(coord, agent.device_id)
+            wire0 = procs.command(relay, "count", "the relay's counts")
+            cpu0 = {k: procs.cpu_seconds(p) for k, p in pids.items()}
+            t0 = time.monotonic()
+            rss: dict[str, list[float]] = {k: [] for k in pids}
+            while time.monotonic() - t0 < window_s:
+                for k, p in pids.items():
+                    rss[k].append(procs.rss_bytes(p, children=True) / 2**20)
+                time.sleep(1.0)
+            elapsed = time.monotonic() - t0
+            cpu = {k: (procs.cpu_seconds(p) - cpu0[k]) / elapsed * 100 for k, p in pids.items()}
+            wire1 = procs.command(relay, "count", "the relay's counts")
+            beats = _last_seq(coord, agent.device_id) - seq0
+            children = len(procs.psutil.Process(agent.pid).children(recursive=True))
+        finally:
+            for r in refs:
+                r.kill()
+                r.wait()
+            if agent is not None:
+                agent.stop()
+            relay.kill()
+            relay.wait()
+    up = wire1["to_coordinator"] - wire0["to_coordinator"]
+    down = wire1["from_coordinator"] - wire0["from_coordinator"]
+    rss_med = {k: stats.summary(v)["median"] for k, v in rss.items()}
+    ratio = rss_med["agent"] / rss_med["deps"]
+    return {
+        "window_s": window_s,
+        "heartbeat_interval_s": interval_s,
+        "heartbeats_in_window": beats,
+        "rss_mb": {k: stats.summary(v) for k, v in rss.items()},
+        "rss_ratio_to_deps": ratio,
+        "rss_ratio_to_bare": rss_med["agent"] / rss_med["bare"],
+        "cpu_pct_of_one_core": cpu,
+        "agent_child_processes": children,
+        "bytes_per_heartbeat": (up + down) / beats if beats else None,
+        "bytes_up_per_heartbeat": up / beats if beats else None,
+        "bytes_down_per_heartbeat": down / beats if beats else None,
+        "target_rss_ratio": TARGET_RSS_RATIO,
+        "target_cpu_pct": TARGET_CPU_PCT,
+        "rss_target_met": ratio <= TARGET_RSS_RATIO,
+        "cpu_target_met": cpu["agent"] <= TARGET_CPU_PCT,
+    }
+
+
+if __name__ == "__main__":
+    w = float(sys.argv[1]) if len(sys.argv) > 1 else 10.0
+    json.dump(measure(w, w / 2), sys.stdout, indent=2)

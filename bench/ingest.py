@@ -1,0 +1,141 @@
+"""Benchmark 1, proof ingestion: PoTs accepted per second end to end (transport, parsing,
+signature, checkpoint and output checks, durable commit, the answer), one proof per
+request and in batches as the agent's outbox sends them, against the raw PyNaCl Ed25519
+verification rate of all cores measured in the same run, between the same rounds.
+
+The proofs are real: devices enrolled through the API, real assignments pushed by the
+coordinator's scheduler, outputs computed, PoTs signed just before each round. Blocks are
+not formed during a round (benchmark 3 measures that), so a round times ingestion alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+from . import procs, stats
+
+TARGET_RATIO = 0.5
+SETTINGS = {
+    "scheduler": {"tick_s": 0.2, "max_inflight_per_device": 100_000},
+    "blocks": {"interval_s": 3600.0, "max_receipts": 65_535},
+}
+
+
+def reference_rate(seconds: float) -> float:
+    """Raw Ed25519 verifications/s of all cores: one verifying process per core, at once."""
+    cores = os.cpu_count() or 1
+    ps = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bench.loadgen", "verify", "--seconds", str(seconds)],
+            stdout=subprocess.PIPE,
+            cwd=procs.Path(__file__).resolve().parents[1],
+        )
+        for _ in range(cores)
+    ]
+    total = 0.0
+    for p in ps:
+        out, _ = p.communicate(timeout=seconds + 60)
+        got = json.loads(out)
+        total += got["verifies"] / got["seconds"]
+    return total
+
+
+def measure(
+    *,
+    runs: int = 3,
+    per_run: int = 1000,
+    batch: int = 100,
+    concurrency: int = 8,
+    reference_s: float = 2.0,
+    devices: int = 10,
+    profile: procs.Path | None = None,
+) -> dict[str, Any]:
+    with procs.workspace("ingest") as root:
+        return _measure(
+            root,
+            runs=runs,
+            per_run=per_run,
+            batch=batch,
+            concurrency=concurrency,
+            reference_s=reference_s,
+            devices=devices,
+            profile=profile,
+        )
+
+
+def _measure(
+    root: procs.Path,
+    *,
+    runs: int,
+    per_run: int,
+    batch: int,
+    concurrency: int,
+    reference_s: float,
+    devices: int,
+    profile: procs.Path | None,
+) -> dict[str, Any]:
+    tasks = runs * per_run * 2
+    coord = procs.Coordinator(root, SETTINGS, profile=profile).start()
+    log = root / "loadgen.log"
+    gen = None
+    try:
+        token = coord.enroll_token(devices)
+        gen = procs.spawn_loadgen(
+            [
+                "proofs",
+                "--url",
+                coord.url,
+                f"--enroll-token={token}",
+                f"--client-token={coord.token('client')}",
+                "--devices",
+                str(devices),
+                "--tasks",
+                str(tasks),
+            ],
+            log,
+        )
+        ready = procs.read_json_line(gen, "assignments")["ready"]
+        if ready < tasks:
+            raise RuntimeError(f"only {ready} of {tasks} assignments arrived; see {log}")
+        refs, single, batched, errors = [], [], [], []
+        for _ in range(runs):
+            refs.append(reference_rate(reference_s))
+            one = procs.command(gen, f"single {per_run} {concurrency}", "single round")
+            many = procs.command(gen, f"batch {per_run} {batch} {concurrency}", "batch round")
+            for got, out in ((one, single), (many, batched)):
+                out.append(got["accepted"] / got["seconds"])
+                if got["accepted"] != got["proofs"]:
+                    errors.append(got["errors"])
+    finally:
+        if gen is not None:
+            gen.kill()
+            gen.wait()
+        coord.stop()
+    batched_ratio = stats.ratio_summary(batched, refs)
+    return {
+        "proofs_per_round": per_run,
+        "batch_size": batch,
+        "concurrency": concurrency,
+        "cores": os.cpu_count(),
+        "reference_verifies_per_s": stats.summary(refs),
+        "single_per_s": stats.summary(single),
+        "batched_per_s": stats.summary(batched),
+        "single_ratio": stats.ratio_summary(single, refs),
+        "batched_ratio": batched_ratio,
+        "target_ratio": TARGET_RATIO,
+        "target_met": batched_ratio["median"] >= TARGET_RATIO,
+        "refused": errors,
+    }
+
+
+if __name__ == "__main__":
+    prof = procs.Path(sys.argv[2]) if len(sys.argv) > 2 else None
+    json.dump(
+        measure(runs=int(sys.argv[1]) if len(sys.argv) > 1 else 2, per_run=300, profile=prof),
+        sys.stdout,
+        indent=2,
+    )
