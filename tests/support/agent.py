@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
+
 from aeamc.agent.keystore import load_identity
 from aeamc.shared.runtime.tls import client_context
 
@@ -215,10 +217,23 @@ class AgentProcess:
         wait_for(serving, timeout, 0.05)
 
     def kill(self) -> None:
-        """kill -9: no clean-up at all, like a crash or a power cut."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=30)
+        """kill -9: no clean-up at all, like a crash or a power cut.
+
+        Both the launcher and the daemon it supervises die at once, and this returns only
+        when both are gone: the daemon would die of its launcher's death too
+        (``PR_SET_PDEATHSIG``), but a few milliseconds later, still able to write.
+        """
+        if self.process is None or self.process.poll() is not None:
+            return
+        status = self.status_file() or {}
+        daemon = status.get("pid") if status.get("launcher_pid") == self.process.pid else None
+        for pid in (daemon, self.process.pid):
+            if isinstance(pid, int):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+        if isinstance(daemon, int):
+            wait_for(lambda: not _alive(daemon), 30, 0.01)
 
     def stop(self, timeout: float = 30) -> int:
         """SIGTERM and wait; the exit status."""
@@ -302,3 +317,11 @@ class AgentProcess:
         if self.running:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.stop(timeout=15)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie waiting to be reaped has stopped running)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

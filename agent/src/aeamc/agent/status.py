@@ -305,6 +305,11 @@ def _previous(state_dir: Path) -> dict[str, Any] | None:
 
 
 def _alive(pid: Any) -> bool:
+    """Whether the daemon ``pid`` still runs.
+
+    A zombie does not: a daemon killed with its launcher can wait a long time for a reaper
+    (in a container, pid 1 often reaps nothing), and its status file is no longer true.
+    """
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:
@@ -312,8 +317,15 @@ def _alive(pid: Any) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # alive, owned by another user (the daemon's service account)
-    return True
+        pass  # alive, owned by another user (the daemon's service account)
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True  # it exists (kill 0 said so); we may not look closer
 
 
 def _launcher_pid() -> int | None:
