@@ -1,5 +1,6 @@
 """Benchmark 2, fleet scale: N simulated devices, each with its own Ed25519 key, enrolled
-through the API with a real token, each holding its own keep-alive connection and sending
+through the API with a real token and a CSR, each holding its own keep-alive TLS 1.3
+connection with its own CA-issued client certificate (so its own SSL context) and sending
 a signed heartbeat every 5 s (random phase). For 1,000 / 5,000 / 10,000 devices: the
 heartbeats accepted per second (against the rate offered, the reference), p50/p99 latency,
 errors, and the coordinator's CPU and RSS over the measured window.
@@ -44,6 +45,8 @@ def _one_size(
             "fleet",
             "--url",
             coord.url,
+            f"--ca={coord.ca_file}",
+            f"--tls-dir={coord.root / 'fleet-devices'}",
             f"--enroll-token={token}",
             "--devices",
             str(devices),
@@ -59,9 +62,10 @@ def _one_size(
         procs.read_json_line(gen, "the fleet to reach its pace")
         cpu0, t0 = procs.cpu_seconds(pid), time.monotonic()
         gen0 = procs.cpu_seconds(gen.pid)
-        rss = []
+        rss, gen_rss = [], []
         while time.monotonic() - t0 < duration:
             rss.append(procs.rss_bytes(pid))
+            gen_rss.append(procs.rss_bytes(gen.pid))
             time.sleep(1.0)
         cpu = (procs.cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
         gen_cpu = (procs.cpu_seconds(gen.pid) - gen0) / (time.monotonic() - t0)
@@ -90,6 +94,8 @@ def _one_size(
         "loadgen_cpu_cores": gen_cpu,
         "load_average_1m": load,
         "coordinator_rss_mb": max(rss) / 2**20 if rss else 0.0,
+        "loadgen_rss_mb": max(gen_rss) / 2**20 if gen_rss else 0.0,
+        "enroll_error_samples": result["enroll_error_samples"],
     }
 
 

@@ -101,6 +101,7 @@ def measure(
         "bytes_per_heartbeat": (up + down) / beats if beats else None,
         "bytes_up_per_heartbeat": up / beats if beats else None,
         "bytes_down_per_heartbeat": down / beats if beats else None,
+        "connections_in_window": wire1["connections"] - wire0["connections"],
         "target_rss_ratio": TARGET_RSS_RATIO,
         "target_cpu_pct": TARGET_CPU_PCT,
         "rss_target_met": ratio <= TARGET_RSS_RATIO,

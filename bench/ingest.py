@@ -3,9 +3,12 @@ signature, checkpoint and output checks, durable commit, the answer), one proof 
 request and in batches as the agent's outbox sends them, against the raw PyNaCl Ed25519
 verification rate of all cores measured in the same run, between the same rounds.
 
-The proofs are real: devices enrolled through the API, real assignments pushed by the
-coordinator's scheduler, outputs computed, PoTs signed just before each round. Blocks are
-not formed during a round (benchmark 3 measures that), so a round times ingestion alone.
+The proofs are real: devices enrolled through the API (each with its own CA-issued client
+certificate), real assignments pushed by the coordinator's scheduler over mutual TLS,
+outputs computed, PoTs signed just before each round. Each device sends only its own
+proofs over its own TLS connection, as an agent does: ``concurrency`` connections in all,
+spread over the devices. Blocks are not formed during a round (benchmark 3 measures
+that), so a round times ingestion alone.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def measure(
     batch: int = 100,
     concurrency: int = 8,
     reference_s: float = 2.0,
-    devices: int = 10,
+    devices: int | None = None,
     profile: procs.Path | None = None,
 ) -> dict[str, Any]:
     with procs.workspace("ingest") as root:
@@ -62,7 +65,7 @@ def measure(
             batch=batch,
             concurrency=concurrency,
             reference_s=reference_s,
-            devices=devices,
+            devices=devices or concurrency,
             profile=profile,
         )
 
@@ -89,6 +92,7 @@ def _measure(
                 "proofs",
                 "--url",
                 coord.url,
+                f"--ca={coord.ca_file}",
                 f"--enroll-token={token}",
                 f"--client-token={coord.token('client')}",
                 "--devices",
@@ -120,6 +124,7 @@ def _measure(
         "proofs_per_round": per_run,
         "batch_size": batch,
         "concurrency": concurrency,
+        "devices": devices,
         "cores": os.cpu_count(),
         "reference_verifies_per_s": stats.summary(refs),
         "single_per_s": stats.summary(single),

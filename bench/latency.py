@@ -64,7 +64,7 @@ def measure(tasks: int = 40, warmup: int = 3, profile: procs.Path | None = None)
         try:
             _wait_device(coord, agent.device_id)
             client = f"--client-token={coord.token('client')}"
-            args = ["latency", "--url", coord.url, client]
+            args = ["latency", "--url", coord.url, f"--ca={coord.ca_file}", client]
             procs.run_loadgen([*args, "--tasks", str(warmup)], 120, root / "loadgen.log")
             got = procs.run_loadgen([*args, "--tasks", str(tasks)], 600, root / "loadgen.log")
         finally:

@@ -4,8 +4,9 @@ the load generator's clock.
 
 ``python -m bench.loadgen MODE ...`` prints its results as JSON on stdout (one object, or
 one per line for the interactive ``proofs`` mode). Every device here is a real protocol
-participant: its own Ed25519 key, real enrollment with a token, real signed messages
-built with ``aeamc.shared``; all traffic goes to 127.0.0.1.
+participant: its own Ed25519 key, real enrollment with a token and a CSR, real signed
+messages built with ``aeamc.shared``, and its own CA-issued client certificate on every
+device route (``bench.transport``); all traffic goes to 127.0.0.1 over TLS 1.3.
 """
 
 from __future__ import annotations
@@ -16,9 +17,15 @@ import hashlib
 import json
 import os
 import random
+import socket
+import ssl
 import sys
+import tempfile
 import time
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
 
 import aiohttp
 import nacl.signing
@@ -30,7 +37,9 @@ from aeamc.shared.messages import Assignment, Enroll, parse_signed, sign
 from aeamc.shared.tasks.registry import discover
 
 from .procs import raise_fd_limit
-from .transport import transport
+from .transport import DeviceTls, endpoints_by_name, transport
+
+T = TypeVar("T")
 
 TELEMETRY = {
     "battery_pct": 90,
@@ -56,7 +65,9 @@ def device_key(seed: str, i: int) -> SigningKey:
     return SigningKey.from_seed(hashlib.sha256(f"{seed}/{i}".encode()).digest())
 
 
-def enroll_body(key: SigningKey, token: str, endpoint: str | None = None) -> dict[str, Any]:
+def enroll_body(
+    key: SigningKey, token: str, csr: str, endpoint: str | None = None
+) -> dict[str, Any]:
     body = {
         "type": "enroll",
         "public_key": key.public_key.hex(),
@@ -71,6 +82,7 @@ def enroll_body(key: SigningKey, token: str, endpoint: str | None = None) -> dic
             "endpoint": endpoint,
         },
         "token": token,
+        "csr": csr,
     }
     return sign(Enroll, body, key).to_dict()
 
@@ -86,8 +98,14 @@ def poa_body(key: SigningKey, seq: int) -> dict[str, Any]:
     return sign_message(body, key)
 
 
-def session(limit: int) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(ssl=transport().client_ssl(), limit=limit)
+def read_ca(path: str) -> str:
+    return Path(path).read_text()
+
+
+def session(ctx: ssl.SSLContext, limit: int) -> aiohttp.ClientSession:
+    """Keep-alive connections with one SSL context: the CA trusted, and — for a device's
+    session — its certificate presented."""
+    connector = aiohttp.TCPConnector(ssl=ctx, limit=limit)
     return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120))
 
 
@@ -129,16 +147,25 @@ def verify_rate(seconds: float) -> dict[str, Any]:
 
 
 class ProofDevices:
-    """D enrolled devices behind one HTTP endpoint (a path each) that accept assignments."""
+    """D enrolled devices behind one HTTPS listener (a path each) that accept assignments.
 
-    def __init__(self, url: str, devices: int) -> None:
-        self.url = url
+    Each handshake on the listener gets the certificate of the device the coordinator
+    names (``endpoints_by_name``), so the coordinator verifies every push as it does an
+    agent's. The socket is bound first (its port goes into each enrollment's endpoint)
+    and served once the devices have their certificates.
+    """
+
+    def __init__(self, devices: int, ca_pem: str, tls_dir: Path) -> None:
         self.keys = [SigningKey.from_seed(os.urandom(32)) for _ in range(devices)]
         self.by_id = {k.device_id: k for k in self.keys}
+        self.tls = {k.device_id: DeviceTls(tls_dir, k.device_id, ca_pem) for k in self.keys}
         self.traces: dict[tuple[str, str], proofs.Trace] = {}
-        self.ready: list[tuple[str, str]] = []
+        #: Assignments computed and not yet proved, per device, in arrival order.
+        self.ready: dict[str, list[str]] = {k.device_id: [] for k in self.keys}
         self.kind = discover().get("sha256-chain")
-        self.port = 0
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -146,19 +173,31 @@ class ProofDevices:
         app.router.add_post("/d/{i}/v1/assignments", self._assignment)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=transport().server_ssl())
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        ssl_ctx = endpoints_by_name(self.tls)
+        await web.SockSite(self._runner, self._sock, ssl_context=ssl_ctx).start()
 
     def endpoint(self, key: SigningKey) -> str:
         return f"{transport().url(self.port)}/d/{key.device_id}"
+
+    def ready_count(self) -> int:
+        return sum(len(v) for v in self.ready.values())
 
     async def _assignment(self, request: web.Request) -> web.Response:
         a = parse_signed(await request.json(), Assignment)
         outputs = tuple(self.kind.run_chunk(a.params, i, a.chunks) for i in range(a.chunks))
         self.traces[(a.task_id, a.device_id)] = proofs.Trace(outputs)
-        self.ready.append((a.task_id, a.device_id))
+        self.ready[a.device_id].append(a.task_id)
         return web.json_response({"accepted": True}, status=202)
+
+    def take(self, n: int) -> dict[str, list[str]]:
+        """``n`` ready assignments, as evenly over the devices as they allow."""
+        out: dict[str, list[str]] = {d: [] for d in self.ready}
+        while n and any(self.ready.values()):
+            for d, queue in self.ready.items():
+                if n and queue:
+                    out[d].append(queue.pop(0))
+                    n -= 1
+        return out
 
     def submission(self, task_id: str, device_id: str) -> dict[str, Any]:
         trace = self.traces[(task_id, device_id)]
@@ -177,94 +216,132 @@ class ProofDevices:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        self._sock.close()
 
 
 async def proofs_mode(args: argparse.Namespace) -> None:
     """Prepare ``--tasks`` real assignments, then run timed submissions read from stdin:
-    ``single N CONCURRENCY`` or ``batch N BATCH CONCURRENCY``."""
-    devs = ProofDevices(args.url, args.devices)
-    await devs.start()
-    async with session(64) as s:
-        for key in devs.keys:
-            status, body = await post_json(
-                s, args.url + "/v1/enroll", enroll_body(key, args.enroll_token, devs.endpoint(key))
-            )
-            assert status == 202 and body["state"] == "active", body
-            for seq in (1, 2):
-                status, body = await post_json(s, args.url + "/v1/heartbeats", poa_body(key, seq))
-                assert status == 202, body
-        auth = {"Authorization": f"Bearer {args.client_token}"}
-        task = {"kind": "sha256-chain", "chunks": 4}
-        await gather_limited(
-            [
-                post_json(
-                    s,
-                    args.url + "/v1/tasks",
-                    {**task, "params": {"seed": os.urandom(32).hex(), "iterations": 1}},
-                    headers=auth,
-                )
-                for _ in range(args.tasks)
-            ],
-            32,
-        )
+    ``single N CONNECTIONS`` or ``batch N BATCH CONNECTIONS``. Each device sends only its
+    own proofs, over its own mutually authenticated connections (as an agent does)."""
+    ca_pem = read_ca(args.ca)
+    with tempfile.TemporaryDirectory(prefix="aeamc-bench-devices-") as tls_dir:
+        devs = ProofDevices(args.devices, ca_pem, Path(tls_dir))
+        async with session(transport().client_ssl(ca_pem), 64) as s:
+            for key in devs.keys:
+                dev = devs.tls[key.device_id]
+                body = enroll_body(key, args.enroll_token, dev.csr_hex(), devs.endpoint(key))
+                status, answer = await post_json(s, args.url + "/v1/enroll", body)
+                assert status == 202 and answer["state"] == "active", answer
+                dev.accept(answer)
+            await devs.start()
+            for key in devs.keys:
+                async with session(devs.tls[key.device_id].client_ssl(), 1) as own:
+                    for seq in (1, 2):
+                        url = args.url + "/v1/heartbeats"
+                        status, answer = await post_json(own, url, poa_body(key, seq))
+                        assert status == 202, answer
+            await _submit_tasks(s, args)
         deadline = time.monotonic() + 300
-        while len(devs.ready) < args.tasks and time.monotonic() < deadline:
+        while devs.ready_count() < args.tasks and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
-        emit({"ready": len(devs.ready)})
+        emit({"ready": devs.ready_count()})
         loop = asyncio.get_running_loop()
         while line := (await loop.run_in_executor(None, sys.stdin.readline)).split():
-            n = int(line[1])
-            take, devs.ready = devs.ready[:n], devs.ready[n:]
-            bodies = [devs.submission(t, d) for t, d in take]  # signed now: fresh
+            taken = devs.take(int(line[1]))
+            # Signed now: fresh.
+            bodies = {d: [devs.submission(t, d) for t in ts] for d, ts in taken.items()}
             if line[0] == "single":
-                emit(await _send_single(args.url, bodies, int(line[2])))
+                emit(await _send_single(args.url, devs, bodies, int(line[2])))
             else:
-                emit(await _send_batches(args.url, bodies, int(line[2]), int(line[3])))
-    await devs.stop()
+                emit(await _send_batches(args.url, devs, bodies, int(line[2]), int(line[3])))
+        await devs.stop()
 
 
-async def _timed(url: str, path: str, payloads: list[bytes], concurrency: int) -> dict[str, Any]:
+async def _submit_tasks(s: aiohttp.ClientSession, args: argparse.Namespace) -> None:
+    auth = {"Authorization": f"Bearer {args.client_token}"}
+    task = {"kind": "sha256-chain", "chunks": 4}
+    await gather_limited(
+        [
+            post_json(
+                s,
+                args.url + "/v1/tasks",
+                {**task, "params": {"seed": os.urandom(32).hex(), "iterations": 1}},
+                headers=auth,
+            )
+            for _ in range(args.tasks)
+        ],
+        32,
+    )
+
+
+async def _timed(
+    url: str,
+    path: str,
+    devs: ProofDevices,
+    payloads: dict[str, list[bytes]],
+    connections: int,
+) -> dict[str, Any]:
+    """Send every device's payloads over its own sessions, ``connections`` in all (at
+    least one per device with work), and time from the first request to the last answer."""
     statuses: list[tuple[int, Any]] = []
-    queue = list(reversed(payloads))
     headers = {"Content-Type": "application/json"}
-    async with session(concurrency) as s:
-        # One warm-up connection per worker, so connection set-up is not in the timing.
-        await asyncio.gather(*(s.get(url + "/v1/health") for _ in range(concurrency)))
+    busy = [d for d, p in payloads.items() if p]
+    per_device = max(1, connections // max(1, len(busy)))
+    sessions = {d: session(devs.tls[d].client_ssl(), per_device) for d in busy}
+    try:
+        # The handshakes first (one per connection), so they are not in the timing.
+        await asyncio.gather(*(_warm(sessions[d], url) for d in busy for _ in range(per_device)))
 
-        async def worker() -> None:
+        async def worker(device_id: str) -> None:
+            queue = payloads[device_id]
             while queue:
-                data = queue.pop()
-                async with s.post(url + path, data=data, headers=headers) as resp:
-                    statuses.append((resp.status, json.loads(await resp.read())))
+                data = queue.pop(0)
+                async with sessions[device_id].post(url + path, data=data, headers=headers) as r:
+                    statuses.append((r.status, json.loads(await r.read())))
 
         start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(d) for d in busy for _ in range(per_device)))
         seconds = time.perf_counter() - start
-    return {"seconds": seconds, "replies": statuses}
+    finally:
+        for s in sessions.values():
+            await s.close()
+    return {"seconds": seconds, "replies": statuses, "connections": per_device * len(busy)}
 
 
-async def _send_single(url: str, bodies: list[dict[str, Any]], conc: int) -> dict[str, Any]:
-    payloads = [json.dumps(b, separators=(",", ":")).encode() for b in bodies]
-    got = await _timed(url, "/v1/proofs", payloads, conc)
+async def _warm(s: aiohttp.ClientSession, url: str) -> None:
+    async with s.get(url + "/v1/health") as r:
+        await r.read()
+
+
+def _encode(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+async def _send_single(
+    url: str, devs: ProofDevices, bodies: dict[str, list[dict[str, Any]]], conc: int
+) -> dict[str, Any]:
+    payloads = {d: [_encode(b) for b in bs] for d, bs in bodies.items()}
+    got = await _timed(url, "/v1/proofs", devs, payloads, conc)
     ok = sum(1 for st, _ in got["replies"] if st == 202)
     errors = [b for st, b in got["replies"] if st != 202][:3]
     return {
         "mode": "single",
-        "proofs": len(bodies),
+        "proofs": sum(len(bs) for bs in bodies.values()),
         "accepted": ok,
         "seconds": got["seconds"],
+        "connections": got["connections"],
         "errors": errors,
     }
 
 
 async def _send_batches(
-    url: str, bodies: list[dict[str, Any]], batch: int, conc: int
+    url: str, devs: ProofDevices, bodies: dict[str, list[dict[str, Any]]], batch: int, conc: int
 ) -> dict[str, Any]:
-    payloads = [
-        json.dumps({"proofs": bodies[i : i + batch]}, separators=(",", ":")).encode()
-        for i in range(0, len(bodies), batch)
-    ]
-    got = await _timed(url, "/v1/proofs/batch", payloads, conc)
+    payloads = {
+        d: [_encode({"proofs": bs[i : i + batch]}) for i in range(0, len(bs), batch)]
+        for d, bs in bodies.items()
+    }
+    got = await _timed(url, "/v1/proofs/batch", devs, payloads, conc)
     results = [r for st, b in got["replies"] if st == 200 for r in b["results"]]
     ok = sum(1 for r in results if r["status"] == 202)
     errors = [r for r in results if r["status"] != 202][:3]
@@ -272,9 +349,10 @@ async def _send_batches(
     return {
         "mode": "batch",
         "batch": batch,
-        "proofs": len(bodies),
+        "proofs": sum(len(bs) for bs in bodies.values()),
         "accepted": ok,
         "seconds": got["seconds"],
+        "connections": got["connections"],
         "errors": errors,
     }
 
@@ -283,20 +361,24 @@ async def _send_batches(
 
 
 class KeepAlive:
-    """One device's own keep-alive HTTP/1.1 connection, as a real device holds one."""
+    """One device's own keep-alive HTTP/1.1 connection over TLS 1.3, as a real device
+    holds one: opened once with the device's SSL context, reopened only after an error."""
 
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
+    def __init__(self, host: str, port: int, ctx: ssl.SSLContext) -> None:
+        self.host, self.port, self.ctx = host, port, ctx
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def post(self, path: str, body: bytes) -> int:
+    async def connect(self) -> None:
+        """The TCP connection and the TLS handshake (the certificate, if any, presented)."""
         if self.writer is None or self.writer.is_closing():
-            ssl_ctx = transport().client_ssl()
             self.reader, self.writer = await asyncio.open_connection(
-                self.host, self.port, ssl=ssl_ctx or None
+                self.host, self.port, ssl=self.ctx
             )
-        assert self.reader is not None
+
+    async def request(self, path: str, body: bytes) -> tuple[int, bytes]:
+        await self.connect()
+        assert self.reader is not None and self.writer is not None
         head = (
             f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -308,33 +390,60 @@ class KeepAlive:
             name, _, value = line.decode("latin-1").partition(":")
             if name.lower() == "content-length":
                 length = int(value)
-        if length:
-            await self.reader.readexactly(length)
-        return int(status_line.split()[1])
+        raw = await self.reader.readexactly(length) if length else b""
+        return int(status_line.split()[1]), raw
+
+    async def post(self, path: str, body: bytes) -> int:
+        return (await self.request(path, body))[0]
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        self.writer = None
 
 
 async def fleet_mode(args: argparse.Namespace) -> None:
     raise_fd_limit()
     host, port = args.url.split("//", 1)[1].rsplit(":", 1)
+    ca_pem = read_ca(args.ca)
+    anonymous = transport().client_ssl(ca_pem)  # enrolling: no certificate yet
+    tls_dir = Path(args.tls_dir)
+    tls_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     keys = [device_key(args.seed, i) for i in range(args.devices)]
-    conns = [KeepAlive(host, int(port)) for _ in keys]
+    conns: list[KeepAlive | None] = [None] * len(keys)
+    loop = asyncio.get_running_loop()
+    # Key files (fsynced) and SSL contexts (about a ms each) are built off the loop, so
+    # the enrollments in flight keep going meanwhile.
+    pool = ThreadPoolExecutor(max_workers=8)
+
+    def off_loop(fn: Callable[..., T], *a: Any) -> asyncio.Future[T]:
+        return loop.run_in_executor(pool, fn, *a)
+
     started = time.perf_counter()
-    enroll_errors = 0
+    enroll_errors: list[str] = []
 
     async def enroll(i: int) -> None:
-        nonlocal enroll_errors
-        body = json.dumps(enroll_body(keys[i], args.enroll_token)).encode()
+        """As an agent: enroll with a CSR over a connection without a certificate, then
+        open the device's own mutually authenticated keep-alive connection."""
+        dev = await off_loop(DeviceTls, tls_dir, keys[i].device_id, ca_pem)
+        body = json.dumps(enroll_body(keys[i], args.enroll_token, dev.csr_hex())).encode()
+        first = KeepAlive(host, int(port), anonymous)
         try:
-            if await conns[i].post("/v1/enroll", body) != 202:
-                enroll_errors += 1
-        except (OSError, ValueError, asyncio.IncompleteReadError):
-            enroll_errors += 1
+            status, raw = await first.request("/v1/enroll", body)
+            if status != 202:
+                enroll_errors.append(f"{status}: {raw[:200]!r}")
+                return
+            dev.accept(json.loads(raw))
+            conn = KeepAlive(host, int(port), await off_loop(dev.client_ssl))
+            await conn.connect()
+            conns[i] = conn
+        except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
+            enroll_errors.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            first.close()
 
     await gather_limited([enroll(i) for i in range(len(keys))], 256)
+    pool.shutdown()
     enroll_s = time.perf_counter() - started
     samples: list[tuple[float, float, int]] = []  # (sent at, latency s, status)
     t0 = time.perf_counter() + 1.0
@@ -343,6 +452,8 @@ async def fleet_mode(args: argparse.Namespace) -> None:
     emit_ready = asyncio.Event()
 
     async def device(i: int) -> None:
+        conn = conns[i]
+        assert conn is not None
         rng = random.Random(i)
         next_at = t0 + rng.uniform(0, args.interval)
         while next_at < stop_at:
@@ -350,11 +461,10 @@ async def fleet_mode(args: argparse.Namespace) -> None:
             sent = time.perf_counter()
             body = json.dumps(poa_body(keys[i], now_ms())).encode()
             try:
-                status = await asyncio.wait_for(conns[i].post("/v1/heartbeats", body), 30)
+                status = await asyncio.wait_for(conn.post("/v1/heartbeats", body), 30)
             except (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError):
                 status = 0
-                conns[i].close()
-                conns[i].writer = None
+                conn.close()  # the next heartbeat reconnects, as an agent would
             samples.append((sent, time.perf_counter() - sent, status))
             next_at += args.interval
 
@@ -363,16 +473,19 @@ async def fleet_mode(args: argparse.Namespace) -> None:
         emit({"measuring": True})
         emit_ready.set()
 
-    await asyncio.gather(announce(), *(device(i) for i in range(len(keys))))
+    enrolled = [i for i, c in enumerate(conns) if c is not None]
+    await asyncio.gather(announce(), *(device(i) for i in enrolled))
     for c in conns:
-        c.close()
+        if c is not None:
+            c.close()
     window = [s for s in samples if measure_from <= s[0] < stop_at]
     ok = [s for s in window if s[2] == 202]
     emit(
         {
             "devices": len(keys),
             "enroll_seconds": enroll_s,
-            "enroll_errors": enroll_errors,
+            "enroll_errors": len(enroll_errors),
+            "enroll_error_samples": enroll_errors[:3],
             "window_s": args.duration,
             "sent": len(window),
             "accepted": len(ok),
@@ -389,7 +502,7 @@ async def fleet_mode(args: argparse.Namespace) -> None:
 async def latency_mode(args: argparse.Namespace) -> None:
     auth = {"Authorization": f"Bearer {args.client_token}"}
     task_ids = []
-    async with session(2) as s:
+    async with session(transport().client_ssl(read_ca(args.ca)), 2) as s:
         for _ in range(args.tasks):
             body = {
                 "kind": "sha256-chain",
@@ -453,12 +566,15 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--seconds", type=float, default=2.0)
     pr = sub.add_parser("proofs")
     pr.add_argument("--url", required=True)
+    pr.add_argument("--ca", required=True, help="the coordinator's CA certificate (PEM)")
     pr.add_argument("--enroll-token", required=True)
     pr.add_argument("--client-token", required=True)
     pr.add_argument("--devices", type=int, default=10)
     pr.add_argument("--tasks", type=int, required=True)
     fl = sub.add_parser("fleet")
     fl.add_argument("--url", required=True)
+    fl.add_argument("--ca", required=True, help="the coordinator's CA certificate (PEM)")
+    fl.add_argument("--tls-dir", required=True, help="the devices' TLS keys (kept, reused)")
     fl.add_argument("--enroll-token", required=True)
     fl.add_argument("--devices", type=int, required=True)
     fl.add_argument("--seed", default="fleet")
@@ -466,6 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     fl.add_argument("--duration", type=float, default=20.0)
     la = sub.add_parser("latency")
     la.add_argument("--url", required=True)
+    la.add_argument("--ca", required=True, help="the coordinator's CA certificate (PEM)")
     la.add_argument("--client-token", required=True)
     la.add_argument("--tasks", type=int, default=30)
     la.add_argument("--chunks", type=int, default=2)

@@ -13,6 +13,7 @@ import os
 import resource
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -88,6 +89,7 @@ class Coordinator:
     #: When set, ``run`` executes under cProfile and writes its profile here (the
     #: evidence behind the limits docs/performance.md names).
     profile: Path | None = None
+    _ssl: ssl.SSLContext | None = None
 
     @property
     def config_path(self) -> Path:
@@ -100,6 +102,17 @@ class Coordinator:
     @property
     def url(self) -> str:
         return transport().url(self.port)
+
+    @property
+    def ca_file(self) -> Path:
+        """The coordinator's CA certificate: what every benchmark client trusts."""
+        return transport().ca_file(self.state_dir)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The client context of the set-up calls, built once (a build costs about a ms)."""
+        if self._ssl is None:
+            self._ssl = transport().client_ssl(self.ca_file.read_text())
+        return self._ssl
 
     @property
     def log_path(self) -> Path:
@@ -157,8 +170,7 @@ class Coordinator:
             req.add_header("Content-Type", "application/json")
         if role:
             req.add_header("Authorization", f"Bearer {self.token(role)}")
-        ctx = transport().client_ssl()
-        with urllib.request.urlopen(req, timeout=60, context=ctx or None) as r:
+        with urllib.request.urlopen(req, timeout=60, context=self.ssl_context()) as r:
             return json.loads(r.read())
 
     def enroll_token(self, uses: int) -> str:
