@@ -4,6 +4,7 @@ real coordinator process (SPEC §9)."""
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import json
 import shutil
 import sqlite3
@@ -13,7 +14,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 from cryptography import x509
 
 from aeamc.coordinator.ca import CertificateAuthority
@@ -263,3 +266,44 @@ def test_the_coordinators_certificate_is_renewed_in_place(tmp_path: Path) -> Non
     assert renewed.serial_number != first.serial_number
     assert renewed.public_key() == first.public_key()  # same TLS key, new certificate
     assert tls.issued_by(renewed, service.ca.cert)
+
+
+async def test_tls_connections_read_through_a_bounded_buffer_and_lose_nothing(
+    tmp_path: Path,
+) -> None:
+    """asyncio's default TLS read buffer (256 KiB per connection, kept while it lives)
+    would make 10,000 kept-alive devices cost gigabytes; contexts from our helpers bound
+    it, and a body many times the buffer still arrives byte for byte."""
+    key = tls.generate_key()
+    key_file, cert_file = tmp_path / "k.pem", tmp_path / "c.pem"
+    tls.write_key(key_file, key)
+    cert_file.write_text(tls.self_signed(key, "ab" * 16))
+    server_ssl = tls.server_context(cert_file, key_file, ca_pem=None)
+    client_ssl = tls.client_context(ca_pem=None)
+    assert asyncio.sslproto.SSLProtocol.max_size == tls.TLS_READ_BUFFER
+    buffers: list[int] = []
+
+    async def echo(request: Any) -> Any:
+        # The transport's TLS protocol and its read buffer (asyncio internals: what is bounded).
+        buffers.append(len(request.transport._ssl_protocol._ssl_buffer))
+        return web.Response(body=await request.read())
+
+    app = web.Application(client_max_size=8 * 2**20)
+    app.router.add_post("/echo", echo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ssl)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    body = bytes(range(256)) * (4 * 2**20 // 256)  # 4 MiB: 128 buffers' worth
+    try:
+        connector = aiohttp.TCPConnector(ssl=client_ssl)
+        async with aiohttp.ClientSession(connector=connector) as s:
+            for _ in range(2):  # the second on the kept-alive connection
+                async with s.post(f"https://127.0.0.1:{port}/echo", data=body) as r:
+                    assert r.status == 200 and await r.read() == body
+    finally:
+        await runner.cleanup()
+    assert buffers == [tls.TLS_READ_BUFFER] * 2
+    tls.bound_read_buffers(10 * tls.TLS_READ_BUFFER)  # never raised again
+    assert asyncio.sslproto.SSLProtocol.max_size == tls.TLS_READ_BUFFER

@@ -23,6 +23,7 @@ enrollment request that carries its CSR.
 
 from __future__ import annotations
 
+import asyncio.sslproto
 import datetime as dt
 import hashlib
 import os
@@ -62,9 +63,27 @@ def coordinator_hostname(coordinator_id: str | None) -> str:
 
 # --- contexts ------------------------------------------------------------------------------
 
+#: asyncio reads each TLS connection through a buffer of its own, allocated and zeroed
+#: when the connection opens and kept while it lives: 256 KiB in CPython 3.11
+#: (``asyncio.sslproto.SSLProtocol.max_size``) — 2.5 GiB of resident memory for a
+#: coordinator holding 10,000 devices' keep-alive connections, and as much again in
+#: anything that holds as many. A TLS record carries at most 16 KiB, so 32 KiB still
+#: takes whole records per read; larger bodies simply take a few more reads.
+TLS_READ_BUFFER = 32 * 1024
+
+
+def bound_read_buffers(size: int = TLS_READ_BUFFER) -> None:
+    """Cap asyncio's per-connection TLS read buffer at ``size`` bytes (never raise it).
+
+    Called for every context built here, so every process that speaks TLS through this
+    module gets it before its first connection."""
+    if asyncio.sslproto.SSLProtocol.max_size > size:
+        asyncio.sslproto.SSLProtocol.max_size = size
+
 
 def _tls13(ctx: ssl.SSLContext) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    bound_read_buffers()
     return ctx
 
 
