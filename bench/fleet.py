@@ -89,6 +89,7 @@ def _one_size(
         "per_window_p99_ms": stats.summary([w["p99_ms"] for w in windows]),
         "errors": result["errors"],
         "enroll_seconds": result["enroll_seconds"],
+        "connect_seconds": result["connect_seconds"],
         "enroll_errors": result["enroll_errors"],
         "coordinator_cpu_cores": cpu,
         "loadgen_cpu_cores": gen_cpu,

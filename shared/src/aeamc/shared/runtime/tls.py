@@ -77,8 +77,8 @@ def bound_read_buffers(size: int = TLS_READ_BUFFER) -> None:
 
     Called for every context built here, so every process that speaks TLS through this
     module gets it before its first connection."""
-    if asyncio.sslproto.SSLProtocol.max_size > size:
-        asyncio.sslproto.SSLProtocol.max_size = size
+    proto = asyncio.sslproto.SSLProtocol
+    proto.max_size = min(proto.max_size, size)
 
 
 def _tls13(ctx: ssl.SSLContext) -> ssl.SSLContext:
