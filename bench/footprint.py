@@ -9,7 +9,9 @@ are what crossed the socket, headers and all.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import re
 import subprocess
 import sys
 import time
@@ -20,7 +22,38 @@ from .agentproc import Agent
 
 TARGET_RSS_RATIO = 1.15
 TARGET_CPU_PCT = 0.2
-DEPS = "import aiohttp, aiohttp.web, nacl.signing, psutil, rfc8785, zeroconf, zeroconf.asyncio"
+#: The modules the agent uses of each distribution it declares (agent and shared core):
+#: what the reference process imports. ``deps_import`` refuses to run when a declared
+#: dependency is missing here, so the reference cannot fall behind the agent.
+DEPS_MODULES: dict[str, tuple[str, ...]] = {
+    "aiohttp": ("aiohttp", "aiohttp.web"),
+    "pynacl": ("nacl.signing",),
+    "psutil": ("psutil",),
+    "rfc8785": ("rfc8785",),
+    "zeroconf": ("zeroconf", "zeroconf.asyncio"),
+    "cryptography": ("cryptography.x509",),
+    "prometheus-client": ("prometheus_client",),
+    "tuf": ("tuf.ngclient",),
+    "installer": ("installer",),
+}
+
+
+def declared_dependencies() -> set[str]:
+    """The agent's and the shared core's required distributions (no extras, no aeamc-*)."""
+    out = set()
+    for dist in ("aeamc-agent", "aeamc-shared"):
+        for req in importlib.metadata.requires(dist) or []:
+            name = re.match(r"[A-Za-z0-9._-]+", req)
+            if name and "extra ==" not in req and not name[0].startswith("aeamc"):
+                out.add(name[0].lower().replace("_", "-"))
+    return out
+
+
+def deps_import() -> str:
+    missing = declared_dependencies() - DEPS_MODULES.keys()
+    if missing:
+        raise RuntimeError(f"bench/footprint.py: DEPS_MODULES lacks {sorted(missing)}")
+    return "import " + ", ".join(m for mods in DEPS_MODULES.values() for m in mods)
 
 
 def _idle_python(imports: str, seconds: float) -> subprocess.Popen[bytes]:
@@ -60,7 +93,7 @@ def measure(
                 if time.monotonic() > deadline:
                     raise RuntimeError("the agent did not enroll in time")
                 time.sleep(0.2)
-            refs = [_idle_python("", window_s + 30), _idle_python(DEPS, window_s + 30)]
+            refs = [_idle_python("", window_s + 30), _idle_python(deps_import(), window_s + 30)]
             time.sleep(settle_s)  # start-up over (imports, first telemetry), for all three
             pids = {"agent": agent.pid, "bare": refs[0].pid, "deps": refs[1].pid}
             seq0 = _last_seq(coord, agent.device_id)
@@ -68,9 +101,15 @@ def measure(
             cpu0 = {k: procs.cpu_seconds(p) for k, p in pids.items()}
             t0 = time.monotonic()
             rss: dict[str, list[float]] = {k: [] for k in pids}
+            # The agent as installed is a launcher and the daemon it supervises.
+            parts: dict[str, list[float]] = {"launcher": [], "daemon": []}
             while time.monotonic() - t0 < window_s:
                 for k, p in pids.items():
                     rss[k].append(procs.rss_bytes(p, children=True) / 2**20)
+                own = procs.rss_bytes(agent.pid) / 2**20
+                supervised = rss["agent"][-1] - own  # 0: no launcher (updates off)
+                parts["launcher"].append(own if supervised else 0.0)
+                parts["daemon"].append(supervised or own)
                 time.sleep(1.0)
             elapsed = time.monotonic() - t0
             cpu = {k: (procs.cpu_seconds(p) - cpu0[k]) / elapsed * 100 for k, p in pids.items()}
@@ -94,7 +133,10 @@ def measure(
         "heartbeat_interval_s": interval_s,
         "heartbeats_in_window": beats,
         "rss_mb": {k: stats.summary(v) for k, v in rss.items()},
+        "rss_mb_by_process": {k: stats.summary(v) for k, v in parts.items()},
         "rss_ratio_to_deps": ratio,
+        "daemon_rss_ratio_to_deps": stats.summary(parts["daemon"])["median"] / rss_med["deps"],
+        "deps_imported": deps_import(),
         "rss_ratio_to_bare": rss_med["agent"] / rss_med["bare"],
         "cpu_pct_of_one_core": cpu,
         "agent_child_processes": children,

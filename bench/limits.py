@@ -19,7 +19,8 @@ around the signature is about 1.3× the signature itself, and **all of it runs i
 process**: under the GIL the checks, the HTTP handling and the SQLite writer share one
 core, while the reference uses every core. That alone caps the ratio near
 1 / (2 cores × 2.3) ≈ 0.2 before storage and HTTP are counted; one proof per request adds
-aiohttp's request handling, the middlewares (request id, metrics, errors) and a commit
+aiohttp's request handling, the middlewares (request id, metrics, errors), the TLS
+records of each request and answer (decrypted and encrypted on the same loop) and a commit
 per group of concurrent requests, which is why batching is several times faster. Signature checks
 of a batch already run on a worker thread, but the Python work stays behind the GIL.
 
@@ -34,20 +35,29 @@ the whole batch instead of six statements per proof).
 """
 
 FLEET = """
-**What limits it.** One heartbeat costs the coordinator about 0.55–0.7 ms of CPU (the
-table's "ms per heartbeat"), almost all of it on the one event loop.
-A cProfile of 3,000 devices (12,000 heartbeats; the profiler roughly doubles Python's
-share) splits the 0.96 ms it measured per heartbeat into: writing the response and the
-socket send 18 % (the send alone 13 % — on loopback it carries the receiver's TCP work),
-parsing and validating the PoA 17 %, the signature's canonical bytes and hand-off to the
-Ed25519 thread 9.5 %, reading the body with the duplicate-key check 8 %, request parsing
-5 %, EPS 4 %, the reply 3 %, the write hand-off 3 %, and the four middlewares and
-aiohttp's dispatch the rest. 10,000 devices offer 2,000 heartbeats/s, which needs
-~1.1–1.4 cores of a loop that can use one — on a machine whose other core runs the load
-generator and whose load average (in the table) shows it is shared with other work: at
-10,000 devices the coordinator got less than one core, and served what that core allowed. Past
-saturation the queue grows without bound, so the p99 is seconds, not a little over the
-line: the figure to read is the largest fleet held.
+**What limits it.** One heartbeat costs the coordinator {ms_lo}–{ms_hi} ms of CPU in this run
+(the table's "ms per heartbeat"), almost all of it on the one event loop, which now also
+decrypts every request and encrypts every answer (TLS 1.3 records through asyncio's SSL
+protocol). A cProfile of 3,000 devices, taken before the listener spoke TLS (12,000
+heartbeats; the profiler roughly doubles Python's share), split the 0.96 ms it measured per
+heartbeat into: writing the response and the socket send 18 % (the send alone 13 % — on
+loopback it carries the receiver's TCP work), parsing and validating the PoA 17 %, the
+signature's canonical bytes and hand-off to the Ed25519 thread 9.5 %, reading the body
+with the duplicate-key check 8 %, request parsing 5 %, EPS 4 %, the reply 3 %, the write
+hand-off 3 %, and the four middlewares and aiohttp's dispatch the rest. {devices} devices
+offer {offered} heartbeats/s, which needs ~{cores_lo}–{cores_hi} cores of a loop that can use one —
+on a machine whose other core runs the load generator and whose load average (in the
+table) shows it is shared with other work: at {devices} devices the coordinator's process
+used {cpu} cores (the loop plus its SQLite and Ed25519 threads) and accepted {accepted}
+heartbeats/s. Past saturation the queue grows without bound, so the p99 is seconds, not a
+little over the line: the figure to read is the largest fleet held.
+
+**Memory.** Each device costs the coordinator about {rss_per_device} KB — its TLS connection
+and its state in memory (the growth of the RSS from the smallest to the largest fleet,
+per device added): {rss} MB at {devices} devices. asyncio would give each TLS connection a 256 KiB read
+buffer of its own; the product bounds it at 32 KiB (`aeamc.shared.runtime.tls`), which took
+the coordinator at 10,000 devices from 3,148 MB to 945 MB. The load generator holds an SSL
+context per device as well ({loadgen_rss} MB at {devices}).
 
 **What was done.** Heartbeats no longer start a scheduling round each (a round walks
 every device and writes a transaction: in a 30-s profile of 3,000 devices 2,800 rounds
@@ -60,8 +70,9 @@ Fraction operations (2.6× faster); the Ed25519 check runs on its own thread, in
 
 **What would close it.** The same as for ingestion: several worker processes sharing the
 port (`SO_REUSEPORT`) with the device state owned by the writer or sharded by device id —
-each heartbeat is independent of every other device's — and a compiled message parser.
-With the per-heartbeat loop cost halved, one process would hold 10,000 devices at 5 s.
+each heartbeat is independent of every other device's, and each worker would do its own
+connections' TLS — and a compiled message parser. With the per-heartbeat loop cost
+halved, one process would hold 10,000 devices at 5 s.
 """
 
 BLOCKS = """
@@ -86,18 +97,33 @@ and the task id) rather than storing them at formation. Both are schema changes.
 """
 
 ECONOMY = """
-**What limits it.** A checked task costs the coordinator k of its chunks: with k = 4 and
-32-chunk tasks that is 12.5 % of the task's compute, and a new device is checked on every
-task until it has passed 10 checks — so during a device's first 20 tasks (the live run
-above) re-execution is ~10–12 % of what the devices compute. The rate falls as the
-record grows (checked with probability 10/passes, never below 0.1): over a device's first
-1,000 tasks the expected share is the "1000 tasks" figure above, inside the target.
+**What limits it.** A checked task costs the coordinator k of its chunks: with k = {k} and
+{chunks}-chunk tasks that is {per_task} % of the task's compute, and a new device is checked on
+every task until it has passed {trust_after} checks — so during a device's first 20 tasks (the
+live run above) re-execution is a large share of what the devices compute: {live} in this
+run. The rate falls as the record grows (checked with probability {trust_after}/passes, never
+below {floor}): over a device's first 1,000 tasks the expected share is the "1000 tasks"
+figure above, inside the target.
 
 **What would close it for new devices too.** The share of a checked task is k / chunks,
 so tasks of ≥ 80 chunks meet 5 % even when every task is checked, with the same catch
 probability (it depends on k and f only). Fewer checks would also do it: catching a
 device that fakes 10 % within 20 tasks with probability 0.99 needs only 11 checks in
 those 20 (1 − 0.656¹¹ = 0.990), so every task need not be checked.
+"""
+
+FOOTPRINT = """
+**What limits it.** The agent as installed is two processes: the update launcher (`run`,
+{launcher} MB) and the daemon it starts from the active release slot ({daemon} MB, {daemon_ratio} ×
+the dependencies-only process). The launcher only starts, watches and switches releases,
+but it is the agent's command-line module, which imports the HTTP client, the protocol
+core, the key store and the telemetry source before it knows it will only supervise — and
+it loads the identity and the telemetry source to refuse a bad configuration early.
+
+**What would close it.** A launcher that imports only what supervising needs (`os`,
+`subprocess`, `signal`, the slot state) and leaves the configuration checks to the daemon
+it starts — the daemon already refuses a bad configuration with the same exit status — so
+it stays a few MB over a bare Python process; or `exec` the daemon when updates are off.
 """
 
 LATENCY = """
@@ -135,6 +161,7 @@ figures move, the direction and size of each change did not.
 | exact EPS in integers, one reduction | 13.1 → 5.0 µs |
 | heartbeat signatures checked on a thread of their own, in batches | the Ed25519 call (~57 µs) leaves the event loop |
 | block formation: plain tuples, one set-based `UPDATE`, batched spot-check inserts, payload encoded once, cheaper challenge derivation | 10,000 receipts (4-chunk tasks, new devices) 424 → 259 ms |
+| each TLS connection's read buffer bounded at 32 KiB instead of asyncio's 256 KiB | coordinator RSS with 10,000 devices connected 3,148 → 945 MB |
 """
 
 HOW_TO_PROFILE = """## How these figures are taken, and how to profile

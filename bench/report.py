@@ -149,10 +149,12 @@ def _ingestion(g: dict[str, Any]) -> str:
     )
     return f"""## 1. Proof ingestion
 
-Real devices (enrolled through the API), real assignments pushed by the scheduler, outputs
-computed, PoTs signed just before each round; {g["proofs_per_round"]} proofs per round, each
-round timed from the first request to the last answer, {g["concurrency"]} concurrent
-keep-alive connections. Between rounds, the raw PyNaCl Ed25519 verification rate of
+Real devices (enrolled through the API with a CSR), real assignments pushed by the
+scheduler over mutual TLS, outputs computed, PoTs signed just before each round;
+{g["proofs_per_round"]} proofs per round, each round timed from the first request to the last
+answer. {g.get("devices", "The")} devices each send only their own proofs, over their own
+keep-alive TLS 1.3 connections with their own client certificate ({g["concurrency"]}
+connections in all, their handshakes made before the timing starts). Between rounds, the raw PyNaCl Ed25519 verification rate of
 {g["cores"]} processes at once (one per core) is measured: the reference.
 
 | | per second, median (min–max) | ratio to raw Ed25519 (all cores) |
@@ -166,6 +168,37 @@ Target: batched ≥ {g["target_ratio"]} × the raw rate — {_verdict(g["target_
 {"" if g["target_met"] else limits.INGESTION}"""
 
 
+def _fleet_figures(g: dict[str, Any]) -> dict[str, str]:
+    """The figures the fleet analysis quotes, from this run."""
+    sizes = g["sizes"]
+    per_hb = [
+        s["coordinator_cpu_cores"] / s["accepted_per_s"] * 1000
+        for s in sizes
+        if s["accepted_per_s"]
+    ]
+    top = sizes[-1]
+    lo, hi = (min(per_hb), max(per_hb)) if per_hb else (math.nan, math.nan)
+    offered = top["offered_per_s"]
+    return {
+        "ms_lo": _f(lo, 2),
+        "ms_hi": _f(hi, 2),
+        "devices": f"{top['devices']:,}",
+        "offered": _f(offered, 0),
+        "cores_lo": _f(offered * lo / 1000, 1),
+        "cores_hi": _f(offered * hi / 1000, 1),
+        "cpu": _f(top["coordinator_cpu_cores"], 2),
+        "accepted": _f(top["accepted_per_s"], 0),
+        "rss": _f(top["coordinator_rss_mb"], 0),
+        "rss_per_device": _f(
+            (top["coordinator_rss_mb"] - sizes[0]["coordinator_rss_mb"])
+            / max(1, top["devices"] - sizes[0]["devices"])
+            * 1024,
+            0,
+        ),
+        "loadgen_rss": _f(top.get("loadgen_rss_mb"), 0),
+    }
+
+
 def _fleet(g: dict[str, Any]) -> str:
     rows = "\n".join(
         f"| {s['devices']:,} | {_f(s['offered_per_s'], 0)} | {_f(s['accepted_per_s'], 0)} "
@@ -175,25 +208,29 @@ def _fleet(g: dict[str, Any]) -> str:
         f"| {_f(s['coordinator_cpu_cores'], 2)} "
         f"| {_f(s['coordinator_cpu_cores'] / s['accepted_per_s'] * 1000 if s['accepted_per_s'] else None, 2)} "
         f"| {_f(s['coordinator_rss_mb'], 0)} "
-        f"| {_f(s.get('loadgen_cpu_cores'), 2)} | {_f(s.get('load_average_1m'))} | {_f(s['enroll_seconds'])} |"
+        f"| {_f(s.get('loadgen_cpu_cores'), 2)} | {_f(s.get('loadgen_rss_mb'), 0)} | {_f(s.get('load_average_1m'))} "
+        f"| {_f(s['enroll_seconds'])} | {_f(s.get('connect_seconds'))} |"
         for s in g["sizes"]
     )
     return f"""## 2. Fleet scale
 
 Each simulated device has its own Ed25519 key, enrolled through the API with a real
-enrollment token, holds its own keep-alive connection and sends a signed heartbeat every
+enrollment token and a CSR, holds its own keep-alive TLS 1.3 connection with its own
+CA-issued client certificate (so its own SSL context) and sends a signed heartbeat every
 {_f(g["interval_s"], 0)} s at a random phase; after one interval (every device has sent once),
 {_f(g["window_s"], 0)} s are measured. The reference is the rate offered (devices ÷ interval);
-the spread is over consecutive {_f(g["interval_s"], 0)}-s windows.
+the spread is over consecutive {_f(g["interval_s"], 0)}-s windows. "enrollment" is every device
+enrolling (its CSR signed by the coordinator's CA) and building its SSL context;
+"connecting" is every device then opening its mutually authenticated connection.
 
-| devices | offered /s | accepted /s (per window) | ÷ offered | p50 ms | p99 ms (per window) | errors | coordinator CPU (cores) | coordinator CPU ms per heartbeat | coordinator RSS MB | load generator CPU (cores) | machine load (1 min) | enrollment s |
-| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+| devices | offered /s | accepted /s (per window) | ÷ offered | p50 ms | p99 ms (per window) | errors | coordinator CPU (cores) | coordinator CPU ms per heartbeat | coordinator RSS MB | load generator CPU (cores) | load generator RSS MB | machine load (1 min) | enrollment s | connecting s |
+| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
 {rows}
 
 Largest fleet held with p99 < 500 ms (the runbook's alert line) and no error:
 **{g["largest_held_p99_under_500ms"]:,} devices** of those measured.
 Target: {g["target"]} — {_verdict(g["target_met"])}.
-{"" if g["target_met"] else limits.FLEET}"""
+{"" if g["target_met"] else limits.FLEET.format(**_fleet_figures(g))}"""
 
 
 def _blocks(g: dict[str, Any]) -> str:
@@ -253,26 +290,69 @@ def _footprint(g: dict[str, Any]) -> str:
     rss, cpu = g["rss_mb"], g["cpu_pct_of_one_core"]
     return f"""## 5. Agent footprint
 
-The real daemon (`aeamc-agent run`, enrolled, mDNS off, the psutil telemetry source),
-heartbeating every {_f(g["heartbeat_interval_s"], 0)} s, measured for {_f(g["window_s"], 0)} s
-after start-up, at the same time as the two references. RSS sampled every second (the
-agent's process and children: {g["agent_child_processes"]} children while idle — the chunk
-worker starts on first use); CPU from process times.
+The real agent (`aeamc-agent run`, enrolled over TLS 1.3 with its certificate, mDNS off,
+the psutil telemetry source), heartbeating every {_f(g["heartbeat_interval_s"], 0)} s, measured
+for {_f(g["window_s"], 0)} s after start-up, at the same time as the two references. RSS sampled
+every second, of the agent's process and its children ({g["agent_child_processes"]} while idle:
+`run` is the update launcher, which starts and supervises the daemon; the chunk worker
+starts on first use); CPU from process times. The dependencies-only process imports what
+the agent declares: `{g.get("deps_imported", "–")}`.
 
 | process | RSS MB median (min–max) | CPU % of one core |
 | --- | ---: | ---: |
 | bare Python (`time.sleep`) | {_spread(rss["bare"])} | {_f(cpu["bare"], 3)} |
 | imports the agent's dependencies only | {_spread(rss["deps"])} | {_f(cpu["deps"], 3)} |
-| the agent | {_spread(rss["agent"])} | {_f(cpu["agent"], 3)} |
-
+| the agent (all its processes) | {_spread(rss["agent"])} | {_f(cpu["agent"], 3)} |
+{_footprint_parts(g)}
 - RSS ÷ dependencies-only process: {_f(g["rss_ratio_to_deps"], 3)} (÷ bare Python:
-  {_f(g["rss_ratio_to_bare"], 2)}). Target ≤ {g["target_rss_ratio"]} — {_verdict(g["rss_target_met"])}.
+  {_f(g["rss_ratio_to_bare"], 2)}; the daemon alone ÷ dependencies-only:
+  {_f(g.get("daemon_rss_ratio_to_deps"), 3)}). Target ≤ {g["target_rss_ratio"]} — {_verdict(g["rss_target_met"])}.
 - CPU: {_f(cpu["agent"], 3)} % of one core. Target ≤ {g["target_cpu_pct"]} % — {_verdict(g["cpu_target_met"])}.
 - On the wire per heartbeat (request and answer, headers included, counted by a relay on
   the socket): {_f(g["bytes_per_heartbeat"], 0)} bytes ({_f(g["bytes_up_per_heartbeat"], 0)} up,
   {_f(g["bytes_down_per_heartbeat"], 0)} down), {g["heartbeats_in_window"]} heartbeats in the window.
-  Over TLS 1.3 each record adds 22 bytes of framing; the handshake is once per connection.
-"""
+  {_wire_note(g)}
+{"" if g["rss_target_met"] or not _footprint_parts(g) else limits.FOOTPRINT.format(**_footprint_figures(g))}"""
+
+
+def _footprint_parts(g: dict[str, Any]) -> str:
+    parts = g.get("rss_mb_by_process")
+    if not parts or not parts["launcher"]["median"]:
+        return ""
+    return (
+        f"| — the launcher (`run`) | {_spread(parts['launcher'])} | |\n"
+        f"| — the daemon it supervises | {_spread(parts['daemon'])} | |\n"
+    )
+
+
+def _footprint_figures(g: dict[str, Any]) -> dict[str, str]:
+    parts = g.get("rss_mb_by_process") or {}
+    launcher = parts.get("launcher", {}).get("median", 0.0)
+    daemon = parts.get("daemon", {}).get("median", g["rss_mb"]["agent"]["median"])
+    return {
+        "launcher": _f(launcher, 0),
+        "daemon": _f(daemon, 0),
+        "daemon_ratio": _f(daemon / g["rss_mb"]["deps"]["median"], 2),
+    }
+
+
+def _wire_note(g: dict[str, Any]) -> str:
+    """Whether the heartbeats in the window reused one TLS connection or each had its own."""
+    conns, beats = g.get("connections_in_window"), g["heartbeats_in_window"]
+    if conns is None or not beats:
+        return "All of it over TLS 1.3 (each record carries 22 bytes of framing)."
+    if conns >= beats:
+        return (
+            f"All of it over TLS 1.3, and the relay saw {conns} new connections in the window: "
+            "the agent's HTTP client closes a connection idle for 15 s (aiohttp's default), "
+            f"shorter than the {_f(g['heartbeat_interval_s'], 0)}-s interval, so each heartbeat "
+            "opens a connection and its full handshake — both certificates — is in the count. "
+            "A keep-alive longer than the interval would leave the request and answer alone."
+        )
+    return (
+        f"All of it over TLS 1.3 on kept-alive connections ({conns} opened in the window), "
+        "so the handshake is paid once per connection, not per heartbeat."
+    )
 
 
 def _economy(g: dict[str, Any]) -> str:
@@ -322,7 +402,7 @@ The expected re-execution share over an honest device's first N tasks under the 
 Targets: verification CPU ≤ {g["target_cpu_share"]} of the devices' compute —
 {_verdict(g["cpu_target_met"])}; a device faking ≥ 10 % caught within its first 20 tasks with
 probability ≥ {g["target_catch_20"]} — {_verdict(g["catch_target_met"])}.
-{"" if g["cpu_target_met"] else limits.ECONOMY}"""
+{"" if g["cpu_target_met"] else limits.ECONOMY.format(live=_f(live["reexecution_share"], 3), k=g["k"], chunks=g["chunks_per_task"], trust_after=g["trust_after"], floor=g["floor"], per_task=_f(min(g["k"], g["chunks_per_task"]) / g["chunks_per_task"] * 100, 1))}"""
 
 
 def _latency(g: dict[str, Any]) -> str:
