@@ -15,6 +15,7 @@ def test_harness_runs_every_benchmark_and_writes_results_and_table(tmp_path: Pat
     (result_file,) = tmp_path.glob("*-quick.json")
     r = json.loads(result_file.read_text())
     assert set(run.PLANS) <= set(r) and r["quick"] is True
+    assert r["transport"].startswith("TLS 1.3")  # measured as deployed, mutual TLS
     assert r["machine"]["cores"] >= 1 and r["machine"]["versions"]["aiohttp"]
     gas = r["anchoring_gas"]
     assert set(gas["gas_per_anchor_tx"]) == {"MicroblockAnchor", "BareAnchor", "Seed"}
@@ -25,8 +26,10 @@ def test_harness_runs_every_benchmark_and_writes_results_and_table(tmp_path: Pat
     assert ing["refused"] == [] and len(ing["batched_ratio"]["runs"]) == 1
     (size,) = r["fleet"]["sizes"]
     assert size["devices"] == 20 and size["errors"] == 0 and size["enroll_errors"] == 0
+    assert size["accepted_per_s"] > 0 and size["loadgen_rss_mb"] > 0
     assert r["fleet"]["target_met"] is None  # 10,000 devices were not measured
     assert r["agent_footprint"]["rss_mb"]["agent"]["median"] > 0
+    assert r["agent_footprint"]["rss_mb_by_process"]["daemon"]["median"] > 0
     econ = r["verification_economy"]
     assert [s["f"] for s in econ["selection"]] == [0.25]
     assert econ["catch_target_met"] is None  # f = 10 % was not measured
