@@ -310,7 +310,7 @@ the agent declares: `{g.get("deps_imported", "–")}`.
 - CPU: {_f(cpu["agent"], 3)} % of one core. Target ≤ {g["target_cpu_pct"]} % — {_verdict(g["cpu_target_met"])}.
 - On the wire per heartbeat (request and answer, headers included, counted by a relay on
   the socket): {_f(g["bytes_per_heartbeat"], 0)} bytes ({_f(g["bytes_up_per_heartbeat"], 0)} up,
-  {_f(g["bytes_down_per_heartbeat"], 0)} down), {g["heartbeats_in_window"]} heartbeats in the window.
+  {_f(g["bytes_down_per_heartbeat"], 0)} down); heartbeats in the window: {g["heartbeats_in_window"]}.
   {_wire_note(g)}
 {"" if g["rss_target_met"] or not _footprint_parts(g) else limits.FOOTPRINT.format(**_footprint_figures(g))}"""
 
@@ -343,7 +343,7 @@ def _wire_note(g: dict[str, Any]) -> str:
         return "All of it over TLS 1.3 (each record carries 22 bytes of framing)."
     if conns >= beats:
         return (
-            f"All of it over TLS 1.3, and the relay saw {conns} new connections in the window: "
+            f"All of it over TLS 1.3, and the relay saw as many new connections as heartbeats ({conns}): "
             "the agent's HTTP client closes a connection idle for 15 s (aiohttp's default), "
             f"shorter than the {_f(g['heartbeat_interval_s'], 0)}-s interval, so each heartbeat "
             "opens a connection and its full handshake — both certificates — is in the count. "
