@@ -188,6 +188,31 @@ def test_locator_choice_and_pinning() -> None:
     assert CoordinatorLocator("https://10.0.0.1:8480/").url == "https://10.0.0.1:8480"
 
 
+def test_locator_with_a_configured_ca_takes_only_that_coordinator() -> None:
+    keys = sorted(
+        (SigningKey.from_seed(bytes([i]) * 32) for i in (3, 4)), key=lambda k: k.device_id
+    )
+    cas = ["aa" * 32, "bb" * 32]
+    adverts = [
+        CoordinatorAdvert(k.device_id, k.public_key.hex(), "1", 1, ca_fingerprint=ca).txt()
+        for k, ca in zip(keys, cas, strict=True)
+    ]
+    names = [f"{k.device_id}.{COORDINATOR_SERVICE_TYPE}" for k in keys]
+    # The owner named the second coordinator's CA (in the colon form `openssl` prints).
+    loc = CoordinatorLocator(expected_ca=":".join(["BB"] * 32))
+    loc.on_event(
+        ServiceEvent(ADDED, names[0], COORDINATOR_SERVICE_TYPE, record(names[0], adverts[0], 1))
+    )
+    assert loc.url is None  # the first sorts first, but it is not the one named
+    loc.on_event(
+        ServiceEvent(ADDED, names[1], COORDINATOR_SERVICE_TYPE, record(names[1], adverts[1], 2))
+    )
+    assert loc.url == "https://127.0.0.1:2"
+    # Once pinned, the pin decides (the CA fingerprint was checked when it was pinned).
+    loc.pin(keys[1].device_id)
+    assert loc.advert.coordinator_id == keys[1].device_id
+
+
 def test_url_prefers_lan_addresses() -> None:
     r = record("x", {}, 8480, ("127.0.0.1", "192.0.2.9"))
     assert url_for(r) == "https://192.0.2.9:8480"

@@ -131,7 +131,9 @@ class Agent:
             expected_ca=config.coordinator_ca_fingerprint,
         )
         self.locator = CoordinatorLocator(
-            config.coordinator_url, pin.coordinator_id if pin else None
+            config.coordinator_url,
+            pin.coordinator_id if pin else None,
+            expected_ca=config.coordinator_ca_fingerprint,
         )
         self.pool = ChunkPool()
         self.shutting_down = False

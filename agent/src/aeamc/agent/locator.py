@@ -5,7 +5,10 @@ With ``coordinator_url`` set the answer never changes. Otherwise the agent brows
 ``updated`` event) moves the agent there; a goodbye makes it wait for the next advert.
 Adverts whose TXT record is inconsistent (``pk`` not hashing to ``id``) are ignored, and
 once the agent has pinned a coordinator only that coordinator's adverts count, so another
-host on the LAN cannot lure the agent away by advertising.
+host on the LAN cannot lure the agent away by advertising. Before that, an owner who
+configured ``coordinator_ca_fingerprint`` gets only the coordinator advertising that CA
+(TXT ``ca``): with two coordinators on one LAN, the device goes to the one its owner named,
+not to whichever sorts first.
 """
 
 from __future__ import annotations
@@ -30,9 +33,15 @@ def url_for(record: ServiceRecord) -> str | None:
 
 
 class CoordinatorLocator:
-    def __init__(self, fixed_url: str | None = None, pinned_id: str | None = None) -> None:
+    def __init__(
+        self,
+        fixed_url: str | None = None,
+        pinned_id: str | None = None,
+        expected_ca: str | None = None,
+    ) -> None:
         self.fixed_url = fixed_url.rstrip("/") if fixed_url else None
         self.pinned_id = pinned_id
+        self.expected_ca = expected_ca.replace(":", "").lower() if expected_ca else None
         self._candidates: dict[str, tuple[CoordinatorAdvert, str]] = {}
         self._changed = asyncio.Event()
 
@@ -101,4 +110,6 @@ class CoordinatorLocator:
         found = sorted(self._candidates.values(), key=lambda c: c[0].coordinator_id)
         if self.pinned_id is not None:
             found = [c for c in found if c[0].coordinator_id == self.pinned_id]
+        elif self.expected_ca is not None:
+            found = [c for c in found if c[0].ca_fingerprint == self.expected_ca]
         return found[0] if found else None

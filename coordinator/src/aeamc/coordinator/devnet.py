@@ -274,6 +274,8 @@ class Devnet:
         config: dict[str, Any] = {
             "state_dir": str(home / "state"),
             "enrollment_token": token,
+            # Only this network's coordinator, even with other devnets on the same host.
+            "coordinator_ca_fingerprint": self.ca_fingerprint(),
             "listen": {"host": "127.0.0.1", "port": 0},
             "heartbeat": {"interval_s": 1.0, "enroll_retry_s": 1.0},
             "telemetry": {
