@@ -16,7 +16,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
 SCHEME = "pkcs11:"
@@ -288,15 +288,14 @@ def _generate(uri: Pkcs11Uri, key_type: Any, params: bytes, mechanism: Any) -> N
         session.close()
 
 
-# --- Ed25519 (device and coordinator identities) ------------------------------------------
+class _TokenKey:
+    """A key pair found in a token by its URI, with one session kept open for signing.
 
+    The three kinds of key below differ only in their type check and in how they sign;
+    finding the pair and closing the session on any refusal is the same for all.
+    """
 
-class Ed25519HsmSigner:
-    """The core's ``Signer`` (``public_key`` + ``sign``) backed by CKM_EDDSA in a token."""
-
-    def __init__(self, uri: str | Pkcs11Uri) -> None:
-        from pkcs11 import KeyType
-
+    def __init__(self, uri: str | Pkcs11Uri, key_type: Any, not_this_kind: str) -> None:
         self.uri = uri if isinstance(uri, Pkcs11Uri) else Pkcs11Uri.parse(uri)
         self._lock = threading.Lock()
         self._session = open_session(self.uri)
@@ -307,13 +306,28 @@ class Ed25519HsmSigner:
                 f"pkcs11: {self.uri.redacted}: no such key (`init` generates it in the token)"
             )
         self._private, public = pair
-        if self._private.key_type != KeyType.EC_EDWARDS:
-            self._session.close()
-            raise Pkcs11Error(f"pkcs11: {self.uri.redacted}: not an Ed25519 key")
-        self._public_key = _ec_point(public)
+        self._point = _ec_point(public)
+        if self._private.key_type != key_type:
+            self._refuse(not_this_kind)
+
+    def _refuse(self, what: str) -> NoReturn:
+        self._session.close()
+        raise Pkcs11Error(f"pkcs11: {self.uri.redacted}: {what}")
+
+
+# --- Ed25519 (device and coordinator identities) ------------------------------------------
+
+
+class Ed25519HsmSigner(_TokenKey):
+    """The core's ``Signer`` (``public_key`` + ``sign``) backed by CKM_EDDSA in a token."""
+
+    def __init__(self, uri: str | Pkcs11Uri) -> None:
+        from pkcs11 import KeyType
+
+        super().__init__(uri, KeyType.EC_EDWARDS, "not an Ed25519 key")
+        self._public_key = self._point
         if len(self._public_key) != 32:
-            self._session.close()
-            raise Pkcs11Error(f"pkcs11: {self.uri.redacted}: not an Ed25519 public key")
+            self._refuse("not an Ed25519 public key")
 
     @property
     def public_key(self) -> bytes:
@@ -362,7 +376,7 @@ class SignedTransaction:
     tx_hash: str
 
 
-class Secp256k1HsmSigner:
+class Secp256k1HsmSigner(_TokenKey):
     """An Ethereum account whose key is in a token: ``address`` + ``sign_transaction``.
 
     The token signs the keccak-256 signing hash with raw CKM_ECDSA (``r || s``). Ethereum
@@ -375,20 +389,10 @@ class Secp256k1HsmSigner:
         from eth_keys import keys
         from pkcs11 import KeyType
 
-        self.uri = uri if isinstance(uri, Pkcs11Uri) else Pkcs11Uri.parse(uri)
-        self._lock = threading.Lock()
-        self._session = open_session(self.uri)
-        pair = _find_pair(self._session, self.uri)
-        if pair is None:
-            self._session.close()
-            raise Pkcs11Error(
-                f"pkcs11: {self.uri.redacted}: no such key (`init` generates it in the token)"
-            )
-        self._private, public = pair
-        point = _ec_point(public)
-        if self._private.key_type != KeyType.EC or len(point) != 65 or point[0] != 4:
-            self._session.close()
-            raise Pkcs11Error(f"pkcs11: {self.uri.redacted}: not a secp256k1 key")
+        super().__init__(uri, KeyType.EC, "not a secp256k1 key")
+        point = self._point
+        if len(point) != 65 or point[0] != 4:
+            self._refuse("not a secp256k1 key")
         self._public = keys.PublicKey(point[1:])
         self._address = self._public.to_checksum_address()
 
@@ -464,7 +468,7 @@ def ensure_secp256k1(uri: str | Pkcs11Uri) -> tuple[Secp256k1HsmSigner, bool]:
 # --- P-256 (the coordinator's certificate authority) ----------------------------------------
 
 
-class P256HsmSigner:
+class P256HsmSigner(_TokenKey):
     """An ECDSA P-256 key in a token, signing SHA-256 digests with raw CKM_ECDSA.
 
     ``sign`` returns the DER ``ECDSA-Sig-Value`` X.509 wants; the token only ever sees the
@@ -475,24 +479,13 @@ class P256HsmSigner:
         from cryptography.hazmat.primitives.asymmetric import ec
         from pkcs11 import KeyType
 
-        self.uri = uri if isinstance(uri, Pkcs11Uri) else Pkcs11Uri.parse(uri)
-        self._lock = threading.Lock()
-        self._session = open_session(self.uri)
-        pair = _find_pair(self._session, self.uri)
-        if pair is None:
-            self._session.close()
-            raise Pkcs11Error(
-                f"pkcs11: {self.uri.redacted}: no such key (`init` generates it in the token)"
-            )
-        self._private, public = pair
-        point = _ec_point(public)
+        super().__init__(uri, KeyType.EC, "not a P-256 key")
         try:
-            if self._private.key_type != KeyType.EC:
-                raise ValueError("not an EC key")
-            self.public_key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+            self.public_key = ec.EllipticCurvePublicKey.from_encoded_point(
+                ec.SECP256R1(), self._point
+            )
         except ValueError:
-            self._session.close()
-            raise Pkcs11Error(f"pkcs11: {self.uri.redacted}: not a P-256 key") from None
+            self._refuse("not a P-256 key")
 
     def sign(self, data: bytes) -> bytes:
         """DER ECDSA signature of SHA-256(``data``), computed by the token."""
