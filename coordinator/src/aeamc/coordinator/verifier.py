@@ -16,8 +16,8 @@ import threading
 from typing import Any
 
 from aeamc.shared.canonical import signing_input
-from aeamc.shared.errors import ProtocolError, SignatureError
-from aeamc.shared.identity import SIGNATURE_HEX_LEN, check_key_matches_id, verify_raw
+from aeamc.shared.errors import ProtocolError
+from aeamc.shared.identity import check_key_matches_id, signature_bytes, verify_raw
 
 _Job = tuple[bytes, bytes, bytes, "asyncio.Future[None]", asyncio.AbstractEventLoop]
 _MAX_BATCH = 256
@@ -49,13 +49,7 @@ class SignatureVerifier:
         if signer_id is not None:
             check_key_matches_id(public_key, signer_id)
         body = message.to_dict()
-        sig_hex = body.get("signature")
-        if not isinstance(sig_hex, str) or len(sig_hex) != SIGNATURE_HEX_LEN:
-            raise SignatureError("signature must be 128 lowercase hex characters")
-        try:
-            signature = bytes.fromhex(sig_hex)
-        except ValueError:
-            raise SignatureError("signature is not hex") from None
+        signature = signature_bytes(body)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         self._jobs.put((public_key, signing_input(body), signature, future, loop))

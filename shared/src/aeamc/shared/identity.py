@@ -79,14 +79,18 @@ def sign_message(message: Mapping[str, Any], signer: Signer) -> dict[str, Any]:
 
 def verify_signature(message: Mapping[str, Any], public_key: bytes) -> None:
     """Raise ``SignatureError`` unless ``message['signature']`` verifies under the key."""
+    verify_raw(public_key, signing_input(message), signature_bytes(message))
+
+
+def signature_bytes(message: Mapping[str, Any]) -> bytes:
+    """``message['signature']`` as 64 bytes, or ``SignatureError`` if it is not one."""
     sig_hex = message.get("signature")
     if not isinstance(sig_hex, str) or len(sig_hex) != SIGNATURE_HEX_LEN:
         raise SignatureError("signature must be 128 lowercase hex characters")
     try:
-        signature = bytes.fromhex(sig_hex)
+        return bytes.fromhex(sig_hex)
     except ValueError:
         raise SignatureError("signature is not hex") from None
-    verify_raw(public_key, signing_input(message), signature)
 
 
 def verify_raw(public_key: bytes, data: bytes, signature: bytes) -> None:
