@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .procs import merge, toml
+from .procs import merge, stop_process, toml
 from .transport import transport
 
 #: A device on charge, cool, lightly loaded (the simulated source: this machine has no
@@ -89,10 +88,4 @@ class Agent:
         return self.process.pid
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)

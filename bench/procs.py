@@ -154,13 +154,7 @@ class Coordinator:
         raise RuntimeError("coordinator did not start in time")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
     def call(self, method: str, path: str, body: Any = None, role: str | None = None) -> Any:
         """A plain operator/client call (set-up and read-back, never the measured path)."""
@@ -182,6 +176,17 @@ class Coordinator:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def stop_process(process: subprocess.Popen[Any] | None) -> None:
+    """SIGTERM (a clean shutdown, like systemd's), then SIGKILL after 30 s."""
+    if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def cpu_seconds(pid: int, children: bool = True) -> float:

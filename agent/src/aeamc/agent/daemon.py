@@ -56,7 +56,7 @@ from .metrics import AgentMetrics
 from .monitor import EnergyMonitor
 from .net import client_session, start_server
 from .outbox import Outbox
-from .runner import TaskRunner
+from .runner import Outcome, TaskRunner
 from .sender import OutboxSender
 from .server import ApiError, Refused, make_app
 from .state import (
@@ -196,7 +196,7 @@ class Agent:
             hold=self._hold,
             cheat_fraction=c.cheat_fraction,
             on_change=self._task_changed,
-            on_outcome=lambda outcome: self._count(self.metrics.tasks)(outcome.result),
+            on_outcome=self._count_outcome,
         )
         self.sender = OutboxSender(
             outbox=self.outbox,
@@ -376,6 +376,9 @@ class Agent:
                 int(self.refusal_reason() is None),
             ),
         }
+
+    def _count_outcome(self, outcome: Outcome) -> None:
+        self.metrics.tasks[outcome.result] += 1
 
     @staticmethod
     def _count(counts: Counter[str]) -> Callable[[str], None]:
