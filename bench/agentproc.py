@@ -36,7 +36,8 @@ class Agent:
         return self.home / "agent.toml"
 
     def _cli(self) -> list[str]:
-        return [sys.executable, "-m", "aeamc.agent.cli", "--config", str(self.config_path)]
+        # What the installed `aeamc-agent` command runs (entry.py): `run` is the slim launcher.
+        return [sys.executable, "-m", "aeamc.agent", "--config", str(self.config_path)]
 
     def _env(self) -> dict[str, str]:
         return {**os.environ, "AEAMC_SIMULATED_TELEMETRY": "1"}

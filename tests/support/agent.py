@@ -3,8 +3,9 @@
 ``AgentProcess(root, ...)`` writes an agent configuration under ``root`` (state directory
 ``root/state``, API on 127.0.0.1 with a free port, fast heartbeats, mDNS on the loopback
 interface unless told otherwise), runs ``aeamc-agent init`` once, then ``aeamc-agent run``
-as a subprocess (``python -m aeamc.agent.cli``). It can be stopped (SIGTERM), killed
-(SIGKILL, like a crash or power loss) and started again on the same state directory.
+as a subprocess (``python -m aeamc.agent``: what the installed command runs). It can be
+stopped (SIGTERM), killed (SIGKILL, like a crash or power loss) and started again on the
+same state directory.
 
 Options: a fixed ``coordinator_url`` (unset: the agent finds the coordinator over mDNS),
 an enrollment ``token``, a simulated telemetry ``profile`` (its steps; the agent then
@@ -38,7 +39,7 @@ from aeamc.shared.runtime.tls import client_context
 
 from .coordinator import merge
 
-CLI = [sys.executable, "-m", "aeamc.agent.cli"]
+CLI = [sys.executable, "-m", "aeamc.agent"]
 SIMULATION_ENV = "AEAMC_SIMULATED_TELEMETRY"
 T = TypeVar("T")
 

@@ -36,6 +36,7 @@ from .config import (
     load_config,
     render_config,
 )
+from .entry import EX_CONFIG
 from .keystore import KeyFileError, create_identity, describe, identity_exists, load_identity
 from .link import ERASED
 from .state import CoordinatorPin, StateError, ensure_dir
@@ -43,7 +44,7 @@ from .status import live_status, offline_status, render_text
 from .telemetry import TelemetryError, make_source
 from .tls import AgentTls
 
-EX_OK, EX_FAILURE, EX_USAGE, EX_CANTCREAT, EX_CONFIG = 0, 1, 64, 73, 78
+EX_OK, EX_FAILURE, EX_USAGE, EX_CANTCREAT = 0, 1, 64, 73
 
 log = logging.getLogger("aeamc.agent")
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from .logs import REQUEST_ID_HEADER
+from .net import RequestAttempt
 
 if TYPE_CHECKING:
     from .tls import AgentTls
@@ -87,17 +88,27 @@ class CoordinatorClient:
             headers[REQUEST_ID_HEADER] = request_id
         data = None if payload is None else json.dumps(payload, separators=(",", ":")).encode()
         options = self.tls.request_options(time.time_ns() // 1_000_000) if self.tls else {}
-        started = time.perf_counter_ns()
-        try:
-            async with self.session.request(
-                method, url, data=data, headers=headers, **options
-            ) as resp:
-                raw = await resp.read()
-                status = resp.status
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise CertificateRefused(f"{url}: {exc.certificate_error}") from None
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise Unreachable(f"{url}: {exc.__class__.__name__}: {exc}") from None
+        for last_try in (False, True):
+            attempt = RequestAttempt()
+            started = time.perf_counter_ns()
+            try:
+                async with self.session.request(
+                    method, url, data=data, headers=headers, trace_request_ctx=attempt, **options
+                ) as resp:
+                    raw = await resp.read()
+                    status = resp.status
+                break
+            except aiohttp.ClientConnectorCertificateError as exc:
+                raise CertificateRefused(f"{url}: {exc.certificate_error}") from None
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                # A kept-alive connection the server had closed: the request never reached
+                # it (no answer came), so it goes again at once on a new connection — the
+                # keep-alive race (RFC 9112 §9.3.1), not the coordinator being away.
+                if attempt.reused and not last_try:
+                    continue
+                raise Unreachable(f"{url}: {exc.__class__.__name__}: {exc}") from None
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                raise Unreachable(f"{url}: {exc.__class__.__name__}: {exc}") from None
         rtt_us = (time.perf_counter_ns() - started) // 1000
         self.last_rtt_us = rtt_us
         try:

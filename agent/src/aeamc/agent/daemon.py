@@ -28,7 +28,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -41,7 +41,7 @@ from aeamc.shared.discovery import (
 )
 from aeamc.shared.errors import ProtocolError
 from aeamc.shared.messages import Assignment, Capabilities
-from aeamc.shared.runtime.mdns import Mdns, ServiceEvent, ipv4_addresses
+from aeamc.shared.runtime.services import ServiceEvent
 from aeamc.shared.tasks.registry import discover
 
 from . import __version__
@@ -50,11 +50,11 @@ from .client import CoordinatorClient
 from .config import AgentConfig
 from .keystore import load_identity
 from .launcher import LAUNCHER_ENV
-from .link import ACTIVE, CoordinatorLink
+from .link import ACTIVE, CoordinatorLink, longest_heartbeat_gap_s
 from .locator import CoordinatorLocator
 from .metrics import AgentMetrics
 from .monitor import EnergyMonitor
-from .net import client_session, start_server
+from .net import client_session, heartbeat_keepalive_s, start_server
 from .outbox import Outbox
 from .runner import Outcome, TaskRunner
 from .sender import OutboxSender
@@ -76,6 +76,9 @@ from .tls import AgentTls
 from .traces import TraceStore
 from .worker import ChunkPool
 from .workqueue import WorkQueue
+
+if TYPE_CHECKING:  # zeroconf only with mDNS on (_start_mdns)
+    from aeamc.shared.runtime.mdns import Mdns
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +169,10 @@ class Agent:
 
     async def start(self) -> None:
         c = self.config
-        self._session = client_session(timeout_s=c.request_timeout_s)
+        gap_s = longest_heartbeat_gap_s(c.heartbeat_interval_s, c.heartbeat_jitter)
+        self._session = client_session(
+            timeout_s=c.request_timeout_s, keepalive_s=heartbeat_keepalive_s(gap_s)
+        )
         client = CoordinatorClient(self._session, tls=self.tls)
         self.monitor.poll()
         self.link = CoordinatorLink(
@@ -528,6 +534,8 @@ class Agent:
             await asyncio.sleep(HOUSEKEEPING_S)
 
     async def _start_mdns(self) -> None:
+        from aeamc.shared.runtime.mdns import Mdns
+
         c = self.config
         self.mdns = Mdns(list(c.mdns_interfaces) or None)
         if c.coordinator_url is None:
@@ -575,6 +583,8 @@ class Agent:
             return [c.advertise_address]
         if not ipaddress.ip_address(c.listen_host).is_unspecified:
             return [c.listen_host]
+        from aeamc.shared.runtime.mdns import ipv4_addresses
+
         return ipv4_addresses(list(c.mdns_interfaces) or None)
 
 

@@ -17,8 +17,10 @@ the unknown term at 0.5 instead).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from aeamc.shared.messages import Telemetry
+if TYPE_CHECKING:  # only annotations: config.py (and the launcher) import this module
+    from aeamc.shared.messages import Telemetry
 
 TOO_HOT, BATTERY_LOW, NOT_CHARGING = "too_hot", "battery_low", "not_charging"
 #: Reported in this order when several hold: heat first, it can damage the device.

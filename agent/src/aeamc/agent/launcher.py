@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from aeamc.shared.releases import newer
+from aeamc.shared.versions import newer
 
 from . import __version__
 from .config import AgentConfig

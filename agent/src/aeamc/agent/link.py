@@ -56,6 +56,15 @@ CERTIFICATE_CODES = ("certificate_required", "certificate_revoked", "certificate
 ADAPTIVE_MAX_INTERVAL_S = 50.0
 
 
+def longest_heartbeat_gap_s(interval_s: float, jitter: float) -> float:
+    """The longest wait between two heartbeats: slowed by ``adaptive-heartbeat``, plus jitter.
+
+    The client keeps its connection to the coordinator open at least this long (net.py),
+    so that a heartbeat reuses the last one's TLS connection instead of a new handshake."""
+    slowest = max(interval_s, min(interval_s * 2, ADAPTIVE_MAX_INTERVAL_S))
+    return slowest * (1.0 + jitter)
+
+
 class UntrustedCoordinator(Exception):
     """The coordinator's key differs from the pinned (or advertised) one."""
 
@@ -104,6 +113,8 @@ class CoordinatorLink:
         self.last_heartbeat_ms: int | None = None
         self.last_error: str | None = None
         self.need_enroll = True
+        #: The coordinator refused our certificate: the next enrollment asks for a new one.
+        self.need_certificate = False
         self._warned_skew = False
         self.backoff = Backoff(config.retry_initial_s, config.retry_max_s, uniform=uniform)
 
@@ -167,13 +178,18 @@ class CoordinatorLink:
         }
         if self.config.enrollment_token:
             body["token"] = self.config.enrollment_token
-        body["csr"] = self.tls.csr_hex()
+        # A certificate that is still good is kept: a restart does not make a new one (nor
+        # load cryptography to make its request, tls.py).
+        asks_certificate = self.need_certificate or self.tls.renewal_due(self.clock_ms())
+        if asks_certificate:
+            body["csr"] = self.tls.csr_hex()
         message = sign(Enroll, body, self.key)
         reply = await self.client.post(url, "/v1/enroll", message.to_dict())
         self._measured(reply)
         if reply.status not in (200, 201, 202):
             return self._refused("enrollment", reply)
-        state = self._accept_enrollment(url, reply.body)
+        state = self._accept_enrollment(url, reply.body, asks_certificate)
+        self.need_certificate = False
         self.backoff.reset()
         self.last_error = None
         if state == PENDING:
@@ -247,7 +263,7 @@ class CoordinatorLink:
         if code in CERTIFICATE_CODES:
             delay = self.backoff.next_delay()
             log.warning("%s; enrolling for a new certificate in %.1f s", message, delay)
-            self.need_enroll = True
+            self.need_enroll = self.need_certificate = True
             self._set_error(message)
             return delay
         if code == NOT_ENROLLED:
@@ -279,7 +295,7 @@ class CoordinatorLink:
         log.error("%s; retrying in %.1f s", message, delay)
         return delay
 
-    def _accept_enrollment(self, url: str, body: Any) -> str:
+    def _accept_enrollment(self, url: str, body: Any, asked_certificate: bool = True) -> str:
         if not isinstance(body, dict):
             raise UntrustedCoordinator("enrollment answer is not a JSON object")
         try:
@@ -312,7 +328,12 @@ class CoordinatorLink:
             raise UntrustedCoordinator("enrollment answer does not match the mDNS advert")
         discovered = advert is not None and self.locator.fixed_url is None
         try:
-            self.tls.accept(body, coordinator_id, advert.ca_fingerprint if discovered else None)
+            self.tls.accept(
+                body,
+                coordinator_id,
+                advert.ca_fingerprint if discovered else None,
+                asked_certificate=asked_certificate,
+            )
         except TrustError as exc:
             raise UntrustedCoordinator(
                 f"coordinator at {url}: {exc}. To move the device to another coordinator, "

@@ -19,7 +19,7 @@ import logging
 
 from aeamc.shared.discovery import CoordinatorAdvert, parse_coordinator_txt
 from aeamc.shared.errors import ProtocolError
-from aeamc.shared.runtime.mdns import REMOVED, ServiceEvent, ServiceRecord
+from aeamc.shared.runtime.services import REMOVED, ServiceEvent, ServiceRecord
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,14 @@
 """Where the agent's HTTP client session and server are built.
 
+The client keeps an idle connection to the coordinator open for longer than the longest
+wait between two heartbeats (``keepalive_s``): aiohttp's default of 15 s is shorter than
+the 30-s heartbeat interval, so every heartbeat paid a TCP and TLS handshake — about six
+kilobytes on the wire, most of a heartbeat's bytes. The coordinator keeps idle
+connections for an hour (aiohttp's server default), longer than any heartbeat interval.
+A connection the server closes anyway (a restart, a proxy in between) is found out when
+a request on it fails without an answer: ``client.py`` sends that request again, once,
+on a new connection (``RequestAttempt``).
+
 The TLS side (contexts, certificates, the pinned CA) is ``tls.py`` on top of
 ``aeamc.shared.runtime.tls``: the server is started with the agent's server context,
 and each request to the coordinator carries the client context (``client.py``), so
@@ -10,25 +19,61 @@ from __future__ import annotations
 
 import socket
 import ssl
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 #: Largest request body the agent's server reads (an assignment's params are bounded).
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
+#: aiohttp's own idle-connection lifetime, for sessions that do not heartbeat.
+DEFAULT_KEEPALIVE_S = 15.0
+#: Kept beyond the longest heartbeat gap, so that the next heartbeat finds it open.
+KEEPALIVE_MARGIN_S = 5.0
+
+
+@dataclass
+class RequestAttempt:
+    """One try of a request (``trace_request_ctx``): whether it went on a pooled connection."""
+
+    reused: bool = False
 
 
 def client_session(
-    *, timeout_s: float, ssl_context: ssl.SSLContext | None = None
+    *,
+    timeout_s: float,
+    ssl_context: ssl.SSLContext | None = None,
+    keepalive_s: float = DEFAULT_KEEPALIVE_S,
 ) -> aiohttp.ClientSession:
     """Requests to the coordinator pass their ``ssl`` context per call (``client.py``);
-    ``ssl_context`` is the default for the others (none: the system's trust store)."""
-    connector = aiohttp.TCPConnector(ssl=ssl_context if ssl_context is not None else True, limit=4)
+    ``ssl_context`` is the default for the others (none: the system's trust store).
+    Idle connections stay open ``keepalive_s`` (the daemon: past its heartbeat gap)."""
+    connector = aiohttp.TCPConnector(
+        ssl=ssl_context if ssl_context is not None else True,
+        limit=4,
+        keepalive_timeout=keepalive_s,
+    )
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_reuseconn.append(_mark_reused)
     return aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=timeout_s),
         raise_for_status=False,
+        trace_configs=[trace],
     )
+
+
+def heartbeat_keepalive_s(longest_gap_s: float) -> float:
+    """How long the daemon keeps an idle connection to the coordinator open."""
+    return longest_gap_s + KEEPALIVE_MARGIN_S
+
+
+async def _mark_reused(session: aiohttp.ClientSession, ctx: SimpleNamespace, params: Any) -> None:
+    attempt = ctx.trace_request_ctx
+    if isinstance(attempt, RequestAttempt):
+        attempt.reused = True
 
 
 async def start_server(

@@ -7,6 +7,13 @@ Files (``state_dir/tls/``, the directory 0700)::
     self-signed.pem  served before the coordinator has issued a certificate
     cert.pem         the certificate the coordinator's CA issued for key.pem
     ca.pem           the coordinator's CA, pinned at the first enrollment
+    checked.json     what was found checking the files above (the CA's fingerprint, the
+                     certificate's validity and serial), with a SHA-256 of each file
+
+Checking a certificate takes ``cryptography``, as much memory as the rest of an idle
+agent's libraries; so the outcome is remembered, and a restart whose files are byte for
+byte those last checked uses it instead of loading ``cryptography`` (enrollment and
+renewal, which make a CSR and check what the coordinator issued, still do).
 
 Trust on first use, as for the coordinator's key: without a fingerprint to check, the
 first enrollment is encrypted but not yet authenticated; its answer carries the CA
@@ -22,19 +29,39 @@ key.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import ssl
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from typing import TYPE_CHECKING, Any
 
 from aeamc.shared.runtime import tls
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 log = logging.getLogger(__name__)
 
 TLS_DIR = "tls"
+CHECKED_FILE = "checked.json"
+SELF_SIGNED_FILE = "self-signed.pem"
+
+
+@dataclass(frozen=True)
+class CertFacts:
+    """What the agent needs to know of its certificate once it has checked it."""
+
+    not_before_ms: int
+    not_after_ms: int
+    serial: str
+
+    @classmethod
+    def of(cls, cert: x509.Certificate) -> CertFacts:
+        start, end = tls.validity_ms(cert)
+        return cls(start, end, tls.serial_hex(cert))
 
 
 class TrustError(Exception):
@@ -61,9 +88,34 @@ class AgentTls:
         self.key_file = self.dir / "key.pem"
         self.cert_file = self.dir / "cert.pem"
         self.ca_file = self.dir / "ca.pem"
-        self.key = tls.ensure_key(self.key_file)
+        self.self_signed_file = self.dir / SELF_SIGNED_FILE
+        self._key: ec.EllipticCurvePrivateKey | None = None
+        if self.key_file.exists():
+            tls.check_key_file(self.key_file)  # its contents: checked with the rest
+        else:
+            self._key = tls.ensure_key(self.key_file)
         self.ca_pem: str | None = None
         self.ca_fingerprint: str | None = None
+        self.cert: CertFacts | None = None
+        if not self._recall():
+            self._check()
+        served = self.cert_file if self.cert is not None else self.self_signed_file
+        self.server_ssl = tls.server_context(served, self.key_file, ca_pem=self.ca_pem)
+        self._client_ssl: ssl.SSLContext | None = None
+
+    # -- state ----------------------------------------------------------------------------
+
+    @property
+    def key(self) -> ec.EllipticCurvePrivateKey:
+        """The TLS key, parsed when first needed (a CSR, or a certificate to check)."""
+        if self._key is None:
+            self._key = tls.load_key(self.key_file)
+        return self._key
+
+    def _check(self) -> None:
+        """Read and check every file with ``cryptography``; remember what was found."""
+        if self._key is None:  # a key file that does not parse is an error, as before
+            self._key = tls.load_key(self.key_file)
         if self.ca_file.exists():
             # The pinned trust anchor: unreadable is an error to fix, never silently dropped.
             try:
@@ -71,21 +123,51 @@ class AgentTls:
                 self.ca_fingerprint = tls.fingerprint(self.ca_pem)
             except tls.TlsError as exc:
                 raise tls.TlsError(f"{self.ca_file}: {exc}") from None
-        self.cert = self._load_own(self.cert_file) if self.ca_pem else None
-        self_signed = self.dir / "self-signed.pem"
-        served_self = self._load_own(self_signed, ca_issued=False)
-        if served_self is None:
-            tls.write_text_atomic(self_signed, tls.self_signed(self.key, device_id))
-        served = self.cert_file if self.cert is not None else self_signed
-        self.server_ssl = tls.server_context(served, self.key_file, ca_pem=self.ca_pem)
-        self._client_ssl: ssl.SSLContext | None = None
+        cert = self._load_own(self.cert_file) if self.ca_pem else None
+        self.cert = CertFacts.of(cert) if cert is not None else None
+        if self._load_own(self.self_signed_file, ca_issued=False) is None:
+            tls.write_text_atomic(self.self_signed_file, tls.self_signed(self.key, self.device_id))
+        self._remember()
 
-    # -- state ----------------------------------------------------------------------------
+    def _digests(self) -> dict[str, str | None]:
+        out: dict[str, str | None] = {}
+        for path in (self.key_file, self.ca_file, self.cert_file, self.self_signed_file):
+            try:
+                out[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+            except FileNotFoundError:
+                out[path.name] = None
+        return out
+
+    def _remember(self) -> None:
+        checked = {
+            "files": self._digests(),
+            "ca_fingerprint": self.ca_fingerprint,
+            "cert": asdict(self.cert) if self.cert is not None else None,
+        }
+        tls.write_text_atomic(self.dir / CHECKED_FILE, json.dumps(checked, sort_keys=True))
+
+    def _recall(self) -> bool:
+        """Take what the last check found if every file is the one it checked."""
+        try:
+            checked = json.loads((self.dir / CHECKED_FILE).read_bytes())
+            if checked["files"] != self._digests() or checked["files"][SELF_SIGNED_FILE] is None:
+                return False
+            ca_pem = self.ca_file.read_text() if checked["files"][self.ca_file.name] else None
+            fingerprint = checked["ca_fingerprint"]
+            cert = CertFacts(**checked["cert"]) if checked["cert"] is not None else None
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        if (ca_pem is None) != (fingerprint is None) or (cert is not None and ca_pem is None):
+            return False
+        self.ca_pem, self.ca_fingerprint, self.cert = ca_pem, fingerprint, cert
+        return True
 
     def _matches_key(self, cert: x509.Certificate) -> bool:
         return cert.public_key() == self.key.public_key()
 
     def _names_me(self, cert: x509.Certificate) -> bool:
+        from cryptography import x509
+
         try:
             san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         except x509.ExtensionNotFound:
@@ -116,16 +198,16 @@ class AgentTls:
 
     def renewal_due(self, now_ms: int) -> bool:
         """No certificate yet, or two thirds of its lifetime gone: enroll for a new one."""
-        return self.cert is None or tls.renewal_due(self.cert, now_ms)
+        c = self.cert
+        return c is None or tls.renewal_due_ms(c.not_before_ms, c.not_after_ms, now_ms)
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"ca_fingerprint": self.ca_fingerprint, "certificate": None}
         if self.cert is not None:
-            start, end = tls.validity_ms(self.cert)
             out["certificate"] = {
-                "serial": tls.serial_hex(self.cert),
-                "not_before_ms": start,
-                "not_after_ms": end,
+                "serial": self.cert.serial,
+                "not_before_ms": self.cert.not_before_ms,
+                "not_after_ms": self.cert.not_after_ms,
             }
         return out
 
@@ -141,7 +223,7 @@ class AgentTls:
 
     def _expired(self, now_ms: int) -> bool:
         assert self.cert is not None
-        return now_ms >= tls.validity_ms(self.cert)[1]
+        return now_ms >= self.cert.not_after_ms
 
     def _build_client_ssl(self, now_ms: int) -> ssl.SSLContext:
         # An expired certificate would fail the whole handshake, enrollment included; so
@@ -157,6 +239,8 @@ class AgentTls:
 
     def pin_ca(self, answer: Any, expected: str) -> None:
         """Pin the CA of a ``GET /v1/ca`` answer if it is the one ``expected``."""
+        from cryptography.hazmat.primitives import serialization
+
         pem = answer.get("ca_certificate") if isinstance(answer, dict) else None
         if not isinstance(pem, str):
             raise TrustError("the coordinator did not send its CA certificate")
@@ -170,6 +254,7 @@ class AgentTls:
         self.ca_pem = ca.public_bytes(serialization.Encoding.PEM).decode()
         self.ca_fingerprint = fp
         tls.write_text_atomic(self.ca_file, self.ca_pem)
+        self._remember()
         self.server_ssl.load_verify_locations(cadata=self.ca_pem)
         self.server_ssl.verify_mode = ssl.CERT_OPTIONAL
         self._client_ssl = None
@@ -179,11 +264,37 @@ class AgentTls:
         """The fingerprint to check a not yet pinned CA against, if there is one."""
         return self.expected_ca or _normal(advert_ca)
 
-    def accept(self, answer: dict[str, Any], coordinator_id: str, advert_ca: str | None) -> None:
-        """Pin the CA (first time) and keep the certificate of an enrollment answer."""
+    def accept(
+        self,
+        answer: dict[str, Any],
+        coordinator_id: str,
+        advert_ca: str | None,
+        *,
+        asked_certificate: bool = True,
+    ) -> None:
+        """Pin the CA (first time) and keep the certificate of an enrollment answer.
+
+        Without a request for a certificate (``asked_certificate``: the one held is still
+        good) the answer carries only the CA, which must be the pinned one."""
         ca_pem, cert_pem = answer.get("ca_certificate"), answer.get("certificate")
-        if not isinstance(ca_pem, str) or not isinstance(cert_pem, str):
-            raise TrustError("enrollment answer without a CA certificate and a certificate")
+        if not isinstance(ca_pem, str):
+            raise TrustError("enrollment answer without a CA certificate")
+        if cert_pem is None and not asked_certificate and self.cert is not None:
+            try:
+                fp = tls.pem_fingerprint(ca_pem)
+            except ValueError as exc:
+                raise TrustError(f"enrollment answer: CA certificate: {exc}") from None
+            if fp != self.ca_fingerprint:
+                raise TrustError(
+                    f"the coordinator presents CA {fp}, but this device pinned CA "
+                    f"{self.ca_fingerprint}; refusing it"
+                )
+            self.coordinator_id = coordinator_id
+            return
+        from cryptography.hazmat.primitives import serialization
+
+        if not isinstance(cert_pem, str):
+            raise TrustError("enrollment answer without the certificate it asked for")
         try:
             ca = tls.load_pem(ca_pem)
             cert = tls.load_pem(cert_pem)
@@ -207,7 +318,8 @@ class AgentTls:
         self.ca_pem, self.ca_fingerprint, self.coordinator_id = ca_text, fp, coordinator_id
         cert_text = cert.public_bytes(serialization.Encoding.PEM).decode()
         tls.write_text_atomic(self.cert_file, cert_text)
-        self.cert = cert
+        self.cert = CertFacts.of(cert)
+        self._remember()
         # New handshakes, served and made, use the new certificate and the pinned CA.
         self.server_ssl.load_cert_chain(self.cert_file, self.key_file)
         self.server_ssl.load_verify_locations(cadata=self.ca_pem)

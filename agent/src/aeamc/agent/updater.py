@@ -11,31 +11,18 @@ the runner is idle — like balena's update lock, an update never interrupts a t
 queued work waits, and the daemon exits with ``EX_RESTART`` for the launcher to start
 the release on trial.
 
-All HTTP goes through the agent's own coordinator client (the same session, URL and
+The TUF side is tufclient.py, imported at the first check rather than at start. All
+HTTP goes through the agent's own coordinator client (the same session, URL and
 transport as heartbeats), bridged from ngclient's synchronous fetcher to the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
-import shutil
-import sys
-import tempfile
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
-
-from tuf.api.exceptions import (
-    DownloadError,
-    DownloadHTTPError,
-    DownloadLengthMismatchError,
-    RepositoryError,
-)
-from tuf.ngclient import FetcherInterface
-from tuf.ngclient import Updater as TufUpdater
 
 from aeamc.shared.identity import Signer
 from aeamc.shared.messages import sign
@@ -44,8 +31,6 @@ from aeamc.shared.releases import (
     UPDATED,
     UpdateReport,
     choose_release,
-    manifest_path,
-    target_path,
 )
 
 from . import __version__
@@ -54,23 +39,15 @@ from .client import CoordinatorClient, Unreachable
 from .config import AgentConfig
 from .launcher import EX_RESTART
 from .locator import CoordinatorLocator
-from .slots import COMPLETE, Slots
+from .slots import Slots
 
 log = logging.getLogger(__name__)
 
-METADATA_PATH = "/v1/updates/metadata/"
-TARGETS_PATH = "/v1/updates/targets/"
 REPORTS_PATH = "/v1/updates/reports"
-#: Largest file the updater downloads (a release is two small wheels and a manifest).
-MAX_FILE_BYTES = 64 * 1024 * 1024
 IDLE_POLL_S = 0.2
 
 
 NO_REPOSITORY = "the coordinator offers no updates (no update repository)"
-
-
-class NoRepository(Exception):
-    """The coordinator has no TUF repository (``release init`` was never run there)."""
 
 
 class Updater:
@@ -158,11 +135,15 @@ class Updater:
         url = self.locator.url
         if url is None or not self.enrolled():
             return
+        from . import tufclient  # python-tuf only from the first check on (tufclient.py)
+
         loop = asyncio.get_running_loop()
-        fetcher = CoordinatorFetcher(self.client, loop, self.config.request_timeout_s)
+        fetcher = tufclient.CoordinatorFetcher(self.client, loop, self.config.request_timeout_s)
         try:
-            updater = await asyncio.to_thread(self._refresh, url, fetcher)
-        except NoRepository:
+            updater, self.trusted = await asyncio.to_thread(
+                tufclient.refresh, self.metadata_dir, url, fetcher, self.config.update_root
+            )
+        except tufclient.NoRepository:
             if self.last_error != NO_REPOSITORY:
                 log.info("%s", NO_REPOSITORY)
             self._error(NO_REPOSITORY)
@@ -184,10 +165,10 @@ class Updater:
         log.info("release %s is offered to this device; downloading it", release)
         self._set_state("downloading")
         try:
-            await asyncio.to_thread(self._install, updater, release)
+            await asyncio.to_thread(tufclient.install, updater, self.slots, release)
         except Exception as exc:
             self._set_state("idle")
-            if _is_verification_error(exc):
+            if tufclient.is_verification_error(exc):
                 detail = f"verification failed: {type(exc).__name__}: {exc}"
                 self.refused[release] = detail
                 self.slots.add_report(release, REFUSED, detail, __version__, self.clock_ms())
@@ -206,65 +187,6 @@ class Updater:
         self._set_state("restarting")
         log.info("release %s installed; restarting into it", release)
         self.restart(EX_RESTART)
-
-    # -- TUF ---------------------------------------------------------------------------------
-
-    def _refresh(self, url: str, fetcher: CoordinatorFetcher) -> Any:
-        self.metadata_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        bootstrap = None
-        if not (self.metadata_dir / "root.json").exists():
-            bootstrap = self._bootstrap_root(url, fetcher)
-        updater = TufUpdater(
-            metadata_dir=str(self.metadata_dir),
-            metadata_base_url=url.rstrip("/") + METADATA_PATH,
-            target_base_url=url.rstrip("/") + TARGETS_PATH,
-            fetcher=fetcher,
-            bootstrap=bootstrap,
-        )
-        updater.refresh()
-        # A read-only look at the versions now trusted, for status (ngclient has no API).
-        trusted = updater._trusted_set
-        self.trusted = {signed.type: signed.version for signed in trusted}
-        return updater
-
-    def _bootstrap_root(self, url: str, fetcher: CoordinatorFetcher) -> bytes:
-        """The root to start from: configured, else the coordinator's v1 (pinned on first use)."""
-        if self.config.update_root is not None:
-            return self.config.update_root.read_bytes()
-        try:
-            root = fetcher.download_bytes(url.rstrip("/") + METADATA_PATH + "1.root.json", 512_000)
-        except DownloadHTTPError as exc:
-            if exc.status_code == 404:
-                raise NoRepository from None
-            raise
-        log.warning("no TUF root configured: trusting the coordinator's root on first use")
-        return root
-
-    def _install(self, updater: Any, release: str) -> None:
-        work = Path(tempfile.mkdtemp(prefix=".download-", dir=self._releases_dir()))
-        try:
-            manifest = self._download(updater, manifest_path(release), work)
-            data = json.loads(manifest.read_bytes())
-            wheels = data.get("wheels") if isinstance(data, dict) else None
-            if data.get("version") != release or not isinstance(wheels, list) or not wheels:
-                raise ValueError(f"the manifest of release {release} is not one")
-            files = [self._download(updater, target_path(release, str(w)), work) for w in wheels]
-            install_slot(self.slots, release, files)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-
-    def _download(self, updater: Any, path: str, work: Path) -> Path:
-        info = updater.get_targetinfo(path)
-        if info is None:
-            raise LookupError(f"{path} is not in the signed targets metadata")
-        name = path.rsplit("/", 1)[1]
-        if "/" in name or name.startswith("."):
-            raise ValueError(f"bad file name {name!r}")
-        return Path(updater.download_target(info, str(work / name)))
-
-    def _releases_dir(self) -> Path:
-        self.slots.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return self.slots.dir
 
     # -- reports ------------------------------------------------------------------------------
 
@@ -336,64 +258,3 @@ class Updater:
     def _error(self, message: str) -> None:
         self.last_error = message
         self.on_change()
-
-
-class CoordinatorFetcher(FetcherInterface):
-    """ngclient's fetcher over the agent's coordinator client (called in a worker thread)."""
-
-    def __init__(
-        self, client: CoordinatorClient, loop: asyncio.AbstractEventLoop, timeout_s: float
-    ) -> None:
-        self.client = client
-        self.loop = loop
-        self.timeout_s = timeout_s
-
-    def _fetch(self, url: str) -> Iterator[bytes]:
-        future = asyncio.run_coroutine_threadsafe(self.client.fetch(url, MAX_FILE_BYTES), self.loop)
-        try:
-            status, data = future.result(self.timeout_s * 2 + 5)
-        except Unreachable as exc:
-            raise DownloadError(str(exc)) from None
-        except TimeoutError:
-            future.cancel()
-            raise DownloadError(f"{url}: timed out") from None
-        if status != 200:
-            raise DownloadHTTPError(f"{url}: HTTP {status}", status)
-        return iter((data,))
-
-
-def install_slot(slots: Slots, version: str, wheels: list[Path]) -> Path:
-    """Install ``wheels`` into the slot of ``version`` with the PyPA installer; its path."""
-    from installer import install
-    from installer.destinations import SchemeDictionaryDestination
-    from installer.sources import WheelFile
-
-    dest = slots.path(version)
-    partial = dest.with_name(f".{version}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    site = partial / slots.site(version).relative_to(dest)
-    scheme = {
-        "purelib": str(site),
-        "platlib": str(site),
-        "scripts": str(partial / "bin"),
-        "data": str(partial / "data"),
-        "headers": str(partial / "include"),
-    }
-    destination = SchemeDictionaryDestination(
-        scheme,
-        interpreter=sys.executable,
-        script_kind="posix",
-        bytecode_optimization_levels=(0,),
-    )
-    for wheel in wheels:
-        with WheelFile.open(wheel) as source:
-            install(source, destination, additional_metadata={})
-    (partial / COMPLETE).write_text(json.dumps({"version": version}) + "\n")
-    shutil.rmtree(dest, ignore_errors=True)
-    partial.rename(dest)
-    return dest
-
-
-def _is_verification_error(exc: BaseException) -> bool:
-    """A file that does not match the signed metadata (as opposed to a network hiccup)."""
-    return isinstance(exc, (RepositoryError, DownloadLengthMismatchError))

@@ -11,7 +11,6 @@ they obtain request ids.
 from __future__ import annotations
 
 import contextvars
-import hashlib
 import json
 import logging
 import os
@@ -37,6 +36,9 @@ def well_formed(value: str | None) -> bool:
 
 def derived_task_request_id(task_id: str) -> str:
     """The id both daemons derive for a task's log lines when none came with it."""
+    # hashlib maps OpenSSL (3-4 MB): imported here, not by the agent's launcher, which logs.
+    import hashlib
+
     return "task-" + hashlib.sha256(task_id.encode()).hexdigest()[:24]
 
 

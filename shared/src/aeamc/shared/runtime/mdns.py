@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import ifaddr
@@ -37,41 +37,13 @@ from zeroconf import (
 )
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+# Re-exported: what browsing reports is defined without zeroconf (services.py).
+from .services import ADDED, REMOVED, UPDATED, EventCallback, ServiceEvent, ServiceRecord
+
 log = logging.getLogger(__name__)
 
-ADDED, UPDATED, REMOVED = "added", "updated", "removed"
 #: How long a resolution may take before the event is reported without a record.
 RESOLVE_TIMEOUT_MS = 3000
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceRecord:
-    """A resolved service instance."""
-
-    name: str
-    service_type: str
-    addresses: tuple[str, ...]
-    port: int | None
-    properties: Mapping[str, str | None]
-    server: str | None
-
-    @property
-    def label(self) -> str:
-        """The instance label (the part of ``name`` before the service type)."""
-        return self.name[: -len(self.service_type) - 1]
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceEvent:
-    """An instance appeared, changed (TXT, port or address) or left."""
-
-    change: str
-    name: str
-    service_type: str
-    record: ServiceRecord | None = None
-
-
-EventCallback = Callable[[ServiceEvent], None]
 
 
 def ipv4_addresses(interfaces: Sequence[str] | None = None) -> list[str]:

@@ -32,13 +32,15 @@ import stat
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+# cryptography is imported by the functions that parse or make keys and certificates, not
+# here: building contexts and reading peers needs only ``ssl``, and an enrolled agent that
+# remembers what it checked (aeamc.agent.tls) starts without loading it at all.
 
 ROLE_DEVICE = "device"
 ROLE_COORDINATOR = "coordinator"
@@ -170,11 +172,15 @@ def _parse_peer(cert: dict[str, Any] | None) -> Peer | None:
 
 
 def generate_key() -> ec.EllipticCurvePrivateKey:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     return ec.generate_private_key(ec.SECP256R1())
 
 
 def write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     """Write a private key (PEM, mode 0600) atomically; an existing file is replaced."""
+    from cryptography.hazmat.primitives import serialization
+
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     pem = key.private_bytes(
         serialization.Encoding.PEM,
@@ -193,12 +199,10 @@ def write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
 
 def load_key(path: Path) -> ec.EllipticCurvePrivateKey:
     """A P-256 key file; refused if group or others may read it (like every key file)."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise TlsError(f"{path}: no TLS key") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise TlsError(f"{path}: permissions {stat.filemode(st.st_mode)} are too open; chmod 600")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    check_key_file(path)
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except ValueError as exc:
@@ -206,6 +210,16 @@ def load_key(path: Path) -> ec.EllipticCurvePrivateKey:
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
         raise TlsError(f"{path}: not a P-256 key")
     return key
+
+
+def check_key_file(path: Path) -> None:
+    """A key file exists and only its owner may read it (what ``load_key`` checks first)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise TlsError(f"{path}: no TLS key") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise TlsError(f"{path}: permissions {stat.filemode(st.st_mode)} are too open; chmod 600")
 
 
 def ensure_key(path: Path) -> ec.EllipticCurvePrivateKey:
@@ -225,6 +239,9 @@ def write_text_atomic(path: Path, text: str, mode: int = 0o644) -> None:
 
 
 def subject(name: str, role: str) -> x509.Name:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     return x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "AEAMC"),
@@ -236,6 +253,9 @@ def subject(name: str, role: str) -> x509.Name:
 
 def make_csr(key: ec.EllipticCurvePrivateKey, device_id: str) -> bytes:
     """DER of a certificate request for ``key``; the CA decides every name and extension."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(subject(device_id, ROLE_DEVICE))
@@ -246,6 +266,10 @@ def make_csr(key: ec.EllipticCurvePrivateKey, device_id: str) -> bytes:
 
 def self_signed(key: ec.EllipticCurvePrivateKey, device_id: str, days: int = 3650) -> str:
     """PEM of a self-signed certificate: what a device serves before it has the CA's."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
     now = dt.datetime.now(dt.UTC)
     name = subject(device_id, ROLE_DEVICE)
     cert = (
@@ -271,6 +295,8 @@ def self_signed(key: ec.EllipticCurvePrivateKey, device_id: str, days: int = 365
 
 
 def load_pem(pem: str) -> x509.Certificate:
+    from cryptography import x509
+
     try:
         return x509.load_pem_x509_certificate(pem.encode())
     except ValueError as exc:
@@ -279,8 +305,16 @@ def load_pem(pem: str) -> x509.Certificate:
 
 def fingerprint(cert: x509.Certificate | str) -> str:
     """SHA-256 of the certificate's DER, lowercase hex: what owners compare by eye."""
+    from cryptography.hazmat.primitives import serialization
+
     c = load_pem(cert) if isinstance(cert, str) else cert
     return hashlib.sha256(c.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def pem_fingerprint(pem: str) -> str:
+    """``fingerprint`` of a PEM certificate, by ``ssl`` alone: no parse of its contents
+    (ValueError if it is not one PEM certificate), for comparing with a pinned one."""
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem.strip())).hexdigest()
 
 
 def pretty_fingerprint(fp: str) -> str:
@@ -297,11 +331,17 @@ def validity_ms(cert: x509.Certificate) -> tuple[int, int]:
 
 def renewal_due(cert: x509.Certificate, now_ms: int, fraction: float = 2 / 3) -> bool:
     """Whether ``fraction`` of the certificate's lifetime has passed (renew before expiry)."""
-    start, end = validity_ms(cert)
-    return now_ms >= start + (end - start) * fraction
+    return renewal_due_ms(*validity_ms(cert), now_ms, fraction)
+
+
+def renewal_due_ms(start_ms: int, end_ms: int, now_ms: int, fraction: float = 2 / 3) -> bool:
+    """``renewal_due`` from a validity period remembered as numbers."""
+    return now_ms >= start_ms + (end_ms - start_ms) * fraction
 
 
 def issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
     try:
         cert.verify_directly_issued_by(ca)
     except (ValueError, TypeError, InvalidSignature):
