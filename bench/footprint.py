@@ -101,11 +101,18 @@ def measure(
             cpu0 = {k: procs.cpu_seconds(p) for k, p in pids.items()}
             t0 = time.monotonic()
             rss: dict[str, list[float]] = {k: [] for k in pids}
+            # Extra columns, not judged: what the processes share (libraries, the
+            # interpreter) counted once (PSS) or not at all (USS).
+            shared: dict[str, dict[str, list[float]]] = {
+                kind: {k: [] for k in pids} for kind in ("pss", "uss")
+            }
             # The agent as installed is a launcher and the daemon it supervises.
             parts: dict[str, list[float]] = {"launcher": [], "daemon": []}
             while time.monotonic() - t0 < window_s:
                 for k, p in pids.items():
                     rss[k].append(procs.rss_bytes(p, children=True) / 2**20)
+                    for kind, size in procs.shared_memory_bytes(p, children=True).items():
+                        shared[kind][k].append(size / 2**20)
                 own = procs.rss_bytes(agent.pid) / 2**20
                 supervised = rss["agent"][-1] - own  # 0: no launcher (updates off)
                 parts["launcher"].append(own if supervised else 0.0)
@@ -135,6 +142,8 @@ def measure(
         "rss_mb": {k: stats.summary(v) for k, v in rss.items()},
         "rss_mb_by_process": {k: stats.summary(v) for k, v in parts.items()},
         "rss_ratio_to_deps": ratio,
+        "pss_mb": {k: stats.summary(v) for k, v in shared["pss"].items()},
+        "uss_mb": {k: stats.summary(v) for k, v in shared["uss"].items()},
         "daemon_rss_ratio_to_deps": stats.summary(parts["daemon"])["median"] / rss_med["deps"],
         "deps_imported": deps_import(),
         "rss_ratio_to_bare": rss_med["agent"] / rss_med["bare"],

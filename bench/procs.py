@@ -220,6 +220,24 @@ def rss_bytes(pid: int, children: bool = False) -> int:
         return 0
 
 
+def shared_memory_bytes(pid: int, children: bool = False) -> dict[str, int]:
+    """PSS and USS of a process (and its live children): RSS counts every shared page in
+    full in each process that maps it, PSS shares it out, USS leaves it out."""
+    out = {"pss": 0, "uss": 0}
+    try:
+        procs = [psutil.Process(pid)]
+        if children:
+            procs += procs[0].children(recursive=True)
+    except psutil.Error:
+        return out
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            m = p.memory_full_info()
+            out["pss"] += int(m.pss)
+            out["uss"] += int(m.uss)
+    return out
+
+
 def run_loadgen(args: list[str], timeout: float, log: Path | None = None) -> dict[str, Any]:
     """Run ``python -m bench.loadgen ARGS`` as its own process; return its JSON result."""
     out = log or Path(tempfile.gettempdir()) / f"aeamc-bench-loadgen-{os.getpid()}.log"

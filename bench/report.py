@@ -296,13 +296,16 @@ for {_f(g["window_s"], 0)} s after start-up, at the same time as the two referen
 every second, of the agent's process and its children ({g["agent_child_processes"]} while idle:
 `run` is the update launcher, which starts and supervises the daemon; the chunk worker
 starts on first use); CPU from process times. The dependencies-only process imports what
-the agent declares: `{g.get("deps_imported", "–")}`.
+the agent declares: `{g.get("deps_imported", "–")}`. The target is judged on RSS summed over
+the agent's processes, which counts the pages they share (the interpreter, common
+libraries) once in each; PSS (shared pages divided among the processes mapping them) and
+USS (pages of that process alone) are shown beside it.
 
-| process | RSS MB median (min–max) | CPU % of one core |
-| --- | ---: | ---: |
-| bare Python (`time.sleep`) | {_spread(rss["bare"])} | {_f(cpu["bare"], 3)} |
-| imports the agent's dependencies only | {_spread(rss["deps"])} | {_f(cpu["deps"], 3)} |
-| the agent (all its processes) | {_spread(rss["agent"])} | {_f(cpu["agent"], 3)} |
+| process | RSS MB median (min–max) | PSS MB | USS MB | CPU % of one core |
+| --- | ---: | ---: | ---: | ---: |
+| bare Python (`time.sleep`) | {_spread(rss["bare"])} | {_shared(g, "pss", "bare")} | {_shared(g, "uss", "bare")} | {_f(cpu["bare"], 3)} |
+| imports the agent's dependencies only | {_spread(rss["deps"])} | {_shared(g, "pss", "deps")} | {_shared(g, "uss", "deps")} | {_f(cpu["deps"], 3)} |
+| the agent (all its processes) | {_spread(rss["agent"])} | {_shared(g, "pss", "agent")} | {_shared(g, "uss", "agent")} | {_f(cpu["agent"], 3)} |
 {_footprint_parts(g)}
 - RSS ÷ dependencies-only process: {_f(g["rss_ratio_to_deps"], 3)} (÷ bare Python:
   {_f(g["rss_ratio_to_bare"], 2)}; the daemon alone ÷ dependencies-only:
@@ -320,9 +323,15 @@ def _footprint_parts(g: dict[str, Any]) -> str:
     if not parts or not parts["launcher"]["median"]:
         return ""
     return (
-        f"| — the launcher (`run`) | {_spread(parts['launcher'])} | |\n"
-        f"| — the daemon it supervises | {_spread(parts['daemon'])} | |\n"
+        f"| — the launcher (`run`) | {_spread(parts['launcher'])} | | | |\n"
+        f"| — the daemon it supervises | {_spread(parts['daemon'])} | | | |\n"
     )
+
+
+def _shared(g: dict[str, Any], kind: str, process: str) -> str:
+    """Median PSS or USS (extra columns; the target is judged on RSS, which counts shared
+    pages in full in each process)."""
+    return _f(g.get(f"{kind}_mb", {}).get(process, {}).get("median"))
 
 
 def _footprint_figures(g: dict[str, Any]) -> dict[str, str]:

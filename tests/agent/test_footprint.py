@@ -1,7 +1,8 @@
 """What an idle agent holds: ``aeamc-agent run`` as installed is a launcher that loads none
 of the daemon's libraries (and refuses what the daemon refuses, with its status); the
-daemon loads what heartbeats need, not TUF, zeroconf or — once its TLS files are checked —
-cryptography; and its heartbeats share one TLS connection to the real coordinator."""
+daemon loads what heartbeats need, not TUF, zeroconf or cryptography (its certificate
+work runs in a helper process); and its heartbeats share one TLS connection to the real
+coordinator."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def test_the_launcher_path_imports_none_of_the_daemons_libraries() -> None:
     assert "aeamc.shared.messages" not in json.loads(out.stdout)
 
 
-def test_the_daemon_loads_neither_updates_nor_mdns_at_start(tmp_path: Path) -> None:
+def test_the_daemon_loads_neither_updates_nor_mdns_nor_cryptography(tmp_path: Path) -> None:
     agent = AgentProcess(tmp_path / "agent", coordinator_url="https://127.0.0.1:9", mdns=False)
     agent.init()
     code = textwrap.dedent(
@@ -68,7 +69,10 @@ def test_the_daemon_loads_neither_updates_nor_mdns_at_start(tmp_path: Path) -> N
     )
     loaded = {m.split(".")[0] for m in json.loads(out.stdout.splitlines()[-1])}
     assert {"aiohttp", "nacl"} <= loaded
-    assert not loaded & {"tuf", "installer", "zeroconf", "prometheus_client"}
+    # It tried to enroll (the coordinator is away): the key and its request were made by
+    # the certificate helper, not in the daemon.
+    assert not loaded & {"tuf", "installer", "zeroconf", "prometheus_client", "cryptography"}
+    assert (agent.state_dir / "tls" / "key.pem").exists()
 
 
 def _run(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -184,16 +188,15 @@ def test_heartbeats_share_one_tls_connection_and_the_launcher_stays_slim(
         assert daemon != agent.process.pid
         # The service process is the launcher: no HTTP, crypto or telemetry library in it.
         assert _mapped_packages(agent.process.pid) == set()
-        assert {"aiohttp", "nacl", "psutil"} <= _mapped_packages(daemon)
-        # Restarted, the enrolled daemon finds its TLS files as it checked them: no
-        # cryptography (tls.py), and its heartbeats go on.
+        # Enrolled, with its certificate: cryptography was only ever in the helper.
+        assert _mapped_packages(daemon) == {"aiohttp", "nacl", "psutil"}
+        # Restarted, it keeps its certificate (no request for a new one) and heartbeats on.
+        serial = agent.status_file()["tls"]["certificate"]["serial"]
         agent.stop()
         agent.start()
         seq = _last_seq(coordinator, agent.device_id)
         wait_for(lambda: _last_seq(coordinator, agent.device_id) >= seq + 2, 60)
-        daemon = agent.status_file()["pid"]
-        assert "cryptography" not in _mapped_packages(daemon)
-        assert {"aiohttp", "nacl", "psutil"} <= _mapped_packages(daemon)
+        assert agent.status_file()["tls"]["certificate"]["serial"] == serial
     finally:
         agent.stop()
         relay.close()

@@ -10,10 +10,10 @@ Files (``state_dir/tls/``, the directory 0700)::
     checked.json     what was found checking the files above (the CA's fingerprint, the
                      certificate's validity and serial), with a SHA-256 of each file
 
-Checking a certificate takes ``cryptography``, as much memory as the rest of an idle
-agent's libraries; so the outcome is remembered, and a restart whose files are byte for
-byte those last checked uses it instead of loading ``cryptography`` (enrollment and
-renewal, which make a CSR and check what the coordinator issued, still do).
+Whatever takes ``cryptography`` — making the key, the self-signed certificate or a
+certificate request, checking a certificate against the CA — runs in a helper process
+(certtool.py), so the daemon never loads it; what a check found is remembered, and a
+start whose files are byte for byte those last checked needs no helper at all.
 
 Trust on first use, as for the coordinator's key: without a fingerprint to check, the
 first enrollment is encrypted but not yet authenticated; its answer carries the CA
@@ -33,15 +33,13 @@ import hashlib
 import json
 import logging
 import ssl
+import subprocess
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aeamc.shared.runtime import tls
-
-if TYPE_CHECKING:
-    from cryptography import x509
-    from cryptography.hazmat.primitives.asymmetric import ec
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +56,9 @@ class CertFacts:
     not_after_ms: int
     serial: str
 
-    @classmethod
-    def of(cls, cert: x509.Certificate) -> CertFacts:
-        start, end = tls.validity_ms(cert)
-        return cls(start, end, tls.serial_hex(cert))
+
+#: How long the certificate helper may take (it imports cryptography, may make a key).
+HELPER_TIMEOUT_S = 60.0
 
 
 class TrustError(Exception):
@@ -89,11 +86,9 @@ class AgentTls:
         self.cert_file = self.dir / "cert.pem"
         self.ca_file = self.dir / "ca.pem"
         self.self_signed_file = self.dir / SELF_SIGNED_FILE
-        self._key: ec.EllipticCurvePrivateKey | None = None
         if self.key_file.exists():
             tls.check_key_file(self.key_file)  # its contents: checked with the rest
-        else:
-            self._key = tls.ensure_key(self.key_file)
+        self._csr: tuple[str | None, str] | None = None
         self.ca_pem: str | None = None
         self.ca_fingerprint: str | None = None
         self.cert: CertFacts | None = None
@@ -105,28 +100,33 @@ class AgentTls:
 
     # -- state ----------------------------------------------------------------------------
 
-    @property
-    def key(self) -> ec.EllipticCurvePrivateKey:
-        """The TLS key, parsed when first needed (a CSR, or a certificate to check)."""
-        if self._key is None:
-            self._key = tls.load_key(self.key_file)
-        return self._key
+    def _helper(self, op: str, **args: Any) -> dict[str, Any]:
+        """Run one request in the certificate helper (certtool.py); its answer."""
+        request = {"op": op, "dir": str(self.dir), "device_id": self.device_id, **args}
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "aeamc.agent.certtool"],
+                input=json.dumps(request),
+                capture_output=True,
+                text=True,
+                timeout=HELPER_TIMEOUT_S,
+                check=False,
+            )
+            reply = json.loads(done.stdout)
+        except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
+            raise tls.TlsError(f"the certificate helper failed: {exc}") from None
+        if "error" in reply:
+            error = TrustError if reply.get("kind") == "trust" else tls.TlsError
+            raise error(reply["error"])
+        return reply["ok"]  # type: ignore[no-any-return]
 
     def _check(self) -> None:
-        """Read and check every file with ``cryptography``; remember what was found."""
-        if self._key is None:  # a key file that does not parse is an error, as before
-            self._key = tls.load_key(self.key_file)
-        if self.ca_file.exists():
-            # The pinned trust anchor: unreadable is an error to fix, never silently dropped.
-            try:
-                self.ca_pem = self.ca_file.read_text()
-                self.ca_fingerprint = tls.fingerprint(self.ca_pem)
-            except tls.TlsError as exc:
-                raise tls.TlsError(f"{self.ca_file}: {exc}") from None
-        cert = self._load_own(self.cert_file) if self.ca_pem else None
-        self.cert = CertFacts.of(cert) if cert is not None else None
-        if self._load_own(self.self_signed_file, ca_issued=False) is None:
-            tls.write_text_atomic(self.self_signed_file, tls.self_signed(self.key, self.device_id))
+        """Have every file checked (and the key and self-signed certificate made if they
+        are missing or not ours); remember what was found."""
+        found = self._helper("check")
+        self.ca_pem = self.ca_file.read_text() if found["ca_fingerprint"] else None
+        self.ca_fingerprint = found["ca_fingerprint"]
+        self.cert = CertFacts(**found["cert"]) if found["cert"] else None
         self._remember()
 
     def _digests(self) -> dict[str, str | None]:
@@ -162,39 +162,12 @@ class AgentTls:
         self.ca_pem, self.ca_fingerprint, self.cert = ca_pem, fingerprint, cert
         return True
 
-    def _matches_key(self, cert: x509.Certificate) -> bool:
-        return cert.public_key() == self.key.public_key()
-
-    def _names_me(self, cert: x509.Certificate) -> bool:
-        from cryptography import x509
-
-        try:
-            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        except x509.ExtensionNotFound:
-            return False
-        return tls.device_hostname(self.device_id) in san.get_values_for_type(x509.DNSName)
-
-    def _load_own(self, path: Path, *, ca_issued: bool = True) -> x509.Certificate | None:
-        """A certificate file for our key and id (issued by the pinned CA), else None: a
-        damaged or stale one is replaced by the next enrollment."""
-        try:
-            cert = tls.load_pem(path.read_text())
-        except (OSError, tls.TlsError):
-            return None
-        if ca_issued:
-            return cert if self._ours(cert) else None
-        return cert if self._matches_key(cert) and self._names_me(cert) else None
-
-    def _ours(self, cert: x509.Certificate) -> bool:
-        assert self.ca_pem is not None
-        return (
-            self._matches_key(cert)
-            and tls.issued_by(cert, tls.load_pem(self.ca_pem))
-            and self._names_me(cert)
-        )
-
     def csr_hex(self) -> str:
-        return tls.make_csr(self.key, self.device_id).hex()
+        """A certificate request for our key (made once per key, by the helper)."""
+        key_digest = self._digests()[self.key_file.name]
+        if self._csr is None or self._csr[0] != key_digest:
+            self._csr = (key_digest, self._helper("csr")["csr"])
+        return self._csr[1]
 
     def renewal_due(self, now_ms: int) -> bool:
         """No certificate yet, or two thirds of its lifetime gone: enroll for a new one."""
@@ -239,19 +212,18 @@ class AgentTls:
 
     def pin_ca(self, answer: Any, expected: str) -> None:
         """Pin the CA of a ``GET /v1/ca`` answer if it is the one ``expected``."""
-        from cryptography.hazmat.primitives import serialization
-
         pem = answer.get("ca_certificate") if isinstance(answer, dict) else None
         if not isinstance(pem, str):
             raise TrustError("the coordinator did not send its CA certificate")
         try:
-            ca = tls.load_pem(pem)
-        except tls.TlsError as exc:
-            raise TrustError(f"CA certificate: {exc}") from None
-        fp = tls.fingerprint(ca)
+            der = ssl.PEM_cert_to_DER_cert(pem.strip())
+        except ValueError as exc:
+            raise TrustError(f"CA certificate: not a PEM certificate: {exc}") from None
+        fp = hashlib.sha256(der).hexdigest()
         if fp != _normal(expected):
             raise TrustError(f"the coordinator's CA {fp} is not the expected {_normal(expected)}")
-        self.ca_pem = ca.public_bytes(serialization.Encoding.PEM).decode()
+        # Its fingerprint is the one expected: it is that certificate, whatever it says.
+        self.ca_pem = ssl.DER_cert_to_PEM_cert(der)
         self.ca_fingerprint = fp
         tls.write_text_atomic(self.ca_file, self.ca_pem)
         self._remember()
@@ -291,16 +263,10 @@ class AgentTls:
                 )
             self.coordinator_id = coordinator_id
             return
-        from cryptography.hazmat.primitives import serialization
-
         if not isinstance(cert_pem, str):
             raise TrustError("enrollment answer without the certificate it asked for")
-        try:
-            ca = tls.load_pem(ca_pem)
-            cert = tls.load_pem(cert_pem)
-        except tls.TlsError as exc:
-            raise TrustError(f"enrollment answer: {exc}") from None
-        fp = tls.fingerprint(ca)
+        checked = self._helper("answer", ca_pem=ca_pem, cert_pem=cert_pem)
+        fp = checked["ca_fingerprint"]
         if self.ca_fingerprint is not None and fp != self.ca_fingerprint:
             raise TrustError(
                 f"the coordinator presents CA {fp}, but this device pinned CA "
@@ -309,16 +275,15 @@ class AgentTls:
         for what, expected in (("configured", self.expected_ca), ("advertised", advert_ca)):
             if expected is not None and fp != expected:
                 raise TrustError(f"the coordinator's CA {fp} is not the {what} one {expected}")
-        if not tls.issued_by(cert, ca) or not self._matches_key(cert) or not self._names_me(cert):
+        if not checked["ours"]:
             raise TrustError("the certificate is not for this device's key from that CA")
-        ca_text = ca.public_bytes(serialization.Encoding.PEM).decode()
+        ca_text = checked["ca_pem"]
         if not self.ca_file.exists():
             tls.write_text_atomic(self.ca_file, ca_text)
             log.info("pinned the coordinator's CA, fingerprint %s", fp)
         self.ca_pem, self.ca_fingerprint, self.coordinator_id = ca_text, fp, coordinator_id
-        cert_text = cert.public_bytes(serialization.Encoding.PEM).decode()
-        tls.write_text_atomic(self.cert_file, cert_text)
-        self.cert = CertFacts.of(cert)
+        tls.write_text_atomic(self.cert_file, checked["cert_pem"])
+        self.cert = CertFacts(**checked["cert"])
         self._remember()
         # New handshakes, served and made, use the new certificate and the pinned CA.
         self.server_ssl.load_cert_chain(self.cert_file, self.key_file)
