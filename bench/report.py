@@ -353,10 +353,9 @@ def _wire_note(g: dict[str, Any]) -> str:
     if conns >= beats:
         return (
             f"All of it over TLS 1.3, and the relay saw as many new connections as heartbeats ({conns}): "
-            "the agent's HTTP client closes a connection idle for 15 s (aiohttp's default), "
-            f"shorter than the {_f(g['heartbeat_interval_s'], 0)}-s interval, so each heartbeat "
-            "opens a connection and its full handshake — both certificates — is in the count. "
-            "A keep-alive longer than the interval would leave the request and answer alone."
+            "each heartbeat opened a connection and paid its full handshake — both "
+            "certificates — in the count. The agent keeps an idle connection open past its "
+            "longest heartbeat gap, so something between it and the coordinator closed them."
         )
     return (
         f"All of it over TLS 1.3 on kept-alive connections ({conns} opened in the window), "

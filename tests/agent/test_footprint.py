@@ -75,6 +75,35 @@ def test_the_daemon_loads_neither_updates_nor_mdns_nor_cryptography(tmp_path: Pa
     assert (agent.state_dir / "tls" / "key.pem").exists()
 
 
+def test_what_the_command_line_sends_to_the_launcher() -> None:
+    from aeamc.agent.entry import _as_run
+
+    assert _as_run(["--config", "a.toml", "run"]) == ("a.toml", 0)
+    assert _as_run(["--config=a.toml", "-vv", "--verbose", "run"]) == ("a.toml", 3)
+    assert _as_run(["run"]) == (None, 0)
+    # Anything else is cli.py's: other commands, help, typos, a missing value.
+    for argv in (["status"], ["run", "-h"], ["--config"], ["-x", "run"], ["daemon"], []):
+        assert _as_run(argv) is None, argv
+
+
+def test_run_with_updates_off_is_the_daemon_alone(tmp_path: Path) -> None:
+    """No launcher to keep slim: `run` is `daemon`, which refuses a bad key itself."""
+    env = {k: v for k, v in os.environ.items() if k != "AEAMC_SIMULATED_TELEMETRY"}
+    agent = AgentProcess(
+        tmp_path / "agent",
+        coordinator_url="https://127.0.0.1:9",
+        mdns=False,
+        settings={"updates": {"enabled": False}},
+    )
+    agent.init()
+    (agent.state_dir / "identity.key").chmod(0o644)
+    out = _run(agent.config_path, env)
+    assert out.returncode == 78 and "chmod 600" in out.stderr
+    assert "usage" not in out.stderr
+    version = subprocess.run([*CLI, "--version"], capture_output=True, text=True, check=True)
+    assert version.stdout.startswith("aeamc-agent ")
+
+
 def _run(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*CLI, "--config", str(config), "run"],

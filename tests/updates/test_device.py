@@ -87,6 +87,9 @@ def test_an_update_waits_for_the_running_task(device) -> None:  # type: ignore[n
     # Installed next to the running agent, which goes on with its task.
     assert waiting["version"] == BASE and _updates(waiting)["installed"] == [GOOD]
     assert waiting["task"]["task_id"] == task_id
+    # Checked, downloaded and installed by helper processes: python-tuf verified signatures
+    # with cryptography there, and the daemon that goes on running never mapped it.
+    assert "/cryptography/" not in Path(f"/proc/{waiting['pid']}/maps").read_text()
     agent.set_profile([{"at_s": 0, **GOOD_TELEMETRY}])
     agent.wait_status(lambda s: s["version"] == GOOD and not _updates(s).get("trial"), 60)
     # The task ran to its end on the old release and its proof was accepted.

@@ -26,12 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from aeamc.shared.runtime import tls
 
-KEY_FILE, CERT_FILE, CA_FILE, SELF_SIGNED_FILE = (
-    "key.pem",
-    "cert.pem",
-    "ca.pem",
-    "self-signed.pem",
-)
+from .tls import CA_FILE, CERT_FILE, KEY_FILE, SELF_SIGNED_FILE
 
 
 class Refused(Exception):

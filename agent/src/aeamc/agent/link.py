@@ -20,6 +20,7 @@ exponentially (with jitter, capped) and tries again.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import random
@@ -181,8 +182,8 @@ class CoordinatorLink:
         # A certificate that is still good is kept: a restart does not make a new one (nor
         # load cryptography to make its request, tls.py).
         asks_certificate = self.need_certificate or self.tls.renewal_due(self.clock_ms())
-        if asks_certificate:
-            body["csr"] = self.tls.csr_hex()
+        if asks_certificate:  # made by a helper process (tls.py): not on the event loop
+            body["csr"] = await asyncio.to_thread(self.tls.csr_hex)
         message = sign(Enroll, body, self.key)
         reply = await self.client.post(url, "/v1/enroll", message.to_dict())
         self._measured(reply)

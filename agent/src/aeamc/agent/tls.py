@@ -44,8 +44,13 @@ from aeamc.shared.runtime import tls
 log = logging.getLogger(__name__)
 
 TLS_DIR = "tls"
+KEY_FILE, CERT_FILE, CA_FILE, SELF_SIGNED_FILE = (
+    "key.pem",
+    "cert.pem",
+    "ca.pem",
+    "self-signed.pem",
+)
 CHECKED_FILE = "checked.json"
-SELF_SIGNED_FILE = "self-signed.pem"
 
 
 @dataclass(frozen=True)
@@ -82,9 +87,9 @@ class AgentTls:
         self.device_id = device_id
         self.coordinator_id = coordinator_id
         self.expected_ca = _normal(expected_ca)
-        self.key_file = self.dir / "key.pem"
-        self.cert_file = self.dir / "cert.pem"
-        self.ca_file = self.dir / "ca.pem"
+        self.key_file = self.dir / KEY_FILE
+        self.cert_file = self.dir / CERT_FILE
+        self.ca_file = self.dir / CA_FILE
         self.self_signed_file = self.dir / SELF_SIGNED_FILE
         if self.key_file.exists():
             tls.check_key_file(self.key_file)  # its contents: checked with the rest

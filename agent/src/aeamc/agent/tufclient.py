@@ -1,16 +1,24 @@
-"""The TUF side of an update check: python-tuf's ngclient over the agent's own client.
+"""The TUF side of an update check, in a helper process: python-tuf's ngclient, fetching
+through the daemon's own connection to the coordinator.
 
-Apart from ``updater.py`` because python-tuf (and securesystemslib, and the PyPA installer)
-cost an idle daemon as much memory as its HTTP stack: this module is imported at the first
-update check (``updates.check_interval_s`` after the daemon starts), never at start.
+python-tuf, securesystemslib (with cryptography) and the PyPA installer take as much
+memory as the daemon's HTTP stack, and Python never unloads a module: imported by the
+daemon at its first hourly check, they would stay for as long as it runs. So each check
+is ``python -m aeamc.agent.tufclient``, started by the daemon (updater.py) and gone when
+the check is done.
 
-Everything here runs in a worker thread (``asyncio.to_thread``): ngclient is synchronous,
-and its fetcher bridges each download back to the event loop.
+The helper has no network of its own: it reads one JSON request on stdin
+(``{"op": "refresh" | "install", "metadata_dir", "url", "root", "state_dir", "release"}``),
+and for every file ngclient wants it writes ``{"fetch": url}`` on stdout and reads the
+daemon's ``{"status", "data"}`` (base64) or ``{"unreachable": why}``; its last line is the
+answer, ``{"trusted": {role: version}}`` or ``{"error", "kind"}`` with ``kind``
+``no_repository``, ``verification`` (a file that does not match the signed metadata) or
+``failed``.
 """
 
 from __future__ import annotations
 
-import asyncio
+import base64
 import json
 import logging
 import shutil
@@ -18,6 +26,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 from tuf.api.exceptions import (
     DownloadError,
@@ -30,47 +39,39 @@ from tuf.ngclient import Updater as TufUpdater
 
 from aeamc.shared.releases import manifest_path, target_path
 
-from .client import CoordinatorClient, Unreachable
+from . import logs
 from .slots import COMPLETE, Slots
 
 log = logging.getLogger(__name__)
 
 METADATA_PATH = "/v1/updates/metadata/"
 TARGETS_PATH = "/v1/updates/targets/"
-#: Largest file the updater downloads (a release is two small wheels and a manifest).
-MAX_FILE_BYTES = 64 * 1024 * 1024
 
 
 class NoRepository(Exception):
     """The coordinator has no TUF repository (``release init`` was never run there)."""
 
 
-class CoordinatorFetcher(FetcherInterface):
-    """ngclient's fetcher over the agent's coordinator client (called in a worker thread)."""
+class PipeFetcher(FetcherInterface):
+    """ngclient's fetcher: each download is asked of the daemon over the helper's pipes."""
 
-    def __init__(
-        self, client: CoordinatorClient, loop: asyncio.AbstractEventLoop, timeout_s: float
-    ) -> None:
-        self.client = client
-        self.loop = loop
-        self.timeout_s = timeout_s
+    def __init__(self, requests: IO[str], answers: IO[str]) -> None:
+        self.requests = requests
+        self.answers = answers
 
     def _fetch(self, url: str) -> Iterator[bytes]:
-        future = asyncio.run_coroutine_threadsafe(self.client.fetch(url, MAX_FILE_BYTES), self.loop)
-        try:
-            status, data = future.result(self.timeout_s * 2 + 5)
-        except Unreachable as exc:
-            raise DownloadError(str(exc)) from None
-        except TimeoutError:
-            future.cancel()
-            raise DownloadError(f"{url}: timed out") from None
-        if status != 200:
-            raise DownloadHTTPError(f"{url}: HTTP {status}", status)
-        return iter((data,))
+        self.requests.write(json.dumps({"fetch": url}) + "\n")
+        self.requests.flush()
+        answer = json.loads(self.answers.readline() or "{}")
+        if "unreachable" in answer or "status" not in answer:
+            raise DownloadError(str(answer.get("unreachable", "the daemon did not answer")))
+        if answer["status"] != 200:
+            raise DownloadHTTPError(f"{url}: HTTP {answer['status']}", answer["status"])
+        return iter((base64.b64decode(answer["data"]),))
 
 
 def refresh(
-    metadata_dir: Path, url: str, fetcher: CoordinatorFetcher, root: Path | None
+    metadata_dir: Path, url: str, fetcher: FetcherInterface, root: Path | None
 ) -> tuple[TufUpdater, dict[str, int]]:
     """Refreshed trusted metadata, and the version of each role now trusted (for status).
 
@@ -93,7 +94,7 @@ def refresh(
     return updater, trusted
 
 
-def _bootstrap_root(url: str, fetcher: CoordinatorFetcher, root: Path | None) -> bytes:
+def _bootstrap_root(url: str, fetcher: FetcherInterface, root: Path | None) -> bytes:
     """The root to start from: configured, else the coordinator's v1 (pinned on first use)."""
     if root is not None:
         return root.read_bytes()
@@ -168,3 +169,31 @@ def install_slot(slots: Slots, version: str, wheels: list[Path]) -> Path:
 def is_verification_error(exc: BaseException) -> bool:
     """A file that does not match the signed metadata (as opposed to a network hiccup)."""
     return isinstance(exc, (RepositoryError, DownloadLengthMismatchError))
+
+
+def handle(request: dict[str, Any], fetcher: FetcherInterface) -> dict[str, Any]:
+    """One check: refresh the metadata, and for ``install`` download and install a release."""
+    root = Path(request["root"]) if request.get("root") else None
+    try:
+        updater, trusted = refresh(Path(request["metadata_dir"]), request["url"], fetcher, root)
+        if request["op"] == "install":
+            install(updater, Slots(Path(request["state_dir"])), request["release"])
+    except NoRepository:
+        return {"error": "no update repository", "kind": "no_repository"}
+    except Exception as exc:
+        kind = "verification" if is_verification_error(exc) else "failed"
+        return {"error": f"{type(exc).__name__}: {exc}", "kind": kind}
+    return {"trusted": trusted}
+
+
+def main() -> int:
+    logs.configure(0)
+    request = json.loads(sys.stdin.readline())
+    answer = handle(request, PipeFetcher(sys.stdout, sys.stdin))
+    sys.stdout.write(json.dumps(answer) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

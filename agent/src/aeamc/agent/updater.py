@@ -11,16 +11,20 @@ the runner is idle — like balena's update lock, an update never interrupts a t
 queued work waits, and the daemon exits with ``EX_RESTART`` for the launcher to start
 the release on trial.
 
-The TUF side is tufclient.py, imported at the first check rather than at start. All
-HTTP goes through the agent's own coordinator client (the same session, URL and
-transport as heartbeats), bridged from ngclient's synchronous fetcher to the event loop.
+The TUF side runs in a helper process for each check (tufclient.py), so the daemon never
+loads python-tuf. All HTTP goes through the agent's own coordinator client (the same
+session, URL and transport as heartbeats): the helper asks the daemon for each file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import json
 import logging
 import random
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -44,6 +48,10 @@ from .slots import Slots
 log = logging.getLogger(__name__)
 
 REPORTS_PATH = "/v1/updates/reports"
+#: Largest file the updater downloads (a release is two small wheels and a manifest).
+MAX_FILE_BYTES = 64 * 1024 * 1024
+#: A line from the helper holds one file, base64-encoded.
+HELPER_LINE_LIMIT = MAX_FILE_BYTES * 2
 IDLE_POLL_S = 0.2
 
 
@@ -135,23 +143,17 @@ class Updater:
         url = self.locator.url
         if url is None or not self.enrolled():
             return
-        from . import tufclient  # python-tuf only from the first check on (tufclient.py)
-
-        loop = asyncio.get_running_loop()
-        fetcher = tufclient.CoordinatorFetcher(self.client, loop, self.config.request_timeout_s)
-        try:
-            updater, self.trusted = await asyncio.to_thread(
-                tufclient.refresh, self.metadata_dir, url, fetcher, self.config.update_root
-            )
-        except tufclient.NoRepository:
+        refreshed = await self._tuf("refresh", url)
+        if refreshed.get("kind") == "no_repository":
             if self.last_error != NO_REPOSITORY:
                 log.info("%s", NO_REPOSITORY)
             self._error(NO_REPOSITORY)
             return
-        except Exception as exc:
-            self._error(f"update metadata refused: {type(exc).__name__}: {exc}")
+        if "error" in refreshed:
+            self._error(f"update metadata refused: {refreshed['error']}")
             log.warning("%s", self.last_error)
             return
+        self.trusted = refreshed["trusted"]
         self.last_check_ms = self.clock_ms()
         self.last_error = None
         state = self.slots.load()
@@ -164,19 +166,18 @@ class Updater:
             return
         log.info("release %s is offered to this device; downloading it", release)
         self._set_state("downloading")
-        try:
-            await asyncio.to_thread(tufclient.install, updater, self.slots, release)
-        except Exception as exc:
+        installed = await self._tuf("install", url, release=release)
+        if "error" in installed:
             self._set_state("idle")
-            if tufclient.is_verification_error(exc):
-                detail = f"verification failed: {type(exc).__name__}: {exc}"
+            if installed["kind"] == "verification":
+                detail = f"verification failed: {installed['error']}"
                 self.refused[release] = detail
                 self.slots.add_report(release, REFUSED, detail, __version__, self.clock_ms())
                 self._error(f"release {release} refused: {detail}")
                 log.error("release %s refused, nothing installed: %s", release, detail)
                 await self.deliver_reports()
             else:
-                self._error(f"release {release} not installed: {type(exc).__name__}: {exc}")
+                self._error(f"release {release} not installed: {installed['error']}")
                 log.warning("%s; trying again later", self.last_error)
             return
         self._set_state("waiting_for_idle")
@@ -187,6 +188,47 @@ class Updater:
         self._set_state("restarting")
         log.info("release %s installed; restarting into it", release)
         self.restart(EX_RESTART)
+
+    # -- TUF, in a helper process (tufclient.py) ---------------------------------------------
+
+    async def _tuf(self, op: str, url: str, **args: Any) -> dict[str, Any]:
+        """Run one TUF step in the helper, serving the files it fetches; its answer."""
+        request = {
+            "op": op,
+            "url": url,
+            "metadata_dir": str(self.metadata_dir),
+            "root": str(self.config.update_root) if self.config.update_root else None,
+            "state_dir": str(self.config.state_dir),
+            **args,
+        }
+        helper = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "aeamc.agent.tufclient",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=HELPER_LINE_LIMIT,
+        )
+        assert helper.stdin is not None and helper.stdout is not None
+        try:
+            helper.stdin.write(json.dumps(request).encode() + b"\n")
+            while line := await helper.stdout.readline():
+                message = json.loads(line)
+                if "fetch" not in message:
+                    return message  # type: ignore[no-any-return]
+                try:
+                    status, data = await self.client.fetch(message["fetch"], MAX_FILE_BYTES)
+                    answer = {"status": status, "data": base64.b64encode(data).decode()}
+                except Unreachable as exc:
+                    answer = {"unreachable": str(exc)}
+                helper.stdin.write(json.dumps(answer).encode() + b"\n")
+                await helper.stdin.drain()
+            return {"error": f"the update helper exited ({await helper.wait()})", "kind": "failed"}
+        finally:
+            if helper.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    helper.kill()
+                await helper.wait()
 
     # -- reports ------------------------------------------------------------------------------
 
