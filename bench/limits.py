@@ -165,7 +165,7 @@ figures move, the direction and size of each change did not.
 | heartbeat signatures checked on a thread of their own, in batches | the Ed25519 call (~57 µs) leaves the event loop |
 | block formation: plain tuples, one set-based `UPDATE`, batched spot-check inserts, payload encoded once, cheaper challenge derivation | 10,000 receipts (4-chunk tasks, new devices) 424 → 259 ms |
 | each TLS connection's read buffer bounded at 32 KiB instead of asyncio's 256 KiB | coordinator RSS with 10,000 devices connected 3,148 → 945 MB |
-| `aeamc-agent run` reaches the launcher without the command-line module (no HTTP client, signatures, certificates or telemetry in it); the daemon runs TUF checks and certificate work in helper processes and loads zeroconf only with mDNS | idle agent RSS (launcher + daemon) 113.8 → 60.4 MB, 1.98 → 1.04 × the dependencies-only process (launcher 51.3 → 16.6 MB, daemon 62.6 → 43.8 MB) |
+| `aeamc-agent run` reaches the launcher without the command-line module (no HTTP client, signatures, certificates or telemetry in it); the daemon runs TUF checks and certificate work in helper processes and loads zeroconf only with mDNS | idle agent RSS (launcher + daemon) 113.8 → 60.5 MB, 1.98 → 1.04 × the dependencies-only process (launcher 51.3 → 16.6 MB, daemon 62.6 → 43.9 MB; PSS 39.7 MB) |
 | the agent keeps its connection to the coordinator open past its longest heartbeat gap (it was aiohttp's 15 s, under the 30-s interval) | 6,337 → 926 bytes on the wire per heartbeat; no new TLS connection per heartbeat |
 """
 

@@ -65,7 +65,8 @@ def _load_own(
 
 def check(folder: Path, device_id: str) -> dict[str, Any]:
     """Make the key and the self-signed certificate if they are missing or not ours; what
-    the CA and our certificate are (a damaged certificate is replaced by enrolling)."""
+    the CA and our certificate are (a damaged certificate is replaced by enrolling), and a
+    certificate request for the key."""
     key = tls.ensure_key(folder / KEY_FILE)
     ca = fingerprint = None
     ca_file = folder / CA_FILE
@@ -79,7 +80,12 @@ def check(folder: Path, device_id: str) -> dict[str, Any]:
     cert = _load_own(folder / CERT_FILE, key, device_id, ca) if ca is not None else None
     if _load_own(folder / SELF_SIGNED_FILE, key, device_id, None) is None:
         tls.write_text_atomic(folder / SELF_SIGNED_FILE, tls.self_signed(key, device_id))
-    return {"ca_fingerprint": fingerprint, "cert": facts(cert) if cert is not None else None}
+    return {
+        "ca_fingerprint": fingerprint,
+        "cert": facts(cert) if cert is not None else None,
+        # Made now, while cryptography is loaded: the first enrollment needs it next.
+        "csr": tls.make_csr(key, device_id).hex(),
+    }
 
 
 def csr(folder: Path, device_id: str) -> dict[str, Any]:

@@ -101,9 +101,11 @@ class CoordinatorClient:
             except aiohttp.ClientConnectorCertificateError as exc:
                 raise CertificateRefused(f"{url}: {exc.certificate_error}") from None
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                # A kept-alive connection the server had closed: the request never reached
-                # it (no answer came), so it goes again at once on a new connection — the
-                # keep-alive race (RFC 9112 §9.3.1), not the coordinator being away.
+                # A kept-alive connection the server closed as the request went out (its
+                # idle timer, a restart): no answer came, and a server closes an idle
+                # connection without reading from it, so the request goes again at once on
+                # a new connection (RFC 9112 §9.3.1) — not the coordinator being away. A
+                # heartbeat replayed after all would be refused as such (409 `replay`).
                 if attempt.reused and not last_try:
                     continue
                 raise Unreachable(f"{url}: {exc.__class__.__name__}: {exc}") from None

@@ -133,6 +133,7 @@ class AgentTls:
         self.ca_fingerprint = found["ca_fingerprint"]
         self.cert = CertFacts(**found["cert"]) if found["cert"] else None
         self._remember()
+        self._csr = (self._digests()[self.key_file.name], found["csr"])
 
     def _digests(self) -> dict[str, str | None]:
         out: dict[str, str | None] = {}
