@@ -189,7 +189,8 @@ class CoordinatorLink:
         self._measured(reply)
         if reply.status not in (200, 201, 202):
             return self._refused("enrollment", reply)
-        state = self._accept_enrollment(url, reply.body, asks_certificate)
+        checked = await asyncio.to_thread(self.tls.check_answer, reply.body)
+        state = self._accept_enrollment(url, reply.body, asks_certificate, checked)
         self.need_certificate = False
         self.backoff.reset()
         self.last_error = None
@@ -296,7 +297,13 @@ class CoordinatorLink:
         log.error("%s; retrying in %.1f s", message, delay)
         return delay
 
-    def _accept_enrollment(self, url: str, body: Any, asked_certificate: bool = True) -> str:
+    def _accept_enrollment(
+        self,
+        url: str,
+        body: Any,
+        asked_certificate: bool = True,
+        checked: dict[str, Any] | None = None,
+    ) -> str:
         if not isinstance(body, dict):
             raise UntrustedCoordinator("enrollment answer is not a JSON object")
         try:
@@ -334,6 +341,7 @@ class CoordinatorLink:
                 coordinator_id,
                 advert.ca_fingerprint if discovered else None,
                 asked_certificate=asked_certificate,
+                checked=checked,
             )
         except TrustError as exc:
             raise UntrustedCoordinator(

@@ -242,6 +242,20 @@ class AgentTls:
         """The fingerprint to check a not yet pinned CA against, if there is one."""
         return self.expected_ca or _normal(advert_ca)
 
+    def check_answer(self, answer: Any) -> dict[str, Any] | None:
+        """The helper's check of the certificate in an enrollment answer, for ``accept``
+        (None: the answer has none). It only reads the key file, so the daemon runs it in
+        a thread rather than wait for the helper on its event loop."""
+        if not isinstance(answer, dict):
+            return None
+        ca_pem, cert_pem = answer.get("ca_certificate"), answer.get("certificate")
+        if not isinstance(ca_pem, str) or not isinstance(cert_pem, str):
+            return None
+        try:
+            return self._helper("answer", ca_pem=ca_pem, cert_pem=cert_pem)
+        except TrustError as exc:
+            return {"refused": str(exc)}
+
     def accept(
         self,
         answer: dict[str, Any],
@@ -249,8 +263,10 @@ class AgentTls:
         advert_ca: str | None,
         *,
         asked_certificate: bool = True,
+        checked: dict[str, Any] | None = None,
     ) -> None:
-        """Pin the CA (first time) and keep the certificate of an enrollment answer.
+        """Pin the CA (first time) and keep the certificate of an enrollment answer
+        (``checked``: what ``check_answer`` found, if it ran already).
 
         Without a request for a certificate (``asked_certificate``: the one held is still
         good) the answer carries only the CA, which must be the pinned one."""
@@ -271,7 +287,11 @@ class AgentTls:
             return
         if not isinstance(cert_pem, str):
             raise TrustError("enrollment answer without the certificate it asked for")
-        checked = self._helper("answer", ca_pem=ca_pem, cert_pem=cert_pem)
+        if checked is None:
+            checked = self.check_answer(answer)
+        assert checked is not None  # the answer has both certificates
+        if "refused" in checked:
+            raise TrustError(checked["refused"])
         fp = checked["ca_fingerprint"]
         if self.ca_fingerprint is not None and fp != self.ca_fingerprint:
             raise TrustError(
