@@ -4,7 +4,10 @@ minute, a bare Python process and a process that only imports the agent's depend
 
 The agent is the real daemon (``aeamc-agent run``) with its real telemetry source; its
 traffic passes through a byte-counting TCP relay (a load-generator process), so the bytes
-are what crossed the socket, headers and all.
+are what crossed the socket, headers and all, and the new connections are counted.
+
+The target is judged on RSS summed over the agent's processes (the launcher and the
+daemon); PSS and USS, sampled alongside, show how much of that the two share.
 """
 
 from __future__ import annotations
