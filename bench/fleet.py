@@ -14,9 +14,10 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from . import procs, stats
+from . import procs, spy, stats
 
 TARGET_DEVICES = 10_000
 TARGET_P99_MS = 100.0
@@ -37,7 +38,13 @@ def _windows(result: dict[str, Any], width: float) -> list[dict[str, float]]:
 
 
 def _one_size(
-    coord: procs.Coordinator, token: str, devices: int, duration: float, interval_s: float
+    coord: procs.Coordinator,
+    token: str,
+    devices: int,
+    duration: float,
+    interval_s: float,
+    *,
+    profile_dir: Path | None = None,
 ) -> dict:
     log = coord.root / f"fleet-{devices}.log"
     gen = procs.spawn_loadgen(
@@ -60,6 +67,9 @@ def _one_size(
     pid = coord.process.pid if coord.process else 0
     try:
         procs.read_json_line(gen, "the fleet to reach its pace")
+        sampler = None
+        if profile_dir is not None:
+            sampler = spy.record(pid, duration, profile_dir / f"fleet-{devices}.txt")
         cpu0, t0 = procs.cpu_seconds(pid), time.monotonic()
         gen0 = procs.cpu_seconds(gen.pid)
         rss, gen_rss = [], []
@@ -70,6 +80,8 @@ def _one_size(
         cpu = (procs.cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
         gen_cpu = (procs.cpu_seconds(gen.pid) - gen0) / (time.monotonic() - t0)
         load = os.getloadavg()[0]
+        if sampler is not None:
+            sampler.wait(timeout=duration + 30)
         result = procs.read_json_line(gen, "the fleet's results")
     finally:
         gen.kill()
@@ -104,6 +116,7 @@ def measure(
     sizes: tuple[int, ...] = (1000, 5000, 10_000),
     duration: float = 20.0,
     interval_s: float = INTERVAL_S,
+    profile_dir: Path | None = None,
 ) -> dict:
     procs.raise_fd_limit()
     with (
@@ -111,7 +124,9 @@ def measure(
         procs.Coordinator(root, SETTINGS) as coord,
     ):
         token = coord.enroll_token(max(sizes))
-        results = [_one_size(coord, token, n, duration, interval_s) for n in sizes]
+        results = [
+            _one_size(coord, token, n, duration, interval_s, profile_dir=profile_dir) for n in sizes
+        ]
     held = [
         r["devices"]
         for r in results
@@ -131,6 +146,15 @@ def measure(
 
 
 if __name__ == "__main__":
-    sizes = tuple(int(a) for a in sys.argv[1:]) or (1000,)
-    out = measure(sizes, 10.0)
+    args = sys.argv[1:]
+    where = None
+    if args[:1] == ["--profile"]:
+        where = Path(args[1])
+        where.mkdir(parents=True, exist_ok=True)
+        args = args[2:]
+    sizes = tuple(int(a) for a in args) or (1000,)
+    out = measure(sizes, 20.0 if where else 10.0, profile_dir=where)
     json.dump(out, sys.stdout, indent=2)
+    if where is not None:
+        for n in sizes:
+            print(f"\n{n} devices:", spy.render(spy.summarize(where / f"fleet-{n}.txt", 20.0)))

@@ -81,7 +81,7 @@ class Database:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._wconn: sqlite3.Connection | None = None
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="db-read")

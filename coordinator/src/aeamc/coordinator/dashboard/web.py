@@ -158,7 +158,9 @@ async def session_auth_middleware(request: web.Request, handler: Handler) -> web
     passes through untouched, and the API then decides as it always does (401).
     """
     dashboard = request.app.get(DASHBOARD_KEY)
-    if dashboard is None or "Authorization" in request.headers:
+    headers = request.headers
+    # Devices and clients send no cookie: leave them before the cookie jar is parsed.
+    if dashboard is None or "Authorization" in headers or "Cookie" not in headers:
         return await handler(request)
     session = dashboard.sessions.get(request.cookies.get(COOKIE_NAME))
     if session is None:
