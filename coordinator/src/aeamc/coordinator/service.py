@@ -1160,24 +1160,25 @@ class Coordinator:
                 block_hash=block_hash,
                 now=now,
             )
-        probability: dict[int, float] = {}
-        always: set[str] = set()
-        # One draw per receipt from one read of the system RNG; 53 bits, like random().
-        draws = memoryview(secrets.token_bytes(8 * len(rows))).cast("Q")
-        drawn = []
-        for (_seq, task_id, device_id, _sig, passes), draw in zip(rows, draws, strict=True):
-            p = probability.get(passes)
-            if p is None:
-                p = probability[passes] = rep.check_probability(
-                    passes or 0, trust_after=checks.trust_after, floor=checks.floor
-                )
-            if p >= 1.0:
-                always.add(device_id)
-            elif (draw >> 11) / (1 << 53) < p:
-                drawn.append((task_id, device_id, height, now, now))
+        # A device's probability depends on its record only: decided once per device.
+        probability = {
+            device_id: rep.check_probability(
+                passes or 0, trust_after=checks.trust_after, floor=checks.floor
+            )
+            for device_id, passes in {r[2]: r[4] for r in rows}.items()
+        }
+        always = sorted(d for d, p in probability.items() if p >= 1.0)
+        sampled = [r for r in rows if probability[r[2]] < 1.0]
+        # One draw per sampled receipt from one read of the system RNG; 53 bits, like random().
+        draws = memoryview(secrets.token_bytes(8 * len(sampled))).cast("Q")
+        drawn = [
+            (r[1], r[2], height, now, now)
+            for r, draw in zip(sampled, draws, strict=True)
+            if (draw >> 11) / (1 << 53) < probability[r[2]]
+        ]
         # OR IGNORE: a disputed receipt's check, scheduled above, stays as it is.
         if always:
-            c.execute(CHECK_ALL_SQL, [height, now, now, first, last, json.dumps(sorted(always))])
+            c.execute(CHECK_ALL_SQL, [height, now, now, first, last, json.dumps(always)])
         c.executemany(_RANDOM_CHECK_SQL, drawn)
 
     def challenge_indices(
