@@ -91,12 +91,12 @@ _RANDOM_CHECK_SQL = (
     "INSERT OR IGNORE INTO spot_checks (task_id, device_id, block_height, indices, state, "
     "next_attempt_at, created_at) VALUES (?,?,?, NULL, 'pending', ?, ?)"
 )
-#: A block's receipts: the oldest proofs past the last block's range, with their device's
-#: passes. Only the narrow ``proofs_receipts`` index is read, not the rows with their PoT
-#: and output (a test checks the plan).
+#: A block's receipts: the oldest proofs past the last block's range. Only the narrow
+#: ``proofs_receipts`` index is read, not the rows with their PoT and output (a test
+#: checks the plan).
 RECEIPTS_SQL = (
-    "SELECT p.seq, p.task_id, p.device_id, p.signature, d.passes FROM proofs p "
-    "LEFT JOIN devices d ON d.device_id = p.device_id WHERE p.seq > ? ORDER BY p.seq LIMIT ?"
+    "SELECT p.seq, p.task_id, p.device_id, p.signature FROM proofs p "
+    "WHERE p.seq > ? ORDER BY p.seq LIMIT ?"
 )
 #: The random checks of every receipt of a block from devices checked on every task, in
 #: one statement (binding 10,000 rows one by one cost three times as much).
@@ -1135,7 +1135,7 @@ class Coordinator:
         now: int,
     ) -> None:
         """Schedule the spot-checks of a block's receipts (``rows``: seq, task, device,
-        signature, the device's passes), in the block's transaction.
+        signature), in the block's transaction.
 
         A disputed task's replicas are checked on the chunks that differ. Otherwise each
         receipt is checked with its device's probability: the receipts of devices checked
@@ -1160,12 +1160,21 @@ class Coordinator:
                 block_hash=block_hash,
                 now=now,
             )
-        # A device's probability depends on its record only: decided once per device.
+        # A device's probability depends on its record only: decided once per device of
+        # the block (one query for them all, not a lookup per receipt).
+        devices = {r[2] for r in rows}
+        passes = dict(
+            c.execute(
+                "SELECT device_id, passes FROM devices "
+                "WHERE device_id IN (SELECT value FROM json_each(?))",
+                [json.dumps(sorted(devices))],
+            ).fetchall()
+        )
         probability = {
-            device_id: rep.check_probability(
-                passes or 0, trust_after=checks.trust_after, floor=checks.floor
+            d: rep.check_probability(
+                passes.get(d, 0), trust_after=checks.trust_after, floor=checks.floor
             )
-            for device_id, passes in {r[2]: r[4] for r in rows}.items()
+            for d in devices
         }
         always = sorted(d for d, p in probability.items() if p >= 1.0)
         sampled = [r for r in rows if probability[r[2]] < 1.0]
