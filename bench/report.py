@@ -257,7 +257,7 @@ encoding and hashing the same receipts and writing them to a file with one fsync
 
 "block bytes / receipt" is the growth of the database file caused by forming the block
 (block row and spot-checks); "all" includes the stored proof itself (the
-signed PoT and its output). Target: 10,000 receipts in < {_f(g["target_ms_10k"], 0)} ms —
+signed PoT and its output, and its entry in the narrow index block formation reads). Target: 10,000 receipts in < {_f(g["target_ms_10k"], 0)} ms —
 {_verdict(g["target_met"])}.
 {"" if g["target_met"] else limits.BLOCKS}"""
 
