@@ -818,17 +818,12 @@ class Coordinator:
         )
         # Every replica of a disputed task is spot-checked, whatever its device's record.
         for p in db.query(
-            f"SELECT p.device_id, b.height AS block_height, b.hash FROM proofs p "  # noqa: S608
+            f"SELECT p.device_id, b.height AS block_height FROM proofs p "  # noqa: S608
             f"JOIN {block_of()} WHERE p.task_id=?",
             [task_id],
         ):
-            self._schedule_spot_check(
-                db,
-                task_id=task_id,
-                device_id=p["device_id"],
-                height=p["block_height"],
-                block_hash=p["hash"],
-                now=now,
+            self._schedule_dispute_check(
+                db, task_id=task_id, device_id=p["device_id"], height=p["block_height"], now=now
             )
         return "disputed"
 
@@ -1112,7 +1107,7 @@ class Coordinator:
                     rows[-1][0],
                 ],
             )
-            self._schedule_block_checks(db, rows, height, block.block_hash, now)
+            self._schedule_block_checks(db, rows, height, now)
             return height, len(rows)
 
         formed = await self.db.write(txn)
@@ -1131,7 +1126,6 @@ class Coordinator:
         db: sqlite_utils.Database,
         rows: list[tuple[Any, ...]],
         height: int,
-        block_hash: bytes,
         now: int,
     ) -> None:
         """Schedule the spot-checks of a block's receipts (``rows``: seq, task, device,
@@ -1152,13 +1146,8 @@ class Coordinator:
             "WHERE t.state = 'disputed' AND p.seq BETWEEN ? AND ?",
             [first, last],
         ).fetchall():
-            self._schedule_spot_check(
-                db,
-                task_id=task_id,
-                device_id=device_id,
-                height=height,
-                block_hash=block_hash,
-                now=now,
+            self._schedule_dispute_check(
+                db, task_id=task_id, device_id=device_id, height=height, now=now
             )
         # A device's probability depends on its record only: decided once per device of
         # the block (one query for them all, not a lookup per receipt).
@@ -1200,31 +1189,22 @@ class Coordinator:
             return list(json.loads(stored))
         return spotcheck.challenge_indices(block_hash, task_id, self.config.spot_checks.k, chunks)
 
-    def _schedule_spot_check(
-        self,
-        db: sqlite_utils.Database,
-        *,
-        task_id: str,
-        device_id: str,
-        height: int,
-        block_hash: bytes,
-        now: int,
+    def _schedule_dispute_check(
+        self, db: sqlite_utils.Database, *, task_id: str, device_id: str, height: int, now: int
     ) -> None:
-        """Queue a challenge; a disputed task is challenged on the chunks that differ."""
-        task = next(iter(db.query("SELECT chunks, state FROM tasks WHERE task_id=?", [task_id])))
-        if task["state"] == "disputed":
-            indices = _differing_chunks(db, task_id, task["chunks"])
-            # A dispute overrides an earlier, random check: the evidence is now specific.
-            db.execute(
-                "INSERT INTO spot_checks (task_id, device_id, block_height, indices, state, "
-                "next_attempt_at, created_at) VALUES (?,?,?,?, 'pending', ?, ?) "
-                "ON CONFLICT (task_id, device_id) DO UPDATE SET indices=excluded.indices, "
-                "state='pending', attempts=0, next_attempt_at=excluded.next_attempt_at "
-                "WHERE spot_checks.state IN ('pending','passed')",
-                [task_id, device_id, height, json.dumps(indices), now, now],
-            )
-            return
-        db.execute(_RANDOM_CHECK_SQL, [task_id, device_id, height, now, now])
+        """Queue the challenge of a disputed task's replica on the chunks that differ: the
+        evidence is specific, so these indices are stored, not derived."""
+        chunks = next(iter(db.query("SELECT chunks FROM tasks WHERE task_id=?", [task_id])))
+        indices = _differing_chunks(db, task_id, chunks["chunks"])
+        # A dispute overrides an earlier, random check.
+        db.execute(
+            "INSERT INTO spot_checks (task_id, device_id, block_height, indices, state, "
+            "next_attempt_at, created_at) VALUES (?,?,?,?, 'pending', ?, ?) "
+            "ON CONFLICT (task_id, device_id) DO UPDATE SET indices=excluded.indices, "
+            "state='pending', attempts=0, next_attempt_at=excluded.next_attempt_at "
+            "WHERE spot_checks.state IN ('pending','passed')",
+            [task_id, device_id, height, json.dumps(indices), now, now],
+        )
 
     async def blocks_view(self, start: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         rows = await self.db.read(

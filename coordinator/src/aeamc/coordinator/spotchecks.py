@@ -1,9 +1,9 @@
 """Spot-checks (SPEC §2): challenge a device on chunks it could not predict, re-execute
 them, and record the verdict.
 
-The indices come from the hash of the block holding the receipt, derived when the challenge
-is sent (a dispute's are the chunks that differ, stored with the check). Re-execution runs in a
-worker thread so a heavy chunk never stalls the event loop.
+The indices come from the hash of the block holding the receipt, derived when the
+challenge is sent (a dispute's are the chunks that differ, stored with the check).
+Re-execution runs in a worker thread so a heavy chunk never stalls the event loop.
 """
 
 from __future__ import annotations
