@@ -244,8 +244,9 @@ def _blocks(g: dict[str, Any]) -> str:
     return f"""## 3. Microblock formation
 
 The coordinator's own `form_block` on a real SQLite file (WAL, `synchronous=FULL`): select
-the unblocked receipts, build and hash the block, insert it, mark its receipts and schedule
-their spot-checks, in one durable transaction. Tasks of {g["chunks_per_task"]} chunks. "new"
+the unblocked receipts, build and hash the block, insert it with the range of proof
+sequence numbers it holds, and schedule the receipts' spot-checks, in one durable
+transaction. Tasks of {g["chunks_per_task"]} chunks. "new"
 devices have no passed check yet (every receipt gets a spot-check: the heaviest case);
 "trusted" ones have 100 passes (about one receipt in ten is checked). Reference, same run:
 encoding and hashing the same receipts and writing them to a file with one fsync.
@@ -255,8 +256,8 @@ encoding and hashing the same receipts and writing them to a file with one fsync
 {rows}
 
 "block bytes / receipt" is the growth of the database file caused by forming the block
-(block row, receipts marked, spot-checks); "all" includes the stored proof itself (the
-signed PoT and its output). Target: 10,000 receipts in < {_f(g["target_ms_10k"], 0)} ms —
+(block row and spot-checks); "all" includes the stored proof itself (the
+signed PoT and its output, and its entry in the narrow index block formation reads). Target: 10,000 receipts in < {_f(g["target_ms_10k"], 0)} ms —
 {_verdict(g["target_met"])}.
 {"" if g["target_met"] else limits.BLOCKS}"""
 

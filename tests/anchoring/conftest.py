@@ -50,10 +50,13 @@ class Host:
 
 def _add_blocks(db: sqlite_utils.Database, n: int) -> list[int]:
     last = next(
-        iter(db.query("SELECT height, hash FROM blocks ORDER BY height DESC LIMIT 1")), None
+        iter(db.query("SELECT height, hash, last_seq FROM blocks ORDER BY height DESC LIMIT 1")),
+        None,
     )
     height = 0 if last is None else last["height"] + 1
     previous = microblock.GENESIS_PREVIOUS if last is None else bytes(last["hash"])
+    # Each block holds one receipt, of the next proof seq (the range a formed block records).
+    seq = 1 if last is None else last["last_seq"] + 1
     heights = []
     for _ in range(n):
         ts = now_ms()
@@ -65,12 +68,23 @@ def _add_blocks(db: sqlite_utils.Database, n: int) -> list[int]:
         )
         db.execute(
             "INSERT INTO blocks (height, hash, previous_hash, timestamp, receipt_count, header, "
-            "payload) VALUES (?,?,?,?,?,?,?)",
-            [height, block.block_hash, previous, ts, 1, block.header.encode(), block.payload],
+            "payload, first_seq, last_seq) VALUES (?,?,?,?,?,?,?,?,?)",
+            [
+                height,
+                block.block_hash,
+                previous,
+                ts,
+                1,
+                block.header.encode(),
+                block.payload,
+                seq,
+                seq,
+            ],
         )
         heights.append(height)
         previous = block.block_hash
         height += 1
+        seq += 1
     return heights
 
 

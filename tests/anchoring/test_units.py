@@ -193,20 +193,20 @@ async def test_bundle_refusals_name_the_reason(tmp_path: Path) -> None:
         with pytest.raises(ApiError) as e:
             await bundles.receipt_bundle(db, "t-0", "ab" * 16)
         assert e.value.status == 404
-        await add_blocks(db, 1)
+        await add_blocks(db, 1)  # block 0 holds seq 1
 
-        def proof(d: Any, height: int | None) -> None:
+        def proof(d: Any, seq: int) -> None:
             d.execute(
-                "INSERT INTO proofs (task_id, device_id, pot, signature, output, output_digest, "
-                "accepted_at, block_height) VALUES ('t-0', ?, '{}', x'00', x'00', '', 0, ?)",
-                ["ab" * 16, height],
+                "INSERT INTO proofs (seq, task_id, device_id, pot, signature, output, "
+                "output_digest, accepted_at) VALUES (?, 't-0', ?, '{}', x'00', x'00', '', 0)",
+                [seq, "ab" * 16],
             )
 
-        await db.write(lambda d: proof(d, None))
+        await db.write(lambda d: proof(d, 2))  # past block 0's range: waits for a block
         with pytest.raises(ApiError, match="not in a microblock") as e:
             await bundles.receipt_bundle(db, "t-0", "ab" * 16)
         assert (e.value.status, e.value.code) == (409, "not_anchored")
-        await db.write(lambda d: d.execute("UPDATE proofs SET block_height=0"))
+        await db.write(lambda d: d.execute("UPDATE proofs SET seq=1"))
         with pytest.raises(ApiError, match="waits for its anchor"):
             await bundles.receipt_bundle(db, "t-0", "ab" * 16)
         await db.write(

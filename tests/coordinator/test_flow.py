@@ -9,7 +9,7 @@ import subprocess
 import sys
 from typing import Any
 
-from aeamc.shared import microblock
+from aeamc.shared import microblock, spotcheck
 from tests.support.coordinator import CoordinatorProcess
 from tests.support.device import SimDevice
 
@@ -66,6 +66,11 @@ async def test_happy_path(coordinator: CoordinatorProcess, enroll_token: str) ->
         ]
         assert device.challenges and device.challenges[0].task_id == task_id
         assert len(device.challenges[0].indices) == 4
+        # Derived when the challenge was sent, as SPEC §2 says, from the receipt's block.
+        assert device.challenges[0].block_hash == view["block_hash"]
+        assert list(device.challenges[0].indices) == spotcheck.challenge_indices(
+            bytes.fromhex(view["block_hash"]), task_id, 4, SHA_TASK["chunks"]
+        )
         # The chain verifies from genesis.
         blocks = coordinator.request("GET", "/v1/microblocks")[1]["microblocks"]
         decoded = [

@@ -251,4 +251,56 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (device_id, release)
         )""",
     ],
+    # v7: block membership per block, not per proof. A block's receipts are the proofs whose
+    # seq is in [first_seq, last_seq]: seqs grow with acceptance (AUTOINCREMENT, never
+    # reused) and a block takes the oldest proofs not yet in one, so the ranges are disjoint
+    # and ordered like the heights, and a proof past the last block's last_seq waits for the
+    # next. Proofs in a block are never deleted (erasure keeps them as receipts), so a range
+    # holds exactly its block's receipts; its gaps are proofs erased before any block took
+    # them. Forming a block no longer rewrites every (wide) proof row it takes. The triggers
+    # make the database itself refuse a block that overlaps an earlier one or a moved range.
+    # Spot-checks are rebuilt so that ``indices`` may be NULL: a random check's indices are
+    # derived from the block hash when the challenge is sent (SPEC §2), not stored at
+    # formation; a dispute stores the chunks that differ.
+    [
+        """ALTER TABLE blocks ADD COLUMN first_seq INTEGER""",
+        """ALTER TABLE blocks ADD COLUMN last_seq INTEGER""",
+        """UPDATE blocks SET
+            first_seq = (SELECT min(p.seq) FROM proofs p WHERE p.block_height = blocks.height),
+            last_seq = (SELECT max(p.seq) FROM proofs p WHERE p.block_height = blocks.height)""",
+        """CREATE UNIQUE INDEX blocks_last_seq ON blocks(last_seq)""",
+        """CREATE TRIGGER blocks_seq_range BEFORE INSERT ON blocks
+            WHEN NEW.first_seq IS NULL OR NEW.last_seq IS NULL OR NEW.first_seq > NEW.last_seq
+                OR NEW.first_seq <= (SELECT coalesce(max(last_seq), 0) FROM blocks)
+            BEGIN SELECT raise(ABORT, 'a block takes a seq range past the last block''s'); END""",
+        """CREATE TRIGGER blocks_seq_fixed BEFORE UPDATE OF first_seq, last_seq ON blocks
+            BEGIN SELECT raise(ABORT, 'a block''s seq range never changes'); END""",
+        """DROP INDEX proofs_unblocked""",
+        """ALTER TABLE proofs DROP COLUMN block_height""",
+        # What forming a block reads of a proof, apart from its wide PoT and output.
+        """CREATE INDEX proofs_receipts ON proofs(seq, task_id, device_id, signature)""",
+        """CREATE TABLE spot_checks_v7 (
+            task_id TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            block_height INTEGER NOT NULL,
+            indices TEXT,
+            -- the same rule as v1's IN list, which SQLite evaluates through a temporary
+            -- table built per inserted row: a block's 10,000 checks paid 20 ms for it
+            state TEXT NOT NULL CHECK (state = 'pending' OR state = 'passed'
+                OR state = 'failed' OR state = 'unanswered'),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at INTEGER NOT NULL,
+            detail TEXT,
+            reexecuted_chunks INTEGER NOT NULL DEFAULT 0,
+            created_at INTEGER NOT NULL,
+            completed_at INTEGER,
+            PRIMARY KEY (task_id, device_id)
+        ) WITHOUT ROWID""",
+        """INSERT INTO spot_checks_v7 SELECT task_id, device_id, block_height, indices, state,
+            attempts, next_attempt_at, detail, reexecuted_chunks, created_at, completed_at
+            FROM spot_checks""",
+        """DROP TABLE spot_checks""",
+        """ALTER TABLE spot_checks_v7 RENAME TO spot_checks""",
+        """CREATE INDEX spot_checks_state ON spot_checks(state, next_attempt_at)""",
+    ],
 ]

@@ -55,6 +55,7 @@ from .certs import DeviceCertificates
 from .config import CoordinatorConfig
 from .db import Database
 from .errors import ApiError, not_found
+from .membership import LAST_BLOCKED_SEQ, block_of, height_of, not_in_block
 from .registry import Device
 from .verifier import SignatureVerifier
 
@@ -85,9 +86,25 @@ _TASK_REQUEST = record(
     dict,
 )
 #: A random spot-check (SPEC §2): never replaces a check already scheduled.
+#: Its indices stay NULL: they are derived from the block hash when the challenge is sent.
 _RANDOM_CHECK_SQL = (
     "INSERT OR IGNORE INTO spot_checks (task_id, device_id, block_height, indices, state, "
-    "next_attempt_at, created_at) VALUES (?,?,?,?, 'pending', ?, ?)"
+    "next_attempt_at, created_at) VALUES (?,?,?, NULL, 'pending', ?, ?)"
+)
+#: A block's receipts: the oldest proofs past the last block's range. Only the narrow
+#: ``proofs_receipts`` index is read, not the rows with their PoT and output (a test
+#: checks the plan).
+RECEIPTS_SQL = (
+    "SELECT p.seq, p.task_id, p.device_id, p.signature FROM proofs p "
+    "WHERE p.seq > ? ORDER BY p.seq LIMIT ?"
+)
+#: The random checks of every receipt of a block from devices checked on every task, in
+#: one statement (binding 10,000 rows one by one cost three times as much).
+CHECK_ALL_SQL = (
+    "INSERT OR IGNORE INTO spot_checks (task_id, device_id, block_height, indices, state, "
+    "next_attempt_at, created_at) SELECT p.task_id, p.device_id, ?, NULL, 'pending', ?, ? "
+    "FROM proofs p WHERE p.seq BETWEEN ? AND ? "
+    "AND p.device_id IN (SELECT value FROM json_each(?))"
 )
 _PROOF_REQUEST = record({"pot": lambda v, p: v, "output": hex_bytes(max_bytes=64 << 20)}, dict)
 
@@ -593,7 +610,8 @@ class Coordinator:
             )
             task["proofs"] = list(
                 db.query(
-                    "SELECT p.device_id, p.accepted_at, p.block_height, p.credit, "
+                    f"SELECT p.device_id, p.accepted_at, {height_of('p.seq')} AS block_height, "  # noqa: S608
+                    "p.credit, "
                     "p.output_digest, hex(p.output) AS output, s.state AS spot_check "
                     "FROM proofs p LEFT JOIN spot_checks s "
                     "ON s.task_id = p.task_id AND s.device_id = p.device_id "
@@ -800,17 +818,12 @@ class Coordinator:
         )
         # Every replica of a disputed task is spot-checked, whatever its device's record.
         for p in db.query(
-            "SELECT p.device_id, p.block_height, b.hash FROM proofs p "
-            "JOIN blocks b ON b.height = p.block_height WHERE p.task_id=?",
+            f"SELECT p.device_id, b.height AS block_height FROM proofs p "  # noqa: S608
+            f"JOIN {block_of()} WHERE p.task_id=?",
             [task_id],
         ):
-            self._schedule_spot_check(
-                db,
-                task_id=task_id,
-                device_id=p["device_id"],
-                height=p["block_height"],
-                block_hash=p["hash"],
-                now=now,
+            self._schedule_dispute_check(
+                db, task_id=task_id, device_id=p["device_id"], height=p["block_height"], now=now
             )
         return "disputed"
 
@@ -902,19 +915,23 @@ class Coordinator:
                     "FROM assignments WHERE device_id=? ORDER BY issued_at"
                 ),
                 "proofs": rows(
-                    "SELECT task_id, pot, lower(hex(signature)) AS signature, "
-                    "lower(hex(output)) AS output, output_digest, accepted_at, block_height, "
-                    "credit FROM proofs WHERE device_id=? ORDER BY seq"
+                    "SELECT task_id, pot, lower(hex(signature)) AS signature, "  # noqa: S608
+                    "lower(hex(output)) AS output, output_digest, accepted_at, "
+                    f"{height_of('p.seq')} AS block_height, credit FROM proofs p "
+                    "WHERE device_id=? ORDER BY seq"
                 ),
                 "spot_checks": rows(
-                    "SELECT task_id, block_height, indices, state, attempts, detail, "
-                    "reexecuted_chunks, created_at, completed_at FROM spot_checks "
-                    "WHERE device_id=? ORDER BY created_at"
+                    "SELECT s.task_id, s.block_height, s.indices, s.state, s.attempts, "
+                    "s.detail, s.reexecuted_chunks, s.created_at, s.completed_at, "
+                    "b.hash AS block_hash, t.chunks FROM spot_checks s "
+                    "JOIN blocks b ON b.height = s.block_height "
+                    "JOIN tasks t ON t.task_id = s.task_id "
+                    "WHERE s.device_id=? ORDER BY s.created_at"
                 ),
                 "receipts": rows(
-                    "SELECT p.task_id, p.block_height AS height, lower(hex(b.hash)) AS block_hash "
-                    "FROM proofs p JOIN blocks b ON b.height = p.block_height "
-                    "WHERE p.device_id=? ORDER BY p.block_height, p.seq"
+                    "SELECT p.task_id, b.height AS height, lower(hex(b.hash)) AS block_hash "  # noqa: S608
+                    f"FROM proofs p JOIN {block_of()} "
+                    "WHERE p.device_id=? ORDER BY p.seq"
                 ),
                 "certificates": rows(
                     "SELECT c.serial, c.fingerprint, c.issued_at, c.not_after, "
@@ -943,7 +960,9 @@ class Coordinator:
         for p in out["proofs"]:
             p["pot"] = json.loads(p["pot"])
         for c in out["spot_checks"]:
-            c["indices"] = json.loads(c["indices"])
+            c["indices"] = self.challenge_indices(
+                c["indices"], bytes(c.pop("block_hash")), c["task_id"], c.pop("chunks")
+            )
         out["device_id"] = device_id
         out["exported_at"] = self.clock()
         out["coordinator_id"] = self.coordinator_id
@@ -961,9 +980,11 @@ class Coordinator:
         ones go back to the queue first), its spot-checks, its update reports, and its proofs
         not yet in a block
         (their tasks are re-queued). Proofs already in a block keep only what the receipt and
-        the client's task need: task id, device id, signature, output and its digest, the
-        block height and credit; the signed PoT itself is deleted, and the acceptance time
-        becomes the block's. A tombstone with the pseudonymous id refuses the identity for
+        the client's task need: task id, device id, signature, output and its digest,
+        credit, and the seq that places it in its block's range (so the range still holds
+        exactly the block's receipts; an erased unblocked proof only leaves a gap in a
+        later range); the signed PoT itself is deleted, and the acceptance time becomes
+        the block's. A tombstone with the pseudonymous id refuses the identity for
         good. Then the WAL is checkpointed, so no older page copy stays in its file.
         """
         if device_id not in self.devices:
@@ -976,7 +997,7 @@ class Coordinator:
             unblocked = [
                 r["task_id"]
                 for r in db.query(
-                    "SELECT task_id FROM proofs WHERE device_id=? AND block_height IS NULL",
+                    f"SELECT task_id FROM proofs p WHERE device_id=? AND {not_in_block()}",  # noqa: S608
                     [device_id],
                 )
             ]
@@ -991,11 +1012,12 @@ class Coordinator:
                     "DELETE FROM spot_checks WHERE device_id=?", [device_id]
                 ).rowcount,
                 "unblocked_proofs": db.execute(
-                    "DELETE FROM proofs WHERE device_id=? AND block_height IS NULL", [device_id]
+                    f"DELETE FROM proofs WHERE device_id=? AND {not_in_block('proofs')}",  # noqa: S608
+                    [device_id],
                 ).rowcount,
                 "receipts_kept": db.execute(
-                    "UPDATE proofs SET pot='', accepted_at=(SELECT b.timestamp FROM blocks b "
-                    "WHERE b.height = proofs.block_height) WHERE device_id=?",
+                    "UPDATE proofs SET pot='', accepted_at=(SELECT b.timestamp FROM blocks b "  # noqa: S608
+                    f"WHERE b.height = {height_of('proofs.seq')}) WHERE device_id=?",
                     [device_id],
                 ).rowcount,
                 "candidates": db.execute(
@@ -1041,26 +1063,23 @@ class Coordinator:
     async def form_block(self) -> int | None:
         """Commit the next block from receipts not yet in one; ``None`` when there are none.
 
-        Selecting the receipts, writing the block and marking the receipts happen in one
-        transaction, so a receipt can never land in two blocks, even across a crash.
+        Selecting the receipts, writing the block with its seq range and scheduling its
+        spot-checks happen in one transaction, so a receipt can never land in two blocks or
+        none, nor lose its check, even across a crash. The proof rows themselves are only
+        read (through a narrow covering index), never rewritten.
         """
         cfg = self.config
         now = self.clock()
-        checks = cfg.spot_checks
 
         def txn(db: sqlite_utils.Database) -> tuple[int, int] | None:
             # Plain tuples, not sqlite-utils dicts, and set-based statements: this runs
             # once per receipt, for blocks of up to 65,535 of them.
-            rows = db.conn.execute(
-                "SELECT p.seq, p.task_id, p.device_id, p.signature, d.passes, t.state, "
-                "t.chunks FROM proofs p JOIN devices d ON d.device_id = p.device_id "
-                "JOIN tasks t ON t.task_id = p.task_id "
-                "WHERE p.block_height IS NULL ORDER BY p.seq LIMIT ?",
-                [cfg.blocks.max_receipts],
-            ).fetchall()
+            c = db.conn
+            after = c.execute(f"SELECT {LAST_BLOCKED_SEQ}").fetchone()[0]
+            rows = c.execute(RECEIPTS_SQL, [after, cfg.blocks.max_receipts]).fetchall()
             if not rows:
                 return None
-            last = db.conn.execute(
+            last = c.execute(
                 "SELECT height, hash FROM blocks ORDER BY height DESC LIMIT 1"
             ).fetchone()
             height = 0 if last is None else last[0] + 1
@@ -1071,9 +1090,11 @@ class Coordinator:
                 previous_hash=previous,
                 receipts=[microblock.Receipt(r[1], r[2], r[3]) for r in rows],
             )
-            db.execute(
+            # The rows selected are exactly the unblocked ones up to the last seq taken: the
+            # writer is the only one adding proofs, and it is running this.
+            c.execute(
                 "INSERT INTO blocks (height, hash, previous_hash, timestamp, receipt_count, "
-                "header, payload) VALUES (?,?,?,?,?,?,?)",
+                "header, payload, first_seq, last_seq) VALUES (?,?,?,?,?,?,?,?,?)",
                 [
                     height,
                     block.block_hash,
@@ -1082,34 +1103,11 @@ class Coordinator:
                     len(rows),
                     block.header.encode(),
                     block.payload,
+                    rows[0][0],
+                    rows[-1][0],
                 ],
             )
-            # The rows selected are exactly the unblocked ones up to the last seq taken:
-            # the writer is the only one adding proofs, and it is running this.
-            db.execute(
-                "UPDATE proofs SET block_height=? WHERE block_height IS NULL AND seq <= ?",
-                [height, rows[-1][0]],
-            )
-            block_hash = block.block_hash
-            k = checks.k
-            challenged = []
-            for _seq, task_id, device_id, _sig, passes, state, chunks in rows:
-                draw = secrets.randbits(53) / (1 << 53)
-                if state == "disputed":
-                    self._schedule_spot_check(
-                        db,
-                        task_id=task_id,
-                        device_id=device_id,
-                        height=height,
-                        block_hash=block_hash,
-                        now=now,
-                    )
-                elif rep.should_check(
-                    passes, draw, trust_after=checks.trust_after, floor=checks.floor
-                ):
-                    indices = spotcheck.challenge_indices(block_hash, task_id, k, chunks)
-                    challenged.append((task_id, device_id, height, json.dumps(indices), now, now))
-            db.conn.executemany(_RANDOM_CHECK_SQL, challenged)
+            self._schedule_block_checks(db, rows, height, now)
             return height, len(rows)
 
         formed = await self.db.write(txn)
@@ -1123,34 +1121,90 @@ class Coordinator:
         log.info("microblock %d formed with %d receipts", height, receipts)
         return height
 
-    def _schedule_spot_check(
+    def _schedule_block_checks(
         self,
         db: sqlite_utils.Database,
-        *,
-        task_id: str,
-        device_id: str,
+        rows: list[tuple[Any, ...]],
         height: int,
-        block_hash: bytes,
         now: int,
     ) -> None:
-        """Queue a challenge; a disputed task is challenged on the chunks that differ."""
-        task = next(iter(db.query("SELECT chunks, state FROM tasks WHERE task_id=?", [task_id])))
-        if task["state"] == "disputed":
-            indices = _differing_chunks(db, task_id, task["chunks"])
-            # A dispute overrides an earlier, random check: the evidence is now specific.
-            db.execute(
-                "INSERT INTO spot_checks (task_id, device_id, block_height, indices, state, "
-                "next_attempt_at, created_at) VALUES (?,?,?,?, 'pending', ?, ?) "
-                "ON CONFLICT (task_id, device_id) DO UPDATE SET indices=excluded.indices, "
-                "state='pending', attempts=0, next_attempt_at=excluded.next_attempt_at "
-                "WHERE spot_checks.state IN ('pending','passed')",
-                [task_id, device_id, height, json.dumps(indices), now, now],
+        """Schedule the spot-checks of a block's receipts (``rows``: seq, task, device,
+        signature), in the block's transaction.
+
+        A disputed task's replicas are checked on the chunks that differ. Otherwise each
+        receipt is checked with its device's probability: the receipts of devices checked
+        every time (new ones) are inserted by one set-based statement, the others drawn one
+        by one. No indices are stored for these; they are derived when the challenge is sent.
+        """
+        checks = self.config.spot_checks
+        c = db.conn
+        first, last = rows[0][0], rows[-1][0]
+        # Disputed tasks are few (found through the tasks' state index): asking for them
+        # once is cheaper than looking up every receipt's task.
+        for task_id, device_id in c.execute(
+            "SELECT p.task_id, p.device_id FROM tasks t JOIN proofs p ON p.task_id = t.task_id "
+            "WHERE t.state = 'disputed' AND p.seq BETWEEN ? AND ?",
+            [first, last],
+        ).fetchall():
+            self._schedule_dispute_check(
+                db, task_id=task_id, device_id=device_id, height=height, now=now
             )
-            return
-        indices = spotcheck.challenge_indices(
-            block_hash, task_id, self.config.spot_checks.k, task["chunks"]
+        # A device's probability depends on its record only: decided once per device of
+        # the block (one query for them all, not a lookup per receipt).
+        devices = {r[2] for r in rows}
+        passes = dict(
+            c.execute(
+                "SELECT device_id, passes FROM devices "
+                "WHERE device_id IN (SELECT value FROM json_each(?))",
+                [json.dumps(sorted(devices))],
+            ).fetchall()
         )
-        db.execute(_RANDOM_CHECK_SQL, [task_id, device_id, height, json.dumps(indices), now, now])
+        probability = {
+            d: rep.check_probability(
+                passes.get(d, 0), trust_after=checks.trust_after, floor=checks.floor
+            )
+            for d in devices
+        }
+        always = sorted(d for d, p in probability.items() if p >= 1.0)
+        sampled = [r for r in rows if probability[r[2]] < 1.0]
+        # One draw per sampled receipt from one read of the system RNG; 53 bits, like random().
+        draws = memoryview(secrets.token_bytes(8 * len(sampled))).cast("Q")
+        drawn = [
+            (r[1], r[2], height, now, now)
+            for r, draw in zip(sampled, draws, strict=True)
+            if (draw >> 11) / (1 << 53) < probability[r[2]]
+        ]
+        # OR IGNORE: a disputed receipt's check, scheduled above, stays as it is.
+        if always:
+            c.execute(CHECK_ALL_SQL, [height, now, now, first, last, json.dumps(always)])
+        c.executemany(_RANDOM_CHECK_SQL, drawn)
+
+    def challenge_indices(
+        self, stored: str | None, block_hash: bytes, task_id: str, chunks: int
+    ) -> list[int]:
+        """A check's chunk indices: those stored (a dispute's differing chunks), else the
+        SPEC §2 derivation from the block hash — a pure function, so it need not be stored
+        for every receipt checked, and the device could not know it before the block."""
+        if stored is not None:
+            return list(json.loads(stored))
+        return spotcheck.challenge_indices(block_hash, task_id, self.config.spot_checks.k, chunks)
+
+    def _schedule_dispute_check(
+        self, db: sqlite_utils.Database, *, task_id: str, device_id: str, height: int, now: int
+    ) -> None:
+        """Queue the challenge of a disputed task's replica on the chunks that differ: the
+        evidence is specific, so these indices are stored, not derived."""
+        chunks = next(iter(db.query("SELECT chunks FROM tasks WHERE task_id=?", [task_id])))
+        indices = _differing_chunks(db, task_id, chunks["chunks"])
+        # A dispute overrides an earlier, random check.
+        db.execute(
+            "INSERT INTO spot_checks (task_id, device_id, block_height, indices, state, "
+            "next_attempt_at, created_at) VALUES (?,?,?,?, 'pending', ?, ?) "
+            "ON CONFLICT (task_id, device_id) DO UPDATE SET indices=excluded.indices, "
+            "state='pending', attempts=0, next_attempt_at=excluded.next_attempt_at "
+            "WHERE spot_checks.state IN ('pending','passed')",
+            [task_id, device_id, height, json.dumps(indices), now, now],
+        )
 
     async def blocks_view(self, start: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         rows = await self.db.read(
@@ -1407,7 +1461,7 @@ class Coordinator:
                 "proofs": counts("SELECT credit AS k, count(*) AS n FROM proofs GROUP BY credit"),
                 "blocks": next(iter(db.query("SELECT count(*) AS n FROM blocks")))["n"],
                 "unblocked_receipts": next(
-                    iter(db.query("SELECT count(*) AS n FROM proofs WHERE block_height IS NULL"))
+                    iter(db.query(f"SELECT count(*) AS n FROM proofs p WHERE {not_in_block()}"))  # noqa: S608
                 )["n"],
             }
 

@@ -1,8 +1,9 @@
 """Spot-checks (SPEC §2): challenge a device on chunks it could not predict, re-execute
 them, and record the verdict.
 
-The indices come from the hash of the block holding the receipt. Re-execution runs in a
-worker thread so a heavy chunk never stalls the event loop.
+The indices come from the hash of the block holding the receipt, derived when the
+challenge is sent (a dispute's are the chunks that differ, stored with the check).
+Re-execution runs in a worker thread so a heavy chunk never stalls the event loop.
 """
 
 from __future__ import annotations
@@ -65,7 +66,9 @@ class SpotChecker:
                 "task_id": row["task_id"],
                 "device_id": row["device_id"],
                 "block_hash": row["block_hash"].lower(),
-                "indices": json.loads(row["indices"]),
+                "indices": self.c.challenge_indices(
+                    row["indices"], bytes.fromhex(row["block_hash"]), row["task_id"], row["chunks"]
+                ),
                 "issued_at": self.c.clock(),
             },
             self.c.signer,

@@ -23,6 +23,8 @@ MAX_RECEIPTS = 0xFFFF
 GENESIS_PREVIOUS = bytes(32)
 
 assert HEADER_SIZE == 83
+#: The one-byte length prefixes, made once: a block encodes up to 131,070 of them.
+_LENGTH = [bytes([n]) for n in range(256)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,13 +36,16 @@ class Receipt:
     signature: bytes
 
     def encode(self) -> bytes:
+        return b"".join(self._parts())
+
+    def _parts(self) -> tuple[bytes, bytes, bytes, bytes, bytes]:
         task = self.task_id.encode()
         device = self.device_id.encode()
         if not 0 < len(task) <= 255 or not 0 < len(device) <= 255:
             raise MicroblockError("task_id and device_id must be 1..255 bytes")
         if len(self.signature) != SIGNATURE_SIZE:
             raise MicroblockError("a receipt signature is 64 bytes")
-        return bytes([len(task)]) + task + bytes([len(device)]) + device + self.signature
+        return _LENGTH[len(task)], task, _LENGTH[len(device)], device, self.signature
 
     @property
     def key(self) -> tuple[str, str]:
@@ -117,7 +122,12 @@ class Microblock:
 
 
 def encode_payload(receipts: Sequence[Receipt]) -> bytes:
-    return b"".join(r.encode() for r in receipts)
+    # One join over every receipt's parts: no intermediate bytes object per receipt.
+    parts: list[bytes] = []
+    extend = parts.extend
+    for r in receipts:
+        extend(r._parts())
+    return b"".join(parts)
 
 
 def build_block(
@@ -136,7 +146,7 @@ def build_block(
         raise MicroblockError("previous_hash must be 32 bytes")
     if len(receipts) > MAX_RECEIPTS:
         raise MicroblockError(f"at most {MAX_RECEIPTS} receipts per block")
-    keys = {r.key for r in receipts}
+    keys = {(r.task_id, r.device_id) for r in receipts}
     if len(keys) != len(receipts):
         raise MicroblockError("a receipt appears twice in the block")
     payload = encode_payload(receipts)

@@ -17,6 +17,7 @@ from aeamc.shared.messages import PoT, parse_signed
 
 from ..db import Database
 from ..errors import ApiError, not_found
+from ..membership import height_of
 
 
 def _one(db: sqlite_utils.Database, sql: str, args: list[Any]) -> dict[str, Any] | None:
@@ -26,7 +27,8 @@ def _one(db: sqlite_utils.Database, sql: str, args: list[Any]) -> dict[str, Any]
 def _gather(db: sqlite_utils.Database, task_id: str, device_id: str) -> dict[str, Any]:
     proof = _one(
         db,
-        "SELECT pot, block_height FROM proofs WHERE task_id=? AND device_id=?",
+        f"SELECT pot, {height_of('p.seq')} AS block_height FROM proofs p "  # noqa: S608
+        "WHERE task_id=? AND device_id=?",
         [task_id, device_id],
     )
     if proof is None:
@@ -46,7 +48,7 @@ def _gather(db: sqlite_utils.Database, task_id: str, device_id: str) -> dict[str
         "SELECT header, payload, anchor_id, leaf_index FROM blocks WHERE height=?",
         [height],
     )
-    if block is None:  # proofs.block_height is only ever set with the block
+    if block is None:  # the height came from the blocks table itself
         raise not_found(f"microblock {height}")
     anchor = (
         _one(db, "SELECT * FROM anchors WHERE id=?", [block["anchor_id"]])
