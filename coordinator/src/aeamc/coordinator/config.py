@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aeamc.shared import reputation
 from aeamc.shared.eps import EpsConfig
 from aeamc.shared.errors import ValidationError
 from aeamc.shared.runtime.configfiles import ConfigFileError, read_config_files
@@ -68,13 +69,40 @@ class BlockConfig:
 class SpotCheckConfig:
     #: Chunks opened per challenge (k in SPEC §2).
     k: int = 4
-    #: Passes after which a device is no longer checked on every task.
+    #: Passes after which a device's check rate starts to decay (trust_after / passes).
     trust_after: int = 10
     #: The check rate never drops below this, however long the record.
     floor: float = 0.1
     timeout_s: float = 15.0
     max_attempts: int = 5
     retry_s: float = 10.0
+    #: The assurance a new device's check rate is derived from: a device faking this
+    #: fraction of its chunks is caught within its first ``catch_within_tasks`` tasks with
+    #: probability at least ``catch_probability`` (1.0: check every task of a new device).
+    catch_fraction: float = 0.10
+    catch_within_tasks: int = 20
+    catch_probability: float = 0.99
+
+    @property
+    def assurance(self) -> reputation.Assurance:
+        return reputation.Assurance(
+            self.catch_fraction, self.catch_within_tasks, self.catch_probability
+        )
+
+    def new_device_rate(self, chunks: int) -> float:
+        """The check probability of a new device's task of ``chunks`` chunks (cached)."""
+        return reputation.assurance_rate(self.assurance, k=self.k, chunks=chunks)
+
+    def should_check(self, passes: int, chunks: int, draw: float) -> bool:
+        """Whether to challenge a task of ``chunks`` chunks by a device with ``passes``."""
+        return reputation.should_check(
+            passes,
+            draw,
+            trust_after=self.trust_after,
+            floor=self.floor,
+            new_rate=self.new_device_rate(chunks),
+            hold_until=self.catch_within_tasks,
+        )
 
 
 @dataclass(frozen=True)
@@ -320,6 +348,15 @@ def validate(config: CoordinatorConfig) -> None:
         (config.spot_checks.k >= 1, "spot_checks.k must be ≥ 1"),
         (0 <= config.spot_checks.floor <= 1, "spot_checks.floor must be 0..1"),
         (config.spot_checks.max_attempts >= 1, "spot_checks.max_attempts must be ≥ 1"),
+        (
+            0 < config.spot_checks.catch_fraction <= 1,
+            "spot_checks.catch_fraction must be in (0, 1]",
+        ),
+        (config.spot_checks.catch_within_tasks >= 1, "spot_checks.catch_within_tasks must be ≥ 1"),
+        (
+            0 < config.spot_checks.catch_probability <= 1,
+            "spot_checks.catch_probability must be in (0, 1]",
+        ),
         *_chain_checks(config.chain),
         (config.tls.device_cert_lifetime_s >= 1, "tls.device_cert_lifetime_s must be ≥ 1"),
         (config.tls.server_cert_lifetime_s >= 60, "tls.server_cert_lifetime_s must be ≥ 60"),
