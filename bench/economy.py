@@ -177,30 +177,59 @@ def _live_results(db: procs.Path, agents: dict[str, float]) -> dict[str, Any]:
                 "caught_at_task": caught_at,
                 "state": state,
             }
-        sizes: dict[int, dict[str, Any]] = {}
-        for chunks, reexec, checked in conn.execute(
-            "SELECT t.chunks, coalesce(sum(s.reexecuted_chunks), 0), count(*) FROM spot_checks s "
-            "JOIN tasks t ON t.task_id = s.task_id GROUP BY t.chunks"
+        reexec: dict[tuple[str, int], int] = {}
+        for device_id, chunks, n in conn.execute(
+            "SELECT s.device_id, t.chunks, coalesce(sum(s.reexecuted_chunks), 0) "
+            "FROM spot_checks s JOIN tasks t ON t.task_id = s.task_id "
+            "GROUP BY s.device_id, t.chunks"
         ):
-            sizes[chunks] = {"chunks_reexecuted": reexec, "checks": checked}
-        for chunks, pot in conn.execute(
-            "SELECT t.chunks, p.pot FROM proofs p JOIN tasks t ON t.task_id = p.task_id "
-            "WHERE p.pot != ''"
-        ):
-            meta = json.loads(pot)["execution_metadata"]
-            s = sizes.setdefault(chunks, {"chunks_reexecuted": 0, "checks": 0})
-            s["tasks_proved"] = s.get("tasks_proved", 0) + 1
-            s["device_cpu_ms_reported"] = s.get("device_cpu_ms_reported", 0) + meta["cpu_time_ms"]
-            s["chunks_proved"] = s.get("chunks_proved", 0) + meta["chunks"]
+            reexec[device_id, chunks] = n
+        proved: list[tuple[str, int, dict[str, Any]]] = [
+            (device_id, chunks, json.loads(pot)["execution_metadata"])
+            for device_id, chunks, pot in conn.execute(
+                "SELECT p.device_id, t.chunks, p.pot FROM proofs p "
+                "JOIN tasks t ON t.task_id = p.task_id WHERE p.pot != ''"
+            )
+        ]
         checks = dict(conn.execute("SELECT state, count(*) FROM spot_checks GROUP BY state"))
     finally:
         conn.close()
-    for s in sizes.values():
-        per_chunk_ms = s.get("device_cpu_ms_reported", 0) / max(1, s.get("chunks_proved", 0))
-        s["reexecution_share"] = (s["chunks_reexecuted"] * per_chunk_ms) / max(
-            1e-9, s.get("device_cpu_ms_reported", 0)
+    honest = {d for d, f in agents.items() if f == 0}
+    return {
+        "devices": per_device,
+        # What verifying honest devices costs (the fleet the target is about), and what
+        # the whole fleet cost, cheaters' checks until quarantine included.
+        "sizes": _shares(reexec, proved, honest),
+        "sizes_all_devices": _shares(reexec, proved, set(agents)),
+        "spot_checks": checks,
+    }
+
+
+def _shares(
+    reexec: dict[tuple[str, int], int],
+    proved: list[tuple[str, int, dict[str, Any]]],
+    devices: set[str],
+) -> dict[int, dict[str, Any]]:
+    """Per task size: chunks re-executed priced at the devices' CPU per chunk of that size,
+    over the CPU the devices reported for their tasks of that size."""
+    sizes: dict[int, dict[str, Any]] = {}
+    for device_id, chunks, meta in proved:
+        if device_id in devices:
+            s = sizes.setdefault(
+                chunks, {"tasks_proved": 0, "device_cpu_ms_reported": 0, "chunks_proved": 0}
+            )
+            s["tasks_proved"] += 1
+            s["device_cpu_ms_reported"] += meta["cpu_time_ms"]
+            s["chunks_proved"] += meta["chunks"]
+    for chunks, s in sizes.items():
+        s["chunks_reexecuted"] = sum(
+            n for (d, c), n in reexec.items() if c == chunks and d in devices
         )
-    return {"devices": per_device, "sizes": sizes, "spot_checks": checks}
+        per_chunk_ms = s["device_cpu_ms_reported"] / max(1, s["chunks_proved"])
+        s["reexecution_share"] = (s["chunks_reexecuted"] * per_chunk_ms) / max(
+            1e-9, s["device_cpu_ms_reported"]
+        )
+    return sizes
 
 
 def _submit(coord: procs.Coordinator, chunks: int) -> None:
@@ -332,6 +361,9 @@ def _size_summary(
         "live_chunks_reexecuted": measured.get("chunks_reexecuted", 0),
         "live_chunks_proved": measured.get("chunks_proved", 0),
         "live_reexecution_share": share,
+        "live_reexecution_share_all_devices": run["sizes_all_devices"]
+        .get(chunks, {})
+        .get("reexecution_share"),
         "cpu_target_met": None if share is None else share <= TARGET_CPU_SHARE,
         "catch_target_met": catch_met,
     }

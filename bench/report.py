@@ -125,7 +125,11 @@ def _glance(r: dict[str, Any]) -> str:
             (s for s in g["selection"] if s["f"] == 0.10 and s["chunks"] == judged["chunks"]),
             None,
         )
-        catch = _f(ten["within_20_measured"], 4) if ten else "–"
+        catch = (
+            f"{_f(ten['within_20_analytic'], 4)} exact, measured {_f(ten['within_20_measured'], 4)} ± {_f(ten['within_20_sigma'], 4)}"
+            if ten
+            else "–"
+        )
         others = "; ".join(
             f"{s['chunks']} chunks: live {_f(s['live_reexecution_share'], 3)}"
             + (
@@ -371,7 +375,7 @@ def _economy(g: dict[str, Any]) -> str:
     sizes = "\n".join(
         f"| {s['chunks']} | {_f(s['new_device_rate'], 4)} | {_f(s['expected_share_first_20'], 4)} "
         f"| {_f(s['old_rule_share_first_20'], 4)} | {_f(s['floor']['share'], 4)} "
-        f"| {_f(s['live_reexecution_share'], 3)} ({s['live_chunks_reexecuted']:,} of {s['live_chunks_proved']:,} chunks) "
+        f"| {_f(s['live_reexecution_share'], 3)} ({s['live_chunks_reexecuted']:,} of {s['live_chunks_proved']:,} chunks; all devices {_f(s['live_reexecution_share_all_devices'], 3)}) "
         f"| {_f(s['lifetime_reexecution_share']['1000'], 4)} ({_f(s['old_rule_lifetime_share_1000'], 4)}) "
         f"| {_short(s['cpu_target_met'])} | {_short(s['catch_target_met'])} |"
         for s in g["sizes"]
@@ -418,8 +422,9 @@ the targets are judged at {g["judged_chunks"]}, where they can both hold.
 **Cost** — the re-execution share of an honest new device's first 20 tasks expected under
 this rule and under the rule it replaced (every task until {g["trust_after"]} passes, then
 {g["trust_after"]}/passes), the least any sampling policy can have and still meet the catch
-target, the live run's share (below), and the expected share over 1,000 tasks (old rule in
-brackets):
+target, the live run's share for its honest devices (and for all of them, the cheaters'
+checks until quarantine included), and the expected share over 1,000 tasks (old rule in
+brackets). The CPU target is judged on the live share of the honest devices:
 
 | chunks per task | p | first 20 tasks | old rule | least possible | live | 1,000 tasks | CPU ≤ {g["target_cpu_share"]} | catch ≥ {g["target_catch_20"]} |
 | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |

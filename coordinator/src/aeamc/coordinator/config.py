@@ -7,6 +7,7 @@ the wrong type is a configuration error (exit 78) rather than something silently
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -83,21 +84,30 @@ class SpotCheckConfig:
     catch_within_tasks: int = 20
     catch_probability: float = 0.99
 
-    @property
+    # Derived once per configuration: form_block asks for every receipt of a block.
+    @functools.cached_property
     def assurance(self) -> reputation.Assurance:
         return reputation.Assurance(
             self.catch_fraction, self.catch_within_tasks, self.catch_probability
         )
 
+    @functools.cached_property
+    def _rates(self) -> dict[int, float]:
+        return {}
+
     def new_device_rate(self, chunks: int) -> float:
-        """The check probability of a new device's task of ``chunks`` chunks (cached)."""
-        return reputation.assurance_rate(self.assurance, k=self.k, chunks=chunks)
+        """The check probability of a new device's task of ``chunks`` chunks."""
+        rate = self._rates.get(chunks)
+        if rate is None:
+            rate = reputation.assurance_rate(self.assurance, k=self.k, chunks=chunks)
+            self._rates[chunks] = rate
+        return rate
 
     def should_check(self, passes: int, chunks: int, draw: float) -> bool:
-        """Whether to challenge a task of ``chunks`` chunks by a device with ``passes``."""
-        return reputation.should_check(
+        """Whether to challenge a task of ``chunks`` chunks by a device with ``passes``;
+        ``draw`` is uniform in [0, 1) from the caller's RNG."""
+        return draw < reputation.check_probability(
             passes,
-            draw,
             trust_after=self.trust_after,
             floor=self.floor,
             new_rate=self.new_device_rate(chunks),
