@@ -106,15 +106,25 @@ def lifetime_share(
     return checks * min(cfg.k, chunks) / (tasks * chunks)
 
 
-def floor_share(chunks: int, f: float = TARGET_FRACTION, tasks: int = TARGET_TASKS) -> dict:
+def floor_share(chunks: int, k: int, f: float = TARGET_FRACTION, tasks: int = TARGET_TASKS) -> dict:
     """The least re-execution share any policy can have and still catch f within ``tasks``
-    with probability ``TARGET_CATCH_20`` (see the module docstring)."""
+    with probability ``TARGET_CATCH_20`` (see the module docstring); and, for comparison,
+    what k distinct openings per check need against a device that fakes exactly
+    ⌈f · chunks⌉ chunks of every task (without replacement, each check catches more)."""
+    faked = math.ceil(f * chunks)
+    escape = math.comb(chunks - faked, k) / math.comb(chunks, k) if chunks >= k else 0.0
+    fixed_checks = 1 if escape == 0 else math.ceil(math.log1p(-TARGET_CATCH_20) / math.log(escape))
     openings = math.log1p(-TARGET_CATCH_20) / math.log1p(-f)
     return {
         "openings": openings,
         "share": openings / (tasks * chunks),
         "share_whole_openings": math.ceil(openings) / (tasks * chunks),
         "least_chunks_for_target": math.ceil(openings / (tasks * TARGET_CPU_SHARE)),
+        "fixed_count": {
+            "faked": faked,
+            "checks": fixed_checks,
+            "share": fixed_checks * min(k, chunks) / (tasks * chunks),
+        },
     }
 
 
@@ -332,7 +342,7 @@ def least_chunks_for_rule(cfg: SpotCheckConfig, limit: int = 10_000) -> int | No
 def _size_summary(
     chunks: int, cfg: SpotCheckConfig, sims: list[dict], run: dict[str, Any]
 ) -> dict[str, Any]:
-    bound = floor_share(chunks)
+    bound = floor_share(chunks, cfg.k)
     measured = run["sizes"].get(chunks, {})
     ten = next((s for s in sims if s["chunks"] == chunks and s["f"] == TARGET_FRACTION), None)
     share = measured.get("reexecution_share") if measured.get("tasks_proved") else None

@@ -112,7 +112,9 @@ ECONOMY_CANNOT = """
 
 **At {chunks} chunks the two targets cannot both hold**, under any sampling policy: the
 least re-execution share that still catches f = 10 % within 20 tasks with probability 0.99
-is {share} % ({whole} % in whole chunks), above 5 %. This rule costs {rule} % there; the
+is {share} % ({whole} % in whole chunks), above 5 %. (Against a device that fakes exactly
+{faked} of every task's {chunks} chunks, distinct indices catch more per check: {checks}
+checks of k chunks suffice, {fixed} % — {fixed_verdict}.) This rule costs {rule} % there; the
 old one (every task until trusted) cost more; {chunks}-chunk tasks keep the catch
 target at that price, and bigger tasks (or a lower catch target) meet both.
 """

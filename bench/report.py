@@ -403,6 +403,12 @@ def _economy(g: dict[str, Any]) -> str:
                 share=_f(s["floor"]["share"] * 100, 2),
                 whole=_f(s["floor"]["share_whole_openings"] * 100, 2),
                 rule=_f(s["expected_share_first_20"] * 100, 2),
+                faked=s["floor"]["fixed_count"]["faked"],
+                checks=s["floor"]["fixed_count"]["checks"],
+                fixed=_f(s["floor"]["fixed_count"]["share"] * 100, 2),
+                fixed_verdict="still above 5 %"
+                if s["floor"]["fixed_count"]["share"] > g["target_cpu_share"]
+                else "within 5 %",
             )
             for s in g["sizes"]
             if not s["targets_compatible"]
