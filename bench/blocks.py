@@ -61,8 +61,8 @@ def _fill(db: Database, n: int, serial: int, passes: int) -> list[tuple[str, str
         )
         c.executemany(
             "INSERT INTO proofs (task_id, device_id, pot, signature, output, output_digest, "
-            "accepted_at) VALUES (?,?,?,?,?,?,?)",
-            [(t, d, _POT_JSON, s, _OUTPUT, "00" * 32, now) for t, d, s in receipts],
+            "accepted_at, chunks) VALUES (?,?,?,?,?,?,?,?)",
+            [(t, d, _POT_JSON, s, _OUTPUT, "00" * 32, now, CHUNKS) for t, d, s in receipts],
         )
 
     db.write_sync(txn)

@@ -100,20 +100,35 @@ own row made only when its challenge is first sent; and the per-receipt Python o
 from the selected rows.
 """
 
-ECONOMY = """
-**What limits it.** A checked task costs the coordinator k of its chunks: with k = {k} and
-{chunks}-chunk tasks that is {per_task} % of the task's compute, and a new device is checked on
-every task until it has passed {trust_after} checks — so during a device's first 20 tasks (the
-live run above) re-execution is a large share of what the devices compute: {live} in this
-run. The rate falls as the record grows (checked with probability {trust_after}/passes, never
-below {floor}): over a device's first 1,000 tasks the expected share is the "1000 tasks"
-figure above, inside the target.
+ECONOMY_BOUND = """
+**What no sampling policy can beat.** A device that fakes each chunk with probability f
+escapes n opened chunks with probability (1 − f)^n, and (1 − f)^X is convex in the number
+X of chunks opened, so whatever decides which tasks and chunks are opened — randomised or
+not, spread or bunched — P(escape) ≥ (1 − f)^E[X]. Catching f = 10 % within 20 tasks with
+probability 0.99 therefore needs E[X] ≥ ln(0.01) / ln(0.9) = {openings} chunks opened over
+those 20 tasks, a re-execution share of at least {openings} / (20 · chunks): the two targets
+can both hold only for tasks of ≥ {least} chunks, and with this rule (k = {k}, each task
+checked with the same probability, so a device cannot tell which of its tasks are safe to
+fake) for tasks of ≥ {least_rule} chunks.{cannot}
+"""
 
-**What would close it for new devices too.** The share of a checked task is k / chunks,
-so tasks of ≥ 80 chunks meet 5 % even when every task is checked, with the same catch
-probability (it depends on k and f only). Fewer checks would also do it: catching a
-device that fakes 10 % within 20 tasks with probability 0.99 needs only 11 checks in
-those 20 (1 − 0.656¹¹ = 0.990), so every task need not be checked.
+ECONOMY_CANNOT = """
+
+**At {chunks} chunks the two targets cannot both hold**, under any sampling policy: the
+least re-execution share that still catches f = 10 % within 20 tasks with probability 0.99
+is {share} % ({whole} % in whole chunks), above 5 %. (Against a device that fakes exactly
+{faked} of every task's {chunks} chunks, distinct indices catch more per check: {checks}
+checks of k chunks suffice, {fixed} % — {fixed_verdict}.) This rule costs {rule} % there; the
+old one (every task until trusted) cost more; {chunks}-chunk tasks keep the catch
+target at that price, and bigger tasks (or a lower catch target) meet both.
+"""
+
+ECONOMY = """
+**What limits it.** The live share at {chunks} chunks was {live}; the expected share of a
+new device's first 20 tasks is {expected} under this rule and {old} under the old one
+(every task until trusted). A live run of a few devices over some 20 tasks each sees a few
+dozen checks, so its share scatters around the expected one by about a third of it; a
+share near the old rule's says the coordinator measured still draws checks the old way.
 """
 
 FOOTPRINT = """

@@ -54,7 +54,7 @@ PLANS: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
         lambda: footprint.measure(1.0, 0.5, settle_s=0.2),
     ),
     "verification_economy": (
-        lambda: economy.measure(20_000, 4000, cheaters_per_f=2, honest=2, timeout_s=240.0),
+        lambda: economy.measure(20_000, 10_000, cheaters_per_f=1, honest=4, timeout_s=240.0),
         lambda: economy.measure(200, 50, cheaters_per_f=0, honest=1, timeout_s=1.0, fs=(0.25,)),
     ),
     "latency": (lambda: latency.measure(60, 5), lambda: latency.measure(2, 1)),

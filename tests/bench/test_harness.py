@@ -31,8 +31,9 @@ def test_harness_runs_every_benchmark_and_writes_results_and_table(tmp_path: Pat
     assert r["agent_footprint"]["rss_mb"]["agent"]["median"] > 0
     assert r["agent_footprint"]["rss_mb_by_process"]["daemon"]["median"] > 0
     econ = r["verification_economy"]
-    assert [s["f"] for s in econ["selection"]] == [0.25]
+    assert [(s["f"], s["chunks"]) for s in econ["selection"]] == [(0.25, 32), (0.25, 64)]
     assert econ["catch_target_met"] is None  # f = 10 % was not measured
+    assert [s["targets_compatible"] for s in econ["sizes"]] == [False, True]
     assert r["latency"]["tasks"] == 2
     text = doc.read_text()
     assert "--quick: tiny sizes, not a measurement" in text

@@ -49,17 +49,26 @@ def _add_device(c: sqlite3.Connection, device_id: str, passes: int = 0) -> None:
 
 
 def _add_proof(
-    c: sqlite3.Connection, task_id: str, device: str, *, state: str = "completed", tag: int = 0
+    c: sqlite3.Connection,
+    task_id: str,
+    device: str,
+    *,
+    state: str = "completed",
+    tag: int = 0,
+    chunks: int = CHUNKS,
+    v6: bool = False,
 ) -> int:
     c.execute(
         "INSERT OR IGNORE INTO tasks (task_id, kind, params, chunks, replicas, created_at, state) "
         "VALUES (?, 'sha256-chain', '{}', ?, 1, 0, ?)",
-        [task_id, CHUNKS, state],
+        [task_id, chunks, state],
     )
+    # Schema v6 had no chunks column on proofs; v7 copies the task's when storing a proof.
+    columns, marks = ("", "") if v6 else (", chunks", ", ?")
     cur = c.execute(
         "INSERT INTO proofs (task_id, device_id, pot, signature, output, output_digest, "
-        "accepted_at) VALUES (?, ?, '{\"signed\": true}', ?, ?, '00', 1)",
-        [task_id, DEVICES[device], os.urandom(64), _output(tag)],
+        f"accepted_at{columns}) VALUES (?, ?, '{{\"signed\": true}}', ?, ?, '00', 1{marks})",
+        [task_id, DEVICES[device], os.urandom(64), _output(tag)] + ([] if v6 else [chunks]),
     )
     return int(cur.lastrowid or 0)
 
@@ -79,7 +88,7 @@ def _v6_database(path: Path) -> tuple[dict[str, int | None], list[bytes]]:
     previous, hashes = microblock.GENESIS_PREVIOUS, []
     tasks = iter(f"t-{i:02d}" for i in range(100))
     for height, size in enumerate((4, 3, 3)):
-        seqs = [_add_proof(c, next(tasks), "ab"[i % 2]) for i in range(size)]
+        seqs = [_add_proof(c, next(tasks), "ab"[i % 2], v6=True) for i in range(size)]
         if height == 1:  # the middle one goes before a block takes it
             c.execute("DELETE FROM proofs WHERE seq=?", [seqs[1]])
         rows = c.execute(
@@ -112,7 +121,7 @@ def _v6_database(path: Path) -> tuple[dict[str, int | None], list[bytes]]:
         previous = block.block_hash
         hashes.append(block.block_hash)
     for _ in range(3):
-        _add_proof(c, next(tasks), "a")
+        _add_proof(c, next(tasks), "a", v6=True)
     c.execute(
         "INSERT INTO spot_checks (task_id, device_id, block_height, indices, state, "
         "next_attempt_at, created_at) VALUES ('t-00', ?, 0, '[3, 1]', 'pending', 0, 0)",
@@ -171,6 +180,8 @@ async def test_v6_to_v7_keeps_every_receipt_in_its_block_and_the_chain_goes_on(
         assert c.execute(
             "SELECT height, first_seq, last_seq FROM blocks ORDER BY height"
         ).fetchall() == [(0, 1, 4), (1, 5, 7), (2, 8, 10)]
+        # Every proof got its task's chunk count.
+        assert c.execute("SELECT DISTINCT chunks FROM proofs").fetchall() == [(CHUNKS,)]
         derived = dict(c.execute(f"SELECT task_id, {height_of('p.seq')} FROM proofs p"))
         assert derived == heights  # exactly, the waiting ones included (None)
         assert c.execute("SELECT indices FROM spot_checks").fetchall() == [("[3, 1]",)]
@@ -292,7 +303,8 @@ async def test_formation_schedules_checks_lazily_and_disputes_on_the_differing_c
             )
 
         await db.write(fill)
-        coordinator = _coordinator(db, floor=0.1)
+        # catch_probability 1: a new device's every task is checked, so t-new surely is.
+        coordinator = _coordinator(db, floor=0.1, catch_probability=1.0)
         await coordinator.load()
         assert await coordinator.form_block() == 0
         c = connect(db.path)
@@ -317,5 +329,37 @@ async def test_formation_schedules_checks_lazily_and_disputes_on_the_differing_c
             "t-disputed": [2],
         }
         c.close()
+    finally:
+        db.close()
+
+
+async def test_a_new_devices_check_rate_follows_its_tasks_chunk_counts(tmp_path: Path) -> None:
+    """Under the default assurance target a new device's 32-chunk tasks are drawn at the
+    derived rate, while its 1-chunk tasks (too small for the target) are always checked;
+    a proof whose chunk count is unknown (0) is always checked too."""
+    db = Database(tmp_path / "coordinator.db")
+    db.open()
+    try:
+
+        def fill(d: Any) -> None:
+            _add_device(d.conn, DEVICES["a"], passes=0)
+            for i in range(400):
+                _add_proof(d.conn, f"t-big-{i:03d}", "a", chunks=32)
+                _add_proof(d.conn, f"t-one-{i:03d}", "a", chunks=1)
+            _add_proof(d.conn, "t-unknown", "a", chunks=0)
+
+        await db.write(fill)
+        coordinator = _coordinator(db)
+        rate = coordinator.config.spot_checks.new_device_rate(32)
+        assert 0.5 < rate < 0.7 and coordinator.config.spot_checks.new_device_rate(1) == 1.0
+        await coordinator.load()
+        assert await coordinator.form_block() == 0
+        c = connect(db.path)
+        checked = [t for (t,) in c.execute("SELECT task_id FROM spot_checks")]
+        c.close()
+        assert sum(t.startswith("t-one-") for t in checked) == 400
+        assert "t-unknown" in checked
+        # 400 draws at ~0.6: mean 240, sd 10; every task (400) or the floor (40) is far off.
+        assert 180 < sum(t.startswith("t-big-") for t in checked) < 300
     finally:
         db.close()

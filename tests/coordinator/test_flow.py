@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import subprocess
 import sys
 from typing import Any
@@ -83,6 +84,14 @@ async def test_happy_path(coordinator: CoordinatorProcess, enroll_token: str) ->
         )
         assert dev["record"]["passes"] == 1 and dev["state"] == "active"
         assert dev["reputation"] > 0.5
+        # The proof row carries its task's chunk count, which sets its check probability.
+        db = sqlite3.connect(coordinator.state_dir / "coordinator.db")
+        try:
+            assert db.execute(
+                "SELECT chunks FROM proofs WHERE task_id=?", [task_id]
+            ).fetchall() == [(SHA_TASK["chunks"],)]
+        finally:
+            db.close()
     finally:
         await device.stop()
 

@@ -46,6 +46,9 @@ def test_defaults_render_and_parse_back(tmp_path: Path) -> None:
         ({"scheduler": {"port": 1}}, "scheduler.port: unknown setting"),
         ({"state_dir": ""}, "state_dir"),
         ({"spot_checks": {"floor": 2.0}}, "floor"),
+        ({"spot_checks": {"catch_fraction": 0.0}}, "spot_checks.catch_fraction must be in"),
+        ({"spot_checks": {"catch_within_tasks": 0}}, "spot_checks.catch_within_tasks must be"),
+        ({"spot_checks": {"catch_probability": 1.5}}, "spot_checks.catch_probability must be"),
     ],
 )
 def test_bad_configuration_is_named(data: dict[str, object], message: str) -> None:

@@ -30,7 +30,9 @@ FAST_SETTINGS = {
     "server": {"host": "127.0.0.1", "port": 0, "mdns": False},
     "scheduler": {"tick_s": 0.2, "push_timeout_s": 5.0},
     "blocks": {"interval_s": 0.5},
-    "spot_checks": {"retry_s": 0.5},
+    # Every task of a new device is checked, so a test's first proofs reach a verdict;
+    # the sampled rate itself is tested in tests/property/test_check_rate_properties.py.
+    "spot_checks": {"retry_s": 0.5, "catch_probability": 1.0},
 }
 
 

@@ -7,6 +7,7 @@ the wrong type is a configuration error (exit 78) rather than something silently
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aeamc.shared import reputation
 from aeamc.shared.eps import EpsConfig
 from aeamc.shared.errors import ValidationError
 from aeamc.shared.runtime.configfiles import ConfigFileError, read_config_files
@@ -68,13 +70,54 @@ class BlockConfig:
 class SpotCheckConfig:
     #: Chunks opened per challenge (k in SPEC §2).
     k: int = 4
-    #: Passes after which a device is no longer checked on every task.
+    #: Passes after which a device's check rate starts to decay (trust_after / passes).
     trust_after: int = 10
     #: The check rate never drops below this, however long the record.
     floor: float = 0.1
     timeout_s: float = 15.0
     max_attempts: int = 5
     retry_s: float = 10.0
+    #: The assurance a new device's check rate is derived from: a device faking this
+    #: fraction of its chunks is caught within its first ``catch_within_tasks`` tasks with
+    #: probability at least ``catch_probability`` (1.0: check every task of a new device).
+    catch_fraction: float = 0.10
+    catch_within_tasks: int = 20
+    catch_probability: float = 0.99
+
+    # Derived once per configuration: form_block asks for every receipt of a block.
+    @functools.cached_property
+    def assurance(self) -> reputation.Assurance:
+        return reputation.Assurance(
+            self.catch_fraction, self.catch_within_tasks, self.catch_probability
+        )
+
+    @functools.cached_property
+    def _rates(self) -> dict[int, float]:
+        return {}
+
+    def new_device_rate(self, chunks: int) -> float:
+        """The check probability of a new device's task of ``chunks`` chunks."""
+        rate = self._rates.get(chunks)
+        if rate is None:
+            rate = reputation.assurance_rate(self.assurance, k=self.k, chunks=chunks)
+            self._rates[chunks] = rate
+        return rate
+
+    def check_probability(self, passes: int, chunks: int) -> float:
+        """The probability of challenging a task of ``chunks`` chunks by a device with
+        ``passes`` passed checks (``chunks`` 0, unknown, is always checked)."""
+        return reputation.check_probability(
+            passes,
+            trust_after=self.trust_after,
+            floor=self.floor,
+            new_rate=self.new_device_rate(chunks),
+            hold_until=self.catch_within_tasks,
+        )
+
+    def should_check(self, passes: int, chunks: int, draw: float) -> bool:
+        """Whether to challenge a task of ``chunks`` chunks by a device with ``passes``;
+        ``draw`` is uniform in [0, 1) from the caller's RNG."""
+        return draw < self.check_probability(passes, chunks)
 
 
 @dataclass(frozen=True)
@@ -320,6 +363,15 @@ def validate(config: CoordinatorConfig) -> None:
         (config.spot_checks.k >= 1, "spot_checks.k must be ≥ 1"),
         (0 <= config.spot_checks.floor <= 1, "spot_checks.floor must be 0..1"),
         (config.spot_checks.max_attempts >= 1, "spot_checks.max_attempts must be ≥ 1"),
+        (
+            0 < config.spot_checks.catch_fraction <= 1,
+            "spot_checks.catch_fraction must be in (0, 1]",
+        ),
+        (config.spot_checks.catch_within_tasks >= 1, "spot_checks.catch_within_tasks must be ≥ 1"),
+        (
+            0 < config.spot_checks.catch_probability <= 1,
+            "spot_checks.catch_probability must be in (0, 1]",
+        ),
         *_chain_checks(config.chain),
         (config.tls.device_cert_lifetime_s >= 1, "tls.device_cert_lifetime_s must be ≥ 1"),
         (config.tls.server_cert_lifetime_s >= 60, "tls.server_cert_lifetime_s must be ≥ 60"),

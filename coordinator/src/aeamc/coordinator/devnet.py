@@ -230,7 +230,9 @@ class Devnet:
             },
             "scheduler": {"tick_s": 0.3, "max_inflight_per_device": 2},
             "blocks": {"interval_s": 2.0},
-            "spot_checks": {"retry_s": 1.0},
+            # The demo's devices run a handful of tasks each: every task of a new device
+            # is checked, so the demo cheater is always caught.
+            "spot_checks": {"retry_s": 1.0, "catch_probability": 1.0},
             "protocol": {"stale_after_s": 15},
             "chain": {
                 "rpc_url": self.rpc_url,

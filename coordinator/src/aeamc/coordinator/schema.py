@@ -277,8 +277,14 @@ MIGRATIONS: list[list[str]] = [
             BEGIN SELECT raise(ABORT, 'a block''s seq range never changes'); END""",
         """DROP INDEX proofs_unblocked""",
         """ALTER TABLE proofs DROP COLUMN block_height""",
+        # The task's chunk count, copied from the assignment when the proof is stored: a
+        # receipt's check probability depends on it (reputation.assurance_rate), and
+        # formation must not look up 10,000 tasks to learn it. 0 (unknown) checks always.
+        """ALTER TABLE proofs ADD COLUMN chunks INTEGER NOT NULL DEFAULT 0""",
+        """UPDATE proofs SET chunks = coalesce(
+            (SELECT t.chunks FROM tasks t WHERE t.task_id = proofs.task_id), 0)""",
         # What forming a block reads of a proof, apart from its wide PoT and output.
-        """CREATE INDEX proofs_receipts ON proofs(seq, task_id, device_id, signature)""",
+        """CREATE INDEX proofs_receipts ON proofs(seq, task_id, device_id, signature, chunks)""",
         """CREATE TABLE spot_checks_v7 (
             task_id TEXT NOT NULL,
             device_id TEXT NOT NULL,

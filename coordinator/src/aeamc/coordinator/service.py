@@ -28,7 +28,6 @@ import sqlite_utils
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from aeamc.shared import microblock, proofs, spotcheck
-from aeamc.shared import reputation as rep
 from aeamc.shared.eps import eps, ineligibility
 from aeamc.shared.errors import ProtocolError
 from aeamc.shared.flags import in_rollout
@@ -95,7 +94,7 @@ _RANDOM_CHECK_SQL = (
 #: ``proofs_receipts`` index is read, not the rows with their PoT and output (a test
 #: checks the plan).
 RECEIPTS_SQL = (
-    "SELECT p.seq, p.task_id, p.device_id, p.signature FROM proofs p "
+    "SELECT p.seq, p.task_id, p.device_id, p.signature, p.chunks FROM proofs p "
     "WHERE p.seq > ? ORDER BY p.seq LIMIT ?"
 )
 #: The random checks of every receipt of a block from devices checked on every task, in
@@ -745,7 +744,8 @@ class Coordinator:
             window_ms=self.config.protocol.pot_window_s * 1000,
             signature_checked=True,
         )
-        return _CheckedProof(pot, device, output, json.dumps(pot.to_dict(), sort_keys=True))
+        pot_json = json.dumps(pot.to_dict(), sort_keys=True)
+        return _CheckedProof(pot, device, output, pot_json, assignment.chunks)
 
     def _store_proof(self, db: sqlite_utils.Database, proof: _CheckedProof) -> str:
         pot, now = proof.pot, self.clock()
@@ -758,7 +758,7 @@ class Coordinator:
             raise ApiError(409, "duplicate", "a proof for this task was already accepted")
         db.execute(
             "INSERT INTO proofs (task_id, device_id, pot, signature, output, output_digest, "
-            "accepted_at) VALUES (?,?,?,?,?,?,?)",
+            "accepted_at, chunks) VALUES (?,?,?,?,?,?,?,?)",
             [
                 pot.task_id,
                 pot.device_id,
@@ -767,6 +767,7 @@ class Coordinator:
                 proof.output,
                 pot.output_digest,
                 now,
+                proof.chunks,
             ],
         )
         db.execute("UPDATE devices SET completed=completed+1 WHERE device_id=?", [pot.device_id])
@@ -1149,8 +1150,9 @@ class Coordinator:
             self._schedule_dispute_check(
                 db, task_id=task_id, device_id=device_id, height=height, now=now
             )
-        # A device's probability depends on its record only: decided once per device of
-        # the block (one query for them all, not a lookup per receipt).
+        # A receipt's probability depends on its device's record and its task's chunk count
+        # (only below k, where one challenge opens fewer chunks): decided once per device of
+        # the block, with one query for them all rather than a lookup per receipt.
         devices = {r[2] for r in rows}
         passes = dict(
             c.execute(
@@ -1159,20 +1161,24 @@ class Coordinator:
                 [json.dumps(sorted(devices))],
             ).fetchall()
         )
-        probability = {
-            d: rep.check_probability(
-                passes.get(d, 0), trust_after=checks.trust_after, floor=checks.floor
-            )
-            for d in devices
+        k = checks.k
+        # At k chunks or more a device's rate is its lowest (smaller tasks are checked at
+        # least as often), so a device at 1.0 there is checked on every receipt.
+        base = {d: checks.check_probability(passes.get(d, 0), k) for d in devices}
+        always = sorted(d for d, p in base.items() if p >= 1.0)
+        # The others: one uniform 64-bit draw per receipt, from one read of the system RNG,
+        # against the receipt's probability scaled to 2^64 (looked up by device and chunks).
+        scale = float(1 << 64)
+        sampled = [r for r in rows if base[r[2]] < 1.0]
+        threshold = {
+            (d, c): int(checks.check_probability(passes.get(d, 0), c) * scale)
+            for d, c in {(r[2], r[4] if r[4] < k else k) for r in sampled}
         }
-        always = sorted(d for d, p in probability.items() if p >= 1.0)
-        sampled = [r for r in rows if probability[r[2]] < 1.0]
-        # One draw per sampled receipt from one read of the system RNG; 53 bits, like random().
         draws = memoryview(secrets.token_bytes(8 * len(sampled))).cast("Q")
         drawn = [
             (r[1], r[2], height, now, now)
             for r, draw in zip(sampled, draws, strict=True)
-            if (draw >> 11) / (1 << 53) < probability[r[2]]
+            if draw < threshold[r[2], r[4] if r[4] < k else k]
         ]
         # OR IGNORE: a disputed receipt's check, scheduled above, stays as it is.
         if always:
@@ -1509,6 +1515,7 @@ class _CheckedProof:
     device: Device
     output: bytes
     pot_json: str
+    chunks: int
 
 
 def _assignment_row(db: sqlite_utils.Database, task_id: str, device_id: str) -> Any:
