@@ -68,6 +68,20 @@ def _updates(status: dict[str, Any]) -> dict[str, Any]:
     return status.get("updates") or {}
 
 
+def test_a_check_that_finds_nothing_new_starts_no_helper(device) -> None:  # type: ignore[no-untyped-def]
+    """After one verified refresh, checks against an unchanged timestamp.json skip the TUF
+    helper; a re-signed timestamp is refreshed (verified) again."""
+    coord, agent, _wheels, _keys = device
+    quiet = _updates(agent.wait_status(lambda s: _updates(s).get("unchanged_checks", 0) >= 3))
+    assert quiet["refreshes"] >= 1 and quiet["last_error"] is None
+    version = quiet["trusted_metadata"]["timestamp"]
+    coord.cli("release", "refresh")
+    moved = _updates(
+        agent.wait_status(lambda s: _updates(s)["trusted_metadata"]["timestamp"] > version)
+    )
+    assert moved["refreshes"] > quiet["refreshes"]
+
+
 def test_an_update_waits_for_the_running_task(device) -> None:  # type: ignore[no-untyped-def]
     coord, agent, wheels, keys = device
     task = {

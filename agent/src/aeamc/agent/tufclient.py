@@ -37,14 +37,13 @@ from tuf.api.exceptions import (
 from tuf.ngclient import FetcherInterface
 from tuf.ngclient import Updater as TufUpdater
 
-from aeamc.shared.releases import manifest_path, target_path
+from aeamc.shared.releases import METADATA_PATH, manifest_path, target_path
 
 from . import logs
 from .slots import COMPLETE, Slots
 
 log = logging.getLogger(__name__)
 
-METADATA_PATH = "/v1/updates/metadata/"
 TARGETS_PATH = "/v1/updates/targets/"
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime
 import json
 import logging
 import random
@@ -31,6 +32,7 @@ from typing import Any
 from aeamc.shared.identity import Signer
 from aeamc.shared.messages import sign
 from aeamc.shared.releases import (
+    METADATA_PATH,
     REFUSED,
     UPDATED,
     UpdateReport,
@@ -53,6 +55,12 @@ MAX_FILE_BYTES = 64 * 1024 * 1024
 #: A line from the helper holds one file, base64-encoded.
 HELPER_LINE_LIMIT = MAX_FILE_BYTES * 2
 IDLE_POLL_S = 0.2
+#: A timestamp.json is a few hundred bytes; anything much larger is not one.
+MAX_TIMESTAMP_BYTES = 64 * 1024
+#: The top-level metadata a refresh checks for expiry; a skipped refresh checks it too.
+TOP_LEVEL_ROLES = ("root", "timestamp", "snapshot", "targets")
+#: A skipped refresh needs every trusted role valid for at least this long after now.
+UNCHANGED_MARGIN_S = 300
 
 
 NO_REPOSITORY = "the coordinator offers no updates (no update repository)"
@@ -91,6 +99,10 @@ class Updater:
         self.metadata_dir = config.state_dir / "updates" / "metadata"
         self.state = "idle"
         self.last_check_ms: int | None = None
+        #: Checks that ran a TUF refresh (in the helper), and checks that found the
+        #: repository's timestamp unchanged and so needed none.
+        self.refreshes = 0
+        self.unchanged_checks = 0
         self.last_error: str | None = None
         self.trusted: dict[str, int] = {}
         self.offered: str | None = None
@@ -143,19 +155,15 @@ class Updater:
         url = self.locator.url
         if url is None or not self.enrolled():
             return
-        refreshed = await self._tuf("refresh", url)
-        if refreshed.get("kind") == "no_repository":
-            if self.last_error != NO_REPOSITORY:
-                log.info("%s", NO_REPOSITORY)
-            self._error(NO_REPOSITORY)
-            return
-        if "error" in refreshed:
-            self._error(f"update metadata refused: {refreshed['error']}")
-            log.warning("%s", self.last_error)
-            return
-        self.trusted = refreshed["trusted"]
-        self.last_check_ms = self.clock_ms()
-        self.last_error = None
+        if await self._unchanged(url):
+            # Nothing a refresh could learn: what this process verified last still holds.
+            self.unchanged_checks += 1
+            self.last_check_ms = self.clock_ms()
+            self.last_error = None
+        else:
+            refreshed = await self._tuf("refresh", url)
+            if not self._refreshed(refreshed):
+                return
         state = self.slots.load()
         if state.trial is not None:
             return  # this release has not confirmed its health yet
@@ -188,6 +196,53 @@ class Updater:
         self._set_state("restarting")
         log.info("release %s installed; restarting into it", release)
         self.restart(EX_RESTART)
+
+    def _refreshed(self, refreshed: dict[str, Any]) -> bool:
+        """Take in the helper's refresh; False when it found no repository or refused one."""
+        if refreshed.get("kind") == "no_repository":
+            if self.last_error != NO_REPOSITORY:
+                log.info("%s", NO_REPOSITORY)
+            self._error(NO_REPOSITORY)
+            return False
+        if "error" in refreshed:
+            self._error(f"update metadata refused: {refreshed['error']}")
+            log.warning("%s", self.last_error)
+            return False
+        self.trusted = refreshed["trusted"]
+        self.refreshes += 1
+        self.last_check_ms = self.clock_ms()
+        self.last_error = None
+        return True
+
+    async def _unchanged(self, url: str) -> bool:
+        """Whether the repository's timestamp.json is, byte for byte, the one this process's
+        last refresh verified and stored, with every trusted top-level role still valid past
+        ``UNCHANGED_MARGIN_S``: then a TUF refresh would verify the same signatures again
+        and learn nothing, so the check costs one small request instead of a helper process
+        (most checks find nothing new). Any difference, error or doubt runs the refresh.
+
+        The stored timestamp was verified by python-tuf before it was written, and a
+        repository that changes anything (snapshot, targets, a new release) signs a new
+        timestamp; expiry is what protects against a replayed (frozen) one, and it is
+        checked here as the refresh would check it.
+        """
+        if not self.trusted:  # no refresh verified by this process yet
+            return False
+        local = self.metadata_dir / "timestamp.json"
+        try:
+            status, remote = await self.client.fetch(
+                url.rstrip("/") + METADATA_PATH + "timestamp.json", MAX_TIMESTAMP_BYTES
+            )
+            if status != 200 or remote != local.read_bytes():
+                return False
+            horizon = self.clock_ms() / 1000 + UNCHANGED_MARGIN_S
+            for role in TOP_LEVEL_ROLES:
+                signed = json.loads((self.metadata_dir / f"{role}.json").read_bytes())["signed"]
+                if _expiry_s(signed["expires"]) <= horizon:
+                    return False
+        except (Unreachable, OSError, ValueError, KeyError, TypeError):
+            return False
+        return True
 
     # -- TUF, in a helper process (tufclient.py) ---------------------------------------------
 
@@ -289,6 +344,8 @@ class Updater:
             "offered": self.offered,
             "refused": self.refused,
             "last_check_ms": self.last_check_ms,
+            "refreshes": self.refreshes,
+            "unchanged_checks": self.unchanged_checks,
             "last_error": self.last_error,
             "trusted_metadata": self.trusted,
         }
@@ -300,3 +357,11 @@ class Updater:
     def _error(self, message: str) -> None:
         self.last_error = message
         self.on_change()
+
+
+def _expiry_s(expires: str) -> float:
+    """A TUF ``expires`` (ISO 8601 UTC, ``…Z``) as seconds since the epoch."""
+    when = datetime.datetime.fromisoformat(expires.replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        raise ValueError(f"expiry without a time zone: {expires!r}")
+    return when.timestamp()

@@ -27,6 +27,8 @@ from .versions import VERSION, VERSION_PATTERN, is_version, newer, version_key  
 FLAG_PREFIX = "release-"
 #: Where a release's files live in the TUF repository: ``agent/<version>/<file>``.
 TARGET_PREFIX = "agent/"
+#: Where the coordinator serves the TUF metadata and the release files (under its URL).
+METADATA_PATH = "/v1/updates/metadata/"
 MANIFEST_NAME = "release.json"
 
 #: Outcomes a device reports for a release.
