@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from aeamc.agent.config import ConfigError, config_from_mapping
@@ -40,6 +41,13 @@ def proof_ids(coordinator: FakeCoordinator) -> list[str]:
     return [p.task_id for p, _ in coordinator.proofs]
 
 
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 async def test_accepted_work_survives_kill_9(coordinator: FakeCoordinator, tmp_path: Path) -> None:
     """202 means "on disk": kill -9 right after the answers, restart, everything runs."""
     agent = AgentProcess(
@@ -60,7 +68,11 @@ async def test_accepted_work_survives_kill_9(coordinator: FakeCoordinator, tmp_p
         answers = [await post(endpoint, a.to_dict()) for a in tasks]
         assert [a[0] for a in answers] == [202] * 4
         assert [a[1]["state"] for a in answers] == ["running", "queued", "queued", "queued"]
+        daemon = psutil.Process(agent.status()["pid"])
+        workers = await eventually(daemon.children, timeout=15)  # the chunk worker
         await asyncio.to_thread(agent.kill)
+        # The worker dies with its daemon: nothing keeps computing for a dead agent.
+        await eventually(lambda: not any(map(_alive, workers)))
 
         # Nothing finished, nothing lost: every accepted assignment is in the queue.
         assert not coordinator.proofs

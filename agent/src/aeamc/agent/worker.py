@@ -15,6 +15,8 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
+import signal
 import time
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
@@ -44,6 +46,18 @@ def run_chunk(kind: str, params: Mapping[str, Any], index: int, chunks: int) -> 
     return output, time.process_time_ns() - start
 
 
+def _die_with_daemon(daemon_pid: int) -> None:
+    """In the worker: get SIGKILL when the daemon dies (Linux ``PR_SET_PDEATHSIG``), so a
+    ``kill -9`` or a crash of the daemon never leaves a worker behind, computing for nobody;
+    and leave at once if the daemon died before this ran."""
+    import ctypes  # only in the worker: the daemon never needs it
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != daemon_pid:
+        os._exit(0)
+
+
 class ChunkPool:
     """A one-worker process pool, created lazily and recreated after a crash."""
 
@@ -60,7 +74,10 @@ class ChunkPool:
     ) -> tuple[bytes, int]:
         if self._executor is None:
             self._executor = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn")
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_die_with_daemon,
+                initargs=(os.getpid(),),
             )
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._executor, run_chunk, kind, dict(params), index, chunks)
