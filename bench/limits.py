@@ -38,13 +38,19 @@ FLEET = """
 **What limits it.** One heartbeat costs the coordinator {ms_lo}–{ms_hi} ms of CPU in this run
 (the table's "ms per heartbeat"), almost all of it on the one event loop, which now also
 decrypts every request and encrypts every answer (TLS 1.3 records through asyncio's SSL
-protocol). A cProfile of 3,000 devices, taken before the listener spoke TLS (12,000
-heartbeats; the profiler roughly doubles Python's share), split the 0.96 ms it measured per
-heartbeat into: writing the response and the socket send 18 % (the send alone 13 % — on
-loopback it carries the receiver's TCP work), parsing and validating the PoA 17 %, the
-signature's canonical bytes and hand-off to the Ed25519 thread 9.5 %, reading the body
-with the duplicate-key check 8 %, request parsing 5 %, EPS 4 %, the reply 3 %, the write
-hand-off 3 %, and the four middlewares and aiohttp's dispatch the rest. {devices} devices
+protocol). A sampling profile of 5,000 devices with TLS on (1,000 heartbeats/s; py-spy
+at 200 Hz over a 20-s window, `python -m bench.fleet --profile DIR 5000`) finds no hot spot
+left on the loop: of its samples, reading and writing TLS records (`SSLObject.read`/`write`)
+14 %, the socket sends 7 %, the transport's buffers and the loop's own dispatch (callbacks,
+wake-ups by the SQLite and Ed25519 threads) about 12 %, aiohttp's request handling
+(reading, routing, the response) about 8 %, JSON 4 %, the four middlewares 4 %, EPS 3 %,
+parsing and validating the PoA about 2 %, and a long tail — the cost is spread over the
+HTTP-over-TLS stack and the protocol's Python. (Earlier single hot spots are gone: a
+`getrandom` call per request for its request id, 6 % of the loop, and a `Condition` per
+database write.) Replacing asyncio's event loop by uvloop, measured back to back at 5,000
+and 10,000 devices, did not move the saturation point (10,000 devices: 1,776 heartbeats/s
+accepted with uvloop, 1,812 without) though it lowered the RSS by a quarter, so it is not
+used. {devices} devices
 offer {offered} heartbeats/s, which needs ~{cores_lo}–{cores_hi} cores of a loop that can use one —
 on a machine whose other core runs the load generator and whose load average (in the
 table) shows it is shared with other work: at {devices} devices the coordinator's process
