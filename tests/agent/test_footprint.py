@@ -21,27 +21,19 @@ import pytest
 
 from tests.support.agent import CLI, AgentProcess, wait_for
 from tests.support.coordinator import CoordinatorProcess, env_without_coverage
+from tests.support.imports import modules_after
 
 #: What only the daemon needs: the HTTP stack, signatures, certificates, telemetry.
 DAEMON_ONLY = ("aiohttp", "nacl", "cryptography", "psutil", "zeroconf", "tuf")
 
 
 def test_the_launcher_path_imports_none_of_the_daemons_libraries() -> None:
-    code = (
-        "import json, sys\n"
-        "import aeamc.agent.entry, aeamc.agent.launcher, aeamc.agent.config, aeamc.agent.slots\n"
-        "print(json.dumps(sorted(sys.modules)))\n"
+    modules = modules_after(
+        "import aeamc.agent.entry, aeamc.agent.launcher, aeamc.agent.config, aeamc.agent.slots"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=env_without_coverage(),
-    )
-    loaded = {m.split(".")[0] for m in json.loads(out.stdout)}
+    loaded = {m.split(".")[0] for m in modules}
     assert not loaded & set(DAEMON_ONLY), loaded & set(DAEMON_ONLY)
-    assert "aeamc.shared.messages" not in json.loads(out.stdout)
+    assert "aeamc.shared.messages" not in modules
 
 
 def test_the_daemon_loads_neither_updates_nor_mdns_nor_cryptography(tmp_path: Path) -> None:

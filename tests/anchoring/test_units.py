@@ -36,6 +36,7 @@ from aeamc.coordinator.errors import ApiError
 from aeamc.shared import cli
 from tests.anchoring.conftest import add_blocks
 from tests.support.coordinator import env_without_coverage
+from tests.support.imports import modules_after
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -248,17 +249,5 @@ def test_verify_command_edges(tmp_path: Path) -> None:
 
 
 def test_the_pure_core_still_imports_no_web3() -> None:
-    code = (
-        "import json, sys\n"
-        "import aeamc.shared.anchoring, aeamc.shared.chain, aeamc.shared.cli\n"
-        "print(json.dumps(sorted(sys.modules)))\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=env_without_coverage(),
-    )
-    loaded = set(json.loads(out.stdout))
+    loaded = modules_after("import aeamc.shared.anchoring, aeamc.shared.chain, aeamc.shared.cli")
     assert not loaded & {"web3", "eth_account", "asyncio", "sqlite3", "aiohttp"}

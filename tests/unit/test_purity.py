@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
+from tests.support.imports import modules_after
 
 #: The one subpackage allowed to do I/O (asyncio, zeroconf); the core never imports it.
 RUNTIME = "aeamc.shared.runtime."
@@ -13,20 +10,13 @@ FORBIDDEN = ["aiohttp", "web3", "sqlite3", "sqlite_utils", "zeroconf", "psutil",
 
 
 def test_shared_imports_no_io_frameworks() -> None:
-    code = (
+    loaded = modules_after(
         f"RUNTIME = {RUNTIME!r}\n"
-        "import json, sys, pkgutil, importlib, aeamc.shared as s\n"
+        "import pkgutil, importlib, aeamc.shared as s\n"
         "for m in pkgutil.walk_packages(s.__path__, 'aeamc.shared.'):\n"
         "    if not m.name.startswith(RUNTIME):\n"
-        "        importlib.import_module(m.name)\n"
-        "print(json.dumps(sorted(sys.modules)))\n"
+        "        importlib.import_module(m.name)"
     )
-    # Coverage measurement of subprocesses would itself import sqlite3: measure without it.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE")}
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
-    )
-    loaded = set(json.loads(out.stdout))
     assert "aeamc.shared.bundle" in loaded
     assert "aeamc.shared.tasks.classify_int8" in loaded
     assert not loaded & set(FORBIDDEN), loaded & set(FORBIDDEN)
