@@ -84,24 +84,16 @@ class SpotCheckConfig:
     catch_within_tasks: int = 20
     catch_probability: float = 0.99
 
-    # Derived once per configuration: form_block asks for every receipt of a block.
     @functools.cached_property
     def assurance(self) -> reputation.Assurance:
         return reputation.Assurance(
             self.catch_fraction, self.catch_within_tasks, self.catch_probability
         )
 
-    @functools.cached_property
-    def _rates(self) -> dict[int, float]:
-        return {}
-
     def new_device_rate(self, chunks: int) -> float:
-        """The check probability of a new device's task of ``chunks`` chunks."""
-        rate = self._rates.get(chunks)
-        if rate is None:
-            rate = reputation.assurance_rate(self.assurance, k=self.k, chunks=chunks)
-            self._rates[chunks] = rate
-        return rate
+        """The check probability of a new device's task of ``chunks`` chunks (computed once
+        per target, k and chunk count: ``assurance_rate`` keeps its answers)."""
+        return reputation.assurance_rate(self.assurance, k=self.k, chunks=chunks)
 
     def check_probability(self, passes: int, chunks: int) -> float:
         """The probability of challenging a task of ``chunks`` chunks by a device with
