@@ -70,6 +70,14 @@ class TrustError(Exception):
     """The coordinator's CA or certificate is not the one this device trusts."""
 
 
+def _digest(path: Path) -> str | None:
+    """A file's SHA-256 (None: no such file): how a check is tied to the files it read."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
 def _normal(fp: str | None) -> str | None:
     return fp.replace(":", "").lower() if fp else None
 
@@ -133,16 +141,11 @@ class AgentTls:
         self.ca_fingerprint = found["ca_fingerprint"]
         self.cert = CertFacts(**found["cert"]) if found["cert"] else None
         self._remember()
-        self._csr = (self._digests()[self.key_file.name], found["csr"])
+        self._csr = (_digest(self.key_file), found["csr"])
 
     def _digests(self) -> dict[str, str | None]:
-        out: dict[str, str | None] = {}
-        for path in (self.key_file, self.ca_file, self.cert_file, self.self_signed_file):
-            try:
-                out[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
-            except FileNotFoundError:
-                out[path.name] = None
-        return out
+        files = (self.key_file, self.ca_file, self.cert_file, self.self_signed_file)
+        return {path.name: _digest(path) for path in files}
 
     def _remember(self) -> None:
         checked = {
@@ -170,7 +173,7 @@ class AgentTls:
 
     def csr_hex(self) -> str:
         """A certificate request for our key (made once per key, by the helper)."""
-        key_digest = self._digests()[self.key_file.name]
+        key_digest = _digest(self.key_file)
         if self._csr is None or self._csr[0] != key_digest:
             self._csr = (key_digest, self._helper("csr")["csr"])
         return self._csr[1]
