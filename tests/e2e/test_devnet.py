@@ -36,10 +36,11 @@ def test_demo_network_outcomes(tmp_path: Path) -> None:
         assert hot["ran"] == {} and set(hot["refused"]) == {"too_hot"}
         honest = [by_label["phone on charge"], by_label["server on mains"]]
         # The cheater fakes half its chunks, so a check of 4 chunks misses it 1 time in 16:
-        # a proof of its that passed its check stays to its credit; every other task it ran
-        # was voided at its quarantine and run again by an honest device.
+        # a proof of its that passed its check stays to its credit (a replicated task may
+        # still have an honest proof too); every other task it ran was voided at its
+        # quarantine and run again by an honest device.
         kept = cheater["spot_checks"].get("passed", 0)
-        assert sum(sum(d["ran"].values()) for d in honest) + kept == 9
+        assert 9 - kept <= sum(sum(d["ran"].values()) for d in honest) <= 9
         assert all(set(d["spot_checks"]) <= {"passed", "not sampled"} for d in honest)
         anchoring = result["anchoring"]
         assert result["blocks"] >= 1 and anchoring["blocks_anchored"] == result["blocks"]
