@@ -7,6 +7,7 @@ sent; a 5xx only ever means a fault of ours, and never carries internals.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -149,6 +150,17 @@ def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) 
     return value
 
 
+def _bool_param(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name)
+    if raw is None:
+        return False
+    if raw.lower() in ("1", "true", "yes"):
+        return True
+    if raw.lower() in ("0", "false", "no"):
+        return False
+    raise ApiError(400, "invalid_message", f"{name} must be true or false", field=name)
+
+
 # -- device-facing ------------------------------------------------------------------------
 
 
@@ -200,12 +212,33 @@ async def list_tasks(request: web.Request) -> web.Response:
     await _auth(request, "client", "operator")
     limit = _int_param(request, "limit", 100, 1, 1000)
     state = request.query.get("state")
-    return reply({"tasks": await request.app[COORDINATOR_KEY].list_tasks(limit, state)})
+    verified = _bool_param(request, "verified")
+    c = request.app[COORDINATOR_KEY]
+    return reply({"tasks": await c.list_tasks(limit, state, verified_only=verified)})
+
+
+#: Longest a client may wait in one request for a task's result to be verified.
+MAX_WAIT_S = 60
+_WAIT_POLL_S = 0.25
 
 
 async def get_task(request: web.Request) -> web.Response:
+    """A task and its result. ``?verified=true`` leaves out output bytes unless verified;
+    ``?wait_s=N`` (≤ 60) holds the answer until the result is verified or the task failed."""
     await _auth(request, "client", "operator")
-    return reply(await request.app[COORDINATOR_KEY].task_view(request.match_info["task_id"]))
+    c = request.app[COORDINATOR_KEY]
+    task_id = request.match_info["task_id"]
+    verified = _bool_param(request, "verified")
+    wait_s = _int_param(request, "wait_s", 0, 0, MAX_WAIT_S)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    while True:
+        view = await c.task_view(task_id, verified_only=verified)
+        final = view["verification"]["state"] == "verified" or view["state"] == "failed"
+        left = deadline - loop.time()
+        if final or left <= 0:
+            return reply(view)
+        await asyncio.sleep(min(_WAIT_POLL_S, left))
 
 
 # -- operator ---------------------------------------------------------------------------------

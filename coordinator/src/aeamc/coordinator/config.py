@@ -74,9 +74,22 @@ class SpotCheckConfig:
     trust_after: int = 10
     #: The check rate never drops below this, however long the record.
     floor: float = 0.1
+    #: How long one challenge may take to be answered; a later answer counts as none.
     timeout_s: float = 15.0
     max_attempts: int = 5
     retry_s: float = 10.0
+    #: A device that answers "unknown task" for a proof it signed less than
+    #: ``trace_retention_s`` ago (the agent's default trace retention) is quarantined at
+    #: once: an honest agent keeps every trace that long, so the answer is a refusal.
+    quarantine_on_unknown_task: bool = True
+    trace_retention_s: int = 24 * 3600
+    #: Checks left unanswered (silence, errors or invalid answers after ``max_attempts``)
+    #: within ``unanswered_window_s`` that quarantine a device. Each one already voids its
+    #: proof; a phone that drops off the network once loses that credit, not its standing.
+    quarantine_after_unanswered: int = 3
+    unanswered_window_s: int = 7 * 24 * 3600
+    #: Most bytes read from a device's answer to a challenge.
+    max_answer_bytes: int = 16 * 1024 * 1024
     #: The assurance a new device's check rate is derived from: a device faking this
     #: fraction of its chunks is caught within its first ``catch_within_tasks`` tasks with
     #: probability at least ``catch_probability`` (1.0: check every task of a new device).
@@ -355,6 +368,13 @@ def validate(config: CoordinatorConfig) -> None:
         (config.spot_checks.k >= 1, "spot_checks.k must be ≥ 1"),
         (0 <= config.spot_checks.floor <= 1, "spot_checks.floor must be 0..1"),
         (config.spot_checks.max_attempts >= 1, "spot_checks.max_attempts must be ≥ 1"),
+        (config.spot_checks.timeout_s > 0, "spot_checks.timeout_s must be > 0"),
+        (
+            config.spot_checks.quarantine_after_unanswered >= 1,
+            "spot_checks.quarantine_after_unanswered must be ≥ 1",
+        ),
+        (config.spot_checks.unanswered_window_s >= 1, "spot_checks.unanswered_window_s ≥ 1"),
+        (config.spot_checks.max_answer_bytes >= 1024, "spot_checks.max_answer_bytes ≥ 1024"),
         (
             0 < config.spot_checks.catch_fraction <= 1,
             "spot_checks.catch_fraction must be in (0, 1]",

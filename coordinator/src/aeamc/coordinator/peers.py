@@ -44,6 +44,24 @@ class Reply:
         return self.error or f"HTTP {self.status}"
 
 
+#: Most bytes read from a device's answer unless a call says otherwise.
+DEFAULT_MAX_REPLY_BYTES = 1 << 20
+
+
+async def _read_at_most(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The body, or ``None`` as soon as it is known to exceed ``limit`` bytes."""
+    if resp.content_length is not None and resp.content_length > limit:
+        return None
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return None
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 class AgentClient:
     def __init__(self, *, timeout_s: float, ssl_context: ssl.SSLContext) -> None:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -60,9 +78,20 @@ class AgentClient:
             self._session = None
 
     async def post(
-        self, endpoint: str, path: str, message: dict[str, Any], *, request_id: str | None = None
+        self,
+        endpoint: str,
+        path: str,
+        message: dict[str, Any],
+        *,
+        request_id: str | None = None,
+        timeout_s: float | None = None,
+        max_bytes: int = DEFAULT_MAX_REPLY_BYTES,
     ) -> Reply:
-        """POST ``message``; ``request_id`` (e.g. the task's) goes along as ``X-Request-ID``."""
+        """POST ``message``; ``request_id`` (e.g. the task's) goes along as ``X-Request-ID``.
+
+        The whole exchange ends within ``timeout_s`` (default: the client's), and at most
+        ``max_bytes`` of the answer are read: a device that answers late, slowly or with an
+        endless body gets a ``Reply`` with status 0, never a stalled round."""
         assert self._session is not None, "AgentClient.start() first"
         url = endpoint.rstrip("/") + path
         headers = {REQUEST_ID_HEADER: request_id} if request_id else None
@@ -70,10 +99,17 @@ class AgentClient:
         if not url.startswith("https://") or not isinstance(device_id, str):
             return Reply(0, None, "the device's endpoint is not an https:// URL")
         try:
+            timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s else None
             async with self._session.post(
-                url, json=message, headers=headers, server_hostname=device_hostname(device_id)
+                url,
+                json=message,
+                headers=headers,
+                server_hostname=device_hostname(device_id),
+                timeout=timeout,
             ) as resp:
-                raw = await resp.read()
+                raw = await _read_at_most(resp, max_bytes)
+                if raw is None:
+                    return Reply(0, None, f"answer larger than {max_bytes} bytes")
                 try:
                     body = json.loads(raw) if raw else None
                 except ValueError:

@@ -27,7 +27,7 @@ from typing import Any
 import sqlite_utils
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from aeamc.shared import microblock, proofs, spotcheck
+from aeamc.shared import microblock, proofs, spotcheck, verification
 from aeamc.shared.eps import eps, ineligibility
 from aeamc.shared.errors import ProtocolError
 from aeamc.shared.flags import in_rollout
@@ -409,9 +409,7 @@ class Coordinator:
                 [state, reason, state, now, device_id],
             )
             if state == "quarantined":
-                self._release_assignments(db, device_id, "lost", "device quarantined")
-                self._void_unverified(db, device_id, now)
-                return DeviceCertificates.revoke_in(db, device_id, now, "quarantined")
+                return self._quarantine_in(db, device_id, reason, now)
             return []
 
         revoked = await self.db.write(txn)
@@ -595,7 +593,14 @@ class Coordinator:
         self.wake_scheduler.set()
         return {"task_id": task_id, "state": "queued"}
 
-    async def task_view(self, task_id: str, *, with_output: bool = True) -> dict[str, Any]:
+    async def task_view(
+        self, task_id: str, *, with_output: bool = True, verified_only: bool = False
+    ) -> dict[str, Any]:
+        """A task with its assignments, proofs and result, each with its verification state
+        (docs/verification.md). With ``verified_only`` no output bytes are included unless
+        the result is verified, so a client can never take an unchecked output by mistake.
+        """
+
         def q(db: sqlite_utils.Database) -> dict[str, Any] | None:
             task = next(iter(db.query("SELECT * FROM tasks WHERE task_id=?", [task_id])), None)
             if task is None:
@@ -611,7 +616,8 @@ class Coordinator:
                 db.query(
                     f"SELECT p.device_id, p.accepted_at, {height_of('p.seq')} AS block_height, "  # noqa: S608
                     "p.credit, "
-                    "p.output_digest, hex(p.output) AS output, s.state AS spot_check "
+                    "p.output_digest, hex(p.output) AS output, s.state AS spot_check, "
+                    "s.indices IS NOT NULL AS dispute_check "
                     "FROM proofs p LEFT JOIN spot_checks s "
                     "ON s.task_id = p.task_id AND s.device_id = p.device_id "
                     "WHERE p.task_id=? ORDER BY p.seq",
@@ -625,22 +631,73 @@ class Coordinator:
             raise not_found(f"task {task_id}")
         task["params"] = json.loads(task["params"])
         output = None
+        facts = []
         for p in task["proofs"]:
+            fact = _proof_facts(p)
+            del p["dispute_check"]
+            facts.append(fact)
+            p["verification"] = verification.proof_verification(fact).to_dict()
             p["output"] = p["output"].lower() if with_output else None
-            if output is None and p["output_digest"] == task["output_digest"]:
+            if (
+                output is None
+                and p["output_digest"] == task["output_digest"]
+                and p["credit"] != "void"
+            ):
                 output = p["output"]
+        result = verification.task_verification(task["state"], task["output_digest"], facts)
+        task["verification"] = result.to_dict()
         task["output"] = output if task["state"] == "completed" else None
+        if verified_only and result.state != verification.VERIFIED:
+            task["output"] = None
+            for p in task["proofs"]:
+                p["output"] = None
         return task
 
-    async def list_tasks(self, limit: int = 100, state: str | None = None) -> list[dict[str, Any]]:
-        sql = "SELECT task_id, kind, chunks, replicas, state, created_at, completed_at FROM tasks"
+    async def list_tasks(
+        self, limit: int = 100, state: str | None = None, *, verified_only: bool = False
+    ) -> list[dict[str, Any]]:
+        """The newest tasks, each with its result's verification state; with
+        ``verified_only`` only those whose result is verified (docs/verification.md)."""
+        sql = (
+            "SELECT task_id, kind, chunks, replicas, state, created_at, completed_at, "
+            "output_digest FROM tasks"
+        )
         args: list[Any] = []
         if state:
             sql += " WHERE state = ?"
             args.append(state)
         sql += " ORDER BY created_at DESC LIMIT ?"
         args.append(limit)
-        return await self.db.read(lambda db: list(db.query(sql, args)))
+
+        def q(db: sqlite_utils.Database) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+            tasks = list(db.query(sql, args))
+            ids = json.dumps([t["task_id"] for t in tasks])
+            rows = list(
+                db.query(
+                    f"SELECT p.task_id, p.output_digest, p.credit, {height_of('p.seq')} "  # noqa: S608
+                    "AS block_height, s.state AS spot_check, s.indices IS NOT NULL AS "
+                    "dispute_check FROM proofs p LEFT JOIN spot_checks s ON "
+                    "s.task_id = p.task_id AND s.device_id = p.device_id "
+                    "WHERE p.task_id IN (SELECT value FROM json_each(?))",
+                    [ids],
+                )
+            )
+            return tasks, rows
+
+        tasks, rows = await self.db.read(q)
+        facts: dict[str, list[verification.ProofFacts]] = {}
+        for r in rows:
+            facts.setdefault(r["task_id"], []).append(_proof_facts(r))
+        out = []
+        for t in tasks:
+            result = verification.task_verification(
+                t["state"], t.pop("output_digest"), facts.get(t["task_id"], [])
+            )
+            if verified_only and result.state != verification.VERIFIED:
+                continue
+            t["verification"] = result.to_dict()
+            out.append(t)
+        return out
 
     # -- proofs --------------------------------------------------------------------------------
 
@@ -976,6 +1033,10 @@ class Coordinator:
     async def erase_device(self, device_id: str) -> dict[str, Any]:
         """Erase a device (SPEC §11): keep only its receipts in microblocks.
 
+        First, every result of it whose spot-check is still pending is voided and its task
+        re-queued (docs/verification.md): erasing itself never lets a device keep a result
+        it would not defend. Results verified (a passed check, or not drawn for one) stay.
+
         Deleted: the device row (public key, capabilities, endpoint, address, telemetry,
         record), its heartbeat history, its mDNS candidate row, its assignments (in-flight
         ones go back to the queue first), its spot-checks, its update reports, and its proofs
@@ -995,6 +1056,18 @@ class Coordinator:
 
         def txn(db: sqlite_utils.Database) -> dict[str, int]:
             released = self._release_assignments(db, device_id, "lost", "device erased")
+            # Erasure is no escape from a check: a result still waiting for one is voided
+            # and its task runs again elsewhere, before the check itself is deleted.
+            voided = [
+                task_id
+                for (task_id,) in db.execute(
+                    "SELECT p.task_id FROM proofs p JOIN spot_checks s "
+                    "ON s.task_id = p.task_id AND s.device_id = p.device_id "
+                    "WHERE p.device_id=? AND p.credit='unverified' AND s.state='pending'",
+                    [device_id],
+                ).fetchall()
+                if self._void_proof(db, task_id, device_id, "its device was erased unchecked", now)
+            ]
             unblocked = [
                 r["task_id"]
                 for r in db.query(
@@ -1044,7 +1117,7 @@ class Coordinator:
                 "INSERT OR IGNORE INTO erased_devices (device_id, erased_at) VALUES (?,?)",
                 [device_id, now],
             )
-            counts["tasks_released"] = len(released) + len(unblocked)
+            counts["tasks_released"] = len(released) + len(unblocked) + len(voided)
             return counts
 
         counts = await self.db.write(txn)
@@ -1306,31 +1379,139 @@ class Coordinator:
         )
         return tasks
 
-    @staticmethod
-    def _void_unverified(db: sqlite_utils.Database, device_id: str, now: int) -> None:
-        """A quarantined device's unverified work counts for nothing: void its credit and
-        give its tasks back to the queue, so clients never keep an output from a cheater."""
-        tasks = [
-            r["task_id"]
-            for r in db.query(
-                "SELECT task_id FROM proofs WHERE device_id=? AND credit='unverified'", [device_id]
-            )
-        ]
+    def _quarantine_in(
+        self,
+        db: sqlite_utils.Database,
+        device_id: str,
+        reason: str,
+        now: int,
+        *,
+        cheated: bool = True,
+    ) -> list[str]:
+        """The one quarantine cascade, in the caller's transaction: the device gets no more
+        work, its in-flight assignments go back to the queue, its results are voided and
+        their tasks re-queued, and its certificates are revoked (their serials are
+        returned, to be dropped from the live TLS check after commit).
+
+        Voided are its unverified results and, when it ``cheated`` (a failed check, a
+        refusal, or the operator's decision), also those verified only by sampling (a
+        random spot-check opens a few chunks): a device caught faking one result is not
+        trusted for the chunks nobody opened. Results whose chunks the coordinator
+        re-executed itself stay verified. A device quarantined for repeated silence keeps
+        its sampled results, as silence is no evidence against work already checked.
+        """
         db.execute(
-            "UPDATE proofs SET credit='void' WHERE device_id=? AND credit='unverified'", [device_id]
+            "UPDATE devices SET state='quarantined', state_reason=? WHERE device_id=?",
+            [reason, device_id],
         )
+        self._release_assignments(db, device_id, "lost", "device quarantined")
+        sampled = (
+            " OR (credit='verified' AND NOT EXISTS (SELECT 1 FROM spot_checks s WHERE "
+            "s.task_id = proofs.task_id AND s.device_id = proofs.device_id "
+            "AND s.indices IS NOT NULL))"
+            if cheated
+            else ""
+        )
+        tasks = [
+            r[0]
+            for r in db.execute(
+                f"SELECT task_id FROM proofs WHERE device_id=? AND (credit='unverified'{sampled})",  # noqa: S608
+                [device_id],
+            ).fetchall()
+        ]
         for task_id in tasks:
-            db.execute(
-                "UPDATE assignments SET state='lost', reason='proof voided: quarantined device' "
-                "WHERE task_id=? AND device_id=? AND state='proved'",
-                [task_id, device_id],
+            self._void_proof(
+                db, task_id, device_id, "proof voided: quarantined device", now, verified=True
             )
+        return DeviceCertificates.revoke_in(db, device_id, now, "quarantined")
+
+    def _void_proof(
+        self,
+        db: sqlite_utils.Database,
+        task_id: str,
+        device_id: str,
+        why: str,
+        now: int,
+        *,
+        verified: bool = False,
+    ) -> bool:
+        """Void one proof not yet verified (with ``verified``, also a verified one): its
+        credit is void, its assignment lost (so the task is offered to other devices, never
+        this one again) and its task's result withdrawn. Returns whether it was voided."""
+        credits = "('unverified','verified')" if verified else "('unverified')"
+        cur = db.execute(
+            "UPDATE proofs SET credit='void' WHERE task_id=? AND device_id=? "  # noqa: S608
+            f"AND credit IN {credits}",
+            [task_id, device_id],
+        )
+        if cur.rowcount != 1:
+            return False
+        db.execute(
+            "UPDATE assignments SET state='lost', reason=? "
+            "WHERE task_id=? AND device_id=? AND state='proved'",
+            [why, task_id, device_id],
+        )
+        self._reopen_task(db, task_id, f"re-queued: {why}", now)
+        return True
+
+    def _reopen_task(self, db: sqlite_utils.Database, task_id: str, detail: str, now: int) -> None:
+        """After a proof of ``task_id`` lost its credit: a disputed task is settled by its
+        re-executed checks; a completed or running one goes back to the queue, its result
+        withdrawn. A failed task (deadline passed) stays failed."""
+        row = db.execute("SELECT state FROM tasks WHERE task_id=?", [task_id]).fetchone()
+        if row is None:
+            return
+        if row[0] == "disputed":
+            self._settle_dispute(db, task_id, now)
+            return
+        db.execute(
+            "UPDATE tasks SET state='queued', output_digest=NULL, completed_at=NULL, detail=? "
+            "WHERE task_id=? AND state IN ('completed','running')",
+            [detail, task_id],
+        )
+
+    def _settle_dispute(self, db: sqlite_utils.Database, task_id: str, now: int) -> None:
+        """End a dispute once every live replica's differing chunks were re-executed by the
+        coordinator: the task completes with the output that survived, or, when none did
+        (or more chunks differed than one check re-executes), goes back to the queue.
+
+        Needs nothing from the devices, so a replica that declines or goes silent cannot
+        keep the task disputed: the wait is bounded by the next block and check round.
+        """
+        task = db.execute("SELECT state, chunks FROM tasks WHERE task_id=?", [task_id]).fetchone()
+        if task is None or task[0] != "disputed":
+            return
+        rows = db.execute(
+            "SELECT p.output_digest, p.credit, s.state, s.indices IS NOT NULL "
+            "FROM proofs p LEFT JOIN spot_checks s "
+            "ON s.task_id = p.task_id AND s.device_id = p.device_id WHERE p.task_id=?",
+            [task_id],
+        ).fetchall()
+        live = [r for r in rows if r[1] != "void"]
+        if any(r[2] != "passed" or not r[3] for r in live):
+            return  # a replica's re-execution is still to come
+        digests = {r[0] for r in live}
+        covered = len(_differing_chunks(db, task_id, task[1], cap=None)) <= MAX_CHALLENGE_INDICES
+        if len(digests) == 1 and covered:
             db.execute(
-                "UPDATE tasks SET state='queued', output_digest=NULL, completed_at=NULL, "
-                "detail='re-queued: a device that ran it was quarantined' "
-                "WHERE task_id=? AND state IN ('completed','disputed','running')",
-                [task_id],
+                "UPDATE tasks SET state='completed', output_digest=?, completed_at=?, detail=? "
+                "WHERE task_id=?",
+                [
+                    digests.pop(),
+                    now,
+                    "dispute resolved: the coordinator re-executed the differing chunks",
+                    task_id,
+                ],
             )
+            return
+        db.execute(
+            "UPDATE tasks SET state='queued', output_digest=NULL, completed_at=NULL, detail=? "
+            "WHERE task_id=?",
+            [
+                "re-queued: no replica's output survived re-execution of the differing chunks",
+                task_id,
+            ],
+        )
 
     async def mark_stale(self) -> list[str]:
         """Devices silent for ``stale_after_s`` become stale and lose their assignments."""
@@ -1413,18 +1594,38 @@ class Coordinator:
         )
 
     async def record_verdict(
-        self, task_id: str, device_id: str, verdict: str, detail: str, reexecuted: int = 0
+        self,
+        task_id: str,
+        device_id: str,
+        verdict: str,
+        detail: str,
+        reexecuted: int = 0,
+        *,
+        refused: bool = False,
     ) -> None:
+        """Record a pending spot-check's verdict and apply what it means (docs/verification.md).
+
+        ``passed``: the proof's credit is verified. ``failed``: the device is quarantined.
+        ``unanswered`` (silence, errors or invalid answers after every attempt, or
+        ``refused``: "unknown task" for a proof it signed): the proof's credit is void and
+        its task runs again elsewhere; the device is quarantined at once for a refusal of
+        a recent proof, else when its unanswered checks in the window reach the threshold.
+        A disputed task is settled after each verdict on one of its replicas. A check that
+        is no longer pending (its device was erased meanwhile) changes nothing.
+        """
         now = self.clock()
         column = {"passed": "passes", "failed": "failures", "unanswered": "unanswered"}[verdict]
 
-        def txn(db: sqlite_utils.Database) -> list[str]:
-            db.execute(
+        def txn(db: sqlite_utils.Database) -> tuple[bool, str | None, list[str]]:
+            cur = db.execute(
                 "UPDATE spot_checks SET state=?, detail=?, completed_at=?, reexecuted_chunks=? "
-                "WHERE task_id=? AND device_id=?",
+                "WHERE task_id=? AND device_id=? AND state='pending'",
                 [verdict, detail, now, reexecuted, task_id, device_id],
             )
+            if cur.rowcount != 1:
+                return False, None, []
             db.execute(f"UPDATE devices SET {column}={column}+1 WHERE device_id=?", [device_id])  # noqa: S608
+            quarantine: str | None = None
             if verdict == "passed":
                 db.execute(
                     "UPDATE proofs SET credit='verified' WHERE task_id=? AND device_id=? "
@@ -1432,27 +1633,62 @@ class Coordinator:
                     [task_id, device_id],
                 )
             elif verdict == "failed":
-                db.execute(
-                    "UPDATE devices SET state='quarantined', state_reason=? WHERE device_id=?",
-                    [f"failed spot-check of {task_id}: {detail}", device_id],
+                quarantine = f"failed spot-check of {task_id}: {detail}"
+            else:
+                quarantine = self._unanswered_rule(db, task_id, device_id, refused, now)
+                self._void_proof(db, task_id, device_id, "spot-check unanswered", now)
+            revoked: list[str] = []
+            if quarantine is not None:
+                revoked = self._quarantine_in(
+                    db, device_id, quarantine, now, cheated=verdict == "failed" or refused
                 )
-                self._void_unverified(db, device_id, now)
-                self._release_assignments(db, device_id, "lost", "device quarantined")
-                return DeviceCertificates.revoke_in(db, device_id, now, "quarantined")
-            return []
+            self._settle_dispute(db, task_id, now)
+            return True, quarantine, revoked
 
-        revoked = await self.db.write(txn)
+        recorded, quarantine, revoked = await self.db.write(txn)
+        if not recorded:
+            return
         if self.certs is not None:
             self.certs.revoked_now(revoked)
         self.count(f"spot_checks_{verdict}")
         d = self.devices.get(device_id)
         if d is not None:
             d.record = dataclasses.replace(d.record, **{column: getattr(d.record, column) + 1})
-            if verdict == "failed":
+            if quarantine is not None:
                 d.state = "quarantined"
-                d.state_reason = f"failed spot-check of {task_id}: {detail}"
-                log.warning("device %s quarantined: %s", device_id, detail)
+                d.state_reason = quarantine
+                log.warning("device %s quarantined: %s", device_id, quarantine)
         self.wake_scheduler.set()
+
+    def _unanswered_rule(
+        self, db: sqlite_utils.Database, task_id: str, device_id: str, refused: bool, now: int
+    ) -> str | None:
+        """Why an unanswered check quarantines its device, or ``None`` when it does not.
+
+        A refusal ("unknown task") of a proof accepted within the agents' trace retention
+        is a cheater's answer: an honest agent still holds that trace. Plain silence is
+        what an honest phone that leaves the network also shows, so only repeated silence
+        (``quarantine_after_unanswered`` checks within ``unanswered_window_s``) counts.
+        """
+        cfg = self.config.spot_checks
+        if refused and cfg.quarantine_on_unknown_task:
+            row = db.execute(
+                "SELECT accepted_at FROM proofs WHERE task_id=? AND device_id=?",
+                [task_id, device_id],
+            ).fetchone()
+            if row is not None and row[0] >= now - cfg.trace_retention_s * 1000:
+                return f"answered 'unknown task' to the spot-check of {task_id}, a proof it signed"
+        silent = db.execute(
+            "SELECT count(*) FROM spot_checks WHERE device_id=? AND state='unanswered' "
+            "AND completed_at >= ?",
+            [device_id, now - cfg.unanswered_window_s * 1000],
+        ).fetchone()[0]
+        if silent >= cfg.quarantine_after_unanswered:
+            return (
+                f"{silent} spot-checks unanswered within {cfg.unanswered_window_s} s "
+                f"(the last: {task_id})"
+            )
+        return None
 
     async def summary(self) -> dict[str, Any]:
         def q(db: sqlite_utils.Database) -> dict[str, Any]:
@@ -1484,14 +1720,30 @@ class Coordinator:
         return out
 
 
-def _differing_chunks(db: sqlite_utils.Database, task_id: str, chunks: int) -> list[int]:
-    """Chunk indices on which the replicas of a task disagree (at most one challenge's worth)."""
+def _differing_chunks(
+    db: sqlite_utils.Database, task_id: str, chunks: int, *, cap: int | None = MAX_CHALLENGE_INDICES
+) -> list[int]:
+    """Chunk indices on which the replicas of a task disagree (at most ``cap`` of them;
+    with a cap, never empty: replicas whose digests differ are checked on chunk 0 at least)."""
     outputs = [
         proofs.split_output(bytes(r["output"]), chunks)
         for r in db.query("SELECT output FROM proofs WHERE task_id=?", [task_id])
     ]
     differing = [i for i in range(chunks) if len({o[i] for o in outputs}) > 1]
-    return differing[:MAX_CHALLENGE_INDICES] or [0]
+    if cap is None:
+        return differing
+    return differing[:cap] or [0]
+
+
+def _proof_facts(p: dict[str, Any]) -> verification.ProofFacts:
+    """The facts of one proof row of ``task_view`` that its verification depends on."""
+    return verification.ProofFacts(
+        output_digest=p["output_digest"],
+        credit=p["credit"],
+        check=p["spot_check"],
+        in_block=p["block_height"] is not None,
+        dispute=bool(p["dispute_check"]),
+    )
 
 
 def _oldest_unanchored_block(db: sqlite_utils.Database) -> int | None:

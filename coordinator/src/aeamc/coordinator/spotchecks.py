@@ -2,8 +2,12 @@
 them, and record the verdict.
 
 The indices come from the hash of the block holding the receipt, derived when the
-challenge is sent (a dispute's are the chunks that differ, stored with the check).
-Re-execution runs in a worker thread so a heavy chunk never stalls the event loop.
+challenge is sent. A disputed replica is not challenged: the coordinator re-executes the
+chunks on which the replicas differ (stored with the check) itself, so no replica can
+hold its task up by keeping silent. Silence is failure: a challenge not answered with a
+valid opening within ``timeout_s``, after ``max_attempts``, is ``unanswered`` and voids
+the proof (docs/verification.md). Re-execution runs in a worker thread so a heavy chunk
+never stalls the event loop.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ class SpotChecker:
             REQUEST_ID.reset(token)
 
     async def _check(self, row: dict[str, Any]) -> str | None:
+        if row["indices"] is not None:
+            return await self._reexecute(row)
         device = self.c.devices.get(row["device_id"])
         if device is None or not device.endpoint:
             return await self._retry_or_give_up(row, "device has no endpoint")
@@ -73,18 +79,23 @@ class SpotChecker:
             },
             self.c.signer,
         )
+        cfg = self.c.config.spot_checks
         reply = await self.client.post(
             device.endpoint,
             "/v1/challenges",
             challenge.to_dict(),
             request_id=task_request_id(row["task_id"]),
+            timeout_s=cfg.timeout_s,
+            max_bytes=cfg.max_answer_bytes,
         )
         if reply.status == 404 and reply.code == "unknown_task":
+            # Over the device's own certificate: a refusal to open a proof it signed.
             await self.c.record_verdict(
                 row["task_id"],
                 row["device_id"],
                 proofs.UNANSWERED,
-                "device no longer has the trace",
+                "the device answered 'unknown task' for a proof it signed",
+                refused=True,
             )
             return proofs.UNANSWERED
         if reply.status != 200:
@@ -117,6 +128,35 @@ class SpotChecker:
         )
         log.info(
             "spot-check %s/%s: %s (%s)",
+            row["task_id"],
+            row["device_id"],
+            result.verdict,
+            result.detail,
+        )
+        return result.verdict
+
+    async def _reexecute(self, row: dict[str, Any]) -> str:
+        """A disputed replica's check: the coordinator runs the chunks on which the
+        replicas differ itself and compares; no answer from the device is needed."""
+        kind = self.c.kinds.get(row["kind"])
+        result = await asyncio.to_thread(
+            proofs.reexecute_chunks,
+            proofs.split_output(bytes(row["output"]), row["chunks"]),
+            indices=json.loads(row["indices"]),
+            kind=kind,
+            params=json.loads(row["params"]),
+            chunks=row["chunks"],
+        )
+        self.c.count("spot_check_chunks_reexecuted", result.reexecuted_chunks)
+        await self.c.record_verdict(
+            row["task_id"],
+            row["device_id"],
+            result.verdict,
+            result.detail,
+            result.reexecuted_chunks,
+        )
+        log.info(
+            "dispute check %s/%s: %s (%s)",
             row["task_id"],
             row["device_id"],
             result.verdict,

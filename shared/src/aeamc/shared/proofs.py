@@ -230,3 +230,29 @@ def verify_opening(
         if recomputed != out:
             return SpotCheckResult(FAILED, f"chunk {o.index}: re-execution gives other bytes", done)
     return SpotCheckResult(PASSED, f"{done} chunks re-executed and matched", done)
+
+
+def reexecute_chunks(
+    outputs: Sequence[bytes],
+    *,
+    indices: Sequence[int],
+    kind: TaskKind,
+    params: Mapping[str, Any],
+    chunks: int,
+) -> SpotCheckResult:
+    """Judge stored chunk outputs by running those chunks again, without the device.
+
+    For a dispute between replicas: the coordinator needs no answer from anyone, so a
+    replica that declines or goes silent cannot keep its task from ending.
+    """
+    done = 0
+    for i in indices:
+        if not 0 <= i < chunks or i >= len(outputs):
+            return SpotCheckResult(FAILED, f"chunk {i}: not in the output", done)
+        recomputed = kind.run_chunk(params, i, chunks)
+        done += 1
+        if recomputed != outputs[i]:
+            return SpotCheckResult(
+                FAILED, f"chunk {i}: the coordinator's re-execution gives other bytes", done
+            )
+    return SpotCheckResult(PASSED, f"{done} differing chunks re-executed by the coordinator", done)
