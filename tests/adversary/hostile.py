@@ -37,6 +37,8 @@ class HostileDevice(SimDevice):
 
     on_challenge: str = "honest"
     late_s: float = 0.0
+    #: When set, every answer waits for it (the check stays pending until the test says).
+    hold: asyncio.Event | None = None
     erasure_replies: list[tuple[int, Any]] = field(default_factory=list)
     openings: list[Opening] = field(default_factory=list)
 
@@ -49,6 +51,8 @@ class HostileDevice(SimDevice):
             return web.json_response(UNKNOWN_TASK, status=404)
         if mode == "decline" and set(ch.indices) & self.cheat_chunks:
             return web.json_response(UNKNOWN_TASK, status=404)
+        if self.hold is not None:
+            await self.hold.wait()
         if mode == "silent":
             await asyncio.sleep(3600)
         if mode == "late":

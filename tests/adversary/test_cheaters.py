@@ -280,14 +280,28 @@ async def test_colluding_replicas_are_caught_by_their_own_checks(
     opens the fake. Both are quarantined; an honest device redoes the task."""
     coordinator = make_coordinator()
     token = enroll_token(coordinator)
+    hold = asyncio.Event()
     colluders = [
-        await HostileDevice(coordinator.url, cheat_chunks=frozenset({0})).start() for _ in range(2)
+        await HostileDevice(coordinator.url, cheat_chunks=frozenset({0}), hold=hold).start()
+        for _ in range(2)
     ]
     honest = None
     try:
         for c in colluders:
             await c.join(token)
         watcher = Watcher(coordinator, submit(coordinator, replicas=2), coordinator.token("client"))
+        # Both checks are under way (held by the test): the agreeing fake is delivered,
+        # marked unverified, and left out of a verified-only answer.
+        await wait(lambda: all(c.challenges for c in colluders))
+        view = watcher.view()
+        assert view["state"] == "completed"
+        assert view["output"] == colluders[0].traces[watcher.task_id].output.hex()
+        assert view["verification"] == {"state": "unverified", "by": None}
+        only = coordinator.request(
+            "GET", f"/v1/tasks/{watcher.task_id}?verified=true", token=coordinator.token("client")
+        )[1]
+        assert only["output"] is None
+        hold.set()
         for c in colluders:
             await wait(lambda c=c: device_view(coordinator, c)["state"] == "quarantined")
         view = watcher.view()

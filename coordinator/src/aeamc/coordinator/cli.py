@@ -34,7 +34,7 @@ from .config import (
 from .keys import KeyFileError, ensure_identity, load_identity
 from .updates.cli import add_release_parser
 
-EX_OK, EX_FAIL, EX_USAGE, EX_UNAVAILABLE, EX_CONFIG = 0, 1, 64, 69, 78
+EX_OK, EX_FAIL, EX_USAGE, EX_UNAVAILABLE, EX_TEMPFAIL, EX_CONFIG = 0, 1, 64, 69, 75, 78
 DEFAULT_CONFIG = Path("/etc/aeamc/coordinator.toml")
 #: Gas of one anchor(root) transaction, measured on anvil (cancun); see docs/anchoring.md.
 ANCHOR_GAS = 50_576
@@ -240,7 +240,9 @@ class Api:
         self.token = token_file.read_text().strip() if token_file.exists() else None
         self.ssl = _ca_context(config)
 
-    def call(self, method: str, path: str, body: Any = None, *, raw: bool = False) -> Any:
+    def call(
+        self, method: str, path: str, body: Any = None, *, raw: bool = False, timeout: float = 30
+    ) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.base + path, data=data, method=method)  # noqa: S310
         if data is not None:
@@ -248,7 +250,7 @@ class Api:
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(req, timeout=30, context=self.ssl) as resp:  # noqa: S310
+            with urllib.request.urlopen(req, timeout=timeout, context=self.ssl) as resp:  # noqa: S310
                 payload = resp.read()
         except urllib.error.HTTPError as exc:
             try:
@@ -492,9 +494,30 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     elif args.action == "show":
         if not args.task_id:
             raise CliError("a task id is required", EX_USAGE)
-        _print(api.call("GET", f"/v1/tasks/{args.task_id}"))
+        return _show_task(api, args.task_id, verified=args.verified, wait_s=args.wait)
     else:
-        _print(api.call("GET", "/v1/tasks")["tasks"])
+        query = "?verified=true" if args.verified else ""
+        _print(api.call("GET", f"/v1/tasks{query}")["tasks"])
+    return EX_OK
+
+
+def _show_task(api: Api, task_id: str, *, verified: bool, wait_s: float) -> int:
+    """Print a task; with ``verified``, its output only once verified. With ``wait_s``, wait
+    up to that long for the result to be verified (or the task to fail). Exits 75
+    (EX_TEMPFAIL) when ``verified`` was asked and the result is not verified (yet)."""
+    deadline = time.monotonic() + wait_s
+    flag = "true" if verified else "false"
+    while True:
+        left = max(0, min(60, int(deadline - time.monotonic())))
+        view = api.call(
+            "GET", f"/v1/tasks/{task_id}?verified={flag}&wait_s={left}", timeout=left + 30
+        )
+        done = view["verification"]["state"] == "verified" or view["state"] == "failed"
+        if done or time.monotonic() >= deadline:
+            break
+    _print(view)
+    if verified and view["verification"]["state"] != "verified":
+        return EX_TEMPFAIL
     return EX_OK
 
 
@@ -600,11 +623,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     tk = remote("tasks", "submit, show or list tasks")
     tk.add_argument("action", choices=["submit", "show", "list"])
-    tk.add_argument("task_id", nargs="?")
-    tk.add_argument("--kind", default="sha256-chain")
-    tk.add_argument("--params", default="{}")
-    tk.add_argument("--chunks", type=int, default=1)
-    tk.add_argument("--replicas", type=int)
+    tk.add_argument("task_id", nargs="?", help="the task to show")
+    tk.add_argument("--kind", default="sha256-chain", help="task kind to submit")
+    tk.add_argument("--params", default="{}", help="the kind's parameters, as JSON")
+    tk.add_argument("--chunks", type=int, default=1, help="chunks to split the task into")
+    tk.add_argument("--replicas", type=int, help="devices that each run the task (default 1)")
+    tk.add_argument(
+        "--verified",
+        action="store_true",
+        help="show: include the output only once verified (exit 75 if it is not); "
+        "list: only tasks whose result is verified (docs/verification.md)",
+    )
+    tk.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="show: wait up to this long for the result to be verified",
+    )
     tk.set_defaults(func=cmd_tasks)
 
     bl = remote("blocks", "list, show or export microblocks")
