@@ -197,6 +197,12 @@ def _op(summary: str, security: Any = None, **extra: Any) -> dict[str, Any]:
 
 
 _ACCEPTED = {"202": {"description": "accepted and durably stored"}}
+_VERIFIED_PARAM = {
+    "name": "verified",
+    "in": "query",
+    "description": "true: output bytes only for verified results (list: only verified tasks)",
+    "schema": {"type": "boolean"},
+}
 
 
 @cache
@@ -231,9 +237,29 @@ def openapi_document() -> dict[str, Any]:
             "post": _op(
                 "Submit a task", "client", requestBody=_body("TaskRequest"), responses=_ACCEPTED
             ),
-            "get": _op("List tasks", "client"),
+            "get": _op(
+                "List tasks, each with its result's verification state",
+                "client",
+                parameters=[_VERIFIED_PARAM],
+            ),
         },
-        "/v1/tasks/{task_id}": {"get": _op("Task status, devices, verdicts and output", "client")},
+        "/v1/tasks/{task_id}": {
+            "get": _op(
+                "Task status, devices, verdicts, output and verification state "
+                "(docs/verification.md)",
+                "client",
+                parameters=[
+                    _VERIFIED_PARAM,
+                    {
+                        "name": "wait_s",
+                        "in": "query",
+                        "description": "hold the answer up to this many seconds until the "
+                        "result is verified or the task failed",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 60},
+                    },
+                ],
+            )
+        },
         "/v1/devices": {"get": _op("Device registry with EPS, reputation and state", "operator")},
         "/v1/devices/{device_id}": {
             "get": _op("One device", "operator"),
