@@ -374,3 +374,37 @@ async def test_faker_hoping_to_go_unsampled_is_caught_within_the_assurance_targe
         assert len(checked) <= len(ran)
     finally:
         await faker.stop()
+
+
+async def test_caught_cheater_loses_results_verified_only_by_sampling(
+    make_coordinator: MakeCoordinator,
+) -> None:
+    """Works honestly until its first result is verified by a spot-check, then fakes. Once
+    caught, the earlier result is void too (a check opens a few chunks, and this device is
+    now known to fake), and that task runs again on an honest device."""
+    coordinator = make_coordinator()
+    token = enroll_token(coordinator)
+    turncoat = await HostileDevice(coordinator.url).start()
+    honest = None
+    try:
+        await turncoat.join(token)
+        client = coordinator.token("client")
+        earlier = Watcher(coordinator, submit(coordinator), client)
+        await earlier.until(
+            lambda v: v["verification"] == {"state": "verified", "by": "spot-check"}
+        )
+        turncoat.cheat_chunks = frozenset({0})
+        later = Watcher(
+            coordinator, submit(coordinator, params={**TASK["params"], "seed": "02" * 32}), client
+        )
+        await wait(lambda: device_view(coordinator, turncoat)["state"] == "quarantined")
+        view = earlier.view()
+        assert proof_of(view, turncoat)["credit"] == "void"
+        assert view["state"] == "queued" and view["verification"]["state"] == "void"
+        assert later.view()["verification"]["state"] == "void"
+        honest, done = await redo_honestly(coordinator, earlier, token)
+        assert done["verification"]["state"] == "verified"
+    finally:
+        await turncoat.stop()
+        if honest is not None:
+            await honest.stop()
