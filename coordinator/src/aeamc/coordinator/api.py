@@ -477,8 +477,8 @@ async def openapi(request: web.Request) -> web.Response:
 #: The largest body each route reads, in bytes, by (method, route); ``None`` means
 #: ``server.max_body_bytes``. Checked against Content-Length before anything else is done
 #: for the request (authentication and signatures included), and enforced while reading a
-#: body sent without one. A real enrollment (capabilities and a CSR) is about 2 KiB and a
-#: heartbeat about 1 KiB: their limit leaves a wide margin and nothing more.
+#: body sent without one. A real enrollment (capabilities and a CSR) is about 1.1 KiB and
+#: a heartbeat about 0.4 KiB: their limit leaves a wide margin and nothing more.
 SMALL_BODY = 64 * 1024
 BODY_LIMITS: dict[tuple[str, str], int | None] = {
     ("POST", "/v1/enroll"): 64 * 1024,
