@@ -479,7 +479,7 @@ async def openapi(request: web.Request) -> web.Response:
 #: for the request (authentication and signatures included), and enforced while reading a
 #: body sent without one. A real enrollment (capabilities and a CSR) is about 1.1 KiB and
 #: a heartbeat about 0.4 KiB: their limit leaves a wide margin and nothing more.
-SMALL_BODY = 64 * 1024
+SMALL_BODY = 128 * 1024
 BODY_LIMITS: dict[tuple[str, str], int | None] = {
     ("POST", "/v1/enroll"): 64 * 1024,
     ("POST", "/v1/heartbeats"): 64 * 1024,
