@@ -31,7 +31,12 @@ from .transport import transport
 
 #: Coordinator settings common to the benchmarks: loopback only, no mDNS, no chain.
 BASE_SETTINGS: dict[str, Any] = {
-    "server": {"host": "127.0.0.1", "port": 0, "mdns": False},
+    "server": {
+        "host": "127.0.0.1",
+        "port": 0,
+        "mdns": False,
+        "max_connections_per_address": 100000,
+    },
     "chain": {"enabled": False},
 }
 

@@ -27,7 +27,13 @@ from .device import SimDevice, device_for_body
 AUTO: Any = object()
 
 FAST_SETTINGS = {
-    "server": {"host": "127.0.0.1", "port": 0, "mdns": False},
+    # Many simulated devices share 127.0.0.1: the per-address connection cap is raised.
+    "server": {
+        "host": "127.0.0.1",
+        "port": 0,
+        "mdns": False,
+        "max_connections_per_address": 100000,
+    },
     "scheduler": {"tick_s": 0.2, "push_timeout_s": 5.0},
     "blocks": {"interval_s": 0.5},
     # Every task of a new device is checked, so a test's first proofs reach a verdict;

@@ -58,6 +58,12 @@ class AgentConfig:
     listen_port: int = 0
     #: Address put in the enrollment endpoint and the mDNS advert; unset = detected.
     advertise_address: str | None = None
+    #: Seconds from accepting a connection to its first complete request head (TLS
+    #: handshake included), and that an idle kept-alive connection stays open.
+    listen_header_timeout_s: float = 10.0
+    listen_keepalive_timeout_s: float = 75.0
+    #: Open connections one source address may hold (the coordinator needs a few).
+    listen_max_connections_per_address: int = 16
 
     heartbeat_interval_s: float = 30.0
     #: Each wait is ``interval × (1 ± jitter)`` so a fleet does not beat in lockstep.
@@ -135,6 +141,9 @@ TOML_KEYS: dict[tuple[str, str], str] = {
     ("listen", "host"): "listen_host",
     ("listen", "port"): "listen_port",
     ("listen", "advertise_address"): "advertise_address",
+    ("listen", "header_timeout_s"): "listen_header_timeout_s",
+    ("listen", "keepalive_timeout_s"): "listen_keepalive_timeout_s",
+    ("listen", "max_connections_per_address"): "listen_max_connections_per_address",
     ("heartbeat", "interval_s"): "heartbeat_interval_s",
     ("heartbeat", "jitter"): "heartbeat_jitter",
     ("heartbeat", "enroll_retry_s"): "enroll_retry_s",
@@ -333,8 +342,12 @@ def _validate(c: AgentConfig) -> None:
             raise ConfigError("listen.advertise_address: must be an address peers can reach")
     if not 0 <= c.listen_port <= 65535:
         raise ConfigError("listen.port: must be 0-65535 (0 picks a free port)")
+    if c.listen_max_connections_per_address < 1:
+        raise ConfigError("listen.max_connections_per_address: must be ≥ 1")
     for key, value, lo in (
         ("heartbeat.interval_s", c.heartbeat_interval_s, 0.01),
+        ("listen.header_timeout_s", c.listen_header_timeout_s, 0.01),
+        ("listen.keepalive_timeout_s", c.listen_keepalive_timeout_s, 0.01),
         ("heartbeat.enroll_retry_s", c.enroll_retry_s, 0.01),
         ("telemetry.interval_s", c.telemetry_interval_s, 0.01),
         ("network.request_timeout_s", c.request_timeout_s, 0.01),

@@ -41,6 +41,7 @@ from aeamc.shared.discovery import (
 )
 from aeamc.shared.errors import ProtocolError
 from aeamc.shared.messages import Assignment, Capabilities
+from aeamc.shared.runtime.edge import EdgeLimits
 from aeamc.shared.runtime.services import ServiceEvent
 from aeamc.shared.tasks.registry import discover
 
@@ -218,7 +219,12 @@ class Agent:
         if c.updates_enabled and os.environ.get(LAUNCHER_ENV):
             self.updater = self._make_updater(client)
         self._http, self.port = await start_server(
-            make_app(self), c.listen_host, c.listen_port, ssl_context=self.tls.server_ssl
+            make_app(self),
+            c.listen_host,
+            c.listen_port,
+            ssl_context=self.tls.server_ssl,
+            limits=EdgeLimits(c.listen_header_timeout_s, c.listen_max_connections_per_address),
+            keepalive_timeout_s=c.listen_keepalive_timeout_s,
         )
         log.info(
             "agent %s listening on %s:%d (telemetry: %s)",

@@ -4,7 +4,8 @@ The client keeps an idle connection to the coordinator open for longer than the 
 wait between two heartbeats (``keepalive_s``): aiohttp's default of 15 s is shorter than
 the 30-s heartbeat interval, so every heartbeat paid a TCP and TLS handshake — about six
 kilobytes on the wire, most of a heartbeat's bytes. The coordinator keeps idle
-connections for an hour (aiohttp's server default), longer than any heartbeat interval.
+connections for ``server.keepalive_timeout_s`` (120 s by default), longer than the
+default heartbeat gap.
 A connection the server closes anyway (a restart, a proxy in between) is found out when
 a request on it fails without an answer: ``client.py`` sends that request again, once,
 on a new connection (``RequestAttempt``).
@@ -25,6 +26,8 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from aeamc.shared.runtime.edge import EdgeLimits, GuardedSite
 
 #: Largest request body the agent's server reads (an assignment's params are bounded).
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
@@ -82,8 +85,14 @@ async def start_server(
     port: int,
     *,
     ssl_context: ssl.SSLContext,
+    limits: EdgeLimits | None = None,
+    keepalive_timeout_s: float = 75.0,
 ) -> tuple[web.AppRunner, int]:
-    """Serve ``app`` on ``host:port`` (port 0 picks a free one); return the bound port."""
+    """Serve ``app`` on ``host:port`` (port 0 picks a free one); return the bound port.
+
+    Each connection is held to ``limits`` (``aeamc.shared.runtime.edge``: a cap per source
+    address, a deadline for the handshake and first request head) and closed after
+    ``keepalive_timeout_s`` idle."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -94,7 +103,14 @@ async def start_server(
     except OSError:
         sock.close()
         raise
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=2.0,
+        keepalive_timeout=keepalive_timeout_s,
+    )
     await runner.setup()
-    await web.SockSite(runner, sock, ssl_context=ssl_context).start()
+    site = GuardedSite(runner, sock=sock, ssl_context=ssl_context, limits=limits or EdgeLimits())
+    await site.start()
     return runner, sock.getsockname()[1]

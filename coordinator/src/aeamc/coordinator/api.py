@@ -12,8 +12,10 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
+import msgspec
 from aiohttp import web
 
 from aeamc.shared.errors import ProtocolError
@@ -49,16 +51,69 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-async def json_body(request: web.Request) -> Any:
-    if request.content_type != "application/json":
-        raise ApiError(415, "unsupported_media_type", "send Content-Type: application/json")
-    raw = await request.read()
+#: Bodies larger than this are parsed in a worker thread, so the event loop keeps
+#: answering other requests meanwhile.
+OFF_LOOP_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class BodyShape:
+    """The outline a route's body must have, checked before it is turned into Python
+    objects: at most ``max_objects`` JSON objects and ``max_members`` members in all
+    (counted as ``{`` and ``:`` bytes, which the protocol's hex and id strings never
+    contain), then decoded as ``type`` by msgspec, which stops at the first element
+    that does not fit. A body of millions of tiny objects is thus refused without
+    building them."""
+
+    type: Any
+    max_objects: int
+    max_members: int
+
+
+def _outline_error(raw: bytes, shape: BodyShape) -> str | None:
+    if raw.count(b"{") > shape.max_objects:
+        return f"at most {shape.max_objects} JSON objects"
+    if raw.count(b":") > shape.max_members:
+        return f"at most {shape.max_members} object members"
     try:
+        msgspec.json.decode(raw, type=shape.type)
+    except msgspec.ValidationError as exc:
+        return str(exc)
+    except msgspec.DecodeError:
+        return None  # not JSON at all: the parse below names the fault
+    return None
+
+
+def parse_json(raw: bytes, shape: BodyShape | None = None) -> Any:
+    """Parse a request body: RFC 8259 JSON in UTF-8, no NaN or Infinity, no object with a
+    member twice. msgspec (in C) refuses malformed bytes first; the duplicate-member check
+    then runs on a body already known to be well formed and bounded by its route's limit.
+    Raises ``ApiError`` 400 ``invalid_json`` (or ``invalid_message`` for a body outside
+    ``shape``)."""
+    if shape is not None:
+        problem = _outline_error(raw, shape)
+        if problem is not None:
+            raise ApiError(400, "invalid_message", f"body: {problem}")
+    try:
+        msgspec.json.decode(raw)
         return json.loads(
             raw, parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys
         )
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+
+
+async def json_body(request: web.Request, shape: BodyShape | None = None) -> Any:
+    """The request's JSON body, read within the route's limit (``body_limit_middleware``)
+    and parsed by ``parse_json``; large bodies are parsed off the event loop."""
+    if request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send Content-Type: application/json")
+    raw = await request.read()
+    if len(raw) > OFF_LOOP_BYTES:
+        return await asyncio.to_thread(parse_json, raw, shape)
+    return parse_json(raw, shape)
 
 
 def reply(body: Any, status: int = 200) -> web.Response:
@@ -176,17 +231,40 @@ async def heartbeats(request: web.Request) -> web.Response:
 
 async def post_proof(request: web.Request) -> web.Response:
     c = request.app[COORDINATOR_KEY]
-    return reply(await c.accept_proof(await json_body(request), peer_of(request.transport)), 202)
+    body = await json_body(request, PROOF_SHAPE)
+    return reply(await c.accept_proof(body, peer_of(request.transport)), 202)
 
 
 #: Most proofs one batch may carry (a device's outbox sends what it holds, in order).
 MAX_PROOF_BATCH = 256
 
+_Scalar = str | int | float | bool | None
+
+
+class _ProofItem(msgspec.Struct, forbid_unknown_fields=True):
+    """The outline of one submission: ``{"pot": {...}, "output": "<hex>"}``; what the
+    members hold is judged per item by the service, so one bad item is its own refusal."""
+
+    pot: dict[str, _Scalar | dict[str, _Scalar]]
+    output: _Scalar
+
+
+class _ProofBatch(msgspec.Struct, forbid_unknown_fields=True):
+    proofs: Annotated[list[_ProofItem], msgspec.Meta(min_length=1, max_length=MAX_PROOF_BATCH)]
+
+
+#: A proof is three objects (submission, PoT, execution metadata) of at most 16 members.
+_PROOF_OBJECTS, _PROOF_MEMBERS = 3, 16
+PROOF_SHAPE = BodyShape(_ProofItem, _PROOF_OBJECTS, _PROOF_MEMBERS)
+PROOF_BATCH_SHAPE = BodyShape(
+    _ProofBatch, 1 + MAX_PROOF_BATCH * _PROOF_OBJECTS, 1 + MAX_PROOF_BATCH * _PROOF_MEMBERS
+)
+
 
 async def post_proof_batch(request: web.Request) -> web.Response:
     """Several proofs in one request and one durable commit; a result for each, in order."""
     c = request.app[COORDINATOR_KEY]
-    body = await json_body(request)
+    body = await json_body(request, PROOF_BATCH_SHAPE)
     items = body.get("proofs") if isinstance(body, dict) and set(body) == {"proofs"} else None
     if not isinstance(items, list) or not 1 <= len(items) <= MAX_PROOF_BATCH:
         raise ApiError(
@@ -428,6 +506,42 @@ async def openapi(request: web.Request) -> web.Response:
     return reply(openapi_document())
 
 
+#: The largest body each route reads, in bytes, by (method, route); ``None`` means
+#: ``server.max_body_bytes``. Checked against Content-Length before anything else is done
+#: for the request (authentication and signatures included), and enforced while reading a
+#: body sent without one. A real enrollment (capabilities and a CSR) is about 1.1 KiB and
+#: a heartbeat about 0.4 KiB: their limit leaves a wide margin and nothing more.
+SMALL_BODY = 128 * 1024
+BODY_LIMITS: dict[tuple[str, str], int | None] = {
+    ("POST", "/v1/enroll"): 64 * 1024,
+    ("POST", "/v1/heartbeats"): 64 * 1024,
+    ("POST", "/v1/proofs"): None,
+    ("POST", "/v1/proofs/batch"): None,
+    ("POST", "/v1/tasks"): 1024 * 1024,
+}
+#: Every other route (tokens, flags, device actions, updates, the dashboard's login).
+DEFAULT_BODY_LIMIT = SMALL_BODY
+BODY_LIMIT_KEY: web.AppKey[int] = web.AppKey("body_limit_max", int)
+
+
+@web.middleware
+async def body_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse with 413 a body over its route's limit (``BODY_LIMITS``): by its declared
+    length before it is read, or as soon as a body without one grows past it."""
+    resource = request.match_info.route.resource
+    key = (request.method, resource.canonical if resource is not None else "")
+    limit = BODY_LIMITS.get(key, DEFAULT_BODY_LIMIT)
+    if limit is None:
+        limit = request.app[BODY_LIMIT_KEY]
+    message = f"the body exceeds this route's limit of {limit} bytes"
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "body_too_large", message)
+    try:
+        return await handler(request.clone(client_max_size=limit))
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, "body_too_large", message) from None
+
+
 def build_app(coordinator: Coordinator) -> web.Application:
     metrics = Metrics(coordinator)
     limiter = RateLimiter(coordinator.config.limits)
@@ -440,10 +554,12 @@ def build_app(coordinator: Coordinator) -> web.Application:
             metrics.middleware,
             limiter.middleware,
             error_middleware,
+            body_limit_middleware,
         ],
         client_max_size=coordinator.config.server.max_body_bytes,
     )
     app[COORDINATOR_KEY] = coordinator
+    app[BODY_LIMIT_KEY] = coordinator.config.server.max_body_bytes
     app.router.add_get("/metrics", metrics.handler)
     app.router.add_post("/v1/enroll", enroll)
     app.router.add_post("/v1/heartbeats", heartbeats)

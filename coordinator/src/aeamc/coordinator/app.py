@@ -11,6 +11,7 @@ from aiohttp import web
 
 from aeamc.shared.identity import Signer, device_id_for
 from aeamc.shared.runtime import tls
+from aeamc.shared.runtime.edge import EdgeLimits, GuardedSite
 from aeamc.shared.tasks.registry import discover
 
 from .anchoring.service import AnchoringService
@@ -78,13 +79,17 @@ class CoordinatorService:
         await self.coordinator.load()
         await self.rollouts.load()
         await self.client.start()
-        self._runner = web.AppRunner(build_app(self.coordinator), access_log=None)
+        s = self.config.server
+        self._runner = web.AppRunner(
+            build_app(self.coordinator), access_log=None, keepalive_timeout=s.keepalive_timeout_s
+        )
         await self._runner.setup()
-        site = web.TCPSite(
+        site = GuardedSite(
             self._runner,
-            self.config.server.host,
-            self.config.server.port,
+            host=s.host,
+            port=s.port,
             ssl_context=self.server_ssl,
+            limits=EdgeLimits(s.header_timeout_s, s.max_connections_per_address),
         )
         await site.start()
         server = site._server  # aiohttp keeps the bound sockets here

@@ -34,6 +34,16 @@ class ServerConfig:
     #: Address advertised over mDNS; empty = the addresses of the host's interfaces.
     advertise_address: str = ""
     max_body_bytes: int = 16 * 1024 * 1024
+    #: Seconds from accepting a connection to its first complete request head, TLS
+    #: handshake included; a connection that has not sent it by then is closed.
+    header_timeout_s: float = 10.0
+    #: Seconds an idle kept-alive connection stays open (and the most a later request
+    #: head on it may take); above agents' heartbeat gap, so heartbeats reuse it.
+    keepalive_timeout_s: float = 120.0
+    #: Open connections one source address may hold; beyond it a connection is closed
+    #: at once. A LAN device holds one or two; raise it for many simulated devices on
+    #: one address (benchmarks, a demo network on loopback).
+    max_connections_per_address: int = 64
     mdns: bool = True
     #: Comma-separated IPv4 addresses of the interfaces for mDNS; empty = all of them.
     mdns_interfaces: str = ""
@@ -355,6 +365,12 @@ def validate(config: CoordinatorConfig) -> None:
     checks = [
         (0 <= config.server.port <= 65535, "server.port must be 0..65535"),
         (config.server.max_body_bytes >= 1024, "server.max_body_bytes must be at least 1024"),
+        (config.server.header_timeout_s > 0, "server.header_timeout_s must be > 0"),
+        (config.server.keepalive_timeout_s > 0, "server.keepalive_timeout_s must be > 0"),
+        (
+            config.server.max_connections_per_address >= 1,
+            "server.max_connections_per_address must be ≥ 1",
+        ),
         (0 <= config.protocol.cluster_id <= 0xFFFFFFFF, "protocol.cluster_id must fit in u32"),
         (config.protocol.heartbeat_window_s > 0, "protocol.heartbeat_window_s must be > 0"),
         (config.protocol.pot_window_s > 0, "protocol.pot_window_s must be > 0"),

@@ -227,6 +227,8 @@ class Devnet:
                 "port": port,
                 "mdns": True,
                 "mdns_interfaces": "127.0.0.1",
+                # Every agent of the demo connects from 127.0.0.1.
+                "max_connections_per_address": 100000,
             },
             "scheduler": {"tick_s": 0.3, "max_inflight_per_device": 2},
             "blocks": {"interval_s": 2.0},

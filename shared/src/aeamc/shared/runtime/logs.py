@@ -55,10 +55,37 @@ def _context(record: logging.LogRecord) -> dict[str, Any]:
     return fields
 
 
+#: Characters that must never reach a log line raw: C0 controls (CR and LF split a line,
+#: ESC drives a terminal), DEL, C1 controls (0x9B is a one-byte CSI) and the Unicode line
+#: and paragraph separators, which some viewers treat as line breaks.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_one(match: re.Match[str]) -> str:
+    c = match.group()
+    short = _SHORT_ESCAPES.get(c)
+    if short is not None:
+        return short
+    return f"\\x{ord(c):02x}" if ord(c) <= 0xFF else f"\\u{ord(c):04x}"
+
+
+def escape_control(text: str) -> str:
+    """``text`` with every control character written as a backslash escape (``\\n``,
+    ``\\r``, ``\\t``, ``\\xHH``, ``\\uHHHH``), so that text a device or client chose can
+    neither break a log line in two nor send a terminal escape sequence. Backslashes are
+    doubled first, so the original is recoverable exactly."""
+    return _CONTROL.sub(_escape_one, text.replace("\\", "\\\\"))
+
+
+def _json_escape_one(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
 def _quote(value: str) -> str:
-    if value and not any(c in value for c in ' "=\n\t'):
+    if value and not _CONTROL.search(value) and not any(c in value for c in ' "=\\'):
         return value
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    escaped = escape_control(value).replace('"', '\\"')
     return f'"{escaped}"'
 
 
@@ -78,7 +105,8 @@ class JsonFormatter(logging.Formatter):
             out.setdefault(key, value)
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str, ensure_ascii=False)
+        # json.dumps escapes C0 controls itself; DEL, C1 and U+2028/2029 it leaves raw.
+        return _CONTROL.sub(_json_escape_one, json.dumps(out, default=str, ensure_ascii=False))
 
 
 class LogfmtFormatter(logging.Formatter):
