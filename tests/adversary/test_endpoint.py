@@ -78,12 +78,12 @@ async def test_a_foreign_endpoint_is_refused_and_never_called(
     try:
         foreign = f"https://{FOREIGN_HOST}:{listener.port}"
         status, body = await hostile.post("/v1/enroll", enroll_message(hostile, foreign, token))
-        assert (status, body["error"]["code"]) == (400, "endpoint_not_allowed"), body
+        assert (status, body.get("error", {}).get("code")) == (400, "endpoint_not_allowed"), body
         assert "127.0.0.1" in body["error"]["message"]
         # A host name is not the device's to resolve for the coordinator either.
         named = f"https://localhost:{listener.port}"
         status, body = await hostile.post("/v1/enroll", enroll_message(hostile, named, token))
-        assert (status, body["error"]["code"]) == (400, "endpoint_not_allowed"), body
+        assert (status, body.get("error", {}).get("code")) == (400, "endpoint_not_allowed"), body
         operator = c.token("operator")
         assert c.request("GET", f"/v1/devices/{hostile.device_id}", token=operator)[0] == 404
         # The honest device enrolls; the hostile one heartbeats as if it had.
@@ -137,7 +137,7 @@ async def test_the_endpoint_may_be_the_enrolling_address_or_a_configured_network
         status, body = await post_from(
             plain, FOREIGN_HOST, "/v1/enroll", enroll_message(e, "https://127.0.0.1:4443", token)
         )
-        assert (status, body["error"]["code"]) == (400, "endpoint_not_allowed"), body
+        assert (status, body.get("error", {}).get("code")) == (400, "endpoint_not_allowed"), body
         assert FOREIGN_HOST in body["error"]["message"]
         status, body = plain.request(
             "GET", f"/v1/devices/{e.device_id}", token=plain.token("operator")
