@@ -352,6 +352,8 @@ class Coordinator:
         )
         if msg.csr is not None and may_be_active:
             cert, cert_row = self._tls().issue(bytes.fromhex(msg.csr), msg.device_id)
+        elif msg.csr is not None:
+            self._tls().check_request(bytes.fromhex(msg.csr))
         pending_since = now - self.config.enrollment.pending_ttl_s * 1000
         device_id = msg.device_id
 
@@ -485,7 +487,7 @@ class Coordinator:
         )
         if waiting["n"] >= e.max_pending:
             raise ApiError(
-                503,
+                429,
                 "too_many_pending",
                 f"{waiting['n']} devices already wait for approval (enrollment.max_pending); "
                 "enroll with a token, or ask the operator to approve or wait",
