@@ -40,7 +40,7 @@ def test_token_less_enrollments_are_capped_and_get_no_certificate(
     refused = [SimDevice(c.url, port=2000 + i) for i in range(5)]
     for d in refused:
         status, body = enroll(c, d)
-        assert (status, body.get("error", {}).get("code")) == (503, "too_many_pending"), body
+        assert (status, body.get("error", {}).get("code")) == (429, "too_many_pending"), body
     assert sorted(pending(c)) == sorted(d.device_id for d in admitted)
     for d in refused:
         assert c.request("GET", f"/v1/devices/{d.device_id}", token=c.token("operator"))[0] == 404
@@ -77,7 +77,7 @@ def test_pending_identities_expire_and_approval_brings_the_certificate(
     waiting = [SimDevice(c.url, port=1000 + i) for i in range(3)]
     for d in waiting:
         assert enroll(c, d)[0] == 202
-    assert enroll(c, SimDevice(c.url, port=1999))[0] == 503  # full
+    assert enroll(c, SimDevice(c.url, port=1999))[0] == 429  # full
     # The maintenance sweep forgets them once their TTL has passed.
     deadline = time.monotonic() + 20
     while pending(c) and time.monotonic() < deadline:

@@ -213,7 +213,7 @@ class EnrollmentConfig:
 
     #: A token-less enrollment not approved within this many seconds is forgotten.
     pending_ttl_s: int = 7 * 86400
-    #: Most identities waiting for approval at once; past it a new one gets 503.
+    #: Most identities waiting for approval at once; past it a new one gets 429.
     max_pending: int = 1000
     #: Most identities waiting for approval enrolled from one address; past it, 429.
     max_pending_per_address: int = 16
