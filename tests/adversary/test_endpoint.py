@@ -5,10 +5,18 @@ stored, and the coordinator never connects to that host."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
+from aeamc.coordinator.config import CoordinatorConfig, EnrollmentConfig
+from aeamc.coordinator.db import Database
+from aeamc.coordinator.errors import ApiError
+from aeamc.coordinator.service import Coordinator
+from aeamc.shared.identity import SigningKey
+from aeamc.shared.tasks.registry import discover
 from tests.adversary.conftest import CoordinatorFactory
 from tests.support.coordinator import CoordinatorProcess
 from tests.support.device import SimDevice
@@ -145,3 +153,35 @@ async def test_the_endpoint_may_be_the_enrolling_address_or_a_configured_network
         assert body["endpoint"] == endpoint  # the refused enrollment changed nothing
     finally:
         await e.stop()
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "address", "allowed"),
+    [
+        ("https://127.0.0.1:1", "127.0.0.1", True),
+        ("https://127.0.0.1:1", "::ffff:127.0.0.1", True),  # an IPv4-mapped peer
+        ("https://[::ffff:127.0.0.1]:1", "127.0.0.1", True),
+        ("https://[fe80::1]:1", "fe80::1%eth0", True),  # the peer's zone is not compared
+        ("https://[::1]:1", "::1", True),
+        ("https://10.1.2.3:1", "127.0.0.1", True),  # in enrollment.endpoint_networks
+        ("https://[fd00::5]:1", "fd00::9", True),
+        ("https://127.0.0.2:1", "127.0.0.1", False),
+        ("https://192.168.1.1:1", "127.0.0.1", False),
+        ("https://localhost:1", "127.0.0.1", False),  # a host name: never
+        ("https://127.1:1", "127.0.0.1", False),  # not an address literal
+        ("https://127.0.0.1:99999", "127.0.0.1", False),  # no valid URL
+        ("https://127.0.0.1:1", None, False),  # the peer is unknown
+        (None, "127.0.0.1", True),  # no endpoint: nothing will be called
+    ],
+)
+def test_the_endpoint_rule(endpoint: str | None, address: str | None, allowed: bool) -> None:
+    config = CoordinatorConfig(
+        enrollment=EnrollmentConfig(endpoint_networks="10.0.0.0/8, fd00::/64")
+    )
+    c = Coordinator(config, SigningKey.from_seed(bytes(32)), Database(Path("unused")), discover())
+    if allowed:
+        c.endpoint_allowed(endpoint, address)
+    else:
+        with pytest.raises(ApiError) as refused:
+            c.endpoint_allowed(endpoint, address)
+        assert refused.value.status == 400 and refused.value.code == "endpoint_not_allowed"
