@@ -1,4 +1,5 @@
-"""A real coordinator per test, with the spot-check settings each adversary test needs."""
+"""Coordinators for adversary tests: a real process per test, with the settings it attacks
+(by default, spot-checks that time out and give up fast)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,12 @@ QUICK_CHECKS = {
 }
 
 
+CoordinatorFactory = Callable[..., CoordinatorProcess]
+
+
 @pytest.fixture
-def make_coordinator(tmp_path: Path) -> Iterator[Callable[..., CoordinatorProcess]]:
+def make_coordinator(tmp_path: Path) -> Iterator[CoordinatorFactory]:
+    """``make_coordinator(settings)``: a started coordinator process, stopped at teardown."""
     started: list[CoordinatorProcess] = []
 
     def make(settings: dict[str, Any] | None = None) -> CoordinatorProcess:

@@ -10,13 +10,13 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from tests.adversary.conftest import QUICK_CHECKS, enroll_token
+from tests.adversary.conftest import QUICK_CHECKS, CoordinatorFactory, enroll_token
 from tests.adversary.hostile import HostileDevice, Watcher, honest_trace
 from tests.support.coordinator import CoordinatorProcess, merge
 from tests.support.device import SimDevice
 
 TASK = {"kind": "sha256-chain", "params": {"seed": "cd" * 32, "iterations": 50}, "chunks": 4}
-MakeCoordinator = Callable[..., CoordinatorProcess]
+MakeCoordinator = CoordinatorFactory
 
 
 def submit(coordinator: CoordinatorProcess, **over: Any) -> str:

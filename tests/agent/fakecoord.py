@@ -246,7 +246,8 @@ class FakeCoordinator:
             "ca_certificate": self.ca.cert_pem,
             "ca_fingerprint": self.ca.fingerprint,
         }
-        if message.csr is not None:
+        # As the coordinator does: a certificate only for a device that is not pending.
+        if message.csr is not None and self.enroll_state != "pending":
             cert = self.ca.issue_device(
                 bytes.fromhex(message.csr), message.device_id, self.cert_lifetime_s
             )

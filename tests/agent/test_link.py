@@ -76,9 +76,14 @@ async def test_pending_then_approved(coordinator, make_agent) -> None:
     agent = await make_agent(coordinator_url=coordinator.url)
     await eventually(lambda: len(coordinator.enrollments) >= 3)  # re-sent while pending
     assert agent.link.state == PENDING and not coordinator.heartbeats
+    # No certificate while pending: every enrollment asks again, with the CSR.
+    assert not coordinator.issued and agent.link.tls.cert is None
+    assert all(e.csr is not None for e in coordinator.enrollments)
+    assert agent.link.tls.ca_fingerprint == coordinator.ca.fingerprint  # pinned meanwhile
     coordinator.enroll_state = ACTIVE
     await eventually(lambda: coordinator.heartbeats)
     assert agent.link.state == ACTIVE
+    assert len(coordinator.issued) == 1 and coordinator.client_serials[-1] == coordinator.issued[0]
 
 
 async def test_not_enrolled_triggers_reenrollment(coordinator, make_agent) -> None:

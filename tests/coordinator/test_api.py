@@ -29,12 +29,16 @@ def test_enrollment_with_approval(coordinator: CoordinatorProcess) -> None:
     status, body = post(coordinator, "/v1/enroll", d.enroll_message())
     assert status == 202 and body["state"] == "pending"
     assert body["coordinator_public_key"] and body["coordinator_id"]
+    assert "certificate" not in body  # issued only once approved
     assert error_code(post(coordinator, "/v1/heartbeats", d.poa())) == (403, "pending")
     # Enrolling again is idempotent while pending.
     assert post(coordinator, "/v1/enroll", d.enroll_message())[1]["state"] == "pending"
     listed = coordinator.cli("devices", "list").stdout
     assert d.device_id in listed and "pending" in listed
     coordinator.cli("devices", "approve", d.device_id)
+    # The device's next enrollment (an agent re-sends it while pending) gets its certificate.
+    status, body = post(coordinator, "/v1/enroll", d.enroll_message())
+    assert status == 202 and body["state"] == "active" and "certificate" in body
     status, body = post(coordinator, "/v1/heartbeats", d.poa())
     assert status == 202 and body["state"] == "active"
     shown = json.loads(coordinator.cli("devices", "show", d.device_id).stdout)

@@ -8,10 +8,13 @@ mDNS advert); a later answer with another key is refused and nothing is sent to 
 
 Every enrollment carries a CSR for the device's TLS key; the answer's certificate is
 what every later request presents (mutual TLS), and the first answer's CA is pinned
-with the key (``tls.py``). Enrollment is also how the certificate is renewed: once two
-thirds of its lifetime have passed, the next exchange is an enrollment, sent over the
-mutually authenticated connection. A refusal of the certificate (missing, revoked)
-leads to an enrollment too, and a quarantined device gets no new one.
+with the key (``tls.py``). A pending answer has no certificate (the coordinator issues
+one only to an approved device): the agent sends its enrollment, CSR included, again
+every ``enroll_retry_s`` until an answer is active and carries it. Enrollment is also
+how the certificate is renewed: once two thirds of its lifetime have passed, the next
+exchange is an enrollment, sent over the mutually authenticated connection. A refusal
+of the certificate (missing, revoked) leads to an enrollment too, and a quarantined
+device gets no new one.
 
 Heartbeats carry a ``seq`` persisted before sending; a ``replay`` refusal moves the
 counter past what the coordinator saw. Without an answer, the link backs off
@@ -342,6 +345,7 @@ class CoordinatorLink:
                 advert.ca_fingerprint if discovered else None,
                 asked_certificate=asked_certificate,
                 checked=checked,
+                pending=state == PENDING,
             )
         except TrustError as exc:
             raise UntrustedCoordinator(

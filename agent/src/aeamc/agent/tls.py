@@ -267,15 +267,21 @@ class AgentTls:
         *,
         asked_certificate: bool = True,
         checked: dict[str, Any] | None = None,
+        pending: bool = False,
     ) -> None:
         """Pin the CA (first time) and keep the certificate of an enrollment answer
         (``checked``: what ``check_answer`` found, if it ran already).
 
         Without a request for a certificate (``asked_certificate``: the one held is still
-        good) the answer carries only the CA, which must be the pinned one."""
+        good) the answer carries only the CA, which must be the pinned one. A ``pending``
+        answer carries no certificate either (the coordinator issues one only once the
+        device is approved): its CA is pinned, or must be the pinned one."""
         ca_pem, cert_pem = answer.get("ca_certificate"), answer.get("certificate")
         if not isinstance(ca_pem, str):
             raise TrustError("enrollment answer without a CA certificate")
+        if cert_pem is None and pending:
+            self._accept_pending(ca_pem, coordinator_id, advert_ca)
+            return
         if cert_pem is None and not asked_certificate and self.cert is not None:
             try:
                 fp = tls.pem_fingerprint(ca_pem)
@@ -319,6 +325,33 @@ class AgentTls:
         self.server_ssl.load_verify_locations(cadata=self.ca_pem)
         self.server_ssl.verify_mode = ssl.CERT_OPTIONAL
         self._client_ssl = None
+
+    def _accept_pending(self, ca_pem: str, coordinator_id: str, advert_ca: str | None) -> None:
+        """The CA of an answer without a certificate (pending approval): pinned if none
+        is yet, as the first answer's CA is; otherwise it must be the pinned one."""
+        try:
+            der = ssl.PEM_cert_to_DER_cert(ca_pem.strip())
+        except ValueError as exc:
+            raise TrustError(f"enrollment answer: CA certificate: {exc}") from None
+        fp = hashlib.sha256(der).hexdigest()
+        if self.ca_fingerprint is not None and fp != self.ca_fingerprint:
+            raise TrustError(
+                f"the coordinator presents CA {fp}, but this device pinned CA "
+                f"{self.ca_fingerprint}; refusing it"
+            )
+        for what, expected in (("configured", self.expected_ca), ("advertised", advert_ca)):
+            if expected is not None and fp != expected:
+                raise TrustError(f"the coordinator's CA {fp} is not the {what} one {expected}")
+        self.coordinator_id = coordinator_id
+        if self.ca_fingerprint is None:
+            self.ca_pem = ssl.DER_cert_to_PEM_cert(der)
+            self.ca_fingerprint = fp
+            tls.write_text_atomic(self.ca_file, self.ca_pem)
+            self._remember()
+            self.server_ssl.load_verify_locations(cadata=self.ca_pem)
+            self.server_ssl.verify_mode = ssl.CERT_OPTIONAL
+            self._client_ssl = None
+            log.info("pinned the coordinator's CA, fingerprint %s", fp)
 
     def coordinator_peer_ok(self, transport: Any) -> bool:
         """Whether a call to our endpoint comes from the pinned coordinator."""

@@ -420,8 +420,21 @@ async def create_token(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_message", "label: a string of at most 100", field="label")
     if not isinstance(role, str):
         raise ApiError(400, "invalid_message", "role: a string", field="role")
-    token = await request.app[COORDINATOR_KEY].create_token(role, label=label, ttl_s=ttl, uses=uses)
-    return reply({"token": token, "role": role, "ttl_s": ttl, "uses": uses}, 201)
+    c = request.app[COORDINATOR_KEY]
+    made = await c.create_token(role, label=label, ttl_s=ttl, uses=uses)
+    # Seconds left, rounded up: the default lifetime when none was asked for.
+    ttl_s = None if made.expires_at is None else -((c.clock() - made.expires_at) // 1000)
+    return reply(
+        {
+            "token": made.token,
+            "role": role,
+            "label": label,
+            "uses": made.uses_left,
+            "expires_at": made.expires_at,
+            "ttl_s": ttl if ttl is not None else ttl_s,
+        },
+        201,
+    )
 
 
 async def list_flags(request: web.Request) -> web.Response:

@@ -170,15 +170,19 @@ class CoordinatorService:
                 log.exception("forming a microblock failed")
 
     async def _maintenance_loop(self) -> None:
+        # Expired pending identities are refused as soon as they expire (service.py) and
+        # deleted here, at least once per pending TTL, so a short TTL is swept as often.
+        interval = min(MAINTENANCE_INTERVAL_S, self.config.enrollment.pending_ttl_s)
         while True:
             try:
                 purged = await self.coordinator.purge_telemetry()
                 if purged:
                     log.info("purged %d heartbeats past retention", purged)
+                await self.coordinator.expire_pending()
                 self.renew_server_certificate(self.coordinator.clock())
             except Exception:
                 log.exception("maintenance failed")
-            await asyncio.sleep(MAINTENANCE_INTERVAL_S)
+            await asyncio.sleep(interval)
 
 
 def update_repository(config: CoordinatorConfig) -> Repository:

@@ -201,17 +201,7 @@ class CertificateAuthority:
 
     def issue_device(self, csr_der: bytes, device_id: str, lifetime_s: int) -> x509.Certificate:
         """A device certificate for the key in ``csr_der``; the CA sets every name."""
-        try:
-            csr = x509.load_der_x509_csr(csr_der)
-        except ValueError:
-            raise CaError("csr: not a DER certificate request") from None
-        if not csr.is_signature_valid:
-            raise CaError("csr: its signature does not verify")
-        public_key = csr.public_key()
-        if not isinstance(public_key, ec.EllipticCurvePublicKey) or public_key.curve.name != (
-            "secp256r1"
-        ):
-            raise CaError("csr: the TLS key must be ECDSA P-256")
+        public_key = device_csr_key(csr_der)
         leaf = self._leaf(public_key, device_id, tls.ROLE_DEVICE, lifetime_s, dt.timedelta(0))
         builder = leaf.add_extension(
             x509.SubjectAlternativeName([x509.DNSName(tls.device_hostname(device_id))]),
@@ -240,6 +230,22 @@ class CertificateAuthority:
             public_key, coordinator_id, tls.ROLE_COORDINATOR, lifetime_s, BACKDATE
         ).add_extension(x509.SubjectAlternativeName(general), critical=False)
         return _sign(builder, self.key)
+
+
+def device_csr_key(csr_der: bytes) -> ec.EllipticCurvePublicKey:
+    """The P-256 key of a well-formed, self-signed certificate request (CaError if not)."""
+    try:
+        csr = x509.load_der_x509_csr(csr_der)
+    except ValueError:
+        raise CaError("csr: not a DER certificate request") from None
+    if not csr.is_signature_valid:
+        raise CaError("csr: its signature does not verify")
+    public_key = csr.public_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey) or public_key.curve.name != (
+        "secp256r1"
+    ):
+        raise CaError("csr: the TLS key must be ECDSA P-256")
+    return public_key
 
 
 def _ca_certificate(key: CaKey, coordinator_id: str) -> x509.Certificate:

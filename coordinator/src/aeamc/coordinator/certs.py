@@ -19,7 +19,7 @@ import sqlite_utils
 
 from aeamc.shared.runtime import tls
 
-from .ca import CaError, CertificateAuthority
+from .ca import CaError, CertificateAuthority, device_csr_key
 from .db import Database
 from .errors import ApiError
 
@@ -53,6 +53,16 @@ class DeviceCertificates:
             "not_after": not_after,
         }
         return cert, row
+
+    @staticmethod
+    def check_request(csr_der: bytes) -> None:
+        """Refuse a certificate request that could never be issued (400), without signing
+        anything: an enrollment not yet entitled to a certificate gets the same answer to
+        a bad request as one that is."""
+        try:
+            device_csr_key(csr_der)
+        except CaError as exc:
+            raise ApiError(400, "invalid_message", str(exc), field="csr") from None
 
     @staticmethod
     def revoke_in(db: sqlite_utils.Database, device_id: str, now: int, reason: str) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import ipaddress
 import json
 import os
 import re
@@ -21,6 +22,8 @@ from aeamc.shared.eps import EpsConfig
 from aeamc.shared.errors import ValidationError
 from aeamc.shared.runtime.configfiles import ConfigFileError, read_config_files
 from aeamc.shared.runtime.pkcs11 import Pkcs11Error, Pkcs11Uri, is_pkcs11_uri
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class ConfigError(Exception):
@@ -228,6 +231,29 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class EnrollmentConfig:
+    """Who may enroll, and how many may wait for approval (docs/coordinator.md#enrollment)."""
+
+    #: A token-less enrollment not approved within this many seconds is forgotten.
+    pending_ttl_s: int = 7 * 86400
+    #: Most identities waiting for approval at once; past it a new one gets 429.
+    max_pending: int = 1000
+    #: Most identities waiting for approval enrolled from one address; past it, 429.
+    max_pending_per_address: int = 16
+    #: Comma-separated networks (CIDR) a device's endpoint may be in besides the address
+    #: its enrollment comes from; empty: only that address.
+    endpoint_networks: str = ""
+
+
+@dataclass(frozen=True)
+class TokensConfig:
+    """Defaults of enrollment tokens created without ``uses`` or ``ttl_s``."""
+
+    enroll_default_uses: int = 10
+    enroll_default_ttl_s: int = 86400
+
+
+@dataclass(frozen=True)
 class UpdatesConfig:
     """Fleet updates (docs/updates.md): the TUF repository's keys and expiries, and when a
     rollout halts by itself."""
@@ -268,6 +294,8 @@ class CoordinatorConfig:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    enrollment: EnrollmentConfig = field(default_factory=EnrollmentConfig)
+    tokens: TokensConfig = field(default_factory=TokensConfig)
     updates: UpdatesConfig = field(default_factory=UpdatesConfig)
 
     @property
@@ -311,6 +339,8 @@ _SECTIONS = {
     "alerts": AlertsConfig,
     "tls": TlsConfig,
     "limits": LimitsConfig,
+    "enrollment": EnrollmentConfig,
+    "tokens": TokensConfig,
     "updates": UpdatesConfig,
 }
 
@@ -408,10 +438,22 @@ def validate(config: CoordinatorConfig) -> None:
         (config.limits.per_device_rate > 0, "limits.per_device_rate must be > 0"),
         (config.limits.per_device_burst >= 1, "limits.per_device_burst must be ≥ 1"),
         *_updates_checks(config.updates),
+        (config.enrollment.pending_ttl_s >= 1, "enrollment.pending_ttl_s must be ≥ 1"),
+        (config.enrollment.max_pending >= 0, "enrollment.max_pending must be ≥ 0"),
+        (
+            config.enrollment.max_pending_per_address >= 0,
+            "enrollment.max_pending_per_address must be ≥ 0",
+        ),
+        (config.tokens.enroll_default_uses >= 1, "tokens.enroll_default_uses must be ≥ 1"),
+        (config.tokens.enroll_default_ttl_s >= 1, "tokens.enroll_default_ttl_s must be ≥ 1"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    try:
+        endpoint_networks(config.enrollment)
+    except ValueError as exc:
+        raise ConfigError(f"enrollment.endpoint_networks: {exc}") from None
     try:
         config.eps.to_eps_config()
     except ValidationError as exc:
@@ -429,6 +471,15 @@ def validate(config: CoordinatorConfig) -> None:
                 Pkcs11Uri.parse(ref)
             except Pkcs11Error as exc:
                 raise ConfigError(f"{name}: {exc}") from None
+
+
+def endpoint_networks(e: EnrollmentConfig) -> tuple[IpNetwork, ...]:
+    """The networks of ``enrollment.endpoint_networks`` (ValueError: one is not a CIDR)."""
+    return tuple(
+        ipaddress.ip_network(n.strip(), strict=False)
+        for n in e.endpoint_networks.split(",")
+        if n.strip()
+    )
 
 
 _TUF_ROLES = ("root", "targets", "snapshot", "timestamp")

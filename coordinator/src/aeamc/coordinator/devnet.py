@@ -157,7 +157,9 @@ class Devnet:
         self.root.mkdir(parents=True, exist_ok=True)
         self._chain()
         self._coordinator()
-        token = self.call("POST", "/v1/tokens", {"role": "enroll", "label": "devnet"}, "operator")
+        # One use per agent: an enrollment token is always limited (10 uses by default).
+        body = {"role": "enroll", "label": "devnet", "uses": self.agents}
+        token = self.call("POST", "/v1/tokens", body, "operator")
         for i in range(self.agents):
             self._agent(i, PROFILES[i % len(PROFILES)], token["token"])
         # Enrolled, and heartbeating long enough to be judged by the scheduler (SPEC §4).

@@ -285,7 +285,12 @@ def openapi_document() -> dict[str, Any]:
             "post": _op(
                 "Create a token (enroll, client or operator)",
                 "operator",
-                responses={"201": {"description": "the token, shown once"}},
+                responses={
+                    "201": {
+                        "description": "the token, shown once, with its uses and expires_at "
+                        "(an enrollment token always has both)"
+                    }
+                },
             )
         },
         "/v1/status": {

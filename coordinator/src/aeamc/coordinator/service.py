@@ -14,11 +14,13 @@ import contextlib
 import dataclasses
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import re
 import secrets
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -51,7 +53,7 @@ from aeamc.shared.tasks.registry import KindRegistry
 from .alerts import AlertTracker
 from .alerts import evaluate as evaluate_alerts
 from .certs import DeviceCertificates
-from .config import CoordinatorConfig
+from .config import CoordinatorConfig, IpNetwork, endpoint_networks
 from .db import Database
 from .errors import ApiError, not_found
 from .membership import LAST_BLOCKED_SEQ, block_of, height_of, not_in_block
@@ -59,6 +61,7 @@ from .registry import Device
 from .verifier import SignatureVerifier
 
 log = logging.getLogger(__name__)
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 #: Feature flag: devices in its cohort get half the heartbeat freshness window (a PoA
 #: must be at most ``heartbeat_window_s / 2`` old), narrowing the window a captured
@@ -136,6 +139,22 @@ class TokenInfo:
     label: str
     expires_at: int | None
     uses_left: int | None
+    #: The token itself: only in the answer of ``create_token`` (never stored).
+    token: str = dataclasses.field(default="", repr=False)
+
+
+def _spend_token_use(db: sqlite_utils.Database, token_hash: str, now: int) -> int | None:
+    """Take one use of a limited, unexpired token in the caller's write transaction;
+    the uses left afterwards, or None when it has none left (or expired meanwhile)."""
+    cur = db.execute(
+        "UPDATE tokens SET uses_left = uses_left - 1 WHERE token_hash = ? AND uses_left > 0 "
+        "AND (expires_at IS NULL OR expires_at >= ?)",
+        [token_hash, now],
+    )
+    if cur.rowcount != 1:
+        return None
+    row = next(iter(db.query("SELECT uses_left FROM tokens WHERE token_hash=?", [token_hash])))
+    return int(row["uses_left"])
 
 
 class Coordinator:
@@ -159,6 +178,8 @@ class Coordinator:
         self.coordinator_id = device_id_for(signer.public_key)
         self.devices: dict[str, Device] = {}
         self.eps_config = config.eps.to_eps_config()
+        #: Where device endpoints may be besides the enrolling address (``endpoint_allowed``).
+        self.endpoint_networks: tuple[IpNetwork, ...] = endpoint_networks(config.enrollment)
         #: Set whenever something may let the scheduler make progress.
         self.wake_scheduler = asyncio.Event()
         #: The last scheduling round saw tasks that still need devices.
@@ -244,9 +265,18 @@ class Coordinator:
 
     async def create_token(
         self, role: str, *, label: str = "", ttl_s: int | None = None, uses: int | None = None
-    ) -> str:
+    ) -> TokenInfo:
+        """Create a token of ``role``; only its hash is stored, the token is in the answer.
+
+        An enrollment token is always limited and expiring: without ``uses`` or ``ttl_s``
+        it gets ``tokens.enroll_default_uses`` and ``tokens.enroll_default_ttl_s``, so a
+        token handed out carelessly admits a bounded number of devices for a bounded time.
+        """
         if role not in ROLES:
             raise ApiError(400, "invalid_message", f"role must be one of {', '.join(ROLES)}")
+        if role == "enroll":
+            uses = uses if uses is not None else self.config.tokens.enroll_default_uses
+            ttl_s = ttl_s if ttl_s is not None else self.config.tokens.enroll_default_ttl_s
         token = secrets.token_urlsafe(32)
         now = self.clock()
         row = {
@@ -258,10 +288,16 @@ class Coordinator:
             "uses_left": uses,
         }
         await self.db.write(lambda db: db["tokens"].insert(row))
-        return token
+        return TokenInfo(role, label, row["expires_at"], uses, token)
 
     async def check_token(self, token: str | None, roles: tuple[str, ...]) -> TokenInfo:
-        """Find a valid token of one of ``roles``; only its hash is ever stored."""
+        """Find a valid token of one of ``roles``, and count this request as one of its uses.
+
+        Only a token's hash is ever stored. A token with a use limit loses one use per
+        authenticated request, in one conditional UPDATE in the writer, so concurrent
+        requests can never spend more uses than it has; a token without a limit (NULL)
+        is only read, and costs no durable commit.
+        """
         if not token:
             raise ApiError(401, "unauthorized", "a bearer token is required")
         wanted = hash_token(token)
@@ -276,13 +312,28 @@ class Coordinator:
         info = TokenInfo(row["role"], row["label"], row["expires_at"], row["uses_left"])
         if info.role not in roles:
             raise ApiError(403, "forbidden", f"a {info.role} token cannot do this")
-        if info.expires_at is not None and info.expires_at < self.clock():
+        now = self.clock()
+        if info.expires_at is not None and info.expires_at < now:
             raise ApiError(401, "unauthorized", "token expired")
-        return info
+        if info.uses_left is None:
+            return info
+        left = await self.db.write(lambda db: _spend_token_use(db, wanted, now))
+        if left is None:
+            raise ApiError(401, "unauthorized", "token used up")
+        return dataclasses.replace(info, uses_left=left)
 
     # -- enrollment ----------------------------------------------------------------------
 
     async def enroll(self, data: Any, address: str | None) -> dict[str, Any]:
+        """Enroll (or re-enroll) the signing device from ``address`` (the TCP peer).
+
+        Guarantees: the endpoint the coordinator will call is at ``address`` or in
+        ``enrollment.endpoint_networks`` (``endpoint_allowed``); a client certificate is
+        issued only to a device that is active (a valid token, or approved before), so an
+        identity waiting for approval holds nothing the CA signed; and new identities
+        waiting for approval are bounded in number, overall and per address, and expire
+        after ``enrollment.pending_ttl_s``. A refusal changes nothing.
+        """
         msg = parse_signed(data, Enroll)
         msg.verify_self()
         now = self.clock()
@@ -291,10 +342,20 @@ class Coordinator:
         if existing is not None and existing.state == "quarantined":
             raise ApiError(403, "quarantined", "this device is quarantined")
         caps = msg.capabilities
+        self.endpoint_allowed(caps.endpoint, address)
         caps_json = json.dumps(caps.to_dict(), sort_keys=True)
         cert, cert_row = (None, None)
-        if msg.csr is not None:
+        # Signing costs CPU: only for a device that will be active (it may still turn
+        # out pending, e.g. a token refused: the certificate is then dropped unseen).
+        may_be_active = msg.token is not None or (
+            existing is not None and existing.state in ("active", "stale")
+        )
+        if msg.csr is not None and may_be_active:
             cert, cert_row = self._tls().issue(bytes.fromhex(msg.csr), msg.device_id)
+        elif msg.csr is not None:
+            self._tls().check_request(bytes.fromhex(msg.csr))
+        pending_since = now - self.config.enrollment.pending_ttl_s * 1000
+        device_id = msg.device_id
 
         def txn(db: sqlite_utils.Database) -> str:
             if next(
@@ -303,13 +364,21 @@ class Coordinator:
             ):
                 raise ApiError(403, "erased", ERASED_MESSAGE)
             row = next(
-                iter(db.query("SELECT state FROM devices WHERE device_id = ?", [msg.device_id])),
+                iter(
+                    db.query(
+                        "SELECT state, enrolled_at, approved_at FROM devices WHERE device_id = ?",
+                        [msg.device_id],
+                    )
+                ),
                 None,
             )
             state = row["state"] if row else "pending"
+            expired = row is not None and _pending_expired(row, pending_since)
             if msg.token is not None and state == "pending":
                 self._consume_enroll_token(db, msg.token, now)
                 state = "active"
+            elif state == "pending" and (row is None or expired):
+                self._admit_pending(db, address, pending_since)
             if row is None:
                 db["devices"].insert(
                     {
@@ -326,18 +395,19 @@ class Coordinator:
             else:
                 db.execute(
                     "UPDATE devices SET capabilities=?, endpoint=?, address=?, state=?, "
+                    "enrolled_at=CASE WHEN ? THEN ? ELSE enrolled_at END, "
                     "approved_at=COALESCE(approved_at, CASE WHEN ?='active' THEN ? END) "
                     "WHERE device_id=?",
-                    [caps_json, caps.endpoint, address, state, state, now, msg.device_id],
+                    [caps_json, caps.endpoint, address, state, expired, now, state, now, device_id],
                 )
             db.execute("DELETE FROM candidates WHERE device_id = ?", [msg.device_id])
-            if cert_row is not None:
+            if cert_row is not None and state in ("active", "stale"):
                 db["certificates"].insert({**cert_row, "issued_at": now})
             return state
 
         state = await self.db.write(txn)
         if existing is None:
-            self.devices[msg.device_id] = Device(
+            existing = self.devices[msg.device_id] = Device(
                 device_id=msg.device_id,
                 public_key=msg.public_key_bytes,
                 state=state,
@@ -353,6 +423,8 @@ class Coordinator:
                 address,
             )
             existing.state = state
+        if state == "pending" and existing.enrolled_at < pending_since:
+            existing.enrolled_at = now  # an expired identity enrolled again: a new wait
         self.count("enrollments")
         log.info("device %s enrolled (%s)", msg.device_id, state)
         self.wake_scheduler.set()
@@ -366,9 +438,99 @@ class Coordinator:
         if self.certs is not None:
             answer["ca_certificate"] = self.certs.ca.cert_pem
             answer["ca_fingerprint"] = self.certs.ca.fingerprint
-        if cert is not None:
+        if cert is not None and state in ("active", "stale"):
             answer["certificate"] = cert.public_bytes(Encoding.PEM).decode()
         return answer
+
+    def endpoint_allowed(self, endpoint: str | None, address: str | None) -> None:
+        """Refuse an endpoint the coordinator must not call on the device's word.
+
+        The coordinator connects to a device's endpoint (assignments, challenges), so a
+        device naming another LAN host would have the coordinator connect there for it.
+        The endpoint's host must be an IP literal equal to the address the enrollment
+        comes from (IPv4-mapped IPv6 counts as the IPv4 address; a zone is ignored), or
+        inside ``enrollment.endpoint_networks``. A host name is refused: what it resolves
+        to is not the device's to say.
+        """
+        if endpoint is None:
+            return
+        host = _endpoint_host(endpoint)
+        if host is not None and host == _plain_address(address):
+            return
+        if host is not None and any(host in net for net in self.endpoint_networks):
+            return
+        seen = address or "unknown"
+        raise ApiError(
+            400,
+            "endpoint_not_allowed",
+            f"the endpoint {endpoint} is not at the address this enrollment comes from "
+            f"({seen}) nor in enrollment.endpoint_networks; advertise an IP address of "
+            f"the interface that reaches the coordinator",
+            field="capabilities.endpoint",
+            address=seen,
+        )
+
+    def _admit_pending(
+        self, db: sqlite_utils.Database, address: str | None, pending_since: int
+    ) -> None:
+        """Refuse one more identity waiting for approval past the caps (in the caller's
+        write transaction, so concurrent enrollments cannot overshoot them)."""
+        e = self.config.enrollment
+        waiting = next(
+            iter(
+                db.query(
+                    "SELECT COUNT(*) AS n, COALESCE(SUM(address IS ?), 0) AS here FROM devices "
+                    "WHERE state='pending' AND approved_at IS NULL AND enrolled_at >= ?",
+                    [address, pending_since],
+                )
+            )
+        )
+        if waiting["n"] >= e.max_pending:
+            raise ApiError(
+                429,
+                "too_many_pending",
+                f"{waiting['n']} devices already wait for approval (enrollment.max_pending); "
+                "enroll with a token, or ask the operator to approve or wait",
+            )
+        if waiting["here"] >= e.max_pending_per_address:
+            raise ApiError(
+                429,
+                "too_many_pending",
+                f"{waiting['here']} devices from {address} already wait for approval "
+                "(enrollment.max_pending_per_address); enroll with a token",
+            )
+
+    async def expire_pending(self) -> int:
+        """Forget identities that waited for approval longer than ``pending_ttl_s``
+        (the maintenance loop); how many. Any certificate one holds is revoked."""
+        since = self.clock() - self.config.enrollment.pending_ttl_s * 1000
+        now = self.clock()
+
+        def txn(db: sqlite_utils.Database) -> tuple[list[str], list[str]]:
+            gone = [
+                r["device_id"]
+                for r in db.query(
+                    "SELECT device_id FROM devices WHERE state='pending' "
+                    "AND approved_at IS NULL AND enrolled_at < ?",
+                    [since],
+                )
+            ]
+            revoked: list[str] = []
+            for device_id in gone:
+                revoked += DeviceCertificates.revoke_in(db, device_id, now, "pending expired")
+                db.execute("DELETE FROM devices WHERE device_id=?", [device_id])
+            return gone, revoked
+
+        gone, revoked = await self.db.write(txn)
+        if self.certs is not None:
+            self.certs.revoked_now(revoked)
+        for device_id in gone:
+            d = self.devices.get(device_id)
+            if d is not None and d.state == "pending":
+                del self.devices[device_id]
+        if gone:
+            log.info("forgot %d device(s) not approved within the pending TTL", len(gone))
+        return len(gone)
 
     @staticmethod
     def _consume_enroll_token(db: sqlite_utils.Database, token: str, now: int) -> None:
@@ -400,6 +562,10 @@ class Coordinator:
         if state == "active" and device.state == "quarantined" and reason == "approved":
             raise ApiError(409, "quarantined", "a quarantined device cannot be approved")
         now = self.clock()
+        ttl_ms = self.config.enrollment.pending_ttl_s * 1000
+        if state == "active" and device.state == "pending" and device.enrolled_at < now - ttl_ms:
+            # Not yet swept, but as good as gone: its owner enrolls again to be approved.
+            raise ApiError(409, "pending_expired", "this enrollment expired; enroll again")
 
         def txn(db: sqlite_utils.Database) -> list[str]:
             db.execute(
@@ -1780,6 +1946,36 @@ def _assignment_row(db: sqlite_utils.Database, task_id: str, device_id: str) -> 
         ),
         None,
     )
+
+
+def _pending_expired(row: Any, since: int) -> bool:
+    """Whether a device row is an identity that waited for approval since before ``since``."""
+    return bool(
+        row["state"] == "pending" and row["approved_at"] is None and row["enrolled_at"] < since
+    )
+
+
+def _plain_address(address: str | None) -> IpAddress | None:
+    """An IP address without its zone, an IPv4-mapped IPv6 address as the IPv4 one."""
+    if not address:
+        return None
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _endpoint_host(endpoint: str) -> IpAddress | None:
+    """The IP literal an endpoint URL names (None: a host name, or no valid URL)."""
+    try:
+        parts = urllib.parse.urlsplit(endpoint)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        return None
+    return _plain_address(parts.hostname)
 
 
 def _item_error(exc: Exception) -> dict[str, Any]:
