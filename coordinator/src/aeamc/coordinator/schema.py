@@ -309,4 +309,9 @@ MIGRATIONS: list[list[str]] = [
         """ALTER TABLE spot_checks_v7 RENAME TO spot_checks""",
         """CREATE INDEX spot_checks_state ON spot_checks(state, next_attempt_at)""",
     ],
+    # v8: failures that may halt a rollout again. A resumed rollout counts the failures
+    # reported from the resume on (``counted_from``, ms); 0 counts every report.
+    [
+        """ALTER TABLE releases ADD COLUMN counted_from INTEGER NOT NULL DEFAULT 0""",
+    ],
 ]
