@@ -25,7 +25,7 @@ from .logs import REQUEST_ID, REQUEST_ID_HEADER, incoming_request_id
 from .metrics import Metrics
 from .openapi import openapi_document
 from .ratelimit import RateLimiter
-from .service import Coordinator
+from .service import Coordinator, TokenInfo
 from .updates.api import add_update_routes
 
 log = logging.getLogger(__name__)
@@ -123,8 +123,18 @@ def _bearer(request: web.Request) -> str | None:
 
 
 async def _auth(request: web.Request, *roles: str) -> str:
-    info = await request.app[COORDINATOR_KEY].check_token(_bearer(request), roles)
+    info = await _caller(request, *roles)
     return info.label or info.role
+
+
+async def _caller(request: web.Request, *roles: str) -> TokenInfo:
+    """The request's valid token of one of ``roles``, with its owner id."""
+    return await request.app[COORDINATOR_KEY].check_token(_bearer(request), roles)
+
+
+def _scope(info: TokenInfo) -> str | None:
+    """Whose tasks the caller may see: a client its own (its owner id), the operator all."""
+    return None if info.role == "operator" else info.owner
 
 
 def _device_id(request: web.Request) -> str:
@@ -191,21 +201,24 @@ async def post_proof_batch(request: web.Request) -> web.Response:
 
 
 async def submit_task(request: web.Request) -> web.Response:
-    client = await _auth(request, "client", "operator")
+    info = await _caller(request, "client", "operator")
     c = request.app[COORDINATOR_KEY]
-    return reply(await c.submit_task(await json_body(request), client), 202)
+    body = await json_body(request)
+    return reply(await c.submit_task(body, info.label or info.role, info.owner), 202)
 
 
 async def list_tasks(request: web.Request) -> web.Response:
-    await _auth(request, "client", "operator")
+    info = await _caller(request, "client", "operator")
     limit = _int_param(request, "limit", 100, 1, 1000)
     state = request.query.get("state")
-    return reply({"tasks": await request.app[COORDINATOR_KEY].list_tasks(limit, state)})
+    c = request.app[COORDINATOR_KEY]
+    return reply({"tasks": await c.list_tasks(limit, state, owner=_scope(info))})
 
 
 async def get_task(request: web.Request) -> web.Response:
-    await _auth(request, "client", "operator")
-    return reply(await request.app[COORDINATOR_KEY].task_view(request.match_info["task_id"]))
+    info = await _caller(request, "client", "operator")
+    c = request.app[COORDINATOR_KEY]
+    return reply(await c.task_view(request.match_info["task_id"], owner=_scope(info)))
 
 
 # -- operator ---------------------------------------------------------------------------------

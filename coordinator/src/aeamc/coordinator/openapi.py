@@ -157,7 +157,12 @@ SCHEMAS: dict[str, Any] = {
             "chunks": {"type": "integer", "minimum": 1, "maximum": 65536},
             "replicas": {"type": "integer", "minimum": 1},
             "deadline": {"type": "integer", "description": "ms since the epoch"},
-            "task_id": {"type": "string"},
+            "task_id": {
+                "type": "string",
+                "maxLength": 55,
+                "description": "the client's own reference (client_ref): the task's id is "
+                "<owner>.<task_id>, scoped to the submitting token",
+            },
         },
         ["kind", "params", "chunks"],
     ),
@@ -231,9 +236,14 @@ def openapi_document() -> dict[str, Any]:
             "post": _op(
                 "Submit a task", "client", requestBody=_body("TaskRequest"), responses=_ACCEPTED
             ),
-            "get": _op("List tasks", "client"),
+            "get": _op("List tasks: a client token's own, the operator token's all", "client"),
         },
-        "/v1/tasks/{task_id}": {"get": _op("Task status, devices, verdicts and output", "client")},
+        "/v1/tasks/{task_id}": {
+            "get": _op(
+                "Task status, devices, verdicts and output (another client's task: 404)",
+                "client",
+            )
+        },
         "/v1/devices": {"get": _op("Device registry with EPS, reputation and state", "operator")},
         "/v1/devices/{device_id}": {
             "get": _op("One device", "operator"),
