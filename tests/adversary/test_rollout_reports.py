@@ -131,14 +131,14 @@ def test_a_pending_identity_cannot_halt(fleet: Fleet) -> None:
     before = fleet.rollout()
     # A fresh key enrolled without a token and without a certificate request; and one
     # that sent a request, so it holds a certificate of its own.
-    for csr in (None, "own"):
+    for csr in ("own", None):
         stranger = device(fleet.coord, in_cohort=True)
         message = stranger.enroll_message(csr=None) if csr is None else stranger.enroll_message()
         status, body = fleet.coord.request("POST", "/v1/enroll", message)
         assert status == 202 and body["state"] == "pending", body
         assert (stranger.cert_file is None) == (csr is None)
         status, body = fleet.post(report(stranger), stranger)
-        assert (status, body["error"]["code"]) == (403, "pending"), body
+        assert (status, (body.get("error") or {}).get("code")) == (403, "pending"), body
         _unchanged(fleet, before)
         fleet.op("DELETE", f"/v1/devices/{stranger.device_id}")
 
@@ -147,7 +147,7 @@ def test_an_approved_device_outside_the_cohort_is_not_counted(fleet: Fleet) -> N
     before = fleet.rollout()
     outsider = fleet.outsider  # type: ignore[attr-defined]
     status, body = fleet.post(report(outsider), outsider)
-    assert (status, body["error"]["code"]) == (403, "not_in_cohort"), body
+    assert (status, (body.get("error") or {}).get("code")) == (403, "not_in_cohort"), body
     _unchanged(fleet, before)
 
 
@@ -155,9 +155,9 @@ def test_a_report_over_another_devices_certificate_is_refused(fleet: Fleet) -> N
     before = fleet.rollout()
     member, other = fleet.members[0], fleet.members[1]  # type: ignore[attr-defined]
     status, body = fleet.post(report(member), other)
-    assert (status, body["error"]["code"]) == (403, "certificate_mismatch"), body
+    assert (status, (body.get("error") or {}).get("code")) == (403, "certificate_mismatch"), body
     status, body = fleet.post(report(member), None)
-    assert (status, body["error"]["code"]) == (401, "certificate_required"), body
+    assert (status, (body.get("error") or {}).get("code")) == (401, "certificate_required"), body
     _unchanged(fleet, before)
 
 
