@@ -162,6 +162,15 @@ def test_task_submission_validation(coordinator: CoordinatorProcess) -> None:
         ({"kind": "sha256-chain", "params": {}, "chunks": 0}, "invalid_message"),
         ({"kind": "sha256-chain", "chunks": 1}, "missing_field"),
         ({"kind": "sha256-chain", "params": {}, "chunks": 1, "x": 1}, "unknown_field"),
+        (  # a chosen id leaves room for the owner prefix: <8 hex>.<chosen> is at most 64
+            {
+                "kind": "sha256-chain",
+                "params": {"seed": "00" * 32, "iterations": 1},
+                "chunks": 1,
+                "task_id": "a" * 56,
+            },
+            "invalid_message",
+        ),
         (
             {
                 "kind": "sha256-chain",

@@ -11,6 +11,7 @@ from typing import Any
 
 from . import __version__
 from .dashboard import openapi_paths as dashboard_paths
+from .service import CLIENT_REF_MAX
 from .updates.api import openapi_paths as update_paths
 
 _HEX32 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
@@ -159,7 +160,7 @@ SCHEMAS: dict[str, Any] = {
             "deadline": {"type": "integer", "description": "ms since the epoch"},
             "task_id": {
                 "type": "string",
-                "maxLength": 55,
+                "maxLength": CLIENT_REF_MAX,
                 "description": "the client's own reference (client_ref): the task's id is "
                 "<owner>.<task_id>, scoped to the submitting token",
             },
