@@ -4,6 +4,7 @@ nothing when it does."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -165,6 +166,15 @@ def test_task_submission_validation(coordinator: CoordinatorProcess) -> None:
         ({"kind": "sha256-chain", "params": {}, "chunks": 0}, "invalid_message"),
         ({"kind": "sha256-chain", "chunks": 1}, "missing_field"),
         ({"kind": "sha256-chain", "params": {}, "chunks": 1, "x": 1}, "unknown_field"),
+        (  # a chosen id leaves room for the owner prefix: <8 hex>.<chosen> is at most 64
+            {
+                "kind": "sha256-chain",
+                "params": {"seed": "00" * 32, "iterations": 1},
+                "chunks": 1,
+                "task_id": "a" * 56,
+            },
+            "invalid_message",
+        ),
         (
             {
                 "kind": "sha256-chain",
@@ -185,10 +195,13 @@ def test_task_submission_validation(coordinator: CoordinatorProcess) -> None:
         "chunks": 1,
         "task_id": "client-chosen-1",
     }
-    assert post(coordinator, "/v1/tasks", good, token=client)[1]["task_id"] == "client-chosen-1"
+    # A chosen id is the client's own reference: the task id is scoped to its token.
+    accepted = post(coordinator, "/v1/tasks", good, token=client)[1]
+    assert accepted["client_ref"] == "client-chosen-1"
+    assert re.fullmatch(r"[0-9a-f]{8}\.client-chosen-1", accepted["task_id"]), accepted
     assert error_code(post(coordinator, "/v1/tasks", good, token=client)) == (409, "duplicate")
     listed = coordinator.request("GET", "/v1/tasks", token=client)[1]["tasks"]
-    assert [t["task_id"] for t in listed] == ["client-chosen-1"]
+    assert [t["task_id"] for t in listed] == [accepted["task_id"]]
     assert coordinator.request("GET", "/v1/tasks/none", token=client)[0] == 404
 
 

@@ -173,7 +173,7 @@ async def test_v6_to_v7_keeps_every_receipt_in_its_block_and_the_chain_goes_on(
     db.open()  # migrates to v7
     try:
         c = connect(path)
-        assert c.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 7
+        assert c.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) >= 7
         assert "block_height" not in {r[1] for r in c.execute("PRAGMA table_info(proofs)")}
         indexes = {r[1] for r in c.execute("PRAGMA index_list(proofs)")}
         assert "proofs_unblocked" not in indexes and "proofs_receipts" in indexes

@@ -102,6 +102,34 @@ def test_migrations_are_versioned(tmp_path: Path) -> None:
         migrate(conn)
 
 
+def test_tokens_and_tasks_from_before_owners_migrate(tmp_path: Path) -> None:
+    """Every existing token gets its own owner id; existing tasks get none (operator only)."""
+    conn = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
+    owners_at = next(i for i, m in enumerate(MIGRATIONS) if any("tokens_owner" in q for q in m))
+    for statements in MIGRATIONS[:owners_at]:
+        for sql in statements:
+            conn.execute(sql)
+    conn.execute(f"PRAGMA user_version={owners_at}")
+    for i, role in enumerate(("operator", "client", "client")):
+        conn.execute(
+            "INSERT INTO tokens (token_hash, role, label, created_at) VALUES (?,?,'same',0)",
+            [f"{i:064x}", role],
+        )
+    conn.execute(
+        "INSERT INTO tasks (task_id, kind, params, chunks, replicas, created_at, client, state) "
+        "VALUES ('old', 'sha256-chain', '{}', 1, 1, 0, 'same', 'queued')"
+    )
+    migrate(conn)
+    owners = [r[0] for r in conn.execute("SELECT owner FROM tokens")]
+    assert len(set(owners)) == 3 and all(len(o) == 8 for o in owners), owners
+    assert conn.execute("SELECT owner FROM tasks").fetchall() == [(None,)]
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute(
+            "INSERT INTO tokens (token_hash, role, created_at, owner) VALUES ('x','client',0,?)",
+            [owners[1]],
+        )
+
+
 async def test_group_commit_isolates_failing_writes(tmp_path: Path) -> None:
     db = Database(tmp_path / "c.db")
     db.open()

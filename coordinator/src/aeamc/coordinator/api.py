@@ -28,7 +28,7 @@ from .logs import REQUEST_ID, REQUEST_ID_HEADER, incoming_request_id
 from .metrics import Metrics
 from .openapi import openapi_document
 from .ratelimit import RateLimiter
-from .service import Coordinator
+from .service import Coordinator, TokenInfo
 from .updates.api import add_update_routes
 
 log = logging.getLogger(__name__)
@@ -179,8 +179,18 @@ def _bearer(request: web.Request) -> str | None:
 
 
 async def _auth(request: web.Request, *roles: str) -> str:
-    info = await request.app[COORDINATOR_KEY].check_token(_bearer(request), roles)
+    info = await _caller(request, *roles)
     return info.label or info.role
+
+
+async def _caller(request: web.Request, *roles: str) -> TokenInfo:
+    """The request's valid token of one of ``roles``, with its owner id."""
+    return await request.app[COORDINATOR_KEY].check_token(_bearer(request), roles)
+
+
+def _scope(info: TokenInfo) -> str | None:
+    """Whose tasks the caller may see: a client its own (its owner id), the operator all."""
+    return None if info.role == "operator" else info.owner
 
 
 def _device_id(request: web.Request) -> str:
@@ -281,18 +291,20 @@ async def post_proof_batch(request: web.Request) -> web.Response:
 
 
 async def submit_task(request: web.Request) -> web.Response:
-    client = await _auth(request, "client", "operator")
+    info = await _caller(request, "client", "operator")
     c = request.app[COORDINATOR_KEY]
-    return reply(await c.submit_task(await json_body(request), client), 202)
+    body = await json_body(request)
+    return reply(await c.submit_task(body, info.label or info.role, info.owner), 202)
 
 
 async def list_tasks(request: web.Request) -> web.Response:
-    await _auth(request, "client", "operator")
+    info = await _caller(request, "client", "operator")
     limit = _int_param(request, "limit", 100, 1, 1000)
     state = request.query.get("state")
     verified = _bool_param(request, "verified")
     c = request.app[COORDINATOR_KEY]
-    return reply({"tasks": await c.list_tasks(limit, state, verified_only=verified)})
+    tasks = await c.list_tasks(limit, state, owner=_scope(info), verified_only=verified)
+    return reply({"tasks": tasks})
 
 
 #: Longest a client may wait in one request for a task's result to be verified.
@@ -303,7 +315,7 @@ _WAIT_POLL_S = 0.25
 async def get_task(request: web.Request) -> web.Response:
     """A task and its result. ``?verified=true`` leaves out output bytes unless verified;
     ``?wait_s=N`` (≤ 60) holds the answer until the result is verified or the task failed."""
-    await _auth(request, "client", "operator")
+    info = await _caller(request, "client", "operator")
     c = request.app[COORDINATOR_KEY]
     task_id = request.match_info["task_id"]
     verified = _bool_param(request, "verified")
@@ -311,7 +323,7 @@ async def get_task(request: web.Request) -> web.Response:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
     while True:
-        view = await c.task_view(task_id, verified_only=verified)
+        view = await c.task_view(task_id, verified_only=verified, owner=_scope(info))
         final = view["verification"]["state"] == "verified" or view["state"] == "failed"
         left = deadline - loop.time()
         if final or left <= 0:

@@ -11,6 +11,7 @@ from typing import Any
 
 from . import __version__
 from .dashboard import openapi_paths as dashboard_paths
+from .service import CLIENT_REF_MAX
 from .updates.api import openapi_paths as update_paths
 
 _HEX32 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
@@ -157,7 +158,12 @@ SCHEMAS: dict[str, Any] = {
             "chunks": {"type": "integer", "minimum": 1, "maximum": 65536},
             "replicas": {"type": "integer", "minimum": 1},
             "deadline": {"type": "integer", "description": "ms since the epoch"},
-            "task_id": {"type": "string"},
+            "task_id": {
+                "type": "string",
+                "maxLength": CLIENT_REF_MAX,
+                "description": "the client's own reference (client_ref): the task's id is "
+                "<owner>.<task_id>, scoped to the submitting token",
+            },
         },
         ["kind", "params", "chunks"],
     ),
@@ -238,7 +244,8 @@ def openapi_document() -> dict[str, Any]:
                 "Submit a task", "client", requestBody=_body("TaskRequest"), responses=_ACCEPTED
             ),
             "get": _op(
-                "List tasks, each with its result's verification state",
+                "List tasks (a client token's own, the operator token's all), each with its "
+                "result's verification state",
                 "client",
                 parameters=[_VERIFIED_PARAM],
             ),
@@ -246,7 +253,7 @@ def openapi_document() -> dict[str, Any]:
         "/v1/tasks/{task_id}": {
             "get": _op(
                 "Task status, devices, verdicts, output and verification state "
-                "(docs/verification.md)",
+                "(docs/verification.md); another client's task: 404",
                 "client",
                 parameters=[
                     _VERIFIED_PARAM,

@@ -309,4 +309,20 @@ MIGRATIONS: list[list[str]] = [
         """ALTER TABLE spot_checks_v7 RENAME TO spot_checks""",
         """CREATE INDEX spot_checks_state ON spot_checks(state, next_attempt_at)""",
     ],
+    # v8: failures that may halt a rollout again. A resumed rollout counts the failures
+    # reported from the resume on (``counted_from``, ms); 0 counts every report.
+    [
+        """ALTER TABLE releases ADD COLUMN counted_from INTEGER NOT NULL DEFAULT 0""",
+    ],
+    # v9: who owns a task. Every token gets an owner id (8 hex digits, unique, never reused:
+    # tokens are never deleted), and a task belongs to the owner of the token that
+    # submitted it; a client sees only its own. Tasks from before have no owner (NULL):
+    # only the operator sees them.
+    [
+        """ALTER TABLE tokens ADD COLUMN owner TEXT NOT NULL DEFAULT ''""",
+        """UPDATE tokens SET owner = printf('%08x', rowid)""",
+        """CREATE UNIQUE INDEX tokens_owner ON tokens(owner)""",
+        """ALTER TABLE tasks ADD COLUMN owner TEXT""",
+        """CREATE INDEX tasks_owner ON tasks(owner, created_at)""",
+    ],
 ]

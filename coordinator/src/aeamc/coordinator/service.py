@@ -70,6 +70,10 @@ STRICT_FRESHNESS = "strict-freshness"
 FLAG_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 ROLES = ("operator", "client", "enroll")
+#: A token's owner id: this many random bytes, in hex. A task id a client chose is stored
+#: as ``<owner>.<chosen>``, so a chosen id may take what is left of the 64 a task id has.
+OWNER_BYTES = 4
+CLIENT_REF_MAX = 64 - 2 * OWNER_BYTES - 1
 ERASED_MESSAGE = (
     "this device identity was erased at its owner's request; to take part again, "
     "create a new identity (aeamc-agent init --force)"
@@ -83,7 +87,7 @@ _TASK_REQUEST = record(
         "chunks": integer(1, 65_536),
         "replicas": optional(integer(1, 16)),
         "deadline": optional(integer(0, 2**53 - 1)),
-        "task_id": optional(text(64, TASK_ID_PATTERN)),
+        "task_id": optional(text(CLIENT_REF_MAX, TASK_ID_PATTERN)),
     },
     dict,
 )
@@ -139,6 +143,8 @@ class TokenInfo:
     label: str
     expires_at: int | None
     uses_left: int | None
+    #: The token's owner id: what its tasks belong to (a label is not unique, this is).
+    owner: str = ""
     #: The token itself: only in the answer of ``create_token`` (never stored).
     token: str = dataclasses.field(default="", repr=False)
 
@@ -287,8 +293,19 @@ class Coordinator:
             "expires_at": now + ttl_s * 1000 if ttl_s else None,
             "uses_left": uses,
         }
-        await self.db.write(lambda db: db["tokens"].insert(row))
-        return TokenInfo(role, label, row["expires_at"], uses, token)
+
+        def txn(db: sqlite_utils.Database) -> str:
+            # A fresh owner id, unique among all tokens ever made (they are never deleted),
+            # so no token can come to own another's tasks.
+            while True:
+                owner = secrets.token_hex(OWNER_BYTES)
+                if next(iter(db.query("SELECT 1 FROM tokens WHERE owner=?", [owner])), None):
+                    continue
+                db["tokens"].insert({**row, "owner": owner})
+                return owner
+
+        owner = await self.db.write(txn)
+        return TokenInfo(role, label, row["expires_at"], uses, owner, token)
 
     async def check_token(self, token: str | None, roles: tuple[str, ...]) -> TokenInfo:
         """Find a valid token of one of ``roles``, and count this request as one of its uses.
@@ -309,7 +326,9 @@ class Coordinator:
         # compare_digest: the lookup found the row by hash, this guards the equality itself.
         if row is None or not hmac.compare_digest(row["token_hash"], wanted):
             raise ApiError(401, "unauthorized", "unknown token")
-        info = TokenInfo(row["role"], row["label"], row["expires_at"], row["uses_left"])
+        info = TokenInfo(
+            row["role"], row["label"], row["expires_at"], row["uses_left"], row["owner"]
+        )
         if info.role not in roles:
             raise ApiError(403, "forbidden", f"a {info.role} token cannot do this")
         now = self.clock()
@@ -721,7 +740,15 @@ class Coordinator:
 
     # -- tasks -------------------------------------------------------------------------------
 
-    async def submit_task(self, data: Any, client: str) -> dict[str, Any]:
+    async def submit_task(self, data: Any, client: str, owner: str) -> dict[str, Any]:
+        """Queue a task owned by ``owner`` (its token's owner id; ``client`` is its label).
+
+        A task id the client chose (``task_id``, its ``client_ref``) is scoped to the
+        owner: the task's id is ``<owner>.<client_ref>``, so two clients may choose the same
+        one, and whether another client holds an id can never be learnt from a conflict.
+        The same owner choosing it again gets 409 ``duplicate`` naming its own task. Without
+        a chosen id the task gets a random ``t-…`` one.
+        """
         req = _TASK_REQUEST(data, "")
         kind = req["kind"]
         if kind not in self.kinds:
@@ -735,7 +762,8 @@ class Coordinator:
                 f"replicas: at most {self.config.scheduler.max_replicas}",
                 field="replicas",
             )
-        task_id = req.get("task_id") or f"t-{secrets.token_hex(8)}"
+        ref = req.get("task_id")
+        task_id = f"{owner}.{ref}" if ref else f"t-{secrets.token_hex(8)}"
         now = self.clock()
         row = {
             "task_id": task_id,
@@ -746,30 +774,49 @@ class Coordinator:
             "deadline": req.get("deadline"),
             "created_at": now,
             "client": client,
+            "owner": owner,
             "state": "queued",
         }
 
-        def txn(db: sqlite_utils.Database) -> None:
-            if next(iter(db.query("SELECT 1 FROM tasks WHERE task_id=?", [task_id])), None):
-                raise ApiError(409, "duplicate", f"task {task_id} exists", field="task_id")
+        def txn(db: sqlite_utils.Database) -> str:
+            while next(
+                iter(db.query("SELECT 1 FROM tasks WHERE task_id=?", [row["task_id"]])), None
+            ):
+                if ref:
+                    raise ApiError(
+                        409,
+                        "duplicate",
+                        f"you already have a task {ref}",
+                        field="task_id",
+                        task_id=row["task_id"],
+                    )
+                row["task_id"] = f"t-{secrets.token_hex(8)}"  # never another's random id
             db["tasks"].insert(row)
+            return str(row["task_id"])
 
-        await self.db.write(txn)
+        task_id = await self.db.write(txn)
         self.count("tasks_submitted")
         self.wake_scheduler.set()
-        return {"task_id": task_id, "state": "queued"}
+        return {"task_id": task_id, "state": "queued", **({"client_ref": ref} if ref else {})}
 
     async def task_view(
-        self, task_id: str, *, with_output: bool = True, verified_only: bool = False
+        self,
+        task_id: str,
+        *,
+        with_output: bool = True,
+        verified_only: bool = False,
+        owner: str | None = None,
     ) -> dict[str, Any]:
         """A task with its assignments, proofs and result, each with its verification state
         (docs/verification.md). With ``verified_only`` no output bytes are included unless
         the result is verified, so a client can never take an unchecked output by mistake.
-        """
+        ``owner``: only if it is that owner's (None: any task, the operator's view); another
+        owner's task answers exactly as one that does not exist, so its existence does not
+        leak."""
 
         def q(db: sqlite_utils.Database) -> dict[str, Any] | None:
             task = next(iter(db.query("SELECT * FROM tasks WHERE task_id=?", [task_id])), None)
-            if task is None:
+            if task is None or (owner is not None and task["owner"] != owner):
                 return None
             task["assignments"] = list(
                 db.query(
@@ -820,18 +867,30 @@ class Coordinator:
         return task
 
     async def list_tasks(
-        self, limit: int = 100, state: str | None = None, *, verified_only: bool = False
+        self,
+        limit: int = 100,
+        state: str | None = None,
+        owner: str | None = None,
+        *,
+        verified_only: bool = False,
     ) -> list[dict[str, Any]]:
-        """The newest tasks, each with its result's verification state; with
-        ``verified_only`` only those whose result is verified (docs/verification.md)."""
+        """The newest tasks, each with its result's verification state; ``owner``: only
+        that owner's (None: all, the operator's view); with ``verified_only`` only those
+        whose result is verified (docs/verification.md)."""
         sql = (
             "SELECT task_id, kind, chunks, replicas, state, created_at, completed_at, "
             "output_digest FROM tasks"
         )
+        where: list[str] = []
         args: list[Any] = []
+        if owner is not None:
+            where.append("owner = ?")
+            args.append(owner)
         if state:
-            sql += " WHERE state = ?"
+            where.append("state = ?")
             args.append(state)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC LIMIT ?"
         args.append(limit)
 

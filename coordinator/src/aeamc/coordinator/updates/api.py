@@ -12,6 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
+from aeamc.shared.runtime.tls import peer_of
+
 from ..errors import ApiError, not_found
 from .rollouts import Rollouts
 
@@ -78,7 +80,8 @@ async def post_report(request: web.Request) -> web.Response:
     from ..api import json_body
 
     rollouts = _rollouts(request)
-    return _reply(await rollouts.report(await json_body(request)), 202)
+    body = await json_body(request)
+    return _reply(await rollouts.report(body, peer_of(request.transport)), 202)
 
 
 # -- operator -----------------------------------------------------------------------------
@@ -181,7 +184,9 @@ def openapi_paths() -> dict[str, Any]:
         },
         "/v1/updates/reports": {
             "post": _op(
-                "A device's signed update_report: updated, rolled_back or refused",
+                "A device's signed update_report: updated, rolled_back or refused; only "
+                "from an approved device of the release's cohort, over its own client "
+                "certificate",
                 requestBody=_json_body(
                     {
                         "type": {"const": "update_report"},

@@ -7,6 +7,14 @@ Devices report each attempt with a signed ``update_report``; once the share of t
 devices that failed passes ``updates.halt_failure_share``, the rollout halts: its flag
 goes to 0 % (audited as ``auto-halt``), so no further device starts the update, while
 devices that run it already keep it.
+
+Only the rollout's own devices move it: a report is taken from an approved device (active,
+or stale: approved but missing heartbeats, as one that just rolled back may be) in the
+release's cohort, over that device's own TLS client certificate; anyone else is refused
+and nothing is stored. Progress counts the reports of the devices that are still such
+devices (a device quarantined after it reported stops counting; an erased one's reports
+are deleted). After the operator resumes a halted rollout, only failures reported after
+the resume can halt it again: the operator has already weighed the earlier ones.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from aeamc.shared.releases import (
     should_halt,
     version_key,
 )
+from aeamc.shared.runtime.tls import Peer
 
 from ..errors import ApiError, not_found
 from ..service import Coordinator
@@ -45,6 +54,9 @@ log = logging.getLogger(__name__)
 AUTO_HALT = "auto-halt"
 #: A report dated this far in the future is refused (the device clock is off).
 MAX_FUTURE_MS = 5 * 60 * 1000
+#: Device states whose reports are taken and counted: approved by the operator and not
+#: quarantined (a stale device is an approved one whose heartbeats stopped for a while).
+COUNTED_STATES = frozenset({"active", "stale"})
 
 
 class Rollouts:
@@ -53,8 +65,9 @@ class Rollouts:
         self.repo = repository
         #: version → release row (percent, state, published/halted at, by, reason).
         self.releases: dict[str, dict[str, Any]] = {}
-        #: version → outcome → devices, for status and metrics without a query.
-        self.outcomes: dict[str, Counter[str]] = {}
+        #: version → device → (its latest outcome, when it was received), for status and
+        #: metrics without a query; counted through ``progress`` (cohort and state rules).
+        self.reports: dict[str, dict[str, tuple[str, int]]] = {}
         self._lock = asyncio.Lock()
 
     async def load(self) -> None:
@@ -62,15 +75,15 @@ class Rollouts:
         self.releases = {r["version"]: r for r in rows}
         reports = await self.c.db.read(
             lambda db: list(
-                db.query(
-                    "SELECT release, outcome, count(*) AS n FROM update_reports "
-                    "GROUP BY release, outcome"
-                )
+                db.query("SELECT release, device_id, outcome, received_at FROM update_reports")
             )
         )
-        self.outcomes = {}
+        self.reports = {}
         for r in reports:
-            self.outcomes.setdefault(r["release"], Counter())[r["outcome"]] = r["n"]
+            self.reports.setdefault(r["release"], {})[r["device_id"]] = (
+                r["outcome"],
+                r["received_at"],
+            )
 
     # -- views ---------------------------------------------------------------------------
 
@@ -81,18 +94,32 @@ class Rollouts:
         )
         return dict(sorted(counts.items(), key=lambda kv: _sort_key(kv[0])))
 
-    def progress(self, version: str) -> Progress:
-        release = self.releases[version]
-        flag = flag_for(version)
-        targeted = sum(1 for d in self.c.devices if in_rollout(flag, d, release["percent"]))
-        outcomes = self.outcomes.get(version, Counter())
+    def targeted(self, version: str) -> set[str]:
+        """The devices whose reports count: approved, not quarantined, in the cohort."""
+        flag, percent = flag_for(version), self.releases[version]["percent"]
+        return {
+            d.device_id
+            for d in self.c.devices.values()
+            if d.state in COUNTED_STATES and in_rollout(flag, d.device_id, percent)
+        }
+
+    def progress(self, version: str, *, since: int = 0) -> Progress:
+        """Where the rollout stands among its targeted devices (``targeted``); updated
+        and failed count only their reports, received at ``since`` or later, so the
+        failure share never exceeds 1 whoever else once reported."""
+        targeted = self.targeted(version)
+        outcomes: Counter[str] = Counter(
+            outcome
+            for device_id, (outcome, received_at) in self.reports.get(version, {}).items()
+            if device_id in targeted and received_at >= since
+        )
         running = sum(
             1
             for d in self.c.devices.values()
             if d.capabilities and d.capabilities.version == version
         )
         return Progress(
-            targeted=targeted,
+            targeted=len(targeted),
             updated=outcomes[UPDATED],
             failed=sum(outcomes[o] for o in FAILED_OUTCOMES),
             running=running,
@@ -126,6 +153,9 @@ class Rollouts:
                 )
             )
         )
+        targeted = self.targeted(version)
+        for r in rows:
+            r["counted"] = r["device_id"] in targeted
         return {**self.view(version), "reports": rows}
 
     async def status(self) -> dict[str, Any]:
@@ -170,6 +200,7 @@ class Rollouts:
                 "published_by": by,
                 "halted_at": None,
                 "halt_reason": None,
+                "counted_from": 0,
             }
             await self.c.db.write(lambda db: db["releases"].insert(row))
             self.releases[version] = row
@@ -182,17 +213,24 @@ class Rollouts:
         self._known(version)
         _check_percent(percent)
         async with self._lock:
+            release = self.releases[version]
+            # A resume starts a new count: failures reported before it cannot re-halt.
+            counted_from = self.c.clock() if release["state"] == HALTED else release["counted_from"]
 
             def txn(db: sqlite_utils.Database) -> None:
                 db.execute(
-                    "UPDATE releases SET percent=?, state=?, halted_at=NULL, halt_reason=NULL "
-                    "WHERE version=?",
-                    [percent, ROLLING, version],
+                    "UPDATE releases SET percent=?, state=?, halted_at=NULL, halt_reason=NULL, "
+                    "counted_from=? WHERE version=?",
+                    [percent, ROLLING, counted_from, version],
                 )
 
             await self.c.db.write(txn)
-            self.releases[version].update(
-                percent=percent, state=ROLLING, halted_at=None, halt_reason=None
+            release.update(
+                percent=percent,
+                state=ROLLING,
+                halted_at=None,
+                halt_reason=None,
+                counted_from=counted_from,
             )
             await self.c.set_flag(flag_for(version), percent, by)
         log.info("release %s rollout set to %d %% by %s", version, percent, by)
@@ -221,7 +259,17 @@ class Rollouts:
 
     # -- devices -----------------------------------------------------------------------------
 
-    async def report(self, data: Any) -> dict[str, Any]:
+    async def report(self, data: Any, peer: Peer | None) -> dict[str, Any]:
+        """Take a device's signed word on a release, and halt the rollout if too many of
+        its targeted devices failed since it last started rolling.
+
+        Refused, with nothing stored or counted: an unknown or forged sender (403
+        ``not_enrolled``, 401 ``bad_signature``), a pending or quarantined device (403
+        ``pending``, ``quarantined``), a request without the device's own client
+        certificate (401 ``certificate_required``, 403 ``certificate_mismatch`` or
+        ``certificate_revoked``) and a device outside the release's cohort (403
+        ``not_in_cohort``): none of them may stop a rollout the fleet needs.
+        """
         msg = parse_signed(data, UpdateReport)
         device = self.c.devices.get(msg.device_id)
         if device is None:
@@ -230,17 +278,23 @@ class Rollouts:
         now = self.c.clock()
         if msg.timestamp > now + MAX_FUTURE_MS:
             raise ApiError(400, "stale_message", "the report is dated in the future")
+        if device.state == "pending":
+            raise ApiError(403, "pending", "enrollment awaits the operator's approval")
+        if device.state not in COUNTED_STATES:
+            raise ApiError(403, "quarantined", "this device is quarantined")
+        self.c.check_peer(peer, msg.device_id)
         if msg.release not in self.releases:
             raise not_found(f"release {msg.release}")
+        release = self.releases[msg.release]
+        if not in_rollout(flag_for(msg.release), msg.device_id, release["percent"]):
+            raise ApiError(
+                403, "not_in_cohort", f"this device is not in the rollout of {msg.release}"
+            )
         async with self._lock:
-            changed, before = await self.c.db.write(lambda db: _upsert_report(db, msg, now))
+            changed = await self.c.db.write(lambda db: _upsert_report(db, msg, now))
             if changed:
-                counts = self.outcomes.setdefault(msg.release, Counter())
-                if before is not None:
-                    counts[before] -= 1
-                counts[msg.outcome] += 1
-            progress = self.progress(msg.release)
-            release = self.releases[msg.release]
+                self.reports.setdefault(msg.release, {})[msg.device_id] = (msg.outcome, now)
+            progress = self.progress(msg.release, since=release["counted_from"])
             threshold = self.c.config.updates.halt_failure_share
             min_failures = self.c.config.updates.halt_min_failures
             if release["state"] == ROLLING and should_halt(progress, threshold, min_failures):
@@ -279,14 +333,8 @@ class Rollouts:
             await asyncio.sleep(self.c.config.updates.resign_check_s)
 
 
-def _upsert_report(
-    db: sqlite_utils.Database, msg: UpdateReport, now: int
-) -> tuple[bool, str | None]:
-    """Keep the device's latest report on the release; (changed, the outcome it replaced)."""
-    row = db.execute(
-        "SELECT outcome FROM update_reports WHERE device_id=? AND release=?",
-        [msg.device_id, msg.release],
-    ).fetchone()
+def _upsert_report(db: sqlite_utils.Database, msg: UpdateReport, now: int) -> bool:
+    """Keep the device's latest report on the release; whether this one was newer."""
     cur = db.execute(
         "INSERT INTO update_reports (device_id, release, version, outcome, detail, timestamp, "
         "received_at) VALUES (?,?,?,?,?,?,?) ON CONFLICT (device_id, release) DO UPDATE SET "
@@ -295,7 +343,7 @@ def _upsert_report(
         "WHERE excluded.timestamp > update_reports.timestamp",
         [msg.device_id, msg.release, msg.version, msg.outcome, msg.detail, msg.timestamp, now],
     )
-    return cur.rowcount == 1, row[0] if row else None
+    return bool(cur.rowcount == 1)
 
 
 def _check_percent(percent: Any) -> None:
