@@ -1,5 +1,5 @@
 """TLS 1.3 only, mutual authentication of devices, revocation and rate limits, against a
-real coordinator process (SPEC §9)."""
+real coordinator process (SPEC §12)."""
 
 from __future__ import annotations
 

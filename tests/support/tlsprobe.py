@@ -1,5 +1,5 @@
 """Probes of a listener's TLS: what a TLS 1.2 client, a plaintext client and a TLS 1.3
-client get (SPEC §9: every listener speaks TLS 1.3 only)."""
+client get (SPEC §12: every listener speaks TLS 1.3 only)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The coordinator's own certificate authority (SPEC §9: mutual TLS after enrollment).
+"""The coordinator's own certificate authority (SPEC §12: mutual TLS after enrollment).
 
 One ECDSA P-256 CA per coordinator, created by ``init`` (or at the first start of a state
 directory from before TLS, with a warning that shows its fingerprint). Its key is a file

@@ -1,5 +1,5 @@
 """Device certificates: issuing them at enrollment, revoking them, and checking the client
-certificate of every device request (SPEC §9: mutual TLS after enrollment).
+certificate of every device request (SPEC §12: mutual TLS after enrollment).
 
 The TLS layer already refused any certificate not from our CA; what is left is whose it
 is and whether it still counts. A device request (heartbeat, proof, the device's own

@@ -210,7 +210,7 @@ MIGRATIONS: list[list[str]] = [
         )""",
         """CREATE INDEX flag_history_name ON flag_history(name, id)""",
     ],
-    # v5: TLS client certificates (SPEC §9). Each certificate issued to a device, and the
+    # v5: TLS client certificates (SPEC §12). Each certificate issued to a device, and the
     # serials revoked when a device is quarantined or erased. A revoked serial keeps no
     # device id: after an erasure it says nothing about whom it belonged to.
     [

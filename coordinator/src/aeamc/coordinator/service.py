@@ -91,7 +91,7 @@ _TASK_REQUEST = record(
     },
     dict,
 )
-#: A random spot-check (SPEC §2): never replaces a check already scheduled.
+#: A random spot-check (SPEC §14.2): never replaces a check already scheduled.
 #: Its indices stay NULL: they are derived from the block hash when the challenge is sent.
 _RANDOM_CHECK_SQL = (
     "INSERT OR IGNORE INTO spot_checks (task_id, device_id, block_height, indices, state, "

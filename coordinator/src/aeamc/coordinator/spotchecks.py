@@ -1,4 +1,4 @@
-"""Spot-checks (SPEC §2): challenge a device on chunks it could not predict, re-execute
+"""Spot-checks (SPEC §2.7, §14.3): challenge a device on chunks it could not predict, re-execute
 them, and record the verdict.
 
 The indices come from the hash of the block holding the receipt, derived when the

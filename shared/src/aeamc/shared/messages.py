@@ -201,7 +201,7 @@ class Enroll(SignedMessage):
     capabilities: Capabilities
     signature: str
     token: str | None = None
-    #: DER of a certificate request for the device's TLS key, hex (SPEC §9): signed along
+    #: DER of a certificate request for the device's TLS key, hex (SPEC §12): signed along
     #: with the rest, so the identity vouches for the key the coordinator certifies.
     csr: str | None = None
 

@@ -1,4 +1,4 @@
-"""Fleet updates (SPEC §10): release versions, rollout cohorts, halting, update reports.
+"""Fleet updates (SPEC §13; cohorts §10): versions, rollout cohorts, halting, update reports.
 
 Pure decisions shared by the coordinator and the agent:
 

@@ -1,4 +1,4 @@
-"""TLS 1.3 for every AEAMC connection: the one place SSL contexts are built (SPEC §9).
+"""TLS 1.3 for every AEAMC connection: the one place SSL contexts are built (SPEC §12).
 
 Every listener and every client is TLS 1.3 only (``minimum_version = TLSv1_3``): TLS 1.2
 and plaintext are refused at the handshake. Certificates come from the coordinator's own
