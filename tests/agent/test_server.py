@@ -256,7 +256,7 @@ async def test_health_capabilities_and_unknown_routes(enrolled) -> None:
     status, body = await call(enrolled, "GET", "/v1/assignments")
     assert (status, body["error"]["code"]) == (405, "method_not_allowed")
     status, body = await call(enrolled, "POST", "/v1/assignments", raw=b"x" * (5 << 20))
-    assert (status, body["error"]["code"]) == (413, "too_large")
+    assert (status, body["error"]["code"]) == (413, "body_too_large")
 
 
 async def test_a_new_assignment_for_a_finished_task_runs_again(coordinator, enrolled) -> None:
@@ -274,7 +274,7 @@ async def test_a_new_assignment_for_a_finished_task_runs_again(coordinator, enro
 
 def test_refusal_reasons_are_all_documented() -> None:
     from aeamc.agent.daemon import _REFUSAL_TEXT
-    from aeamc.agent.server import REFUSAL_REASONS
+    from aeamc.agent.metrics import REFUSAL_REASONS
 
     assert set(REFUSAL_REASONS) == set(_REFUSAL_TEXT) | {"expired", "unknown_kind"}
     documented = (Path(__file__).parents[2] / "docs" / "agent.md").read_text()

@@ -22,6 +22,8 @@ from typing import Any
 
 import aiohttp
 
+from aeamc.shared.exits import EX_CANTCREAT, EX_CONFIG, EX_FAILURE, EX_OK, EX_USAGE
+from aeamc.shared.exits import UsageParser as _Parser
 from aeamc.shared.messages import Privacy, sign
 from aeamc.shared.runtime.pkcs11 import is_pkcs11_uri
 from aeamc.shared.runtime.tls import TlsError
@@ -36,7 +38,6 @@ from .config import (
     load_config,
     render_config,
 )
-from .entry import EX_CONFIG
 from .keystore import KeyFileError, create_identity, describe, identity_exists, load_identity
 from .link import ERASED
 from .state import CoordinatorPin, StateError, ensure_dir
@@ -44,15 +45,7 @@ from .status import live_status, offline_status, render_text
 from .telemetry import TelemetryError, make_source
 from .tls import AgentTls
 
-EX_OK, EX_FAILURE, EX_USAGE, EX_CANTCREAT = 0, 1, 64, 73
-
 log = logging.getLogger("aeamc.agent")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

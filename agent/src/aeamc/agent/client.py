@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from aeamc.shared.envelope import decode_reply, error_code, error_of
+
 from .logs import REQUEST_ID_HEADER
 from .net import RequestAttempt
 
@@ -43,22 +45,16 @@ class Reply:
     @property
     def error_code(self) -> str | None:
         """``error.code`` of a SPEC §9 error body, if there is one."""
-        if isinstance(self.body, dict) and isinstance(self.body.get("error"), dict):
-            code = self.body["error"].get("code")
-            return code if isinstance(code, str) else None
-        return None
+        return error_code(self.body)
 
     @property
     def error_message(self) -> str:
-        if isinstance(self.body, dict) and isinstance(self.body.get("error"), dict):
-            return str(self.body["error"].get("message", ""))
-        return ""
+        return str(self.error.get("message", ""))
 
     @property
     def error(self) -> dict[str, Any]:
-        if isinstance(self.body, dict) and isinstance(self.body.get("error"), dict):
-            return self.body["error"]  # type: ignore[no-any-return]
-        return {}
+        """The error body's members (empty when the answer is not an error body)."""
+        return error_of(self.body) or {}
 
 
 class CoordinatorClient:
@@ -113,11 +109,7 @@ class CoordinatorClient:
                 raise Unreachable(f"{url}: {exc.__class__.__name__}: {exc}") from None
         rtt_us = (time.perf_counter_ns() - started) // 1000
         self.last_rtt_us = rtt_us
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = None
-        return Reply(status, body, rtt_us)
+        return Reply(status, decode_reply(raw), rtt_us)
 
     async def fetch(self, url: str, max_bytes: int) -> tuple[int, bytes]:
         """GET ``url`` (update metadata and files); at most ``max_bytes`` of the body."""

@@ -22,7 +22,6 @@ from collections.abc import Sequence
 #: Options before the command that take a value, and those that do not (cli.py's).
 _VALUED = ("--config",)
 _FLAGS = ("-v", "--verbose")
-EX_CONFIG = 78
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,6 +61,8 @@ def _as_run(args: list[str]) -> tuple[str | None, int] | None:
 
 
 def _run(config_value: str | None, verbose: int, args: list[str]) -> int:
+    from aeamc.shared.exits import EX_CONFIG
+
     from . import logs
     from .config import ConfigError, config_path, load_config
 

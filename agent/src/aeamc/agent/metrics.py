@@ -25,6 +25,18 @@ TASK_RESULTS = ("queued", "abandoned", "interrupted")
 #: Proof delivery results as the sender reports them (sender.DELIVERED …).
 DELIVERY_RESULTS = ("delivered", "rejected", "resigned", "retry")
 HEARTBEAT_RESULTS = ("accepted", "refused", "unreachable")
+#: Machine reasons a valid assignment is refused with (HTTP 409, ``error.reason``).
+REFUSAL_REASONS = (
+    "shutting_down",
+    "expired",
+    "unknown_kind",
+    "quarantined",
+    "too_hot",
+    "battery_low",
+    "not_charging",
+    "outbox_full",
+    "busy",
+)
 
 
 @dataclass
@@ -83,7 +95,7 @@ class _Collector:
             "Assignments refused, by reason",
             "reason",
             self.m.refusals,
-            _refusal_reasons(),
+            REFUSAL_REASONS,
         )
         yield counter(
             "proof_deliveries",
@@ -101,9 +113,3 @@ class _Collector:
         )
         for name, (doc, value) in self.gauges.items():
             yield GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=value)
-
-
-def _refusal_reasons() -> tuple[str, ...]:
-    from .server import REFUSAL_REASONS
-
-    return REFUSAL_REASONS

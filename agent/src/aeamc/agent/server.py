@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
+from aeamc.shared.envelope import INTERNAL, ApiError
 from aeamc.shared.errors import ProtocolError, SignatureError, UnknownTaskKind
 from aeamc.shared.messages import Assignment, Challenge, SignedMessage, parse_signed
 from aeamc.shared.proofs import build_opening
@@ -37,48 +38,22 @@ from . import __version__, logs
 from .net import MAX_REQUEST_BYTES
 
 if TYPE_CHECKING:
-    from .daemon import Agent
+    from .view import AgentView
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=SignedMessage)
 
-AGENT_KEY: web.AppKey[Agent] = web.AppKey("agent")
-
-#: Machine reasons a valid assignment is refused with (HTTP 409, ``error.reason``).
-REFUSAL_REASONS = (
-    "shutting_down",
-    "expired",
-    "unknown_kind",
-    "quarantined",
-    "too_hot",
-    "battery_low",
-    "not_charging",
-    "outbox_full",
-    "busy",
-)
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.extra = extra
-
-    def response(self) -> web.Response:
-        return web.json_response(
-            {"error": {"code": self.code, "message": self.message, **self.extra}},
-            status=self.status,
-        )
+AGENT_KEY: web.AppKey[AgentView] = web.AppKey("agent")
 
 
 class Refused(ApiError):
+    """409 ``refused``: a valid assignment this device will not take now, and why."""
+
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(409, "refused", message, reason=reason)
 
 
-def make_app(agent: Agent) -> web.Application:
+def make_app(agent: AgentView) -> web.Application:
     app = web.Application(middlewares=[_request_id, _errors], client_max_size=MAX_REQUEST_BYTES)
     app[AGENT_KEY] = agent
     app.router.add_post("/v1/assignments", post_assignment)
@@ -89,7 +64,7 @@ def make_app(agent: Agent) -> web.Application:
     return app
 
 
-def _from_coordinator(agent: Agent, request: web.Request) -> None:
+def _from_coordinator(agent: AgentView, request: web.Request) -> None:
     if agent.link is None or agent.link.pin is None:
         raise ApiError(403, "not_enrolled", "this device is not enrolled with a coordinator yet")
     if not agent.link.tls.coordinator_peer_ok(request.transport):
@@ -168,14 +143,14 @@ async def _json(request: web.Request) -> Any:
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, "too_large", f"request body over {MAX_REQUEST_BYTES} bytes") from None
+        raise ApiError.from_status(413, f"request body over {MAX_REQUEST_BYTES} bytes") from None
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "invalid_json", "the request body is not JSON") from None
 
 
-def _verified(agent: Agent, data: Any, model: type[M]) -> M:
+def _verified(agent: AgentView, data: Any, model: type[M]) -> M:
     try:
         message = parse_signed(data, model)
     except ProtocolError as exc:
@@ -219,17 +194,18 @@ async def _errors(
     except ApiError as exc:
         if exc.status >= 400:
             log.info("%s %s → %d %s: %s", request.method, request.path, exc.status, exc.code, exc)
-        return exc.response()
+        return _response(exc)
     except UnknownTaskKind as exc:
-        return Refused("unknown_kind", exc.message).response()
+        return _response(Refused("unknown_kind", exc.message))
     except ProtocolError as exc:
-        return ApiError(400, exc.code, exc.message).response()
+        return _response(ApiError(400, exc.code, exc.message))
     except web.HTTPException as exc:
-        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
-            exc.status, "http_error"
-        )
-        return ApiError(exc.status, code, exc.reason).response()
+        return _response(ApiError.from_status(exc.status, exc.reason))
     except Exception:
         # A bug, not bad input: say so without leaking internals.
         log.exception("%s %s failed", request.method, request.path)
-        return ApiError(500, "internal_error", "the agent failed to handle this request").response()
+        return _response(ApiError(500, INTERNAL, "the agent failed to handle this request"))
+
+
+def _response(exc: ApiError) -> web.Response:
+    return web.json_response(exc.body(), status=exc.status)

@@ -33,10 +33,10 @@ from .workqueue import summary as queue_summary
 
 if TYPE_CHECKING:
     from .config import AgentConfig
-    from .daemon import Agent
+    from .view import AgentView
 
 
-def daemon_status(agent: Agent) -> dict[str, Any]:
+def daemon_status(agent: AgentView) -> dict[str, Any]:
     """The status document of a running agent."""
     c = agent.config
     link = agent.link

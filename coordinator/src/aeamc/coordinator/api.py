@@ -8,128 +8,34 @@ sent; a 5xx only ever means a fault of ours, and never carries internals.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
 from aiohttp import web
 
+from aeamc.shared.envelope import INTERNAL
 from aeamc.shared.errors import ProtocolError
 from aeamc.shared.runtime.tls import peer_of
 
 from .anchoring.bundles import receipt_bundle
+from .auth import COORDINATOR_KEY, caller, require, scope
+from .bodies import BodyShape, json_body, reply
 from .dashboard import add_dashboard_routes
 from .errors import ApiError
 from .logs import REQUEST_ID, REQUEST_ID_HEADER, incoming_request_id
 from .metrics import Metrics
 from .openapi import openapi_document
 from .ratelimit import RateLimiter
-from .service import Coordinator, TokenInfo
+from .service import Coordinator
 from .updates.api import add_update_routes
 
 log = logging.getLogger(__name__)
 
-COORDINATOR_KEY: web.AppKey[Coordinator] = web.AppKey("coordinator", Coordinator)
 _DEVICE_ID = re.compile(r"[0-9a-f]{32}")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate member {k!r}")
-        out[k] = v
-    return out
-
-
-#: Bodies larger than this are parsed in a worker thread, so the event loop keeps
-#: answering other requests meanwhile.
-OFF_LOOP_BYTES = 256 * 1024
-
-
-@dataclass(frozen=True)
-class BodyShape:
-    """The outline a route's body must have, checked before it is turned into Python
-    objects: at most ``max_objects`` JSON objects and ``max_members`` members in all
-    (counted as ``{`` and ``:`` bytes, which the protocol's hex and id strings never
-    contain), then decoded as ``type`` by msgspec, which stops at the first element
-    that does not fit. A body of millions of tiny objects is thus refused without
-    building them."""
-
-    type: Any
-    max_objects: int
-    max_members: int
-
-
-def _outline_error(raw: bytes, shape: BodyShape) -> str | None:
-    if raw.count(b"{") > shape.max_objects:
-        return f"at most {shape.max_objects} JSON objects"
-    if raw.count(b":") > shape.max_members:
-        return f"at most {shape.max_members} object members"
-    try:
-        msgspec.json.decode(raw, type=shape.type)
-    except msgspec.ValidationError as exc:
-        return str(exc)
-    except msgspec.DecodeError:
-        return None  # not JSON at all: the parse below names the fault
-    return None
-
-
-def parse_json(raw: bytes, shape: BodyShape | None = None) -> Any:
-    """Parse a request body: RFC 8259 JSON in UTF-8, no NaN or Infinity, no object with a
-    member twice. msgspec (in C) refuses malformed bytes first; the duplicate-member check
-    then runs on a body already known to be well formed and bounded by its route's limit.
-    Raises ``ApiError`` 400 ``invalid_json`` (or ``invalid_message`` for a body outside
-    ``shape``)."""
-    if shape is not None:
-        problem = _outline_error(raw, shape)
-        if problem is not None:
-            raise ApiError(400, "invalid_message", f"body: {problem}")
-    try:
-        msgspec.json.decode(raw)
-        return json.loads(
-            raw, parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys
-        )
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
-
-
-async def json_body(request: web.Request, shape: BodyShape | None = None) -> Any:
-    """The request's JSON body, read within the route's limit (``body_limit_middleware``)
-    and parsed by ``parse_json``; large bodies are parsed off the event loop."""
-    if request.content_type != "application/json":
-        raise ApiError(415, "unsupported_media_type", "send Content-Type: application/json")
-    raw = await request.read()
-    if len(raw) > OFF_LOOP_BYTES:
-        return await asyncio.to_thread(parse_json, raw, shape)
-    return parse_json(raw, shape)
-
-
-def reply(body: Any, status: int = 200) -> web.Response:
-    return web.json_response(body, status=status, dumps=lambda o: json.dumps(o, sort_keys=True))
-
-
-_HTTP_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "body_too_large",
-    415: "unsupported_media_type",
-    429: "rate_limited",
-}
 
 
 @web.middleware
@@ -144,14 +50,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = _HTTP_CODES.get(exc.status, "http_error")
-        resp = reply({"error": {"code": code, "message": exc.reason}}, exc.status)
+        err = ApiError.from_status(exc.status, exc.reason)
+        resp = reply(err.body(), exc.status)
         if "Allow" in exc.headers:
             resp.headers["Allow"] = exc.headers["Allow"]
         return resp
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return reply({"error": {"code": "internal", "message": "internal error"}}, 500)
+        return reply({"error": {"code": INTERNAL, "message": "internal error"}}, 500)
 
 
 @web.middleware
@@ -170,27 +76,6 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
         return resp
     finally:
         REQUEST_ID.reset(token)
-
-
-def _bearer(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-
-
-async def _auth(request: web.Request, *roles: str) -> str:
-    info = await _caller(request, *roles)
-    return info.label or info.role
-
-
-async def _caller(request: web.Request, *roles: str) -> TokenInfo:
-    """The request's valid token of one of ``roles``, with its owner id."""
-    return await request.app[COORDINATOR_KEY].check_token(_bearer(request), roles)
-
-
-def _scope(info: TokenInfo) -> str | None:
-    """Whose tasks the caller may see: a client its own (its owner id), the operator all."""
-    return None if info.role == "operator" else info.owner
 
 
 def _device_id(request: web.Request) -> str:
@@ -291,19 +176,19 @@ async def post_proof_batch(request: web.Request) -> web.Response:
 
 
 async def submit_task(request: web.Request) -> web.Response:
-    info = await _caller(request, "client", "operator")
+    info = await caller(request, "client", "operator")
     c = request.app[COORDINATOR_KEY]
     body = await json_body(request)
     return reply(await c.submit_task(body, info.label or info.role, info.owner), 202)
 
 
 async def list_tasks(request: web.Request) -> web.Response:
-    info = await _caller(request, "client", "operator")
+    info = await caller(request, "client", "operator")
     limit = _int_param(request, "limit", 100, 1, 1000)
     state = request.query.get("state")
     verified = _bool_param(request, "verified")
     c = request.app[COORDINATOR_KEY]
-    tasks = await c.list_tasks(limit, state, owner=_scope(info), verified_only=verified)
+    tasks = await c.list_tasks(limit, state, owner=scope(info), verified_only=verified)
     return reply({"tasks": tasks})
 
 
@@ -315,7 +200,7 @@ _WAIT_POLL_S = 0.25
 async def get_task(request: web.Request) -> web.Response:
     """A task and its result. ``?verified=true`` leaves out output bytes unless verified;
     ``?wait_s=N`` (≤ 60) holds the answer until the result is verified or the task failed."""
-    info = await _caller(request, "client", "operator")
+    info = await caller(request, "client", "operator")
     c = request.app[COORDINATOR_KEY]
     task_id = request.match_info["task_id"]
     verified = _bool_param(request, "verified")
@@ -323,7 +208,7 @@ async def get_task(request: web.Request) -> web.Response:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
     while True:
-        view = await c.task_view(task_id, verified_only=verified, owner=_scope(info))
+        view = await c.task_view(task_id, verified_only=verified, owner=scope(info))
         final = view["verification"]["state"] == "verified" or view["state"] == "failed"
         left = deadline - loop.time()
         if final or left <= 0:
@@ -335,14 +220,14 @@ async def get_task(request: web.Request) -> web.Response:
 
 
 async def list_devices(request: web.Request) -> web.Response:
-    await _auth(request, "operator")
+    await require(request, "operator")
     c = request.app[COORDINATOR_KEY]
     devices = sorted(c.devices.values(), key=lambda d: d.device_id)
     return reply({"devices": [c.device_view(d) for d in devices]})
 
 
 async def get_device(request: web.Request) -> web.Response:
-    await _auth(request, "operator")
+    await require(request, "operator")
     c = request.app[COORDINATOR_KEY]
     return reply(c.device_view(c.device(_device_id(request))))
 
@@ -360,7 +245,7 @@ async def _reason(request: web.Request, default: str) -> str:
 
 
 async def approve_device(request: web.Request) -> web.Response:
-    await _auth(request, "operator")
+    await require(request, "operator")
     c = request.app[COORDINATOR_KEY]
     device_id = _device_id(request)
     reason = await _reason(request, "approved")
@@ -373,7 +258,7 @@ async def approve_device(request: web.Request) -> web.Response:
 
 
 async def quarantine_device(request: web.Request) -> web.Response:
-    await _auth(request, "operator")
+    await require(request, "operator")
     c = request.app[COORDINATOR_KEY]
     device_id = _device_id(request)
     reason = await _reason(request, "quarantined by the operator")
@@ -384,7 +269,7 @@ async def _operator_or_device(request: web.Request, device_id: str, action: str)
     """Authorize with the operator token, or else with the device's signed privacy request."""
     c = request.app[COORDINATOR_KEY]
     if request.headers.get("Authorization"):
-        await _auth(request, "operator")
+        await require(request, "operator")
         return "operator"
     if not request.can_read_body:
         raise ApiError(
@@ -395,7 +280,7 @@ async def _operator_or_device(request: web.Request, device_id: str, action: str)
 
 
 async def export_device_operator(request: web.Request) -> web.Response:
-    await _auth(request, "operator")
+    await require(request, "operator")
     c = request.app[COORDINATOR_KEY]
     return reply(await c.export_device(_device_id(request)))
 
@@ -415,7 +300,7 @@ async def erase_device(request: web.Request) -> web.Response:
 
 
 async def create_token(request: web.Request) -> web.Response:
-    await _auth(request, "operator")
+    await require(request, "operator")
     body = await json_body(request)
     if not isinstance(body, dict) or set(body) - {"role", "label", "ttl_s", "uses"}:
         raise ApiError(400, "invalid_message", "fields: role, label, ttl_s, uses")
@@ -450,12 +335,12 @@ async def create_token(request: web.Request) -> web.Response:
 
 
 async def list_flags(request: web.Request) -> web.Response:
-    await _auth(request, "operator")
+    await require(request, "operator")
     return reply({"flags": await request.app[COORDINATOR_KEY].list_flags()})
 
 
 async def set_flag(request: web.Request) -> web.Response:
-    who = await _auth(request, "operator")
+    who = await require(request, "operator")
     body = await json_body(request)
     if not isinstance(body, dict) or "percent" not in body or set(body) - {"percent", "by"}:
         raise ApiError(400, "invalid_message", "fields: percent, and optionally by")
@@ -467,13 +352,13 @@ async def set_flag(request: web.Request) -> web.Response:
 
 
 async def flag_history(request: web.Request) -> web.Response:
-    await _auth(request, "operator")
+    await require(request, "operator")
     name = request.query.get("name")
     return reply({"history": await request.app[COORDINATOR_KEY].flag_history(name)})
 
 
 async def status(request: web.Request) -> web.Response:
-    await _auth(request, "operator")
+    await require(request, "operator")
     return reply(await request.app[COORDINATOR_KEY].summary())
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -22,46 +21,36 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from aeamc.shared.exits import EX_TEMPFAIL
+from aeamc.shared.exits import UsageParser as _Parser
+from aeamc.shared.runtime.systemd import notify as notify_systemd
+
 from . import __version__, logs
 from .config import (
     ConfigError,
     CoordinatorConfig,
-    load_config,
     parse_config,
     render_config,
     write_setting,
 )
+from .console import (
+    DEFAULT_CONFIG,
+    EX_CONFIG,
+    EX_OK,
+    EX_UNAVAILABLE,
+    EX_USAGE,
+    Api,
+    CliError,
+)
+from .console import config_path as _config_path
+from .console import load as _load
+from .console import print_json as _print
 from .keys import KeyFileError, ensure_identity, load_identity
 from .updates.cli import add_release_parser
 
-EX_OK, EX_FAIL, EX_USAGE, EX_UNAVAILABLE, EX_TEMPFAIL, EX_CONFIG = 0, 1, 64, 69, 75, 78
-DEFAULT_CONFIG = Path("/etc/aeamc/coordinator.toml")
 #: Gas of one anchor(root) transaction, measured on anvil (cancun); see docs/anchoring.md.
 ANCHOR_GAS = 50_576
 log = logging.getLogger("aeamc.coordinator")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
-
-
-class CliError(Exception):
-    def __init__(self, message: str, status: int = EX_FAIL) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def _config_path(args: argparse.Namespace) -> Path:
-    return Path(args.config or os.environ.get("AEAMC_COORDINATOR_CONFIG") or DEFAULT_CONFIG)
-
-
-def _load(args: argparse.Namespace) -> CoordinatorConfig:
-    try:
-        return load_config(_config_path(args))
-    except ConfigError as exc:
-        raise CliError(f"configuration error: {exc}", EX_CONFIG) from None
 
 
 # -- init and run ---------------------------------------------------------------------------
@@ -199,7 +188,7 @@ async def _serve(config: CoordinatorConfig, key: Any) -> int:
         return EX_CONFIG
     ready = config.state_dir / "coordinator.port"
     ready.write_text(f"{service.port}\n")
-    _notify_ready()
+    notify_systemd("READY=1")  # systemd Type=notify: the API is listening
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -210,80 +199,7 @@ async def _serve(config: CoordinatorConfig, key: Any) -> int:
     return EX_OK
 
 
-def _notify_ready() -> None:
-    """systemd ``Type=notify``: say READY=1 once the API is listening."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    import socket
-
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.sendto(b"READY=1", address)
-
-
 # -- talking to a running coordinator ----------------------------------------------------------
-
-
-class Api:
-    def __init__(self, config: CoordinatorConfig, url: str | None, role: str = "operator") -> None:
-        port_file = config.state_dir / "coordinator.port"
-        port = config.server.port
-        if port == 0 and port_file.exists():
-            port = int(port_file.read_text().strip())
-        host = config.server.host
-        if host in ("0.0.0.0", "::", ""):  # noqa: S104
-            host = "127.0.0.1"
-        self.base = (url or f"https://{host}:{port}").rstrip("/")
-        token_file = config.state_dir / "tokens" / f"{role}.token"
-        self.token = token_file.read_text().strip() if token_file.exists() else None
-        self.ssl = _ca_context(config)
-
-    def call(
-        self, method: str, path: str, body: Any = None, *, raw: bool = False, timeout: float = 30
-    ) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base + path, data=data, method=method)  # noqa: S310
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        if self.token:
-            req.add_header("Authorization", f"Bearer {self.token}")
-        try:
-            with urllib.request.urlopen(req, timeout=timeout, context=self.ssl) as resp:  # noqa: S310
-                payload = resp.read()
-        except urllib.error.HTTPError as exc:
-            try:
-                err = json.loads(exc.read())["error"]
-                message = f"{err['code']}: {err['message']}"
-            except (ValueError, KeyError, TypeError):
-                message = f"HTTP {exc.code}"
-            raise CliError(message) from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise CliError(
-                f"cannot reach the coordinator at {self.base}: {reason}", EX_UNAVAILABLE
-            ) from None
-        return payload if raw else json.loads(payload)
-
-
-def _ca_context(config: CoordinatorConfig) -> Any:
-    """TLS 1.3 to our own API, trusting only our CA (its certificate names this host)."""
-    from aeamc.shared.runtime.tls import client_context, system_client_context
-
-    from .ca import CertificateAuthority
-
-    path = CertificateAuthority.cert_path(config.state_dir)
-    try:
-        return client_context(ca_pem=path.read_text())
-    except FileNotFoundError:
-        # Not set up here: only a certificate the system trusts could be accepted.
-        return system_client_context()
-
-
-def _print(obj: Any) -> None:
-    json.dump(obj, sys.stdout, indent=2, sort_keys=True)
-    sys.stdout.write("\n")
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -11,13 +11,13 @@ endpoint has (``aeamc.shared.runtime.tls``).
 
 from __future__ import annotations
 
-import json
 import ssl
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
+from aeamc.shared.envelope import decode_reply, error_code, error_of
 from aeamc.shared.runtime.tls import device_hostname
 
 from .logs import REQUEST_ID_HEADER
@@ -31,15 +31,14 @@ class Reply:
 
     @property
     def code(self) -> str | None:
-        if isinstance(self.body, dict) and isinstance(self.body.get("error"), dict):
-            code = self.body["error"].get("code")
-            return code if isinstance(code, str) else None
-        return None
+        """``error.code`` of a SPEC §9 error body, if there is one."""
+        return error_code(self.body)
 
     @property
     def reason(self) -> str:
-        if isinstance(self.body, dict) and isinstance(self.body.get("error"), dict):
-            err = self.body["error"]
+        """Why the device refused: its ``reason``, else its code, else what went wrong."""
+        err = error_of(self.body)
+        if err is not None:
             return str(err.get("reason") or err.get("code") or "refused")
         return self.error or f"HTTP {self.status}"
 
@@ -110,10 +109,6 @@ class AgentClient:
                 raw = await _read_at_most(resp, max_bytes)
                 if raw is None:
                     return Reply(0, None, f"answer larger than {max_bytes} bytes")
-                try:
-                    body = json.loads(raw) if raw else None
-                except ValueError:
-                    body = None
-                return Reply(resp.status, body)
+                return Reply(resp.status, decode_reply(raw))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return Reply(0, None, f"{type(exc).__name__}: {exc}".rstrip(": "))

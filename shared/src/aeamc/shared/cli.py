@@ -13,34 +13,35 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from . import __version__, microblock
 from .bundle import STEPS, verify_bundle
 from .errors import MicroblockError
+from .exits import EX_FAILURE as EX_INVALID
+from .exits import EX_NOINPUT, EX_OK, EX_UNAVAILABLE
+from .exits import UsageParser as _Parser
 
-EX_OK, EX_INVALID, EX_USAGE, EX_NOINPUT, EX_UNAVAILABLE = 0, 1, 64, 66, 69
+#: The entry point group through which other distributions add ``aeamc`` subcommands (the
+#: coordinator's ``devnet``), so this tool never imports them.
+COMMANDS = "aeamc.commands"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
-
-
-def _read_input(path: str) -> bytes:
+def _read_input(path: str) -> bytes | None:
+    """The bytes of ``path`` (``-``: stdin); ``None``, said on stderr, if it cannot be read."""
     if path == "-":
         return sys.stdin.buffer.read()
-    with open(path, "rb") as f:
-        return f.read()
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        print(f"aeamc: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return None
 
 
 def _inspect_microblock(args: argparse.Namespace) -> int:
-    try:
-        data = _read_input(args.file)
-    except OSError as exc:
-        print(f"aeamc: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+    data = _read_input(args.file)
+    if data is None:
         return EX_NOINPUT
     if args.hex:
         try:
@@ -60,10 +61,8 @@ def _inspect_microblock(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     """SPEC §8: check a receipt's proof bundle, the last step against the chain itself."""
-    try:
-        data = _read_input(args.bundle)
-    except OSError as exc:
-        print(f"aeamc: cannot read {args.bundle}: {exc.strerror}", file=sys.stderr)
+    data = _read_input(args.bundle)
+    if data is None:
         return EX_NOINPUT
     try:
         bundle = json.loads(data)
@@ -111,38 +110,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--timeout", type=float, default=30.0, help="RPC timeout in seconds")
     verify.set_defaults(func=_verify)
-    _add_devnet(sub)
+    _add_commands(sub)
     return parser
 
 
-def _devnet(args: argparse.Namespace) -> int:
-    try:
-        from aeamc.coordinator import devnet
-        from aeamc.coordinator.devnet import DevnetError
-    except ImportError:
-        print("aeamc: devnet needs aeamc-coordinator and aeamc-agent installed", file=sys.stderr)
-        return EX_UNAVAILABLE
-    root = Path(args.dir) if args.dir else None
-    try:
-        if args.action == "demo":
-            return devnet.demo(args.agents, args.tasks, root, args.timeout, args.keep)
-        return devnet.up(args.agents, root)
-    except DevnetError as exc:
-        print(f"aeamc: devnet: {exc}", file=sys.stderr)
-        return EX_INVALID
-    except KeyboardInterrupt:
-        return 130
+def _add_commands(sub: Any) -> None:
+    """Add the subcommands other installed distributions register (``COMMANDS``).
+
+    Each entry point names a function that adds its subcommand to ``sub``. Without the
+    coordinator installed, ``devnet`` still answers, saying what it needs."""
+    from importlib.metadata import entry_points
+
+    added = set()
+    for entry in entry_points(group=COMMANDS):
+        entry.load()(sub)
+        added.add(entry.name)
+    if "devnet" not in added:
+        dn = sub.add_parser("devnet", help="a local network (needs aeamc-coordinator)")
+        dn.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        dn.set_defaults(func=_devnet_missing)
 
 
-def _add_devnet(sub: Any) -> None:
-    dn = sub.add_parser("devnet", help="a local network: chain, coordinator and agents")
-    dn.add_argument("action", choices=["up", "demo"], help="up: keep running; demo: run tasks")
-    dn.add_argument("--agents", type=int, default=5, help="number of agents (default 5)")
-    dn.add_argument("--tasks", type=int, default=12, help="tasks the demo submits (default 12)")
-    dn.add_argument("--dir", help="working folder (default: a temporary one)")
-    dn.add_argument("--timeout", type=float, default=100.0, help="demo time limit in seconds")
-    dn.add_argument("--keep", action="store_true", help="keep the demo's folder afterwards")
-    dn.set_defaults(func=_devnet)
+def _devnet_missing(args: argparse.Namespace) -> int:
+    print("aeamc: devnet needs aeamc-coordinator and aeamc-agent installed", file=sys.stderr)
+    return EX_UNAVAILABLE
 
 
 def main(argv: Sequence[str] | None = None) -> int:

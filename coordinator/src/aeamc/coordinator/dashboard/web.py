@@ -32,8 +32,10 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 
+from ..auth import bearer
+from ..bodies import reply
 from ..errors import ApiError
-from . import markdown
+from .markdown import headings, render
 from .samples import Sampler
 from .sessions import SESSION_LIFETIME_MS, SessionStore
 
@@ -103,11 +105,11 @@ def privacy_page() -> bytes:
     source = policy_source()
     contents = "".join(
         f'<li><a href="#{h.anchor}">{html.escape(h.text)}</a></li>'
-        for h in markdown.headings(source)
+        for h in headings(source)
         if h.level == 2
     )
     page = string.Template(_package_file("pages", "privacy.html").decode("utf-8"))
-    return page.substitute(contents=contents, policy=markdown.render(source)).encode("utf-8")
+    return page.substitute(contents=contents, policy=render(source)).encode("utf-8")
 
 
 def _html(body: bytes) -> web.Response:
@@ -120,20 +122,10 @@ def _html(body: bytes) -> web.Response:
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
-    return web.json_response(
-        body,
-        status=status,
-        dumps=lambda o: json.dumps(o, sort_keys=True),
-        headers={"Cache-Control": "no-store"},
-    )
+    return reply(body, status, headers={"Cache-Control": "no-store"})
 
 
 # -- authentication ---------------------------------------------------------------------------
-
-
-def _bearer(request: web.Request) -> str | None:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
 def _check_origin(request: web.Request) -> None:
@@ -291,7 +283,7 @@ async def session_info(request: web.Request) -> web.Response:
 async def samples(request: web.Request) -> web.Response:
     """Fleet samples newer than ``?since=`` (ms), for the throughput and EPS charts."""
     dashboard = request.app[DASHBOARD_KEY]
-    await dashboard.coordinator.check_token(_bearer(request), ("operator",))
+    await dashboard.coordinator.check_token(bearer(request), ("operator",))
     raw = request.query.get("since", "0")
     try:
         since = int(raw)

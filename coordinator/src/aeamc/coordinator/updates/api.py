@@ -2,8 +2,7 @@
 
 Devices fetch TUF metadata and release files without a token (TUF signatures, not the
 transport, make them trustworthy) and post signed update reports; the operator manages
-rollouts with the operator token. The shared HTTP helpers are imported from ``..api`` when
-a request comes, since ``..api`` imports this module to add the routes.
+rollouts with the operator token.
 """
 
 from __future__ import annotations
@@ -14,13 +13,13 @@ from aiohttp import web
 
 from aeamc.shared.runtime.tls import peer_of
 
+from ..auth import COORDINATOR_KEY, require
+from ..bodies import json_body, reply
 from ..errors import ApiError, not_found
 from .rollouts import Rollouts
 
 
 def _rollouts(request: web.Request) -> Rollouts:
-    from ..api import COORDINATOR_KEY
-
     rollouts: Rollouts | None = getattr(request.app[COORDINATOR_KEY], "rollouts", None)
     if rollouts is None:
         raise ApiError(404, "not_found", "fleet updates are not set up")
@@ -28,14 +27,10 @@ def _rollouts(request: web.Request) -> Rollouts:
 
 
 async def _operator(request: web.Request) -> str:
-    from ..api import _auth
-
-    return await _auth(request, "operator")
+    return await require(request, "operator")
 
 
 async def _body(request: web.Request, allowed: set[str]) -> dict[str, Any]:
-    from ..api import json_body
-
     if not request.can_read_body:
         return {}
     body = await json_body(request)
@@ -46,12 +41,6 @@ async def _body(request: web.Request, allowed: set[str]) -> dict[str, Any]:
         if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 200):
             raise ApiError(400, "invalid_message", f"{name}: a string of at most 200", field=name)
     return body
-
-
-def _reply(body: Any, status: int = 200) -> web.Response:
-    from ..api import reply
-
-    return reply(body, status)
 
 
 # -- devices ------------------------------------------------------------------------------
@@ -77,11 +66,9 @@ async def get_target(request: web.Request) -> web.StreamResponse:
 
 
 async def post_report(request: web.Request) -> web.Response:
-    from ..api import json_body
-
     rollouts = _rollouts(request)
     body = await json_body(request)
-    return _reply(await rollouts.report(body, peer_of(request.transport)), 202)
+    return reply(await rollouts.report(body, peer_of(request.transport)), 202)
 
 
 # -- operator -----------------------------------------------------------------------------
@@ -89,7 +76,7 @@ async def post_report(request: web.Request) -> web.Response:
 
 async def list_releases(request: web.Request) -> web.Response:
     await _operator(request)
-    return _reply(await _rollouts(request).status())
+    return reply(await _rollouts(request).status())
 
 
 async def create_release(request: web.Request) -> web.Response:
@@ -100,12 +87,12 @@ async def create_release(request: web.Request) -> web.Response:
     view = await _rollouts(request).register(
         body["version"], body["percent"], body.get("by") or who
     )
-    return _reply(view, 201)
+    return reply(view, 201)
 
 
 async def get_release(request: web.Request) -> web.Response:
     await _operator(request)
-    return _reply(await _rollouts(request).detail(request.match_info["version"]))
+    return reply(await _rollouts(request).detail(request.match_info["version"]))
 
 
 async def set_rollout(request: web.Request) -> web.Response:
@@ -115,7 +102,7 @@ async def set_rollout(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_message", "fields: percent, and optionally by")
     rollouts = _rollouts(request)
     version = request.match_info["version"]
-    return _reply(await rollouts.set_percent(version, body["percent"], body.get("by") or who))
+    return reply(await rollouts.set_percent(version, body["percent"], body.get("by") or who))
 
 
 async def halt_release(request: web.Request) -> web.Response:
@@ -124,7 +111,7 @@ async def halt_release(request: web.Request) -> web.Response:
     rollouts = _rollouts(request)
     version = request.match_info["version"]
     reason = body.get("reason") or "halted by the operator"
-    return _reply(await rollouts.halt(version, reason, body.get("by") or who))
+    return reply(await rollouts.halt(version, reason, body.get("by") or who))
 
 
 def add_update_routes(app: web.Application) -> None:

@@ -12,15 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .. import console
 from ..config import CoordinatorConfig
 from .repository import Repository, RepositoryError, sign_staged
 from .signing import RoleKeyError, keygen
-
-
-def _cli() -> Any:
-    from .. import cli
-
-    return cli
 
 
 def _repo(config: CoordinatorConfig) -> Repository:
@@ -34,32 +29,31 @@ def _keys(args: argparse.Namespace) -> Path | None:
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    cli = _cli()
     try:
-        return int(_ACTIONS[args.release_command](args, cli))
+        return int(_ACTIONS[args.release_command](args))
     except (RepositoryError, RoleKeyError) as exc:
-        raise cli.CliError(str(exc)) from None
+        raise console.CliError(str(exc)) from None
 
 
-def _keygen(args: argparse.Namespace, cli: Any) -> int:
+def _keygen(args: argparse.Namespace) -> int:
     ids = keygen(Path(args.dir))
     for role, keyid in ids.items():
         print(f"{role:8} key {keyid}  ({Path(args.dir) / (role + '.key')})")
     print("keep this folder offline; the coordinator needs it for `release init` and to publish")
-    return cli.EX_OK
+    return console.EX_OK
 
 
-def _init(args: argparse.Namespace, cli: Any) -> int:
-    config = cli._load(args)
+def _init(args: argparse.Namespace) -> int:
+    config = console.load(args)
     ids = _repo(config).init(_keys(args))
     for role, keyid in ids.items():
         print(f"{role:9} {keyid}")
     print(f"update repository created in {config.state_dir / 'updates'}")
-    return cli.EX_OK
+    return console.EX_OK
 
 
-def _publish(args: argparse.Namespace, cli: Any) -> int:
-    config = cli._load(args)
+def _publish(args: argparse.Namespace) -> int:
+    config = console.load(args)
     repo = _repo(config)
     paths = [Path(p) for p in args.packages]
     if len(paths) == 1 and paths[0].is_dir():
@@ -74,53 +68,53 @@ def _publish(args: argparse.Namespace, cli: Any) -> int:
     body: dict[str, Any] = {"version": version, "percent": args.rollout}
     if args.by:
         body["by"] = args.by
-    view = cli.Api(config, args.url).call("POST", "/v1/releases", body)
+    view = console.Api(config, args.url).call("POST", "/v1/releases", body)
     print(f"rolling out to {view['percent']} % of the fleet (flag {view['flag']})")
-    return cli.EX_OK
+    return console.EX_OK
 
 
-def _stage(args: argparse.Namespace, cli: Any) -> int:
-    config = cli._load(args)
+def _stage(args: argparse.Namespace) -> int:
+    config = console.load(args)
     md = _repo(config).stage([Path(p) for p in args.packages], Path(args.output))
     print(f"staged targets version {md.signed.version} in {args.output}")
     print("sign it where the targets key is: aeamc-coordinator release sign DIR --keys KEYS")
-    return cli.EX_OK
+    return console.EX_OK
 
 
-def _sign(args: argparse.Namespace, cli: Any) -> int:
+def _sign(args: argparse.Namespace) -> int:
     if not args.keys:
-        raise cli.CliError("release sign needs --keys DIR", cli.EX_USAGE)
+        raise console.CliError("release sign needs --keys DIR", console.EX_USAGE)
     md = sign_staged(Path(args.dir), Path(args.keys))
     for path, info in sorted(md.signed.targets.items()):
         print(f"{info.length:>10}  {info.hashes['sha256'][:16]}…  {path}")
     print(f"signed targets version {md.signed.version}; publish it with: release publish DIR")
-    return cli.EX_OK
+    return console.EX_OK
 
 
-def _refresh(args: argparse.Namespace, cli: Any) -> int:
-    config = cli._load(args)
+def _refresh(args: argparse.Namespace) -> int:
+    config = console.load(args)
     done = _repo(config).refresh_online(force=True)
     print(f"re-signed: {', '.join(done)}")
-    return cli.EX_OK
+    return console.EX_OK
 
 
-def _status(args: argparse.Namespace, cli: Any) -> int:
-    config = cli._load(args)
-    api = cli.Api(config, args.url)
+def _status(args: argparse.Namespace) -> int:
+    config = console.load(args)
+    api = console.Api(config, args.url)
     if args.version:
         detail = api.call("GET", f"/v1/releases/{args.version}")
         if args.json:
-            cli._print(detail)
-            return cli.EX_OK
+            console.print_json(detail)
+            return console.EX_OK
         _print_release(detail)
         for r in detail["reports"]:
             extra = f"  {r['detail']}" if r["detail"] else ""
             print(f"  {r['device_id']}  {r['outcome']:12} running {r['version']}{extra}")
-        return cli.EX_OK
+        return console.EX_OK
     status = api.call("GET", "/v1/releases")
     if args.json:
-        cli._print(status)
-        return cli.EX_OK
+        console.print_json(status)
+        return console.EX_OK
     fleet = ", ".join(f"{v}: {n}" for v, n in status["fleet_versions"].items()) or "no devices"
     print(f"fleet: {fleet}")
     for release in status["releases"]:
@@ -128,7 +122,7 @@ def _status(args: argparse.Namespace, cli: Any) -> int:
     expires = status["repository"].get("expires", {})
     if expires:
         print("metadata expires: " + ", ".join(f"{k} {v}" for k, v in expires.items()))
-    return cli.EX_OK
+    return console.EX_OK
 
 
 def _print_release(r: dict[str, Any]) -> None:
@@ -142,31 +136,31 @@ def _print_release(r: dict[str, Any]) -> None:
     )
 
 
-def _rollout(args: argparse.Namespace, cli: Any) -> int:
-    config = cli._load(args)
+def _rollout(args: argparse.Namespace) -> int:
+    config = console.load(args)
     body: dict[str, Any] = {"percent": args.percent}
     if args.by:
         body["by"] = args.by
     _print_release(
-        cli.Api(config, args.url).call("PUT", f"/v1/releases/{args.version}/rollout", body)
+        console.Api(config, args.url).call("PUT", f"/v1/releases/{args.version}/rollout", body)
     )
-    return cli.EX_OK
+    return console.EX_OK
 
 
-def _halt(args: argparse.Namespace, cli: Any) -> int:
-    config = cli._load(args)
+def _halt(args: argparse.Namespace) -> int:
+    config = console.load(args)
     body: dict[str, Any] = {}
     if args.reason:
         body["reason"] = args.reason
     if args.by:
         body["by"] = args.by
     _print_release(
-        cli.Api(config, args.url).call("POST", f"/v1/releases/{args.version}/halt", body)
+        console.Api(config, args.url).call("POST", f"/v1/releases/{args.version}/halt", body)
     )
-    return cli.EX_OK
+    return console.EX_OK
 
 
-_ACTIONS: dict[str, Callable[[argparse.Namespace, Any], int]] = {
+_ACTIONS: dict[str, Callable[[argparse.Namespace], int]] = {
     "keygen": _keygen,
     "init": _init,
     "publish": _publish,
