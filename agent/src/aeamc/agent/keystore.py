@@ -11,10 +11,10 @@ token (docs/security-keys.md); it never leaves the token and is never replaced f
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 from aeamc.shared.identity import SigningKey
+from aeamc.shared.runtime.keyfile import KeyFileError, create_private, read_hex_secret
 from aeamc.shared.runtime.pkcs11 import (
     Ed25519HsmSigner,
     Pkcs11Error,
@@ -25,9 +25,14 @@ from aeamc.shared.runtime.pkcs11 import (
 
 from .state import KEY_FILE, atomic_write, fsync_dir
 
-
-class KeyFileError(Exception):
-    """The key file is missing, malformed or not private enough to trust."""
+__all__ = [
+    "KeyFileError",
+    "create_identity",
+    "describe",
+    "identity_exists",
+    "key_path",
+    "load_identity",
+]
 
 
 def key_path(state_dir: Path, identity_key: str | None = None) -> Path:
@@ -77,16 +82,12 @@ def create_identity(
         os.chmod(path, 0o600)
         return key
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+        create_private(path, data, what="device identity")
+    except KeyFileError:
         raise KeyFileError(
             f"{path} already exists: refusing to replace the device identity "
             "(use --force to create a new device identity)"
         ) from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
     fsync_dir(path.parent)
     return key
 
@@ -100,24 +101,7 @@ def load_identity(
         except Pkcs11Error as exc:
             raise KeyFileError(str(exc)) from None
     path = key_path(state_dir, identity_key)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        raise KeyFileError(f"{path}: no identity key (run `aeamc-agent init`)") from None
-    except OSError as exc:
-        raise KeyFileError(f"{path}: cannot open: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
-        if mode & 0o077:
-            raise KeyFileError(
-                f"{path} is accessible by other users (mode {mode:04o}); "
-                f"the private key may have leaked. Fix with: chmod 600 {path}"
-            )
-        raw = f.read(200).strip()
-    try:
-        seed = bytes.fromhex(raw.decode("ascii"))
-    except (UnicodeDecodeError, ValueError):
-        seed = b""
-    if len(seed) != 32:
-        raise KeyFileError(f"{path}: expected 64 hex characters (an Ed25519 seed)")
+    seed = read_hex_secret(
+        path, 32, kind="Ed25519 seed", what="identity key", hint="run `aeamc-agent init`"
+    )
     return SigningKey.from_seed(seed)

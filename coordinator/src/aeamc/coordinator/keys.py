@@ -9,10 +9,10 @@ never leaves it (docs/security-keys.md).
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 from aeamc.shared.identity import SigningKey
+from aeamc.shared.runtime.keyfile import KeyFileError, create_private, read_hex_secret
 from aeamc.shared.runtime.pkcs11 import (
     Ed25519HsmSigner,
     Pkcs11Error,
@@ -20,41 +20,20 @@ from aeamc.shared.runtime.pkcs11 import (
     is_pkcs11_uri,
 )
 
-
-class KeyFileError(Exception):
-    pass
+__all__ = ["KeyFileError", "create_key_file", "ensure_identity", "load_identity", "load_key_file"]
 
 
 def create_key_file(path: Path) -> SigningKey:
-    if path.exists():
-        raise KeyFileError(f"{path} exists; refusing to overwrite an identity")
+    """A new identity from the OS RNG, its seed stored in ``path``; never overwrites one."""
     key = SigningKey.from_seed(os.urandom(32))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key.seed.hex() + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    create_private(path, (key.seed.hex() + "\n").encode(), what="coordinator identity")
     return key
 
 
 def load_key_file(path: Path) -> SigningKey:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise KeyFileError(f"{path}: no key file (run `aeamc-coordinator init`)") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyFileError(
-            f"{path}: permissions {stat.filemode(st.st_mode)} are too open; chmod 600 it"
-        )
-    text = path.read_text().strip()
-    try:
-        seed = bytes.fromhex(text)
-    except ValueError:
-        raise KeyFileError(f"{path}: not a hex Ed25519 seed") from None
-    if len(seed) != 32:
-        raise KeyFileError(f"{path}: an Ed25519 seed is 32 bytes")
-    return SigningKey.from_seed(seed)
+    """The identity whose seed ``path`` holds; a file others can read is refused."""
+    hint = "run `aeamc-coordinator init`"
+    return SigningKey.from_seed(read_hex_secret(path, 32, kind="Ed25519 seed", hint=hint))
 
 
 def load_identity(ref: str | Path) -> SigningKey | Ed25519HsmSigner:

@@ -8,13 +8,13 @@ refused, because whoever holds the key can spend the wallet and anchor in our na
 
 from __future__ import annotations
 
-import os
 import secrets
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from aeamc.shared.runtime.keyfile import KeyFileError, create_private, read_hex_secret
 
 #: Order of the secp256k1 group: a private key is an integer in [1, N-1].
 _SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
@@ -69,38 +69,24 @@ def _check_key(key: bytes, path: Path) -> bytes:
 
 def read_key_file(path: Path) -> bytes:
     """The private key in ``path``, refusing a file others can read (stdlib only)."""
+    hint = "`aeamc-coordinator init` or `chain deploy` creates one"
     try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise WalletError(
-            f"{path}: no wallet key (`aeamc-coordinator init` or `chain deploy` creates one)"
-        ) from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise WalletError(
-            f"{path}: permissions {stat.filemode(st.st_mode)} are too open; chmod 600 it"
-        )
-    text = path.read_text().strip().removeprefix("0x")
-    try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        raise WalletError(f"{path}: not a hex secp256k1 private key") from None
+        key = read_hex_secret(path, 32, kind="secp256k1 private key", what="wallet key", hint=hint)
+    except KeyFileError as exc:
+        raise WalletError(str(exc)) from None
     return _check_key(key, path)
 
 
 def create_key_file(path: Path) -> bytes:
     """Write a new random key (stdlib only, so ``init`` stays fast); never overwrites."""
-    if path.exists():
-        raise WalletError(f"{path} exists; refusing to overwrite a wallet key")
     while True:
         key = secrets.token_bytes(32)
         if 0 < int.from_bytes(key, "big") < _SECP256K1_N:
             break
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key.hex() + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        create_private(path, (key.hex() + "\n").encode(), what="wallet key")
+    except KeyFileError as exc:
+        raise WalletError(str(exc)) from None
     return key
 
 

@@ -11,13 +11,14 @@ python-pkcs11 is imported only when a URI is used, so file keys need no native l
 from __future__ import annotations
 
 import os
-import stat
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import unquote, unquote_to_bytes, urlsplit
+
+from .keyfile import KeyFileError, read_private
 
 SCHEME = "pkcs11:"
 
@@ -113,17 +114,9 @@ class Pkcs11Uri:
         if self.pin_source is None:
             return None
         try:
-            fd = os.open(self.pin_source, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError as exc:
-            raise Pkcs11Error(f"pkcs11 URI: pin-source {self.pin_source}: {exc.strerror}") from None
-        with os.fdopen(fd, "rb") as f:
-            mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
-            if mode & 0o077:
-                raise Pkcs11Error(
-                    f"pkcs11 URI: pin-source {self.pin_source} has mode {mode:04o}; "
-                    f"it must not be readable by others: chmod 600 {self.pin_source}"
-                )
-            data = f.read(4096)
+            data = read_private(Path(self.pin_source), what="PIN")
+        except KeyFileError as exc:
+            raise Pkcs11Error(f"pkcs11 URI: pin-source: {exc}") from None
         return data.decode("utf-8").rstrip("\r\n")
 
     @property

@@ -28,11 +28,12 @@ import datetime as dt
 import hashlib
 import os
 import ssl
-import stat
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from .keyfile import KeyFileError, read_private
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -202,9 +203,9 @@ def load_key(path: Path) -> ec.EllipticCurvePrivateKey:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    check_key_file(path)
+    pem = _read_key_file(path)
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        key = serialization.load_pem_private_key(pem, password=None)
     except ValueError as exc:
         raise TlsError(f"{path}: not a PEM private key: {exc}") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
@@ -214,12 +215,14 @@ def load_key(path: Path) -> ec.EllipticCurvePrivateKey:
 
 def check_key_file(path: Path) -> None:
     """A key file exists and only its owner may read it (what ``load_key`` checks first)."""
+    _read_key_file(path)
+
+
+def _read_key_file(path: Path) -> bytes:
     try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise TlsError(f"{path}: no TLS key") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise TlsError(f"{path}: permissions {stat.filemode(st.st_mode)} are too open; chmod 600")
+        return read_private(path, what="TLS key")
+    except KeyFileError as exc:
+        raise TlsError(str(exc)) from None
 
 
 def ensure_key(path: Path) -> ec.EllipticCurvePrivateKey:
