@@ -60,14 +60,7 @@ def _rate(cfg: SpotCheckConfig, chunks: int, old_rule: bool) -> Any:
         return lambda passes: reputation.check_probability(
             passes, trust_after=cfg.trust_after, floor=cfg.floor
         )
-    new_rate = cfg.new_device_rate(chunks)
-    return lambda passes: reputation.check_probability(
-        passes,
-        trust_after=cfg.trust_after,
-        floor=cfg.floor,
-        new_rate=new_rate,
-        hold_until=cfg.catch_within_tasks,
-    )
+    return lambda passes: cfg.check_probability(passes, chunks)
 
 
 def analytic_within(

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from aeamc.shared.runtime.configfiles import ConfigFileError, read_config_files
+from aeamc.shared.runtime.configfiles import ConfigError, read_config_files
 from aeamc.shared.runtime.pkcs11 import Pkcs11Error, Pkcs11Uri, is_pkcs11_uri
 
 from .energy import EnergyThresholds
@@ -30,10 +30,6 @@ TELEMETRY_SOURCES = ("psutil", "simulated")
 #: Upper bound of ``max_queued_tasks`` (each queued assignment is a file and a promise).
 MAX_QUEUED_TASKS = 1000
 _TOKEN = re.compile(r"[A-Za-z0-9._~-]{1,128}")
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; the message names the key and what is wrong."""
 
 
 @dataclass(frozen=True)
@@ -188,8 +184,6 @@ def load_config(path: Path) -> AgentConfig:
         data = read_config_files(path)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file (run `aeamc-agent init` first)") from None
-    except ConfigFileError as exc:
-        raise ConfigError(str(exc)) from None
     return config_from_mapping(data, source=path)
 
 

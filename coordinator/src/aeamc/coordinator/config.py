@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import ipaddress
-import json
 import os
 import re
 import tomllib
@@ -17,17 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from aeamc.shared import reputation
 from aeamc.shared.eps import EpsConfig
 from aeamc.shared.errors import ValidationError
-from aeamc.shared.runtime.configfiles import ConfigFileError, read_config_files
+from aeamc.shared.runtime.configfiles import ConfigError, read_config_files
 from aeamc.shared.runtime.pkcs11 import Pkcs11Error, Pkcs11Uri, is_pkcs11_uri
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; the message names the key."""
 
 
 @dataclass(frozen=True)
@@ -116,26 +113,22 @@ class SpotCheckConfig:
             self.catch_fraction, self.catch_within_tasks, self.catch_probability
         )
 
+    @functools.cached_property
+    def policy(self) -> reputation.CheckPolicy:
+        """These settings as the protocol core's spot-check rule."""
+        return reputation.CheckPolicy(self.k, self.trust_after, self.floor, self.assurance)
+
     def new_device_rate(self, chunks: int) -> float:
-        """The check probability of a new device's task of ``chunks`` chunks (computed once
-        per target, k and chunk count: ``assurance_rate`` keeps its answers)."""
-        return reputation.assurance_rate(self.assurance, k=self.k, chunks=chunks)
+        """``CheckPolicy.new_device_rate`` of these settings."""
+        return self.policy.new_device_rate(chunks)
 
     def check_probability(self, passes: int, chunks: int) -> float:
-        """The probability of challenging a task of ``chunks`` chunks by a device with
-        ``passes`` passed checks (``chunks`` 0, unknown, is always checked)."""
-        return reputation.check_probability(
-            passes,
-            trust_after=self.trust_after,
-            floor=self.floor,
-            new_rate=self.new_device_rate(chunks),
-            hold_until=self.catch_within_tasks,
-        )
+        """``CheckPolicy.check_probability`` of these settings."""
+        return self.policy.check_probability(passes, chunks)
 
     def should_check(self, passes: int, chunks: int, draw: float) -> bool:
-        """Whether to challenge a task of ``chunks`` chunks by a device with ``passes``;
-        ``draw`` is uniform in [0, 1) from the caller's RNG."""
-        return draw < self.check_probability(passes, chunks)
+        """``CheckPolicy.should_check`` of these settings."""
+        return self.policy.should_check(passes, chunks, draw)
 
 
 @dataclass(frozen=True)
@@ -526,7 +519,7 @@ def write_setting(path: Path, section: str, key: str, value: str) -> Coordinator
     """Set one string setting in the file and keep everything else as the operator wrote
     it (comments, order); the result must still load, or the file is left untouched."""
     lines = path.read_text().splitlines()
-    setting = f"{key} = {json.dumps(value)}"
+    setting = tomli_w.dumps({key: value}).strip()
     out: list[str] = []
     current = None
     done = False
@@ -566,30 +559,23 @@ def load_config(path: Path) -> CoordinatorConfig:
         raise ConfigError(
             f"{path}: no such file (create one with `aeamc-coordinator init`)"
         ) from None
-    except ConfigFileError as exc:
-        raise ConfigError(str(exc)) from None
     return parse_config(data, base_dir=path.parent)
 
 
 def render_config(config: CoordinatorConfig) -> str:
-    """TOML text of ``config`` with every setting spelled out, for ``init``."""
-    lines = [
-        "# aeamc-coordinator configuration. Every setting is shown with its value;",
-        "# see docs/coordinator.md for what each one means.",
-        f'state_dir = "{config.state_dir}"',
-        f'identity_key = "{config.identity_key}"   # empty: state_dir/identity.key',
-        f'ca_key = "{config.ca_key}"   # empty: state_dir/ca/ca.key',
-    ]
+    """TOML text of ``config`` with every setting spelled out, for ``init``; it parses
+    back to ``config`` (``tomli_w`` writes it, so any path or string round-trips)."""
+    data: dict[str, Any] = {
+        "state_dir": str(config.state_dir),
+        "identity_key": config.identity_key,
+        "ca_key": config.ca_key,
+    }
     for name in _SECTIONS:
-        lines.append(f"\n[{name}]")
         section = getattr(config, name)
-        for f in dataclasses.fields(section):
-            value = getattr(section, f.name)
-            if isinstance(value, bool):
-                text = "true" if value else "false"
-            elif isinstance(value, str):
-                text = f'"{value}"'
-            else:
-                text = repr(value)
-            lines.append(f"{f.name} = {text}")
-    return "\n".join(lines) + "\n"
+        data[name] = {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
+    header = (
+        "# aeamc-coordinator configuration. Every setting is shown with its value;\n"
+        "# see docs/coordinator.md for what each one means.\n"
+        "# identity_key, ca_key empty: state_dir/identity.key, state_dir/ca/ca.key.\n"
+    )
+    return header + tomli_w.dumps(data)

@@ -31,6 +31,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
+import tomli_w
+
 from aeamc.shared.runtime.tls import client_context, fingerprint
 
 SIMULATION_ENV = "AEAMC_SIMULATED_TELEMETRY"
@@ -79,16 +81,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _toml(data: dict[str, Any]) -> str:
-    top = [f"{k} = {json.dumps(v)}" for k, v in data.items() if not isinstance(v, dict)]
-    parts = ["\n".join(top)]
-    for section, values in data.items():
-        if isinstance(values, dict):
-            body = "\n".join(f"{k} = {json.dumps(v)}" for k, v in values.items())
-            parts.append(f"[{section}]\n{body}")
-    return "\n\n".join(parts) + "\n"
 
 
 def find_anvil() -> Path:
@@ -245,7 +237,7 @@ class Devnet:
                 "poll_s": 0.5,
             },
         }
-        self.coord_config.write_text(_toml(config))
+        self.coord_config.write_text(tomli_w.dumps(config))
         self.coordinator_cli("init")
         from .anchoring.wallet import ensure_wallet_file
 
@@ -294,7 +286,7 @@ class Devnet:
         }
         if profile.cheat_fraction:
             config["demo"] = {"cheat_fraction": profile.cheat_fraction}
-        (home / "agent.toml").write_text(_toml(config))
+        (home / "agent.toml").write_text(tomli_w.dumps(config))
         env = {**os.environ, SIMULATION_ENV: "1"}
         cli = [sys.executable, "-m", "aeamc.agent.cli", "--config", str(home / "agent.toml")]
         init = subprocess.run(

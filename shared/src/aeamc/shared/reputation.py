@@ -118,3 +118,37 @@ def should_check(
         passes, trust_after=trust_after, floor=floor, new_rate=new_rate, hold_until=hold_until
     )
     return draw < p
+
+
+@dataclass(frozen=True)
+class CheckPolicy:
+    """The spot-check rule as one value: ``k`` chunks opened per check, the ``assurance``
+    a new device's rate is derived from, then BOINC-style decay after ``trust_after``
+    passes, never below ``floor``. The coordinator's configuration and the benchmarks
+    both ask this object, so there is one rate."""
+
+    k: int
+    trust_after: int
+    floor: float
+    assurance: Assurance
+
+    def new_device_rate(self, chunks: int) -> float:
+        """The check probability of a new device's task of ``chunks`` chunks (computed once
+        per target, k and chunk count: ``assurance_rate`` keeps its answers)."""
+        return assurance_rate(self.assurance, k=self.k, chunks=chunks)
+
+    def check_probability(self, passes: int, chunks: int) -> float:
+        """The probability of challenging a task of ``chunks`` chunks by a device with
+        ``passes`` passed checks (``chunks`` 0, unknown, is always checked)."""
+        return check_probability(
+            passes,
+            trust_after=self.trust_after,
+            floor=self.floor,
+            new_rate=self.new_device_rate(chunks),
+            hold_until=self.assurance.within_tasks,
+        )
+
+    def should_check(self, passes: int, chunks: int, draw: float) -> bool:
+        """Whether to challenge such a task; ``draw`` is uniform in [0, 1) from the
+        caller's RNG."""
+        return draw < self.check_probability(passes, chunks)

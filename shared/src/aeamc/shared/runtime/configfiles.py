@@ -13,7 +13,12 @@ from pathlib import Path
 from typing import Any
 
 
-class ConfigFileError(Exception):
+class ConfigError(Exception):
+    """A daemon's configuration cannot be used; the message names the file or the key and
+    what is wrong. Commands exit 78 (``EX_CONFIG``) on it."""
+
+
+class ConfigFileError(ConfigError):
     """A file that exists cannot be read or is not TOML; the message names the file."""
 
 
