@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from aeamc.agent.daemon import _notify_systemd, _source_address_towards
+from aeamc.agent.daemon import _source_address_towards
 from aeamc.agent.logs import LogfmtFormatter, configure
 from aeamc.agent.state import CoordinatorPin, SeqCounter, StateError, atomic_write
 from aeamc.agent.traces import TraceStore
 from aeamc.agent.worker import ChunkPool, WorkerCrashed, run_chunk
 from aeamc.shared.identity import SigningKey
 from aeamc.shared.proofs import Trace
+from aeamc.shared.runtime.systemd import notify as _notify_systemd
 from aeamc.shared.tasks.registry import discover
 
 from .conftest import FAST_PARAMS, eventually

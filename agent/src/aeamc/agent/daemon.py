@@ -43,6 +43,7 @@ from aeamc.shared.errors import ProtocolError
 from aeamc.shared.messages import Assignment, Capabilities
 from aeamc.shared.runtime.edge import EdgeLimits
 from aeamc.shared.runtime.services import ServiceEvent
+from aeamc.shared.runtime.systemd import notify as notify_systemd
 from aeamc.shared.tasks.registry import discover
 
 from . import __version__
@@ -246,14 +247,14 @@ class Agent:
             log.info("%d accepted assignments waiting from before the restart", self.queue.count)
         self.runner.start()
         self.write_status()
-        _notify_systemd("READY=1")
+        notify_systemd("READY=1")
 
     async def stop(self) -> None:
         """Graceful shutdown; the outbox and traces stay for the next start."""
         if self._stopped.is_set():
             return
         self.shutting_down = True
-        _notify_systemd("STOPPING=1")
+        notify_systemd("STOPPING=1")
         log.info("shutting down: taking no new work")
         if self.runner is not None:
             await self.runner.stop(self.config.shutdown_grace_s)
@@ -626,15 +627,3 @@ def _source_address_towards(url: str | None) -> str | None:
             return str(s.getsockname()[0])
     except OSError:
         return None
-
-
-def _notify_systemd(state: str) -> None:
-    """sd_notify(3) without libsystemd: one datagram to ``$NOTIFY_SOCKET``, if set."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.connect(address)
-        s.sendall(state.encode())

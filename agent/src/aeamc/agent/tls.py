@@ -232,13 +232,7 @@ class AgentTls:
         if fp != _normal(expected):
             raise TrustError(f"the coordinator's CA {fp} is not the expected {_normal(expected)}")
         # Its fingerprint is the one expected: it is that certificate, whatever it says.
-        self.ca_pem = ssl.DER_cert_to_PEM_cert(der)
-        self.ca_fingerprint = fp
-        tls.write_text_atomic(self.ca_file, self.ca_pem)
-        self._remember()
-        self.server_ssl.load_verify_locations(cadata=self.ca_pem)
-        self.server_ssl.verify_mode = ssl.CERT_OPTIONAL
-        self._client_ssl = None
+        self._pin_ca(der, fp)
         log.info("pinned the coordinator's CA %s (it matches the expected fingerprint)", fp)
 
     def expected_ca_for(self, advert_ca: str | None) -> str | None:
@@ -344,14 +338,19 @@ class AgentTls:
                 raise TrustError(f"the coordinator's CA {fp} is not the {what} one {expected}")
         self.coordinator_id = coordinator_id
         if self.ca_fingerprint is None:
-            self.ca_pem = ssl.DER_cert_to_PEM_cert(der)
-            self.ca_fingerprint = fp
-            tls.write_text_atomic(self.ca_file, self.ca_pem)
-            self._remember()
-            self.server_ssl.load_verify_locations(cadata=self.ca_pem)
-            self.server_ssl.verify_mode = ssl.CERT_OPTIONAL
-            self._client_ssl = None
+            self._pin_ca(der, fp)
             log.info("pinned the coordinator's CA, fingerprint %s", fp)
+
+    def _pin_ca(self, der: bytes, fp: str) -> None:
+        """Keep ``der`` as the coordinator's CA (on disk first), and from now on ask callers
+        of our endpoint for a certificate from it and verify the coordinator against it."""
+        self.ca_pem = ssl.DER_cert_to_PEM_cert(der)
+        self.ca_fingerprint = fp
+        tls.write_text_atomic(self.ca_file, self.ca_pem)
+        self._remember()
+        self.server_ssl.load_verify_locations(cadata=self.ca_pem)
+        self.server_ssl.verify_mode = ssl.CERT_OPTIONAL
+        self._client_ssl = None
 
     def coordinator_peer_ok(self, transport: Any) -> bool:
         """Whether a call to our endpoint comes from the pinned coordinator."""

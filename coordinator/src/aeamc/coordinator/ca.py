@@ -95,6 +95,21 @@ def assemble(tbs: bytes, signature: bytes) -> bytes:
     return _tlv(0x30, tbs + _ECDSA_SHA256 + _tlv(0x03, b"\x00" + signature))
 
 
+def _key_usage(*, ca: bool) -> x509.KeyUsage:
+    """A CA certificate signs certificates and CRLs; any other one only signs (TLS)."""
+    return x509.KeyUsage(
+        digital_signature=not ca,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
 def _sign(builder: x509.CertificateBuilder, key: CaKey) -> x509.Certificate:
     throwaway = ec.generate_private_key(ec.SECP256R1())
     tbs = builder.sign(throwaway, hashes.SHA256()).tbs_certificate_bytes
@@ -176,17 +191,7 @@ class CertificateAuthority:
             .not_valid_after(now + dt.timedelta(seconds=lifetime_s))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
+                _key_usage(ca=False),
                 critical=True,
             )
             .add_extension(
@@ -267,17 +272,7 @@ def _ca_certificate(key: CaKey, coordinator_id: str) -> x509.Certificate:
         .not_valid_after(now + CA_LIFETIME)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            _key_usage(ca=True),
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key), critical=False)

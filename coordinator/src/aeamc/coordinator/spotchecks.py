@@ -118,22 +118,7 @@ class SpotChecker:
         except ProtocolError as exc:
             # A malformed or forged answer says nothing about the work: ask again later.
             return await self._retry_or_give_up(row, f"bad opening: {exc}")
-        self.c.count("spot_check_chunks_reexecuted", result.reexecuted_chunks)
-        await self.c.record_verdict(
-            row["task_id"],
-            row["device_id"],
-            result.verdict,
-            result.detail,
-            result.reexecuted_chunks,
-        )
-        log.info(
-            "spot-check %s/%s: %s (%s)",
-            row["task_id"],
-            row["device_id"],
-            result.verdict,
-            result.detail,
-        )
-        return result.verdict
+        return await self._conclude(row, result, "spot-check")
 
     async def _reexecute(self, row: dict[str, Any]) -> str:
         """A disputed replica's check: the coordinator runs the chunks on which the
@@ -147,6 +132,13 @@ class SpotChecker:
             params=json.loads(row["params"]),
             chunks=row["chunks"],
         )
+        return await self._conclude(row, result, "dispute check")
+
+    async def _conclude(
+        self, row: dict[str, Any], result: proofs.SpotCheckResult, what: str
+    ) -> str:
+        """Record the verdict of ``what`` (a check of ``row``) and count its re-executed
+        chunks; the verdict."""
         self.c.count("spot_check_chunks_reexecuted", result.reexecuted_chunks)
         await self.c.record_verdict(
             row["task_id"],
@@ -155,13 +147,8 @@ class SpotChecker:
             result.detail,
             result.reexecuted_chunks,
         )
-        log.info(
-            "dispute check %s/%s: %s (%s)",
-            row["task_id"],
-            row["device_id"],
-            result.verdict,
-            result.detail,
-        )
+        task, device = row["task_id"], row["device_id"]
+        log.info("%s %s/%s: %s (%s)", what, task, device, result.verdict, result.detail)
         return result.verdict
 
     async def _retry_or_give_up(self, row: dict[str, Any], why: str) -> str | None:
