@@ -296,14 +296,7 @@ class AgentTls:
         if "refused" in checked:
             raise TrustError(checked["refused"])
         fp = checked["ca_fingerprint"]
-        if self.ca_fingerprint is not None and fp != self.ca_fingerprint:
-            raise TrustError(
-                f"the coordinator presents CA {fp}, but this device pinned CA "
-                f"{self.ca_fingerprint}; refusing it"
-            )
-        for what, expected in (("configured", self.expected_ca), ("advertised", advert_ca)):
-            if expected is not None and fp != expected:
-                raise TrustError(f"the coordinator's CA {fp} is not the {what} one {expected}")
+        self._check_ca(fp, advert_ca)
         if not checked["ours"]:
             raise TrustError("the certificate is not for this device's key from that CA")
         ca_text = checked["ca_pem"]
@@ -320,14 +313,8 @@ class AgentTls:
         self.server_ssl.verify_mode = ssl.CERT_OPTIONAL
         self._client_ssl = None
 
-    def _accept_pending(self, ca_pem: str, coordinator_id: str, advert_ca: str | None) -> None:
-        """The CA of an answer without a certificate (pending approval): pinned if none
-        is yet, as the first answer's CA is; otherwise it must be the pinned one."""
-        try:
-            der = ssl.PEM_cert_to_DER_cert(ca_pem.strip())
-        except ValueError as exc:
-            raise TrustError(f"enrollment answer: CA certificate: {exc}") from None
-        fp = hashlib.sha256(der).hexdigest()
+    def _check_ca(self, fp: str, advert_ca: str | None) -> None:
+        """Refuse a CA (by fingerprint) other than the pinned, configured or advertised one."""
         if self.ca_fingerprint is not None and fp != self.ca_fingerprint:
             raise TrustError(
                 f"the coordinator presents CA {fp}, but this device pinned CA "
@@ -336,6 +323,16 @@ class AgentTls:
         for what, expected in (("configured", self.expected_ca), ("advertised", advert_ca)):
             if expected is not None and fp != expected:
                 raise TrustError(f"the coordinator's CA {fp} is not the {what} one {expected}")
+
+    def _accept_pending(self, ca_pem: str, coordinator_id: str, advert_ca: str | None) -> None:
+        """The CA of an answer without a certificate (pending approval): pinned if none
+        is yet, as the first answer's CA is; otherwise it must be the pinned one."""
+        try:
+            der = ssl.PEM_cert_to_DER_cert(ca_pem.strip())
+        except ValueError as exc:
+            raise TrustError(f"enrollment answer: CA certificate: {exc}") from None
+        fp = hashlib.sha256(der).hexdigest()
+        self._check_ca(fp, advert_ca)
         self.coordinator_id = coordinator_id
         if self.ca_fingerprint is None:
             self._pin_ca(der, fp)

@@ -266,24 +266,12 @@ class Repository:
         there (``release sign``), bring it back and publish it.
         """
         release = self._check_release(wheels)
-        current = self.targets()
-        md = Metadata(
-            Targets(
-                version=current.signed.version + 1,
-                expires=self._expires("targets"),
-                targets=dict(current.signed.targets),
-                delegations=current.signed.delegations,
-            )
-        )
         version = self._version_of(release)
-        if self.has_release(version):
-            raise RepositoryError(f"release {version} is already published")
+        md = self._next_targets(version, release)
         files = out / "files"
         files.mkdir(parents=True, exist_ok=True)
         for name, data in release.items():
             (files / name).write_bytes(data)
-            path = target_path(version, name)
-            md.signed.targets[path] = TargetFile.from_data(path, data)
         _atomic_write(out / "targets.json", md.to_bytes(_SERIALIZER))
         return md
 
@@ -294,33 +282,35 @@ class Repository:
         with self.locked():
             targets_signer = self.signer("targets", keys_dir)
             snapshot, timestamp = self.signer("snapshot"), self.signer("timestamp")
-            current = self.targets()
-            if self.has_release(version):
-                raise RepositoryError(f"release {version} is already published")
-            md = Metadata(
-                Targets(
-                    version=current.signed.version + 1,
-                    expires=self._expires("targets"),
-                    targets=dict(current.signed.targets),
-                    delegations=current.signed.delegations,
-                )
-            )
+            md = self._next_targets(version, release)
             for name, data in release.items():
-                path = target_path(version, name)
-                md.signed.targets[path] = TargetFile.from_data(path, data)
-                self._store_target(path, data)
+                self._store_target(target_path(version, name), data)
             md.sign(targets_signer)
             self._publish_targets(md, snapshot, timestamp)
         return version
 
+    def _next_targets(self, version: str, release: dict[str, bytes]) -> Metadata[Targets]:
+        """The current targets metadata, one version on, with ``release``'s files added
+        (unsigned). Refuses a version that is already published."""
+        if self.has_release(version):
+            raise RepositoryError(f"release {version} is already published")
+        current = self.targets()
+        md = Metadata(
+            Targets(
+                version=current.signed.version + 1,
+                expires=self._expires("targets"),
+                targets=dict(current.signed.targets),
+                delegations=current.signed.delegations,
+            )
+        )
+        for name, data in release.items():
+            path = target_path(version, name)
+            md.signed.targets[path] = TargetFile.from_data(path, data)
+        return md
+
     def publish_staged(self, staged: Path) -> str:
         """Publish targets metadata signed offline (``release sign``), with its files."""
-        try:
-            md: Metadata[Targets] = Metadata.from_file(str(staged / "targets.json"))
-        except (OSError, ValueError) as exc:
-            raise RepositoryError(f"{staged / 'targets.json'}: {exc}") from None
-        if md.signed.type != "targets":
-            raise RepositoryError(f"{staged / 'targets.json'} is not targets metadata")
+        md = read_staged(staged)
         with self.locked():
             root, current = self.root(), self.targets()
             try:
@@ -466,14 +456,21 @@ class Repository:
         return files
 
 
+def read_staged(staged: Path) -> Metadata[Targets]:
+    """The targets metadata of a staged release folder (``release stage``)."""
+    path = staged / "targets.json"
+    try:
+        md: Metadata[Targets] = Metadata.from_file(str(path))
+    except (OSError, ValueError) as exc:
+        raise RepositoryError(f"{path}: {exc}") from None
+    if md.signed.type != "targets":
+        raise RepositoryError(f"{path} is not targets metadata")
+    return md
+
+
 def sign_staged(staged: Path, keys_dir: Path) -> Metadata[Targets]:
     """``release sign`` on the offline machine: sign staged targets with ``keys_dir``."""
-    try:
-        md: Metadata[Targets] = Metadata.from_file(str(staged / "targets.json"))
-    except (OSError, ValueError) as exc:
-        raise RepositoryError(f"{staged / 'targets.json'}: {exc}") from None
-    if md.signed.type != "targets":
-        raise RepositoryError(f"{staged / 'targets.json'} is not targets metadata")
+    md = read_staged(staged)
     signer = load_role_signer(keys_dir / "targets.key")
     md.sign(signer)
     _atomic_write(staged / "targets.json", md.to_bytes(_SERIALIZER))

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
 from .keyfile import KeyFileError, read_private
@@ -281,6 +281,9 @@ def _generate(uri: Pkcs11Uri, key_type: Any, params: bytes, mechanism: Any) -> N
         session.close()
 
 
+K = TypeVar("K", bound="_TokenKey")
+
+
 class _TokenKey:
     """A key pair found in a token by its URI, with one session kept open for signing.
 
@@ -302,6 +305,10 @@ class _TokenKey:
         self._point = _ec_point(public)
         if self._private.key_type != key_type:
             self._refuse(not_this_kind)
+
+    def close(self) -> None:
+        """Close the key's session; the key stays in the token."""
+        self._session.close()
 
     def _refuse(self, what: str) -> NoReturn:
         self._session.close()
@@ -338,9 +345,6 @@ class Ed25519HsmSigner(_TokenKey):
         with self._lock:
             return bytes(self._private.sign(data, mechanism=Mechanism.EDDSA))
 
-    def close(self) -> None:
-        self._session.close()
-
 
 def generate_ed25519(uri: str | Pkcs11Uri) -> Ed25519HsmSigner:
     """Create a non-extractable, sensitive Ed25519 key pair on the token; never replaces."""
@@ -353,10 +357,7 @@ def generate_ed25519(uri: str | Pkcs11Uri) -> Ed25519HsmSigner:
 
 def ensure_ed25519(uri: str | Pkcs11Uri) -> tuple[Ed25519HsmSigner, bool]:
     """The key the URI names, generated in the token if missing; flag: whether created."""
-    parsed = uri if isinstance(uri, Pkcs11Uri) else Pkcs11Uri.parse(uri)
-    if key_exists(parsed):
-        return Ed25519HsmSigner(parsed), False
-    return generate_ed25519(parsed), True
+    return _ensure(uri, Ed25519HsmSigner, generate_ed25519)
 
 
 # --- secp256k1 (the anchoring wallet) -----------------------------------------------------
@@ -438,9 +439,6 @@ class Secp256k1HsmSigner(_TokenKey):
         raw = bytes(encode_transaction(unsigned, vrs=(v, r, s)))
         return SignedTransaction(raw, "0x" + keccak(raw).hex())
 
-    def close(self) -> None:
-        self._session.close()
-
 
 def generate_secp256k1(uri: str | Pkcs11Uri) -> Secp256k1HsmSigner:
     """Create a non-extractable, sensitive secp256k1 key pair on the token; never replaces."""
@@ -452,10 +450,8 @@ def generate_secp256k1(uri: str | Pkcs11Uri) -> Secp256k1HsmSigner:
 
 
 def ensure_secp256k1(uri: str | Pkcs11Uri) -> tuple[Secp256k1HsmSigner, bool]:
-    parsed = uri if isinstance(uri, Pkcs11Uri) else Pkcs11Uri.parse(uri)
-    if key_exists(parsed):
-        return Secp256k1HsmSigner(parsed), False
-    return generate_secp256k1(parsed), True
+    """The key the URI names, generated in the token if missing; flag: whether created."""
+    return _ensure(uri, Secp256k1HsmSigner, generate_secp256k1)
 
 
 # --- P-256 (the coordinator's certificate authority) ----------------------------------------
@@ -495,16 +491,23 @@ class P256HsmSigner(_TokenKey):
             int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
         )
 
-    def close(self) -> None:
-        self._session.close()
-
 
 def ensure_p256(uri: str | Pkcs11Uri) -> tuple[P256HsmSigner, bool]:
     """The P-256 key the URI names, generated in the token if missing; flag: created."""
     from pkcs11 import KeyType, Mechanism
 
+    def generate(parsed: Pkcs11Uri) -> P256HsmSigner:
+        _generate(parsed, KeyType.EC, P256_PARAMS, Mechanism.EC_KEY_PAIR_GEN)
+        return P256HsmSigner(parsed)
+
+    return _ensure(uri, P256HsmSigner, generate)
+
+
+def _ensure(
+    uri: str | Pkcs11Uri, signer: Callable[[Pkcs11Uri], K], generate: Callable[[Pkcs11Uri], K]
+) -> tuple[K, bool]:
+    """``signer`` of the key the URI names, else ``generate`` it; flag: whether created."""
     parsed = uri if isinstance(uri, Pkcs11Uri) else Pkcs11Uri.parse(uri)
     if key_exists(parsed):
-        return P256HsmSigner(parsed), False
-    _generate(parsed, KeyType.EC, P256_PARAMS, Mechanism.EC_KEY_PAIR_GEN)
-    return P256HsmSigner(parsed), True
+        return signer(parsed), False
+    return generate(parsed), True
