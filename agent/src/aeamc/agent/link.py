@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aeamc.shared.errors import ProtocolError
+from aeamc.shared.flags import ADAPTIVE_HEARTBEAT
 from aeamc.shared.identity import SigningKey, check_key_matches_id, parse_public_key
 from aeamc.shared.messages import Capabilities, Enroll, PoA, sign
 
@@ -51,7 +52,6 @@ ERASED = "erased"
 CLOCK_SKEW_WARNING_MS = 30_000
 #: Feature flag (SPEC §10, set on the coordinator): while on, an idle device on battery
 #: heartbeats half as often, and at the configured interval again once it has work.
-ADAPTIVE_HEARTBEAT = "adaptive-heartbeat"
 #: Refusals of the client certificate: enroll (again) to get one.
 CERTIFICATE_CODES = ("certificate_required", "certificate_revoked", "certificate_mismatch")
 #: The slowed interval never exceeds this: with 10 % jitter, the default PoA window

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 
+#: Doubles the heartbeat interval of a device idle on battery (the agent's link reads it).
+ADAPTIVE_HEARTBEAT = "adaptive-heartbeat"
+
 
 def bucket(flag: str, device_id: str) -> int:
     digest = hashlib.sha256(f"{flag}:{device_id}".encode()).digest()
