@@ -41,8 +41,7 @@ def test_triggers_from_other_tables_are_replaced_at_start(tmp_path: Path) -> Non
     older = Lifecycle("task", TASK_LIFECYCLE.states, TASK_LIFECYCLE.initial, looser)
     conn.execute(lifecycle_triggers.triggers(older, "tasks", "state")[name])
     conn.execute(
-        "CREATE TRIGGER lifecycle_gone_state_update BEFORE UPDATE ON meta "
-        "BEGIN SELECT 1; END"
+        "CREATE TRIGGER lifecycle_gone_state_update BEFORE UPDATE ON meta BEGIN SELECT 1; END"
     )
     conn.execute("DROP TRIGGER lifecycle_devices_state_insert")
     assert lifecycle_triggers.stored(conn) != lifecycle_triggers.render()

@@ -165,13 +165,9 @@ DEVICE_LIFECYCLE = Lifecycle(
     "device", DeviceState, frozenset({_D.PENDING, _D.ACTIVE}), DEVICE
 )  # active when enrolled with a valid token
 TASK_LIFECYCLE = Lifecycle("task", TaskState, frozenset({_T.QUEUED}), TASK)
-ASSIGNMENT_LIFECYCLE = Lifecycle(
-    "assignment", AssignmentState, frozenset({_A.OFFERED}), ASSIGNMENT
-)
+ASSIGNMENT_LIFECYCLE = Lifecycle("assignment", AssignmentState, frozenset({_A.OFFERED}), ASSIGNMENT)
 CREDIT_LIFECYCLE = Lifecycle("credit", Credit, frozenset({_C.UNVERIFIED}), CREDIT)
-SPOT_CHECK_LIFECYCLE = Lifecycle(
-    "spot-check", SpotCheckState, frozenset({_K.PENDING}), SPOT_CHECK
-)
+SPOT_CHECK_LIFECYCLE = Lifecycle("spot-check", SpotCheckState, frozenset({_K.PENDING}), SPOT_CHECK)
 
 #: Every lifecycle, in a fixed order.
 LIFECYCLES: tuple[Lifecycle[StrEnum], ...] = (
