@@ -20,7 +20,9 @@ from aeamc.coordinator.schema import MIGRATIONS
 from aeamc.coordinator.service import CHECK_ALL_SQL, RECEIPTS_SQL, Coordinator
 from aeamc.shared import microblock, proofs, spotcheck
 from aeamc.shared.identity import SigningKey
+from aeamc.shared.lifecycle import TASK_LIFECYCLE
 from aeamc.shared.tasks.registry import discover
+from tests.support.lifecycle import path_to, walk
 
 CAPS = json.dumps(
     {
@@ -58,11 +60,14 @@ def _add_proof(
     chunks: int = CHUNKS,
     v6: bool = False,
 ) -> int:
-    c.execute(
+    states = path_to(TASK_LIFECYCLE, state)
+    cur = c.execute(
         "INSERT OR IGNORE INTO tasks (task_id, kind, params, chunks, replicas, created_at, state) "
         "VALUES (?, 'sha256-chain', '{}', ?, 1, 0, ?)",
-        [task_id, chunks, state],
+        [task_id, chunks, states[0]],
     )
+    if cur.rowcount:
+        walk(c, "tasks", "state", states, where="task_id=?", args=[task_id])
     # Schema v6 had no chunks column on proofs; v7 copies the task's when storing a proof.
     columns, marks = ("", "") if v6 else (", chunks", ", ?")
     cur = c.execute(

@@ -102,8 +102,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         _init_wallet(config)
     tokens_dir = config.state_dir / "tokens"
     tokens_dir.mkdir(mode=0o700, exist_ok=True)
-    created = asyncio.run(_initial_tokens(config, key, tokens_dir))
-    for role, token in created.items():
+    tokens = asyncio.run(_initial_tokens(config, key, tokens_dir))
+    for role, token in tokens.items():
         print(f"{role} token (also saved in {tokens_dir / (role + '.token')}): {token}")
     return EX_OK
 

@@ -36,7 +36,8 @@ class ApiError(Exception):
 
     @classmethod
     def from_protocol(cls, exc: ProtocolError) -> ApiError:
-        extra = {"field": exc.field} if getattr(exc, "field", None) else {}
+        field = getattr(exc, "field", None)
+        extra = {"field": field} if field else {}
         return cls(STATUS_BY_CODE.get(exc.code, 400), exc.code, exc.message, **extra)
 
 

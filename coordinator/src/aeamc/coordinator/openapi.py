@@ -178,7 +178,7 @@ def _body(schema: str) -> dict[str, Any]:
 
 
 #: The operator token, or no token and the device's signed request as the body.
-_OPERATOR_OR_DEVICE = [{"operator": []}, {}]
+_OPERATOR_OR_DEVICE: list[dict[str, list[str]]] = [{"operator": []}, {}]
 
 
 def _op(summary: str, security: Any = None, **extra: Any) -> dict[str, Any]:

@@ -285,7 +285,7 @@ class Coordinator:
             ttl_s = ttl_s if ttl_s is not None else self.config.tokens.enroll_default_ttl_s
         token = secrets.token_urlsafe(32)
         now = self.clock()
-        row = {
+        row: dict[str, Any] = {
             "token_hash": hash_token(token),
             "role": role,
             "label": label,
@@ -301,7 +301,7 @@ class Coordinator:
                 owner = secrets.token_hex(OWNER_BYTES)
                 if next(iter(db.query("SELECT 1 FROM tokens WHERE owner=?", [owner])), None):
                     continue
-                db["tokens"].insert({**row, "owner": owner})
+                db.table("tokens").insert({**row, "owner": owner})
                 return owner
 
         owner = await self.db.write(txn)
@@ -399,7 +399,7 @@ class Coordinator:
             elif state == "pending" and (row is None or expired):
                 self._admit_pending(db, address, pending_since)
             if row is None:
-                db["devices"].insert(
+                db.table("devices").insert(
                     {
                         "device_id": msg.device_id,
                         "public_key": msg.public_key,
@@ -421,7 +421,7 @@ class Coordinator:
                 )
             db.execute("DELETE FROM candidates WHERE device_id = ?", [msg.device_id])
             if cert_row is not None and state in ("active", "stale"):
-                db["certificates"].insert({**cert_row, "issued_at": now})
+                db.table("certificates").insert({**cert_row, "issued_at": now})
             return state
 
         state = await self.db.write(txn)
@@ -791,7 +791,7 @@ class Coordinator:
                         task_id=row["task_id"],
                     )
                 row["task_id"] = f"t-{secrets.token_hex(8)}"  # never another's random id
-            db["tasks"].insert(row)
+            db.table("tasks").insert(row)
             return str(row["task_id"])
 
         task_id = await self.db.write(txn)
@@ -1549,7 +1549,7 @@ class Coordinator:
                 )
             }
         )
-        for r in view["receipts"]:  # type: ignore[union-attr]
+        for r in view["receipts"]:  # type: ignore[attr-defined]
             c = checks.get((r["task_id"], r["device_id"]))
             r["spot_check"] = c["state"] if c else "not sampled"
         view["height"] = height

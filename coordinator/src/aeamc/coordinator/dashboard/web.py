@@ -174,9 +174,9 @@ async def session_auth_middleware(request: web.Request, handler: Handler) -> web
                 "forbidden",
                 f"a change made with the dashboard's session cookie needs its {CSRF_HEADER} header",
             )
-    headers = CIMultiDict(request.headers)
-    headers["Authorization"] = f"Bearer {session.token}"
-    return await handler(request.clone(headers=headers))
+    authorized = CIMultiDict(request.headers)
+    authorized["Authorization"] = f"Bearer {session.token}"
+    return await handler(request.clone(headers=authorized))
 
 
 # -- handlers ---------------------------------------------------------------------------------

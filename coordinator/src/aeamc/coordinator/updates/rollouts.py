@@ -39,11 +39,10 @@ from aeamc.shared.releases import (
     Progress,
     UpdateReport,
     flag_for,
-    is_version,
     should_halt,
-    version_key,
 )
 from aeamc.shared.runtime.tls import Peer
+from aeamc.shared.versions import is_version, version_key
 
 from ..errors import ApiError, not_found
 from ..service import Coordinator
@@ -113,10 +112,12 @@ class Rollouts:
             for device_id, (outcome, received_at) in self.reports.get(version, {}).items()
             if device_id in targeted and received_at >= since
         )
-        running = sum(
-            1
-            for d in self.c.devices.values()
-            if d.capabilities and d.capabilities.version == version
+        running = len(
+            [
+                d
+                for d in self.c.devices.values()
+                if d.capabilities and d.capabilities.version == version
+            ]
         )
         return Progress(
             targeted=len(targeted),
@@ -202,7 +203,7 @@ class Rollouts:
                 "halt_reason": None,
                 "counted_from": 0,
             }
-            await self.c.db.write(lambda db: db["releases"].insert(row))
+            await self.c.db.write(lambda db: db.table("releases").insert(row))
             self.releases[version] = row
             await self.c.set_flag(flag_for(version), percent, by)
         log.info("release %s rolling out to %d %% by %s", version, percent, by)
