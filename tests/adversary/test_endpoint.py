@@ -180,8 +180,8 @@ def test_the_endpoint_rule(endpoint: str | None, address: str | None, allowed: b
     )
     c = Coordinator(config, SigningKey.from_seed(bytes(32)), Database(Path("unused")), discover())
     if allowed:
-        c.endpoint_allowed(endpoint, address)
+        c.enrollment.endpoint_allowed(endpoint, address)
     else:
         with pytest.raises(ApiError) as refused:
-            c.endpoint_allowed(endpoint, address)
+            c.enrollment.endpoint_allowed(endpoint, address)
         assert refused.value.status == 400 and refused.value.code == "endpoint_not_allowed"

@@ -204,7 +204,7 @@ class Rollouts:
             }
             await self.c.db.write(lambda db: db["releases"].insert(row))
             self.releases[version] = row
-            await self.c.set_flag(flag_for(version), percent, by)
+            await self.c.flags.set_flag(flag_for(version), percent, by)
         log.info("release %s rolling out to %d %% by %s", version, percent, by)
         return self.view(version)
 
@@ -232,7 +232,7 @@ class Rollouts:
                 halt_reason=None,
                 counted_from=counted_from,
             )
-            await self.c.set_flag(flag_for(version), percent, by)
+            await self.c.flags.set_flag(flag_for(version), percent, by)
         log.info("release %s rollout set to %d %% by %s", version, percent, by)
         return self.view(version)
 
@@ -254,7 +254,7 @@ class Rollouts:
 
         await self.c.db.write(txn)
         self.releases[version].update(state=HALTED, halted_at=now, halt_reason=reason)
-        await self.c.set_flag(flag_for(version), 0, by)
+        await self.c.flags.set_flag(flag_for(version), 0, by)
         log.warning("rollout of release %s halted by %s: %s", version, by, reason)
 
     # -- devices -----------------------------------------------------------------------------
