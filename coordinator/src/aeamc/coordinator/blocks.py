@@ -46,6 +46,8 @@ CHECK_ALL_SQL = (
 
 
 class BlockService:
+    """Forms microblocks and serves the chain; the only writer of the blocks table."""
+
     def __init__(self, ctx: Context, settlement: Settlement) -> None:
         self.ctx = ctx
         self.settlement = settlement
@@ -187,6 +189,7 @@ class BlockService:
         )
 
     async def blocks_view(self, start: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        """Blocks from height ``start`` on (at most ``limit``), hashes in lowercase hex."""
         rows = await self.ctx.db.read(
             lambda db: list(
                 db.query(
@@ -202,6 +205,7 @@ class BlockService:
         return rows
 
     async def block_bytes(self, height: int) -> bytes:
+        """The exact bytes of block ``height`` (header then payload), as hashed and anchored."""
         row = await self.ctx.db.read(
             lambda db: next(
                 iter(db.query("SELECT header, payload FROM blocks WHERE height=?", [height])),
@@ -213,6 +217,7 @@ class BlockService:
         return bytes(row["header"]) + bytes(row["payload"])
 
     async def block_view(self, height: int) -> dict[str, Any]:
+        """Block ``height`` decoded, each receipt with its spot-check state, and its anchor."""
         raw = await self.block_bytes(height)
         view = microblock.decode(raw).to_json()
         checks = await self.ctx.db.read(

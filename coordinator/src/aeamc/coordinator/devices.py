@@ -19,11 +19,15 @@ log = logging.getLogger(__name__)
 
 
 class DeviceService:
+    """The operator's view of devices and their state changes."""
+
     def __init__(self, ctx: Context, settlement: Settlement) -> None:
         self.ctx = ctx
         self.settlement = settlement
 
     async def set_device_state(self, device_id: str, state: str, reason: str) -> Device:
+        """Set a device's state for ``reason`` (approve or quarantine); a quarantine runs
+        the one cascade (settlement.py) in the same transaction."""
         device = self.ctx.devices.get(device_id)
         if device is None:
             raise not_found(f"device {device_id}")
@@ -55,6 +59,8 @@ class DeviceService:
         return device
 
     def device_view(self, d: Device) -> dict[str, Any]:
+        """A device as the operator sees it: state, capabilities, telemetry, EPS, record,
+        and why the scheduler would or would not give it work now."""
         t = d.telemetry
         return {
             "device_id": d.device_id,
@@ -86,6 +92,7 @@ class DeviceService:
         return "eligible" if reason is None else reason
 
     def device(self, device_id: str) -> Device:
+        """The enrolled device ``device_id``, or a not-found refusal."""
         d = self.ctx.devices.get(device_id)
         if d is None:
             raise not_found(f"device {device_id}")

@@ -66,6 +66,8 @@ def _endpoint_host(endpoint: str) -> IpAddress | None:
 
 
 class EnrollmentService:
+    """Admits devices: signed enrollments, the endpoint rule, pending identities."""
+
     def __init__(self, ctx: Context, tokens: TokenService) -> None:
         self.ctx = ctx
         self.tokens = tokens

@@ -19,12 +19,15 @@ FLAG_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 
 class FlagService:
+    """Feature flags; the only writer of the flags and flag_history tables."""
+
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         #: Feature flags (SPEC §10): name → rollout percent.
         self.flags: dict[str, int] = {}
 
     def flag_on(self, name: str, device_id: str) -> bool:
+        """Whether flag ``name`` is on for ``device_id`` (its SPEC §10 cohort bucket)."""
         return in_rollout(name, device_id, self.flags.get(name, 0))
 
     def flags_for(self, device_id: str) -> dict[str, bool]:
@@ -32,6 +35,7 @@ class FlagService:
         return {name: in_rollout(name, device_id, p) for name, p in sorted(self.flags.items())}
 
     async def list_flags(self) -> list[dict[str, Any]]:
+        """Every flag with its percentage and who changed it last."""
         return await self.ctx.db.read(
             lambda db: list(
                 db.query("SELECT name, percent, updated_at, updated_by FROM flags ORDER BY name")
@@ -39,6 +43,8 @@ class FlagService:
         )
 
     async def set_flag(self, name: str, percent: Any, by: str) -> dict[str, Any]:
+        """Set a flag's rollout percentage; the change and its history row are committed
+        together before the new value is served."""
         if not isinstance(name, str) or not FLAG_NAME.fullmatch(name):
             raise ApiError(
                 400, "invalid_message", "flag name: 1-64 of a-z, 0-9, '-', '_', '.'", field="name"
@@ -82,6 +88,7 @@ class FlagService:
         }
 
     async def flag_history(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Every change of one flag (or all), oldest first."""
         sql = "SELECT name, from_percent, to_percent, at, by FROM flag_history"
         args: list[Any] = []
         if name is not None:

@@ -26,11 +26,16 @@ STRICT_FRESHNESS = "strict-freshness"
 
 
 class HeartbeatService:
+    """Accepts heartbeats and keeps each device's liveness and EPS inputs."""
+
     def __init__(self, ctx: Context, flags: FlagService) -> None:
         self.ctx = ctx
         self.flags = flags
 
     async def heartbeat(self, data: Any, peer: Peer | None = None) -> dict[str, Any]:
+        """Accept a signed, fresh heartbeat whose ``seq`` is above every earlier one, over
+        the device's own certificate; its telemetry is stored before the answer, which
+        carries the device's flags. A replayed or stale heartbeat changes nothing."""
         poa = parse_signed(data, PoA)
         device = self.ctx.devices.get(poa.device_id)
         if device is None:

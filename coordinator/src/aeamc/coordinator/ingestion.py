@@ -63,11 +63,16 @@ def _item_error(exc: Exception) -> dict[str, Any]:
 
 
 class ProofIngestion:
+    """Accepts proofs of task: each checked against its assignment, then stored."""
+
     def __init__(self, ctx: Context, settlement: Settlement) -> None:
         self.ctx = ctx
         self.settlement = settlement
 
     async def accept_proof(self, data: Any, peer: Peer | None = None) -> dict[str, Any]:
+        """Accept one proof: signed by its device, over its certificate, for a live
+        assignment, with output and trace matching its commitments; stored (and its task
+        settled) in one commit before the answer. A refused proof changes nothing."""
         pot, device = self._proof_sender(data, peer)
         row = await self.ctx.db.read(lambda db: _assignment_row(db, pot.task_id, pot.device_id))
         checked = self._check_proof(data, pot, device, row)

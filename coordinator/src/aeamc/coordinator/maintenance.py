@@ -10,10 +10,15 @@ from .context import Context
 
 
 class Maintenance:
+    """Periodic upkeep that keeps the tables within their promises."""
+
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
     async def expire_assignments(self) -> int:
+        """Expire assignments past their time (counted against their devices) and fail
+        tasks past their deadline; returns how many assignments expired. A round with
+        nothing due costs a read, not a commit."""
         now = self.ctx.clock()
         # A read first: most rounds find nothing overdue, and a write would cost every
         # round a durable commit (and a fresh task its latency).
@@ -60,6 +65,7 @@ class Maintenance:
         return len(timed_out)
 
     async def purge_telemetry(self) -> int:
+        """Delete heartbeats older than the telemetry retention; returns how many."""
         cutoff = self.ctx.clock() - self.ctx.config.protocol.telemetry_retention_days * 86_400_000
         return await self.ctx.db.write(
             lambda db: db.execute("DELETE FROM heartbeats WHERE received_at < ?", [cutoff]).rowcount

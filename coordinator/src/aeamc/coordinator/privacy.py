@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 
 class PrivacyService:
+    """The device owner's rights: export of everything held, and erasure."""
+
     def __init__(self, ctx: Context, settlement: Settlement, blocks: BlockService) -> None:
         self.ctx = ctx
         self.settlement = settlement

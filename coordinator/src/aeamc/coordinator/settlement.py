@@ -32,10 +32,14 @@ def _differing_chunks(
 
 
 class Settlement:
+    """Task settling, voiding and the quarantine cascade, inside callers' transactions."""
+
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
     def settle_task(self, db: sqlite_utils.Database, task_id: str, now: int) -> str:
+        """After a proof is stored: complete the task when enough replicas agree, or mark it
+        disputed (scheduling the re-execution of the differing chunks); returns its state."""
         task = next(iter(db.query("SELECT replicas, state FROM tasks WHERE task_id=?", [task_id])))
         digests = [
             r["output_digest"]
@@ -70,6 +74,8 @@ class Settlement:
     def release_assignments(
         self, db: sqlite_utils.Database, device_id: str, state: str, reason: str
     ) -> list[str]:
+        """Give a device's in-flight assignments back to the queue (state ``state``, with
+        ``reason``); returns their task ids."""
         tasks = [
             r["task_id"]
             for r in db.query(

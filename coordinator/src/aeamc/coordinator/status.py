@@ -25,6 +25,8 @@ def _oldest_unanchored_block(db: sqlite_utils.Database) -> int | None:
 
 
 class StatusService:
+    """The coordinator's own status: alerts, recent requests, the summary."""
+
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
@@ -46,6 +48,9 @@ class StatusService:
         self.ctx.recent_requests.append((self.ctx.clock(), status, seconds))
 
     async def summary(self) -> dict[str, Any]:
+        """Counts of tasks, checks, credits, blocks and devices, with each status hook's
+        section (anchoring, updates)."""
+
         def q(db: sqlite_utils.Database) -> dict[str, Any]:
             def counts(sql: str) -> dict[str, int]:
                 return {r["k"]: r["n"] for r in db.query(sql)}

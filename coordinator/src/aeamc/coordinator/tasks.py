@@ -47,6 +47,8 @@ def _proof_facts(p: dict[str, Any]) -> verification.ProofFacts:
 
 
 class TaskService:
+    """Clients' tasks: submission and the views that carry verification states."""
+
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 

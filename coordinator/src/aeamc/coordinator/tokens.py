@@ -29,6 +29,8 @@ def hash_token(token: str) -> str:
 
 @dataclass(frozen=True)
 class TokenInfo:
+    """A token as checked: its role, label, limits and owner (never its hash)."""
+
     role: str
     label: str
     expires_at: int | None
@@ -54,6 +56,8 @@ def _spend_token_use(db: sqlite_utils.Database, token_hash: str, now: int) -> in
 
 
 class TokenService:
+    """Operator, client and enrollment tokens; the only writer of the tokens table."""
+
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
@@ -131,6 +135,8 @@ class TokenService:
 
     @staticmethod
     def consume_enroll_token(db: sqlite_utils.Database, token: str, now: int) -> None:
+        """Spend one use of a valid enrollment token in the caller's transaction, or refuse
+        it (unknown, expired, used up) so the enrollment changes nothing."""
         row = next(
             iter(
                 db.query(

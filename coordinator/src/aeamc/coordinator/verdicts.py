@@ -14,6 +14,8 @@ log = logging.getLogger(__name__)
 
 
 class VerdictService:
+    """Applies spot-check verdicts to proofs, tasks and devices."""
+
     def __init__(self, ctx: Context, settlement: Settlement) -> None:
         self.ctx = ctx
         self.settlement = settlement
