@@ -19,6 +19,7 @@ import msgspec
 from aiohttp import web
 
 from aeamc.shared.errors import ProtocolError
+from aeamc.shared.refusals import Refusal
 from aeamc.shared.runtime.tls import peer_of
 
 from .anchoring.bundles import receipt_bundle
@@ -138,6 +139,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ApiError as exc:
         return reply(exc.body(), exc.status)
+    except Refusal as exc:
+        err = ApiError.from_refusal(exc)
+        return reply(err.body(), err.status)
     except ProtocolError as exc:
         err = ApiError.from_protocol(exc)
         return reply(err.body(), err.status)
@@ -285,7 +289,13 @@ async def post_proof_batch(request: web.Request) -> web.Response:
             f'body: {{"proofs": [1..{MAX_PROOF_BATCH} proof submissions]}}',
             field="proofs",
         )
-    results = await c.ingestion.accept_proofs(items, peer_of(request.transport))
+    outcomes = await c.ingestion.accept_proofs(items, peer_of(request.transport))
+    results = [
+        {"status": 202, "body": o}
+        if isinstance(o, dict)
+        else {"status": (err := ApiError.from_exception(o)).status, **err.body()}
+        for o in outcomes
+    ]
     return reply({"results": results}, 200)
 
 

@@ -10,9 +10,9 @@ from typing import Any
 import sqlite_utils
 
 from aeamc.shared import microblock, spotcheck
+from aeamc.shared.refusals import not_found
 
 from .context import Context
-from .errors import not_found
 from .membership import LAST_BLOCKED_SEQ
 from .settlement import Settlement
 

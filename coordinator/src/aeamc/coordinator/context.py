@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aeamc.shared.identity import Signer, device_id_for
+from aeamc.shared.refusals import Fault, Refusal
 from aeamc.shared.runtime.tls import Peer
 from aeamc.shared.tasks.registry import KindRegistry
 
@@ -24,7 +25,6 @@ from .alerts import AlertTracker
 from .certs import DeviceCertificates
 from .config import CoordinatorConfig, IpNetwork, endpoint_networks
 from .db import Database
-from .errors import ApiError
 from .registry import Device
 from .verifier import SignatureVerifier
 
@@ -113,7 +113,9 @@ class Context:
     def tls(self) -> DeviceCertificates:
         """The CA's side of mutual TLS (refused when this coordinator has none)."""
         if self.certs is None:
-            raise ApiError(503, "unavailable", "this coordinator has no certificate authority")
+            raise Refusal(
+                Fault.UNAVAILABLE, "unavailable", "this coordinator has no certificate authority"
+            )
         return self.certs
 
     def check_peer(self, peer: Peer | None, device_id: str, *, allow_revoked: bool = False) -> None:

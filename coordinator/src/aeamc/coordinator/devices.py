@@ -9,9 +9,9 @@ from typing import Any
 import sqlite_utils
 
 from aeamc.shared.eps import eps, ineligibility
+from aeamc.shared.refusals import Fault, Refusal, not_found
 
 from .context import Context
-from .errors import ApiError, not_found
 from .registry import Device
 from .settlement import Settlement
 
@@ -32,12 +32,14 @@ class DeviceService:
         if device is None:
             raise not_found(f"device {device_id}")
         if state == "active" and device.state == "quarantined" and reason == "approved":
-            raise ApiError(409, "quarantined", "a quarantined device cannot be approved")
+            raise Refusal(Fault.CONFLICT, "quarantined", "a quarantined device cannot be approved")
         now = self.ctx.clock()
         ttl_ms = self.ctx.config.enrollment.pending_ttl_s * 1000
         if state == "active" and device.state == "pending" and device.enrolled_at < now - ttl_ms:
             # Not yet swept, but as good as gone: its owner enrolls again to be approved.
-            raise ApiError(409, "pending_expired", "this enrollment expired; enroll again")
+            raise Refusal(
+                Fault.CONFLICT, "pending_expired", "this enrollment expired; enroll again"
+            )
 
         def txn(db: sqlite_utils.Database) -> list[str]:
             db.execute(

@@ -17,10 +17,10 @@ from aeamc.shared.messages import (
     check_fresh,
     parse_signed,
 )
+from aeamc.shared.refusals import Fault, Refusal
 
 from .certs import DeviceCertificates
 from .context import Context
-from .errors import ApiError
 from .registry import Device
 from .tokens import TokenService
 
@@ -88,7 +88,7 @@ class EnrollmentService:
         check_fresh(msg.timestamp, now, self.ctx.config.protocol.heartbeat_window_s * 1000)
         existing = self.ctx.devices.get(msg.device_id)
         if existing is not None and existing.state == "quarantined":
-            raise ApiError(403, "quarantined", "this device is quarantined")
+            raise Refusal(Fault.FORBIDDEN, "quarantined", "this device is quarantined")
         caps = msg.capabilities
         self.endpoint_allowed(caps.endpoint, address)
         caps_json = json.dumps(caps.to_dict(), sort_keys=True)
@@ -110,7 +110,7 @@ class EnrollmentService:
                 iter(db.query("SELECT 1 FROM erased_devices WHERE device_id=?", [msg.device_id])),
                 None,
             ):
-                raise ApiError(403, "erased", ERASED_MESSAGE)
+                raise Refusal(Fault.FORBIDDEN, "erased", ERASED_MESSAGE)
             row = next(
                 iter(
                     db.query(
@@ -208,8 +208,8 @@ class EnrollmentService:
         if host is not None and any(host in net for net in self.ctx.endpoint_networks):
             return
         seen = address or "unknown"
-        raise ApiError(
-            400,
+        raise Refusal(
+            Fault.INVALID,
             "endpoint_not_allowed",
             f"the endpoint {endpoint} is not at the address this enrollment comes from "
             f"({seen}) nor in enrollment.endpoint_networks; advertise an IP address of "
@@ -234,15 +234,15 @@ class EnrollmentService:
             )
         )
         if waiting["n"] >= e.max_pending:
-            raise ApiError(
-                429,
+            raise Refusal(
+                Fault.TOO_MANY,
                 "too_many_pending",
                 f"{waiting['n']} devices already wait for approval (enrollment.max_pending); "
                 "enroll with a token, or ask the operator to approve or wait",
             )
         if waiting["here"] >= e.max_pending_per_address:
-            raise ApiError(
-                429,
+            raise Refusal(
+                Fault.TOO_MANY,
                 "too_many_pending",
                 f"{waiting['here']} devices from {address} already wait for approval "
                 "(enrollment.max_pending_per_address); enroll with a token",

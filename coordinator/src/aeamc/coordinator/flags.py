@@ -9,9 +9,9 @@ from typing import Any
 import sqlite_utils
 
 from aeamc.shared.flags import in_rollout
+from aeamc.shared.refusals import Fault, Refusal
 
 from .context import Context
-from .errors import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +46,16 @@ class FlagService:
         """Set a flag's rollout percentage; the change and its history row are committed
         together before the new value is served."""
         if not isinstance(name, str) or not FLAG_NAME.fullmatch(name):
-            raise ApiError(
-                400, "invalid_message", "flag name: 1-64 of a-z, 0-9, '-', '_', '.'", field="name"
+            raise Refusal(
+                Fault.INVALID,
+                "invalid_message",
+                "flag name: 1-64 of a-z, 0-9, '-', '_', '.'",
+                field="name",
             )
         if not isinstance(percent, int) or isinstance(percent, bool) or not 0 <= percent <= 100:
-            raise ApiError(400, "invalid_message", "percent: an integer 0..100", field="percent")
+            raise Refusal(
+                Fault.INVALID, "invalid_message", "percent: an integer 0..100", field="percent"
+            )
         now = self.ctx.clock()
 
         def txn(db: sqlite_utils.Database) -> int | None:

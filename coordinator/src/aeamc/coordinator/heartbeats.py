@@ -13,10 +13,10 @@ from aeamc.shared.messages import (
     check_fresh,
     parse_signed,
 )
+from aeamc.shared.refusals import Fault, Refusal
 from aeamc.shared.runtime.tls import Peer
 
 from .context import Context
-from .errors import ApiError
 from .flags import FlagService
 
 #: Feature flag: devices in its cohort get half the heartbeat freshness window (a PoA
@@ -39,7 +39,7 @@ class HeartbeatService:
         poa = parse_signed(data, PoA)
         device = self.ctx.devices.get(poa.device_id)
         if device is None:
-            raise ApiError(403, "not_enrolled", "unknown device: enroll first")
+            raise Refusal(Fault.FORBIDDEN, "not_enrolled", "unknown device: enroll first")
         await self.ctx.verifier.verify(poa, device.public_key)
         now = self.ctx.clock()
         window_ms = self.ctx.config.protocol.heartbeat_window_s * 1000
@@ -47,13 +47,13 @@ class HeartbeatService:
             window_ms //= 2
         check_fresh(poa.timestamp, now, window_ms)
         if device.state == "pending":
-            raise ApiError(403, "pending", "enrollment awaits the operator's approval")
+            raise Refusal(Fault.FORBIDDEN, "pending", "enrollment awaits the operator's approval")
         if device.state == "quarantined":
-            raise ApiError(403, "quarantined", "this device is quarantined")
+            raise Refusal(Fault.FORBIDDEN, "quarantined", "this device is quarantined")
         self.ctx.check_peer(peer, poa.device_id)
         if poa.seq <= device.last_seq:
-            raise ApiError(
-                409,
+            raise Refusal(
+                Fault.CONFLICT,
                 "replay",
                 f"seq {poa.seq} is not above {device.last_seq}",
                 last_seq=device.last_seq,
@@ -69,7 +69,7 @@ class HeartbeatService:
                 [poa.seq, now, telemetry_json, score, poa.device_id, poa.seq],
             )
             if cur.rowcount != 1:
-                raise ApiError(409, "replay", f"seq {poa.seq} was already used")
+                raise Refusal(Fault.CONFLICT, "replay", f"seq {poa.seq} was already used")
             db.execute(
                 "INSERT INTO heartbeats (device_id, seq, timestamp, received_at, telemetry) "
                 "VALUES (?,?,?,?,?)",

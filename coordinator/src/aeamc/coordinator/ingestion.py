@@ -20,11 +20,11 @@ from aeamc.shared.messages import (
     parse_signed,
 )
 from aeamc.shared.proofs import verify_pot
+from aeamc.shared.refusals import Fault, Refusal
 from aeamc.shared.runtime.tls import Peer
 from aeamc.shared.schema import hex_bytes, record
 
 from .context import Context
-from .errors import ApiError
 from .registry import Device
 from .settlement import Settlement
 
@@ -56,10 +56,8 @@ def _assignment_row(db: sqlite_utils.Database, task_id: str, device_id: str) -> 
     )
 
 
-def _item_error(exc: Exception) -> dict[str, Any]:
-    """One batch item's refusal, in the shape and with the status a single request gets."""
-    err = exc if isinstance(exc, ApiError) else ApiError.from_protocol(exc)  # type: ignore[arg-type]
-    return {"status": err.status, **err.body()}
+#: One batch item's outcome: the answer a single request would get, or its refusal.
+Outcome = dict[str, Any] | Refusal | ProtocolError
 
 
 class ProofIngestion:
@@ -79,24 +77,22 @@ class ProofIngestion:
         task_state = await self.ctx.db.write(lambda db: self._store_proof(db, checked))
         return self._proof_accepted(checked, task_state)
 
-    async def accept_proofs(
-        self, items: list[Any], peer: Peer | None = None
-    ) -> list[dict[str, Any]]:
-        """Accept a batch of proofs: one read, one durable commit, one answer per item.
+    async def accept_proofs(self, items: list[Any], peer: Peer | None = None) -> list[Outcome]:
+        """Accept a batch of proofs: one read, one durable commit, one outcome per item.
 
         Each item is judged exactly as ``accept_proof`` would judge it alone and gets its
-        own result (``status`` 202 and the body, or the error); one bad item never takes
-        its neighbours down. The CPU-bound checks (signatures, output digests, trace
+        own outcome (the answer, or the refusal); one bad item never takes its neighbours
+        down. The CPU-bound checks (signatures, output digests, trace
         roots) run in a worker thread, off the event loop.
         """
-        results: list[dict[str, Any] | None] = [None] * len(items)
+        results: list[Outcome | None] = [None] * len(items)
         senders: list[tuple[int, PoT, Device]] = []
         for i, data in enumerate(items):
             try:
                 pot, device = self._proof_sender(data, peer)
                 senders.append((i, pot, device))
-            except (ApiError, ProtocolError) as exc:
-                results[i] = _item_error(exc)
+            except (Refusal, ProtocolError) as exc:
+                results[i] = exc
         keys = [(pot.task_id, pot.device_id) for _, pot, _ in senders]
         rows = await self.ctx.db.read(lambda db: [_assignment_row(db, t, d) for t, d in keys])
 
@@ -105,8 +101,8 @@ class ProofIngestion:
             for (i, pot, device), row in zip(senders, rows, strict=True):
                 try:
                     ok.append((i, self._check_proof(items[i], pot, device, row)))
-                except (ApiError, ProtocolError) as exc:
-                    results[i] = _item_error(exc)
+                except (Refusal, ProtocolError) as exc:
+                    results[i] = exc
             return ok
 
         checked = await asyncio.to_thread(check_all)
@@ -118,7 +114,7 @@ class ProofIngestion:
                 try:
                     out.append((True, self._store_proof(db, proof)))
                     db.conn.execute("RELEASE item")
-                except ApiError as exc:
+                except Refusal as exc:
                     db.conn.execute("ROLLBACK TO item")
                     db.conn.execute("RELEASE item")
                     out.append((False, exc))
@@ -126,13 +122,9 @@ class ProofIngestion:
 
         stored = await self.ctx.db.write(txn) if checked else []
         for (i, proof), (ok, value) in zip(checked, stored, strict=True):
-            results[i] = (
-                {"status": 202, "body": self._proof_accepted(proof, value)}
-                if ok
-                else _item_error(value)
-            )
+            results[i] = self._proof_accepted(proof, value) if ok else value
         out = [r for r in results if r is not None]
-        refused = sum(1 for r in out if r["status"] != 202)
+        refused = sum(1 for r in out if not isinstance(r, dict))
         if refused:
             self.ctx.count("proofs_rejected", refused)  # as /v1/proofs refusals are counted
         return out
@@ -143,9 +135,9 @@ class ProofIngestion:
         pot = parse_signed(req["pot"], PoT)
         device = self.ctx.devices.get(pot.device_id)
         if device is None:
-            raise ApiError(403, "not_enrolled", "unknown device")
+            raise Refusal(Fault.FORBIDDEN, "not_enrolled", "unknown device")
         if device.state == "quarantined":
-            raise ApiError(403, "quarantined", "this device is quarantined")
+            raise Refusal(Fault.FORBIDDEN, "quarantined", "this device is quarantined")
         # Identity and signature first: a forged message learns nothing about assignments.
         pot.verify(device.public_key, signer_id=pot.device_id)
         # Then the connection: the proof must come over this device's own certificate.
@@ -156,11 +148,11 @@ class ProofIngestion:
         self, data: Any, pot: PoT, device: Device, row: dict[str, Any] | None
     ) -> _CheckedProof:
         if row is None:
-            raise ApiError(410, "unknown_assignment", "no such assignment for this device")
+            raise Refusal(Fault.GONE, "unknown_assignment", "no such assignment for this device")
         if row["state"] == "proved":
-            raise ApiError(409, "duplicate", "a proof for this task was already accepted")
+            raise Refusal(Fault.CONFLICT, "duplicate", "a proof for this task was already accepted")
         if row["state"] not in ("offered", "accepted"):
-            raise ApiError(410, "assignment_expired", f"the assignment is {row['state']}")
+            raise Refusal(Fault.GONE, "assignment_expired", f"the assignment is {row['state']}")
         assignment = parse(Assignment, json.loads(row["message"]))
         output = bytes.fromhex(data["output"])
         verify_pot(
@@ -183,7 +175,7 @@ class ProofIngestion:
             [pot.task_id, pot.device_id],
         )
         if cur.rowcount != 1:
-            raise ApiError(409, "duplicate", "a proof for this task was already accepted")
+            raise Refusal(Fault.CONFLICT, "duplicate", "a proof for this task was already accepted")
         db.execute(
             "INSERT INTO proofs (task_id, device_id, pot, signature, output, output_digest, "
             "accepted_at, chunks) VALUES (?,?,?,?,?,?,?,?)",

@@ -13,12 +13,12 @@ from aeamc.shared.messages import (
     check_fresh,
     parse_signed,
 )
+from aeamc.shared.refusals import Fault, Refusal, not_found
 from aeamc.shared.runtime.tls import Peer
 
 from .blocks import BlockService
 from .certs import DeviceCertificates
 from .context import Context
-from .errors import ApiError, not_found
 from .membership import block_of, height_of, not_in_block
 from .settlement import Settlement
 
@@ -39,16 +39,21 @@ class PrivacyService:
         """Accept only a fresh ``privacy`` request for ``action`` signed by ``device_id``'s key."""
         msg = parse_signed(data, Privacy)
         if msg.device_id != device_id:
-            raise ApiError(
-                400, "invalid_message", "device_id differs from the path", field="device_id"
+            raise Refusal(
+                Fault.INVALID,
+                "invalid_message",
+                "device_id differs from the path",
+                field="device_id",
             )
         if msg.action != action:
-            raise ApiError(
-                400, "invalid_message", f"action must be {action!r} here", field="action"
+            raise Refusal(
+                Fault.INVALID, "invalid_message", f"action must be {action!r} here", field="action"
             )
         device = self.ctx.devices.get(device_id)
         if device is None:
-            raise ApiError(403, "not_enrolled", "unknown device (never enrolled, or erased)")
+            raise Refusal(
+                Fault.FORBIDDEN, "not_enrolled", "unknown device (never enrolled, or erased)"
+            )
         msg.verify(device.public_key, signer_id=device_id)
         check_fresh(
             msg.timestamp, self.ctx.clock(), self.ctx.config.protocol.heartbeat_window_s * 1000

@@ -12,10 +12,10 @@ from aeamc.shared import verification
 from aeamc.shared.messages import (
     TASK_ID_PATTERN,
 )
+from aeamc.shared.refusals import Fault, Refusal, not_found
 from aeamc.shared.schema import integer, json_object, optional, record, text
 
 from .context import Context
-from .errors import ApiError, not_found
 from .membership import height_of
 from .tokens import OWNER_BYTES
 
@@ -64,12 +64,14 @@ class TaskService:
         req = _TASK_REQUEST(data, "")
         kind = req["kind"]
         if kind not in self.ctx.kinds:
-            raise ApiError(400, "unknown_kind", f"unknown task kind {kind!r}", field="kind")
+            raise Refusal(
+                Fault.INVALID, "unknown_kind", f"unknown task kind {kind!r}", field="kind"
+            )
         self.ctx.kinds.validate(kind, req["params"], req["chunks"])
         replicas = req.get("replicas", 1)
         if replicas > self.ctx.config.scheduler.max_replicas:
-            raise ApiError(
-                400,
+            raise Refusal(
+                Fault.INVALID,
                 "invalid_message",
                 f"replicas: at most {self.ctx.config.scheduler.max_replicas}",
                 field="replicas",
@@ -95,8 +97,8 @@ class TaskService:
                 iter(db.query("SELECT 1 FROM tasks WHERE task_id=?", [row["task_id"]])), None
             ):
                 if ref:
-                    raise ApiError(
-                        409,
+                    raise Refusal(
+                        Fault.CONFLICT,
                         "duplicate",
                         f"you already have a task {ref}",
                         field="task_id",

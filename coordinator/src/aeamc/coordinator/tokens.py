@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 import sqlite_utils
 
+from aeamc.shared.refusals import Fault, Refusal
+
 from .context import Context
-from .errors import ApiError
 
 ROLES = ("operator", "client", "enroll")
 
@@ -71,7 +72,9 @@ class TokenService:
         token handed out carelessly admits a bounded number of devices for a bounded time.
         """
         if role not in ROLES:
-            raise ApiError(400, "invalid_message", f"role must be one of {', '.join(ROLES)}")
+            raise Refusal(
+                Fault.INVALID, "invalid_message", f"role must be one of {', '.join(ROLES)}"
+            )
         if role == "enroll":
             uses = uses if uses is not None else self.ctx.config.tokens.enroll_default_uses
             ttl_s = ttl_s if ttl_s is not None else self.ctx.config.tokens.enroll_default_ttl_s
@@ -108,7 +111,7 @@ class TokenService:
         is only read, and costs no durable commit.
         """
         if not token:
-            raise ApiError(401, "unauthorized", "a bearer token is required")
+            raise Refusal(Fault.UNAUTHENTICATED, "unauthorized", "a bearer token is required")
         wanted = hash_token(token)
         row = await self.ctx.db.read(
             lambda db: next(
@@ -117,20 +120,20 @@ class TokenService:
         )
         # compare_digest: the lookup found the row by hash, this guards the equality itself.
         if row is None or not hmac.compare_digest(row["token_hash"], wanted):
-            raise ApiError(401, "unauthorized", "unknown token")
+            raise Refusal(Fault.UNAUTHENTICATED, "unauthorized", "unknown token")
         info = TokenInfo(
             row["role"], row["label"], row["expires_at"], row["uses_left"], row["owner"]
         )
         if info.role not in roles:
-            raise ApiError(403, "forbidden", f"a {info.role} token cannot do this")
+            raise Refusal(Fault.FORBIDDEN, "forbidden", f"a {info.role} token cannot do this")
         now = self.ctx.clock()
         if info.expires_at is not None and info.expires_at < now:
-            raise ApiError(401, "unauthorized", "token expired")
+            raise Refusal(Fault.UNAUTHENTICATED, "unauthorized", "token expired")
         if info.uses_left is None:
             return info
         left = await self.ctx.db.write(lambda db: _spend_token_use(db, wanted, now))
         if left is None:
-            raise ApiError(401, "unauthorized", "token used up")
+            raise Refusal(Fault.UNAUTHENTICATED, "unauthorized", "token used up")
         return dataclasses.replace(info, uses_left=left)
 
     @staticmethod
@@ -147,12 +150,12 @@ class TokenService:
             None,
         )
         if row is None:
-            raise ApiError(403, "invalid_token", "unknown enrollment token")
+            raise Refusal(Fault.FORBIDDEN, "invalid_token", "unknown enrollment token")
         if row["expires_at"] is not None and row["expires_at"] < now:
-            raise ApiError(403, "invalid_token", "enrollment token expired")
+            raise Refusal(Fault.FORBIDDEN, "invalid_token", "enrollment token expired")
         if row["uses_left"] is not None:
             if row["uses_left"] <= 0:
-                raise ApiError(403, "invalid_token", "enrollment token used up")
+                raise Refusal(Fault.FORBIDDEN, "invalid_token", "enrollment token used up")
             db.execute(
                 "UPDATE tokens SET uses_left = uses_left - 1 WHERE token_hash = ?",
                 [row["token_hash"]],

@@ -32,6 +32,8 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 
+from aeamc.shared.refusals import Refusal
+
 from ..errors import ApiError
 from . import markdown
 from .samples import Sampler
@@ -275,7 +277,7 @@ async def session_info(request: web.Request) -> web.Response:
     if session is not None:
         try:
             await dashboard.coordinator.tokens.check_token(session.token, ("operator",))
-        except ApiError:
+        except Refusal:
             dashboard.sessions.drop(session_id)
             session = None
     if session is None:
