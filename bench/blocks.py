@@ -106,7 +106,7 @@ async def _measure_size(n: int, runs: int, root: Path, fleet: str) -> dict[str, 
             await db.checkpoint()
             before = _db_bytes(config.db_path)
             start = time.perf_counter()
-            height = await coordinator.form_block()
+            height = await coordinator.blocks.form_block()
             times.append(time.perf_counter() - start)
             assert height == run, (height, run)
             await db.checkpoint()

@@ -165,7 +165,7 @@ async def _initial_tokens(config: CoordinatorConfig, key: Any, tokens_dir: Path)
             path = tokens_dir / f"{role}.token"
             if path.exists():
                 continue
-            token = (await c.create_token(role, label=f"initial {role}")).token
+            token = (await c.tokens.create_token(role, label=f"initial {role}")).token
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(token + "\n")

@@ -11,7 +11,7 @@ from typing import Any
 
 from . import __version__
 from .dashboard import openapi_paths as dashboard_paths
-from .service import CLIENT_REF_MAX
+from .tasks import CLIENT_REF_MAX
 from .updates.api import openapi_paths as update_paths
 
 _HEX32 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
