@@ -50,6 +50,15 @@ class Maintenance:
                 db.execute(
                     "UPDATE devices SET timeouts=timeouts+1 WHERE device_id=?", [r["device_id"]]
                 )
+            # A task that fails takes its live assignments with it, so no late proof can
+            # complete a failed task (the lifecycle tables allow no exit from 'failed').
+            db.execute(
+                "UPDATE assignments SET state='expired', reason='task deadline passed' "
+                "WHERE state IN ('offered','accepted') AND task_id IN (SELECT task_id FROM "
+                "tasks WHERE state IN ('queued','running') AND deadline IS NOT NULL "
+                "AND deadline < ?)",
+                [now],
+            )
             db.execute(
                 "UPDATE tasks SET state='failed', completed_at=?, detail='deadline passed' "
                 "WHERE state IN ('queued','running') AND deadline IS NOT NULL AND deadline < ?",
