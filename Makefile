@@ -11,14 +11,15 @@ PY_INPUTS := requirements/constraints.txt requirements/dev.txt \
 NODE_STAMP := node_modules/.installed
 DEB_STAMP := $(VENV)/.debian-packages
 
-.PHONY: help deps test lint format demo bench lock clean
+.PHONY: help deps test lint typecheck format demo bench lock clean
 
 help:
-	@echo "make test    install what is missing, then lint and run every test with coverage"
+	@echo "make test    install what is missing, then lint, type-check and run every test with coverage"
 	@echo "make demo    run a local network (chain, coordinator, agents) and show the result"
 	@echo "             options: make demo ARGS='--agents 8 --tasks 30' (see aeamc devnet --help)"
 	@echo "make bench   run the benchmarks; results in bench/results/ and docs/performance.md"
 	@echo "make lint    ruff check and format check"
+	@echo "make typecheck  mypy: strict for the protocol core, checked for agent and coordinator"
 	@echo "make format  apply ruff formatting"
 	@echo "make lock    re-resolve requirements/constraints.txt from requirements/dev.txt"
 	@echo "make packages  build dist/aeamc-agent_*.deb and dist/microblock-coordinator_*.deb"
@@ -46,11 +47,15 @@ lint: $(PY_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Configured in pyproject.toml [tool.mypy]; incremental through .mypy_cache.
+typecheck: $(PY_STAMP)
+	$(BIN)/mypy
+
 format: $(PY_STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: deps lint
+test: deps lint typecheck
 	rm -f .coverage .coverage.*
 	$(BIN)/python -m pytest --cov --cov-report=term --cov-fail-under=80
 
@@ -80,4 +85,5 @@ lock:
 	rm -rf .lock-venv
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache .hypothesis .coverage .coverage.* htmlcov
+	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache .mypy_cache .hypothesis .coverage \
+		.coverage.* htmlcov

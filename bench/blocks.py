@@ -56,9 +56,14 @@ def _fill(db: Database, n: int, serial: int, passes: int) -> list[tuple[str, str
         )
         c.executemany(
             "INSERT INTO tasks (task_id, kind, params, chunks, replicas, created_at, state) "
-            "VALUES (?, 'sha256-chain', '{}', ?, 1, ?, 'completed')",
+            "VALUES (?, 'sha256-chain', '{}', ?, 1, ?, 'queued')",
             [(t, CHUNKS, now) for t, _, _ in receipts],
         )
+        # Completed the way the coordinator completes a task (its lifecycle table).
+        for state in ("running", "completed"):
+            c.executemany(
+                "UPDATE tasks SET state=? WHERE task_id=?", [(state, t) for t, _, _ in receipts]
+            )
         c.executemany(
             "INSERT INTO proofs (task_id, device_id, pot, signature, output, output_digest, "
             "accepted_at, chunks) VALUES (?,?,?,?,?,?,?,?)",
@@ -101,7 +106,7 @@ async def _measure_size(n: int, runs: int, root: Path, fleet: str) -> dict[str, 
             await db.checkpoint()
             before = _db_bytes(config.db_path)
             start = time.perf_counter()
-            height = await coordinator.form_block()
+            height = await coordinator.blocks.form_block()
             times.append(time.perf_counter() - start)
             assert height == run, (height, run)
             await db.checkpoint()

@@ -46,6 +46,9 @@ PROJECTS = ("shared", "agent", "coordinator")
 #: What a fleet update ships (docs/updates.md): the agent and its protocol core.
 RELEASE_PROJECTS = ("shared", "agent")
 STAGING_PREFIX = "aeamc-deb-"
+#: A PKCS#11 module for `pkcs11:` keys: the operator's own choice (module-path=), so only
+#: suggested — SoftHSM2 for a software token, OpenSC's for smart cards and USB tokens.
+HSM_SUGGESTS = "softhsm2 | opensc-pkcs11"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +57,11 @@ class Package:
 
     name: str
     distribution: str  # the Python distribution installed into the venv
+    #: The extras installed with it: every one a setting of the package's configuration
+    #: can call for (docs/packaging.md), since nothing can be added to the venv later.
+    extras: tuple[str, ...]
+    #: Debian packages a setting may use but the operator chooses (a PKCS#11 module).
+    suggests: tuple[str, ...]
     command: str  # console script linked into /usr/bin
     conffile: str  # under /etc/aeamc
     alternative_priority: int  # of /usr/bin/aeamc, which both packages provide
@@ -66,6 +74,11 @@ class Package:
     def venv(self) -> str:
         return f"/opt/{self.name}"
 
+    @property
+    def requirement(self) -> str:
+        """What pip installs into the venv: the distribution with its extras."""
+        return f"{self.distribution}[{','.join(self.extras)}]" if self.extras else self.distribution
+
 
 PACKAGES = {
     p.name: p
@@ -73,6 +86,9 @@ PACKAGES = {
         Package(
             name="aeamc-agent",
             distribution="aeamc-agent",
+            # identity_key = "pkcs11:…"; mDNS is in the agent's own dependencies.
+            extras=("hsm",),
+            suggests=(HSM_SUGGESTS,),
             command="aeamc-agent",
             conffile="agent.toml",
             alternative_priority=10,
@@ -93,6 +109,10 @@ PACKAGES = {
         Package(
             name="microblock-coordinator",
             distribution="aeamc-coordinator",
+            # identity_key, ca_key, chain.wallet_key, update role keys as pkcs11: URIs;
+            # mDNS and the chain (web3) are in the coordinator's own dependencies.
+            extras=("hsm",),
+            suggests=(HSM_SUGGESTS,),
             command="aeamc-coordinator",
             conffile="coordinator.toml",
             alternative_priority=20,
@@ -217,7 +237,7 @@ def build_venv(
         [
             *pip,
             *("--no-index", "--no-compile", "--no-warn-script-location", *links),
-            *("-c", constraints, f"{pkg.distribution}=={version}", f"aeamc-shared=={version}"),
+            *("-c", constraints, f"{pkg.requirement}=={version}", f"aeamc-shared=={version}"),
         ]
     )
     make_final(venv, pkg.venv)
@@ -373,6 +393,7 @@ def write_control(pkg: Package, stage: Path, version: str, arch: str, depends: l
         "Maintainer": MAINTAINER,
         "Installed-Size": str(sizes),
         "Depends": ", ".join([PYTHON_DEPENDS, *depends, "adduser"]),
+        **({"Suggests": ", ".join(pkg.suggests)} if pkg.suggests else {}),
         "Section": "net",
         "Priority": "optional",
         "Description": f"{pkg.summary}\n{description}",
@@ -500,7 +521,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             own, version = build_own_wheels(source, work)
             cache = args.wheel_cache.resolve()
             constraints = source / "requirements" / "constraints.txt"
-            fetch_dependency_wheels(own, cache, constraints, [p.distribution for p in packages])
+            fetch_dependency_wheels(own, cache, constraints, [p.requirement for p in packages])
             epoch = source_date_epoch(source)
             for pkg in packages:
                 deb = build_package(

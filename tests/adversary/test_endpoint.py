@@ -13,9 +13,10 @@ import pytest
 
 from aeamc.coordinator.config import CoordinatorConfig, EnrollmentConfig
 from aeamc.coordinator.db import Database
-from aeamc.coordinator.errors import ApiError
+from aeamc.coordinator.errors import http_status
 from aeamc.coordinator.service import Coordinator
 from aeamc.shared.identity import SigningKey
+from aeamc.shared.refusals import Refusal
 from aeamc.shared.tasks.registry import discover
 from tests.adversary.conftest import CoordinatorFactory
 from tests.support.coordinator import CoordinatorProcess
@@ -180,8 +181,8 @@ def test_the_endpoint_rule(endpoint: str | None, address: str | None, allowed: b
     )
     c = Coordinator(config, SigningKey.from_seed(bytes(32)), Database(Path("unused")), discover())
     if allowed:
-        c.endpoint_allowed(endpoint, address)
+        c.enrollment.endpoint_allowed(endpoint, address)
     else:
-        with pytest.raises(ApiError) as refused:
-            c.endpoint_allowed(endpoint, address)
-        assert refused.value.status == 400 and refused.value.code == "endpoint_not_allowed"
+        with pytest.raises(Refusal) as refused:
+            c.enrollment.endpoint_allowed(endpoint, address)
+        assert http_status(refused.value) == 400 and refused.value.code == "endpoint_not_allowed"

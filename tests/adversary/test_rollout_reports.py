@@ -129,14 +129,14 @@ def _unchanged(f: Fleet, before: dict[str, Any]) -> None:
 
 def test_a_pending_identity_cannot_halt(fleet: Fleet) -> None:
     before = fleet.rollout()
-    # A fresh key enrolled without a token and without a certificate request; and one
-    # that sent a request, so it holds a certificate of its own.
+    # A fresh key enrolled without a token, without a certificate request and with one:
+    # either way it holds no certificate while it waits for approval.
     for csr in ("own", None):
         stranger = device(fleet.coord, in_cohort=True)
         message = stranger.enroll_message(csr=None) if csr is None else stranger.enroll_message()
         status, body = fleet.coord.request("POST", "/v1/enroll", message)
         assert status == 202 and body["state"] == "pending", body
-        assert (stranger.cert_file is None) == (csr is None)
+        assert stranger.cert_file is None and "certificate" not in body
         status, body = fleet.post(report(stranger), stranger)
         assert (status, (body.get("error") or {}).get("code")) == (403, "pending"), body
         _unchanged(fleet, before)

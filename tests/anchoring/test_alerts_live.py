@@ -55,10 +55,11 @@ async def test_alerts_fire_and_clear(tmp_path: Path, anvil_bin: Path) -> None:
             fund(node, wallet, ether=1000)
             await wait(lambda: "AnchoringWalletLow" not in firing(coord))
 
-            # HighLatency: requests whose bodies take far more than 50 ms to read and refuse.
+            # HighLatency: requests whose bodies take far more than 50 ms to read and refuse
+            # (on the proof route: the only one whose limit admits a body this large).
             big = b'{"x":"' + b"a" * (15 * 1024 * 1024) + b'"}'
             for _ in range(6):
-                coord.request("POST", "/v1/heartbeats", raw_body=big)
+                coord.request("POST", "/v1/proofs", raw_body=big)
             assert "HighLatency" in firing(coord)
             await wait(lambda: "HighLatency" not in firing(coord), timeout=20)
 

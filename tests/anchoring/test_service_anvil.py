@@ -230,7 +230,7 @@ async def test_a_paused_contract_refuses_before_anything_is_stored(env: Env) -> 
     assert "Paused" in (svc.status_info.last_error or "")
     assert (await svc.status())["state"] == "refused"
     _sign_and_send(env, contract.functions.unpause())
-    svc._last_created_ms = None  # the next interval, without waiting for it
+    svc.sender.last_created_ms = None  # the next interval, without waiting for it
     await drive(svc, lambda: all_final(env), node=env.node)
     roots_ok(env)
 

@@ -32,8 +32,9 @@ from aeamc.coordinator.config import (
     write_setting,
 )
 from aeamc.coordinator.db import Database
-from aeamc.coordinator.errors import ApiError
+from aeamc.coordinator.errors import http_status
 from aeamc.shared import cli
+from aeamc.shared.refusals import Refusal
 from tests.anchoring.conftest import add_blocks
 from tests.support.coordinator import env_without_coverage
 from tests.support.imports import modules_after
@@ -191,9 +192,9 @@ async def test_bundle_refusals_name_the_reason(tmp_path: Path) -> None:
     db = Database(tmp_path / "c.db")
     db.open()
     try:
-        with pytest.raises(ApiError) as e:
+        with pytest.raises(Refusal) as e:
             await bundles.receipt_bundle(db, "t-0", "ab" * 16)
-        assert e.value.status == 404
+        assert http_status(e.value) == 404
         await add_blocks(db, 1)  # block 0 holds seq 1
 
         def proof(d: Any, seq: int) -> None:
@@ -204,11 +205,11 @@ async def test_bundle_refusals_name_the_reason(tmp_path: Path) -> None:
             )
 
         await db.write(lambda d: proof(d, 2))  # past block 0's range: waits for a block
-        with pytest.raises(ApiError, match="not in a microblock") as e:
+        with pytest.raises(Refusal, match="not in a microblock") as e:
             await bundles.receipt_bundle(db, "t-0", "ab" * 16)
-        assert (e.value.status, e.value.code) == (409, "not_anchored")
+        assert (http_status(e.value), e.value.code) == (409, "not_anchored")
         await db.write(lambda d: d.execute("UPDATE proofs SET seq=1"))
-        with pytest.raises(ApiError, match="waits for its anchor"):
+        with pytest.raises(Refusal, match="waits for its anchor"):
             await bundles.receipt_bundle(db, "t-0", "ab" * 16)
         await db.write(
             lambda d: (
@@ -220,7 +221,7 @@ async def test_bundle_refusals_name_the_reason(tmp_path: Path) -> None:
                 d.execute("UPDATE blocks SET anchor_id=1, leaf_index=0"),
             )
         )
-        with pytest.raises(ApiError, match="which is included"):
+        with pytest.raises(Refusal, match="which is included"):
             await bundles.receipt_bundle(db, "t-0", "ab" * 16)
     finally:
         db.close()

@@ -13,14 +13,17 @@ from typing import Any
 
 import pytest
 
+from aeamc.coordinator.blocks import CHECK_ALL_SQL, RECEIPTS_SQL
 from aeamc.coordinator.config import CoordinatorConfig, SpotCheckConfig
 from aeamc.coordinator.db import Database, connect
 from aeamc.coordinator.membership import height_of
 from aeamc.coordinator.schema import MIGRATIONS
-from aeamc.coordinator.service import CHECK_ALL_SQL, RECEIPTS_SQL, Coordinator
+from aeamc.coordinator.service import Coordinator
 from aeamc.shared import microblock, proofs, spotcheck
 from aeamc.shared.identity import SigningKey
+from aeamc.shared.lifecycle import TASK_LIFECYCLE
 from aeamc.shared.tasks.registry import discover
+from tests.support.lifecycle import path_to, walk
 
 CAPS = json.dumps(
     {
@@ -58,11 +61,14 @@ def _add_proof(
     chunks: int = CHUNKS,
     v6: bool = False,
 ) -> int:
-    c.execute(
+    states = path_to(TASK_LIFECYCLE, state)
+    cur = c.execute(
         "INSERT OR IGNORE INTO tasks (task_id, kind, params, chunks, replicas, created_at, state) "
         "VALUES (?, 'sha256-chain', '{}', ?, 1, 0, ?)",
-        [task_id, chunks, state],
+        [task_id, chunks, states[0]],
     )
+    if cur.rowcount:
+        walk(c, "tasks", "state", states, where="task_id=?", args=[task_id])
     # Schema v6 had no chunks column on proofs; v7 copies the task's when storing a proof.
     columns, marks = ("", "") if v6 else (", chunks", ", ?")
     cur = c.execute(
@@ -193,18 +199,20 @@ async def test_v6_to_v7_keeps_every_receipt_in_its_block_and_the_chain_goes_on(
 
         coordinator = _coordinator(db)
         await coordinator.load()
-        view = await coordinator.task_view("t-04")
+        view = await coordinator.tasks.task_view("t-04")
         assert [p["block_height"] for p in view["proofs"]] == [1]
-        assert (await coordinator.summary())["unblocked_receipts"] == 3
-        assert await coordinator.form_block() == 3
-        assert await coordinator.form_block() is None
-        assert (await coordinator.summary())["unblocked_receipts"] == 0
+        assert (await coordinator.status.summary())["unblocked_receipts"] == 3
+        assert await coordinator.blocks.form_block() == 3
+        assert await coordinator.blocks.form_block() is None
+        assert (await coordinator.status.summary())["unblocked_receipts"] == 0
         row = c.execute(
             "SELECT first_seq, last_seq, previous_hash FROM blocks WHERE height=3"
         ).fetchone()
         assert row == (11, 13, hashes[2])
         _check_membership(c)
-        assert {p["block_height"] for p in (await coordinator.task_view("t-10"))["proofs"]} == {3}
+        assert {
+            p["block_height"] for p in (await coordinator.tasks.task_view("t-10"))["proofs"]
+        } == {3}
         # The database itself refuses a block that overlaps an earlier one, or a moved range.
         with pytest.raises(sqlite3.IntegrityError, match="seq range past"):
             c.execute(
@@ -234,13 +242,13 @@ async def test_erasure_keeps_a_blocked_receipt_in_its_block_and_gaps_stay_empty(
         coordinator = _coordinator(db)
         await coordinator.load()
         await db.write(lambda d: fill(d, [("t-a1", "a"), ("t-b1", "b")]))
-        assert await coordinator.form_block() == 0
+        assert await coordinator.blocks.form_block() == 0
         # Waiting for a block: b's, then a's (to be erased), then b's again.
         await db.write(lambda d: fill(d, [("t-b2", "b"), ("t-a2", "a"), ("t-b3", "b")]))
-        erased = await coordinator.erase_device(DEVICES["a"])
+        erased = await coordinator.privacy.erase_device(DEVICES["a"])
         assert erased["deleted"]["unblocked_proofs"] == 1
         assert erased["deleted"]["receipts_kept"] == 1
-        assert await coordinator.form_block() == 1
+        assert await coordinator.blocks.form_block() == 1
         c = connect(db.path)
         assert c.execute("SELECT first_seq, last_seq, receipt_count FROM blocks").fetchall() == [
             (1, 2, 2),
@@ -254,7 +262,9 @@ async def test_erasure_keeps_a_blocked_receipt_in_its_block_and_gaps_stay_empty(
             c.execute("SELECT timestamp FROM blocks WHERE height=0").fetchone()[0],
             0,
         )
-        assert [p["block_height"] for p in (await coordinator.task_view("t-a1"))["proofs"]] == [0]
+        assert [
+            p["block_height"] for p in (await coordinator.tasks.task_view("t-a1"))["proofs"]
+        ] == [0]
         _check_membership(c)
         c.close()
     finally:
@@ -269,10 +279,11 @@ def test_derived_challenge_indices_are_the_spec_vectors(
     coordinator = _coordinator(db, k=v["k"])
     block_hash = bytes.fromhex(v["block_hash"])
     assert (
-        coordinator.challenge_indices(None, block_hash, v["task_id"], v["chunks"]) == (v["indices"])
+        coordinator.blocks.challenge_indices(None, block_hash, v["task_id"], v["chunks"])
+        == (v["indices"])
     )
     # Stored indices (a dispute's differing chunks) are used as they are.
-    assert coordinator.challenge_indices("[0]", block_hash, v["task_id"], v["chunks"]) == [0]
+    assert coordinator.blocks.challenge_indices("[0]", block_hash, v["task_id"], v["chunks"]) == [0]
 
 
 async def test_formation_schedules_checks_lazily_and_disputes_on_the_differing_chunks(
@@ -306,7 +317,7 @@ async def test_formation_schedules_checks_lazily_and_disputes_on_the_differing_c
         # catch_probability 1: a new device's every task is checked, so t-new surely is.
         coordinator = _coordinator(db, floor=0.1, catch_probability=1.0)
         await coordinator.load()
-        assert await coordinator.form_block() == 0
+        assert await coordinator.blocks.form_block() == 0
         c = connect(db.path)
         checks = {
             (t, d): i
@@ -322,7 +333,7 @@ async def test_formation_schedules_checks_lazily_and_disputes_on_the_differing_c
         block_hash = bytes(c.execute("SELECT hash FROM blocks").fetchone()[0])
         exported = {
             s["task_id"]: s["indices"]
-            for s in (await coordinator.export_device(DEVICES["a"]))["spot_checks"]
+            for s in (await coordinator.privacy.export_device(DEVICES["a"]))["spot_checks"]
         }
         assert exported == {
             "t-new": spotcheck.challenge_indices(block_hash, "t-new", 4, CHUNKS),
@@ -353,7 +364,7 @@ async def test_a_new_devices_check_rate_follows_its_tasks_chunk_counts(tmp_path:
         rate = coordinator.config.spot_checks.new_device_rate(32)
         assert 0.5 < rate < 0.7 and coordinator.config.spot_checks.new_device_rate(1) == 1.0
         await coordinator.load()
-        assert await coordinator.form_block() == 0
+        assert await coordinator.blocks.form_block() == 0
         c = connect(db.path)
         checked = [t for (t,) in c.execute("SELECT task_id FROM spot_checks")]
         c.close()

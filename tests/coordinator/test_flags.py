@@ -175,5 +175,5 @@ def test_request_ids_are_assigned_honoured_and_logged(coordinator: CoordinatorPr
     lines = [json.loads(x) for x in coordinator.log.read_text().splitlines() if x.startswith("{")]
     changed = [x for x in lines if x.get("flag") == "y"]
     assert changed and changed[0]["level"] == "info" and changed[0]["by"] == "bob"
-    assert changed[0]["request_id"] and changed[0]["logger"] == "aeamc.coordinator.service"
+    assert changed[0]["request_id"] and changed[0]["logger"] == "aeamc.coordinator.flags"
     assert ("ts" in changed[0]) == ("JOURNAL_STREAM" not in os.environ)

@@ -337,7 +337,7 @@ def test_telemetry_history_older_than_retention_is_purged(
         assert config.protocol.telemetry_retention_days == 30
         service = Coordinator(config, SigningKey.from_seed(os.urandom(32)), db, discover())
         service.clock = lambda: now
-        assert asyncio.run(service.purge_telemetry()) == 2
+        assert asyncio.run(service.maintenance.purge_telemetry()) == 2
         left = db.read_sync(
             lambda d: [
                 r["seq"]

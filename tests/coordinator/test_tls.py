@@ -21,7 +21,8 @@ from cryptography import x509
 
 from aeamc.coordinator.ca import CertificateAuthority
 from aeamc.coordinator.certs import DeviceCertificates
-from aeamc.coordinator.errors import ApiError
+from aeamc.coordinator.errors import ApiError, http_status
+from aeamc.shared.refusals import Refusal
 from aeamc.shared.runtime import tls
 from tests.support.coordinator import CoordinatorProcess
 from tests.support.device import SimDevice
@@ -133,16 +134,16 @@ def test_revoked_serials_are_refused_and_rights_requests_may_use_them(tmp_path: 
     peer = tls.Peer("cd" * 16, tls.ROLE_DEVICE, "1f")
     certs.check(peer, "cd" * 16)
     certs.revoked_now(["1f"])
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(Refusal) as refused:
         certs.check(peer, "cd" * 16)
-    assert (refused.value.status, refused.value.code) == (403, "certificate_revoked")
+    assert (http_status(refused.value), refused.value.code) == (403, "certificate_revoked")
     certs.check(peer, "cd" * 16, allow_revoked=True)
     coordinator_peer = tls.Peer("cd" * 16, tls.ROLE_COORDINATOR, "2")
-    with pytest.raises(ApiError, match="another identity"):
+    with pytest.raises(Refusal, match="another identity"):
         certs.check(coordinator_peer, "cd" * 16)
-    with pytest.raises(ApiError) as bad_csr:
+    with pytest.raises(Refusal) as bad_csr:
         certs.issue(b"\x30\x00", "cd" * 16)
-    assert bad_csr.value.status == 400
+    assert http_status(bad_csr.value) == 400
 
 
 def _get(url: str, ctx: ssl.SSLContext) -> tuple[int, dict[str, str], Any]:

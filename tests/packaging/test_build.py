@@ -61,6 +61,9 @@ def test_control_fields(debs: Build) -> None:
         assert "adduser" in depends
         assert any(d.startswith("libc6 (>= ") for d in depends)  # from dpkg-shlibdeps
         assert int(fields["Installed-Size"]) > 1000
+        # A PKCS#11 module is the operator's choice (module-path=): suggested, not required.
+        assert fields["Suggests"] == "softhsm2 | opensc-pkcs11"
+        assert not any("softhsm" in d or "opensc" in d for d in depends)
 
 
 def test_layout(extracted: dict[str, Path]) -> None:
@@ -92,6 +95,19 @@ def test_agent_venv_has_no_chain_or_database_code(extracted: dict[str, Path]) ->
     assert (coordinator_site / "web3").is_dir()
     assert (coordinator_site / "sqlite_utils").is_dir()
     assert not (coordinator_site / "aeamc" / "agent").exists()
+
+
+def test_venvs_hold_what_their_configuration_can_ask_for(extracted: dict[str, Path]) -> None:
+    """pkcs11: keys need python-pkcs11, mDNS zeroconf and ifaddr, the coordinator's chain
+    web3; nothing can be added to a venv under /opt once installed."""
+    for package in PACKAGES:
+        site = site_packages(extracted[package], package)
+        for module in ("pkcs11", "asn1crypto", "zeroconf", "ifaddr", "cryptography"):
+            assert (site / module).is_dir(), f"{package}: no {module}"
+        assert any(site.glob("python_pkcs11-*.dist-info")), package
+    assert (site_packages(extracted[COORDINATOR], COORDINATOR) / "web3").is_dir()
+    # numpy ([fast]) is no setting: left out of the devices' venv.
+    assert not (site_packages(extracted[AGENT], AGENT) / "numpy").exists()
 
 
 def test_venv_is_relocated_to_opt(extracted: dict[str, Path]) -> None:

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
-from .conftest import AGENT, COORDINATOR, Build
+from aeamc.shared.identity import device_id_for
+from tests.hsm.conftest import MODULE_CANDIDATES
+
+from .conftest import AGENT, COORDINATOR, Build, clean_env
 from .throwaway import Throwaway, unavailable
 
 if (reason := unavailable()) is not None:
@@ -245,3 +251,139 @@ def test_drop_ins_override_the_conffile(installed: Throwaway) -> None:
     status, _, last = out.rpartition("coordinator exit ")
     assert json.loads(status)["coordinator"]["url"] == "https://192.0.2.7:8443"
     assert last.strip() == "78"  # the drop-in was read, and its bad key refused
+
+
+# -- keys in an HSM ---------------------------------------------------------------------------
+
+HSM_PIN, HSM_SO_PIN, HSM_TOKEN = "4321", "87654321", "aeamc"
+#: Where each service's SoftHSM2 token lives in the throwaway root (SOFTHSM2_CONF there).
+HSM_DIR = {p: f"/var/lib/aeamc-hsm/{p}" for p in (AGENT, COORDINATOR)}
+HSM_KEY = {AGENT: "device", COORDINATOR: "coordinator"}
+COMMAND = "aeamc-coordinator"
+
+
+def softhsm_module() -> str:
+    """The host's SoftHSM2 PKCS#11 module, which the throwaway root sees at the same path."""
+    for path in MODULE_CANDIDATES:
+        if Path(path).exists():
+            return path
+    pytest.fail("SoftHSM2 is not installed: apt-get install -y softhsm2 (requirements/debian.txt)")
+
+
+def hsm_uri(package: str, module: str) -> str:
+    """The RFC 7512 URI of the service's identity key, PIN from a file only it can read."""
+    query = f"module-path={module}&pin-source=file://{HSM_DIR[package]}/user.pin"
+    return f"pkcs11:token={HSM_TOKEN};object={HSM_KEY[package]}?{query}"
+
+
+def token_public_key(upper: Path, package: str, module: str) -> bytes:
+    """The Ed25519 public key of the service's token key, read straight from the token
+    files the throwaway root left in its upper layer, by python-pkcs11 in a separate
+    interpreter (this process may already have SoftHSM2 loaded with another token)."""
+    conf = upper.parent / f"softhsm2-{package}.conf"
+    conf.write_text(
+        f"directories.tokendir = {upper}{HSM_DIR[package]}/tokens\n"
+        "objectstore.backend = file\nlog.level = ERROR\n"
+    )
+    code = (
+        "import sys, pkcs11\n"
+        "from pkcs11 import Attribute, ObjectClass\n"
+        "token = pkcs11.lib(sys.argv[1]).get_token(token_label=sys.argv[2])\n"
+        "with token.open(user_pin=sys.argv[3]) as s:\n"
+        "    key = s.get_key(object_class=ObjectClass.PUBLIC_KEY, label=sys.argv[4])\n"
+        "    sys.stdout.write(key[Attribute.EC_POINT].hex())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, module, HSM_TOKEN, HSM_PIN, HSM_KEY[package]],
+        capture_output=True,
+        text=True,
+        env={**clean_env(), "SOFTHSM2_CONF": str(conf)},
+        check=True,
+        timeout=60,
+    ).stdout
+    point = bytes.fromhex(out)
+    # CKA_EC_POINT is the DER OCTET STRING of the 32-byte key (PKCS#11 3.0, §2.3.7).
+    return point[2:] if len(point) == 34 and point[:2] == b"\x04\x20" else point
+
+
+def test_packaged_services_sign_with_keys_in_softhsm(
+    tmp_path_factory: pytest.TempPathFactory, debs: Build
+) -> None:
+    """Both packages as installed, each with its identity key in a SoftHSM2 token: the
+    venvs under /opt hold python-pkcs11, the coordinator answers with the id of its token
+    key, and the agent enrolls under the id of its own."""
+    module = softhsm_module()
+    box = sandbox(tmp_path_factory.mktemp("hsm"), debs)
+    box.out(f"dpkg -i {deb(debs, AGENT)} {deb(debs, COORDINATOR)}")
+    coordinator_uri, agent_uri = hsm_uri(COORDINATOR, module), hsm_uri(AGENT, module)
+    hsm_env = {p: f"env SOFTHSM2_CONF={HSM_DIR[p]}/softhsm2.conf" for p in HSM_DIR}
+    coordinator = f"{AS_COORDINATOR} {hsm_env[COORDINATOR]} /opt/{COORDINATOR}/bin/{COMMAND}"
+    agent = f"{AS_AGENT} {hsm_env[AGENT]} /opt/{AGENT}/bin/aeamc-agent"
+    script = f"""
+        # One SoftHSM2 token per service, in a directory only that service's user owns.
+        for p in {AGENT} {COORDINATOR}; do
+            d=/var/lib/aeamc-hsm/$p
+            mkdir -p $d/tokens
+            printf 'directories.tokendir = %s/tokens\\nobjectstore.backend = file\\n' $d \
+                > $d/softhsm2.conf
+            SOFTHSM2_CONF=$d/softhsm2.conf softhsm2-util --init-token --free --label {HSM_TOKEN} \
+                --so-pin {HSM_SO_PIN} --pin {HSM_PIN} >/dev/null
+            (umask 077; echo {HSM_PIN} > $d/user.pin)
+            chown -R $p:$p $d
+            # A fresh identity: the one postinst made in a file goes, with its state.
+            find /var/lib/$p -mindepth 1 -delete
+        done
+
+        sed -i -e 's/^port = 8443/port = 0/' -e 's/^mdns = true/mdns = false/' \
+            -e '/^state_dir = /a identity_key = "{coordinator_uri}"' {CONFFILE[COORDINATOR]}
+        {coordinator} --config {CONFFILE[COORDINATOR]} init >/tmp/coordinator-init.log
+        {coordinator} --config {CONFFILE[COORDINATOR]} run 2>/tmp/coordinator.log &
+        cpid=$!
+        trap 'kill $cpid $apid 2>/dev/null' EXIT
+        for i in $(seq 150); do
+            [ -s {STATE[COORDINATOR]}/coordinator.port ] && break
+            kill -0 $cpid || {{ cat /tmp/coordinator.log >&2; exit 1; }}
+            sleep 0.2
+        done
+        port=$(cat {STATE[COORDINATOR]}/coordinator.port)
+        {coordinator} --config {CONFFILE[COORDINATOR]} status --json > /tmp/status.json
+        token=$({coordinator} --config {CONFFILE[COORDINATOR]} token create --role enroll \
+            | sed -n 's/.*"token": *"\\([^"]*\\)".*/\\1/p')
+
+        cat > {CONFFILE[AGENT]} <<EOF
+        state_dir = "{STATE[AGENT]}"
+        identity_key = "{agent_uri}"
+        coordinator_url = "https://127.0.0.1:$port"
+        enrollment_token = "$token"
+        [listen]
+        host = "127.0.0.1"
+        port = 0
+        [mdns]
+        enabled = false
+        EOF
+        {agent} --config {CONFFILE[AGENT]} init >/tmp/agent-init.log
+        {agent} --config {CONFFILE[AGENT]} run 2>/tmp/agent.log &
+        apid=$!
+        for i in $(seq 150); do
+            {coordinator} --config {CONFFILE[COORDINATOR]} devices list --json > /tmp/devices.json
+            grep -q device_id /tmp/devices.json && break
+            kill -0 $apid || {{ cat /tmp/agent.log >&2; exit 1; }}
+            sleep 0.2
+        done
+        {agent} --config {CONFFILE[AGENT]} status --json > /tmp/agent-status.json
+        python3 -c 'import json, sys; print(json.dumps({{n: json.load(open(f"/tmp/{{n}}.json"))
+            for n in ("status", "devices", "agent-status")}}))'
+        ls {STATE[AGENT]} {STATE[COORDINATOR]}
+    """
+    out = box.out(textwrap.dedent(script))
+    first, _, files = out.partition("\n")
+    report = json.loads(first)
+    # The keys are the tokens': no identity file was written.
+    assert "identity.key" not in files.split()
+    coordinator_id = device_id_for(token_public_key(box.upper, COORDINATOR, module))
+    device_id = device_id_for(token_public_key(box.upper, AGENT, module))
+    assert report["status"]["health"]["status"] == "ok"
+    assert report["status"]["health"]["coordinator_id"] == coordinator_id
+    assert report["agent-status"]["device_id"] == device_id
+    # Enrolling is signed by the device key: the coordinator knows the device by its id.
+    assert [d["device_id"] for d in report["devices"]] == [device_id]

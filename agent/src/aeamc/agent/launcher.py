@@ -99,17 +99,17 @@ class Launcher:
             log.info("starting release %s on trial (from %s)", requested, _name(state.active))
             state.trial = Trial(version=requested, previous=state.active, started_ms=now_ms())
             state.active = requested
-        if state.trial is not None:
-            if state.trial.starts >= MAX_TRIAL_STARTS:
+        trial = state.trial
+        if trial is not None:
+            if trial.starts >= MAX_TRIAL_STARTS:
                 self._rollback(
                     state,
-                    f"release {state.trial.version} did not confirm its health in "
-                    f"{state.trial.starts} starts",
+                    f"release {trial.version} did not confirm its health in {trial.starts} starts",
                 )
                 state = self.slots.load()
             else:
-                state.trial.starts += 1
-                state.trial.started_ms = now_ms()
+                trial.starts += 1
+                trial.started_ms = now_ms()
         if not self.slots.installed(state.active):
             log.error("release %s is not installed; running the base installation", state.active)
             state.active, state.trial = BASE, None

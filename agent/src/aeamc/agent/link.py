@@ -28,7 +28,7 @@ import dataclasses
 import logging
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aeamc.shared.errors import ProtocolError
 from aeamc.shared.flags import ADAPTIVE_HEARTBEAT
@@ -42,6 +42,9 @@ from .locator import CoordinatorLocator
 from .monitor import EnergyMonitor
 from .state import CoordinatorPin, SeqCounter
 from .tls import AgentTls, TrustError
+
+if TYPE_CHECKING:
+    from aeamc.shared.runtime.pkcs11 import Ed25519HsmSigner
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +81,7 @@ class CoordinatorLink:
         self,
         *,
         config: AgentConfig,
-        key: SigningKey,
+        key: SigningKey | Ed25519HsmSigner,
         client: CoordinatorClient,
         locator: CoordinatorLocator,
         monitor: EnergyMonitor,
@@ -170,7 +173,9 @@ class CoordinatorLink:
         if self.tls.ca_pem is None:
             advert = self.locator.advert
             discovered = advert is not None and self.locator.fixed_url is None
-            expected = self.tls.expected_ca_for(advert.ca_fingerprint if discovered else None)
+            expected = self.tls.expected_ca_for(
+                advert.ca_fingerprint if advert is not None and discovered else None
+            )
             if expected is not None:
                 await self._fetch_ca(url, expected)
         body: dict[str, Any] = {
@@ -342,7 +347,7 @@ class CoordinatorLink:
             self.tls.accept(
                 body,
                 coordinator_id,
-                advert.ca_fingerprint if discovered else None,
+                advert.ca_fingerprint if advert is not None and discovered else None,
                 asked_certificate=asked_certificate,
                 checked=checked,
                 pending=state == PENDING,
@@ -365,7 +370,7 @@ class CoordinatorLink:
         self.pin.save(self.config.state_dir)
         self.locator.pin(coordinator_id)
         self._set_state(state)
-        return state
+        return str(state)  # one of the three states checked above
 
     def _accept_heartbeat(self, body: Any) -> None:
         if not isinstance(body, dict):

@@ -109,8 +109,9 @@ class PsutilSource:
 
     def __init__(self, psutil_module: Any = None) -> None:
         if psutil_module is None:
-            import psutil as psutil_module
+            import psutil
 
+            psutil_module = psutil
         self._ps = psutil_module
         # The first cpu_percent() call only starts the measuring window (psutil docs).
         self._ps.cpu_percent(interval=None)

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from aeamc.shared.envelope import INTERNAL
 from aeamc.shared.errors import ProtocolError
+from aeamc.shared.refusals import Refusal
 from aeamc.shared.runtime.tls import peer_of
 
 from .anchoring.bundles import receipt_bundle
@@ -44,6 +45,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ApiError as exc:
         return reply(exc.body(), exc.status)
+    except Refusal as exc:
+        err = ApiError.from_refusal(exc)
+        return reply(err.body(), err.status)
     except ProtocolError as exc:
         err = ApiError.from_protocol(exc)
         return reply(err.body(), err.status)
@@ -116,18 +120,20 @@ def _bool_param(request: web.Request, name: str) -> bool:
 
 async def enroll(request: web.Request) -> web.Response:
     c = request.app[COORDINATOR_KEY]
-    return reply(await c.enroll(await json_body(request), request.remote), 202)
+    return reply(await c.enrollment.enroll(await json_body(request), request.remote), 202)
 
 
 async def heartbeats(request: web.Request) -> web.Response:
     c = request.app[COORDINATOR_KEY]
-    return reply(await c.heartbeat(await json_body(request), peer_of(request.transport)), 202)
+    return reply(
+        await c.heartbeats.heartbeat(await json_body(request), peer_of(request.transport)), 202
+    )
 
 
 async def post_proof(request: web.Request) -> web.Response:
     c = request.app[COORDINATOR_KEY]
     body = await json_body(request, PROOF_SHAPE)
-    return reply(await c.accept_proof(body, peer_of(request.transport)), 202)
+    return reply(await c.ingestion.accept_proof(body, peer_of(request.transport)), 202)
 
 
 #: Most proofs one batch may carry (a device's outbox sends what it holds, in order).
@@ -168,7 +174,13 @@ async def post_proof_batch(request: web.Request) -> web.Response:
             f'body: {{"proofs": [1..{MAX_PROOF_BATCH} proof submissions]}}',
             field="proofs",
         )
-    results = await c.accept_proofs(items, peer_of(request.transport))
+    outcomes = await c.ingestion.accept_proofs(items, peer_of(request.transport))
+    results = [
+        {"status": 202, "body": o}
+        if isinstance(o, dict)
+        else {"status": (err := ApiError.from_exception(o)).status, **err.body()}
+        for o in outcomes
+    ]
     return reply({"results": results}, 200)
 
 
@@ -179,7 +191,7 @@ async def submit_task(request: web.Request) -> web.Response:
     info = await caller(request, "client", "operator")
     c = request.app[COORDINATOR_KEY]
     body = await json_body(request)
-    return reply(await c.submit_task(body, info.label or info.role, info.owner), 202)
+    return reply(await c.tasks.submit_task(body, info.label or info.role, info.owner), 202)
 
 
 async def list_tasks(request: web.Request) -> web.Response:
@@ -188,7 +200,7 @@ async def list_tasks(request: web.Request) -> web.Response:
     state = request.query.get("state")
     verified = _bool_param(request, "verified")
     c = request.app[COORDINATOR_KEY]
-    tasks = await c.list_tasks(limit, state, owner=scope(info), verified_only=verified)
+    tasks = await c.tasks.list_tasks(limit, state, owner=scope(info), verified_only=verified)
     return reply({"tasks": tasks})
 
 
@@ -208,7 +220,7 @@ async def get_task(request: web.Request) -> web.Response:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
     while True:
-        view = await c.task_view(task_id, verified_only=verified, owner=scope(info))
+        view = await c.tasks.task_view(task_id, verified_only=verified, owner=scope(info))
         final = view["verification"]["state"] == "verified" or view["state"] == "failed"
         left = deadline - loop.time()
         if final or left <= 0:
@@ -223,13 +235,13 @@ async def list_devices(request: web.Request) -> web.Response:
     await require(request, "operator")
     c = request.app[COORDINATOR_KEY]
     devices = sorted(c.devices.values(), key=lambda d: d.device_id)
-    return reply({"devices": [c.device_view(d) for d in devices]})
+    return reply({"devices": [c.fleet.device_view(d) for d in devices]})
 
 
 async def get_device(request: web.Request) -> web.Response:
     await require(request, "operator")
     c = request.app[COORDINATOR_KEY]
-    return reply(c.device_view(c.device(_device_id(request))))
+    return reply(c.fleet.device_view(c.fleet.device(_device_id(request))))
 
 
 async def _reason(request: web.Request, default: str) -> str:
@@ -249,12 +261,12 @@ async def approve_device(request: web.Request) -> web.Response:
     c = request.app[COORDINATOR_KEY]
     device_id = _device_id(request)
     reason = await _reason(request, "approved")
-    device = c.device(device_id)
+    device = c.fleet.device(device_id)
     if device.state == "quarantined":
         raise ApiError(409, "quarantined", "a quarantined device cannot be approved")
     if device.state != "pending":
-        return reply(c.device_view(device))
-    return reply(c.device_view(await c.set_device_state(device_id, "active", reason)))
+        return reply(c.fleet.device_view(device))
+    return reply(c.fleet.device_view(await c.fleet.set_device_state(device_id, "active", reason)))
 
 
 async def quarantine_device(request: web.Request) -> web.Response:
@@ -262,7 +274,9 @@ async def quarantine_device(request: web.Request) -> web.Response:
     c = request.app[COORDINATOR_KEY]
     device_id = _device_id(request)
     reason = await _reason(request, "quarantined by the operator")
-    return reply(c.device_view(await c.set_device_state(device_id, "quarantined", reason)))
+    return reply(
+        c.fleet.device_view(await c.fleet.set_device_state(device_id, "quarantined", reason))
+    )
 
 
 async def _operator_or_device(request: web.Request, device_id: str, action: str) -> str:
@@ -275,28 +289,30 @@ async def _operator_or_device(request: web.Request, device_id: str, action: str)
         raise ApiError(
             401, "unauthorized", "send the operator token or the device's signed privacy request"
         )
-    c.check_privacy_request(await json_body(request), device_id, action, peer_of(request.transport))
+    c.privacy.check_privacy_request(
+        await json_body(request), device_id, action, peer_of(request.transport)
+    )
     return "device"
 
 
 async def export_device_operator(request: web.Request) -> web.Response:
     await require(request, "operator")
     c = request.app[COORDINATOR_KEY]
-    return reply(await c.export_device(_device_id(request)))
+    return reply(await c.privacy.export_device(_device_id(request)))
 
 
 async def export_device(request: web.Request) -> web.Response:
     c = request.app[COORDINATOR_KEY]
     device_id = _device_id(request)
     await _operator_or_device(request, device_id, "export")
-    return reply(await c.export_device(device_id))
+    return reply(await c.privacy.export_device(device_id))
 
 
 async def erase_device(request: web.Request) -> web.Response:
     c = request.app[COORDINATOR_KEY]
     device_id = _device_id(request)
     await _operator_or_device(request, device_id, "erase")
-    return reply(await c.erase_device(device_id))
+    return reply(await c.privacy.erase_device(device_id))
 
 
 async def create_token(request: web.Request) -> web.Response:
@@ -318,7 +334,7 @@ async def create_token(request: web.Request) -> web.Response:
     if not isinstance(role, str):
         raise ApiError(400, "invalid_message", "role: a string", field="role")
     c = request.app[COORDINATOR_KEY]
-    made = await c.create_token(role, label=label, ttl_s=ttl, uses=uses)
+    made = await c.tokens.create_token(role, label=label, ttl_s=ttl, uses=uses)
     # Seconds left, rounded up: the default lifetime when none was asked for.
     ttl_s = None if made.expires_at is None else -((c.clock() - made.expires_at) // 1000)
     return reply(
@@ -336,7 +352,7 @@ async def create_token(request: web.Request) -> web.Response:
 
 async def list_flags(request: web.Request) -> web.Response:
     await require(request, "operator")
-    return reply({"flags": await request.app[COORDINATOR_KEY].list_flags()})
+    return reply({"flags": await request.app[COORDINATOR_KEY].flags.list_flags()})
 
 
 async def set_flag(request: web.Request) -> web.Response:
@@ -348,18 +364,18 @@ async def set_flag(request: web.Request) -> web.Response:
     if by is not None and (not isinstance(by, str) or not 0 < len(by) <= 100):
         raise ApiError(400, "invalid_message", "by: a string of at most 100", field="by")
     c = request.app[COORDINATOR_KEY]
-    return reply(await c.set_flag(request.match_info["name"], body["percent"], by or who))
+    return reply(await c.flags.set_flag(request.match_info["name"], body["percent"], by or who))
 
 
 async def flag_history(request: web.Request) -> web.Response:
     await require(request, "operator")
     name = request.query.get("name")
-    return reply({"history": await request.app[COORDINATOR_KEY].flag_history(name)})
+    return reply({"history": await request.app[COORDINATOR_KEY].flags.flag_history(name)})
 
 
 async def status(request: web.Request) -> web.Response:
     await require(request, "operator")
-    return reply(await request.app[COORDINATOR_KEY].summary())
+    return reply(await request.app[COORDINATOR_KEY].status.summary())
 
 
 # -- public on the LAN ------------------------------------------------------------------------
@@ -368,17 +384,19 @@ async def status(request: web.Request) -> web.Response:
 async def list_blocks(request: web.Request) -> web.Response:
     start = _int_param(request, "from", 0, 0, 2**53)
     limit = _int_param(request, "limit", 100, 1, 1000)
-    return reply({"microblocks": await request.app[COORDINATOR_KEY].blocks_view(start, limit)})
+    return reply(
+        {"microblocks": await request.app[COORDINATOR_KEY].blocks.blocks_view(start, limit)}
+    )
 
 
 async def get_block(request: web.Request) -> web.Response:
     height = _int_param(request, "height", 0, 0, 2**53)
-    return reply(await request.app[COORDINATOR_KEY].block_view(height))
+    return reply(await request.app[COORDINATOR_KEY].blocks.block_view(height))
 
 
 async def get_block_raw(request: web.Request) -> web.Response:
     height = _int_param(request, "height", 0, 0, 2**53)
-    raw = await request.app[COORDINATOR_KEY].block_bytes(height)
+    raw = await request.app[COORDINATOR_KEY].blocks.block_bytes(height)
     return web.Response(body=raw, content_type="application/octet-stream")
 
 
@@ -390,7 +408,7 @@ async def receipt_proof(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     c = request.app[COORDINATOR_KEY]
-    alerts = await c.alerts()
+    alerts = await c.status.alerts()
     return reply(
         {
             "status": "degraded" if alerts else "ok",

@@ -163,7 +163,7 @@ class CoordinatorService:
         while True:
             await wait_event(c.wake_blocks, interval)
             try:
-                while await c.form_block() is not None:
+                while await c.blocks.form_block() is not None:
                     if c.unblocked < self.config.blocks.max_receipts:
                         break
             except Exception:
@@ -175,10 +175,10 @@ class CoordinatorService:
         interval = min(MAINTENANCE_INTERVAL_S, self.config.enrollment.pending_ttl_s)
         while True:
             try:
-                purged = await self.coordinator.purge_telemetry()
+                purged = await self.coordinator.maintenance.purge_telemetry()
                 if purged:
                     log.info("purged %d heartbeats past retention", purged)
-                await self.coordinator.expire_pending()
+                await self.coordinator.enrollment.expire_pending()
                 self.renew_server_certificate(self.coordinator.clock())
             except Exception:
                 log.exception("maintenance failed")

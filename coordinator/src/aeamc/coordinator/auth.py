@@ -27,7 +27,7 @@ async def require(request: web.Request, *roles: str) -> str:
 
 async def caller(request: web.Request, *roles: str) -> TokenInfo:
     """The request's valid token of one of ``roles``, with its owner id."""
-    return await request.app[COORDINATOR_KEY].check_token(bearer(request), roles)
+    return await request.app[COORDINATOR_KEY].tokens.check_token(bearer(request), roles)
 
 
 def scope(info: TokenInfo) -> str | None:

@@ -17,11 +17,11 @@ from typing import Any
 
 import sqlite_utils
 
+from aeamc.shared.refusals import Fault, Refusal
 from aeamc.shared.runtime import tls
 
 from .ca import CaError, CertificateAuthority, device_csr_key
 from .db import Database
-from .errors import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class DeviceCertificates:
         try:
             cert = self.ca.issue_device(csr_der, device_id, self.lifetime_s)
         except CaError as exc:
-            raise ApiError(400, "invalid_message", str(exc), field="csr") from None
+            raise Refusal(Fault.INVALID, "invalid_message", str(exc), field="csr") from None
         _, not_after = tls.validity_ms(cert)
         row = {
             "serial": tls.serial_hex(cert),
@@ -62,7 +62,7 @@ class DeviceCertificates:
         try:
             device_csr_key(csr_der)
         except CaError as exc:
-            raise ApiError(400, "invalid_message", str(exc), field="csr") from None
+            raise Refusal(Fault.INVALID, "invalid_message", str(exc), field="csr") from None
 
     @staticmethod
     def revoke_in(db: sqlite_utils.Database, device_id: str, now: int, reason: str) -> list[str]:
@@ -91,14 +91,18 @@ class DeviceCertificates:
         ``allow_revoked``: the owner's data rights (export, erasure) outlive a quarantine.
         """
         if peer is None:
-            raise ApiError(
-                401,
+            raise Refusal(
+                Fault.UNAUTHENTICATED,
                 "certificate_required",
                 "device requests need the device's TLS client certificate (enroll to get one)",
             )
         if peer.role != tls.ROLE_DEVICE or peer.name != device_id:
-            raise ApiError(
-                403, "certificate_mismatch", "the client certificate belongs to another identity"
+            raise Refusal(
+                Fault.FORBIDDEN,
+                "certificate_mismatch",
+                "the client certificate belongs to another identity",
             )
         if not allow_revoked and peer.serial in self.revoked:
-            raise ApiError(403, "certificate_revoked", "this client certificate was revoked")
+            raise Refusal(
+                Fault.FORBIDDEN, "certificate_revoked", "this client certificate was revoked"
+            )

@@ -91,8 +91,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         _init_wallet(config)
     tokens_dir = config.state_dir / "tokens"
     tokens_dir.mkdir(mode=0o700, exist_ok=True)
-    created = asyncio.run(_initial_tokens(config, key, tokens_dir))
-    for role, token in created.items():
+    tokens = asyncio.run(_initial_tokens(config, key, tokens_dir))
+    for role, token in tokens.items():
         print(f"{role} token (also saved in {tokens_dir / (role + '.token')}): {token}")
     return EX_OK
 
@@ -154,7 +154,7 @@ async def _initial_tokens(config: CoordinatorConfig, key: Any, tokens_dir: Path)
             path = tokens_dir / f"{role}.token"
             if path.exists():
                 continue
-            token = (await c.create_token(role, label=f"initial {role}")).token
+            token = (await c.tokens.create_token(role, label=f"initial {role}")).token
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(token + "\n")

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import sqlite_utils
 
+from . import lifecycle_triggers
 from .schema import MIGRATIONS
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,8 @@ class SchemaTooNew(RuntimeError):
 
 
 def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the schema to the latest version, one transaction per migration."""
+    """Bring the schema to the latest version, one transaction per migration, then make
+    the lifecycle triggers match the lifecycle tables (``lifecycle_triggers``)."""
     current = conn.execute("PRAGMA user_version").fetchone()[0]
     if current > len(MIGRATIONS):
         raise SchemaTooNew(
@@ -73,6 +75,8 @@ def migrate(conn: sqlite3.Connection) -> int:
             conn.execute("ROLLBACK")
             raise
         log.info("database migrated to schema v%d", version)
+    if lifecycle_triggers.install(conn):
+        log.info("database lifecycle triggers installed")
     return len(MIGRATIONS)
 
 

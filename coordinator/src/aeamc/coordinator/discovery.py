@@ -18,7 +18,8 @@ from aeamc.shared.discovery import (
     parse_agent_txt,
 )
 from aeamc.shared.errors import ValidationError
-from aeamc.shared.runtime.mdns import REMOVED, Mdns, ServiceEvent, ipv4_addresses
+from aeamc.shared.runtime.mdns import Mdns, ipv4_addresses
+from aeamc.shared.runtime.services import REMOVED, ServiceEvent
 
 from . import __version__
 from .service import Coordinator
@@ -78,6 +79,6 @@ class Discovery:
             "txt": json.dumps(dict(record.properties), sort_keys=True),
             "last_seen": self.c.clock(),
         }
-        task = self.c.db.write(lambda db: db["candidates"].upsert(row, pk="device_id"))
+        task = self.c.db.write(lambda db: db.table("candidates").upsert(row, pk="device_id"))
         self.c.spawn(task)
         log.info("agent %s seen over mDNS (not enrolled)", advert.device_id)

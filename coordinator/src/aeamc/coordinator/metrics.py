@@ -159,7 +159,7 @@ class Metrics:
         elapsed = time.perf_counter() - started
         self.requests.labels(route, request.method, str(response.status)).inc()
         self.latency.labels(route).observe(elapsed)
-        self.c.observe_request(response.status, elapsed)
+        self.c.status.observe_request(response.status, elapsed)
         if route == "/v1/proofs" and response.status >= 400:
             self.c.count("proofs_rejected")
         return response

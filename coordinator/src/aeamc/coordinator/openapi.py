@@ -11,7 +11,7 @@ from typing import Any
 
 from . import __version__
 from .dashboard import openapi_paths as dashboard_paths
-from .service import CLIENT_REF_MAX
+from .tasks import CLIENT_REF_MAX
 from .updates.api import openapi_paths as update_paths
 
 _HEX32 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
@@ -178,7 +178,7 @@ def _body(schema: str) -> dict[str, Any]:
 
 
 #: The operator token, or no token and the device's signed request as the body.
-_OPERATOR_OR_DEVICE = [{"operator": []}, {}]
+_OPERATOR_OR_DEVICE: list[dict[str, list[str]]] = [{"operator": []}, {}]
 
 
 def _op(summary: str, security: Any = None, **extra: Any) -> dict[str, Any]:

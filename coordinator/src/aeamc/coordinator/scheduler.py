@@ -52,8 +52,8 @@ class Scheduler:
 
     async def round(self) -> int:
         """One scheduling pass; returns the number of assignments offered."""
-        await self.c.expire_assignments()
-        await self.c.mark_stale()
+        await self.c.maintenance.expire_assignments()
+        await self.c.fleet.mark_stale()
         tasks, assignments, inflight = await self.c.db.read(_open_work)
         # Whether a device that just became eligible could be given anything: if not,
         # its heartbeat need not start a round (see Coordinator.heartbeat).

@@ -72,7 +72,7 @@ class SpotChecker:
                 "task_id": row["task_id"],
                 "device_id": row["device_id"],
                 "block_hash": row["block_hash"].lower(),
-                "indices": self.c.challenge_indices(
+                "indices": self.c.blocks.challenge_indices(
                     row["indices"], bytes.fromhex(row["block_hash"]), row["task_id"], row["chunks"]
                 ),
                 "issued_at": self.c.clock(),
@@ -90,7 +90,7 @@ class SpotChecker:
         )
         if reply.status == 404 and reply.code == "unknown_task":
             # Over the device's own certificate: a refusal to open a proof it signed.
-            await self.c.record_verdict(
+            await self.c.verdicts.record_verdict(
                 row["task_id"],
                 row["device_id"],
                 proofs.UNANSWERED,
@@ -140,7 +140,7 @@ class SpotChecker:
         """Record the verdict of ``what`` (a check of ``row``) and count its re-executed
         chunks; the verdict."""
         self.c.count("spot_check_chunks_reexecuted", result.reexecuted_chunks)
-        await self.c.record_verdict(
+        await self.c.verdicts.record_verdict(
             row["task_id"],
             row["device_id"],
             result.verdict,
@@ -155,7 +155,7 @@ class SpotChecker:
         cfg = self.c.config.spot_checks
         attempts = row["attempts"] + 1
         if attempts >= cfg.max_attempts:
-            await self.c.record_verdict(
+            await self.c.verdicts.record_verdict(
                 row["task_id"], row["device_id"], proofs.UNANSWERED, f"{attempts} attempts: {why}"
             )
             return proofs.UNANSWERED

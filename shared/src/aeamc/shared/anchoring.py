@@ -338,3 +338,68 @@ def plan_nonce(
         return NoncePlan(latest_count, check, f"reusing nonce {latest_count} of a reorged anchor")
     nonce = max(latest_count, pending_count)
     return NoncePlan(nonce, check, f"next nonce {nonce}")
+
+
+# -- rounds: what the shell asks around decide() -----------------------------------------------
+
+
+def final_height(head: int, confirmations: int) -> int:
+    """The highest block no reorg within ``confirmations`` can remove (never below 0):
+    transaction counts read there are final."""
+    return max(head - confirmations, 0)
+
+
+def anchor_due(
+    now_ms: int, last_created_ms: int | None, interval_ms: int, *, reorged_waiting: bool
+) -> bool:
+    """Whether to start a new anchor now that none is in flight: once per interval, and at
+    once while a reorg's blocks wait — they were anchored once already, and a reorged
+    transaction mined after all must be found without delay."""
+    if reorged_waiting or last_created_ms is None:
+        return True
+    return now_ms - last_created_ms >= interval_ms
+
+
+def receipt_hashes(t: Tracked, current_tx_hash: str) -> tuple[str, ...]:
+    """The transactions whose receipts tell where anchor ``t`` is, oldest first: every one
+    signed for it, and the anchor's current transaction when it is not one of ours (an
+    anchor adopted from the chain)."""
+    if current_tx_hash in t.tx_hashes:
+        return t.tx_hashes
+    return (*t.tx_hashes, current_tx_hash)
+
+
+def wants_market(t: Tracked) -> bool:
+    """Whether :func:`decide` may need today's fees for ``t``: only a sent transaction can
+    be stuck and replaced, so no fee query is made for any other state."""
+    return t.state is State.SENT
+
+
+def mine_for_confirmations(embedded: bool, live: State | None) -> bool:
+    """Whether to mine one empty block this round: the in-process chain only mines on
+    transactions, so an included anchor would never gain confirmations otherwise, and
+    nothing grows while nothing waits."""
+    return embedded and live is State.INCLUDED
+
+
+def contested_fees(reorged: Iterable[tuple[int | None, Fees | None]], nonce: int) -> Fees | None:
+    """Fees of the first reorged anchor at ``nonce`` (pairs of nonce and last fees): a new
+    anchor reusing that nonce must outbid them; ``None`` when none is there."""
+    return next((fees for n, fees in reorged if n == nonce), None)
+
+
+def stored_nonce_stale(stored: int | None, pending_count: int) -> bool:
+    """Whether the stored next nonce disagrees with the chain's pending count at start.
+    The chain is the truth (stored anchors carry their own nonces): the shell only says so."""
+    return stored is not None and stored != pending_count
+
+
+def not_ready_retry_s(previous_s: float, poll_s: float, cap_s: float = 60.0) -> float:
+    """Seconds before the next attempt when anchoring cannot run as configured: doubling
+    from ``poll_s`` up to ``cap_s``, so a misconfiguration is neither hammered nor forgotten."""
+    return min(max(previous_s * 2, poll_s), cap_s)
+
+
+def age_s(now_ms: int, then_ms: int | None) -> int | None:
+    """Whole seconds from ``then_ms`` to ``now_ms`` (never negative); ``None`` if never."""
+    return None if then_ms is None else max(0, (now_ms - then_ms) // 1000)

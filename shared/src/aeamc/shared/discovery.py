@@ -30,7 +30,12 @@ _VERSION = re.compile(r"[A-Za-z0-9.+~_-]{1,64}")
 _KIND = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _UINT = re.compile(r"0|[1-9][0-9]{0,9}")
 
-TxtInput = Mapping[str | bytes, str | bytes | None]
+#: TXT properties as zeroconf gives them (bytes) or as built and parsed here (str).
+TxtInput = (
+    Mapping[str, str | None]
+    | Mapping[bytes, bytes | None]
+    | Mapping[str | bytes, str | bytes | None]
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ response and hand received bytes to ``decode_reply``.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Self
 
 from .errors import ProtocolError
 
@@ -62,13 +62,14 @@ class ApiError(Exception):
         return {"error": {"code": self.code, "message": self.message, **self.extra}}
 
     @classmethod
-    def from_protocol(cls, exc: ProtocolError) -> ApiError:
+    def from_protocol(cls, exc: ProtocolError) -> Self:
         """The refusal of a message the protocol core rejected, with the status of its code."""
-        extra = {"field": exc.field} if getattr(exc, "field", None) else {}
+        field = getattr(exc, "field", None)
+        extra = {"field": field} if field else {}
         return cls(STATUS_BY_CODE.get(exc.code, 400), exc.code, exc.message, **extra)
 
     @classmethod
-    def from_status(cls, status: int, message: str) -> ApiError:
+    def from_status(cls, status: int, message: str) -> Self:
         """A refusal the HTTP server made itself, with the code of its status."""
         return cls(status, CODE_BY_STATUS.get(status, HTTP_ERROR), message)
 

@@ -71,3 +71,18 @@ class TaskParamsError(ValidationError):
 
 class UnknownTaskKind(ProtocolError):
     code = "unknown_kind"
+
+
+class IllegalTransition(Exception):
+    """A state change that its lifecycle's table does not hold (``aeamc.shared.lifecycle``).
+
+    Not a :class:`ProtocolError`: no peer's input can cause it, only code that asked for a
+    transition the protocol forbids, so the shells treat it as their own fault.
+    """
+
+    code = "illegal_transition"
+
+    def __init__(self, lifecycle: str, old: str | None, new: str) -> None:
+        self.lifecycle, self.old, self.new = lifecycle, old, new
+        what = f"a new {lifecycle} cannot start as {new}" if old is None else f"{old} → {new}"
+        super().__init__(f"illegal {lifecycle} transition: {what}")

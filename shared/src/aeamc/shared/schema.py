@@ -168,7 +168,8 @@ def json_object(**limits: int) -> Validator:
     def check(value: Any, path: str) -> dict[str, Any]:
         if not isinstance(value, Mapping):
             raise ValidationError(path, f"expected an object, got {_type_name(value)}")
-        return inner(value, path)
+        checked: dict[str, Any] = inner(value, path)
+        return checked
 
     return check
 

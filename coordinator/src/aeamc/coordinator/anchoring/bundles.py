@@ -14,9 +14,9 @@ import sqlite_utils
 from aeamc.shared import merkle, microblock
 from aeamc.shared.bundle import build_bundle
 from aeamc.shared.messages import PoT, parse_signed
+from aeamc.shared.refusals import Fault, Refusal, not_found
 
 from ..db import Database
-from ..errors import ApiError, not_found
 from ..membership import height_of
 
 
@@ -34,15 +34,15 @@ def _gather(db: sqlite_utils.Database, task_id: str, device_id: str) -> dict[str
     if proof is None:
         raise not_found(f"receipt of task {task_id} by device {device_id}")
     if proof["pot"] == "":
-        raise ApiError(
-            410,
+        raise Refusal(
+            Fault.GONE,
             "erased",
             f"device {device_id} was erased at its owner's request: its public key and signed "
             "proof are gone, so no bundle can be built; the receipt itself stays in the block",
         )
     height = proof["block_height"]
     if height is None:
-        raise ApiError(409, "not_anchored", "the receipt is not in a microblock yet")
+        raise Refusal(Fault.CONFLICT, "not_anchored", "the receipt is not in a microblock yet")
     block = _one(
         db,
         "SELECT header, payload, anchor_id, leaf_index FROM blocks WHERE height=?",
@@ -56,10 +56,10 @@ def _gather(db: sqlite_utils.Database, task_id: str, device_id: str) -> dict[str
         else None
     )
     if anchor is None:
-        raise ApiError(409, "not_anchored", f"microblock {height} waits for its anchor")
+        raise Refusal(Fault.CONFLICT, "not_anchored", f"microblock {height} waits for its anchor")
     if anchor["state"] != "final":
-        raise ApiError(
-            409,
+        raise Refusal(
+            Fault.CONFLICT,
             "not_anchored",
             f"microblock {height} is in anchor {anchor['id']}, which is {anchor['state']}",
         )

@@ -81,6 +81,8 @@ class Chain:
 
     @classmethod
     def connect(cls, url: str, timeout_s: float) -> Chain:
+        """A client of the JSON-RPC endpoint at ``url``; every request times out after
+        ``timeout_s`` and is never retried here. Nothing is asked of the node yet."""
         from web3 import Web3
         from web3.middleware import ExtraDataToPOAMiddleware
 
@@ -101,6 +103,7 @@ class Chain:
         return cls(Web3(provider), embedded=True, label="embedded", tester=provider.ethereum_tester)
 
     def bind(self, address: str) -> None:
+        """Use the MicroblockAnchor at ``address`` from now on, and learn its error names."""
         from web3 import Web3
 
         self.contract = self.w3.eth.contract(
@@ -116,19 +119,23 @@ class Chain:
 
     @property
     def address(self) -> str:
+        """Checksummed address of the bound contract."""
         return str(self.contract.address)
 
     # -- reads ------------------------------------------------------------------------------
 
     def chain_id(self) -> int:
+        """The node's chain id, asked once and remembered."""
         if self._chain_id is None:
             self._chain_id = int(self.w3.eth.chain_id)
         return self._chain_id
 
     def head(self) -> int:
+        """Number of the node's latest block."""
         return int(self.w3.eth.block_number)
 
     def block_hash(self, number: int) -> bytes | None:
+        """Hash of the canonical block at ``number``; ``None`` above the head."""
         from web3.exceptions import BlockNotFound
 
         try:
@@ -138,17 +145,22 @@ class Chain:
         return bytes(block["hash"]) if block else None
 
     def balance(self, address: str) -> int:
+        """Balance of ``address`` at the head, in wei."""
         return int(self.w3.eth.get_balance(address))
 
     def tx_count(self, address: str, block: str | int = "latest") -> int:
+        """Transactions sent by ``address`` as of ``block`` (a number, ``"latest"`` or
+        ``"pending"``, which counts the node's mempool): the next nonce there."""
         return int(self.w3.eth.get_transaction_count(address, block))
 
     def has_code(self, address: str) -> bool:
+        """Whether a contract is deployed at ``address``."""
         from web3 import Web3
 
         return len(self.w3.eth.get_code(Web3.to_checksum_address(address))) > 0
 
     def is_submitter(self, address: str) -> bool:
+        """Whether the bound contract lets ``address`` call ``anchor``."""
         return bool(self.contract.functions.isSubmitter(address).call())
 
     def market_fees(self, priority_wei: int, cap_wei: int) -> Fees:
@@ -158,10 +170,12 @@ class Chain:
         return initial_fees(base, tip, cap_wei)
 
     def verify_anchor(self, root: bytes) -> tuple[bool, int, int]:
+        """``verifyAnchor(root)``: (anchored, block timestamp, block number)."""
         anchored, timestamp, block_number = self.contract.functions.verifyAnchor(root).call()
         return bool(anchored), int(timestamp), int(block_number)
 
     def receipt(self, tx_hash: str) -> Receipt | None:
+        """The receipt of a mined transaction; ``None`` while unknown or not mined."""
         from web3.exceptions import TransactionNotFound
 
         try:
@@ -215,6 +229,7 @@ class Chain:
         return estimate + estimate // 4
 
     def anchor_tx(self, root: bytes, nonce: int, fees: Fees, gas: int) -> dict[str, Any]:
+        """The unsigned EIP-1559 ``anchor(root)`` transaction to the bound contract."""
         return {
             "type": 2,
             "chainId": self.chain_id(),
@@ -273,6 +288,8 @@ class Chain:
         return address
 
     def wait_for_receipt(self, signed: SignedTx, *, timeout_s: float) -> Receipt:
+        """Send ``signed`` and block until it is mined; raises :class:`ChainError` if the
+        node refuses it or it is not mined within ``timeout_s`` (for the command line)."""
         ok, message = self.send_raw(signed.raw)
         if not ok:
             raise ChainError(f"the node refused the transaction: {message}")

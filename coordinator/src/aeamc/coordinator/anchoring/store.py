@@ -34,6 +34,7 @@ class Target:
 
     @property
     def nonce_key(self) -> str:
+        """The ``meta`` key under which the next nonce of this sender on this chain is kept."""
         return f"anchor.next_nonce:{self.chain_id}:{self.sender.lower()}"
 
 
@@ -82,6 +83,7 @@ def release_foreign(db: sqlite_utils.Database, target: Target, now: int) -> int:
 
 
 def stored_next_nonce(db: sqlite_utils.Database, target: Target) -> int | None:
+    """The next nonce stored with the last intent for ``target``; ``None`` if none yet."""
     row = _one(db, "SELECT value FROM meta WHERE key=?", [target.nonce_key])
     return int(row["value"]) if row else None
 
@@ -100,6 +102,7 @@ def live_anchor(db: sqlite_utils.Database, target: Target) -> dict[str, Any] | N
 
 
 def anchor_txs(db: sqlite_utils.Database, anchor_id: int) -> list[dict[str, Any]]:
+    """Every transaction signed for the anchor, oldest first; the last is the current one."""
     return list(
         db.query(
             "SELECT * FROM anchor_txs WHERE anchor_id=? ORDER BY created_at, rowid", [anchor_id]
@@ -312,6 +315,8 @@ def add_replacement(
 
 
 def mark_broadcast(db: sqlite_utils.Database, anchor_id: int, now: int) -> None:
+    """A node accepted the current transaction: ``pending`` becomes ``sent``; the first
+    broadcast time is kept, the last one updated."""
     db.execute(
         "UPDATE anchors SET state=CASE WHEN state='pending' THEN 'sent' ELSE state END, "
         "first_broadcast_at=COALESCE(first_broadcast_at, ?), last_broadcast_at=? WHERE id=?",
@@ -322,6 +327,7 @@ def mark_broadcast(db: sqlite_utils.Database, anchor_id: int, now: int) -> None:
 def mark_included(
     db: sqlite_utils.Database, anchor_id: int, receipt: Receipt, now: int, detail: str
 ) -> None:
+    """The anchor is in the block ``receipt`` names; confirmations count from there."""
     db.execute(
         "UPDATE anchors SET state='included', tx_hash=?, block_number=?, block_hash=?, "
         "gas_used=?, effective_gas_price=?, included_at=?, detail=? WHERE id=?",
@@ -339,6 +345,7 @@ def mark_included(
 
 
 def mark_final(db: sqlite_utils.Database, anchor_id: int, now: int, detail: str) -> None:
+    """The anchor is final: its blocks are anchored for good."""
     db.execute(
         "UPDATE anchors SET state='final', final_at=?, detail=? WHERE id=?",
         [now, detail, anchor_id],
@@ -377,6 +384,7 @@ def revive(
 
 
 def anchor_of_tx(db: sqlite_utils.Database, tx_hash: str) -> int | None:
+    """The anchor that signed ``tx_hash``; ``None`` for a transaction not ours."""
     row = _one(db, "SELECT anchor_id FROM anchor_txs WHERE tx_hash=?", [tx_hash])
     return int(row["anchor_id"]) if row else None
 
@@ -385,6 +393,8 @@ def anchor_of_tx(db: sqlite_utils.Database, tx_hash: str) -> int | None:
 
 
 def summary(db: sqlite_utils.Database, target: Target | None) -> dict[str, Any]:
+    """Block counts (anchored, unanchored, queued) and, once a target is known, anchors
+    per state, live anchors and the last final anchor: the stored half of the status."""
     blocks = _one(
         db,
         "SELECT count(*) AS total, "

@@ -54,9 +54,11 @@ class FileWallet:
 
     @property
     def address(self) -> str:
+        """Checksummed address of the key."""
         return str(self._account.address)
 
     def sign_transaction(self, tx: Mapping[str, Any]) -> SignedTx:
+        """Sign a complete EIP-1559 transaction dict; the hash is known before sending."""
         signed = self._account.sign_transaction(dict(tx))
         return SignedTx(bytes(signed.raw_transaction), "0x" + bytes(signed.hash).hex())
 
@@ -100,10 +102,12 @@ def ensure_key_file(path: Path) -> bool:
 
 
 def create_wallet_file(path: Path) -> FileWallet:
+    """A new wallet whose key is written to ``path``; never overwrites a file."""
     return FileWallet(create_key_file(path))
 
 
 def load_wallet_file(path: Path) -> FileWallet:
+    """The wallet whose key is in ``path``, refusing a file others can read."""
     return FileWallet(read_key_file(path))
 
 
@@ -121,9 +125,11 @@ class HsmWallet:
 
     @property
     def address(self) -> str:
+        """Checksummed address of the key in the token."""
         return str(self._signer.address)
 
     def sign_transaction(self, tx: Mapping[str, Any]) -> SignedTx:
+        """Sign a complete EIP-1559 transaction dict inside the token."""
         signed = self._signer.sign_transaction(tx)
         return SignedTx(signed.raw, signed.tx_hash)
 

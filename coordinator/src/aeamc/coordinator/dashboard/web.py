@@ -32,6 +32,8 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 
+from aeamc.shared.refusals import Refusal
+
 from ..auth import bearer
 from ..bodies import reply
 from ..errors import ApiError
@@ -166,9 +168,9 @@ async def session_auth_middleware(request: web.Request, handler: Handler) -> web
                 "forbidden",
                 f"a change made with the dashboard's session cookie needs its {CSRF_HEADER} header",
             )
-    headers = CIMultiDict(request.headers)
-    headers["Authorization"] = f"Bearer {session.token}"
-    return await handler(request.clone(headers=headers))
+    authorized = CIMultiDict(request.headers)
+    authorized["Authorization"] = f"Bearer {session.token}"
+    return await handler(request.clone(headers=authorized))
 
 
 # -- handlers ---------------------------------------------------------------------------------
@@ -226,7 +228,7 @@ async def login(request: web.Request) -> web.Response:
     dashboard = request.app[DASHBOARD_KEY]
     _check_origin(request)
     token = await _login_token(request)
-    await dashboard.coordinator.check_token(token, ("operator",))
+    await dashboard.coordinator.tokens.check_token(token, ("operator",))
     dashboard.sessions.drop(request.cookies.get(COOKIE_NAME))
     session_id, session = dashboard.sessions.create(token)
     response = _json({"csrf_token": session.csrf_token, "expires_at": session.expires_ms})
@@ -266,8 +268,8 @@ async def session_info(request: web.Request) -> web.Response:
     session = dashboard.sessions.get(session_id)
     if session is not None:
         try:
-            await dashboard.coordinator.check_token(session.token, ("operator",))
-        except ApiError:
+            await dashboard.coordinator.tokens.check_token(session.token, ("operator",))
+        except Refusal:
             dashboard.sessions.drop(session_id)
             session = None
     if session is None:
@@ -283,7 +285,7 @@ async def session_info(request: web.Request) -> web.Response:
 async def samples(request: web.Request) -> web.Response:
     """Fleet samples newer than ``?since=`` (ms), for the throughput and EPS charts."""
     dashboard = request.app[DASHBOARD_KEY]
-    await dashboard.coordinator.check_token(bearer(request), ("operator",))
+    await dashboard.coordinator.tokens.check_token(bearer(request), ("operator",))
     raw = request.query.get("since", "0")
     try:
         since = int(raw)

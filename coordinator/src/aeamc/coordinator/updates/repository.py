@@ -45,13 +45,11 @@ from tuf.api.serialization.json import JSONSerializer
 from aeamc.shared.releases import (
     MANIFEST_NAME,
     TARGET_PREFIX,
-    is_version,
     manifest_path,
-    newer,
     target_path,
-    version_key,
 )
 from aeamc.shared.runtime.pkcs11 import is_pkcs11_uri
+from aeamc.shared.versions import is_version, newer, version_key
 
 from ..config import UpdatesConfig
 from .signing import OFFLINE_ROLES, ROLES, Ed25519Signer, RoleKeyError, load_role_signer

@@ -31,6 +31,7 @@ from prometheus_client.registry import Collector
 
 from aeamc.shared.flags import in_rollout
 from aeamc.shared.messages import parse_signed
+from aeamc.shared.refusals import Fault, Refusal, not_found
 from aeamc.shared.releases import (
     FAILED_OUTCOMES,
     HALTED,
@@ -39,13 +40,11 @@ from aeamc.shared.releases import (
     Progress,
     UpdateReport,
     flag_for,
-    is_version,
     should_halt,
-    version_key,
 )
 from aeamc.shared.runtime.tls import Peer
+from aeamc.shared.versions import is_version, version_key
 
-from ..errors import ApiError, not_found
 from ..service import Coordinator
 from .repository import Repository, RepositoryError
 
@@ -113,10 +112,12 @@ class Rollouts:
             for device_id, (outcome, received_at) in self.reports.get(version, {}).items()
             if device_id in targeted and received_at >= since
         )
-        running = sum(
-            1
-            for d in self.c.devices.values()
-            if d.capabilities and d.capabilities.version == version
+        running = len(
+            [
+                d
+                for d in self.c.devices.values()
+                if d.capabilities and d.capabilities.version == version
+            ]
         )
         return Progress(
             targeted=len(targeted),
@@ -175,22 +176,22 @@ class Rollouts:
     async def register(self, version: Any, percent: Any, by: str) -> dict[str, Any]:
         """Start offering a release the repository holds, to ``percent`` of the fleet."""
         if not isinstance(version, str) or not is_version(version):
-            raise ApiError(400, "invalid_message", "version: like 1.2.3", field="version")
+            raise Refusal(Fault.INVALID, "invalid_message", "version: like 1.2.3", field="version")
         _check_percent(percent)
         try:
             published = await asyncio.to_thread(self.repo.has_release, version)
         except RepositoryError as exc:
-            raise ApiError(409, "no_repository", str(exc)) from None
+            raise Refusal(Fault.CONFLICT, "no_repository", str(exc)) from None
         if not published:
-            raise ApiError(
-                409,
+            raise Refusal(
+                Fault.CONFLICT,
                 "not_published",
                 f"release {version} is not in the update repository: "
                 "publish it first (aeamc-coordinator release publish)",
             )
         async with self._lock:
             if version in self.releases:
-                raise ApiError(409, "exists", f"release {version} is already rolling out")
+                raise Refusal(Fault.CONFLICT, "exists", f"release {version} is already rolling out")
             now = self.c.clock()
             row = {
                 "version": version,
@@ -202,9 +203,9 @@ class Rollouts:
                 "halt_reason": None,
                 "counted_from": 0,
             }
-            await self.c.db.write(lambda db: db["releases"].insert(row))
+            await self.c.db.write(lambda db: db.table("releases").insert(row))
             self.releases[version] = row
-            await self.c.set_flag(flag_for(version), percent, by)
+            await self.c.flags.set_flag(flag_for(version), percent, by)
         log.info("release %s rolling out to %d %% by %s", version, percent, by)
         return self.view(version)
 
@@ -232,7 +233,7 @@ class Rollouts:
                 halt_reason=None,
                 counted_from=counted_from,
             )
-            await self.c.set_flag(flag_for(version), percent, by)
+            await self.c.flags.set_flag(flag_for(version), percent, by)
         log.info("release %s rollout set to %d %% by %s", version, percent, by)
         return self.view(version)
 
@@ -254,7 +255,7 @@ class Rollouts:
 
         await self.c.db.write(txn)
         self.releases[version].update(state=HALTED, halted_at=now, halt_reason=reason)
-        await self.c.set_flag(flag_for(version), 0, by)
+        await self.c.flags.set_flag(flag_for(version), 0, by)
         log.warning("rollout of release %s halted by %s: %s", version, by, reason)
 
     # -- devices -----------------------------------------------------------------------------
@@ -273,22 +274,24 @@ class Rollouts:
         msg = parse_signed(data, UpdateReport)
         device = self.c.devices.get(msg.device_id)
         if device is None:
-            raise ApiError(403, "not_enrolled", "unknown device: enroll first")
+            raise Refusal(Fault.FORBIDDEN, "not_enrolled", "unknown device: enroll first")
         msg.verify(device.public_key)
         now = self.c.clock()
         if msg.timestamp > now + MAX_FUTURE_MS:
-            raise ApiError(400, "stale_message", "the report is dated in the future")
+            raise Refusal(Fault.INVALID, "stale_message", "the report is dated in the future")
         if device.state == "pending":
-            raise ApiError(403, "pending", "enrollment awaits the operator's approval")
+            raise Refusal(Fault.FORBIDDEN, "pending", "enrollment awaits the operator's approval")
         if device.state not in COUNTED_STATES:
-            raise ApiError(403, "quarantined", "this device is quarantined")
+            raise Refusal(Fault.FORBIDDEN, "quarantined", "this device is quarantined")
         self.c.check_peer(peer, msg.device_id)
         if msg.release not in self.releases:
             raise not_found(f"release {msg.release}")
         release = self.releases[msg.release]
         if not in_rollout(flag_for(msg.release), msg.device_id, release["percent"]):
-            raise ApiError(
-                403, "not_in_cohort", f"this device is not in the rollout of {msg.release}"
+            raise Refusal(
+                Fault.FORBIDDEN,
+                "not_in_cohort",
+                f"this device is not in the rollout of {msg.release}",
             )
         async with self._lock:
             changed = await self.c.db.write(lambda db: _upsert_report(db, msg, now))
@@ -348,7 +351,9 @@ def _upsert_report(db: sqlite_utils.Database, msg: UpdateReport, now: int) -> bo
 
 def _check_percent(percent: Any) -> None:
     if not isinstance(percent, int) or isinstance(percent, bool) or not 0 <= percent <= 100:
-        raise ApiError(400, "invalid_message", "percent: an integer 0..100", field="percent")
+        raise Refusal(
+            Fault.INVALID, "invalid_message", "percent: an integer 0..100", field="percent"
+        )
 
 
 def _sort_key(version: str) -> tuple[Any, ...]:

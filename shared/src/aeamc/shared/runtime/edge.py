@@ -188,7 +188,7 @@ class GuardedConnection(asyncio.Protocol):
             return None
         return self._inner.eof_received()
 
-    def connection_lost(self, exc: BaseException | None) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         self._release()
         if self._inner is not None:
             self._inner.connection_lost(exc)

@@ -53,7 +53,8 @@ def ipv4_addresses(interfaces: Sequence[str] | None = None) -> list[str]:
     found: list[str] = []
     for adapter in ifaddr.get_adapters():
         for ip in adapter.ips:
-            if ip.is_IPv4 and not ipaddress.ip_address(ip.ip).is_link_local:
+            # An IPv4 entry's ip is a str (an IPv6 one's a tuple).
+            if isinstance(ip.ip, str) and not ipaddress.ip_address(ip.ip).is_link_local:
                 found.append(str(ip.ip))
     non_loopback = [a for a in found if not ipaddress.ip_address(a).is_loopback]
     return sorted(set(non_loopback or found))

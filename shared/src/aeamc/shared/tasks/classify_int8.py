@@ -227,7 +227,8 @@ def predict_numpy(pixels: bytes) -> bytes:
         acc = np.matmul(x, weights_t, dtype=np.int64) + bias
         x = np.clip(np.right_shift(acc * mult + rounding, shift), lo, hi)
     # argmax returns the first maximal index, so ties go to the lowest label.
-    return np.argmax(x, axis=1).astype(np.uint8).tobytes()
+    labels: bytes = np.argmax(x, axis=1).astype(np.uint8).tobytes()
+    return labels
 
 
 def predict(pixels: bytes) -> bytes:

@@ -1,0 +1,133 @@
+"""What every coordinator service shares: configuration, clock, storage, the live device
+registry, the wake-up events of the background loops and the counters.
+
+``Context`` holds state and the few helpers every service needs; it makes no decisions.
+The services (one module each: tokens, enrollment, heartbeats, flags, tasks, ingestion,
+settlement, verdicts, blocks, privacy, devices, maintenance, status) are built on it by
+the composition root, ``service.Coordinator``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aeamc.shared.identity import Signer, device_id_for
+from aeamc.shared.refusals import Fault, Refusal
+from aeamc.shared.runtime.tls import Peer
+from aeamc.shared.tasks.registry import KindRegistry
+
+from .alerts import AlertTracker
+from .certs import DeviceCertificates
+from .config import CoordinatorConfig, IpNetwork, endpoint_networks
+from .db import Database
+from .registry import Device
+from .verifier import SignatureVerifier
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> None:
+    """Wait until ``event`` is set or ``timeout`` passes, then clear it.
+
+    ``asyncio.timeout`` rather than ``wait_for``: on Python 3.11 ``wait_for`` can swallow a
+    cancellation that arrives as the inner wait completes, leaving a loop that never stops.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    event.clear()
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Context:
+    """The state the coordinator's services share (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: CoordinatorConfig,
+        signer: Signer,
+        db: Database,
+        kinds: KindRegistry,
+        clock: Callable[[], int] = now_ms,
+        *,
+        certs: DeviceCertificates | None = None,
+    ) -> None:
+        self.config = config
+        #: The CA's side of mutual TLS; None only for offline uses (``init``'s tokens).
+        self.certs = certs
+        self.signer = signer
+        self.db = db
+        self.kinds = kinds
+        self.clock = clock
+        self.coordinator_id = device_id_for(signer.public_key)
+        #: Every enrolled device by id, as committed (updated after each commit).
+        self.devices: dict[str, Device] = {}
+        self.eps_config = config.eps.to_eps_config()
+        #: Where device endpoints may be besides the enrolling address (enrollment.py).
+        self.endpoint_networks: tuple[IpNetwork, ...] = endpoint_networks(config.enrollment)
+        #: Set whenever something may let the scheduler make progress.
+        self.wake_scheduler = asyncio.Event()
+        #: The last scheduling round saw tasks that still need devices.
+        self.work_waiting = True
+        self.wake_blocks = asyncio.Event()
+        self.wake_spot_checks = asyncio.Event()
+        self.started_at = clock()
+        self.counters: dict[str, int] = {}
+        #: Receipts accepted but not yet in a block (a hint for forming full blocks early).
+        self.unblocked = 0
+        self._background: set[asyncio.Future[Any]] = set()
+        #: Extra sections of the status summary (e.g. anchoring), each computed by its owner.
+        self.status_hooks: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {}
+        self.alert_tracker = AlertTracker()
+        #: (time ms, status, seconds) of the latest requests, for alert evaluation.
+        self.recent_requests: deque[tuple[int, int, float]] = deque(maxlen=10_000)
+        #: Fleet updates (updates/rollouts.py), set up by the service that runs us.
+        self.rollouts: Any = None
+        #: Where heartbeat signatures are checked (a thread, once the service starts it).
+        self.verifier = SignatureVerifier()
+
+    async def load_devices(self) -> None:
+        """Fill the registry from the database, with the recent heartbeat times EPS needs."""
+        rows = await self.db.read(lambda db: list(db.query("SELECT * FROM devices")))
+        self.devices = {r["device_id"]: Device.from_row(r) for r in rows}
+        recent = await self.db.read(
+            lambda db: list(
+                db.query(
+                    "SELECT device_id, received_at FROM heartbeats WHERE received_at >= ? "
+                    "ORDER BY received_at",
+                    [self.clock() - self.eps_config.poa_window_ms],
+                )
+            )
+        )
+        for r in recent:
+            d = self.devices.get(r["device_id"])
+            if d is not None:
+                d.poa_times.append(r["received_at"])
+
+    def tls(self) -> DeviceCertificates:
+        """The CA's side of mutual TLS (refused when this coordinator has none)."""
+        if self.certs is None:
+            raise Refusal(
+                Fault.UNAVAILABLE, "unavailable", "this coordinator has no certificate authority"
+            )
+        return self.certs
+
+    def check_peer(self, peer: Peer | None, device_id: str, *, allow_revoked: bool = False) -> None:
+        """The device request's TLS client certificate must be this device's (certs.py)."""
+        self.tls().check(peer, device_id, allow_revoked=allow_revoked)
+
+    def spawn(self, coro: Any) -> None:
+        """Run ``coro`` in the background, keeping a reference so it is not collected."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to the in-process counter ``name`` (exported by metrics.py)."""
+        self.counters[name] = self.counters.get(name, 0) + n

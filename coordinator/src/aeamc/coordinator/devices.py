@@ -1,0 +1,129 @@
+"""Devices: the operator's state changes, views and staleness."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import sqlite_utils
+
+from aeamc.shared.eps import eps, ineligibility
+from aeamc.shared.refusals import Fault, Refusal, not_found
+
+from .context import Context
+from .registry import Device
+from .settlement import Settlement
+
+log = logging.getLogger(__name__)
+
+
+class DeviceService:
+    """The operator's view of devices and their state changes."""
+
+    def __init__(self, ctx: Context, settlement: Settlement) -> None:
+        self.ctx = ctx
+        self.settlement = settlement
+
+    async def set_device_state(self, device_id: str, state: str, reason: str) -> Device:
+        """Set a device's state for ``reason`` (approve or quarantine); a quarantine runs
+        the one cascade (settlement.py) in the same transaction."""
+        device = self.ctx.devices.get(device_id)
+        if device is None:
+            raise not_found(f"device {device_id}")
+        if state == "active" and device.state == "quarantined" and reason == "approved":
+            raise Refusal(Fault.CONFLICT, "quarantined", "a quarantined device cannot be approved")
+        now = self.ctx.clock()
+        ttl_ms = self.ctx.config.enrollment.pending_ttl_s * 1000
+        if state == "active" and device.state == "pending" and device.enrolled_at < now - ttl_ms:
+            # Not yet swept, but as good as gone: its owner enrolls again to be approved.
+            raise Refusal(
+                Fault.CONFLICT, "pending_expired", "this enrollment expired; enroll again"
+            )
+
+        def txn(db: sqlite_utils.Database) -> list[str]:
+            db.execute(
+                "UPDATE devices SET state=?, state_reason=?, "
+                "approved_at=CASE WHEN ?='active' THEN COALESCE(approved_at, ?) "
+                "ELSE approved_at END WHERE device_id=?",
+                [state, reason, state, now, device_id],
+            )
+            if state == "quarantined":
+                return self.settlement.quarantine_in(db, device_id, reason, now)
+            return []
+
+        revoked = await self.ctx.db.write(txn)
+        if self.ctx.certs is not None:
+            self.ctx.certs.revoked_now(revoked)
+        device.state, device.state_reason = state, reason
+        log.info("device %s is now %s (%s)", device_id, state, reason)
+        self.ctx.wake_scheduler.set()
+        return device
+
+    def device_view(self, d: Device) -> dict[str, Any]:
+        """A device as the operator sees it: state, capabilities, telemetry, EPS, record,
+        and why the scheduler would or would not give it work now."""
+        t = d.telemetry
+        return {
+            "device_id": d.device_id,
+            "public_key": d.public_key.hex(),
+            "state": d.state,
+            "state_reason": d.state_reason,
+            "capabilities": d.capabilities.to_dict(),
+            "endpoint": d.endpoint,
+            "address": d.address,
+            "enrolled_at": d.enrolled_at,
+            "last_seen": d.last_seen,
+            "last_seq": d.last_seq,
+            "telemetry": t.to_dict() if t else None,
+            "eps": round(eps(t, self.ctx.eps_config), 4) if t else None,
+            "reputation": round(d.reputation, 4),
+            "record": dataclasses.asdict(d.record),
+            "eligibility": self._eligibility(d),
+        }
+
+    def _eligibility(self, d: Device) -> str:
+        """Why the scheduler would (not) give this device work now, in words."""
+        if not d.capabilities.kinds:
+            return "supports no task kind"
+        if not d.endpoint:
+            return "no endpoint to push assignments to"
+        reason = ineligibility(
+            d.candidate(busy=False), d.capabilities.kinds[0], self.ctx.clock(), self.ctx.eps_config
+        )
+        return "eligible" if reason is None else reason
+
+    def device(self, device_id: str) -> Device:
+        """The enrolled device ``device_id``, or a not-found refusal."""
+        d = self.ctx.devices.get(device_id)
+        if d is None:
+            raise not_found(f"device {device_id}")
+        return d
+
+    async def mark_stale(self) -> list[str]:
+        """Devices silent for ``stale_after_s`` become stale and lose their assignments."""
+        now = self.ctx.clock()
+        limit = now - self.ctx.config.protocol.stale_after_s * 1000
+        silent = [
+            d.device_id
+            for d in self.ctx.devices.values()
+            if d.state == "active" and (d.last_seen or d.enrolled_at) < limit
+        ]
+        if not silent:
+            return []
+
+        def txn(db: sqlite_utils.Database) -> None:
+            for device_id in silent:
+                db.execute(
+                    "UPDATE devices SET state='stale', state_reason='missed heartbeats' "
+                    "WHERE device_id=? AND state='active'",
+                    [device_id],
+                )
+                self.settlement.release_assignments(db, device_id, "lost", "device went stale")
+
+        await self.ctx.db.write(txn)
+        for device_id in silent:
+            self.ctx.devices[device_id].state = "stale"
+            self.ctx.devices[device_id].state_reason = "missed heartbeats"
+        self.ctx.wake_scheduler.set()
+        return silent

@@ -1,0 +1,100 @@
+"""Heartbeats (SPEC §2.4): signed, fresh, strictly increasing proofs of availability."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlite_utils
+
+from aeamc.shared.eps import eps
+from aeamc.shared.messages import (
+    PoA,
+    check_fresh,
+    parse_signed,
+)
+from aeamc.shared.refusals import Fault, Refusal
+from aeamc.shared.runtime.tls import Peer
+
+from .context import Context
+from .flags import FlagService
+
+#: Feature flag: devices in its cohort get half the heartbeat freshness window (a PoA
+#: must be at most ``heartbeat_window_s / 2`` old), narrowing the window a captured
+#: heartbeat could be replayed in — rolled out gradually, as devices with poor clocks fail it.
+STRICT_FRESHNESS = "strict-freshness"
+
+
+class HeartbeatService:
+    """Accepts heartbeats and keeps each device's liveness and EPS inputs."""
+
+    def __init__(self, ctx: Context, flags: FlagService) -> None:
+        self.ctx = ctx
+        self.flags = flags
+
+    async def heartbeat(self, data: Any, peer: Peer | None = None) -> dict[str, Any]:
+        """Accept a signed, fresh heartbeat whose ``seq`` is above every earlier one, over
+        the device's own certificate; its telemetry is stored before the answer, which
+        carries the device's flags. A replayed or stale heartbeat changes nothing."""
+        poa = parse_signed(data, PoA)
+        device = self.ctx.devices.get(poa.device_id)
+        if device is None:
+            raise Refusal(Fault.FORBIDDEN, "not_enrolled", "unknown device: enroll first")
+        await self.ctx.verifier.verify(poa, device.public_key)
+        now = self.ctx.clock()
+        window_ms = self.ctx.config.protocol.heartbeat_window_s * 1000
+        if self.flags.flag_on(STRICT_FRESHNESS, poa.device_id):
+            window_ms //= 2
+        check_fresh(poa.timestamp, now, window_ms)
+        if device.state == "pending":
+            raise Refusal(Fault.FORBIDDEN, "pending", "enrollment awaits the operator's approval")
+        if device.state == "quarantined":
+            raise Refusal(Fault.FORBIDDEN, "quarantined", "this device is quarantined")
+        self.ctx.check_peer(peer, poa.device_id)
+        if poa.seq <= device.last_seq:
+            raise Refusal(
+                Fault.CONFLICT,
+                "replay",
+                f"seq {poa.seq} is not above {device.last_seq}",
+                last_seq=device.last_seq,
+            )
+        score = eps(poa.telemetry, self.ctx.eps_config)
+        telemetry_json = json.dumps(poa.telemetry.to_dict(), sort_keys=True)
+
+        def txn(db: sqlite_utils.Database) -> str:
+            cur = db.execute(
+                "UPDATE devices SET last_seq=?, last_seen=?, telemetry=?, eps=?, "
+                "state=CASE WHEN state='stale' THEN 'active' ELSE state END "
+                "WHERE device_id=? AND last_seq < ? AND state IN ('active','stale')",
+                [poa.seq, now, telemetry_json, score, poa.device_id, poa.seq],
+            )
+            if cur.rowcount != 1:
+                raise Refusal(Fault.CONFLICT, "replay", f"seq {poa.seq} was already used")
+            db.execute(
+                "INSERT INTO heartbeats (device_id, seq, timestamp, received_at, telemetry) "
+                "VALUES (?,?,?,?,?)",
+                [poa.device_id, poa.seq, poa.timestamp, now, telemetry_json],
+            )
+            return "active"
+
+        state = await self.ctx.db.write(txn)
+        was = device.state
+        device.last_seq = max(device.last_seq, poa.seq)
+        device.last_seen = now
+        device.telemetry = poa.telemetry
+        device.state = state
+        device.poa_times.append(now)
+        self.ctx.count("heartbeats")
+        if self.ctx.work_waiting and (
+            was != state or len(device.poa_times) <= self.ctx.eps_config.min_poas
+        ):
+            # The device may just have become schedulable for waiting work: schedule now.
+            # Any other change a heartbeat brings (its EPS) waits for the next tick: a full
+            # round for each of thousands of heartbeats a second would starve the loop.
+            self.ctx.wake_scheduler.set()
+        return {
+            "state": state,
+            "flags": self.flags.flags_for(poa.device_id),
+            "server_time_ms": now,
+            "eps": round(score, 4),
+        }

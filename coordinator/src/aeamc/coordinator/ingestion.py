@@ -1,0 +1,217 @@
+"""Proof ingestion (SPEC §2.6): each PoT judged against its assignment, and stored durably
+before it is answered."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import sqlite_utils
+
+from aeamc.shared.errors import ProtocolError
+from aeamc.shared.messages import (
+    Assignment,
+    PoT,
+    parse,
+    parse_signed,
+)
+from aeamc.shared.proofs import verify_pot
+from aeamc.shared.refusals import Fault, Refusal
+from aeamc.shared.runtime.tls import Peer
+from aeamc.shared.schema import hex_bytes, record
+
+from .context import Context
+from .registry import Device
+from .settlement import Settlement
+
+log = logging.getLogger(__name__)
+
+_PROOF_REQUEST = record({"pot": lambda v, p: v, "output": hex_bytes(max_bytes=64 << 20)}, dict)
+
+
+@dataclass(frozen=True)
+class _CheckedProof:
+    """A proof that passed every check and waits for its commit."""
+
+    pot: PoT
+    device: Device
+    output: bytes
+    pot_json: str
+    chunks: int
+
+
+def _assignment_row(db: sqlite_utils.Database, task_id: str, device_id: str) -> Any:
+    return next(
+        iter(
+            db.query(
+                "SELECT a.state, a.message FROM assignments a WHERE a.task_id=? AND a.device_id=?",
+                [task_id, device_id],
+            )
+        ),
+        None,
+    )
+
+
+#: One batch item's outcome: the answer a single request would get, or its refusal.
+Outcome = dict[str, Any] | Refusal | ProtocolError
+
+
+class ProofIngestion:
+    """Accepts proofs of task: each checked against its assignment, then stored."""
+
+    def __init__(self, ctx: Context, settlement: Settlement) -> None:
+        self.ctx = ctx
+        self.settlement = settlement
+
+    async def accept_proof(self, data: Any, peer: Peer | None = None) -> dict[str, Any]:
+        """Accept one proof: signed by its device, over its certificate, for a live
+        assignment, with output and trace matching its commitments; stored (and its task
+        settled) in one commit before the answer. A refused proof changes nothing."""
+        pot, device = self._proof_sender(data, peer)
+        row = await self.ctx.db.read(lambda db: _assignment_row(db, pot.task_id, pot.device_id))
+        checked = self._check_proof(data, pot, device, row)
+        task_state = await self.ctx.db.write(lambda db: self._store_proof(db, checked))
+        return self._proof_accepted(checked, task_state)
+
+    async def accept_proofs(self, items: list[Any], peer: Peer | None = None) -> list[Outcome]:
+        """Accept a batch of proofs: one read, one durable commit, one outcome per item.
+
+        Each item is judged exactly as ``accept_proof`` would judge it alone and gets its
+        own outcome (the answer, or the refusal); one bad item never takes its neighbours
+        down. The CPU-bound checks (signatures, output digests, trace
+        roots) run in a worker thread, off the event loop.
+        """
+        results: list[Outcome | None] = [None] * len(items)
+        senders: list[tuple[int, PoT, Device]] = []
+        for i, data in enumerate(items):
+            try:
+                pot, device = self._proof_sender(data, peer)
+                senders.append((i, pot, device))
+            except (Refusal, ProtocolError) as exc:
+                results[i] = exc
+        keys = [(pot.task_id, pot.device_id) for _, pot, _ in senders]
+        rows = await self.ctx.db.read(lambda db: [_assignment_row(db, t, d) for t, d in keys])
+
+        def check_all() -> list[tuple[int, _CheckedProof]]:
+            ok = []
+            for (i, pot, device), row in zip(senders, rows, strict=True):
+                try:
+                    ok.append((i, self._check_proof(items[i], pot, device, row)))
+                except (Refusal, ProtocolError) as exc:
+                    results[i] = exc
+            return ok
+
+        checked = await asyncio.to_thread(check_all)
+
+        def txn(db: sqlite_utils.Database) -> list[tuple[bool, Any]]:
+            out: list[tuple[bool, Any]] = []
+            for _, proof in checked:
+                db.conn.execute("SAVEPOINT item")
+                try:
+                    out.append((True, self._store_proof(db, proof)))
+                    db.conn.execute("RELEASE item")
+                except Refusal as exc:
+                    db.conn.execute("ROLLBACK TO item")
+                    db.conn.execute("RELEASE item")
+                    out.append((False, exc))
+            return out
+
+        stored = await self.ctx.db.write(txn) if checked else []
+        for (i, proof), (ok, value) in zip(checked, stored, strict=True):
+            results[i] = self._proof_accepted(proof, value) if ok else value
+        out = [r for r in results if r is not None]
+        refused = sum(1 for r in out if not isinstance(r, dict))
+        if refused:
+            self.ctx.count("proofs_rejected", refused)  # as /v1/proofs refusals are counted
+        return out
+
+    def _proof_sender(self, data: Any, peer: Peer | None) -> tuple[PoT, Device]:
+        """Parse the submission and check who sent it, before anything else is looked up."""
+        req = _PROOF_REQUEST(data, "")
+        pot = parse_signed(req["pot"], PoT)
+        device = self.ctx.devices.get(pot.device_id)
+        if device is None:
+            raise Refusal(Fault.FORBIDDEN, "not_enrolled", "unknown device")
+        if device.state == "quarantined":
+            raise Refusal(Fault.FORBIDDEN, "quarantined", "this device is quarantined")
+        # Identity and signature first: a forged message learns nothing about assignments.
+        pot.verify(device.public_key, signer_id=pot.device_id)
+        # Then the connection: the proof must come over this device's own certificate.
+        self.ctx.check_peer(peer, pot.device_id)
+        return pot, device
+
+    def _check_proof(
+        self, data: Any, pot: PoT, device: Device, row: dict[str, Any] | None
+    ) -> _CheckedProof:
+        if row is None:
+            raise Refusal(Fault.GONE, "unknown_assignment", "no such assignment for this device")
+        if row["state"] == "proved":
+            raise Refusal(Fault.CONFLICT, "duplicate", "a proof for this task was already accepted")
+        if row["state"] not in ("offered", "accepted"):
+            raise Refusal(Fault.GONE, "assignment_expired", f"the assignment is {row['state']}")
+        assignment = parse(Assignment, json.loads(row["message"]))
+        output = bytes.fromhex(data["output"])
+        verify_pot(
+            pot,
+            output,
+            public_key=device.public_key,
+            assignment=assignment,
+            now_ms=self.ctx.clock(),
+            window_ms=self.ctx.config.protocol.pot_window_s * 1000,
+            signature_checked=True,
+        )
+        pot_json = json.dumps(pot.to_dict(), sort_keys=True)
+        return _CheckedProof(pot, device, output, pot_json, assignment.chunks)
+
+    def _store_proof(self, db: sqlite_utils.Database, proof: _CheckedProof) -> str:
+        pot, now = proof.pot, self.ctx.clock()
+        cur = db.execute(
+            "UPDATE assignments SET state='proved' WHERE task_id=? AND device_id=? "
+            "AND state IN ('offered','accepted')",
+            [pot.task_id, pot.device_id],
+        )
+        if cur.rowcount != 1:
+            raise Refusal(Fault.CONFLICT, "duplicate", "a proof for this task was already accepted")
+        db.execute(
+            "INSERT INTO proofs (task_id, device_id, pot, signature, output, output_digest, "
+            "accepted_at, chunks) VALUES (?,?,?,?,?,?,?,?)",
+            [
+                pot.task_id,
+                pot.device_id,
+                proof.pot_json,
+                bytes.fromhex(pot.signature),
+                proof.output,
+                pot.output_digest,
+                now,
+                proof.chunks,
+            ],
+        )
+        db.execute("UPDATE devices SET completed=completed+1 WHERE device_id=?", [pot.device_id])
+        return self.settlement.settle_task(db, pot.task_id, now)
+
+    def _proof_accepted(self, proof: _CheckedProof, task_state: str) -> dict[str, Any]:
+        """After the commit: update the in-memory view, wake the loops, and answer."""
+        pot, device = proof.pot, proof.device
+        device.record = dataclasses.replace(device.record, completed=device.record.completed + 1)
+        self.ctx.count("proofs_accepted")
+        log.info(
+            "proof for task %s from %s accepted; task %s",
+            pot.task_id,
+            pot.device_id,
+            task_state,
+            extra={"task_id": pot.task_id, "device_id": pot.device_id},
+        )
+        self.ctx.wake_scheduler.set()
+        self.ctx.unblocked += 1
+        if self.ctx.unblocked >= self.ctx.config.blocks.max_receipts:
+            self.ctx.wake_blocks.set()
+        return {
+            "task_id": pot.task_id,
+            "device_id": pot.device_id,
+            "status": "accepted",
+            "task_state": task_state,
+        }

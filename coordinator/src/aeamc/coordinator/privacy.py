@@ -1,0 +1,249 @@
+"""The device owner's rights (SPEC §11): export and erasure."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import sqlite_utils
+
+from aeamc.shared.messages import (
+    Privacy,
+    check_fresh,
+    parse_signed,
+)
+from aeamc.shared.refusals import Fault, Refusal, not_found
+from aeamc.shared.runtime.tls import Peer
+
+from .blocks import BlockService
+from .certs import DeviceCertificates
+from .context import Context
+from .membership import block_of, height_of, not_in_block
+from .settlement import Settlement
+
+log = logging.getLogger(__name__)
+
+
+class PrivacyService:
+    """The device owner's rights: export of everything held, and erasure."""
+
+    def __init__(self, ctx: Context, settlement: Settlement, blocks: BlockService) -> None:
+        self.ctx = ctx
+        self.settlement = settlement
+        self.blocks = blocks
+
+    def check_privacy_request(
+        self, data: Any, device_id: str, action: str, peer: Peer | None = None
+    ) -> None:
+        """Accept only a fresh ``privacy`` request for ``action`` signed by ``device_id``'s key."""
+        msg = parse_signed(data, Privacy)
+        if msg.device_id != device_id:
+            raise Refusal(
+                Fault.INVALID,
+                "invalid_message",
+                "device_id differs from the path",
+                field="device_id",
+            )
+        if msg.action != action:
+            raise Refusal(
+                Fault.INVALID, "invalid_message", f"action must be {action!r} here", field="action"
+            )
+        device = self.ctx.devices.get(device_id)
+        if device is None:
+            raise Refusal(
+                Fault.FORBIDDEN, "not_enrolled", "unknown device (never enrolled, or erased)"
+            )
+        msg.verify(device.public_key, signer_id=device_id)
+        check_fresh(
+            msg.timestamp, self.ctx.clock(), self.ctx.config.protocol.heartbeat_window_s * 1000
+        )
+        # A quarantine revokes the certificates, not the owner's rights over the data.
+        self.ctx.check_peer(peer, device_id, allow_revoked=True)
+
+    async def export_device(self, device_id: str) -> dict[str, Any]:
+        """Everything the coordinator holds about a device, as JSON."""
+        if device_id not in self.ctx.devices:
+            raise not_found(f"device {device_id}")
+
+        def q(db: sqlite_utils.Database) -> dict[str, Any] | None:
+            def rows(sql: str) -> list[dict[str, Any]]:
+                return list(db.query(sql, [device_id]))
+
+            device = next(iter(rows("SELECT * FROM devices WHERE device_id=?")), None)
+            if device is None:
+                return None
+            return {
+                "device": device,
+                "heartbeats": rows(
+                    "SELECT seq, timestamp, received_at, telemetry FROM heartbeats "
+                    "WHERE device_id=? ORDER BY seq"
+                ),
+                "mdns_candidate": next(
+                    iter(rows("SELECT * FROM candidates WHERE device_id=?")), None
+                ),
+                "assignments": rows(
+                    "SELECT task_id, state, issued_at, expires_at, reason, message "
+                    "FROM assignments WHERE device_id=? ORDER BY issued_at"
+                ),
+                "proofs": rows(
+                    "SELECT task_id, pot, lower(hex(signature)) AS signature, "  # noqa: S608
+                    "lower(hex(output)) AS output, output_digest, accepted_at, "
+                    f"{height_of('p.seq')} AS block_height, credit FROM proofs p "
+                    "WHERE device_id=? ORDER BY seq"
+                ),
+                "spot_checks": rows(
+                    "SELECT s.task_id, s.block_height, s.indices, s.state, s.attempts, "
+                    "s.detail, s.reexecuted_chunks, s.created_at, s.completed_at, "
+                    "b.hash AS block_hash, t.chunks FROM spot_checks s "
+                    "JOIN blocks b ON b.height = s.block_height "
+                    "JOIN tasks t ON t.task_id = s.task_id "
+                    "WHERE s.device_id=? ORDER BY s.created_at"
+                ),
+                "receipts": rows(
+                    "SELECT p.task_id, b.height AS height, lower(hex(b.hash)) AS block_hash "  # noqa: S608
+                    f"FROM proofs p JOIN {block_of()} "
+                    "WHERE p.device_id=? ORDER BY p.seq"
+                ),
+                "certificates": rows(
+                    "SELECT c.serial, c.fingerprint, c.issued_at, c.not_after, "
+                    "r.revoked_at, r.reason AS revoked_reason FROM certificates c "
+                    "LEFT JOIN revoked_certificates r ON r.serial = c.serial "
+                    "WHERE c.device_id=? ORDER BY c.issued_at"
+                ),
+                "update_reports": rows(
+                    "SELECT release, version, outcome, detail, timestamp, received_at "
+                    "FROM update_reports WHERE device_id=? ORDER BY release"
+                ),
+            }
+
+        out = await self.ctx.db.read(q)
+        if out is None:
+            raise not_found(f"device {device_id}")
+        d = out["device"]
+        for key in ("capabilities", "telemetry"):
+            d[key] = json.loads(d[key]) if d[key] else None
+        for h in out["heartbeats"]:
+            h["telemetry"] = json.loads(h["telemetry"])
+        if out["mdns_candidate"]:
+            out["mdns_candidate"]["txt"] = json.loads(out["mdns_candidate"]["txt"])
+        for a in out["assignments"]:
+            a["message"] = json.loads(a["message"])
+        for p in out["proofs"]:
+            p["pot"] = json.loads(p["pot"])
+        for c in out["spot_checks"]:
+            c["indices"] = self.blocks.challenge_indices(
+                c["indices"], bytes(c.pop("block_hash")), c["task_id"], c.pop("chunks")
+            )
+        out["device_id"] = device_id
+        out["exported_at"] = self.ctx.clock()
+        out["coordinator_id"] = self.ctx.coordinator_id
+        out["note"] = (
+            "Receipts already in microblocks (task id, device id, signature) stay after an "
+            "erasure; everything else here is deleted."
+        )
+        return out
+
+    async def erase_device(self, device_id: str) -> dict[str, Any]:
+        """Erase a device (SPEC §11): keep only its receipts in microblocks.
+
+        First, every result of it whose spot-check is still pending is voided and its task
+        re-queued (docs/verification.md): erasing itself never lets a device keep a result
+        it would not defend. Results verified (a passed check, or not drawn for one) stay.
+
+        Deleted: the device row (public key, capabilities, endpoint, address, telemetry,
+        record), its heartbeat history, its mDNS candidate row, its assignments (in-flight
+        ones go back to the queue first), its spot-checks, its update reports, and its proofs
+        not yet in a block
+        (their tasks are re-queued). Proofs already in a block keep only what the receipt and
+        the client's task need: task id, device id, signature, output and its digest,
+        credit, and the seq that places it in its block's range (so the range still holds
+        exactly the block's receipts; an erased unblocked proof only leaves a gap in a
+        later range); the signed PoT itself is deleted, and the acceptance time becomes
+        the block's. A tombstone with the pseudonymous id refuses the identity for
+        good. Then the WAL is checkpointed, so no older page copy stays in its file.
+        """
+        if device_id not in self.ctx.devices:
+            raise not_found(f"device {device_id}")
+        now = self.ctx.clock()
+        revoked: list[str] = []
+
+        def txn(db: sqlite_utils.Database) -> dict[str, int]:
+            released = self.settlement.release_assignments(db, device_id, "lost", "device erased")
+            # Erasure is no escape from a check: a result still waiting for one is voided
+            # and its task runs again elsewhere, before the check itself is deleted.
+            voided = [
+                task_id
+                for (task_id,) in db.execute(
+                    "SELECT p.task_id FROM proofs p JOIN spot_checks s "
+                    "ON s.task_id = p.task_id AND s.device_id = p.device_id "
+                    "WHERE p.device_id=? AND p.credit='unverified' AND s.state='pending'",
+                    [device_id],
+                ).fetchall()
+                if self.settlement.void_proof(
+                    db, task_id, device_id, "its device was erased unchecked", now
+                )
+            ]
+            unblocked = [
+                r["task_id"]
+                for r in db.query(
+                    f"SELECT task_id FROM proofs p WHERE device_id=? AND {not_in_block()}",  # noqa: S608
+                    [device_id],
+                )
+            ]
+            counts = {
+                "heartbeats": db.execute(
+                    "DELETE FROM heartbeats WHERE device_id=?", [device_id]
+                ).rowcount,
+                "assignments": db.execute(
+                    "DELETE FROM assignments WHERE device_id=?", [device_id]
+                ).rowcount,
+                "spot_checks": db.execute(
+                    "DELETE FROM spot_checks WHERE device_id=?", [device_id]
+                ).rowcount,
+                "unblocked_proofs": db.execute(
+                    f"DELETE FROM proofs WHERE device_id=? AND {not_in_block('proofs')}",  # noqa: S608
+                    [device_id],
+                ).rowcount,
+                "receipts_kept": db.execute(
+                    "UPDATE proofs SET pot='', accepted_at=(SELECT b.timestamp FROM blocks b "  # noqa: S608
+                    f"WHERE b.height = {height_of('proofs.seq')}) WHERE device_id=?",
+                    [device_id],
+                ).rowcount,
+                "candidates": db.execute(
+                    "DELETE FROM candidates WHERE device_id=?", [device_id]
+                ).rowcount,
+                "update_reports": db.execute(
+                    "DELETE FROM update_reports WHERE device_id=?", [device_id]
+                ).rowcount,
+            }
+            revoked[:] = DeviceCertificates.revoke_in(db, device_id, now, "erased")
+            counts["certificates"] = db.execute(
+                "DELETE FROM certificates WHERE device_id=?", [device_id]
+            ).rowcount
+            for task_id in unblocked:
+                db.execute(
+                    "UPDATE tasks SET state='queued', output_digest=NULL, completed_at=NULL, "
+                    "detail='re-queued: a device that ran it was erased' "
+                    "WHERE task_id=? AND state IN ('completed','disputed','running')",
+                    [task_id],
+                )
+            db.execute("DELETE FROM devices WHERE device_id=?", [device_id])
+            db.execute(
+                "INSERT OR IGNORE INTO erased_devices (device_id, erased_at) VALUES (?,?)",
+                [device_id, now],
+            )
+            counts["tasks_released"] = len(released) + len(unblocked) + len(voided)
+            return counts
+
+        counts = await self.ctx.db.write(txn)
+        if self.ctx.certs is not None:
+            self.ctx.certs.revoked_now(revoked)
+        self.ctx.devices.pop(device_id, None)
+        if self.ctx.rollouts is not None:
+            await self.ctx.rollouts.load()  # its update reports went with it
+        await self.ctx.db.checkpoint()
+        self.ctx.count("devices_erased")
+        log.info("device %s erased at its owner's or the operator's request", device_id)
+        self.ctx.wake_scheduler.set()
+        return {"device_id": device_id, "state": "erased", "erased_at": now, "deleted": counts}

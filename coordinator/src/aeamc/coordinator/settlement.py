@@ -1,0 +1,243 @@
+"""What a proof's fate does to its task and device (SPEC §14.4–§14.6): settling,
+voiding, re-queueing, disputes and the one quarantine cascade."""
+
+from __future__ import annotations
+
+import json
+
+import sqlite_utils
+
+from aeamc.shared import proofs
+
+from .certs import DeviceCertificates
+from .context import Context
+from .membership import block_of
+
+MAX_CHALLENGE_INDICES = 256
+
+
+def _differing_chunks(
+    db: sqlite_utils.Database, task_id: str, chunks: int, *, cap: int | None = MAX_CHALLENGE_INDICES
+) -> list[int]:
+    """Chunk indices on which the replicas of a task disagree (at most ``cap`` of them;
+    with a cap, never empty: replicas whose digests differ are checked on chunk 0 at least)."""
+    outputs = [
+        proofs.split_output(bytes(r["output"]), chunks)
+        for r in db.query("SELECT output FROM proofs WHERE task_id=?", [task_id])
+    ]
+    differing = [i for i in range(chunks) if len({o[i] for o in outputs}) > 1]
+    if cap is None:
+        return differing
+    return differing[:cap] or [0]
+
+
+class Settlement:
+    """Task settling, voiding and the quarantine cascade, inside callers' transactions."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def settle_task(self, db: sqlite_utils.Database, task_id: str, now: int) -> str:
+        """After a proof is stored: complete the task when enough replicas agree, or mark it
+        disputed (scheduling the re-execution of the differing chunks); returns its state."""
+        task = next(iter(db.query("SELECT replicas, state FROM tasks WHERE task_id=?", [task_id])))
+        digests = [
+            r["output_digest"]
+            for r in db.query(
+                "SELECT output_digest FROM proofs WHERE task_id=? AND credit != 'void'", [task_id]
+            )
+        ]
+        if len(digests) < task["replicas"]:
+            return str(task["state"])
+        if len(set(digests)) == 1:
+            db.execute(
+                "UPDATE tasks SET state='completed', output_digest=?, completed_at=? "
+                "WHERE task_id=?",
+                [digests[0], now, task_id],
+            )
+            return "completed"
+        db.execute(
+            "UPDATE tasks SET state='disputed', completed_at=?, detail=? WHERE task_id=?",
+            [now, f"{len(set(digests))} different outputs from {len(digests)} devices", task_id],
+        )
+        # Every replica of a disputed task is spot-checked, whatever its device's record.
+        for p in db.query(
+            f"SELECT p.device_id, b.height AS block_height FROM proofs p "  # noqa: S608
+            f"JOIN {block_of()} WHERE p.task_id=?",
+            [task_id],
+        ):
+            self.schedule_dispute_check(
+                db, task_id=task_id, device_id=p["device_id"], height=p["block_height"], now=now
+            )
+        return "disputed"
+
+    def release_assignments(
+        self, db: sqlite_utils.Database, device_id: str, state: str, reason: str
+    ) -> list[str]:
+        """Give a device's in-flight assignments back to the queue (state ``state``, with
+        ``reason``); returns their task ids."""
+        tasks = [
+            r["task_id"]
+            for r in db.query(
+                "SELECT task_id FROM assignments WHERE device_id=? "
+                "AND state IN ('offered','accepted')",
+                [device_id],
+            )
+        ]
+        db.execute(
+            "UPDATE assignments SET state=?, reason=? WHERE device_id=? "
+            "AND state IN ('offered','accepted')",
+            [state, reason, device_id],
+        )
+        return tasks
+
+    def quarantine_in(
+        self,
+        db: sqlite_utils.Database,
+        device_id: str,
+        reason: str,
+        now: int,
+        *,
+        cheated: bool = True,
+    ) -> list[str]:
+        """The one quarantine cascade, in the caller's transaction: the device gets no more
+        work, its in-flight assignments go back to the queue, its results are voided and
+        their tasks re-queued, and its certificates are revoked (their serials are
+        returned, to be dropped from the live TLS check after commit).
+
+        Voided are its unverified results and, when it ``cheated`` (a failed check, a
+        refusal, or the operator's decision), also those verified only by sampling (a
+        random spot-check opens a few chunks): a device caught faking one result is not
+        trusted for the chunks nobody opened. Results whose chunks the coordinator
+        re-executed itself stay verified. A device quarantined for repeated silence keeps
+        its sampled results, as silence is no evidence against work already checked.
+        """
+        db.execute(
+            "UPDATE devices SET state='quarantined', state_reason=? WHERE device_id=?",
+            [reason, device_id],
+        )
+        self.release_assignments(db, device_id, "lost", "device quarantined")
+        sampled = (
+            " OR (credit='verified' AND NOT EXISTS (SELECT 1 FROM spot_checks s WHERE "
+            "s.task_id = proofs.task_id AND s.device_id = proofs.device_id "
+            "AND s.indices IS NOT NULL))"
+            if cheated
+            else ""
+        )
+        tasks = [
+            r[0]
+            for r in db.execute(
+                f"SELECT task_id FROM proofs WHERE device_id=? AND (credit='unverified'{sampled})",  # noqa: S608
+                [device_id],
+            ).fetchall()
+        ]
+        for task_id in tasks:
+            self.void_proof(
+                db, task_id, device_id, "proof voided: quarantined device", now, verified=True
+            )
+        return DeviceCertificates.revoke_in(db, device_id, now, "quarantined")
+
+    def void_proof(
+        self,
+        db: sqlite_utils.Database,
+        task_id: str,
+        device_id: str,
+        why: str,
+        now: int,
+        *,
+        verified: bool = False,
+    ) -> bool:
+        """Void one proof not yet verified (with ``verified``, also a verified one): its
+        credit is void, its assignment lost (so the task is offered to other devices, never
+        this one again) and its task's result withdrawn. Returns whether it was voided."""
+        credits = "('unverified','verified')" if verified else "('unverified')"
+        cur = db.execute(
+            "UPDATE proofs SET credit='void' WHERE task_id=? AND device_id=? "  # noqa: S608
+            f"AND credit IN {credits}",
+            [task_id, device_id],
+        )
+        if cur.rowcount != 1:
+            return False
+        db.execute(
+            "UPDATE assignments SET state='lost', reason=? "
+            "WHERE task_id=? AND device_id=? AND state='proved'",
+            [why, task_id, device_id],
+        )
+        self.reopen_task(db, task_id, f"re-queued: {why}", now)
+        return True
+
+    def reopen_task(self, db: sqlite_utils.Database, task_id: str, detail: str, now: int) -> None:
+        """After a proof of ``task_id`` lost its credit: a disputed task is settled by its
+        re-executed checks; a completed or running one goes back to the queue, its result
+        withdrawn. A failed task (deadline passed) stays failed."""
+        row = db.execute("SELECT state FROM tasks WHERE task_id=?", [task_id]).fetchone()
+        if row is None:
+            return
+        if row[0] == "disputed":
+            self.settle_dispute(db, task_id, now)
+            return
+        db.execute(
+            "UPDATE tasks SET state='queued', output_digest=NULL, completed_at=NULL, detail=? "
+            "WHERE task_id=? AND state IN ('completed','running')",
+            [detail, task_id],
+        )
+
+    def settle_dispute(self, db: sqlite_utils.Database, task_id: str, now: int) -> None:
+        """End a dispute once every live replica's differing chunks were re-executed by the
+        coordinator: the task completes with the output that survived, or, when none did
+        (or more chunks differed than one check re-executes), goes back to the queue.
+
+        Needs nothing from the devices, so a replica that declines or goes silent cannot
+        keep the task disputed: the wait is bounded by the next block and check round.
+        """
+        task = db.execute("SELECT state, chunks FROM tasks WHERE task_id=?", [task_id]).fetchone()
+        if task is None or task[0] != "disputed":
+            return
+        rows = db.execute(
+            "SELECT p.output_digest, p.credit, s.state, s.indices IS NOT NULL "
+            "FROM proofs p LEFT JOIN spot_checks s "
+            "ON s.task_id = p.task_id AND s.device_id = p.device_id WHERE p.task_id=?",
+            [task_id],
+        ).fetchall()
+        live = [r for r in rows if r[1] != "void"]
+        if any(r[2] != "passed" or not r[3] for r in live):
+            return  # a replica's re-execution is still to come
+        digests = {r[0] for r in live}
+        covered = len(_differing_chunks(db, task_id, task[1], cap=None)) <= MAX_CHALLENGE_INDICES
+        if len(digests) == 1 and covered:
+            db.execute(
+                "UPDATE tasks SET state='completed', output_digest=?, completed_at=?, detail=? "
+                "WHERE task_id=?",
+                [
+                    digests.pop(),
+                    now,
+                    "dispute resolved: the coordinator re-executed the differing chunks",
+                    task_id,
+                ],
+            )
+            return
+        db.execute(
+            "UPDATE tasks SET state='queued', output_digest=NULL, completed_at=NULL, detail=? "
+            "WHERE task_id=?",
+            [
+                "re-queued: no replica's output survived re-execution of the differing chunks",
+                task_id,
+            ],
+        )
+
+    def schedule_dispute_check(
+        self, db: sqlite_utils.Database, *, task_id: str, device_id: str, height: int, now: int
+    ) -> None:
+        """Queue the challenge of a disputed task's replica on the chunks that differ: the
+        evidence is specific, so these indices are stored, not derived."""
+        chunks = next(iter(db.query("SELECT chunks FROM tasks WHERE task_id=?", [task_id])))
+        indices = _differing_chunks(db, task_id, chunks["chunks"])
+        # A dispute overrides an earlier, random check.
+        db.execute(
+            "INSERT INTO spot_checks (task_id, device_id, block_height, indices, state, "
+            "next_attempt_at, created_at) VALUES (?,?,?,?, 'pending', ?, ?) "
+            "ON CONFLICT (task_id, device_id) DO UPDATE SET indices=excluded.indices, "
+            "state='pending', attempts=0, next_attempt_at=excluded.next_attempt_at "
+            "WHERE spot_checks.state IN ('pending','passed')",
+            [task_id, device_id, height, json.dumps(indices), now, now],
+        )

@@ -1,0 +1,80 @@
+"""The coordinator's own status: alerts, request observations and the summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlite_utils
+
+from .alerts import evaluate as evaluate_alerts
+from .context import Context
+from .membership import not_in_block
+
+
+def _oldest_unanchored_block(db: sqlite_utils.Database) -> int | None:
+    row = next(
+        iter(
+            db.query(
+                "SELECT min(b.timestamp) AS t FROM blocks b LEFT JOIN anchors a "
+                "ON a.id = b.anchor_id WHERE a.state IS NULL OR a.state != 'final'"
+            )
+        ),
+        None,
+    )
+    return None if row is None else row["t"]
+
+
+class StatusService:
+    """The coordinator's own status: alerts, recent requests, the summary."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    async def alerts(self) -> list[dict[str, Any]]:
+        """The runbook's alerts firing now, each with the time it started firing."""
+        hook = self.ctx.status_hooks.get("anchoring")
+        anchoring = await hook() if hook is not None else None
+        if anchoring is not None:
+            oldest = await self.ctx.db.read(_oldest_unanchored_block)
+            anchoring["oldest_unanchored_age_s"] = (
+                None if oldest is None else max(0, (self.ctx.clock() - oldest) // 1000)
+            )
+        now = self.ctx.clock()
+        firing = evaluate_alerts(self.ctx.recent_requests, anchoring, now, self.ctx.config.alerts)
+        return self.ctx.alert_tracker.update(firing, now)
+
+    def observe_request(self, status: int, seconds: float) -> None:
+        """Remember recent requests for the coordinator's own alert evaluation."""
+        self.ctx.recent_requests.append((self.ctx.clock(), status, seconds))
+
+    async def summary(self) -> dict[str, Any]:
+        """Counts of tasks, checks, credits, blocks and devices, with each status hook's
+        section (anchoring, updates)."""
+
+        def q(db: sqlite_utils.Database) -> dict[str, Any]:
+            def counts(sql: str) -> dict[str, int]:
+                return {r["k"]: r["n"] for r in db.query(sql)}
+
+            return {
+                "tasks": counts("SELECT state AS k, count(*) AS n FROM tasks GROUP BY state"),
+                "spot_checks": counts(
+                    "SELECT state AS k, count(*) AS n FROM spot_checks GROUP BY state"
+                ),
+                "proofs": counts("SELECT credit AS k, count(*) AS n FROM proofs GROUP BY credit"),
+                "blocks": next(iter(db.query("SELECT count(*) AS n FROM blocks")))["n"],
+                "unblocked_receipts": next(
+                    iter(db.query(f"SELECT count(*) AS n FROM proofs p WHERE {not_in_block()}"))  # noqa: S608
+                )["n"],
+            }
+
+        out = await self.ctx.db.read(q)
+        states: dict[str, int] = {}
+        for d in self.ctx.devices.values():
+            states[d.state] = states.get(d.state, 0) + 1
+        out["devices"] = states
+        out["coordinator_id"] = self.ctx.coordinator_id
+        out["cluster_id"] = self.ctx.config.protocol.cluster_id
+        out["uptime_s"] = (self.ctx.clock() - self.ctx.started_at) // 1000
+        for name, hook in self.ctx.status_hooks.items():
+            out[name] = await hook()
+        return out
