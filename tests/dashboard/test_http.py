@@ -135,7 +135,14 @@ def test_form_login_and_samples(coordinator: DashboardCoordinator, fleet: Fleet)
         "POST", "/dashboard/login", raw=raw, content_type="application/x-www-form-urlencoded"
     )
     assert status == 200 and body["csrf_token"]
-    out = wait_for(lambda: (s := client.request("GET", "/dashboard/samples")[2])["samples"] and s)
+    # The first sample may predate the fleet's first heartbeats: wait for one after them.
+    out = wait_for(
+        lambda: (
+            (s := client.request("GET", "/dashboard/samples")[2])["samples"]
+            and s["samples"][-1]["active"] >= 1
+            and s
+        )
+    )
     latest = out["samples"][-1]
     assert set(latest) == {"t", "proofs", "blocks", "active", "eps_mean", "eps_min", "eps_max"}
     assert latest["active"] >= 1 and 0 <= latest["eps_min"] <= latest["eps_max"] <= 1
