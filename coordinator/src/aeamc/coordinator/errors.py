@@ -13,7 +13,7 @@ from aeamc.shared.envelope import STATUS_BY_CODE
 from aeamc.shared.errors import ProtocolError
 from aeamc.shared.refusals import Fault, Refusal
 
-__all__ = ["STATUS_BY_CODE", "STATUS_BY_FAULT", "ApiError", "http_status", "not_found"]
+__all__ = ["STATUS_BY_CODE", "STATUS_BY_FAULT", "ApiError", "http_status"]
 
 #: A refusal's fault → HTTP status: the one place a service's refusal becomes a status.
 STATUS_BY_FAULT = {
@@ -47,11 +47,6 @@ class ApiError(envelope.ApiError):
         if isinstance(exc, ProtocolError):
             return cls.from_protocol(exc)
         raise TypeError(f"not a refusal: {exc!r}")
-
-
-def not_found(what: str) -> ApiError:
-    """404 ``not_found``: ``what`` does not exist (or is not the caller's to see)."""
-    return ApiError(404, "not_found", f"{what} not found")
 
 
 def http_status(exc: Exception) -> int:

@@ -11,11 +11,12 @@ from typing import Any
 
 from aiohttp import web
 
+from aeamc.shared.refusals import not_found
 from aeamc.shared.runtime.tls import peer_of
 
 from ..auth import COORDINATOR_KEY, require
 from ..bodies import json_body, reply
-from ..errors import ApiError, not_found
+from ..errors import ApiError
 from .rollouts import Rollouts
 
 
