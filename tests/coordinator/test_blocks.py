@@ -13,12 +13,13 @@ from typing import Any
 
 import pytest
 
-from aeamc.coordinator.blocks import CHECK_ALL_SQL, RECEIPTS_SQL
+from aeamc.coordinator.blocks import RECEIPTS_SQL
 from aeamc.coordinator.config import CoordinatorConfig, SpotCheckConfig
 from aeamc.coordinator.db import Database, connect
 from aeamc.coordinator.membership import height_of
 from aeamc.coordinator.schema import MIGRATIONS
 from aeamc.coordinator.service import Coordinator
+from aeamc.coordinator.store.proofs import CHECK_ALL_SQL
 from aeamc.shared import microblock, proofs, spotcheck
 from aeamc.shared.identity import SigningKey
 from aeamc.shared.lifecycle import TASK_LIFECYCLE

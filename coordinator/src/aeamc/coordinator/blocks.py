@@ -15,16 +15,11 @@ from aeamc.shared.refusals import not_found
 from .context import Context
 from .membership import LAST_BLOCKED_SEQ
 from .settlement import Settlement
+from .store import blocks as block_rows
+from .store import devices as device_rows
+from .store import proofs as proof_rows
 
 log = logging.getLogger(__name__)
-
-#: A random spot-check (SPEC §14.2): never replaces a check already scheduled.
-#: Its indices stay NULL: they are derived from the block hash when the challenge is sent.
-_RANDOM_CHECK_SQL = (
-    "INSERT OR IGNORE INTO spot_checks (task_id, device_id, block_height, indices, state, "
-    "next_attempt_at, created_at) VALUES (?,?,?, NULL, 'pending', ?, ?)"
-)
-
 
 #: A block's receipts: the oldest proofs past the last block's range. Only the narrow
 #: ``proofs_receipts`` index is read, not the rows with their PoT and output (a test
@@ -35,18 +30,8 @@ RECEIPTS_SQL = (
 )
 
 
-#: The random checks of every receipt of a block from devices checked on every task, in
-#: one statement (binding 10,000 rows one by one cost three times as much).
-CHECK_ALL_SQL = (
-    "INSERT OR IGNORE INTO spot_checks (task_id, device_id, block_height, indices, state, "
-    "next_attempt_at, created_at) SELECT p.task_id, p.device_id, ?, NULL, 'pending', ?, ? "
-    "FROM proofs p WHERE p.seq BETWEEN ? AND ? "
-    "AND p.device_id IN (SELECT value FROM json_each(?))"
-)
-
-
 class BlockService:
-    """Forms microblocks and serves the chain; the only writer of the blocks table."""
+    """Forms microblocks (stored through ``store/blocks.py``) and serves the chain."""
 
     def __init__(self, ctx: Context, settlement: Settlement) -> None:
         self.ctx = ctx
@@ -84,20 +69,17 @@ class BlockService:
             )
             # The rows selected are exactly the unblocked ones up to the last seq taken: the
             # writer is the only one adding proofs, and it is running this.
-            c.execute(
-                "INSERT INTO blocks (height, hash, previous_hash, timestamp, receipt_count, "
-                "header, payload, first_seq, last_seq) VALUES (?,?,?,?,?,?,?,?,?)",
-                [
-                    height,
-                    block.block_hash,
-                    previous,
-                    now,
-                    len(rows),
-                    block.header.encode(),
-                    block.payload,
-                    rows[0][0],
-                    rows[-1][0],
-                ],
+            block_rows.insert_block(
+                db,
+                height=height,
+                block_hash=block.block_hash,
+                previous_hash=previous,
+                timestamp=now,
+                receipt_count=len(rows),
+                header=block.header.encode(),
+                payload=block.payload,
+                first_seq=rows[0][0],
+                last_seq=rows[-1][0],
             )
             self._schedule_block_checks(db, rows, height, now)
             return height, len(rows)
@@ -145,13 +127,7 @@ class BlockService:
         # (only below k, where one challenge opens fewer chunks): decided once per device of
         # the block, with one query for them all rather than a lookup per receipt.
         devices = {r[2] for r in rows}
-        passes = dict(
-            c.execute(
-                "SELECT device_id, passes FROM devices "
-                "WHERE device_id IN (SELECT value FROM json_each(?))",
-                [json.dumps(sorted(devices))],
-            ).fetchall()
-        )
+        passes = device_rows.passes(db, sorted(devices))
         k = checks.k
         # At k chunks or more a device's rate is its lowest (smaller tasks are checked at
         # least as often), so a device at 1.0 there is checked on every receipt.
@@ -173,8 +149,10 @@ class BlockService:
         ]
         # OR IGNORE: a disputed receipt's check, scheduled above, stays as it is.
         if always:
-            c.execute(CHECK_ALL_SQL, [height, now, now, first, last, json.dumps(always)])
-        c.executemany(_RANDOM_CHECK_SQL, drawn)
+            proof_rows.check_every_receipt(
+                db, height=height, now=now, first=first, last=last, device_ids=always
+            )
+        proof_rows.check_drawn(db, drawn)
 
     def challenge_indices(
         self, stored: str | None, block_hash: bytes, task_id: str, chunks: int

@@ -5,17 +5,16 @@ The TLS layer already refused any certificate not from our CA; what is left is w
 is and whether it still counts. A device request (heartbeat, proof, the device's own
 privacy request) must come with the certificate of the device that signed the message,
 and — for heartbeats and proofs — one not revoked. Quarantine and erasure revoke every
-certificate the device holds; the revoked serials are kept in the database and mirrored
-in memory, so the check costs a set lookup per request (the peer's identity is parsed
-once per connection, in ``aeamc.shared.runtime.tls.peer_of``).
+certificate the device holds (written by ``store/certificates.py``); the revoked serials
+are kept in the database and mirrored in memory, so the check costs a set lookup per
+request (the peer's identity is parsed once per connection, in
+``aeamc.shared.runtime.tls.peer_of``).
 """
 
 from __future__ import annotations
 
 import logging
 from typing import Any
-
-import sqlite_utils
 
 from aeamc.shared.refusals import Fault, Refusal
 from aeamc.shared.runtime import tls
@@ -63,21 +62,6 @@ class DeviceCertificates:
             device_csr_key(csr_der)
         except CaError as exc:
             raise Refusal(Fault.INVALID, "invalid_message", str(exc), field="csr") from None
-
-    @staticmethod
-    def revoke_in(db: sqlite_utils.Database, device_id: str, now: int, reason: str) -> list[str]:
-        """Revoke every certificate of ``device_id`` inside the caller's transaction."""
-        serials = [
-            r["serial"]
-            for r in db.query("SELECT serial FROM certificates WHERE device_id=?", [device_id])
-        ]
-        for serial in serials:
-            db.execute(
-                "INSERT OR IGNORE INTO revoked_certificates (serial, revoked_at, reason) "
-                "VALUES (?,?,?)",
-                [serial, now, reason],
-            )
-        return serials
 
     def revoked_now(self, serials: list[str]) -> None:
         """Mirror a committed revocation in memory (after the transaction)."""

@@ -2,6 +2,10 @@
 registry, the wake-up events of the background loops and the counters.
 
 ``Context`` holds state and the few helpers every service needs; it makes no decisions.
+The tables are written only through the store layer (``store/``: one module per table
+group), and the live device registry (``ctx.devices``, a ``store.registry.DeviceRegistry``)
+changes only through its own methods, after the write it mirrors has committed.
+
 The services (one module each: tokens, enrollment, heartbeats, flags, tasks, ingestion,
 settlement, verdicts, blocks, privacy, devices, maintenance, status) are built on it by
 the composition root, ``service.Coordinator``.
@@ -25,7 +29,7 @@ from .alerts import AlertTracker
 from .certs import DeviceCertificates
 from .config import CoordinatorConfig, IpNetwork, endpoint_networks
 from .db import Database
-from .registry import Device
+from .store.registry import DeviceRegistry
 from .verifier import SignatureVerifier
 
 
@@ -66,8 +70,8 @@ class Context:
         self.kinds = kinds
         self.clock = clock
         self.coordinator_id = device_id_for(signer.public_key)
-        #: Every enrolled device by id, as committed (updated after each commit).
-        self.devices: dict[str, Device] = {}
+        #: Every enrolled device by id, as committed (changed only by its own methods).
+        self.devices = DeviceRegistry()
         self.eps_config = config.eps.to_eps_config()
         #: Where device endpoints may be besides the enrolling address (enrollment.py).
         self.endpoint_networks: tuple[IpNetwork, ...] = endpoint_networks(config.enrollment)
@@ -94,21 +98,7 @@ class Context:
 
     async def load_devices(self) -> None:
         """Fill the registry from the database, with the recent heartbeat times EPS needs."""
-        rows = await self.db.read(lambda db: list(db.query("SELECT * FROM devices")))
-        self.devices = {r["device_id"]: Device.from_row(r) for r in rows}
-        recent = await self.db.read(
-            lambda db: list(
-                db.query(
-                    "SELECT device_id, received_at FROM heartbeats WHERE received_at >= ? "
-                    "ORDER BY received_at",
-                    [self.clock() - self.eps_config.poa_window_ms],
-                )
-            )
-        )
-        for r in recent:
-            d = self.devices.get(r["device_id"])
-            if d is not None:
-                d.poa_times.append(r["received_at"])
+        await self.devices.load(self.db, self.clock() - self.eps_config.poa_window_ms)
 
     def tls(self) -> DeviceCertificates:
         """The CA's side of mutual TLS (refused when this coordinator has none)."""

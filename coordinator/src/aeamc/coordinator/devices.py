@@ -14,6 +14,7 @@ from aeamc.shared.refusals import Fault, Refusal, not_found
 from .context import Context
 from .registry import Device
 from .settlement import Settlement
+from .store import devices as device_rows
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +43,7 @@ class DeviceService:
             )
 
         def txn(db: sqlite_utils.Database) -> list[str]:
-            db.execute(
-                "UPDATE devices SET state=?, state_reason=?, "
-                "approved_at=CASE WHEN ?='active' THEN COALESCE(approved_at, ?) "
-                "ELSE approved_at END WHERE device_id=?",
-                [state, reason, state, now, device_id],
-            )
+            device_rows.set_device_state(db, device_id, state, reason, now)
             if state == "quarantined":
                 return self.settlement.quarantine_in(db, device_id, reason, now)
             return []
@@ -55,7 +51,7 @@ class DeviceService:
         revoked = await self.ctx.db.write(txn)
         if self.ctx.certs is not None:
             self.ctx.certs.revoked_now(revoked)
-        device.state, device.state_reason = state, reason
+        device = self.ctx.devices.set_state(device_id, state, reason) or device
         log.info("device %s is now %s (%s)", device_id, state, reason)
         self.ctx.wake_scheduler.set()
         return device
@@ -114,16 +110,11 @@ class DeviceService:
 
         def txn(db: sqlite_utils.Database) -> None:
             for device_id in silent:
-                db.execute(
-                    "UPDATE devices SET state='stale', state_reason='missed heartbeats' "
-                    "WHERE device_id=? AND state='active'",
-                    [device_id],
-                )
+                device_rows.mark_stale(db, device_id)
                 self.settlement.release_assignments(db, device_id, "lost", "device went stale")
 
         await self.ctx.db.write(txn)
         for device_id in silent:
-            self.ctx.devices[device_id].state = "stale"
-            self.ctx.devices[device_id].state_reason = "missed heartbeats"
+            self.ctx.devices.set_state(device_id, "stale", "missed heartbeats")
         self.ctx.wake_scheduler.set()
         return silent

@@ -23,6 +23,7 @@ from aeamc.shared.runtime.services import REMOVED, ServiceEvent
 
 from . import __version__
 from .service import Coordinator
+from .store import devices as device_rows
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,6 @@ class Discovery:
             "txt": json.dumps(dict(record.properties), sort_keys=True),
             "last_seen": self.c.clock(),
         }
-        task = self.c.db.write(lambda db: db.table("candidates").upsert(row, pk="device_id"))
+        task = self.c.db.write(lambda db: device_rows.see_candidate(db, row))
         self.c.spawn(task)
         log.info("agent %s seen over mDNS (not enrolled)", advert.device_id)

@@ -19,9 +19,9 @@ from aeamc.shared.messages import (
 )
 from aeamc.shared.refusals import Fault, Refusal
 
-from .certs import DeviceCertificates
 from .context import Context
-from .registry import Device
+from .store import certificates
+from .store import devices as device_rows
 from .tokens import TokenService
 
 log = logging.getLogger(__name__)
@@ -106,20 +106,9 @@ class EnrollmentService:
         device_id = msg.device_id
 
         def txn(db: sqlite_utils.Database) -> str:
-            if next(
-                iter(db.query("SELECT 1 FROM erased_devices WHERE device_id=?", [msg.device_id])),
-                None,
-            ):
+            if device_rows.is_erased(db, msg.device_id):
                 raise Refusal(Fault.FORBIDDEN, "erased", ERASED_MESSAGE)
-            row = next(
-                iter(
-                    db.query(
-                        "SELECT state, enrolled_at, approved_at FROM devices WHERE device_id = ?",
-                        [msg.device_id],
-                    )
-                ),
-                None,
-            )
+            row = device_rows.enrollment_row(db, msg.device_id)
             state = row["state"] if row else "pending"
             expired = row is not None and _pending_expired(row, pending_since)
             if msg.token is not None and state == "pending":
@@ -128,51 +117,44 @@ class EnrollmentService:
             elif state == "pending" and (row is None or expired):
                 self._admit_pending(db, address, pending_since)
             if row is None:
-                db.table("devices").insert(
-                    {
-                        "device_id": msg.device_id,
-                        "public_key": msg.public_key,
-                        "state": state,
-                        "capabilities": caps_json,
-                        "endpoint": caps.endpoint,
-                        "address": address,
-                        "enrolled_at": now,
-                        "approved_at": now if state == "active" else None,
-                    }
+                device_rows.insert_device(
+                    db,
+                    device_id=msg.device_id,
+                    public_key=msg.public_key,
+                    state=state,
+                    capabilities=caps_json,
+                    endpoint=caps.endpoint,
+                    address=address,
+                    now=now,
                 )
             else:
-                db.execute(
-                    "UPDATE devices SET capabilities=?, endpoint=?, address=?, state=?, "
-                    "enrolled_at=CASE WHEN ? THEN ? ELSE enrolled_at END, "
-                    "approved_at=COALESCE(approved_at, CASE WHEN ?='active' THEN ? END) "
-                    "WHERE device_id=?",
-                    [caps_json, caps.endpoint, address, state, expired, now, state, now, device_id],
+                device_rows.reenroll_device(
+                    db,
+                    device_id=device_id,
+                    old_state=row["state"],
+                    state=state,
+                    capabilities=caps_json,
+                    endpoint=caps.endpoint,
+                    address=address,
+                    new_wait=expired,
+                    now=now,
                 )
-            db.execute("DELETE FROM candidates WHERE device_id = ?", [msg.device_id])
+            device_rows.forget_candidate(db, msg.device_id)
             if cert_row is not None and state in ("active", "stale"):
-                db.table("certificates").insert({**cert_row, "issued_at": now})
+                certificates.insert_certificate(db, cert_row, now)
             return state
 
         state = await self.ctx.db.write(txn)
-        if existing is None:
-            existing = self.ctx.devices[msg.device_id] = Device(
-                device_id=msg.device_id,
-                public_key=msg.public_key_bytes,
-                state=state,
-                capabilities=caps,
-                endpoint=caps.endpoint,
-                address=address,
-                enrolled_at=now,
-            )
-        else:
-            existing.capabilities, existing.endpoint, existing.address = (
-                caps,
-                caps.endpoint,
-                address,
-            )
-            existing.state = state
-        if state == "pending" and existing.enrolled_at < pending_since:
-            existing.enrolled_at = now  # an expired identity enrolled again: a new wait
+        self.ctx.devices.enrolled(
+            msg.device_id,
+            public_key=msg.public_key_bytes,
+            state=state,
+            capabilities=caps,
+            endpoint=caps.endpoint,
+            address=address,
+            now=now,
+            pending_since=pending_since,
+        )
         self.ctx.count("enrollments")
         log.info("device %s enrolled (%s)", msg.device_id, state)
         self.ctx.wake_scheduler.set()
@@ -224,27 +206,19 @@ class EnrollmentService:
         """Refuse one more identity waiting for approval past the caps (in the caller's
         write transaction, so concurrent enrollments cannot overshoot them)."""
         e = self.ctx.config.enrollment
-        waiting = next(
-            iter(
-                db.query(
-                    "SELECT COUNT(*) AS n, COALESCE(SUM(address IS ?), 0) AS here FROM devices "
-                    "WHERE state='pending' AND approved_at IS NULL AND enrolled_at >= ?",
-                    [address, pending_since],
-                )
-            )
-        )
-        if waiting["n"] >= e.max_pending:
+        waiting, here = device_rows.waiting_for_approval(db, address, pending_since)
+        if waiting >= e.max_pending:
             raise Refusal(
                 Fault.TOO_MANY,
                 "too_many_pending",
-                f"{waiting['n']} devices already wait for approval (enrollment.max_pending); "
+                f"{waiting} devices already wait for approval (enrollment.max_pending); "
                 "enroll with a token, or ask the operator to approve or wait",
             )
-        if waiting["here"] >= e.max_pending_per_address:
+        if here >= e.max_pending_per_address:
             raise Refusal(
                 Fault.TOO_MANY,
                 "too_many_pending",
-                f"{waiting['here']} devices from {address} already wait for approval "
+                f"{here} devices from {address} already wait for approval "
                 "(enrollment.max_pending_per_address); enroll with a token",
             )
 
@@ -255,27 +229,18 @@ class EnrollmentService:
         now = self.ctx.clock()
 
         def txn(db: sqlite_utils.Database) -> tuple[list[str], list[str]]:
-            gone = [
-                r["device_id"]
-                for r in db.query(
-                    "SELECT device_id FROM devices WHERE state='pending' "
-                    "AND approved_at IS NULL AND enrolled_at < ?",
-                    [since],
-                )
-            ]
+            gone = device_rows.expired_pending(db, since)
             revoked: list[str] = []
             for device_id in gone:
-                revoked += DeviceCertificates.revoke_in(db, device_id, now, "pending expired")
-                db.execute("DELETE FROM devices WHERE device_id=?", [device_id])
+                revoked += certificates.revoke_device(db, device_id, now, "pending expired")
+                device_rows.delete_device(db, device_id)
             return gone, revoked
 
         gone, revoked = await self.ctx.db.write(txn)
         if self.ctx.certs is not None:
             self.ctx.certs.revoked_now(revoked)
         for device_id in gone:
-            d = self.ctx.devices.get(device_id)
-            if d is not None and d.state == "pending":
-                del self.ctx.devices[device_id]
+            self.ctx.devices.remove(device_id, only_state="pending")
         if gone:
             log.info("forgot %d device(s) not approved within the pending TTL", len(gone))
         return len(gone)

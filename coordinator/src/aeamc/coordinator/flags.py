@@ -6,12 +6,11 @@ import logging
 import re
 from typing import Any
 
-import sqlite_utils
-
 from aeamc.shared.flags import in_rollout
 from aeamc.shared.refusals import Fault, Refusal
 
 from .context import Context
+from .store import flags as flag_rows
 
 log = logging.getLogger(__name__)
 
@@ -58,23 +57,7 @@ class FlagService:
             )
         now = self.ctx.clock()
 
-        def txn(db: sqlite_utils.Database) -> int | None:
-            row = db.execute("SELECT percent FROM flags WHERE name=?", [name]).fetchone()
-            before = row[0] if row else None
-            db.execute(
-                "INSERT INTO flags (name, percent, updated_at, updated_by) VALUES (?,?,?,?) "
-                "ON CONFLICT (name) DO UPDATE SET percent=excluded.percent, "
-                "updated_at=excluded.updated_at, updated_by=excluded.updated_by",
-                [name, percent, now, by],
-            )
-            db.execute(
-                "INSERT INTO flag_history (name, from_percent, to_percent, at, by) "
-                "VALUES (?,?,?,?,?)",
-                [name, before, percent, now, by],
-            )
-            return before
-
-        before = await self.ctx.db.write(txn)
+        before = await self.ctx.db.write(lambda db: flag_rows.set_flag(db, name, percent, now, by))
         self.flags[name] = percent
         log.info(
             "flag %s set from %s to %d %% by %s",

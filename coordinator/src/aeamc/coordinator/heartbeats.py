@@ -18,6 +18,7 @@ from aeamc.shared.runtime.tls import Peer
 
 from .context import Context
 from .flags import FlagService
+from .store import devices as device_rows
 
 #: Feature flag: devices in its cohort get half the heartbeat freshness window (a PoA
 #: must be at most ``heartbeat_window_s / 2`` old), narrowing the window a captured
@@ -62,28 +63,25 @@ class HeartbeatService:
         telemetry_json = json.dumps(poa.telemetry.to_dict(), sort_keys=True)
 
         def txn(db: sqlite_utils.Database) -> str:
-            cur = db.execute(
-                "UPDATE devices SET last_seq=?, last_seen=?, telemetry=?, eps=?, "
-                "state=CASE WHEN state='stale' THEN 'active' ELSE state END "
-                "WHERE device_id=? AND last_seq < ? AND state IN ('active','stale')",
-                [poa.seq, now, telemetry_json, score, poa.device_id, poa.seq],
+            stored = device_rows.record_heartbeat(
+                db,
+                device_id=poa.device_id,
+                seq=poa.seq,
+                timestamp=poa.timestamp,
+                now=now,
+                telemetry=telemetry_json,
+                score=score,
             )
-            if cur.rowcount != 1:
+            if not stored:
                 raise Refusal(Fault.CONFLICT, "replay", f"seq {poa.seq} was already used")
-            db.execute(
-                "INSERT INTO heartbeats (device_id, seq, timestamp, received_at, telemetry) "
-                "VALUES (?,?,?,?,?)",
-                [poa.device_id, poa.seq, poa.timestamp, now, telemetry_json],
-            )
             return "active"
 
         state = await self.ctx.db.write(txn)
-        was = device.state
-        device.last_seq = max(device.last_seq, poa.seq)
-        device.last_seen = now
-        device.telemetry = poa.telemetry
-        device.state = state
-        device.poa_times.append(now)
+        was = (self.ctx.devices.get(poa.device_id) or device).state
+        device = (
+            self.ctx.devices.heartbeat_accepted(poa.device_id, poa.seq, now, poa.telemetry, state)
+            or device
+        )
         self.ctx.count("heartbeats")
         if self.ctx.work_waiting and (
             was != state or len(device.poa_times) <= self.ctx.eps_config.min_poas

@@ -4,7 +4,6 @@ before it is answered."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -27,6 +26,9 @@ from aeamc.shared.schema import hex_bytes, record
 from .context import Context
 from .registry import Device
 from .settlement import Settlement
+from .store import devices as device_rows
+from .store import proofs as proof_rows
+from .store import tasks as task_rows
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +44,6 @@ class _CheckedProof:
     output: bytes
     pot_json: str
     chunks: int
-
-
-def _assignment_row(db: sqlite_utils.Database, task_id: str, device_id: str) -> Any:
-    return next(
-        iter(
-            db.query(
-                "SELECT a.state, a.message FROM assignments a WHERE a.task_id=? AND a.device_id=?",
-                [task_id, device_id],
-            )
-        ),
-        None,
-    )
 
 
 #: One batch item's outcome: the answer a single request would get, or its refusal.
@@ -72,7 +62,9 @@ class ProofIngestion:
         assignment, with output and trace matching its commitments; stored (and its task
         settled) in one commit before the answer. A refused proof changes nothing."""
         pot, device = self._proof_sender(data, peer)
-        row = await self.ctx.db.read(lambda db: _assignment_row(db, pot.task_id, pot.device_id))
+        row = await self.ctx.db.read(
+            lambda db: task_rows.assignment_row(db, pot.task_id, pot.device_id)
+        )
         checked = self._check_proof(data, pot, device, row)
         task_state = await self.ctx.db.write(lambda db: self._store_proof(db, checked))
         return self._proof_accepted(checked, task_state)
@@ -94,7 +86,9 @@ class ProofIngestion:
             except (Refusal, ProtocolError) as exc:
                 results[i] = exc
         keys = [(pot.task_id, pot.device_id) for _, pot, _ in senders]
-        rows = await self.ctx.db.read(lambda db: [_assignment_row(db, t, d) for t, d in keys])
+        rows = await self.ctx.db.read(
+            lambda db: [task_rows.assignment_row(db, t, d) for t, d in keys]
+        )
 
         def check_all() -> list[tuple[int, _CheckedProof]]:
             ok = []
@@ -169,34 +163,26 @@ class ProofIngestion:
 
     def _store_proof(self, db: sqlite_utils.Database, proof: _CheckedProof) -> str:
         pot, now = proof.pot, self.ctx.clock()
-        cur = db.execute(
-            "UPDATE assignments SET state='proved' WHERE task_id=? AND device_id=? "
-            "AND state IN ('offered','accepted')",
-            [pot.task_id, pot.device_id],
-        )
-        if cur.rowcount != 1:
+        if not task_rows.mark_proved(db, pot.task_id, pot.device_id):
             raise Refusal(Fault.CONFLICT, "duplicate", "a proof for this task was already accepted")
-        db.execute(
-            "INSERT INTO proofs (task_id, device_id, pot, signature, output, output_digest, "
-            "accepted_at, chunks) VALUES (?,?,?,?,?,?,?,?)",
-            [
-                pot.task_id,
-                pot.device_id,
-                proof.pot_json,
-                bytes.fromhex(pot.signature),
-                proof.output,
-                pot.output_digest,
-                now,
-                proof.chunks,
-            ],
+        proof_rows.insert_proof(
+            db,
+            task_id=pot.task_id,
+            device_id=pot.device_id,
+            pot=proof.pot_json,
+            signature=bytes.fromhex(pot.signature),
+            output=proof.output,
+            output_digest=pot.output_digest,
+            now=now,
+            chunks=proof.chunks,
         )
-        db.execute("UPDATE devices SET completed=completed+1 WHERE device_id=?", [pot.device_id])
+        device_rows.count(db, pot.device_id, "completed")
         return self.settlement.settle_task(db, pot.task_id, now)
 
     def _proof_accepted(self, proof: _CheckedProof, task_state: str) -> dict[str, Any]:
         """After the commit: update the in-memory view, wake the loops, and answer."""
-        pot, device = proof.pot, proof.device
-        device.record = dataclasses.replace(device.record, completed=device.record.completed + 1)
+        pot = proof.pot
+        self.ctx.devices.count(pot.device_id, "completed")
         self.ctx.count("proofs_accepted")
         log.info(
             "proof for task %s from %s accepted; task %s",

@@ -17,10 +17,14 @@ from aeamc.shared.refusals import Fault, Refusal, not_found
 from aeamc.shared.runtime.tls import Peer
 
 from .blocks import BlockService
-from .certs import DeviceCertificates
 from .context import Context
 from .membership import block_of, height_of, not_in_block
 from .settlement import Settlement
+from .store import certificates
+from .store import devices as device_rows
+from .store import proofs as proof_rows
+from .store import tasks as task_rows
+from .updates import reports
 
 log = logging.getLogger(__name__)
 
@@ -192,54 +196,31 @@ class PrivacyService:
                 )
             ]
             counts = {
-                "heartbeats": db.execute(
-                    "DELETE FROM heartbeats WHERE device_id=?", [device_id]
-                ).rowcount,
-                "assignments": db.execute(
-                    "DELETE FROM assignments WHERE device_id=?", [device_id]
-                ).rowcount,
-                "spot_checks": db.execute(
-                    "DELETE FROM spot_checks WHERE device_id=?", [device_id]
-                ).rowcount,
-                "unblocked_proofs": db.execute(
-                    f"DELETE FROM proofs WHERE device_id=? AND {not_in_block('proofs')}",  # noqa: S608
-                    [device_id],
-                ).rowcount,
-                "receipts_kept": db.execute(
-                    "UPDATE proofs SET pot='', accepted_at=(SELECT b.timestamp FROM blocks b "  # noqa: S608
-                    f"WHERE b.height = {height_of('proofs.seq')}) WHERE device_id=?",
-                    [device_id],
-                ).rowcount,
-                "candidates": db.execute(
-                    "DELETE FROM candidates WHERE device_id=?", [device_id]
-                ).rowcount,
-                "update_reports": db.execute(
-                    "DELETE FROM update_reports WHERE device_id=?", [device_id]
-                ).rowcount,
+                "heartbeats": device_rows.delete_heartbeats(db, device_id),
+                "assignments": task_rows.delete_device_assignments(db, device_id),
+                "spot_checks": proof_rows.delete_device_checks(db, device_id),
+                "unblocked_proofs": proof_rows.delete_unblocked_proofs(db, device_id),
+                "receipts_kept": proof_rows.strip_receipts(db, device_id),
+                "candidates": device_rows.forget_candidate(db, device_id),
+                "update_reports": reports.delete_device_reports(db, device_id),
             }
-            revoked[:] = DeviceCertificates.revoke_in(db, device_id, now, "erased")
-            counts["certificates"] = db.execute(
-                "DELETE FROM certificates WHERE device_id=?", [device_id]
-            ).rowcount
+            revoked[:] = certificates.revoke_device(db, device_id, now, "erased")
+            counts["certificates"] = certificates.delete_device_certificates(db, device_id)
             for task_id in unblocked:
-                db.execute(
-                    "UPDATE tasks SET state='queued', output_digest=NULL, completed_at=NULL, "
-                    "detail='re-queued: a device that ran it was erased' "
-                    "WHERE task_id=? AND state IN ('completed','disputed','running')",
-                    [task_id],
+                task_rows.requeue(
+                    db,
+                    task_id,
+                    "re-queued: a device that ran it was erased",
+                    ("completed", "disputed", "running"),
                 )
-            db.execute("DELETE FROM devices WHERE device_id=?", [device_id])
-            db.execute(
-                "INSERT OR IGNORE INTO erased_devices (device_id, erased_at) VALUES (?,?)",
-                [device_id, now],
-            )
+            device_rows.erase_device(db, device_id, now)
             counts["tasks_released"] = len(released) + len(unblocked) + len(voided)
             return counts
 
         counts = await self.ctx.db.write(txn)
         if self.ctx.certs is not None:
             self.ctx.certs.revoked_now(revoked)
-        self.ctx.devices.pop(device_id, None)
+        self.ctx.devices.remove(device_id)
         if self.ctx.rollouts is not None:
             await self.ctx.rollouts.load()  # its update reports went with it
         await self.ctx.db.checkpoint()

@@ -1,7 +1,9 @@
-"""The in-memory view of enrolled devices that the hot paths consult.
+"""A device as the hot paths see it: one entry of the live registry.
 
-SQLite is the truth; this cache is loaded at start and updated only after a write has
-committed, so a crash can lose nothing but the cache itself.
+SQLite is the truth; the entries are loaded at start and replaced only after a write has
+committed, so a crash can lose nothing but the view itself. ``Device`` is frozen: only
+``store.registry.DeviceRegistry`` makes a changed copy and puts it in place (its
+``poa_times`` deque, too, is appended to only there).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from aeamc.shared.reputation import Record, reputation
 POA_HISTORY = 16
 
 
-@dataclass
+@dataclass(frozen=True)
 class Device:
     device_id: str
     public_key: bytes

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import replace
 from typing import Any
 
 import sqlite_utils
@@ -23,6 +22,8 @@ from aeamc.shared.messages import Assignment, sign
 from .logs import REQUEST_ID, task_request_id
 from .peers import AgentClient
 from .service import Coordinator, wait_event
+from .store import devices as device_rows
+from .store import tasks as task_rows
 
 log = logging.getLogger(__name__)
 
@@ -110,22 +111,10 @@ class Scheduler:
 
         def txn(db: sqlite_utils.Database) -> bool:
             # The device may have been erased since this round read the registry.
-            if (
-                db.execute("SELECT 1 FROM devices WHERE device_id=?", [device_id]).fetchone()
-                is None
-            ):
+            if not device_rows.exists(db, device_id):
                 return False
-            db.execute(
-                "INSERT INTO assignments (task_id, device_id, state, issued_at, expires_at, "
-                "message) VALUES (?,?,'offered',?,?,?) ON CONFLICT (task_id, device_id) DO "
-                "UPDATE SET state='offered', issued_at=excluded.issued_at, reason=NULL, "
-                "expires_at=excluded.expires_at, message=excluded.message "
-                "WHERE assignments.state='refused'",
-                [task["task_id"], device_id, now, expires, message],
-            )
-            db.execute(
-                "UPDATE tasks SET state='running' WHERE task_id=? AND state='queued'",
-                [task["task_id"]],
+            task_rows.assign(
+                db, task["task_id"], device_id, now, expires_at=expires, message=message
             )
             return True
 
@@ -152,11 +141,7 @@ class Scheduler:
         )
         if reply.status == 202:
             await self.c.db.write(
-                lambda db: db.execute(
-                    "UPDATE assignments SET state='accepted' WHERE task_id=? AND device_id=? "
-                    "AND state='offered'",
-                    [assignment.task_id, assignment.device_id],
-                )
+                lambda db: task_rows.accept_offer(db, assignment.task_id, assignment.device_id)
             )
             self.c.count("assignments_accepted")
             log.info("task %s accepted by %s", assignment.task_id, assignment.device_id)
@@ -166,21 +151,11 @@ class Scheduler:
 
     async def _refused(self, assignment: Assignment, reason: str) -> None:
         def txn(db: sqlite_utils.Database) -> None:
-            cur = db.execute(
-                "UPDATE assignments SET state='refused', reason=? WHERE task_id=? AND "
-                "device_id=? AND state='offered'",
-                [reason, assignment.task_id, assignment.device_id],
-            )
-            if cur.rowcount:
-                db.execute(
-                    "UPDATE devices SET refusals=refusals+1 WHERE device_id=?",
-                    [assignment.device_id],
-                )
+            if task_rows.refuse_offer(db, assignment.task_id, assignment.device_id, reason):
+                device_rows.count(db, assignment.device_id, "refusals")
 
         await self.c.db.write(txn)
-        device = self.c.devices.get(assignment.device_id)
-        if device is not None:
-            device.record = replace(device.record, refusals=device.record.refusals + 1)
+        self.c.devices.count(assignment.device_id, "refusals")
         self.c.count("assignments_refused")
         log.info("task %s refused by %s: %s", assignment.task_id, assignment.device_id, reason)
         self.c.wake_scheduler.set()

@@ -5,9 +5,12 @@ Each service holds one concern (tokens.py, enrollment.py, heartbeats.py, flags.p
 tasks.py, ingestion.py, settlement.py, verdicts.py, blocks.py, privacy.py, devices.py,
 maintenance.py, status.py). Each public coroutine of a service validates its input with
 the pure protocol core first (bad input changes nothing), then performs one writer
-transaction, and only then updates the in-memory device view and answers. The HTTP layer
-(``api.py``) and the background loops (``scheduler.py``, ``spotchecks.py``) call the
-services through this root.
+transaction, and only then updates the in-memory device view and answers. A service
+decides; the store layer (``store/``, one module per table group) writes: inside its one
+transaction a service calls store functions with the transaction handle, and after the
+commit it tells the live registry (``store.registry.DeviceRegistry``) what changed.
+The HTTP layer (``api.py``) and the background loops (``scheduler.py``, ``spotchecks.py``)
+call the services through this root.
 """
 
 from __future__ import annotations

@@ -3,15 +3,16 @@ voiding, re-queueing, disputes and the one quarantine cascade."""
 
 from __future__ import annotations
 
-import json
-
 import sqlite_utils
 
 from aeamc.shared import proofs
 
-from .certs import DeviceCertificates
 from .context import Context
 from .membership import block_of
+from .store import certificates
+from .store import devices as device_rows
+from .store import proofs as proof_rows
+from .store import tasks as task_rows
 
 MAX_CHALLENGE_INDICES = 256
 
@@ -40,7 +41,8 @@ class Settlement:
     def settle_task(self, db: sqlite_utils.Database, task_id: str, now: int) -> str:
         """After a proof is stored: complete the task when enough replicas agree, or mark it
         disputed (scheduling the re-execution of the differing chunks); returns its state."""
-        task = next(iter(db.query("SELECT replicas, state FROM tasks WHERE task_id=?", [task_id])))
+        task = task_rows.task_row(db, task_id)
+        assert task is not None  # its proof, just stored, references it
         digests = [
             r["output_digest"]
             for r in db.query(
@@ -50,15 +52,10 @@ class Settlement:
         if len(digests) < task["replicas"]:
             return str(task["state"])
         if len(set(digests)) == 1:
-            db.execute(
-                "UPDATE tasks SET state='completed', output_digest=?, completed_at=? "
-                "WHERE task_id=?",
-                [digests[0], now, task_id],
-            )
+            task_rows.complete_task(db, task_id, digests[0], now)
             return "completed"
-        db.execute(
-            "UPDATE tasks SET state='disputed', completed_at=?, detail=? WHERE task_id=?",
-            [now, f"{len(set(digests))} different outputs from {len(digests)} devices", task_id],
+        task_rows.dispute_task(
+            db, task_id, now, f"{len(set(digests))} different outputs from {len(digests)} devices"
         )
         # Every replica of a disputed task is spot-checked, whatever its device's record.
         for p in db.query(
@@ -76,20 +73,7 @@ class Settlement:
     ) -> list[str]:
         """Give a device's in-flight assignments back to the queue (state ``state``, with
         ``reason``); returns their task ids."""
-        tasks = [
-            r["task_id"]
-            for r in db.query(
-                "SELECT task_id FROM assignments WHERE device_id=? "
-                "AND state IN ('offered','accepted')",
-                [device_id],
-            )
-        ]
-        db.execute(
-            "UPDATE assignments SET state=?, reason=? WHERE device_id=? "
-            "AND state IN ('offered','accepted')",
-            [state, reason, device_id],
-        )
-        return tasks
+        return task_rows.release_assignments(db, device_id, state, reason)
 
     def quarantine_in(
         self,
@@ -112,10 +96,7 @@ class Settlement:
         re-executed itself stay verified. A device quarantined for repeated silence keeps
         its sampled results, as silence is no evidence against work already checked.
         """
-        db.execute(
-            "UPDATE devices SET state='quarantined', state_reason=? WHERE device_id=?",
-            [reason, device_id],
-        )
+        device_rows.quarantine(db, device_id, reason)
         self.release_assignments(db, device_id, "lost", "device quarantined")
         sampled = (
             " OR (credit='verified' AND NOT EXISTS (SELECT 1 FROM spot_checks s WHERE "
@@ -135,7 +116,7 @@ class Settlement:
             self.void_proof(
                 db, task_id, device_id, "proof voided: quarantined device", now, verified=True
             )
-        return DeviceCertificates.revoke_in(db, device_id, now, "quarantined")
+        return certificates.revoke_device(db, device_id, now, "quarantined")
 
     def void_proof(
         self,
@@ -150,19 +131,9 @@ class Settlement:
         """Void one proof not yet verified (with ``verified``, also a verified one): its
         credit is void, its assignment lost (so the task is offered to other devices, never
         this one again) and its task's result withdrawn. Returns whether it was voided."""
-        credits = "('unverified','verified')" if verified else "('unverified')"
-        cur = db.execute(
-            "UPDATE proofs SET credit='void' WHERE task_id=? AND device_id=? "  # noqa: S608
-            f"AND credit IN {credits}",
-            [task_id, device_id],
-        )
-        if cur.rowcount != 1:
+        if not proof_rows.void_credit(db, task_id, device_id, verified=verified):
             return False
-        db.execute(
-            "UPDATE assignments SET state='lost', reason=? "
-            "WHERE task_id=? AND device_id=? AND state='proved'",
-            [why, task_id, device_id],
-        )
+        task_rows.lose_proved(db, task_id, device_id, why)
         self.reopen_task(db, task_id, f"re-queued: {why}", now)
         return True
 
@@ -170,17 +141,13 @@ class Settlement:
         """After a proof of ``task_id`` lost its credit: a disputed task is settled by its
         re-executed checks; a completed or running one goes back to the queue, its result
         withdrawn. A failed task (deadline passed) stays failed."""
-        row = db.execute("SELECT state FROM tasks WHERE task_id=?", [task_id]).fetchone()
-        if row is None:
+        task = task_rows.task_row(db, task_id)
+        if task is None:
             return
-        if row[0] == "disputed":
+        if task["state"] == "disputed":
             self.settle_dispute(db, task_id, now)
             return
-        db.execute(
-            "UPDATE tasks SET state='queued', output_digest=NULL, completed_at=NULL, detail=? "
-            "WHERE task_id=? AND state IN ('completed','running')",
-            [detail, task_id],
-        )
+        task_rows.requeue(db, task_id, detail, ("completed", "running"))
 
     def settle_dispute(self, db: sqlite_utils.Database, task_id: str, now: int) -> None:
         """End a dispute once every live replica's differing chunks were re-executed by the
@@ -190,8 +157,8 @@ class Settlement:
         Needs nothing from the devices, so a replica that declines or goes silent cannot
         keep the task disputed: the wait is bounded by the next block and check round.
         """
-        task = db.execute("SELECT state, chunks FROM tasks WHERE task_id=?", [task_id]).fetchone()
-        if task is None or task[0] != "disputed":
+        task = task_rows.task_row(db, task_id)
+        if task is None or task["state"] != "disputed":
             return
         rows = db.execute(
             "SELECT p.output_digest, p.credit, s.state, s.indices IS NOT NULL "
@@ -203,26 +170,22 @@ class Settlement:
         if any(r[2] != "passed" or not r[3] for r in live):
             return  # a replica's re-execution is still to come
         digests = {r[0] for r in live}
-        covered = len(_differing_chunks(db, task_id, task[1], cap=None)) <= MAX_CHALLENGE_INDICES
+        chunks = task["chunks"]
+        covered = len(_differing_chunks(db, task_id, chunks, cap=None)) <= MAX_CHALLENGE_INDICES
         if len(digests) == 1 and covered:
-            db.execute(
-                "UPDATE tasks SET state='completed', output_digest=?, completed_at=?, detail=? "
-                "WHERE task_id=?",
-                [
-                    digests.pop(),
-                    now,
-                    "dispute resolved: the coordinator re-executed the differing chunks",
-                    task_id,
-                ],
+            task_rows.complete_task(
+                db,
+                task_id,
+                digests.pop(),
+                now,
+                "dispute resolved: the coordinator re-executed the differing chunks",
             )
             return
-        db.execute(
-            "UPDATE tasks SET state='queued', output_digest=NULL, completed_at=NULL, detail=? "
-            "WHERE task_id=?",
-            [
-                "re-queued: no replica's output survived re-execution of the differing chunks",
-                task_id,
-            ],
+        task_rows.requeue(
+            db,
+            task_id,
+            "re-queued: no replica's output survived re-execution of the differing chunks",
+            ("disputed",),
         )
 
     def schedule_dispute_check(
@@ -230,14 +193,10 @@ class Settlement:
     ) -> None:
         """Queue the challenge of a disputed task's replica on the chunks that differ: the
         evidence is specific, so these indices are stored, not derived."""
-        chunks = next(iter(db.query("SELECT chunks FROM tasks WHERE task_id=?", [task_id])))
-        indices = _differing_chunks(db, task_id, chunks["chunks"])
+        task = task_rows.task_row(db, task_id)
+        assert task is not None  # its replica's proof references it
+        indices = _differing_chunks(db, task_id, task["chunks"])
         # A dispute overrides an earlier, random check.
-        db.execute(
-            "INSERT INTO spot_checks (task_id, device_id, block_height, indices, state, "
-            "next_attempt_at, created_at) VALUES (?,?,?,?, 'pending', ?, ?) "
-            "ON CONFLICT (task_id, device_id) DO UPDATE SET indices=excluded.indices, "
-            "state='pending', attempts=0, next_attempt_at=excluded.next_attempt_at "
-            "WHERE spot_checks.state IN ('pending','passed')",
-            [task_id, device_id, height, json.dumps(indices), now, now],
+        proof_rows.schedule_dispute_check(
+            db, task_id=task_id, device_id=device_id, height=height, indices=indices, now=now
         )

@@ -26,6 +26,7 @@ from aeamc.shared.messages import Challenge, Opening, PoT, parse, parse_signed, 
 from .logs import REQUEST_ID, task_request_id
 from .peers import AgentClient
 from .service import Coordinator, wait_event
+from .store import proofs as proof_rows
 
 log = logging.getLogger(__name__)
 
@@ -162,10 +163,13 @@ class SpotChecker:
         next_at = self.c.clock() + int(cfg.retry_s * 1000 * 2 ** (attempts - 1))
 
         def txn(db: sqlite_utils.Database) -> None:
-            db.execute(
-                "UPDATE spot_checks SET attempts=?, next_attempt_at=?, detail=? "
-                "WHERE task_id=? AND device_id=? AND state='pending'",
-                [attempts, next_at, why, row["task_id"], row["device_id"]],
+            proof_rows.retry_check(
+                db,
+                task_id=row["task_id"],
+                device_id=row["device_id"],
+                attempts=attempts,
+                next_at=next_at,
+                why=why,
             )
 
         await self.c.db.write(txn)

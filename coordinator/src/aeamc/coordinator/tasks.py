@@ -17,6 +17,7 @@ from aeamc.shared.schema import integer, json_object, optional, record, text
 
 from .context import Context
 from .membership import height_of
+from .store import tasks as task_rows
 from .tokens import OWNER_BYTES
 
 CLIENT_REF_MAX = 64 - 2 * OWNER_BYTES - 1
@@ -93,9 +94,7 @@ class TaskService:
         }
 
         def txn(db: sqlite_utils.Database) -> str:
-            while next(
-                iter(db.query("SELECT 1 FROM tasks WHERE task_id=?", [row["task_id"]])), None
-            ):
+            while task_rows.task_exists(db, row["task_id"]):
                 if ref:
                     raise Refusal(
                         Fault.CONFLICT,
@@ -105,7 +104,7 @@ class TaskService:
                         task_id=row["task_id"],
                     )
                 row["task_id"] = f"t-{secrets.token_hex(8)}"  # never another's random id
-            db.table("tasks").insert(row)
+            task_rows.insert_task(db, row)
             return str(row["task_id"])
 
         task_id = await self.ctx.db.write(txn)

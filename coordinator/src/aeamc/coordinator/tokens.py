@@ -14,6 +14,7 @@ import sqlite_utils
 from aeamc.shared.refusals import Fault, Refusal
 
 from .context import Context
+from .store import tokens as token_rows
 
 ROLES = ("operator", "client", "enroll")
 
@@ -43,22 +44,8 @@ class TokenInfo:
     token: str = dataclasses.field(default="", repr=False)
 
 
-def _spend_token_use(db: sqlite_utils.Database, token_hash: str, now: int) -> int | None:
-    """Take one use of a limited, unexpired token in the caller's write transaction;
-    the uses left afterwards, or None when it has none left (or expired meanwhile)."""
-    cur = db.execute(
-        "UPDATE tokens SET uses_left = uses_left - 1 WHERE token_hash = ? AND uses_left > 0 "
-        "AND (expires_at IS NULL OR expires_at >= ?)",
-        [token_hash, now],
-    )
-    if cur.rowcount != 1:
-        return None
-    row = next(iter(db.query("SELECT uses_left FROM tokens WHERE token_hash=?", [token_hash])))
-    return int(row["uses_left"])
-
-
 class TokenService:
-    """Operator, client and enrollment tokens; the only writer of the tokens table."""
+    """Operator, client and enrollment tokens (stored through ``store/tokens.py``)."""
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -95,9 +82,9 @@ class TokenService:
             # so no token can come to own another's tasks.
             while True:
                 owner = secrets.token_hex(OWNER_BYTES)
-                if next(iter(db.query("SELECT 1 FROM tokens WHERE owner=?", [owner])), None):
+                if token_rows.owner_taken(db, owner):
                     continue
-                db.table("tokens").insert({**row, "owner": owner})
+                token_rows.insert_token(db, {**row, "owner": owner})
                 return owner
 
         owner = await self.ctx.db.write(txn)
@@ -114,11 +101,7 @@ class TokenService:
         if not token:
             raise Refusal(Fault.UNAUTHENTICATED, "unauthorized", "a bearer token is required")
         wanted = hash_token(token)
-        row = await self.ctx.db.read(
-            lambda db: next(
-                iter(db.query("SELECT * FROM tokens WHERE token_hash = ?", [wanted])), None
-            )
-        )
+        row = await self.ctx.db.read(lambda db: token_rows.token_row(db, wanted))
         # compare_digest: the lookup found the row by hash, this guards the equality itself.
         if row is None or not hmac.compare_digest(row["token_hash"], wanted):
             raise Refusal(Fault.UNAUTHENTICATED, "unauthorized", "unknown token")
@@ -132,7 +115,7 @@ class TokenService:
             raise Refusal(Fault.UNAUTHENTICATED, "unauthorized", "token expired")
         if info.uses_left is None:
             return info
-        left = await self.ctx.db.write(lambda db: _spend_token_use(db, wanted, now))
+        left = await self.ctx.db.write(lambda db: token_rows.spend_use(db, wanted, now))
         if left is None:
             raise Refusal(Fault.UNAUTHENTICATED, "unauthorized", "token used up")
         return dataclasses.replace(info, uses_left=left)
@@ -141,15 +124,7 @@ class TokenService:
     def consume_enroll_token(db: sqlite_utils.Database, token: str, now: int) -> None:
         """Spend one use of a valid enrollment token in the caller's transaction, or refuse
         it (unknown, expired, used up) so the enrollment changes nothing."""
-        row = next(
-            iter(
-                db.query(
-                    "SELECT * FROM tokens WHERE token_hash = ? AND role = 'enroll'",
-                    [hash_token(token)],
-                )
-            ),
-            None,
-        )
+        row = token_rows.enroll_token_row(db, hash_token(token))
         if row is None:
             raise Refusal(Fault.FORBIDDEN, "invalid_token", "unknown enrollment token")
         if row["expires_at"] is not None and row["expires_at"] < now:
@@ -157,7 +132,4 @@ class TokenService:
         if row["uses_left"] is not None:
             if row["uses_left"] <= 0:
                 raise Refusal(Fault.FORBIDDEN, "invalid_token", "enrollment token used up")
-            db.execute(
-                "UPDATE tokens SET uses_left = uses_left - 1 WHERE token_hash = ?",
-                [row["token_hash"]],
-            )
+            token_rows.spend_enroll_use(db, row["token_hash"])

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import sqlite_utils
 
 from .context import Context
 from .settlement import Settlement
+from .store import devices as device_rows
+from .store import proofs as proof_rows
 
 log = logging.getLogger(__name__)
 
@@ -44,21 +45,21 @@ class VerdictService:
         column = {"passed": "passes", "failed": "failures", "unanswered": "unanswered"}[verdict]
 
         def txn(db: sqlite_utils.Database) -> tuple[bool, str | None, list[str]]:
-            cur = db.execute(
-                "UPDATE spot_checks SET state=?, detail=?, completed_at=?, reexecuted_chunks=? "
-                "WHERE task_id=? AND device_id=? AND state='pending'",
-                [verdict, detail, now, reexecuted, task_id, device_id],
+            concluded = proof_rows.conclude_check(
+                db,
+                task_id=task_id,
+                device_id=device_id,
+                verdict=verdict,
+                detail=detail,
+                now=now,
+                reexecuted=reexecuted,
             )
-            if cur.rowcount != 1:
+            if not concluded:
                 return False, None, []
-            db.execute(f"UPDATE devices SET {column}={column}+1 WHERE device_id=?", [device_id])  # noqa: S608
+            device_rows.count(db, device_id, column)
             quarantine: str | None = None
             if verdict == "passed":
-                db.execute(
-                    "UPDATE proofs SET credit='verified' WHERE task_id=? AND device_id=? "
-                    "AND credit='unverified'",
-                    [task_id, device_id],
-                )
+                proof_rows.verify_credit(db, task_id, device_id)
             elif verdict == "failed":
                 quarantine = f"failed spot-check of {task_id}: {detail}"
             else:
@@ -78,12 +79,10 @@ class VerdictService:
         if self.ctx.certs is not None:
             self.ctx.certs.revoked_now(revoked)
         self.ctx.count(f"spot_checks_{verdict}")
-        d = self.ctx.devices.get(device_id)
-        if d is not None:
-            d.record = dataclasses.replace(d.record, **{column: getattr(d.record, column) + 1})
+        if device_id in self.ctx.devices:
+            self.ctx.devices.count(device_id, column)
             if quarantine is not None:
-                d.state = "quarantined"
-                d.state_reason = quarantine
+                self.ctx.devices.set_state(device_id, "quarantined", quarantine)
                 log.warning("device %s quarantined: %s", device_id, quarantine)
         self.ctx.wake_scheduler.set()
 

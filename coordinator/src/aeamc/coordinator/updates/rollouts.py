@@ -46,6 +46,7 @@ from aeamc.shared.runtime.tls import Peer
 from aeamc.shared.versions import is_version, version_key
 
 from ..service import Coordinator
+from . import reports
 from .repository import Repository, RepositoryError
 
 log = logging.getLogger(__name__)
@@ -294,7 +295,7 @@ class Rollouts:
                 f"this device is not in the rollout of {msg.release}",
             )
         async with self._lock:
-            changed = await self.c.db.write(lambda db: _upsert_report(db, msg, now))
+            changed = await self.c.db.write(lambda db: reports.upsert_report(db, msg, now))
             if changed:
                 self.reports.setdefault(msg.release, {})[msg.device_id] = (msg.outcome, now)
             progress = self.progress(msg.release, since=release["counted_from"])
@@ -334,19 +335,6 @@ class Rollouts:
             except Exception:
                 log.exception("re-signing the update metadata failed")
             await asyncio.sleep(self.c.config.updates.resign_check_s)
-
-
-def _upsert_report(db: sqlite_utils.Database, msg: UpdateReport, now: int) -> bool:
-    """Keep the device's latest report on the release; whether this one was newer."""
-    cur = db.execute(
-        "INSERT INTO update_reports (device_id, release, version, outcome, detail, timestamp, "
-        "received_at) VALUES (?,?,?,?,?,?,?) ON CONFLICT (device_id, release) DO UPDATE SET "
-        "version=excluded.version, outcome=excluded.outcome, detail=excluded.detail, "
-        "timestamp=excluded.timestamp, received_at=excluded.received_at "
-        "WHERE excluded.timestamp > update_reports.timestamp",
-        [msg.device_id, msg.release, msg.version, msg.outcome, msg.detail, msg.timestamp, now],
-    )
-    return bool(cur.rowcount == 1)
 
 
 def _check_percent(percent: Any) -> None:

@@ -1,0 +1,256 @@
+"""The devices table group: devices, heartbeats, erased_devices and candidates (mDNS).
+
+The only writer of these tables; each function runs in the caller's transaction. A
+device's state moves along ``aeamc.shared.lifecycle.DEVICE`` (checked here where the old
+state is at hand, and by the database's triggers always).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlite_utils
+
+from aeamc.shared.lifecycle import DEVICE_LIFECYCLE, check_transition
+
+#: The columns of a device's record (reputation inputs) that a count may increase.
+RECORD_COLUMNS = frozenset(
+    {"passes", "failures", "unanswered", "timeouts", "refusals", "completed"}
+)
+
+
+def _first(db: sqlite_utils.Database, sql: str, args: list[Any]) -> dict[str, Any] | None:
+    return next(iter(db.query(sql, args)), None)
+
+
+# -- reads -------------------------------------------------------------------------------
+
+
+def all_devices(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+    """Every device row (the registry's load)."""
+    return list(db.query("SELECT * FROM devices"))
+
+
+def heartbeat_times(db: sqlite_utils.Database, since: int) -> list[tuple[str, int]]:
+    """(device, receive time) of every heartbeat received since ``since``, oldest first."""
+    return [
+        (r["device_id"], r["received_at"])
+        for r in db.query(
+            "SELECT device_id, received_at FROM heartbeats WHERE received_at >= ? "
+            "ORDER BY received_at",
+            [since],
+        )
+    ]
+
+
+def is_erased(db: sqlite_utils.Database, device_id: str) -> bool:
+    """Whether ``device_id`` was erased (its tombstone refuses the identity for good)."""
+    return _first(db, "SELECT 1 FROM erased_devices WHERE device_id=?", [device_id]) is not None
+
+
+def exists(db: sqlite_utils.Database, device_id: str) -> bool:
+    """Whether ``device_id`` is enrolled (its row exists) as the transaction sees it."""
+    return db.execute("SELECT 1 FROM devices WHERE device_id=?", [device_id]).fetchone() is not None
+
+
+def enrollment_row(db: sqlite_utils.Database, device_id: str) -> dict[str, Any] | None:
+    """The state, enrollment and approval times of ``device_id``, or None."""
+    return _first(
+        db, "SELECT state, enrolled_at, approved_at FROM devices WHERE device_id = ?", [device_id]
+    )
+
+
+def waiting_for_approval(
+    db: sqlite_utils.Database, address: str | None, since: int
+) -> tuple[int, int]:
+    """How many identities wait for approval since ``since``: overall, and from ``address``."""
+    row = _first(
+        db,
+        "SELECT COUNT(*) AS n, COALESCE(SUM(address IS ?), 0) AS here FROM devices "
+        "WHERE state='pending' AND approved_at IS NULL AND enrolled_at >= ?",
+        [address, since],
+    )
+    assert row is not None  # an aggregate always has its row
+    return int(row["n"]), int(row["here"])
+
+
+def expired_pending(db: sqlite_utils.Database, since: int) -> list[str]:
+    """The identities that have waited for approval since before ``since``."""
+    return [
+        r["device_id"]
+        for r in db.query(
+            "SELECT device_id FROM devices WHERE state='pending' "
+            "AND approved_at IS NULL AND enrolled_at < ?",
+            [since],
+        )
+    ]
+
+
+def passes(db: sqlite_utils.Database, device_ids: list[str]) -> dict[str, int]:
+    """The passed spot-checks of each of ``device_ids`` (bound once, as a JSON list)."""
+    return dict(
+        db.conn.execute(
+            "SELECT device_id, passes FROM devices "
+            "WHERE device_id IN (SELECT value FROM json_each(?))",
+            [json.dumps(device_ids)],
+        ).fetchall()
+    )
+
+
+# -- writes ------------------------------------------------------------------------------
+
+
+def insert_device(
+    db: sqlite_utils.Database,
+    *,
+    device_id: str,
+    public_key: str,
+    state: str,
+    capabilities: str,
+    endpoint: str | None,
+    address: str | None,
+    now: int,
+) -> None:
+    """Enroll a new device in an initial state (approved at once when it is active)."""
+    check_transition(DEVICE_LIFECYCLE, None, state)
+    db.table("devices").insert(
+        {
+            "device_id": device_id,
+            "public_key": public_key,
+            "state": state,
+            "capabilities": capabilities,
+            "endpoint": endpoint,
+            "address": address,
+            "enrolled_at": now,
+            "approved_at": now if state == "active" else None,
+        }
+    )
+
+
+def reenroll_device(
+    db: sqlite_utils.Database,
+    *,
+    device_id: str,
+    old_state: str,
+    state: str,
+    capabilities: str,
+    endpoint: str | None,
+    address: str | None,
+    new_wait: bool,
+    now: int,
+) -> None:
+    """Take an enrolled device's new capabilities, endpoint, address and state (``new_wait``:
+    an expired pending identity starts waiting again at ``now``); the first approval time
+    is kept once set."""
+    check_transition(DEVICE_LIFECYCLE, old_state, state)
+    db.execute(
+        "UPDATE devices SET capabilities=?, endpoint=?, address=?, state=?, "
+        "enrolled_at=CASE WHEN ? THEN ? ELSE enrolled_at END, "
+        "approved_at=COALESCE(approved_at, CASE WHEN ?='active' THEN ? END) "
+        "WHERE device_id=?",
+        [capabilities, endpoint, address, state, new_wait, now, state, now, device_id],
+    )
+
+
+def record_heartbeat(
+    db: sqlite_utils.Database,
+    *,
+    device_id: str,
+    seq: int,
+    timestamp: int,
+    now: int,
+    telemetry: str,
+    score: float,
+) -> bool:
+    """Store a heartbeat of an active or stale device whose ``seq`` is above every earlier
+    one (a stale device becomes active); False, with nothing written, for a replay."""
+    cur = db.execute(
+        "UPDATE devices SET last_seq=?, last_seen=?, telemetry=?, eps=?, "
+        "state=CASE WHEN state='stale' THEN 'active' ELSE state END "
+        "WHERE device_id=? AND last_seq < ? AND state IN ('active','stale')",
+        [seq, now, telemetry, score, device_id, seq],
+    )
+    if cur.rowcount != 1:
+        return False
+    db.execute(
+        "INSERT INTO heartbeats (device_id, seq, timestamp, received_at, telemetry) "
+        "VALUES (?,?,?,?,?)",
+        [device_id, seq, timestamp, now, telemetry],
+    )
+    return True
+
+
+def set_device_state(
+    db: sqlite_utils.Database, device_id: str, state: str, reason: str, now: int
+) -> None:
+    """Move a device to ``state`` for ``reason`` along the device lifecycle; becoming
+    active records its first approval time."""
+    row = db.execute("SELECT state FROM devices WHERE device_id=?", [device_id]).fetchone()
+    if row is not None:
+        check_transition(DEVICE_LIFECYCLE, row[0], state)
+    db.execute(
+        "UPDATE devices SET state=?, state_reason=?, "
+        "approved_at=CASE WHEN ?='active' THEN COALESCE(approved_at, ?) "
+        "ELSE approved_at END WHERE device_id=?",
+        [state, reason, state, now, device_id],
+    )
+
+
+def mark_stale(db: sqlite_utils.Database, device_id: str) -> None:
+    """An active device that missed its heartbeats becomes stale (any other stays)."""
+    db.execute(
+        "UPDATE devices SET state='stale', state_reason='missed heartbeats' "
+        "WHERE device_id=? AND state='active'",
+        [device_id],
+    )
+
+
+def quarantine(db: sqlite_utils.Database, device_id: str, reason: str) -> None:
+    """Quarantine a device (reachable from every state, never left)."""
+    db.execute(
+        "UPDATE devices SET state='quarantined', state_reason=? WHERE device_id=?",
+        [reason, device_id],
+    )
+
+
+def count(db: sqlite_utils.Database, device_id: str, column: str) -> None:
+    """Add one to ``column`` of the device's record (one of ``RECORD_COLUMNS``)."""
+    if column not in RECORD_COLUMNS:
+        raise ValueError(f"no record column {column!r}")
+    db.execute(f"UPDATE devices SET {column}={column}+1 WHERE device_id=?", [device_id])  # noqa: S608
+
+
+def delete_device(db: sqlite_utils.Database, device_id: str) -> None:
+    """Delete a device row: only the pending sweep (SPEC §15.2) and erasure do."""
+    db.execute("DELETE FROM devices WHERE device_id=?", [device_id])
+
+
+def erase_device(db: sqlite_utils.Database, device_id: str, now: int) -> None:
+    """Delete an erased device's row and leave the tombstone that refuses its identity
+    for good (SPEC §11)."""
+    delete_device(db, device_id)
+    db.execute(
+        "INSERT OR IGNORE INTO erased_devices (device_id, erased_at) VALUES (?,?)",
+        [device_id, now],
+    )
+
+
+def delete_heartbeats(db: sqlite_utils.Database, device_id: str) -> int:
+    """Delete a device's heartbeat history; how many rows."""
+    return int(db.execute("DELETE FROM heartbeats WHERE device_id=?", [device_id]).rowcount)
+
+
+def purge_heartbeats(db: sqlite_utils.Database, cutoff: int) -> int:
+    """Delete heartbeats received before ``cutoff`` (telemetry retention); how many."""
+    return int(db.execute("DELETE FROM heartbeats WHERE received_at < ?", [cutoff]).rowcount)
+
+
+def see_candidate(db: sqlite_utils.Database, row: dict[str, Any]) -> None:
+    """Keep the latest mDNS advert of a device not enrolled (one row per device)."""
+    db.table("candidates").upsert(row, pk="device_id")
+
+
+def forget_candidate(db: sqlite_utils.Database, device_id: str) -> int:
+    """Delete a device's mDNS candidate row (it enrolled, or is erased); how many rows."""
+    return int(db.execute("DELETE FROM candidates WHERE device_id=?", [device_id]).rowcount)

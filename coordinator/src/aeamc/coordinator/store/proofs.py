@@ -1,0 +1,198 @@
+"""The proofs table group: proofs (with their credit) and spot_checks.
+
+The only writer of these tables; each function runs in the caller's transaction. A
+proof's credit moves along ``aeamc.shared.lifecycle.CREDIT`` and a check along
+``SPOT_CHECK``; the edges each statement makes are checked here at import, every row by
+the database's triggers.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlite_utils
+
+from aeamc.shared.lifecycle import (
+    CREDIT_LIFECYCLE,
+    SPOT_CHECK_LIFECYCLE,
+    check_transition,
+)
+
+from ..membership import height_of, not_in_block
+
+for _old, _new in (("unverified", "verified"), ("unverified", "void"), ("verified", "void")):
+    check_transition(CREDIT_LIFECYCLE, _old, _new)
+for _old, _new in (("pending", "passed"), ("pending", "failed"), ("pending", "unanswered")):
+    check_transition(SPOT_CHECK_LIFECYCLE, _old, _new)
+check_transition(SPOT_CHECK_LIFECYCLE, "passed", "pending")
+
+#: A random spot-check (SPEC §14.2): never replaces a check already scheduled.
+#: Its indices stay NULL: they are derived from the block hash when the challenge is sent.
+RANDOM_CHECK_SQL = (
+    "INSERT OR IGNORE INTO spot_checks (task_id, device_id, block_height, indices, state, "
+    "next_attempt_at, created_at) VALUES (?,?,?, NULL, 'pending', ?, ?)"
+)
+
+#: The random checks of every receipt of a block from devices checked on every task, in
+#: one statement (binding 10,000 rows one by one cost three times as much).
+CHECK_ALL_SQL = (
+    "INSERT OR IGNORE INTO spot_checks (task_id, device_id, block_height, indices, state, "
+    "next_attempt_at, created_at) SELECT p.task_id, p.device_id, ?, NULL, 'pending', ?, ? "
+    "FROM proofs p WHERE p.seq BETWEEN ? AND ? "
+    "AND p.device_id IN (SELECT value FROM json_each(?))"
+)
+
+
+# -- proofs ------------------------------------------------------------------------------
+
+
+def insert_proof(
+    db: sqlite_utils.Database,
+    *,
+    task_id: str,
+    device_id: str,
+    pot: str,
+    signature: bytes,
+    output: bytes,
+    output_digest: str,
+    now: int,
+    chunks: int,
+) -> None:
+    """Store an accepted proof, unverified (its seq places it after every earlier one)."""
+    db.execute(
+        "INSERT INTO proofs (task_id, device_id, pot, signature, output, output_digest, "
+        "accepted_at, chunks) VALUES (?,?,?,?,?,?,?,?)",
+        [task_id, device_id, pot, signature, output, output_digest, now, chunks],
+    )
+
+
+def verify_credit(db: sqlite_utils.Database, task_id: str, device_id: str) -> None:
+    """An unverified proof whose check passed becomes verified."""
+    db.execute(
+        "UPDATE proofs SET credit='verified' WHERE task_id=? AND device_id=? "
+        "AND credit='unverified'",
+        [task_id, device_id],
+    )
+
+
+def void_credit(
+    db: sqlite_utils.Database, task_id: str, device_id: str, *, verified: bool = False
+) -> bool:
+    """Void a proof's credit if unverified (with ``verified``, also if verified); whether
+    it was voided."""
+    credits = "('unverified','verified')" if verified else "('unverified')"
+    cur = db.execute(
+        "UPDATE proofs SET credit='void' WHERE task_id=? AND device_id=? "  # noqa: S608
+        f"AND credit IN {credits}",
+        [task_id, device_id],
+    )
+    return bool(cur.rowcount == 1)
+
+
+def delete_unblocked_proofs(db: sqlite_utils.Database, device_id: str) -> int:
+    """Delete an erased device's proofs not yet in a block; how many."""
+    return int(
+        db.execute(
+            f"DELETE FROM proofs WHERE device_id=? AND {not_in_block('proofs')}",  # noqa: S608
+            [device_id],
+        ).rowcount
+    )
+
+
+def strip_receipts(db: sqlite_utils.Database, device_id: str) -> int:
+    """Keep of an erased device's blocked proofs only what receipts need: the signed PoT
+    goes and the acceptance time becomes the block's; how many."""
+    return int(
+        db.execute(
+            "UPDATE proofs SET pot='', accepted_at=(SELECT b.timestamp FROM blocks b "  # noqa: S608
+            f"WHERE b.height = {height_of('proofs.seq')}) WHERE device_id=?",
+            [device_id],
+        ).rowcount
+    )
+
+
+# -- spot-checks -------------------------------------------------------------------------
+
+
+def schedule_dispute_check(
+    db: sqlite_utils.Database,
+    *,
+    task_id: str,
+    device_id: str,
+    height: int,
+    indices: list[int],
+    now: int,
+) -> None:
+    """Queue a check of a disputed replica on ``indices``: it overrides a pending or
+    passed random check, never a concluded failure or silence."""
+    db.execute(
+        "INSERT INTO spot_checks (task_id, device_id, block_height, indices, state, "
+        "next_attempt_at, created_at) VALUES (?,?,?,?, 'pending', ?, ?) "
+        "ON CONFLICT (task_id, device_id) DO UPDATE SET indices=excluded.indices, "
+        "state='pending', attempts=0, next_attempt_at=excluded.next_attempt_at "
+        "WHERE spot_checks.state IN ('pending','passed')",
+        [task_id, device_id, height, json.dumps(indices), now, now],
+    )
+
+
+def check_every_receipt(
+    db: sqlite_utils.Database,
+    *,
+    height: int,
+    now: int,
+    first: int,
+    last: int,
+    device_ids: list[str],
+) -> None:
+    """Schedule a random check of every receipt in seqs ``first``..``last`` from
+    ``device_ids`` (one statement; a check already scheduled stays)."""
+    db.conn.execute(CHECK_ALL_SQL, [height, now, now, first, last, json.dumps(device_ids)])
+
+
+def check_drawn(db: sqlite_utils.Database, drawn: list[tuple[Any, ...]]) -> None:
+    """Schedule the random checks drawn, each (task, device, height, now, now); a check
+    already scheduled stays."""
+    db.conn.executemany(RANDOM_CHECK_SQL, drawn)
+
+
+def conclude_check(
+    db: sqlite_utils.Database,
+    *,
+    task_id: str,
+    device_id: str,
+    verdict: str,
+    detail: str,
+    now: int,
+    reexecuted: int,
+) -> bool:
+    """Record a pending check's verdict; False when it was no longer pending."""
+    check_transition(SPOT_CHECK_LIFECYCLE, "pending", verdict)
+    cur = db.execute(
+        "UPDATE spot_checks SET state=?, detail=?, completed_at=?, reexecuted_chunks=? "
+        "WHERE task_id=? AND device_id=? AND state='pending'",
+        [verdict, detail, now, reexecuted, task_id, device_id],
+    )
+    return bool(cur.rowcount == 1)
+
+
+def retry_check(
+    db: sqlite_utils.Database,
+    *,
+    task_id: str,
+    device_id: str,
+    attempts: int,
+    next_at: int,
+    why: str,
+) -> None:
+    """A pending check that failed to conclude is tried again at ``next_at``."""
+    db.execute(
+        "UPDATE spot_checks SET attempts=?, next_attempt_at=?, detail=? "
+        "WHERE task_id=? AND device_id=? AND state='pending'",
+        [attempts, next_at, why, task_id, device_id],
+    )
+
+
+def delete_device_checks(db: sqlite_utils.Database, device_id: str) -> int:
+    """Delete every spot-check of an erased device; how many."""
+    return int(db.execute("DELETE FROM spot_checks WHERE device_id=?", [device_id]).rowcount)

@@ -1,0 +1,139 @@
+"""The live device registry: every enrolled device as committed, for the hot paths.
+
+SQLite is the truth; this view is loaded at start and changed only after a write has
+committed, so a crash loses nothing but the view itself. ``DeviceRegistry`` is the only
+thing that changes it: its ``Device`` entries are frozen, and each change (enrollment,
+an accepted heartbeat with its replay counter, a state change, a record count, erasure)
+is one method here, so the view could later live outside one process's memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, ValuesView
+
+from aeamc.shared.messages import Capabilities, Telemetry
+
+from ..db import Database
+from ..registry import Device
+from . import devices as device_rows
+
+
+class DeviceRegistry:
+    """Every enrolled device by id, as committed (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._devices: dict[str, Device] = {}
+
+    # -- reading ---------------------------------------------------------------------
+
+    def get(self, device_id: str) -> Device | None:
+        """The device ``device_id`` as last committed, or None (never enrolled, erased)."""
+        return self._devices.get(device_id)
+
+    def values(self) -> ValuesView[Device]:
+        return self._devices.values()
+
+    def __contains__(self, device_id: object) -> bool:
+        return device_id in self._devices
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._devices)
+
+    def __len__(self) -> int:
+        return len(self._devices)
+
+    # -- changing (only after the write that the change mirrors has committed) ---------
+
+    async def load(self, db: Database, poa_since: int) -> None:
+        """Fill the registry from the database, with the heartbeat times since
+        ``poa_since`` that EPS needs."""
+        rows = await db.read(device_rows.all_devices)
+        devices = {r["device_id"]: Device.from_row(r) for r in rows}
+        recent = await db.read(lambda d: device_rows.heartbeat_times(d, poa_since))
+        for device_id, received_at in recent:
+            device = devices.get(device_id)
+            if device is not None:
+                device.poa_times.append(received_at)
+        self._devices = devices
+
+    def enrolled(
+        self,
+        device_id: str,
+        *,
+        public_key: bytes,
+        state: str,
+        capabilities: Capabilities,
+        endpoint: str | None,
+        address: str | None,
+        now: int,
+        pending_since: int,
+    ) -> Device:
+        """Mirror a committed enrollment: a new device, or the new capabilities, endpoint,
+        address and state of an enrolled one (a pending identity enrolled before
+        ``pending_since``, expired, starts a new wait for approval at ``now``)."""
+        old = self._devices.get(device_id)
+        if old is None:
+            device = Device(
+                device_id=device_id,
+                public_key=public_key,
+                state=state,
+                capabilities=capabilities,
+                endpoint=endpoint,
+                address=address,
+                enrolled_at=now,
+            )
+        else:
+            device = dataclasses.replace(
+                old,
+                capabilities=capabilities,
+                endpoint=endpoint,
+                address=address,
+                state=state,
+                enrolled_at=(
+                    now
+                    if state == "pending" and old.enrolled_at < pending_since
+                    else old.enrolled_at
+                ),
+            )
+        self._devices[device_id] = device
+        return device
+
+    def heartbeat_accepted(
+        self, device_id: str, seq: int, now: int, telemetry: Telemetry, state: str
+    ) -> Device | None:
+        """Mirror a committed heartbeat: its seq becomes the replay counter (never lowered),
+        its time a proof of availability. None when the device is gone meanwhile."""
+        old = self._devices.get(device_id)
+        if old is None:
+            return None
+        old.poa_times.append(now)
+        device = dataclasses.replace(
+            old, last_seq=max(old.last_seq, seq), last_seen=now, telemetry=telemetry, state=state
+        )
+        self._devices[device_id] = device
+        return device
+
+    def set_state(self, device_id: str, state: str, reason: str) -> Device | None:
+        """Mirror a committed state change of ``device_id`` (None when it is gone)."""
+        old = self._devices.get(device_id)
+        if old is None:
+            return None
+        device = dataclasses.replace(old, state=state, state_reason=reason)
+        self._devices[device_id] = device
+        return device
+
+    def count(self, device_id: str, column: str) -> None:
+        """Mirror one committed count of ``column`` of the device's record."""
+        old = self._devices.get(device_id)
+        if old is None:
+            return
+        record = dataclasses.replace(old.record, **{column: getattr(old.record, column) + 1})
+        self._devices[device_id] = dataclasses.replace(old, record=record)
+
+    def remove(self, device_id: str, *, only_state: str | None = None) -> None:
+        """Forget a device whose row was deleted (erasure; ``only_state``: the pending
+        sweep forgets it only while it is still in that state here)."""
+        device = self._devices.get(device_id)
+        if device is not None and (only_state is None or device.state == only_state):
+            del self._devices[device_id]

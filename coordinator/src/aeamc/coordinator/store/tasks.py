@@ -1,0 +1,257 @@
+"""The tasks table group: tasks and assignments.
+
+The only writer of these tables; each function runs in the caller's transaction. A
+task moves along ``aeamc.shared.lifecycle.TASK`` and an assignment along ``ASSIGNMENT``:
+each statement names the states it moves from, and those edges are checked against the
+tables once, here, at import (the database's triggers check every row besides).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlite_utils
+
+from aeamc.shared.lifecycle import (
+    ASSIGNMENT_LIFECYCLE,
+    TASK_LIFECYCLE,
+    AssignmentState,
+    TaskState,
+    check_transition,
+)
+
+
+def _edges_task(old: tuple[str, ...], new: str) -> None:
+    for state in old:
+        check_transition(TASK_LIFECYCLE, state, new)
+
+
+def _edges_assignment(old: tuple[str, ...], new: str) -> None:
+    for state in old:
+        check_transition(ASSIGNMENT_LIFECYCLE, state, new)
+
+
+# The moves the statements below make, checked against the lifecycle tables.
+_edges_task(("queued",), "running")
+_edges_task(("running",), "completed")
+_edges_task(("running", "disputed"), "completed")
+_edges_task(("running",), "disputed")
+_edges_task(("queued", "running"), "failed")
+_edges_assignment(("refused",), "offered")
+_edges_assignment(("offered",), "accepted")
+_edges_assignment(("offered",), "refused")
+_edges_assignment(("offered", "accepted"), "proved")
+_edges_assignment(("offered", "accepted"), "expired")
+_edges_assignment(("offered", "accepted", "proved"), "lost")
+
+
+# -- reads -------------------------------------------------------------------------------
+
+
+def task_row(db: sqlite_utils.Database, task_id: str) -> dict[str, Any] | None:
+    """The task ``task_id`` as stored, or None."""
+    return next(iter(db.query("SELECT * FROM tasks WHERE task_id=?", [task_id])), None)
+
+
+def task_exists(db: sqlite_utils.Database, task_id: str) -> bool:
+    """Whether a task ``task_id`` exists."""
+    return next(iter(db.query("SELECT 1 FROM tasks WHERE task_id=?", [task_id])), None) is not None
+
+
+def assignment_row(db: sqlite_utils.Database, task_id: str, device_id: str) -> Any:
+    """The state and signed message of ``device_id``'s assignment of ``task_id``, or None."""
+    return next(
+        iter(
+            db.query(
+                "SELECT a.state, a.message FROM assignments a WHERE a.task_id=? AND a.device_id=?",
+                [task_id, device_id],
+            )
+        ),
+        None,
+    )
+
+
+def overdue_work(db: sqlite_utils.Database, now: int) -> bool:
+    """Whether an assignment is past its time or a live task past its deadline."""
+    return bool(
+        db.execute(
+            "SELECT EXISTS (SELECT 1 FROM assignments WHERE state IN ('offered','accepted') "
+            "AND expires_at < ?) OR EXISTS (SELECT 1 FROM tasks WHERE state IN "
+            "('queued','running') AND deadline IS NOT NULL AND deadline < ?)",
+            [now, now],
+        ).fetchone()[0]
+    )
+
+
+def overdue_assignments(db: sqlite_utils.Database, now: int) -> list[dict[str, Any]]:
+    """The live assignments (task, device) past their time."""
+    return list(
+        db.query(
+            "SELECT task_id, device_id FROM assignments "
+            "WHERE state IN ('offered','accepted') AND expires_at < ?",
+            [now],
+        )
+    )
+
+
+# -- tasks -------------------------------------------------------------------------------
+
+
+def insert_task(db: sqlite_utils.Database, row: dict[str, Any]) -> None:
+    """Queue a new task (the row's state must be an initial one)."""
+    check_transition(TASK_LIFECYCLE, None, row["state"])
+    db.table("tasks").insert(row)
+
+
+def complete_task(
+    db: sqlite_utils.Database, task_id: str, digest: str, now: int, detail: str | None = None
+) -> None:
+    """Complete a task with the output ``digest`` (``detail``: why, replacing the last)."""
+    if detail is None:
+        db.execute(
+            "UPDATE tasks SET state='completed', output_digest=?, completed_at=? WHERE task_id=?",
+            [digest, now, task_id],
+        )
+        return
+    db.execute(
+        "UPDATE tasks SET state='completed', output_digest=?, completed_at=?, detail=? "
+        "WHERE task_id=?",
+        [digest, now, detail, task_id],
+    )
+
+
+def dispute_task(db: sqlite_utils.Database, task_id: str, now: int, detail: str) -> None:
+    """Mark a task whose live proofs disagree as disputed."""
+    db.execute(
+        "UPDATE tasks SET state='disputed', completed_at=?, detail=? WHERE task_id=?",
+        [now, detail, task_id],
+    )
+
+
+def requeue(
+    db: sqlite_utils.Database, task_id: str, detail: str, from_states: tuple[str, ...]
+) -> None:
+    """Put a task in one of ``from_states`` back in the queue, its result withdrawn."""
+    for state in from_states:
+        check_transition(TASK_LIFECYCLE, state, TaskState.QUEUED)
+    states = ",".join(f"'{TaskState(s).value}'" for s in from_states)
+    db.execute(
+        "UPDATE tasks SET state='queued', output_digest=NULL, completed_at=NULL, detail=? "  # noqa: S608
+        f"WHERE task_id=? AND state IN ({states})",
+        [detail, task_id],
+    )
+
+
+def fail_past_deadline(db: sqlite_utils.Database, now: int) -> None:
+    """Fail every queued or running task past its deadline, expiring its live assignments
+    with it, so no late proof can complete a failed task (failed is never left)."""
+    db.execute(
+        "UPDATE assignments SET state='expired', reason='task deadline passed' "
+        "WHERE state IN ('offered','accepted') AND task_id IN (SELECT task_id FROM "
+        "tasks WHERE state IN ('queued','running') AND deadline IS NOT NULL "
+        "AND deadline < ?)",
+        [now],
+    )
+    db.execute(
+        "UPDATE tasks SET state='failed', completed_at=?, detail='deadline passed' "
+        "WHERE state IN ('queued','running') AND deadline IS NOT NULL AND deadline < ?",
+        [now, now],
+    )
+
+
+# -- assignments -------------------------------------------------------------------------
+
+
+def assign(
+    db: sqlite_utils.Database,
+    task_id: str,
+    device_id: str,
+    now: int,
+    *,
+    expires_at: int,
+    message: str,
+) -> None:
+    """Offer ``task_id`` to ``device_id`` (again, only after a refusal; the key (task,
+    device) never lets a device hold one task twice) and mark a queued task running."""
+    db.execute(
+        "INSERT INTO assignments (task_id, device_id, state, issued_at, expires_at, "
+        "message) VALUES (?,?,'offered',?,?,?) ON CONFLICT (task_id, device_id) DO "
+        "UPDATE SET state='offered', issued_at=excluded.issued_at, reason=NULL, "
+        "expires_at=excluded.expires_at, message=excluded.message "
+        "WHERE assignments.state='refused'",
+        [task_id, device_id, now, expires_at, message],
+    )
+    db.execute("UPDATE tasks SET state='running' WHERE task_id=? AND state='queued'", [task_id])
+
+
+def accept_offer(db: sqlite_utils.Database, task_id: str, device_id: str) -> None:
+    """The device's endpoint took an offered assignment."""
+    db.execute(
+        "UPDATE assignments SET state='accepted' WHERE task_id=? AND device_id=? "
+        "AND state='offered'",
+        [task_id, device_id],
+    )
+
+
+def refuse_offer(db: sqlite_utils.Database, task_id: str, device_id: str, reason: str) -> bool:
+    """The device did not take an offered assignment; whether it was still offered."""
+    cur = db.execute(
+        "UPDATE assignments SET state='refused', reason=? WHERE task_id=? AND "
+        "device_id=? AND state='offered'",
+        [reason, task_id, device_id],
+    )
+    return bool(cur.rowcount)
+
+
+def mark_proved(db: sqlite_utils.Database, task_id: str, device_id: str) -> bool:
+    """A live assignment got its proof; False when it was not live (a duplicate)."""
+    cur = db.execute(
+        "UPDATE assignments SET state='proved' WHERE task_id=? AND device_id=? "
+        "AND state IN ('offered','accepted')",
+        [task_id, device_id],
+    )
+    return bool(cur.rowcount == 1)
+
+
+def expire(db: sqlite_utils.Database, task_id: str, device_id: str, reason: str) -> None:
+    """An assignment past its time expires."""
+    db.execute(
+        "UPDATE assignments SET state='expired', reason=? WHERE task_id=? AND device_id=?",
+        [reason, task_id, device_id],
+    )
+
+
+def release_assignments(
+    db: sqlite_utils.Database, device_id: str, state: str, reason: str
+) -> list[str]:
+    """Take a device's live assignments back (to ``state``, with ``reason``), so their
+    tasks go to other devices; returns their task ids."""
+    _edges_assignment(("offered", "accepted"), state)
+    tasks = [
+        r["task_id"]
+        for r in db.query(
+            "SELECT task_id FROM assignments WHERE device_id=? AND state IN ('offered','accepted')",
+            [device_id],
+        )
+    ]
+    db.execute(
+        "UPDATE assignments SET state=?, reason=? WHERE device_id=? "
+        "AND state IN ('offered','accepted')",
+        [AssignmentState(state).value, reason, device_id],
+    )
+    return tasks
+
+
+def lose_proved(db: sqlite_utils.Database, task_id: str, device_id: str, reason: str) -> None:
+    """A proved assignment whose proof was voided is lost: the task is never offered to
+    that device again."""
+    db.execute(
+        "UPDATE assignments SET state='lost', reason=? "
+        "WHERE task_id=? AND device_id=? AND state='proved'",
+        [reason, task_id, device_id],
+    )
+
+
+def delete_device_assignments(db: sqlite_utils.Database, device_id: str) -> int:
+    """Delete every assignment of an erased device; how many."""
+    return int(db.execute("DELETE FROM assignments WHERE device_id=?", [device_id]).rowcount)
