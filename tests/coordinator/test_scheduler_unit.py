@@ -12,7 +12,7 @@ import pytest
 from aeamc.coordinator.config import CoordinatorConfig, SchedulerConfig
 from tests.support.inprocess import Fleet
 
-HIGH, LOW, TOO_LOW = 95, 60, 20  # battery percentages: EPS ≈ 0.67, 0.54 and 0.40
+HIGH, LOW, TOO_LOW = 95, 60, 20  # battery percentages: EPS ≈ 0.68, 0.54 and 0.38 (min 0.5)
 
 
 @pytest.fixture
