@@ -40,12 +40,11 @@ def now_ms() -> int:
 
 
 class Host:
-    """The parts of the coordinator the anchoring service uses: storage, clock, status."""
+    """The parts of the coordinator the anchoring service uses: storage and clock."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
         self.clock = now_ms
-        self.status_hooks: dict[str, Any] = {}
 
 
 def _add_blocks(db: sqlite_utils.Database, n: int) -> list[int]:

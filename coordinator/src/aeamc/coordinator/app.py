@@ -67,7 +67,8 @@ class CoordinatorService:
         self.anchoring = AnchoringService(config, self.coordinator)
         self.rollouts = Rollouts(self.coordinator, update_repository(config))
         self.coordinator.rollouts = self.rollouts
-        self.coordinator.status_hooks["updates"] = self.rollouts.status
+        self.coordinator.add_status_section(self.anchoring)
+        self.coordinator.add_status_section(self.rollouts)
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.port = 0

@@ -12,6 +12,7 @@ import sqlite_utils
 from aeamc.shared import microblock, spotcheck
 from aeamc.shared.refusals import not_found
 
+from .attached import ANCHORING
 from .context import Context
 from .membership import LAST_BLOCKED_SEQ
 from .settlement import Settlement
@@ -234,8 +235,8 @@ class BlockService:
             return None
         if isinstance(row.get("root"), bytes):
             row["root"] = row["root"].hex()
-        hook = self.ctx.status_hooks.get("anchoring")
-        head = (await hook()).get("head") if hook is not None else None
+        section = self.ctx.status_sections.get(ANCHORING)
+        head = (await section.status()).get("head") if section is not None else None
         row["confirmations"] = (
             head - row["block_number"] + 1
             if isinstance(head, int) and isinstance(row["block_number"], int)

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from aeamc.shared.identity import Signer, device_id_for
@@ -26,6 +26,7 @@ from aeamc.shared.runtime.tls import Peer
 from aeamc.shared.tasks.registry import KindRegistry
 
 from .alerts import AlertTracker
+from .attached import RolloutsView, StatusSection
 from .certs import DeviceCertificates
 from .config import CoordinatorConfig, IpNetwork, endpoint_networks
 from .db import Database
@@ -86,15 +87,20 @@ class Context:
         #: Receipts accepted but not yet in a block (a hint for forming full blocks early).
         self.unblocked = 0
         self._background: set[asyncio.Future[Any]] = set()
-        #: Extra sections of the status summary (e.g. anchoring), each computed by its owner.
-        self.status_hooks: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {}
+        #: Extra sections of the status summary by name (anchoring, updates), each computed
+        #: by its owner, in the order they were added (``add_status_section``).
+        self.status_sections: dict[str, StatusSection] = {}
         self.alert_tracker = AlertTracker()
         #: (time ms, status, seconds) of the latest requests, for alert evaluation.
         self.recent_requests: deque[tuple[int, int, float]] = deque(maxlen=10_000)
-        #: Fleet updates (updates/rollouts.py), set up by the service that runs us.
-        self.rollouts: Any = None
+        #: Fleet updates (updates/rollouts.py), attached by the service that runs us.
+        self.rollouts: RolloutsView | None = None
         #: Where heartbeat signatures are checked (a thread, once the service starts it).
         self.verifier = SignatureVerifier()
+
+    def add_status_section(self, section: StatusSection) -> None:
+        """Include ``section`` in the status summary, after those added before it."""
+        self.status_sections[section.status_name] = section
 
     async def load_devices(self) -> None:
         """Fill the registry from the database, with the recent heartbeat times EPS needs."""

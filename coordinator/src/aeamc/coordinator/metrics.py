@@ -19,6 +19,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from . import __version__
+from .attached import ANCHORING
 from .service import Coordinator
 from .updates.rollouts import UpdatesCollector
 
@@ -165,8 +166,8 @@ class Metrics:
         return response
 
     async def handler(self, request: web.Request) -> web.Response:
-        hook = self.c.status_hooks.get("anchoring")
-        self.anchoring = await hook() if hook is not None else None
+        section = self.c.status_sections.get(ANCHORING)
+        self.anchoring = await section.status() if section is not None else None
         body = generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

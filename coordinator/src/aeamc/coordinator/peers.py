@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -61,7 +61,29 @@ async def _read_at_most(resp: aiohttp.ClientResponse, limit: int) -> bytes | Non
     return b"".join(parts)
 
 
+class DeviceLink(Protocol):
+    """How the scheduling and spot-check loops reach a device's endpoint.
+
+    ``AgentClient`` is the one the coordinator runs with; the loops depend only on this
+    contract: an outcome for every call, never an exception, with status 0 when the device
+    could not be reached, answered after ``timeout_s`` or with more than ``max_bytes``.
+    """
+
+    async def post(
+        self,
+        endpoint: str,
+        path: str,
+        message: dict[str, Any],
+        *,
+        request_id: str | None = None,
+        timeout_s: float | None = None,
+        max_bytes: int = DEFAULT_MAX_REPLY_BYTES,
+    ) -> Reply: ...
+
+
 class AgentClient:
+    """The ``DeviceLink`` over mutual TLS, one HTTP session for every device."""
+
     def __init__(self, *, timeout_s: float, ssl_context: ssl.SSLContext) -> None:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._ssl = ssl_context

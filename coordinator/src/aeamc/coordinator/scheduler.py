@@ -20,7 +20,7 @@ from aeamc.shared.eps import rank
 from aeamc.shared.messages import Assignment, sign
 
 from .logs import REQUEST_ID, task_request_id
-from .peers import AgentClient
+from .peers import DeviceLink
 from .service import Coordinator, wait_event
 from .store import devices as device_rows
 from .store import tasks as task_rows
@@ -33,7 +33,7 @@ REFUSAL_COOLDOWN_MS = 30_000
 
 
 class Scheduler:
-    def __init__(self, coordinator: Coordinator, client: AgentClient) -> None:
+    def __init__(self, coordinator: Coordinator, client: DeviceLink) -> None:
         self.c = coordinator
         self.client = client
         self._pushes: set[asyncio.Task[None]] = set()

@@ -24,7 +24,7 @@ from aeamc.shared.errors import ProtocolError
 from aeamc.shared.messages import Challenge, Opening, PoT, parse, parse_signed, sign
 
 from .logs import REQUEST_ID, task_request_id
-from .peers import AgentClient
+from .peers import DeviceLink
 from .service import Coordinator, wait_event
 from .store import proofs as proof_rows
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 class SpotChecker:
-    def __init__(self, coordinator: Coordinator, client: AgentClient) -> None:
+    def __init__(self, coordinator: Coordinator, client: DeviceLink) -> None:
         self.c = coordinator
         self.client = client
 

@@ -7,6 +7,7 @@ from typing import Any
 import sqlite_utils
 
 from .alerts import evaluate as evaluate_alerts
+from .attached import ANCHORING
 from .context import Context
 from .membership import not_in_block
 
@@ -32,8 +33,8 @@ class StatusService:
 
     async def alerts(self) -> list[dict[str, Any]]:
         """The runbook's alerts firing now, each with the time it started firing."""
-        hook = self.ctx.status_hooks.get("anchoring")
-        anchoring = await hook() if hook is not None else None
+        section = self.ctx.status_sections.get(ANCHORING)
+        anchoring = await section.status() if section is not None else None
         if anchoring is not None:
             oldest = await self.ctx.db.read(_oldest_unanchored_block)
             anchoring["oldest_unanchored_age_s"] = (
@@ -48,7 +49,7 @@ class StatusService:
         self.ctx.recent_requests.append((self.ctx.clock(), status, seconds))
 
     async def summary(self) -> dict[str, Any]:
-        """Counts of tasks, checks, credits, blocks and devices, with each status hook's
+        """Counts of tasks, checks, credits, blocks and devices, with each attached status
         section (anchoring, updates)."""
 
         def q(db: sqlite_utils.Database) -> dict[str, Any]:
@@ -75,6 +76,6 @@ class StatusService:
         out["coordinator_id"] = self.ctx.coordinator_id
         out["cluster_id"] = self.ctx.config.protocol.cluster_id
         out["uptime_s"] = (self.ctx.clock() - self.ctx.started_at) // 1000
-        for name, hook in self.ctx.status_hooks.items():
-            out[name] = await hook()
+        for name, section in self.ctx.status_sections.items():
+            out[name] = await section.status()
         return out

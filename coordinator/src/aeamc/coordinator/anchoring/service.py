@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from aeamc.shared.anchoring import Action, State, mine_for_confirmations, not_ready_retry_s
 
+from ..attached import ANCHORING
 from . import store
 from .calls import ChainCalls
 from .confirmer import advance
@@ -37,7 +38,13 @@ log = logging.getLogger(__name__)
 
 
 class AnchoringService:
-    """The single sender: one background loop, one chain thread, one anchor in flight."""
+    """The single sender: one background loop, one chain thread, one anchor in flight.
+
+    Its ``status`` is the ``anchoring`` section of the coordinator's status summary (a
+    ``StatusSection``, attached by the process that runs both).
+    """
+
+    status_name = ANCHORING
 
     def __init__(self, config: CoordinatorConfig, coordinator: Coordinator) -> None:
         self.config = config
@@ -51,9 +58,6 @@ class AnchoringService:
         self.sender = Sender(self.cc.anchor_interval_s)
         self._calls = ChainCalls(self.cc.rpc_timeout_s)
         self._task: asyncio.Task[None] | None = None
-        hooks = getattr(coordinator, "status_hooks", None)
-        if hooks is not None:
-            hooks["anchoring"] = self.status
 
     @property
     def chain(self) -> Chain | None:

@@ -21,8 +21,8 @@ from .rollouts import Rollouts
 
 
 def _rollouts(request: web.Request) -> Rollouts:
-    rollouts: Rollouts | None = getattr(request.app[COORDINATOR_KEY], "rollouts", None)
-    if rollouts is None:
+    rollouts = request.app[COORDINATOR_KEY].rollouts
+    if not isinstance(rollouts, Rollouts):
         raise ApiError(404, "not_found", "fleet updates are not set up")
     return rollouts
 

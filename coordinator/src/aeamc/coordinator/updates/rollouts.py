@@ -45,6 +45,7 @@ from aeamc.shared.releases import (
 from aeamc.shared.runtime.tls import Peer
 from aeamc.shared.versions import is_version, version_key
 
+from ..attached import UPDATES
 from ..service import Coordinator
 from . import reports
 from .repository import Repository, RepositoryError
@@ -60,6 +61,11 @@ COUNTED_STATES = frozenset({"active", "stale"})
 
 
 class Rollouts:
+    """Releases and their rollouts; attached to the coordinator as its ``rollouts`` and
+    as the ``updates`` section of its status summary."""
+
+    status_name = UPDATES
+
     def __init__(self, coordinator: Coordinator, repository: Repository) -> None:
         self.c = coordinator
         self.repo = repository
@@ -355,8 +361,8 @@ class UpdatesCollector(Collector):
         self.c = coordinator
 
     def collect(self) -> Iterator[Metric]:
-        rollouts: Rollouts | None = getattr(self.c, "rollouts", None)
-        if rollouts is None:
+        rollouts = self.c.rollouts
+        if not isinstance(rollouts, Rollouts):
             return
         versions = GaugeMetricFamily(
             "aeamc_coordinator_agent_versions",
