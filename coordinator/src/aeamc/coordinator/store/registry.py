@@ -31,7 +31,12 @@ class DeviceRegistry:
         """The device ``device_id`` as last committed, or None (never enrolled, erased)."""
         return self._devices.get(device_id)
 
+    def __getitem__(self, device_id: str) -> Device:
+        """The device ``device_id`` as last committed; KeyError when there is none."""
+        return self._devices[device_id]
+
     def values(self) -> ValuesView[Device]:
+        """Every enrolled device as last committed (a live view: do not hold it across awaits)."""
         return self._devices.values()
 
     def __contains__(self, device_id: object) -> bool:
