@@ -273,10 +273,10 @@ async def test_a_new_assignment_for_a_finished_task_runs_again(coordinator, enro
 
 
 def test_refusal_reasons_are_all_documented() -> None:
-    from aeamc.agent.daemon import _REFUSAL_TEXT
+    from aeamc.agent.admission import REFUSAL_TEXT
     from aeamc.agent.metrics import REFUSAL_REASONS
 
-    assert set(REFUSAL_REASONS) == set(_REFUSAL_TEXT) | {"expired", "unknown_kind"}
+    assert set(REFUSAL_REASONS) == set(REFUSAL_TEXT) | {"expired", "unknown_kind"}
     documented = (Path(__file__).parents[2] / "docs" / "agent.md").read_text()
     assert all(f"`{reason}`" in documented for reason in REFUSAL_REASONS)
 

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from aeamc.shared.envelope import decode_reply, error_code, error_of
+from aeamc.shared.runtime.clock import now_ms
+from aeamc.shared.runtime.logs import REQUEST_ID_HEADER
 
-from .logs import REQUEST_ID_HEADER
 from .net import RequestAttempt
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ class CoordinatorClient:
         if request_id:
             headers[REQUEST_ID_HEADER] = request_id
         data = None if payload is None else json.dumps(payload, separators=(",", ":")).encode()
-        options = self.tls.request_options(time.time_ns() // 1_000_000) if self.tls else {}
+        options = self.tls.request_options(now_ms()) if self.tls else {}
         for last_try in (False, True):
             attempt = RequestAttempt()
             started = time.perf_counter_ns()
@@ -113,7 +114,7 @@ class CoordinatorClient:
 
     async def fetch(self, url: str, max_bytes: int) -> tuple[int, bytes]:
         """GET ``url`` (update metadata and files); at most ``max_bytes`` of the body."""
-        options = self.tls.request_options(time.time_ns() // 1_000_000) if self.tls else {}
+        options = self.tls.request_options(now_ms()) if self.tls else {}
         try:
             async with self.session.get(url, **options) as resp:
                 chunks, size = [], 0

@@ -33,6 +33,7 @@ from aeamc.shared.envelope import INTERNAL, ApiError
 from aeamc.shared.errors import ProtocolError, SignatureError, UnknownTaskKind
 from aeamc.shared.messages import Assignment, Challenge, SignedMessage, parse_signed
 from aeamc.shared.proofs import build_opening
+from aeamc.shared.runtime.logs import REQUEST_ID, REQUEST_ID_HEADER, well_formed
 
 from . import __version__, logs
 from .net import MAX_REQUEST_BYTES
@@ -81,7 +82,7 @@ async def post_assignment(request: web.Request) -> web.Response:
     assignment = _verified(agent, await _json(request), Assignment)
     if assignment.coordinator_id != agent.pinned_coordinator_id:
         raise ApiError(403, "unknown_coordinator", "not the coordinator this device enrolled with")
-    logs.remember_task(assignment.task_id, logs.REQUEST_ID.get())
+    logs.remember_task(assignment.task_id, REQUEST_ID.get())
     state = agent.accept(assignment)
     return web.json_response({"accepted": True, "state": state}, status=202)
 
@@ -90,7 +91,7 @@ async def post_challenge(request: web.Request) -> web.Response:
     agent = request.app[AGENT_KEY]
     _from_coordinator(agent, request)
     challenge = _verified(agent, await _json(request), Challenge)
-    logs.remember_task(challenge.task_id, logs.REQUEST_ID.get())
+    logs.remember_task(challenge.task_id, REQUEST_ID.get())
     stored = agent.traces.load(challenge.task_id, agent.clock_ms())
     if stored is None:
         raise ApiError(404, "unknown_task", f"no trace kept for task {challenge.task_id}")
@@ -174,15 +175,15 @@ async def _request_id(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Log under the coordinator's ``X-Request-ID`` (the task's id) when it sends one."""
-    rid = request.headers.get(logs.REQUEST_ID_HEADER)
-    token = logs.REQUEST_ID.set(rid if logs.well_formed(rid) else None)
+    rid = request.headers.get(REQUEST_ID_HEADER)
+    token = REQUEST_ID.set(rid if well_formed(rid) else None)
     try:
         resp = await handler(request)
-        if rid and logs.well_formed(rid) and not resp.prepared:
-            resp.headers[logs.REQUEST_ID_HEADER] = rid
+        if rid and well_formed(rid) and not resp.prepared:
+            resp.headers[REQUEST_ID_HEADER] = rid
         return resp
     finally:
-        logs.REQUEST_ID.reset(token)
+        REQUEST_ID.reset(token)
 
 
 @web.middleware
