@@ -17,12 +17,14 @@ a connection on which the pinned coordinator presented its certificate from the 
 CA (403 ``certificate_required`` otherwise; a certificate from another CA fails the
 handshake); health and capabilities are public. Checks run cheapest and least revealing
 first: the client certificate, parse, then the pinned coordinator's signature (an
-unsigned request learns nothing else), then the rest.
+unsigned request learns nothing else), then the rest. Bodies are parsed strictly
+(``aeamc.shared.strictjson``): a member given twice, or NaN or Infinity, is 400
+``invalid_json``, since such a body can mean one thing to the signature check and another
+to whoever reads it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -34,6 +36,7 @@ from aeamc.shared.errors import ProtocolError, SignatureError, UnknownTaskKind
 from aeamc.shared.messages import Assignment, Challenge, SignedMessage, parse_signed
 from aeamc.shared.proofs import build_opening
 from aeamc.shared.runtime.logs import REQUEST_ID, REQUEST_ID_HEADER, well_formed
+from aeamc.shared.strictjson import JsonError, loads_strict
 
 from . import __version__, logs
 from .net import MAX_REQUEST_BYTES
@@ -146,9 +149,9 @@ async def _json(request: web.Request) -> Any:
     except web.HTTPRequestEntityTooLarge:
         raise ApiError.from_status(413, f"request body over {MAX_REQUEST_BYTES} bytes") from None
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "invalid_json", "the request body is not JSON") from None
+        return loads_strict(raw)
+    except JsonError as exc:
+        raise ApiError(400, exc.code, f"the request body: {exc.message}") from None
 
 
 def _verified(agent: AgentView, data: Any, model: type[M]) -> M:
