@@ -176,6 +176,105 @@ async def test_agent_endpoint_caps_connections_per_address(tmp_path: Path) -> No
         await agent.stop()
 
 
+def _unverified_tls() -> ssl.SSLContext:
+    """A client context that takes any certificate: these peers only hold sockets."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _slow_heads(port: int, n: int, context: ssl.SSLContext) -> list[ssl.SSLSocket]:
+    """Open ``n`` connections, each completing TLS and sending the start of a request
+    head it never finishes; the ones the server let through the handshake."""
+    held = []
+    for _ in range(n):
+        raw = socket.create_connection(("127.0.0.1", port))
+        try:
+            tls = context.wrap_socket(raw, server_hostname="127.0.0.1")
+            tls.sendall(SLOW_HEAD[:10])
+        except (OSError, ssl.SSLError):
+            raw.close()
+            continue
+        held.append(tls)
+    return held
+
+
+def _tls_closed_by_peer(tls: ssl.SSLSocket) -> bool:
+    """True once the server closed ``tls`` (EOF, reset or a TLS close); False while open."""
+    tls.setblocking(False)
+    try:
+        return tls.recv(1) == b""
+    except (ssl.SSLWantReadError, BlockingIOError):
+        return False
+    except (OSError, ssl.SSLError):
+        return True
+
+
+async def test_agent_endpoint_caps_slow_request_heads_per_address(tmp_path: Path) -> None:
+    """Slow request heads from one address hold at most its cap of connections: the
+    rest are closed before their TLS handshake, and the address gets in again once they
+    are gone."""
+    agent = await _agent(
+        tmp_path, listen_max_connections_per_address=CAP, listen_header_timeout_s=60.0
+    )
+    context = _unverified_tls()
+    held: list[ssl.SSLSocket] = []
+    try:
+        held = await asyncio.to_thread(_slow_heads, agent.port, 3 * CAP, context)
+        assert len(held) == CAP
+        await asyncio.sleep(1.0)
+        assert sum(not _tls_closed_by_peer(s) for s in held) == CAP
+        for s in held:
+            s.close()
+        reply = await asyncio.to_thread(_health_when_free, agent.port, context)
+        assert reply.startswith(b"HTTP/1.1 200")
+    finally:
+        for s in held:
+            s.close()
+        await agent.stop()
+
+
+def _health_when_free(port: int, context: ssl.SSLContext) -> bytes:
+    """The health answer once the server has seen the closed connections go."""
+    deadline = time.monotonic() + PATIENCE_S
+    while True:
+        try:
+            return _health_from(port, context, "127.0.0.1")
+        except (OSError, ssl.SSLError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+async def test_agent_endpoint_closes_a_slow_request_head(tmp_path: Path) -> None:
+    """A request head sent a byte a second is cut off at the header timeout, long before
+    it is complete; the endpoint answers others meanwhile and after. (The idle timeout of
+    kept-alive connections is set far off, so only the header timeout can cut it.)"""
+    agent = await _agent(
+        tmp_path, listen_header_timeout_s=HEAD_TIMEOUT_S, listen_keepalive_timeout_s=3600.0
+    )
+    context = _unverified_tls()
+
+    def trickle() -> int:
+        with (
+            socket.create_connection(("127.0.0.1", agent.port)) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            return _trickle_until_closed(tls, SLOW_HEAD)
+
+    try:
+        slow = asyncio.create_task(asyncio.to_thread(trickle))
+        health = await asyncio.to_thread(_health_from, agent.port, context, "127.0.0.1")
+        assert health.startswith(b"HTTP/1.1 200")
+        sent = await slow
+        assert sent < len(SLOW_HEAD)
+        health = await asyncio.to_thread(_health_from, agent.port, context, "127.0.0.1")
+        assert health.startswith(b"HTTP/1.1 200")
+    finally:
+        await agent.stop()
+
+
 async def test_agent_endpoint_closes_a_connection_that_never_starts_tls(tmp_path: Path) -> None:
     agent = await _agent(tmp_path, listen_header_timeout_s=HEAD_TIMEOUT_S)
     try:

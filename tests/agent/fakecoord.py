@@ -59,10 +59,12 @@ def error(status: int, code: str, message: str = "", **extra: Any) -> web.Respon
 
 @dataclass
 class Scripted:
-    """A canned answer: HTTP status and JSON body (``None`` = drop the connection)."""
+    """A canned answer: HTTP status and JSON body (``None`` = drop the connection), or
+    ``raw`` bytes sent as the body as they are."""
 
     status: int
     body: Any = None
+    raw: bytes | None = None
 
 
 @dataclass
@@ -208,6 +210,10 @@ class FakeCoordinator:
         if not answers:
             return None
         answer = answers.popleft()
+        if answer.raw is not None:
+            return web.Response(
+                body=answer.raw, status=answer.status, content_type="application/json"
+            )
         if answer.body is None and answer.status == 0:
             # Drop the connection without an HTTP answer.
             assert request.transport is not None

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from aeamc.agent.daemon import _source_address_towards
-from aeamc.agent.logs import LogfmtFormatter, configure
+from aeamc.agent.advertising import advertised_addresses
+from aeamc.agent.endpoint import source_address_towards
 from aeamc.agent.state import CoordinatorPin, SeqCounter, StateError, atomic_write
 from aeamc.agent.traces import TraceStore
 from aeamc.agent.worker import ChunkPool, WorkerCrashed, run_chunk
 from aeamc.shared.identity import SigningKey
 from aeamc.shared.proofs import Trace
+from aeamc.shared.runtime.logs import REQUEST_ID, LogfmtFormatter, configure
 from aeamc.shared.runtime.systemd import notify as _notify_systemd
 from aeamc.shared.tasks.registry import discover
 
@@ -158,14 +159,14 @@ def test_atomic_write_leaves_no_temp_file_on_failure(tmp_path: Path) -> None:
 async def test_endpoint_variants(coordinator, make_agent) -> None:
     fixed = await make_agent(subdir="a", advertise_address="192.0.2.77")
     assert fixed.endpoint() == f"https://192.0.2.77:{fixed.port}"
-    assert fixed._advertised_addresses() == ["192.0.2.77"]
+    assert advertised_addresses(fixed.config) == ["192.0.2.77"]
     wildcard = await make_agent(subdir="b", listen_host="0.0.0.0", coordinator_url=coordinator.url)
     assert wildcard.endpoint() == f"https://127.0.0.1:{wildcard.port}"  # the route to it
-    assert wildcard._advertised_addresses()  # every IPv4 address of the host
+    assert advertised_addresses(wildcard.config)  # every IPv4 address of the host
     lonely = await make_agent(subdir="c", listen_host="0.0.0.0")
     assert lonely.endpoint() is None  # nothing to route towards yet
-    assert _source_address_towards("http://[::1]:80") in ("::1", None)
-    assert _source_address_towards("http:///nohost") is None
+    assert source_address_towards("http://[::1]:80") in ("::1", None)
+    assert source_address_towards("http:///nohost") is None
 
 
 def test_sd_notify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -214,11 +215,11 @@ def test_json_logs_carry_request_id_and_context(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("JOURNAL_STREAM", "1:2")
     configure(0, stream)  # JSON is the default
     logger = logging.getLogger("aeamc.agent.test")
-    token = logs.REQUEST_ID.set("task-abc")
+    token = REQUEST_ID.set("task-abc")
     try:
         logger.info("ran %s", "t-1", extra={"task_id": "t-1"})
     finally:
-        logs.REQUEST_ID.reset(token)
+        REQUEST_ID.reset(token)
     logger.debug("hidden without -v")
     monkeypatch.delenv("JOURNAL_STREAM")
     configure(0, stream)

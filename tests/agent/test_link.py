@@ -284,3 +284,20 @@ async def test_a_rate_limit_is_waited_out(coordinator, make_agent) -> None:
     # Nonsense in the hint is ignored: the usual backoff applies.
     bogus = {"error": {"code": "rate_limited", "message": "", "retry_after_s": True}}
     assert agent.link._refused("heartbeat", Reply(429, bogus, 0)) <= agent.config.retry_max_s
+
+
+async def test_an_ambiguous_heartbeat_answer_changes_nothing(
+    coordinator, make_agent, caplog
+) -> None:
+    """A 202 naming the device's state twice (``active``, then ``erased``) is refused as
+    no answer: the device is not erased, its pin keeps its state, and it goes on."""
+    agent = await make_agent(coordinator_url=coordinator.url)
+    await eventually(lambda: coordinator.heartbeats and agent.link.state == ACTIVE)
+    raw = b'{"state": "active", "flags": {}, "state": "erased"}'
+    coordinator.queue("/v1/heartbeats", Scripted(202, raw=raw))
+    await eventually(lambda: not coordinator.script["/v1/heartbeats"])
+    n = len(coordinator.heartbeats)
+    await eventually(lambda: len(coordinator.heartbeats) >= n + 2)
+    assert agent.link.state == ACTIVE and agent.link.pin.state == ACTIVE
+    assert agent.metrics.heartbeats["unreachable"] >= 1
+    assert any("'state' appears twice" in r.getMessage() for r in caplog.records)

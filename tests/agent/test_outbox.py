@@ -349,3 +349,22 @@ async def test_a_failing_batch_is_retried_and_nothing_is_lost(
     assert sender.outbox.count == 2
     assert await sender.deliver_all(coordinator.url) is None
     assert [p.task_id for p, _ in coordinator.proofs] == ["t-1", "t-2"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "fault"),
+    [
+        (b'{"status": "accepted", "status": "rejected"}', "'status' appears twice"),
+        (b'{"status": "accepted", "server_time_ms": NaN}', "NaN is not a JSON number"),
+    ],
+)
+async def test_an_ambiguous_answer_is_no_answer(sender, coordinator, raw, fault) -> None:
+    """A 201 whose JSON a lax parser would take does not count as delivery: the proof
+    stays in the outbox, the error says why, and the next attempt delivers it."""
+    _, pot = queue_for(coordinator, sender.outbox, "t-1")
+    coordinator.queue("/v1/proofs", Scripted(201, raw=raw))
+    assert await sender.deliver(coordinator.url, sender.outbox.entries()[0]) == RETRY
+    assert sender.outbox.count == 1 and not sender.outbox.rejected()
+    assert fault in sender.last_error
+    assert await sender.deliver_all(coordinator.url) is None
+    assert coordinator.proofs[0][0] == pot

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -273,10 +275,10 @@ async def test_a_new_assignment_for_a_finished_task_runs_again(coordinator, enro
 
 
 def test_refusal_reasons_are_all_documented() -> None:
-    from aeamc.agent.daemon import _REFUSAL_TEXT
+    from aeamc.agent.admission import REFUSAL_TEXT
     from aeamc.agent.metrics import REFUSAL_REASONS
 
-    assert set(REFUSAL_REASONS) == set(_REFUSAL_TEXT) | {"expired", "unknown_kind"}
+    assert set(REFUSAL_REASONS) == set(REFUSAL_TEXT) | {"expired", "unknown_kind"}
     documented = (Path(__file__).parents[2] / "docs" / "agent.md").read_text()
     assert all(f"`{reason}`" in documented for reason in REFUSAL_REASONS)
 
@@ -336,3 +338,38 @@ def agent_version() -> str:
     from aeamc.agent import __version__
 
     return __version__
+
+
+def _ambiguous(signed: dict, fault: str) -> bytes:
+    """``signed`` as JSON with a fault a lax parser would take: a decoy first
+    ``task_id`` member (the signed one comes after it and would win), or a NaN."""
+    text = json.dumps(signed)
+    if fault == "twice":
+        return text.replace("{", '{"task_id": "decoy", ', 1).encode()
+    return text.replace("{", '{"nonce": NaN, ', 1).encode()
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [("twice", "'task_id' appears twice"), ("nan", "NaN is not a JSON number")],
+)
+async def test_an_ambiguous_body_is_refused_and_changes_nothing(
+    coordinator, enrolled, fault, message
+) -> None:
+    agent = enrolled
+    a, _, _ = await run_task(coordinator, agent, task_id="run", chunks=3, params=FAST_PARAMS)
+    fresh = coordinator.assignment(agent.device_id, task_id="fresh", params=FAST_PARAMS)
+    challenge = coordinator.challenge(agent.device_id, a.task_id, [0, 2])
+    proofs = len(coordinator.proofs)
+    for path, signed in (
+        ("/v1/assignments", fresh.to_dict()),
+        ("/v1/challenges", challenge.to_dict()),
+    ):
+        status, body = await call(agent, "POST", path, raw=_ambiguous(signed, fault))
+        assert (status, body["error"]["code"]) == (400, "invalid_json"), (path, body)
+        assert message in body["error"]["message"]
+    assert agent.queue.count == 0 and agent.runner.current is None
+    assert agent.traces.assignment(fresh.task_id) is None
+    assert sum(agent.metrics.refusals.values()) == 0
+    await asyncio.sleep(0.3)
+    assert len(coordinator.proofs) == proofs

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import sys
-import time
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,10 +24,12 @@ import aiohttp
 from aeamc.shared.exits import EX_CANTCREAT, EX_CONFIG, EX_FAILURE, EX_OK, EX_USAGE
 from aeamc.shared.exits import UsageParser as _Parser
 from aeamc.shared.messages import Privacy, sign
+from aeamc.shared.runtime.clock import now_ms
+from aeamc.shared.runtime.logs import configure as configure_logs
 from aeamc.shared.runtime.pkcs11 import is_pkcs11_uri
 from aeamc.shared.runtime.tls import TlsError
 
-from . import __version__, logs
+from . import __version__
 from .client import CoordinatorClient, Reply, Unreachable
 from .config import (
     DEFAULT_STATE_DIR,
@@ -95,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logs.configure(args.verbose)
+    configure_logs(args.verbose)
     args.config_path = config_path(args.config)
     return int(args.func(args))
 
@@ -270,7 +271,7 @@ def cmd_privacy(args: argparse.Namespace) -> int:
         "type": "privacy",
         "device_id": key.device_id,
         "action": "erase" if forget else "export",
-        "timestamp": time.time_ns() // 1_000_000,
+        "timestamp": now_ms(),
     }
     message = sign(Privacy, body, key).to_dict()
     method, path = (

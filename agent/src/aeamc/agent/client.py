@@ -8,6 +8,12 @@ exchange with the coordinator, not a ping to somewhere else.
 Every request is TLS 1.3: with ``tls`` (the agent's ``AgentTls``) it verifies the pinned
 CA under the coordinator's name and presents the device's certificate; a coordinator
 whose certificate does not verify is ``Unreachable`` (and logged as such).
+
+Answers are parsed strictly (``aeamc.shared.strictjson``). An answer whose JSON has a
+member twice, or NaN or Infinity, is ``AmbiguousAnswer``, an ``Unreachable``: no caller
+acts on a body that another parser would read differently, and each retries as after
+no answer. A body that is not JSON at all is ``None`` and the status says what happened
+(a proxy's error page, an empty 204).
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from aeamc.shared.envelope import decode_reply, error_code, error_of
+from aeamc.shared.envelope import error_code, error_of
+from aeamc.shared.runtime.clock import now_ms
+from aeamc.shared.runtime.logs import REQUEST_ID_HEADER
+from aeamc.shared.strictjson import AmbiguousJson, JsonError, loads_strict
 
-from .logs import REQUEST_ID_HEADER
 from .net import RequestAttempt
 
 if TYPE_CHECKING:
@@ -34,6 +42,23 @@ class Unreachable(Exception):
 
 class CertificateRefused(Unreachable):
     """The coordinator's TLS certificate is not from the pinned CA (or not for its id)."""
+
+
+class AmbiguousAnswer(Unreachable):
+    """An answer whose JSON has a member twice, or NaN or Infinity: taken as none."""
+
+
+def answer_body(url: str, raw: bytes) -> Any:
+    """An answer's body as strict JSON; ``None`` when it is empty or not JSON at all.
+    Raises ``AmbiguousAnswer`` for JSON that a lax parser would take and read one way."""
+    if not raw:
+        return None
+    try:
+        return loads_strict(raw)
+    except AmbiguousJson as exc:
+        raise AmbiguousAnswer(f"{url}: answer refused: {exc.message}") from None
+    except JsonError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -83,7 +108,7 @@ class CoordinatorClient:
         if request_id:
             headers[REQUEST_ID_HEADER] = request_id
         data = None if payload is None else json.dumps(payload, separators=(",", ":")).encode()
-        options = self.tls.request_options(time.time_ns() // 1_000_000) if self.tls else {}
+        options = self.tls.request_options(now_ms()) if self.tls else {}
         for last_try in (False, True):
             attempt = RequestAttempt()
             started = time.perf_counter_ns()
@@ -109,11 +134,11 @@ class CoordinatorClient:
                 raise Unreachable(f"{url}: {exc.__class__.__name__}: {exc}") from None
         rtt_us = (time.perf_counter_ns() - started) // 1000
         self.last_rtt_us = rtt_us
-        return Reply(status, decode_reply(raw), rtt_us)
+        return Reply(status, answer_body(url, raw), rtt_us)
 
     async def fetch(self, url: str, max_bytes: int) -> tuple[int, bytes]:
         """GET ``url`` (update metadata and files); at most ``max_bytes`` of the body."""
-        options = self.tls.request_options(time.time_ns() // 1_000_000) if self.tls else {}
+        options = self.tls.request_options(now_ms()) if self.tls else {}
         try:
             async with self.session.get(url, **options) as resp:
                 chunks, size = [], 0

@@ -62,11 +62,11 @@ def _as_run(args: list[str]) -> tuple[str | None, int] | None:
 
 def _run(config_value: str | None, verbose: int, args: list[str]) -> int:
     from aeamc.shared.exits import EX_CONFIG
+    from aeamc.shared.runtime.logs import configure as configure_logs
 
-    from . import logs
     from .config import ConfigError, config_path, load_config
 
-    logs.configure(verbose)
+    configure_logs(verbose)
     path = config_path(config_value)
     try:
         config = load_config(path)

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from aeamc.shared.runtime.clock import now_ms
 from aeamc.shared.versions import newer
 
 from . import __version__
@@ -49,10 +50,6 @@ STOP_GRACE_S = 20.0
 LAUNCHER_ENV = "AEAMC_AGENT_LAUNCHER"
 SLOT_ENV = "AEAMC_AGENT_SLOT"
 _PR_SET_PDEATHSIG = 1
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Launcher:

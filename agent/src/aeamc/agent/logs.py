@@ -1,10 +1,7 @@
-"""Structured logs to stderr: one JSON object per line (default) or one logfmt line.
+"""The request id each task's log lines carry on the agent.
 
-Every line has ``level``, ``logger`` and ``msg``, the request id of the task or request
-being handled (``request_id``, when there is one) and any ``extra=`` context fields.
-Under systemd (``$JOURNAL_STREAM`` set) timestamps are left out, since journald adds its
-own; elsewhere each line has ``ts``, an ISO-8601 UTC time. ``$AEAMC_LOG_FORMAT=logfmt``
-selects ``key=value`` lines instead of JSON.
+The log format itself, the request-id context variable and the ``X-Request-ID`` header
+are the ones both daemons share (``aeamc.shared.runtime.logs``).
 
 Request ids follow a task across daemons: the coordinator sends ``X-Request-ID`` with an
 assignment or a challenge; the agent logs everything it does for that task with the same
@@ -15,26 +12,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from aeamc.shared.runtime.logs import (
-    REQUEST_ID,
-    REQUEST_ID_HEADER,
-    JsonFormatter,
-    LogfmtFormatter,
-    configure,
-    derived_task_request_id,
-    well_formed,
-)
-
-__all__ = [
-    "REQUEST_ID",
-    "REQUEST_ID_HEADER",
-    "JsonFormatter",
-    "LogfmtFormatter",
-    "configure",
-    "remember_task",
-    "task_request_id",
-    "well_formed",
-]
+from aeamc.shared.runtime.logs import derived_task_request_id, well_formed
 
 _TASK_IDS: OrderedDict[str, str] = OrderedDict()
 _TASK_IDS_MAX = 1024

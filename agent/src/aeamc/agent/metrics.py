@@ -17,7 +17,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .outbox import Outbox
 
 PREFIX = "aeamc_agent"
 #: Task results as the runner reports them (runner.Outcome.result).
@@ -59,6 +62,25 @@ class AgentMetrics:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Collector(self, version, gauges))
         return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def gauges(
+    outbox: Outbox, *, queued: int, running: bool, accepting: bool
+) -> dict[str, tuple[str, float]]:
+    """The gauges of ``GET /metrics`` (help text, value): the outbox as it is now, the
+    queue's length, whether a task runs and whether a new assignment would be taken."""
+    waiting = outbox.entries()
+    return {
+        "outbox_proofs": ("Proofs waiting in the outbox for delivery", len(waiting)),
+        "outbox_bytes": ("Bytes of the proofs waiting in the outbox", sum(e.size for e in waiting)),
+        "rejected_proofs": (
+            "Proofs the coordinator refused for good, kept for the owner",
+            len(outbox.rejected()),
+        ),
+        "queued_tasks": ("Accepted assignments waiting or running", queued),
+        "running_tasks": ("Tasks being computed now (0 or 1)", int(running)),
+        "accepting_work": ("1 when a new assignment would be accepted now", int(accepting)),
+    }
 
 
 class _Collector:

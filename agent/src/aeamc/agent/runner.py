@@ -33,6 +33,7 @@ from typing import Any
 from aeamc.shared.identity import Signer
 from aeamc.shared.messages import Assignment
 from aeamc.shared.proofs import Trace, build_pot
+from aeamc.shared.runtime.logs import REQUEST_ID
 
 from . import logs
 from .monitor import EnergyMonitor
@@ -187,11 +188,11 @@ class TaskRunner:
                 retry_s = STORAGE_RETRY_S
 
     async def _run(self, entry: QueuedTask) -> Outcome:
-        token = logs.REQUEST_ID.set(logs.task_request_id(entry.assignment.task_id))
+        token = REQUEST_ID.set(logs.task_request_id(entry.assignment.task_id))
         try:
             return await self._run_logged(entry)
         finally:
-            logs.REQUEST_ID.reset(token)
+            REQUEST_ID.reset(token)
 
     async def _run_logged(self, entry: QueuedTask) -> Outcome:
         a = entry.assignment

@@ -35,6 +35,7 @@ from pathlib import Path
 from aeamc.shared.errors import ProtocolError
 from aeamc.shared.identity import Signer
 from aeamc.shared.messages import PoT, sign
+from aeamc.shared.runtime.logs import REQUEST_ID
 
 from . import logs
 from .backoff import Backoff
@@ -159,22 +160,22 @@ class OutboxSender:
             if not isinstance(status, int):
                 status, answer = 502, None  # a malformed answer: keep it, try again later
             rid = logs.task_request_id(entry.task_id)
-            token = logs.REQUEST_ID.set(rid)
+            token = REQUEST_ID.set(rid)
             try:
                 done = self._judge(entry, proof, Reply(status, answer, reply.rtt_us))
             finally:
-                logs.REQUEST_ID.reset(token)
+                REQUEST_ID.reset(token)
             if done == RETRY:
                 outcome = RETRY
         return outcome
 
     async def deliver(self, url: str, entry: Entry) -> str:
         rid = logs.task_request_id(entry.task_id)
-        token = logs.REQUEST_ID.set(rid)
+        token = REQUEST_ID.set(rid)
         try:
             return await self._deliver(url, entry, rid)
         finally:
-            logs.REQUEST_ID.reset(token)
+            REQUEST_ID.reset(token)
 
     def _load(self, entry: Entry) -> QueuedProof | None:
         try:

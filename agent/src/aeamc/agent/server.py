@@ -17,12 +17,14 @@ a connection on which the pinned coordinator presented its certificate from the 
 CA (403 ``certificate_required`` otherwise; a certificate from another CA fails the
 handshake); health and capabilities are public. Checks run cheapest and least revealing
 first: the client certificate, parse, then the pinned coordinator's signature (an
-unsigned request learns nothing else), then the rest.
+unsigned request learns nothing else), then the rest. Bodies are parsed strictly
+(``aeamc.shared.strictjson``): a member given twice, or NaN or Infinity, is 400
+``invalid_json``, since such a body can mean one thing to the signature check and another
+to whoever reads it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -33,6 +35,8 @@ from aeamc.shared.envelope import INTERNAL, ApiError
 from aeamc.shared.errors import ProtocolError, SignatureError, UnknownTaskKind
 from aeamc.shared.messages import Assignment, Challenge, SignedMessage, parse_signed
 from aeamc.shared.proofs import build_opening
+from aeamc.shared.runtime.logs import REQUEST_ID, REQUEST_ID_HEADER, well_formed
+from aeamc.shared.strictjson import JsonError, loads_strict
 
 from . import __version__, logs
 from .net import MAX_REQUEST_BYTES
@@ -81,7 +85,7 @@ async def post_assignment(request: web.Request) -> web.Response:
     assignment = _verified(agent, await _json(request), Assignment)
     if assignment.coordinator_id != agent.pinned_coordinator_id:
         raise ApiError(403, "unknown_coordinator", "not the coordinator this device enrolled with")
-    logs.remember_task(assignment.task_id, logs.REQUEST_ID.get())
+    logs.remember_task(assignment.task_id, REQUEST_ID.get())
     state = agent.accept(assignment)
     return web.json_response({"accepted": True, "state": state}, status=202)
 
@@ -90,7 +94,7 @@ async def post_challenge(request: web.Request) -> web.Response:
     agent = request.app[AGENT_KEY]
     _from_coordinator(agent, request)
     challenge = _verified(agent, await _json(request), Challenge)
-    logs.remember_task(challenge.task_id, logs.REQUEST_ID.get())
+    logs.remember_task(challenge.task_id, REQUEST_ID.get())
     stored = agent.traces.load(challenge.task_id, agent.clock_ms())
     if stored is None:
         raise ApiError(404, "unknown_task", f"no trace kept for task {challenge.task_id}")
@@ -145,9 +149,9 @@ async def _json(request: web.Request) -> Any:
     except web.HTTPRequestEntityTooLarge:
         raise ApiError.from_status(413, f"request body over {MAX_REQUEST_BYTES} bytes") from None
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "invalid_json", "the request body is not JSON") from None
+        return loads_strict(raw)
+    except JsonError as exc:
+        raise ApiError(400, exc.code, f"the request body: {exc.message}") from None
 
 
 def _verified(agent: AgentView, data: Any, model: type[M]) -> M:
@@ -174,15 +178,15 @@ async def _request_id(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Log under the coordinator's ``X-Request-ID`` (the task's id) when it sends one."""
-    rid = request.headers.get(logs.REQUEST_ID_HEADER)
-    token = logs.REQUEST_ID.set(rid if logs.well_formed(rid) else None)
+    rid = request.headers.get(REQUEST_ID_HEADER)
+    token = REQUEST_ID.set(rid if well_formed(rid) else None)
     try:
         resp = await handler(request)
-        if rid and logs.well_formed(rid) and not resp.prepared:
-            resp.headers[logs.REQUEST_ID_HEADER] = rid
+        if rid and well_formed(rid) and not resp.prepared:
+            resp.headers[REQUEST_ID_HEADER] = rid
         return resp
     finally:
-        logs.REQUEST_ID.reset(token)
+        REQUEST_ID.reset(token)
 
 
 @web.middleware

@@ -38,8 +38,8 @@ from tuf.ngclient import FetcherInterface
 from tuf.ngclient import Updater as TufUpdater
 
 from aeamc.shared.releases import METADATA_PATH, manifest_path, target_path
+from aeamc.shared.runtime.logs import configure as configure_logs
 
-from . import logs
 from .slots import COMPLETE, Slots
 
 log = logging.getLogger(__name__)
@@ -186,7 +186,7 @@ def handle(request: dict[str, Any], fetcher: FetcherInterface) -> dict[str, Any]
 
 
 def main() -> int:
-    logs.configure(0)
+    configure_logs(0)
     request = json.loads(sys.stdin.readline())
     answer = handle(request, PipeFetcher(sys.stdout, sys.stdin))
     sys.stdout.write(json.dumps(answer) + "\n")

@@ -1,7 +1,8 @@
 """What the HTTP API and the status document read from a running agent.
 
-``daemon.Agent`` has all of this; ``server`` and ``status`` are typed against this
-protocol instead of the daemon, so the daemon imports them and never the other way round.
+``daemon.Agent`` has all of this; ``server``, ``status`` and ``admission`` are typed
+against this protocol instead of the daemon, so the daemon imports them and never the
+other way round.
 """
 
 from __future__ import annotations

@@ -26,12 +26,12 @@ import json
 import logging
 import os
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aeamc.shared.messages import Assignment, parse
+from aeamc.shared.runtime.clock import now_ms
 
 from .state import atomic_write, ensure_dir, fsync_dir
 
@@ -192,7 +192,7 @@ class WorkQueue:
             "detail": error,
             "file": path.name,
             "raw": raw,
-            "at_ms": time.time_ns() // 1_000_000,
+            "at_ms": now_ms(),
         }
         target = self.abandoned_dir / f"unreadable-{path.name}"
         atomic_write(target, json.dumps(record, indent=2).encode(), mode=0o600)
