@@ -49,7 +49,7 @@ def chromium_path() -> str:
 class DashboardCoordinator(CoordinatorProcess):
     """A real coordinator process, started through :mod:`tests.dashboard.launcher`."""
 
-    run_module = "tests.dashboard.launcher"
+    daemon_module = "tests.dashboard.launcher"
     run_directory = Path(__file__).resolve().parents[2]
 
     def operator(self, method: str, path: str, body: Any = None) -> Any:

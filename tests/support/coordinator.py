@@ -79,7 +79,7 @@ class CoordinatorProcess(DaemonFolder):
     log: Path | None = None
     _ssl: tuple[str, ssl.SSLContext] | None = None
     #: What :meth:`run_command` runs, and where (None: this process's working directory).
-    run_module: ClassVar[str] = "aeamc.coordinator.cli"
+    daemon_module: ClassVar[str] = "aeamc.coordinator.cli"
     run_directory: ClassVar[Path | None] = None
 
     @property
@@ -126,7 +126,7 @@ class CoordinatorProcess(DaemonFolder):
 
     def run_command(self) -> list[str]:
         """The command line of ``aeamc-coordinator run`` on this configuration."""
-        return [sys.executable, "-m", self.run_module, "--config", str(self.config_path), "run"]
+        return [sys.executable, "-m", self.daemon_module, "--config", str(self.config_path), "run"]
 
     def start(self, timeout: float = 30) -> None:
         """Runs :meth:`run_command`; returns once the coordinator has written its port."""
