@@ -37,6 +37,7 @@ from typing import Any
 
 from aeamc.coordinator.config import SpotCheckConfig
 from aeamc.shared import reputation, spotcheck
+from tests.support.passes import over_passes
 
 from . import procs
 from .agentproc import Agent
@@ -68,16 +69,7 @@ def analytic_within(
 ) -> float:
     """P(caught within ``tasks``) under the check-rate rule, exactly (by passes)."""
     q = reputation.catch_per_check(f, cfg.k, chunks)
-    rate = _rate(cfg, chunks, old_rule)
-    alive = {0: 1.0}  # passes -> probability of being uncaught with that many passes
-    for _ in range(tasks):
-        nxt: dict[int, float] = {}
-        for passes, prob in alive.items():
-            c = rate(passes)
-            nxt[passes] = nxt.get(passes, 0.0) + prob * (1 - c)
-            nxt[passes + 1] = nxt.get(passes + 1, 0.0) + prob * c * (1 - q)
-        alive = nxt
-    return 1 - sum(alive.values())
+    return over_passes(tasks, _rate(cfg, chunks, old_rule), q)[1]
 
 
 def lifetime_share(
@@ -85,17 +77,7 @@ def lifetime_share(
 ) -> float:
     """Expected re-execution share over an honest device's first ``tasks`` tasks under the
     check-rate rule: checked tasks × k chunks over all chunks computed."""
-    rate = _rate(cfg, chunks, old_rule)
-    alive = {0: 1.0}
-    checks = 0.0
-    for _ in range(tasks):
-        nxt: dict[int, float] = {}
-        for passes, prob in alive.items():
-            c = rate(passes)
-            checks += prob * c
-            nxt[passes] = nxt.get(passes, 0.0) + prob * (1 - c)
-            nxt[passes + 1] = nxt.get(passes + 1, 0.0) + prob * c
-        alive = nxt
+    checks, _ = over_passes(tasks, _rate(cfg, chunks, old_rule))
     return checks * min(cfg.k, chunks) / (tasks * chunks)
 
 

@@ -35,24 +35,15 @@ from aeamc.shared import proofs
 from aeamc.shared.identity import SigningKey, sign_message
 from aeamc.shared.messages import Assignment, Enroll, parse_signed, sign
 from aeamc.shared.tasks.registry import discover
+from tests.support.device import GOOD_TELEMETRY, enroll_fields, now_ms
 
 from .procs import raise_fd_limit
 from .transport import DeviceTls, endpoints_by_name, transport
 
 T = TypeVar("T")
 
-TELEMETRY = {
-    "battery_pct": 90,
-    "charging": True,
-    "cpu_temp_mc": 40_000,
-    "cpu_load_permille": 100,
-    "net_latency_us": 2_000,
-    "mem_available_kb": 1 << 20,
-}
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+#: What every simulated device reports: healthy, charging, cool and idle.
+TELEMETRY = GOOD_TELEMETRY
 
 
 def emit(obj: Any) -> None:
@@ -68,22 +59,7 @@ def device_key(seed: str, i: int) -> SigningKey:
 def enroll_body(
     key: SigningKey, token: str, csr: str, endpoint: str | None = None
 ) -> dict[str, Any]:
-    body = {
-        "type": "enroll",
-        "public_key": key.public_key.hex(),
-        "device_id": key.device_id,
-        "timestamp": now_ms(),
-        "capabilities": {
-            "kinds": ["sha256-chain"],
-            "cpus": 2,
-            "mem_mb": 1024,
-            "battery": True,
-            "version": "0.1.0",
-            "endpoint": endpoint,
-        },
-        "token": token,
-        "csr": csr,
-    }
+    body = {**enroll_fields(key, endpoint), "token": token, "csr": csr}
     return sign(Enroll, body, key).to_dict()
 
 

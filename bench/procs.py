@@ -27,6 +27,8 @@ from typing import Any
 
 import psutil
 
+from tests.support.daemon import DaemonFolder
+
 from .transport import transport
 
 #: Coordinator settings common to the benchmarks: loopback only, no mDNS, no chain.
@@ -86,8 +88,8 @@ def workspace(name: str) -> Iterator[Path]:
 
 
 @dataclass
-class Coordinator:
-    root: Path
+class Coordinator(DaemonFolder):
+    config_name = "coordinator.toml"
     settings: dict[str, Any] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     port: int = 0
@@ -95,14 +97,6 @@ class Coordinator:
     #: evidence behind the limits docs/performance.md names).
     profile: Path | None = None
     _ssl: ssl.SSLContext | None = None
-
-    @property
-    def config_path(self) -> Path:
-        return self.root / "coordinator.toml"
-
-    @property
-    def state_dir(self) -> Path:
-        return self.root / "state"
 
     @property
     def url(self) -> str:

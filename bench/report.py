@@ -32,6 +32,10 @@ def _verdict(met: bool | None, miss: str = "") -> str:
     return "**met**" if met else f"**missed**{(' — ' + miss) if miss else ''}"
 
 
+def _met(met: Any) -> str:
+    return "met" if met else "missed"
+
+
 def _short(met: bool | None) -> str:
     return "not measured at this size" if met is None else "met" if met else "missed"
 
@@ -84,7 +88,7 @@ def _glance(r: dict[str, Any]) -> str:
         rows.append(
             f"| 1 proof ingestion | batched PoTs/s ÷ raw Ed25519 verifications/s (all cores) "
             f"| ≥ {g['target_ratio']} | {_f(g['batched_ratio']['median'], 3)} "
-            f"{'met' if g['target_met'] else 'missed'} |"
+            f"{_met(g['target_met'])} |"
         )
     if "fleet" in r:
         g = r["fleet"]
@@ -107,16 +111,16 @@ def _glance(r: dict[str, Any]) -> str:
         rows.append(
             f"| 4 anchoring | gas per anchor tx ÷ bare anchor | ≤ {g['target_ratio']} "
             f"| {_f(g['ratio_to_bare']['MicroblockAnchor'], 3)} "
-            f"{'met' if g['target_met'] else 'missed'} |"
+            f"{_met(g['target_met'])} |"
         )
     if "agent_footprint" in r:
         g = r["agent_footprint"]
         rows.append(
             f"| 5 agent idle | RSS ÷ deps-only process; CPU % of a core "
             f"| ≤ {g['target_rss_ratio']}; ≤ {g['target_cpu_pct']} % "
-            f"| {_f(g['rss_ratio_to_deps'], 3)} {'met' if g['rss_target_met'] else 'missed'}; "
+            f"| {_f(g['rss_ratio_to_deps'], 3)} {_met(g['rss_target_met'])}; "
             f"{_f(g['cpu_pct_of_one_core']['agent'], 3)} % "
-            f"{'met' if g['cpu_target_met'] else 'missed'} |"
+            f"{_met(g['cpu_target_met'])} |"
         )
     if "verification_economy" in r:
         g = r["verification_economy"]
@@ -151,7 +155,7 @@ def _glance(r: dict[str, Any]) -> str:
         rows.append(
             f"| 7 latency | submit → PoT accepted minus compute, p50 "
             f"| ≤ {_f(g['target_p50_ms'], 0)} ms | {_f(g['overhead_p50_ms'])} ms "
-            f"{'met' if g['target_met'] else 'missed'} |"
+            f"{_met(g['target_met'])} |"
         )
     return "\n".join(rows)
 

@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.coordinator import CoordinatorProcess
+from tests.support.coordinator import CoordinatorProcess, running_coordinator
+from tests.support.fixtures import coordinator  # noqa: F401
 
 #: Challenges time out fast and are retried once, so silence reaches its verdict quickly.
 QUICK_CHECKS = {
@@ -28,23 +31,11 @@ CoordinatorFactory = Callable[..., CoordinatorProcess]
 @pytest.fixture
 def make_coordinator(tmp_path: Path) -> Iterator[CoordinatorFactory]:
     """``make_coordinator(settings)``: a started coordinator process, stopped at teardown."""
-    started: list[CoordinatorProcess] = []
+    numbers = itertools.count()
+    with contextlib.ExitStack() as started:
 
-    def make(settings: dict[str, Any] | None = None) -> CoordinatorProcess:
-        proc = CoordinatorProcess(tmp_path / f"coord-{len(started)}", settings or QUICK_CHECKS)
-        proc.init()
-        proc.start()
-        started.append(proc)
-        return proc
+        def make(settings: dict[str, Any] | None = None) -> CoordinatorProcess:
+            root = tmp_path / f"coord-{next(numbers)}"
+            return started.enter_context(running_coordinator(root, settings or QUICK_CHECKS))
 
-    yield make
-    for proc in started:
-        proc.stop()
-
-
-def enroll_token(coordinator: CoordinatorProcess, uses: int = 20) -> str:
-    status, body = coordinator.request(
-        "POST", "/v1/tokens", {"role": "enroll", "uses": uses}, token=coordinator.token("operator")
-    )
-    assert status == 201, body
-    return str(body["token"])
+        yield make

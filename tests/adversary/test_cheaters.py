@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from tests.adversary.conftest import QUICK_CHECKS, CoordinatorFactory, enroll_token
+from tests.adversary.conftest import QUICK_CHECKS, CoordinatorFactory
 from tests.adversary.hostile import HostileDevice, Watcher, honest_trace
 from tests.support.coordinator import CoordinatorProcess, merge
 from tests.support.device import SimDevice
@@ -20,19 +20,11 @@ MakeCoordinator = CoordinatorFactory
 
 
 def submit(coordinator: CoordinatorProcess, **over: Any) -> str:
-    status, body = coordinator.request(
-        "POST", "/v1/tasks", {**TASK, **over}, token=coordinator.token("client")
-    )
-    assert status == 202, body
-    return str(body["task_id"])
+    return coordinator.submit_task({**TASK, **over})
 
 
 def device_view(coordinator: CoordinatorProcess, device: SimDevice) -> dict[str, Any]:
-    status, body = coordinator.request(
-        "GET", f"/v1/devices/{device.device_id}", token=coordinator.token("operator")
-    )
-    assert status == 200, body
-    return body
+    return coordinator.read(f"/v1/devices/{device.device_id}")  # type: ignore[no-any-return]
 
 
 def proof_of(view: dict[str, Any], device: SimDevice) -> dict[str, Any]:
@@ -66,7 +58,7 @@ async def test_declining_cheater_is_quarantined_and_its_task_redone(
     """Fakes chunk 0 and answers "unknown task" when it is asked: a refusal of a proof it
     signed, so its credit is void at once, its task re-runs, and it is quarantined."""
     coordinator = make_coordinator()
-    token = enroll_token(coordinator)
+    token = coordinator.issue_token("enroll", uses=20)
     cheater = await HostileDevice(
         coordinator.url, cheat_chunks=frozenset({0}), on_challenge="decline"
     ).start()
@@ -102,7 +94,7 @@ async def test_silent_device_loses_its_credit_then_its_standing(
     task; the device stays active after the first (an honest phone may just have left)
     and is quarantined at ``quarantine_after_unanswered`` (2 here)."""
     coordinator = make_coordinator()
-    token = enroll_token(coordinator)
+    token = coordinator.issue_token("enroll", uses=20)
     silent = await HostileDevice(
         coordinator.url, cheat_chunks=frozenset({0}), on_challenge="silent"
     ).start()
@@ -142,7 +134,7 @@ async def test_answer_after_the_deadline_counts_as_none(
     """Answers correctly, but later than ``spot_checks.timeout_s`` every time: the check is
     unanswered and the proof void, although the opening itself would have passed."""
     coordinator = make_coordinator()
-    token = enroll_token(coordinator)
+    token = coordinator.issue_token("enroll", uses=20)
     late = await HostileDevice(coordinator.url, on_challenge="late", late_s=3.0).start()
     try:
         await late.join(token)
@@ -163,7 +155,7 @@ async def test_self_erasing_cheater_cannot_keep_its_result(
     """Erases its identity when challenged: the erasure voids the result that waited for
     the check and re-queues its task before deleting anything."""
     coordinator = make_coordinator()
-    token = enroll_token(coordinator)
+    token = coordinator.issue_token("enroll", uses=20)
     cheater = await HostileDevice(
         coordinator.url, cheat_chunks=frozenset({0}), on_challenge="erase"
     ).start()
@@ -194,7 +186,7 @@ async def test_dispute_with_a_declining_replica_ends_with_the_right_output(
     re-executes the differing chunks itself: the liar fails and is quarantined, and the
     task completes with the honest output, verified by re-execution."""
     coordinator = make_coordinator()
-    token = enroll_token(coordinator)
+    token = coordinator.issue_token("enroll", uses=20)
     honest = await SimDevice(coordinator.url).start()
     liar = await HostileDevice(
         coordinator.url, cheat_chunks=frozenset({0}), on_challenge="decline"
@@ -226,7 +218,7 @@ async def test_wrong_opening_is_a_failed_check(make_coordinator: MakeCoordinator
     """Answers with honestly computed chunks that its committed trace does not contain:
     the Merkle paths do not reach its trace root, so the check fails."""
     coordinator = make_coordinator()
-    token = enroll_token(coordinator)
+    token = coordinator.issue_token("enroll", uses=20)
     cheater = await HostileDevice(
         coordinator.url, cheat_chunks=frozenset({0}), on_challenge="wrong-opening"
     ).start()
@@ -249,7 +241,7 @@ async def test_replayed_opening_is_no_answer(make_coordinator: MakeCoordinator) 
     """Answers a challenge on its second task with the valid opening it signed for its
     first: not an answer to this challenge, so after every attempt it is unanswered."""
     coordinator = make_coordinator()
-    token = enroll_token(coordinator)
+    token = coordinator.issue_token("enroll", uses=20)
     replayer = await HostileDevice(coordinator.url, on_challenge="replay").start()
     try:
         await replayer.join(token)
@@ -279,7 +271,7 @@ async def test_colluding_replicas_are_caught_by_their_own_checks(
     unverified, and each colluder's check (here every task of a new device is checked)
     opens the fake. Both are quarantined; an honest device redoes the task."""
     coordinator = make_coordinator()
-    token = enroll_token(coordinator)
+    token = coordinator.issue_token("enroll", uses=20)
     hold = asyncio.Event()
     colluders = [
         await HostileDevice(coordinator.url, cheat_chunks=frozenset({0}), hold=hold).start()
@@ -348,7 +340,7 @@ async def test_faker_hoping_to_go_unsampled_is_caught_within_the_assurance_targe
         },
     )
     coordinator = make_coordinator(settings)
-    token = enroll_token(coordinator)
+    token = coordinator.issue_token("enroll", uses=20)
     faker = await HostileDevice(coordinator.url, cheat_chunks=frozenset({5})).start()
     try:
         await faker.join(token)
@@ -383,7 +375,7 @@ async def test_caught_cheater_loses_results_verified_only_by_sampling(
     caught, the earlier result is void too (a check opens a few chunks, and this device is
     now known to fake), and that task runs again on an honest device."""
     coordinator = make_coordinator()
-    token = enroll_token(coordinator)
+    token = coordinator.issue_token("enroll", uses=20)
     turncoat = await HostileDevice(coordinator.url).start()
     honest = None
     try:

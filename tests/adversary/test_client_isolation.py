@@ -10,8 +10,6 @@ operator sees both clients' tasks.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,23 +24,6 @@ TASK = {"kind": "sha256-chain", "params": {"seed": "cd" * 32, "iterations": 100}
 B_TASK = {**TASK, "params": {"seed": "ef" * 32, "iterations": 100}}
 
 
-@pytest.fixture
-def coord(tmp_path: Path) -> Iterator[CoordinatorProcess]:
-    proc = CoordinatorProcess(tmp_path / "coord")
-    proc.init()
-    proc.start()
-    yield proc
-    proc.stop()
-
-
-def token(coord: CoordinatorProcess, role: str, label: str = "") -> str:
-    status, body = coord.request(
-        "POST", "/v1/tokens", {"role": role, "label": label}, token=coord.token("operator")
-    )
-    assert status == 201, body
-    return str(body["token"])
-
-
 async def wait(predicate: Any, timeout: float = 60) -> Any:
     """Until ``predicate()`` is true, yielding to the device's own server meanwhile."""
     for _ in range(int(timeout / 0.1)):
@@ -52,69 +33,72 @@ async def wait(predicate: Any, timeout: float = 60) -> Any:
     raise AssertionError("condition not met in time")
 
 
-def listed(coord: CoordinatorProcess, tok: str) -> set[str]:
-    status, body = coord.request("GET", "/v1/tasks", token=tok)
+def listed(coordinator: CoordinatorProcess, tok: str) -> set[str]:
+    status, body = coordinator.request("GET", "/v1/tasks", token=tok)
     assert status == 200, body
     return {t["task_id"] for t in body["tasks"]}
 
 
-def not_found_shape(coord: CoordinatorProcess, tok: str, task_id: str) -> tuple[int, Any]:
+def not_found_shape(coordinator: CoordinatorProcess, tok: str, task_id: str) -> tuple[int, Any]:
     """The answer to fetching ``task_id``, with the id itself taken out of the message."""
-    status, body = coord.request("GET", f"/v1/tasks/{task_id}", token=tok)
+    status, body = coordinator.request("GET", f"/v1/tasks/{task_id}", token=tok)
     error = body.get("error") or {}
     return status, {**error, "message": str(error.get("message")).replace(task_id, "<id>")}
 
 
-async def test_another_clients_task_is_invisible(coord: CoordinatorProcess) -> None:
-    a, b = token(coord, "client", "lab"), token(coord, "client", "lab")
-    operator = coord.token("operator")
+async def test_another_clients_task_is_invisible(coordinator: CoordinatorProcess) -> None:
+    a = coordinator.issue_token("client", label="lab")
+    b = coordinator.issue_token("client", label="lab")
+    operator = coordinator.token("operator")
 
-    status, mine = coord.request("POST", "/v1/tasks", {**TASK, "task_id": "job-1"}, token=a)
+    status, mine = coordinator.request("POST", "/v1/tasks", {**TASK, "task_id": "job-1"}, token=a)
     assert status == 202, mine
     a_task = mine["task_id"]
     assert mine["client_ref"] == "job-1"
     # Its own id again: a duplicate of its own task, and the reply names it.
-    status, again = coord.request("POST", "/v1/tasks", {**TASK, "task_id": "job-1"}, token=a)
+    status, again = coordinator.request("POST", "/v1/tasks", {**TASK, "task_id": "job-1"}, token=a)
     assert (status, again["error"]["code"], again["error"]["task_id"]) == (409, "duplicate", a_task)
 
     # B: the task is not listed, and fetching it answers as for an id nobody holds.
-    assert a_task not in listed(coord, b)
-    nobody = not_found_shape(coord, b, "t-00000000deadbeef")
+    assert a_task not in listed(coordinator, b)
+    nobody = not_found_shape(coordinator, b, "t-00000000deadbeef")
     assert nobody[0] == 404 and nobody[1]["code"] == "not_found", nobody
-    assert not_found_shape(coord, b, a_task) == nobody
+    assert not_found_shape(coordinator, b, a_task) == nobody
     # Choosing the same id is B's own business: accepted, a task of B's own.
-    status, theirs = coord.request("POST", "/v1/tasks", {**B_TASK, "task_id": "job-1"}, token=b)
+    status, theirs = coordinator.request(
+        "POST", "/v1/tasks", {**B_TASK, "task_id": "job-1"}, token=b
+    )
     assert status == 202, theirs
     b_task = theirs["task_id"]
     assert b_task != a_task and theirs["client_ref"] == "job-1"
-    assert listed(coord, b) == {b_task}
-    assert listed(coord, a) == {a_task}
-    assert coord.request("GET", f"/v1/tasks/{a_task}", token=a)[0] == 200
-    assert not_found_shape(coord, a, b_task) == nobody
+    assert listed(coordinator, b) == {b_task}
+    assert listed(coordinator, a) == {a_task}
+    assert coordinator.request("GET", f"/v1/tasks/{a_task}", token=a)[0] == 200
+    assert not_found_shape(coordinator, a, b_task) == nobody
 
     # A device runs both; A sees its output, B never does.
-    enroll = token(coord, "enroll")
-    device = await SimDevice(coord.url).start()
+    enroll = coordinator.issue_token("enroll", label="")
+    device = await SimDevice(coordinator.url).start()
     try:
         await device.join(enroll)
 
         def done(tok: str, task_id: str) -> Any:
-            view = coord.request("GET", f"/v1/tasks/{task_id}", token=tok)[1]
+            view = coordinator.request("GET", f"/v1/tasks/{task_id}", token=tok)[1]
             return view if view.get("state") == "completed" and view.get("output") else None
 
         a_view = await wait(lambda: done(a, a_task))
         output = device.traces[a_task].output.hex()
         assert a_view["output"] == output
-        assert not_found_shape(coord, b, a_task) == nobody
-        status, b_list = coord.request("GET", "/v1/tasks?state=completed", token=b)
+        assert not_found_shape(coordinator, b, a_task) == nobody
+        status, b_list = coordinator.request("GET", "/v1/tasks?state=completed", token=b)
         assert status == 200 and a_task not in {t["task_id"] for t in b_list["tasks"]}
         await wait(lambda: done(b, b_task))
-        b_view = coord.request("GET", f"/v1/tasks/{b_task}", token=b)[1]
+        b_view = coordinator.request("GET", f"/v1/tasks/{b_task}", token=b)[1]
         assert output not in repr(b_view) and a_task not in repr(b_view)
     finally:
         await device.stop()
 
     # The operator sees every client's tasks, with their outputs.
-    assert {a_task, b_task} <= listed(coord, operator)
-    status, view = coord.request("GET", f"/v1/tasks/{a_task}", token=operator)
+    assert {a_task, b_task} <= listed(coordinator, operator)
+    status, view = coordinator.request("GET", f"/v1/tasks/{a_task}", token=operator)
     assert status == 200 and view["output"] == output

@@ -70,17 +70,11 @@ async def post_from(c: CoordinatorProcess, source: str, path: str, body: Any) ->
         return resp.status, await resp.json()
 
 
-def enroll_token(c: CoordinatorProcess) -> str:
-    status, body = c.request("POST", "/v1/tokens", {"uses": 10}, token=c.token("operator"))
-    assert status == 201, body
-    return str(body["token"])
-
-
 async def test_a_foreign_endpoint_is_refused_and_never_called(
     make_coordinator: CoordinatorFactory,
 ) -> None:
     c = make_coordinator()
-    token = enroll_token(c)
+    token = c.issue_token("enroll", uses=10)
     listener = await Listener().start()
     honest = await SimDevice(c.url).start()
     hostile = await SimDevice(c.url).start()  # its own server is not what it names
@@ -123,7 +117,7 @@ async def test_the_endpoint_may_be_the_enrolling_address_or_a_configured_network
     make_coordinator: CoordinatorFactory,
 ) -> None:
     c = make_coordinator({"enrollment": {"endpoint_networks": f"{FOREIGN_HOST}/32"}})
-    token = enroll_token(c)
+    token = c.issue_token("enroll", uses=10)
     operator = c.token("operator")
     d = await SimDevice(c.url).start()
     endpoint = f"https://{FOREIGN_HOST}:4443"
@@ -136,7 +130,7 @@ async def test_the_endpoint_may_be_the_enrolling_address_or_a_configured_network
         await d.stop()
     # Without the network configured: the address a device connects from is its own.
     plain = make_coordinator()
-    token = enroll_token(plain)
+    token = plain.issue_token("enroll", uses=10)
     e = SimDevice(plain.url)
     try:
         status, body = await post_from(

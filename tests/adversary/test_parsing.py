@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.support.coordinator import CoordinatorProcess
 from tests.support.device import SimDevice
@@ -23,15 +20,6 @@ JUNK_POT = b'{"pot":{' + b",".join(b'"k%d":0' % i for i in range(1_200_000)) + b
 #: The coordinator's peak RSS may grow by at most this while it refuses the junk (the
 #: bodies themselves are 4 × 14 MiB, read in full only on the proof routes).
 RSS_GROWTH_BOUND_KIB = 200 * 1024
-
-
-@pytest.fixture
-def coordinator(tmp_path: Path) -> Iterator[CoordinatorProcess]:
-    proc = CoordinatorProcess(tmp_path / "coord")
-    proc.init()
-    proc.start()
-    yield proc
-    proc.stop()
 
 
 def _peak_rss_kib(proc: CoordinatorProcess) -> int:

@@ -23,7 +23,7 @@ from aeamc.shared.messages import sign
 from aeamc.shared.releases import UpdateReport
 from tests.support.coordinator import CoordinatorProcess
 from tests.support.device import SimDevice, now_ms
-from tests.updates.releases import build_release
+from tests.updates.releases import build_release, release_coordinator
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -92,12 +92,7 @@ class Fleet:
 def published(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoordinatorProcess]:
     root = tmp_path_factory.mktemp("rollout-reports")
     wheels = build_release(root / "build", RELEASE)
-    coord = CoordinatorProcess(root / "coord", settings={"updates": {"resign_check_s": 60.0}})
-    coord.init()
-    keys = root / "keys"
-    coord.cli("release", "keygen", str(keys))
-    coord.cli("release", "init", "--keys", str(keys))
-    coord.start()
+    coord, keys = release_coordinator(root)
     try:
         coord.cli(
             "release", "publish", *map(str, wheels), "--rollout", str(PERCENT), "--keys", str(keys)
@@ -108,7 +103,7 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoordinatorP
 
 
 @pytest.fixture
-def fleet(published: CoordinatorProcess) -> Iterator[Fleet]:
+def rollout_fleet(published: CoordinatorProcess) -> Iterator[Fleet]:
     """Three approved cohort devices and one outside; the rollout rolling, nothing reported."""
     f = Fleet(published)
     f.op("PUT", f"/v1/releases/{RELEASE}/rollout", {"percent": PERCENT})
@@ -127,74 +122,74 @@ def _unchanged(f: Fleet, before: dict[str, Any]) -> None:
     assert after["reports"] == before["reports"] == [], after
 
 
-def test_a_pending_identity_cannot_halt(fleet: Fleet) -> None:
-    before = fleet.rollout()
+def test_a_pending_identity_cannot_halt(rollout_fleet: Fleet) -> None:
+    before = rollout_fleet.rollout()
     # A fresh key enrolled without a token, without a certificate request and with one:
     # either way it holds no certificate while it waits for approval.
     for csr in ("own", None):
-        stranger = device(fleet.coord, in_cohort=True)
+        stranger = device(rollout_fleet.coord, in_cohort=True)
         message = stranger.enroll_message(csr=None) if csr is None else stranger.enroll_message()
-        status, body = fleet.coord.request("POST", "/v1/enroll", message)
+        status, body = rollout_fleet.coord.request("POST", "/v1/enroll", message)
         assert status == 202 and body["state"] == "pending", body
         assert stranger.cert_file is None and "certificate" not in body
-        status, body = fleet.post(report(stranger), stranger)
+        status, body = rollout_fleet.post(report(stranger), stranger)
         assert (status, (body.get("error") or {}).get("code")) == (403, "pending"), body
-        _unchanged(fleet, before)
-        fleet.op("DELETE", f"/v1/devices/{stranger.device_id}")
+        _unchanged(rollout_fleet, before)
+        rollout_fleet.op("DELETE", f"/v1/devices/{stranger.device_id}")
 
 
-def test_an_approved_device_outside_the_cohort_is_not_counted(fleet: Fleet) -> None:
-    before = fleet.rollout()
-    outsider = fleet.outsider  # type: ignore[attr-defined]
-    status, body = fleet.post(report(outsider), outsider)
+def test_an_approved_device_outside_the_cohort_is_not_counted(rollout_fleet: Fleet) -> None:
+    before = rollout_fleet.rollout()
+    outsider = rollout_fleet.outsider  # type: ignore[attr-defined]
+    status, body = rollout_fleet.post(report(outsider), outsider)
     assert (status, (body.get("error") or {}).get("code")) == (403, "not_in_cohort"), body
-    _unchanged(fleet, before)
+    _unchanged(rollout_fleet, before)
 
 
-def test_a_report_over_another_devices_certificate_is_refused(fleet: Fleet) -> None:
-    before = fleet.rollout()
-    member, other = fleet.members[0], fleet.members[1]  # type: ignore[attr-defined]
-    status, body = fleet.post(report(member), other)
+def test_a_report_over_another_devices_certificate_is_refused(rollout_fleet: Fleet) -> None:
+    before = rollout_fleet.rollout()
+    member, other = rollout_fleet.members[0], rollout_fleet.members[1]  # type: ignore[attr-defined]
+    status, body = rollout_fleet.post(report(member), other)
     assert (status, (body.get("error") or {}).get("code")) == (403, "certificate_mismatch"), body
-    status, body = fleet.post(report(member), None)
+    status, body = rollout_fleet.post(report(member), None)
     assert (status, (body.get("error") or {}).get("code")) == (401, "certificate_required"), body
-    _unchanged(fleet, before)
+    _unchanged(rollout_fleet, before)
 
 
-def test_a_cohort_device_over_its_own_certificate_counts_and_halts(fleet: Fleet) -> None:
-    members = fleet.members  # type: ignore[attr-defined]
-    status, body = fleet.post(report(members[1], "updated"), members[1])
+def test_a_cohort_device_over_its_own_certificate_counts_and_halts(rollout_fleet: Fleet) -> None:
+    members = rollout_fleet.members  # type: ignore[attr-defined]
+    status, body = rollout_fleet.post(report(members[1], "updated"), members[1])
     assert (status, body["recorded"]) == (202, True), body
-    assert fleet.rollout()["state"] == "rolling"
-    status, body = fleet.post(report(members[0]), members[0])
+    assert rollout_fleet.rollout()["state"] == "rolling"
+    status, body = rollout_fleet.post(report(members[0]), members[0])
     assert (status, body["recorded"]) == (202, True), body
-    after = fleet.rollout()
+    after = rollout_fleet.rollout()
     assert after["state"] == "halted", after
     assert after["halt_reason"].startswith("1 of 3 targeted devices failed"), after
     p = after["progress"]
     assert (p["targeted"], p["updated"], p["failed"]) == (3, 1, 1), p
 
 
-def test_a_resume_counts_only_failures_reported_after_it(fleet: Fleet) -> None:
-    members = fleet.members  # type: ignore[attr-defined]
-    assert fleet.post(report(members[0]), members[0])[0] == 202
-    assert fleet.rollout()["state"] == "halted"
-    fleet.op("PUT", f"/v1/releases/{RELEASE}/rollout", {"percent": PERCENT})
+def test_a_resume_counts_only_failures_reported_after_it(rollout_fleet: Fleet) -> None:
+    members = rollout_fleet.members  # type: ignore[attr-defined]
+    assert rollout_fleet.post(report(members[0]), members[0])[0] == 202
+    assert rollout_fleet.rollout()["state"] == "halted"
+    rollout_fleet.op("PUT", f"/v1/releases/{RELEASE}/rollout", {"percent": PERCENT})
     # A healthy report after the deliberate resume does not re-halt on the old failure.
-    assert fleet.post(report(members[1], "updated"), members[1])[0] == 202
-    after = fleet.rollout()
+    assert rollout_fleet.post(report(members[1], "updated"), members[1])[0] == 202
+    after = rollout_fleet.rollout()
     assert after["state"] == "rolling", after
     assert after["progress"]["failed"] == 1, after
     # A new failure after the resume halts again.
-    assert fleet.post(report(members[2]), members[2])[0] == 202
-    assert fleet.rollout()["state"] == "halted"
+    assert rollout_fleet.post(report(members[2]), members[2])[0] == 202
+    assert rollout_fleet.rollout()["state"] == "halted"
 
 
-def test_a_quarantined_devices_report_stops_counting(fleet: Fleet) -> None:
-    members = fleet.members  # type: ignore[attr-defined]
-    fleet.op("POST", f"/v1/releases/{RELEASE}/halt", {"reason": "held while checking"})
-    assert fleet.post(report(members[0]), members[0])[0] == 202
-    assert fleet.rollout()["progress"]["failed"] == 1
-    fleet.op("POST", f"/v1/devices/{members[0].device_id}/quarantine")
-    p = fleet.rollout()["progress"]
+def test_a_quarantined_devices_report_stops_counting(rollout_fleet: Fleet) -> None:
+    members = rollout_fleet.members  # type: ignore[attr-defined]
+    rollout_fleet.op("POST", f"/v1/releases/{RELEASE}/halt", {"reason": "held while checking"})
+    assert rollout_fleet.post(report(members[0]), members[0])[0] == 202
+    assert rollout_fleet.rollout()["progress"]["failed"] == 1
+    rollout_fleet.op("POST", f"/v1/devices/{members[0].device_id}/quarantine")
+    p = rollout_fleet.rollout()["progress"]
     assert (p["targeted"], p["failed"]) == (2, 0), p

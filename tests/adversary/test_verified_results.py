@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 
-from tests.adversary.conftest import enroll_token
 from tests.adversary.hostile import HostileDevice
 from tests.adversary.test_cheaters import TASK, MakeCoordinator, submit, wait
 
 
 async def test_verified_only_results_wait_for_the_check(make_coordinator: MakeCoordinator) -> None:
     coordinator = make_coordinator({"spot_checks": {"timeout_s": 60.0}})
-    token = enroll_token(coordinator)
+    token = coordinator.issue_token("enroll", uses=20)
     device = await HostileDevice(coordinator.url, hold=asyncio.Event()).start()
     assert device.hold is not None
     client = coordinator.token("client")

@@ -17,6 +17,7 @@ from aeamc.agent.config import AgentConfig
 from aeamc.agent.daemon import Agent
 from aeamc.agent.keystore import create_identity
 from aeamc.agent.telemetry import SIMULATION_ENV
+from tests.support.fixtures import coordinator  # noqa: F401
 
 from .fakecoord import FakeCoordinator
 
@@ -91,7 +92,7 @@ def _restore_logging() -> Iterator[None]:
 
 
 @pytest.fixture
-async def coordinator() -> AsyncIterator[FakeCoordinator]:
+async def fake_coordinator() -> AsyncIterator[FakeCoordinator]:
     fc = await FakeCoordinator().start()
     yield fc
     await fc.stop()

@@ -22,6 +22,7 @@ import tempfile
 import time
 import weakref
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -45,6 +46,9 @@ from aeamc.shared.messages import (
 )
 from aeamc.shared.proofs import verify_pot
 from aeamc.shared.runtime import tls
+
+#: A route's answer to a request whose JSON body (None for a GET) was already read.
+Handler = Callable[[web.Request, Any], Awaitable[web.StreamResponse]]
 
 
 def now_ms() -> int:
@@ -130,12 +134,12 @@ class FakeCoordinator:
 
     async def start(self, port: int = 0) -> FakeCoordinator:
         app = web.Application()
-        app.router.add_post("/v1/enroll", self._enroll)
-        app.router.add_post("/v1/heartbeats", self._heartbeat)
-        app.router.add_post("/v1/proofs", self._proof)
-        app.router.add_get("/v1/ca", self._ca)
+        app.router.add_post("/v1/enroll", self._served(self._enroll))
+        app.router.add_post("/v1/heartbeats", self._served(self._heartbeat))
+        app.router.add_post("/v1/proofs", self._served(self._proof))
+        app.router.add_get("/v1/ca", self._served(self._ca, json_body=False))
         if self.batch:
-            app.router.add_post("/v1/proofs/batch", self._proof_batch)
+            app.router.add_post("/v1/proofs/batch", self._served(self._proof_batch))
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port, ssl_context=self.server_ssl)
@@ -205,6 +209,22 @@ class FakeCoordinator:
 
     # --- handlers -------------------------------------------------------------------------
 
+    def _served(
+        self, handler: Handler, *, json_body: bool = True
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """``handler`` as a route: every request is recorded (with its JSON body), then
+        answered as the test scripted for its path, if it did, else by ``handler``."""
+
+        async def serve(request: web.Request) -> web.StreamResponse:
+            data = await request.json() if json_body else None
+            self.requests.append((request.path, data))
+            scripted = await self._scripted(request)
+            if scripted is not None:
+                return scripted
+            return await handler(request, data)
+
+        return serve
+
     async def _scripted(self, request: web.Request) -> web.StreamResponse | None:
         answers = self.script.get(request.path)
         if not answers:
@@ -221,21 +241,12 @@ class FakeCoordinator:
             return web.Response(status=500)
         return web.json_response(answer.body, status=answer.status)
 
-    async def _ca(self, request: web.Request) -> web.StreamResponse:
-        self.requests.append((request.path, None))
-        scripted = await self._scripted(request)
-        if scripted is not None:
-            return scripted
+    async def _ca(self, request: web.Request, data: Any) -> web.StreamResponse:
         return web.json_response(
             {"ca_certificate": self.ca.cert_pem, "ca_fingerprint": self.ca.fingerprint}
         )
 
-    async def _enroll(self, request: web.Request) -> web.StreamResponse:
-        data = await request.json()
-        self.requests.append((request.path, data))
-        scripted = await self._scripted(request)
-        if scripted is not None:
-            return scripted
+    async def _enroll(self, request: web.Request, data: Any) -> web.StreamResponse:
         try:
             message = parse_signed(data, Enroll)
             message.verify_self()
@@ -279,12 +290,7 @@ class FakeCoordinator:
             return 403, "certificate_mismatch", "another identity's certificate"
         return None
 
-    async def _heartbeat(self, request: web.Request) -> web.StreamResponse:
-        data = await request.json()
-        self.requests.append((request.path, data))
-        scripted = await self._scripted(request)
-        if scripted is not None:
-            return scripted
+    async def _heartbeat(self, request: web.Request, data: Any) -> web.StreamResponse:
         try:
             poa = parse_signed(data, PoA)
         except ProtocolError as exc:
@@ -311,21 +317,11 @@ class FakeCoordinator:
             status=202,
         )
 
-    async def _proof(self, request: web.Request) -> web.StreamResponse:
-        data = await request.json()
-        self.requests.append((request.path, data))
-        scripted = await self._scripted(request)
-        if scripted is not None:
-            return scripted
+    async def _proof(self, request: web.Request, data: Any) -> web.StreamResponse:
         status, body = self._judge_proof(request, data)
         return web.json_response(body, status=status)
 
-    async def _proof_batch(self, request: web.Request) -> web.StreamResponse:
-        data = await request.json()
-        self.requests.append((request.path, data))
-        scripted = await self._scripted(request)
-        if scripted is not None:
-            return scripted
+    async def _proof_batch(self, request: web.Request, data: Any) -> web.StreamResponse:
         self.batches.append(len(data["proofs"]))
         results = []
         for item in data["proofs"]:

@@ -157,7 +157,7 @@ def test_status_text_when_stopped(tmp_path: Path, capsys) -> None:
 
 async def test_run_status_and_sigterm(tmp_path: Path) -> None:
     """The daemon as a real process: status while it runs, clean exit on SIGTERM."""
-    coordinator = await FakeCoordinator().start()
+    fake_coordinator = await FakeCoordinator().start()
     try:
         config = tmp_path / "agent.toml"
         write_profile(tmp_path / "profile.json", **GOOD)
@@ -169,7 +169,7 @@ async def test_run_status_and_sigterm(tmp_path: Path) -> None:
                 "--state-dir",
                 str(tmp_path / "state"),
                 "--coordinator-url",
-                coordinator.url,
+                fake_coordinator.url,
             ]
         )
         assert rc == 0
@@ -194,7 +194,7 @@ async def test_run_status_and_sigterm(tmp_path: Path) -> None:
             *CLI, "--config", str(config), "run", env=env, stderr=asyncio.subprocess.PIPE
         )
         try:
-            await eventually(lambda: len(coordinator.heartbeats) >= 2, timeout=15)
+            await eventually(lambda: len(fake_coordinator.heartbeats) >= 2, timeout=15)
             out = await asyncio.create_subprocess_exec(
                 *CLI,
                 "--config",
@@ -223,7 +223,7 @@ async def test_run_status_and_sigterm(tmp_path: Path) -> None:
         final = json.loads((tmp_path / "state" / "status.json").read_text())
         assert final["running"] is False
     finally:
-        await coordinator.stop()
+        await fake_coordinator.stop()
 
 
 def test_idle_agent_footprint(tmp_path: Path) -> None:

@@ -151,28 +151,32 @@ async def _post(url: str, body: dict) -> tuple[int, dict]:
         return r.status, await r.json()
 
 
-async def test_simulated_drive_refuse_suspend_resume(coordinator, make_agent, tmp_path) -> None:
+async def test_simulated_drive_refuse_suspend_resume(
+    fake_coordinator, make_agent, tmp_path
+) -> None:
     profile: Path = tmp_path / "profile.json"
-    agent = await make_agent(coordinator_url=coordinator.url)
+    agent = await make_agent(coordinator_url=fake_coordinator.url)
     url = agent.endpoint() + "/v1/assignments"
-    await eventually(lambda: coordinator.heartbeats)
+    await eventually(lambda: fake_coordinator.heartbeats)
 
     # Low battery, not charging: refused with a machine reason.
     write_profile(profile, **{**GOOD, "battery_pct": 15})
     await eventually(lambda: agent.monitor.reason == BATTERY_LOW)
-    status, body = await _post(url, coordinator.assignment(agent.device_id, task_id="t1").to_dict())
+    status, body = await _post(
+        url, fake_coordinator.assignment(agent.device_id, task_id="t1").to_dict()
+    )
     assert (status, body["error"]["code"], body["error"]["reason"]) == (
         409,
         "refused",
         "battery_low",
     )
     # ...and the heartbeats tell the coordinator what the device reads.
-    await eventually(lambda: coordinator.heartbeats[-1].telemetry.battery_pct == 15)
+    await eventually(lambda: fake_coordinator.heartbeats[-1].telemetry.battery_pct == 15)
 
     # Plugged in: accepted and run.
     write_profile(profile, **{**GOOD, "battery_pct": 15, "charging": True})
     await eventually(lambda: agent.monitor.allowed)
-    a2 = coordinator.assignment(agent.device_id, task_id="t2", params=SLOW, chunks=30)
+    a2 = fake_coordinator.assignment(agent.device_id, task_id="t2", params=SLOW, chunks=30)
     status, body = await _post(url, a2.to_dict())
     assert (status, body) == (202, {"accepted": True, "state": "running"})
     await eventually(lambda: agent.runner.current and agent.runner.current.chunks_done >= 2)
@@ -181,7 +185,9 @@ async def test_simulated_drive_refuse_suspend_resume(coordinator, make_agent, tm
     write_profile(profile, **{**GOOD, "charging": True, "cpu_temp_c": 88})
     await eventually(lambda: agent.runner.current.suspended_reason == TOO_HOT)
     frozen = agent.runner.current.chunks_done
-    status, body = await _post(url, coordinator.assignment(agent.device_id, task_id="t3").to_dict())
+    status, body = await _post(
+        url, fake_coordinator.assignment(agent.device_id, task_id="t3").to_dict()
+    )
     assert body["error"]["reason"] == "too_hot"
     # Cooling to 72 °C is below the entry limit but above the resume limit: still suspended.
     write_profile(profile, **{**GOOD, "charging": True, "cpu_temp_c": 72})
@@ -194,20 +200,20 @@ async def test_simulated_drive_refuse_suspend_resume(coordinator, make_agent, tm
 
     # Recovered: resumes from where it stopped and completes with a valid proof.
     write_profile(profile, **{**GOOD, "charging": True, "cpu_temp_c": 65})
-    await eventually(lambda: coordinator.proofs, timeout=15)
-    pot, output = coordinator.proofs[0]
+    await eventually(lambda: fake_coordinator.proofs, timeout=15)
+    pot, output = fake_coordinator.proofs[0]
     verify_pot(pot, output, public_key=agent.key.public_key, assignment=a2, now_ms=pot.timestamp)
     assert pot.execution_metadata.chunks == 30
     assert agent.runner.last.result == "queued"
 
 
 async def test_suspended_task_abandoned_when_assignment_expires(
-    coordinator, make_agent, tmp_path
+    fake_coordinator, make_agent, tmp_path
 ) -> None:
     profile: Path = tmp_path / "profile.json"
-    agent = await make_agent(coordinator_url=coordinator.url)
+    agent = await make_agent(coordinator_url=fake_coordinator.url)
     await eventually(lambda: agent.link.pin is not None)
-    a = coordinator.assignment(agent.device_id, params=SLOW, chunks=200, ttl_ms=1500)
+    a = fake_coordinator.assignment(agent.device_id, params=SLOW, chunks=200, ttl_ms=1500)
     status, _ = await _post(agent.endpoint() + "/v1/assignments", a.to_dict())
     assert status == 202
     write_profile(profile, **{**GOOD, "battery_pct": 5})
@@ -215,4 +221,4 @@ async def test_suspended_task_abandoned_when_assignment_expires(
     await eventually(lambda: agent.runner.last is not None, timeout=5)
     assert agent.runner.last.result == "abandoned"
     assert "expired" in agent.runner.last.detail
-    assert agent.outbox.count == 0 and not coordinator.proofs
+    assert agent.outbox.count == 0 and not fake_coordinator.proofs

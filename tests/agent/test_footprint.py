@@ -14,14 +14,17 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.agent import CLI, AgentProcess, wait_for
-from tests.support.coordinator import CoordinatorProcess, env_without_coverage
+from tests.support.agent import CLI, AgentProcess
+from tests.support.coordinator import (
+    CoordinatorProcess,
+    env_without_coverage,
+)
 from tests.support.imports import modules_after
+from tests.support.waiting import wait_for
 
 #: What only the daemon needs: the HTTP stack, signatures, certificates, telemetry.
 DAEMON_ONLY = ("aiohttp", "nacl", "cryptography", "psutil", "zeroconf", "tuf")
@@ -157,17 +160,6 @@ class Relay:
 
     def close(self) -> None:
         self.listener.close()
-
-
-@pytest.fixture
-def coordinator(tmp_path: Path) -> Iterator[CoordinatorProcess]:
-    coord = CoordinatorProcess(tmp_path / "coord")
-    coord.init()
-    coord.start()
-    try:
-        yield coord
-    finally:
-        coord.stop()
 
 
 def _last_seq(coord: CoordinatorProcess, device_id: str) -> int:

@@ -65,10 +65,10 @@ async def test_pool_close_abandons_a_long_chunk() -> None:
     await ChunkPool().close(0)  # closing an unused pool is a no-op
 
 
-async def test_shutdown_mid_task_keeps_it_queued(coordinator, make_agent) -> None:
-    agent = await make_agent(coordinator_url=coordinator.url, shutdown_grace_s=0.2)
+async def test_shutdown_mid_task_keeps_it_queued(fake_coordinator, make_agent) -> None:
+    agent = await make_agent(coordinator_url=fake_coordinator.url, shutdown_grace_s=0.2)
     await eventually(lambda: agent.link.pin is not None)
-    a = coordinator.assignment(agent.device_id, params=SLOW, chunks=2)
+    a = fake_coordinator.assignment(agent.device_id, params=SLOW, chunks=2)
     async with (
         agent_session(agent) as s,
         s.post(agent.endpoint() + "/v1/assignments", json=a.to_dict()) as r,
@@ -84,18 +84,18 @@ async def test_shutdown_mid_task_keeps_it_queued(coordinator, make_agent) -> Non
     assert [e.assignment for e in agent.queue.entries()] == [a]
     assert json.loads((agent.config.state_dir / "status.json").read_text())["running"] is False
     # The next start runs it again from chunk 0, to a valid proof.
-    again = await make_agent(coordinator_url=coordinator.url)
-    await eventually(lambda: coordinator.proofs, timeout=15)
-    assert [p.task_id for p, _ in coordinator.proofs] == [a.task_id]
-    assert coordinator.proofs[0][0].execution_metadata.chunks == 2
+    again = await make_agent(coordinator_url=fake_coordinator.url)
+    await eventually(lambda: fake_coordinator.proofs, timeout=15)
+    assert [p.task_id for p, _ in fake_coordinator.proofs] == [a.task_id]
+    assert fake_coordinator.proofs[0][0].execution_metadata.chunks == 2
     await eventually(lambda: again.queue.count == 0)
 
 
-async def test_broken_plugin_kind_is_refused(coordinator, make_agent) -> None:
-    agent = await make_agent(coordinator_url=coordinator.url)
+async def test_broken_plugin_kind_is_refused(fake_coordinator, make_agent) -> None:
+    agent = await make_agent(coordinator_url=fake_coordinator.url)
     await eventually(lambda: agent.link.pin is not None)
     agent.registry = discover(extra=[("broken-kind", "no_such_module_anywhere:KIND")])
-    a = coordinator.assignment(agent.device_id, kind="broken-kind")
+    a = fake_coordinator.assignment(agent.device_id, kind="broken-kind")
     async with (
         agent_session(agent) as s,
         s.post(agent.endpoint() + "/v1/assignments", json=a.to_dict()) as r,
@@ -156,11 +156,13 @@ def test_atomic_write_leaves_no_temp_file_on_failure(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["f"]
 
 
-async def test_endpoint_variants(coordinator, make_agent) -> None:
+async def test_endpoint_variants(fake_coordinator, make_agent) -> None:
     fixed = await make_agent(subdir="a", advertise_address="192.0.2.77")
     assert fixed.endpoint() == f"https://192.0.2.77:{fixed.port}"
     assert advertised_addresses(fixed.config) == ["192.0.2.77"]
-    wildcard = await make_agent(subdir="b", listen_host="0.0.0.0", coordinator_url=coordinator.url)
+    wildcard = await make_agent(
+        subdir="b", listen_host="0.0.0.0", coordinator_url=fake_coordinator.url
+    )
     assert wildcard.endpoint() == f"https://127.0.0.1:{wildcard.port}"  # the route to it
     assert advertised_addresses(wildcard.config)  # every IPv4 address of the host
     lonely = await make_agent(subdir="c", listen_host="0.0.0.0")

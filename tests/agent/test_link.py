@@ -14,21 +14,21 @@ from .conftest import eventually
 from .fakecoord import FakeCoordinator, Scripted
 
 
-async def test_enroll_pins_key_and_heartbeats_carry_telemetry(coordinator, make_agent) -> None:
-    agent = await make_agent(coordinator_url=coordinator.url)
-    await eventually(lambda: len(coordinator.heartbeats) >= 3)
-    enroll = coordinator.enrollments[0]
+async def test_enroll_pins_key_and_heartbeats_carry_telemetry(fake_coordinator, make_agent) -> None:
+    agent = await make_agent(coordinator_url=fake_coordinator.url)
+    await eventually(lambda: len(fake_coordinator.heartbeats) >= 3)
+    enroll = fake_coordinator.enrollments[0]
     assert enroll.device_id == agent.device_id
     assert enroll.capabilities.endpoint == agent.endpoint()
     assert "sha256-chain" in enroll.capabilities.kinds
     assert enroll.token is None
     pin = json.loads((agent.config.state_dir / "coordinator.json").read_text())
-    assert pin["coordinator_id"] == coordinator.coordinator_id
-    assert pin["public_key"] == coordinator.public_key
+    assert pin["coordinator_id"] == fake_coordinator.coordinator_id
+    assert pin["public_key"] == fake_coordinator.public_key
     assert pin["cluster_id"] == 7 and pin["state"] == ACTIVE
-    seqs = [h.seq for h in coordinator.heartbeats]
+    seqs = [h.seq for h in fake_coordinator.heartbeats]
     assert seqs == sorted(set(seqs))
-    first, later = coordinator.heartbeats[0], coordinator.heartbeats[-1]
+    first, later = fake_coordinator.heartbeats[0], fake_coordinator.heartbeats[-1]
     assert first.telemetry.battery_pct == 80 and first.telemetry.cpu_temp_mc == 45_000
     # Latency is the round trip of an earlier real request, reported in the next heartbeat.
     assert later.telemetry.net_latency_us is not None and later.telemetry.net_latency_us > 0
@@ -36,99 +36,105 @@ async def test_enroll_pins_key_and_heartbeats_carry_telemetry(coordinator, make_
     assert agent.link.server_time_ms is not None
 
 
-async def test_token_is_sent(coordinator, make_agent) -> None:
-    await make_agent(coordinator_url=coordinator.url, enrollment_token="t0k3n-abc")
-    await eventually(lambda: coordinator.enrollments)
-    assert coordinator.enrollments[0].token == "t0k3n-abc"
+async def test_token_is_sent(fake_coordinator, make_agent) -> None:
+    await make_agent(coordinator_url=fake_coordinator.url, enrollment_token="t0k3n-abc")
+    await eventually(lambda: fake_coordinator.enrollments)
+    assert fake_coordinator.enrollments[0].token == "t0k3n-abc"
 
 
-async def test_seq_survives_restarts_and_is_persisted_first(coordinator, make_agent) -> None:
-    agent = await make_agent(coordinator_url=coordinator.url)
-    await eventually(lambda: len(coordinator.heartbeats) >= 2)
+async def test_seq_survives_restarts_and_is_persisted_first(fake_coordinator, make_agent) -> None:
+    agent = await make_agent(coordinator_url=fake_coordinator.url)
+    await eventually(lambda: len(fake_coordinator.heartbeats) >= 2)
     await agent.stop()
-    last = coordinator.heartbeats[-1].seq
+    last = fake_coordinator.heartbeats[-1].seq
     assert SeqCounter(agent.config.state_dir).last >= last
-    n = len(coordinator.heartbeats)
-    await make_agent(coordinator_url=coordinator.url)
-    await eventually(lambda: len(coordinator.heartbeats) >= n + 2)
+    n = len(fake_coordinator.heartbeats)
+    await make_agent(coordinator_url=fake_coordinator.url)
+    await eventually(lambda: len(fake_coordinator.heartbeats) >= n + 2)
     # The fake coordinator refuses non-increasing seqs with 409 replay: none were needed.
-    assert coordinator.heartbeats[n].seq > last
+    assert fake_coordinator.heartbeats[n].seq > last
 
 
-async def test_replay_moves_the_counter_past_the_coordinator(coordinator, make_agent) -> None:
-    agent = await make_agent(coordinator_url=coordinator.url, start=False)
+async def test_replay_moves_the_counter_past_the_coordinator(fake_coordinator, make_agent) -> None:
+    agent = await make_agent(coordinator_url=fake_coordinator.url, start=False)
     # The coordinator has seen seq 500 (say, the state dir was restored from a backup).
-    coordinator.last_seq[agent.device_id] = 500
+    fake_coordinator.last_seq[agent.device_id] = 500
     await agent.start()
-    await eventually(lambda: coordinator.heartbeats)
-    assert coordinator.heartbeats[0].seq == 501
+    await eventually(lambda: fake_coordinator.heartbeats)
+    assert fake_coordinator.heartbeats[0].seq == 501
     # Without last_seq in the error, the counter jumps to the clock.
-    coordinator.queue(
+    fake_coordinator.queue(
         "/v1/heartbeats", Scripted(409, {"error": {"code": "replay", "message": "x"}})
     )
-    n = len(coordinator.heartbeats)
-    await eventually(lambda: len(coordinator.heartbeats) > n)
-    assert coordinator.heartbeats[-1].seq > 1_600_000_000_000
+    n = len(fake_coordinator.heartbeats)
+    await eventually(lambda: len(fake_coordinator.heartbeats) > n)
+    assert fake_coordinator.heartbeats[-1].seq > 1_600_000_000_000
 
 
-async def test_pending_then_approved(coordinator, make_agent) -> None:
-    coordinator.enroll_state = PENDING
-    agent = await make_agent(coordinator_url=coordinator.url)
-    await eventually(lambda: len(coordinator.enrollments) >= 3)  # re-sent while pending
-    assert agent.link.state == PENDING and not coordinator.heartbeats
+async def test_pending_then_approved(fake_coordinator, make_agent) -> None:
+    fake_coordinator.enroll_state = PENDING
+    agent = await make_agent(coordinator_url=fake_coordinator.url)
+    await eventually(lambda: len(fake_coordinator.enrollments) >= 3)  # re-sent while pending
+    assert agent.link.state == PENDING and not fake_coordinator.heartbeats
     # No certificate while pending: every enrollment asks again, with the CSR.
-    assert not coordinator.issued and agent.link.tls.cert is None
-    assert all(e.csr is not None for e in coordinator.enrollments)
-    assert agent.link.tls.ca_fingerprint == coordinator.ca.fingerprint  # pinned meanwhile
-    coordinator.enroll_state = ACTIVE
-    await eventually(lambda: coordinator.heartbeats)
+    assert not fake_coordinator.issued and agent.link.tls.cert is None
+    assert all(e.csr is not None for e in fake_coordinator.enrollments)
+    assert agent.link.tls.ca_fingerprint == fake_coordinator.ca.fingerprint  # pinned meanwhile
+    fake_coordinator.enroll_state = ACTIVE
+    await eventually(lambda: fake_coordinator.heartbeats)
     assert agent.link.state == ACTIVE
-    assert len(coordinator.issued) == 1 and coordinator.client_serials[-1] == coordinator.issued[0]
-
-
-async def test_not_enrolled_triggers_reenrollment(coordinator, make_agent) -> None:
-    agent = await make_agent(coordinator_url=coordinator.url)
-    await eventually(lambda: coordinator.heartbeats)
-    n = len(coordinator.enrollments)
-    coordinator.device_keys.clear()  # the coordinator lost (or erased) the device
-    await eventually(lambda: len(coordinator.enrollments) > n)
-    await eventually(lambda: agent.link.state == ACTIVE and len(coordinator.heartbeats) > 1)
-
-
-async def test_pending_heartbeat_answer(coordinator, make_agent) -> None:
-    agent = await make_agent(coordinator_url=coordinator.url)
-    await eventually(lambda: coordinator.heartbeats)
-    coordinator.queue(
-        "/v1/heartbeats", Scripted(403, {"error": {"code": "pending", "message": "x"}})
+    assert (
+        len(fake_coordinator.issued) == 1
+        and fake_coordinator.client_serials[-1] == fake_coordinator.issued[0]
     )
-    await eventually(lambda: agent.link.state == PENDING)
+
+
+async def test_not_enrolled_triggers_reenrollment(fake_coordinator, make_agent) -> None:
+    agent = await make_agent(coordinator_url=fake_coordinator.url)
+    await eventually(lambda: fake_coordinator.heartbeats)
+    n = len(fake_coordinator.enrollments)
+    fake_coordinator.device_keys.clear()  # the coordinator lost (or erased) the device
+    await eventually(lambda: len(fake_coordinator.enrollments) > n)
+    await eventually(lambda: agent.link.state == ACTIVE and len(fake_coordinator.heartbeats) > 1)
+
+
+async def refused_heartbeat(fake_coordinator, make_agent, code: str, message: str, state: str):
+    """An agent that got going, then had a heartbeat refused with ``code``: now in ``state``."""
+    agent = await make_agent(coordinator_url=fake_coordinator.url)
+    await eventually(lambda: fake_coordinator.heartbeats)
+    fake_coordinator.queue(
+        "/v1/heartbeats", Scripted(403, {"error": {"code": code, "message": message}})
+    )
+    await eventually(lambda: agent.link.state == state)
+    return agent
+
+
+async def test_pending_heartbeat_answer(fake_coordinator, make_agent) -> None:
+    agent = await refused_heartbeat(fake_coordinator, make_agent, "pending", "x", PENDING)
     await eventually(lambda: agent.link.state == ACTIVE)  # re-enrolled: active again
 
 
-async def test_quarantine_stops_work(coordinator, make_agent) -> None:
-    agent = await make_agent(coordinator_url=coordinator.url)
-    await eventually(lambda: coordinator.heartbeats)
-    coordinator.queue(
-        "/v1/heartbeats", Scripted(403, {"error": {"code": "quarantined", "message": "bad proofs"}})
+async def test_quarantine_stops_work(fake_coordinator, make_agent) -> None:
+    agent = await refused_heartbeat(
+        fake_coordinator, make_agent, "quarantined", "bad proofs", QUARANTINED
     )
-    await eventually(lambda: agent.link.state == QUARANTINED)
     assert agent.refusal_reason() == "quarantined"
     # A later accepted heartbeat reports the state the coordinator holds.
-    coordinator.enroll_state = QUARANTINED
-    await eventually(lambda: len(coordinator.heartbeats) >= 3)
+    fake_coordinator.enroll_state = QUARANTINED
+    await eventually(lambda: len(fake_coordinator.heartbeats) >= 3)
     assert agent.refusal_reason() == "quarantined"
-    coordinator.enroll_state = ACTIVE
+    fake_coordinator.enroll_state = ACTIVE
     await eventually(lambda: agent.link.state == ACTIVE)
     assert agent.refusal_reason() is None
 
 
-async def test_a_different_coordinator_key_is_refused(coordinator, make_agent) -> None:
-    agent = await make_agent(coordinator_url=coordinator.url)
-    await eventually(lambda: coordinator.heartbeats)
+async def test_a_different_coordinator_key_is_refused(fake_coordinator, make_agent) -> None:
+    agent = await make_agent(coordinator_url=fake_coordinator.url)
+    await eventually(lambda: fake_coordinator.heartbeats)
     await agent.stop()
-    await coordinator.stop()
+    await fake_coordinator.stop()
     impostor = await FakeCoordinator(key=SigningKey.generate(os.urandom(32))).start(
-        coordinator.port
+        fake_coordinator.port
     )
     try:
         again = await make_agent(coordinator_url=impostor.url)
@@ -137,14 +143,14 @@ async def test_a_different_coordinator_key_is_refused(coordinator, make_agent) -
         assert not impostor.heartbeats
         assert (
             json.loads((again.config.state_dir / "coordinator.json").read_text())["coordinator_id"]
-            == coordinator.coordinator_id
+            == fake_coordinator.coordinator_id
         )
         assert again.refusal_reason() == "quarantined"
     finally:
         await impostor.stop()
 
 
-async def test_malformed_enrollment_answers_are_not_trusted(coordinator, make_agent) -> None:
+async def test_malformed_enrollment_answers_are_not_trusted(fake_coordinator, make_agent) -> None:
     bad = [
         Scripted(202, ["not", "an", "object"]),
         Scripted(202, {"device_id": "x", "state": "active"}),
@@ -153,8 +159,8 @@ async def test_malformed_enrollment_answers_are_not_trusted(coordinator, make_ag
             {
                 "device_id": "00" * 16,
                 "state": "active",
-                "coordinator_id": coordinator.coordinator_id,
-                "coordinator_public_key": coordinator.public_key,
+                "coordinator_id": fake_coordinator.coordinator_id,
+                "coordinator_public_key": fake_coordinator.public_key,
             },
         ),
         Scripted(
@@ -162,45 +168,45 @@ async def test_malformed_enrollment_answers_are_not_trusted(coordinator, make_ag
             {
                 "state": "active",
                 "coordinator_id": "11" * 16,  # does not fit the key
-                "coordinator_public_key": coordinator.public_key,
+                "coordinator_public_key": fake_coordinator.public_key,
             },
         ),
     ]
     for answer in bad:
-        coordinator.queue("/v1/enroll", answer)
-    agent = await make_agent(coordinator_url=coordinator.url, start=False)
+        fake_coordinator.queue("/v1/enroll", answer)
+    agent = await make_agent(coordinator_url=fake_coordinator.url, start=False)
     await agent.start()
     await eventually(lambda: agent.link.state == UNTRUSTED)
     assert agent.link.pin is None
 
 
-async def test_backoff_while_the_coordinator_is_away(coordinator, make_agent) -> None:
-    agent = await make_agent(coordinator_url=coordinator.url)
-    await eventually(lambda: coordinator.heartbeats)
+async def test_backoff_while_the_coordinator_is_away(fake_coordinator, make_agent) -> None:
+    agent = await make_agent(coordinator_url=fake_coordinator.url)
+    await eventually(lambda: fake_coordinator.heartbeats)
     for _ in range(3):
-        coordinator.queue(
+        fake_coordinator.queue(
             "/v1/heartbeats", Scripted(503, {"error": {"code": "down", "message": ""}})
         )
     await eventually(lambda: agent.link.backoff.failures >= 2)
     assert "503" in (agent.link.last_error or "")
     await eventually(lambda: agent.link.backoff.failures == 0 and agent.link.last_error is None)
     # Refused connections back off too, and the link recovers when the coordinator returns.
-    await coordinator.stop()
+    await fake_coordinator.stop()
     await eventually(lambda: agent.link.last_error and "unreachable" in agent.link.last_error)
-    n = len(coordinator.heartbeats)
-    await coordinator.start(coordinator.port)
-    await eventually(lambda: len(coordinator.heartbeats) > n, timeout=5)
+    n = len(fake_coordinator.heartbeats)
+    await fake_coordinator.start(fake_coordinator.port)
+    await eventually(lambda: len(fake_coordinator.heartbeats) > n, timeout=5)
 
 
-async def test_other_refusals_are_logged_and_retried(coordinator, make_agent, caplog) -> None:
-    await make_agent(coordinator_url=coordinator.url)
-    await eventually(lambda: coordinator.heartbeats)
-    n = len(coordinator.heartbeats)
-    coordinator.queue(
+async def test_other_refusals_are_logged_and_retried(fake_coordinator, make_agent, caplog) -> None:
+    await make_agent(coordinator_url=fake_coordinator.url)
+    await eventually(lambda: fake_coordinator.heartbeats)
+    n = len(fake_coordinator.heartbeats)
+    fake_coordinator.queue(
         "/v1/heartbeats", Scripted(400, {"error": {"code": "stale_message", "message": "clock"}})
     )
     await eventually(lambda: any("stale_message" in r.getMessage() for r in caplog.records))
-    await eventually(lambda: len(coordinator.heartbeats) > n)
+    await eventually(lambda: len(fake_coordinator.heartbeats) > n)
 
 
 def _median_gap_ms(heartbeats: list) -> float:
@@ -275,10 +281,10 @@ def test_adaptive_heartbeat_keeps_devices_eligible() -> None:
     assert interval(10, False, {}) == 10
 
 
-async def test_a_rate_limit_is_waited_out(coordinator, make_agent) -> None:
+async def test_a_rate_limit_is_waited_out(fake_coordinator, make_agent) -> None:
     from aeamc.agent.client import Reply
 
-    agent = await make_agent(coordinator_url=coordinator.url)
+    agent = await make_agent(coordinator_url=fake_coordinator.url)
     limited = {"error": {"code": "rate_limited", "message": "slow down", "retry_after_s": 7}}
     assert agent.link._refused("heartbeat", Reply(429, limited, 0)) >= 7.0
     # Nonsense in the hint is ignored: the usual backoff applies.
@@ -287,17 +293,17 @@ async def test_a_rate_limit_is_waited_out(coordinator, make_agent) -> None:
 
 
 async def test_an_ambiguous_heartbeat_answer_changes_nothing(
-    coordinator, make_agent, caplog
+    fake_coordinator, make_agent, caplog
 ) -> None:
     """A 202 naming the device's state twice (``active``, then ``erased``) is refused as
     no answer: the device is not erased, its pin keeps its state, and it goes on."""
-    agent = await make_agent(coordinator_url=coordinator.url)
-    await eventually(lambda: coordinator.heartbeats and agent.link.state == ACTIVE)
+    agent = await make_agent(coordinator_url=fake_coordinator.url)
+    await eventually(lambda: fake_coordinator.heartbeats and agent.link.state == ACTIVE)
     raw = b'{"state": "active", "flags": {}, "state": "erased"}'
-    coordinator.queue("/v1/heartbeats", Scripted(202, raw=raw))
-    await eventually(lambda: not coordinator.script["/v1/heartbeats"])
-    n = len(coordinator.heartbeats)
-    await eventually(lambda: len(coordinator.heartbeats) >= n + 2)
+    fake_coordinator.queue("/v1/heartbeats", Scripted(202, raw=raw))
+    await eventually(lambda: not fake_coordinator.script["/v1/heartbeats"])
+    n = len(fake_coordinator.heartbeats)
+    await eventually(lambda: len(fake_coordinator.heartbeats) >= n + 2)
     assert agent.link.state == ACTIVE and agent.link.pin.state == ACTIVE
     assert agent.metrics.heartbeats["unreachable"] >= 1
     assert any("'state' appears twice" in r.getMessage() for r in caplog.records)

@@ -81,11 +81,13 @@ def collector() -> tuple[list[ServiceEvent], callable]:
     return events, events.append
 
 
-async def test_agent_advert_has_the_spec_txt_and_goodbye_on_stop(mdns, coordinator, make_agent):
+async def test_agent_advert_has_the_spec_txt_and_goodbye_on_stop(
+    mdns, fake_coordinator, make_agent
+):
     events, on_event = collector()
     mdns.browse(AGENT_SERVICE_TYPE, on_event)
     agent = await make_agent(
-        coordinator_url=coordinator.url, mdns_enabled=True, mdns_interfaces=LOOPBACK
+        coordinator_url=fake_coordinator.url, mdns_enabled=True, mdns_interfaces=LOOPBACK
     )
     name = f"{agent.device_id}.{AGENT_SERVICE_TYPE}"
     added = await eventually(
@@ -105,13 +107,13 @@ async def test_agent_advert_has_the_spec_txt_and_goodbye_on_stop(mdns, coordinat
     await eventually(lambda: any(e.name == name and e.change == REMOVED for e in events), timeout=5)
 
 
-async def test_agent_finds_and_follows_the_coordinator(mdns, coordinator, make_agent):
+async def test_agent_finds_and_follows_the_coordinator(mdns, fake_coordinator, make_agent):
     advert = CoordinatorAdvert(
-        coordinator_id=coordinator.coordinator_id,
-        public_key=coordinator.public_key,
+        coordinator_id=fake_coordinator.coordinator_id,
+        public_key=fake_coordinator.public_key,
         version="0.1.0",
         cluster_id=7,
-        ca_fingerprint=coordinator.ca.fingerprint,
+        ca_fingerprint=fake_coordinator.ca.fingerprint,
     )
     # An impostor claiming the real coordinator's id with its own key is ignored.
     impostor = SigningKey.generate(b"\x01" * 32)
@@ -125,25 +127,25 @@ async def test_agent_finds_and_follows_the_coordinator(mdns, coordinator, make_a
         ),
         mdns.async_advertise(
             COORDINATOR_SERVICE_TYPE,
-            coordinator.coordinator_id,
-            port=coordinator.port,
+            fake_coordinator.coordinator_id,
+            port=fake_coordinator.port,
             properties=advert.txt(),
             addresses=["127.0.0.1"],
         ),
     )
     agent = await make_agent(mdns_enabled=True, mdns_interfaces=LOOPBACK)
-    await eventually(lambda: coordinator.heartbeats, timeout=8)
-    assert agent.locator.url == coordinator.url
-    assert agent.link.pin.coordinator_id == coordinator.coordinator_id
+    await eventually(lambda: fake_coordinator.heartbeats, timeout=8)
+    assert agent.locator.url == fake_coordinator.url
+    assert agent.link.pin.coordinator_id == fake_coordinator.coordinator_id
 
     # The coordinator moves to another port: the agent follows the updated advert.
-    moved = await FakeCoordinator(key=coordinator.key, ca_dir=coordinator.dir).start()
-    moved.device_keys.update(coordinator.device_keys)
-    moved.last_seq.update(coordinator.last_seq)
+    moved = await FakeCoordinator(key=fake_coordinator.key, ca_dir=fake_coordinator.dir).start()
+    moved.device_keys.update(fake_coordinator.device_keys)
+    moved.last_seq.update(fake_coordinator.last_seq)
     try:
         await mdns.async_advertise(
             COORDINATOR_SERVICE_TYPE,
-            coordinator.coordinator_id,
+            fake_coordinator.coordinator_id,
             port=moved.port,
             properties=advert.txt(),
             addresses=["127.0.0.1"],
@@ -151,7 +153,7 @@ async def test_agent_finds_and_follows_the_coordinator(mdns, coordinator, make_a
         await eventually(lambda: moved.heartbeats, timeout=8)
         assert agent.locator.url == moved.url
         # Goodbye: the agent stops sending until the coordinator is advertised again.
-        await mdns.async_withdraw(f"{coordinator.coordinator_id}.{COORDINATOR_SERVICE_TYPE}")
+        await mdns.async_withdraw(f"{fake_coordinator.coordinator_id}.{COORDINATOR_SERVICE_TYPE}")
         await eventually(lambda: agent.locator.url is None, timeout=5)
     finally:
         await moved.stop()

@@ -19,6 +19,7 @@ from aeamc.agent.sender import DELIVERED, REJECTED, RESIGNED, RETRY, OutboxSende
 from aeamc.agent.tls import AgentTls
 from aeamc.shared.identity import SigningKey, verify_signature
 from aeamc.shared.proofs import Trace, build_pot, verify_pot
+from tests.support.device import fresh_pot
 
 from .conftest import FAST_PARAMS, eventually
 from .fakecoord import FakeCoordinator, Scripted, now_ms
@@ -94,7 +95,7 @@ def test_bounded_by_count_and_bytes(tmp_path: Path) -> None:
     assert summary(tmp_path / "outbox", tmp_path / "rejected")["count"] == 3
 
 
-async def test_full_outbox_refuses_new_assignments(coordinator, make_agent) -> None:
+async def test_full_outbox_refuses_new_assignments(fake_coordinator, make_agent) -> None:
     agent = await make_agent(coordinator_url="https://127.0.0.1:9", outbox_max_count=1)
     agent.outbox.add(*make_proof("old"), now_ms())
     assert agent.refusal_reason() == "outbox_full"
@@ -113,11 +114,11 @@ def test_backoff_grows_to_the_cap_with_jitter() -> None:
 
 
 @pytest.fixture
-async def sender(tmp_path: Path, coordinator: FakeCoordinator) -> AsyncIterator[OutboxSender]:
-    coordinator.device_keys[KEY.device_id] = KEY.public_key
+async def sender(tmp_path: Path, fake_coordinator: FakeCoordinator) -> AsyncIterator[OutboxSender]:
+    fake_coordinator.device_keys[KEY.device_id] = KEY.public_key
     session = client_session(timeout_s=2)
     agent_tls = AgentTls(tmp_path, KEY.device_id)
-    coordinator.certify(agent_tls)
+    fake_coordinator.certify(agent_tls)
     clock = [now_ms() + 10_000]  # ahead of the proofs made below
 
     def tick() -> int:
@@ -127,7 +128,7 @@ async def sender(tmp_path: Path, coordinator: FakeCoordinator) -> AsyncIterator[
     s = OutboxSender(
         outbox=new_outbox(tmp_path),
         client=CoordinatorClient(session, tls=agent_tls),
-        locator=CoordinatorLocator(coordinator.url),
+        locator=CoordinatorLocator(fake_coordinator.url),
         signer=KEY,
         clock_ms=tick,
         backoff=Backoff(0.01, 0.05),
@@ -136,67 +137,71 @@ async def sender(tmp_path: Path, coordinator: FakeCoordinator) -> AsyncIterator[
     await session.close()
 
 
-def queue_for(coordinator: FakeCoordinator, box: Outbox, task_id: str):
-    a = coordinator.assignment(KEY.device_id, task_id=task_id, chunks=2, params=FAST_PARAMS)
+def queue_for(fake_coordinator: FakeCoordinator, box: Outbox, task_id: str):
+    a = fake_coordinator.assignment(KEY.device_id, task_id=task_id, chunks=2, params=FAST_PARAMS)
     pot, output = make_proof(task_id)
     box.add(pot, output, now_ms())
     return a, pot
 
 
-async def test_accepted_proof_is_deleted(sender, coordinator) -> None:
-    _, pot = queue_for(coordinator, sender.outbox, "t-1")
-    assert await sender.deliver_all(coordinator.url) is None
+async def test_accepted_proof_is_deleted(sender, fake_coordinator) -> None:
+    _, pot = queue_for(fake_coordinator, sender.outbox, "t-1")
+    assert await sender.deliver_all(fake_coordinator.url) is None
     assert sender.outbox.count == 0
-    assert coordinator.proofs[0][0] == pot
+    assert fake_coordinator.proofs[0][0] == pot
 
 
-async def test_delivered_in_order(sender, coordinator) -> None:
+async def test_delivered_in_order(sender, fake_coordinator) -> None:
     for t in ("t-b", "t-a", "t-c"):
-        queue_for(coordinator, sender.outbox, t)
-    await sender.deliver_all(coordinator.url)
-    assert [p.task_id for p, _ in coordinator.proofs] == ["t-b", "t-a", "t-c"]
+        queue_for(fake_coordinator, sender.outbox, t)
+    await sender.deliver_all(fake_coordinator.url)
+    assert [p.task_id for p, _ in fake_coordinator.proofs] == ["t-b", "t-a", "t-c"]
 
 
-async def test_duplicate_means_delivered(sender, coordinator) -> None:
-    queue_for(coordinator, sender.outbox, "t-1")
-    coordinator.queue("/v1/proofs", Scripted(409, {"error": {"code": "duplicate", "message": "x"}}))
-    assert await sender.deliver(coordinator.url, sender.outbox.entries()[0]) == DELIVERED
+async def test_duplicate_means_delivered(sender, fake_coordinator) -> None:
+    queue_for(fake_coordinator, sender.outbox, "t-1")
+    fake_coordinator.queue(
+        "/v1/proofs", Scripted(409, {"error": {"code": "duplicate", "message": "x"}})
+    )
+    assert await sender.deliver(fake_coordinator.url, sender.outbox.entries()[0]) == DELIVERED
     assert sender.outbox.count == 0
 
 
-async def test_stale_proof_is_resigned_with_the_same_commitment(sender, coordinator) -> None:
-    a, pot = queue_for(coordinator, sender.outbox, "t-1")
-    coordinator.queue(
+async def test_stale_proof_is_resigned_with_the_same_commitment(sender, fake_coordinator) -> None:
+    a, pot = queue_for(fake_coordinator, sender.outbox, "t-1")
+    fake_coordinator.queue(
         "/v1/proofs", Scripted(400, {"error": {"code": "stale_message", "message": "old"}})
     )
     entry = sender.outbox.entries()[0]
-    assert await sender.deliver(coordinator.url, entry) == RESIGNED
+    assert await sender.deliver(fake_coordinator.url, entry) == RESIGNED
     resigned = sender.outbox.load(entry).pot
     assert resigned.timestamp > pot.timestamp
     for field in ("device_nonce", "trace_root", "checkpoint", "output_digest", "task_id"):
         assert getattr(resigned, field) == getattr(pot, field)
     verify_signature(resigned.to_dict(), KEY.public_key)
     # And the re-signed proof is then accepted.
-    assert await sender.deliver_all(coordinator.url) is None
-    delivered, output = coordinator.proofs[0]
+    assert await sender.deliver_all(fake_coordinator.url) is None
+    delivered, output = fake_coordinator.proofs[0]
     assert delivered == resigned
     verify_pot(delivered, output, public_key=KEY.public_key, assignment=a, now_ms=now_ms())
 
 
-async def test_stale_twice_backs_off_instead_of_looping(sender, coordinator) -> None:
-    queue_for(coordinator, sender.outbox, "t-1")
+async def test_stale_twice_backs_off_instead_of_looping(sender, fake_coordinator) -> None:
+    queue_for(fake_coordinator, sender.outbox, "t-1")
     stale = Scripted(400, {"error": {"code": "stale_message", "message": "old"}})
-    coordinator.queue("/v1/proofs", stale, stale)
-    assert await sender.deliver_all(coordinator.url) is not None  # a backoff delay
+    fake_coordinator.queue("/v1/proofs", stale, stale)
+    assert await sender.deliver_all(fake_coordinator.url) is not None  # a backoff delay
     assert sender.outbox.count == 1
     assert "stale" in sender.last_error
 
 
 @pytest.mark.parametrize("code", ["assignment_expired", "unknown_assignment"])
-async def test_gone_moves_to_rejected_with_reason(sender, coordinator, tmp_path, code) -> None:
-    queue_for(coordinator, sender.outbox, "t-1")
-    coordinator.queue("/v1/proofs", Scripted(410, {"error": {"code": code, "message": "too late"}}))
-    assert await sender.deliver(coordinator.url, sender.outbox.entries()[0]) == REJECTED
+async def test_gone_moves_to_rejected_with_reason(sender, fake_coordinator, tmp_path, code) -> None:
+    queue_for(fake_coordinator, sender.outbox, "t-1")
+    fake_coordinator.queue(
+        "/v1/proofs", Scripted(410, {"error": {"code": code, "message": "too late"}})
+    )
+    assert await sender.deliver(fake_coordinator.url, sender.outbox.entries()[0]) == REJECTED
     assert sender.outbox.count == 0
     kept = sender.outbox.rejected()
     assert len(kept) == 1 and kept[0].task_id == "t-1"
@@ -205,10 +210,10 @@ async def test_gone_moves_to_rejected_with_reason(sender, coordinator, tmp_path,
     assert sender.outbox.load(kept[0]).pot.task_id == "t-1"  # the proof itself is kept
 
 
-async def test_unexpected_4xx_is_kept_as_rejected(sender, coordinator) -> None:
-    queue_for(coordinator, sender.outbox, "t-1")
-    coordinator.queue("/v1/proofs", Scripted(422, "not even an error body"))
-    assert await sender.deliver(coordinator.url, sender.outbox.entries()[0]) == REJECTED
+async def test_unexpected_4xx_is_kept_as_rejected(sender, fake_coordinator) -> None:
+    queue_for(fake_coordinator, sender.outbox, "t-1")
+    fake_coordinator.queue("/v1/proofs", Scripted(422, "not even an error body"))
+    assert await sender.deliver(fake_coordinator.url, sender.outbox.entries()[0]) == REJECTED
     assert (
         json.loads(reason_path(sender.outbox.rejected()[0].path).read_text())["code"] == "http_422"
     )
@@ -224,23 +229,23 @@ async def test_unexpected_4xx_is_kept_as_rejected(sender, coordinator) -> None:
         Scripted(0),  # connection dropped without an answer
     ],
 )
-async def test_transient_failures_keep_and_retry(sender, coordinator, answer) -> None:
-    _, pot = queue_for(coordinator, sender.outbox, "t-1")
-    coordinator.queue("/v1/proofs", answer)
-    assert await sender.deliver(coordinator.url, sender.outbox.entries()[0]) == RETRY
+async def test_transient_failures_keep_and_retry(sender, fake_coordinator, answer) -> None:
+    _, pot = queue_for(fake_coordinator, sender.outbox, "t-1")
+    fake_coordinator.queue("/v1/proofs", answer)
+    assert await sender.deliver(fake_coordinator.url, sender.outbox.entries()[0]) == RETRY
     assert sender.outbox.count == 1
-    assert await sender.deliver_all(coordinator.url) is None  # next attempt gets through
-    assert coordinator.proofs[0][0] == pot
+    assert await sender.deliver_all(fake_coordinator.url) is None  # next attempt gets through
+    assert fake_coordinator.proofs[0][0] == pot
 
 
 async def test_retries_through_an_outage_until_the_coordinator_returns(
-    tmp_path, coordinator
+    tmp_path, fake_coordinator
 ) -> None:
     """Connection refused, then a coordinator appears on that port: the run loop delivers."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    later = FakeCoordinator(key=coordinator.key)
+    later = FakeCoordinator(key=fake_coordinator.key)
     later.device_keys[KEY.device_id] = KEY.public_key
     box = new_outbox(tmp_path)
     session = client_session(timeout_s=1)
@@ -271,84 +276,80 @@ async def test_retries_through_an_outage_until_the_coordinator_returns(
         await session.close()
 
 
-async def test_agent_restart_delivers_what_a_crash_left(coordinator, make_agent) -> None:
+async def test_agent_restart_delivers_what_a_crash_left(fake_coordinator, make_agent) -> None:
     """Proofs queued before a crash go out, in order, when the agent starts again."""
-    agent = await make_agent(coordinator_url=coordinator.url, start=False)
+    agent = await make_agent(coordinator_url=fake_coordinator.url, start=False)
     for t in ("t-1", "t-2"):
-        a = coordinator.assignment(agent.device_id, task_id=t, chunks=2)
+        a = fake_coordinator.assignment(agent.device_id, task_id=t, chunks=2)
         trace = Trace((b"x", b"y"))
-        pot = build_pot(
-            agent.key,
-            task_id=t,
-            device_id=agent.device_id,
-            trace=trace,
-            nonce=os.urandom(16),
-            timestamp=now_ms(),
-            execution_time_ms=1,
-            cpu_time_ms=1,
-        )
+        pot = fresh_pot(agent.key, agent.device_id, t, trace)
         agent.outbox.add(pot, trace.output, now_ms())
         del a
     await agent.start()
-    await eventually(lambda: len(coordinator.proofs) == 2)
-    assert [p.task_id for p, _ in coordinator.proofs] == ["t-1", "t-2"]
+    await eventually(lambda: len(fake_coordinator.proofs) == 2)
+    assert [p.task_id for p, _ in fake_coordinator.proofs] == ["t-1", "t-2"]
     await eventually(lambda: agent.outbox.count == 0)
 
 
-async def test_damaged_entry_is_kept_aside_not_lost(sender, coordinator) -> None:
-    queue_for(coordinator, sender.outbox, "t-1")
-    queue_for(coordinator, sender.outbox, "t-2")
+async def test_damaged_entry_is_kept_aside_not_lost(sender, fake_coordinator) -> None:
+    queue_for(fake_coordinator, sender.outbox, "t-1")
+    queue_for(fake_coordinator, sender.outbox, "t-2")
     first = sender.outbox.entries()[0]
     first.path.write_text('{"pot": {"type": "pot"}')  # damaged, e.g. by a failing disk
-    assert await sender.deliver_all(coordinator.url) is None
-    assert [p.task_id for p, _ in coordinator.proofs] == ["t-2"]  # the queue moved on
+    assert await sender.deliver_all(fake_coordinator.url) is None
+    assert [p.task_id for p, _ in fake_coordinator.proofs] == ["t-2"]  # the queue moved on
     kept = sender.outbox.rejected()
     assert [e.task_id for e in kept] == ["t-1"]
     assert json.loads(reason_path(kept[0].path).read_text())["code"] == "unreadable"
 
 
+async def restart_with_batches(fake_coordinator: FakeCoordinator) -> None:
+    """The coordinator comes back, on the same port, as one that takes proof batches."""
+    fake_coordinator.batch = True
+    await fake_coordinator.stop()
+    await fake_coordinator.start(fake_coordinator.port)
+
+
 async def test_waiting_proofs_go_in_one_batch_each_judged_alone(
-    sender: OutboxSender, coordinator: FakeCoordinator
+    sender: OutboxSender, fake_coordinator: FakeCoordinator
 ) -> None:
-    coordinator.batch = True
-    await coordinator.stop()
-    await coordinator.start(coordinator.port)
+    await restart_with_batches(fake_coordinator)
     for t in ("t-1", "t-2", "t-3"):
-        queue_for(coordinator, sender.outbox, t)
-    coordinator.stored.add(("t-2", KEY.device_id))  # delivered earlier: 409 duplicate
-    del coordinator.assignments["t-3"]  # refused for good: 410
-    assert await sender.deliver_all(coordinator.url) is None
-    assert coordinator.batches == [3]
-    assert [p.task_id for p, _ in coordinator.proofs] == ["t-1"]
+        queue_for(fake_coordinator, sender.outbox, t)
+    fake_coordinator.stored.add(("t-2", KEY.device_id))  # delivered earlier: 409 duplicate
+    del fake_coordinator.assignments["t-3"]  # refused for good: 410
+    assert await sender.deliver_all(fake_coordinator.url) is None
+    assert fake_coordinator.batches == [3]
+    assert [p.task_id for p, _ in fake_coordinator.proofs] == ["t-1"]
     assert sender.outbox.count == 0
     (rejected,) = sender.outbox.rejected()
     assert rejected.task_id == "t-3"
 
 
 async def test_a_coordinator_without_batches_gets_proofs_one_by_one(
-    sender: OutboxSender, coordinator: FakeCoordinator
+    sender: OutboxSender, fake_coordinator: FakeCoordinator
 ) -> None:
     for t in ("t-1", "t-2"):
-        queue_for(coordinator, sender.outbox, t)
-    assert await sender.deliver_all(coordinator.url) is None
+        queue_for(fake_coordinator, sender.outbox, t)
+    assert await sender.deliver_all(fake_coordinator.url) is None
     assert not sender.batch_supported
-    assert [p.task_id for p, _ in coordinator.proofs] == ["t-1", "t-2"]
-    assert [path for path, _ in coordinator.requests].count("/v1/proofs") == 2
+    assert [p.task_id for p, _ in fake_coordinator.proofs] == ["t-1", "t-2"]
+    assert [path for path, _ in fake_coordinator.requests].count("/v1/proofs") == 2
 
 
 async def test_a_failing_batch_is_retried_and_nothing_is_lost(
-    sender: OutboxSender, coordinator: FakeCoordinator
+    sender: OutboxSender, fake_coordinator: FakeCoordinator
 ) -> None:
-    coordinator.batch = True
-    await coordinator.stop()
-    await coordinator.start(coordinator.port)
+    await restart_with_batches(fake_coordinator)
     for t in ("t-1", "t-2"):
-        queue_for(coordinator, sender.outbox, t)
-    coordinator.queue("/v1/proofs/batch", Scripted(503, {"error": {"code": "x", "message": "y"}}))
-    assert await sender.deliver_all(coordinator.url) is not None  # back off, keep both
+        queue_for(fake_coordinator, sender.outbox, t)
+    fake_coordinator.queue(
+        "/v1/proofs/batch", Scripted(503, {"error": {"code": "x", "message": "y"}})
+    )
+    assert await sender.deliver_all(fake_coordinator.url) is not None  # back off, keep both
     assert sender.outbox.count == 2
-    assert await sender.deliver_all(coordinator.url) is None
-    assert [p.task_id for p, _ in coordinator.proofs] == ["t-1", "t-2"]
+    assert await sender.deliver_all(fake_coordinator.url) is None
+    assert [p.task_id for p, _ in fake_coordinator.proofs] == ["t-1", "t-2"]
 
 
 @pytest.mark.parametrize(
@@ -358,13 +359,13 @@ async def test_a_failing_batch_is_retried_and_nothing_is_lost(
         (b'{"status": "accepted", "server_time_ms": NaN}', "NaN is not a JSON number"),
     ],
 )
-async def test_an_ambiguous_answer_is_no_answer(sender, coordinator, raw, fault) -> None:
+async def test_an_ambiguous_answer_is_no_answer(sender, fake_coordinator, raw, fault) -> None:
     """A 201 whose JSON a lax parser would take does not count as delivery: the proof
     stays in the outbox, the error says why, and the next attempt delivers it."""
-    _, pot = queue_for(coordinator, sender.outbox, "t-1")
-    coordinator.queue("/v1/proofs", Scripted(201, raw=raw))
-    assert await sender.deliver(coordinator.url, sender.outbox.entries()[0]) == RETRY
+    _, pot = queue_for(fake_coordinator, sender.outbox, "t-1")
+    fake_coordinator.queue("/v1/proofs", Scripted(201, raw=raw))
+    assert await sender.deliver(fake_coordinator.url, sender.outbox.entries()[0]) == RETRY
     assert sender.outbox.count == 1 and not sender.outbox.rejected()
     assert fault in sender.last_error
-    assert await sender.deliver_all(coordinator.url) is None
-    assert coordinator.proofs[0][0] == pot
+    assert await sender.deliver_all(fake_coordinator.url) is None
+    assert fake_coordinator.proofs[0][0] == pot

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import pytest
 
 from tests.support.agent import AgentProcess
 from tests.support.coordinator import CoordinatorProcess
@@ -24,40 +20,22 @@ PROFILE = [
 ]
 
 
-@pytest.fixture
-def coordinator(tmp_path: Path) -> Iterator[CoordinatorProcess]:
-    proc = CoordinatorProcess(tmp_path / "coord")
-    proc.init()
-    proc.start()
-    yield proc
-    proc.stop()
-
-
-def device_row(coordinator: CoordinatorProcess, device_id: str) -> tuple[int, Any]:
-    return coordinator.request(
-        "GET", f"/v1/devices/{device_id}", token=coordinator.token("operator")
-    )
-
-
 def test_agent_exports_and_forgets_its_data(
     coordinator: CoordinatorProcess, tmp_path: Path
 ) -> None:
-    status, body = coordinator.request(
-        "POST", "/v1/tokens", {"role": "enroll"}, token=coordinator.token("operator")
-    )
-    assert status == 201, body
     agent = AgentProcess(
         tmp_path / "agent",
         coordinator_url=coordinator.url,
-        token=body["token"],
+        token=coordinator.issue_token("enroll"),
         profile=PROFILE,
         mdns=False,
     )
     try:
         agent.start()
         device_id = agent.device_id
+        row = f"/v1/devices/{device_id}"
         coordinator.wait_for(
-            lambda: (r := device_row(coordinator, device_id))[0] == 200 and r[1]["last_seq"] >= 2
+            lambda: (r := coordinator.get(row))[0] == 200 and r[1]["last_seq"] >= 2
         )
 
         out = tmp_path / "export.json"
@@ -76,16 +54,16 @@ def test_agent_exports_and_forgets_its_data(
         # Without --yes and without a terminal to ask on: nothing happens.
         proc = agent.cli("privacy", "forget", check=False)
         assert proc.returncode == 64, proc.stderr
-        assert device_row(coordinator, device_id)[0] == 200
+        assert coordinator.get(f"/v1/devices/{device_id}")[0] == 200
 
         proc = agent.cli("privacy", "forget", "--yes")
         assert "erased" in proc.stdout
-        assert device_row(coordinator, device_id)[0] == 404
+        assert coordinator.get(f"/v1/devices/{device_id}")[0] == 404
         pin = json.loads((agent.state_dir / "coordinator.json").read_text())
         assert pin["state"] == "erased"
         # The running daemon learns it too and stops sending; it never enrolls again.
         agent.wait_status(lambda s: s["coordinator"]["state"] == "erased")
-        assert device_row(coordinator, device_id)[0] == 404
+        assert coordinator.get(f"/v1/devices/{device_id}")[0] == 404
 
         proc = agent.cli("privacy", "forget", "--yes", check=False)
         assert proc.returncode == 1 and "already erased" in proc.stderr

@@ -17,8 +17,9 @@ from aeamc.agent.runner import MAX_WORKER_CRASHES
 from aeamc.agent.status import daemon_status, offline_status
 from aeamc.agent.worker import WorkerCrashed
 from aeamc.agent.workqueue import WorkQueue
-from aeamc.shared.proofs import Trace, build_pot, verify_pot
+from aeamc.shared.proofs import Trace, verify_pot
 from tests.support.agent import AgentProcess
+from tests.support.device import fresh_pot
 
 from .conftest import FAST_PARAMS, GOOD, eventually, write_profile
 from .fakecoord import FakeCoordinator, coordinator_session, now_ms
@@ -37,8 +38,8 @@ async def post(endpoint: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]
         return r.status, await r.json()
 
 
-def proof_ids(coordinator: FakeCoordinator) -> list[str]:
-    return [p.task_id for p, _ in coordinator.proofs]
+def proof_ids(fake_coordinator: FakeCoordinator) -> list[str]:
+    return [p.task_id for p, _ in fake_coordinator.proofs]
 
 
 def _alive(p: psutil.Process) -> bool:
@@ -48,20 +49,25 @@ def _alive(p: psutil.Process) -> bool:
         return False
 
 
-async def test_accepted_work_survives_kill_9(coordinator: FakeCoordinator, tmp_path: Path) -> None:
+async def test_accepted_work_survives_kill_9(
+    fake_coordinator: FakeCoordinator, tmp_path: Path
+) -> None:
     """202 means "on disk": kill -9 right after the answers, restart, everything runs."""
     agent = AgentProcess(
-        tmp_path / "agent", coordinator_url=coordinator.url, mdns=False, heartbeat_interval_s=0.3
+        tmp_path / "agent",
+        coordinator_url=fake_coordinator.url,
+        mdns=False,
+        heartbeat_interval_s=0.3,
     )
     try:
         await asyncio.to_thread(agent.start)
-        await eventually(lambda: coordinator.heartbeats, timeout=15)
+        await eventually(lambda: fake_coordinator.heartbeats, timeout=15)
         endpoint = agent.endpoint
         assert endpoint
         tasks = [
-            coordinator.assignment(agent.device_id, task_id="t-0", params=SLOWER, chunks=6),
+            fake_coordinator.assignment(agent.device_id, task_id="t-0", params=SLOWER, chunks=6),
             *(
-                coordinator.assignment(agent.device_id, task_id=f"t-{i}", params=FAST_PARAMS)
+                fake_coordinator.assignment(agent.device_id, task_id=f"t-{i}", params=FAST_PARAMS)
                 for i in (1, 2, 3)
             ),
         ]
@@ -75,16 +81,16 @@ async def test_accepted_work_survives_kill_9(coordinator: FakeCoordinator, tmp_p
         await eventually(lambda: not any(map(_alive, workers)))
 
         # Nothing finished, nothing lost: every accepted assignment is in the queue.
-        assert not coordinator.proofs
+        assert not fake_coordinator.proofs
         queued = [json.loads(p.read_text())["assignment"] for p in agent.files("queue")]
         assert queued == [a.to_dict() for a in tasks]
         assert agent.status()["queue"]["task_ids"] == ["t-0", "t-1", "t-2", "t-3"]
 
         await asyncio.to_thread(agent.start)
-        await eventually(lambda: len(coordinator.proofs) == 4, timeout=30)
-        assert proof_ids(coordinator) == ["t-0", "t-1", "t-2", "t-3"]  # in order, once each
-        key = bytes.fromhex(coordinator.enrollments[-1].public_key)
-        for a, (pot, output) in zip(tasks, coordinator.proofs, strict=True):
+        await eventually(lambda: len(fake_coordinator.proofs) == 4, timeout=30)
+        assert proof_ids(fake_coordinator) == ["t-0", "t-1", "t-2", "t-3"]  # in order, once each
+        key = bytes.fromhex(fake_coordinator.enrollments[-1].public_key)
+        for a, (pot, output) in zip(tasks, fake_coordinator.proofs, strict=True):
             verify_pot(pot, output, public_key=key, assignment=a, now_ms=now_ms())
         status = await asyncio.to_thread(
             agent.wait_status, lambda s: s["queue"]["count"] == 0 and s["outbox"]["count"] == 0
@@ -95,13 +101,13 @@ async def test_accepted_work_survives_kill_9(coordinator: FakeCoordinator, tmp_p
         await asyncio.to_thread(agent.close)
 
 
-async def test_bound_of_one_means_only_the_running_task(coordinator, make_agent) -> None:
-    agent = await make_agent(coordinator_url=coordinator.url, max_queued_tasks=1)
+async def test_bound_of_one_means_only_the_running_task(fake_coordinator, make_agent) -> None:
+    agent = await make_agent(coordinator_url=fake_coordinator.url, max_queued_tasks=1)
     await eventually(lambda: agent.link.pin is not None)
     url = agent.endpoint()
-    first = coordinator.assignment(agent.device_id, task_id="a", params=SLOW, chunks=20)
+    first = fake_coordinator.assignment(agent.device_id, task_id="a", params=SLOW, chunks=20)
     assert (await post(url, first.to_dict()))[1]["state"] == "running"
-    second = coordinator.assignment(agent.device_id, task_id="b", params=FAST_PARAMS)
+    second = fake_coordinator.assignment(agent.device_id, task_id="b", params=FAST_PARAMS)
     status, body = await post(url, second.to_dict())
     assert (status, body["error"]["code"], body["error"]["reason"]) == (409, "refused", "busy")
     assert daemon_status(agent)["queue"] | {"task_ids": None} == {
@@ -111,21 +117,23 @@ async def test_bound_of_one_means_only_the_running_task(coordinator, make_agent)
         "abandoned": 0,
     }
     # Once the running task's proof is queued there is room again.
-    await eventually(lambda: proof_ids(coordinator) == ["a"], timeout=15)
+    await eventually(lambda: proof_ids(fake_coordinator) == ["a"], timeout=15)
     assert (await post(url, second.to_dict()))[0] == 202
-    await eventually(lambda: proof_ids(coordinator) == ["a", "b"])
+    await eventually(lambda: proof_ids(fake_coordinator) == ["a", "b"])
 
 
-async def test_expired_while_waiting_is_dropped_with_a_record(coordinator, make_agent) -> None:
-    agent = await make_agent(coordinator_url=coordinator.url)
+async def test_expired_while_waiting_is_dropped_with_a_record(fake_coordinator, make_agent) -> None:
+    agent = await make_agent(coordinator_url=fake_coordinator.url)
     await eventually(lambda: agent.link.pin is not None)
     url = agent.endpoint()
-    long = coordinator.assignment(agent.device_id, task_id="long", params=SLOW, chunks=40)
-    short = coordinator.assignment(agent.device_id, task_id="short", params=FAST_PARAMS, ttl_ms=300)
-    after = coordinator.assignment(agent.device_id, task_id="after", params=FAST_PARAMS)
+    long = fake_coordinator.assignment(agent.device_id, task_id="long", params=SLOW, chunks=40)
+    short = fake_coordinator.assignment(
+        agent.device_id, task_id="short", params=FAST_PARAMS, ttl_ms=300
+    )
+    after = fake_coordinator.assignment(agent.device_id, task_id="after", params=FAST_PARAMS)
     for a in (long, short, after):
         assert (await post(url, a.to_dict()))[0] == 202
-    await eventually(lambda: proof_ids(coordinator) == ["long", "after"], timeout=20)
+    await eventually(lambda: proof_ids(fake_coordinator) == ["long", "after"], timeout=20)
     assert agent.queue.count == 0
     (record,) = agent.queue.abandoned()
     assert record["reason"] == "expired" and record["assignment"] == short.to_dict()
@@ -134,30 +142,30 @@ async def test_expired_while_waiting_is_dropped_with_a_record(coordinator, make_
     assert not agent.traces.has("short")
 
 
-async def test_expired_across_a_restart_is_dropped_unrun(coordinator, make_agent) -> None:
-    agent = await make_agent(coordinator_url=coordinator.url, start=False)
-    stale = coordinator.assignment(
+async def test_expired_across_a_restart_is_dropped_unrun(fake_coordinator, make_agent) -> None:
+    agent = await make_agent(coordinator_url=fake_coordinator.url, start=False)
+    stale = fake_coordinator.assignment(
         agent.device_id, task_id="gone", issued_at=now_ms() - 5_000, ttl_ms=1_000
     )
-    fresh = coordinator.assignment(agent.device_id, task_id="fresh", params=FAST_PARAMS)
+    fresh = fake_coordinator.assignment(agent.device_id, task_id="fresh", params=FAST_PARAMS)
     agent.queue.add(stale, now_ms() - 4_000)
     agent.queue.add(fresh, now_ms())
     await agent.start()
-    await eventually(lambda: proof_ids(coordinator) == ["fresh"], timeout=15)
+    await eventually(lambda: proof_ids(fake_coordinator) == ["fresh"], timeout=15)
     records = agent.queue.abandoned()
     assert [(r["assignment"]["task_id"], r["reason"]) for r in records] == [("gone", "expired")]
     assert agent.queue.count == 0 and not agent.traces.has("gone")
 
 
 async def test_queued_work_waits_for_energy_and_runs_in_order(
-    coordinator, make_agent, tmp_path
+    fake_coordinator, make_agent, tmp_path
 ) -> None:
     profile = tmp_path / "profile.json"
-    agent = await make_agent(coordinator_url=coordinator.url)
+    agent = await make_agent(coordinator_url=fake_coordinator.url)
     await eventually(lambda: agent.link.pin is not None)
     url = agent.endpoint()
     tasks = [
-        coordinator.assignment(agent.device_id, task_id=f"q-{i}", params=SLOW, chunks=chunks)
+        fake_coordinator.assignment(agent.device_id, task_id=f"q-{i}", params=SLOW, chunks=chunks)
         for i, chunks in enumerate((20, 5, 5))
     ]
     for a in tasks:
@@ -169,57 +177,48 @@ async def test_queued_work_waits_for_energy_and_runs_in_order(
     await asyncio.sleep(0.3)
     # Suspended, not refused or dropped: the queue is intact and nothing advanced.
     assert agent.runner.current.chunks_done == frozen and agent.queue.count == 3
-    assert not coordinator.proofs
+    assert not fake_coordinator.proofs
     # New work is refused at acceptance while too hot, as before.
-    extra = coordinator.assignment(agent.device_id, task_id="extra")
+    extra = fake_coordinator.assignment(agent.device_id, task_id="extra")
     assert (await post(url, extra.to_dict()))[1]["error"]["reason"] == "too_hot"
     write_profile(profile, **GOOD)
-    await eventually(lambda: len(coordinator.proofs) == 3, timeout=20)
-    assert proof_ids(coordinator) == ["q-0", "q-1", "q-2"]
+    await eventually(lambda: len(fake_coordinator.proofs) == 3, timeout=20)
+    assert proof_ids(fake_coordinator) == ["q-0", "q-1", "q-2"]
     assert agent.queue.count == 0 and agent.queue.abandoned() == []
 
 
-async def test_quarantine_holds_the_queue(coordinator, make_agent) -> None:
-    agent = await make_agent(coordinator_url=coordinator.url)
+async def test_quarantine_holds_the_queue(fake_coordinator, make_agent) -> None:
+    agent = await make_agent(coordinator_url=fake_coordinator.url)
     await eventually(lambda: agent.link.pin is not None)
-    coordinator.enroll_state = "quarantined"
+    fake_coordinator.enroll_state = "quarantined"
     await eventually(lambda: agent.link.state == "quarantined")
-    agent.queue.add(coordinator.assignment(agent.device_id, params=FAST_PARAMS), now_ms())
+    agent.queue.add(fake_coordinator.assignment(agent.device_id, params=FAST_PARAMS), now_ms())
     agent.runner.wake()
     await eventually(lambda: agent.runner.current and agent.runner.current.suspended_reason)
     assert agent.runner.current.suspended_reason == "quarantined"
     await asyncio.sleep(0.2)
-    assert agent.runner.current.chunks_done == 0 and not coordinator.proofs
-    coordinator.enroll_state = "active"
-    await eventually(lambda: coordinator.proofs, timeout=10)
+    assert agent.runner.current.chunks_done == 0 and not fake_coordinator.proofs
+    fake_coordinator.enroll_state = "active"
+    await eventually(lambda: fake_coordinator.proofs, timeout=10)
 
 
-async def test_done_before_a_crash_is_not_run_twice(coordinator, make_agent) -> None:
+async def test_done_before_a_crash_is_not_run_twice(fake_coordinator, make_agent) -> None:
     """A crash after the proof was queued but before the entry left the queue."""
-    agent = await make_agent(coordinator_url=coordinator.url, start=False)
-    a = coordinator.assignment(agent.device_id, task_id="once", chunks=2)
+    agent = await make_agent(coordinator_url=fake_coordinator.url, start=False)
+    a = fake_coordinator.assignment(agent.device_id, task_id="once", chunks=2)
     trace = Trace((b"x", b"y"))
-    pot = build_pot(
-        agent.key,
-        task_id=a.task_id,
-        device_id=agent.device_id,
-        trace=trace,
-        nonce=os.urandom(16),
-        timestamp=now_ms(),
-        execution_time_ms=1,
-        cpu_time_ms=1,
-    )
+    pot = fresh_pot(agent.key, agent.device_id, a.task_id, trace)
     agent.queue.add(a, now_ms())
     agent.traces.save(a, trace, now_ms())
     agent.outbox.add(pot, trace.output, now_ms())
     await agent.start()
     await eventually(lambda: agent.queue.count == 0 and agent.outbox.count == 0)
-    assert proof_ids(coordinator) == ["once"] and not agent.pool.started
+    assert proof_ids(fake_coordinator) == ["once"] and not agent.pool.started
     assert agent.runner.last.detail == "the proof was already in the outbox"
 
 
-async def test_worker_crashes_retry_then_abandon(coordinator, make_agent, monkeypatch) -> None:
-    agent = await make_agent(coordinator_url=coordinator.url, start=False)
+async def test_worker_crashes_retry_then_abandon(fake_coordinator, make_agent, monkeypatch) -> None:
+    agent = await make_agent(coordinator_url=fake_coordinator.url, start=False)
     monkeypatch.setattr("aeamc.agent.runner.STORAGE_RETRY_S", 0.01)
     calls = []
 
@@ -228,7 +227,7 @@ async def test_worker_crashes_retry_then_abandon(coordinator, make_agent, monkey
         raise WorkerCrashed("the worker process died while running a chunk")
 
     monkeypatch.setattr(agent.pool, "run", crash)
-    a = coordinator.assignment(agent.device_id, task_id="crashy")
+    a = fake_coordinator.assignment(agent.device_id, task_id="crashy")
     agent.queue.add(a, now_ms())
     await agent.start()
     await eventually(lambda: agent.queue.count == 0)

@@ -39,54 +39,57 @@ def _device_cert_context(fc: FakeCoordinator, tmp_path: Path) -> ssl.SSLContext:
 
 
 async def test_agent_endpoint_is_tls13_and_takes_work_only_from_the_pinned_coordinator(
-    coordinator: FakeCoordinator, make_agent, tmp_path: Path
+    fake_coordinator: FakeCoordinator, make_agent, tmp_path: Path
 ) -> None:
-    agent = await make_agent(coordinator_url=coordinator.url)
-    await eventually(lambda: coordinator.heartbeats)
+    agent = await make_agent(coordinator_url=fake_coordinator.url)
+    await eventually(lambda: fake_coordinator.heartbeats)
     # The probes block; the agent's server runs on this loop, so they run in a thread.
     probe = tls.client_context(ca_pem=None)
     await asyncio.to_thread(assert_tls13_only, agent.port, ("/v1/health",), probe)
 
     url = agent.endpoint() + "/v1/assignments"
-    a = coordinator.assignment(agent.device_id, task_id="t-tls").to_dict()
+    a = fake_coordinator.assignment(agent.device_id, task_id="t-tls").to_dict()
     # No client certificate, or a device's from the same CA: refused.
-    for ctx in (probe, _device_cert_context(coordinator, tmp_path)):
+    for ctx in (probe, _device_cert_context(fake_coordinator, tmp_path)):
         status, body = await _post(ctx, url, a)
         assert (status, body["error"]["code"]) == (403, "certificate_required")
     # A coordinator certificate from another CA does not get past the handshake.
-    stranger = FakeCoordinator(key=coordinator.key)
+    stranger = FakeCoordinator(key=fake_coordinator.key)
     with pytest.raises(aiohttp.ClientError):
         await _post(stranger.client_ssl, url, a)
     assert agent.queue.count == 0
-    status, body = await _post(coordinator.client_ssl, url, a)
+    status, body = await _post(fake_coordinator.client_ssl, url, a)
     assert status == 202, body
     # The challenge route is guarded the same way.
-    ch = coordinator.challenge(agent.device_id, "t-tls", [0]).to_dict()
+    ch = fake_coordinator.challenge(agent.device_id, "t-tls", [0]).to_dict()
     status, body = await _post(probe, agent.endpoint() + "/v1/challenges", ch)
     assert (status, body["error"]["code"]) == (403, "certificate_required")
 
     # Heartbeats carried the certificate the fake coordinator issued.
-    assert coordinator.issued and coordinator.client_serials[-1] == coordinator.issued[-1]
+    assert (
+        fake_coordinator.issued
+        and fake_coordinator.client_serials[-1] == fake_coordinator.issued[-1]
+    )
     shown = daemon_status(agent)
-    assert shown["tls"]["ca_fingerprint"] == coordinator.ca.fingerprint
-    assert coordinator.ca.fingerprint in render_text(shown)
+    assert shown["tls"]["ca_fingerprint"] == fake_coordinator.ca.fingerprint
+    assert fake_coordinator.ca.fingerprint in render_text(shown)
     assert (agent.config.state_dir / "tls" / "key.pem").stat().st_mode & 0o077 == 0
 
 
 async def test_agent_refuses_a_coordinator_with_the_same_key_but_another_ca(
-    coordinator: FakeCoordinator, make_agent
+    fake_coordinator: FakeCoordinator, make_agent
 ) -> None:
     """Whoever holds the coordinator's identity key but not its CA is still refused."""
-    agent = await make_agent(coordinator_url=coordinator.url)
-    await eventually(lambda: coordinator.heartbeats)
+    agent = await make_agent(coordinator_url=fake_coordinator.url)
+    await eventually(lambda: fake_coordinator.heartbeats)
     await agent.stop()
-    await coordinator.stop()
-    impostor = await FakeCoordinator(key=coordinator.key).start(coordinator.port)
+    await fake_coordinator.stop()
+    impostor = await FakeCoordinator(key=fake_coordinator.key).start(fake_coordinator.port)
     try:
         again = await make_agent(coordinator_url=impostor.url)
         await eventually(lambda: again.link.state == UNTRUSTED)
         assert "pinned CA" in again.link.last_error
-        assert coordinator.ca.fingerprint in again.link.last_error
+        assert fake_coordinator.ca.fingerprint in again.link.last_error
         assert not impostor.heartbeats and not impostor.enrollments
         assert again.refusal_reason() == "quarantined"
     finally:
@@ -94,10 +97,10 @@ async def test_agent_refuses_a_coordinator_with_the_same_key_but_another_ca(
 
 
 async def test_a_configured_ca_fingerprint_is_the_only_one_pinned(
-    coordinator: FakeCoordinator, make_agent
+    fake_coordinator: FakeCoordinator, make_agent
 ) -> None:
     wrong = await make_agent(
-        coordinator_url=coordinator.url,
+        coordinator_url=fake_coordinator.url,
         coordinator_ca_fingerprint="0" * 64,
         enrollment_token="secret-token",
     )
@@ -105,18 +108,18 @@ async def test_a_configured_ca_fingerprint_is_the_only_one_pinned(
     assert "expected" in wrong.link.last_error
     assert not (wrong.config.state_dir / "tls" / "ca.pem").exists()
     # Checked before anything was sent: the enrollment (and its token) never left.
-    assert {path for path, _ in coordinator.requests} == {"/v1/ca"}
+    assert {path for path, _ in fake_coordinator.requests} == {"/v1/ca"}
     await wrong.stop()
-    n = len(coordinator.requests)
+    n = len(fake_coordinator.requests)
     right = await make_agent(
         subdir="right",
-        coordinator_url=coordinator.url,
-        coordinator_ca_fingerprint=tls.pretty_fingerprint(coordinator.ca.fingerprint),
+        coordinator_url=fake_coordinator.url,
+        coordinator_ca_fingerprint=tls.pretty_fingerprint(fake_coordinator.ca.fingerprint),
     )
-    await eventually(lambda: coordinator.heartbeats)
-    assert right.link.pin.ca_fingerprint == coordinator.ca.fingerprint
+    await eventually(lambda: fake_coordinator.heartbeats)
+    assert right.link.pin.ca_fingerprint == fake_coordinator.ca.fingerprint
     # The CA was checked and pinned first; the enrollment went over a verified connection.
-    assert [p for p, _ in coordinator.requests[n : n + 2]] == ["/v1/ca", "/v1/enroll"]
+    assert [p for p, _ in fake_coordinator.requests[n : n + 2]] == ["/v1/ca", "/v1/enroll"]
 
 
 async def test_the_certificate_is_renewed_before_it_expires(make_agent) -> None:
@@ -138,27 +141,27 @@ async def test_the_certificate_is_renewed_before_it_expires(make_agent) -> None:
 
 
 async def test_an_unenrolled_agent_refuses_work_and_agent_session_helper(
-    coordinator: FakeCoordinator, make_agent
+    fake_coordinator: FakeCoordinator, make_agent
 ) -> None:
     agent = await make_agent(coordinator_url="https://127.0.0.1:9")
-    a = coordinator.assignment(agent.device_id).to_dict()
+    a = fake_coordinator.assignment(agent.device_id).to_dict()
     async with agent_session(agent) as s, s.post(agent.endpoint() + "/v1/assignments", json=a) as r:
         assert (r.status, (await r.json())["error"]["code"]) == (403, "not_enrolled")
 
 
-async def test_tls_state_on_disk_is_checked(coordinator: FakeCoordinator, make_agent) -> None:
+async def test_tls_state_on_disk_is_checked(fake_coordinator: FakeCoordinator, make_agent) -> None:
     """A damaged certificate is replaced by enrolling again; a damaged pinned CA or a TLS key
     others may read stops the agent with a message naming the file."""
     from aeamc.agent.tls import AgentTls
 
-    agent = await make_agent(coordinator_url=coordinator.url)
-    await eventually(lambda: coordinator.heartbeats)
+    agent = await make_agent(coordinator_url=fake_coordinator.url)
+    await eventually(lambda: fake_coordinator.heartbeats)
     await agent.stop()
     tls_dir = agent.config.state_dir / "tls"
     (tls_dir / "cert.pem").write_text("garbage")
     again = AgentTls(agent.config.state_dir, agent.device_id)
     assert again.cert is None and again.renewal_due(0)
-    assert again.ca_fingerprint == coordinator.ca.fingerprint
+    assert again.ca_fingerprint == fake_coordinator.ca.fingerprint
     (tls_dir / "ca.pem").write_text("garbage")
     with pytest.raises(tls.TlsError, match=r"ca\.pem"):
         AgentTls(agent.config.state_dir, agent.device_id)

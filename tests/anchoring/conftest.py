@@ -145,14 +145,14 @@ async def make_env(node: AnvilNode, root: Path) -> AsyncIterator[Env]:
 
 
 @pytest.fixture
-async def env(anvil: AnvilNode, tmp_path: Path) -> AsyncIterator[Env]:  # noqa: F811
+async def anchor_env(anvil: AnvilNode, tmp_path: Path) -> AsyncIterator[Env]:  # noqa: F811
     async with make_env(anvil, tmp_path) as e:
         yield e
 
 
 @pytest.fixture
 async def stateful_env(anvil_bin: Path, tmp_path: Path) -> AsyncIterator[Env]:  # noqa: F811
-    """Like ``env``, on a node that keeps its chain (not its mempool) across restarts."""
+    """Like ``anchor_env``, on a node that keeps its chain (not its mempool) across restarts."""
     node = AnvilNode(anvil_bin, workdir=tmp_path / "anvil", state_path=tmp_path / "anvil.json")
     node.start()
     try:
@@ -188,8 +188,8 @@ async def drive(
         await asyncio.sleep(0.02)
 
 
-def all_final(env: Env) -> bool:
-    rows = env.rows(
+def all_final(anchor_env: Env) -> bool:
+    rows = anchor_env.rows(
         "SELECT count(*) AS n FROM blocks b LEFT JOIN anchors a ON a.id = b.anchor_id "
         "WHERE a.state IS NOT 'final'"
     )

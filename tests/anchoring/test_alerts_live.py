@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from tests.anchoring.conftest import fund, miner
-from tests.anchoring.test_process import CHAIN, deploy_with_cli, enrolled_device, run_task, wait
+from tests.anchoring.test_process import CHAIN, deploy_with_cli, enrolled_device, run_task
 from tests.fixtures.anvil import AnvilNode
 from tests.support.coordinator import CoordinatorProcess
+from tests.support.waiting import wait_for_async
 
 
 def firing(coord: CoordinatorProcess) -> set[str]:
@@ -46,14 +47,14 @@ async def test_alerts_fire_and_clear(tmp_path: Path, anvil_bin: Path) -> None:
             coord.start()
             device = await enrolled_device(coord)
             # AnchoringWalletLow: the wallet holds 10 ether, the line is 100.
-            await wait(lambda: "AnchoringWalletLow" in firing(coord))
+            await wait_for_async(lambda: "AnchoringWalletLow" in firing(coord))
             shown = coord.cli("status").stdout
             assert "ALERT" in shown and "AnchoringWalletLow" in shown
             wallet = coord.request("GET", "/v1/status", token=coord.token("operator"))[1][
                 "anchoring"
             ]["wallet"]
             fund(node, wallet, ether=1000)
-            await wait(lambda: "AnchoringWalletLow" not in firing(coord))
+            await wait_for_async(lambda: "AnchoringWalletLow" not in firing(coord))
 
             # HighLatency: requests whose bodies take far more than 50 ms to read and refuse
             # (on the proof route: the only one whose limit admits a body this large).
@@ -61,12 +62,12 @@ async def test_alerts_fire_and_clear(tmp_path: Path, anvil_bin: Path) -> None:
             for _ in range(6):
                 coord.request("POST", "/v1/proofs", raw_body=big)
             assert "HighLatency" in firing(coord)
-            await wait(lambda: "HighLatency" not in firing(coord), timeout=20)
+            await wait_for_async(lambda: "HighLatency" not in firing(coord), timeout=20)
 
         # NoNewMicroblocksAnchored: the chain node goes away while a block waits.
         node.stop(graceful=True)
         await run_task(coord)
-        alert = await wait(
+        alert = await wait_for_async(
             lambda: next(
                 (
                     a
@@ -81,7 +82,9 @@ async def test_alerts_fire_and_clear(tmp_path: Path, anvil_bin: Path) -> None:
         assert re.search(r"\d+ microblocks wait", alert["summary"])
         node.start()
         with miner(node):
-            await wait(lambda: "NoNewMicroblocksAnchored" not in firing(coord), timeout=60)
+            await wait_for_async(
+                lambda: "NoNewMicroblocksAnchored" not in firing(coord), timeout=60
+            )
         final: dict[str, Any] = coord.request("GET", "/v1/status", token=coord.token("operator"))[
             1
         ]["anchoring"]

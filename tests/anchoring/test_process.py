@@ -3,15 +3,12 @@ by `aeamc verify` against anvil, and kill -9 between sending and confirmation.""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import copy
 import io
 import json
 import re
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +16,13 @@ from aeamc.shared import bundle as bundles
 from aeamc.shared import cli
 from tests.anchoring.conftest import ABI, assert_exactly_once, fund, miner, sqlite_rows
 from tests.fixtures.anvil import AnvilNode, deploy_artifact
+from tests.support.commands import run_module
 from tests.support.coordinator import CoordinatorProcess, env_without_coverage
 from tests.support.device import SimDevice
+from tests.support.waiting import wait_for_async
 
 TASK = {"kind": "sha256-chain", "params": {"seed": "cd" * 32, "iterations": 50}, "chunks": 4}
 CHAIN = {"anchor_interval_s": 0.3, "poll_s": 0.1, "confirmations": 2, "rpc_timeout_s": 3.0}
-
-
-async def wait(predicate: Any, timeout: float = 30, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"condition not met in {timeout} s (last: {last!r})")
 
 
 async def enrolled_device(coord: CoordinatorProcess) -> SimDevice:
@@ -59,7 +47,7 @@ async def run_task(coord: CoordinatorProcess) -> tuple[str, int]:
         heights = [p["block_height"] for p in t.get("proofs", [])]
         return heights[0] + 1 if heights and heights[0] is not None else None
 
-    return task_id, await wait(height) - 1
+    return task_id, await wait_for_async(height) - 1
 
 
 def anchoring(coord: CoordinatorProcess) -> dict[str, Any]:
@@ -67,14 +55,7 @@ def anchoring(coord: CoordinatorProcess) -> dict[str, Any]:
 
 
 def aeamc(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "aeamc.shared.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env_without_coverage(),
-        check=False,
-    )
+    return run_module("aeamc.shared.cli", *args, env=env_without_coverage())
 
 
 def _subprocess_verify(path: Path, rpc: str) -> tuple[int, str, str]:
@@ -118,7 +99,7 @@ async def test_embedded_default_anchors_with_no_chain_configuration(tmp_path: Pa
     device = await enrolled_device(coord)
     try:
         task_id, height = await run_task(coord)
-        a = await wait(
+        a = await wait_for_async(
             lambda: (
                 (s := anchoring(coord))["blocks_anchored"] >= 1
                 and s["unanchored_blocks"] == 0
@@ -166,7 +147,7 @@ async def test_proof_bundle_from_a_real_run_verifies_on_chain(
         assert coord.request("GET", f"/v1/receipts/{receipts[0][0]}/NOPE/proof")[0] == 400
         with miner(anvil, 0.15):
             found = [
-                await wait(
+                await wait_for_async(
                     lambda t=t: (
                         (r := coord.request("GET", f"/v1/receipts/{t}/{device.device_id}/proof"))[0]
                         == 200
@@ -253,14 +234,14 @@ async def test_kill_9_between_send_and_confirmation(anvil: AnvilNode, tmp_path: 
     device = await enrolled_device(coord)
     try:
         await run_task(coord)
-        sent = await wait(lambda: db("SELECT * FROM anchors WHERE state='sent'"))
+        sent = await wait_for_async(lambda: db("SELECT * FROM anchors WHERE state='sent'"))
         coord.kill()  # the transaction is in the mempool, not yet in a block
         anvil.mine(1)  # ...and gets mined while the coordinator is down
         coord.start()
         device.coordinator_url = coord.url
         with miner(anvil, 0.15):
             await run_task(coord)  # anchoring goes on after the restart
-            await wait(
+            await wait_for_async(
                 lambda: (
                     db(
                         "SELECT count(*) AS n FROM blocks b LEFT JOIN anchors a "

@@ -38,6 +38,7 @@ from aeamc.shared.refusals import Refusal
 from tests.anchoring.conftest import add_blocks
 from tests.support.coordinator import env_without_coverage
 from tests.support.imports import modules_after
+from tests.support.keyfiles import assert_guarded
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,12 +50,7 @@ def test_wallet_key_file_life_cycle(tmp_path: Path) -> None:
     assert load_wallet_file(path).address == wallet.address
     again, created = ensure_wallet_file(path)
     assert again.address == wallet.address and not created
-    with pytest.raises(WalletError, match="refusing to overwrite"):
-        create_wallet_file(path)
-    os.chmod(path, 0o640)
-    with pytest.raises(WalletError, match="too open"):
-        load_wallet_file(path)
-    os.chmod(path, 0o600)
+    assert_guarded(path, create_wallet_file, load_wallet_file, WalletError, open_mode=0o640)
     for text, message in [("zz", "not a hex"), ("00" * 32, "not a secp256k1"), ("01", "32 bytes")]:
         path.write_text(text + "\n")
         with pytest.raises(WalletError, match=message):

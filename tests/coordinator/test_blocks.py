@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -228,48 +229,49 @@ async def test_v6_to_v7_keeps_every_receipt_in_its_block_and_the_chain_goes_on(
         db.close()
 
 
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    """An opened, migrated coordinator database, closed after the test."""
+    database = Database(tmp_path / "coordinator.db")
+    database.open()
+    yield database
+    database.close()
+
+
 async def test_erasure_keeps_a_blocked_receipt_in_its_block_and_gaps_stay_empty(
-    tmp_path: Path,
+    db: Database,
 ) -> None:
-    db = Database(tmp_path / "coordinator.db")
-    db.open()
-    try:
+    def fill(d: Any, plan: list[tuple[str, str]]) -> None:
+        for task_id, device in plan:
+            _add_proof(d.conn, task_id, device)
 
-        def fill(d: Any, plan: list[tuple[str, str]]) -> None:
-            for task_id, device in plan:
-                _add_proof(d.conn, task_id, device)
-
-        await db.write(lambda d: [_add_device(d.conn, x) for x in DEVICES.values()])
-        coordinator = _coordinator(db)
-        await coordinator.load()
-        await db.write(lambda d: fill(d, [("t-a1", "a"), ("t-b1", "b")]))
-        assert await coordinator.blocks.form_block() == 0
-        # Waiting for a block: b's, then a's (to be erased), then b's again.
-        await db.write(lambda d: fill(d, [("t-b2", "b"), ("t-a2", "a"), ("t-b3", "b")]))
-        erased = await coordinator.privacy.erase_device(DEVICES["a"])
-        assert erased["deleted"]["unblocked_proofs"] == 1
-        assert erased["deleted"]["receipts_kept"] == 1
-        assert await coordinator.blocks.form_block() == 1
-        c = connect(db.path)
-        assert c.execute("SELECT first_seq, last_seq, receipt_count FROM blocks").fetchall() == [
-            (1, 2, 2),
-            (3, 5, 2),  # seq 4 was a's unblocked proof: deleted, so no receipt
-        ]
-        # a's blocked proof stays in block 0, stripped of its PoT, with the block's time.
-        assert c.execute(
-            f"SELECT pot, accepted_at, {height_of('p.seq')} FROM proofs p WHERE task_id='t-a1'"
-        ).fetchone() == (
-            "",
-            c.execute("SELECT timestamp FROM blocks WHERE height=0").fetchone()[0],
-            0,
-        )
-        assert [
-            p["block_height"] for p in (await coordinator.tasks.task_view("t-a1"))["proofs"]
-        ] == [0]
-        _check_membership(c)
-        c.close()
-    finally:
-        db.close()
+    await db.write(lambda d: [_add_device(d.conn, x) for x in DEVICES.values()])
+    coordinator = _coordinator(db)
+    await coordinator.load()
+    await db.write(lambda d: fill(d, [("t-a1", "a"), ("t-b1", "b")]))
+    assert await coordinator.blocks.form_block() == 0
+    # Waiting for a block: b's, then a's (to be erased), then b's again.
+    await db.write(lambda d: fill(d, [("t-b2", "b"), ("t-a2", "a"), ("t-b3", "b")]))
+    erased = await coordinator.privacy.erase_device(DEVICES["a"])
+    assert erased["deleted"]["unblocked_proofs"] == 1
+    assert erased["deleted"]["receipts_kept"] == 1
+    assert await coordinator.blocks.form_block() == 1
+    c = connect(db.path)
+    assert c.execute("SELECT first_seq, last_seq, receipt_count FROM blocks").fetchall() == [
+        (1, 2, 2),
+        (3, 5, 2),  # seq 4 was a's unblocked proof: deleted, so no receipt
+    ]
+    # a's blocked proof stays in block 0, stripped of its PoT, with the block's time.
+    assert c.execute(
+        f"SELECT pot, accepted_at, {height_of('p.seq')} FROM proofs p WHERE task_id='t-a1'"
+    ).fetchone() == (
+        "",
+        c.execute("SELECT timestamp FROM blocks WHERE height=0").fetchone()[0],
+        0,
+    )
+    assert [p["block_height"] for p in (await coordinator.tasks.task_view("t-a1"))["proofs"]] == [0]
+    _check_membership(c)
+    c.close()
 
 
 def test_derived_challenge_indices_are_the_spec_vectors(
@@ -288,90 +290,78 @@ def test_derived_challenge_indices_are_the_spec_vectors(
 
 
 async def test_formation_schedules_checks_lazily_and_disputes_on_the_differing_chunks(
-    tmp_path: Path,
+    db: Database,
 ) -> None:
-    db = Database(tmp_path / "coordinator.db")
-    db.open()
-    try:
+    def fill(d: Any) -> None:
+        _add_device(d.conn, DEVICES["a"], passes=0)  # new: every receipt is checked
+        _add_device(d.conn, DEVICES["b"], passes=10_000)  # trusted: at the floor rate
+        _add_proof(d.conn, "t-new", "a")
+        for i in range(200):
+            _add_proof(d.conn, f"t-old-{i:03d}", "b")
+        # A disputed task: two replicas that differ on chunk 2 only.
+        _add_proof(d.conn, "t-disputed", "a", state="disputed")
+        d.conn.execute(
+            "INSERT INTO proofs (task_id, device_id, pot, signature, output, "
+            "output_digest, accepted_at) VALUES ('t-disputed', ?, '{}', ?, ?, '01', 1)",
+            [
+                DEVICES["b"],
+                os.urandom(64),
+                proofs.encode_output(
+                    [bytes([0, i]) * 16 if i != 2 else b"x" * 32 for i in range(CHUNKS)]
+                ),
+            ],
+        )
 
-        def fill(d: Any) -> None:
-            _add_device(d.conn, DEVICES["a"], passes=0)  # new: every receipt is checked
-            _add_device(d.conn, DEVICES["b"], passes=10_000)  # trusted: at the floor rate
-            _add_proof(d.conn, "t-new", "a")
-            for i in range(200):
-                _add_proof(d.conn, f"t-old-{i:03d}", "b")
-            # A disputed task: two replicas that differ on chunk 2 only.
-            _add_proof(d.conn, "t-disputed", "a", state="disputed")
-            d.conn.execute(
-                "INSERT INTO proofs (task_id, device_id, pot, signature, output, "
-                "output_digest, accepted_at) VALUES ('t-disputed', ?, '{}', ?, ?, '01', 1)",
-                [
-                    DEVICES["b"],
-                    os.urandom(64),
-                    proofs.encode_output(
-                        [bytes([0, i]) * 16 if i != 2 else b"x" * 32 for i in range(CHUNKS)]
-                    ),
-                ],
-            )
-
-        await db.write(fill)
-        # catch_probability 1: a new device's every task is checked, so t-new surely is.
-        coordinator = _coordinator(db, floor=0.1, catch_probability=1.0)
-        await coordinator.load()
-        assert await coordinator.blocks.form_block() == 0
-        c = connect(db.path)
-        checks = {
-            (t, d): i
-            for t, d, i in c.execute("SELECT task_id, device_id, indices FROM spot_checks")
-        }
-        assert checks[("t-new", DEVICES["a"])] is None  # derived when sent
-        assert checks[("t-disputed", DEVICES["a"])] == "[2]"
-        assert checks[("t-disputed", DEVICES["b"])] == "[2]"
-        trusted = [k for k in checks if k[0].startswith("t-old-")]
-        assert 0 < len(trusted) < 200  # drawn, about one in ten
-        assert all(checks[k] is None for k in trusted)
-        # The export shows the indices the challenge will carry: the SPEC derivation.
-        block_hash = bytes(c.execute("SELECT hash FROM blocks").fetchone()[0])
-        exported = {
-            s["task_id"]: s["indices"]
-            for s in (await coordinator.privacy.export_device(DEVICES["a"]))["spot_checks"]
-        }
-        assert exported == {
-            "t-new": spotcheck.challenge_indices(block_hash, "t-new", 4, CHUNKS),
-            "t-disputed": [2],
-        }
-        c.close()
-    finally:
-        db.close()
+    await db.write(fill)
+    # catch_probability 1: a new device's every task is checked, so t-new surely is.
+    coordinator = _coordinator(db, floor=0.1, catch_probability=1.0)
+    await coordinator.load()
+    assert await coordinator.blocks.form_block() == 0
+    c = connect(db.path)
+    checks = {
+        (t, d): i for t, d, i in c.execute("SELECT task_id, device_id, indices FROM spot_checks")
+    }
+    assert checks[("t-new", DEVICES["a"])] is None  # derived when sent
+    assert checks[("t-disputed", DEVICES["a"])] == "[2]"
+    assert checks[("t-disputed", DEVICES["b"])] == "[2]"
+    trusted = [k for k in checks if k[0].startswith("t-old-")]
+    assert 0 < len(trusted) < 200  # drawn, about one in ten
+    assert all(checks[k] is None for k in trusted)
+    # The export shows the indices the challenge will carry: the SPEC derivation.
+    block_hash = bytes(c.execute("SELECT hash FROM blocks").fetchone()[0])
+    exported = {
+        s["task_id"]: s["indices"]
+        for s in (await coordinator.privacy.export_device(DEVICES["a"]))["spot_checks"]
+    }
+    assert exported == {
+        "t-new": spotcheck.challenge_indices(block_hash, "t-new", 4, CHUNKS),
+        "t-disputed": [2],
+    }
+    c.close()
 
 
-async def test_a_new_devices_check_rate_follows_its_tasks_chunk_counts(tmp_path: Path) -> None:
+async def test_a_new_devices_check_rate_follows_its_tasks_chunk_counts(db: Database) -> None:
     """Under the default assurance target a new device's 32-chunk tasks are drawn at the
     derived rate, while its 1-chunk tasks (too small for the target) are always checked;
     a proof whose chunk count is unknown (0) is always checked too."""
-    db = Database(tmp_path / "coordinator.db")
-    db.open()
-    try:
 
-        def fill(d: Any) -> None:
-            _add_device(d.conn, DEVICES["a"], passes=0)
-            for i in range(400):
-                _add_proof(d.conn, f"t-big-{i:03d}", "a", chunks=32)
-                _add_proof(d.conn, f"t-one-{i:03d}", "a", chunks=1)
-            _add_proof(d.conn, "t-unknown", "a", chunks=0)
+    def fill(d: Any) -> None:
+        _add_device(d.conn, DEVICES["a"], passes=0)
+        for i in range(400):
+            _add_proof(d.conn, f"t-big-{i:03d}", "a", chunks=32)
+            _add_proof(d.conn, f"t-one-{i:03d}", "a", chunks=1)
+        _add_proof(d.conn, "t-unknown", "a", chunks=0)
 
-        await db.write(fill)
-        coordinator = _coordinator(db)
-        rate = coordinator.config.spot_checks.new_device_rate(32)
-        assert 0.5 < rate < 0.7 and coordinator.config.spot_checks.new_device_rate(1) == 1.0
-        await coordinator.load()
-        assert await coordinator.blocks.form_block() == 0
-        c = connect(db.path)
-        checked = [t for (t,) in c.execute("SELECT task_id FROM spot_checks")]
-        c.close()
-        assert sum(t.startswith("t-one-") for t in checked) == 400
-        assert "t-unknown" in checked
-        # 400 draws at ~0.6: mean 240, sd 10; every task (400) or the floor (40) is far off.
-        assert 180 < sum(t.startswith("t-big-") for t in checked) < 300
-    finally:
-        db.close()
+    await db.write(fill)
+    coordinator = _coordinator(db)
+    rate = coordinator.config.spot_checks.new_device_rate(32)
+    assert 0.5 < rate < 0.7 and coordinator.config.spot_checks.new_device_rate(1) == 1.0
+    await coordinator.load()
+    assert await coordinator.blocks.form_block() == 0
+    c = connect(db.path)
+    checked = [t for (t,) in c.execute("SELECT task_id FROM spot_checks")]
+    c.close()
+    assert sum(t.startswith("t-one-") for t in checked) == 400
+    assert "t-unknown" in checked
+    # 400 draws at ~0.6: mean 240, sd 10; every task (400) or the floor (40) is far off.
+    assert 180 < sum(t.startswith("t-big-") for t in checked) < 300

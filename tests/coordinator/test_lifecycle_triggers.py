@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,12 @@ from aeamc.shared.errors import IllegalTransition
 from aeamc.shared.lifecycle import LIFECYCLES, TASK, TASK_LIFECYCLE, Lifecycle, check_transition
 
 IDS = [lc.name for lc in LIFECYCLES]
+
+
+def refused(conn: sqlite3.Connection, match: str, sql: str, params: Any = ()) -> None:
+    """The schema's triggers refuse ``sql`` with an IntegrityError saying ``match``."""
+    with pytest.raises(sqlite3.IntegrityError, match=match):
+        conn.execute(sql, params)
 
 
 def _migrated(tmp_path: Path) -> sqlite3.Connection:
@@ -70,13 +77,13 @@ def test_a_direct_illegal_update_is_refused_and_changes_nothing(tmp_path: Path) 
     before = _snapshot(conn)
     # One statement over both rows: the failed one may not go back to the queue, so the
     # whole statement is undone, the queued row's change included.
-    with pytest.raises(sqlite3.IntegrityError, match="illegal task transition"):
-        conn.execute("UPDATE tasks SET state='queued', detail='again'")
+    refused(conn, "illegal task transition", "UPDATE tasks SET state='queued', detail='again'")
     assert _snapshot(conn) == before
     conn.execute("BEGIN")
     conn.execute("UPDATE tasks SET detail='kept' WHERE task_id='t-2'")
-    with pytest.raises(sqlite3.IntegrityError, match="illegal task transition"):
-        conn.execute("UPDATE tasks SET state='completed' WHERE task_id='t-2'")
+    refused(
+        conn, "illegal task transition", "UPDATE tasks SET state='completed' WHERE task_id='t-2'"
+    )
     conn.execute("COMMIT")  # the transaction survives; only the refused statement is undone
     assert conn.execute("SELECT state, detail FROM tasks WHERE task_id='t-2'").fetchone() == (
         "queued",
@@ -99,8 +106,9 @@ def test_illegal_rows_and_changes_on_every_lifecycle_column(tmp_path: Path) -> N
             [now],
         )
     conn.execute("UPDATE devices SET state='quarantined' WHERE device_id='d-1'")
-    with pytest.raises(sqlite3.IntegrityError, match="illegal device transition"):
-        conn.execute("UPDATE devices SET state='active' WHERE device_id='d-1'")
+    refused(
+        conn, "illegal device transition", "UPDATE devices SET state='active' WHERE device_id='d-1'"
+    )
     _task(conn, "t-1")
     with pytest.raises(sqlite3.IntegrityError, match="illegal initial task state"):
         _task(conn, "t-2", "completed")
@@ -114,28 +122,23 @@ def test_illegal_rows_and_changes_on_every_lifecycle_column(tmp_path: Path) -> N
         "VALUES ('t-1', 'd-1', 'offered', 0, 0, '{}')"
     )
     conn.execute("UPDATE assignments SET state='expired'")
-    with pytest.raises(sqlite3.IntegrityError, match="illegal assignment transition"):
-        conn.execute("UPDATE assignments SET state='proved'")
+    refused(conn, "illegal assignment transition", "UPDATE assignments SET state='proved'")
     proof = (
         "INSERT INTO proofs (task_id, device_id, pot, signature, output, output_digest, "
         "accepted_at{}) VALUES ('t-1', ?, '{{}}', x'00', x'00', 'ab', 0{})"
     )
-    with pytest.raises(sqlite3.IntegrityError, match="illegal initial credit state"):
-        conn.execute(proof.format(", credit", ", 'verified'"), ["d-1"])
+    refused(conn, "illegal initial credit state", proof.format(", credit", ", 'verified'"), ["d-1"])
     conn.execute(proof.format("", ""), ["d-1"])  # the column's default is initial
     conn.execute("UPDATE proofs SET credit='void'")
-    with pytest.raises(sqlite3.IntegrityError, match="illegal credit transition"):
-        conn.execute("UPDATE proofs SET credit='verified'")
+    refused(conn, "illegal credit transition", "UPDATE proofs SET credit='verified'")
     check = (
         "INSERT INTO spot_checks (task_id, device_id, block_height, state, next_attempt_at, "
         "created_at) VALUES ('t-1', 'd-1', 1, ?, 0, 0)"
     )
-    with pytest.raises(sqlite3.IntegrityError, match="illegal initial spot-check state"):
-        conn.execute(check, ["passed"])
+    refused(conn, "illegal initial spot-check state", check, ["passed"])
     conn.execute(check, ["pending"])
     conn.execute("UPDATE spot_checks SET state='unanswered'")
-    with pytest.raises(sqlite3.IntegrityError, match="illegal spot-check transition"):
-        conn.execute("UPDATE spot_checks SET state='pending'")
+    refused(conn, "illegal spot-check transition", "UPDATE spot_checks SET state='pending'")
     assert conn.execute("SELECT state FROM devices").fetchall() == [("quarantined",)]
     assert conn.execute("SELECT state FROM assignments").fetchall() == [("expired",)]
     assert conn.execute("SELECT credit FROM proofs").fetchall() == [("void",)]

@@ -57,22 +57,8 @@ def found_in_files(coordinator: CoordinatorProcess, needles: dict[str, bytes]) -
 
 
 def submit(coordinator: CoordinatorProcess, seed: str) -> str:
-    status, body = coordinator.request(
-        "POST",
-        "/v1/tasks",
-        {"kind": "sha256-chain", "params": {**SHA_PARAMS, "seed": seed}, "chunks": 2},
-        token=coordinator.token("client"),
-    )
-    assert status == 202, body
-    return str(body["task_id"])
-
-
-def task(coordinator: CoordinatorProcess, task_id: str) -> dict[str, Any]:
-    status, body = coordinator.request(
-        "GET", f"/v1/tasks/{task_id}", token=coordinator.token("operator")
-    )
-    assert status == 200, body
-    return body  # type: ignore[no-any-return]
+    task = {"kind": "sha256-chain", "params": {**SHA_PARAMS, "seed": seed}, "chunks": 2}
+    return coordinator.submit_task(task)
 
 
 def chain(coordinator: CoordinatorProcess) -> list[microblock.Microblock]:
@@ -96,10 +82,15 @@ async def _joined(coordinator: CoordinatorProcess, token: str) -> SimDevice:
     return device
 
 
-def _device_row(coordinator: CoordinatorProcess, device_id: str) -> tuple[int, Any]:
-    return coordinator.request(
-        "GET", f"/v1/devices/{device_id}", token=coordinator.token("operator")
-    )
+def _joined_then_gone(coordinator: CoordinatorProcess, token: str) -> SimDevice:
+    """A device that joined and sent its heartbeats, then went away (its server stopped)."""
+
+    async def scenario() -> SimDevice:
+        device = await _joined(coordinator, token)
+        await device.stop()
+        return device
+
+    return asyncio.run(scenario())
 
 
 def test_device_exports_then_erases_itself(
@@ -113,11 +104,11 @@ def test_device_exports_then_erases_itself(
             await asyncio.to_thread(
                 coordinator.wait_for,
                 lambda: (
-                    (t := task(coordinator, done))["state"] == "completed"
+                    (t := coordinator.read(f"/v1/tasks/{done}"))["state"] == "completed"
                     and all(p["block_height"] is not None for p in t["proofs"])
                 ),
             )
-            output = task(coordinator, done)["output"]
+            output = coordinator.read(f"/v1/tasks/{done}")["output"]
             # A second task stays in flight on the device: erasure must release it.
             device.auto_prove = False
             pending = await asyncio.to_thread(submit, coordinator, "02" * 32)
@@ -172,7 +163,7 @@ def test_device_exports_then_erases_itself(
             assert [s for s, _ in refused] == [401, 400, 400, 400, 403, 401, 401], refused
             assert refused[0][1]["error"]["code"] == "bad_signature"
             assert refused[1][1]["error"]["code"] == "stale_message"
-            status, row = _device_row(coordinator, device_id)
+            status, row = coordinator.get(f"/v1/devices/{device_id}")
             assert status == 200 and row["telemetry"] == TELEMETRY
             assert (
                 coordinator.request("POST", path, privacy(device.key, device_id, "export"))[1][
@@ -205,7 +196,7 @@ def test_device_exports_then_erases_itself(
             assert (status, reply["error"]["code"]) == (403, "not_enrolled")
             status, reply = await device.enroll(enroll_token)
             assert (status, reply["error"]["code"]) == (403, "erased")
-            assert _device_row(coordinator, device_id)[0] == 404
+            assert coordinator.get(f"/v1/devices/{device_id}")[0] == 404
             assert coordinator.request("GET", path, token=coordinator.token("operator"))[0] == 404
             status, again = coordinator.request(
                 "DELETE", erase, privacy(device.key, device_id, "erase")
@@ -218,22 +209,22 @@ def test_device_exports_then_erases_itself(
             microblock.verify_chain(blocks)
             receipts = {(r.task_id, r.device_id) for b in blocks for r in b.receipts}
             assert (done, device_id) in receipts
-            finished = task(coordinator, done)
+            finished = coordinator.read(f"/v1/tasks/{done}")
             assert finished["state"] == "completed" and finished["output"] == output
             status, bundle = coordinator.request("GET", f"/v1/receipts/{done}/{device_id}/proof")
             assert (status, bundle["error"]["code"]) == (410, "erased"), bundle
 
             # The in-flight task went back to the queue, and another device gets it.
-            assert task(coordinator, pending)["assignments"] == []
+            assert coordinator.read(f"/v1/tasks/{pending}")["assignments"] == []
             other = await SimDevice(coordinator.url).start()
             await other.join(enroll_token)
             for _ in range(2):
                 await other.heartbeat(GOOD_TELEMETRY)
             await asyncio.to_thread(
                 coordinator.wait_for,
-                lambda: task(coordinator, pending)["state"] == "completed",
+                lambda: coordinator.read(f"/v1/tasks/{pending}")["state"] == "completed",
             )
-            assert [p["device_id"] for p in task(coordinator, pending)["proofs"]] == [
+            assert [p["device_id"] for p in coordinator.read(f"/v1/tasks/{pending}")["proofs"]] == [
                 other.device_id
             ]
 
@@ -260,12 +251,7 @@ def test_device_exports_then_erases_itself(
 def test_operator_exports_and_forgets_with_the_cli(
     coordinator: CoordinatorProcess, enroll_token: str, tmp_path: Path
 ) -> None:
-    async def scenario() -> SimDevice:
-        device = await _joined(coordinator, enroll_token)
-        await device.stop()
-        return device
-
-    device = asyncio.run(scenario())
+    device = _joined_then_gone(coordinator, enroll_token)
     device_id = device.device_id
     out = tmp_path / "export.json"
     coordinator.cli("devices", "export", device_id, "-o", str(out))
@@ -280,11 +266,11 @@ def test_operator_exports_and_forgets_with_the_cli(
     # Without --yes and without a terminal to ask on: refused, nothing erased.
     proc = coordinator.cli("devices", "forget", device_id, check=False)
     assert proc.returncode == 64, proc.stderr
-    assert _device_row(coordinator, device_id)[0] == 200
+    assert coordinator.get(f"/v1/devices/{device_id}")[0] == 200
 
     result = json.loads(coordinator.cli("devices", "forget", device_id, "--yes").stdout)
     assert result["state"] == "erased"
-    assert _device_row(coordinator, device_id)[0] == 404
+    assert coordinator.get(f"/v1/devices/{device_id}")[0] == 404
     proc = coordinator.cli("devices", "forget", device_id, "--yes", check=False)
     assert proc.returncode == 1 and "not_found" in proc.stderr
 
@@ -311,12 +297,7 @@ def test_telemetry_history_older_than_retention_is_purged(
     from aeamc.coordinator.service import Coordinator
     from aeamc.shared.tasks.registry import discover
 
-    async def scenario() -> SimDevice:
-        device = await _joined(coordinator, enroll_token)
-        await device.stop()
-        return device
-
-    device = asyncio.run(scenario())
+    device = _joined_then_gone(coordinator, enroll_token)
     coordinator.stop()
     day = 86_400_000
     now = time.time_ns() // 1_000_000

@@ -7,7 +7,6 @@ import asyncio
 import os
 import sqlite3
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
@@ -24,6 +23,8 @@ from aeamc.coordinator.db import Database, migrate
 from aeamc.coordinator.keys import KeyFileError, create_key_file, load_key_file
 from aeamc.coordinator.schema import MIGRATIONS
 from aeamc.shared import reputation
+from tests.support.commands import run_module
+from tests.support.keyfiles import assert_guarded
 
 
 def test_defaults_render_and_parse_back(tmp_path: Path) -> None:
@@ -76,12 +77,7 @@ def test_key_file_life_cycle(tmp_path: Path) -> None:
     key = create_key_file(path)
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     assert load_key_file(path).public_key == key.public_key
-    with pytest.raises(KeyFileError, match="refusing to overwrite"):
-        create_key_file(path)
-    os.chmod(path, 0o644)
-    with pytest.raises(KeyFileError, match="too open"):
-        load_key_file(path)
-    os.chmod(path, 0o600)
+    assert_guarded(path, create_key_file, load_key_file, KeyFileError, open_mode=0o644)
     path.write_text("zz\n")
     with pytest.raises(KeyFileError, match="not a hex"):
         load_key_file(path)
@@ -171,13 +167,7 @@ def test_reputation_and_check_rate() -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "aeamc.coordinator.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_module("aeamc.coordinator.cli", *args)
 
 
 def test_cli_errors(tmp_path: Path) -> None:

@@ -9,8 +9,6 @@ import http.cookiejar
 import json
 import shutil
 import ssl
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -51,33 +49,8 @@ def chromium_path() -> str:
 class DashboardCoordinator(CoordinatorProcess):
     """A real coordinator process, started through :mod:`tests.dashboard.launcher`."""
 
-    def start(self, timeout: float = 30) -> None:
-        port_file = self.state_dir / "coordinator.port"
-        port_file.unlink(missing_ok=True)
-        self.log = self.root / f"coordinator-{int(time.time() * 1000)}.log"
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "tests.dashboard.launcher",
-                    "--config",
-                    str(self.config_path),
-                    "run",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=Path(__file__).resolve().parents[2],
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"coordinator exited: {self.log.read_text()}")
-            if port_file.exists() and port_file.read_text().strip():
-                self.port = int(port_file.read_text())
-                return
-            time.sleep(0.05)
-        raise AssertionError("coordinator did not start in time")
+    daemon_module = "tests.dashboard.launcher"
+    run_directory = Path(__file__).resolve().parents[2]
 
     def operator(self, method: str, path: str, body: Any = None) -> Any:
         status, out = self.request(method, path, body, token=self.token("operator"))

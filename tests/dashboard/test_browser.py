@@ -12,6 +12,7 @@ from playwright.sync_api import BrowserContext, Page, expect
 
 from tests.dashboard.conftest import login
 from tests.dashboard.support import DashboardCoordinator, Fleet, wait_for
+from tests.updates.releases import fake_release
 
 CONSENT = "Cookies on this dashboard"
 
@@ -247,17 +248,10 @@ def test_flags_page_shows_and_changes_a_rollout(
 def test_flags_page_shows_the_agent_releases(
     page: Page, coordinator: DashboardCoordinator, tmp_path: Any
 ) -> None:
-    import zipfile
-
     keys = tmp_path / "keys"
     coordinator.cli("release", "keygen", str(keys))
     coordinator.cli("release", "init", "--keys", str(keys))
-    wheels = []
-    for name in ("agent", "shared"):
-        path = tmp_path / f"aeamc_{name}-0.7.0-py3-none-any.whl"
-        with zipfile.ZipFile(path, "w") as z:
-            z.writestr(f"aeamc/{name}/__init__.py", '__version__ = "0.7.0"\n')
-        wheels.append(str(path))
+    wheels = [str(path) for path in fake_release(tmp_path, "0.7.0")]
     coordinator.cli("release", "publish", *wheels, "--rollout", "25", "--keys", str(keys))
     coordinator.operator("POST", "/v1/releases/0.7.0/halt", {"reason": "checked by hand"})
     login(page, coordinator, "flags")

@@ -39,32 +39,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def enroll_token(coordinator: CoordinatorProcess, uses: int = 5) -> str:
-    status, body = coordinator.request(
-        "POST", "/v1/tokens", {"role": "enroll", "uses": uses}, token=coordinator.token("operator")
-    )
-    assert status == 201, body
-    return str(body["token"])
-
-
 def submit(coordinator: CoordinatorProcess, task: dict[str, Any]) -> str:
-    status, body = coordinator.request("POST", "/v1/tasks", task, token=coordinator.token("client"))
-    assert status == 202, body
-    return str(body["task_id"])
+    return coordinator.submit_task(task)
 
 
 def task_view(coordinator: CoordinatorProcess, task_id: str) -> dict[str, Any]:
-    status, body = coordinator.request(
-        "GET", f"/v1/tasks/{task_id}", token=coordinator.token("client")
-    )
-    assert status == 200, body
-    return body  # type: ignore[no-any-return]
+    return coordinator.read(f"/v1/tasks/{task_id}", role="client")  # type: ignore[no-any-return]
+
+
+def wait_all_accepted(coordinator: CoordinatorProcess, ids: list[str]) -> None:
+    """Until every task in ``ids`` is accepted (or already proved) by the device it went to."""
+
+    def all_accepted() -> bool:
+        return all(
+            [a["state"] for a in task_view(coordinator, i)["assignments"]]
+            in (["accepted"], ["proved"])
+            for i in ids
+        )
+
+    coordinator.wait_for(all_accepted, timeout=20, interval=0.05)
 
 
 def device_view(coordinator: CoordinatorProcess, device_id: str) -> dict[str, Any] | None:
-    status, body = coordinator.request(
-        "GET", f"/v1/devices/{device_id}", token=coordinator.token("operator")
-    )
+    status, body = coordinator.get(f"/v1/devices/{device_id}")
     return body if status == 200 else None
 
 
@@ -121,6 +118,22 @@ def start_coordinator(
     return coordinator
 
 
+def start_agent(
+    root: Path, coordinator: CoordinatorProcess, started: list[AgentProcess], **options: Any
+) -> AgentProcess:
+    """A started agent pointed straight at ``coordinator`` (no mDNS), newly enrolled."""
+    agent = AgentProcess(
+        root,
+        coordinator_url=coordinator.url,
+        token=coordinator.issue_token("enroll", uses=5),
+        mdns=False,
+        **options,
+    )
+    started.append(agent)
+    agent.start()
+    return agent
+
+
 # --- the tests ----------------------------------------------------------------------------
 
 
@@ -135,7 +148,7 @@ def test_mdns_discovery_enrollment_and_verified_work(
         {"server": {"mdns": True, "mdns_interfaces": "127.0.0.1"}},
     )
     # No coordinator URL: the agent must find it over mDNS on the loopback interface.
-    agent = AgentProcess(tmp_path / "agent", token=enroll_token(coordinator))
+    agent = AgentProcess(tmp_path / "agent", token=coordinator.issue_token("enroll", uses=5))
     agents.append(agent)
     agent.start()
     device = coordinator.wait_for(
@@ -214,15 +227,7 @@ def test_proofs_survive_a_coordinator_outage_and_an_agent_restart(
             "scheduler": {"max_inflight_per_device": n},
         },
     )
-    agent = AgentProcess(
-        tmp_path / "agent",
-        coordinator_url=coordinator.url,
-        token=enroll_token(coordinator),
-        mdns=False,
-        settings={"max_queued_tasks": n},
-    )
-    agents.append(agent)
-    agent.start()
+    agent = start_agent(tmp_path / "agent", coordinator, agents, settings={"max_queued_tasks": n})
     coordinator.wait_for(
         lambda: (d := device_view(coordinator, agent.device_id)) and d["last_seq"] >= 2
     )
@@ -230,14 +235,7 @@ def test_proofs_survive_a_coordinator_outage_and_an_agent_restart(
     # done when the coordinator goes down right after assigning them.
     ids = [submit(coordinator, sha_task(i, iterations=80_000, chunks=4)) for i in range(n)]
 
-    def all_accepted() -> bool:
-        return all(
-            [a["state"] for a in task_view(coordinator, i)["assignments"]]
-            in (["accepted"], ["proved"])
-            for i in ids
-        )
-
-    coordinator.wait_for(all_accepted, timeout=20, interval=0.05)
+    wait_all_accepted(coordinator, ids)
     coordinator.kill()
 
     # The agent keeps working; finished proofs wait in its outbox.
@@ -287,16 +285,13 @@ def test_cheater_is_caught_quarantined_and_given_no_more_work(
     tmp_path: Path, coordinators: list[CoordinatorProcess], agents: list[AgentProcess]
 ) -> None:
     coordinator = start_coordinator(tmp_path / "coord", coordinators)
-    cheater = AgentProcess(
+    cheater = start_agent(
         tmp_path / "cheater",
-        coordinator_url=coordinator.url,
-        token=enroll_token(coordinator),
-        mdns=False,
+        coordinator,
+        agents,
         profile=[{"at_s": 0, **GOOD_TELEMETRY}],
         cheat_fraction=1.0,
     )
-    agents.append(cheater)
-    cheater.start()
     assert cheater.status()["demo_cheater"] is True
     first = submit(coordinator, sha_task(0xC0))
 
@@ -333,14 +328,7 @@ def test_one_request_id_follows_a_task_through_both_daemons_logs(
     from aeamc.coordinator.logs import task_request_id
 
     coordinator = start_coordinator(tmp_path / "coord", coordinators)
-    agent = AgentProcess(
-        tmp_path / "agent",
-        coordinator_url=coordinator.url,
-        token=enroll_token(coordinator),
-        mdns=False,
-    )
-    agents.append(agent)
-    agent.start()
+    agent = start_agent(tmp_path / "agent", coordinator, agents)
     coordinator.wait_for(
         lambda: (d := device_view(coordinator, agent.device_id)) and d["last_seq"] >= 2
     )
@@ -389,15 +377,7 @@ def test_the_agent_renews_its_certificate_and_keeps_working(
     coordinator = start_coordinator(
         tmp_path / "coord", coordinators, {"tls": {"device_cert_lifetime_s": 4}}
     )
-    agent = AgentProcess(
-        tmp_path / "agent",
-        coordinator_url=coordinator.url,
-        token=enroll_token(coordinator),
-        mdns=False,
-        heartbeat_interval_s=0.5,
-    )
-    agents.append(agent)
-    agent.start()
+    agent = start_agent(tmp_path / "agent", coordinator, agents, heartbeat_interval_s=0.5)
     operator = coordinator.token("operator")
 
     def certificates() -> list[dict[str, Any]]:

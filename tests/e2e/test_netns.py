@@ -16,8 +16,8 @@ import pytest
 from aeamc.shared import microblock
 from aeamc.shared.proofs import Trace
 from aeamc.shared.tasks.registry import discover
-from tests.support.agent import wait_for
 from tests.support.netns import Lan, NetnsAgent, NetnsCoordinator, existing_namespaces, unavailable
+from tests.support.waiting import wait_for
 
 from .test_agent_coordinator import receipts, sha_task, task_view
 from .test_network_loss import assert_delivered_exactly_once

@@ -25,13 +25,13 @@ from tests.support.coordinator import CoordinatorProcess
 from .test_agent_coordinator import (
     decoded_chain,
     device_view,
-    enroll_token,
     free_port,
     receipts,
     sha_task,
     submit,
     task_ids_in,
     task_view,
+    wait_all_accepted,
 )
 
 N_TASKS = 8
@@ -55,7 +55,7 @@ def network(tmp_path: Path) -> Iterator[tuple[CoordinatorProcess, AgentProcess]]
     agent = AgentProcess(
         tmp_path / "agent",
         coordinator_url=coordinator.url,
-        token=enroll_token(coordinator),
+        token=coordinator.issue_token("enroll", uses=5),
         mdns=False,
         heartbeat_interval_s=HEARTBEAT_S,
         settings={"max_queued_tasks": N_TASKS},
@@ -80,14 +80,7 @@ def submit_batch(coordinator: CoordinatorProcess) -> list[str]:
         for i in range(N_TASKS)
     ]
 
-    def all_accepted() -> bool:
-        return all(
-            [a["state"] for a in task_view(coordinator, i)["assignments"]]
-            in (["accepted"], ["proved"])
-            for i in ids
-        )
-
-    coordinator.wait_for(all_accepted, timeout=20, interval=0.05)
+    wait_all_accepted(coordinator, ids)
     return ids
 
 

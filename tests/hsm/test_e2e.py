@@ -49,14 +49,10 @@ def test_agent_and_coordinator_with_keys_in_softhsm(
         coordinator_id = device_id_for(Ed25519HsmSigner(coord_uri).public_key)
         assert coord.request("GET", "/v1/health")[1]["coordinator_id"] == coordinator_id
 
-        status, body = coord.request(
-            "POST", "/v1/tokens", {"role": "enroll"}, token=coord.token("operator")
-        )
-        assert status == 201, body
         agent = AgentProcess(
             tmp_path / "agent",
             coordinator_url=coord.url,
-            token=body["token"],
+            token=coord.issue_token("enroll"),
             mdns=False,
             settings={"identity_key": device_uri},
         )

@@ -3,7 +3,6 @@ leaving the token, signs metadata that TUF verifies against the root."""
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -12,19 +11,9 @@ from securesystemslib.signer import Signer
 from aeamc.coordinator.config import UpdatesConfig
 from aeamc.coordinator.updates.repository import Repository
 from aeamc.coordinator.updates.signing import Ed25519Signer, keygen, load_role_signer
+from tests.updates.releases import fake_release
 
 from .conftest import SoftHsm
-
-
-def _wheels(folder: Path, version: str) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for name in ("agent", "shared"):
-        path = folder / f"aeamc_{name}-{version}-py3-none-any.whl"
-        with zipfile.ZipFile(path, "w") as z:
-            z.writestr(f"aeamc/{name}/__init__.py", f'__version__ = "{version}"\n')
-        out.append(path)
-    return out
 
 
 def test_targets_key_in_the_hsm(softhsm: SoftHsm, tmp_path: Path) -> None:
@@ -37,7 +26,7 @@ def test_targets_key_in_the_hsm(softhsm: SoftHsm, tmp_path: Path) -> None:
     assert ids["targets"] == hsm.keyid
     assert repo.root().signed.roles["targets"].keyids == [hsm.keyid]
     # Publishing needs no key folder: the token signs.
-    assert repo.publish(_wheels(tmp_path / "w", "0.2.0"), None) == "0.2.0"
+    assert repo.publish(fake_release(tmp_path / "w", "0.2.0"), None) == "0.2.0"
     targets = repo.targets()
     repo.root().verify_delegate("targets", targets)
     assert list(targets.signatures) == [hsm.keyid]

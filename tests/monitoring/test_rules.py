@@ -21,24 +21,19 @@ def promtool() -> str:
     return path
 
 
+def promtool_run(promtool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``promtool ARGS`` in packaging/monitoring; asserts it succeeded (with its output)."""
+    proc = subprocess.run(
+        [promtool, *args], cwd=MONITORING, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
 def test_rules_check_and_unit_tests(promtool: str) -> None:
-    check = subprocess.run(
-        [promtool, "check", "rules", "alerts.yml"],
-        cwd=MONITORING,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert check.returncode == 0, check.stdout + check.stderr
+    check = promtool_run(promtool, "check", "rules", "alerts.yml")
     assert "4 rules found" in check.stdout
-    tests = subprocess.run(
-        [promtool, "test", "rules", "alerts_test.yml"],
-        cwd=MONITORING,
-        check=False,
-        capture_output=True,
-        text=True,
-    )
-    assert tests.returncode == 0, tests.stdout + tests.stderr
+    promtool_run(promtool, "test", "rules", "alerts_test.yml")
 
 
 def test_rules_and_dashboard_use_exported_metrics() -> None:

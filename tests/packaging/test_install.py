@@ -113,6 +113,19 @@ def test_agent_status_as_its_user(installed: Throwaway) -> None:
     assert re.fullmatch(r"[0-9a-f]{32}", status["device_id"])
 
 
+def until_coordinator_port(pid: str, log: str, tries: int, indent: str = " " * 8) -> str:
+    """Shell lines (for a script indented by ``indent``) that wait until the coordinator
+    has written its port file, failing with its ``log`` if process ``$pid`` died first."""
+    lines = [
+        f"for i in $(seq {tries}); do",
+        f"    [ -s {STATE[COORDINATOR]}/coordinator.port ] && break",
+        f"    kill -0 ${pid} || {{ cat {log} >&2; exit 1; }}",
+        "    sleep 0.2",
+        "done",
+    ]
+    return ("\n" + indent).join(lines)
+
+
 def test_coordinator_runs_and_answers_status(installed: Throwaway) -> None:
     out = installed.out(
         f"""
@@ -121,11 +134,7 @@ def test_coordinator_runs_and_answers_status(installed: Throwaway) -> None:
         {AS_COORDINATOR} aeamc-coordinator --config {CONFFILE[COORDINATOR]} run 2>/tmp/run.log &
         pid=$!
         trap 'kill $pid 2>/dev/null' EXIT
-        for i in $(seq 100); do
-            [ -s {STATE[COORDINATOR]}/coordinator.port ] && break
-            kill -0 $pid || {{ cat /tmp/run.log >&2; exit 1; }}
-            sleep 0.2
-        done
+        {until_coordinator_port("pid", "/tmp/run.log", 100)}
         aeamc-coordinator status --json
         """,
     )
@@ -340,11 +349,7 @@ def test_packaged_services_sign_with_keys_in_softhsm(
         {coordinator} --config {CONFFILE[COORDINATOR]} run 2>/tmp/coordinator.log &
         cpid=$!
         trap 'kill $cpid $apid 2>/dev/null' EXIT
-        for i in $(seq 150); do
-            [ -s {STATE[COORDINATOR]}/coordinator.port ] && break
-            kill -0 $cpid || {{ cat /tmp/coordinator.log >&2; exit 1; }}
-            sleep 0.2
-        done
+        {until_coordinator_port("cpid", "/tmp/coordinator.log", 150)}
         port=$(cat {STATE[COORDINATOR]}/coordinator.port)
         {coordinator} --config {CONFFILE[COORDINATOR]} status --json > /tmp/status.json
         token=$({coordinator} --config {CONFFILE[COORDINATOR]} token create --role enroll \

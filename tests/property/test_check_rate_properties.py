@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from aeamc.coordinator.config import SpotCheckConfig
 from aeamc.shared import reputation, spotcheck
 from aeamc.shared.reputation import Assurance
+from tests.support.passes import over_passes
 
 targets = st.builds(
     Assurance,
@@ -30,31 +31,17 @@ def _exact_catch(
     rate: float, q: float, tasks: int, *, trust_after: int, floor: float, hold_until: int
 ) -> float:
     """P(caught within ``tasks``) under the full rule, by dynamic programming over passes."""
-    alive = {0: 1.0}
-    for _ in range(tasks):
-        nxt: dict[int, float] = {}
-        for passes, prob in alive.items():
-            c = reputation.check_probability(
-                passes, trust_after=trust_after, floor=floor, new_rate=rate, hold_until=hold_until
-            )
-            nxt[passes] = nxt.get(passes, 0.0) + prob * (1 - c)
-            nxt[passes + 1] = nxt.get(passes + 1, 0.0) + prob * c * (1 - q)
-        alive = nxt
-    return 1 - sum(alive.values())
+
+    def rate_of_passes(passes: int) -> float:
+        return reputation.check_probability(
+            passes, trust_after=trust_after, floor=floor, new_rate=rate, hold_until=hold_until
+        )
+
+    return over_passes(tasks, rate_of_passes, q)[1]
 
 
 def _expected_checks(tasks: int, rate_of_passes: Callable[[int], float]) -> float:
-    alive = {0: 1.0}
-    checks = 0.0
-    for _ in range(tasks):
-        nxt: dict[int, float] = {}
-        for passes, prob in alive.items():
-            c = rate_of_passes(passes)
-            checks += prob * c
-            nxt[passes] = nxt.get(passes, 0.0) + prob * (1 - c)
-            nxt[passes + 1] = nxt.get(passes + 1, 0.0) + prob * c
-        alive = nxt
-    return checks
+    return over_passes(tasks, rate_of_passes)[0]
 
 
 @settings(max_examples=300, deadline=None)
@@ -142,23 +129,26 @@ def test_default_rate_and_its_cost() -> None:
     assert cfg.new_device_rate(2) == 1.0
     # A new device's 32-chunk task costs 7.5 % in re-execution (was 100 % of 4/32 = 12.5 %).
     assert cfg.new_device_rate(32) * 4 / 32 == pytest.approx(0.0748, abs=1e-4)
-    # Trusted: trust_after / passes, capped at the new-device rate, floored.
-    assert reputation.check_probability(
-        25, trust_after=10, floor=0.1, new_rate=0.6, hold_until=20
-    ) == pytest.approx(0.4)
-    assert reputation.check_probability(
-        19, trust_after=10, floor=0.1, new_rate=0.6, hold_until=20
-    ) == pytest.approx(0.6)
-    assert reputation.check_probability(
-        1000, trust_after=10, floor=0.1, new_rate=0.6, hold_until=20
-    ) == pytest.approx(0.1)
-    # Trust never raises the rate above a new device's.
-    assert reputation.check_probability(
-        20, trust_after=15, floor=0.1, new_rate=0.6, hold_until=20
-    ) == pytest.approx(0.6)
     assert cfg.should_check(0, 32, 0.59) and not cfg.should_check(0, 32, 0.6)
     # catch_probability = 1: every task of a new device, as before the assurance target.
     assert SpotCheckConfig(catch_probability=1.0).should_check(19, 32, 0.999)
+
+
+@pytest.mark.parametrize(
+    ("passes", "trust_after", "rate"),
+    [
+        # Trusted: trust_after / passes, capped at the new-device rate, floored.
+        (25, 10, 0.4),
+        (19, 10, 0.6),
+        (1000, 10, 0.1),
+        # Trust never raises the rate above a new device's.
+        (20, 15, 0.6),
+    ],
+)
+def test_trusted_rate(passes: int, trust_after: int, rate: float) -> None:
+    assert reputation.check_probability(
+        passes, trust_after=trust_after, floor=0.1, new_rate=0.6, hold_until=20
+    ) == pytest.approx(rate)
 
 
 @pytest.mark.parametrize(

@@ -37,9 +37,13 @@ import psutil
 from aeamc.agent.keystore import load_identity
 from aeamc.shared.runtime.tls import client_context
 
+from .commands import run_module
 from .coordinator import merge
+from .daemon import DaemonFolder
+from .waiting import wait_for
 
-CLI = [sys.executable, "-m", "aeamc.agent"]
+AGENT_MODULE = "aeamc.agent"
+CLI = [sys.executable, "-m", AGENT_MODULE]
 SIMULATION_ENV = "AEAMC_SIMULATED_TELEMETRY"
 T = TypeVar("T")
 
@@ -77,22 +81,9 @@ def _toml_value(value: Any) -> str:
     return json.dumps(value)  # strings, numbers, booleans and lists read the same in TOML
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 30, interval: float = 0.1) -> T:
-    """Poll ``predicate`` until it returns something truthy; fail with its last value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = predicate()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met in {timeout} s (last: {last!r})")
-        time.sleep(interval)
-
-
 @dataclass
-class AgentProcess:
-    root: Path
+class AgentProcess(DaemonFolder):
+    config_name = "agent.toml"
     coordinator_url: str | None = None
     token: str | None = None
     #: Simulated telemetry: the profile's steps, or a whole profile document (a dict).
@@ -108,14 +99,6 @@ class AgentProcess:
     device_id: str = ""
 
     # --- paths ----------------------------------------------------------------------------
-
-    @property
-    def config_path(self) -> Path:
-        return self.root / "agent.toml"
-
-    @property
-    def state_dir(self) -> Path:
-        return self.root / "state"
 
     @property
     def profile_path(self) -> Path:
@@ -179,13 +162,8 @@ class AgentProcess:
         return env | self.env
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [*CLI, "--config", str(self.config_path), *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            env=self.process_env(),
+        proc = run_module(
+            AGENT_MODULE, "--config", str(self.config_path), *args, env=self.process_env()
         )
         if check and proc.returncode != 0:
             raise AssertionError(f"aeamc-agent {' '.join(args)} failed: {proc.stderr}")
@@ -193,14 +171,18 @@ class AgentProcess:
 
     # --- life cycle ---------------------------------------------------------------------
 
+    def run_command(self) -> list[str]:
+        """The command line of ``aeamc-agent run`` on this configuration."""
+        return [*CLI, "--config", str(self.config_path), "run"]
+
     def start(self, timeout: float = 30) -> None:
-        """``aeamc-agent run``; returns once the daemon serves its API."""
+        """Runs :meth:`run_command`; returns once the daemon serves its API."""
         if not self.device_id:
             self.init()
         self.log = self.root / f"agent-{time.time_ns() // 1_000_000}.log"
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
-                [*CLI, "--config", str(self.config_path), "run"],
+                self.run_command(),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=self.process_env(),

@@ -7,6 +7,7 @@ that device's agent would do); ``device=None`` sends without one."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,13 +17,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from aeamc.shared.runtime.tls import client_context
 
+from .commands import run_module
+from .daemon import DaemonFolder
 from .device import SimDevice, device_for_body
+from .waiting import wait_for
 
 AUTO: Any = object()
 
@@ -66,21 +71,16 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass
-class CoordinatorProcess:
-    root: Path
+class CoordinatorProcess(DaemonFolder):
+    config_name = "coordinator.toml"
     settings: dict[str, Any] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     port: int = 0
     log: Path | None = None
     _ssl: tuple[str, ssl.SSLContext] | None = None
-
-    @property
-    def config_path(self) -> Path:
-        return self.root / "coordinator.toml"
-
-    @property
-    def state_dir(self) -> Path:
-        return self.root / "state"
+    #: What :meth:`run_command` runs, and where (None: this process's working directory).
+    daemon_module: ClassVar[str] = "aeamc.coordinator.cli"
+    run_directory: ClassVar[Path | None] = None
 
     @property
     def url(self) -> str:
@@ -112,20 +112,7 @@ class CoordinatorProcess:
         return (self.state_dir / "tokens" / f"{role}.token").read_text().strip()
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "aeamc.coordinator.cli",
-                "--config",
-                str(self.config_path),
-                *args,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        proc = run_module("aeamc.coordinator.cli", "--config", str(self.config_path), *args)
         if check and proc.returncode != 0:
             raise AssertionError(f"aeamc-coordinator {args} failed: {proc.stderr}")
         return proc
@@ -137,22 +124,21 @@ class CoordinatorProcess:
         self.config_path.write_text(_toml(settings))
         self.cli("init")
 
+    def run_command(self) -> list[str]:
+        """The command line of ``aeamc-coordinator run`` on this configuration."""
+        return [sys.executable, "-m", self.daemon_module, "--config", str(self.config_path), "run"]
+
     def start(self, timeout: float = 30) -> None:
+        """Runs :meth:`run_command`; returns once the coordinator has written its port."""
         port_file = self.state_dir / "coordinator.port"
         port_file.unlink(missing_ok=True)
         self.log = self.root / f"coordinator-{int(time.time() * 1000)}.log"
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "aeamc.coordinator.cli",
-                    "--config",
-                    str(self.config_path),
-                    "run",
-                ],
+                self.run_command(),
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                cwd=self.run_directory,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -214,14 +200,49 @@ class CoordinatorProcess:
         return status, payload
 
     def wait_for(self, predicate: Any, timeout: float = 30, interval: float = 0.1) -> Any:
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            last = predicate()
-            if last:
-                return last
-            time.sleep(interval)
-        raise AssertionError(f"condition not met in {timeout}s (last: {last!r})")
+        return wait_for(predicate, timeout, interval)
+
+    # --- the operator's and the client's everyday calls, checked ---------------------------
+
+    def issue_token(self, role: str, **fields: Any) -> str:
+        """A new ``role`` token made by the operator (``uses``, ``label``… as ``fields``)."""
+        status, body = self.request(
+            "POST", "/v1/tokens", {"role": role, **fields}, token=self.token("operator")
+        )
+        assert status == 201, body
+        return str(body["token"])
+
+    def submit_task(self, task: dict[str, Any], role: str = "client") -> str:
+        """Submits ``task`` as ``role``; its accepted task id."""
+        status, body = self.request("POST", "/v1/tasks", task, token=self.token(role))
+        assert status == 202, body
+        return str(body["task_id"])
+
+    def get(self, path: str, role: str = "operator") -> tuple[int, Any]:
+        """``GET path`` as ``role``: the status and the body, whatever they are."""
+        return self.request("GET", path, token=self.token(role))
+
+    def read(self, path: str, role: str = "operator") -> Any:
+        """``GET path`` as ``role``, which must answer 200; the JSON body."""
+        status, body = self.get(path, role)
+        assert status == 200, body
+        return body
+
+
+@contextlib.contextmanager
+def running_coordinator(
+    root: Path, settings: dict[str, Any] | None = None
+) -> Iterator[CoordinatorProcess]:
+    """A coordinator initialised under ``root`` and started; stopped when the block ends.
+
+    What every test fixture that wants "a real coordinator" yields from."""
+    proc = CoordinatorProcess(root, settings or {})
+    proc.init()
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
 
 
 def env_without_coverage() -> dict[str, str]:

@@ -15,6 +15,7 @@ import ssl
 import tempfile
 import time
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,48 @@ GOOD_TELEMETRY = {
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def enroll_fields(
+    key: SigningKey, endpoint: str | None, kinds: Sequence[str] = ("sha256-chain",)
+) -> dict[str, Any]:
+    """The unsigned body of ``key``'s enrollment, stamped now: a small device (2 CPUs,
+    1 GiB, on battery) offering ``kinds`` and serving them at ``endpoint``."""
+    return {
+        "type": "enroll",
+        "public_key": key.public_key.hex(),
+        "device_id": key.device_id,
+        "timestamp": now_ms(),
+        "capabilities": {
+            "kinds": list(kinds),
+            "cpus": 2,
+            "mem_mb": 1024,
+            "battery": True,
+            "version": "0.1.0",
+            "endpoint": endpoint,
+        },
+    }
+
+
+def fresh_pot(
+    key: SigningKey,
+    device_id: str,
+    task_id: str,
+    trace: proofs.Trace,
+    timestamp: int | None = None,
+) -> proofs.PoT:
+    """``key``'s signed PoT for ``trace``: a new nonce, stamped now (or at ``timestamp``),
+    1 ms of execution and CPU time (what a test's quick work plausibly took)."""
+    return proofs.build_pot(
+        key,
+        task_id=task_id,
+        device_id=device_id,
+        trace=trace,
+        nonce=os.urandom(16),
+        timestamp=now_ms() if timestamp is None else timestamp,
+        execution_time_ms=1,
+        cpu_time_ms=1,
+    )
 
 
 #: Every SimDevice by id, so test requests can go with the right client certificate.
@@ -159,20 +202,7 @@ class SimDevice:
         return resp.status, answer
 
     def enroll_message(self, token: str | None = None, **over: Any) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "type": "enroll",
-            "public_key": self.key.public_key.hex(),
-            "device_id": self.device_id,
-            "timestamp": now_ms(),
-            "capabilities": {
-                "kinds": list(self.kinds),
-                "cpus": 2,
-                "mem_mb": 1024,
-                "battery": True,
-                "version": "0.1.0",
-                "endpoint": self.endpoint,
-            },
-        }
+        body = enroll_fields(self.key, self.endpoint, self.kinds)
         if token:
             body["token"] = token
         body["csr"] = self.csr()
@@ -220,16 +250,7 @@ class SimDevice:
     def proof_for(self, a: Assignment, **over: Any) -> dict[str, Any]:
         trace = self.traces.get(a.task_id) or self.compute(a)
         self.traces[a.task_id] = trace
-        pot = proofs.build_pot(
-            self.key,
-            task_id=a.task_id,
-            device_id=self.device_id,
-            trace=trace,
-            nonce=os.urandom(16),
-            timestamp=over.pop("timestamp", now_ms()),
-            execution_time_ms=1,
-            cpu_time_ms=1,
-        )
+        pot = fresh_pot(self.key, self.device_id, a.task_id, trace, over.pop("timestamp", None))
         return {"pot": pot.to_dict(), "output": trace.output.hex(), **over}
 
     async def prove(self, a: Assignment) -> tuple[int, Any]:

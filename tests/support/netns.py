@@ -20,12 +20,10 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .agent import CLI as AGENT_CLI
-from .agent import AgentProcess, wait_for
+from .agent import AgentProcess
 from .coordinator import CoordinatorProcess
 
 
@@ -171,24 +169,8 @@ class NetnsCoordinator(CoordinatorProcess):
     def url(self) -> str:
         return f"https://{self.address}:{self.port}"
 
-    def start(self, timeout: float = 30) -> None:
-        port_file = self.state_dir / "coordinator.port"
-        port_file.unlink(missing_ok=True)
-        self.log = self.root / f"coordinator-{int(time.time() * 1000)}.log"
-        cmd = [sys.executable, "-m", "aeamc.coordinator.cli", "--config", str(self.config_path)]
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                ["ip", "netns", "exec", self.ns, *cmd, "run"], stdout=out, stderr=subprocess.STDOUT
-            )
-
-        def started() -> bool:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise AssertionError(f"coordinator exited: {self.log_text()}")
-            return port_file.exists() and bool(port_file.read_text().strip())
-
-        wait_for(started, timeout, 0.05)
-        self.port = int(port_file.read_text())
+    def run_command(self) -> list[str]:
+        return ["ip", "netns", "exec", self.ns, *super().run_command()]
 
     def log_text(self) -> str:
         return "".join(p.read_text(errors="replace") for p in self.root.glob("coordinator-*.log"))
@@ -205,33 +187,5 @@ class NetnsAgent(AgentProcess):
 
     ns: str = ""
 
-    def start(self, timeout: float = 30) -> None:
-        if not self.device_id:
-            self.init()
-        self.log = self.root / f"agent-{time.time_ns() // 1_000_000}.log"
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    self.ns,
-                    *AGENT_CLI,
-                    "--config",
-                    str(self.config_path),
-                    "run",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=self.process_env(),
-            )
-        pid = self.process.pid
-
-        def serving() -> bool:
-            if self.process is not None and self.process.poll() is not None:
-                raise AssertionError(f"aeamc-agent exited: {self.log_text()}")
-            status = self.status_file()
-            ours = status and pid in (status.get("pid"), status.get("launcher_pid"))
-            return bool(ours and status.get("running"))
-
-        wait_for(serving, timeout, 0.05)
+    def run_command(self) -> list[str]:
+        return ["ip", "netns", "exec", self.ns, *super().run_command()]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import shutil
 import sys
+import zipfile
 from pathlib import Path
+
+from tests.support.coordinator import CoordinatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = "0.1.0"
@@ -23,6 +26,32 @@ NEVER_HEARTBEATS = (
     "    async def heartbeat(self, url: str) -> float:\n"
     '        await __import__("asyncio").sleep(3600); body = {  # broken on purpose',
 )
+
+
+def release_coordinator(root: Path) -> tuple[CoordinatorProcess, Path]:
+    """A started coordinator under ``root/coord`` whose update repository is initialised
+    with new offline role keys (in ``root/keys``, returned), ready to publish releases."""
+    coord = CoordinatorProcess(root / "coord", settings={"updates": {"resign_check_s": 60.0}})
+    coord.init()
+    keys = root / "keys"
+    coord.cli("release", "keygen", str(keys))
+    coord.cli("release", "init", "--keys", str(keys))
+    coord.start()
+    return coord, keys
+
+
+def fake_release(
+    folder: Path, version: str, *, names: tuple[str, ...] = ("agent", "shared")
+) -> list[Path]:
+    """Wheel-shaped zips: the repository signs bytes, whatever the wheels hold."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name in names:
+        path = folder / f"aeamc_{name}-{version}-py3-none-any.whl"
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr(f"aeamc/{name}/__init__.py", f'__version__ = "{version}"\n')
+        out.append(path)
+    return out
 
 
 def build_release(

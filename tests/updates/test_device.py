@@ -12,10 +12,17 @@ from typing import Any
 
 import pytest
 
-from tests.support.agent import GOOD_TELEMETRY, AgentProcess, wait_for
+from tests.support.agent import GOOD_TELEMETRY, AgentProcess
 from tests.support.coordinator import CoordinatorProcess
+from tests.support.waiting import wait_for
 
-from .releases import BASE, NEVER_HEARTBEATS, build_release
+from .releases import (
+    BASE,
+    NEVER_HEARTBEATS,
+    build_release,
+    fake_release,
+    release_coordinator,
+)
 
 GOOD, UNHEALTHY = "0.2.0", "0.3.0"
 HOT = {**GOOD_TELEMETRY, "cpu_temp_c": 90}
@@ -33,12 +40,7 @@ def device(
             GOOD: builder.submit(build_release, root / "build", GOOD),
             UNHEALTHY: builder.submit(build_release, root / "build", UNHEALTHY, NEVER_HEARTBEATS),
         }
-        coord = CoordinatorProcess(root / "coord", settings={"updates": {"resign_check_s": 60.0}})
-        coord.init()
-        keys = root / "keys"
-        coord.cli("release", "keygen", str(keys))
-        coord.cli("release", "init", "--keys", str(keys))
-        coord.start()
+        coord, keys = release_coordinator(root)
         _, token = coord.request(
             "POST", "/v1/tokens", {"role": "enroll"}, token=coord.token("operator")
         )
@@ -248,15 +250,8 @@ def test_bad_release_requests_are_refused(device) -> None:  # type: ignore[no-un
 
 
 def test_offline_signing_through_the_cli(device, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    import zipfile
-
     coord, agent, _, keys = device
-    wheels = []
-    for name in ("agent", "shared"):
-        path = tmp_path / f"aeamc_{name}-0.9.0-py3-none-any.whl"
-        with zipfile.ZipFile(path, "w") as z:
-            z.writestr(f"aeamc/{name}/__init__.py", '__version__ = "0.9.0"\n')
-        wheels.append(str(path))
+    wheels = [str(path) for path in fake_release(tmp_path, "0.9.0")]
     metadata = coord.state_dir / "updates" / "metadata"
     before = sorted(p.name for p in metadata.iterdir())
     # Without the targets key nothing is signed, and the command says where the key is.

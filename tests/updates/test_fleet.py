@@ -23,8 +23,9 @@ from typing import Any
 import pytest
 
 from aeamc.shared.identity import SigningKey
-from tests.support.agent import GOOD_TELEMETRY, AgentProcess, wait_for
+from tests.support.agent import GOOD_TELEMETRY, AgentProcess
 from tests.support.coordinator import CoordinatorProcess
+from tests.support.waiting import wait_for
 
 from .releases import BASE, CRASH_AT_START, REPO, build_release
 
@@ -107,7 +108,7 @@ def _seed(i: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+def update_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     root = tmp_path_factory.mktemp("fleet")
     builder = concurrent.futures.ThreadPoolExecutor(2)
     builds = {
@@ -180,14 +181,14 @@ def _on(version: str):  # type: ignore[no-untyped-def]
     return lambda a, s: s["version"] == version and not (s.get("updates") or {}).get("trial")
 
 
-def test_ten_percent_reaches_exactly_the_cohort(fleet: Fleet) -> None:
+def test_ten_percent_reaches_exactly_the_cohort(update_fleet: Fleet) -> None:
     flag = f"release-{GOOD}"
-    cohort = {d for d in fleet.ids if cohort_bucket(flag, d) < 10}
+    cohort = {d for d in update_fleet.ids if cohort_bucket(flag, d) < 10}
     # The identities are fixed: this cohort is two devices, neither none nor everyone.
     assert len(cohort) == 2, cohort
-    fleet.publish(GOOD, 10)
-    in_cohort = [a for a in fleet.agents if a.device_id in cohort]
-    others = [a for a in fleet.agents if a.device_id not in cohort]
+    update_fleet.publish(GOOD, 10)
+    in_cohort = [a for a in update_fleet.agents if a.device_id in cohort]
+    others = [a for a in update_fleet.agents if a.device_id not in cohort]
     started = int(time.time() * 1000)
     wait_for(lambda: all(_on(GOOD)(a, a.status_file() or {}) for a in in_cohort), 60)
     # Everyone else has seen the flag (off for it) and checked for updates since.
@@ -200,32 +201,32 @@ def test_ten_percent_reaches_exactly_the_cohort(fleet: Fleet) -> None:
         )
     for a in others:
         status = a.status_file() or {}
-        assert status["version"] == BASE and fleet.updates(a)["installed"] == []
-    wait_for(lambda: len(fleet.detail(GOOD)["reports"]) == len(cohort))
-    detail = fleet.detail(GOOD)
+        assert status["version"] == BASE and update_fleet.updates(a)["installed"] == []
+    wait_for(lambda: len(update_fleet.detail(GOOD)["reports"]) == len(cohort))
+    detail = update_fleet.detail(GOOD)
     assert {r["device_id"] for r in detail["reports"]} == cohort
     assert {(r["outcome"], r["version"]) for r in detail["reports"]} == {("updated", GOOD)}
     assert detail["progress"]["targeted"] == len(cohort)
     assert detail["state"] == "rolling"
     # The previous release (the base installation) is kept to roll back to.
     for a in in_cohort:
-        assert fleet.slots(a)["active"] == GOOD and fleet.slots(a)["previous"] == ""
+        assert update_fleet.slots(a)["active"] == GOOD and update_fleet.slots(a)["previous"] == ""
 
 
-def test_raising_to_all_only_adds_devices(fleet: Fleet) -> None:
+def test_raising_to_all_only_adds_devices(update_fleet: Fleet) -> None:
     first = {
         a.device_id: (a.status_file() or {})["pid"]
-        for a in fleet.agents
+        for a in update_fleet.agents
         if (a.status_file() or {})["version"] == GOOD
     }
-    fleet.release("rollout", GOOD, "--percent", "100")
-    fleet.wait_all(_on(GOOD), timeout=90)
-    wait_for(lambda: fleet.detail(GOOD)["progress"]["updated"] == FLEET, 30)
+    update_fleet.release("rollout", GOOD, "--percent", "100")
+    update_fleet.wait_all(_on(GOOD), timeout=90)
+    wait_for(lambda: update_fleet.detail(GOOD)["progress"]["updated"] == FLEET, 30)
     # The first cohort was not touched again: same daemon processes.
-    for a in fleet.agents:
+    for a in update_fleet.agents:
         if a.device_id in first:
             assert (a.status_file() or {})["pid"] == first[a.device_id]
-    progress = fleet.detail(GOOD)["progress"]
+    progress = update_fleet.detail(GOOD)["progress"]
     assert progress == {
         "targeted": FLEET,
         "updated": FLEET,
@@ -233,49 +234,51 @@ def test_raising_to_all_only_adds_devices(fleet: Fleet) -> None:
         "running": FLEET,
         "failure_share": 0.0,
     }
-    text = fleet.release("status")
+    text = update_fleet.release("status")
     assert f"fleet: {GOOD}: {FLEET}" in text and f"{FLEET} updated, 0 failed" in text
-    status, metrics = fleet.coord.request("GET", "/metrics")
+    status, metrics = update_fleet.coord.request("GET", "/metrics")
     assert status == 200
     assert f'aeamc_coordinator_agent_versions{{version="{GOOD}"}} {FLEET}.0' in metrics.decode()
 
 
-def _repo(fleet: Fleet) -> Path:
-    return fleet.coord.state_dir / "updates"
+def _repo(update_fleet: Fleet) -> Path:
+    return update_fleet.coord.state_dir / "updates"
 
 
-def test_tampered_package_is_refused(fleet: Fleet) -> None:
-    fleet.publish(TAMPERED, 0)
-    [wheel] = (_repo(fleet) / "targets" / "agent" / TAMPERED).glob("*.aeamc_agent-*.whl")
+def test_tampered_package_is_refused(update_fleet: Fleet) -> None:
+    update_fleet.publish(TAMPERED, 0)
+    [wheel] = (_repo(update_fleet) / "targets" / "agent" / TAMPERED).glob("*.aeamc_agent-*.whl")
     data = bytearray(wheel.read_bytes())
     data[len(data) // 2] ^= 0x01  # same length, one bit off: only the hash can tell
     wheel.write_bytes(bytes(data))
-    fleet.release("rollout", TAMPERED, "--percent", "100")
-    wait_for(lambda: fleet.detail(TAMPERED)["state"] == "halted", 60)
+    update_fleet.release("rollout", TAMPERED, "--percent", "100")
+    wait_for(lambda: update_fleet.detail(TAMPERED)["state"] == "halted", 60)
     # Every device that was offered it refused it; the rollout halted after the first.
     # Settled: the flag is off everywhere and no download is still under way.
-    fleet.wait_all(lambda a, s: s["flags"].get(f"release-{TAMPERED}") is False and _idle(s))
-    refused = {a.device_id for a in fleet.agents if TAMPERED in fleet.updates(a)["refused"]}
+    update_fleet.wait_all(lambda a, s: s["flags"].get(f"release-{TAMPERED}") is False and _idle(s))
+    refused = {
+        a.device_id for a in update_fleet.agents if TAMPERED in update_fleet.updates(a)["refused"]
+    }
     assert refused, "no device was offered the tampered release"
-    for a in fleet.agents:
-        updates = fleet.updates(a)
+    for a in update_fleet.agents:
+        updates = update_fleet.updates(a)
         if a.device_id in refused:
             assert "LengthOrHashMismatchError" in updates["refused"][TAMPERED]
         assert (a.status_file() or {})["version"] == GOOD
         assert updates["installed"] == [GOOD]
         assert not (a.state_dir / "releases" / TAMPERED).exists()
-    wait_for(lambda: len(fleet.detail(TAMPERED)["reports"]) == len(refused), 30)
-    detail = fleet.detail(TAMPERED)
+    wait_for(lambda: len(update_fleet.detail(TAMPERED)["reports"]) == len(refused), 30)
+    detail = update_fleet.detail(TAMPERED)
     assert {r["outcome"] for r in detail["reports"]} == {"refused"}
     assert "failed" in detail["halt_reason"]
 
 
-def test_replayed_metadata_is_refused(fleet: Fleet) -> None:
-    metadata = _repo(fleet) / "metadata"
+def test_replayed_metadata_is_refused(update_fleet: Fleet) -> None:
+    metadata = _repo(update_fleet) / "metadata"
     old = (metadata / "timestamp.json").read_bytes()
     old_version = json.loads(old)["signed"]["version"]
-    fleet.publish(HELD_BACK, 0)
-    fleet.wait_all(
+    update_fleet.publish(HELD_BACK, 0)
+    update_fleet.wait_all(
         lambda a, s: (
             (s.get("updates") or {}).get("trusted_metadata", {}).get("timestamp", 0) > old_version
         )
@@ -283,57 +286,57 @@ def test_replayed_metadata_is_refused(fleet: Fleet) -> None:
     # An attacker (or a stale mirror) serves the older, validly signed timestamp...
     _replace(metadata / "timestamp.json", old)
     # ...while the release is offered to everyone: nobody may act on it.
-    fleet.release("rollout", HELD_BACK, "--percent", "100")
-    fleet.wait_all(
+    update_fleet.release("rollout", HELD_BACK, "--percent", "100")
+    update_fleet.wait_all(
         lambda a, s: (
             s["flags"].get(f"release-{HELD_BACK}") is True
             and "BadVersionNumberError" in ((s.get("updates") or {}).get("last_error") or "")
         )
     )
-    _nothing_installed(fleet, HELD_BACK)
+    _nothing_installed(update_fleet, HELD_BACK)
 
 
-def test_expired_metadata_is_refused(fleet: Fleet) -> None:
+def test_expired_metadata_is_refused(update_fleet: Fleet) -> None:
     from aeamc.coordinator.config import load_config
     from aeamc.coordinator.updates.repository import Repository
 
-    config = load_config(fleet.coord.config_path)
+    config = load_config(update_fleet.coord.config_path)
     # Newer versions, properly signed with the real online keys, but long expired: what a
     # client sees from a repository that stopped re-signing (a freeze attack). Made in a
     # copy and signed twice there, since the replay above left an older timestamp served:
     # once would only reach the version the devices already trust.
-    shadow = fleet.root / "shadow-repo"
-    shutil.copytree(_repo(fleet), shadow, ignore=shutil.ignore_patterns("lock"))
+    shadow = update_fleet.root / "shadow-repo"
+    shutil.copytree(_repo(update_fleet), shadow, ignore=shutil.ignore_patterns("lock"))
     past = Repository(
         shadow, config.updates, state_dir=config.state_dir, clock=lambda: _utc_now() - _days(30)
     )
     past.refresh_online(force=True)
     past.refresh_online(force=True)
-    metadata = _repo(fleet) / "metadata"
+    metadata = _repo(update_fleet) / "metadata"
     for name in sorted(p.name for p in (shadow / "metadata").glob("*.snapshot.json")):
         if not (metadata / name).exists():
             _replace(metadata / name, (shadow / "metadata" / name).read_bytes())
     _replace(metadata / "timestamp.json", (shadow / "metadata" / "timestamp.json").read_bytes())
-    fleet.wait_all(
+    update_fleet.wait_all(
         lambda a, s: "ExpiredMetadataError" in ((s.get("updates") or {}).get("last_error") or "")
     )
-    _nothing_installed(fleet, HELD_BACK)
+    _nothing_installed(update_fleet, HELD_BACK)
     # Recovery: halt the held-back release, re-sign; every device trusts the repository again.
-    fleet.release("halt", HELD_BACK, "--reason", "test over")
-    fleet.wait_all(lambda a, s: s["flags"].get(f"release-{HELD_BACK}") is False)
-    fleet.release("refresh")
-    fleet.wait_all(lambda a, s: (s.get("updates") or {}).get("last_error") is None)
-    _nothing_installed(fleet, HELD_BACK)
+    update_fleet.release("halt", HELD_BACK, "--reason", "test over")
+    update_fleet.wait_all(lambda a, s: s["flags"].get(f"release-{HELD_BACK}") is False)
+    update_fleet.release("refresh")
+    update_fleet.wait_all(lambda a, s: (s.get("updates") or {}).get("last_error") is None)
+    _nothing_installed(update_fleet, HELD_BACK)
 
 
-def test_broken_release_rolls_back_and_halts(fleet: Fleet) -> None:
+def test_broken_release_rolls_back_and_halts(update_fleet: Fleet) -> None:
     flag = f"release-{BROKEN}"
-    cohort = {d for d in fleet.ids if cohort_bucket(flag, d) < 30}
+    cohort = {d for d in update_fleet.ids if cohort_bucket(flag, d) < 30}
     assert 2 <= len(cohort) < FLEET, cohort
-    fleet.publish(BROKEN, 30)
-    wait_for(lambda: fleet.detail(BROKEN)["state"] == "halted", 90)
+    update_fleet.publish(BROKEN, 30)
+    wait_for(lambda: update_fleet.detail(BROKEN)["state"] == "halted", 90)
     # Every device has seen the halt; none is still trying the release.
-    fleet.wait_all(
+    update_fleet.wait_all(
         lambda a, s: (
             s["flags"].get(flag) is False
             and _on(GOOD)(a, s)
@@ -342,21 +345,25 @@ def test_broken_release_rolls_back_and_halts(fleet: Fleet) -> None:
         ),
         timeout=90,
     )
-    tried = {a.device_id for a in fleet.agents if BROKEN in fleet.slots(a).get("failed", {})}
+    tried = {
+        a.device_id
+        for a in update_fleet.agents
+        if BROKEN in update_fleet.slots(a).get("failed", {})
+    }
     assert tried and tried <= cohort
-    wait_for(lambda: len(fleet.detail(BROKEN)["reports"]) == len(tried), 30)
-    detail = fleet.detail(BROKEN)
+    wait_for(lambda: len(update_fleet.detail(BROKEN)["reports"]) == len(tried), 30)
+    detail = update_fleet.detail(BROKEN)
     assert {r["device_id"] for r in detail["reports"]} == tried
     assert {(r["outcome"], r["version"]) for r in detail["reports"]} == {("rolled_back", GOOD)}
-    for a in fleet.agents:
-        slots = fleet.slots(a)
+    for a in update_fleet.agents:
+        slots = update_fleet.slots(a)
         assert slots["active"] == GOOD and slots["trial"] is None
         assert not (a.state_dir / "releases" / BROKEN).exists()
         if a.device_id in tried:
             assert "exited with status 1" in slots["failed"][BROKEN]
             assert "broken on purpose" in a.log_text()
     assert f"of {len(cohort)} targeted devices failed" in detail["halt_reason"]
-    text = fleet.release("status", BROKEN)
+    text = update_fleet.release("status", BROKEN)
     assert "halted" in text and "rolled_back" in text
 
 
@@ -365,12 +372,12 @@ def _idle(status: dict[str, Any]) -> bool:
     return bool(status.get("running")) and (status.get("updates") or {}).get("state") == "idle"
 
 
-def _nothing_installed(fleet: Fleet, version: str) -> None:
-    for a in fleet.agents:
+def _nothing_installed(update_fleet: Fleet, version: str) -> None:
+    for a in update_fleet.agents:
         assert (a.status_file() or {})["version"] == GOOD
-        assert fleet.updates(a)["installed"] == [GOOD]
+        assert update_fleet.updates(a)["installed"] == [GOOD]
         assert not (a.state_dir / "releases" / version).exists()
-    assert fleet.detail(version)["reports"] == []
+    assert update_fleet.detail(version)["reports"] == []
 
 
 def _replace(path: Path, data: bytes) -> None:

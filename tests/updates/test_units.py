@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ from aeamc.shared.releases import (
     version_key,
     version_of_flag,
 )
+from tests.updates.releases import fake_release
 
 # -- pure logic --------------------------------------------------------------------------------
 
@@ -95,20 +95,6 @@ def test_updates_config_is_checked() -> None:
 
 
 # -- the repository ----------------------------------------------------------------------------
-
-
-def fake_release(
-    folder: Path, version: str, *, names: tuple[str, ...] = ("agent", "shared")
-) -> list[Path]:
-    """Wheel-shaped zips: the repository signs bytes, whatever the wheels hold."""
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for name in names:
-        path = folder / f"aeamc_{name}-{version}-py3-none-any.whl"
-        with zipfile.ZipFile(path, "w") as z:
-            z.writestr(f"aeamc/{name}/__init__.py", f'__version__ = "{version}"\n')
-        out.append(path)
-    return out
 
 
 class Clock:
