@@ -10,6 +10,7 @@ import os
 import sys
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,18 +30,12 @@ def cmd_receipts(args: argparse.Namespace) -> int:
 def cmd_devices(args: argparse.Namespace) -> int:
     api = Api(_load(args), args.url)
     if args.action == "list":
-        devices = api.call("GET", "/v1/devices")["devices"]
-        if args.json:
-            _print(devices)
-            return EX_OK
-        print(f"{'device_id':32}  {'state':11}  {'eps':>6}  {'rep':>5}  kinds")
-        for d in devices:
-            eps = "-" if d["eps"] is None else f"{d['eps']:.3f}"
-            kinds = ",".join(d["capabilities"]["kinds"])
-            print(
-                f"{d['device_id']:32}  {d['state']:11}  {eps:>6}  {d['reputation']:5.2f}  {kinds}"
-            )
-        return EX_OK
+        return _table(
+            api.call("GET", "/v1/devices")["devices"],
+            args.json,
+            f"{'device_id':32}  {'state':11}  {'eps':>6}  {'rep':>5}  kinds",
+            _device_line,
+        )
     if not args.device_id:
         raise CliError("a device id is required", EX_USAGE)
     if args.action == "show":
@@ -146,25 +141,44 @@ def cmd_flags(args: argparse.Namespace) -> int:
         return EX_OK
     if args.action == "history":
         query = f"?name={urllib.parse.quote(args.name)}" if args.name else ""
-        rows = api.call("GET", f"/v1/flags/history{query}")["history"]
-        if args.json:
-            _print(rows)
-            return EX_OK
-        print(f"{'at (UTC)':20}  {'flag':24}  {'from':>5}  {'to':>4}  by")
-        for r in rows:
-            before = "-" if r["from_percent"] is None else f"{r['from_percent']}%"
-            print(
-                f"{_utc(r['at']):20}  {r['name']:24}  {before:>5}  {r['to_percent']:>3}%  {r['by']}"
-            )
+        return _table(
+            api.call("GET", f"/v1/flags/history{query}")["history"],
+            args.json,
+            f"{'at (UTC)':20}  {'flag':24}  {'from':>5}  {'to':>4}  by",
+            _flag_change_line,
+        )
+    return _table(
+        api.call("GET", "/v1/flags")["flags"],
+        args.json,
+        f"{'flag':24}  {'percent':>7}  {'updated (UTC)':20}  by",
+        lambda f: (
+            f"{f['name']:24}  {f['percent']:>6}%  {_utc(f['updated_at']):20}  {f['updated_by']}"
+        ),
+    )
+
+
+def _table(
+    rows: list[dict[str, Any]], as_json: bool, header: str, line: Callable[[dict[str, Any]], str]
+) -> int:
+    """Print ``rows`` as JSON (``--json``) or as a table: ``header``, then one ``line`` each."""
+    if as_json:
+        _print(rows)
         return EX_OK
-    flags = api.call("GET", "/v1/flags")["flags"]
-    if args.json:
-        _print(flags)
-        return EX_OK
-    print(f"{'flag':24}  {'percent':>7}  {'updated (UTC)':20}  by")
-    for f in flags:
-        print(f"{f['name']:24}  {f['percent']:>6}%  {_utc(f['updated_at']):20}  {f['updated_by']}")
+    print(header)
+    for row in rows:
+        print(line(row))
     return EX_OK
+
+
+def _device_line(d: dict[str, Any]) -> str:
+    eps = "-" if d["eps"] is None else f"{d['eps']:.3f}"
+    kinds = ",".join(d["capabilities"]["kinds"])
+    return f"{d['device_id']:32}  {d['state']:11}  {eps:>6}  {d['reputation']:5.2f}  {kinds}"
+
+
+def _flag_change_line(r: dict[str, Any]) -> str:
+    before = "-" if r["from_percent"] is None else f"{r['from_percent']}%"
+    return f"{_utc(r['at']):20}  {r['name']:24}  {before:>5}  {r['to_percent']:>3}%  {r['by']}"
 
 
 def _utc(ms: int) -> str:
