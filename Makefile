@@ -19,7 +19,7 @@ help:
 	@echo "             options: make demo ARGS='--agents 8 --tasks 30' (see aeamc devnet --help)"
 	@echo "make bench   run the benchmarks; results in bench/results/ and docs/performance.md"
 	@echo "make lint    ruff check and format check"
-	@echo "make typecheck  mypy: strict for the protocol core, checked for agent and coordinator"
+	@echo "make typecheck  mypy: strict for the protocol core and the coordinator's services, checked elsewhere"
 	@echo "make format  apply ruff formatting"
 	@echo "make lock    re-resolve requirements/constraints.txt from requirements/dev.txt"
 	@echo "make packages  build dist/aeamc-agent_*.deb and dist/microblock-coordinator_*.deb"

@@ -15,21 +15,9 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from aeamc.shared.strictjson import JsonError, loads_strict
+
 from .errors import ApiError
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate member {k!r}")
-        out[k] = v
-    return out
-
 
 #: Bodies larger than this are parsed in a worker thread, so the event loop keeps
 #: answering other requests meanwhile.
@@ -76,13 +64,11 @@ def parse_json(raw: bytes, shape: BodyShape | None = None) -> Any:
             raise ApiError(400, "invalid_message", f"body: {problem}")
     try:
         msgspec.json.decode(raw)
-        return json.loads(
-            raw, parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys
-        )
+        return loads_strict(raw)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+    except JsonError as exc:
+        raise ApiError(400, "invalid_json", f"body: {exc}") from None
 
 
 async def json_body(request: web.Request, shape: BodyShape | None = None) -> Any:

@@ -131,30 +131,28 @@ class SpotCheckConfig:
         return self.policy.should_check(passes, chunks, draw)
 
 
+#: The protocol core's EPS defaults (SPEC §4), the one place they are written down.
+_EPS = EpsConfig()
+
+
 @dataclass(frozen=True)
 class EpsSection:
-    w_battery: float = 0.4
-    w_charging: float = 0.2
-    w_temperature: float = 0.2
-    w_network: float = 0.2
-    max_temp_c: int = 80
-    max_latency_ms: int = 500
-    min_eps: float = 0.5
-    min_poas: int = 2
-    poa_window_s: int = 120
+    """``[eps]``: the protocol core's ``EpsConfig`` with its window in seconds."""
+
+    w_battery: float = _EPS.w_battery
+    w_charging: float = _EPS.w_charging
+    w_temperature: float = _EPS.w_temperature
+    w_network: float = _EPS.w_network
+    max_temp_c: int = _EPS.max_temp_c
+    max_latency_ms: int = _EPS.max_latency_ms
+    min_eps: float = _EPS.min_eps
+    min_poas: int = _EPS.min_poas
+    poa_window_s: int = _EPS.poa_window_ms // 1000
 
     def to_eps_config(self) -> EpsConfig:
-        return EpsConfig(
-            w_battery=self.w_battery,
-            w_charging=self.w_charging,
-            w_temperature=self.w_temperature,
-            w_network=self.w_network,
-            max_temp_c=self.max_temp_c,
-            max_latency_ms=self.max_latency_ms,
-            min_eps=self.min_eps,
-            min_poas=self.min_poas,
-            poa_window_ms=self.poa_window_s * 1000,
-        )
+        """These settings as the protocol core takes them (validated there)."""
+        values = dataclasses.asdict(self)
+        return EpsConfig(poa_window_ms=values.pop("poa_window_s") * 1000, **values)
 
 
 @dataclass(frozen=True)

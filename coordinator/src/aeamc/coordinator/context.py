@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from aeamc.shared.identity import Signer, device_id_for
 from aeamc.shared.refusals import Fault, Refusal
+from aeamc.shared.runtime.clock import now_ms
 from aeamc.shared.runtime.tls import Peer
 from aeamc.shared.tasks.registry import KindRegistry
 
@@ -44,10 +44,6 @@ async def wait_event(event: asyncio.Event, timeout: float) -> None:
         async with asyncio.timeout(timeout):
             await event.wait()
     event.clear()
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Context:
@@ -97,6 +93,11 @@ class Context:
         self.rollouts: RolloutsView | None = None
         #: Where heartbeat signatures are checked (a thread, once the service starts it).
         self.verifier = SignatureVerifier()
+        self._build_services()
+
+    def _build_services(self) -> None:
+        """Where a subclass builds the services on this context (``service.Coordinator``);
+        called last in ``__init__``, once the shared state exists."""
 
     def add_status_section(self, section: StatusSection) -> None:
         """Include ``section`` in the status summary, after those added before it."""

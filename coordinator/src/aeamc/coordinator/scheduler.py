@@ -33,12 +33,17 @@ REFUSAL_COOLDOWN_MS = 30_000
 
 
 class Scheduler:
+    """The scheduling loop (see the module docstring): the one writer of offers, through
+    the task store, reaching devices through a ``DeviceLink``."""
+
     def __init__(self, coordinator: Coordinator, client: DeviceLink) -> None:
         self.c = coordinator
         self.client = client
         self._pushes: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
+        """Schedule until cancelled: a round at every wake-up or ``tick_s``. A failing round
+        is logged and the next one runs, so one bad row never stops the fleet's work."""
         tick = self.c.config.scheduler.tick_s
         while True:
             try:
@@ -48,6 +53,8 @@ class Scheduler:
             await wait_event(self.c.wake_scheduler, tick)
 
     async def drain(self) -> None:
+        """Wait for the offers still being pushed to devices (at shutdown), so each ends
+        accepted, refused or unreachable in the database rather than half-sent."""
         if self._pushes:
             await asyncio.gather(*self._pushes, return_exceptions=True)
 

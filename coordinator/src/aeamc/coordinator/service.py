@@ -15,16 +15,10 @@ call the services through this root.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from aeamc.shared.identity import Signer
-from aeamc.shared.tasks.registry import KindRegistry
+from aeamc.shared.runtime.clock import now_ms
 
 from .blocks import BlockService
-from .certs import DeviceCertificates
-from .config import CoordinatorConfig
-from .context import Context, now_ms, wait_event
-from .db import Database
+from .context import Context, wait_event
 from .devices import DeviceService
 from .enrollment import EnrollmentService
 from .flags import FlagService
@@ -44,17 +38,8 @@ __all__ = ["Context", "Coordinator", "TokenInfo", "now_ms", "wait_event"]
 class Coordinator(Context):
     """The shared context plus every service, built once per process."""
 
-    def __init__(
-        self,
-        config: CoordinatorConfig,
-        signer: Signer,
-        db: Database,
-        kinds: KindRegistry,
-        clock: Callable[[], int] = now_ms,
-        *,
-        certs: DeviceCertificates | None = None,
-    ) -> None:
-        super().__init__(config, signer, db, kinds, clock, certs=certs)
+    def _build_services(self) -> None:
+        """Build every service on this context, each given the services it calls."""
         self.tokens = TokenService(self)
         self.flags = FlagService(self)
         self.settlement = Settlement(self)

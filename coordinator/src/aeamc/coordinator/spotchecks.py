@@ -32,11 +32,16 @@ log = logging.getLogger(__name__)
 
 
 class SpotChecker:
+    """The spot-check loop (see the module docstring): challenges devices through a
+    ``DeviceLink`` and hands each outcome to the verdict service."""
+
     def __init__(self, coordinator: Coordinator, client: DeviceLink) -> None:
         self.c = coordinator
         self.client = client
 
     async def run(self) -> None:
+        """Check until cancelled: a round at every wake-up or ``retry_s``. A failing round
+        is logged and the next one runs; its checks are still due, so none is lost."""
         interval = self.c.config.spot_checks.retry_s
         while True:
             try:
@@ -46,6 +51,8 @@ class SpotChecker:
             await wait_event(self.c.wake_spot_checks, interval)
 
     async def round(self) -> int:
+        """Challenge every check that is due now, concurrently; returns how many were due.
+        Each ends with a verdict or a later retry time (``check``)."""
         now = self.c.clock()
         due = await self.c.db.read(lambda db: _due(db, now))
         if due:
