@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
-from aeamc.shared.strictjson import AmbiguousJson, JsonError, loads_strict
+from aeamc.shared.strictjson import (
+    MAX_DEPTH,
+    AmbiguousJson,
+    JsonError,
+    loads_strict,
+    nesting_depth,
+)
 
 
 def test_plain_json_parses_as_usual() -> None:
@@ -40,3 +49,31 @@ def test_what_is_not_json_at_all_is_refused(raw: bytes) -> None:
         loads_strict(raw)
     assert not isinstance(caught.value, AmbiguousJson)
     assert caught.value.code == "invalid_json" and caught.value.message.startswith("not valid")
+
+
+def test_nesting_is_bounded_and_brackets_in_strings_do_not_count() -> None:
+    deepest = b"[" * MAX_DEPTH + b"]" * MAX_DEPTH
+    assert loads_strict(deepest) is not None
+    with pytest.raises(JsonError, match=f"deeper than {MAX_DEPTH}"):
+        loads_strict(b"[" + deepest + b"]")
+    quoted = b'{"a": "' + b'[\\\\\\"{' * 100 + b'"}'
+    assert nesting_depth(quoted) == 1
+    assert loads_strict(quoted)["a"].startswith('[\\"{')
+
+
+def test_a_deep_body_is_refused_whatever_the_recursion_limit() -> None:
+    """The parsers recurse once a level in C; with a raised recursion limit (as some
+    libraries set) an unbounded body would overflow the stack and kill the process."""
+    script = (
+        "import sys; sys.setrecursionlimit(10**6)\n"
+        "from aeamc.shared.strictjson import JsonError, loads_strict\n"
+        "try:\n    loads_strict(b'[' * 200_000)\n"
+        "except JsonError as exc:\n    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (done.returncode, done.stdout.strip()) == (
+        0,
+        f"not valid JSON: nested deeper than {MAX_DEPTH} levels",
+    )

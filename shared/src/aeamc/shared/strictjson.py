@@ -4,7 +4,10 @@ Python's ``json`` accepts ``NaN``, ``Infinity`` and ``-Infinity``, which are not
 and keeps the last of a member given twice, where another parser may keep the first or
 refuse: two readers of one body (a signature check and the code that acts on it, or a
 proxy and a daemon) could then see two different messages. ``loads_strict`` refuses
-both, and any body that is not UTF-8 or not JSON at all.
+both, and any body that is not UTF-8 or not JSON at all, or nested deeper than
+``MAX_DEPTH`` arrays and objects: the parser recurses once a level, and how deep it may
+go must not depend on the interpreter's recursion limit or the stack of the thread that
+parses (a deep enough body crashes the process instead of raising).
 
 Both refusals are ``JsonError`` (``code`` ``invalid_json``, a ``ProtocolError``): the
 input is refused before anything looks at its meaning, so nothing changes because of
@@ -14,6 +17,7 @@ it. ``AmbiguousJson`` marks the bodies that a lax parser would have taken.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from .errors import ProtocolError
@@ -42,10 +46,47 @@ def _no_duplicate_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+#: Deepest nesting of arrays and objects taken; protocol messages use fewer than ten.
+MAX_DEPTH = 64
+
+#: What changes the nesting depth or the string state, found by the regex engine so that
+#: only these characters are looked at in Python.
+_STRUCTURE = re.compile(rb'["\\\[\]{}]')
+
+
+def nesting_depth(raw: bytes | str) -> int:
+    """The deepest nesting of arrays and objects in ``raw``, brackets in strings ignored
+    (exact for well-formed JSON; on other input, a figure the parser refuses anyway)."""
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    depth = deepest = 0
+    in_string = False
+    skip_to = -1
+    for match in _STRUCTURE.finditer(data):
+        at = match.start()
+        if at < skip_to:
+            continue  # the character after a backslash
+        char = data[at]
+        if in_string:
+            if char == 0x5C:  # backslash
+                skip_to = at + 2
+            elif char == 0x22:  # quote
+                in_string = False
+        elif char == 0x22:
+            in_string = True
+        elif char in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        else:  # ] }
+            depth -= 1
+    return deepest
+
+
 def loads_strict(raw: bytes | str) -> Any:
     """Parse ``raw`` (UTF-8 bytes, or text) or raise ``JsonError`` saying what is wrong."""
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        if nesting_depth(text) > MAX_DEPTH:
+            raise JsonError(f"not valid JSON: nested deeper than {MAX_DEPTH} levels")
         return json.loads(
             text, parse_constant=_no_constant, object_pairs_hook=_no_duplicate_members
         )
