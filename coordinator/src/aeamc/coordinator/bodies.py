@@ -71,6 +71,8 @@ def parse_json(raw: bytes, shape: BodyShape | None = None) -> Any:
         raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
     except JsonError as exc:
         raise ApiError(400, "invalid_json", f"body: {exc}") from None
+    except RecursionError:  # a nesting depth the checks above let through: never a 500
+        raise ApiError(400, "invalid_json", "body: nested too deeply") from None
 
 
 async def json_body(request: web.Request, shape: BodyShape | None = None) -> Any:
