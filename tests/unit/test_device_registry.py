@@ -13,19 +13,13 @@ import pytest
 
 from aeamc.coordinator.registry import Device
 from aeamc.coordinator.store.registry import DeviceRegistry
-from aeamc.shared.messages import Capabilities, Telemetry
+from aeamc.shared.messages import Capabilities, Telemetry, parse
+from tests.support.device import GOOD_TELEMETRY
 
 CAPS = Capabilities(
     kinds=("sha256-chain",), cpus=4, mem_mb=1024, battery=True, version="1.0", endpoint=None
 )
-TELEMETRY = Telemetry(
-    battery_pct=90,
-    charging=True,
-    cpu_temp_mc=40_000,
-    cpu_load_permille=100,
-    net_latency_us=2_000,
-    mem_available_kb=1 << 20,
-)
+TELEMETRY = parse(Telemetry, GOOD_TELEMETRY)
 
 
 def _enrolled(registry: DeviceRegistry, state: str = "active", now: int = 1_000) -> Device:

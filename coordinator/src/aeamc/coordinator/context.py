@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aeamc.shared.identity import Signer, device_id_for
@@ -33,6 +34,8 @@ from .db import Database
 from .store.registry import DeviceRegistry
 from .verifier import SignatureVerifier
 
+log = logging.getLogger(__name__)
+
 
 async def wait_event(event: asyncio.Event, timeout: float) -> None:
     """Wait until ``event`` is set or ``timeout`` passes, then clear it.
@@ -44,6 +47,24 @@ async def wait_event(event: asyncio.Event, timeout: float) -> None:
         async with asyncio.timeout(timeout):
             await event.wait()
     event.clear()
+
+
+async def repeat(
+    work: Callable[[], Awaitable[object]],
+    wake: asyncio.Event,
+    interval: float,
+    what: str,
+    logger: logging.Logger = log,
+) -> None:
+    """Run ``work`` until cancelled: now, then at every ``wake`` or after ``interval``
+    seconds. A failing round is logged to ``logger`` ("<what> failed") and the next one
+    runs, so one bad row never stops a background loop."""
+    while True:
+        try:
+            await work()
+        except Exception:
+            logger.exception("%s failed", what)
+        await wait_event(wake, interval)
 
 
 class Context:

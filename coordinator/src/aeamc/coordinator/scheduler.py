@@ -19,9 +19,10 @@ import sqlite_utils
 from aeamc.shared.eps import rank
 from aeamc.shared.messages import Assignment, sign
 
+from .context import repeat
 from .logs import REQUEST_ID, task_request_id
 from .peers import DeviceLink
-from .service import Coordinator, wait_event
+from .service import Coordinator
 from .store import devices as device_rows
 from .store import tasks as task_rows
 
@@ -45,12 +46,7 @@ class Scheduler:
         """Schedule until cancelled: a round at every wake-up or ``tick_s``. A failing round
         is logged and the next one runs, so one bad row never stops the fleet's work."""
         tick = self.c.config.scheduler.tick_s
-        while True:
-            try:
-                await self.round()
-            except Exception:
-                log.exception("scheduling round failed")
-            await wait_event(self.c.wake_scheduler, tick)
+        await repeat(self.round, self.c.wake_scheduler, tick, "scheduling round", log)
 
     async def drain(self) -> None:
         """Wait for the offers still being pushed to devices (at shutdown), so each ends

@@ -23,9 +23,10 @@ from aeamc.shared import proofs
 from aeamc.shared.errors import ProtocolError
 from aeamc.shared.messages import Challenge, Opening, PoT, parse, parse_signed, sign
 
+from .context import repeat
 from .logs import REQUEST_ID, task_request_id
 from .peers import DeviceLink
-from .service import Coordinator, wait_event
+from .service import Coordinator
 from .store import proofs as proof_rows
 
 log = logging.getLogger(__name__)
@@ -43,12 +44,7 @@ class SpotChecker:
         """Check until cancelled: a round at every wake-up or ``retry_s``. A failing round
         is logged and the next one runs; its checks are still due, so none is lost."""
         interval = self.c.config.spot_checks.retry_s
-        while True:
-            try:
-                await self.round()
-            except Exception:
-                log.exception("spot-check round failed")
-            await wait_event(self.c.wake_spot_checks, interval)
+        await repeat(self.round, self.c.wake_spot_checks, interval, "spot-check round", log)
 
     async def round(self) -> int:
         """Challenge every check that is due now, concurrently; returns how many were due.
