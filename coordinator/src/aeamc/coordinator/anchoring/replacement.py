@@ -35,13 +35,7 @@ async def replace(
     )
     await s.db.write(
         lambda db: store.add_replacement(
-            db,
-            anchor_id,
-            nonce=row["nonce"],
-            fees=action.fees,
-            gas=last["gas_limit"],
-            signed=signed,
-            now=now,
+            db, anchor_id, store.Attempt(row["nonce"], action.fees, last["gas_limit"], signed), now
         )
     )
     s.status.count("replacements")

@@ -107,10 +107,7 @@ class Sender:
                 target,
                 root=root,
                 heights=heights,
-                nonce=nonce,
-                fees=fees,
-                gas=gas,
-                signed=signed,
+                attempt=store.Attempt(nonce, fees, gas, signed),
                 now=now,
             )
         )

@@ -38,6 +38,17 @@ class Target:
         return f"anchor.next_nonce:{self.chain_id}:{self.sender.lower()}"
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One signed transaction of an anchor: what was signed (nonce, fees, gas limit) and
+    the signed bytes, kept together so a stored row always matches what was broadcast."""
+
+    nonce: int
+    fees: Fees
+    gas: int
+    signed: SignedTx
+
+
 def _one(db: sqlite_utils.Database, sql: str, args: Sequence[Any] = ()) -> dict[str, Any] | None:
     return next(iter(db.query(sql, list(args))), None)
 
@@ -197,10 +208,7 @@ def create_intent(
     *,
     root: bytes,
     heights: Sequence[int],
-    nonce: int,
-    fees: Fees,
-    gas: int,
-    signed: SignedTx,
+    attempt: Attempt,
     now: int,
 ) -> int:
     """Store the anchor, its leaves and its signed transaction, and take its blocks."""
@@ -215,20 +223,20 @@ def create_intent(
             target.contract,
             int(target.embedded),
             target.sender,
-            nonce,
-            fees.max_fee_per_gas,
-            fees.max_priority_fee_per_gas,
-            signed.tx_hash,
+            attempt.nonce,
+            attempt.fees.max_fee_per_gas,
+            attempt.fees.max_priority_fee_per_gas,
+            attempt.signed.tx_hash,
             now,
         ],
     )
     anchor_id = int(cur.lastrowid or 0)
-    _insert_tx(db, anchor_id, nonce=nonce, fees=fees, gas=gas, signed=signed, now=now)
+    _insert_tx(db, anchor_id, attempt, now)
     _take_blocks(db, anchor_id, heights)
     db.execute(
         "INSERT INTO meta (key, value) VALUES (?, ?) "
         "ON CONFLICT (key) DO UPDATE SET value=excluded.value",
-        [target.nonce_key, str(nonce + 1)],
+        [target.nonce_key, str(attempt.nonce + 1)],
     )
     return anchor_id
 
@@ -269,48 +277,32 @@ def create_adopted(
     return anchor_id
 
 
-def _insert_tx(
-    db: sqlite_utils.Database,
-    anchor_id: int,
-    *,
-    nonce: int,
-    fees: Fees,
-    gas: int,
-    signed: SignedTx,
-    now: int,
-) -> None:
+def _insert_tx(db: sqlite_utils.Database, anchor_id: int, attempt: Attempt, now: int) -> None:
+    fees = attempt.fees
     db.execute(
         "INSERT INTO anchor_txs (tx_hash, anchor_id, nonce, max_fee_per_gas, "
         "max_priority_fee_per_gas, gas_limit, raw, created_at) VALUES (?,?,?,?,?,?,?,?)",
         [
-            signed.tx_hash,
+            attempt.signed.tx_hash,
             anchor_id,
-            nonce,
+            attempt.nonce,
             fees.max_fee_per_gas,
             fees.max_priority_fee_per_gas,
-            gas,
-            signed.raw,
+            attempt.gas,
+            attempt.signed.raw,
             now,
         ],
     )
 
 
-def add_replacement(
-    db: sqlite_utils.Database,
-    anchor_id: int,
-    *,
-    nonce: int,
-    fees: Fees,
-    gas: int,
-    signed: SignedTx,
-    now: int,
-) -> None:
+def add_replacement(db: sqlite_utils.Database, anchor_id: int, attempt: Attempt, now: int) -> None:
     """Store a same-nonce replacement; it becomes the current transaction, not yet sent."""
-    _insert_tx(db, anchor_id, nonce=nonce, fees=fees, gas=gas, signed=signed, now=now)
+    _insert_tx(db, anchor_id, attempt, now)
+    fees = attempt.fees
     db.execute(
         "UPDATE anchors SET tx_hash=?, max_fee_per_gas=?, max_priority_fee_per_gas=?, "
         "first_broadcast_at=NULL, last_broadcast_at=NULL WHERE id=?",
-        [signed.tx_hash, fees.max_fee_per_gas, fees.max_priority_fee_per_gas, anchor_id],
+        [attempt.signed.tx_hash, fees.max_fee_per_gas, fees.max_priority_fee_per_gas, anchor_id],
     )
 
 
