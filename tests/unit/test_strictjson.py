@@ -13,6 +13,7 @@ from aeamc.shared.strictjson import (
     JsonError,
     loads_strict,
     nesting_depth,
+    too_deep,
 )
 
 
@@ -59,6 +60,14 @@ def test_nesting_is_bounded_and_brackets_in_strings_do_not_count() -> None:
     quoted = b'{"a": "' + b'[\\\\\\"{' * 100 + b'"}'
     assert nesting_depth(quoted) == 1
     assert loads_strict(quoted)["a"].startswith('[\\"{')
+
+
+def test_many_brackets_side_by_side_are_not_depth() -> None:
+    """The count that spares most bodies the scan only decides when it is conclusive."""
+    wide = b"[" + b"[[]]," * (4 * MAX_DEPTH) + b"[]]"
+    assert not too_deep(wide) and too_deep(wide, limit=2)
+    assert len(loads_strict(wide)) == 4 * MAX_DEPTH + 1
+    assert too_deep(b"[" * (MAX_DEPTH + 1)) and not too_deep(b"[" * MAX_DEPTH)
 
 
 def test_a_deep_body_is_refused_whatever_the_recursion_limit() -> None:

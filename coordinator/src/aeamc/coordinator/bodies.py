@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from aeamc.shared.strictjson import MAX_DEPTH, JsonError, loads_strict, nesting_depth
+from aeamc.shared.strictjson import MAX_DEPTH, JsonError, loads_strict, too_deep
 
 from .errors import ApiError
 
@@ -62,7 +62,7 @@ def parse_json(raw: bytes, shape: BodyShape | None = None) -> Any:
         problem = _outline_error(raw, shape)
         if problem is not None:
             raise ApiError(400, "invalid_message", f"body: {problem}")
-    if nesting_depth(raw) > MAX_DEPTH:
+    if too_deep(raw):
         raise ApiError(400, "invalid_json", f"body: nested deeper than {MAX_DEPTH} levels")
     try:
         msgspec.json.decode(raw)
