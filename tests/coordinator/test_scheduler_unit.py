@@ -48,7 +48,7 @@ async def test_only_eligible_devices_are_offered_work(fleet: Fleet) -> None:
     get nothing; the one active, eligible device gets the task and accepts it."""
     pending = await fleet.enroll(token=False, heartbeats=0)
     quarantined = await fleet.enroll()
-    await fleet.c.fleet.set_device_state(quarantined.device_id, "quarantined", "operator")
+    await fleet.c.fleet.quarantine(quarantined.device_id, "operator")
     silent = await fleet.enroll(heartbeats=1)
     weak = await fleet.enroll(battery_pct=TOO_LOW)
     other_kind = await fleet.enroll(kinds=("classify-int8",))

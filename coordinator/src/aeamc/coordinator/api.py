@@ -261,12 +261,7 @@ async def approve_device(request: web.Request) -> web.Response:
     c = request.app[COORDINATOR_KEY]
     device_id = _device_id(request)
     reason = await _reason(request, "approved")
-    device = c.fleet.device(device_id)
-    if device.state == "quarantined":
-        raise ApiError(409, "quarantined", "a quarantined device cannot be approved")
-    if device.state != "pending":
-        return reply(c.fleet.device_view(device))
-    return reply(c.fleet.device_view(await c.fleet.set_device_state(device_id, "active", reason)))
+    return reply(c.fleet.device_view(await c.fleet.approve(device_id, reason)))
 
 
 async def quarantine_device(request: web.Request) -> web.Response:
@@ -274,9 +269,7 @@ async def quarantine_device(request: web.Request) -> web.Response:
     c = request.app[COORDINATOR_KEY]
     device_id = _device_id(request)
     reason = await _reason(request, "quarantined by the operator")
-    return reply(
-        c.fleet.device_view(await c.fleet.set_device_state(device_id, "quarantined", reason))
-    )
+    return reply(c.fleet.device_view(await c.fleet.quarantine(device_id, reason)))
 
 
 async def _operator_or_device(request: web.Request, device_id: str, action: str) -> str:

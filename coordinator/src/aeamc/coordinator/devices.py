@@ -26,31 +26,51 @@ class DeviceService:
         self.ctx = ctx
         self.settlement = settlement
 
-    async def set_device_state(self, device_id: str, state: str, reason: str) -> Device:
-        """Set a device's state for ``reason`` (approve or quarantine); a quarantine runs
-        the one cascade (settlement.py) in the same transaction."""
-        device = self.ctx.devices.get(device_id)
-        if device is None:
-            raise not_found(f"device {device_id}")
-        if state == "active" and device.state == "quarantined" and reason == "approved":
+    async def approve(self, device_id: str, reason: str) -> Device:
+        """Approve a pending device for ``reason``. A device already approved (active or
+        stale) is returned as it is; a quarantined one, or one whose enrollment expired,
+        is refused (``conflict``): quarantine is never left, and an expired enrollment
+        is enrolled again."""
+        device = self._get(device_id)
+        if device.quarantined:
             raise Refusal(Fault.CONFLICT, "quarantined", "a quarantined device cannot be approved")
+        if device.state != "pending":
+            return device
         now = self.ctx.clock()
         ttl_ms = self.ctx.config.enrollment.pending_ttl_s * 1000
-        if state == "active" and device.state == "pending" and device.enrolled_at < now - ttl_ms:
+        if device.enrolled_at < now - ttl_ms:
             # Not yet swept, but as good as gone: its owner enrolls again to be approved.
             raise Refusal(
                 Fault.CONFLICT, "pending_expired", "this enrollment expired; enroll again"
             )
+        await self.ctx.db.write(
+            lambda db: device_rows.set_device_state(db, device_id, "active", reason, now)
+        )
+        return self._changed(device_id, "active", reason, device)
+
+    async def quarantine(self, device_id: str, reason: str) -> Device:
+        """Quarantine a device for ``reason``, with the one cascade (settlement.py) in the
+        same transaction: its open work is re-queued, its unchecked proofs voided and its
+        certificates revoked. Quarantining it again changes nothing more."""
+        device = self._get(device_id)
+        now = self.ctx.clock()
 
         def txn(db: sqlite_utils.Database) -> list[str]:
-            device_rows.set_device_state(db, device_id, state, reason, now)
-            if state == "quarantined":
-                return self.settlement.quarantine_in(db, device_id, reason, now)
-            return []
+            device_rows.set_device_state(db, device_id, "quarantined", reason, now)
+            return self.settlement.quarantine_in(db, device_id, reason, now)
 
         revoked = await self.ctx.db.write(txn)
         if self.ctx.certs is not None:
             self.ctx.certs.revoked_now(revoked)
+        return self._changed(device_id, "quarantined", reason, device)
+
+    def _get(self, device_id: str) -> Device:
+        device = self.ctx.devices.get(device_id)
+        if device is None:
+            raise not_found(f"device {device_id}")
+        return device
+
+    def _changed(self, device_id: str, state: str, reason: str, device: Device) -> Device:
         device = self.ctx.devices.set_state(device_id, state, reason) or device
         log.info("device %s is now %s (%s)", device_id, state, reason)
         self.ctx.wake_scheduler.set()

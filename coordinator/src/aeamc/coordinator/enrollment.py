@@ -87,7 +87,7 @@ class EnrollmentService:
         now = self.ctx.clock()
         check_fresh(msg.timestamp, now, self.ctx.config.protocol.heartbeat_window_s * 1000)
         existing = self.ctx.devices.get(msg.device_id)
-        if existing is not None and existing.state == "quarantined":
+        if existing is not None and existing.quarantined:
             raise Refusal(Fault.FORBIDDEN, "quarantined", "this device is quarantined")
         caps = msg.capabilities
         self.endpoint_allowed(caps.endpoint, address)

@@ -49,7 +49,7 @@ class HeartbeatService:
         check_fresh(poa.timestamp, now, window_ms)
         if device.state == "pending":
             raise Refusal(Fault.FORBIDDEN, "pending", "enrollment awaits the operator's approval")
-        if device.state == "quarantined":
+        if device.quarantined:
             raise Refusal(Fault.FORBIDDEN, "quarantined", "this device is quarantined")
         self.ctx.check_peer(peer, poa.device_id)
         if poa.seq <= device.last_seq:

@@ -130,7 +130,7 @@ class ProofIngestion:
         device = self.ctx.devices.get(pot.device_id)
         if device is None:
             raise Refusal(Fault.FORBIDDEN, "not_enrolled", "unknown device")
-        if device.state == "quarantined":
+        if device.quarantined:
             raise Refusal(Fault.FORBIDDEN, "quarantined", "this device is quarantined")
         # Identity and signature first: a forged message learns nothing about assignments.
         pot.verify(device.public_key, signer_id=pot.device_id)

@@ -1,15 +1,14 @@
 """A device as the hot paths see it: one entry of the live registry.
 
 SQLite is the truth; the entries are loaded at start and replaced only after a write has
-committed, so a crash can lose nothing but the view itself. ``Device`` is frozen: only
-``store.registry.DeviceRegistry`` makes a changed copy and puts it in place (its
-``poa_times`` deque, too, is appended to only there).
+committed, so a crash can lose nothing but the view itself. ``Device`` is frozen all the
+way down (its heartbeat times are a tuple): only ``store.registry.DeviceRegistry`` makes
+a changed copy and puts it in place, so an entry a reader holds never changes under it.
 """
 
 from __future__ import annotations
 
 import json
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +33,13 @@ class Device:
     telemetry: Telemetry | None = None
     record: Record = field(default_factory=Record)
     state_reason: str | None = None
-    poa_times: deque[int] = field(default_factory=lambda: deque(maxlen=POA_HISTORY))
+    #: The latest heartbeat times (at most ``POA_HISTORY``), oldest first.
+    poa_times: tuple[int, ...] = ()
+
+    @property
+    def quarantined(self) -> bool:
+        """Whether the device is quarantined: it gets no work, and what it sends is refused."""
+        return self.state == "quarantined"
 
     @property
     def reputation(self) -> float:

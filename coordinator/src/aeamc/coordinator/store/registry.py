@@ -15,7 +15,7 @@ from collections.abc import Iterator, ValuesView
 from aeamc.shared.messages import Capabilities, Telemetry
 
 from ..db import Database
-from ..registry import Device
+from ..registry import POA_HISTORY, Device
 from . import devices as device_rows
 
 
@@ -56,10 +56,13 @@ class DeviceRegistry:
         rows = await db.read(device_rows.all_devices)
         devices = {r["device_id"]: Device.from_row(r) for r in rows}
         recent = await db.read(lambda d: device_rows.heartbeat_times(d, poa_since))
+        times: dict[str, list[int]] = {}
         for device_id, received_at in recent:
-            device = devices.get(device_id)
-            if device is not None:
-                device.poa_times.append(received_at)
+            times.setdefault(device_id, []).append(received_at)
+        for device_id, seen in times.items():
+            if device_id in devices:
+                poa = tuple(seen[-POA_HISTORY:])
+                devices[device_id] = dataclasses.replace(devices[device_id], poa_times=poa)
         self._devices = devices
 
     def enrolled(
@@ -112,9 +115,13 @@ class DeviceRegistry:
         old = self._devices.get(device_id)
         if old is None:
             return None
-        old.poa_times.append(now)
         device = dataclasses.replace(
-            old, last_seq=max(old.last_seq, seq), last_seen=now, telemetry=telemetry, state=state
+            old,
+            last_seq=max(old.last_seq, seq),
+            last_seen=now,
+            telemetry=telemetry,
+            state=state,
+            poa_times=(*old.poa_times, now)[-POA_HISTORY:],
         )
         self._devices[device_id] = device
         return device
