@@ -10,6 +10,9 @@ PY_INPUTS := requirements/constraints.txt requirements/dev.txt \
 	shared/pyproject.toml agent/pyproject.toml coordinator/pyproject.toml
 NODE_STAMP := node_modules/.installed
 DEB_STAMP := $(VENV)/.debian-packages
+# Test processes: most tests wait on real coordinators, agents, anvil and Chromium rather
+# than compute, so more workers than cores keep both cores busy.
+TEST_WORKERS ?= 3
 
 .PHONY: help deps test lint typecheck format demo bench lock clean
 
@@ -57,7 +60,8 @@ format: $(PY_STAMP)
 
 test: deps lint typecheck
 	rm -f .coverage .coverage.*
-	$(BIN)/python -m pytest --cov --cov-report=term --cov-fail-under=80
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup \
+		--cov --cov-report=term --cov-fail-under=80
 
 demo: deps
 	$(BIN)/aeamc devnet demo $(ARGS)

@@ -1,4 +1,4 @@
-"""Fixtures every test layer shares."""
+"""Fixtures every test layer shares, and which tests must share one pytest-xdist worker."""
 
 from __future__ import annotations
 
@@ -9,6 +9,42 @@ from typing import Any
 import pytest
 
 VECTORS_PATH = Path(__file__).parent / "vectors" / "v1.json"
+TESTS = Path(__file__).parent
+
+#: Tests that run together on one worker under ``pytest -n N --dist loadgroup`` (what
+#: ``make test`` runs), keyed by path below tests/. Everything else is spread freely.
+SAME_WORKER: dict[str, str] = {
+    # Session fixtures build both Debian packages (twice over, for upgrades): once per run.
+    "packaging/": "packaging",
+    # Package fixtures start one coordinator, fleet and browser for every dashboard test.
+    "dashboard/": "dashboard",
+    # Module fixtures build agent releases and start a coordinator (and agents) once, and
+    # the tests then walk through one rollout in file order.
+    "adversary/test_rollout_reports.py": "rollout-reports",
+    "updates/test_device.py": "updates-device",
+    "updates/test_fleet.py": "updates-fleet",
+    # One coordinator with a prepared state takes every fuzz family, and the last test
+    # checks the totals of all of them.
+    "fuzz/test_adversarial.py": "fuzz-adversarial",
+    # Real mDNS on this host's loopback is one shared medium: a test that lets an agent
+    # pick any coordinator it hears must not hear another test's (devnet's included).
+    "agent/test_mdns.py": "loopback-mdns",
+    "coordinator/test_discovery.py": "loopback-mdns",
+    "e2e/test_devnet.py": "loopback-mdns",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests of ``SAME_WORKER`` with their ``xdist_group``; a no-op without xdist."""
+    for item in items:
+        try:
+            where = item.path.relative_to(TESTS).as_posix()
+        except ValueError:
+            continue
+        for prefix, group in SAME_WORKER.items():
+            if where.startswith(prefix):
+                item.add_marker(pytest.mark.xdist_group(group))
+                break
 
 
 @pytest.fixture(scope="session")
