@@ -60,6 +60,9 @@ format: $(PY_STAMP)
 
 test: deps lint typecheck
 	rm -f .coverage .coverage.*
+	@# Tests start hundreds of coordinator and agent processes: compiled once here, the
+	@# sources are not recompiled by each of them (as when PYTHONDONTWRITEBYTECODE is set).
+	$(BIN)/python -m compileall -q shared/src agent/src coordinator/src
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup \
 		--cov --cov-report=term --cov-fail-under=80
 
