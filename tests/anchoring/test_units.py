@@ -120,6 +120,9 @@ def test_chain_section_defaults_render_and_parse_back(tmp_path: Path) -> None:
     ("chain", "message"),
     [
         ({"rpc_url": "ftp://x"}, "chain.rpc_url"),
+        # A LAN host that could answer for the chain: https:// only, unless allowed.
+        ({"rpc_url": "http://10.0.0.2:8545"}, "chain.rpc_url must be https:// unless"),
+        ({"rpc_url": "http://127.0.0.1.example.net:8545"}, "chain.rpc_url must be https://"),
         ({"contract": "0x12"}, "chain.contract"),
         ({"confirmations": -1}, "chain.confirmations"),
         ({"anchor_interval_s": 0}, "chain.anchor_interval_s"),
@@ -135,11 +138,29 @@ def test_bad_chain_settings_are_named(chain: dict[str, Any], message: str) -> No
         parse_config({"chain": chain})
 
 
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("https://node.example.net:8545", False),
+        ("http://127.0.0.1:8545", False),
+        ("http://127.9.9.9:8545", False),
+        ("http://localhost:8545", False),
+        ("http://[::1]:8545", False),
+        ("http://10.0.0.2:8545", True),
+    ],
+)
+def test_rpc_urls_the_coordinator_takes(url: str, allowed: bool) -> None:
+    chain_settings: dict[str, Any] = {"rpc_url": url}
+    if allowed:
+        chain_settings["allow_plain_http_rpc"] = True
+    assert parse_config({"chain": chain_settings}).chain.rpc_url == url
+
+
 def test_write_setting_keeps_the_operators_file(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text(
         f'# mine\nstate_dir = "{tmp_path}"\n\n[chain]\n# my node\n'
-        'rpc_url = "http://n:8545"\n\n[eps]\nmin_eps = 0.4\n'
+        'rpc_url = "https://n:8545"\n\n[eps]\nmin_eps = 0.4\n'
     )
     contract = "0x" + "ab" * 20
     config = write_setting(path, "chain", "contract", contract)
@@ -243,6 +264,18 @@ def test_verify_command_edges(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"pot": {}}))
     code, out, _ = _verify(str(bad), "--rpc", "http://127.0.0.1:9")
     assert code == 1 and out.startswith("FAIL bundle:")
+
+
+def test_verify_refuses_plain_http_to_another_host(tmp_path: Path) -> None:
+    """An auditor's check is only as good as the chain's answers: a plain http:// node on
+    another host is refused before anything is asked, unless the auditor allows it."""
+    bundle = tmp_path / "bundle.json"
+    bundle.write_text(json.dumps({"pot": {}}))
+    code, out, err = _verify(str(bundle), "--rpc", "http://192.0.2.7:8545")
+    assert code == 64 and out == ""
+    assert "--rpc must be https:// unless" in err and "--allow-plain-http" in err
+    code, out, _ = _verify(str(bundle), "--rpc", "http://192.0.2.7:8545", "--allow-plain-http")
+    assert code == 1 and out.startswith("FAIL bundle:")  # went on to check the bundle
 
 
 def test_the_pure_core_still_imports_no_web3() -> None:

@@ -21,6 +21,7 @@ import tomli_w
 from aeamc.shared import reputation
 from aeamc.shared.eps import EpsConfig
 from aeamc.shared.errors import ValidationError
+from aeamc.shared.rpcurls import rpc_url_problem
 from aeamc.shared.runtime.configfiles import ConfigError, read_config_files
 from aeamc.shared.runtime.pkcs11 import Pkcs11Error, Pkcs11Uri, is_pkcs11_uri
 
@@ -160,8 +161,12 @@ class ChainConfig:
     """Anchoring (docs/anchoring.md). No ``rpc_url``: an in-process chain, lost on restart."""
 
     enabled: bool = True
-    #: JSON-RPC endpoint; empty = the embedded in-process chain.
+    #: JSON-RPC endpoint; empty = the embedded in-process chain. https://, or http:// to
+    #: this host's loopback (a local node).
     rpc_url: str = ""
+    #: Take a plain http:// ``rpc_url`` to another host (a node on a segment you trust):
+    #: anyone on the path could then answer for the chain.
+    allow_plain_http_rpc: bool = False
     #: MicroblockAnchor address (``aeamc-coordinator chain deploy`` writes it).
     contract: str = ""
     #: Expected chain id; 0 = whatever the endpoint reports.
@@ -493,11 +498,9 @@ def _updates_checks(u: UpdatesConfig) -> list[tuple[bool, str]]:
 
 
 def _chain_checks(c: ChainConfig) -> list[tuple[bool, str]]:
+    rpc_problem = c.rpc_url and rpc_url_problem(c.rpc_url, allow_plain_http=c.allow_plain_http_rpc)
     return [
-        (
-            not c.rpc_url or re.fullmatch(r"https?://\S+", c.rpc_url) is not None,
-            "chain.rpc_url must be an http:// or https:// URL",
-        ),
+        (not rpc_problem, f"chain.rpc_url {rpc_problem}"),
         (
             not c.contract or re.fullmatch(r"0x[0-9a-fA-F]{40}", c.contract) is not None,
             "chain.contract must be a 0x-prefixed 20-byte address",

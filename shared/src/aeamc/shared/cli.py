@@ -19,8 +19,9 @@ from . import __version__, microblock
 from .bundle import STEPS, verify_bundle
 from .errors import MicroblockError
 from .exits import EX_FAILURE as EX_INVALID
-from .exits import EX_NOINPUT, EX_OK, EX_UNAVAILABLE
+from .exits import EX_NOINPUT, EX_OK, EX_UNAVAILABLE, EX_USAGE
 from .exits import UsageParser as _Parser
+from .rpcurls import rpc_url_problem
 
 #: The entry point group through which other distributions add ``aeamc`` subcommands (the
 #: coordinator's ``devnet``), so this tool never imports them.
@@ -70,6 +71,10 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"FAIL bundle: not JSON: {exc}")
         print("aeamc: verification failed at step 'bundle'", file=sys.stderr)
         return EX_INVALID
+    problem = rpc_url_problem(args.rpc, allow_plain_http=args.allow_plain_http)
+    if problem is not None:
+        print(f"aeamc: --rpc {problem} (--allow-plain-http)", file=sys.stderr)
+        return EX_USAGE
     from .chain import web3_chain_check
 
     anchor = bundle.get("anchor") if isinstance(bundle, dict) else None
@@ -104,7 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
         "verify", help="check a receipt proof bundle (SPEC §8) against the chain"
     )
     verify.add_argument("bundle", help="bundle JSON file, or - for stdin")
-    verify.add_argument("--rpc", required=True, help="JSON-RPC URL of the bundle's chain")
+    verify.add_argument(
+        "--rpc",
+        required=True,
+        help="JSON-RPC URL of the bundle's chain: https://, or http:// to this host's loopback",
+    )
+    verify.add_argument(
+        "--allow-plain-http",
+        action="store_true",
+        help="take an http:// --rpc to another host (anyone on the path could answer for it)",
+    )
     verify.add_argument(
         "--contract", help="MicroblockAnchor address to ask (default: the bundle's own)"
     )
