@@ -11,6 +11,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Annotated
 
 import msgspec
@@ -21,6 +22,7 @@ from aeamc.shared.errors import ProtocolError
 from aeamc.shared.refusals import Refusal
 from aeamc.shared.runtime.tls import peer_of
 
+from . import securitytxt
 from .anchoring.bundles import receipt_bundle
 from .auth import COORDINATOR_KEY, caller, require, scope
 from .bodies import BodyShape, json_body, reply
@@ -427,6 +429,15 @@ async def openapi(request: web.Request) -> web.Response:
     return reply(openapi_document())
 
 
+async def security_txt(request: web.Request) -> web.Response:
+    """RFC 9116's contact file, public; 404 until the operator configures a contact."""
+    c = request.app[COORDINATOR_KEY]
+    text = securitytxt.render(c.config.security, datetime.fromtimestamp(c.clock() / 1000, UTC))
+    if text is None:
+        raise ApiError(404, "not_found", "no security contact is configured ([security] contact)")
+    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+
 #: The largest body each route reads, in bytes, by (method, route); ``None`` means
 #: ``server.max_body_bytes``. Checked against Content-Length before anything else is done
 #: for the request (authentication and signatures included), and enforced while reading a
@@ -508,6 +519,7 @@ def build_app(coordinator: Coordinator) -> web.Application:
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/ca", ca_certificate)
     app.router.add_get("/v1/openapi.json", openapi)
+    app.router.add_get("/.well-known/security.txt", security_txt)
     add_update_routes(app)  # TUF repository, update reports, rollouts
     # The page, /privacy, login; also appends the session middleware, innermost.
     add_dashboard_routes(app, coordinator)

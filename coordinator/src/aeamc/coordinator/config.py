@@ -25,6 +25,8 @@ from aeamc.shared.rpcurls import rpc_url_problem
 from aeamc.shared.runtime.configfiles import ConfigError, read_config_files
 from aeamc.shared.runtime.pkcs11 import Pkcs11Error, Pkcs11Uri, is_pkcs11_uri
 
+from .securitytxt import SecurityConfig, security_checks
+
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -293,6 +295,7 @@ class CoordinatorConfig:
     enrollment: EnrollmentConfig = field(default_factory=EnrollmentConfig)
     tokens: TokensConfig = field(default_factory=TokensConfig)
     updates: UpdatesConfig = field(default_factory=UpdatesConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
 
     @property
     def db_path(self) -> Path:
@@ -338,6 +341,7 @@ _SECTIONS = {
     "enrollment": EnrollmentConfig,
     "tokens": TokensConfig,
     "updates": UpdatesConfig,
+    "security": SecurityConfig,
 }
 
 
@@ -434,6 +438,7 @@ def validate(config: CoordinatorConfig) -> None:
         (config.limits.per_device_rate > 0, "limits.per_device_rate must be > 0"),
         (config.limits.per_device_burst >= 1, "limits.per_device_burst must be ≥ 1"),
         *_updates_checks(config.updates),
+        *security_checks(config.security),
         (config.enrollment.pending_ttl_s >= 1, "enrollment.pending_ttl_s must be ≥ 1"),
         (config.enrollment.max_pending >= 0, "enrollment.max_pending must be ≥ 0"),
         (

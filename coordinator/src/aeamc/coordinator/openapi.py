@@ -364,6 +364,12 @@ def openapi_document() -> dict[str, Any]:
         "/v1/health": {"get": _op("Liveness, what is degraded, the CA fingerprint")},
         "/v1/ca": {"get": _op("The CA certificate (PEM) and its SHA-256 fingerprint, for pinning")},
         "/v1/openapi.json": {"get": _op("This document")},
+        "/.well-known/security.txt": {
+            "get": _op(
+                "Whom to tell about a vulnerability (RFC 9116); 404 until [security] has one",
+                responses={"200": {"description": "RFC 9116 text", "content": {"text/plain": {}}}},
+            )
+        },
         "/metrics": {
             "get": _op(
                 "Prometheus metrics",
