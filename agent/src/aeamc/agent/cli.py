@@ -26,6 +26,7 @@ from aeamc.shared.exits import UsageParser as _Parser
 from aeamc.shared.messages import Privacy, sign
 from aeamc.shared.runtime.clock import now_ms
 from aeamc.shared.runtime.logs import configure as configure_logs
+from aeamc.shared.runtime.logs import print_error
 from aeamc.shared.runtime.pkcs11 import is_pkcs11_uri
 from aeamc.shared.runtime.tls import TlsError
 
@@ -318,7 +319,7 @@ async def _privacy_request(
 
 
 def _config_error(exc: Exception) -> int:
-    print(f"aeamc-agent: configuration error: {exc}", file=sys.stderr)
+    print_error(f"aeamc-agent: configuration error: {exc}")
     return EX_CONFIG
 
 

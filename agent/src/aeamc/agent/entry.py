@@ -63,6 +63,7 @@ def _as_run(args: list[str]) -> tuple[str | None, int] | None:
 def _run(config_value: str | None, verbose: int, args: list[str]) -> int:
     from aeamc.shared.exits import EX_CONFIG
     from aeamc.shared.runtime.logs import configure as configure_logs
+    from aeamc.shared.runtime.logs import print_error
 
     from .config import ConfigError, config_path, load_config
 
@@ -71,7 +72,7 @@ def _run(config_value: str | None, verbose: int, args: list[str]) -> int:
     try:
         config = load_config(path)
     except ConfigError as exc:
-        print(f"aeamc-agent: configuration error: {exc}", file=sys.stderr)
+        print_error(f"aeamc-agent: configuration error: {exc}")
         return EX_CONFIG
     if not config.updates_enabled:
         # No launcher: the daemon runs in this process, so nothing is saved by staying slim.

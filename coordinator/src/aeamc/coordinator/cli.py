@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from aeamc.shared.exits import UsageParser as _Parser
+from aeamc.shared.runtime.logs import print_error
 from aeamc.shared.runtime.systemd import notify as notify_systemd
 
 from . import __version__, logs
@@ -435,10 +436,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except CliError as exc:
-        print(f"aeamc-coordinator: {exc}", file=sys.stderr)
+        print_error(f"aeamc-coordinator: {exc}")
         return exc.status
     except KeyFileError as exc:
-        print(f"aeamc-coordinator: {exc}", file=sys.stderr)
+        print_error(f"aeamc-coordinator: {exc}")
         return EX_CONFIG
 
 

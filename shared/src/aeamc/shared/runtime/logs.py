@@ -3,9 +3,12 @@
 Every line has ``level``, ``logger`` and ``msg``, the request id of the task or request
 being handled (``request_id``, when there is one) and any ``extra=`` context fields.
 Under systemd (``$JOURNAL_STREAM`` set) timestamps are left out, since journald adds its
-own; elsewhere each line has ``ts``, an ISO-8601 UTC time. ``$AEAMC_LOG_FORMAT=logfmt``
-selects ``key=value`` lines instead of JSON. The daemons' own ``logs`` modules add how
-they obtain request ids.
+own; elsewhere each line has ``ts``, an ISO-8601 UTC time. When the log stream *is* the
+journal (``$JOURNAL_STREAM`` names its device and inode, systemd.exec(5)), each line
+starts with its syslog priority, ``<3>`` for an error to ``<7>`` for debug (sd-daemon(3)),
+so that journald files it at that priority and ``journalctl -p err`` finds the errors.
+``$AEAMC_LOG_FORMAT=logfmt`` selects ``key=value`` lines instead of JSON. The daemons' own
+``logs`` modules add how they obtain request ids.
 """
 
 from __future__ import annotations
@@ -129,6 +132,50 @@ class LogfmtFormatter(logging.Formatter):
         return " ".join(parts)
 
 
+#: Syslog priority of each logging level, as journald reads a ``<N>`` line prefix.
+_PRIORITY = {
+    logging.CRITICAL: 2,
+    logging.ERROR: 3,
+    logging.WARNING: 4,
+    logging.INFO: 6,
+    logging.DEBUG: 7,
+}
+
+
+def writes_to_journal(stream: object, environ: dict[str, str] | None = None) -> bool:
+    """Whether ``stream`` is the journald stream systemd connected (``$JOURNAL_STREAM``
+    is "device:inode" of it); a file or pipe the output was redirected to is not."""
+    value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    try:
+        device, inode = (int(part) for part in value.split(":"))
+        info = os.fstat(stream.fileno())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError, OSError):
+        return False
+    return (info.st_dev, info.st_ino) == (device, inode)
+
+
+class PriorityPrefix(logging.Formatter):
+    """Another formatter's line, led by its syslog priority (``<3>`` for an error)."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = _PRIORITY.get(record.levelno)
+        if priority is None:  # a custom level: the nearest standard one below it
+            priority = _PRIORITY[max((lv for lv in _PRIORITY if lv <= record.levelno), default=10)]
+        return f"<{priority}>{self.inner.format(record)}"
+
+
+def print_error(line: str) -> None:
+    """Write a command's fatal error to stderr, at priority ``err`` when that is the
+    journal: a service that stops on it (a configuration error, exit 78) is then found by
+    ``journalctl -p err`` like every other error."""
+    prefix = f"<{_PRIORITY[logging.ERROR]}>" if writes_to_journal(sys.stderr) else ""
+    print(prefix + line, file=sys.stderr)
+
+
 def configure(verbosity: int, stream: object = None, fmt: str | None = None) -> None:
     """INFO by default, DEBUG with ``-v``; third-party chatter stays at WARNING.
 
@@ -141,7 +188,10 @@ def configure(verbosity: int, stream: object = None, fmt: str | None = None) -> 
         if fmt == "logfmt"
         else JsonFormatter(timestamps=timestamps)
     )
-    handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
+    stream = stream or sys.stderr
+    if writes_to_journal(stream):
+        formatter = PriorityPrefix(formatter)
+    handler = logging.StreamHandler(stream)  # type: ignore[arg-type]
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
