@@ -6,8 +6,14 @@ a receipt verified against the chain by the auditor's tool."""
 from __future__ import annotations
 
 import io
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
+
+import psutil
+import pytest
 
 from aeamc.coordinator import devnet
 
@@ -53,3 +59,54 @@ def test_demo_network_outcomes(tmp_path: Path) -> None:
     finally:
         net.stop()
     assert all(not p.alive() for p in net.procs)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_stops_everything_devnet_up_started(tmp_path: Path, sig: signal.Signals) -> None:
+    """``aeamc devnet up`` ended by a service manager or a closed terminal leaves no chain,
+    coordinator or agent behind (each runs in a session of its own, out of reach of the
+    terminal's signals)."""
+    root = tmp_path / "net"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "aeamc.shared.cli",
+            "devnet",
+            "up",
+            "--agents",
+            "1",
+            "--dir",
+            str(root),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        seen = ""
+        for line in proc.stdout:
+            seen += line
+            if "Ctrl-C stops it" in line:
+                break
+        assert "devnet is up" in seen, seen
+        started = _processes_under(root)
+        assert len(started) >= 3, started  # anvil, the coordinator, the agent
+        proc.send_signal(sig)
+        assert proc.wait(timeout=60) == 0  # the normal end of `up`
+        psutil.wait_procs(started, timeout=10)
+        assert _processes_under(root) == []
+    finally:
+        proc.kill()
+        for p in _processes_under(root):
+            p.kill()
+
+
+def _processes_under(root: Path) -> list[psutil.Process]:
+    """Processes whose command line names a path below ``root``."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        if any(str(root) in arg for arg in p.info["cmdline"] or ()):
+            found.append(p)
+    return found

@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,8 @@ from typing import Any, TextIO
 import tomli_w
 
 from aeamc.shared.runtime.tls import client_context, fingerprint
+
+from .devnet_procs import DevnetError, Proc, find_anvil, free_port
 
 SIMULATION_ENV = "AEAMC_SIMULATED_TELEMETRY"
 
@@ -75,61 +76,6 @@ PROFILES = (
         expect="fakes half its chunks; caught by a spot-check",
     ),
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def find_anvil() -> Path:
-    """anvil from ``AEAMC_ANVIL``, the project's node_modules, or PATH."""
-    candidates = [os.environ.get("AEAMC_ANVIL", "")]
-    for base in (Path.cwd(), *Path.cwd().parents):
-        candidates.append(str(base / "node_modules" / ".bin" / "anvil"))
-    candidates.append(shutil.which("anvil") or "")
-    for c in candidates:
-        if c and Path(c).is_file() and os.access(c, os.X_OK):
-            return Path(c)
-    raise DevnetError("anvil not found: run `npm ci` in the repository, or set AEAMC_ANVIL")
-
-
-class DevnetError(Exception):
-    pass
-
-
-@dataclass
-class Proc:
-    name: str
-    args: list[str]
-    log: Path
-    env: dict[str, str] | None = None
-    process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                self.args,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                start_new_session=True,  # Ctrl-C reaches us only; we stop children in order
-            )
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self, timeout: float = 15) -> None:
-        if not self.alive():
-            return
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 @dataclass
@@ -546,6 +492,10 @@ def print_summary(net: Devnet, result: dict[str, Any], verify: tuple[int, str]) 
     )
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 @contextlib.contextmanager
 def running(root: Path | None, agents: int, keep: bool) -> Iterator[Devnet]:
     tmp = None
@@ -553,16 +503,31 @@ def running(root: Path | None, agents: int, keep: bool) -> Iterator[Devnet]:
         tmp = Path(tempfile.mkdtemp(prefix="aeamc-devnet-"))
         root = tmp
     net = Devnet(root, agents)
+    # SIGTERM and SIGHUP (a closed terminal, `kill`, a service manager) stop the network
+    # as Ctrl-C does, instead of ending this process and leaving its children running.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield net
     finally:
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)  # a second signal must not cut the stop short
         net.say("stopping the devnet…")
         net.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if tmp is not None and not keep:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def demo(agents: int, tasks: int, root: Path | None, timeout_s: float, keep: bool) -> int:
+def demo(
+    agents: int,
+    tasks: int,
+    root: Path | None,
+    timeout_s: float,
+    keep: bool,
+    *,
+    stay: bool = False,
+) -> int:
     started = time.monotonic()
     with running(root, agents, keep) as net:
         net.say(f"Starting a local AEAMC network with {agents} agents in {net.root}")
@@ -585,7 +550,19 @@ def demo(agents: int, tasks: int, root: Path | None, timeout_s: float, keep: boo
         print_summary(net, result, verify)
         net.say(f"\nfinished in {time.monotonic() - started:.0f} s")
         ok = finished(net, tasks, cheaters) and verify[0] == 0
+        if stay:
+            net.say("The network stays up for a look at the dashboard; Ctrl-C stops it.")
+            _wait_until_interrupted(net)
+        else:
+            net.say("(`make demo ARGS=--stay` keeps the network up to look at the dashboard)")
         return 0 if ok else 1
+
+
+def _wait_until_interrupted(net: Devnet) -> None:
+    """Until Ctrl-C, SIGTERM or SIGHUP, or until one of the network's processes ends."""
+    with contextlib.suppress(KeyboardInterrupt):
+        while all(p.alive() for p in net.procs):
+            time.sleep(1)
 
 
 def up(agents: int, root: Path | None) -> int:
@@ -594,7 +571,5 @@ def up(agents: int, root: Path | None) -> int:
         net.say(f"devnet is up in {net.root}: coordinator {net.api}, chain {net.rpc_url}")
         net.say(f"operator token {net.token('operator')}  client token {net.token('client')}")
         net.say("Ctrl-C stops it.")
-        with contextlib.suppress(KeyboardInterrupt):
-            while all(p.alive() for p in net.procs):
-                time.sleep(1)
+        _wait_until_interrupted(net)
     return 0

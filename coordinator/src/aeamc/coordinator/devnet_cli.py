@@ -24,6 +24,11 @@ def add_parser(sub: Any) -> None:
     dn.add_argument("--dir", help="working folder (default: a temporary one)")
     dn.add_argument("--timeout", type=float, default=100.0, help="demo time limit in seconds")
     dn.add_argument("--keep", action="store_true", help="keep the demo's folder afterwards")
+    dn.add_argument(
+        "--stay",
+        action="store_true",
+        help="demo: keep the network running after the summary, until Ctrl-C or SIGTERM",
+    )
     dn.set_defaults(func=run)
 
 
@@ -34,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
     root = Path(args.dir) if args.dir else None
     try:
         if args.action == "demo":
-            return devnet.demo(args.agents, args.tasks, root, args.timeout, args.keep)
+            return devnet.demo(
+                args.agents, args.tasks, root, args.timeout, args.keep, stay=args.stay
+            )
         return devnet.up(args.agents, root)
     except devnet.DevnetError as exc:
         print(f"aeamc: devnet: {exc}", file=sys.stderr)
