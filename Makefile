@@ -63,7 +63,7 @@ test: deps lint typecheck
 	@# Tests start hundreds of coordinator and agent processes: compiled once here, the
 	@# sources are not recompiled by each of them (as when PYTHONDONTWRITEBYTECODE is set).
 	$(BIN)/python -m compileall -q shared/src agent/src coordinator/src
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup \
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope \
 		--cov --cov-report=term --cov-fail-under=80
 
 demo: deps

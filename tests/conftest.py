@@ -11,8 +11,8 @@ import pytest
 VECTORS_PATH = Path(__file__).parent / "vectors" / "v1.json"
 TESTS = Path(__file__).parent
 
-#: Tests that run together on one worker under ``pytest -n N --dist loadgroup`` (what
-#: ``make test`` runs), keyed by path below tests/. Everything else is spread freely.
+#: Tests that run together on one worker under ``pytest -n N`` (what ``make test`` runs),
+#: keyed by path below tests/. Everything else is spread test by test.
 SAME_WORKER: dict[str, str] = {
     # Session fixtures build both Debian packages (twice over, for upgrades): once per run.
     "packaging/": "packaging",
@@ -33,13 +33,12 @@ SAME_WORKER: dict[str, str] = {
     "e2e/test_devnet.py": "loopback-mdns",
 }
 
-
 #: Under xdist, these start first, in this order: the longest groups and tests (minutes of
 #: wall time each, measured on two cores) would otherwise start last and leave the other
 #: workers idle at the end. An entry missing here costs time, never correctness.
 LONGEST_FIRST: tuple[str, ...] = (
-    "packaging/",
     "updates/test_fleet.py",
+    "packaging/",
     "fuzz/test_adversarial.py",
     "bench/",
     "anchoring/test_process.py",
@@ -55,11 +54,9 @@ LONGEST_FIRST: tuple[str, ...] = (
 )
 
 
-def _where(item: pytest.Item) -> str:
-    try:
-        return item.path.relative_to(TESTS).as_posix()
-    except ValueError:
-        return ""
+def _where(nodeid: str) -> str:
+    """A test id's path below tests/ (ids are relative to the repository root)."""
+    return nodeid.split("::", 1)[0].removeprefix("tests/")
 
 
 def _rank(where: str) -> int:
@@ -69,18 +66,30 @@ def _rank(where: str) -> int:
     )
 
 
+def worker_group(nodeid: str) -> str:
+    """The unit a worker takes whole: a ``SAME_WORKER`` group, or else the test itself."""
+    where = _where(nodeid)
+    return next((g for prefix, g in SAME_WORKER.items() if where.startswith(prefix)), nodeid)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark the tests of ``SAME_WORKER`` with their ``xdist_group``; on an xdist worker,
-    also put ``LONGEST_FIRST`` first (a stable sort: a file's tests keep their order).
-    Without xdist both are no-ops and the tests run in collection order."""
-    for item in items:
-        where = _where(item)
-        for prefix, group in SAME_WORKER.items():
-            if where.startswith(prefix):
-                item.add_marker(pytest.mark.xdist_group(group))
-                break
+    """On an xdist worker, put ``LONGEST_FIRST`` first (a stable sort: a file's tests keep
+    their order); every worker sorts alike, so they agree on the order. Without xdist,
+    the tests run in collection order."""
     if hasattr(config, "workerinput"):
-        items.sort(key=lambda item: _rank(_where(item)))
+        items.sort(key=lambda item: _rank(_where(item.nodeid)))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Hand each worker whole ``worker_group``s, in collection order. (xdist's own
+    ``xdist_group`` marks rename test ids, which this pytest no longer allows.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return worker_group(nodeid)
+
+    return GroupScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
