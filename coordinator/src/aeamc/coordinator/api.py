@@ -27,11 +27,13 @@ from .anchoring.bundles import receipt_bundle
 from .auth import COORDINATOR_KEY, caller, require, scope
 from .bodies import BodyShape, json_body, reply
 from .dashboard import add_dashboard_routes
+from .devices import DeviceService
 from .errors import ApiError
 from .logs import REQUEST_ID, REQUEST_ID_HEADER, incoming_request_id
 from .metrics import Metrics
 from .openapi import openapi_document
 from .ratelimit import RateLimiter
+from .registry import Device
 from .service import Coordinator
 from .updates.api import add_update_routes
 
@@ -258,20 +260,26 @@ async def _reason(request: web.Request, default: str) -> str:
     return reason
 
 
-async def approve_device(request: web.Request) -> web.Response:
+async def _operator_changes_state(
+    request: web.Request,
+    default_reason: str,
+    change: Callable[[DeviceService], Callable[[str, str], Awaitable[Device]]],
+) -> web.Response:
     await require(request, "operator")
     c = request.app[COORDINATOR_KEY]
     device_id = _device_id(request)
-    reason = await _reason(request, "approved")
-    return reply(c.fleet.device_view(await c.fleet.approve(device_id, reason)))
+    reason = await _reason(request, default_reason)
+    return reply(c.fleet.device_view(await change(c.fleet)(device_id, reason)))
+
+
+async def approve_device(request: web.Request) -> web.Response:
+    return await _operator_changes_state(request, "approved", lambda fleet: fleet.approve)
 
 
 async def quarantine_device(request: web.Request) -> web.Response:
-    await require(request, "operator")
-    c = request.app[COORDINATOR_KEY]
-    device_id = _device_id(request)
-    reason = await _reason(request, "quarantined by the operator")
-    return reply(c.fleet.device_view(await c.fleet.quarantine(device_id, reason)))
+    return await _operator_changes_state(
+        request, "quarantined by the operator", lambda fleet: fleet.quarantine
+    )
 
 
 async def _operator_or_device(request: web.Request, device_id: str, action: str) -> str:
