@@ -50,6 +50,18 @@ def test_rules_check_and_unit_tests(promtool: str) -> None:
     promtool_run(promtool, "test", "rules", "alerts_test.yml")
 
 
+def test_dashboard_queries_parse(promtool: str, tmp_path: Path) -> None:
+    """Every dashboard query is valid PromQL: promtool checks them as recording rules."""
+    exprs = [t["expr"] for p in json.loads(DASHBOARD)["panels"] for t in p["targets"]]
+    assert exprs
+    lines = ["groups:", "  - name: dashboard", "    rules:"]
+    for i, expr in enumerate(exprs):
+        lines += [f"      - record: dashboard_query_{i}", f"        expr: {json.dumps(expr)}"]
+    (tmp_path / "dashboard.yml").write_text("\n".join(lines) + "\n")
+    check = promtool_run(promtool, "check", "rules", str(tmp_path / "dashboard.yml"))
+    assert f"{len(exprs)} rules found" in check.stdout
+
+
 def test_every_rule_is_tested_firing_and_silent() -> None:
     assert set(rules()) == {
         "CoordinatorDown",
