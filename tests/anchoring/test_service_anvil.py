@@ -46,6 +46,10 @@ async def test_blocks_are_anchored_and_confirmed(anchor_env: Env) -> None:
     assert status["unanchored_blocks"] == 0 and status["blocks_anchored"] == 5
     assert status["embedded"] is False and status["chain_id"] == 31337
     assert status["balance_wei"] > 0 and status["wallet"] == anchor_env.wallet.address
+    # The balance reads feed the wallet's burn (one sample a minute, so maybe none yet).
+    assert svc.status_info.balance_samples[-1][1] <= svc.status_info.balance_samples[0][1]
+    burn = status["wallet_burn_wei_per_s"]
+    assert burn is None or burn >= 0
     assert status["last_final_anchor"]["gas_used"] == rows[1]["gas_used"]
     assert status["last_final_anchor_age_s"] is not None and status["rpc_errors"] == 0
     per_block = anchor_env.rows("SELECT * FROM block_anchors ORDER BY height")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aeamc.coordinator.alerts import AlertTracker, evaluate
+from aeamc.coordinator.anchoring.status import ChainStatus
 
 NOW = 10_000_000
 
@@ -45,6 +46,62 @@ def test_anchoring_alerts() -> None:
     poor = {"enabled": True, "unanchored_blocks": 0, "balance_wei": 10**16}
     assert names(evaluate([], poor, NOW)) == {"AnchoringWalletLow"}
     assert names(evaluate([], {**poor, "enabled": False}, NOW)) == set()
+
+
+def test_anchoring_is_stale_after_the_configured_interval_plus_15_minutes() -> None:
+    """The same line as alerts.yml: interval + 900 s, for the oldest waiting block and the
+    last final anchor alike."""
+    hourly = {"enabled": True, "unanchored_blocks": 4, "anchor_interval_s": 3600}
+    # A normal hourly cycle: blocks wait up to the hour, the last anchor is up to an hour old.
+    for waited in (60, 900, 1800, 3599, 4500):
+        cycle = {**hourly, "oldest_unanchored_age_s": waited, "last_final_anchor_age_s": waited}
+        assert names(evaluate([], cycle, NOW)) == set(), waited
+    stalled = {**hourly, "oldest_unanchored_age_s": 4501, "last_final_anchor_age_s": 4600}
+    assert names(evaluate([], stalled, NOW)) == {"NoNewMicroblocksAnchored"}
+    never = {**hourly, "oldest_unanchored_age_s": 4501, "last_final_anchor_age_s": None}
+    assert names(evaluate([], never, NOW)) == {"NoNewMicroblocksAnchored"}
+    # An anchor became final within the line: the chain moves, not stale.
+    moving = {**hourly, "oldest_unanchored_age_s": 5000, "last_final_anchor_age_s": 4500}
+    assert names(evaluate([], moving, NOW)) == set()
+    # Idle for a day, then a block formed 10 minutes ago: not stale yet.
+    idle = {**hourly, "oldest_unanchored_age_s": 600, "last_final_anchor_age_s": 86400}
+    assert names(evaluate([], idle, NOW)) == set()
+    # A 10 s interval: the line is 910 s.
+    quick = {**hourly, "anchor_interval_s": 10, "last_final_anchor_age_s": None}
+    assert names(evaluate([], {**quick, "oldest_unanchored_age_s": 910}, NOW)) == set()
+    assert names(evaluate([], {**quick, "oldest_unanchored_age_s": 911}, NOW)) == {
+        "NoNewMicroblocksAnchored"
+    }
+
+
+def test_wallet_runway() -> None:
+    """AnchoringWalletEmptySoon: empty within 7 days at the current burn; the floor apart."""
+    ether = 10**18
+    rich = {"enabled": True, "unanchored_blocks": 0, "balance_wei": ether}
+    six_days = ether / (6 * 86400)
+    fired = evaluate([], {**rich, "wallet_burn_wei_per_s": six_days}, NOW)
+    assert names(fired) == {"AnchoringWalletEmptySoon"}
+    assert "6.0 days" in fired[0].summary
+    assert fired[0].runbook_url.endswith("#anchoring-wallet-empty-soon")
+    for burn in (ether / (8 * 86400), 0, -six_days, None):
+        assert names(evaluate([], {**rich, "wallet_burn_wei_per_s": burn}, NOW)) == set(), burn
+    poor = {**rich, "balance_wei": 10**16, "wallet_burn_wei_per_s": six_days}
+    assert names(evaluate([], poor, NOW)) == {"AnchoringWalletLow", "AnchoringWalletEmptySoon"}
+
+
+def test_wallet_burn_is_the_balance_slope_over_six_hours() -> None:
+    s = ChainStatus()
+    assert s.burn_wei_per_s() is None
+    minute = 60_000
+    for i in range(8 * 60 * 6):  # eight hours of balance reads every 10 s
+        s.observe_balance(i * 10_000, 10**18 - (i * 10_000 // minute) * 10**14)
+    assert s.balance_wei == 10**18 - (8 * 60 * 6 - 1) * 10_000 // minute * 10**14
+    assert len(s.balance_samples) == 6 * 60  # one a minute, six hours
+    burn = s.burn_wei_per_s()
+    assert burn is not None and abs(burn - 10**14 / 60) < 1
+    s.observe_balance(8 * 3600 * 1000, 10**19)  # refilled
+    refilled = s.burn_wei_per_s()
+    assert refilled is not None and refilled < 0
 
 
 def test_tracker_keeps_since_until_cleared() -> None:

@@ -302,4 +302,8 @@ def test_metrics_follow_prometheus_conventions(
     )
     # Never a per-device label, whatever the fleet size.
     assert d.device_id not in text.decode()
-    assert all(name.startswith("aeamc_coordinator_") for name in samples)
+    # The coordinator's own metrics, and the standard process and platform ones.
+    assert all(name.startswith(("aeamc_coordinator_", "process_", "python_")) for name in samples)
+    assert samples["process_resident_memory_bytes"] > 0 and samples["process_open_fds"] > 0
+    assert "process_cpu_seconds_total" in samples
+    assert samples["aeamc_coordinator_database_size_bytes"] > 0

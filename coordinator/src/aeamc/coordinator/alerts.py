@@ -1,9 +1,11 @@
 """The runbook's alerts, evaluated by the coordinator itself (the same conditions as
 packaging/monitoring/alerts.yml), so an operator without Prometheus is still told.
 
-Request-based alerts look at the last ``WINDOW_MS`` of requests; the anchoring alerts at
-the anchoring status. A firing alert remembers since when it fires and clears as soon as
-its condition no longer holds.
+Request-based alerts look at the last ``window_s`` of requests (and judge nothing below
+``min_requests``); the anchoring alerts at the anchoring status: anchoring is stale once a
+microblock has waited longer than ``chain.anchor_interval_s`` plus ``no_anchor_s`` and no
+anchor became final in that time. A firing alert remembers since when it fires and clears
+as soon as its condition no longer holds (Prometheus also waits each rule's ``for:``).
 """
 
 from __future__ import annotations
@@ -62,7 +64,13 @@ def evaluate(
         waiting = anchoring.get("unanchored_blocks", 0)
         age = anchoring.get("last_final_anchor_age_s")
         stalled_for = anchoring.get("oldest_unanchored_age_s")
-        if waiting and stalled_for is not None and stalled_for > limits.no_anchor_s:
+        line = anchoring.get("anchor_interval_s", 0) + limits.no_anchor_s
+        if (
+            waiting
+            and stalled_for is not None
+            and stalled_for > line
+            and (age is None or age > line)
+        ):
             firing.append(
                 Alert(
                     "NoNewMicroblocksAnchored",
@@ -87,6 +95,19 @@ def evaluate(
                     f"{RUNBOOK}#anchoring-wallet-low",
                 )
             )
+        burn = anchoring.get("wallet_burn_wei_per_s")
+        if balance is not None and burn is not None and burn > 0:
+            runway_s = balance / burn
+            if runway_s < limits.wallet_runway_days * 86400:
+                firing.append(
+                    Alert(
+                        "AnchoringWalletEmptySoon",
+                        "warning",
+                        f"the anchoring wallet is empty in {runway_s / 86400:.1f} days "
+                        "at the burn of the last 6 hours",
+                        f"{RUNBOOK}#anchoring-wallet-empty-soon",
+                    )
+                )
     return firing
 
 

@@ -198,8 +198,12 @@ class AlertsConfig:
     min_requests: int = 20
     error_share: float = 0.05
     latency_p99_s: float = 0.5
+    #: Anchoring is stale once a microblock has waited, and no anchor became final, for
+    #: longer than ``chain.anchor_interval_s`` plus this many seconds.
     no_anchor_s: float = 900.0
     wallet_low_ether: float = 0.05
+    #: The wallet is empty within this many days at the burn of the last 6 hours.
+    wallet_runway_days: float = 7.0
 
 
 @dataclass(frozen=True)

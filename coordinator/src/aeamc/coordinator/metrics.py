@@ -1,6 +1,7 @@
 """Prometheus metrics at ``/metrics``: one ``aeamc_coordinator_`` prefix, base units,
 ``_total`` on counters, a ``_build_info``, and never a per-device label (a fleet of ten
-thousand devices must not become ten thousand series).
+thousand devices must not become ten thousand series). The standard ``process_`` and
+``python_`` metrics of prometheus_client (CPU, memory, open files) come alongside.
 
 Request metrics are recorded by a middleware; everything about the fleet is read from
 the coordinator when Prometheus scrapes, so no second bookkeeping can drift from it.
@@ -8,18 +9,26 @@ the coordinator when Prometheus scrapes, so no second bookkeeping can drift from
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from . import __version__
-from .attached import ANCHORING
 from .service import Coordinator
 from .updates.rollouts import UpdatesCollector
 
@@ -28,6 +37,15 @@ DEVICE_STATES = ("pending", "active", "stale", "quarantined")
 VERDICTS = ("passed", "failed", "unanswered")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def database_size_bytes(path: Path) -> int:
+    """Bytes of the SQLite database file and its write-ahead log (either may be missing)."""
+    total = 0
+    for file in (path, path.with_name(path.name + "-wal")):
+        with contextlib.suppress(FileNotFoundError):
+            total += file.stat().st_size
+    return total
 
 
 class FleetCollector(Collector):
@@ -87,6 +105,11 @@ class FleetCollector(Collector):
             "Accepted proofs waiting for a microblock",
             value=c.unblocked,
         )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_database_size_bytes",
+            "Bytes of the SQLite database and its write-ahead log",
+            value=database_size_bytes(c.db.path),
+        )
 
 
 class AnchoringCollector(Collector):
@@ -104,6 +127,18 @@ class AnchoringCollector(Collector):
             "Microblocks not yet covered by a final anchor",
             value=a.get("unanchored_blocks", 0),
         )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_anchor_interval_seconds",
+            "The configured chain.anchor_interval_s",
+            value=a.get("anchor_interval_s", 0),
+        )
+        oldest = a.get("oldest_unanchored_age_s")
+        if oldest is not None:
+            yield GaugeMetricFamily(
+                f"{PREFIX}_oldest_unanchored_block_age_seconds",
+                "Seconds since the oldest microblock not yet covered by a final anchor formed",
+                value=oldest,
+            )
         age = a.get("last_final_anchor_age_s")
         if age is not None:
             yield GaugeMetricFamily(
@@ -151,6 +186,8 @@ class Metrics:
         self.registry.register(FleetCollector(coordinator))
         self.registry.register(AnchoringCollector(self))
         self.registry.register(UpdatesCollector(coordinator))
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -166,8 +203,7 @@ class Metrics:
         return response
 
     async def handler(self, request: web.Request) -> web.Response:
-        section = self.c.status_sections.get(ANCHORING)
-        self.anchoring = await section.status() if section is not None else None
+        self.anchoring = await self.c.status.anchoring()
         body = generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

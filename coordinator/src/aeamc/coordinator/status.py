@@ -31,8 +31,9 @@ class StatusService:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
-    async def alerts(self) -> list[dict[str, Any]]:
-        """The runbook's alerts firing now, each with the time it started firing."""
+    async def anchoring(self) -> dict[str, Any] | None:
+        """The anchoring section (``None`` without one) with ``oldest_unanchored_age_s``:
+        seconds since the oldest microblock not covered by a final anchor formed."""
         section = self.ctx.status_sections.get(ANCHORING)
         anchoring = await section.status() if section is not None else None
         if anchoring is not None:
@@ -40,6 +41,11 @@ class StatusService:
             anchoring["oldest_unanchored_age_s"] = (
                 None if oldest is None else max(0, (self.ctx.clock() - oldest) // 1000)
             )
+        return anchoring
+
+    async def alerts(self) -> list[dict[str, Any]]:
+        """The runbook's alerts firing now, each with the time it started firing."""
+        anchoring = await self.anchoring()
         now = self.ctx.clock()
         firing = evaluate_alerts(self.ctx.recent_requests, anchoring, now, self.ctx.config.alerts)
         return self.ctx.alert_tracker.update(firing, now)

@@ -145,7 +145,8 @@ class AnchoringService:
                 chain.mine(1)
             return chain.head(), chain.balance(wallet.address)
 
-        self.status_info.head, self.status_info.balance_wei = await s.call(refresh)
+        self.status_info.head, balance = await s.call(refresh)
+        self.status_info.observe_balance(now, balance)
         self.status_info.state = "running"
         if live is not None:
             return await advance(s, live, now)

@@ -9,6 +9,7 @@ Every anchoring module logs under :data:`LOGGER`, one name for the whole lifecyc
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,10 @@ if TYPE_CHECKING:
 #: The logger name of every anchoring step, as operators filter the log on it.
 LOGGER = "aeamc.coordinator.anchoring.service"
 log = logging.getLogger(LOGGER)
+#: The wallet's burn is its balance's slope over this window (Prometheus: ``deriv(…[6h])``).
+BURN_WINDOW_S = 6 * 3600
+#: At most one balance sample a minute is kept for the burn.
+BURN_SAMPLE_MS = 60_000
 EMBEDDED_NOTE = (
     "embedded in-process chain, started with the first microblock: anchors only prove "
     "something inside this process and are lost when the coordinator stops; set "
@@ -47,6 +52,35 @@ class ChainStatus:
     last_error: str | None = None
     last_action: str | None = None
     counters: dict[str, int] = field(default_factory=dict)
+    #: ``(ms, wei)``: the balance over the last :data:`BURN_WINDOW_S`, one sample a minute.
+    balance_samples: deque[tuple[int, int]] = field(default_factory=deque)
+
+    def observe_balance(self, now_ms: int, balance_wei: int) -> None:
+        """Record the wallet's balance as read from the chain."""
+        self.balance_wei = balance_wei
+        samples = self.balance_samples
+        if not samples or now_ms - samples[-1][0] >= BURN_SAMPLE_MS:
+            samples.append((now_ms, balance_wei))
+        while samples and now_ms - samples[0][0] > BURN_WINDOW_S * 1000:
+            samples.popleft()
+
+    def burn_wei_per_s(self) -> float | None:
+        """Wei spent a second: minus the least-squares slope of the balance samples (what
+        Prometheus's ``deriv`` computes); ``None`` before two samples. Negative when the
+        wallet was refilled more than spent."""
+        samples = self.balance_samples
+        if len(samples) < 2:
+            return None
+        n = len(samples)
+        t0 = samples[0][0]
+        ts = [(t - t0) / 1000 for t, _ in samples]
+        mean_t = sum(ts) / n
+        mean_b = sum(b for _, b in samples) / n
+        var = sum((t - mean_t) ** 2 for t in ts)
+        if var == 0:
+            return None
+        cov = sum((t - mean_t) * (b - mean_b) for t, (_, b) in zip(ts, samples, strict=True))
+        return -cov / var
 
     def count(self, name: str) -> None:
         """Add one to counter ``name`` (created at 1)."""
@@ -95,6 +129,7 @@ async def anchoring_status(
         "wallet": status.wallet,
         "wallet_submitter": status.submitter,
         "balance_wei": status.balance_wei,
+        "wallet_burn_wei_per_s": status.burn_wei_per_s(),
         "head": status.head,
         "confirmations": cc.confirmations,
         "anchor_interval_s": cc.anchor_interval_s,

@@ -1,0 +1,18 @@
+"""``aeamc_coordinator_database_size_bytes``: the SQLite file plus its write-ahead log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aeamc.coordinator.metrics import database_size_bytes
+
+
+def test_database_size_counts_the_file_and_its_wal(tmp_path: Path) -> None:
+    db = tmp_path / "coordinator.db"
+    assert database_size_bytes(db) == 0
+    db.write_bytes(b"x" * 4096)
+    assert database_size_bytes(db) == 4096
+    (tmp_path / "coordinator.db-wal").write_bytes(b"x" * 1000)
+    (tmp_path / "coordinator.db-shm").write_bytes(b"x" * 32768)  # an index, not data
+    (tmp_path / "other.db").write_bytes(b"x" * 7)
+    assert database_size_bytes(db) == 5096
