@@ -66,6 +66,7 @@ contract MicroblockAnchor {
         if (!isSubmitter[msg.sender]) revert NotSubmitter();
         if (paused) revert Paused();
         if (root == bytes32(0)) revert ZeroRoot();
+        // slither-disable-next-line timestamp: tests whether the packed word is set, compares no time
         if (_anchors[root] != 0) revert AlreadyAnchored(root);
         _anchors[root] = (uint256(uint64(block.timestamp)) << 64) | uint256(uint64(block.number));
         emit Anchored(root, msg.sender, block.timestamp, block.number);
@@ -79,6 +80,7 @@ contract MicroblockAnchor {
         returns (bool anchored, uint256 timestamp, uint256 blockNumber)
     {
         uint256 packed = _anchors[root];
+        // slither-disable-next-line timestamp: unpacks the stored word for the caller, decides nothing
         return (packed != 0, packed >> 64, uint256(uint64(packed)));
     }
 
@@ -109,6 +111,7 @@ contract MicroblockAnchor {
     /// The owner keeps every right until then and can replace the pending account by calling
     /// again, or cancel the transfer with `newOwner` = address(0).
     function transferOwnership(address newOwner) external onlyOwner {
+        // slither-disable-next-line missing-zero-check: address(0) is how a pending transfer is cancelled
         pendingOwner = newOwner;
         emit OwnershipTransferStarted(owner, newOwner);
     }
