@@ -14,7 +14,7 @@ DEB_STAMP := $(VENV)/.debian-packages
 # than compute, so more workers than cores keep both cores busy.
 TEST_WORKERS ?= 3
 
-.PHONY: help deps test lint typecheck format demo bench lock clean
+.PHONY: help deps test lint typecheck format slither demo bench lock clean
 
 help:
 	@echo "make test    install what is missing, then lint, type-check and run every test with coverage"
@@ -24,6 +24,7 @@ help:
 	@echo "make lint    ruff check and format check"
 	@echo "make typecheck  mypy: strict for the protocol core and the coordinator's services, checked elsewhere"
 	@echo "make format  apply ruff formatting"
+	@echo "make slither  static analysis of contracts/*.sol (also part of make test)"
 	@echo "make lock    re-resolve requirements/constraints.txt from requirements/dev.txt"
 	@echo "make packages  build dist/aeamc-agent_*.deb and dist/microblock-coordinator_*.deb"
 	@echo "make release-wheels  build dist/release/*.whl, an agent release for fleet updates"
@@ -57,6 +58,10 @@ typecheck: $(PY_STAMP)
 format: $(PY_STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# Offline, with the pinned npm solc; see contracts/README.md.
+slither: $(PY_STAMP) $(NODE_STAMP)
+	$(BIN)/python tools/run_slither.py
 
 test: deps lint typecheck
 	rm -f .coverage .coverage.*

@@ -14,6 +14,12 @@ contract MicroblockAnchor {
     /// @notice While true, `anchor` reverts; reads (`verifyAnchor`) keep working.
     bool public paused;
 
+    /// @notice Account named by `transferOwnership` that may take over with `acceptOwnership`;
+    /// address(0) when no transfer is under way.
+    /// @dev Its own slot (slot 1), after the packed slot 0: only the rare ownership calls
+    /// touch it, so `anchor` still reads `owner` and `paused` with one cold SLOAD.
+    address public pendingOwner;
+
     /// @notice Accounts allowed to call `anchor`.
     mapping(address account => bool allowed) public isSubmitter;
 
@@ -24,11 +30,15 @@ contract MicroblockAnchor {
     /// @notice One event per anchored root, so indexers and auditors need no storage reads.
     event Anchored(bytes32 indexed root, address indexed submitter, uint256 timestamp, uint256 blockNumber);
     event OwnershipTransferred(address indexed previousOwner, address indexed newOwner);
+    /// @notice A transfer to `newOwner` awaits its `acceptOwnership`; `newOwner` is address(0)
+    /// when the owner cancelled a pending transfer.
+    event OwnershipTransferStarted(address indexed previousOwner, address indexed newOwner);
     event SubmitterAdded(address indexed account);
     event SubmitterRemoved(address indexed account);
     event PauseChanged(bool paused, address indexed by);
 
     error NotOwner();
+    error NotPendingOwner();
     error NotSubmitter();
     error Paused();
     error AlreadyAnchored(bytes32 root);
@@ -56,6 +66,7 @@ contract MicroblockAnchor {
         if (!isSubmitter[msg.sender]) revert NotSubmitter();
         if (paused) revert Paused();
         if (root == bytes32(0)) revert ZeroRoot();
+        // slither-disable-next-line timestamp: tests whether the packed word is set, compares no time
         if (_anchors[root] != 0) revert AlreadyAnchored(root);
         _anchors[root] = (uint256(uint64(block.timestamp)) << 64) | uint256(uint64(block.number));
         emit Anchored(root, msg.sender, block.timestamp, block.number);
@@ -69,6 +80,7 @@ contract MicroblockAnchor {
         returns (bool anchored, uint256 timestamp, uint256 blockNumber)
     {
         uint256 packed = _anchors[root];
+        // slither-disable-next-line timestamp: unpacks the stored word for the caller, decides nothing
         return (packed != 0, packed >> 64, uint256(uint64(packed)));
     }
 
@@ -94,10 +106,21 @@ contract MicroblockAnchor {
         emit PauseChanged(false, msg.sender);
     }
 
-    /// @dev The zero address is refused because it would leave the contract without an admin.
+    /// @notice First step of a hand-over: names `newOwner`, who becomes owner only by calling
+    /// `acceptOwnership`, so a mistyped address can never take (or strand) the contract.
+    /// The owner keeps every right until then and can replace the pending account by calling
+    /// again, or cancel the transfer with `newOwner` = address(0).
     function transferOwnership(address newOwner) external onlyOwner {
-        if (newOwner == address(0)) revert ZeroAddress();
-        emit OwnershipTransferred(owner, newOwner);
-        owner = newOwner;
+        // slither-disable-next-line missing-zero-check: address(0) is how a pending transfer is cancelled
+        pendingOwner = newOwner;
+        emit OwnershipTransferStarted(owner, newOwner);
+    }
+
+    /// @notice Second step: the pending owner takes over and the pending slot is cleared.
+    function acceptOwnership() external {
+        if (msg.sender != pendingOwner) revert NotPendingOwner();
+        emit OwnershipTransferred(owner, msg.sender);
+        owner = msg.sender;
+        delete pendingOwner;
     }
 }

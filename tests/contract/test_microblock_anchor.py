@@ -18,6 +18,7 @@ from tests.fixtures.anvil import AnvilNode, decode_custom_error, deploy_artifact
 
 GAS_BUDGET_RATIO = 1.12  # anchor() may cost at most this multiple of BareAnchor.anchor()
 ZERO_ROOT = b"\x00" * 32
+ZERO_ADDRESS = "0x" + "00" * 20
 
 
 def root_of(label: str) -> bytes:
@@ -37,6 +38,15 @@ def transact(w3: Web3, call: Any, sender: str) -> Any:
     receipt = w3.eth.wait_for_transaction_receipt(call.transact({"from": sender}), timeout=30)
     assert receipt["status"] == 1
     return receipt
+
+
+def storage_word(node: AnvilNode, contract: Contract, slot: int) -> int:
+    """Raw value of a storage slot, to check the layout the gas figures depend on."""
+    return int(node.rpc("eth_getStorageAt", contract.address, hex(slot), "latest"), 16)
+
+
+def address_word(address: str) -> int:
+    return int(address, 16)
 
 
 @pytest.fixture
@@ -64,6 +74,7 @@ def test_deployer_is_owner_and_first_submitter(
     contract: Contract, owner: str, stranger: str
 ) -> None:
     assert contract.functions.owner().call() == owner
+    assert contract.functions.pendingOwner().call() == ZERO_ADDRESS
     assert contract.functions.isSubmitter(owner).call() is True
     assert contract.functions.isSubmitter(stranger).call() is False
     assert contract.functions.paused().call() is False
@@ -85,6 +96,7 @@ def test_admin_functions_are_owner_only(
     args = (stranger,) if uses_account else ()
     assert revert_error(contract.functions[function](*args), stranger) == ("NotOwner", ())
     assert contract.functions.owner().call() == owner
+    assert contract.functions.pendingOwner().call() == ZERO_ADDRESS
     assert contract.functions.isSubmitter(stranger).call() is False
     assert contract.functions.isSubmitter(owner).call() is True
     assert contract.functions.paused().call() is False
@@ -228,29 +240,137 @@ def test_owner_can_revoke_own_submitter_role(
 
 
 def test_add_submitter_rejects_zero_address(contract: Contract, owner: str) -> None:
-    zero = "0x" + "00" * 20
-    assert revert_error(contract.functions.addSubmitter(zero), owner) == ("ZeroAddress", ())
+    assert revert_error(contract.functions.addSubmitter(ZERO_ADDRESS), owner) == ("ZeroAddress", ())
 
 
-def test_transfer_ownership_moves_admin_rights(
+def test_transfer_ownership_only_names_pending_owner(
     anvil_w3: Web3, contract: Contract, owner: str, other: str, stranger: str
 ) -> None:
     receipt = transact(anvil_w3, contract.functions.transferOwnership(other), owner)
+    (event,) = contract.events.OwnershipTransferStarted().process_receipt(receipt)
+    assert dict(event["args"]) == {"previousOwner": owner, "newOwner": other}
+    assert len(receipt["logs"]) == 1  # no OwnershipTransferred yet
+    assert contract.functions.owner().call() == owner
+    assert contract.functions.pendingOwner().call() == other
+
+    # Until it accepts, the named account has no rights and the owner keeps all of them.
+    assert revert_error(contract.functions.pause(), other) == ("NotOwner", ())
+    assert revert_error(contract.functions.addSubmitter(other), other) == ("NotOwner", ())
+    transact(anvil_w3, contract.functions.addSubmitter(stranger), owner)
+    assert contract.functions.isSubmitter(stranger).call() is True
+
+
+def test_accept_ownership_moves_admin_rights(
+    anvil_w3: Web3, contract: Contract, owner: str, other: str, stranger: str
+) -> None:
+    transact(anvil_w3, contract.functions.transferOwnership(other), owner)
+    receipt = transact(anvil_w3, contract.functions.acceptOwnership(), other)
     (event,) = contract.events.OwnershipTransferred().process_receipt(receipt)
     assert dict(event["args"]) == {"previousOwner": owner, "newOwner": other}
+    assert len(receipt["logs"]) == 1
     assert contract.functions.owner().call() == other
+    assert contract.functions.pendingOwner().call() == ZERO_ADDRESS
 
-    assert revert_error(contract.functions.pause(), owner) == ("NotOwner", ())
+    # The old owner has no admin rights left, and cannot take the contract back.
+    for call in (
+        contract.functions.pause(),
+        contract.functions.addSubmitter(stranger),
+        contract.functions.removeSubmitter(other),
+        contract.functions.transferOwnership(owner),
+    ):
+        assert revert_error(call, owner) == ("NotOwner", ())
+    assert revert_error(contract.functions.acceptOwnership(), owner) == ("NotPendingOwner", ())
+    # Acceptance is one-shot: the pending slot is cleared, so not even the new owner repeats it.
+    assert revert_error(contract.functions.acceptOwnership(), other) == ("NotPendingOwner", ())
+
     transact(anvil_w3, contract.functions.addSubmitter(stranger), other)
     assert contract.functions.isSubmitter(stranger).call() is True
     # Submitter rights are a separate role: the old owner keeps anchoring until removed.
     transact(anvil_w3, contract.functions.anchor(root_of("old owner")), owner)
 
 
-def test_transfer_ownership_rejects_zero_address(contract: Contract, owner: str) -> None:
-    zero = "0x" + "00" * 20
-    assert revert_error(contract.functions.transferOwnership(zero), owner) == ("ZeroAddress", ())
+@pytest.mark.parametrize("pending", [False, True], ids=["no-transfer", "transfer-pending"])
+def test_only_pending_owner_can_accept(
+    anvil: AnvilNode, anvil_w3: Web3, contract: Contract, pending: bool
+) -> None:
+    owner, stranger, other = (account.address for account in anvil.accounts[:3])
+    if pending:
+        transact(anvil_w3, contract.functions.transferOwnership(other), owner)
+    for sender in (stranger, owner):
+        assert revert_error(contract.functions.acceptOwnership(), sender) == (
+            "NotPendingOwner",
+            (),
+        )
     assert contract.functions.owner().call() == owner
+    assert contract.functions.pendingOwner().call() == (other if pending else ZERO_ADDRESS)
+
+
+def test_mistyped_transfer_is_replaced_before_acceptance(
+    anvil_w3: Web3, contract: Contract, owner: str, other: str, stranger: str
+) -> None:
+    transact(anvil_w3, contract.functions.transferOwnership(stranger), owner)
+    receipt = transact(anvil_w3, contract.functions.transferOwnership(other), owner)
+    (event,) = contract.events.OwnershipTransferStarted().process_receipt(receipt)
+    assert dict(event["args"]) == {"previousOwner": owner, "newOwner": other}
+    assert contract.functions.pendingOwner().call() == other
+
+    # The replaced account lost its chance; the intended one takes over.
+    assert revert_error(contract.functions.acceptOwnership(), stranger) == ("NotPendingOwner", ())
+    transact(anvil_w3, contract.functions.acceptOwnership(), other)
+    assert contract.functions.owner().call() == other
+
+
+def test_transfer_to_zero_address_cancels(
+    anvil_w3: Web3, contract: Contract, owner: str, other: str
+) -> None:
+    transact(anvil_w3, contract.functions.transferOwnership(other), owner)
+    receipt = transact(anvil_w3, contract.functions.transferOwnership(ZERO_ADDRESS), owner)
+    (event,) = contract.events.OwnershipTransferStarted().process_receipt(receipt)
+    assert dict(event["args"]) == {"previousOwner": owner, "newOwner": ZERO_ADDRESS}
+    assert contract.functions.pendingOwner().call() == ZERO_ADDRESS
+
+    assert revert_error(contract.functions.acceptOwnership(), other) == ("NotPendingOwner", ())
+    assert contract.functions.owner().call() == owner
+    transact(anvil_w3, contract.functions.pause(), owner)
+
+
+def test_hostile_account_cannot_take_over_during_transfer(
+    anvil: AnvilNode, anvil_w3: Web3, contract: Contract, owner: str, other: str
+) -> None:
+    hostile = anvil.accounts[3].address
+    transact(anvil_w3, contract.functions.transferOwnership(other), owner)
+
+    # It cannot name itself, and its acceptance, even mined on chain (explicit gas skips the
+    # dry run), changes nothing.
+    assert revert_error(contract.functions.transferOwnership(hostile), hostile) == ("NotOwner", ())
+    tx = contract.functions.acceptOwnership().transact({"from": hostile, "gas": 200_000})
+    receipt = anvil_w3.eth.wait_for_transaction_receipt(tx, timeout=30)
+    assert receipt["status"] == 0
+    assert receipt["logs"] == []
+    assert contract.functions.owner().call() == owner
+    assert contract.functions.pendingOwner().call() == other
+
+    transact(anvil_w3, contract.functions.acceptOwnership(), other)
+    assert revert_error(contract.functions.acceptOwnership(), hostile) == ("NotPendingOwner", ())
+    assert contract.functions.owner().call() == other
+
+
+def test_ownership_handover_keeps_pause_and_slot_layout(
+    anvil: AnvilNode, anvil_w3: Web3, contract: Contract, owner: str, other: str
+) -> None:
+    # owner and paused share slot 0 (one cold SLOAD in anchor); pendingOwner has slot 1.
+    # Writing owner in acceptOwnership must not clobber paused.
+    transact(anvil_w3, contract.functions.pause(), owner)
+    transact(anvil_w3, contract.functions.transferOwnership(other), owner)
+    assert storage_word(anvil, contract, 1) == address_word(other)
+    transact(anvil_w3, contract.functions.acceptOwnership(), other)
+
+    assert contract.functions.paused().call() is True
+    assert storage_word(anvil, contract, 0) == (1 << 160) | address_word(other)
+    assert storage_word(anvil, contract, 1) == 0
+    assert revert_error(contract.functions.anchor(root_of("paused")), owner) == ("Paused", ())
+    transact(anvil_w3, contract.functions.unpause(), other)
+    assert contract.functions.owner().call() == other
 
 
 def test_anchor_gas_stays_within_budget_of_bare_contract(

@@ -308,7 +308,7 @@ def _chain_deploy(args: argparse.Namespace) -> int:
         if balance == 0:
             raise CliError(
                 f"the wallet {wallet.address} has no funds on chain {chain_id}: send it some "
-                "ether (a deployment costs about 580,000 gas), then run this again"
+                "ether (a deployment costs about 615,000 gas), then run this again"
             )
         address = chain.deploy(
             wallet,
