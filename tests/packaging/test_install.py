@@ -172,6 +172,9 @@ def test_postinst_is_idempotent(installed: Throwaway, debs: Build) -> None:
     assert "created" not in result.stdout  # no new identity, no new tokens
 
 
+# Two package versions installed, upgraded, rolled back and purged in a container: on a
+# machine busy with other tests this takes longer than the suite's default 300 s.
+@pytest.mark.timeout(900)
 def test_upgrade_rollback_remove_purge(
     tmp_path_factory: pytest.TempPathFactory, debs: Build, next_debs: Build
 ) -> None:
