@@ -15,6 +15,10 @@ import pytest
 
 from .conftest import AGENT, COORDINATOR, REPO, Build, current_version
 
+# Building the packages (twice, for upgrades) and installing them in a container take
+# longer than the suite's default 300 s on a machine busy with other tests.
+pytestmark = pytest.mark.timeout(900)
+
 UNITS = REPO / "packaging" / "systemd"
 PACKAGES = (AGENT, COORDINATOR)
 

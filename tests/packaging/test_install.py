@@ -22,6 +22,10 @@ from tests.hsm.conftest import MODULE_CANDIDATES
 from .conftest import AGENT, COORDINATOR, Build, clean_env
 from .throwaway import Throwaway, unavailable
 
+# Building the packages (twice, for upgrades) and installing them in a container take
+# longer than the suite's default 300 s on a machine busy with other tests.
+pytestmark = pytest.mark.timeout(900)
+
 if (reason := unavailable()) is not None:
     pytest.skip(reason, allow_module_level=True)
 
@@ -172,9 +176,6 @@ def test_postinst_is_idempotent(installed: Throwaway, debs: Build) -> None:
     assert "created" not in result.stdout  # no new identity, no new tokens
 
 
-# Two package versions installed, upgraded, rolled back and purged in a container: on a
-# machine busy with other tests this takes longer than the suite's default 300 s.
-@pytest.mark.timeout(900)
 def test_upgrade_rollback_remove_purge(
     tmp_path_factory: pytest.TempPathFactory, debs: Build, next_debs: Build
 ) -> None:

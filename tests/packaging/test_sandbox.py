@@ -23,6 +23,10 @@ import pytest
 from . import seccomp
 from .conftest import AGENT, COORDINATOR, NOBODY, REPO
 
+# Building the packages (twice, for upgrades) and installing them in a container take
+# longer than the suite's default 300 s on a machine busy with other tests.
+pytestmark = pytest.mark.timeout(900)
+
 UNITS = REPO / "packaging" / "systemd"
 
 if (reason := seccomp.available()) is not None:
