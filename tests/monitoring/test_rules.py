@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from aeamc.coordinator.config import AlertsConfig
+from aeamc.coordinator.metrics import OPTIONAL_ANCHORING_GAUGES
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "packaging" / "monitoring"
@@ -139,6 +140,7 @@ def test_rules_and_dashboard_use_exported_metrics() -> None:
     source = (ROOT / "coordinator/src/aeamc/coordinator/metrics.py").read_text()
     exported = set(re.findall(r'f"\{PREFIX\}_([a-z_]+)"', source))
     exported |= set(re.findall(r'counter\(\s*"([a-z_]+)"', source))
+    exported |= {name for _, name, _ in OPTIONAL_ANCHORING_GAUGES}
     text = ALERTS + DASHBOARD
     used = set(re.findall(r"aeamc_coordinator_([a-z_]+?)(?:_total|_bucket)?\b", text))
     assert used <= exported, used - exported

@@ -48,6 +48,26 @@ def database_size_bytes(path: Path) -> int:
     return total
 
 
+#: (status key, metric name, help) of the anchoring gauges exported only when known.
+OPTIONAL_ANCHORING_GAUGES = (
+    (
+        "oldest_unanchored_age_s",
+        "oldest_unanchored_block_age_seconds",
+        "Seconds since the oldest microblock not yet covered by a final anchor formed",
+    ),
+    (
+        "last_final_anchor_age_s",
+        "last_anchor_age_seconds",
+        "Seconds since the last anchor became final",
+    ),
+    (
+        "balance_wei",
+        "wallet_balance_wei",
+        "Balance of the anchoring wallet (wei, the chain's base unit)",
+    ),
+)
+
+
 class FleetCollector(Collector):
     def __init__(self, coordinator: Coordinator) -> None:
         self.c = coordinator
@@ -132,26 +152,11 @@ class AnchoringCollector(Collector):
             "The configured chain.anchor_interval_s",
             value=a.get("anchor_interval_s", 0),
         )
-        oldest = a.get("oldest_unanchored_age_s")
-        if oldest is not None:
-            yield GaugeMetricFamily(
-                f"{PREFIX}_oldest_unanchored_block_age_seconds",
-                "Seconds since the oldest microblock not yet covered by a final anchor formed",
-                value=oldest,
-            )
-        age = a.get("last_final_anchor_age_s")
-        if age is not None:
-            yield GaugeMetricFamily(
-                f"{PREFIX}_last_anchor_age_seconds",
-                "Seconds since the last anchor became final",
-                value=age,
-            )
-        if a.get("balance_wei") is not None:
-            yield GaugeMetricFamily(
-                f"{PREFIX}_wallet_balance_wei",
-                "Balance of the anchoring wallet (wei, the chain's base unit)",
-                value=a["balance_wei"],
-            )
+        # Gauges of what may not exist yet (no waiting block, no final anchor, no balance
+        # read): absent rather than 0, so a rule never mistakes "none" for "zero".
+        for key, name, text in OPTIONAL_ANCHORING_GAUGES:
+            if a.get(key) is not None:
+                yield GaugeMetricFamily(f"{PREFIX}_{name}", text, value=a[key])
         yield CounterMetricFamily(
             f"{PREFIX}_anchoring_rpc_errors",
             "Failed calls to the chain's JSON-RPC endpoint",
