@@ -83,3 +83,79 @@ async def test_advertises_and_records_candidates(tmp_path: Path) -> None:
     finally:
         await mdns.async_close()
         coord.stop()
+
+
+def _advert(key: SigningKey) -> AgentAdvert:
+    return AgentAdvert(
+        device_id=key.device_id,
+        public_key=key.public_key.hex(),
+        version="0.1.0",
+        kinds=("sha256-chain",),
+        cpus=2,
+        mem_mb=512,
+        battery=False,
+    )
+
+
+async def test_a_candidate_is_exported_and_erased_and_not_recorded_again(tmp_path: Path) -> None:
+    """The operator exports and erases an agent only seen over mDNS; it keeps advertising
+    (withdrawn and announced again), and the coordinator does not record it again."""
+    coord = CoordinatorProcess(
+        tmp_path / "c",
+        settings={"server": {"mdns": True, "mdns_interfaces": "127.0.0.1"}},
+    )
+    coord.init()
+    coord.start()
+    mdns = Mdns(["127.0.0.1"])
+    operator = coord.token("operator")
+
+    def candidates() -> set[str]:
+        with sqlite3.connect(coord.state_dir / "coordinator.db") as db:
+            return {r[0] for r in db.execute("SELECT device_id FROM candidates")}
+
+    async def advertise(key: SigningKey, port: int) -> str:
+        return await mdns.async_advertise(
+            AGENT_SERVICE_TYPE,
+            key.device_id,
+            port=port,
+            properties=_advert(key).txt(),
+            addresses=["127.0.0.1"],
+        )
+
+    async def until_recorded(device_id: str) -> None:
+        for _ in range(100):
+            if device_id in candidates():
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{device_id} was not recorded")
+
+    try:
+        key, later = (SigningKey.from_seed(os.urandom(32)) for _ in range(2))
+        name = await advertise(key, 9999)
+        await until_recorded(key.device_id)
+
+        export_path = f"/v1/devices/{key.device_id}/export"
+        status, export = coord.request("GET", export_path, token=operator)
+        assert status == 200, export
+        assert export["device"] is None and export["mdns_candidate"]["port"] == 9999
+        assert export["mdns_candidate"]["txt"]["pk"] == key.public_key.hex()
+        status, erased = coord.request("DELETE", f"/v1/devices/{key.device_id}", token=operator)
+        assert status == 200 and erased["deleted"] == {"candidates": 1}, erased
+        assert key.device_id not in candidates()
+        # Nothing is held now, and an id nobody knows is not found either.
+        nobody = SigningKey.from_seed(os.urandom(32)).device_id
+        for device_id in (key.device_id, nobody):
+            assert coord.request("GET", f"/v1/devices/{device_id}/export", token=operator)[0] == 404
+            assert coord.request("DELETE", f"/v1/devices/{device_id}", token=operator)[0] == 404
+
+        # It goes on advertising: withdrawn, announced afresh with other data. Another agent
+        # announced after it is recorded, so its announcement was heard too.
+        await mdns.async_withdraw(name)
+        await advertise(key, 9998)
+        await advertise(later, 9997)
+        await until_recorded(later.device_id)
+        await asyncio.sleep(1.0)
+        assert key.device_id not in candidates()
+    finally:
+        await mdns.async_close()
+        coord.stop()

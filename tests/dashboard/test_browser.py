@@ -39,7 +39,8 @@ def test_consent_banner_and_no_cookie_before_login(
 
     banner.get_by_role("link", name="Privacy policy").click()
     expect(page.get_by_role("heading", level=1, name="Privacy policy")).to_be_visible()
-    expect(page.get_by_role("heading", name="Your rights: export and erasure")).to_be_visible()
+    expect(page.get_by_role("heading", name="Your rights", exact=True)).to_be_visible()
+    expect(page.get_by_role("heading", name="Export and erasure")).to_be_visible()
     assert context.cookies() == []
 
     page.go_back()

@@ -79,6 +79,8 @@ class CoordinatorService:
         self.coordinator.verifier.start()
         await self.coordinator.load()
         await self.rollouts.load()
+        # A database restored from a backup may predate some erasures: redo them first.
+        await self.coordinator.privacy.reapply_erasures()
         await self.client.start()
         s = self.config.server
         self._runner = web.AppRunner(
@@ -179,6 +181,9 @@ class CoordinatorService:
                 purged = await self.coordinator.maintenance.purge_telemetry()
                 if purged:
                     log.info("purged %d heartbeats past retention", purged)
+                forgotten = await self.coordinator.maintenance.purge_candidates()
+                if forgotten:
+                    log.info("deleted %d mDNS candidates past retention", forgotten)
                 await self.coordinator.enrollment.expire_pending()
                 self.renew_server_certificate(self.coordinator.clock())
             except Exception:

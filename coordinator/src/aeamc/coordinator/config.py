@@ -25,6 +25,7 @@ from aeamc.shared.rpcurls import rpc_url_problem
 from aeamc.shared.runtime.configfiles import ConfigError, read_config_files
 from aeamc.shared.runtime.pkcs11 import Pkcs11Error, Pkcs11Uri, is_pkcs11_uri
 
+from .privacypolicy import PrivacyConfig, privacy_checks
 from .securitytxt import SecurityConfig, security_checks
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -300,6 +301,7 @@ class CoordinatorConfig:
     tokens: TokensConfig = field(default_factory=TokensConfig)
     updates: UpdatesConfig = field(default_factory=UpdatesConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     @property
     def db_path(self) -> Path:
@@ -346,6 +348,7 @@ _SECTIONS = {
     "tokens": TokensConfig,
     "updates": UpdatesConfig,
     "security": SecurityConfig,
+    "privacy": PrivacyConfig,
 }
 
 
@@ -443,6 +446,7 @@ def validate(config: CoordinatorConfig) -> None:
         (config.limits.per_device_burst >= 1, "limits.per_device_burst must be ≥ 1"),
         *_updates_checks(config.updates),
         *security_checks(config.security),
+        *privacy_checks(config.privacy),
         (config.enrollment.pending_ttl_s >= 1, "enrollment.pending_ttl_s must be ≥ 1"),
         (config.enrollment.max_pending >= 0, "enrollment.max_pending must be ≥ 0"),
         (

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
+
+import sqlite_utils
 
 from aeamc.shared.discovery import (
     AGENT_SERVICE_TYPE,
@@ -29,6 +32,8 @@ log = logging.getLogger(__name__)
 
 
 class Discovery:
+    """Advertise this coordinator and record the agents around it as candidates."""
+
     def __init__(self, coordinator: Coordinator, port: int) -> None:
         self.c = coordinator
         self.port = port
@@ -80,6 +85,21 @@ class Discovery:
             "txt": json.dumps(dict(record.properties), sort_keys=True),
             "last_seen": self.c.clock(),
         }
-        task = self.c.db.write(lambda db: device_rows.see_candidate(db, row))
-        self.c.spawn(task)
-        log.info("agent %s seen over mDNS (not enrolled)", advert.device_id)
+        self.c.spawn(self.record_candidate(row))
+
+    async def record_candidate(self, row: dict[str, Any]) -> bool:
+        """Keep an agent's latest mDNS advert as a candidate, unless its identity is
+        enrolled or was erased (an erased device may go on advertising: it is never
+        recorded again). Whether it was recorded."""
+        device_id = row["device_id"]
+
+        def txn(db: sqlite_utils.Database) -> bool:
+            if device_rows.is_erased(db, device_id) or device_rows.exists(db, device_id):
+                return False
+            device_rows.see_candidate(db, row)
+            return True
+
+        recorded = await self.c.db.write(txn)
+        if recorded:
+            log.info("agent %s seen over mDNS (not enrolled)", device_id)
+        return recorded

@@ -1,4 +1,4 @@
-"""Periodic upkeep: overdue assignments and deadlines, telemetry retention."""
+"""Periodic upkeep: overdue assignments and deadlines, telemetry and candidate retention."""
 
 from __future__ import annotations
 
@@ -43,3 +43,10 @@ class Maintenance:
         """Delete heartbeats older than the telemetry retention; returns how many."""
         cutoff = self.ctx.clock() - self.ctx.config.protocol.telemetry_retention_days * 86_400_000
         return await self.ctx.db.write(lambda db: device_rows.purge_heartbeats(db, cutoff))
+
+    async def purge_candidates(self) -> int:
+        """Delete mDNS candidates not announced for ``privacy.candidate_retention_days``;
+        returns how many."""
+        days = self.ctx.config.privacy.candidate_retention_days
+        cutoff = self.ctx.clock() - days * 86_400_000
+        return await self.ctx.db.write(lambda db: device_rows.purge_candidates(db, cutoff))

@@ -272,13 +272,17 @@ def openapi_document() -> dict[str, Any]:
             "get": _op("One device", "operator"),
             "delete": _op(
                 "Erase a device (SPEC §11): operator token, or the device's signed privacy "
-                "request (action erase) as body; its receipts in microblocks stay",
+                "request (action erase) as body; its receipts in microblocks stay. The "
+                "operator can erase an id only seen over mDNS too",
                 requestBody={**_body("Privacy"), "required": False},
                 security=_OPERATOR_OR_DEVICE,
             ),
         },
         "/v1/devices/{device_id}/export": {
-            "get": _op("Everything held about a device, as JSON", "operator"),
+            "get": _op(
+                "Everything held about a device, or about an id only seen over mDNS, as JSON",
+                "operator",
+            ),
             "post": _op(
                 "The same export, for the device itself: body is its signed privacy request "
                 "(action export); the operator token works too",

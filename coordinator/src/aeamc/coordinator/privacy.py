@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
+import re
+from pathlib import Path
 from typing import Any
 
 import sqlite_utils
@@ -27,6 +31,10 @@ from .store import tasks as task_rows
 from .updates import reports
 
 log = logging.getLogger(__name__)
+
+#: The erasure journal's file name, in the database's directory.
+ERASURE_JOURNAL = "erasures.log"
+_JOURNAL_LINE = re.compile(r"[0-9a-f]{32} [0-9]+")
 
 
 class PrivacyService:
@@ -66,16 +74,17 @@ class PrivacyService:
         self.ctx.check_peer(peer, device_id, allow_revoked=True)
 
     async def export_device(self, device_id: str) -> dict[str, Any]:
-        """Everything the coordinator holds about a device, as JSON."""
-        if device_id not in self.ctx.devices:
-            raise not_found(f"device {device_id}")
+        """Everything the coordinator holds about a device, as JSON: an enrolled device,
+        or one only seen over mDNS (then ``device`` is null and only ``mdns_candidate``
+        holds anything). Not found when the id is neither."""
 
         def q(db: sqlite_utils.Database) -> dict[str, Any] | None:
             def rows(sql: str) -> list[dict[str, Any]]:
                 return list(db.query(sql, [device_id]))
 
             device = next(iter(rows("SELECT * FROM devices WHERE device_id=?")), None)
-            if device is None:
+            candidate = device_rows.candidate(db, device_id)
+            if device is None and candidate is None:
                 return None
             return {
                 "device": device,
@@ -83,9 +92,7 @@ class PrivacyService:
                     "SELECT seq, timestamp, received_at, telemetry FROM heartbeats "
                     "WHERE device_id=? ORDER BY seq"
                 ),
-                "mdns_candidate": next(
-                    iter(rows("SELECT * FROM candidates WHERE device_id=?")), None
-                ),
+                "mdns_candidate": candidate,
                 "assignments": rows(
                     "SELECT task_id, state, issued_at, expires_at, reason, message "
                     "FROM assignments WHERE device_id=? ORDER BY issued_at"
@@ -125,7 +132,7 @@ class PrivacyService:
         if out is None:
             raise not_found(f"device {device_id}")
         d = out["device"]
-        for key in ("capabilities", "telemetry"):
+        for key in ("capabilities", "telemetry") if d is not None else ():
             d[key] = json.loads(d[key]) if d[key] else None
         for h in out["heartbeats"]:
             h["telemetry"] = json.loads(h["telemetry"])
@@ -166,9 +173,12 @@ class PrivacyService:
         later range); the signed PoT itself is deleted, and the acceptance time becomes
         the block's. A tombstone with the pseudonymous id refuses the identity for
         good. Then the WAL is checkpointed, so no older page copy stays in its file.
+
+        A device only seen over mDNS has its candidate row deleted and the same tombstone
+        left, so discovery never records it again; an id nobody knows is not found.
         """
         if device_id not in self.ctx.devices:
-            raise not_found(f"device {device_id}")
+            return await self._erase_candidate(device_id)
         now = self.ctx.clock()
         revoked: list[str] = []
 
@@ -218,6 +228,7 @@ class PrivacyService:
             return counts
 
         counts = await self.ctx.db.write(txn)
+        await self._journal(device_id, now)
         if self.ctx.certs is not None:
             self.ctx.certs.revoked_now(revoked)
         self.ctx.devices.remove(device_id)
@@ -228,3 +239,86 @@ class PrivacyService:
         log.info("device %s erased at its owner's or the operator's request", device_id)
         self.ctx.wake_scheduler.set()
         return {"device_id": device_id, "state": "erased", "erased_at": now, "deleted": counts}
+
+    async def _erase_candidate(self, device_id: str) -> dict[str, Any]:
+        now = self.ctx.clock()
+
+        def txn(db: sqlite_utils.Database) -> int:
+            if device_rows.exists(db, device_id):
+                return -1  # it enrolled meanwhile: erase it as a device
+            deleted = device_rows.forget_candidate(db, device_id)
+            if deleted:
+                device_rows.erase_device(db, device_id, now)
+            return deleted
+
+        deleted = await self.ctx.db.write(txn)
+        if deleted < 0:
+            raise Refusal(
+                Fault.CONFLICT, "conflict", "the device is enrolling right now; ask again"
+            )
+        if not deleted:
+            raise not_found(f"device {device_id}")
+        await self._journal(device_id, now)
+        await self.ctx.db.checkpoint()
+        self.ctx.count("devices_erased")
+        log.info("mDNS candidate %s erased at the operator's request", device_id)
+        return {
+            "device_id": device_id,
+            "state": "erased",
+            "erased_at": now,
+            "deleted": {"candidates": deleted},
+        }
+
+    @property
+    def journal_path(self) -> Path:
+        """The erasure journal, next to the database: one line per erased id and time.
+
+        It outlives a restore of ``coordinator.db`` from a backup taken before some
+        erasures, so that :meth:`reapply_erasures` can carry them out again."""
+        return self.ctx.db.path.with_name(ERASURE_JOURNAL)
+
+    async def _journal(self, device_id: str, erased_at: int) -> None:
+        def append() -> None:
+            with self.journal_path.open("a", encoding="ascii") as f:
+                f.write(f"{device_id} {erased_at}\n")
+                f.flush()
+                os.fsync(f.fileno())
+
+        await asyncio.to_thread(append)
+
+    def _journaled(self) -> list[str]:
+        try:
+            lines = self.journal_path.read_text(encoding="ascii").splitlines()
+        except FileNotFoundError:
+            return []
+        return [line.split()[0] for line in lines if _JOURNAL_LINE.fullmatch(line)]
+
+    async def reapply_erasures(self) -> list[str]:
+        """Carry out again every erasure in the journal the database does not know (it was
+        restored from an older backup), and delete the mDNS candidates of erased ids; at
+        start, before anything is served. Returns the ids erased again."""
+        journaled = await asyncio.to_thread(self._journaled)
+        missing = await self.ctx.db.read(
+            lambda db: sorted({d for d in journaled if not device_rows.is_erased(db, d)})
+        )
+        now = self.ctx.clock()
+        for device_id in missing:
+            if device_id in self.ctx.devices:
+                await self.erase_device(device_id)
+            else:
+
+                def tombstone(db: sqlite_utils.Database, d: str = device_id) -> None:
+                    device_rows.forget_candidate(db, d)
+                    device_rows.erase_device(db, d, now)
+
+                await self.ctx.db.write(tombstone)
+        leftovers = await self.ctx.db.write(device_rows.forget_erased_candidates)
+        if missing:
+            await self.ctx.db.checkpoint()
+            log.warning(
+                "re-applied %d erasures missing from the database (restored from a backup?)",
+                len(missing),
+            )
+        if leftovers:
+            log.info("deleted %d mDNS candidates of erased ids", leftovers)
+        return missing

@@ -37,6 +37,7 @@ from aeamc.shared.refusals import Refusal
 from ..auth import bearer
 from ..bodies import reply
 from ..errors import ApiError
+from ..privacypolicy import PrivacyConfig, fill
 from .markdown import headings, render
 from .samples import Sampler
 from .sessions import SESSION_LIFETIME_MS, SessionStore
@@ -102,8 +103,9 @@ def policy_source() -> str:
 
 
 @functools.cache
-def privacy_page() -> bytes:
-    """``/privacy``, rendered once: the policy only changes with the installed package."""
+def privacy_page(operator: PrivacyConfig) -> bytes:
+    """``/privacy`` with the operator's ``[privacy]`` details filled in (HTML-escaped),
+    rendered once per configuration: the policy only changes with the installed package."""
     source = policy_source()
     contents = "".join(
         f'<li><a href="#{h.anchor}">{html.escape(h.text)}</a></li>'
@@ -111,7 +113,8 @@ def privacy_page() -> bytes:
         if h.level == 2
     )
     page = string.Template(_package_file("pages", "privacy.html").decode("utf-8"))
-    return page.substitute(contents=contents, policy=render(source)).encode("utf-8")
+    policy = fill(render(source), operator)
+    return page.substitute(contents=contents, policy=policy).encode("utf-8")
 
 
 def _html(body: bytes) -> web.Response:
@@ -199,7 +202,7 @@ async def static_asset(request: web.Request) -> web.Response:
 
 
 async def privacy(request: web.Request) -> web.Response:
-    return _html(privacy_page())
+    return _html(privacy_page(request.app[DASHBOARD_KEY].coordinator.config.privacy))
 
 
 async def _login_token(request: web.Request) -> str:

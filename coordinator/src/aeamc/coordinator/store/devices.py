@@ -251,6 +251,26 @@ def see_candidate(db: sqlite_utils.Database, row: dict[str, Any]) -> None:
     db.table("candidates").upsert(row, pk="device_id")
 
 
+def candidate(db: sqlite_utils.Database, device_id: str) -> dict[str, Any] | None:
+    """The mDNS candidate row of ``device_id``, or None."""
+    return _first(db, "SELECT * FROM candidates WHERE device_id=?", [device_id])
+
+
+def purge_candidates(db: sqlite_utils.Database, cutoff: int) -> int:
+    """Delete candidates whose latest advert came before ``cutoff`` (their retention);
+    how many."""
+    return int(db.execute("DELETE FROM candidates WHERE last_seen < ?", [cutoff]).rowcount)
+
+
+def forget_erased_candidates(db: sqlite_utils.Database) -> int:
+    """Delete every candidate row of an erased identity; how many."""
+    return int(
+        db.execute(
+            "DELETE FROM candidates WHERE device_id IN (SELECT device_id FROM erased_devices)"
+        ).rowcount
+    )
+
+
 def forget_candidate(db: sqlite_utils.Database, device_id: str) -> int:
     """Delete a device's mDNS candidate row (it enrolled, or is erased); how many rows."""
     return int(db.execute("DELETE FROM candidates WHERE device_id=?", [device_id]).rowcount)
