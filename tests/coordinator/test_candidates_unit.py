@@ -17,10 +17,11 @@ import pytest
 from aeamc.coordinator.config import CoordinatorConfig
 from aeamc.coordinator.discovery import Discovery
 from aeamc.coordinator.privacypolicy import PrivacyConfig
-from aeamc.shared.discovery import AGENT_SERVICE_TYPE, AgentAdvert
+from aeamc.shared.discovery import AGENT_SERVICE_TYPE
 from aeamc.shared.identity import SigningKey
 from aeamc.shared.refusals import Refusal
 from aeamc.shared.runtime.services import ADDED, UPDATED, ServiceEvent, ServiceRecord
+from tests.support.device import agent_advert
 from tests.support.inprocess import Fleet
 
 DAY_MS = 86_400_000
@@ -28,25 +29,13 @@ DAY_MS = 86_400_000
 
 @pytest.fixture
 async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
-    config = CoordinatorConfig(
-        state_dir=tmp_path, privacy=PrivacyConfig(candidate_retention_days=3)
-    )
-    f = await Fleet(tmp_path, config).start()
-    yield f
-    await f.close()
+    async with Fleet(tmp_path, privacy=PrivacyConfig(candidate_retention_days=3)) as f:
+        yield f
 
 
 def advert_event(key: SigningKey, *, port: int = 9999, change: str = ADDED) -> ServiceEvent:
     """What the mDNS browser reports for an agent advertising under ``key``."""
-    advert = AgentAdvert(
-        device_id=key.device_id,
-        public_key=key.public_key.hex(),
-        version="0.1.0",
-        kinds=("sha256-chain",),
-        cpus=2,
-        mem_mb=512,
-        battery=False,
-    )
+    advert = agent_advert(key)
     name = f"{key.device_id}.{AGENT_SERVICE_TYPE}"
     record = ServiceRecord(
         name=name,

@@ -16,9 +16,8 @@ from tests.support.inprocess import Fleet
 
 @pytest.fixture
 async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
-    f = await Fleet(tmp_path, CoordinatorConfig(state_dir=tmp_path)).start()
-    yield f
-    await f.close()
+    async with Fleet(tmp_path, CoordinatorConfig(state_dir=tmp_path)) as f:
+        yield f
 
 
 async def _state(fleet: Fleet, device_id: str) -> tuple[str, str]:

@@ -12,35 +12,33 @@ from pathlib import Path
 from aeamc.shared.discovery import (
     AGENT_SERVICE_TYPE,
     COORDINATOR_SERVICE_TYPE,
-    AgentAdvert,
     parse_coordinator_txt,
 )
 from aeamc.shared.identity import SigningKey
 from aeamc.shared.runtime.mdns import Mdns, ServiceEvent
 from tests.support.coordinator import CoordinatorProcess
+from tests.support.device import agent_advert
 
 
-async def test_advertises_and_records_candidates(tmp_path: Path) -> None:
+def _mdns_coordinator(tmp_path: Path) -> CoordinatorProcess:
+    """A started coordinator that advertises and browses over mDNS on loopback."""
     coord = CoordinatorProcess(
         tmp_path / "c",
         settings={"server": {"mdns": True, "mdns_interfaces": "127.0.0.1"}},
     )
     coord.init()
     coord.start()
+    return coord
+
+
+async def test_advertises_and_records_candidates(tmp_path: Path) -> None:
+    coord = _mdns_coordinator(tmp_path)
     mdns = Mdns(["127.0.0.1"])
     seen: list[ServiceEvent] = []
     try:
         mdns.browse(COORDINATOR_SERVICE_TYPE, seen.append)
         key = SigningKey.from_seed(os.urandom(32))
-        advert = AgentAdvert(
-            device_id=key.device_id,
-            public_key=key.public_key.hex(),
-            version="0.1.0",
-            kinds=("sha256-chain",),
-            cpus=2,
-            mem_mb=512,
-            battery=False,
-        )
+        advert = agent_advert(key)
         await mdns.async_advertise(
             AGENT_SERVICE_TYPE,
             key.device_id,
@@ -85,27 +83,10 @@ async def test_advertises_and_records_candidates(tmp_path: Path) -> None:
         coord.stop()
 
 
-def _advert(key: SigningKey) -> AgentAdvert:
-    return AgentAdvert(
-        device_id=key.device_id,
-        public_key=key.public_key.hex(),
-        version="0.1.0",
-        kinds=("sha256-chain",),
-        cpus=2,
-        mem_mb=512,
-        battery=False,
-    )
-
-
 async def test_a_candidate_is_exported_and_erased_and_not_recorded_again(tmp_path: Path) -> None:
     """The operator exports and erases an agent only seen over mDNS; it keeps advertising
     (withdrawn and announced again), and the coordinator does not record it again."""
-    coord = CoordinatorProcess(
-        tmp_path / "c",
-        settings={"server": {"mdns": True, "mdns_interfaces": "127.0.0.1"}},
-    )
-    coord.init()
-    coord.start()
+    coord = _mdns_coordinator(tmp_path)
     mdns = Mdns(["127.0.0.1"])
     operator = coord.token("operator")
 
@@ -118,7 +99,7 @@ async def test_a_candidate_is_exported_and_erased_and_not_recorded_again(tmp_pat
             AGENT_SERVICE_TYPE,
             key.device_id,
             port=port,
-            properties=_advert(key).txt(),
+            properties=agent_advert(key).txt(),
             addresses=["127.0.0.1"],
         )
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aeamc.coordinator.config import CoordinatorConfig, SchedulerConfig
+from aeamc.coordinator.config import SchedulerConfig
 from tests.support.inprocess import Fleet
 
 HIGH, LOW, TOO_LOW = 95, 60, 20  # battery percentages: EPS ≈ 0.68, 0.54 and 0.38 (min 0.5)
@@ -17,12 +17,8 @@ HIGH, LOW, TOO_LOW = 95, 60, 20  # battery percentages: EPS ≈ 0.68, 0.54 and 0
 
 @pytest.fixture
 async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
-    config = CoordinatorConfig(
-        state_dir=tmp_path, scheduler=SchedulerConfig(assignment_timeout_s=60)
-    )
-    f = await Fleet(tmp_path, config).start()
-    yield f
-    await f.close()
+    async with Fleet(tmp_path, scheduler=SchedulerConfig(assignment_timeout_s=60)) as f:
+        yield f
 
 
 async def test_no_devices_no_assignments(fleet: Fleet) -> None:

@@ -24,6 +24,7 @@ import aiohttp
 from aiohttp import web
 
 from aeamc.shared import proofs
+from aeamc.shared.discovery import AgentAdvert
 from aeamc.shared.identity import SigningKey
 from aeamc.shared.messages import Assignment, Challenge, Enroll, PoA, parse_signed, sign
 from aeamc.shared.runtime import tls
@@ -281,3 +282,16 @@ class SimDevice:
                 {"error": {"code": "unknown_task", "message": "no trace"}}, status=404
             )
         return web.json_response(proofs.build_opening(self.key, ch, trace).to_dict())
+
+
+def agent_advert(key: SigningKey) -> AgentAdvert:
+    """What an agent with identity ``key`` announces over mDNS (a small device, no battery)."""
+    return AgentAdvert(
+        device_id=key.device_id,
+        public_key=key.public_key.hex(),
+        version="0.1.0",
+        kinds=("sha256-chain",),
+        cpus=2,
+        mem_mb=512,
+        battery=False,
+    )

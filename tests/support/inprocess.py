@@ -147,8 +147,12 @@ class InProcessLink:
 class Fleet:
     """A ``Coordinator`` built in-process, its loops, and the devices it knows."""
 
-    def __init__(self, state_dir: Path, config: CoordinatorConfig) -> None:
+    def __init__(
+        self, state_dir: Path, config: CoordinatorConfig | None = None, **sections: Any
+    ) -> None:
+        """``config``, or the defaults with ``sections`` (``scheduler=SchedulerConfig(...)``)."""
         state_dir.mkdir(parents=True, exist_ok=True)
+        config = config or CoordinatorConfig(state_dir=state_dir, **sections)
         self.config = config
         self.clock = ManualClock()
         self.db = Database(state_dir / "coordinator.db")
@@ -171,6 +175,12 @@ class Fleet:
     async def close(self) -> None:
         await self.scheduler.drain()
         self.db.close()
+
+    async def __aenter__(self) -> Fleet:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     # -- devices -----------------------------------------------------------------------
 
