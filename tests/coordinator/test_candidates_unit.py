@@ -152,5 +152,8 @@ async def test_a_restored_database_has_its_later_erasures_carried_out_again(
         erased = {r["device_id"] for r in await fleet.rows("SELECT * FROM erased_devices")}
         assert erased == {device.device_id, seen.device_id}
         assert await fleet.c.privacy.reapply_erasures() == []  # nothing left to redo
+        # Carried out again, not journaled again: one line per erasure.
+        journal = fleet.c.privacy.journal_path.read_text().splitlines()
+        assert sorted(line.split()[0] for line in journal) == sorted(erased)
     finally:
         await fleet.close()

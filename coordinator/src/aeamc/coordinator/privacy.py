@@ -155,7 +155,7 @@ class PrivacyService:
         )
         return out
 
-    async def erase_device(self, device_id: str) -> dict[str, Any]:
+    async def erase_device(self, device_id: str, *, journal: bool = True) -> dict[str, Any]:
         """Erase a device (SPEC §11): keep only its receipts in microblocks.
 
         First, every result of it whose spot-check is still pending is voided and its task
@@ -228,7 +228,8 @@ class PrivacyService:
             return counts
 
         counts = await self.ctx.db.write(txn)
-        await self._journal(device_id, now)
+        if journal:  # not when carrying out again an erasure the journal already holds
+            await self._journal(device_id, now)
         if self.ctx.certs is not None:
             self.ctx.certs.revoked_now(revoked)
         self.ctx.devices.remove(device_id)
@@ -304,7 +305,7 @@ class PrivacyService:
         now = self.ctx.clock()
         for device_id in missing:
             if device_id in self.ctx.devices:
-                await self.erase_device(device_id)
+                await self.erase_device(device_id, journal=False)
             else:
 
                 def tombstone(db: sqlite_utils.Database, d: str = device_id) -> None:
