@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import html
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 _PLACEHOLDER = re.compile(r"\{\{([a-z_]+)\}\}")
 _MAX_CHARS = 500
@@ -72,14 +72,8 @@ def privacy_checks(c: PrivacyConfig) -> list[tuple[bool, str]]:
 
 
 def _texts(c: PrivacyConfig) -> dict[str, str]:
-    return {
-        "controller": c.controller,
-        "controller_contact": c.controller_contact,
-        "dpo_contact": c.dpo_contact,
-        "supervisory_authority": c.supervisory_authority,
-        "supervisory_authority_url": c.supervisory_authority_url,
-        "jurisdiction_notes": c.jurisdiction_notes,
-    }
+    """Every text setting by name (the day counts are checked on their own)."""
+    return {f.name: v for f in fields(c) if isinstance(v := getattr(c, f.name), str)}
 
 
 def values(c: PrivacyConfig) -> dict[str, str]:
