@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from aeamc.coordinator.alerts import AlertTracker, evaluate
 from aeamc.coordinator.anchoring.status import ChainStatus
+from aeamc.coordinator.config import AlertsConfig, parse_config
+from aeamc.shared.runtime.configfiles import ConfigError
 
 NOW = 10_000_000
 
@@ -112,3 +116,21 @@ def test_tracker_keeps_since_until_cleared() -> None:
     assert t.update(slow, NOW + 5000)[0]["since_ms"] == NOW
     assert t.update([], NOW + 6000) == []
     assert t.update(slow, NOW + 7000)[0]["since_ms"] == NOW + 7000
+
+
+def test_runbook_links_follow_the_configured_base() -> None:
+    """Links lead to this coordinator's /runbook unless the operator names their own copy."""
+    failing = [(NOW, 500, 0.01)] * 20
+    (default,) = evaluate(failing, None, NOW)
+    assert default.runbook_url == "/runbook#high-error-rate"
+    own = AlertsConfig(runbook_url="https://wiki.example.org/aeamc/runbook")
+    (moved,) = evaluate(failing, None, NOW, own)
+    assert moved.runbook_url == "https://wiki.example.org/aeamc/runbook#high-error-rate"
+
+
+@pytest.mark.parametrize(
+    "url", ["javascript:alert(1)", "http://wiki.lan/runbook", "runbook", "//evil.example/x", "/a b"]
+)
+def test_a_runbook_url_the_dashboard_would_not_link_is_refused(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"alerts\.runbook_url"):
+        parse_config({"alerts": {"runbook_url": url}})

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict
 from typing import Any
 
 from playwright.sync_api import BrowserContext, Page, expect
 
+from aeamc.coordinator.alerts import evaluate
 from tests.dashboard.conftest import login
 from tests.dashboard.support import DashboardCoordinator, Fleet, wait_for
 from tests.updates.releases import fake_release
@@ -218,6 +220,31 @@ def test_anchor_and_alerts_appear_when_the_coordinator_reports_them(
     expect(detail.locator("dd").filter(has_text="4242")).to_have_count(1)
     expect(detail).to_contain_text("Confirmations")
     expect(detail).not_to_contain_text("not shown")
+
+
+def test_an_alerts_runbook_link_opens_the_runbook_at_its_heading(
+    page: Page, coordinator: DashboardCoordinator
+) -> None:
+    """The link the coordinator puts in an alert leads to the runbook it serves, at the
+    alert's own heading, in the operator's browser."""
+    failing = [(0, 500, 0.01)] * 20
+    (fired,) = evaluate(failing, None, 1000)
+    assert fired.name == "HighErrorRate"
+    alerts = [{**asdict(fired), "since_ms": 0}]
+
+    def with_alerts(route: Any) -> None:
+        route.fulfill(json={**route.fetch().json(), "alerts": alerts})
+
+    page.route(re.compile(r".*/v1/health$"), with_alerts)
+    login(page, coordinator)
+    link = page.locator("#alerts .alert").get_by_role("link", name="Runbook")
+    expect(link).to_have_attribute("href", "/runbook#high-error-rate")
+    link.click()
+    expect(page).to_have_url(f"{coordinator.url}/runbook#high-error-rate")
+    heading = page.locator("h2#high-error-rate")
+    expect(heading).to_have_text("High error rate")
+    expect(heading).to_be_in_viewport()
+    expect(page.get_by_role("navigation", name="Contents")).to_contain_text("Coordinator down")
 
 
 def test_flags_page_shows_and_changes_a_rollout(

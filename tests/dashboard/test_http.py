@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import html
 
+from aeamc.coordinator.alerts import evaluate
 from aeamc.coordinator.dashboard import markdown
-from aeamc.coordinator.dashboard.web import CONTENT_SECURITY_POLICY, policy_source
+from aeamc.coordinator.dashboard.web import (
+    CONTENT_SECURITY_POLICY,
+    policy_source,
+    runbook_source,
+)
 from tests.dashboard.conftest import policy_path
 from tests.dashboard.support import Browserless, DashboardCoordinator, Fleet, wait_for
 
@@ -30,6 +35,37 @@ def test_privacy_policy_is_public_and_sets_no_cookie(coordinator: DashboardCoord
 
 def test_the_served_policy_is_the_documented_one() -> None:
     assert policy_source() == policy_path().read_text(encoding="utf-8")
+
+
+def test_the_served_runbook_is_the_documented_one() -> None:
+    assert runbook_source() == (policy_path().parent / "runbook.md").read_text(encoding="utf-8")
+
+
+def test_runbook_is_served_without_login_with_every_alerts_anchor(
+    coordinator: DashboardCoordinator,
+) -> None:
+    """Each alert links to ``/runbook#<anchor>``: the page must carry that id."""
+    status, headers, body = Browserless(coordinator.url, coordinator.ssl_context()).request(
+        "GET", "/runbook"
+    )
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    assert headers["set-cookie"] == ""
+    assert headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    page = body.decode()
+    running = [(0, 500, 9.0)] * 20
+    anchoring = {
+        "enabled": True,
+        "unanchored_blocks": 1,
+        "oldest_unanchored_age_s": 10**6,
+        "balance_wei": 1,
+        "wallet_burn_wei_per_s": 1,
+    }
+    alerts = evaluate(running, anchoring, 1000)
+    assert len(alerts) == 5
+    for alert in alerts:
+        path, _, anchor = alert.runbook_url.partition("#")
+        assert path == "/runbook"
+        assert f' id="{anchor}">' in page, alert
 
 
 def test_page_and_assets_load_without_login_or_cookies(coordinator: DashboardCoordinator) -> None:

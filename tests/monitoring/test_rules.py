@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from aeamc.coordinator.config import AlertsConfig
+from aeamc.coordinator.dashboard.markdown import headings
 from aeamc.coordinator.metrics import OPTIONAL_ANCHORING_GAUGES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,8 +152,14 @@ def test_rules_and_dashboard_use_exported_metrics() -> None:
     used_standard = set(re.findall(r"\b((?:process|python)_[a-z_]+?)(?:_total)?\b", DASHBOARD))
     assert used_standard, "the dashboard shows no process metrics"
     assert used_standard <= standard, used_standard - standard
-    runbook = (ROOT / "docs" / "runbook.md").read_text().lower()
-    for rule in re.findall(r"runbook_url: \"docs/runbook.md#([a-z-]+)\"", text):
-        anchor = f"## {rule.replace('-', ' ')}"
-        assert anchor in runbook, anchor
+    anchors = {h.anchor for h in headings((ROOT / "docs" / "runbook.md").read_text())}
+    links = re.findall(r"runbook_url: \"([^\"]+)\"", ALERTS)
+    assert len(links) == ALERTS.count("- alert:"), "every rule carries a runbook link"
+    for link in links:
+        base, _, anchor = link.partition("#")
+        assert base in {
+            "https://{{ $labels.instance }}/runbook",
+            "file:///usr/share/doc/microblock-coordinator/runbook.md",
+        }, link
+        assert anchor in anchors, link
     json.loads(DASHBOARD)

@@ -17,8 +17,6 @@ from typing import Any
 
 from .config import AlertsConfig
 
-RUNBOOK = "docs/runbook.md"
-
 
 @dataclass(frozen=True)
 class Alert:
@@ -46,7 +44,7 @@ def evaluate(
                     "page",
                     f"{errors} of {len(recent)} requests failed (5xx) "
                     f"in the last {limits.window_s:.0f} s",
-                    f"{RUNBOOK}#high-error-rate",
+                    f"{limits.runbook_url}#high-error-rate",
                 )
             )
         latencies = sorted(secs for _, secs in recent)
@@ -57,7 +55,7 @@ def evaluate(
                     "HighLatency",
                     "page",
                     f"p99 latency {p99 * 1000:.0f} ms in the last {limits.window_s:.0f} s",
-                    f"{RUNBOOK}#high-latency",
+                    f"{limits.runbook_url}#high-latency",
                 )
             )
     if anchoring and anchoring.get("enabled"):
@@ -82,7 +80,7 @@ def evaluate(
                         if anchoring.get("last_error")
                         else ""
                     ),
-                    f"{RUNBOOK}#no-new-microblocks-anchored",
+                    f"{limits.runbook_url}#no-new-microblocks-anchored",
                 )
             )
         balance = anchoring.get("balance_wei")
@@ -92,7 +90,7 @@ def evaluate(
                     "AnchoringWalletLow",
                     "warning",
                     f"the anchoring wallet holds {balance / 10**18:.4f} ether",
-                    f"{RUNBOOK}#anchoring-wallet-low",
+                    f"{limits.runbook_url}#anchoring-wallet-low",
                 )
             )
         burn = anchoring.get("wallet_burn_wei_per_s")
@@ -105,7 +103,7 @@ def evaluate(
                         "warning",
                         f"the anchoring wallet is empty in {runway_s / 86400:.1f} days "
                         "at the burn of the last 6 hours",
-                        f"{RUNBOOK}#anchoring-wallet-empty-soon",
+                        f"{limits.runbook_url}#anchoring-wallet-empty-soon",
                     )
                 )
     return firing

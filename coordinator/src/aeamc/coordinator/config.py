@@ -205,6 +205,9 @@ class AlertsConfig:
     wallet_low_ether: float = 0.05
     #: The wallet is empty within this many days at the burn of the last 6 hours.
     wallet_runway_days: float = 7.0
+    #: Where an alert's "Runbook" link leads (the alert's anchor is appended): this
+    #: coordinator's own ``/runbook`` page, or the ``https://`` URL of the operator's copy.
+    runbook_url: str = "/runbook"
 
 
 @dataclass(frozen=True)
@@ -444,6 +447,10 @@ def validate(config: CoordinatorConfig) -> None:
         (config.limits.per_address_burst >= 1, "limits.per_address_burst must be ≥ 1"),
         (config.limits.per_device_rate > 0, "limits.per_device_rate must be > 0"),
         (config.limits.per_device_burst >= 1, "limits.per_device_burst must be ≥ 1"),
+        (
+            re.fullmatch(r"(/(?!/)|https://)[^\s#]*", config.alerts.runbook_url) is not None,
+            "alerts.runbook_url must be a path on this coordinator (/…) or an https:// URL",
+        ),
         *_updates_checks(config.updates),
         *security_checks(config.security),
         *privacy_checks(config.privacy),

@@ -1,5 +1,5 @@
 """The operator dashboard's HTTP surface: the page, its assets, login sessions, the fleet
-samples behind the charts, and the privacy policy.
+samples behind the charts, the privacy policy and the runbook.
 
 Everything lives outside ``/v1/``: the page only *reads and acts through* the existing JSON
 API. To let it do so without ever handing the operator token to JavaScript, a login
@@ -102,19 +102,36 @@ def policy_source() -> str:
     return _package_file("privacy-policy.md").decode("utf-8")
 
 
-@functools.cache
-def privacy_page(operator: PrivacyConfig) -> bytes:
-    """``/privacy`` with the operator's ``[privacy]`` details filled in (HTML-escaped),
-    rendered once per configuration: the policy only changes with the installed package."""
-    source = policy_source()
+def runbook_source() -> str:
+    """The operator runbook as shipped (a copy of ``docs/runbook.md``)."""
+    return _package_file("runbook.md").decode("utf-8")
+
+
+def _document_page(title: str, what: str, source: str, body: str) -> bytes:
+    """A shipped Markdown document as a page of its own, with its contents listed."""
     contents = "".join(
         f'<li><a href="#{h.anchor}">{html.escape(h.text)}</a></li>'
         for h in headings(source)
         if h.level == 2
     )
-    page = string.Template(_package_file("pages", "privacy.html").decode("utf-8"))
-    policy = fill(render(source), operator)
-    return page.substitute(contents=contents, policy=policy).encode("utf-8")
+    page = string.Template(_package_file("pages", "document.html").decode("utf-8"))
+    return page.substitute(title=title, what=what, contents=contents, body=body).encode("utf-8")
+
+
+@functools.cache
+def privacy_page(operator: PrivacyConfig) -> bytes:
+    """``/privacy`` with the operator's ``[privacy]`` details filled in (HTML-escaped),
+    rendered once per configuration: the policy only changes with the installed package."""
+    source = policy_source()
+    return _document_page("Privacy policy", "policy", source, fill(render(source), operator))
+
+
+@functools.cache
+def runbook_page() -> bytes:
+    """``/runbook``: where the alerts' ``runbook_url`` links lead (its headings carry the
+    anchors the alerts name), served by the coordinator so the links work on any LAN."""
+    source = runbook_source()
+    return _document_page("Runbook", "runbook", source, render(source))
 
 
 def _html(body: bytes) -> web.Response:
@@ -203,6 +220,10 @@ async def static_asset(request: web.Request) -> web.Response:
 
 async def privacy(request: web.Request) -> web.Response:
     return _html(privacy_page(request.app[DASHBOARD_KEY].coordinator.config.privacy))
+
+
+async def runbook(request: web.Request) -> web.Response:
+    return _html(runbook_page())
 
 
 async def _login_token(request: web.Request) -> str:
@@ -316,11 +337,12 @@ _ROUTES: list[tuple[str, str, Handler, str]] = [
     ("POST", "/dashboard/logout", logout, "End the dashboard session"),
     ("GET", "/dashboard/samples", samples, "Fleet samples of the last hour, for the charts"),
     ("GET", "/privacy", privacy, "The privacy policy (no login)"),
+    ("GET", "/runbook", runbook, "The operator runbook the alerts link to (no login)"),
 ]
 
 
 def add_dashboard_routes(app: web.Application, coordinator: Coordinator) -> None:
-    """Serve the dashboard and the privacy policy from ``app``.
+    """Serve the dashboard, the privacy policy and the runbook from ``app``.
 
     Also appends :func:`session_auth_middleware` to the app's middlewares — innermost, so
     the API's error middleware (listed before it) shapes its refusals — and samples the
@@ -370,6 +392,7 @@ def openapi_paths() -> dict[str, dict[str, Any]]:
         "/dashboard": {"302": {"description": "to /dashboard/"}},
         "/dashboard/": {"200": {"description": "HTML", "content": {"text/html": {}}}},
         "/privacy": {"200": {"description": "HTML", "content": {"text/html": {}}}},
+        "/runbook": {"200": {"description": "HTML", "content": {"text/html": {}}}},
         "/dashboard/logout": {"204": {"description": "logged out; the cookie is cleared"}},
         LOGIN_PATH: {
             "200": {
