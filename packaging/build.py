@@ -65,7 +65,9 @@ class Package:
     command: str  # console script linked into /usr/bin
     conffile: str  # under /etc/aeamc
     alternative_priority: int  # of /usr/bin/aeamc, which both packages provide
-    docs: tuple[str, ...]  # under docs/, shipped in /usr/share/doc/<name> when present
+    docs: tuple[str, ...]  # under docs/, shipped in /usr/share/doc/<name>
+    #: Folders of packaging/ whose files are shipped in /usr/share/<name>/<folder>.
+    data: tuple[str, ...]
     summary: str
     description: str
     first_install_note: str
@@ -93,6 +95,7 @@ PACKAGES = {
             conffile="agent.toml",
             alternative_priority=10,
             docs=("agent.md", "packaging.md"),
+            data=(),
             summary="AEAMC edge agent: energy-aware verified compute on a device",
             description=(
                 "Runs compute tasks for a Microblock Coordinator on the local network when\n"
@@ -116,7 +119,9 @@ PACKAGES = {
             command="aeamc-coordinator",
             conffile="coordinator.toml",
             alternative_priority=20,
-            docs=("coordinator.md", "anchoring.md", "packaging.md"),
+            # The runbook the alerts link to, and the alert rules and Grafana dashboard.
+            docs=("coordinator.md", "anchoring.md", "runbook.md", "packaging.md"),
+            data=("monitoring",),
             summary="AEAMC Microblock Coordinator",
             description=(
                 "Enrolls and scores the devices of a LAN, assigns tasks, verifies every\n"
@@ -328,8 +333,11 @@ def add_files(pkg: Package, stage: Path, source: Path) -> None:
     doc = f"/usr/share/doc/{pkg.name}"
     put(f"{doc}/copyright", HERE / "copyright")
     for name in pkg.docs:
-        if (source / "docs" / name).exists():
-            put(f"{doc}/{name}", source / "docs" / name)
+        put(f"{doc}/{name}", source / "docs" / name)
+    for folder in pkg.data:
+        for path in sorted((HERE / folder).iterdir()):
+            if path.is_file():
+                put(f"/usr/share/{pkg.name}/{folder}/{path.name}", path)
 
 
 def maintainer_scripts(pkg: Package) -> dict[str, str]:

@@ -88,6 +88,22 @@ def test_layout(extracted: dict[str, Path]) -> None:
         assert not list(venv.glob("bin/pip*")) or package == COORDINATOR  # sqlite-utils needs pip
 
 
+def test_coordinator_ships_its_runbook_and_monitoring(extracted: dict[str, Path]) -> None:
+    """An operator finds the runbook, the alert rules and the Grafana dashboard on the host,
+    identical to the ones the project tests (promtool, the rules' own tests)."""
+    tree = extracted[COORDINATOR]
+    doc = tree / "usr" / "share" / "doc" / COORDINATOR / "runbook.md"
+    assert doc.read_bytes() == (REPO / "docs" / "runbook.md").read_bytes()
+    shipped = tree / "usr" / "share" / COORDINATOR / "monitoring"
+    names = sorted(p.name for p in shipped.iterdir())
+    assert names == sorted(p.name for p in (REPO / "packaging" / "monitoring").iterdir())
+    for name in ("alerts.yml", "alerts_test.yml", "grafana-dashboard.json", "README.md"):
+        assert (shipped / name).read_bytes() == (
+            REPO / "packaging" / "monitoring" / name
+        ).read_bytes()
+    assert not (extracted[AGENT] / "usr" / "share" / AGENT).exists()
+
+
 def test_agent_venv_has_no_chain_or_database_code(extracted: dict[str, Path]) -> None:
     site = site_packages(extracted[AGENT], AGENT)
     names = {p.name.lower().replace("-", "_") for p in site.iterdir()}
