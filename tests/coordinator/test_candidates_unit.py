@@ -157,3 +157,49 @@ async def test_a_restored_database_has_its_later_erasures_carried_out_again(
         assert sorted(line.split()[0] for line in journal) == sorted(erased)
     finally:
         await fleet.close()
+
+
+async def test_an_erasure_interrupted_by_a_crash_is_carried_out_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    """The journal is written before the database: a coordinator that dies between the two
+    (here: its database write never happens) still erases the device when it starts again."""
+    state = tmp_path / "state"
+    config = CoordinatorConfig(state_dir=state)
+    fleet = await Fleet(state, config).start()
+    device = await fleet.enroll()
+    seen = SigningKey.from_seed(os.urandom(32))
+    await announce(fleet, Discovery(fleet.c, 0), advert_event(seen))
+
+    class Crash(BaseException):
+        """The process dies here: nothing after it runs."""
+
+    async def dies(fn: Any) -> Any:
+        raise Crash
+
+    write = fleet.c.privacy.ctx.db.write
+    fleet.c.privacy.ctx.db.write = dies  # type: ignore[method-assign]
+    for device_id in (device.device_id, seen.device_id):
+        with pytest.raises(Crash):
+            await fleet.c.privacy.erase_device(device_id)
+    fleet.c.privacy.ctx.db.write = write  # type: ignore[method-assign]
+    assert await fleet.rows("SELECT device_id FROM erased_devices") == []
+    await fleet.close()
+
+    fleet = await Fleet(state, config).start()
+    try:
+        again = await fleet.c.privacy.reapply_erasures()
+        assert sorted(again) == sorted([device.device_id, seen.device_id])
+        assert device.device_id not in fleet.c.devices
+        assert await fleet.rows("SELECT device_id FROM candidates") == []
+        erased = {r["device_id"] for r in await fleet.rows("SELECT * FROM erased_devices")}
+        assert erased == {device.device_id, seen.device_id}
+    finally:
+        await fleet.close()
+
+
+async def test_erasing_an_unknown_id_journals_nothing(fleet: Fleet) -> None:
+    """A made-up id is not found, and leaves no line that a later start would act on."""
+    with pytest.raises(Refusal):
+        await fleet.c.privacy.erase_device("ab" * 16)
+    assert not fleet.c.privacy.journal_path.exists()

@@ -176,10 +176,17 @@ class PrivacyService:
 
         A device only seen over mDNS has its candidate row deleted and the same tombstone
         left, so discovery never records it again; an id nobody knows is not found.
+
+        The erasure is written to the journal (fsync'd) *before* the database changes: a
+        crash between the two leaves a journaled erasure the database does not know, and
+        :meth:`reapply_erasures` carries it out at the next start. An acknowledged erasure
+        is therefore never lost, whatever the moment of a crash.
         """
         if device_id not in self.ctx.devices:
             return await self._erase_candidate(device_id)
         now = self.ctx.clock()
+        if journal:  # not when carrying out again an erasure the journal already holds
+            await self._journal(device_id, now)
         revoked: list[str] = []
 
         def txn(db: sqlite_utils.Database) -> dict[str, int]:
@@ -228,8 +235,6 @@ class PrivacyService:
             return counts
 
         counts = await self.ctx.db.write(txn)
-        if journal:  # not when carrying out again an erasure the journal already holds
-            await self._journal(device_id, now)
         if self.ctx.certs is not None:
             self.ctx.certs.revoked_now(revoked)
         self.ctx.devices.remove(device_id)
@@ -243,6 +248,9 @@ class PrivacyService:
 
     async def _erase_candidate(self, device_id: str) -> dict[str, Any]:
         now = self.ctx.clock()
+        if not await self.ctx.db.read(lambda db: device_rows.is_candidate(db, device_id)):
+            raise not_found(f"device {device_id}")
+        await self._journal(device_id, now)  # first, as for a device
 
         def txn(db: sqlite_utils.Database) -> int:
             if device_rows.exists(db, device_id):
@@ -259,7 +267,6 @@ class PrivacyService:
             )
         if not deleted:
             raise not_found(f"device {device_id}")
-        await self._journal(device_id, now)
         await self.ctx.db.checkpoint()
         self.ctx.count("devices_erased")
         log.info("mDNS candidate %s erased at the operator's request", device_id)

@@ -271,6 +271,12 @@ def forget_erased_candidates(db: sqlite_utils.Database) -> int:
     )
 
 
+def is_candidate(db: sqlite_utils.Database, device_id: str) -> bool:
+    """Whether ``device_id`` has an mDNS candidate row (seen advertising, not enrolled)."""
+    found = db.execute("SELECT 1 FROM candidates WHERE device_id=?", [device_id]).fetchone()
+    return found is not None
+
+
 def forget_candidate(db: sqlite_utils.Database, device_id: str) -> int:
     """Delete a device's mDNS candidate row (it enrolled, or is erased); how many rows."""
     return int(db.execute("DELETE FROM candidates WHERE device_id=?", [device_id]).rowcount)
