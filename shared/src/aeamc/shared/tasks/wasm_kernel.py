@@ -1,0 +1,82 @@
+"""``wasm``: a client's own kernel, a WebAssembly module run in the sandbox of
+:mod:`aeamc.shared.wasm` (docs/workloads.md, SPEC §3.3).
+
+The task names its module and its input by SHA-256, so the parameters stay small and a
+device can tell that the bytes it was given are the ones the client submitted. Where the
+bytes come from is the caller's: the coordinator reads its content store, a device the
+cache it fills over its mutual-TLS connection before the chunk runs. Given the same bytes,
+a chunk's output is the same on the device and in the coordinator's re-execution, like
+every other kind's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from ..errors import ProtocolError
+from ..schema import hex_bytes, integer, record
+from .base import check_params
+
+NAME = "wasm"
+#: A kernel's budget per chunk when the task names none (about a second of work).
+DEFAULT_FUEL = 1_000_000_000
+DEFAULT_MEMORY_MB = 64
+MAX_FUEL = 10**12
+MAX_MEMORY_MB = 4096
+
+_PARAMS = record(
+    {
+        "module": hex_bytes(32),
+        "input": hex_bytes(32),
+        "fuel": integer(1, MAX_FUEL),
+        "memory_mb": integer(1, MAX_MEMORY_MB),
+    },
+    dict,
+)
+
+
+class MissingBlob(ProtocolError):
+    """A module or input named by a task is not where the caller looked for it."""
+
+    code = "missing_blob"
+
+
+class BlobSource(Protocol):
+    """Content-addressed bytes: ``get`` returns the bytes whose SHA-256 is ``digest``
+    (checked by the caller), or raises :class:`MissingBlob`."""
+
+    def get(self, digest: str) -> bytes: ...
+
+
+class WasmKernel:
+    """The ``wasm`` kind over a source of modules and inputs."""
+
+    name = NAME
+
+    def __init__(self, blobs: BlobSource, cache_size: int = 16) -> None:
+        from ..wasm import ModuleCache  # wasmtime loads only where WASM tasks run
+
+        self._blobs = blobs
+        self._modules = ModuleCache(cache_size)
+
+    def validate_params(self, params: Mapping[str, Any], chunks: int) -> None:
+        check_params(_PARAMS, params)
+
+    def run_chunk(self, params: Mapping[str, Any], index: int, chunks: int) -> bytes:
+        """The chunk's output; :class:`~aeamc.shared.wasm.KernelFault` if the kernel
+        stops without one (the same fault on every machine)."""
+        from ..wasm import module_digest, run_chunk
+
+        module = self._modules.get(params["module"], lambda: self._blobs.get(params["module"]))
+        data = self._blobs.get(params["input"])
+        if module_digest(data) != params["input"]:
+            raise MissingBlob(f"the input bytes do not have the digest {params['input']}")
+        return run_chunk(
+            module,
+            data,
+            index,
+            chunks,
+            fuel=params["fuel"],
+            memory_bytes=params["memory_mb"] << 20,
+        ).output
