@@ -9,18 +9,25 @@ before and after the upgrade.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import os
+import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import aeamc.coordinator as coordinator_package
 from aeamc.coordinator import db as db_module
 from aeamc.coordinator.db import connect, migrate
 from aeamc.coordinator.downgrade import DowngradeRefused, downgrade, plan
 from aeamc.coordinator.schema import DOWNGRADES_STORED_FROM, MIGRATIONS
+from aeamc.shared import microblock
+from tests.support.coordinator import CoordinatorProcess
+from tests.support.device import SimDevice
 
 LATEST = len(MIGRATIONS)
 
@@ -217,3 +224,164 @@ def test_the_drops_are_listed_before_anything_is_done(tmp_path: Path) -> None:
     ]
     c.close()
     assert fingerprint(path) == before
+
+
+# -- with real processes: a newer release migrates, this one takes the database back ----------
+
+#: The newer release: this source tree with one more migration, a table and a column.
+NEXT_MIGRATION = """
+
+MIGRATIONS.append(
+    Migration(
+        up=[
+            "CREATE TABLE device_notes (device_id TEXT PRIMARY KEY, note TEXT NOT NULL)",
+            "ALTER TABLE tasks ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
+        ],
+        down=["ALTER TABLE tasks DROP COLUMN priority", "DROP TABLE device_notes"],
+    )
+)
+"""
+TASK = {"kind": "sha256-chain", "params": {"seed": "ab" * 32, "iterations": 20}, "chunks": 2}
+
+
+def next_release(root: Path) -> dict[str, str]:
+    """The environment that runs the newer release's code (a copy of this one's source)."""
+    src = root / "src"
+    shutil.copytree(
+        Path(coordinator_package.__file__).parents[2],
+        src,
+        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"),
+    )
+    with (src / "aeamc" / "coordinator" / "schema.py").open("a") as f:
+        f.write(NEXT_MIGRATION)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(src), env.get("PYTHONPATH")) if p)
+    return env
+
+
+async def blocked_tasks(coord: CoordinatorProcess, count: int) -> list[str]:
+    """Submits ``count`` tasks; their ids once each is completed and its proof in a block."""
+    ids = [coord.submit_task(TASK) for _ in range(count)]
+
+    def done() -> bool:
+        tasks = [coord.read(f"/v1/tasks/{t}", "client") for t in ids]
+        return all(
+            t["state"] == "completed" and t["proofs"][0]["block_height"] is not None for t in tasks
+        )
+
+    for _ in range(300):
+        if done():
+            return ids
+        await asyncio.sleep(0.1)
+    raise AssertionError("tasks not completed and blocked in time")
+
+
+def chain_of(coord: CoordinatorProcess) -> list[microblock.Microblock]:
+    listing = coord.read("/v1/microblocks?limit=1000")["microblocks"]
+    return [
+        microblock.decode(coord.request("GET", f"/v1/microblocks/{b['height']}/raw")[1])
+        for b in listing
+    ]
+
+
+def columns(path: Path, table: str) -> set[str]:
+    c = sqlite3.connect(path)
+    try:
+        return {r[1] for r in c.execute(f"PRAGMA table_info({table})")}
+    finally:
+        c.close()
+
+
+async def test_rollback_across_a_migration_keeps_data_from_before_and_after_it(
+    tmp_path: Path,
+) -> None:
+    old = CoordinatorProcess(tmp_path / "coord")
+    new = CoordinatorProcess(old.root, env=next_release(tmp_path / "next"))
+    db_path = old.state_dir / "coordinator.db"
+    old.init()
+    old.start()
+    device = await SimDevice(old.url).start()
+    try:
+        # This release: a device, its heartbeats, two tasks proved and in a block.
+        await device.join(old.issue_token("enroll", uses=5))
+        before = await blocked_tasks(old, 2)
+        assert old.stop() == 0
+
+        # The newer release migrates the same state and accepts more.
+        new.start()
+        device.coordinator_url = new.url
+        assert (await device.heartbeat())[0] == 202
+        after = await blocked_tasks(new, 2)
+        running = old.cli("db", "downgrade", "--yes", check=False)
+        assert running.returncode == 1 and "coordinator is running" in running.stderr
+        assert new.stop() == 0
+        c = sqlite3.connect(db_path)
+        with c:
+            c.execute("INSERT INTO device_notes VALUES (?, 'rack 4')", [device.device_id])
+            c.execute("UPDATE tasks SET priority = 5 WHERE task_id = ?", [after[0]])
+        c.close()
+        upgraded = fingerprint(db_path)
+        assert upgraded[0] == LATEST + 1
+
+        # This release again: refuses to start, and says what to do.
+        with pytest.raises(AssertionError, match="coordinator exited"):
+            old.start()
+        assert old.process is not None and old.process.returncode == 78
+        assert old.log is not None and "db downgrade" in old.log.read_text()
+        status = old.cli("db", "status").stdout
+        assert f"software schema  v{LATEST}" in status and f"v{LATEST + 1}" in status
+        assert fingerprint(db_path) == upgraded
+
+        # Without --yes nothing happens; the drops are named first.
+        asked = old.cli("db", "downgrade", check=False)
+        assert asked.returncode == 64, asked.stderr
+        assert "table device_notes (1 row)" in asked.stdout
+        assert "column tasks.priority (4 non-null values)" in asked.stdout
+        assert fingerprint(db_path) == upgraded
+        assert not list(old.state_dir.glob("coordinator.db.before-downgrade-*"))
+
+        done = old.cli("db", "downgrade", "--yes")
+        backup = old.state_dir / f"coordinator.db.before-downgrade-v{LATEST + 1}"
+        assert str(backup) in done.stdout
+        assert backup.stat().st_mode & 0o777 == 0o600
+        assert fingerprint(backup)[0] == LATEST + 1
+        assert fingerprint(db_path)[0] == LATEST
+        c = sqlite3.connect(db_path)
+        names = {r[0] for r in c.execute("SELECT name FROM sqlite_master")}
+        c.close()
+        assert "device_notes" not in names
+        assert "priority" not in columns(db_path, "tasks")
+
+        # And it runs: everything accepted before and after the upgrade is there.
+        old.start()
+        device.coordinator_url = old.url
+        for task_id in before + after:
+            task = old.read(f"/v1/tasks/{task_id}", "client")
+            assert task["state"] == "completed", task
+            assert task["proofs"][0]["device_id"] == device.device_id
+        assert old.read(f"/v1/devices/{device.device_id}")["state"] == "active"
+        chain = chain_of(old)
+        microblock.verify_chain(chain)
+        receipts = {r.key for b in chain for r in b.receipts}
+        assert {(t, device.device_id) for t in before + after} <= receipts
+        assert (await device.heartbeat())[0] == 202
+        await blocked_tasks(old, 1)
+    finally:
+        await device.stop()
+        old.stop()
+        new.stop()
+
+
+def test_downgrade_refuses_a_version_without_stored_down_statements(tmp_path: Path) -> None:
+    coord = CoordinatorProcess(tmp_path / "coord")
+    coord.init()
+    db_path = coord.state_dir / "coordinator.db"
+    c = sqlite3.connect(db_path)
+    c.execute(f"PRAGMA user_version = {LATEST + 1}")  # migrated by a release that kept no way back
+    c.close()
+    before = fingerprint(db_path)
+    refused = coord.cli("db", "downgrade", "--yes", check=False)
+    assert refused.returncode == 1
+    assert f"no down statements for v{LATEST + 1}" in refused.stderr
+    assert fingerprint(db_path) == before
+    assert not list(coord.state_dir.glob("coordinator.db.before-downgrade-*"))

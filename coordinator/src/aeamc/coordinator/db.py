@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import sqlite_utils
 
@@ -62,20 +63,18 @@ class StateInUse(RuntimeError):
     """Another process holds the state directory's lock in a way that excludes this one."""
 
 
-#: Held shared by every running coordinator and exclusively by a schema downgrade, so a
-#: downgrade never runs under a live coordinator, nor a coordinator on a half-made one.
-LOCK_NAME = "coordinator.lock"
-
-
-def lock_state(state_dir: Path, *, exclusive: bool) -> IO[str]:
-    """Take the state directory's lock without waiting; keep the returned file open as long
-    as it must be held (closing it, or the process ending, releases it)."""
+def lock_state(state_dir: Path, *, exclusive: bool) -> int:
+    """Lock the state directory itself (``flock`` on it), without waiting: shared by every
+    running coordinator, exclusive for a schema downgrade, so a downgrade never runs under a
+    live coordinator nor a coordinator on a half-made downgrade. Returns the descriptor
+    that holds the lock: ``os.close`` it, or end the process, to release it. Locking the
+    directory creates no file that another user could end up owning."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    f = open(state_dir / LOCK_NAME, "a")  # noqa: SIM115 - held open on purpose
+    fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        fcntl.flock(f, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
     except BlockingIOError:
-        f.close()
+        os.close(fd)
         raise StateInUse(
             f"{state_dir} is in use: "
             + (
@@ -84,7 +83,7 @@ def lock_state(state_dir: Path, *, exclusive: bool) -> IO[str]:
                 else "a schema downgrade is running on it"
             )
         ) from None
-    return f
+    return fd
 
 
 def store_downgrades(conn: sqlite3.Connection, version: int) -> None:

@@ -116,8 +116,9 @@ def _steps(conn: sqlite3.Connection, target: int) -> list[tuple[int, list[str]]]
             f"the database (schema v{current}) holds no down statements for "
             f"{', '.join(f'v{v}' for v in missing)}: the release that applied "
             f"{'that migration' if len(missing) == 1 else 'those migrations'} did not record "
-            "how to undo it. Nothing was changed; restore the backup taken before the "
-            "upgrade, or install the newer release again"
+            f"how to undo {'it' if len(missing) == 1 else 'them'}. Nothing was changed; "
+            "install the newer release again, or restore the backup taken before the upgrade "
+            "(which loses what was accepted since)"
         )
     return [(v, downs[v]) for v in range(current, target, -1)]
 
