@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import shutil
 import sqlite3
 from pathlib import Path
@@ -383,5 +384,23 @@ def test_downgrade_refuses_a_version_without_stored_down_statements(tmp_path: Pa
     refused = coord.cli("db", "downgrade", "--yes", check=False)
     assert refused.returncode == 1
     assert f"no down statements for v{LATEST + 1}" in refused.stderr
+    unknown = coord.cli("db", "downgrade", "--to-version", str(LATEST + 1), "--yes", check=False)
+    assert unknown.returncode == 64 and f"up to v{LATEST}" in unknown.stderr
     assert fingerprint(db_path) == before
     assert not list(coord.state_dir.glob("coordinator.db.before-downgrade-*"))
+
+
+def test_the_rollback_sop_commands_parse() -> None:
+    """Every ``aeamc-coordinator`` command the runbook's rollback SOP gives is one the CLI
+    takes (placeholders ``<N>`` filled in)."""
+    from aeamc.coordinator.cli import build_parser
+
+    runbook = (Path(__file__).parents[2] / "docs" / "runbook.md").read_text()
+    sop = runbook.split("## SOP: rolling back a deployment\n")[1].split("\n## ")[0]
+    commands = re.findall(r"aeamc-coordinator((?: [-\w./<>]+)+)", sop)
+    commands += re.findall(r"`(db [^`]+)`", sop)  # the ones the text names
+    assert any("db downgrade --yes" in c for c in commands), commands
+    assert any("--to-version" in c for c in commands), commands
+    for command in commands:
+        args = build_parser().parse_args(command.replace("<N>", "9").split())
+        assert args.func.__name__.startswith("cmd_db"), command
