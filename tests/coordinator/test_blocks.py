@@ -87,8 +87,8 @@ def _v6_database(path: Path) -> tuple[dict[str, int | None], list[bytes]]:
     block 1), receipts waiting for a block and a stored spot-check. Returns every proof's
     height by task and the block hashes."""
     c = connect(path)
-    for version, statements in enumerate(MIGRATIONS[:6], start=1):
-        for sql in statements:
+    for version, migration in enumerate(MIGRATIONS[:6], start=1):
+        for sql in migration.up:
             c.execute(sql)
         c.execute(f"PRAGMA user_version={version}")
     for device_id in DEVICES.values():

@@ -101,9 +101,9 @@ def test_migrations_are_versioned(tmp_path: Path) -> None:
 def test_tokens_and_tasks_from_before_owners_migrate(tmp_path: Path) -> None:
     """Every existing token gets its own owner id; existing tasks get none (operator only)."""
     conn = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
-    owners_at = next(i for i, m in enumerate(MIGRATIONS) if any("tokens_owner" in q for q in m))
-    for statements in MIGRATIONS[:owners_at]:
-        for sql in statements:
+    owners_at = next(i for i, m in enumerate(MIGRATIONS) if any("tokens_owner" in q for q in m.up))
+    for migration in MIGRATIONS[:owners_at]:
+        for sql in migration.up:
             conn.execute(sql)
     conn.execute(f"PRAGMA user_version={owners_at}")
     for i, role in enumerate(("operator", "client", "client")):

@@ -11,10 +11,12 @@ def run_module(
 ) -> subprocess.CompletedProcess[str]:
     """``python -m MODULE ARGS`` (what the installed command runs), output captured as text.
 
-    A non-zero exit does not raise: the tests assert on the status themselves."""
+    A non-zero exit does not raise: the tests assert on the status themselves. Standard
+    input is empty and not a terminal, as under systemd or in a script."""
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         capture_output=True,
+        stdin=subprocess.DEVNULL,
         text=True,
         timeout=60,
         env=env,

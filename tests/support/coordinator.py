@@ -78,6 +78,9 @@ class CoordinatorProcess(DaemonFolder):
     port: int = 0
     log: Path | None = None
     _ssl: tuple[str, ssl.SSLContext] | None = None
+    #: The environment of its commands and of the daemon (None: this process's); e.g. a
+    #: PYTHONPATH that runs another release of the code on the same folder.
+    env: dict[str, str] | None = None
     #: What :meth:`run_command` runs, and where (None: this process's working directory).
     daemon_module: ClassVar[str] = "aeamc.coordinator.cli"
     run_directory: ClassVar[Path | None] = None
@@ -112,7 +115,9 @@ class CoordinatorProcess(DaemonFolder):
         return (self.state_dir / "tokens" / f"{role}.token").read_text().strip()
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = run_module("aeamc.coordinator.cli", "--config", str(self.config_path), *args)
+        proc = run_module(
+            "aeamc.coordinator.cli", "--config", str(self.config_path), *args, env=self.env
+        )
         if check and proc.returncode != 0:
             raise AssertionError(f"aeamc-coordinator {args} failed: {proc.stderr}")
         return proc
@@ -139,6 +144,7 @@ class CoordinatorProcess(DaemonFolder):
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=self.run_directory,
+                env=self.env,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

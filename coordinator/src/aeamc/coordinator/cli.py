@@ -39,6 +39,7 @@ from .console import (
 from .console import config_path as _config_path
 from .console import load as _load
 from .console import print_json as _print
+from .dbcli import add_db_parser
 from .keys import KeyFileError, ensure_identity, load_identity
 from .remote import cmd_blocks, cmd_devices, cmd_flags, cmd_receipts, cmd_tasks, cmd_token
 from .updates.cli import add_release_parser
@@ -165,7 +166,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         key = load_identity(config.key_ref)
     except KeyFileError as exc:
         raise CliError(f"configuration error: {exc}", EX_CONFIG) from None
-    return asyncio.run(_serve(config, key))
+    from .db import StateInUse, lock_state
+
+    try:  # held while running: `db downgrade` refuses to run under a live coordinator
+        lock = lock_state(config.state_dir, exclusive=False)
+    except StateInUse as exc:
+        raise CliError(f"cannot start: {exc}", EX_CONFIG) from None
+    try:
+        return asyncio.run(_serve(config, key))
+    finally:
+        os.close(lock)
 
 
 async def _serve(config: CoordinatorConfig, key: Any) -> int:
@@ -427,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     to.set_defaults(func=cmd_token)
 
     add_release_parser(sub, _Parser)
+    add_db_parser(sub, _Parser)
     return p
 
 

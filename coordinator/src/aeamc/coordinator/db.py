@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -24,7 +27,7 @@ from typing import Any, TypeVar
 import sqlite_utils
 
 from . import lifecycle_triggers
-from .schema import MIGRATIONS
+from .schema import DOWNGRADES_STORED_FROM, MIGRATIONS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -56,19 +59,64 @@ class SchemaTooNew(RuntimeError):
     """The database was written by a newer version: refuse rather than damage it."""
 
 
+class StateInUse(RuntimeError):
+    """Another process holds the state directory's lock in a way that excludes this one."""
+
+
+def lock_state(state_dir: Path, *, exclusive: bool) -> int:
+    """Lock the state directory itself (``flock`` on it), without waiting: shared by every
+    running coordinator, exclusive for a schema downgrade, so a downgrade never runs under a
+    live coordinator nor a coordinator on a half-made downgrade. Returns the descriptor
+    that holds the lock: ``os.close`` it, or end the process, to release it. Locking the
+    directory creates no file that another user could end up owning."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StateInUse(
+            f"{state_dir} is in use: "
+            + (
+                "the coordinator is running; stop it first (systemctl stop microblock-coordinator)"
+                if exclusive
+                else "a schema downgrade is running on it"
+            )
+        ) from None
+    return fd
+
+
+def store_downgrades(conn: sqlite3.Connection, version: int) -> None:
+    """Record in the database the down statements of ``version``; when it is the version
+    that starts recording them, of every earlier version too. Runs inside the migration's
+    transaction: a version is never applied without its way back."""
+    if version < DOWNGRADES_STORED_FROM:
+        return
+    first = 1 if version == DOWNGRADES_STORED_FROM else version
+    for v in range(first, version + 1):
+        conn.execute(
+            "INSERT OR REPLACE INTO schema_downgrades (version, statements) VALUES (?, ?)",
+            [v, json.dumps(MIGRATIONS[v - 1].down)],
+        )
+
+
 def migrate(conn: sqlite3.Connection) -> int:
     """Bring the schema to the latest version, one transaction per migration, then make
     the lifecycle triggers match the lifecycle tables (``lifecycle_triggers``)."""
     current = conn.execute("PRAGMA user_version").fetchone()[0]
     if current > len(MIGRATIONS):
         raise SchemaTooNew(
-            f"database schema v{current} is newer than this software (v{len(MIGRATIONS)})"
+            f"database schema v{current} is newer than this software (v{len(MIGRATIONS)}); "
+            f"`aeamc-coordinator db downgrade` takes it back to v{len(MIGRATIONS)} and keeps "
+            "the data of every table and column both versions have "
+            '(docs/runbook.md, "SOP: rolling back a deployment")'
         )
-    for version, statements in enumerate(MIGRATIONS[current:], start=current + 1):
+    for version, migration in enumerate(MIGRATIONS[current:], start=current + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for sql in statements:
+            for sql in migration.up:
                 conn.execute(sql)
+            store_downgrades(conn, version)
             conn.execute(f"PRAGMA user_version={version}")
             conn.execute("COMMIT")
         except BaseException:
