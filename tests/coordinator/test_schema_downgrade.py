@@ -148,10 +148,10 @@ def test_every_migration_goes_down_to_exactly_the_schema_before_and_up_again(
         downgrade(c, p)
         assert c.execute("PRAGMA user_version").fetchone()[0] == target
         assert schema(c) == schemas[target], f"v{target + 1}'s down"
-        kept = {
+        kept = {  # the way back itself loses the rows of the versions undone
             t: [col for col in cols if col in latest_shape.get(t, [])]
             for t, cols in shape(c).items()
-            if t in latest_shape
+            if t in latest_shape and t != "schema_downgrades"
         }
         assert project(rows(c), kept) == project(before, kept)
         migrate(c)  # and up again, as the newer release does at its start
@@ -220,6 +220,8 @@ def test_the_drops_are_listed_before_anything_is_done(tmp_path: Path) -> None:
     c = connect(path)
     p = plan(c, 8)
     assert p.drops == [
+        "table blob_owners (0 rows)",
+        "table blobs (0 rows)",
         "column tasks.owner (3 non-null values)",
         "column tokens.owner (1 non-null value)",
     ]

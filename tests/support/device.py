@@ -29,6 +29,8 @@ from aeamc.shared.identity import SigningKey
 from aeamc.shared.messages import Assignment, Challenge, Enroll, PoA, parse_signed, sign
 from aeamc.shared.runtime import tls
 from aeamc.shared.tasks.registry import discover
+from aeamc.shared.tasks.wasm_kernel import WasmKernel
+from tests.support.kernels import Blobs
 
 KINDS = discover()
 GOOD_TELEMETRY = {
@@ -107,6 +109,8 @@ class SimDevice:
     coordinator_url: str
     key: SigningKey = field(default_factory=lambda: SigningKey.from_seed(os.urandom(32)))
     kinds: tuple[str, ...] = ("sha256-chain", "classify-int8")
+    #: The WASM modules and inputs it fetched, by digest (for ``wasm`` tasks).
+    wasm_blobs: dict[str, bytes] = field(default_factory=dict)
     #: Chunk indices whose output the device makes up instead of computing.
     cheat_chunks: frozenset[int] = frozenset()
     #: When set, every assignment is refused with this reason.
@@ -239,7 +243,7 @@ class SimDevice:
             assert status == 202, body
 
     def compute(self, a: Assignment) -> proofs.Trace:
-        kind = KINDS.get(a.kind)
+        kind = WasmKernel(Blobs(self.wasm_blobs)) if a.kind == "wasm" else KINDS.get(a.kind)
         outputs = []
         for i in range(a.chunks):
             if i in self.cheat_chunks:

@@ -36,6 +36,8 @@ OWNERS: dict[str, frozenset[str]] = {
     # The anchoring columns of a block are anchoring's.
     "blocks": frozenset({"store/blocks.py", "anchoring/store.py"}),
     "tokens": frozenset({"store/tokens.py"}),
+    "blobs": frozenset({"store/blobs.py"}),
+    "blob_owners": frozenset({"store/blobs.py"}),
     **dict.fromkeys(("flags", "flag_history"), frozenset({"store/flags.py"})),
     **dict.fromkeys(("certificates", "revoked_certificates"), frozenset({"store/certificates.py"})),
     **dict.fromkeys(

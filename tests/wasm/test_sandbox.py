@@ -15,6 +15,7 @@ import wasmtime
 
 from aeamc.shared import wasm
 from aeamc.shared.tasks.wasm_kernel import MissingBlob, WasmKernel
+from tests.support.kernels import Blobs, mandelbrot_input
 
 MB = 1 << 20
 FUEL = 10**10
@@ -36,10 +37,6 @@ def fault(
     with pytest.raises(wasm.KernelFault) as caught:
         wasm.run_chunk(wasm.check_module(module), data, 0, 1, fuel=fuel, memory_bytes=memory_bytes)
     return caught.value
-
-
-def mandelbrot_input(width: int = 96, height: int = 64, max_iter: int = 200) -> bytes:
-    return struct.pack("<4I4d", width, height, max_iter, 0, -2.0, -1.25, 1.0, 1.25)
 
 
 # -- the examples -----------------------------------------------------------------------------
@@ -259,14 +256,6 @@ def test_non_deterministic_instructions_do_not_compile(instruction: str, reason:
 
 
 # -- the task kind ----------------------------------------------------------------------------
-
-
-class Blobs(dict[str, bytes]):
-    def get(self, digest: str) -> bytes:  # type: ignore[override]
-        try:
-            return self[digest]
-        except KeyError:
-            raise MissingBlob(f"no blob {digest}") from None
 
 
 def test_the_kind_runs_a_task_named_by_digests(kernels: dict[str, bytes]) -> None:

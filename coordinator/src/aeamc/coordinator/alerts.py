@@ -11,11 +11,39 @@ as soon as its condition no longer holds (Prometheus also waits each rule's ``fo
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .config import AlertsConfig
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """Where the coordinator's own alerts fire (docs/runbook.md); same lines as alerts.yml."""
+
+    window_s: float = 300.0
+    min_requests: int = 20
+    error_share: float = 0.05
+    latency_p99_s: float = 0.5
+    #: Anchoring is stale once a microblock has waited, and no anchor became final, for
+    #: longer than ``chain.anchor_interval_s`` plus this many seconds.
+    no_anchor_s: float = 900.0
+    wallet_low_ether: float = 0.05
+    #: The wallet is empty within this many days at the burn of the last 6 hours.
+    wallet_runway_days: float = 7.0
+    #: Where an alert's "Runbook" link leads (the alert's anchor is appended): this
+    #: coordinator's own ``/runbook`` page, or the ``https://`` URL of the operator's copy.
+    runbook_url: str = "/runbook"
+
+
+def alerts_checks(c: AlertsConfig) -> list[tuple[bool, str]]:
+    """The configuration checks of ``[alerts]``, as (holds, what must hold)."""
+    return [
+        (
+            re.fullmatch(r"(/(?!/)|https://)[^\s#]*", c.runbook_url) is not None,
+            "alerts.runbook_url must be a path on this coordinator (/…) or an https:// URL",
+        ),
+    ]
 
 
 @dataclass(frozen=True)
@@ -30,7 +58,7 @@ def evaluate(
     requests: Iterable[tuple[int, int, float]],
     anchoring: dict[str, Any] | None,
     now_ms: int,
-    limits: AlertsConfig = AlertsConfig(),  # noqa: B008 - frozen
+    limits: AlertsConfig = AlertsConfig(),
 ) -> list[Alert]:
     """The alerts whose condition holds now (pure: everything is passed in)."""
     firing: list[Alert] = []

@@ -26,6 +26,8 @@ from . import securitytxt
 from .anchoring.bundles import receipt_bundle
 from .auth import COORDINATOR_KEY, caller, require, scope
 from .bodies import BodyShape, json_body, reply
+from .content_api import BODY_LIMITS as CONTENT_BODY_LIMITS
+from .content_api import add_content_routes
 from .dashboard import add_dashboard_routes
 from .devices import DeviceService
 from .errors import ApiError
@@ -458,6 +460,7 @@ BODY_LIMITS: dict[tuple[str, str], int | None] = {
     ("POST", "/v1/proofs"): None,
     ("POST", "/v1/proofs/batch"): None,
     ("POST", "/v1/tasks"): 1024 * 1024,
+    **CONTENT_BODY_LIMITS,
 }
 #: Every other route (tokens, flags, device actions, updates, the dashboard's login).
 DEFAULT_BODY_LIMIT = SMALL_BODY
@@ -529,6 +532,7 @@ def build_app(coordinator: Coordinator) -> web.Application:
     app.router.add_get("/v1/openapi.json", openapi)
     app.router.add_get("/.well-known/security.txt", security_txt)
     add_update_routes(app)  # TUF repository, update reports, rollouts
+    add_content_routes(app)  # clients' modules and inputs
     # The page, /privacy, login; also appends the session middleware, innermost.
     add_dashboard_routes(app, coordinator)
     return app

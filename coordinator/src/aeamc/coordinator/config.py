@@ -25,6 +25,7 @@ from aeamc.shared.rpcurls import rpc_url_problem
 from aeamc.shared.runtime.configfiles import ConfigError, read_config_files
 from aeamc.shared.runtime.pkcs11 import Pkcs11Error, Pkcs11Uri, is_pkcs11_uri
 
+from .alerts import AlertsConfig, alerts_checks
 from .privacypolicy import PrivacyConfig, privacy_checks
 from .securitytxt import SecurityConfig, security_checks
 
@@ -189,25 +190,6 @@ class ChainConfig:
     max_fee_gwei: float = 200.0
     #: Tip per gas; 0 = what the node suggests (``eth_maxPriorityFeePerGas``).
     priority_fee_gwei: float = 0.0
-
-
-@dataclass(frozen=True)
-class AlertsConfig:
-    """Where the coordinator's own alerts fire (docs/runbook.md); same lines as alerts.yml."""
-
-    window_s: float = 300.0
-    min_requests: int = 20
-    error_share: float = 0.05
-    latency_p99_s: float = 0.5
-    #: Anchoring is stale once a microblock has waited, and no anchor became final, for
-    #: longer than ``chain.anchor_interval_s`` plus this many seconds.
-    no_anchor_s: float = 900.0
-    wallet_low_ether: float = 0.05
-    #: The wallet is empty within this many days at the burn of the last 6 hours.
-    wallet_runway_days: float = 7.0
-    #: Where an alert's "Runbook" link leads (the alert's anchor is appended): this
-    #: coordinator's own ``/runbook`` page, or the ``https://`` URL of the operator's copy.
-    runbook_url: str = "/runbook"
 
 
 @dataclass(frozen=True)
@@ -447,10 +429,7 @@ def validate(config: CoordinatorConfig) -> None:
         (config.limits.per_address_burst >= 1, "limits.per_address_burst must be ≥ 1"),
         (config.limits.per_device_rate > 0, "limits.per_device_rate must be > 0"),
         (config.limits.per_device_burst >= 1, "limits.per_device_burst must be ≥ 1"),
-        (
-            re.fullmatch(r"(/(?!/)|https://)[^\s#]*", config.alerts.runbook_url) is not None,
-            "alerts.runbook_url must be a path on this coordinator (/…) or an https:// URL",
-        ),
+        *alerts_checks(config.alerts),
         *_updates_checks(config.updates),
         *security_checks(config.security),
         *privacy_checks(config.privacy),

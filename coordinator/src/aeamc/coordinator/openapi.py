@@ -10,6 +10,7 @@ from functools import cache
 from typing import Any
 
 from . import __version__
+from .content_api import openapi_paths as content_paths
 from .dashboard import openapi_paths as dashboard_paths
 from .tasks import CLIENT_REF_MAX
 from .updates.api import openapi_paths as update_paths
@@ -385,6 +386,7 @@ def openapi_document() -> dict[str, Any]:
     }
     paths.update(dashboard_paths())
     paths.update(update_paths())
+    paths.update(content_paths())
     return {
         "openapi": "3.1.0",
         "info": {

@@ -468,4 +468,25 @@ MIGRATIONS: list[Migration] = [
         ],
         down=["DROP TABLE schema_downgrades"],
     ),
+    # v11: clients' content (docs/workloads.md). WebAssembly modules and task inputs, named
+    # by the SHA-256 of their bytes, which live in files of the state directory; a row is
+    # only written once its file is on disk. ``blob_owners``: who uploaded it, so a task
+    # can only name content its owner uploaded (however public the digest).
+    Migration(
+        up=[
+            """CREATE TABLE blobs (
+            digest TEXT PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('module','input')),
+            size INTEGER NOT NULL,
+            created_at INTEGER NOT NULL
+        )""",
+            """CREATE TABLE blob_owners (
+            digest TEXT NOT NULL REFERENCES blobs(digest),
+            owner TEXT NOT NULL,
+            added_at INTEGER NOT NULL,
+            PRIMARY KEY (digest, owner)
+        )""",
+        ],
+        down=["DROP TABLE blob_owners", "DROP TABLE blobs"],
+    ),
 ]

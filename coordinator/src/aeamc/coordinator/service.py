@@ -2,7 +2,7 @@
 on a shared ``Context`` and wires them together.
 
 Each service holds one concern (tokens.py, enrollment.py, heartbeats.py, flags.py,
-tasks.py, ingestion.py, settlement.py, verdicts.py, blocks.py, privacy.py, devices.py,
+content.py, tasks.py, ingestion.py, settlement.py, verdicts.py, blocks.py, privacy.py, devices.py,
 maintenance.py, status.py). Each public coroutine of a service validates its input with
 the pure protocol core first (bad input changes nothing), then performs one writer
 transaction, and only then updates the in-memory device view and answers. A service
@@ -18,6 +18,7 @@ from __future__ import annotations
 from aeamc.shared.runtime.clock import now_ms
 
 from .blocks import BlockService
+from .content import ContentService
 from .context import Context, wait_event
 from .devices import DeviceService
 from .enrollment import EnrollmentService
@@ -45,7 +46,8 @@ class Coordinator(Context):
         self.settlement = Settlement(self)
         self.enrollment = EnrollmentService(self, self.tokens)
         self.heartbeats = HeartbeatService(self, self.flags)
-        self.tasks = TaskService(self)
+        self.content = ContentService(self)
+        self.tasks = TaskService(self, self.content)
         self.ingestion = ProofIngestion(self, self.settlement)
         self.verdicts = VerdictService(self, self.settlement)
         self.blocks = BlockService(self, self.settlement)

@@ -22,6 +22,7 @@ import sqlite_utils
 from aeamc.shared import proofs
 from aeamc.shared.errors import ProtocolError
 from aeamc.shared.messages import Challenge, Opening, PoT, parse, parse_signed, sign
+from aeamc.shared.tasks.wasm_kernel import MissingBlob
 
 from .context import repeat
 from .logs import REQUEST_ID, task_request_id
@@ -119,6 +120,11 @@ class SpotChecker:
                 params=json.loads(row["params"]),
                 public_key=device.public_key,
             )
+        except MissingBlob as exc:
+            # The coordinator's own content is missing or damaged: nothing the device did.
+            # The check stays due, without using up an attempt, until the operator mends it.
+            log.error("cannot re-execute %s: %s", row["task_id"], exc)
+            return None
         except ProtocolError as exc:
             # A malformed or forged answer says nothing about the work: ask again later.
             return await self._retry_or_give_up(row, f"bad opening: {exc}")

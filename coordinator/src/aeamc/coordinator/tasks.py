@@ -15,6 +15,7 @@ from aeamc.shared.messages import (
 from aeamc.shared.refusals import Fault, Refusal, not_found
 from aeamc.shared.schema import integer, json_object, optional, record, text
 
+from .content import ContentService
 from .context import Context
 from .membership import height_of
 from .store import tasks as task_rows
@@ -50,8 +51,9 @@ def _proof_facts(p: dict[str, Any]) -> verification.ProofFacts:
 class TaskService:
     """Clients' tasks: submission and the views that carry verification states."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, content: ContentService) -> None:
         self.ctx = ctx
+        self.content = content
 
     async def submit_task(self, data: Any, client: str, owner: str) -> dict[str, Any]:
         """Queue a task owned by ``owner`` (its token's owner id; ``client`` is its label).
@@ -69,6 +71,8 @@ class TaskService:
                 Fault.INVALID, "unknown_kind", f"unknown task kind {kind!r}", field="kind"
             )
         self.ctx.kinds.validate(kind, req["params"], req["chunks"])
+        if kind == "wasm":  # its module and input must be content this owner uploaded
+            await self.content.check_task(req["params"], owner)
         replicas = req.get("replicas", 1)
         if replicas > self.ctx.config.scheduler.max_replicas:
             raise Refusal(

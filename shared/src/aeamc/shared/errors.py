@@ -69,6 +69,14 @@ class TaskParamsError(ValidationError):
     code = "bad_params"
 
 
+class ChunkFault(ProtocolError):
+    """A chunk has no output: its kind's computation stops without one, the same way on
+    every machine (a WASM kernel out of fuel, for one). A device that claims an output for
+    such a chunk claims something no honest run gives."""
+
+    code = "chunk_fault"
+
+
 class UnknownTaskKind(ProtocolError):
     code = "unknown_kind"
 

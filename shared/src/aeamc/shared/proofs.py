@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import merkle
-from .errors import ProofError
+from .errors import ChunkFault, ProofError
 from .identity import Signer
 from .messages import (
     Assignment,
@@ -225,7 +225,10 @@ def verify_opening(
             return SpotCheckResult(FAILED, f"chunk {o.index}: {exc}", done)
         if o.index >= len(outputs) or outputs[o.index] != out:
             return SpotCheckResult(FAILED, f"chunk {o.index}: differs from the stored output", done)
-        recomputed = kind.run_chunk(params, o.index, chunks)
+        try:
+            recomputed = kind.run_chunk(params, o.index, chunks)
+        except ChunkFault as exc:
+            return SpotCheckResult(FAILED, f"chunk {o.index}: has no output ({exc})", done + 1)
         done += 1
         if recomputed != out:
             return SpotCheckResult(FAILED, f"chunk {o.index}: re-execution gives other bytes", done)
@@ -249,7 +252,10 @@ def reexecute_chunks(
     for i in indices:
         if not 0 <= i < chunks or i >= len(outputs):
             return SpotCheckResult(FAILED, f"chunk {i}: not in the output", done)
-        recomputed = kind.run_chunk(params, i, chunks)
+        try:
+            recomputed = kind.run_chunk(params, i, chunks)
+        except ChunkFault as exc:
+            return SpotCheckResult(FAILED, f"chunk {i}: has no output ({exc})", done + 1)
         done += 1
         if recomputed != outputs[i]:
             return SpotCheckResult(

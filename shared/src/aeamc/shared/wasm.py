@@ -36,7 +36,7 @@ from threading import Lock
 
 import wasmtime
 
-from .errors import ProtocolError
+from .errors import ChunkFault, ProtocolError
 
 #: Largest module a client may upload; a kernel is code, not data.
 MAX_MODULE_BYTES = 4 << 20
@@ -63,7 +63,7 @@ class ModuleRefused(ProtocolError):
     code = "bad_module"
 
 
-class KernelFault(ProtocolError):
+class KernelFault(ChunkFault):
     """A kernel stopped without an output, the same way on every machine.
 
     ``code`` says how: ``out_of_fuel``, ``memory_limit``, ``trap`` (an illegal operation,

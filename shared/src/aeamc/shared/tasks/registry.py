@@ -57,6 +57,13 @@ class KindRegistry:
         self._loaded[name] = kind
         return kind
 
+    def register(self, kind: TaskKind) -> None:
+        """Add a kind built at run time (one that needs the process's own state, such as
+        the ``wasm`` kind's content source); a name already known is never replaced."""
+        if kind.name in self._targets:
+            raise ValueError(f"a kind named {kind.name!r} is already registered")
+        self._targets[kind.name] = kind
+
     def validate(self, name: str, params: Mapping[str, Any], chunks: int) -> TaskKind:
         kind = self.get(name)
         if not isinstance(params, Mapping):

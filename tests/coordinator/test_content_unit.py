@@ -1,0 +1,236 @@
+"""Clients' content and WASM tasks in-process, on a real SQLite file: uploads are checked
+and kept, a task may only name its owner's content, a device may fetch only the content
+of a task it was given, and spot-checks re-execute WASM chunks like any other kind's."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import wasmtime
+
+from aeamc.coordinator.config import CoordinatorConfig, SpotCheckConfig
+from aeamc.shared.refusals import Fault, Refusal
+from tests.support.inprocess import Fleet, LinkedDevice
+from tests.support.kernels import kernels, mandelbrot_input
+
+CHUNKS = 8
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
+    config = CoordinatorConfig(
+        state_dir=tmp_path, spot_checks=SpotCheckConfig(catch_probability=1.0)
+    )
+    async with Fleet(tmp_path, config) as f:
+        yield f
+
+
+async def upload(fleet: Fleet, kind: str, data: bytes, owner: str | None = None) -> str:
+    stored = await fleet.c.content.add(kind, data, owner or fleet.owner)
+    return str(stored["digest"])
+
+
+def wasm_task(module: str, data: str, **over: Any) -> dict[str, Any]:
+    params = {"module": module, "input": data, "fuel": 10**9, "memory_mb": 16}
+    return {"kind": "wasm", "params": params, "chunks": CHUNKS, **over}
+
+
+async def refused(coro: Any) -> Refusal:
+    with pytest.raises(Refusal) as caught:
+        await coro
+    return caught.value
+
+
+# -- uploads ----------------------------------------------------------------------------------
+
+
+async def test_an_upload_is_on_disk_and_named_by_its_digest(fleet: Fleet) -> None:
+    module = kernels()["mandelbrot"]
+    first = await fleet.c.content.add("module", module, fleet.owner)
+    digest = hashlib.sha256(module).hexdigest()
+    assert first == {"digest": digest, "kind": "module", "size": len(module), "created": True}
+    path = fleet.c.content.directory / digest
+    assert path.read_bytes() == module and path.stat().st_mode & 0o777 == 0o600
+    again = await fleet.c.content.add("module", module, fleet.owner)
+    assert again["created"] is False
+    assert await fleet.rows("SELECT digest, kind, size FROM blobs") == [
+        {"digest": digest, "kind": "module", "size": len(module)}
+    ]
+    assert await fleet.c.content.read_for_client(digest, fleet.owner) == module
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"MZ\x90\x00 not wasm", "not a valid module"),
+        (
+            wasmtime.wat2wasm(
+                '(module (import "wasi_snapshot_preview1" "fd_write"'
+                ' (func (param i32 i32 i32 i32) (result i32))) (memory (export "memory") 1))'
+            ),
+            "may import nothing",
+        ),
+    ],
+)
+async def test_a_module_the_sandbox_would_not_run_is_refused_and_not_kept(
+    fleet: Fleet, data: bytes, reason: str
+) -> None:
+    caught = await refused(fleet.c.content.add("module", data, fleet.owner))
+    assert (caught.fault, caught.code) == (Fault.INVALID, "bad_module")
+    assert reason in caught.message
+    assert await fleet.rows("SELECT * FROM blobs") == []
+    assert not fleet.c.content.directory.exists() or not any(fleet.c.content.directory.iterdir())
+
+
+async def test_oversized_content_is_refused(fleet: Fleet) -> None:
+    from aeamc.shared.wasm import MAX_MODULE_BYTES
+
+    caught = await refused(fleet.c.content.add("module", b"\0" * (MAX_MODULE_BYTES + 1), "x"))
+    assert (caught.fault, caught.code) == (Fault.TOO_LARGE, "body_too_large")
+
+
+async def test_the_same_bytes_cannot_be_both_kinds(fleet: Fleet) -> None:
+    module = kernels()["matmul_int8"]
+    await upload(fleet, "module", module)
+    caught = await refused(fleet.c.content.add("input", module, fleet.owner))
+    assert caught.fault == Fault.CONFLICT
+
+
+# -- who may use and read what ----------------------------------------------------------------
+
+
+async def test_a_task_may_only_name_content_its_owner_uploaded(fleet: Fleet) -> None:
+    """Another client learning a digest (it is no secret) does not let it run that module
+    on its input, nor read either: the digest grants nothing."""
+    module = await upload(fleet, "module", kernels()["mandelbrot"])
+    data = await upload(fleet, "input", mandelbrot_input())
+    other = (await fleet.c.tokens.create_token("client", label="other")).owner
+    caught = await refused(fleet.c.tasks.submit_task(wasm_task(module, data), "other", other))
+    assert (caught.code, caught.extra.get("field")) == ("unknown_content", "params.module")
+    own = await upload(fleet, "input", b"another input", owner=other)
+    caught = await refused(fleet.c.tasks.submit_task(wasm_task(module, own), "other", other))
+    assert caught.extra.get("field") == "params.module"
+    with pytest.raises(Refusal) as unseen:
+        await fleet.c.content.read_for_client(data, other)
+    assert unseen.value.fault == Fault.NOT_FOUND
+    assert await fleet.c.content.read_for_client(data, None) == mandelbrot_input()  # operator
+    # Kinds must match: an input named as the module is refused too.
+    caught = await refused(fleet.c.tasks.submit_task(wasm_task(data, data), "tests", fleet.owner))
+    assert caught.code == "unknown_content" and "is an input" in caught.message
+    assert await fleet.rows("SELECT task_id FROM tasks") == []
+
+
+async def test_a_device_fetches_only_the_content_of_a_task_it_was_given(fleet: Fleet) -> None:
+    worker = await fleet.enroll(kinds=("wasm",))
+    module = await upload(fleet, "module", kernels()["mandelbrot"])
+    data = await upload(fleet, "input", mandelbrot_input())
+    unrelated = await upload(fleet, "input", b"someone's private data")
+    await fleet.c.tasks.submit_task(wasm_task(module, data), "tests", fleet.owner)
+    bystander = await fleet.enroll(kinds=("sha256-chain",))  # gets no WASM work
+    assert await fleet.schedule() == 1
+    assert worker.assignments and worker.assignments[-1].kind == "wasm"
+
+    assert (
+        await fleet.c.content.read_for_device(module, worker.device_id) == kernels()["mandelbrot"]
+    )
+    assert await fleet.c.content.read_for_device(data, worker.device_id) == mandelbrot_input()
+    for device_id, digest in (
+        (worker.device_id, unrelated),
+        (bystander.device_id, module),
+        (bystander.device_id, data),
+    ):
+        with pytest.raises(Refusal) as caught:
+            await fleet.c.content.read_for_device(digest, device_id)
+        assert caught.value.fault == Fault.NOT_FOUND
+
+
+async def test_damaged_content_on_disk_is_never_served(fleet: Fleet) -> None:
+    data = await upload(fleet, "input", os.urandom(1000))
+    (fleet.c.content.directory / data).write_bytes(b"flipped")
+    with pytest.raises(Exception, match="damaged"):
+        await fleet.c.content.read_for_client(data, fleet.owner)
+
+
+# -- WASM tasks run, are proved and are checked ------------------------------------------------
+
+
+async def wasm_proved(fleet: Fleet, device: LinkedDevice) -> tuple[str, str, str]:
+    module = await upload(fleet, "module", kernels()["matmul_int8"])
+    m, k, n = 16, 24, 8
+    data = await upload(fleet, "input", struct.pack("<3I", m, k, n) + os.urandom(m * k + k * n))
+    answer = await fleet.c.tasks.submit_task(wasm_task(module, data), "tests", fleet.owner)
+    assert await fleet.schedule() == 1
+    for digest in (module, data):  # what the agent fetches before it runs the chunks
+        device.sim.wasm_blobs[digest] = await fleet.c.content.read_for_device(
+            digest, device.device_id
+        )
+    await fleet.prove(device, answer["task_id"])
+    assert await fleet.c.blocks.form_block() is not None
+    return answer["task_id"], module, data
+
+
+async def test_an_honest_wasm_result_passes_its_spot_check(fleet: Fleet) -> None:
+    device = await fleet.enroll(kinds=("wasm",))
+    task_id, _, _ = await wasm_proved(fleet, device)
+    assert await fleet.spot_checker.round() == 1
+    check = await fleet.row("SELECT state FROM spot_checks WHERE task_id=?", [task_id])
+    assert check["state"] == "passed"
+    view = await fleet.c.tasks.task_view(task_id)
+    assert view["verification"] == {"state": "verified", "by": "spot-check"}
+
+
+async def test_a_device_faking_wasm_chunks_is_caught_by_re_execution(fleet: Fleet) -> None:
+    cheat = await fleet.enroll(kinds=("wasm",))
+    cheat.sim.cheat_chunks = frozenset(range(CHUNKS))
+    task_id, _, _ = await wasm_proved(fleet, cheat)
+    assert await fleet.spot_checker.round() == 1
+    check = await fleet.row("SELECT state FROM spot_checks WHERE task_id=?", [task_id])
+    assert check["state"] == "failed"
+    assert fleet.c.devices[cheat.device_id].state == "quarantined"
+
+
+async def test_claiming_an_output_for_a_chunk_that_has_none_fails_the_check(
+    fleet: Fleet,
+) -> None:
+    """A kernel that always runs out of fuel has no output for any chunk; a device that
+    proves one anyway (made-up bytes) fails when the coordinator re-executes."""
+    endless = wasmtime.wat2wasm(
+        """(module (memory (export "memory") 1)
+        (func (export "aeamc_input") (param i32) (result i32) i32.const 16)
+        (func (export "aeamc_output") (result i32) i32.const 0)
+        (func (export "aeamc_run") (param i32 i32 i32) (result i32) (loop $l br $l) i32.const 0))"""
+    )
+    liar = await fleet.enroll(kinds=("wasm",))
+    liar.sim.cheat_chunks = frozenset(range(CHUNKS))  # it never runs the kernel at all
+    module = await upload(fleet, "module", endless)
+    data = await upload(fleet, "input", b"x")
+    task = wasm_task(module, data)
+    task["params"]["fuel"] = 100_000
+    answer = await fleet.c.tasks.submit_task(task, "tests", fleet.owner)
+    assert await fleet.schedule() == 1
+    await fleet.prove(liar, answer["task_id"])
+    assert await fleet.c.blocks.form_block() is not None
+    assert await fleet.spot_checker.round() == 1
+    check = await fleet.row(
+        "SELECT state, detail FROM spot_checks WHERE task_id=?", [answer["task_id"]]
+    )
+    assert check["state"] == "failed" and "out of fuel" in check["detail"]
+    assert fleet.c.devices[liar.device_id].state == "quarantined"
+
+
+async def test_missing_content_at_the_coordinator_never_counts_against_the_device(
+    fleet: Fleet,
+) -> None:
+    device = await fleet.enroll(kinds=("wasm",))
+    task_id, module, _ = await wasm_proved(fleet, device)
+    (fleet.c.content.directory / module).unlink()  # lost from the coordinator's disk
+    assert await fleet.spot_checker.round() == 1
+    check = await fleet.row("SELECT state, attempts FROM spot_checks WHERE task_id=?", [task_id])
+    assert check == {"state": "pending", "attempts": 0}
+    assert fleet.c.devices[device.device_id].state != "quarantined"
