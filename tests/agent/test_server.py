@@ -273,10 +273,10 @@ async def test_a_new_assignment_for_a_finished_task_runs_again(fake_coordinator,
 
 
 def test_refusal_reasons_are_all_documented() -> None:
-    from aeamc.agent.admission import REFUSAL_TEXT
+    from aeamc.agent.admission import REFUSAL_TEXT, TASK_REFUSALS
     from aeamc.agent.metrics import REFUSAL_REASONS
 
-    assert set(REFUSAL_REASONS) == set(REFUSAL_TEXT) | {"expired", "unknown_kind"}
+    assert set(REFUSAL_REASONS) == set(REFUSAL_TEXT) | set(TASK_REFUSALS)
     documented = (Path(__file__).parents[2] / "docs" / "agent.md").read_text()
     assert all(f"`{reason}`" in documented for reason in REFUSAL_REASONS)
 

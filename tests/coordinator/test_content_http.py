@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aeamc.shared.wasm import MAX_MODULE_BYTES
+from aeamc.shared.wasmabi import MAX_MODULE_BYTES
 from tests.support.coordinator import CoordinatorProcess, running_coordinator
 from tests.support.device import SimDevice
 from tests.support.kernels import kernels, mandelbrot_input

@@ -89,7 +89,7 @@ async def test_a_module_the_sandbox_would_not_run_is_refused_and_not_kept(
 
 
 async def test_oversized_content_is_refused(fleet: Fleet) -> None:
-    from aeamc.shared.wasm import MAX_MODULE_BYTES
+    from aeamc.shared.wasmabi import MAX_MODULE_BYTES
 
     caught = await refused(fleet.c.content.add("module", b"\0" * (MAX_MODULE_BYTES + 1), "x"))
     assert (caught.fault, caught.code) == (Fault.TOO_LARGE, "body_too_large")

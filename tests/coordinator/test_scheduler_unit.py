@@ -139,3 +139,18 @@ async def test_a_refusal_frees_the_task_for_others_and_counts(fleet: Fleet) -> N
     taker = await fleet.enroll(battery_pct=LOW)
     assert await fleet.schedule() == 1
     assert (await fleet.assignments(task_id))[taker.device_id] == "accepted"
+
+
+async def test_a_refusal_for_the_owners_limits_is_not_held_against_the_device(
+    fleet: Fleet,
+) -> None:
+    """A device refusing a task beyond the limits its owner set (``outside_policy``) is
+    doing what it was told: the refusal is recorded, its reputation untouched."""
+    careful = await fleet.enroll(battery_pct=HIGH)
+    careful.refuse = "outside_policy"
+    task_id = await fleet.submit()
+    assert await fleet.schedule() == 1
+    assert await fleet.assignments(task_id) == {careful.device_id: "refused"}
+    assert fleet.c.devices[careful.device_id].record.refusals == 0
+    row = await fleet.row("SELECT refusals FROM devices WHERE device_id=?", [careful.device_id])
+    assert row["refusals"] == 0

@@ -38,6 +38,8 @@ REFUSAL_TEXT = {
     "battery_low": "the battery is low and not charging",
     "not_charging": "configured to work only while charging",
 }
+#: Refusals that depend on the assignment alone (its message says what it asked for).
+TASK_REFUSALS = ("expired", "unknown_kind", "outside_policy")
 
 
 class Admitting(AgentView, Protocol):
@@ -65,6 +67,27 @@ def refusal_reason(agent: AgentView) -> str | None:
     return None
 
 
+def outside_policy(agent: AgentView, a: Assignment) -> str | None:
+    """What in ``a`` this device's owner does not allow (the ``[wasm]`` limits), or None.
+
+    Checked before the device's condition: it depends on the task alone, so the same
+    task is refused the same way every time."""
+    if a.kind != "wasm":
+        return None
+    c = agent.config
+    if a.params["memory_mb"] > c.wasm_max_memory_mb:
+        return (
+            f"the task asks for {a.params['memory_mb']} MiB of memory per chunk; "
+            f"this device allows {c.wasm_max_memory_mb}"
+        )
+    if a.params["fuel"] > c.wasm_max_fuel:
+        return (
+            f"the task asks for {a.params['fuel']} fuel per chunk; "
+            f"this device allows {c.wasm_max_fuel}"
+        )
+    return None
+
+
 def admit(agent: Admitting, a: Assignment) -> str:
     """Queue ``a`` durably or raise ``Refused``/``ApiError``; the state to report
     (``running``, ``queued`` or ``done``). A refusal is counted under its reason."""
@@ -89,6 +112,9 @@ def _admit(agent: Admitting, a: Assignment) -> str:
     except (ImportError, TypeError, AttributeError) as exc:  # a broken plug-in
         log.error("task kind %s cannot be loaded: %s", a.kind, exc)
         raise Refused("unknown_kind", f"task kind {a.kind!r} cannot be loaded") from None
+    outside = outside_policy(agent, a)
+    if outside is not None:
+        raise Refused("outside_policy", outside)
     runner = agent.runner
     assert runner is not None
     current = runner.current

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from aeamc.shared.runtime.configfiles import ConfigError, read_config_files
 from aeamc.shared.runtime.pkcs11 import Pkcs11Error, Pkcs11Uri, is_pkcs11_uri
+from aeamc.shared.wasmabi import MAX_FUEL, MAX_MEMORY_MB
 
 from .energy import EnergyThresholds
 
@@ -103,6 +104,15 @@ class AgentConfig:
     #: The TUF root to trust; unset: the coordinator's first root, pinned on first use.
     update_root: Path | None = None
 
+    #: Clients' WebAssembly kernels (docs/workloads.md): whether this device runs them,
+    #: and the most one chunk may ask for; a task asking for more is refused with the
+    #: reason ``outside_policy``. The sandbox gives kernels no access to the device.
+    wasm_enabled: bool = True
+    wasm_max_memory_mb: int = 256
+    wasm_max_fuel: int = 100_000_000_000
+    #: Fetched modules and inputs kept on disk (oldest unused dropped beyond it).
+    wasm_cache_max_bytes: int = 256 * 1024 * 1024
+
     #: DEMO ONLY: fraction of chunk outputs faked instead of computed (needs simulated telemetry).
     cheat_fraction: float = 0.0
 
@@ -165,6 +175,10 @@ TOML_KEYS: dict[tuple[str, str], str] = {
     ("updates", "check_interval_s"): "update_check_interval_s",
     ("updates", "health_deadline_s"): "update_health_deadline_s",
     ("updates", "root"): "update_root",
+    ("wasm", "enabled"): "wasm_enabled",
+    ("wasm", "max_memory_mb"): "wasm_max_memory_mb",
+    ("wasm", "max_fuel"): "wasm_max_fuel",
+    ("wasm", "cache_max_bytes"): "wasm_cache_max_bytes",
 }
 _SECTIONS = {section for section, _ in TOML_KEYS if section}
 _FIELD_TYPES = {f.name: f.type for f in fields(AgentConfig)}
@@ -338,6 +352,12 @@ def _validate(c: AgentConfig) -> None:
         raise ConfigError("listen.port: must be 0-65535 (0 picks a free port)")
     if c.listen_max_connections_per_address < 1:
         raise ConfigError("listen.max_connections_per_address: must be ≥ 1")
+    if not 1 <= c.wasm_max_memory_mb <= MAX_MEMORY_MB:
+        raise ConfigError(f"wasm.max_memory_mb: must be 1-{MAX_MEMORY_MB}")
+    if not 1 <= c.wasm_max_fuel <= MAX_FUEL:
+        raise ConfigError(f"wasm.max_fuel: must be 1-{MAX_FUEL}")
+    if c.wasm_cache_max_bytes < 0:
+        raise ConfigError("wasm.cache_max_bytes: must be ≥ 0")
     for key, value, lo in (
         ("heartbeat.interval_s", c.heartbeat_interval_s, 0.01),
         ("listen.header_timeout_s", c.listen_header_timeout_s, 0.01),

@@ -24,6 +24,7 @@ outbox and traces stay on disk for the next start.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from collections import Counter
@@ -36,11 +37,13 @@ from aeamc.shared.runtime.edge import EdgeLimits
 from aeamc.shared.runtime.services import ServiceEvent
 from aeamc.shared.runtime.systemd import notify as notify_systemd
 from aeamc.shared.tasks.registry import discover
+from aeamc.shared.tasks.wasm_kernel import WasmKernel
 
 from . import admission, advertising, endpoint, metrics
 from .backoff import Backoff
-from .client import CoordinatorClient
+from .client import CoordinatorClient, Unreachable
 from .config import AgentConfig
+from .content import CONTENT_DIR, ContentCache, ContentUnavailable
 from .housekeeping import StatusFile, housekeeping
 from .keystore import load_identity
 from .launcher import LAUNCHER_ENV
@@ -92,7 +95,10 @@ class Agent:
         state = ensure_dir(config.state_dir)
         self.key = load_identity(state, config.identity_key)
         self.device_id = self.key.device_id
-        self.registry = discover()
+        self.content = ContentCache(state / CONTENT_DIR, config.wasm_cache_max_bytes)
+        self.registry = discover(
+            [("wasm", WasmKernel(self.content))] if config.wasm_enabled else ()
+        )
         self.source = source or make_source(
             config.telemetry_source, config.telemetry_profile, env=env
         )
@@ -122,7 +128,7 @@ class Agent:
             pin.coordinator_id if pin else None,
             expected_ca=config.coordinator_ca_fingerprint,
         )
-        self.pool = ChunkPool()
+        self.pool = ChunkPool(self.content.directory if config.wasm_enabled else None)
         self.shutting_down = False
         self.started_ms = clock_ms()
         self.metrics = AgentMetrics()
@@ -144,6 +150,22 @@ class Agent:
                 "them; it exists to show spot-checks catching a cheater",
                 config.cheat_fraction * 100,
             )
+
+    async def _prepare(self, client: CoordinatorClient, a: Assignment) -> None:
+        """A ``wasm`` task's module and input, fetched over this device's certificate."""
+        if a.kind != "wasm":
+            return
+
+        async def fetch(digest: str, max_bytes: int) -> tuple[int, bytes]:
+            url = self.locator.url
+            if url is None:
+                raise ContentUnavailable("no coordinator is known right now", lasting=False)
+            try:
+                return await client.fetch(f"{url.rstrip('/')}/v1/content/{digest}", max_bytes)
+            except Unreachable as exc:
+                raise ContentUnavailable(str(exc), lasting=False) from None
+
+        await self.content.ensure((a.params["module"], a.params["input"]), fetch)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -181,6 +203,7 @@ class Agent:
             clock_ms=self.clock_ms,
             known_kind=self.registry.__contains__,
             hold=self._hold,
+            prepare=functools.partial(self._prepare, client),
             cheat_fraction=c.cheat_fraction,
             on_change=self._task_changed,
             on_outcome=self._count_outcome,

@@ -33,6 +33,7 @@ REFUSAL_REASONS = (
     "shutting_down",
     "expired",
     "unknown_kind",
+    "outside_policy",
     "quarantined",
     "too_hot",
     "battery_low",

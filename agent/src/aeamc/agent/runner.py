@@ -14,8 +14,9 @@ the next start (a partial trace is not kept: restarting is simple and always cor
 
 An entry leaves the queue without a proof only for a reason that cannot change, and is
 recorded in ``abandoned/`` first: the assignment expired (before or while it ran), the
-task kind is gone, a chunk failed, or the worker crashed on it ``MAX_WORKER_CRASHES``
-times in a row.
+task kind is gone, the coordinator refuses its content (a ``wasm`` task's module or
+input), a chunk failed, or the worker crashed on it ``MAX_WORKER_CRASHES`` times in a row.
+Content the coordinator cannot give right now (unreachable) is asked for again later.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,7 @@ from aeamc.shared.proofs import Trace, build_pot
 from aeamc.shared.runtime.logs import REQUEST_ID
 
 from . import logs
+from .content import ContentUnavailable
 from .monitor import EnergyMonitor
 from .outbox import Outbox
 from .traces import TraceStore
@@ -52,6 +54,10 @@ MAX_WORKER_CRASHES = 3
 STORAGE_RETRY_S = 5.0
 
 QUEUED, ABANDONED, INTERRUPTED = "queued", "abandoned", "interrupted"
+
+
+async def _nothing_to_prepare(a: Assignment) -> None:
+    return None
 
 
 class ChunkFailed(Exception):
@@ -109,6 +115,9 @@ class TaskRunner:
     known_kind: Callable[[str], bool] = lambda kind: True
     #: Why no work may be done right now apart from energy (e.g. "quarantined"), or None.
     hold: Callable[[], str | None] = lambda: None
+    #: Gets what a task needs before its chunks run (a ``wasm`` task's module and input);
+    #: raises ContentUnavailable when it cannot.
+    prepare: Callable[[Assignment], Awaitable[None]] = _nothing_to_prepare
     cheat_fraction: float = 0.0
     on_change: Callable[[], None] = lambda: None
     on_outcome: Callable[[Outcome], None] = lambda outcome: None
@@ -239,6 +248,12 @@ class TaskRunner:
             return Outcome(a.task_id, QUEUED, "the proof was already in the outbox")
         if not self.known_kind(a.kind):
             return self._abandon(entry, UNKNOWN_KIND, f"this agent cannot run {a.kind!r}")
+        try:
+            await self.prepare(a)
+        except ContentUnavailable as exc:
+            if exc.lasting:
+                return self._abandon(entry, FAILED, f"its content: {exc}")
+            return Outcome(a.task_id, INTERRUPTED, f"its content: {exc}")
         log.info("task %s started: %s, %d chunks", a.task_id, a.kind, a.chunks)
         outputs: list[bytes] = []
         cpu_ns = 0

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from aeamc.shared.tasks.registry import KindRegistry, discover
@@ -33,9 +34,19 @@ class WorkerCrashed(Exception):
     """The worker process died mid-chunk (killed, out of memory)."""
 
 
+#: In the worker: where the ``wasm`` kind reads modules and inputs (None: no WASM work).
+_content_dir: Path | None = None
+
+
 @cache
 def _registry() -> KindRegistry:
-    return discover()
+    if _content_dir is None:
+        return discover()
+    from aeamc.shared.tasks.wasm_kernel import WasmKernel  # wasmtime only where WASM runs
+
+    from .content import ContentCache
+
+    return discover([("wasm", WasmKernel(ContentCache(_content_dir, 0)))])
 
 
 def run_chunk(kind: str, params: Mapping[str, Any], index: int, chunks: int) -> tuple[bytes, int]:
@@ -44,6 +55,13 @@ def run_chunk(kind: str, params: Mapping[str, Any], index: int, chunks: int) -> 
     start = time.process_time_ns()
     output = task_kind.run_chunk(params, index, chunks)
     return output, time.process_time_ns() - start
+
+
+def _start_worker(daemon_pid: int, content_dir: Path | None) -> None:
+    """The worker's initializer: tied to the daemon's life, and told where content is."""
+    global _content_dir  # noqa: PLW0603 - set once, in the worker process only
+    _content_dir = content_dir
+    _die_with_daemon(daemon_pid)
 
 
 def _die_with_daemon(daemon_pid: int) -> None:
@@ -61,7 +79,9 @@ def _die_with_daemon(daemon_pid: int) -> None:
 class ChunkPool:
     """A one-worker process pool, created lazily and recreated after a crash."""
 
-    def __init__(self) -> None:
+    def __init__(self, content_dir: Path | None = None) -> None:
+        """``content_dir``: the content cache the ``wasm`` kind reads (None: no WASM)."""
+        self._content_dir = content_dir
         self._executor: ProcessPoolExecutor | None = None
         self._running: asyncio.Future[tuple[bytes, int]] | None = None
 
@@ -76,8 +96,8 @@ class ChunkPool:
             self._executor = ProcessPoolExecutor(
                 max_workers=1,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=_die_with_daemon,
-                initargs=(os.getpid(),),
+                initializer=_start_worker,
+                initargs=(os.getpid(), self._content_dir),
             )
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._executor, run_chunk, kind, dict(params), index, chunks)

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from aeamc.shared.refusals import Fault, Refusal, not_found
 from aeamc.shared.tasks.wasm_kernel import MissingBlob, WasmKernel
-from aeamc.shared.wasm import MAX_INPUT_BYTES, MAX_MODULE_BYTES, ModuleRefused, check_module
+from aeamc.shared.wasm import ModuleRefused, check_module
+from aeamc.shared.wasmabi import MAX_INPUT_BYTES, MAX_MODULE_BYTES
 
 from .store import blobs as blob_rows
 

@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from aeamc.shared.runtime.tls import peer_of
-from aeamc.shared.wasm import MAX_INPUT_BYTES, MAX_MODULE_BYTES
+from aeamc.shared.wasmabi import MAX_INPUT_BYTES, MAX_MODULE_BYTES
 
 from .auth import COORDINATOR_KEY, bearer, caller, scope
 from .bodies import reply

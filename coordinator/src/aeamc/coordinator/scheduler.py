@@ -28,6 +28,8 @@ from .store import tasks as task_rows
 
 log = logging.getLogger(__name__)
 
+#: The refusal reason of a device whose owner's limits the task exceeds ([wasm] limits).
+OUTSIDE_POLICY = "outside_policy"
 #: A device that refused a task may be offered it again after this long (its battery or
 #: temperature may have recovered); one that lost or let it expire never is.
 REFUSAL_COOLDOWN_MS = 30_000
@@ -153,12 +155,18 @@ class Scheduler:
             await self._refused(assignment, reason)
 
     async def _refused(self, assignment: Assignment, reason: str) -> None:
+        # A task outside the limits its owner set is the task's doing, not the device's:
+        # recorded (so it is not offered again at once), never held against it.
+        held_against = reason != OUTSIDE_POLICY
+
         def txn(db: sqlite_utils.Database) -> None:
-            if task_rows.refuse_offer(db, assignment.task_id, assignment.device_id, reason):
+            refused = task_rows.refuse_offer(db, assignment.task_id, assignment.device_id, reason)
+            if refused and held_against:
                 device_rows.count(db, assignment.device_id, "refusals")
 
         await self.c.db.write(txn)
-        self.c.devices.count(assignment.device_id, "refusals")
+        if held_against:
+            self.c.devices.count(assignment.device_id, "refusals")
         self.c.count("assignments_refused")
         log.info("task %s refused by %s: %s", assignment.task_id, assignment.device_id, reason)
         self.c.wake_scheduler.set()

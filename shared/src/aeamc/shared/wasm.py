@@ -37,13 +37,8 @@ from threading import Lock
 import wasmtime
 
 from .errors import ChunkFault, ProtocolError
+from .wasmabi import MAX_MODULE_BYTES, MAX_OUTPUT_BYTES
 
-#: Largest module a client may upload; a kernel is code, not data.
-MAX_MODULE_BYTES = 4 << 20
-#: Largest task input: every chunk gets all of it.
-MAX_INPUT_BYTES = 16 << 20
-#: Largest output of one chunk (the protocol's limit for any kind).
-MAX_OUTPUT_BYTES = 1 << 20
 #: WebAssembly's page size: memory limits are whole pages.
 PAGE = 65536
 

@@ -12,18 +12,20 @@ every other kind's.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ProtocolError
 from ..schema import hex_bytes, integer, record
+from ..wasmabi import MAX_FUEL, MAX_MEMORY_MB
 from .base import check_params
+
+if TYPE_CHECKING:
+    from ..wasm import ModuleCache
 
 NAME = "wasm"
 #: A kernel's budget per chunk when the task names none (about a second of work).
 DEFAULT_FUEL = 1_000_000_000
 DEFAULT_MEMORY_MB = 64
-MAX_FUEL = 10**12
-MAX_MEMORY_MB = 4096
 
 _PARAMS = record(
     {
@@ -55,10 +57,9 @@ class WasmKernel:
     name = NAME
 
     def __init__(self, blobs: BlobSource, cache_size: int = 16) -> None:
-        from ..wasm import ModuleCache  # wasmtime loads only where WASM tasks run
-
         self._blobs = blobs
-        self._modules = ModuleCache(cache_size)
+        self._cache_size = cache_size
+        self._modules: ModuleCache | None = None  # wasmtime loads when a chunk first runs
 
     def validate_params(self, params: Mapping[str, Any], chunks: int) -> None:
         check_params(_PARAMS, params)
@@ -66,8 +67,10 @@ class WasmKernel:
     def run_chunk(self, params: Mapping[str, Any], index: int, chunks: int) -> bytes:
         """The chunk's output; :class:`~aeamc.shared.wasm.KernelFault` if the kernel
         stops without one (the same fault on every machine)."""
-        from ..wasm import module_digest, run_chunk
+        from ..wasm import ModuleCache, module_digest, run_chunk
 
+        if self._modules is None:
+            self._modules = ModuleCache(self._cache_size)
         module = self._modules.get(params["module"], lambda: self._blobs.get(params["module"]))
         data = self._blobs.get(params["input"])
         if module_digest(data) != params["input"]:
