@@ -52,6 +52,7 @@ def test_harness_runs_every_benchmark_and_writes_results_and_table(tmp_path: Pat
         "## 1. Proof ingestion",
         "## 2. Fleet scale",
         "## 7. Latency",
+        "## 8. WebAssembly sandbox",
     ):
         assert heading in text
     assert "| MicroblockAnchor |" in text
