@@ -207,7 +207,25 @@ HOW_TO_PROFILE = """## How these figures are taken, and how to profile
 - Each benchmark module also runs alone: `python -m bench.fleet 1000 5000`,
   `python -m bench.ingest 1 /tmp/ingest.prof` (the second argument runs the coordinator
   under cProfile and writes its profile there), `python -m bench.blocks 10000`,
-  `python -m bench.latency 40`.
+  `python -m bench.latency 40`, `python -m bench.wasm` (`--quick` for the tiny sizes).
 - `bench/transport.py` is the one place the benchmarks' transport (URL scheme, TLS
   contexts, client certificates, the daemons' transport settings) is chosen.
+"""
+
+WASM = """**What limits it.** The sandbox's determinism has a price the native build does not pay,
+and the table above splits it. (1) NaN canonicalisation: after every floating-point
+operation Cranelift adds a compare and a select that replace any NaN by the canonical one
+(the one place IEEE 754 lets hardware differ), so float-heavy inner loops — Mandelbrot's
+is four multiplies and four adds — run several instructions per operation instead of one;
+integer kernels do not pay it. (2) Fuel: a counter in the instance's context is updated
+in every basic block and checked at loop heads, which costs most in short loops; the row without either
+shows what is left. (3) Vectorisation: GCC 12 vectorises at `-O2`
+(its very-cheap cost model), so the native int8 product uses SSE2, while the documented
+client build (`--target=wasm32 -O2`, no `-msimd128`) gives scalar WebAssembly; the same C
+built with `-msimd128` uses 128-bit SIMD, which the sandbox accepts and runs
+deterministically (integer lanes; float lanes are canonicalised like scalars), and burns
+proportionally less fuel. What would close it: building kernels with `-msimd128` (a change
+to the documented flags and `tools/build_kernels.py`) for data-parallel kernels; neither
+fuel nor NaN canonicalisation can go without giving up a chunk's deterministic cost or
+output, so a float kernel with short loops stays well below native in this sandbox.
 """

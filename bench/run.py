@@ -27,6 +27,7 @@ from bench import (
     latency,
     machine,
     report,
+    wasm,
 )
 from bench.transport import transport
 
@@ -58,6 +59,10 @@ PLANS: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
         lambda: economy.measure(200, 50, cheaters_per_f=0, honest=1, timeout_s=1.0, fs=(0.25,)),
     ),
     "latency": (lambda: latency.measure(60, 5), lambda: latency.measure(2, 1)),
+    "wasm_sandbox": (
+        lambda: wasm.measure(wasm.FULL, runs=3, overhead_runs=2000),
+        lambda: wasm.measure(wasm.QUICK, runs=1, overhead_runs=50),
+    ),
 }
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench import report, run, stats
+import pytest
+
+from bench import report, run, stats, wasm
 
 
 def test_harness_runs_every_benchmark_and_writes_results_and_table(tmp_path: Path) -> None:
@@ -35,9 +37,23 @@ def test_harness_runs_every_benchmark_and_writes_results_and_table(tmp_path: Pat
     assert econ["catch_target_met"] is None  # f = 10 % was not measured
     assert [s["targets_compatible"] for s in econ["sizes"]] == [False, True]
     assert r["latency"]["tasks"] == 2
+    sandbox = r["wasm_sandbox"]
+    assert [k["kernel"] for k in sandbox["kernels"]] == ["mandelbrot", "matmul_int8"]
+    for k in sandbox["kernels"]:
+        assert k["outputs_identical"] and k["ratio"]["median"] > 0
+        assert k["fuel_per_chunk"]["min"] > 0 and set(k["variants"]) == set(wasm.VARIANTS)
+        assert 0 < k["reexecution"]["new_device_rate"] <= 1
+    assert [o["runs"] for o in sandbox["overhead"]] == [50, 50, 50]
+    assert sandbox["overhead"][0]["fuel"] > 0
+    assert sandbox["reexecution_target_met"] is None  # 64-chunk tasks were not measured
     text = doc.read_text()
     assert "--quick: tiny sizes, not a measurement" in text
-    for heading in ("## 1. Proof ingestion", "## 2. Fleet scale", "## 7. Latency"):
+    for heading in (
+        "## 1. Proof ingestion",
+        "## 2. Fleet scale",
+        "## 7. Latency",
+        "## 8. WebAssembly sandbox",
+    ):
         assert heading in text
     assert "| MicroblockAnchor |" in text
     assert text == report.render(r)
@@ -48,3 +64,11 @@ def test_summaries_and_percentiles() -> None:
     assert stats.percentile([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 99) == 10
     s = stats.ratio_summary([10, 30, 20], [10, 10, 10])
     assert (s["median"], s["min"], s["max"]) == (2.0, 1.0, 3.0)
+
+
+def test_the_sandbox_benchmark_says_why_when_it_cannot_build_the_kernels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no clang, no gcc
+    with pytest.raises(RuntimeError, match="wasm_sandbox: cannot build the example kernels"):
+        wasm.build(tmp_path / "kernels")
