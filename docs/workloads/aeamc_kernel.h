@@ -1,8 +1,8 @@
 /* The AEAMC kernel ABI (docs/workloads.md): include this once in a kernel's C file.
  *
  * A kernel is built freestanding for wasm32 — no libc, no WASI, no imports:
- *   clang --target=wasm32 -O2 -nostdlib -ffreestanding -Wl,--no-entry -Wl,--strip-all \
- *         -o kernel.wasm kernel.c
+ *   clang --target=wasm32 -O2 -msimd128 -nostdlib -ffreestanding -Wl,--no-entry \
+ *         -Wl,--strip-all -o kernel.wasm kernel.c
  * and defines the three functions below with AEAMC_EXPORT. Each chunk runs in a fresh
  * instance: static data starts as the module declares it, every time.
  */

@@ -11,7 +11,7 @@ every other kind's.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ProtocolError
@@ -60,6 +60,19 @@ class WasmKernel:
         self._blobs = blobs
         self._cache_size = cache_size
         self._modules: ModuleCache | None = None  # wasmtime loads when a chunk first runs
+        self._last_input: tuple[str, bytes] | None = None
+
+    def _input(self, digest: str, digest_of: Callable[[bytes], str]) -> bytes:
+        """The input named ``digest``, checked once: the chunks of a task, run one after
+        another, share it (the bytes are immutable, so the check holds for each)."""
+        last = self._last_input
+        if last is not None and last[0] == digest:
+            return last[1]
+        data = self._blobs.get(digest)
+        if digest_of(data) != digest:
+            raise MissingBlob(f"the input bytes do not have the digest {digest}")
+        self._last_input = (digest, data)
+        return data
 
     def validate_params(self, params: Mapping[str, Any], chunks: int) -> None:
         check_params(_PARAMS, params)
@@ -72,9 +85,7 @@ class WasmKernel:
         if self._modules is None:
             self._modules = ModuleCache(self._cache_size)
         module = self._modules.get(params["module"], lambda: self._blobs.get(params["module"]))
-        data = self._blobs.get(params["input"])
-        if module_digest(data) != params["input"]:
-            raise MissingBlob(f"the input bytes do not have the digest {params['input']}")
+        data = self._input(params["input"], module_digest)
         return run_chunk(
             module,
             data,
