@@ -5,6 +5,9 @@ the verified output is what the kernel computes locally, byte for byte."""
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -124,3 +127,79 @@ def test_a_task_beyond_the_owners_limits_is_refused_without_blame(
     device = coordinator.read(f"/v1/devices/{agent.device_id}")
     assert device["record"]["refusals"] == 0
     assert not (agent.state_dir / "content").exists()  # nothing fetched for it
+
+
+def client_env(coordinator: CoordinatorProcess, **over: str) -> dict[str, str]:
+    """What a client is told by the operator: the URL, its token, the CA's fingerprint."""
+    ca = coordinator.request("GET", "/v1/ca", device=None)[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AEAMC_")}
+    env |= {
+        "AEAMC_URL": coordinator.url,
+        "AEAMC_TOKEN": coordinator.token("client"),
+        "AEAMC_CA_FINGERPRINT": ca["ca_fingerprint"],
+        "AEAMC_CLIENT_CONFIG": "",
+        "HOME": str(coordinator.root),
+        **over,
+    }
+    return env
+
+
+def aeamc(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aeamc.shared.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+        check=False,
+    )
+
+
+def test_the_client_cli_takes_a_c_kernel_to_a_verified_result(
+    tmp_path: Path, coordinators: list[CoordinatorProcess], agents: list[AgentProcess]
+) -> None:
+    """docs/workloads.md's walk-through: a module built from C, an input, one command to a
+    verified result file; a second submission uploads nothing again."""
+    coordinator = start_coordinator(tmp_path / "coord", coordinators)
+    start_agent(tmp_path / "agent", coordinator, agents, profile=[{"at_s": 0, **GOOD_TELEMETRY}])
+    module, data = tmp_path / "mandelbrot.wasm", tmp_path / "view.bin"
+    module.write_bytes(kernels()["mandelbrot"])
+    data.write_bytes(mandelbrot_input(64, 48, 200))
+    out = tmp_path / "image.gray"
+    env = client_env(coordinator)
+    done = aeamc(
+        "task", "submit", "--wasm", str(module), "--input", str(data), "--chunks", "6",
+        "--memory-mb", "8", "--verified", "-o", str(out), "--timeout", "120", env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    task_id = done.stdout.strip()
+    assert "uploaded" in done.stderr and "verified" in done.stderr
+    compiled = wasm.check_module(module.read_bytes())
+    expected = b"".join(
+        wasm.run_chunk(compiled, data.read_bytes(), i, 6, fuel=10**9, memory_bytes=8 << 20).output
+        for i in range(6)
+    )
+    assert out.read_bytes() == expected and len(expected) == 64 * 48
+    status = aeamc("task", "status", task_id, env=env)
+    assert status.returncode == 0 and "verified by spot-check" in status.stdout
+    again = aeamc(
+        "task", "submit", "--wasm", str(module), "--input", str(data), "--chunks", "6", env=env
+    )
+    assert again.returncode == 0 and again.stderr.count("already uploaded") == 2
+    listed = aeamc("task", "list", env=env)
+    assert task_id in listed.stdout and again.stdout.strip() in listed.stdout
+
+
+def test_the_client_cli_sends_nothing_to_a_coordinator_it_cannot_verify(
+    tmp_path: Path, coordinators: list[CoordinatorProcess]
+) -> None:
+    coordinator = start_coordinator(tmp_path / "coord", coordinators)
+    module = tmp_path / "k.wasm"
+    module.write_bytes(kernels()["mandelbrot"])
+    wrong = client_env(coordinator, AEAMC_CA_FINGERPRINT="ab" * 32)
+    done = aeamc("task", "submit", "--wasm", str(module), "--chunks", "2", env=wrong)
+    assert done.returncode == 69 and "not the coordinator you meant" in done.stderr
+    assert not (coordinator.state_dir / "content").exists()  # no upload reached it
+    unset = client_env(coordinator, AEAMC_CA_FINGERPRINT="")
+    done = aeamc("task", "list", env=unset)
+    assert done.returncode == 64 and "AEAMC_CA_FINGERPRINT" in done.stderr

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__, microblock
+from . import __version__, microblock, taskcli
 from .bundle import STEPS, verify_bundle
 from .errors import MicroblockError
 from .exits import EX_FAILURE as EX_INVALID
@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--timeout", type=float, default=30.0, help="RPC timeout in seconds")
     verify.set_defaults(func=_verify)
+    taskcli.add_parser(sub)
     _add_commands(sub)
     return parser
 

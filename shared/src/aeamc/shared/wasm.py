@@ -1,4 +1,4 @@
-"""The sandbox for clients' WebAssembly kernels (docs/workloads.md, SPEC §3.3).
+"""The sandbox for clients' WebAssembly kernels (docs/workloads.md, SPEC §3.1).
 
 A kernel is a WebAssembly module that computes one chunk of a task from the task's input
 bytes and the chunk's index. The device runs it to do the work and the coordinator runs the

@@ -1,4 +1,4 @@
-"""The numbers of the WebAssembly kernel ABI (docs/workloads.md, SPEC §3.3), apart from
+"""The numbers of the WebAssembly kernel ABI (docs/workloads.md, SPEC §3.1), apart from
 the sandbox itself so that code which only checks a task's parameters, or keeps its
 content, never loads the engine."""
 

@@ -1,5 +1,5 @@
 """``wasm``: a client's own kernel, a WebAssembly module run in the sandbox of
-:mod:`aeamc.shared.wasm` (docs/workloads.md, SPEC §3.3).
+:mod:`aeamc.shared.wasm` (docs/workloads.md, SPEC §3.1).
 
 The task names its module and its input by SHA-256, so the parameters stay small and a
 device can tell that the bytes it was given are the ones the client submitted. Where the
