@@ -234,3 +234,127 @@ async def test_missing_content_at_the_coordinator_never_counts_against_the_devic
     check = await fleet.row("SELECT state, attempts FROM spot_checks WHERE task_id=?", [task_id])
     assert check == {"state": "pending", "attempts": 0}
     assert fleet.c.devices[device.device_id].state != "quarantined"
+
+
+# -- chunk faults ------------------------------------------------------------------------------
+
+ENDLESS = wasmtime.wat2wasm(
+    """(module (memory (export "memory") 1)
+    (func (export "aeamc_input") (param i32) (result i32) i32.const 16)
+    (func (export "aeamc_output") (result i32) i32.const 0)
+    (func (export "aeamc_run") (param i32 i32 i32) (result i32) (loop $l br $l) i32.const 0))"""
+)
+
+
+def fault_report(device: LinkedDevice, task_id: str, now: int, **over: Any) -> dict[str, Any]:
+    from aeamc.shared.messages import ChunkFaultReport, sign
+
+    fields = {
+        "type": "chunk_fault",
+        "task_id": task_id,
+        "device_id": device.device_id,
+        "chunk": 3,
+        "code": "out_of_fuel",
+        "timestamp": now,
+        **over,
+    }
+    return sign(ChunkFaultReport, fields, device.sim.key).to_dict()
+
+
+async def offered(
+    fleet: Fleet, module_bytes: bytes, data_bytes: bytes = b"x", fuel: int = 100_000
+) -> tuple[str, Any]:
+    device = await fleet.enroll(kinds=("wasm",))
+    module = await upload(fleet, "module", module_bytes)
+    data = await upload(fleet, "input", data_bytes)
+    task = wasm_task(module, data)
+    task["params"]["fuel"] = fuel
+    answer = await fleet.c.tasks.submit_task(task, "tests", fleet.owner)
+    assert await fleet.schedule() == 1
+    return str(answer["task_id"]), device
+
+
+async def test_a_real_chunk_fault_fails_the_task_without_blame(fleet: Fleet) -> None:
+    """The coordinator runs the chunk itself, sees the same fault, and fails the task at
+    once: the client learns why, and no device waits out or is charged for the task."""
+    task_id, device = await offered(fleet, ENDLESS)
+    answer = await fleet.c.faults.report(fault_report(device, task_id, fleet.clock()), device.peer)
+    assert answer["state"] == "failed" and "out of fuel" in answer["detail"]
+    task = await fleet.row("SELECT state, detail FROM tasks WHERE task_id=?", [task_id])
+    assert task["state"] == "failed" and "chunk 3 has no output" in task["detail"]
+    assignment = await fleet.row("SELECT state, reason FROM assignments WHERE task_id=?", [task_id])
+    assert assignment == {"state": "lost", "reason": "kernel fault"}
+    record = fleet.c.devices[device.device_id].record
+    assert (record.refusals, record.failures, record.timeouts) == (0, 0, 0)
+    # Said again (a retry after a lost answer): the same answer, nothing more happens.
+    again = await fleet.c.faults.report(fault_report(device, task_id, fleet.clock()), device.peer)
+    assert again["state"] == "failed"
+    assert await fleet.schedule() == 0  # a failed task is offered to nobody
+
+
+async def test_a_claimed_fault_that_is_not_there_is_held_against_the_device(
+    fleet: Fleet,
+) -> None:
+    """A device that says a chunk faults when it does not (to shed work) loses the task,
+    which goes to another device, and the claim counts against it."""
+    task_id, liar = await offered(fleet, kernels()["mandelbrot"], mandelbrot_input(), fuel=10**9)
+    with pytest.raises(Refusal) as caught:
+        await fleet.c.faults.report(
+            fault_report(liar, task_id, fleet.clock(), code="trap"), liar.peer
+        )
+    assert (caught.value.fault, caught.value.code) == (Fault.CONFLICT, "not_a_fault")
+    state = await fleet.row(
+        "SELECT a.state, t.state AS task FROM assignments a JOIN tasks t USING (task_id) "
+        "WHERE a.task_id=? AND a.device_id=?",
+        [task_id, liar.device_id],
+    )
+    assert state == {"state": "lost", "task": "queued"}
+    assert fleet.c.devices[liar.device_id].record.refusals == 1
+    honest = await fleet.enroll(kinds=("wasm",))
+    assert await fleet.schedule() == 1
+    assert (await fleet.assignments(task_id))[honest.device_id] == "accepted"
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"chunk": 8}, "invalid_message"),
+        ({"timestamp": 1}, "stale_message"),
+        ({"task_id": "t-00000000000000ff"}, "not_found"),
+    ],
+)
+async def test_bad_fault_reports_change_nothing(
+    fleet: Fleet, change: dict[str, Any], expected: str
+) -> None:
+    task_id, device = await offered(fleet, ENDLESS)
+    with pytest.raises(Exception) as caught:
+        fields = {"task_id": task_id, **change}
+        await fleet.c.faults.report(
+            fault_report(device, fields.pop("task_id"), fleet.clock(), **fields), device.peer
+        )
+    assert getattr(caught.value, "code", None) == expected
+    assert (await fleet.row("SELECT state FROM tasks WHERE task_id=?", [task_id]))[
+        "state"
+    ] == "running"
+
+
+async def test_a_fault_report_must_come_from_the_assigned_device(fleet: Fleet) -> None:
+    """Another device (its own valid key and certificate) cannot fail someone's task, nor
+    can anyone present the assigned device's report over another certificate."""
+    task_id, device = await offered(fleet, ENDLESS)
+    other = await fleet.enroll(kinds=("sha256-chain",))
+    forged = fault_report(other, task_id, fleet.clock())
+    with pytest.raises(Refusal) as caught:
+        await fleet.c.faults.report(forged, other.peer)
+    assert caught.value.fault == Fault.NOT_FOUND
+    with pytest.raises(Exception) as wrong_cert:
+        await fleet.c.faults.report(fault_report(device, task_id, fleet.clock()), other.peer)
+    assert getattr(wrong_cert.value, "fault", None) == Fault.FORBIDDEN
+    signed_by_other = fault_report(device, task_id, fleet.clock())
+    signed_by_other["signature"] = forged["signature"]
+    with pytest.raises(Exception) as bad_sig:
+        await fleet.c.faults.report(signed_by_other, device.peer)
+    assert getattr(bad_sig.value, "code", None) == "bad_signature"
+    assert (await fleet.row("SELECT state FROM tasks WHERE task_id=?", [task_id]))[
+        "state"
+    ] == "running"

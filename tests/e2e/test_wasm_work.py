@@ -203,3 +203,47 @@ def test_the_client_cli_sends_nothing_to_a_coordinator_it_cannot_verify(
     unset = client_env(coordinator, AEAMC_CA_FINGERPRINT="")
     done = aeamc("task", "list", env=unset)
     assert done.returncode == 64 and "AEAMC_CA_FINGERPRINT" in done.stderr
+
+
+def test_a_kernel_that_never_ends_fails_its_task_cleanly_without_blaming_the_device(
+    tmp_path: Path, coordinators: list[CoordinatorProcess], agents: list[AgentProcess]
+) -> None:
+    """An endless loop runs out of fuel on the device; the device reports it, the
+    coordinator sees the same fault when it runs the chunk, and the task fails at once
+    with the reason — the device is charged nothing and keeps working."""
+    import wasmtime
+
+    coordinator = start_coordinator(tmp_path / "coord", coordinators)
+    agent = start_agent(
+        tmp_path / "agent", coordinator, agents, profile=[{"at_s": 0, **GOOD_TELEMETRY}]
+    )
+    endless = wasmtime.wat2wasm(
+        """(module (memory (export "memory") 1)
+        (func (export "aeamc_input") (param i32) (result i32) i32.const 16)
+        (func (export "aeamc_output") (result i32) i32.const 0)
+        (func (export "aeamc_run") (param i32 i32 i32) (result i32)
+          (loop $l br $l) i32.const 0))"""
+    )
+    module = upload(coordinator, "/v1/modules", endless, "application/wasm")
+    data = upload(coordinator, "/v1/inputs", b"anything", "application/octet-stream")
+    task = wasm_task(module, data)
+    task["params"]["fuel"] = 5_000_000
+    task_id = coordinator.submit_task(task)
+
+    view = coordinator.wait_for(
+        lambda: (v := task_view(coordinator, task_id))["state"] == "failed" and v, timeout=60
+    )
+    assert "chunk 0 has no output" in view["detail"] and "out of fuel" in view["detail"]
+    assert [(a["state"], a["reason"]) for a in view["assignments"]] == [("lost", "kernel fault")]
+    record = coordinator.read(f"/v1/devices/{agent.device_id}")["record"]
+    assert (record["failures"], record["refusals"], record["timeouts"]) == (0, 0, 0)
+    # The device gave the task up and takes the next one.
+    following = coordinator.submit_task(
+        wasm_task(
+            upload(coordinator, "/v1/modules", kernels()["mandelbrot"], "application/wasm"),
+            upload(coordinator, "/v1/inputs", mandelbrot_input(), "application/octet-stream"),
+        )
+    )
+    coordinator.wait_for(
+        lambda: task_view(coordinator, following)["state"] == "completed", timeout=60
+    )

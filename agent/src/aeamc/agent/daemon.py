@@ -23,6 +23,7 @@ outbox and traces stay on disk for the next start.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -31,7 +32,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from aeamc.shared.messages import Assignment, Capabilities
+from aeamc.shared.messages import Assignment, Capabilities, ChunkFaultReport, sign
 from aeamc.shared.runtime.clock import now_ms
 from aeamc.shared.runtime.edge import EdgeLimits
 from aeamc.shared.runtime.services import ServiceEvent
@@ -78,6 +79,9 @@ if TYPE_CHECKING:  # zeroconf only with mDNS on (advertising.py)
     from aeamc.shared.runtime.mdns import Mdns
 
 log = logging.getLogger(__name__)
+
+#: Waits between attempts to deliver a chunk-fault report (then the assignment expires).
+FAULT_REPORT_RETRIES_S = (2.0, 5.0, 15.0, 30.0)
 
 
 class Agent:
@@ -167,6 +171,45 @@ class Agent:
 
         await self.content.ensure((a.params["module"], a.params["input"]), fetch)
 
+    def _report_fault(
+        self, client: CoordinatorClient, a: Assignment, index: int, code: str
+    ) -> None:
+        """Send a signed ``chunk_fault`` for chunk ``index`` of ``a``, in the background,
+        a few times over a minute while the coordinator cannot be reached. Unsent, the
+        assignment simply expires at the coordinator."""
+        report = sign(
+            ChunkFaultReport,
+            {
+                "type": "chunk_fault",
+                "task_id": a.task_id,
+                "device_id": self.device_id,
+                "chunk": index,
+                "code": code,
+                "timestamp": self.clock_ms(),
+            },
+            self.key,
+        ).to_dict()
+
+        async def send() -> None:
+            for delay in FAULT_REPORT_RETRIES_S:
+                url = self.locator.url
+                if url is not None:
+                    try:
+                        reply = await client.post(url, "/v1/faults", report)
+                    except Unreachable as exc:
+                        log.warning("chunk fault of %s not delivered: %s", a.task_id, exc)
+                    else:
+                        log.info(
+                            "chunk fault of %s reported: HTTP %d %s",
+                            a.task_id,
+                            reply.status,
+                            reply.error_code or "",
+                        )
+                        return
+                await asyncio.sleep(delay)
+
+        self.lifecycle.spawn(send(), name=f"fault-{a.task_id}")
+
     # --- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -204,6 +247,7 @@ class Agent:
             known_kind=self.registry.__contains__,
             hold=self._hold,
             prepare=functools.partial(self._prepare, client),
+            report_fault=functools.partial(self._report_fault, client),
             cheat_fraction=c.cheat_fraction,
             on_change=self._task_changed,
             on_outcome=self._count_outcome,

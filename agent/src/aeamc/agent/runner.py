@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from aeamc.shared.errors import ChunkFault
 from aeamc.shared.identity import Signer
 from aeamc.shared.messages import Assignment
 from aeamc.shared.proofs import Trace, build_pot
@@ -62,6 +63,17 @@ async def _nothing_to_prepare(a: Assignment) -> None:
 
 class ChunkFailed(Exception):
     """A chunk raised an error: running it again would fail the same way."""
+
+
+class ChunkFaulted(ChunkFailed):
+    """A chunk has no output, the same on every machine (SPEC §3.1): a WASM kernel ran out
+    of fuel or memory, trapped, or refused its input. The coordinator is told, checks it
+    by running the chunk itself, and fails the task without blaming this device."""
+
+    def __init__(self, index: int, code: str, message: str) -> None:
+        super().__init__(f"chunk {index}: {message}")
+        self.index = index
+        self.code = code
 
 
 @dataclass
@@ -118,6 +130,8 @@ class TaskRunner:
     #: Gets what a task needs before its chunks run (a ``wasm`` task's module and input);
     #: raises ContentUnavailable when it cannot.
     prepare: Callable[[Assignment], Awaitable[None]] = _nothing_to_prepare
+    #: Tells the coordinator that a chunk of the task has no output (it checks it).
+    report_fault: Callable[[Assignment, int, str], None] = lambda a, index, code: None
     cheat_fraction: float = 0.0
     on_change: Callable[[], None] = lambda: None
     on_outcome: Callable[[Outcome], None] = lambda outcome: None
@@ -216,6 +230,9 @@ class TaskRunner:
             raise
         except WorkerCrashed as exc:
             outcome = self._crashed(entry, str(exc))
+        except ChunkFaulted as exc:
+            outcome = self._abandon(entry, FAILED, f"a chunk has no output: {exc}")
+            self.report_fault(a, exc.index, exc.code)
         except ChunkFailed as exc:
             outcome = self._abandon(entry, FAILED, f"a chunk failed: {exc}")
         except OSError as exc:
@@ -306,6 +323,8 @@ class TaskRunner:
             return await self.pool.run(kind, params, index, chunks)
         except (WorkerCrashed, asyncio.CancelledError):
             raise
+        except ChunkFault as exc:
+            raise ChunkFaulted(index, exc.code, exc.message) from exc
         except Exception as exc:
             raise ChunkFailed(f"chunk {index}: {type(exc).__name__}: {exc}") from exc
 

@@ -17,7 +17,7 @@ from aeamc.shared.runtime.tls import peer_of
 from aeamc.shared.wasmabi import MAX_INPUT_BYTES, MAX_MODULE_BYTES
 
 from .auth import COORDINATOR_KEY, bearer, caller, scope
-from .bodies import reply
+from .bodies import json_body, reply
 from .errors import ApiError
 
 #: Content types each upload accepts.
@@ -75,10 +75,18 @@ async def get_content(request: web.Request) -> web.Response:
     )
 
 
+async def post_chunk_fault(request: web.Request) -> web.Response:
+    """A device's signed word that a chunk of its task has no output (faults.py)."""
+    c = request.app[COORDINATOR_KEY]
+    body = await json_body(request)
+    return reply(await c.faults.report(body, peer_of(request.transport)), 202)
+
+
 def add_content_routes(app: web.Application) -> None:
     app.router.add_post("/v1/modules", upload_module)
     app.router.add_post("/v1/inputs", upload_input)
     app.router.add_get("/v1/content/{digest}", get_content)
+    app.router.add_post("/v1/faults", post_chunk_fault)
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -136,6 +144,50 @@ def _upload_op(kind: str, limit: int, summary: str) -> dict[str, Any]:
 
 def openapi_paths() -> dict[str, Any]:
     return {
+        "/v1/faults": {
+            "post": {
+                "summary": "A device's signed chunk_fault: a chunk of its WASM task has no "
+                "output; the coordinator re-executes it and fails the task if so (SPEC §3.1)",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "required": [
+                                    "type",
+                                    "task_id",
+                                    "device_id",
+                                    "chunk",
+                                    "code",
+                                    "timestamp",
+                                    "signature",
+                                ],
+                                "properties": {
+                                    "type": {"const": "chunk_fault"},
+                                    "task_id": {"type": "string"},
+                                    "device_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                                    "chunk": {"type": "integer", "minimum": 0},
+                                    "code": {"type": "string"},
+                                    "timestamp": {"type": "integer"},
+                                    "signature": {"type": "string", "pattern": "^[0-9a-f]{128}$"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "202": {"description": "the fault is real: the task failed"},
+                    "400": _error("malformed, stale or badly signed"),
+                    "403": _error("not the device's certificate, or not enrolled"),
+                    "404": _error("no assignment of the task to this device"),
+                    "409": _error("no live assignment, or the chunk has an output (not_a_fault)"),
+                    "429": _error("rate limited"),
+                    "503": _error("the task's content is unavailable here"),
+                },
+            }
+        },
         "/v1/modules": {
             "post": _upload_op(
                 "module",

@@ -2,15 +2,15 @@
 on a shared ``Context`` and wires them together.
 
 Each service holds one concern (tokens.py, enrollment.py, heartbeats.py, flags.py,
-content.py, tasks.py, ingestion.py, settlement.py, verdicts.py, blocks.py, privacy.py, devices.py,
-maintenance.py, status.py). Each public coroutine of a service validates its input with
-the pure protocol core first (bad input changes nothing), then performs one writer
-transaction, and only then updates the in-memory device view and answers. A service
-decides; the store layer (``store/``, one module per table group) writes: inside its one
-transaction a service calls store functions with the transaction handle, and after the
-commit it tells the live registry (``store.registry.DeviceRegistry``) what changed.
-The HTTP layer (``api.py``) and the background loops (``scheduler.py``, ``spotchecks.py``)
-call the services through this root.
+content.py, tasks.py, faults.py, ingestion.py, settlement.py, verdicts.py, blocks.py,
+privacy.py, devices.py, maintenance.py, status.py). Each public coroutine of a service
+validates its input with the pure protocol core first (bad input changes nothing), then
+performs one writer transaction, and only then updates the in-memory device view and
+answers. A service decides; the store layer (``store/``, one module per table group)
+writes: inside its one transaction a service calls store functions with the transaction
+handle, and after the commit it tells the live registry (``store.registry.DeviceRegistry``)
+what changed. The HTTP layer (``api.py``) and the background loops (``scheduler.py``,
+``spotchecks.py``) call the services through this root.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from .content import ContentService
 from .context import Context, wait_event
 from .devices import DeviceService
 from .enrollment import EnrollmentService
+from .faults import ChunkFaults
 from .flags import FlagService
 from .heartbeats import HeartbeatService
 from .ingestion import ProofIngestion
@@ -48,6 +49,7 @@ class Coordinator(Context):
         self.heartbeats = HeartbeatService(self, self.flags)
         self.content = ContentService(self)
         self.tasks = TaskService(self, self.content)
+        self.faults = ChunkFaults(self)
         self.ingestion = ProofIngestion(self, self.settlement)
         self.verdicts = VerdictService(self, self.settlement)
         self.blocks = BlockService(self, self.settlement)

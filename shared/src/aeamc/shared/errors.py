@@ -6,6 +6,8 @@ HTTP error body (SPEC §9) or an exit status without parsing messages.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ProtocolError(Exception):
     """Base class: the input violates the protocol; nothing should change because of it."""
@@ -75,6 +77,10 @@ class ChunkFault(ProtocolError):
     such a chunk claims something no honest run gives."""
 
     code = "chunk_fault"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Raised in the agent's worker process: its code must survive the trip back.
+        return (self.__class__, self.args, {"code": self.code})
 
 
 class UnknownTaskKind(ProtocolError):

@@ -369,8 +369,47 @@ class Privacy(SignedMessage):
     }
 
 
+#: How a chunk may have no output (SPEC §3.1): a ``wasm`` kernel's fault codes.
+CHUNK_FAULT_CODES = (
+    "out_of_fuel",
+    "memory_limit",
+    "trap",
+    "refused",
+    "bad_output",
+    "input_too_large",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkFaultReport(SignedMessage):
+    """A device's word that a chunk of its assigned task has no output (SPEC §3.1).
+
+    The coordinator believes it only after running that chunk itself: a chunk fault is
+    the same on every machine, so a device cannot shed work by claiming one.
+    """
+
+    TYPE: ClassVar[str] = "chunk_fault"
+    type: str
+    task_id: str
+    device_id: str
+    chunk: int
+    code: str
+    timestamp: int
+    signature: str
+
+    FIELDS: ClassVar[dict[str, Any]] = {
+        "type": constant("chunk_fault"),
+        "task_id": task_id_field,
+        "device_id": device_id_field,
+        "chunk": integer(0, MAX_CHUNKS - 1),
+        "code": text(32, "|".join(CHUNK_FAULT_CODES)),
+        "timestamp": timestamp_field,
+        "signature": signature_field,
+    }
+
+
 SIGNED_TYPES: dict[str, type[SignedMessage]] = {
-    m.TYPE: m for m in (Enroll, PoA, Assignment, PoT, Challenge, Opening, Privacy)
+    m.TYPE: m for m in (Enroll, PoA, Assignment, PoT, Challenge, Opening, Privacy, ChunkFaultReport)
 }
 
 

@@ -18,7 +18,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .exits import (
     EX_FAILURE,
@@ -30,7 +30,10 @@ from .exits import (
     UsageParser,
 )
 from .proofs import split_output
-from .taskclient import ClientError, CoordinatorApi, SettingsError, load_settings
+from .taskclient import ClientError, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from .runtime.coordinatorapi import CoordinatorApi
 from .wasmabi import MAX_MEMORY_MB
 
 #: How the stages of a task show on the progress bar.
@@ -117,6 +120,8 @@ def _add_waiting(parser: argparse.ArgumentParser, *, wait_flag: bool = True) -> 
 
 def run(args: argparse.Namespace) -> int:
     """Run one ``aeamc task`` action; its exit status."""
+    from .runtime.coordinatorapi import CoordinatorApi  # I/O: only when a command runs
+
     try:
         settings = load_settings({"url": args.url}, config=args.config)
         api = CoordinatorApi(settings)
@@ -247,7 +252,7 @@ def _follow(api: CoordinatorApi, task_id: str, args: argparse.Namespace) -> int:
     if shown:
         sys.stderr.write("\n")
     if failed:
-        print(f"aeamc: {task_id} failed: {view.get('reason') or 'see its status'}", file=sys.stderr)
+        print(f"aeamc: {task_id} failed: {view.get('detail') or 'see its status'}", file=sys.stderr)
         return EX_FAILURE
     print(
         f"{task_id}: {view['state']}, {view.get('verification', {}).get('state')} "

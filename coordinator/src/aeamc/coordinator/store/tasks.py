@@ -59,11 +59,13 @@ def task_exists(db: sqlite_utils.Database, task_id: str) -> bool:
 
 
 def assignment_row(db: sqlite_utils.Database, task_id: str, device_id: str) -> Any:
-    """The state and signed message of ``device_id``'s assignment of ``task_id``, or None."""
+    """The state, reason and signed message of ``device_id``'s assignment of ``task_id``,
+    or None."""
     return next(
         iter(
             db.query(
-                "SELECT a.state, a.message FROM assignments a WHERE a.task_id=? AND a.device_id=?",
+                "SELECT a.state, a.reason, a.message FROM assignments a "
+                "WHERE a.task_id=? AND a.device_id=?",
                 [task_id, device_id],
             )
         ),
@@ -159,6 +161,15 @@ def fail_past_deadline(db: sqlite_utils.Database, now: int) -> None:
     )
 
 
+def fail_task(db: sqlite_utils.Database, task_id: str, now: int, detail: str) -> None:
+    """Fail a queued or running task for good (``detail``: why)."""
+    db.execute(
+        "UPDATE tasks SET state='failed', completed_at=?, detail=? "
+        "WHERE task_id=? AND state IN ('queued','running')",
+        [now, detail, task_id],
+    )
+
+
 # -- assignments -------------------------------------------------------------------------
 
 
@@ -240,6 +251,37 @@ def release_assignments(
         [AssignmentState(state).value, reason, device_id],
     )
     return tasks
+
+
+def end_assignment(
+    db: sqlite_utils.Database, task_id: str, device_id: str, state: str, reason: str
+) -> None:
+    """End one live (offered or accepted) assignment, in ``state`` with ``reason``."""
+    _edges_assignment(("offered", "accepted"), state)
+    db.execute(
+        "UPDATE assignments SET state=?, reason=? WHERE task_id=? AND device_id=? "
+        "AND state IN ('offered','accepted')",
+        [AssignmentState(state).value, reason, task_id, device_id],
+    )
+
+
+def end_live_assignments(db: sqlite_utils.Database, task_id: str, state: str, reason: str) -> None:
+    """End every live (offered or accepted) assignment of ``task_id``."""
+    _edges_assignment(("offered", "accepted"), state)
+    db.execute(
+        "UPDATE assignments SET state=?, reason=? WHERE task_id=? "
+        "AND state IN ('offered','accepted')",
+        [AssignmentState(state).value, reason, task_id],
+    )
+
+
+def has_live_assignments(db: sqlite_utils.Database, task_id: str) -> bool:
+    """Whether some device still holds ``task_id`` (offered or accepted)."""
+    found = db.execute(
+        "SELECT 1 FROM assignments WHERE task_id=? AND state IN ('offered','accepted')",
+        [task_id],
+    ).fetchone()
+    return found is not None
 
 
 def lose_proved(db: sqlite_utils.Database, task_id: str, device_id: str, reason: str) -> None:
