@@ -62,18 +62,20 @@ def decimal(lo: int, hi: int) -> dict[str, Any]:
 
 #: A JSON body that must be an object of these members (none other).
 def json_object_body(
-    props: dict[str, Any], required: list[str], *, body_required: bool = True
+    props: dict[str, Any],
+    required: list[str],
+    *,
+    body_required: bool = True,
+    example: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    return {
-        "required": body_required,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": required,
-                    "properties": props,
-                }
-            }
-        },
+    media: dict[str, Any] = {
+        "schema": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": required,
+            "properties": props,
+        }
     }
+    if example is not None:
+        media["example"] = example
+    return {"required": body_required, "content": {"application/json": media}}

@@ -18,6 +18,7 @@ from . import __version__
 from .apidoc import decimal, errors, json_object_body, path_param, query_param
 from .dashboard import openapi_paths as dashboard_paths
 from .flags import FLAG_NAME
+from .heartbeats import STRICT_FRESHNESS
 from .ingestion import MAX_PROOF_BATCH, MAX_PROOF_OUTPUT
 from .tasks import CLIENT_REF_MAX
 from .tokens import MAX_TOKEN_TTL_S
@@ -282,11 +283,47 @@ _SCHEMAS: dict[str, Any] = {
 SCHEMAS = _SCHEMAS
 
 
-def _body(schema: str) -> dict[str, Any]:
-    return {
-        "required": True,
-        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
-    }
+def _body(schema: str, example: Any = None) -> dict[str, Any]:
+    media: dict[str, Any] = {"schema": {"$ref": f"#/components/schemas/{schema}"}}
+    if example is not None:
+        media["example"] = example
+    return {"required": True, "content": {"application/json": media}}
+
+
+#: The signed heartbeat of SPEC §2's test vector (tests/vectors/v1.json, ``poa``).
+_POA_EXAMPLE = {
+    "type": "poa",
+    "device_id": "34750f98bd59fcfc946da45aaabe933b",
+    "timestamp": 1764300000000,
+    "seq": 1,
+    "telemetry": {
+        "battery_pct": 80,
+        "charging": False,
+        "cpu_temp_mc": 45000,
+        "cpu_load_permille": 120,
+        "net_latency_us": 50000,
+        "mem_available_kb": 1048576,
+    },
+    "signature": "de5b12eafd01919645651849df59a1af308881d388bfc4026d96500f5d193945"
+    "d953de70214141faad151fd111ecf52d086b14bab64fa56d0038a54b168b9501",
+}
+_TASK_EXAMPLES = {
+    "sha256-chain": {
+        "value": {
+            "kind": "sha256-chain",
+            "params": {"seed": "00" * 32, "iterations": 1000},
+            "chunks": 4,
+            "task_id": "nightly-1",
+        }
+    },
+    "classify-int8": {
+        "value": {
+            "kind": "classify-int8",
+            "params": {"samples": "10" * FEATURES * 3, "batch_size": 2},
+            "chunks": 2,
+        }
+    },
+}
 
 
 #: The operator token, or no token and the device's signed request as the body.
@@ -349,7 +386,7 @@ def openapi_document(
         "/v1/heartbeats": {
             "post": _op(
                 "Proof-of-Availability heartbeat",
-                requestBody=_body("PoA"),
+                requestBody=_body("PoA", _POA_EXAMPLE),
                 ok=_ACCEPTED,
                 refusals=(*_BODY, 401, 403, 409),
             )
@@ -385,7 +422,10 @@ def openapi_document(
                 requestBody={
                     "required": True,
                     "content": {
-                        "application/json": {"schema": _task_request(plugin_kinds, max_replicas)}
+                        "application/json": {
+                            "schema": _task_request(plugin_kinds, max_replicas),
+                            "examples": _TASK_EXAMPLES,
+                        }
                     },
                 },
                 ok=_ACCEPTED,
@@ -490,6 +530,7 @@ def openapi_document(
                         },
                     },
                     [],
+                    example={"role": "client", "label": "ci", "ttl_s": 3600},
                 ),
                 ok={
                     "201": {
@@ -525,7 +566,11 @@ def openapi_document(
             "parameters": [
                 path_param(
                     "name",
-                    {**_text(64, FLAG_NAME.pattern), "not": {"const": "history"}},
+                    {
+                        **_text(64, FLAG_NAME.pattern),
+                        "not": {"const": "history"},
+                        "examples": [STRICT_FRESHNESS],
+                    },
                     "not history: that is the history's route",
                 )
             ],
@@ -533,7 +578,9 @@ def openapi_document(
                 "Set a flag's rollout percent; audited (by defaults to the token's label)",
                 "operator",
                 requestBody=json_object_body(
-                    {"percent": _int(0, 100), "by": _text(100)}, ["percent"]
+                    {"percent": _int(0, 100), "by": _text(100)},
+                    ["percent"],
+                    example={"percent": 50, "by": "ops"},
                 ),
                 # /v1/flags/history is the history (GET only): a PUT there is 405.
                 refusals=(*_BODY, *_AUTH, 405),
