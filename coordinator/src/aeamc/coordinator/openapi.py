@@ -10,277 +10,26 @@ from functools import cache
 from typing import Any
 
 from aeamc.shared.canonical import MAX_SAFE_INT
-from aeamc.shared.messages import KIND_PATTERN, MAX_CHUNKS, TASK_ID_PATTERN
-from aeamc.shared.tasks.classify_int8 import FEATURES, MAX_BATCH_SIZE, MAX_SAMPLES, PIXEL_MAX
-from aeamc.shared.tasks.sha256_chain import MAX_ITERATIONS as SHA_MAX_ITERATIONS
 
 from . import __version__
 from .apidoc import decimal, errors, json_object_body, path_param, query_param
+from .apischemas import (
+    DEVICE_ID,
+    POA_EXAMPLE,
+    SCHEMAS,
+    TASK_EXAMPLES,
+    integer,
+    nullable,
+    task_request,
+    text,
+)
 from .dashboard import openapi_paths as dashboard_paths
 from .flags import FLAG_NAME
 from .heartbeats import STRICT_FRESHNESS
-from .ingestion import MAX_PROOF_BATCH, MAX_PROOF_OUTPUT
-from .tasks import CLIENT_REF_MAX
+from .ingestion import MAX_PROOF_BATCH
 from .tokens import MAX_TOKEN_TTL_S
 from .tokens import ROLES as TOKEN_ROLES
 from .updates.api import openapi_paths as update_paths
-
-
-def _hex(nbytes: int) -> dict[str, Any]:
-    """Lowercase hex of exactly ``nbytes`` bytes."""
-    return {"type": "string", "pattern": f"^[0-9a-f]{{{2 * nbytes}}}$"}
-
-
-def _text(max_len: int, pattern: str | None = None, min_len: int = 1) -> dict[str, Any]:
-    """A string as ``aeamc.shared.schema.text`` takes it: its length in characters and,
-    when given, a pattern the whole string matches."""
-    out: dict[str, Any] = {"type": "string", "minLength": min_len, "maxLength": max_len}
-    if pattern is not None:
-        out["pattern"] = f"^(?:{pattern})$"
-    return out
-
-
-def _int(lo: int = 0, hi: int = MAX_SAFE_INT) -> dict[str, Any]:
-    """An integer written without fraction or exponent (SPEC §1: no floats), lo..hi."""
-    return {"type": "integer", "minimum": lo, "maximum": hi}
-
-
-def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    return {**schema, "type": [schema["type"], "null"]}
-
-
-_HEX32 = _hex(32)
-_DEVICE_ID = _hex(16)
-_SIG = _hex(64)
-_TIMESTAMP = {**_int(), "description": "ms since the epoch"}
-_TASK_ID = _text(64, TASK_ID_PATTERN)
-_ANY_HEX = {"type": "string", "pattern": "^(?:[0-9a-f]{2})*$"}
-
-
-def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": props,
-        "required": list(props) if required is None else required,
-    }
-
-
-#: A free JSON value as task params hold it (``json_value``): no floats, bounded.
-def _params_value(depth: int) -> dict[str, Any]:
-    scalar: list[dict[str, Any]] = [
-        {"type": ["null", "boolean"]},
-        _int(-MAX_SAFE_INT),
-        {"type": "string", "maxLength": 1 << 20},
-    ]
-    if depth >= _PARAMS_DEPTH:
-        return {"anyOf": scalar}
-    inner = _params_value(depth + 1)
-    return {
-        "anyOf": [
-            *scalar,
-            {"type": "array", "maxItems": 1024, "items": inner},
-            {"type": "object", "maxProperties": 1024, "additionalProperties": inner},
-        ]
-    }
-
-
-_PARAMS_DEPTH = 8
-
-#: Params of the built-in task kinds (aeamc.shared.tasks); a plug-in kind's are its own.
-_KIND_PARAMS: dict[str, dict[str, Any]] = {
-    "sha256-chain": _obj({"seed": _HEX32, "iterations": _int(1, SHA_MAX_ITERATIONS)}),
-    "classify-int8": {
-        **_obj(
-            {
-                "samples": {
-                    "type": "string",
-                    "description": f"{FEATURES} pixels (0..{PIXEL_MAX}) per sample, hex",
-                    "minLength": 2 * FEATURES,
-                    "maxLength": 2 * FEATURES * MAX_SAMPLES,
-                    "pattern": f"^(?:(?:0[0-9a-f]|10){{{FEATURES}}})+$",
-                },
-                "batch_size": _int(1, MAX_BATCH_SIZE),
-            }
-        ),
-        "description": "chunks MUST equal ceil(samples / batch_size) (SPEC §4)",
-    },
-}
-
-
-def _task_request(plugin_kinds: tuple[str, ...], max_replicas: int) -> dict[str, Any]:
-    common = {
-        "chunks": _int(1, MAX_CHUNKS),
-        "replicas": {
-            **_int(1, min(16, max_replicas)),
-            "description": "at most this coordinator's scheduler.max_replicas",
-        },
-        "deadline": _TIMESTAMP,
-        "task_id": {
-            **_text(CLIENT_REF_MAX, TASK_ID_PATTERN),
-            "description": "the client's own reference (client_ref): the task's id is "
-            "<owner>.<task_id>, scoped to the submitting token",
-        },
-    }
-    required = ["kind", "params", "chunks"]
-    variants = [
-        _obj({"kind": {"const": kind}, "params": params, **common}, required)
-        for kind, params in _KIND_PARAMS.items()
-    ]
-    if plugin_kinds:
-        variants.append(
-            _obj(
-                {
-                    "kind": {"enum": list(plugin_kinds)},
-                    "params": {"type": "object", "additionalProperties": _params_value(1)},
-                    **common,
-                },
-                required,
-            )
-        )
-    return {"oneOf": variants}
-
-
-_SCHEMAS: dict[str, Any] = {
-    "Error": _obj(
-        {
-            "error": {
-                "type": "object",
-                "properties": {
-                    "code": {"type": "string"},
-                    "message": {"type": "string"},
-                    "field": {"type": "string"},
-                },
-                "required": ["code", "message"],
-            }
-        }
-    ),
-    "Telemetry": _obj(
-        {
-            "battery_pct": _nullable(_int(0, 100)),
-            "charging": {"type": ["boolean", "null"]},
-            "cpu_temp_mc": _nullable(_int(-60_000, 200_000)),
-            "cpu_load_permille": _nullable(_int(0, 1000)),
-            "net_latency_us": _nullable(_int(0, 3_600_000_000)),
-            "mem_available_kb": _nullable(_int(0, 1 << 50)),
-        }
-    ),
-    "Capabilities": _obj(
-        {
-            "kinds": {"type": "array", "items": _text(64, KIND_PATTERN), "maxItems": 32},
-            "cpus": _int(1, 4096),
-            "mem_mb": _int(0, 1 << 30),
-            "battery": {"type": "boolean"},
-            "version": _text(64, r"[A-Za-z0-9.+~_-]+"),
-            "endpoint": _nullable(
-                _text(256, r"https?://[A-Za-z0-9.:\[\]_-]+(/[A-Za-z0-9._~/-]*)?")
-            ),
-        }
-    ),
-    "Enroll": _obj(
-        {
-            "type": {"const": "enroll"},
-            "public_key": _HEX32,
-            "device_id": _DEVICE_ID,
-            "timestamp": _TIMESTAMP,
-            "capabilities": {"$ref": "#/components/schemas/Capabilities"},
-            "token": _text(128, r"[A-Za-z0-9._~-]+"),
-            "csr": {
-                **_ANY_HEX,
-                "maxLength": 2 * 2048,
-                "description": "hex DER of a P-256 certificate request for the device's TLS key",
-            },
-            "signature": _SIG,
-        },
-        ["type", "public_key", "device_id", "timestamp", "capabilities", "signature"],
-    ),
-    "PrivacyErase": _obj(
-        {
-            "type": {"const": "privacy"},
-            "device_id": _DEVICE_ID,
-            "action": {"const": "erase"},
-            "timestamp": _TIMESTAMP,
-            "signature": _SIG,
-        }
-    ),
-    "PrivacyExport": _obj(
-        {
-            "type": {"const": "privacy"},
-            "device_id": _DEVICE_ID,
-            "action": {"const": "export"},
-            "timestamp": _TIMESTAMP,
-            "signature": _SIG,
-        }
-    ),
-    "PoA": _obj(
-        {
-            "type": {"const": "poa"},
-            "device_id": _DEVICE_ID,
-            "timestamp": _TIMESTAMP,
-            "seq": _int(),
-            "telemetry": {"$ref": "#/components/schemas/Telemetry"},
-            "signature": _SIG,
-        }
-    ),
-    "PoT": _obj(
-        {
-            "type": {"const": "pot"},
-            "task_id": _TASK_ID,
-            "device_id": _DEVICE_ID,
-            "timestamp": _TIMESTAMP,
-            "output_digest": _HEX32,
-            "trace_root": _HEX32,
-            "device_nonce": _hex(16),
-            "checkpoint": _HEX32,
-            "execution_metadata": _obj(
-                {
-                    "execution_time_ms": _int(),
-                    "cpu_time_ms": _int(),
-                    "chunks": _int(1, MAX_CHUNKS),
-                }
-            ),
-            "signature": _SIG,
-        }
-    ),
-    "ProofSubmission": _obj(
-        {
-            "pot": {"$ref": "#/components/schemas/PoT"},
-            "output": {**_ANY_HEX, "maxLength": 2 * MAX_PROOF_OUTPUT},
-        }
-    ),
-    "ProofBatch": _obj(
-        {
-            "proofs": {
-                "type": "array",
-                "minItems": 1,
-                "maxItems": MAX_PROOF_BATCH,
-                "items": {"$ref": "#/components/schemas/ProofSubmission"},
-            }
-        }
-    ),
-    "ProofBundle": _obj(
-        {
-            "pot": {"$ref": "#/components/schemas/PoT"},
-            "device_public_key": _HEX32,
-            "microblock": {"type": "string", "description": "hex(header || payload)"},
-            "anchor": _obj(
-                {
-                    "root": _HEX32,
-                    "leaf_index": _int(),
-                    "tree_size": _int(1),
-                    "path": {"type": "array", "items": _HEX32, "maxItems": 64},
-                    "chain_id": _int(1),
-                    "contract": {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$"},
-                    "tx_hash": {"type": "string", "pattern": "^0x[0-9a-f]{64}$"},
-                    "block_number": _int(),
-                }
-            ),
-        }
-    ),
-}
-
-#: Kept for importers: the schemas of the default document.
-SCHEMAS = _SCHEMAS
 
 
 def _body(schema: str, example: Any = None) -> dict[str, Any]:
@@ -288,42 +37,6 @@ def _body(schema: str, example: Any = None) -> dict[str, Any]:
     if example is not None:
         media["example"] = example
     return {"required": True, "content": {"application/json": media}}
-
-
-#: The signed heartbeat of SPEC §2's test vector (tests/vectors/v1.json, ``poa``).
-_POA_EXAMPLE = {
-    "type": "poa",
-    "device_id": "34750f98bd59fcfc946da45aaabe933b",
-    "timestamp": 1764300000000,
-    "seq": 1,
-    "telemetry": {
-        "battery_pct": 80,
-        "charging": False,
-        "cpu_temp_mc": 45000,
-        "cpu_load_permille": 120,
-        "net_latency_us": 50000,
-        "mem_available_kb": 1048576,
-    },
-    "signature": "de5b12eafd01919645651849df59a1af308881d388bfc4026d96500f5d193945"
-    "d953de70214141faad151fd111ecf52d086b14bab64fa56d0038a54b168b9501",
-}
-_TASK_EXAMPLES = {
-    "sha256-chain": {
-        "value": {
-            "kind": "sha256-chain",
-            "params": {"seed": "00" * 32, "iterations": 1000},
-            "chunks": 4,
-            "task_id": "nightly-1",
-        }
-    },
-    "classify-int8": {
-        "value": {
-            "kind": "classify-int8",
-            "params": {"samples": "10" * FEATURES * 3, "batch_size": 2},
-            "chunks": 2,
-        }
-    },
-}
 
 
 #: The operator token, or no token and the device's signed request as the body.
@@ -359,7 +72,7 @@ _VERIFIED_PARAM = query_param(
     {"type": "boolean"},
     "true: output bytes only for verified results (list: only verified tasks)",
 )
-_DEVICE_PARAM = path_param("device_id", _DEVICE_ID, "32 lowercase hex")
+_DEVICE_PARAM = path_param("device_id", DEVICE_ID, "32 lowercase hex")
 _HEIGHT_PARAM = path_param("height", decimal(0, 2**53))
 #: Who may call: a token of this role (401 without a valid one, 403 for another role).
 _AUTH = (401, 403)
@@ -373,7 +86,7 @@ def openapi_document(
 ) -> dict[str, Any]:
     """The document; the arguments are the serving coordinator's: its installed task-kind
     plug-ins, its ``scheduler.max_replicas`` and ``server.max_wait_s``."""
-    reason_body = json_object_body({"reason": _text(200, min_len=0)}, [], body_required=False)
+    reason_body = json_object_body({"reason": text(200, min_len=0)}, [], body_required=False)
     paths: dict[str, dict[str, Any]] = {
         "/v1/enroll": {
             "post": _op(
@@ -386,7 +99,7 @@ def openapi_document(
         "/v1/heartbeats": {
             "post": _op(
                 "Proof-of-Availability heartbeat",
-                requestBody=_body("PoA", _POA_EXAMPLE),
+                requestBody=_body("PoA", POA_EXAMPLE),
                 ok=_ACCEPTED,
                 refusals=(*_BODY, 401, 403, 409),
             )
@@ -423,8 +136,8 @@ def openapi_document(
                     "required": True,
                     "content": {
                         "application/json": {
-                            "schema": _task_request(plugin_kinds, max_replicas),
-                            "examples": _TASK_EXAMPLES,
+                            "schema": task_request(plugin_kinds, max_replicas),
+                            "examples": TASK_EXAMPLES,
                         }
                     },
                 },
@@ -517,14 +230,14 @@ def openapi_document(
                 requestBody=json_object_body(
                     {
                         "role": {"enum": list(TOKEN_ROLES), "default": "enroll"},
-                        "label": _text(100, min_len=0),
+                        "label": text(100, min_len=0),
                         "ttl_s": {
-                            **_nullable(_int(1, MAX_TOKEN_TTL_S)),
+                            **nullable(integer(1, MAX_TOKEN_TTL_S)),
                             "description": "lifetime in seconds; null or absent: the "
                             "role's default (enroll: tokens.enroll_default_ttl_s, else none)",
                         },
                         "uses": {
-                            **_nullable(_int(1, MAX_SAFE_INT)),
+                            **nullable(integer(1, MAX_SAFE_INT)),
                             "description": "null or absent: the role's default (enroll: "
                             "tokens.enroll_default_uses, else unlimited)",
                         },
@@ -567,7 +280,7 @@ def openapi_document(
                 path_param(
                     "name",
                     {
-                        **_text(64, FLAG_NAME.pattern),
+                        **text(64, FLAG_NAME.pattern),
                         "not": {"const": "history"},
                         "examples": [STRICT_FRESHNESS],
                     },
@@ -578,7 +291,7 @@ def openapi_document(
                 "Set a flag's rollout percent; audited (by defaults to the token's label)",
                 "operator",
                 requestBody=json_object_body(
-                    {"percent": _int(0, 100), "by": _text(100)},
+                    {"percent": integer(0, 100), "by": text(100)},
                     ["percent"],
                     example={"percent": 50, "by": "ops"},
                 ),
@@ -681,7 +394,7 @@ def openapi_document(
         ],
         "paths": paths,
         "components": {
-            "schemas": _SCHEMAS,
+            "schemas": SCHEMAS,
             "securitySchemes": {
                 "operator": {"type": "http", "scheme": "bearer"},
                 "client": {"type": "http", "scheme": "bearer"},
