@@ -386,7 +386,9 @@ def openapi_document(
             "description": (
                 "Signed device messages, task submission and the microblock chain. TLS 1.3 "
                 "only; device routes (heartbeats, proofs, a device's privacy requests) need "
-                "the device's client certificate, issued in the enrollment answer."
+                "the device's client certificate, issued in the enrollment answer. Bodies "
+                "are strict JSON: an integer is written without a fraction or an exponent "
+                "(2.0 is refused, SPEC §1), no member twice, no NaN."
             ),
         },
         "servers": [
