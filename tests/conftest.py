@@ -26,6 +26,9 @@ SAME_WORKER: dict[str, str] = {
     # One coordinator with a prepared state takes every fuzz family, and the last test
     # checks the totals of all of them.
     "fuzz/test_adversarial.py": "fuzz-adversarial",
+    # One coordinator each, started once for the module's tests.
+    "coordinator/test_api_contract.py": "api-contract",
+    "coordinator/test_content_http.py": "content-http",
     # Real mDNS on this host's loopback is one shared medium: a test that lets an agent
     # pick any coordinator it hears must not hear another test's (devnet's included).
     "agent/test_mdns.py": "loopback-mdns",
@@ -40,6 +43,7 @@ LONGEST_FIRST: tuple[str, ...] = (
     "updates/test_fleet.py",
     "packaging/",
     "fuzz/test_adversarial.py",
+    "coordinator/test_api_contract.py",
     "bench/",
     "anchoring/test_process.py",
     "e2e/test_devnet.py",

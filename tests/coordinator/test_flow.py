@@ -225,13 +225,16 @@ async def test_proof_batch_judges_each_proof_alone_in_one_commit(
         good_a, good_b = device.proof_for(a), device.proof_for(b)
         forged = device.proof_for(b)
         forged["pot"] = {**forged["pot"], "signature": "00" * 64}
-        batch = {"proofs": [good_a, {"pot": {}, "output": "zz"}, good_b, good_a, forged]}
+        # A malformed submission makes the whole batch malformed: refused, nothing judged.
+        malformed = {"proofs": [good_a, {"pot": {}, "output": "zz"}, good_b]}
+        status, body = await device.post("/v1/proofs/batch", malformed)
+        assert (status, body["error"]["field"]) == (400, "proofs[1].output"), body
+        batch = {"proofs": [good_a, good_b, good_a, forged]}
         status, body = await device.post("/v1/proofs/batch", batch)
         assert status == 200, body
         got = [(r["status"], r.get("error", {}).get("code")) for r in body["results"]]
         assert got == [
             (202, None),
-            (400, "invalid_message"),
             (202, None),
             (409, "duplicate"),
             (401, "bad_signature"),

@@ -17,13 +17,15 @@ from typing import Annotated
 import msgspec
 from aiohttp import web
 
+from aeamc.shared.canonical import MAX_SAFE_INT
 from aeamc.shared.envelope import INTERNAL
-from aeamc.shared.errors import ProtocolError
+from aeamc.shared.errors import ProtocolError, ValidationError
 from aeamc.shared.refusals import Refusal
 from aeamc.shared.runtime.tls import peer_of
 
 from . import securitytxt
 from .anchoring.bundles import receipt_bundle
+from .apischemas import DOCUMENTED_KINDS
 from .auth import COORDINATOR_KEY, caller, require, scope
 from .bodies import BodyShape, json_body, reply
 from .content_api import BODY_LIMITS as CONTENT_BODY_LIMITS
@@ -31,17 +33,21 @@ from .content_api import add_content_routes
 from .dashboard import add_dashboard_routes
 from .devices import DeviceService
 from .errors import ApiError
+from .ingestion import MAX_PROOF_BATCH
 from .logs import REQUEST_ID, REQUEST_ID_HEADER, incoming_request_id
 from .metrics import Metrics
 from .openapi import openapi_document
 from .ratelimit import RateLimiter
 from .registry import Device
 from .service import Coordinator
+from .tokens import MAX_TOKEN_TTL_S
 from .updates.api import add_update_routes
 
 log = logging.getLogger(__name__)
 
 _DEVICE_ID = re.compile(r"[0-9a-f]{32}")
+#: A decimal in a query or a path: at most 16 digits (2^53 has 16).
+_DECIMAL = re.compile(r"[0-9]{1,16}")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -101,10 +107,10 @@ def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) 
     raw = request.query.get(name) if name in request.query else request.match_info.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, "invalid_message", f"{name} must be an integer", field=name) from None
+    # ASCII digits only: int() would also take "+1", " 1", "1_0" and other scripts' digits.
+    if not _DECIMAL.fullmatch(raw):
+        raise ApiError(400, "invalid_message", f"{name} must be an integer", field=name)
+    value = int(raw)
     if not lo <= value <= hi:
         raise ApiError(400, "invalid_message", f"{name} must be {lo}..{hi}", field=name)
     return value
@@ -142,9 +148,6 @@ async def post_proof(request: web.Request) -> web.Response:
     return reply(await c.ingestion.accept_proof(body, peer_of(request.transport)), 202)
 
 
-#: Most proofs one batch may carry (a device's outbox sends what it holds, in order).
-MAX_PROOF_BATCH = 256
-
 _Scalar = str | int | float | bool | None
 
 
@@ -160,8 +163,9 @@ class _ProofBatch(msgspec.Struct, forbid_unknown_fields=True):
     proofs: Annotated[list[_ProofItem], msgspec.Meta(min_length=1, max_length=MAX_PROOF_BATCH)]
 
 
-#: A proof is three objects (submission, PoT, execution metadata) of at most 16 members.
-_PROOF_OBJECTS, _PROOF_MEMBERS = 3, 16
+#: A proof is three objects (submission, PoT, execution metadata) of at most 16 members;
+#: the outline counts members by their ``:``, and a task id may hold up to 63 of its own.
+_PROOF_OBJECTS, _PROOF_MEMBERS = 3, 16 + 63
 PROOF_SHAPE = BodyShape(_ProofItem, _PROOF_OBJECTS, _PROOF_MEMBERS)
 PROOF_BATCH_SHAPE = BodyShape(
     _ProofBatch, 1 + MAX_PROOF_BATCH * _PROOF_OBJECTS, 1 + MAX_PROOF_BATCH * _PROOF_MEMBERS
@@ -180,6 +184,15 @@ async def post_proof_batch(request: web.Request) -> web.Response:
             f'body: {{"proofs": [1..{MAX_PROOF_BATCH} proof submissions]}}',
             field="proofs",
         )
+    # Each submission must fit the schema (ProofSubmission); one that does not makes the
+    # whole request malformed: refused, nothing judged or stored. What a well-formed one
+    # holds (signature, sender, assignment, commitments) is judged per item below.
+    for i, item in enumerate(items):
+        try:
+            c.ingestion.parse_submission(item)
+        except ValidationError as exc:
+            where = f"proofs[{i}]" + (f".{exc.field}" if exc.field else "")
+            raise ApiError(400, exc.code, f"{where}: {exc.reason}", field=where) from None
     outcomes = await c.ingestion.accept_proofs(items, peer_of(request.transport))
     results = [
         {"status": 202, "body": o}
@@ -210,8 +223,6 @@ async def list_tasks(request: web.Request) -> web.Response:
     return reply({"tasks": tasks})
 
 
-#: Longest a client may wait in one request for a task's result to be verified.
-MAX_WAIT_S = 60
 _WAIT_POLL_S = 0.25
 
 
@@ -222,7 +233,7 @@ async def get_task(request: web.Request) -> web.Response:
     c = request.app[COORDINATOR_KEY]
     task_id = request.match_info["task_id"]
     verified = _bool_param(request, "verified")
-    wait_s = _int_param(request, "wait_s", 0, 0, MAX_WAIT_S)
+    wait_s = _int_param(request, "wait_s", 0, 0, c.config.server.max_wait_s)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
     while True:
@@ -289,6 +300,9 @@ async def _operator_or_device(request: web.Request, device_id: str, action: str)
     c = request.app[COORDINATOR_KEY]
     if request.headers.get("Authorization"):
         await require(request, "operator")
+        if request.can_read_body:
+            # The token decides; a body sent along must still be a well-formed request.
+            c.privacy.check_privacy_shape(await json_body(request), action)
         return "operator"
     if not request.can_read_body:
         raise ApiError(
@@ -329,11 +343,11 @@ async def create_token(request: web.Request) -> web.Response:
     label = body.get("label", "")
     ttl = body.get("ttl_s")
     uses = body.get("uses")
-    for name, value in (("ttl_s", ttl), ("uses", uses)):
+    for name, value, most in (("ttl_s", ttl, MAX_TOKEN_TTL_S), ("uses", uses, MAX_SAFE_INT)):
         if value is not None and (
-            not isinstance(value, int) or isinstance(value, bool) or value < 1
+            not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most
         ):
-            raise ApiError(400, "invalid_message", f"{name}: a positive integer", field=name)
+            raise ApiError(400, "invalid_message", f"{name}: an integer 1..{most}", field=name)
     if not isinstance(label, str) or len(label) > 100:
         raise ApiError(400, "invalid_message", "label: a string of at most 100", field="label")
     if not isinstance(role, str):
@@ -366,7 +380,7 @@ async def set_flag(request: web.Request) -> web.Response:
     if not isinstance(body, dict) or "percent" not in body or set(body) - {"percent", "by"}:
         raise ApiError(400, "invalid_message", "fields: percent, and optionally by")
     by = body.get("by")
-    if by is not None and (not isinstance(by, str) or not 0 < len(by) <= 100):
+    if "by" in body and (not isinstance(by, str) or not 0 < len(by) <= 100):
         raise ApiError(400, "invalid_message", "by: a string of at most 100", field="by")
     c = request.app[COORDINATOR_KEY]
     return reply(await c.flags.set_flag(request.match_info["name"], body["percent"], by or who))
@@ -436,7 +450,10 @@ async def ca_certificate(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return reply(openapi_document())
+    c = request.app[COORDINATOR_KEY]
+    plugins = tuple(k for k in c.kinds.names() if k not in DOCUMENTED_KINDS)
+    config = c.config
+    return reply(openapi_document(plugins, config.scheduler.max_replicas, config.server.max_wait_s))
 
 
 async def security_txt(request: web.Request) -> web.Response:
@@ -522,7 +539,8 @@ def build_app(coordinator: Coordinator) -> web.Application:
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/flags", list_flags)
     app.router.add_get("/v1/flags/history", flag_history)
-    app.router.add_put("/v1/flags/{name}", set_flag)
+    # Not "history": that name is the history's route (GET), and no flag may take it.
+    app.router.add_put("/v1/flags/{name:(?!history$)[^/]+}", set_flag)
     app.router.add_get("/v1/microblocks", list_blocks)
     app.router.add_get("/v1/microblocks/{height}", get_block)
     app.router.add_get("/v1/microblocks/{height}/raw", get_block_raw)

@@ -49,6 +49,8 @@ class ServerConfig:
     #: at once. A LAN device holds one or two; raise it for many simulated devices on
     #: one address (benchmarks, a demo network on loopback).
     max_connections_per_address: int = 64
+    #: Longest ``GET /v1/tasks/{id}?wait_s=`` may hold its answer, in seconds.
+    max_wait_s: int = 60
     mdns: bool = True
     #: Comma-separated IPv4 addresses of the interfaces for mDNS; empty = all of them.
     mdns_interfaces: str = ""
@@ -393,6 +395,7 @@ def validate(config: CoordinatorConfig) -> None:
             config.server.max_connections_per_address >= 1,
             "server.max_connections_per_address must be ≥ 1",
         ),
+        (0 <= config.server.max_wait_s <= 600, "server.max_wait_s must be 0..600"),
         (0 <= config.protocol.cluster_id <= 0xFFFFFFFF, "protocol.cluster_id must fit in u32"),
         (config.protocol.heartbeat_window_s > 0, "protocol.heartbeat_window_s must be > 0"),
         (config.protocol.pot_window_s > 0, "protocol.pot_window_s must be > 0"),

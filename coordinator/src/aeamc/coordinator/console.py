@@ -74,6 +74,8 @@ class Api:
         token_file = config.state_dir / "tokens" / f"{role}.token"
         self.token = token_file.read_text().strip() if token_file.exists() else None
         self.ssl = _ca_context(config)
+        #: Longest one request may ask the coordinator to hold a task's answer.
+        self.max_wait_s = config.server.max_wait_s
 
     def call(
         self, method: str, path: str, body: Any = None, *, raw: bool = False, timeout: float = 30

@@ -158,21 +158,21 @@ class ContentService:
     # -- tasks ------------------------------------------------------------------------------
 
     async def check_task(self, params: dict[str, Any], owner: str | None) -> None:
-        """A ``wasm`` task may only name a module and an input its owner uploaded (the
-        operator's tasks any held content), each of the right kind."""
+        """A ``wasm`` task may only name a module and an input its owner uploaded, each of
+        the right kind: 404 ``unknown_content`` otherwise (what is not yours is not found)."""
         for field, kind in (("module", "module"), ("input", "input")):
             try:
                 row = await self._visible(params[field], owner)
             except Refusal:
                 raise Refusal(
-                    Fault.INVALID,
+                    Fault.NOT_FOUND,
                     "unknown_content",
                     f"params.{field}: no {kind} {params[field]} was uploaded by this client",
                     field=f"params.{field}",
                 ) from None
             if row["kind"] != kind:
                 raise Refusal(
-                    Fault.INVALID,
+                    Fault.NOT_FOUND,
                     "unknown_content",
                     f"params.{field}: {params[field]} is an {row['kind']}, not an {kind}",
                     field=f"params.{field}",

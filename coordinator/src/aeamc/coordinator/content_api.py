@@ -13,9 +13,12 @@ from typing import Any
 
 from aiohttp import web
 
+from aeamc.shared.messages import CHUNK_FAULT_CODES, MAX_CHUNKS
 from aeamc.shared.runtime.tls import peer_of
 from aeamc.shared.wasmabi import MAX_INPUT_BYTES, MAX_MODULE_BYTES
 
+from .apidoc import errors, json_object_body, path_param
+from .apischemas import DEVICE_ID, HEX32, SIG, TASK_ID, TIMESTAMP, integer
 from .auth import COORDINATOR_KEY, bearer, caller, scope
 from .bodies import json_body, reply
 from .errors import ApiError
@@ -34,7 +37,7 @@ BODY_LIMITS: dict[tuple[str, str], int] = {
 
 async def _upload(request: web.Request, kind: str) -> web.Response:
     info = await caller(request, "client", "operator")
-    if request.content_type not in _TYPES[kind]:
+    if "Content-Type" not in request.headers or request.content_type not in _TYPES[kind]:
         raise ApiError(
             415,
             "unsupported_media_type",
@@ -89,45 +92,28 @@ def add_content_routes(app: web.Application) -> None:
     app.router.add_post("/v1/faults", post_chunk_fault)
 
 
-def _error(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-    }
-
-
-_STORED = {
-    "description": "stored: its digest names it from now on",
-    "headers": {"Location": {"schema": {"type": "string"}}},
-    "content": {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["digest", "kind", "size"],
-                "properties": {
-                    "digest": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-                    "kind": {"enum": ["module", "input"]},
-                    "size": {"type": "integer", "minimum": 0},
-                },
-            }
-        }
+_STORED_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["digest", "kind", "size"],
+    "properties": {
+        "digest": HEX32,
+        "kind": {"enum": ["module", "input"]},
+        "size": {"type": "integer", "minimum": 0},
     },
 }
 
 
-def _upload_op(kind: str, limit: int, summary: str) -> dict[str, Any]:
-    responses: dict[str, Any] = {
-        "201": _STORED,
-        "200": {**_STORED, "description": "already held: this client is now an owner too"},
-        "401": _error("no valid client or operator token"),
-        "409": _error("the same bytes are held as the other kind"),
-        "413": _error(f"over {limit} bytes"),
-        "415": _error("wrong Content-Type"),
-        "429": _error("rate limited"),
+def _stored(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "headers": {"Location": {"schema": {"type": "string"}}},
+        "content": {"application/json": {"schema": _STORED_SCHEMA}},
     }
-    if kind == "module":
-        responses["400"] = _error("not a module the sandbox runs (the message says why)")
+
+
+def _upload_op(kind: str, limit: int, summary: str) -> dict[str, Any]:
+    refusals = (400, 401, 403, 409, 415) if kind == "module" else (401, 403, 409, 415)
     return {
         "summary": summary,
         "security": [{"client": []}, {"operator": []}],
@@ -138,62 +124,33 @@ def _upload_op(kind: str, limit: int, summary: str) -> dict[str, Any]:
                 for t in _TYPES[kind]
             },
         },
-        "responses": responses,
+        "responses": {
+            "201": _stored("stored: its digest names it from now on"),
+            "200": _stored("already held: this client is now one of its owners"),
+            **errors(*refusals),
+        },
     }
+
+
+_FAULT_REPORT: dict[str, Any] = {
+    "type": {"const": "chunk_fault"},
+    "task_id": TASK_ID,
+    "device_id": DEVICE_ID,
+    "chunk": integer(0, MAX_CHUNKS - 1),
+    "code": {"enum": list(CHUNK_FAULT_CODES)},
+    "timestamp": TIMESTAMP,
+    "signature": SIG,
+}
 
 
 def openapi_paths() -> dict[str, Any]:
     return {
-        "/v1/faults": {
-            "post": {
-                "summary": "A device's signed chunk_fault: a chunk of its WASM task has no "
-                "output; the coordinator re-executes it and fails the task if so (SPEC §3.1)",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "additionalProperties": False,
-                                "required": [
-                                    "type",
-                                    "task_id",
-                                    "device_id",
-                                    "chunk",
-                                    "code",
-                                    "timestamp",
-                                    "signature",
-                                ],
-                                "properties": {
-                                    "type": {"const": "chunk_fault"},
-                                    "task_id": {"type": "string"},
-                                    "device_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
-                                    "chunk": {"type": "integer", "minimum": 0},
-                                    "code": {"type": "string"},
-                                    "timestamp": {"type": "integer"},
-                                    "signature": {"type": "string", "pattern": "^[0-9a-f]{128}$"},
-                                },
-                            }
-                        }
-                    },
-                },
-                "responses": {
-                    "202": {"description": "the fault is real: the task failed"},
-                    "400": _error("malformed, stale or badly signed"),
-                    "403": _error("not the device's certificate, or not enrolled"),
-                    "404": _error("no assignment of the task to this device"),
-                    "409": _error("no live assignment, or the chunk has an output (not_a_fault)"),
-                    "429": _error("rate limited"),
-                    "503": _error("the task's content is unavailable here"),
-                },
-            }
-        },
         "/v1/modules": {
             "post": _upload_op(
                 "module",
                 MAX_MODULE_BYTES,
                 "Upload a WebAssembly kernel (docs/workloads.md); it must compile in the "
-                "sandbox, import nothing and export the ABI",
+                "sandbox, import nothing and export the ABI (400 bad_module says why not)",
             )
         },
         "/v1/inputs": {
@@ -203,24 +160,28 @@ def openapi_paths() -> dict[str, Any]:
             "get": {
                 "summary": "A module or input by digest: for its client, the operator, or a "
                 "device over its client certificate while it holds a WASM task naming it",
-                "parameters": [
-                    {
-                        "name": "digest",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-                    }
-                ],
+                "parameters": [path_param("digest", {"type": "string"}, "lowercase hex SHA-256")],
                 "security": [{"client": []}, {"operator": []}, {}],
                 "responses": {
                     "200": {
                         "description": "the bytes",
                         "content": {"application/octet-stream": {}},
                     },
-                    "401": _error("no valid token nor device certificate"),
-                    "403": _error("the device certificate is revoked or not the device's"),
-                    "404": _error("not held, or not the caller's to read"),
-                    "429": _error("rate limited"),
+                    **errors(401, 403, 404),
+                },
+            }
+        },
+        "/v1/faults": {
+            "post": {
+                "summary": "A device's signed chunk_fault: a chunk of its WASM task has no "
+                "output; the coordinator runs it too and fails the task if so (SPEC §3.1)",
+                "requestBody": json_object_body(_FAULT_REPORT, list(_FAULT_REPORT)),
+                "responses": {
+                    "202": {
+                        "description": "the fault is real: the task failed",
+                        "content": {"application/json": {}},
+                    },
+                    **errors(400, 403, 404, 409, 415, 503),
                 },
             }
         },

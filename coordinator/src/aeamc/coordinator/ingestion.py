@@ -32,7 +32,13 @@ from .store import tasks as task_rows
 
 log = logging.getLogger(__name__)
 
-_PROOF_REQUEST = record({"pot": lambda v, p: v, "output": hex_bytes(max_bytes=64 << 20)}, dict)
+#: Largest output one proof may carry, in bytes.
+MAX_PROOF_OUTPUT = 64 << 20
+#: Most proofs one batch may carry (a device's outbox sends what it holds, in order).
+MAX_PROOF_BATCH = 256
+_PROOF_REQUEST = record(
+    {"pot": lambda v, p: v, "output": hex_bytes(max_bytes=MAX_PROOF_OUTPUT)}, dict
+)
 
 
 @dataclass(frozen=True)
@@ -123,10 +129,16 @@ class ProofIngestion:
             self.ctx.count("proofs_rejected", refused)  # as /v1/proofs refusals are counted
         return out
 
+    @staticmethod
+    def parse_submission(data: Any) -> PoT:
+        """``data`` as a well-formed submission ``{"pot", "output"}``: its PoT (nothing
+        verified). Raises ``ValidationError``."""
+        req = _PROOF_REQUEST(data, "")
+        return parse_signed(req["pot"], PoT)
+
     def _proof_sender(self, data: Any, peer: Peer | None) -> tuple[PoT, Device]:
         """Parse the submission and check who sent it, before anything else is looked up."""
-        req = _PROOF_REQUEST(data, "")
-        pot = parse_signed(req["pot"], PoT)
+        pot = self.parse_submission(data)
         device = self.ctx.devices.get(pot.device_id)
         if device is None:
             raise Refusal(Fault.FORBIDDEN, "not_enrolled", "unknown device")

@@ -45,6 +45,16 @@ class PrivacyService:
         self.settlement = settlement
         self.blocks = blocks
 
+    @staticmethod
+    def check_privacy_shape(data: Any, action: str) -> Privacy:
+        """``data`` as a well-formed ``privacy`` request for ``action`` (nothing verified)."""
+        msg = parse_signed(data, Privacy)
+        if msg.action != action:
+            raise Refusal(
+                Fault.INVALID, "invalid_message", f"action must be {action!r} here", field="action"
+            )
+        return msg
+
     def check_privacy_request(
         self, data: Any, device_id: str, action: str, peer: Peer | None = None
     ) -> None:

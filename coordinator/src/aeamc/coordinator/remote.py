@@ -98,13 +98,15 @@ def _show_task(api: Api, task_id: str, *, verified: bool, wait_s: float) -> int:
     deadline = time.monotonic() + wait_s
     flag = "true" if verified else "false"
     while True:
-        left = max(0, min(60, int(deadline - time.monotonic())))
+        left = max(0, min(api.max_wait_s, int(deadline - time.monotonic())))
         view = api.call(
             "GET", f"/v1/tasks/{task_id}?verified={flag}&wait_s={left}", timeout=left + 30
         )
         done = view["verification"]["state"] == "verified" or view["state"] == "failed"
         if done or time.monotonic() >= deadline:
             break
+        if not left:  # the coordinator holds no answer: poll
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
     _print(view)
     if verified and view["verification"]["state"] != "verified":
         return EX_TEMPFAIL

@@ -17,6 +17,8 @@ from .context import Context
 from .store import tokens as token_rows
 
 ROLES = ("operator", "client", "enroll")
+#: Longest lifetime a token may be given: a century, in seconds.
+MAX_TOKEN_TTL_S = 100 * 365 * 86_400
 
 
 #: A token's owner id: this many random bytes, in hex. A task id a client chose is stored

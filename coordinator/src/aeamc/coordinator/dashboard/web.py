@@ -21,6 +21,7 @@ import functools
 import hashlib
 import html
 import json
+import re
 import string
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from multidict import CIMultiDict
 
 from aeamc.shared.refusals import Refusal
 
+from ..apidoc import decimal, errors, path_param, query_param
 from ..auth import bearer
 from ..bodies import reply
 from ..errors import ApiError
@@ -50,6 +52,9 @@ CSRF_HEADER = "X-AEAMC-CSRF"
 LOGIN_PATH = "/dashboard/login"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _MAX_TOKEN_CHARS = 512
+_PASTED_SPACE = " \t\r\n"
+#: Milliseconds in a query: ASCII digits, at most 16 (2^53 has 16).
+_DECIMAL = re.compile(r"[0-9]{1,16}")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: Served assets by name, with their media type: a fixed list, so no path reaches the disk.
@@ -232,6 +237,7 @@ async def _login_token(request: web.Request) -> str:
             body = json.loads(await request.read())
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise ApiError(400, "invalid_json", "body is not valid JSON") from None
+        members = set(body) if isinstance(body, dict) else set()
         token = body.get("token") if isinstance(body, dict) else None
     elif request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
         try:
@@ -239,12 +245,21 @@ async def _login_token(request: web.Request) -> str:
         # A missing or wrong multipart boundary, a broken part header, bytes not UTF-8.
         except (ValueError, HttpProcessingError):
             raise ApiError(400, "invalid_message", "the form cannot be parsed") from None
+        members = set(form)
         token = form.get("token")
     else:
         raise ApiError(415, "unsupported_media_type", "send JSON or a form with the token")
-    if not isinstance(token, str) or not 0 < len(token.strip()) <= _MAX_TOKEN_CHARS:
+    if members - {"token"}:
+        raise ApiError(400, "unknown_field", "send the token and nothing else", field="token")
+    # Pasted tokens may come with spaces or a line break around them (and only those).
+    token = (
+        token.strip(_PASTED_SPACE)
+        if isinstance(token, str) and len(token) <= _MAX_TOKEN_CHARS
+        else None
+    )
+    if not token:
         raise ApiError(400, "missing_field", "the operator token is required", field="token")
-    return token.strip()
+    return token
 
 
 async def login(request: web.Request) -> web.Response:
@@ -311,10 +326,9 @@ async def samples(request: web.Request) -> web.Response:
     dashboard = request.app[DASHBOARD_KEY]
     await dashboard.coordinator.tokens.check_token(bearer(request), ("operator",))
     raw = request.query.get("since", "0")
-    try:
-        since = int(raw)
-    except ValueError:
-        raise ApiError(400, "invalid_message", "since must be an integer", field="since") from None
+    if not _DECIMAL.fullmatch(raw) or int(raw) > 2**53:
+        raise ApiError(400, "invalid_message", "since must be an integer 0..2^53", field="since")
+    since = int(raw)
     sampler = dashboard.sampler
     return _json(
         {
@@ -383,48 +397,83 @@ def openapi_paths() -> dict[str, dict[str, Any]]:
     The login also makes every operator endpoint of ``/v1/`` usable with the session
     cookie (plus ``X-AEAMC-CSRF`` for changes) instead of the bearer token.
     """
-    error = {
-        "description": "the request was refused; nothing changed",
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    html_page = {"200": {"description": "HTML", "content": {"text/html": {}}}}
+    json_ok = {"200": {"description": "OK", "content": {"application/json": {}}}}
+    redirect = {
+        "302": {
+            "description": "to /dashboard/",
+            "headers": {"Location": {"schema": {"const": "/dashboard/"}}},
+        }
     }
-    special: dict[str, dict[str, Any]] = {
-        "/": {"302": {"description": "to /dashboard/"}},
-        "/dashboard": {"302": {"description": "to /dashboard/"}},
-        "/dashboard/": {"200": {"description": "HTML", "content": {"text/html": {}}}},
-        "/privacy": {"200": {"description": "HTML", "content": {"text/html": {}}}},
-        "/runbook": {"200": {"description": "HTML", "content": {"text/html": {}}}},
-        "/dashboard/logout": {"204": {"description": "logged out; the cookie is cleared"}},
-        LOGIN_PATH: {
-            "200": {
-                "description": (
-                    f"sets the HttpOnly `{COOKIE_NAME}` cookie; "
-                    "the body holds `csrf_token` and `expires_at` (ms)"
-                )
+    token_schema = {
+        "type": "object",
+        "properties": {
+            "token": {
+                "type": "string",
+                "maxLength": _MAX_TOKEN_CHARS,
+                "pattern": "[^ \\t\\r\\n]",
+                "description": "the operator token; spaces and line breaks around it are ignored",
             }
         },
+        "required": ["token"],
+        "additionalProperties": False,
+    }
+    # (responses, refusals) per route; every route also answers 413 and 429.
+    answers: dict[str, tuple[dict[str, Any], tuple[int, ...]]] = {
+        "/": (redirect, ()),
+        "/dashboard": (redirect, ()),
+        "/dashboard/": (html_page, ()),
+        "/privacy": (html_page, ()),
+        "/runbook": (html_page, ()),
+        "/dashboard/static/{name}": (
+            {
+                "200": {
+                    "description": "the asset",
+                    "content": {t: {} for t in sorted(set(STATIC_ASSETS.values()))},
+                },
+                "304": {"description": "not modified (If-None-Match holds its ETag)"},
+            },
+            (404,),
+        ),
+        "/dashboard/session": (json_ok, ()),
+        "/dashboard/logout": ({"204": {"description": "logged out; the cookie is cleared"}}, ()),
+        LOGIN_PATH: (
+            {
+                "200": {
+                    "description": (
+                        f"sets the HttpOnly `{COOKIE_NAME}` cookie; "
+                        "the body holds `csrf_token` and `expires_at` (ms)"
+                    ),
+                    "content": {"application/json": {}},
+                }
+            },
+            (400, 401, 403, 415),
+        ),
+        "/dashboard/samples": (json_ok, (400, 401, 403)),
     }
     paths: dict[str, dict[str, Any]] = {}
     for method, path, _, summary in _ROUTES:
+        ok, refusals = answers[path]
         op: dict[str, Any] = {
             "summary": summary,
             "tags": ["dashboard"],
-            "responses": {"4XX": error, **special.get(path, {"200": {"description": "OK"}})},
+            "responses": {**ok, **errors(*refusals)},
         }
         if path == LOGIN_PATH:
             op["requestBody"] = {
                 "required": True,
                 "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {"token": {"type": "string"}},
-                            "required": ["token"],
-                        }
-                    },
-                    "application/x-www-form-urlencoded": {},
+                    "application/json": {"schema": token_schema},
+                    "application/x-www-form-urlencoded": {"schema": token_schema},
+                    "multipart/form-data": {"schema": token_schema},
                 },
             }
+        if path == "/dashboard/static/{name}":
+            op["parameters"] = [path_param("name", {"enum": sorted(STATIC_ASSETS)})]
         if path == "/dashboard/samples":
             op["security"] = [{"operator": []}]
+            op["parameters"] = [
+                query_param("since", decimal(0, 2**53), "only samples newer than this (ms)")
+            ]
         paths.setdefault(path, {})[method.lower()] = op
     return paths

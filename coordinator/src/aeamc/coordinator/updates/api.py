@@ -11,12 +11,17 @@ from typing import Any
 
 from aiohttp import web
 
+from aeamc.shared.canonical import MAX_SAFE_INT
 from aeamc.shared.refusals import not_found
+from aeamc.shared.releases import OUTCOMES
 from aeamc.shared.runtime.tls import peer_of
+from aeamc.shared.versions import VERSION_PATTERN
 
+from ..apidoc import errors, json_object_body, path_param
 from ..auth import COORDINATOR_KEY, require
 from ..bodies import json_body, reply
 from ..errors import ApiError
+from .repository import METADATA_NAME
 from .rollouts import Rollouts
 
 
@@ -39,7 +44,7 @@ async def _body(request: web.Request, allowed: set[str]) -> dict[str, Any]:
         raise ApiError(400, "invalid_message", f"fields: {', '.join(sorted(allowed))}")
     for name in ("by", "reason"):
         value = body.get(name)
-        if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 200):
+        if name in body and (not isinstance(value, str) or not 0 < len(value) <= 200):
             raise ApiError(400, "invalid_message", f"{name}: a string of at most 200", field=name)
     return body
 
@@ -126,10 +131,20 @@ def add_update_routes(app: web.Application) -> None:
     app.router.add_post("/v1/releases/{version}/halt", halt_release)
 
 
-def _op(summary: str, security: str | None = None, **extra: Any) -> dict[str, Any]:
+def _op(
+    summary: str,
+    security: str | None = None,
+    *,
+    ok: dict[str, Any] | None = None,
+    refusals: tuple[int, ...] = (),
+    **extra: Any,
+) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": summary,
-        "responses": {"default": {"description": "JSON answer or error"}},
+        "responses": {
+            **(ok or {"200": {"description": "OK", "content": {"application/json": {}}}}),
+            **errors(*refusals),
+        },
     }
     if security:
         op["security"] = [{security: []}]
@@ -137,54 +152,66 @@ def _op(summary: str, security: str | None = None, **extra: Any) -> dict[str, An
     return op
 
 
-def _json_body(props: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    return {
-        "required": bool(required),
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": required,
-                    "properties": props,
-                }
-            }
-        },
-    }
+def _text(max_len: int, pattern: str | None = None, min_len: int = 1) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "string", "minLength": min_len, "maxLength": max_len}
+    if pattern is not None:
+        out["pattern"] = f"^(?:{pattern})$"
+    return out
 
 
 _PERCENT = {"type": "integer", "minimum": 0, "maximum": 100}
-_TEXT = {"type": "string", "maxLength": 200}
+_TEXT = _text(200)
+_VERSION = _text(64, VERSION_PATTERN)
+_VERSION_PARAM = path_param("version", {"type": "string", "minLength": 1})
+#: The operator token (401 without a valid one, 403 for another role); 404 when this
+#: coordinator has no update repository.
+_OPERATOR = (401, 403, 404)
+_BODY = (400, 415)
 
 
 def openapi_paths() -> dict[str, Any]:
     return {
         "/v1/updates/metadata/{name}": {
-            "get": _op("TUF metadata of the agent releases (N.root.json, timestamp.json, …)")
+            "parameters": [
+                path_param(
+                    "name",
+                    {"type": "string", "pattern": f"^(?:{METADATA_NAME.pattern})$"},
+                    "N.root.json, root.json, targets.json, snapshot.json, timestamp.json",
+                )
+            ],
+            "get": _op("TUF metadata of the agent releases", refusals=(404,)),
         },
         "/v1/updates/targets/{path}": {
+            "parameters": [
+                path_param(
+                    "path",
+                    {"type": "string", "minLength": 1},
+                    "the TUF target path: agent/<version>/<sha256>.<file name>",
+                )
+            ],
             "get": _op(
                 "A release file, by its TUF target path with the hash prefix",
-                responses={
+                ok={
                     "200": {"description": "the file", "content": {"application/octet-stream": {}}}
                 },
-            )
+                refusals=(404,),
+            ),
         },
         "/v1/updates/reports": {
             "post": _op(
                 "A device's signed update_report: updated, rolled_back or refused; only "
                 "from an approved device of the release's cohort, over its own client "
                 "certificate",
-                requestBody=_json_body(
+                requestBody=json_object_body(
                     {
                         "type": {"const": "update_report"},
-                        "device_id": {"type": "string"},
-                        "release": {"type": "string"},
-                        "version": {"type": "string"},
-                        "outcome": {"enum": ["updated", "rolled_back", "refused"]},
-                        "detail": {"type": "string", "maxLength": 500},
-                        "timestamp": {"type": "integer"},
-                        "signature": {"type": "string"},
+                        "device_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                        "release": _VERSION,
+                        "version": _VERSION,
+                        "outcome": {"enum": list(OUTCOMES)},
+                        "detail": _text(500, min_len=0),
+                        "timestamp": {"type": "integer", "minimum": 0, "maximum": MAX_SAFE_INT},
+                        "signature": {"type": "string", "pattern": "^[0-9a-f]{128}$"},
                     },
                     [
                         "type",
@@ -197,34 +224,49 @@ def openapi_paths() -> dict[str, Any]:
                         "signature",
                     ],
                 ),
+                ok={"202": {"description": "recorded", "content": {"application/json": {}}}},
+                refusals=(*_BODY, 401, 403, 404, 409),
             )
         },
         "/v1/releases": {
-            "get": _op("Fleet versions, every rollout's progress, repository expiry", "operator"),
+            "get": _op(
+                "Fleet versions, every rollout's progress, repository expiry",
+                "operator",
+                refusals=_OPERATOR,
+            ),
             "post": _op(
                 "Start the rollout of a published release",
                 "operator",
-                requestBody=_json_body(
-                    {"version": {"type": "string"}, "percent": _PERCENT, "by": _TEXT},
+                requestBody=json_object_body(
+                    {"version": _VERSION, "percent": _PERCENT, "by": _TEXT},
                     ["version", "percent"],
                 ),
+                ok={"201": {"description": "rolling out", "content": {"application/json": {}}}},
+                refusals=(*_BODY, *_OPERATOR, 409),
             ),
         },
         "/v1/releases/{version}": {
-            "get": _op("One rollout with every device's report", "operator")
+            "parameters": [_VERSION_PARAM],
+            "get": _op("One rollout with every device's report", "operator", refusals=_OPERATOR),
         },
         "/v1/releases/{version}/rollout": {
+            "parameters": [_VERSION_PARAM],
             "put": _op(
                 "Set a rollout's percent (resumes a halted one)",
                 "operator",
-                requestBody=_json_body({"percent": _PERCENT, "by": _TEXT}, ["percent"]),
-            )
+                requestBody=json_object_body({"percent": _PERCENT, "by": _TEXT}, ["percent"]),
+                refusals=(*_BODY, *_OPERATOR, 409),
+            ),
         },
         "/v1/releases/{version}/halt": {
+            "parameters": [_VERSION_PARAM],
             "post": _op(
                 "Halt a rollout: no further device starts the update",
                 "operator",
-                requestBody=_json_body({"reason": _TEXT, "by": _TEXT}, []),
-            )
+                requestBody=json_object_body(
+                    {"reason": _TEXT, "by": _TEXT}, [], body_required=False
+                ),
+                refusals=(*_BODY, *_OPERATOR, 409),
+            ),
         },
     }
