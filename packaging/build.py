@@ -88,8 +88,9 @@ PACKAGES = {
         Package(
             name="aeamc-agent",
             distribution="aeamc-agent",
-            # identity_key = "pkcs11:…"; mDNS is in the agent's own dependencies.
-            extras=("hsm",),
+            # identity_key = "pkcs11:…"; [wasm] enabled (the default) runs clients' kernels.
+            # mDNS is in the agent's own dependencies.
+            extras=("hsm", "wasm"),
             suggests=(HSM_SUGGESTS,),
             command="aeamc-agent",
             conffile="agent.toml",

@@ -58,6 +58,7 @@ NEVER_RUN: dict[str, dict[str, str]] = {
 FEATURE_MODULES = {
     "aeamc.shared.runtime.edge": "edge",
     "aeamc.shared.runtime.mdns": "mdns",
+    "aeamc.shared.wasm": "wasm",
 }
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib.util
 import logging
 import os
 from collections import Counter
@@ -80,6 +81,16 @@ if TYPE_CHECKING:  # zeroconf only with mDNS on (advertising.py)
 
 log = logging.getLogger(__name__)
 
+
+def _sandbox_installed() -> bool:
+    """Whether the WebAssembly engine is installed (the agent's ``[wasm]`` extra): without
+    it the ``wasm`` kind is neither advertised nor run, whatever ``wasm.enabled`` says."""
+    if importlib.util.find_spec("wasmtime") is not None:
+        return True
+    log.warning("wasm.enabled, but wasmtime is not installed: no WebAssembly work")
+    return False
+
+
 #: Waits between attempts to deliver a chunk-fault report (then the assignment expires).
 FAULT_REPORT_RETRIES_S = (2.0, 5.0, 15.0, 30.0)
 
@@ -100,9 +111,8 @@ class Agent:
         self.key = load_identity(state, config.identity_key)
         self.device_id = self.key.device_id
         self.content = ContentCache(state / CONTENT_DIR, config.wasm_cache_max_bytes)
-        self.registry = discover(
-            [("wasm", WasmKernel(self.content))] if config.wasm_enabled else ()
-        )
+        self.wasm = config.wasm_enabled and _sandbox_installed()
+        self.registry = discover([("wasm", WasmKernel(self.content))] if self.wasm else ())
         self.source = source or make_source(
             config.telemetry_source, config.telemetry_profile, env=env
         )
@@ -132,7 +142,7 @@ class Agent:
             pin.coordinator_id if pin else None,
             expected_ca=config.coordinator_ca_fingerprint,
         )
-        self.pool = ChunkPool(self.content.directory if config.wasm_enabled else None)
+        self.pool = ChunkPool(self.content.directory if self.wasm else None)
         self.shutting_down = False
         self.started_ms = clock_ms()
         self.metrics = AgentMetrics()
