@@ -27,7 +27,7 @@ from aeamc.coordinator.db import connect, migrate
 from aeamc.coordinator.downgrade import DowngradeRefused, downgrade, plan
 from aeamc.coordinator.schema import DOWNGRADES_STORED_FROM, MIGRATIONS
 from aeamc.shared import microblock
-from tests.support.coordinator import CoordinatorProcess
+from tests.support.coordinator import CoordinatorProcess, env_without_coverage
 from tests.support.device import SimDevice
 
 LATEST = len(MIGRATIONS)
@@ -257,7 +257,8 @@ def next_release(root: Path) -> dict[str, str]:
     )
     with (src / "aeamc" / "coordinator" / "schema.py").open("a") as f:
         f.write(NEXT_MIGRATION)
-    env = dict(os.environ)
+    # Not measured: the copy is not this tree's source, and would count as uncovered code.
+    env = env_without_coverage()
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(src), env.get("PYTHONPATH")) if p)
     return env
 

@@ -10,7 +10,6 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,23 +88,6 @@ def task_ids_in(files: list[Path]) -> list[str]:
 def sha_task(seed_byte: int, *, iterations: int = 2_000, chunks: int = 6) -> dict[str, Any]:
     params = {"seed": f"{seed_byte:02x}" * 32, "iterations": iterations}
     return {"kind": "sha256-chain", "params": params, "chunks": chunks}
-
-
-@pytest.fixture
-def coordinators(tmp_path: Path) -> Iterator[list[CoordinatorProcess]]:
-    """Coordinator processes a test starts; all stopped at the end, whatever happened."""
-    started: list[CoordinatorProcess] = []
-    yield started
-    for c in started:
-        c.stop()
-
-
-@pytest.fixture
-def agents() -> Iterator[list[AgentProcess]]:
-    started: list[AgentProcess] = []
-    yield started
-    for a in started:
-        a.close()
 
 
 def start_coordinator(

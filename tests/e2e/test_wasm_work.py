@@ -8,11 +8,8 @@ import hashlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from aeamc.shared import wasm
 from aeamc.shared.proofs import Trace
@@ -28,22 +25,6 @@ from tests.support.coordinator import CoordinatorProcess
 from tests.support.kernels import kernels, mandelbrot_input
 
 CHUNKS = 8
-
-
-@pytest.fixture
-def coordinators() -> Iterator[list[CoordinatorProcess]]:
-    started: list[CoordinatorProcess] = []
-    yield started
-    for c in started:
-        c.stop()
-
-
-@pytest.fixture
-def agents() -> Iterator[list[AgentProcess]]:
-    started: list[AgentProcess] = []
-    yield started
-    for a in started:
-        a.close()
 
 
 def upload(coordinator: CoordinatorProcess, path: str, data: bytes, ctype: str) -> str:

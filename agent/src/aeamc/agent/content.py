@@ -20,6 +20,8 @@ from pathlib import Path
 from aeamc.shared.tasks.wasm_kernel import MissingBlob
 from aeamc.shared.wasmabi import MAX_INPUT_BYTES, MAX_MODULE_BYTES
 
+from .state import atomic_write
+
 log = logging.getLogger(__name__)
 
 CONTENT_DIR = "content"
@@ -93,14 +95,7 @@ class ContentCache:
 
     def _store(self, digest: str, data: bytes) -> None:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        final = self._path(digest)
-        tmp = final.with_name(f".{digest}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+        atomic_write(self._path(digest), data, mode=0o600)
 
     def prune(self, keep: set[str]) -> int:
         """Drop the least recently used files (not ``keep``) until within the limit."""
