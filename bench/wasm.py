@@ -51,14 +51,15 @@ import wasmtime
 from aeamc.coordinator.config import SpotCheckConfig
 from aeamc.shared import wasm as sandbox
 from aeamc.shared.tasks import wasm_kernel
+from aeamc.shared.wasmabi import DEFAULT_FUEL, DEFAULT_MEMORY_MB
 
 from . import procs, stats
 
 TARGET_RATIO = 0.5
 TARGET_OVERHEAD_P50_MS = 2.0
 TARGET_REEXECUTION_SHARE = 0.05
-FUEL = wasm_kernel.DEFAULT_FUEL
-MEMORY_BYTES = wasm_kernel.DEFAULT_MEMORY_MB << 20
+FUEL = DEFAULT_FUEL
+MEMORY_BYTES = DEFAULT_MEMORY_MB << 20
 ROOT = Path(__file__).resolve().parents[1]
 
 #: A kernel that does nothing: 48 input bytes at 16, 32 output bytes at 0.

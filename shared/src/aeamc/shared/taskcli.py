@@ -34,12 +34,10 @@ from .taskclient import ClientError, SettingsError, load_settings
 
 if TYPE_CHECKING:
     from .runtime.coordinatorapi import CoordinatorApi
-from .wasmabi import MAX_MEMORY_MB
+from .wasmabi import DEFAULT_FUEL, DEFAULT_MEMORY_MB, MAX_MEMORY_MB
 
 #: How the stages of a task show on the progress bar.
 STAGES = ("submitted", "running", "proved", "verified")
-DEFAULT_FUEL = 1_000_000_000
-DEFAULT_MEMORY_MB = 64
 POLL_S = 0.5
 
 

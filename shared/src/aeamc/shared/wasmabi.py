@@ -13,3 +13,6 @@ MAX_OUTPUT_BYTES = 1 << 20
 #: Bounds of a task's per-chunk fuel and memory; a device's own limits lie within them.
 MAX_FUEL = 10**12
 MAX_MEMORY_MB = 4096
+#: A task's per-chunk fuel and memory when its client names none (about a second of work).
+DEFAULT_FUEL = 1_000_000_000
+DEFAULT_MEMORY_MB = 64

@@ -23,9 +23,6 @@ if TYPE_CHECKING:
     from ..wasm import ModuleCache
 
 NAME = "wasm"
-#: A kernel's budget per chunk when the task names none (about a second of work).
-DEFAULT_FUEL = 1_000_000_000
-DEFAULT_MEMORY_MB = 64
 
 _PARAMS = record(
     {
