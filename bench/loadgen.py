@@ -361,6 +361,10 @@ class KeepAlive:
         ).encode()
         self.writer.write(head + body)
         status_line = await self.reader.readline()
+        if not status_line:
+            # The server closed the kept-alive connection: an error for this request,
+            # and the next one reconnects (as an agent's would).
+            raise ConnectionResetError("the connection was closed before an answer")
         length = 0
         while (line := await self.reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.decode("latin-1").partition(":")

@@ -96,6 +96,8 @@ class FakeCoordinator:
     client_serials: list[str] = field(default_factory=list)
     issued: list[str] = field(default_factory=list)
     cert_lifetime_s: int = 3600
+    #: Clients' content it serves at ``GET /v1/content/{digest}``, by digest.
+    content: dict[str, bytes] = field(default_factory=dict)
     #: Share another fake's CA (the same coordinator moved), instead of a new one.
     ca_dir: Path | None = None
     _runner: web.AppRunner | None = None
@@ -138,6 +140,7 @@ class FakeCoordinator:
         app.router.add_post("/v1/heartbeats", self._served(self._heartbeat))
         app.router.add_post("/v1/proofs", self._served(self._proof))
         app.router.add_get("/v1/ca", self._served(self._ca, json_body=False))
+        app.router.add_get("/v1/content/{digest}", self._served(self._content, json_body=False))
         if self.batch:
             app.router.add_post("/v1/proofs/batch", self._served(self._proof_batch))
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
@@ -179,6 +182,7 @@ class FakeCoordinator:
         ttl_ms: int = 60_000,
         issued_at: int | None = None,
         key: SigningKey | None = None,
+        client: str | None = None,
     ) -> Assignment:
         issued = now_ms() if issued_at is None else issued_at
         body = {
@@ -191,6 +195,7 @@ class FakeCoordinator:
             "chunks": chunks,
             "issued_at": issued,
             "expires_at": issued + ttl_ms,
+            **({"client": client} if client is not None else {}),
         }
         a = sign(Assignment, body, key or self.key)
         self.assignments[task_id] = a
@@ -240,6 +245,12 @@ class FakeCoordinator:
             request.transport.close()
             return web.Response(status=500)
         return web.json_response(answer.body, status=answer.status)
+
+    async def _content(self, request: web.Request, data: Any) -> web.StreamResponse:
+        blob = self.content.get(request.match_info["digest"])
+        if blob is None:
+            return error(404, "not_found")
+        return web.Response(body=blob, content_type="application/octet-stream")
 
     async def _ca(self, request: web.Request, data: Any) -> web.StreamResponse:
         return web.json_response(

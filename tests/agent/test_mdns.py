@@ -102,7 +102,20 @@ async def test_agent_advert_has_the_spec_txt_and_goodbye_on_stop(
     assert "sha256-chain" in advert.kinds
     assert advert.cpus >= 1 and advert.mem_mb > 0
     assert advert.battery is True  # the simulated profile has a battery
-    assert set(record.properties) == {"id", "pk", "proto", "v", "kinds", "cpus", "mem_mb", "bat"}
+    assert set(record.properties) == {
+        "id",
+        "pk",
+        "proto",
+        "v",
+        "kinds",
+        "cpus",
+        "mem_mb",
+        "bat",
+        "wasm",
+    }
+    # The owner's WASM limits, as the capabilities carry them (tags and clients unset).
+    assert advert.wasm == agent.capabilities().wasm and advert.wasm is not None
+    assert advert.wasm.max_memory_mb == agent.config.wasm_max_memory_mb
     await agent.stop()
     await eventually(lambda: any(e.name == name and e.change == REMOVED for e in events), timeout=5)
 

@@ -191,15 +191,20 @@ class Fleet:
         heartbeats: int = 2,
         token: bool = True,
         kinds: tuple[str, ...] = ("sha256-chain",),
+        caps: dict[str, Any] | None = None,
     ) -> LinkedDevice:
         """Enroll a device through the enrollment service (with an enrollment token unless
         ``token`` is false: then it waits for approval) and send ``heartbeats`` heartbeats
-        reporting ``battery_pct``."""
+        reporting ``battery_pct``. ``caps``: capability members to add or replace."""
         sim = SimDevice("in-process", kinds=kinds)
         enroll_token = None
         if token:
             enroll_token = (await self.c.tokens.create_token("enroll", uses=1)).token
-        message = sim.enroll_message(enroll_token, timestamp=self.clock())
+        over: dict[str, Any] = {"timestamp": self.clock()}
+        if caps:
+            base = sim.enroll_message(None)["capabilities"]
+            over["capabilities"] = {**base, **caps}
+        message = sim.enroll_message(enroll_token, **over)
         answer = await self.c.enrollment.enroll(message, "127.0.0.1")
         serial = ""
         if "certificate" in answer:
@@ -225,13 +230,22 @@ class Fleet:
 
     # -- tasks -------------------------------------------------------------------------
 
-    async def submit(self, *, replicas: int = 1, chunks: int = 8, seed: int = 0) -> str:
-        data = {
+    async def submit(
+        self,
+        *,
+        replicas: int = 1,
+        chunks: int = 8,
+        seed: int = 0,
+        requires: dict[str, Any] | None = None,
+    ) -> str:
+        data: dict[str, Any] = {
             "kind": "sha256-chain",
             "params": {"seed": f"{seed:064x}", "iterations": 10},
             "chunks": chunks,
             "replicas": replicas,
         }
+        if requires is not None:
+            data["requires"] = requires
         answer = await self.c.tasks.submit_task(data, "tests", self.owner)
         return str(answer["task_id"])
 

@@ -68,13 +68,19 @@ def refusal_reason(agent: AgentView) -> str | None:
 
 
 def outside_policy(agent: AgentView, a: Assignment) -> str | None:
-    """What in ``a`` this device's owner does not allow (the ``[wasm]`` limits), or None.
+    """What in ``a`` this device's owner does not allow (``[work] clients``, the ``[wasm]``
+    limits), or None.
 
     Checked before the device's condition: it depends on the task alone, so the same
-    task is refused the same way every time."""
+    task is refused the same way every time. The coordinator places tasks by these limits
+    too (they are in the device's capabilities); checking them here as well means a
+    coordinator that ignores them still gets nothing run outside them."""
+    c = agent.config
+    if c.accept_clients and a.client not in c.accept_clients:
+        who = f"client {a.client}" if a.client else "a task without a client id"
+        return f"this device takes work only from its owner's chosen clients, not {who}"
     if a.kind != "wasm":
         return None
-    c = agent.config
     if a.params["memory_mb"] > c.wasm_max_memory_mb:
         return (
             f"the task asks for {a.params['memory_mb']} MiB of memory per chunk; "

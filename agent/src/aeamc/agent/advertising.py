@@ -64,6 +64,9 @@ async def advertise(
         cpus=caps.cpus,
         mem_mb=caps.mem_mb,
         battery=caps.battery,
+        tags=caps.tags or (),
+        wasm=caps.wasm,
+        clients=caps.clients,
     )
     addresses = advertised_addresses(config)
     try:

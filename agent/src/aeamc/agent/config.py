@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from aeamc.shared.labels import CLIENT_PATTERN, MAX_CLIENTS, MAX_TAGS, TAG_PATTERN
 from aeamc.shared.runtime.configfiles import ConfigError, read_config_files
 from aeamc.shared.runtime.pkcs11 import Pkcs11Error, Pkcs11Uri, is_pkcs11_uri
-from aeamc.shared.wasmabi import MAX_FUEL, MAX_MEMORY_MB
+from aeamc.shared.wasmabi import MAX_FUEL, MAX_MEMORY_MB, MAX_MODULE_BYTES
 
 from .energy import EnergyThresholds
 
@@ -81,6 +82,11 @@ class AgentConfig:
 
     #: Accepted assignments held at once, the running one included; more → ``busy``.
     max_queued_tasks: int = 4
+    #: Placement tags this device carries (``[work] tags``): a task may require them.
+    tags: tuple[str, ...] = ()
+    #: Owner ids of the only clients whose work this device takes (``[work] clients``);
+    #: empty = every client's. Others' tasks are refused with ``outside_policy``.
+    accept_clients: tuple[str, ...] = ()
 
     outbox_max_count: int = 1000
     outbox_max_bytes: int = 256 * 1024 * 1024
@@ -110,6 +116,8 @@ class AgentConfig:
     wasm_enabled: bool = True
     wasm_max_memory_mb: int = 256
     wasm_max_fuel: int = 100_000_000_000
+    #: Largest module this device fetches and runs.
+    wasm_max_module_bytes: int = MAX_MODULE_BYTES
     #: Fetched modules and inputs kept on disk (oldest unused dropped beyond it).
     wasm_cache_max_bytes: int = 256 * 1024 * 1024
 
@@ -179,6 +187,9 @@ TOML_KEYS: dict[tuple[str, str], str] = {
     ("wasm", "max_memory_mb"): "wasm_max_memory_mb",
     ("wasm", "max_fuel"): "wasm_max_fuel",
     ("wasm", "cache_max_bytes"): "wasm_cache_max_bytes",
+    ("wasm", "max_module_bytes"): "wasm_max_module_bytes",
+    ("work", "tags"): "tags",
+    ("work", "clients"): "accept_clients",
 }
 _SECTIONS = {section for section, _ in TOML_KEYS if section}
 _FIELD_TYPES = {f.name: f.type for f in fields(AgentConfig)}
@@ -358,6 +369,18 @@ def _validate(c: AgentConfig) -> None:
         raise ConfigError(f"wasm.max_fuel: must be 1-{MAX_FUEL}")
     if c.wasm_cache_max_bytes < 0:
         raise ConfigError("wasm.cache_max_bytes: must be ≥ 0")
+    if not 1 <= c.wasm_max_module_bytes <= MAX_MODULE_BYTES:
+        raise ConfigError(f"wasm.max_module_bytes: must be 1-{MAX_MODULE_BYTES}")
+    _names(
+        "work.tags", c.tags, TAG_PATTERN, MAX_TAGS, "a tag (1-24 of a-z 0-9 . _ -, not first . _ -)"
+    )
+    _names(
+        "work.clients",
+        c.accept_clients,
+        CLIENT_PATTERN,
+        MAX_CLIENTS,
+        "a client's owner id (8 hex digits, as the coordinator's operator gives it)",
+    )
     for key, value, lo in (
         ("heartbeat.interval_s", c.heartbeat_interval_s, 0.01),
         ("listen.header_timeout_s", c.listen_header_timeout_s, 0.01),
@@ -413,3 +436,11 @@ def _ip(key: str, value: str) -> None:
         ipaddress.ip_address(value)
     except ValueError:
         raise ConfigError(f"{key}: {value!r} is not an IP address") from None
+
+
+def _names(key: str, values: tuple[str, ...], pattern: str, most: int, shape: str) -> None:
+    if len(values) > most:
+        raise ConfigError(f"{key}: at most {most}")
+    for value in values:
+        if not re.fullmatch(pattern, value):
+            raise ConfigError(f"{key}: {value!r} is not {shape}")

@@ -166,18 +166,29 @@ class Agent:
             )
 
     async def _prepare(self, client: CoordinatorClient, a: Assignment) -> None:
-        """A ``wasm`` task's module and input, fetched over this device's certificate."""
+        """A ``wasm`` task's module and input, fetched over this device's certificate; a
+        module larger than the owner's ``wasm.max_module_bytes`` is not read past that
+        limit, and fails the task (SPEC §3.1)."""
         if a.kind != "wasm":
             return
+        module_limit = self.config.wasm_max_module_bytes
 
         async def fetch(digest: str, max_bytes: int) -> tuple[int, bytes]:
             url = self.locator.url
             if url is None:
                 raise ContentUnavailable("no coordinator is known right now", lasting=False)
+            is_module = digest == a.params["module"]
+            limit = min(max_bytes, module_limit) if is_module else max_bytes
             try:
-                return await client.fetch(f"{url.rstrip('/')}/v1/content/{digest}", max_bytes)
+                status, data = await client.fetch(f"{url.rstrip('/')}/v1/content/{digest}", limit)
             except Unreachable as exc:
                 raise ContentUnavailable(str(exc), lasting=False) from None
+            if is_module and len(data) > module_limit:
+                raise ContentUnavailable(
+                    f"module {digest} is larger than the {module_limit} bytes this device allows",
+                    lasting=True,
+                )
+            return status, data
 
         await self.content.ensure((a.params["module"], a.params["input"]), fetch)
 
@@ -369,7 +380,9 @@ class Agent:
 
     def capabilities(self) -> Capabilities:
         battery = self.monitor.reading.battery_pct is not None
-        return endpoint.capabilities(self.registry, battery=battery, endpoint=self.endpoint())
+        return endpoint.capabilities(
+            self.registry, self.config, battery=battery, endpoint=self.endpoint()
+        )
 
     def endpoint(self) -> str | None:
         """The URL the coordinator reaches this agent at."""

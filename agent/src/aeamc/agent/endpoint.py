@@ -15,7 +15,7 @@ import socket
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from aeamc.shared.messages import Capabilities
+from aeamc.shared.messages import Capabilities, WasmLimits
 
 from . import __version__
 
@@ -28,15 +28,30 @@ if TYPE_CHECKING:
 MAX_KINDS = 32
 
 
-def capabilities(registry: KindRegistry, *, battery: bool, endpoint: str | None) -> Capabilities:
-    """What this device offers: its task kinds, CPUs, memory, battery and endpoint."""
+def capabilities(
+    registry: KindRegistry, config: AgentConfig, *, battery: bool, endpoint: str | None
+) -> Capabilities:
+    """What this device offers: its task kinds, CPUs, memory, battery and endpoint, and
+    what its owner set: tags, the WebAssembly limits (when it runs such work) and the
+    clients whose work it takes. Unset, each of the last three is left out."""
+    kinds = tuple(registry.names()[:MAX_KINDS])
+    wasm = None
+    if "wasm" in kinds:
+        wasm = WasmLimits(
+            max_memory_mb=config.wasm_max_memory_mb,
+            max_fuel=config.wasm_max_fuel,
+            max_module_bytes=config.wasm_max_module_bytes,
+        )
     return Capabilities(
-        kinds=tuple(registry.names()[:MAX_KINDS]),
+        kinds=kinds,
         cpus=os.cpu_count() or 1,
         mem_mb=total_memory_mb(),
         battery=battery,
         version=__version__,
         endpoint=endpoint,
+        tags=tuple(sorted(set(config.tags))) or None,
+        wasm=wasm,
+        clients=tuple(sorted(set(config.accept_clients))) or None,
     )
 
 

@@ -20,8 +20,10 @@ from aiohttp import web
 from aeamc.shared.canonical import MAX_SAFE_INT
 from aeamc.shared.envelope import INTERNAL
 from aeamc.shared.errors import ProtocolError, ValidationError
+from aeamc.shared.labels import MAX_TAGS, TAG_PATTERN
 from aeamc.shared.refusals import Refusal
 from aeamc.shared.runtime.tls import peer_of
+from aeamc.shared.schema import array, optional, record, text
 
 from . import securitytxt
 from .anchoring.bundles import receipt_bundle
@@ -295,6 +297,27 @@ async def quarantine_device(request: web.Request) -> web.Response:
     )
 
 
+_TAGS_CHANGE = record(
+    {
+        "add": optional(array(text(24, TAG_PATTERN), MAX_TAGS)),
+        "remove": optional(array(text(24, TAG_PATTERN), MAX_TAGS)),
+    },
+    dict,
+)
+
+
+async def tag_device(request: web.Request) -> web.Response:
+    """The operator gives a device placement tags, or takes them away (SPEC §4.1)."""
+    await require(request, "operator")
+    c = request.app[COORDINATOR_KEY]
+    device_id = _device_id(request)
+    change = _TAGS_CHANGE(await json_body(request), "")
+    device = await c.fleet.set_tags(
+        device_id, list(change.get("add", ())), list(change.get("remove", ()))
+    )
+    return reply(c.fleet.device_view(device))
+
+
 async def _operator_or_device(request: web.Request, device_id: str, action: str) -> str:
     """Authorize with the operator token, or else with the device's signed privacy request."""
     c = request.app[COORDINATOR_KEY]
@@ -361,6 +384,9 @@ async def create_token(request: web.Request) -> web.Response:
             "token": made.token,
             "role": role,
             "label": label,
+            # What the token's tasks belong to; a device owner names it to take only
+            # this client's work (the agent's [work] clients).
+            "owner": made.owner,
             "uses": made.uses_left,
             "expires_at": made.expires_at,
             "ttl_s": ttl if ttl is not None else ttl_s,
@@ -535,6 +561,7 @@ def build_app(coordinator: Coordinator) -> web.Application:
     app.router.add_post("/v1/devices/{device_id}/export", export_device)
     app.router.add_post("/v1/devices/{device_id}/approve", approve_device)
     app.router.add_post("/v1/devices/{device_id}/quarantine", quarantine_device)
+    app.router.add_post("/v1/devices/{device_id}/tags", tag_device)
     app.router.add_post("/v1/tokens", create_token)
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/flags", list_flags)

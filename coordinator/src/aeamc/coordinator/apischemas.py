@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from aeamc.shared.canonical import MAX_SAFE_INT
+from aeamc.shared.labels import CLIENT_PATTERN, MAX_CLIENTS, MAX_TAGS, TAG_PATTERN
 from aeamc.shared.messages import KIND_PATTERN, MAX_CHUNKS, TASK_ID_PATTERN
 from aeamc.shared.tasks.classify_int8 import FEATURES, MAX_BATCH_SIZE, MAX_SAMPLES, PIXEL_MAX
 from aeamc.shared.tasks.sha256_chain import MAX_ITERATIONS as SHA_MAX_ITERATIONS
@@ -46,6 +47,7 @@ DEVICE_ID = hex_of(16)
 SIG = hex_of(64)
 TIMESTAMP = {**integer(), "description": "ms since the epoch"}
 TASK_ID = text(64, TASK_ID_PATTERN)
+TAGS = {"type": "array", "items": text(24, TAG_PATTERN), "maxItems": MAX_TAGS}
 ANY_HEX = {"type": "string", "pattern": "^(?:[0-9a-f]{2})*$"}
 
 
@@ -127,6 +129,14 @@ def task_request(plugin_kinds: tuple[str, ...], max_replicas: int) -> dict[str, 
             "description": "the client's own reference (client_ref): the task's id is "
             "<owner>.<task_id>, scoped to the submitting token",
         },
+        "requires": {
+            **obj(
+                {"tags": TAGS, "min_cpus": integer(1, 4096), "min_mem_mb": integer(0, 1 << 30)},
+                [],
+            ),
+            "description": "what a device must have beyond what the task implies (SPEC §4.1): "
+            "every one of these tags (its own or the operator's), at least these CPUs and MiB",
+        },
     }
     required = ["kind", "params", "chunks"]
     variants = [
@@ -179,7 +189,23 @@ SCHEMAS: dict[str, Any] = {
             "battery": {"type": "boolean"},
             "version": text(64, r"[A-Za-z0-9.+~_-]+"),
             "endpoint": nullable(text(256, r"https?://[A-Za-z0-9.:\[\]_-]+(/[A-Za-z0-9._~/-]*)?")),
-        }
+            "tags": TAGS,
+            "wasm": obj(
+                {
+                    "max_memory_mb": integer(1, 1 << 20),
+                    "max_fuel": integer(1),
+                    "max_module_bytes": integer(1, 1 << 40),
+                }
+            ),
+            "clients": {
+                "type": "array",
+                "items": text(8, CLIENT_PATTERN),
+                "minItems": 1,
+                "maxItems": MAX_CLIENTS,
+                "description": "owner ids of the only clients whose work the device takes",
+            },
+        },
+        ["kinds", "cpus", "mem_mb", "battery", "version", "endpoint"],
     ),
     "Enroll": obj(
         {

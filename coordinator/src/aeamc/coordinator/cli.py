@@ -371,10 +371,26 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
 
-    dv = remote("devices", "list, show, approve, quarantine, export or forget (erase) devices")
-    dv.add_argument("action", choices=["list", "show", "approve", "quarantine", "export", "forget"])
+    dv = remote("devices", "list, show, approve, quarantine, tag, export or forget (erase) devices")
+    dv.add_argument(
+        "action", choices=["list", "show", "approve", "quarantine", "tag", "export", "forget"]
+    )
     dv.add_argument("device_id", nargs="?")
     dv.add_argument("--reason")
+    dv.add_argument(
+        "--add",
+        action="append",
+        default=[],
+        metavar="TAG",
+        help="tag: give the device this placement tag (repeatable)",
+    )
+    dv.add_argument(
+        "--remove",
+        action="append",
+        default=[],
+        metavar="TAG",
+        help="tag: take this tag away (repeatable; the device's own tags are its owner's)",
+    )
     dv.add_argument("-o", "--output", help="file for export (default stdout; written 0600)")
     dv.add_argument("--yes", action="store_true", help="forget without asking")
     dv.add_argument("--json", action="store_true")

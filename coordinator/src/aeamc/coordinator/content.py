@@ -157,9 +157,11 @@ class ContentService:
 
     # -- tasks ------------------------------------------------------------------------------
 
-    async def check_task(self, params: dict[str, Any], owner: str | None) -> None:
+    async def check_task(self, params: dict[str, Any], owner: str | None) -> int:
         """A ``wasm`` task may only name a module and an input its owner uploaded, each of
-        the right kind: 404 ``unknown_content`` otherwise (what is not yours is not found)."""
+        the right kind: 404 ``unknown_content`` otherwise (what is not yours is not found).
+        Returns the module's size, which only devices that allow it may be given."""
+        sizes: dict[str, int] = {}
         for field, kind in (("module", "module"), ("input", "input")):
             try:
                 row = await self._visible(params[field], owner)
@@ -177,3 +179,5 @@ class ContentService:
                     f"params.{field}: {params[field]} is an {row['kind']}, not an {kind}",
                     field=f"params.{field}",
                 )
+            sizes[field] = int(row["size"])
+        return sizes["module"]

@@ -9,6 +9,7 @@ from typing import Any
 import sqlite_utils
 
 from aeamc.shared.eps import eps, ineligibility
+from aeamc.shared.labels import MAX_TAGS
 from aeamc.shared.refusals import Fault, Refusal, not_found
 
 from .context import Context
@@ -64,6 +65,28 @@ class DeviceService:
             self.ctx.certs.revoked_now(revoked)
         return self._changed(device_id, "quarantined", reason, device)
 
+    async def set_tags(self, device_id: str, add: list[str], remove: list[str]) -> Device:
+        """Give the device the operator's tags ``add`` and take away ``remove`` (a tag in
+        both is removed). The device's own tags, from its capabilities, are its owner's
+        and stay. A device erased meanwhile is not found, and nothing is written."""
+        device = self._get(device_id)
+        tags = sorted((set(device.operator_tags) | set(add)) - set(remove))
+        if len(tags) > MAX_TAGS:
+            raise Refusal(
+                Fault.INVALID,
+                "invalid_message",
+                f"a device carries at most {MAX_TAGS} operator tags",
+                field="add",
+            )
+        if not await self.ctx.db.write(lambda db: device_rows.set_tags(db, device_id, tags)):
+            raise not_found(f"device {device_id}")
+        changed = self.ctx.devices.tags_set(device_id, tags)
+        if changed is None:
+            raise not_found(f"device {device_id}")
+        log.info("device %s tags now %s", device_id, ",".join(tags) or "(none)")
+        self.ctx.wake_scheduler.set()  # it may fit waiting tasks now
+        return changed
+
     def _get(self, device_id: str) -> Device:
         device = self.ctx.devices.get(device_id)
         if device is None:
@@ -86,6 +109,10 @@ class DeviceService:
             "state": d.state,
             "state_reason": d.state_reason,
             "capabilities": d.capabilities.to_dict(),
+            "tags": {
+                "device": list(d.capabilities.tags or ()),
+                "operator": list(d.operator_tags),
+            },
             "endpoint": d.endpoint,
             "address": d.address,
             "enrolled_at": d.enrolled_at,

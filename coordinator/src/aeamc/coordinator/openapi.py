@@ -17,6 +17,7 @@ from .apischemas import (
     DEVICE_ID,
     POA_EXAMPLE,
     SCHEMAS,
+    TAGS,
     TASK_EXAMPLES,
     integer,
     nullable,
@@ -223,6 +224,22 @@ def openapi_document(
                 "operator",
                 requestBody=reason_body,
                 refusals=(*_BODY, *_AUTH, 404, 409),
+            ),
+        },
+        "/v1/devices/{device_id}/tags": {
+            "parameters": [_DEVICE_PARAM],
+            "post": _op(
+                "Give a device placement tags, or take them away (SPEC §4.1); answers the "
+                "device as GET /v1/devices/{device_id} does",
+                "operator",
+                requestBody=json_object_body(
+                    {
+                        "add": TAGS,
+                        "remove": {**TAGS, "description": "removed (wins over add)"},
+                    },
+                    [],
+                ),
+                refusals=(*_BODY, *_AUTH, 404),
             ),
         },
         "/v1/tokens": {

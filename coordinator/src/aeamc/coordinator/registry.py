@@ -14,6 +14,7 @@ from typing import Any
 
 from aeamc.shared.eps import Candidate
 from aeamc.shared.messages import Capabilities, Telemetry, parse
+from aeamc.shared.placement import Needs, misfit
 from aeamc.shared.reputation import Record, reputation
 
 POA_HISTORY = 16
@@ -35,11 +36,17 @@ class Device:
     state_reason: str | None = None
     #: The latest heartbeat times (at most ``POA_HISTORY``), oldest first.
     poa_times: tuple[int, ...] = ()
+    #: The tags the operator gave the device (its own are in its capabilities).
+    operator_tags: tuple[str, ...] = ()
 
     @property
     def quarantined(self) -> bool:
         """Whether the device is quarantined: it gets no work, and what it sends is refused."""
         return self.state == "quarantined"
+
+    def misfit(self, needs: Needs) -> str | None:
+        """Why this device cannot take a task needing ``needs`` (SPEC §4.1), or None."""
+        return misfit(self.capabilities, self.operator_tags, needs)
 
     @property
     def reputation(self) -> float:
@@ -79,4 +86,5 @@ class Device:
                 completed=row["completed"],
             ),
             state_reason=row["state_reason"],
+            operator_tags=tuple(json.loads(row["tags"])) if row.get("tags") else (),
         )

@@ -50,6 +50,15 @@ def cmd_devices(args: argparse.Namespace) -> int:
                 json.dump(data, f, indent=2, sort_keys=True)
                 f.write("\n")
             print(f"wrote {args.output}", file=sys.stderr)
+    elif args.action == "tag":
+        if not args.add and not args.remove:
+            raise CliError("tag: give --add TAG or --remove TAG", EX_USAGE)
+        change = {"add": args.add, "remove": args.remove}
+        d = api.call("POST", f"/v1/devices/{args.device_id}/tags", change)
+        print(
+            f"{d['device_id']}  operator tags: {','.join(d['tags']['operator']) or '-'}  "
+            f"own tags: {','.join(d['tags']['device']) or '-'}"
+        )
     elif args.action == "forget":
         if not args.yes and not _confirm(
             f"Erase device {args.device_id}? Its telemetry history, addresses, capabilities, "
@@ -175,7 +184,9 @@ def _table(
 def _device_line(d: dict[str, Any]) -> str:
     eps = "-" if d["eps"] is None else f"{d['eps']:.3f}"
     kinds = ",".join(d["capabilities"]["kinds"])
-    return f"{d['device_id']:32}  {d['state']:11}  {eps:>6}  {d['reputation']:5.2f}  {kinds}"
+    tags = sorted(set(d["tags"]["device"]) | set(d["tags"]["operator"]))
+    line = f"{d['device_id']:32}  {d['state']:11}  {eps:>6}  {d['reputation']:5.2f}  {kinds}"
+    return line + (f"  tags {','.join(tags)}" if tags else "")
 
 
 def _flag_change_line(r: dict[str, Any]) -> str:

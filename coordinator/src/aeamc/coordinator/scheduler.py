@@ -18,6 +18,7 @@ import sqlite_utils
 
 from aeamc.shared.eps import rank
 from aeamc.shared.messages import Assignment, sign
+from aeamc.shared.placement import Needs
 
 from .context import repeat
 from .logs import REQUEST_ID, task_request_id
@@ -76,10 +77,11 @@ class Scheduler:
             if needed <= 0:
                 continue
             excluded = held.get(task["task_id"], set())
+            needs = task_needs(task)
             candidates = [
                 d.candidate(busy=inflight.get(d.device_id, 0) >= limit)
                 for d in self.c.devices.values()
-                if d.device_id not in excluded and d.endpoint
+                if d.device_id not in excluded and d.endpoint and d.misfit(needs) is None
             ]
             for device_id in rank(candidates, task["kind"], now, self.c.eps_config)[:needed]:
                 assignment = await self._offer(task, device_id, now)
@@ -109,6 +111,7 @@ class Scheduler:
                 "chunks": task["chunks"],
                 "issued_at": now,
                 "expires_at": expires,
+                **({"client": task["owner"]} if task["owner"] else {}),
             },
             self.c.signer,
         )
@@ -172,6 +175,19 @@ class Scheduler:
         self.c.wake_scheduler.set()
 
 
+def task_needs(task: dict[str, Any]) -> Needs:
+    """What the task row ``task`` needs of a device (its kind, parameters, owner and
+    stored placement)."""
+    placement = json.loads(task["placement"]) if task["placement"] else {}
+    return Needs.of_task(
+        task["kind"],
+        json.loads(task["params"]),
+        placement,
+        client=task["owner"] or None,
+        module_bytes=placement.get("module_bytes"),
+    )
+
+
 def _open_work(
     db: sqlite_utils.Database,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
@@ -179,6 +195,7 @@ def _open_work(
     tasks = list(
         db.query(
             "SELECT t.task_id, t.kind, t.params, t.chunks, t.replicas, t.deadline, "
+            "t.owner, t.placement, "
             "(SELECT count(*) FROM assignments a WHERE a.task_id = t.task_id "
             " AND a.state IN ('offered','accepted','proved')) AS live "
             "FROM tasks t WHERE t.state IN ('queued','running') AND t.replicas > "

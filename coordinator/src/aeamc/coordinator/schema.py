@@ -489,4 +489,18 @@ MIGRATIONS: list[Migration] = [
         ],
         down=["DROP TABLE blob_owners", "DROP TABLE blobs"],
     ),
+    # v12: placement (SPEC §4.1). ``devices.tags``: the tags the operator gave a device (a
+    # JSON array; its own come with its capabilities). ``tasks.placement``: what a task
+    # needs beyond its kind and parameters (its client's ``requires`` and, for a WASM
+    # task, its module's size), JSON; NULL for tasks from before, which need nothing more.
+    Migration(
+        up=[
+            """ALTER TABLE devices ADD COLUMN tags TEXT NOT NULL DEFAULT '[]'""",
+            """ALTER TABLE tasks ADD COLUMN placement TEXT""",
+        ],
+        down=[
+            "ALTER TABLE tasks DROP COLUMN placement",
+            "ALTER TABLE devices DROP COLUMN tags",
+        ],
+    ),
 ]

@@ -12,6 +12,7 @@ from aeamc.shared import verification
 from aeamc.shared.messages import (
     TASK_ID_PATTERN,
 )
+from aeamc.shared.placement import REQUIRES, Needs
 from aeamc.shared.refusals import Fault, Refusal, not_found
 from aeamc.shared.schema import integer, json_object, optional, record, text
 
@@ -32,6 +33,7 @@ _TASK_REQUEST = record(
         "replicas": optional(integer(1, 16)),
         "deadline": optional(integer(0, 2**53 - 1)),
         "task_id": optional(text(CLIENT_REF_MAX, TASK_ID_PATTERN)),
+        "requires": optional(REQUIRES),
     },
     dict,
 )
@@ -71,8 +73,9 @@ class TaskService:
                 Fault.INVALID, "unknown_kind", f"unknown task kind {kind!r}", field="kind"
             )
         self.ctx.kinds.validate(kind, req["params"], req["chunks"])
+        placement: dict[str, Any] = dict(req.get("requires") or {})
         if kind == "wasm":  # its module and input must be content this owner uploaded
-            await self.content.check_task(req["params"], owner)
+            placement["module_bytes"] = await self.content.check_task(req["params"], owner)
         replicas = req.get("replicas", 1)
         if replicas > self.ctx.config.scheduler.max_replicas:
             raise Refusal(
@@ -95,6 +98,7 @@ class TaskService:
             "client": client,
             "owner": owner,
             "state": "queued",
+            "placement": json.dumps(placement, sort_keys=True) if placement else None,
         }
 
         def txn(db: sqlite_utils.Database) -> str:
@@ -160,6 +164,10 @@ class TaskService:
         if task is None:
             raise not_found(f"task {task_id}")
         task["params"] = json.loads(task["params"])
+        placement = json.loads(task.pop("placement") or "{}")
+        module_bytes = placement.pop("module_bytes", None)
+        task["requires"] = placement
+        task["unplaced"] = self._unplaced(task, module_bytes)
         output = None
         facts = []
         for p in task["proofs"]:
@@ -182,6 +190,35 @@ class TaskService:
             for p in task["proofs"]:
                 p["output"] = None
         return task
+
+    def _unplaced(self, task: dict[str, Any], module_bytes: int | None) -> str | None:
+        """Why a queued task that no device holds has none: no enrolled device fits it
+        (SPEC §4.1), with the reasons and how many devices each rules out. None when it
+        is placed, or when some device fits and it merely waits its turn."""
+        live = ("offered", "accepted", "proved")
+        if task["state"] != "queued" or any(a["state"] in live for a in task["assignments"]):
+            return None
+        needs = Needs.of_task(
+            task["kind"],
+            task["params"],
+            task["requires"],
+            client=task["owner"] or None,
+            module_bytes=module_bytes,
+        )
+        reasons: dict[str, int] = {}
+        for d in self.ctx.devices.values():
+            if d.state not in ("active", "stale"):
+                continue
+            why = d.misfit(needs)
+            if why is None:
+                return None
+            reasons[why] = reasons.get(why, 0) + 1
+        if not reasons:
+            return "no device is enrolled and approved"
+        return "no enrolled device fits: " + "; ".join(
+            f"{why} ({n} device{'s' * (n > 1)})"
+            for why, n in sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
+        )
 
     async def list_tasks(
         self,

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from .errors import ValidationError
 from .identity import device_id_for, parse_public_key
+from .labels import CLIENT_PATTERN, MAX_CLIENTS, MAX_TAGS, TAG_PATTERN
+from .messages import WasmLimits
 
 AGENT_SERVICE_TYPE = "_aeamc-agent._tcp.local."
 COORDINATOR_SERVICE_TYPE = "_aeamc-coord._tcp.local."
@@ -29,6 +31,9 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _VERSION = re.compile(r"[A-Za-z0-9.+~_-]{1,64}")
 _KIND = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _UINT = re.compile(r"0|[1-9][0-9]{0,9}")
+_BIG_UINT = re.compile(r"[1-9][0-9]{0,15}")
+_TAG = re.compile(TAG_PATTERN)
+_CLIENT = re.compile(CLIENT_PATTERN)
 
 #: TXT properties as zeroconf gives them (bytes) or as built and parsed here (str).
 TxtInput = (
@@ -50,6 +55,12 @@ class AgentAdvert:
     mem_mb: int
     battery: bool
     proto: int = PROTOCOL
+    #: Placement tags the device's owner set (``tags=a,b``).
+    tags: tuple[str, ...] = ()
+    #: The owner's WebAssembly limits (``wasm=<memory MiB>,<fuel>,<module bytes>``).
+    wasm: WasmLimits | None = None
+    #: The only clients whose work the device takes (``clients=<id>,…``); None: any.
+    clients: tuple[str, ...] | None = None
 
     def txt(self) -> dict[str, str]:
         """The TXT properties, validated as a parser would read them."""
@@ -63,6 +74,13 @@ class AgentAdvert:
             "mem_mb": str(self.mem_mb),
             "bat": "1" if self.battery else "0",
         }
+        if self.tags:
+            props["tags"] = ",".join(self.tags)
+        if self.wasm is not None:
+            w = self.wasm
+            props["wasm"] = f"{w.max_memory_mb},{w.max_fuel},{w.max_module_bytes}"
+        if self.clients is not None:
+            props["clients"] = ",".join(self.clients)
         _check_sizes(props)
         parse_agent_txt(props)
         return props
@@ -131,6 +149,9 @@ def parse_agent_txt(props: TxtInput, *, name: str | None = None) -> AgentAdvert:
         mem_mb=_uint(txt, "mem_mb"),
         battery=bat == "1",
         proto=_proto(txt),
+        tags=_names(txt, "tags", _TAG, MAX_TAGS) or (),
+        wasm=_wasm(txt),
+        clients=_names(txt, "clients", _CLIENT, MAX_CLIENTS),
     )
 
 
@@ -197,6 +218,33 @@ def _uint(txt: Mapping[str, str], key: str) -> int:
     if not _UINT.fullmatch(value):
         raise ValidationError(key, "must be a decimal integer")
     return int(value)
+
+
+def _names(
+    txt: Mapping[str, str], key: str, pattern: re.Pattern[str], most: int
+) -> tuple[str, ...] | None:
+    """A comma-separated list of names each matching ``pattern`` (None when absent)."""
+    raw = txt.get(key)
+    if raw is None:
+        return None
+    names = tuple(raw.split(","))
+    if len(names) > most:
+        raise ValidationError(key, f"more than {most} items")
+    for item in names:
+        if not pattern.fullmatch(item):
+            raise ValidationError(key, f"{item!r} is not allowed here")
+    return names
+
+
+def _wasm(txt: Mapping[str, str]) -> WasmLimits | None:
+    raw = txt.get("wasm")
+    if raw is None:
+        return None
+    parts = raw.split(",")
+    if len(parts) != 3 or not all(_BIG_UINT.fullmatch(p) for p in parts):
+        raise ValidationError("wasm", "must be <memory MiB>,<fuel>,<module bytes>")
+    memory, fuel, module = (int(p) for p in parts)
+    return WasmLimits(max_memory_mb=memory, max_fuel=fuel, max_module_bytes=module)
 
 
 def _proto(txt: Mapping[str, str]) -> int:

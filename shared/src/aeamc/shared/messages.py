@@ -21,6 +21,7 @@ from .identity import (
     sign_message,
     verify_signature,
 )
+from .labels import CLIENT_PATTERN, MAX_CLIENTS, MAX_TAGS, TAG_PATTERN
 from .schema import (
     Validator,
     array,
@@ -142,8 +143,28 @@ class Telemetry(Model):
 
 
 @dataclass(frozen=True, slots=True)
+class WasmLimits(Model):
+    """The most WebAssembly work its owner lets one chunk on a device ask for (the agent's
+    ``[wasm]`` limits): the scheduler offers nothing beyond them, the agent refuses it."""
+
+    max_memory_mb: int
+    max_fuel: int
+    max_module_bytes: int
+
+    FIELDS: ClassVar[dict[str, Any]] = {
+        "max_memory_mb": integer(1, 1 << 20),
+        "max_fuel": integer(1, MAX_SAFE_INT),
+        "max_module_bytes": integer(1, 1 << 40),
+    }
+
+
+@dataclass(frozen=True, slots=True)
 class Capabilities(Model):
-    """What a device offers; mirrors the agent's mDNS TXT record (SPEC §9)."""
+    """What a device offers; mirrors the agent's mDNS TXT record (SPEC §9).
+
+    ``tags``, ``wasm`` and ``clients`` are absent from a device that sets none (and from
+    agents older than them), so such a device's capabilities keep their old bytes:
+    ``clients`` absent means every client's work is welcome."""
 
     kinds: tuple[str, ...]
     cpus: int
@@ -151,6 +172,9 @@ class Capabilities(Model):
     battery: bool
     version: str
     endpoint: str | None
+    tags: tuple[str, ...] | None = None
+    wasm: WasmLimits | None = None
+    clients: tuple[str, ...] | None = None
 
     FIELDS: ClassVar[dict[str, Any]] = {
         "kinds": array(text(64, KIND_PATTERN), 32),
@@ -159,6 +183,9 @@ class Capabilities(Model):
         "battery": boolean(),
         "version": text(64, r"[A-Za-z0-9.+~_-]+"),
         "endpoint": nullable(text(256, r"https?://[A-Za-z0-9.:\[\]_-]+(/[A-Za-z0-9._~/-]*)?")),
+        "tags": optional(array(text(24, TAG_PATTERN), MAX_TAGS)),
+        "wasm": optional(WasmLimits.validator()),
+        "clients": optional(array(text(8, CLIENT_PATTERN), MAX_CLIENTS, min_items=1)),
     }
 
 
@@ -258,6 +285,9 @@ class Assignment(SignedMessage):
     issued_at: int
     expires_at: int
     signature: str
+    #: The owner id of the client whose task this is, so a device that accepts only some
+    #: clients' work can tell (absent for tasks from before clients had ids).
+    client: str | None = None
 
     FIELDS: ClassVar[dict[str, Any]] = {
         "type": constant("assignment"),
@@ -269,6 +299,7 @@ class Assignment(SignedMessage):
         "chunks": integer(1, MAX_CHUNKS),
         "issued_at": timestamp_field,
         "expires_at": timestamp_field,
+        "client": optional(text(8, CLIENT_PATTERN)),
         "signature": signature_field,
     }
 

@@ -78,6 +78,20 @@ def add_parser(sub: Any) -> None:
         help=f"memory per chunk in MiB, 1-{MAX_MEMORY_MB} (default {DEFAULT_MEMORY_MB})",
     )
     submit.add_argument("--replicas", type=int, help="devices that each run it (default 1)")
+    submit.add_argument(
+        "--require-tag",
+        dest="require_tags",
+        action="append",
+        default=[],
+        metavar="TAG",
+        help="run only on devices carrying this tag (repeatable; all must be present)",
+    )
+    submit.add_argument(
+        "--min-cpus", type=int, help="run only on devices with at least this many CPUs"
+    )
+    submit.add_argument(
+        "--min-mem-mb", type=int, help="run only on devices with at least this much memory (MiB)"
+    )
     submit.add_argument("--id", dest="ref", help="your own name for the task (unique for you)")
     _add_waiting(submit)
     submit.set_defaults(task_func=_submit)
@@ -183,6 +197,15 @@ def _submit(api: CoordinatorApi, args: argparse.Namespace) -> int:
     task: dict[str, Any] = {"kind": kind, "params": params, "chunks": args.chunks}
     if args.replicas:
         task["replicas"] = args.replicas
+    requires: dict[str, Any] = {}
+    if args.require_tags:
+        requires["tags"] = sorted(set(args.require_tags))
+    if args.min_cpus is not None:
+        requires["min_cpus"] = args.min_cpus
+    if args.min_mem_mb is not None:
+        requires["min_mem_mb"] = args.min_mem_mb
+    if requires:
+        task["requires"] = requires
     if args.ref:
         task["task_id"] = args.ref
     task_id = api.checked("POST", "/v1/tasks", task)["task_id"]
@@ -285,6 +308,16 @@ def _status(api: CoordinatorApi, args: argparse.Namespace) -> int:
         f"verification: {verification.get('state')}"
         + (f" by {verification['by']}" if verification.get("by") else "")
     )
+    requires = view.get("requires") or {}
+    if requires:
+        wanted = [f"tag {t}" for t in requires.get("tags", ())]
+        if "min_cpus" in requires:
+            wanted.append(f"≥ {requires['min_cpus']} CPUs")
+        if "min_mem_mb" in requires:
+            wanted.append(f"≥ {requires['min_mem_mb']} MiB")
+        print(f"requires:     {', '.join(wanted)}")
+    if view.get("unplaced"):
+        print(f"waiting:      {view['unplaced']}")
     for a in view.get("assignments", []):
         reason = f" ({a['reason']})" if a.get("reason") else ""
         print(f"device:       {a['device_id']} {a['state']}{reason}")

@@ -153,6 +153,15 @@ def reenroll_device(
     )
 
 
+def set_tags(db: sqlite_utils.Database, device_id: str, tags: list[str]) -> bool:
+    """Give the device exactly the operator's ``tags`` (sorted, distinct); False when it
+    is not enrolled."""
+    cur = db.execute(
+        "UPDATE devices SET tags=? WHERE device_id=?", [json.dumps(sorted(set(tags))), device_id]
+    )
+    return cur.rowcount == 1
+
+
 def record_heartbeat(
     db: sqlite_utils.Database,
     *,

@@ -107,6 +107,15 @@ class DeviceRegistry:
         self._devices[device_id] = device
         return device
 
+    def tags_set(self, device_id: str, tags: list[str]) -> Device | None:
+        """Mirror committed operator tags (sorted, distinct); None when the device is gone."""
+        old = self._devices.get(device_id)
+        if old is None:
+            return None
+        device = dataclasses.replace(old, operator_tags=tuple(sorted(set(tags))))
+        self._devices[device_id] = device
+        return device
+
     def heartbeat_accepted(
         self, device_id: str, seq: int, now: int, telemetry: Telemetry, state: str
     ) -> Device | None:
