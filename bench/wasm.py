@@ -145,7 +145,7 @@ def build(out: Path) -> dict[str, Built]:
         for name, path in built.items():
             simd = out / f"{name}-simd128.wasm"
             source = tools.SOURCES / f"{name}.c"
-            tools._run(["clang", *tools.WASM_FLAGS, SIMD_FLAG, "-o", str(simd), str(source)])
+            tools.run(["clang", *tools.WASM_FLAGS, SIMD_FLAG, "-o", str(simd), str(source)])
             kernels[name] = Built(path.read_bytes(), simd.read_bytes(), path.with_suffix(".so"))
     except (RuntimeError, OSError) as exc:
         raise RuntimeError(

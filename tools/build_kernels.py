@@ -4,34 +4,28 @@ Usage: python tools/build_kernels.py OUT_DIR [--native]
 
 Each ``docs/workloads/<name>.c`` becomes ``OUT_DIR/<name>.wasm`` with Debian's clang and
 lld, freestanding (no libc, no WASI, so no imports), exactly as docs/workloads.md tells a
-client to build theirs. ``--native`` also builds ``OUT_DIR/<name>.so`` with gcc -O2, the
-reference the benchmark compares the sandbox with. A module is rebuilt only when its
-source or the ABI header changed.
+client to build theirs (``aeamc.shared.wasmbuild``, which ``aeamc devnet demo`` uses
+too). ``--native`` also builds ``OUT_DIR/<name>.so`` with gcc -O2, the reference the
+benchmark compares the sandbox with. A module is rebuilt only when its source or the ABI
+header changed.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-SOURCES = Path(__file__).resolve().parents[1] / "docs" / "workloads"
+ROOT = Path(__file__).resolve().parents[1]
+# This checkout's build rules, whether the packages are installed in this Python or not
+# (it needs nothing beyond the standard library).
+sys.path.insert(0, str(ROOT / "shared" / "src"))
+from aeamc.shared.wasmbuild import WASM_FLAGS, build_wasm, run, stale  # noqa: E402
+
+__all__ = ["HEADER", "SOURCES", "WASM_FLAGS", "build", "kernels", "run"]
+
+SOURCES = ROOT / "docs" / "workloads"
 HEADER = SOURCES / "aeamc_kernel.h"
-WASM_FLAGS = (
-    "--target=wasm32",
-    "-O2",
-    # 128-bit SIMD: deterministic in the sandbox (NaNs canonicalised), and what lets the
-    # compiler vectorise loops as gcc does natively.
-    "-msimd128",
-    "-nostdlib",
-    "-ffreestanding",
-    "-Wall",
-    "-Werror",
-    "-Wl,--no-entry",
-    "-Wl,--strip-all",
-)
 
 
 def kernels() -> list[Path]:
@@ -39,36 +33,18 @@ def kernels() -> list[Path]:
     return sorted(SOURCES.glob("*.c"))
 
 
-def _stale(target: Path, source: Path) -> bool:
-    return not target.exists() or target.stat().st_mtime < max(
-        source.stat().st_mtime, HEADER.stat().st_mtime
-    )
-
-
 def build(out: Path, *, native: bool = False) -> dict[str, Path]:
     """Build every kernel into ``out``; returns name → .wasm path. Raises RuntimeError
     naming the missing tool (Debian packages clang and lld) or the compiler's message."""
-    clang = shutil.which("clang")
-    if clang is None or shutil.which("wasm-ld") is None:
-        raise RuntimeError("building kernels needs clang and wasm-ld: apt install clang lld")
     out.mkdir(parents=True, exist_ok=True)
     built = {}
     for source in kernels():
-        wasm = out / f"{source.stem}.wasm"
-        if _stale(wasm, source):
-            _run([clang, *WASM_FLAGS, "-o", str(wasm), str(source)])
-        built[source.stem] = wasm
+        built[source.stem] = build_wasm(source, out / f"{source.stem}.wasm", depends=[HEADER])
         if native:
             lib = out / f"{source.stem}.so"
-            if _stale(lib, source):
-                _run(["gcc", "-O2", "-shared", "-fPIC", "-Wall", "-o", str(lib), str(source)])
+            if stale(lib, [source, HEADER]):
+                run(["gcc", "-O2", "-shared", "-fPIC", "-Wall", "-o", str(lib), str(source)])
     return built
-
-
-def _run(cmd: list[str]) -> None:
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,22 @@ def test_devnet_is_a_subcommand_with_its_options() -> None:
     args = cli.build_parser().parse_args(["devnet", "demo", "--agents", "3", "--tasks", "7"])
     assert (args.action, args.agents, args.tasks, args.keep) == ("demo", 3, 7, False)
     assert args.func.__module__ == "aeamc.coordinator.devnet_cli"
+    assert args.picture == "mandelbrot.png"  # the current folder: it outlives the demo's
+    args = cli.build_parser().parse_args(["devnet", "demo", "--picture", "/tmp/m.png"])
+    assert args.picture == "/tmp/m.png"
+
+
+def test_the_demo_refuses_a_picture_path_it_cannot_write_before_starting(tmp_path) -> None:
+    proc = subprocess.run(
+        [*AEAMC, "devnet", "demo", "--picture", str(tmp_path / "nowhere" / "m.png")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert f"there is no folder {tmp_path / 'nowhere'}" in proc.stderr
+    assert "Starting" not in proc.stdout
 
 
 def test_devnet_without_the_coordinator_says_what_it_needs(monkeypatch) -> None:

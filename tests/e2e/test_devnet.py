@@ -1,7 +1,8 @@
 """The demo network end to end: real anvil, coordinator and agent processes on loopback,
 finding each other over mDNS. Asserts the outcomes the demo promises, from the running
-system: who ran what, who was skipped and why, the cheater caught, blocks anchored, and
-a receipt verified against the chain by the auditor's tool."""
+system: who ran what, who was skipped and why, the cheater caught, blocks anchored, a
+receipt verified against the chain by the auditor's tool, and the picture the devices
+rendered, checked pixel for pixel against the same kernel run here."""
 
 from __future__ import annotations
 
@@ -9,29 +10,30 @@ import io
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from aeamc.coordinator import devnet
+from aeamc.coordinator import devnet, devnet_demo, devnet_picture
+from aeamc.shared import wasm
+from tests.support.png import decode_png
 
 
 def test_demo_network_outcomes(tmp_path: Path) -> None:
     out = io.StringIO()
     net = devnet.Devnet(tmp_path / "net", agents=5, out=out)
+    module = devnet_picture.build_kernel(tmp_path / "kernel")
+    picture = tmp_path / "mandelbrot.png"
+    total = 9 + devnet_picture.BANDS
     try:
         net.up()
-        submitted = devnet.submit_mix(net, 9)
-        deadline = time.monotonic() + 120
-        while not devnet.finished(net, 9, cheaters=1):
-            assert time.monotonic() < deadline, devnet.progress_line(net, 9)
-            time.sleep(1)
-        result = devnet.summary(net, submitted)
+        outcome = devnet_demo.run(net, module, 9, timeout_s=180, picture=picture)
+        result = outcome.result
+        assert outcome.ok, out.getvalue()
         by_label = {d["label"]: d for d in result["devices"].values()}
 
-        assert result["tasks"] == {"completed": 9}
+        assert result["tasks"] == {"completed": total}
         cheater = by_label["DEMO CHEATER"]
         assert cheater["state"] == "quarantined"
         assert cheater["spot_checks"].get("failed", 0) >= 1
@@ -46,19 +48,72 @@ def test_demo_network_outcomes(tmp_path: Path) -> None:
         # still have an honest proof too); every other task it ran was voided at its
         # quarantine and run again by an honest device.
         kept = cheater["spot_checks"].get("passed", 0)
-        assert 9 - kept <= sum(sum(d["ran"].values()) for d in honest) <= 9
+        assert total - kept <= sum(sum(d["ran"].values()) for d in honest) <= total
         assert all(set(d["spot_checks"]) <= {"passed", "not sampled"} for d in honest)
+        # The table counts the picture's tasks with the others.
+        wasm_runs = sum(d["ran"].get("wasm", 0) for d in result["devices"].values())
+        assert wasm_runs >= devnet_picture.BANDS
         anchoring = result["anchoring"]
         assert result["blocks"] >= 1 and anchoring["blocks_anchored"] == result["blocks"]
-        correct, total = result["classify_correct"]
-        assert total == 3 * 64 and correct / total >= 0.9
+        correct, total_digits = result["classify_correct"]
+        assert total_digits == 3 * 64 and correct / total_digits >= 0.9
 
-        code, text = devnet.verify_one_receipt(net, submitted)
+        code, text = outcome.verify
         assert code == 0, text
         assert "ok anchored on chain" in text
+
+        _check_picture(outcome, picture, module, net.labels, out.getvalue())
     finally:
         net.stop()
     assert all(not p.alive() for p in net.procs)
+
+
+def _check_picture(
+    outcome: devnet_demo.Outcome,
+    path: Path,
+    module: bytes,
+    labels: dict[str, str],
+    printed: str,
+) -> None:
+    """The PNG the demo wrote holds, pixel for pixel, what the same module renders here
+    for every band and chunk; each band was rendered by an honest device; the summary
+    says where the file is, previews it, and names each band's device."""
+    assert outcome.written == path.resolve()
+    png = decode_png(path.read_bytes())
+    assert (png.width, png.height, png.color_type) == (
+        devnet_picture.WIDTH,
+        devnet_picture.HEIGHT,
+        3,
+    )
+    assert png.palette == devnet_picture.palette()
+    compiled = wasm.check_module(module)
+    expected = b"".join(
+        wasm.run_chunk(
+            compiled,
+            devnet_picture.band_input(band),
+            chunk,
+            devnet_picture.CHUNKS,
+            fuel=devnet_picture.FUEL,
+            memory_bytes=devnet_picture.MEMORY_MB << 20,
+        ).output
+        for band in range(devnet_picture.BANDS)
+        for chunk in range(devnet_picture.CHUNKS)
+    )
+    assert len(expected) == devnet_picture.WIDTH * devnet_picture.HEIGHT
+    assert png.pixels == expected
+    assert 255 in expected and len(set(expected)) > 20  # the set, and its rim
+    honest = {d for d, label in labels.items() if label in ("phone on charge", "server on mains")}
+    for band in outcome.picture.bands:
+        assert band.by is not None and band.devices and set(band.devices) <= honest
+        names = ", ".join(labels[d] for d in band.devices)
+        first, last = devnet_picture.band_rows(band.index)
+        assert f"band {band.index + 1}, rows {first}–{last - 1}: {names}" in printed
+    assert f"picture   {path.resolve()}" in printed
+    preview = devnet_picture.preview(
+        expected, png.width, png.height, devnet_picture.PREVIEW_COLUMNS
+    )
+    assert all(f"|{row}|" in printed for row in preview)
+    assert "wasm ×" in printed
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])

@@ -2,8 +2,9 @@
 several agents, each a separate process on loopback, finding each other over mDNS.
 
 ``aeamc devnet up`` keeps it running for development; ``aeamc devnet demo`` (what
-``make demo`` runs) also submits a mix of tasks, shows progress, and ends with a summary
-computed from the running system and a receipt verified against the chain.
+``make demo`` runs, ``devnet_demo.py``) also submits a mix of tasks and a picture for a
+WebAssembly kernel to render (``devnet_picture.py``), shows progress, and ends with a
+summary computed from the running system and a receipt verified against the chain.
 
 The agents report *simulated* telemetry (clearly labelled profiles: a device on
 charge, one with a low battery, one too hot, one on mains, and a demo cheater) because
@@ -24,7 +25,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -254,11 +255,24 @@ class Devnet:
     def token(self, role: str) -> str:
         return (self.coord_dir / "state" / "tokens" / f"{role}.token").read_text().strip()
 
-    def call(self, method: str, path: str, body: Any = None, role: str | None = None) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        role: str | None = None,
+        *,
+        raw: bytes | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        """One API request; its JSON answer. The body is ``body`` as JSON, or ``raw``
+        bytes of ``content_type`` (an upload)."""
+        data = raw
+        if data is None and body is not None:
+            data = json.dumps(body).encode()
         req = urllib.request.Request(self.api + path, data=data, method=method)  # noqa: S310
         if data is not None:
-            req.add_header("Content-Type", "application/json")
+            req.add_header("Content-Type", content_type)
         if role:
             req.add_header("Authorization", f"Bearer {self.token(role)}")
         with urllib.request.urlopen(req, timeout=30, context=self._tls()) as r:  # noqa: S310
@@ -336,7 +350,7 @@ def submit_mix(net: Devnet, count: int) -> list[dict[str, Any]]:
     return tasks
 
 
-def progress_line(net: Devnet, total: int) -> str:
+def progress_line(net: Devnet, total: int, extra: str = "") -> str:
     s = net.status()
     tasks = s["tasks"]
     done = sum(tasks.get(k, 0) for k in ("completed", "disputed", "failed"))
@@ -349,7 +363,7 @@ def progress_line(net: Devnet, total: int) -> str:
     return (
         f"tasks {done}/{total}  proofs {sum(s['proofs'].values())}  "
         f"spot-checks {s['spot_checks']}  blocks {s['blocks']}  "
-        f"anchored {anch.get('blocks_anchored', 0)}  | {devices}"
+        f"anchored {anch.get('blocks_anchored', 0)}  {extra + '  ' if extra else ''}| {devices}"
     )
 
 
@@ -451,10 +465,13 @@ def verify_one_receipt(net: Devnet, tasks: list[dict[str, Any]]) -> tuple[int, s
     return 1, "no anchored receipt to verify"
 
 
-def print_summary(net: Devnet, result: dict[str, Any], verify: tuple[int, str]) -> None:
+def print_summary(
+    net: Devnet, result: dict[str, Any], verify: tuple[int, str], picture: Sequence[str] = ()
+) -> None:
+    """The summary: per device, the tasks, the chain, ``picture``'s lines, a receipt."""
     say = net.say
     say("\n== Summary " + "=" * 70)
-    say(f"{'device':20} {'EPS':>5}  {'state':11} {'ran':30} {'spot-checks':16} why")
+    say(f"{'device':20} {'EPS':>5}  {'state':11} {'ran':36} {'spot-checks':16} why")
     for dev in result["devices"].values():
         ran = ", ".join(f"{k.split('-')[0]} ×{n}" for k, n in sorted(dev["ran"].items()))
         ran = ran or "nothing"
@@ -468,7 +485,7 @@ def print_summary(net: Devnet, result: dict[str, Any], verify: tuple[int, str]) 
         else:
             why = dev["eligibility"]
         eps = "-" if dev["eps"] is None else f"{dev['eps']:.2f}"
-        row = f"{dev['label'][:20]:20} {eps:>5}  {dev['state']:11} {ran[:30]:30}"
+        row = f"{dev['label'][:20]:20} {eps:>5}  {dev['state']:11} {ran[:36]:36}"
         say(f"{row} {checks[:16]:16} {why}")
     a = result["anchoring"]
     say(f"\ntasks     {result['tasks']}")
@@ -480,6 +497,8 @@ def print_summary(net: Devnet, result: dict[str, Any], verify: tuple[int, str]) 
     correct, total = result["classify_correct"]
     if total:
         say(f"classify-int8: {correct}/{total} digits labelled correctly by the devices")
+    for line in picture:
+        say(line)
     code, text = verify
     say("\n$ aeamc verify bundle.json --rpc " + net.rpc_url + f"   (exit {code})")
     for line in text.splitlines():
@@ -519,46 +538,7 @@ def running(root: Path | None, agents: int, keep: bool) -> Iterator[Devnet]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def demo(
-    agents: int,
-    tasks: int,
-    root: Path | None,
-    timeout_s: float,
-    keep: bool,
-    *,
-    stay: bool = False,
-) -> int:
-    started = time.monotonic()
-    with running(root, agents, keep) as net:
-        net.say(f"Starting a local AEAMC network with {agents} agents in {net.root}")
-        net.up()
-        for d in net.devices():
-            net.say(f"agent      {d['device_id']}  {net.labels.get(d['device_id'], '?')}")
-        submitted = submit_mix(net, tasks)
-        net.say(f"submitted  {tasks} tasks (sha256-chain and classify-int8)\n")
-        cheaters = sum(1 for i in range(agents) if PROFILES[i % len(PROFILES)].cheat_fraction)
-        deadline = time.monotonic() + timeout_s
-        while not finished(net, tasks, cheaters):
-            if time.monotonic() > deadline:
-                net.say("the demo ran out of time; the summary shows where things stand")
-                break
-            net.say(progress_line(net, tasks))
-            time.sleep(2)
-        net.say(progress_line(net, tasks))
-        result = summary(net, submitted)
-        verify = verify_one_receipt(net, submitted)
-        print_summary(net, result, verify)
-        net.say(f"\nfinished in {time.monotonic() - started:.0f} s")
-        ok = finished(net, tasks, cheaters) and verify[0] == 0
-        if stay:
-            net.say("The network stays up for a look at the dashboard; Ctrl-C stops it.")
-            _wait_until_interrupted(net)
-        else:
-            net.say("(`make demo ARGS=--stay` keeps the network up to look at the dashboard)")
-        return 0 if ok else 1
-
-
-def _wait_until_interrupted(net: Devnet) -> None:
+def wait_until_interrupted(net: Devnet) -> None:
     """Until Ctrl-C, SIGTERM or SIGHUP, or until one of the network's processes ends."""
     with contextlib.suppress(KeyboardInterrupt):
         while all(p.alive() for p in net.procs):
@@ -571,5 +551,5 @@ def up(agents: int, root: Path | None) -> int:
         net.say(f"devnet is up in {net.root}: coordinator {net.api}, chain {net.rpc_url}")
         net.say(f"operator token {net.token('operator')}  client token {net.token('client')}")
         net.say("Ctrl-C stops it.")
-        _wait_until_interrupted(net)
+        wait_until_interrupted(net)
     return 0

@@ -2,7 +2,8 @@
 
 The ``aeamc`` tool belongs to the protocol core and imports no application; it finds this
 subcommand through the ``aeamc.commands`` entry point group, which the coordinator's
-distribution registers. The devnet itself (``devnet.py``) is imported only when it runs.
+distribution registers. The devnet itself (``devnet.py``, ``devnet_demo.py``) is imported
+only when it runs.
 """
 
 from __future__ import annotations
@@ -29,18 +30,30 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="demo: keep the network running after the summary, until Ctrl-C or SIGTERM",
     )
+    dn.add_argument(
+        "--picture",
+        metavar="PATH",
+        default="mandelbrot.png",
+        help="demo: where to write the PNG the fleet renders (default ./mandelbrot.png)",
+    )
     dn.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``devnet up`` or ``devnet demo``; 1 when the network fails, 130 on Ctrl-C."""
-    from . import devnet
+    from . import devnet, devnet_demo
 
     root = Path(args.dir) if args.dir else None
     try:
         if args.action == "demo":
-            return devnet.demo(
-                args.agents, args.tasks, root, args.timeout, args.keep, stay=args.stay
+            return devnet_demo.demo(
+                args.agents,
+                args.tasks,
+                root,
+                args.timeout,
+                args.keep,
+                stay=args.stay,
+                picture=Path(args.picture),
             )
         return devnet.up(args.agents, root)
     except devnet.DevnetError as exc:
