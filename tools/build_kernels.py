@@ -4,7 +4,7 @@ Usage: python tools/build_kernels.py OUT_DIR [--native]
 
 Each ``docs/workloads/<name>.c`` becomes ``OUT_DIR/<name>.wasm`` with Debian's clang and
 lld, freestanding (no libc, no WASI, so no imports), exactly as docs/workloads.md tells a
-client to build theirs (``aeamc.shared.wasmbuild``, which ``aeamc devnet demo`` uses
+client to build theirs (``aeamc.shared.runtime.wasmbuild``, which ``aeamc devnet demo`` uses
 too). ``--native`` also builds ``OUT_DIR/<name>.so`` with gcc -O2, the reference the
 benchmark compares the sandbox with. A module is rebuilt only when its source or the ABI
 header changed.
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # This checkout's build rules, whether the packages are installed in this Python or not
 # (it needs nothing beyond the standard library).
 sys.path.insert(0, str(ROOT / "shared" / "src"))
-from aeamc.shared.wasmbuild import WASM_FLAGS, build_wasm, run, stale  # noqa: E402
+from aeamc.shared.runtime.wasmbuild import WASM_FLAGS, build_wasm, run, stale  # noqa: E402
 
 __all__ = ["HEADER", "SOURCES", "WASM_FLAGS", "build", "kernels", "run"]
 

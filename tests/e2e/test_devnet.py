@@ -104,8 +104,8 @@ def _check_picture(
     assert 255 in expected and len(set(expected)) > 20  # the set, and its rim
     honest = {d for d, label in labels.items() if label in ("phone on charge", "server on mains")}
     for band in outcome.picture.bands:
-        assert band.by is not None and band.devices and set(band.devices) <= honest
-        names = ", ".join(labels[d] for d in band.devices)
+        assert band.by is not None and band.provers and set(band.provers) <= honest
+        names = ", ".join(labels[d] for d in band.provers)
         first, last = devnet_picture.band_rows(band.index)
         assert f"band {band.index + 1}, rows {first}–{last - 1}: {names}" in printed
     assert f"picture   {path.resolve()}" in printed

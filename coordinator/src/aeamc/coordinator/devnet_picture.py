@@ -27,8 +27,8 @@ from typing import Any
 
 from aeamc.shared.errors import ProtocolError
 from aeamc.shared.proofs import split_output
+from aeamc.shared.runtime.wasmbuild import KernelBuildError, ToolchainMissing, build_wasm
 from aeamc.shared.wasmabi import DEFAULT_FUEL
-from aeamc.shared.wasmbuild import KernelBuildError, ToolchainMissing, build_wasm
 
 from .devnet import Devnet
 from .devnet_procs import DevnetError
@@ -107,7 +107,7 @@ class Band:
     #: How it was verified (``spot-check``, ``replicas``, …).
     by: str | None = None
     #: The devices whose proofs deliver the verified result.
-    devices: list[str] = field(default_factory=list)
+    provers: list[str] = field(default_factory=list)
     #: Devices whose result for this band was withdrawn (a failed check, a quarantine).
     withdrawn: list[str] = field(default_factory=list)
 
@@ -176,7 +176,7 @@ def poll(net: Devnet, picture: Picture) -> bool:
     """
     for band in picture.bands:
         view = net.call("GET", f"/v1/tasks/{band.task_id}?verified=true", role="client")
-        band.pixels, band.by, band.devices = None, None, []
+        band.pixels, band.by, band.provers = None, None, []
         band.withdrawn = [p["device_id"] for p in view["proofs"] if p["credit"] == "void"]
         verification = view.get("verification") or {}
         if verification.get("state") != "verified" or view.get("output") is None:
@@ -192,7 +192,7 @@ def poll(net: Devnet, picture: Picture) -> bool:
                 f"band {band.index + 1}: {len(pixels)} pixels, not {last - first}×{WIDTH}"
             )
         band.pixels, band.by = pixels, verification.get("by")
-        band.devices = [
+        band.provers = [
             p["device_id"]
             for p in view["proofs"]
             if p["output_digest"] == view["output_digest"] and p["credit"] != "void"
@@ -321,7 +321,7 @@ def report(picture: Picture, labels: dict[str, str], written: Path | None) -> li
         if (band := starts.get(r)) is not None:
             first, last = band_rows(band.index)
             note = f"  band {band.index + 1}, rows {first}–{last - 1}: " + ", ".join(
-                map(name, band.devices)
+                map(name, band.provers)
             )
             note += f" (verified by {band.by})"
             if band.withdrawn:
