@@ -59,6 +59,9 @@ async def test_the_operators_tags_place_work_and_outlive_a_restart(fleet: Fleet)
     assert await fleet.schedule() == 1
     assert await fleet.assignments(task_id) == {device.device_id: "accepted"}
     assert (await view(fleet, task_id))["unplaced"] is None
+    # What is held about the device, the operator's tags included, is in its export.
+    exported = await fleet.c.privacy.export_device(device.device_id)
+    assert exported["device"]["tags"] == ["rack-2"]
     # The database holds them: a restarted coordinator's registry has them back.
     await fleet.c.devices.load(fleet.db, 0)
     assert fleet.c.devices[device.device_id].operator_tags == ("rack-2",)

@@ -142,7 +142,7 @@ class PrivacyService:
         if out is None:
             raise not_found(f"device {device_id}")
         d = out["device"]
-        for key in ("capabilities", "telemetry") if d is not None else ():
+        for key in ("capabilities", "telemetry", "tags") if d is not None else ():
             d[key] = json.loads(d[key]) if d[key] else None
         for h in out["heartbeats"]:
             h["telemetry"] = json.loads(h["telemetry"])
