@@ -129,7 +129,11 @@ class TaskService:
         the result is verified, so a client can never take an unchecked output by mistake.
         ``owner``: only if it is that owner's (None: any task, the operator's view); another
         owner's task answers exactly as one that does not exist, so its existence does not
-        leak."""
+        leak.
+
+        Each assignment carries ``chunks_done``: for a live one what its device's latest
+        heartbeat reported (null before any), for a proved one all the task's chunks (its
+        proof covers them), else null. It is display data (progress.py), never a result."""
 
         def q(db: sqlite_utils.Database) -> dict[str, Any] | None:
             task = next(iter(db.query("SELECT * FROM tasks WHERE task_id=?", [task_id])), None)
@@ -160,6 +164,8 @@ class TaskService:
         if task is None:
             raise not_found(f"task {task_id}")
         task["params"] = json.loads(task["params"])
+        for a in task["assignments"]:
+            a["chunks_done"] = self._chunks_done(task, a)
         output = None
         facts = []
         for p in task["proofs"]:
@@ -182,6 +188,14 @@ class TaskService:
             for p in task["proofs"]:
                 p["output"] = None
         return task
+
+    def _chunks_done(self, task: dict[str, Any], assignment: dict[str, Any]) -> int | None:
+        """The chunks done of one assignment row of ``task_view``, as its docstring says."""
+        if assignment["state"] == "proved":
+            return int(task["chunks"])
+        if assignment["state"] in ("offered", "accepted"):
+            return self.ctx.progress.chunks_done(task["task_id"], assignment["device_id"])
+        return None
 
     async def list_tasks(
         self,
