@@ -88,6 +88,9 @@ class FakeCoordinator:
     script: dict[str, deque[Scripted]] = field(default_factory=dict)
     #: Serve ``/v1/proofs/batch`` too (the real coordinator does; older ones did not).
     batch: bool = False
+    #: Say in heartbeat answers that ``work`` is read (the real coordinator does; older
+    #: ones did not, and refused it).
+    reads_work: bool = True
     batches: list[int] = field(default_factory=list)
     url: str = ""
     port: int = 0
@@ -323,10 +326,10 @@ class FakeCoordinator:
             return error(409, "replay", f"seq {poa.seq} not above {last}", last_seq=last)
         self.last_seq[poa.device_id] = poa.seq
         self.heartbeats.append(poa)
-        return web.json_response(
-            {"state": self.enroll_state, "flags": self.flags, "server_time_ms": now_ms()},
-            status=202,
-        )
+        answer = {"state": self.enroll_state, "flags": self.flags, "server_time_ms": now_ms()}
+        if self.reads_work:
+            answer["reads_work"] = True
+        return web.json_response(answer, status=202)
 
     async def _proof(self, request: web.Request, data: Any) -> web.StreamResponse:
         status, body = self._judge_proof(request, data)

@@ -9,9 +9,10 @@ import os
 from aeamc.agent.link import ACTIVE, PENDING, QUARANTINED, UNTRUSTED
 from aeamc.agent.state import SeqCounter
 from aeamc.shared.identity import SigningKey
+from aeamc.shared.messages import Assignment, WorkReport
 
-from .conftest import eventually
-from .fakecoord import FakeCoordinator, Scripted
+from .conftest import FAST_PARAMS, GOOD, eventually, write_profile
+from .fakecoord import FakeCoordinator, Scripted, coordinator_session
 
 
 async def test_enroll_pins_key_and_heartbeats_carry_telemetry(fake_coordinator, make_agent) -> None:
@@ -307,3 +308,67 @@ async def test_an_ambiguous_heartbeat_answer_changes_nothing(
     assert agent.link.state == ACTIVE and agent.link.pin.state == ACTIVE
     assert agent.metrics.heartbeats["unreachable"] >= 1
     assert any("'state' appears twice" in r.getMessage() for r in caplog.records)
+
+
+async def _assign(endpoint: str, a: Assignment) -> int:
+    async with (
+        coordinator_session(a.coordinator_id) as s,
+        s.post(endpoint + "/v1/assignments", json=a.to_dict()) as r,
+    ):
+        return r.status
+
+
+async def test_heartbeats_report_the_work_in_hand_to_a_coordinator_that_reads_it(
+    fake_coordinator, make_agent, tmp_path
+) -> None:
+    """The running task's chunks done and the queued tasks' 0 go with each heartbeat, but
+    only while the coordinator's answers say it reads them; a refusal naming ``work``
+    stops them at once, without an error or a wait; an idle device sends none."""
+    fake_coordinator.reads_work = False
+    agent = await make_agent(coordinator_url=fake_coordinator.url)
+    await eventually(lambda: agent.link.pin is not None and fake_coordinator.heartbeats)
+    url = agent.endpoint()
+    slow = {"seed": "ce" * 32, "iterations": 600_000}  # a quarter of a second per chunk
+    running = fake_coordinator.assignment(agent.device_id, task_id="a", params=slow, chunks=12)
+    waiting = fake_coordinator.assignment(agent.device_id, task_id="b", params=FAST_PARAMS)
+    assert [await _assign(url, a) for a in (running, waiting)] == [202, 202]
+    await eventually(
+        lambda: agent.runner.current and agent.runner.current.chunks_done >= 1, timeout=30
+    )
+    # Too hot: the task waits between chunks, so its count holds still while we look.
+    write_profile(tmp_path / "profile.json", **{**GOOD, "cpu_temp_c": 90})
+    await eventually(lambda: agent.runner.current.suspended_reason == "too_hot")
+    done = agent.runner.current.chunks_done
+    assert agent.runner.work_in_hand() == [WorkReport("a", done), WorkReport("b", 0)]
+
+    n = len(fake_coordinator.heartbeats)
+    await eventually(lambda: len(fake_coordinator.heartbeats) >= n + 2)
+    assert all(h.work is None for h in fake_coordinator.heartbeats)  # never said it reads it
+
+    fake_coordinator.reads_work = True
+    n = len(fake_coordinator.heartbeats)
+    reported = await eventually(
+        lambda: next((h.work for h in fake_coordinator.heartbeats[n:] if h.work), None)
+    )
+    assert reported == (WorkReport("a", done), WorkReport("b", 0))
+
+    # The coordinator (downgraded, say) no longer knows the member and refuses it.
+    fake_coordinator.reads_work = False
+    asked = len(fake_coordinator.requests)
+    n = len(fake_coordinator.heartbeats)
+    unknown = {"code": "unknown_field", "message": "work: unknown field", "field": "work"}
+    fake_coordinator.queue("/v1/heartbeats", Scripted(400, {"error": unknown}))
+    await eventually(lambda: len(fake_coordinator.heartbeats) >= n + 2)
+    sent = [body for path, body in fake_coordinator.requests[asked:] if path == "/v1/heartbeats"]
+    assert "work" in sent[0]  # the refused one
+    assert all(h.work is None for h in fake_coordinator.heartbeats[n:])
+    assert agent.link.state == ACTIVE and agent.link.last_error is None
+
+    # Cool again: both tasks finish; an idle device's heartbeat carries no work.
+    fake_coordinator.reads_work = True
+    write_profile(tmp_path / "profile.json", **GOOD)
+    await eventually(lambda: len(fake_coordinator.proofs) == 2, timeout=60)
+    n = len(fake_coordinator.heartbeats)
+    await eventually(lambda: len(fake_coordinator.heartbeats) >= n + 3)
+    assert agent.runner.work_in_hand() == []
+    assert fake_coordinator.heartbeats[-1].work is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -178,6 +179,7 @@ def test_the_client_cli_takes_a_c_kernel_to_a_verified_result(
     assert done.returncode == 0, done.stderr
     task_id = done.stdout.strip()
     assert "uploaded" in done.stderr and "verified" in done.stderr
+    assert "\r[" not in done.stderr  # not a terminal: no progress line, only the outcome
     compiled = wasm.check_module(module.read_bytes())
     expected = b"".join(
         wasm.run_chunk(compiled, data.read_bytes(), i, 6, fuel=10**9, memory_bytes=8 << 20).output
@@ -192,6 +194,80 @@ def test_the_client_cli_takes_a_c_kernel_to_a_verified_result(
     assert again.returncode == 0 and again.stderr.count("already uploaded") == 2
     listed = aeamc("task", "list", env=env)
     assert task_id in listed.stdout and again.stdout.strip() in listed.stdout
+
+
+#: A kernel whose chunks 0-2 end at once and whose chunk 3 loops until its fuel is spent:
+#: a device holds still at 3 chunks done for as long as a test looks.
+STUCK_AT_3 = """(module (memory (export "memory") 1)
+    (func (export "aeamc_input") (param i32) (result i32) i32.const 16)
+    (func (export "aeamc_output") (result i32) i32.const 0)
+    (func (export "aeamc_run") (param $index i32) (param i32 i32) (result i32)
+      (if (i32.ge_u (local.get $index) (i32.const 3)) (then (loop $l br $l)))
+      i32.const 1))"""
+
+
+def on_a_terminal(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run ``aeamc`` with its stderr on a pseudo-terminal; its exit status and what it
+    wrote there."""
+    controller, terminal = pty.openpty()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "aeamc.shared.cli", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=terminal,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(terminal)
+    written = b""
+    try:
+        while chunk := os.read(controller, 4096):
+            written += chunk
+    except OSError:  # EIO: everything the closed terminal held has been read
+        pass
+    finally:
+        os.close(controller)
+    return done.returncode, written.decode()
+
+
+def test_the_client_sees_the_chunks_a_device_has_done(
+    tmp_path: Path, coordinators: list[CoordinatorProcess], agents: list[AgentProcess]
+) -> None:
+    """The device's heartbeats carry its chunks done to the coordinator's task view, and
+    the client's ``status`` and progress line show them while the task runs."""
+    import wasmtime
+
+    coordinator = start_coordinator(tmp_path / "coord", coordinators)
+    agent = start_agent(
+        tmp_path / "agent",
+        coordinator,
+        agents,
+        profile=[{"at_s": 0, **GOOD_TELEMETRY}],
+        settings={"network": {"shutdown_grace_s": 0.5}},
+    )
+    module = upload(coordinator, "/v1/modules", wasmtime.wat2wasm(STUCK_AT_3), "application/wasm")
+    data = upload(coordinator, "/v1/inputs", b"anything", "application/octet-stream")
+    task = wasm_task(module, data)
+    task["params"]["fuel"] = 10**11  # the agent's default limit: minutes of looping
+    task_id = coordinator.submit_task(task)
+
+    def stuck() -> dict[str, Any] | None:
+        found = task_view(coordinator, task_id)["assignments"]
+        return found[0] if found and found[0]["chunks_done"] == 3 else None
+
+    assignment = coordinator.wait_for(stuck, timeout=60)
+    assert assignment["device_id"] == agent.device_id and assignment["state"] == "accepted"
+    env = client_env(coordinator)
+    status = aeamc("task", "status", task_id, env=env)
+    assert f"{agent.device_id} accepted, 3/{CHUNKS} chunks done" in status.stdout
+    # One look (--timeout 0): the line shows the stage and the count, then it gives up.
+    code, shown = on_a_terminal(
+        ["task", "result", task_id, "-o", str(tmp_path / "out"), "--timeout", "0"], env
+    )
+    assert code == 75, shown
+    assert f"] running   3/{CHUNKS} chunks on {agent.device_id[:8]}" in shown
 
 
 def test_the_client_cli_sends_nothing_to_a_coordinator_it_cannot_verify(

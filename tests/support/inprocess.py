@@ -217,9 +217,18 @@ class Fleet:
             await self.heartbeat(device, battery_pct=battery_pct)
         return device
 
-    async def heartbeat(self, device: LinkedDevice, *, battery_pct: int = 90) -> dict[str, Any]:
+    async def heartbeat(
+        self,
+        device: LinkedDevice,
+        *,
+        battery_pct: int = 90,
+        work: list[tuple[str, int]] | None = None,
+    ) -> dict[str, Any]:
+        """A signed heartbeat of ``device``, reporting ``work`` ((task, chunks done) …)
+        when given."""
         telemetry = {**GOOD_TELEMETRY, "battery_pct": battery_pct, "charging": False}
-        poa = device.sim.poa(telemetry, timestamp=self.clock())
+        extra = {"work": [{"task_id": t, "chunks_done": n} for t, n in work]} if work else {}
+        poa = device.sim.poa(telemetry, timestamp=self.clock(), **extra)
         return await self.c.heartbeats.heartbeat(poa, device.peer)
 
     async def prove(self, device: LinkedDevice, task_id: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from aeamc.shared import canonical
 from aeamc.shared.errors import FreshnessError, SignatureError, ValidationError
 from aeamc.shared.identity import SigningKey, parse_public_key, sign_message, verify_signature
 from aeamc.shared.messages import (
+    MAX_WORK_REPORTS,
     SIGNED_TYPES,
     Assignment,
     Challenge,
@@ -19,6 +20,7 @@ from aeamc.shared.messages import (
     PoA,
     PoT,
     Privacy,
+    WorkReport,
     check_fresh,
     parse,
     parse_signed,
@@ -71,6 +73,18 @@ def enroll_body(**over: Any) -> dict[str, Any]:
         (lambda m: m.update(telemetry=[]), "telemetry", None),
         (lambda m: m.update(signature="00"), "signature", None),
         (lambda m: m.update(type="pot"), "type", "wrong_type"),
+        # The work in hand: absent or 1-64 reports, each exactly a task id and 0-65,536.
+        (lambda m: m.update(work=[]), "work", "invalid_message"),
+        (lambda m: m.update(work=None), "work", "invalid_message"),
+        (lambda m: m.update(work={"task_id": "t-1", "chunks_done": 1}), "work", None),
+        (lambda m: m.update(work=[_report("t", 0)] * (MAX_WORK_REPORTS + 1)), "work", None),
+        (lambda m: m.update(work=[_report("t", 65_537)]), "work[0].chunks_done", None),
+        (lambda m: m.update(work=[_report("t", 0), _report("u", -1)]), "work[1].chunks_done", None),
+        (lambda m: m.update(work=[_report("t", True)]), "work[0].chunks_done", None),
+        (lambda m: m.update(work=[_report("t", 1.0)]), "work[0].chunks_done", None),
+        (lambda m: m.update(work=[_report("../t", 1)]), "work[0].task_id", None),
+        (lambda m: m.update(work=[{"task_id": "t"}]), "work[0].chunks_done", "missing_field"),
+        (lambda m: m.update(work=[{**_report("t", 1), "chunks": 8}]), "work[0].chunks", None),
     ],
 )
 def test_poa_rejections_name_the_field(
@@ -84,6 +98,46 @@ def test_poa_rejections_name_the_field(
     assert info.value.message.startswith(field)
     if code:
         assert info.value.code == code
+
+
+def _report(task_id: str, chunks_done: Any) -> dict[str, Any]:
+    return {"task_id": task_id, "chunks_done": chunks_done}
+
+
+def test_a_heartbeat_without_work_is_the_bytes_it_always_was(vectors: dict[str, Any]) -> None:
+    """The optional ``work`` adds nothing when absent: the vector's heartbeat, signed
+    again by its key, is the same object, signing input and signature."""
+    key = SigningKey.from_seed(bytes.fromhex(vectors["identity"]["ed25519_seed"]))
+    signed = vectors["poa"]["signed"]
+    poa = sign(PoA, {k: v for k, v in signed.items() if k != "signature"}, key)
+    assert poa.work is None
+    assert poa.to_dict() == signed and "work" not in poa.to_dict()
+    assert canonical.signing_input(poa.to_dict()) == vectors["poa"]["signing_input_utf8"].encode()
+    assert canonical.canonical_json(poa.to_dict()) == canonical.canonical_json(signed)
+
+
+def test_a_heartbeat_with_work_round_trips_signed(vectors: dict[str, Any]) -> None:
+    """The work in hand is parsed into reports, serialised back exactly, and signed: a
+    changed count no longer verifies."""
+    key = SigningKey.from_seed(bytes.fromhex(vectors["identity"]["ed25519_seed"]))
+    body = {k: v for k, v in _poa(vectors).items() if k != "signature"}
+    work = [_report("t-5f3a", 27), _report("owner.ref:2", 0)]
+    poa = sign(PoA, {**body, "work": work}, key)
+    assert poa.work == (WorkReport("t-5f3a", 27), WorkReport("owner.ref:2", 0))
+    wire = poa.to_dict()
+    assert wire["work"] == work
+    assert {k: v for k, v in wire.items() if k not in ("work", "signature")} == body
+    again = parse_signed(copy.deepcopy(wire), PoA)
+    assert again == poa and again.to_dict() == wire
+    again.verify(key.public_key, signer_id=again.device_id)
+    assert canonical.signing_input(wire) != vectors["poa"]["signing_input_utf8"].encode()
+    tampered = copy.deepcopy(wire)
+    tampered["work"][0]["chunks_done"] = 28
+    with pytest.raises(SignatureError):
+        parse_signed(tampered, PoA).verify(key.public_key)
+    # The most a heartbeat may carry parses too.
+    full = [_report(f"t-{i}", 65_536) for i in range(MAX_WORK_REPORTS)]
+    assert len(sign(PoA, {**body, "work": full}, key).work or ()) == MAX_WORK_REPORTS
 
 
 def test_nulls_are_accepted_for_unknown_telemetry(vectors: dict[str, Any]) -> None:

@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from aeamc.shared.messages import Assignment, Capabilities, ChunkFaultReport, sign
+from aeamc.shared.messages import Assignment, Capabilities, ChunkFaultReport, WorkReport, sign
 from aeamc.shared.runtime.clock import now_ms
 from aeamc.shared.runtime.edge import EdgeLimits
 from aeamc.shared.runtime.services import ServiceEvent
@@ -255,6 +255,7 @@ class Agent:
             has_work=self._has_work,
             on_heartbeat=_count(self.metrics.heartbeats),
             tls=self.tls,
+            work=self._work_in_hand,
         )
         self.runner = TaskRunner(
             signer=self.key,
@@ -400,6 +401,10 @@ class Agent:
     def _has_work(self) -> bool:
         running = self.runner is not None and self.runner.current is not None
         return running or self.queue.count > 0
+
+    def _work_in_hand(self) -> list[WorkReport]:
+        """The tasks held and their chunks done, for the next heartbeat (runner.py)."""
+        return self.runner.work_in_hand() if self.runner is not None else []
 
     def _hold(self) -> str | None:
         """Why queued work must wait apart from energy: the coordinator wants none."""

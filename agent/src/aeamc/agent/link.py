@@ -19,6 +19,12 @@ device gets no new one.
 Heartbeats carry a ``seq`` persisted before sending; a ``replay`` refusal moves the
 counter past what the coordinator saw. Without an answer, the link backs off
 exponentially (with jitter, capped) and tries again.
+
+A heartbeat reports the work in hand (``work``: each held task's chunks done, SPEC §2.4)
+only while the coordinator's latest answer said it reads it (``reads_work``): an older
+coordinator would refuse the unknown member, and with it the heartbeat. Should one refuse
+it anyway (a coordinator downgraded meanwhile), the link stops sending it and sends the
+next heartbeat at once.
 """
 
 from __future__ import annotations
@@ -27,13 +33,13 @@ import asyncio
 import dataclasses
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aeamc.shared.errors import ProtocolError
 from aeamc.shared.flags import ADAPTIVE_HEARTBEAT
 from aeamc.shared.identity import SigningKey, check_key_matches_id, parse_public_key
-from aeamc.shared.messages import Capabilities, Enroll, PoA, sign
+from aeamc.shared.messages import READS_WORK, Capabilities, Enroll, PoA, WorkReport, sign
 
 from .backoff import Backoff, jittered
 from .client import CertificateRefused, CoordinatorClient, Reply, Unreachable
@@ -72,6 +78,11 @@ def longest_heartbeat_gap_s(interval_s: float, jitter: float) -> float:
     return slowest * (1.0 + jitter)
 
 
+def _about_work(field: object) -> bool:
+    """Whether a refusal names the ``work`` member of a heartbeat, or a part of it."""
+    return isinstance(field, str) and (field == "work" or field.startswith(("work.", "work[")))
+
+
 class UntrustedCoordinator(Exception):
     """The coordinator's key differs from the pinned (or advertised) one."""
 
@@ -93,6 +104,7 @@ class CoordinatorLink:
         has_work: Callable[[], bool] = lambda: False,
         on_heartbeat: Callable[[str], None] = lambda result: None,
         tls: AgentTls | None = None,
+        work: Callable[[], Sequence[WorkReport]] = lambda: (),
     ) -> None:
         self.config = config
         self.key = key
@@ -107,6 +119,9 @@ class CoordinatorLink:
         self._uniform = uniform
         self.has_work = has_work
         self.on_heartbeat = on_heartbeat
+        self.work = work
+        #: The coordinator's latest heartbeat answer said it reads ``work``.
+        self.coordinator_reads_work = False
         self.pin = CoordinatorPin.load(config.state_dir)
         self.tls = tls or AgentTls(
             config.state_dir,
@@ -227,6 +242,9 @@ class CoordinatorLink:
             "seq": self.seq.next(),  # durable before it leaves the device
             "telemetry": self.monitor.telemetry().to_dict(),
         }
+        work = self.work() if self.coordinator_reads_work else ()
+        if work:  # absent, never empty: a device without work sends what it always did
+            body["work"] = [w.to_dict() for w in work]
         poa = sign(PoA, body, self.key)
         try:
             reply = await self.client.post(url, "/v1/heartbeats", poa.to_dict())
@@ -242,7 +260,7 @@ class CoordinatorLink:
             self._accept_heartbeat(reply.body)
             return self._interval()
         self.on_heartbeat("refused")
-        return self._refused("heartbeat", reply)
+        return self._refused("heartbeat", reply, sent_work=bool(work))
 
     def heartbeat_interval_s(self) -> float:
         """The configured interval, doubled by ``adaptive-heartbeat`` while idle on battery."""
@@ -259,7 +277,7 @@ class CoordinatorLink:
     def _interval(self) -> float:
         return jittered(self.heartbeat_interval_s(), self.config.heartbeat_jitter, self._uniform)
 
-    def _refused(self, what: str, reply: Reply) -> float:
+    def _refused(self, what: str, reply: Reply, *, sent_work: bool = False) -> float:
         code = reply.error_code
         message = f"{what} refused: HTTP {reply.status} {code or ''} {reply.error_message}".strip()
         if reply.status >= 500 or reply.status in (408, 429):
@@ -276,6 +294,10 @@ class CoordinatorLink:
             self.need_enroll = self.need_certificate = True
             self._set_error(message)
             return delay
+        if sent_work and reply.status == 400 and _about_work(reply.error.get("field")):
+            self.coordinator_reads_work = False
+            log.info("the coordinator refuses the work in hand (%s); no longer sending it", code)
+            return 0.0
         if code == NOT_ENROLLED:
             log.warning("the coordinator does not know this device; enrolling again")
             self.need_enroll = True
@@ -375,6 +397,7 @@ class CoordinatorLink:
     def _accept_heartbeat(self, body: Any) -> None:
         if not isinstance(body, dict):
             return
+        self.coordinator_reads_work = body.get(READS_WORK) is True
         flags = body.get("flags")
         if isinstance(flags, dict):
             self.flags = {k: v for k, v in flags.items() if isinstance(v, bool)}

@@ -33,7 +33,7 @@ from typing import Any
 
 from aeamc.shared.errors import ChunkFault
 from aeamc.shared.identity import Signer
-from aeamc.shared.messages import Assignment
+from aeamc.shared.messages import MAX_WORK_REPORTS, Assignment, WorkReport
 from aeamc.shared.proofs import Trace, build_pot
 from aeamc.shared.runtime.logs import REQUEST_ID
 
@@ -155,6 +155,25 @@ class TaskRunner:
     def wake(self) -> None:
         """Something was queued, or may now be allowed to run."""
         self._wake.set()
+
+    def work_in_hand(self, limit: int = MAX_WORK_REPORTS) -> list[WorkReport]:
+        """What the next heartbeat reports (SPEC §2.4): the running task first, with the
+        chunks it has done in this run, then the queued ones oldest first with 0; each task
+        once, at most ``limit``. It reads only what is in memory, so a heartbeat costs no
+        I/O. A task that restarts (after an interruption) counts from 0 again, as it runs."""
+        reports: list[WorkReport] = []
+        seen: set[str] = set()
+        current = self.current
+        if current is not None:
+            reports.append(WorkReport(current.assignment.task_id, current.chunks_done))
+            seen.add(current.assignment.task_id)
+        for entry in self.queue.entries():
+            if len(reports) >= limit:
+                break
+            if entry.task_id not in seen:
+                seen.add(entry.task_id)
+                reports.append(WorkReport(entry.task_id, 0))
+        return reports[:limit]
 
     def sweep(self) -> int:
         """Abandon waiting entries whose assignment has expired; how many."""

@@ -10,7 +10,7 @@ from typing import Any
 
 from aeamc.shared.canonical import MAX_SAFE_INT
 from aeamc.shared.labels import CLIENT_PATTERN, MAX_CLIENTS, MAX_TAGS, TAG_PATTERN
-from aeamc.shared.messages import KIND_PATTERN, MAX_CHUNKS, TASK_ID_PATTERN
+from aeamc.shared.messages import KIND_PATTERN, MAX_CHUNKS, MAX_WORK_REPORTS, TASK_ID_PATTERN
 from aeamc.shared.tasks.classify_int8 import FEATURES, MAX_BATCH_SIZE, MAX_SAMPLES, PIXEL_MAX
 from aeamc.shared.tasks.sha256_chain import MAX_ITERATIONS as SHA_MAX_ITERATIONS
 from aeamc.shared.wasmabi import MAX_FUEL, MAX_MEMORY_MB
@@ -249,8 +249,18 @@ SCHEMAS: dict[str, Any] = {
             "timestamp": TIMESTAMP,
             "seq": integer(),
             "telemetry": {"$ref": "#/components/schemas/Telemetry"},
+            "work": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_WORK_REPORTS,
+                "items": obj({"task_id": TASK_ID, "chunks_done": integer(0, MAX_CHUNKS)}),
+                "description": "the tasks the device holds and the chunks it has done of "
+                "each (display data); absent when it holds none. Sent only to a coordinator "
+                "whose heartbeat answers carry reads_work: true",
+            },
             "signature": SIG,
-        }
+        },
+        ["type", "device_id", "timestamp", "seq", "telemetry", "signature"],
     ),
     "PoT": obj(
         {

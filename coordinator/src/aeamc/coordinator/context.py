@@ -31,6 +31,7 @@ from .attached import RolloutsView, StatusSection
 from .certs import DeviceCertificates
 from .config import CoordinatorConfig, IpNetwork, endpoint_networks
 from .db import Database
+from .progress import ProgressBoard
 from .store.registry import DeviceRegistry
 from .verifier import SignatureVerifier
 
@@ -101,6 +102,8 @@ class Context:
         self.wake_spot_checks = asyncio.Event()
         self.started_at = clock()
         self.counters: dict[str, int] = {}
+        #: Chunks done per live assignment, as heartbeats report them (display data only).
+        self.progress = ProgressBoard()
         #: Receipts accepted but not yet in a block (a hint for forming full blocks early).
         self.unblocked = 0
         self._background: set[asyncio.Future[Any]] = set()

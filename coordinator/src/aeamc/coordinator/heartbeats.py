@@ -1,4 +1,5 @@
-"""Heartbeats (SPEC §2.4): signed, fresh, strictly increasing proofs of availability."""
+"""Heartbeats (SPEC §2.4): signed, fresh, strictly increasing proofs of availability, and
+the work in hand they report (progress.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sqlite_utils
 
 from aeamc.shared.eps import eps
 from aeamc.shared.messages import (
+    READS_WORK,
     PoA,
     check_fresh,
     parse_signed,
@@ -19,6 +21,7 @@ from aeamc.shared.runtime.tls import Peer
 from .context import Context
 from .flags import FlagService
 from .store import devices as device_rows
+from .store import tasks as task_rows
 
 #: Feature flag: devices in its cohort get half the heartbeat freshness window (a PoA
 #: must be at most ``heartbeat_window_s / 2`` old), narrowing the window a captured
@@ -36,7 +39,11 @@ class HeartbeatService:
     async def heartbeat(self, data: Any, peer: Peer | None = None) -> dict[str, Any]:
         """Accept a signed, fresh heartbeat whose ``seq`` is above every earlier one, over
         the device's own certificate; its telemetry is stored before the answer, which
-        carries the device's flags. A replayed or stale heartbeat changes nothing."""
+        carries the device's flags. A replayed or stale heartbeat changes nothing.
+
+        Its ``work`` replaces what the device reported before, for the live assignments
+        it holds only (progress.py), in memory; the answer's ``reads_work`` tells the
+        device this coordinator reads it."""
         poa = parse_signed(data, PoA)
         device = self.ctx.devices.get(poa.device_id)
         if device is None:
@@ -62,7 +69,9 @@ class HeartbeatService:
         score = eps(poa.telemetry, self.ctx.eps_config)
         telemetry_json = json.dumps(poa.telemetry.to_dict(), sort_keys=True)
 
-        def txn(db: sqlite_utils.Database) -> str:
+        reported = {w.task_id for w in poa.work or ()}
+
+        def txn(db: sqlite_utils.Database) -> tuple[str, dict[str, int]]:
             stored = device_rows.record_heartbeat(
                 db,
                 device_id=poa.device_id,
@@ -74,9 +83,12 @@ class HeartbeatService:
             )
             if not stored:
                 raise Refusal(Fault.CONFLICT, "replay", f"seq {poa.seq} was already used")
-            return "active"
+            # Read with the seq's check: what the device holds as this heartbeat is taken.
+            held = task_rows.held_chunks(db, poa.device_id, reported) if reported else {}
+            return "active", held
 
-        state = await self.ctx.db.write(txn)
+        state, held = await self.ctx.db.write(txn)
+        self.ctx.progress.report(poa.device_id, poa.seq, poa.work, held)
         was = (self.ctx.devices.get(poa.device_id) or device).state
         device = (
             self.ctx.devices.heartbeat_accepted(poa.device_id, poa.seq, now, poa.telemetry, state)
@@ -95,4 +107,5 @@ class HeartbeatService:
             "flags": self.flags.flags_for(poa.device_id),
             "server_time_ms": now,
             "eps": round(score, 4),
+            READS_WORK: True,
         }

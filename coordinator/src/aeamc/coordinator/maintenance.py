@@ -1,4 +1,5 @@
-"""Periodic upkeep: overdue assignments and deadlines, telemetry and candidate retention."""
+"""Periodic upkeep: overdue assignments and deadlines, the progress of ended assignments,
+telemetry and candidate retention."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ class Maintenance:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        self._progress_swept_at = ctx.clock()
 
     async def expire_assignments(self) -> int:
         """Expire assignments past their time (counted against their devices) and fail
@@ -24,6 +26,7 @@ class Maintenance:
         # round a durable commit (and a fresh task its latency).
         due = await self.ctx.db.read(lambda db: task_rows.overdue_work(db, now))
         if not due:
+            await self.forget_ended_progress(force=False)
             return 0
 
         def txn(db: sqlite_utils.Database) -> list[str]:
@@ -37,7 +40,23 @@ class Maintenance:
         timed_out = await self.ctx.db.write(txn)
         for device_id in timed_out:
             self.ctx.devices.count(device_id, "timeouts")
+        await self.forget_ended_progress(force=True)
         return len(timed_out)
+
+    async def forget_ended_progress(self, *, force: bool = True) -> int:
+        """Drop the reported chunks done (progress.py) of assignments no longer live;
+        returns how many went. An assignment whose device reports again is cleared by
+        that heartbeat; this catches the ones that end without their device's word
+        (expired, failed by a deadline, taken back from a quarantined device, erased).
+        Without ``force`` it runs at most once a heartbeat window, and never while no
+        progress is held, so an idle round still costs a single read."""
+        now = self.ctx.clock()
+        window_ms = self.ctx.config.protocol.heartbeat_window_s * 1000
+        if len(self.ctx.progress) == 0 or (not force and now - self._progress_swept_at < window_ms):
+            return 0
+        self._progress_swept_at = now
+        live = await self.ctx.db.read(task_rows.live_assignments)
+        return self.ctx.progress.keep_live(live)
 
     async def purge_telemetry(self) -> int:
         """Delete heartbeats older than the telemetry retention; returns how many."""

@@ -133,7 +133,11 @@ class TaskService:
         the result is verified, so a client can never take an unchecked output by mistake.
         ``owner``: only if it is that owner's (None: any task, the operator's view); another
         owner's task answers exactly as one that does not exist, so its existence does not
-        leak."""
+        leak.
+
+        Each assignment carries ``chunks_done``: for a live one what its device's latest
+        heartbeat reported (null before any), for a proved one all the task's chunks (its
+        proof covers them), else null. It is display data (progress.py), never a result."""
 
         def q(db: sqlite_utils.Database) -> dict[str, Any] | None:
             task = next(iter(db.query("SELECT * FROM tasks WHERE task_id=?", [task_id])), None)
@@ -168,6 +172,8 @@ class TaskService:
         module_bytes = placement.pop("module_bytes", None)
         task["requires"] = placement
         task["unplaced"] = self._unplaced(task, module_bytes)
+        for a in task["assignments"]:
+            a["chunks_done"] = self._chunks_done(task, a)
         output = None
         facts = []
         for p in task["proofs"]:
@@ -219,6 +225,14 @@ class TaskService:
             f"{why} ({n} device{'s' * (n > 1)})"
             for why, n in sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
         )
+
+    def _chunks_done(self, task: dict[str, Any], assignment: dict[str, Any]) -> int | None:
+        """The chunks done of one assignment row of ``task_view``, as its docstring says."""
+        if assignment["state"] == "proved":
+            return int(task["chunks"])
+        if assignment["state"] in ("offered", "accepted"):
+            return self.ctx.progress.chunks_done(task["task_id"], assignment["device_id"])
+        return None
 
     async def list_tasks(
         self,

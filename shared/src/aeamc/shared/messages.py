@@ -252,6 +252,31 @@ class Enroll(SignedMessage):
         self.verify(self.public_key_bytes, signer_id=self.device_id)
 
 
+#: Most tasks one heartbeat reports work on (SPEC §2.4); a device holding more reports the
+#: running one and the oldest queued ones.
+MAX_WORK_REPORTS = 64
+#: The member of a heartbeat's answer by which a coordinator says it reads ``work``: a
+#: device sends ``work`` only then, since an older coordinator refuses a member it does not
+#: know (SPEC §2.1) and would refuse the whole heartbeat.
+READS_WORK = "reads_work"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkReport(Model):
+    """One task a device holds and how many of its chunks are done, as its heartbeat says.
+
+    Display data only: it moves no task forward and earns nothing, so the coordinator can
+    take it at the device's word, within the bounds of an assignment the device holds."""
+
+    task_id: str
+    chunks_done: int
+
+    FIELDS: ClassVar[dict[str, Any]] = {
+        "task_id": task_id_field,
+        "chunks_done": integer(0, MAX_CHUNKS),
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class PoA(SignedMessage):
     TYPE: ClassVar[str] = "poa"
@@ -261,6 +286,9 @@ class PoA(SignedMessage):
     seq: int
     telemetry: Telemetry
     signature: str
+    #: The work in hand (SPEC §2.4), absent when there is none or the coordinator does not
+    #: read it: a heartbeat without it is byte for byte what it was before it existed.
+    work: tuple[WorkReport, ...] | None = None
 
     FIELDS: ClassVar[dict[str, Any]] = {
         "type": constant("poa"),
@@ -268,6 +296,7 @@ class PoA(SignedMessage):
         "timestamp": timestamp_field,
         "seq": integer(0, MAX_SAFE_INT),
         "telemetry": Telemetry.validator(),
+        "work": optional(array(WorkReport.validator(), MAX_WORK_REPORTS, min_items=1)),
         "signature": signature_field,
     }
 

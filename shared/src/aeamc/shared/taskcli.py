@@ -6,6 +6,10 @@ prints its id; ``--wait`` follows it to the end, ``--verified`` to a verified re
 ``-o`` writes the result (the chunks' outputs, in order). ``status``, ``result`` and
 ``list`` read tasks back. Connection settings: :mod:`aeamc.shared.taskclient`.
 
+While it follows a task on a terminal, one line (rewritten in place, on stderr) shows
+its stage and the chunks its furthest device has done, as that device's heartbeats tell
+the coordinator (``render_bar``); off a terminal nothing but the outcome is printed.
+
 Exit status: 0 done; 1 the task failed or was refused; 64 usage; 66 a file is missing;
 69 the coordinator cannot be reached or trusted; 75 not verified within ``--timeout``.
 """
@@ -39,6 +43,13 @@ from .wasmabi import DEFAULT_FUEL, DEFAULT_MEMORY_MB, MAX_MEMORY_MB
 #: How the stages of a task show on the progress bar.
 STAGES = ("submitted", "running", "proved", "verified")
 POLL_S = 0.5
+#: Cells of the progress bar: the first says a device took the task, the last that its
+#: result is verified, the ones between fill as chunks are done.
+BAR_CELLS = 20
+#: Erase to the end of the line: a shorter line leaves nothing of the last one behind.
+_CLEAR_EOL = "\x1b[K"
+#: Assignment states whose chunks done count (a live or a proved one).
+_WORKING = ("offered", "accepted", "proved")
 
 
 def add_parser(sub: Any) -> None:
@@ -228,18 +239,53 @@ def _stage(view: dict[str, Any]) -> int:
     return 0
 
 
-def _bar(view: dict[str, Any], started: float, out: TextIO) -> None:
+def chunks_done(view: dict[str, Any]) -> int | None:
+    """How many chunks of the task in ``view`` (``GET /v1/tasks/{id}``) are done: its
+    furthest live or proved assignment's ``chunks_done``; all of them once a proof is in,
+    none while no device holds it; None when the devices that hold it have not said (an
+    older agent, or no heartbeat yet)."""
     stage = _stage(view)
-    filled = "#" * (stage + 1) * 5 + "." * (len(STAGES) - stage - 1) * 5
+    if stage >= 2:
+        return int(view["chunks"])
+    known: list[int] = [
+        a["chunks_done"]
+        for a in view.get("assignments", [])
+        if a.get("state") in _WORKING and isinstance(a.get("chunks_done"), int)
+    ]
+    if known:
+        return min(max(known), int(view["chunks"]))
+    return 0 if stage == 0 else None
+
+
+def render_bar(view: dict[str, Any], elapsed_s: float) -> str:
+    """The progress line for ``view``, starting with ``\r`` so each one replaces the last:
+    the bar, the stage, chunks done of all, the devices at work and the time taken.
+
+    The bar never goes back as a task moves on: empty while queued, one cell once a device
+    took it, then a cell per 1/18 of the chunks done, all but the last once proved, and
+    full only when the result is verified."""
+    stage = _stage(view)
+    chunks = int(view["chunks"])
+    done = chunks_done(view)
+    if stage == 3:
+        cells = BAR_CELLS
+    elif stage == 2:
+        cells = BAR_CELLS - 1
+    elif stage == 1:
+        cells = 1 + (BAR_CELLS - 2) * (done or 0) // chunks
+    else:
+        cells = 0
+    bar = "#" * cells + "." * (BAR_CELLS - cells)
+    count = f"{'?' if done is None else done:>{len(str(chunks))}}/{chunks} chunks"
     devices = {
-        a["device_id"][:8] for a in view.get("assignments", []) if a.get("state") != "refused"
+        a["device_id"][:8] for a in view.get("assignments", []) if a.get("state") in _WORKING
     }
     on = f" on {', '.join(sorted(devices))}" if devices and stage < 3 else ""
-    line = (
-        f"\r[{filled}] {STAGES[stage]:<9} {view['chunks']} chunks{on}  "
-        f"{time.monotonic() - started:5.1f} s"
-    )
-    out.write(line)
+    return f"\r[{bar}] {STAGES[stage]:<9} {count}{on}  {elapsed_s:5.1f} s{_CLEAR_EOL}"
+
+
+def _bar(view: dict[str, Any], started: float, out: TextIO) -> None:
+    out.write(render_bar(view, time.monotonic() - started))
     out.flush()
 
 
@@ -320,7 +366,10 @@ def _status(api: CoordinatorApi, args: argparse.Namespace) -> int:
         print(f"waiting:      {view['unplaced']}")
     for a in view.get("assignments", []):
         reason = f" ({a['reason']})" if a.get("reason") else ""
-        print(f"device:       {a['device_id']} {a['state']}{reason}")
+        done = a.get("chunks_done")
+        live = a["state"] in ("offered", "accepted") and isinstance(done, int)
+        at = f", {done}/{view['chunks']} chunks done" if live else ""
+        print(f"device:       {a['device_id']} {a['state']}{reason}{at}")
     for p in view.get("proofs", []):
         print(
             f"proof:        {p['device_id']} {p['credit']}, spot-check {p.get('spot_check')}, "

@@ -8,6 +8,8 @@ tables once, here, at import (the database's triggers check every row besides).
 
 from __future__ import annotations
 
+import json
+from collections.abc import Collection
 from typing import Any
 
 import sqlite_utils
@@ -94,6 +96,28 @@ def overdue_assignments(db: sqlite_utils.Database, now: int) -> list[dict[str, A
             [now],
         )
     )
+
+
+def held_chunks(
+    db: sqlite_utils.Database, device_id: str, task_ids: Collection[str]
+) -> dict[str, int]:
+    """Of ``task_ids``, those ``device_id`` holds a live (offered or accepted) assignment
+    of, each with its task's chunks. Looked up by primary key: one heartbeat's few ids."""
+    rows = db.query(
+        "SELECT a.task_id, t.chunks FROM assignments a JOIN tasks t ON t.task_id = a.task_id "
+        "WHERE a.device_id=? AND a.state IN ('offered','accepted') "
+        "AND a.task_id IN (SELECT value FROM json_each(?))",
+        [device_id, json.dumps(sorted(set(task_ids)))],
+    )
+    return {r["task_id"]: r["chunks"] for r in rows}
+
+
+def live_assignments(db: sqlite_utils.Database) -> set[tuple[str, str]]:
+    """Every live (offered or accepted) assignment, as (task, device)."""
+    rows = db.query(
+        "SELECT task_id, device_id FROM assignments WHERE state IN ('offered','accepted')"
+    )
+    return {(r["task_id"], r["device_id"]) for r in rows}
 
 
 # -- tasks -------------------------------------------------------------------------------
