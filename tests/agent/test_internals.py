@@ -13,7 +13,7 @@ import pytest
 
 from aeamc.agent.advertising import advertised_addresses
 from aeamc.agent.endpoint import source_address_towards
-from aeamc.agent.state import CoordinatorPin, SeqCounter, StateError, atomic_write
+from aeamc.agent.state import CoordinatorPin, SeqCounter, StateError
 from aeamc.agent.traces import TraceStore
 from aeamc.agent.worker import ChunkPool, WorkerCrashed, run_chunk
 from aeamc.shared.identity import SigningKey
@@ -145,16 +145,6 @@ def test_seq_counter_and_pin_refuse_corrupt_files(tmp_path: Path) -> None:
     )
     with pytest.raises(StateError, match="coordinator pin"):
         CoordinatorPin.load(tmp_path)
-
-
-def test_atomic_write_leaves_no_temp_file_on_failure(tmp_path: Path) -> None:
-    target = tmp_path / "missing-dir" / "file"
-    with pytest.raises(OSError):
-        atomic_write(target, b"x")
-    atomic_write(tmp_path / "f", b"one")
-    atomic_write(tmp_path / "f", b"two", durable=False)
-    assert (tmp_path / "f").read_bytes() == b"two"
-    assert [p.name for p in tmp_path.iterdir()] == ["f"]
 
 
 async def test_endpoint_variants(fake_coordinator, make_agent) -> None:

@@ -17,10 +17,9 @@ import os
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
+from aeamc.shared.runtime.files import atomic_write
 from aeamc.shared.tasks.wasm_kernel import MissingBlob
 from aeamc.shared.wasmabi import MAX_INPUT_BYTES, MAX_MODULE_BYTES
-
-from .state import atomic_write
 
 log = logging.getLogger(__name__)
 
