@@ -98,6 +98,8 @@ class FakeCoordinator:
     cert_lifetime_s: int = 3600
     #: Share another fake's CA (the same coordinator moved), instead of a new one.
     ca_dir: Path | None = None
+    #: Clients' content by digest, served at ``/v1/content/<digest>`` (WASM tasks).
+    content: dict[str, bytes] = field(default_factory=dict)
     _runner: web.AppRunner | None = None
     #: Running fakes by coordinator id, so a test can call an agent as its coordinator.
     running: ClassVar[dict[str, FakeCoordinator]] = {}
@@ -138,6 +140,7 @@ class FakeCoordinator:
         app.router.add_post("/v1/heartbeats", self._served(self._heartbeat))
         app.router.add_post("/v1/proofs", self._served(self._proof))
         app.router.add_get("/v1/ca", self._served(self._ca, json_body=False))
+        app.router.add_get("/v1/content/{digest}", self._served(self._content, json_body=False))
         if self.batch:
             app.router.add_post("/v1/proofs/batch", self._served(self._proof_batch))
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
@@ -245,6 +248,12 @@ class FakeCoordinator:
         return web.json_response(
             {"ca_certificate": self.ca.cert_pem, "ca_fingerprint": self.ca.fingerprint}
         )
+
+    async def _content(self, request: web.Request, data: Any) -> web.StreamResponse:
+        found = self.content.get(request.match_info["digest"])
+        if found is None:
+            return error(404, "not_found")
+        return web.Response(body=found, content_type="application/octet-stream")
 
     async def _enroll(self, request: web.Request, data: Any) -> web.StreamResponse:
         try:
