@@ -5,6 +5,7 @@ of a task it was given, and spot-checks re-execute WASM chunks like any other ki
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import struct
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ import pytest
 import wasmtime
 
 from aeamc.coordinator.config import CoordinatorConfig, SpotCheckConfig
+from aeamc.coordinator.spotchecks import CONTENT_RETRY_MAX_S, content_retry_delay_s
 from aeamc.shared.refusals import Fault, Refusal
 from tests.support.inprocess import Fleet, LinkedDevice
 from tests.support.kernels import kernels, mandelbrot_input
@@ -225,15 +227,48 @@ async def test_claiming_an_output_for_a_chunk_that_has_none_fails_the_check(
 
 
 async def test_missing_content_at_the_coordinator_never_counts_against_the_device(
-    fleet: Fleet,
+    fleet: Fleet, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The coordinator cannot re-execute: its own module is gone. The check uses up no
+    attempt and blames no device; it is tried again later and later (one log line each
+    try, not one every round), and passes once the operator restores the module."""
     device = await fleet.enroll(kinds=("wasm",))
     task_id, module, _ = await wasm_proved(fleet, device)
+    held = (fleet.c.content.directory / module).read_bytes()
     (fleet.c.content.directory / module).unlink()  # lost from the coordinator's disk
+    retry_s = fleet.config.spot_checks.retry_s
+    for tries in (1, 2, 3, 4):
+        with caplog.at_level(logging.ERROR, logger="aeamc.coordinator.spotchecks"):
+            caplog.clear()
+            assert await fleet.spot_checker.round() == 1
+        delay_ms = int(content_retry_delay_s(tries, retry_s) * 1000)
+        check = await fleet.row(
+            "SELECT state, attempts, next_attempt_at FROM spot_checks WHERE task_id=?", [task_id]
+        )
+        due_at = fleet.clock() + delay_ms
+        assert check == {"state": "pending", "attempts": 0, "next_attempt_at": due_at}
+        assert [r.levelno for r in caplog.records] == [logging.ERROR]
+        assert f"try {tries}" in caplog.text and "not at fault" in caplog.text
+        assert await fleet.spot_checker.round() == 0  # not due again at once: backing off
+        fleet.clock.advance(delay_ms)
+    assert len(fleet.link.challenges_to(device)) == 4  # the device is asked once per try
+    record = fleet.c.devices[device.device_id]
+    assert record.state == "active"
+    assert (record.record.failures, record.record.refusals) == (0, 0)
+    (fleet.c.content.directory / module).write_bytes(held)  # the operator restores it
     assert await fleet.spot_checker.round() == 1
     check = await fleet.row("SELECT state, attempts FROM spot_checks WHERE task_id=?", [task_id])
-    assert check == {"state": "pending", "attempts": 0}
-    assert fleet.c.devices[device.device_id].state != "quarantined"
+    assert check == {"state": "passed", "attempts": 0}
+
+
+def test_the_wait_for_missing_content_doubles_up_to_a_cap() -> None:
+    assert [content_retry_delay_s(n, 10.0) for n in range(1, 11)] == [
+        10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0, 1280.0, 2560.0, CONTENT_RETRY_MAX_S
+    ]  # fmt: skip
+    assert content_retry_delay_s(10**6, 10.0) == CONTENT_RETRY_MAX_S  # no overflow
+    assert content_retry_delay_s(3, 10.0, cap_s=30.0) == 30.0
+    with pytest.raises(ValueError, match="from 1"):
+        content_retry_delay_s(0, 10.0)
 
 
 # -- chunk faults ------------------------------------------------------------------------------
