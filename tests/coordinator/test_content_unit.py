@@ -4,11 +4,13 @@ of a task it was given, and spot-checks re-execute WASM chunks like any other ki
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
 import struct
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -393,3 +395,118 @@ async def test_a_fault_report_must_come_from_the_assigned_device(fleet: Fleet) -
     assert (await fleet.row("SELECT state FROM tasks WHERE task_id=?", [task_id]))[
         "state"
     ] == "running"
+
+
+# -- a device that erases itself while its fault report is re-executed --------------------------
+
+
+async def erased_during_reexecution(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch, task_id: str, device: LinkedDevice
+) -> dict[str, Any]:
+    """Send the device's fault report, erase the device (its owner's signed request, as
+    ``DELETE /v1/devices/<id>`` carries it out) while the coordinator runs the chunk, and
+    return the report's answer (a refusal as its fault and code)."""
+
+    async def erase() -> None:
+        answer = await fleet.c.privacy.erase_device(device.device_id)
+        assert answer["state"] == "erased" and answer["deleted"]["assignments"] == 1
+
+    return await during_reexecution(fleet, monkeypatch, task_id, device, erase)
+
+
+async def during_reexecution(
+    fleet: Fleet,
+    monkeypatch: pytest.MonkeyPatch,
+    task_id: str,
+    device: LinkedDevice,
+    meanwhile: Callable[[], Awaitable[None]],
+) -> dict[str, Any]:
+    """The answer to the device's fault report when ``meanwhile`` happens while the
+    coordinator runs the chunk (a refusal as its fault and code)."""
+    started, erased = threading.Event(), threading.Event()
+    read = fleet.c.content.get
+
+    def read_after_the_erasure(digest: str) -> bytes:  # in the re-execution's thread
+        started.set()
+        assert erased.wait(60)
+        return read(digest)
+
+    monkeypatch.setattr(fleet.c.content, "get", read_after_the_erasure)
+    report = asyncio.create_task(
+        fleet.c.faults.report(fault_report(device, task_id, fleet.clock()), device.peer)
+    )
+    assert await asyncio.to_thread(started.wait, 60)
+    try:
+        await meanwhile()
+    finally:
+        erased.set()
+    try:
+        return await report
+    except Refusal as refusal:
+        return {"fault": refusal.fault, "code": refusal.code}
+
+
+async def nothing_left_of(fleet: Fleet, device: LinkedDevice) -> None:
+    assert device.device_id not in fleet.c.devices
+    for table in ("devices", "assignments", "spot_checks", "proofs"):
+        rows = await fleet.rows(f"SELECT * FROM {table} WHERE device_id=?", [device.device_id])
+        assert rows == [], table
+    assert await fleet.rows(
+        "SELECT device_id FROM erased_devices WHERE device_id=?", [device.device_id]
+    ) == [{"device_id": device.device_id}]
+
+
+async def test_a_false_fault_claim_of_a_device_erased_meanwhile_is_answered_erased(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chunk has an output, but the device is gone by then: the erasure already took
+    its assignment back for other devices, there is no record left to blame, and the device is told
+    it was erased (not that its assignment is withdrawn). The task runs elsewhere."""
+    task_id, device = await offered(fleet, kernels()["mandelbrot"], mandelbrot_input(), fuel=10**9)
+    answer = await erased_during_reexecution(fleet, monkeypatch, task_id, device)
+    assert answer == {"fault": Fault.FORBIDDEN, "code": "erased"}
+    # As the erasure left it: open, for other devices, with no word of the claim.
+    task = await fleet.row("SELECT state, detail FROM tasks WHERE task_id=?", [task_id])
+    assert task["state"] == "running" and "claimed" not in (task["detail"] or "")
+    await nothing_left_of(fleet, device)
+    honest = await fleet.enroll(kinds=("wasm",))
+    assert await fleet.schedule() == 1
+    assert await fleet.assignments(task_id) == {honest.device_id: "accepted"}
+    assert fleet.c.devices[honest.device_id].record.refusals == 0
+
+
+async def test_a_real_fault_reported_by_a_device_erased_meanwhile_still_fails_the_task(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The coordinator's own run shows the fault: the task cannot be done by anyone, so it
+    fails, whoever reported it; nothing is recreated for the erased device."""
+    task_id, device = await offered(fleet, ENDLESS)
+    answer = await erased_during_reexecution(fleet, monkeypatch, task_id, device)
+    assert answer["state"] == "failed" and "out of fuel" in answer["detail"]
+    task = await fleet.row("SELECT state, detail FROM tasks WHERE task_id=?", [task_id])
+    assert task["state"] == "failed" and "chunk 3 has no output" in task["detail"]
+    await nothing_left_of(fleet, device)
+    await fleet.enroll(kinds=("wasm",))
+    assert await fleet.schedule() == 0  # a failed task is offered to nobody
+
+
+async def test_a_false_fault_claim_of_a_device_quarantined_meanwhile_is_not_counted_twice(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator quarantines the device while its claim is checked: the quarantine
+    already took its assignment back, so the claim adds no refusal to its record."""
+    task_id, device = await offered(fleet, kernels()["mandelbrot"], mandelbrot_input(), fuel=10**9)
+
+    async def quarantine() -> None:
+        await fleet.c.fleet.quarantine(device.device_id, "operator")
+
+    answer = await during_reexecution(fleet, monkeypatch, task_id, device, quarantine)
+    assert answer == {"fault": Fault.CONFLICT, "code": "conflict"}
+    assignment = await fleet.row(
+        "SELECT state, reason FROM assignments WHERE task_id=? AND device_id=?",
+        [task_id, device.device_id],
+    )
+    assert assignment == {"state": "lost", "reason": "device quarantined"}
+    assert fleet.c.devices[device.device_id].record.refusals == 0
+    row = await fleet.row("SELECT refusals FROM devices WHERE device_id=?", [device.device_id])
+    assert row == {"refusals": 0}
