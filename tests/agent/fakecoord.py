@@ -103,6 +103,8 @@ class FakeCoordinator:
     content: dict[str, bytes] = field(default_factory=dict)
     #: Share another fake's CA (the same coordinator moved), instead of a new one.
     ca_dir: Path | None = None
+    #: Clients' content by digest, served at ``/v1/content/<digest>`` (WASM tasks).
+    content: dict[str, bytes] = field(default_factory=dict)
     _runner: web.AppRunner | None = None
     #: Running fakes by coordinator id, so a test can call an agent as its coordinator.
     running: ClassVar[dict[str, FakeCoordinator]] = {}
@@ -259,6 +261,12 @@ class FakeCoordinator:
         return web.json_response(
             {"ca_certificate": self.ca.cert_pem, "ca_fingerprint": self.ca.fingerprint}
         )
+
+    async def _content(self, request: web.Request, data: Any) -> web.StreamResponse:
+        found = self.content.get(request.match_info["digest"])
+        if found is None:
+            return error(404, "not_found")
+        return web.Response(body=found, content_type="application/octet-stream")
 
     async def _enroll(self, request: web.Request, data: Any) -> web.StreamResponse:
         try:

@@ -13,7 +13,8 @@ import pytest
 
 from aeamc.agent.advertising import advertised_addresses
 from aeamc.agent.endpoint import source_address_towards
-from aeamc.agent.state import CoordinatorPin, SeqCounter, StateError, atomic_write
+from aeamc.agent.lifecycle import Lifecycle
+from aeamc.agent.state import CoordinatorPin, SeqCounter, StateError
 from aeamc.agent.traces import TraceStore
 from aeamc.agent.worker import ChunkPool, WorkerCrashed, run_chunk
 from aeamc.shared.identity import SigningKey
@@ -147,14 +148,44 @@ def test_seq_counter_and_pin_refuse_corrupt_files(tmp_path: Path) -> None:
         CoordinatorPin.load(tmp_path)
 
 
-def test_atomic_write_leaves_no_temp_file_on_failure(tmp_path: Path) -> None:
-    target = tmp_path / "missing-dir" / "file"
-    with pytest.raises(OSError):
-        atomic_write(target, b"x")
-    atomic_write(tmp_path / "f", b"one")
-    atomic_write(tmp_path / "f", b"two", durable=False)
-    assert (tmp_path / "f").read_bytes() == b"two"
-    assert [p.name for p in tmp_path.iterdir()] == ["f"]
+async def test_finished_background_tasks_are_let_go() -> None:
+    """A daemon running for months spawns many short jobs (chunk-fault reports): each is
+    held only while it runs, and stopping still cancels and awaits the live ones."""
+    life = Lifecycle()
+    release, stopped = asyncio.Event(), asyncio.Event()
+
+    async def job() -> None:
+        await release.wait()
+
+    async def crashing() -> None:
+        await release.wait()
+        raise RuntimeError("a bug in a job")
+
+    async def loop() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.set()
+
+    for i in range(20):
+        life.spawn(job(), f"job-{i}")
+    life.spawn(crashing(), "crashing")
+    life.spawn(loop(), "loop")
+    assert life.live == 22
+    release.set()
+    await eventually(lambda: life.live == 1)
+    await life.cancel_loops()  # a crashed job is not raised again at shutdown
+    assert stopped.is_set() and life.live == 0
+
+
+async def test_a_delivered_fault_report_is_let_go(fake_coordinator, make_agent) -> None:
+    agent = await make_agent(coordinator_url=fake_coordinator.url)
+    await eventually(lambda: agent.link.pin is not None)
+    loops = agent.lifecycle.live
+    a = fake_coordinator.assignment(agent.device_id)
+    agent.runner.report_fault(a, 0, "trap")
+    assert agent.lifecycle.live == loops + 1
+    await eventually(lambda: agent.lifecycle.live == loops)  # answered (404 here): done
 
 
 async def test_endpoint_variants(fake_coordinator, make_agent) -> None:

@@ -4,10 +4,13 @@ of a task it was given, and spot-checks re-execute WASM chunks like any other ki
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import os
 import struct
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ import pytest
 import wasmtime
 
 from aeamc.coordinator.config import CoordinatorConfig, SpotCheckConfig
+from aeamc.coordinator.spotchecks import CONTENT_RETRY_MAX_S, content_retry_delay_s
 from aeamc.shared.refusals import Fault, Refusal
 from tests.support.inprocess import Fleet, LinkedDevice
 from tests.support.kernels import kernels, mandelbrot_input
@@ -225,15 +229,48 @@ async def test_claiming_an_output_for_a_chunk_that_has_none_fails_the_check(
 
 
 async def test_missing_content_at_the_coordinator_never_counts_against_the_device(
-    fleet: Fleet,
+    fleet: Fleet, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The coordinator cannot re-execute: its own module is gone. The check uses up no
+    attempt and blames no device; it is tried again later and later (one log line each
+    try, not one every round), and passes once the operator restores the module."""
     device = await fleet.enroll(kinds=("wasm",))
     task_id, module, _ = await wasm_proved(fleet, device)
+    held = (fleet.c.content.directory / module).read_bytes()
     (fleet.c.content.directory / module).unlink()  # lost from the coordinator's disk
+    retry_s = fleet.config.spot_checks.retry_s
+    for tries in (1, 2, 3, 4):
+        with caplog.at_level(logging.ERROR, logger="aeamc.coordinator.spotchecks"):
+            caplog.clear()
+            assert await fleet.spot_checker.round() == 1
+        delay_ms = int(content_retry_delay_s(tries, retry_s) * 1000)
+        check = await fleet.row(
+            "SELECT state, attempts, next_attempt_at FROM spot_checks WHERE task_id=?", [task_id]
+        )
+        due_at = fleet.clock() + delay_ms
+        assert check == {"state": "pending", "attempts": 0, "next_attempt_at": due_at}
+        assert [r.levelno for r in caplog.records] == [logging.ERROR]
+        assert f"try {tries}" in caplog.text and "not at fault" in caplog.text
+        assert await fleet.spot_checker.round() == 0  # not due again at once: backing off
+        fleet.clock.advance(delay_ms)
+    assert len(fleet.link.challenges_to(device)) == 4  # the device is asked once per try
+    record = fleet.c.devices[device.device_id]
+    assert record.state == "active"
+    assert (record.record.failures, record.record.refusals) == (0, 0)
+    (fleet.c.content.directory / module).write_bytes(held)  # the operator restores it
     assert await fleet.spot_checker.round() == 1
     check = await fleet.row("SELECT state, attempts FROM spot_checks WHERE task_id=?", [task_id])
-    assert check == {"state": "pending", "attempts": 0}
-    assert fleet.c.devices[device.device_id].state != "quarantined"
+    assert check == {"state": "passed", "attempts": 0}
+
+
+def test_the_wait_for_missing_content_doubles_up_to_a_cap() -> None:
+    assert [content_retry_delay_s(n, 10.0) for n in range(1, 11)] == [
+        10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0, 1280.0, 2560.0, CONTENT_RETRY_MAX_S
+    ]  # fmt: skip
+    assert content_retry_delay_s(10**6, 10.0) == CONTENT_RETRY_MAX_S  # no overflow
+    assert content_retry_delay_s(3, 10.0, cap_s=30.0) == 30.0
+    with pytest.raises(ValueError, match="from 1"):
+        content_retry_delay_s(0, 10.0)
 
 
 # -- chunk faults ------------------------------------------------------------------------------
@@ -358,3 +395,118 @@ async def test_a_fault_report_must_come_from_the_assigned_device(fleet: Fleet) -
     assert (await fleet.row("SELECT state FROM tasks WHERE task_id=?", [task_id]))[
         "state"
     ] == "running"
+
+
+# -- a device that erases itself while its fault report is re-executed --------------------------
+
+
+async def erased_during_reexecution(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch, task_id: str, device: LinkedDevice
+) -> dict[str, Any]:
+    """Send the device's fault report, erase the device (its owner's signed request, as
+    ``DELETE /v1/devices/<id>`` carries it out) while the coordinator runs the chunk, and
+    return the report's answer (a refusal as its fault and code)."""
+
+    async def erase() -> None:
+        answer = await fleet.c.privacy.erase_device(device.device_id)
+        assert answer["state"] == "erased" and answer["deleted"]["assignments"] == 1
+
+    return await during_reexecution(fleet, monkeypatch, task_id, device, erase)
+
+
+async def during_reexecution(
+    fleet: Fleet,
+    monkeypatch: pytest.MonkeyPatch,
+    task_id: str,
+    device: LinkedDevice,
+    meanwhile: Callable[[], Awaitable[None]],
+) -> dict[str, Any]:
+    """The answer to the device's fault report when ``meanwhile`` happens while the
+    coordinator runs the chunk (a refusal as its fault and code)."""
+    started, erased = threading.Event(), threading.Event()
+    read = fleet.c.content.get
+
+    def read_after_the_erasure(digest: str) -> bytes:  # in the re-execution's thread
+        started.set()
+        assert erased.wait(60)
+        return read(digest)
+
+    monkeypatch.setattr(fleet.c.content, "get", read_after_the_erasure)
+    report = asyncio.create_task(
+        fleet.c.faults.report(fault_report(device, task_id, fleet.clock()), device.peer)
+    )
+    assert await asyncio.to_thread(started.wait, 60)
+    try:
+        await meanwhile()
+    finally:
+        erased.set()
+    try:
+        return await report
+    except Refusal as refusal:
+        return {"fault": refusal.fault, "code": refusal.code}
+
+
+async def nothing_left_of(fleet: Fleet, device: LinkedDevice) -> None:
+    assert device.device_id not in fleet.c.devices
+    for table in ("devices", "assignments", "spot_checks", "proofs"):
+        rows = await fleet.rows(f"SELECT * FROM {table} WHERE device_id=?", [device.device_id])
+        assert rows == [], table
+    assert await fleet.rows(
+        "SELECT device_id FROM erased_devices WHERE device_id=?", [device.device_id]
+    ) == [{"device_id": device.device_id}]
+
+
+async def test_a_false_fault_claim_of_a_device_erased_meanwhile_is_answered_erased(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chunk has an output, but the device is gone by then: the erasure already took
+    its assignment back for other devices, there is no record left to blame, and the device is told
+    it was erased (not that its assignment is withdrawn). The task runs elsewhere."""
+    task_id, device = await offered(fleet, kernels()["mandelbrot"], mandelbrot_input(), fuel=10**9)
+    answer = await erased_during_reexecution(fleet, monkeypatch, task_id, device)
+    assert answer == {"fault": Fault.FORBIDDEN, "code": "erased"}
+    # As the erasure left it: open, for other devices, with no word of the claim.
+    task = await fleet.row("SELECT state, detail FROM tasks WHERE task_id=?", [task_id])
+    assert task["state"] == "running" and "claimed" not in (task["detail"] or "")
+    await nothing_left_of(fleet, device)
+    honest = await fleet.enroll(kinds=("wasm",))
+    assert await fleet.schedule() == 1
+    assert await fleet.assignments(task_id) == {honest.device_id: "accepted"}
+    assert fleet.c.devices[honest.device_id].record.refusals == 0
+
+
+async def test_a_real_fault_reported_by_a_device_erased_meanwhile_still_fails_the_task(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The coordinator's own run shows the fault: the task cannot be done by anyone, so it
+    fails, whoever reported it; nothing is recreated for the erased device."""
+    task_id, device = await offered(fleet, ENDLESS)
+    answer = await erased_during_reexecution(fleet, monkeypatch, task_id, device)
+    assert answer["state"] == "failed" and "out of fuel" in answer["detail"]
+    task = await fleet.row("SELECT state, detail FROM tasks WHERE task_id=?", [task_id])
+    assert task["state"] == "failed" and "chunk 3 has no output" in task["detail"]
+    await nothing_left_of(fleet, device)
+    await fleet.enroll(kinds=("wasm",))
+    assert await fleet.schedule() == 0  # a failed task is offered to nobody
+
+
+async def test_a_false_fault_claim_of_a_device_quarantined_meanwhile_is_not_counted_twice(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator quarantines the device while its claim is checked: the quarantine
+    already took its assignment back, so the claim adds no refusal to its record."""
+    task_id, device = await offered(fleet, kernels()["mandelbrot"], mandelbrot_input(), fuel=10**9)
+
+    async def quarantine() -> None:
+        await fleet.c.fleet.quarantine(device.device_id, "operator")
+
+    answer = await during_reexecution(fleet, monkeypatch, task_id, device, quarantine)
+    assert answer == {"fault": Fault.CONFLICT, "code": "conflict"}
+    assignment = await fleet.row(
+        "SELECT state, reason FROM assignments WHERE task_id=? AND device_id=?",
+        [task_id, device.device_id],
+    )
+    assert assignment == {"state": "lost", "reason": "device quarantined"}
+    assert fleet.c.devices[device.device_id].record.refusals == 0
+    row = await fleet.row("SELECT refusals FROM devices WHERE device_id=?", [device.device_id])
+    assert row == {"refusals": 0}

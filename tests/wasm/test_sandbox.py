@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import struct
 import subprocess
 import sys
@@ -280,12 +281,16 @@ def test_the_kind_refuses_bytes_that_are_not_the_named_ones(kernels: dict[str, b
     other = kernels["matmul_int8"]
     named = {"module": wasm.module_digest(module), "input": wasm.module_digest(data)}
     params = {**named, "fuel": FUEL, "memory_mb": 8}
-    with pytest.raises(wasm.ModuleRefused, match="another digest"):
+    with pytest.raises(MissingBlob, match=r"module bytes .* another digest") as module_caught:
         WasmKernel(Blobs({named["module"]: other, named["input"]: data})).run_chunk(params, 0, 1)
-    with pytest.raises(MissingBlob, match="digest"):
+    with pytest.raises(MissingBlob, match=r"input bytes .* another digest") as input_caught:
         WasmKernel(Blobs({named["module"]: module, named["input"]: b"x"})).run_chunk(params, 0, 1)
     with pytest.raises(MissingBlob):
         WasmKernel(Blobs({named["module"]: module})).run_chunk(params, 0, 1)
+    # Which content is damaged travels with the error, also from a worker process back to
+    # the agent (pickled), so the agent can discard exactly that file.
+    assert module_caught.value.digest == named["module"]
+    assert pickle.loads(pickle.dumps(input_caught.value)).digest == named["input"]
 
 
 @pytest.mark.parametrize(

@@ -3,10 +3,14 @@
 Before a ``wasm`` task runs, its module and input are fetched from the coordinator over
 the device's own client certificate (the coordinator serves a device only the content of
 a task it was given) and kept in ``<state_dir>/content/<digest>``. Bytes are kept only if
-their SHA-256 is the digest the signed assignment names, so neither a tampered answer
-nor a damaged file can make the device run something the client did not submit; every
-read checks the digest again. Files are written whole (synced, then renamed), and the
-oldest unused go once the cache holds more than its limit.
+their SHA-256 is the digest the signed assignment names, so a tampered answer is never
+stored. Files are written whole (synced, then renamed), and the oldest unused go once
+the cache holds more than its limit.
+
+A file already here is not read before a task (up to 16 MiB, every task): the worker's
+``wasm`` kind checks the digest of every module and input it reads, once, and runs
+nothing else. A file damaged on disk therefore surfaces there as ``MissingBlob``; the
+runner then has it ``discard``-ed and the task prepared again, which fetches it anew.
 """
 
 from __future__ import annotations
@@ -14,13 +18,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
+from aeamc.shared.runtime.files import atomic_write
 from aeamc.shared.tasks.wasm_kernel import MissingBlob
 from aeamc.shared.wasmabi import MAX_INPUT_BYTES, MAX_MODULE_BYTES
-
-from .state import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -54,24 +58,37 @@ class ContentCache:
         return self.directory / digest
 
     def get(self, digest: str) -> bytes:
-        """The bytes named ``digest``; ``MissingBlob`` if absent or not those bytes."""
+        """The bytes held under ``digest``, as they are on disk (``BlobSource``: the
+        ``wasm`` kind checks them against the digest); ``MissingBlob`` if absent."""
         try:
-            data = self._path(digest).read_bytes()
+            return self._path(digest).read_bytes()
         except FileNotFoundError:
-            raise MissingBlob(f"content {digest} is not here") from None
-        if hashlib.sha256(data).hexdigest() != digest:
-            raise MissingBlob(f"content {digest} is damaged on disk")
-        return data
+            raise MissingBlob(f"content {digest} is not here", digest=digest) from None
 
     def has(self, digest: str) -> bool:
+        """Whether a file that may be the content ``digest`` is here: a regular file no
+        larger than any content. Not read, so not proven intact (see the module)."""
         try:
-            self.get(digest)
-        except MissingBlob:
+            found = self._path(digest).stat(follow_symlinks=False)
+        except (FileNotFoundError, MissingBlob):
             return False
+        return stat.S_ISREG(found.st_mode) and found.st_size <= MAX_CONTENT_BYTES
+
+    def discard(self, digest: str) -> bool:
+        """Delete the file held under ``digest`` (found damaged); whether there was one.
+        The next ``ensure`` naming it fetches it again."""
+        try:
+            self._path(digest).unlink()
+        except (FileNotFoundError, MissingBlob):
+            return False
+        log.warning("content %s is damaged on disk: deleted, to be fetched again", digest)
         return True
 
     async def ensure(self, digests: Iterable[str], fetch: Fetch) -> None:
         """Have every one of ``digests`` on disk, fetching what is missing with ``fetch``.
+
+        What is fetched is kept only if it has the digest; what is here already is
+        taken as it is (``has``), its digest checked where it is read.
 
         Raises ContentUnavailable: ``lasting`` for a refusal (4xx) or bytes of another
         digest, passing for an unreachable coordinator or a 5xx."""

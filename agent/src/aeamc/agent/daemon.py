@@ -270,6 +270,7 @@ class Agent:
             hold=self._hold,
             prepare=functools.partial(self._prepare, client),
             report_fault=functools.partial(self._report_fault, client),
+            discard_content=self.content.discard,
             cheat_fraction=c.cheat_fraction,
             on_change=self._task_changed,
             on_outcome=self._count_outcome,

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from aeamc.shared.identity import SigningKey
+from aeamc.shared.runtime.files import atomic_write, fsync_dir
 from aeamc.shared.runtime.keyfile import KeyFileError, create_private, read_hex_secret
 from aeamc.shared.runtime.pkcs11 import (
     Ed25519HsmSigner,
@@ -23,7 +24,7 @@ from aeamc.shared.runtime.pkcs11 import (
     is_pkcs11_uri,
 )
 
-from .state import KEY_FILE, atomic_write, fsync_dir
+from .state import KEY_FILE
 
 __all__ = [
     "KeyFileError",

@@ -1,10 +1,12 @@
 """How the daemon's running parts start and end: its background loops, its HTTPS listener
 and client session, and the signals that stop it.
 
-The loops (link, sender, monitor, housekeeping, mDNS, updater) run as asyncio tasks; one
-that crashes is logged with its traceback, not silently lost. Stopping cancels them all
-and waits for each, then closes the listener and the session, in that order, so no loop
-uses a closed session. SIGTERM and SIGINT, or a restart the updater requests, end
+The loops (link, sender, monitor, housekeeping, mDNS, updater) and short background jobs
+(a chunk-fault report) run as asyncio tasks; one that crashes is logged with its
+traceback, not silently lost. A task is held only while it runs, so a daemon that runs
+for months does not accumulate the jobs it finished. Stopping cancels the live ones and
+waits for each, then closes the listener and the session, in that order, so no task uses
+a closed session. SIGTERM and SIGINT, or a restart the updater requests, end
 ``run_until_signalled``.
 """
 
@@ -32,24 +34,33 @@ class Lifecycle:
         self.session: Any = None
         self.stopped = asyncio.Event()
         self.stop_requested = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def running(self) -> bool:
         """Listening and not stopped."""
         return self.http is not None and not self.stopped.is_set()
 
+    @property
+    def live(self) -> int:
+        """How many spawned tasks are still running (finished ones are not kept)."""
+        return len(self._tasks)
+
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        """Run ``coro`` as the loop ``name`` until ``close``; a crash is logged."""
+        """Run ``coro`` as the task ``name`` until it ends or ``cancel_loops``; a crash is
+        logged. The task is held (so it is neither collected nor forgotten at shutdown)
+        only until it ends."""
         task = asyncio.create_task(coro, name=name)
         task.add_done_callback(_crashed)
-        self._tasks.append(task)
+        task.add_done_callback(self._tasks.discard)
+        self._tasks.add(task)
 
     async def cancel_loops(self) -> None:
-        """Cancel every loop and wait until each has ended."""
-        for task in self._tasks:
+        """Cancel every live task and wait until each has ended."""
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from aeamc.shared.messages import PoT, parse
+from aeamc.shared.runtime.files import TEMP_GLOB, atomic_write, fsync_dir
 
-from .state import atomic_write, ensure_dir, fsync_dir
+from .state import ensure_dir
 
 _ENTRY = re.compile(r"(\d{12})-([A-Za-z0-9._:-]{1,64})\.json")
 
@@ -88,7 +89,7 @@ class Outbox:
         self.rejected_dir = ensure_dir(rejected)
         self.max_count = max_count
         self.max_bytes = max_bytes
-        for stale in self.directory.glob(".*.tmp-*"):
+        for stale in self.directory.glob(TEMP_GLOB):
             stale.unlink()  # a write interrupted by a crash; the proof was never queued
 
     def entries(self) -> list[Entry]:
@@ -137,7 +138,7 @@ class Outbox:
         target = self.rejected_dir / entry.path.name
         os.replace(entry.path, target)
         reason = {"http_status": status, "code": code, "message": message}
-        atomic_write(reason_path(target), json.dumps(reason, indent=2).encode())
+        atomic_write(reason_path(target), json.dumps(reason, indent=2).encode(), mode=0o644)
         fsync_dir(self.directory)
         return target
 

@@ -17,6 +17,12 @@ recorded in ``abandoned/`` first: the assignment expired (before or while it ran
 task kind is gone, the coordinator refuses its content (a ``wasm`` task's module or
 input), a chunk failed, or the worker crashed on it ``MAX_WORKER_CRASHES`` times in a row.
 Content the coordinator cannot give right now (unreachable) is asked for again later.
+
+Content found missing or damaged when a chunk reads it (the worker checks its digest, so
+nothing is computed from other bytes) is discarded and the task stays queued: it is
+prepared again, which fetches the content anew, and runs from chunk 0. A device whose
+disk damages it ``MAX_CONTENT_REFETCHES`` times in a row gives the task up instead of
+holding the queue.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from aeamc.shared.identity import Signer
 from aeamc.shared.messages import MAX_WORK_REPORTS, Assignment, WorkReport
 from aeamc.shared.proofs import Trace, build_pot
 from aeamc.shared.runtime.logs import REQUEST_ID
+from aeamc.shared.tasks.wasm_kernel import MissingBlob
 
 from . import logs
 from .content import ContentUnavailable
@@ -51,6 +58,8 @@ log = logging.getLogger(__name__)
 FAKE_OUTPUT_BYTES = 32
 #: A task on which the worker process died this many times in a row is abandoned.
 MAX_WORKER_CRASHES = 3
+#: A task whose content is found damaged this many times in a row is abandoned.
+MAX_CONTENT_REFETCHES = 3
 #: After a storage error (disk full?) the task is retried this much later.
 STORAGE_RETRY_S = 5.0
 
@@ -63,6 +72,15 @@ async def _nothing_to_prepare(a: Assignment) -> None:
 
 class ChunkFailed(Exception):
     """A chunk raised an error: running it again would fail the same way."""
+
+
+class ContentDamaged(Exception):
+    """A chunk could not read its content as named: missing, or bytes of another digest
+    (``digest``: which, when known). Nothing was computed; fetched again, it can run."""
+
+    def __init__(self, digest: str | None, message: str) -> None:
+        super().__init__(message)
+        self.digest = digest
 
 
 class ChunkFaulted(ChunkFailed):
@@ -132,6 +150,9 @@ class TaskRunner:
     prepare: Callable[[Assignment], Awaitable[None]] = _nothing_to_prepare
     #: Tells the coordinator that a chunk of the task has no output (it checks it).
     report_fault: Callable[[Assignment, int, str], None] = lambda a, index, code: None
+    #: Deletes the content named by a digest that a chunk found damaged, so that
+    #: ``prepare`` fetches it again.
+    discard_content: Callable[[str], object] = lambda digest: None
     cheat_fraction: float = 0.0
     on_change: Callable[[], None] = lambda: None
     on_outcome: Callable[[Outcome], None] = lambda outcome: None
@@ -142,6 +163,7 @@ class TaskRunner:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _stopping: bool = False
     _crashes: dict[str, int] = field(default_factory=dict)
+    _damaged: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.monitor.add_listener(self._wake.set)
@@ -249,6 +271,8 @@ class TaskRunner:
             raise
         except WorkerCrashed as exc:
             outcome = self._crashed(entry, str(exc))
+        except ContentDamaged as exc:
+            outcome = self._content_damaged(entry, exc)
         except ChunkFaulted as exc:
             outcome = self._abandon(entry, FAILED, f"a chunk has no output: {exc}")
             self.report_fault(a, exc.index, exc.code)
@@ -325,6 +349,7 @@ class TaskRunner:
         # Only now may the assignment leave the queue: the outbox keeps the proof.
         self.queue.remove(entry)
         self._crashes.pop(a.task_id, None)
+        self._damaged.pop(a.task_id, None)
         if progress.cheated_chunks:
             log.warning(
                 "DEMO CHEATER: task %s has %d of %d chunk outputs faked",
@@ -342,6 +367,8 @@ class TaskRunner:
             return await self.pool.run(kind, params, index, chunks)
         except (WorkerCrashed, asyncio.CancelledError):
             raise
+        except MissingBlob as exc:
+            raise ContentDamaged(exc.digest, f"chunk {index}: {exc.message}") from exc
         except ChunkFault as exc:
             raise ChunkFaulted(index, exc.code, exc.message) from exc
         except Exception as exc:
@@ -390,8 +417,23 @@ class TaskRunner:
         log.warning("task %s: %s; running it again from chunk 0", task_id, detail)
         return Outcome(task_id, INTERRUPTED, detail)
 
+    def _content_damaged(self, entry: QueuedTask, exc: ContentDamaged) -> Outcome:
+        """Discard the damaged content; keep the task queued, to fetch it again and run
+        from chunk 0, unless this keeps happening (the disk cannot hold it)."""
+        task_id = entry.task_id
+        if exc.digest is not None:
+            self.discard_content(exc.digest)
+        times = self._damaged.get(task_id, 0) + 1
+        self._damaged[task_id] = times
+        if times >= MAX_CONTENT_REFETCHES:
+            self._damaged.pop(task_id, None)
+            return self._abandon(entry, FAILED, f"its content was damaged {times} times: {exc}")
+        log.warning("task %s: %s; fetching the content again", task_id, exc)
+        return Outcome(task_id, INTERRUPTED, f"content damaged: {exc}")
+
     def _abandon(self, entry: QueuedTask, reason: str, detail: str) -> Outcome:
         now = self.clock_ms()
+        self._damaged.pop(entry.task_id, None)
         record = self.queue.abandon(entry, reason=reason, detail=detail, now_ms=now)
         log.warning(
             "task %s abandoned (%s): %s; recorded in %s", entry.task_id, reason, detail, record

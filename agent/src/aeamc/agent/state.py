@@ -14,19 +14,19 @@ Layout (all under ``state_dir``)::
     traces/             chunk outputs kept for spot-checks (traces.py)
 
 "Durable" means: write a temporary file, fsync it, rename it over the target, fsync the
-directory. After a crash the file holds either the old or the new content, never a mix.
+directory (``aeamc.shared.runtime.files.atomic_write``). After a crash the file holds
+either the old or the new content, never a mix.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from aeamc.shared.identity import check_key_matches_id, parse_public_key
+from aeamc.shared.runtime.files import atomic_write
 
 KEY_FILE = "identity.key"
 SEQ_FILE = "seq"
@@ -41,33 +41,6 @@ TRACES_DIR = "traces"
 
 class StateError(Exception):
     """The state directory holds something the agent must not use or overwrite."""
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes, *, durable: bool = True, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` atomically; ``durable`` also survives power loss."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if durable:
-        fsync_dir(path.parent)
 
 
 def read_json(path: Path) -> Any | None:
@@ -99,14 +72,14 @@ class SeqCounter:
 
     def next(self) -> int:
         value = self.last + 1
-        atomic_write(self.path, f"{value}\n".encode())
+        atomic_write(self.path, f"{value}\n".encode(), mode=0o644)
         self.last = value
         return value
 
     def skip_past(self, seen: int) -> None:
         """The coordinator saw ``seen`` already (state restored from a backup?)."""
         if seen >= self.last:
-            atomic_write(self.path, f"{seen}\n".encode())
+            atomic_write(self.path, f"{seen}\n".encode(), mode=0o644)
             self.last = seen
 
 
@@ -148,12 +121,17 @@ class CoordinatorPin:
 
     def save(self, state_dir: Path) -> None:
         atomic_write(
-            state_dir / COORDINATOR_FILE, json.dumps(self.to_json(), indent=2).encode() + b"\n"
+            state_dir / COORDINATOR_FILE,
+            json.dumps(self.to_json(), indent=2).encode() + b"\n",
+            mode=0o644,
         )
 
 
 def write_status(state_dir: Path, status: dict[str, Any]) -> None:
     """What ``aeamc-agent status`` shows while the daemon runs (atomic, not fsynced)."""
     atomic_write(
-        state_dir / STATUS_FILE, json.dumps(status, indent=2).encode() + b"\n", durable=False
+        state_dir / STATUS_FILE,
+        json.dumps(status, indent=2).encode() + b"\n",
+        mode=0o644,
+        durable=False,
     )

@@ -18,8 +18,9 @@ from typing import Any
 
 from aeamc.shared.messages import Assignment, parse
 from aeamc.shared.proofs import Trace, split_output
+from aeamc.shared.runtime.files import atomic_write
 
-from .state import atomic_write, ensure_dir
+from .state import ensure_dir
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,9 @@ from typing import Any
 
 from aeamc.shared.messages import Assignment, parse
 from aeamc.shared.runtime.clock import now_ms
+from aeamc.shared.runtime.files import TEMP_GLOB, atomic_write, fsync_dir
 
-from .state import atomic_write, ensure_dir, fsync_dir
+from .state import ensure_dir
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class WorkQueue:
     def __init__(self, directory: Path, abandoned_dir: Path) -> None:
         self.directory = ensure_dir(directory)
         self.abandoned_dir = ensure_dir(abandoned_dir)
-        for stale in self.directory.glob(".*.tmp-*"):
+        for stale in self.directory.glob(TEMP_GLOB):
             stale.unlink()  # a write interrupted by a crash: that assignment was never accepted
         self._entries: list[QueuedTask] = []
         for number, path in _scan(self.directory):

@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import ipaddress
-import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +23,7 @@ from aeamc.shared.eps import EpsConfig
 from aeamc.shared.errors import ValidationError
 from aeamc.shared.rpcurls import rpc_url_problem
 from aeamc.shared.runtime.configfiles import ConfigError, read_config_files
+from aeamc.shared.runtime.files import atomic_write
 from aeamc.shared.runtime.pkcs11 import Pkcs11Error, Pkcs11Uri, is_pkcs11_uri
 
 from .alerts import AlertsConfig, alerts_checks
@@ -549,9 +550,8 @@ def write_setting(path: Path, section: str, key: str, value: str) -> Coordinator
     text = "\n".join(out) + "\n"
     data = tomllib.loads(text)
     config = parse_config(data, base_dir=path.parent)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    # Replaced whole, keeping the file's permissions (it may be readable by root only).
+    atomic_write(path, text.encode(), mode=stat.S_IMODE(path.stat().st_mode))
     return config
 
 

@@ -19,11 +19,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aeamc.shared.refusals import Fault, Refusal, not_found
+from aeamc.shared.runtime.files import atomic_write
 from aeamc.shared.tasks.wasm_kernel import MissingBlob, WasmKernel
 from aeamc.shared.wasm import ModuleRefused, check_module
 from aeamc.shared.wasmabi import MAX_INPUT_BYTES, MAX_MODULE_BYTES
@@ -100,22 +100,7 @@ class ContentService:
 
     def _write_file(self, digest: str, data: bytes) -> None:
         self.directory.mkdir(mode=0o700, exist_ok=True)
-        final = self._path(digest)
-        tmp = final.with_name(f".{digest}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
-        dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic_write(self._path(digest), data, mode=0o600)
 
     # -- reads ------------------------------------------------------------------------------
 

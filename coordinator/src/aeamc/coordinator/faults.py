@@ -13,6 +13,14 @@ it: it runs that chunk itself, with the task's own fuel and memory.
 
 Each report is for a live assignment of the reporting device, over its own certificate,
 so one assignment buys at most one re-execution, bounded by the fuel the client chose.
+
+The re-execution takes time, and the device's assignment may end meanwhile: it expires,
+the device is quarantined, or it erases itself (SPEC §11). What the coordinator's own run
+showed is settled against the database as it is *then*. A confirmed fault still fails the
+task (it is the task's, whoever reported it). A claim that proved false is held against
+the device only if its assignment is still live; otherwise whatever ended it already
+settled the task and the device (an erased device has no record left to blame), and the
+device is told how it stands: ``erased``, or the state its assignment ended in.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from aeamc.shared.runtime.tls import Peer
 from aeamc.shared.tasks.wasm_kernel import MissingBlob
 
 from .context import Context
+from .enrollment import ERASED_MESSAGE
 from .store import devices as device_rows
 from .store import tasks as task_rows
 
@@ -119,15 +128,32 @@ class ChunkFaults:
         return {"task_id": msg.task_id, "state": "failed", "detail": detail}
 
     async def _false(self, msg: ChunkFaultReport) -> None:
+        """Hold a false claim against the device, if its assignment is still live; else
+        refuse the report with how the device stands now (module docstring)."""
         reason = "claimed a chunk fault the coordinator's run does not have"
 
-        def txn(db: sqlite_utils.Database) -> None:
+        def txn(db: sqlite_utils.Database) -> str | None:
+            if device_rows.is_erased(db, msg.device_id):
+                return "erased"
+            assignment = task_rows.assignment_row(db, msg.task_id, msg.device_id)
+            if assignment is None or assignment["state"] not in ("offered", "accepted"):
+                return str(assignment["state"]) if assignment else "gone"
             task_rows.end_assignment(db, msg.task_id, msg.device_id, "lost", reason)
             device_rows.count(db, msg.device_id, "refusals")
             if not task_rows.has_live_assignments(db, msg.task_id):
                 task_rows.requeue(db, msg.task_id, "re-queued: " + reason, ("running",))
+            return None
 
-        await self.ctx.db.write(txn)
+        ended = await self.ctx.db.write(txn)
+        if ended == "erased":
+            raise Refusal(Fault.FORBIDDEN, "erased", ERASED_MESSAGE)
+        if ended is not None:
+            raise Refusal(
+                Fault.CONFLICT,
+                "conflict",
+                f"this device's assignment of the task is {ended} (it ended while the "
+                "coordinator ran the chunk)",
+            )
         self.ctx.devices.count(msg.device_id, "refusals")
         self.ctx.wake_scheduler.set()
         log.warning("task %s: device %s %s", msg.task_id, msg.device_id, reason)

@@ -8,6 +8,13 @@ hold its task up by keeping silent. Silence is failure: a challenge not answered
 valid opening within ``timeout_s``, after ``max_attempts``, is ``unanswered`` and voids
 the proof (docs/verification.md). Re-execution runs in a worker thread so a heavy chunk
 never stalls the event loop.
+
+A check the coordinator cannot re-execute because its own copy of the task's content (a
+WASM module or input) is missing or damaged is nobody's fault but the coordinator's: it
+uses up no attempt and blames no device. It waits for the operator to restore the
+content, tried again later and later (``content_retry_delay_s``: ``retry_s`` doubled
+each time, at most ``CONTENT_RETRY_MAX_S``), with one log line per try. How many tries a
+check had is kept in memory: a restart starts it over at ``retry_s``.
 """
 
 from __future__ import annotations
@@ -32,6 +39,21 @@ from .store import proofs as proof_rows
 
 log = logging.getLogger(__name__)
 
+#: The longest a check waits between two tries while the coordinator lacks its content.
+CONTENT_RETRY_MAX_S = 3600.0
+
+
+def content_retry_delay_s(tries: int, base_s: float, cap_s: float = CONTENT_RETRY_MAX_S) -> float:
+    """Seconds until the next try of a check whose content was missing at its ``tries``-th
+    try in a row (1, 2, …): ``base_s``, doubled at each try, never more than ``cap_s``.
+
+    Exponential, so a content store that stays broken costs a few tries and log lines an
+    hour instead of one every round; capped, so a mended store is noticed within the cap.
+    """
+    if tries < 1:
+        raise ValueError("tries counts from 1")
+    return min(cap_s, base_s * 2.0 ** min(tries - 1, 64))
+
 
 class SpotChecker:
     """The spot-check loop (see the module docstring): challenges devices through a
@@ -40,6 +62,8 @@ class SpotChecker:
     def __init__(self, coordinator: Coordinator, client: DeviceLink) -> None:
         self.c = coordinator
         self.client = client
+        #: (task, device) → tries in a row that found the coordinator's content missing.
+        self._content_tries: dict[tuple[str, str], int] = {}
 
     async def run(self) -> None:
         """Check until cancelled: a round at every wake-up or ``retry_s``. A failing round
@@ -60,13 +84,20 @@ class SpotChecker:
         """Challenge one receipt; returns the verdict, or ``None`` if it will be retried."""
         token = REQUEST_ID.set(task_request_id(row["task_id"]))
         try:
-            return await self._check(row)
+            verdict = await self._check(row)
         finally:
             REQUEST_ID.reset(token)
+        if verdict is not None:
+            self._content_tries.pop((row["task_id"], row["device_id"]), None)
+        return verdict
 
     async def _check(self, row: dict[str, Any]) -> str | None:
         if row["indices"] is not None:
-            return await self._reexecute(row)
+            try:
+                return await self._reexecute(row)
+            except MissingBlob as exc:
+                await self._wait_for_content(row, exc)
+                return None
         device = self.c.devices.get(row["device_id"])
         if device is None or not device.endpoint:
             return await self._retry_or_give_up(row, "device has no endpoint")
@@ -121,9 +152,7 @@ class SpotChecker:
                 public_key=device.public_key,
             )
         except MissingBlob as exc:
-            # The coordinator's own content is missing or damaged: nothing the device did.
-            # The check stays due, without using up an attempt, until the operator mends it.
-            log.error("cannot re-execute %s: %s", row["task_id"], exc)
+            await self._wait_for_content(row, exc)
             return None
         except ProtocolError as exc:
             # A malformed or forged answer says nothing about the work: ask again later.
@@ -160,6 +189,32 @@ class SpotChecker:
         task, device = row["task_id"], row["device_id"]
         log.info("%s %s/%s: %s (%s)", what, task, device, result.verdict, result.detail)
         return result.verdict
+
+    async def _wait_for_content(self, row: dict[str, Any], exc: MissingBlob) -> None:
+        """The coordinator's own content is missing or damaged: nothing the device did.
+        The check stays pending without using up an attempt, and is tried again after
+        ``content_retry_delay_s`` (module docstring), until the operator mends it."""
+        task_id, device_id = row["task_id"], row["device_id"]
+        tries = self._content_tries.get((task_id, device_id), 0) + 1
+        self._content_tries[(task_id, device_id)] = tries
+        delay_s = content_retry_delay_s(tries, self.c.config.spot_checks.retry_s)
+        next_at = self.c.clock() + int(delay_s * 1000)
+        why = f"waiting for the coordinator's content: {exc}"
+
+        def txn(db: sqlite_utils.Database) -> None:
+            proof_rows.defer_check(
+                db, task_id=task_id, device_id=device_id, next_at=next_at, why=why
+            )
+
+        await self.c.db.write(txn)
+        log.error(
+            "cannot re-execute %s (device %s not at fault): %s; try %d, next in %.0f s",
+            task_id,
+            device_id,
+            exc,
+            tries,
+            delay_s,
+        )
 
     async def _retry_or_give_up(self, row: dict[str, Any], why: str) -> str | None:
         cfg = self.c.config.spot_checks

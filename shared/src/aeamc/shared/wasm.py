@@ -193,17 +193,15 @@ class ModuleCache:
         self._lock = Lock()
 
     def get(self, digest: str, load: Callable[[], bytes]) -> wasmtime.Module:
-        """The compiled module named ``digest``; ``load`` gives its bytes when not cached
-        (checked against the digest, then by :func:`check_module`)."""
+        """The compiled module named ``digest``; ``load`` gives its bytes when not cached,
+        already checked against the digest (the ``wasm`` kind checks each read once), and
+        they are checked by :func:`check_module` before being compiled and kept."""
         with self._lock:
             module = self._modules.get(digest)
             if module is not None:
                 self._modules.move_to_end(digest)
                 return module
-        data = load()
-        if module_digest(data) != digest:
-            raise ModuleRefused(f"the bytes named {digest} have another digest")
-        module = check_module(data)
+        module = check_module(load())
         with self._lock:
             self._modules[digest] = module
             while len(self._modules) > self._capacity:

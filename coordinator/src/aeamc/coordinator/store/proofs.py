@@ -193,6 +193,18 @@ def retry_check(
     )
 
 
+def defer_check(
+    db: sqlite_utils.Database, *, task_id: str, device_id: str, next_at: int, why: str
+) -> None:
+    """A pending check that cannot conclude for a reason that is not the device's is
+    tried again at ``next_at``, its attempts unchanged (none is used up)."""
+    db.execute(
+        "UPDATE spot_checks SET next_attempt_at=?, detail=? "
+        "WHERE task_id=? AND device_id=? AND state='pending'",
+        [next_at, why, task_id, device_id],
+    )
+
+
 def delete_device_checks(db: sqlite_utils.Database, device_id: str) -> int:
     """Delete every spot-check of an erased device; how many."""
     return int(db.execute("DELETE FROM spot_checks WHERE device_id=?", [device_id]).rowcount)

@@ -22,7 +22,6 @@ import datetime as dt
 import fcntl
 import hashlib
 import json
-import os
 import re
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -48,6 +47,7 @@ from aeamc.shared.releases import (
     manifest_path,
     target_path,
 )
+from aeamc.shared.runtime.files import atomic_write
 from aeamc.shared.runtime.pkcs11 import is_pkcs11_uri
 from aeamc.shared.versions import is_version, newer, version_key
 
@@ -59,6 +59,9 @@ REQUIRED_DISTRIBUTIONS = ("aeamc_agent", "aeamc_shared")
 METADATA_NAME = re.compile(r"(?:[1-9][0-9]{0,9}\.)?(root|targets|snapshot|timestamp)\.json")
 _WHEEL = re.compile(r"([A-Za-z0-9_]+)-([^-]+)-py3-none-any\.whl")
 _SERIALIZER = JSONSerializer(compact=False)
+#: Metadata and targets are published (agents download them): readable by all, written
+#: whole (``atomic_write``), so a reader never sees half a file.
+PUBLIC_MODE = 0o644
 
 
 class RepositoryError(Exception):
@@ -228,8 +231,9 @@ class Repository:
         data = md.to_bytes(_SERIALIZER)
         role = md.signed.type
         if versioned:
-            _atomic_write(self.metadata_dir / f"{md.signed.version}.{role}.json", data)
-        _atomic_write(self.metadata_dir / f"{role}.json", data)
+            versioned_file = self.metadata_dir / f"{md.signed.version}.{role}.json"
+            atomic_write(versioned_file, data, mode=PUBLIC_MODE)
+        atomic_write(self.metadata_dir / f"{role}.json", data, mode=PUBLIC_MODE)
         return data
 
     def init(self, keys_dir: Path | None) -> dict[str, str]:
@@ -270,7 +274,7 @@ class Repository:
         files.mkdir(parents=True, exist_ok=True)
         for name, data in release.items():
             (files / name).write_bytes(data)
-        _atomic_write(out / "targets.json", md.to_bytes(_SERIALIZER))
+        atomic_write(out / "targets.json", md.to_bytes(_SERIALIZER), mode=PUBLIC_MODE)
         return md
 
     def publish(self, wheels: Sequence[Path], keys_dir: Path | None) -> str:
@@ -414,7 +418,7 @@ class Repository:
         directory, _, name = path.rpartition("/")
         dest = self.targets_dir / directory / f"{digest}.{name}"
         dest.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(dest, data)
+        atomic_write(dest, data, mode=PUBLIC_MODE)
 
     @staticmethod
     def _version_of(release: dict[str, bytes]) -> str:
@@ -471,14 +475,5 @@ def sign_staged(staged: Path, keys_dir: Path) -> Metadata[Targets]:
     md = read_staged(staged)
     signer = load_role_signer(keys_dir / "targets.key")
     md.sign(signer)
-    _atomic_write(staged / "targets.json", md.to_bytes(_SERIALIZER))
+    atomic_write(staged / "targets.json", md.to_bytes(_SERIALIZER), mode=PUBLIC_MODE)
     return md
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -26,13 +26,13 @@ from __future__ import annotations
 import asyncio.sslproto
 import datetime as dt
 import hashlib
-import os
 import ssl
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .files import atomic_write
 from .keyfile import KeyFileError, read_private
 
 if TYPE_CHECKING:
@@ -188,14 +188,7 @@ def write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, pem, mode=0o600)
 
 
 def load_key(path: Path) -> ec.EllipticCurvePrivateKey:
@@ -234,11 +227,9 @@ def ensure_key(path: Path) -> ec.EllipticCurvePrivateKey:
 
 
 def write_text_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write ``text`` to ``path`` whole (a certificate, a CA), with ``mode`` less the umask."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    atomic_write(path, text.encode(), mode=mode)
 
 
 def subject(name: str, role: str) -> x509.Name:

@@ -11,7 +11,8 @@ every other kind's.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import hashlib
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ProtocolError
@@ -36,20 +37,33 @@ _PARAMS = record(
 
 
 class MissingBlob(ProtocolError):
-    """A module or input named by a task is not where the caller looked for it."""
+    """A module or input named by a task is not where the caller looked for it, or the
+    bytes found there are not the ones named (``digest``: which content, when known).
+
+    Nothing about the task is wrong: whoever holds the content can fetch or restore it
+    and run the chunk again."""
 
     code = "missing_blob"
 
+    def __init__(self, message: str, *, digest: str | None = None) -> None:
+        super().__init__(message)
+        self.digest = digest
+
 
 class BlobSource(Protocol):
-    """Content-addressed bytes: ``get`` returns the bytes whose SHA-256 is ``digest``
-    (checked by the caller), or raises :class:`MissingBlob`."""
+    """Content-addressed bytes: ``get`` returns the bytes held under ``digest`` (the
+    kind checks that they are the bytes named, once per read), or raises
+    :class:`MissingBlob` if it holds none."""
 
     def get(self, digest: str) -> bytes: ...
 
 
 class WasmKernel:
-    """The ``wasm`` kind over a source of modules and inputs."""
+    """The ``wasm`` kind over a source of modules and inputs.
+
+    Every module and input is checked against its digest when read from the source, and
+    only then compiled or run: bytes damaged on disk or swapped by a source raise
+    :class:`MissingBlob` (with the digest), never give an output."""
 
     name = NAME
 
@@ -59,15 +73,23 @@ class WasmKernel:
         self._modules: ModuleCache | None = None  # wasmtime loads when a chunk first runs
         self._last_input: tuple[str, bytes] | None = None
 
-    def _input(self, digest: str, digest_of: Callable[[bytes], str]) -> bytes:
+    def _checked(self, digest: str, what: str) -> bytes:
+        """The bytes named ``digest`` from the source, if they are those bytes."""
+        data = self._blobs.get(digest)
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise MissingBlob(
+                f"the {what} bytes held under {digest} have another digest (damaged?)",
+                digest=digest,
+            )
+        return data
+
+    def _input(self, digest: str) -> bytes:
         """The input named ``digest``, checked once: the chunks of a task, run one after
         another, share it (the bytes are immutable, so the check holds for each)."""
         last = self._last_input
         if last is not None and last[0] == digest:
             return last[1]
-        data = self._blobs.get(digest)
-        if digest_of(data) != digest:
-            raise MissingBlob(f"the input bytes do not have the digest {digest}")
+        data = self._checked(digest, "input")
         self._last_input = (digest, data)
         return data
 
@@ -77,12 +99,13 @@ class WasmKernel:
     def run_chunk(self, params: Mapping[str, Any], index: int, chunks: int) -> bytes:
         """The chunk's output; :class:`~aeamc.shared.wasm.KernelFault` if the kernel
         stops without one (the same fault on every machine)."""
-        from ..wasm import ModuleCache, module_digest, run_chunk
+        from ..wasm import ModuleCache, run_chunk
 
         if self._modules is None:
             self._modules = ModuleCache(self._cache_size)
-        module = self._modules.get(params["module"], lambda: self._blobs.get(params["module"]))
-        data = self._input(params["input"], module_digest)
+        digest = params["module"]
+        module = self._modules.get(digest, lambda: self._checked(digest, "module"))
+        data = self._input(params["input"])
         return run_chunk(
             module,
             data,
