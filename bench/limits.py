@@ -219,13 +219,14 @@ operation Cranelift adds a compare and a select that replace any NaN by the cano
 is four multiplies and four adds — run several instructions per operation instead of one;
 integer kernels do not pay it. (2) Fuel: a counter in the instance's context is updated
 in every basic block and checked at loop heads, which costs most in short loops; the row without either
-shows what is left. (3) Vectorisation: GCC 12 vectorises at `-O2`
-(its very-cheap cost model), so the native int8 product uses SSE2, while the documented
-client build (`--target=wasm32 -O2`, no `-msimd128`) gives scalar WebAssembly; the same C
-built with `-msimd128` uses 128-bit SIMD, which the sandbox accepts and runs
-deterministically (integer lanes; float lanes are canonicalised like scalars), and burns
-proportionally less fuel. What would close it: building kernels with `-msimd128` (a change
-to the documented flags and `tools/build_kernels.py`) for data-parallel kernels; neither
-fuel nor NaN canonicalisation can go without giving up a chunk's deterministic cost or
-output, so a float kernel with short loops stays well below native in this sandbox.
+shows what is left. (3) Vectorisation is not where it goes: GCC 12 vectorises at `-O2`
+(its very-cheap cost model), and the documented client build already passes `-msimd128`,
+so the WebAssembly kernels use 128-bit SIMD, which the sandbox runs deterministically
+(integer lanes; float lanes are canonicalised like scalars); the last row, built with the
+flag once more, shows the same figures and the same fuel. What would close it: nothing
+within a deterministic sandbox. Neither fuel nor NaN canonicalisation can go without
+giving up a chunk's deterministic cost or its bytes, so integer and SIMD-friendly kernels
+(the int8 product) reach the target while a float kernel with short inner loops, like
+Mandelbrot, stays near a fifth of native; such a kernel written in fixed-point integers
+pays no canonicalisation.
 """
