@@ -147,7 +147,7 @@ async def test_agent_finds_and_follows_the_coordinator(mdns, fake_coordinator, m
         ),
     )
     agent = await make_agent(mdns_enabled=True, mdns_interfaces=LOOPBACK)
-    await eventually(lambda: fake_coordinator.heartbeats, timeout=8)
+    await eventually(lambda: fake_coordinator.heartbeats, timeout=30)
     assert agent.locator.url == fake_coordinator.url
     assert agent.link.pin.coordinator_id == fake_coordinator.coordinator_id
 
@@ -163,11 +163,11 @@ async def test_agent_finds_and_follows_the_coordinator(mdns, fake_coordinator, m
             properties=advert.txt(),
             addresses=["127.0.0.1"],
         )
-        await eventually(lambda: moved.heartbeats, timeout=8)
+        await eventually(lambda: moved.heartbeats, timeout=30)
         assert agent.locator.url == moved.url
         # Goodbye: the agent stops sending until the coordinator is advertised again.
         await mdns.async_withdraw(f"{fake_coordinator.coordinator_id}.{COORDINATOR_SERVICE_TYPE}")
-        await eventually(lambda: agent.locator.url is None, timeout=5)
+        await eventually(lambda: agent.locator.url is None, timeout=30)
     finally:
         await moved.stop()
 

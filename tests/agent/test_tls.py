@@ -123,15 +123,16 @@ async def test_a_configured_ca_fingerprint_is_the_only_one_pinned(
 
 
 async def test_the_certificate_is_renewed_before_it_expires(make_agent) -> None:
-    """A 3 s certificate is renewed after 2 s; heartbeats go on with the new one."""
-    fc = await FakeCoordinator(cert_lifetime_s=3).start()
+    """A 9 s certificate is renewed after 6 s (two thirds of it: room for heartbeats with
+    the first one even on a loaded machine); heartbeats go on with the new one."""
+    fc = await FakeCoordinator(cert_lifetime_s=9).start()
     try:
         agent = await make_agent(coordinator_url=fc.url)
         await eventually(lambda: fc.heartbeats)
         first = fc.issued[0]
-        await eventually(lambda: len(fc.issued) >= 2, timeout=10)
+        await eventually(lambda: len(fc.issued) >= 2, timeout=30)
         renewed = fc.issued[1]
-        await eventually(lambda: renewed in fc.client_serials, timeout=5)
+        await eventually(lambda: renewed in fc.client_serials, timeout=15)
         # The renewal went over the mutually authenticated channel, with the old certificate.
         assert first in fc.client_serials
         assert agent.tls.status()["certificate"]["serial"] in fc.issued[1:]

@@ -12,13 +12,14 @@ def run_module(
     """``python -m MODULE ARGS`` (what the installed command runs), output captured as text.
 
     A non-zero exit does not raise: the tests assert on the status themselves. Standard
-    input is empty and not a terminal, as under systemd or in a script."""
+    input is empty and not a terminal, as under systemd or in a script. The timeout only
+    catches a command that hangs: a loaded test machine can take a minute to start one."""
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         capture_output=True,
         stdin=subprocess.DEVNULL,
         text=True,
-        timeout=60,
+        timeout=180,
         env=env,
         check=False,
     )
