@@ -162,8 +162,8 @@ class TaskRunner:
     _task: asyncio.Task[None] | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _stopping: bool = False
-    _crashes: dict[str, int] = field(default_factory=dict)
-    _damaged: dict[str, int] = field(default_factory=dict)
+    #: Setbacks in a row per (task, cause): a worker crash, damaged content.
+    _setbacks: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.monitor.add_listener(self._wake.set)
@@ -348,8 +348,7 @@ class TaskRunner:
         self.outbox.add(pot, trace.output, now)
         # Only now may the assignment leave the queue: the outbox keeps the proof.
         self.queue.remove(entry)
-        self._crashes.pop(a.task_id, None)
-        self._damaged.pop(a.task_id, None)
+        self._forget_setbacks(a.task_id)
         if progress.cheated_chunks:
             log.warning(
                 "DEMO CHEATER: task %s has %d of %d chunk outputs faked",
@@ -406,34 +405,45 @@ class TaskRunner:
         )
 
     def _crashed(self, entry: QueuedTask, detail: str) -> Outcome:
-        task_id = entry.task_id
         if self._stopping:
-            return Outcome(task_id, INTERRUPTED, detail)
-        crashes = self._crashes.get(task_id, 0) + 1
-        self._crashes[task_id] = crashes
-        if crashes >= MAX_WORKER_CRASHES:
-            self._crashes.pop(task_id, None)
-            return self._abandon(entry, FAILED, f"{detail} ({crashes} times)")
-        log.warning("task %s: %s; running it again from chunk 0", task_id, detail)
-        return Outcome(task_id, INTERRUPTED, detail)
+            return Outcome(entry.task_id, INTERRUPTED, detail)
+        return self._setback(
+            entry, "crash", MAX_WORKER_CRASHES, detail, "running it again from chunk 0"
+        )
 
     def _content_damaged(self, entry: QueuedTask, exc: ContentDamaged) -> Outcome:
         """Discard the damaged content; keep the task queued, to fetch it again and run
         from chunk 0, unless this keeps happening (the disk cannot hold it)."""
-        task_id = entry.task_id
         if exc.digest is not None:
             self.discard_content(exc.digest)
-        times = self._damaged.get(task_id, 0) + 1
-        self._damaged[task_id] = times
-        if times >= MAX_CONTENT_REFETCHES:
-            self._damaged.pop(task_id, None)
-            return self._abandon(entry, FAILED, f"its content was damaged {times} times: {exc}")
-        log.warning("task %s: %s; fetching the content again", task_id, exc)
-        return Outcome(task_id, INTERRUPTED, f"content damaged: {exc}")
+        return self._setback(
+            entry,
+            "content",
+            MAX_CONTENT_REFETCHES,
+            f"its content was damaged: {exc}",
+            "fetching the content again",
+        )
+
+    def _setback(
+        self, entry: QueuedTask, cause: str, limit: int, detail: str, then: str
+    ) -> Outcome:
+        """One more ``cause`` setback of ``entry``'s task in a row: the task stays queued
+        to run again (``then``), or is given up at the ``limit``-th."""
+        key = (entry.task_id, cause)
+        times = self._setbacks.get(key, 0) + 1
+        self._setbacks[key] = times
+        if times >= limit:
+            return self._abandon(entry, FAILED, f"{detail} ({times} times)")
+        log.warning("task %s: %s; %s", entry.task_id, detail, then)
+        return Outcome(entry.task_id, INTERRUPTED, detail)
+
+    def _forget_setbacks(self, task_id: str) -> None:
+        for key in [k for k in self._setbacks if k[0] == task_id]:
+            del self._setbacks[key]
 
     def _abandon(self, entry: QueuedTask, reason: str, detail: str) -> Outcome:
         now = self.clock_ms()
-        self._damaged.pop(entry.task_id, None)
+        self._forget_setbacks(entry.task_id)
         record = self.queue.abandon(entry, reason=reason, detail=detail, now_ms=now)
         log.warning(
             "task %s abandoned (%s): %s; recorded in %s", entry.task_id, reason, detail, record
