@@ -77,14 +77,16 @@ class Scheduler:
             if needed <= 0:
                 continue
             excluded = held.get(task["task_id"], set())
-            needs = task_needs(task)
+            params = json.loads(task["params"])
+            placement = json.loads(task["placement"]) if task["placement"] else {}
+            needs = Needs.of_stored(task["kind"], params, placement, task["owner"])
             candidates = [
                 d.candidate(busy=inflight.get(d.device_id, 0) >= limit)
                 for d in self.c.devices.values()
                 if d.device_id not in excluded and d.endpoint and d.misfit(needs) is None
             ]
             for device_id in rank(candidates, task["kind"], now, self.c.eps_config)[:needed]:
-                assignment = await self._offer(task, device_id, now)
+                assignment = await self._offer(task, params, device_id, now)
                 if assignment is None:  # erased meanwhile
                     continue
                 inflight[device_id] = inflight.get(device_id, 0) + 1
@@ -94,7 +96,9 @@ class Scheduler:
                 push.add_done_callback(self._pushes.discard)
         return offered
 
-    async def _offer(self, task: dict[str, Any], device_id: str, now: int) -> Assignment | None:
+    async def _offer(
+        self, task: dict[str, Any], params: dict[str, Any], device_id: str, now: int
+    ) -> Assignment | None:
         timeout_ms = self.c.config.scheduler.assignment_timeout_s * 1000
         expires = now + timeout_ms
         if task["deadline"] is not None:
@@ -107,7 +111,7 @@ class Scheduler:
                 "device_id": device_id,
                 "coordinator_id": self.c.coordinator_id,
                 "kind": task["kind"],
-                "params": json.loads(task["params"]),
+                "params": params,
                 "chunks": task["chunks"],
                 "issued_at": now,
                 "expires_at": expires,
@@ -173,19 +177,6 @@ class Scheduler:
         self.c.count("assignments_refused")
         log.info("task %s refused by %s: %s", assignment.task_id, assignment.device_id, reason)
         self.c.wake_scheduler.set()
-
-
-def task_needs(task: dict[str, Any]) -> Needs:
-    """What the task row ``task`` needs of a device (its kind, parameters, owner and
-    stored placement)."""
-    placement = json.loads(task["placement"]) if task["placement"] else {}
-    return Needs.of_task(
-        task["kind"],
-        json.loads(task["params"]),
-        placement,
-        client=task["owner"] or None,
-        module_bytes=placement.get("module_bytes"),
-    )
 
 
 def _open_work(

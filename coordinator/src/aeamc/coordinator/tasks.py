@@ -169,9 +169,9 @@ class TaskService:
             raise not_found(f"task {task_id}")
         task["params"] = json.loads(task["params"])
         placement = json.loads(task.pop("placement") or "{}")
-        module_bytes = placement.pop("module_bytes", None)
-        task["requires"] = placement
-        task["unplaced"] = self._unplaced(task, module_bytes)
+        needs = Needs.of_stored(task["kind"], task["params"], placement, task["owner"])
+        task["requires"] = {k: v for k, v in placement.items() if k != "module_bytes"}
+        task["unplaced"] = self._unplaced(task, needs)
         for a in task["assignments"]:
             a["chunks_done"] = self._chunks_done(task, a)
         output = None
@@ -197,20 +197,13 @@ class TaskService:
                 p["output"] = None
         return task
 
-    def _unplaced(self, task: dict[str, Any], module_bytes: int | None) -> str | None:
+    def _unplaced(self, task: dict[str, Any], needs: Needs) -> str | None:
         """Why a queued task that no device holds has none: no enrolled device fits it
         (SPEC §4.1), with the reasons and how many devices each rules out. None when it
         is placed, or when some device fits and it merely waits its turn."""
         live = ("offered", "accepted", "proved")
         if task["state"] != "queued" or any(a["state"] in live for a in task["assignments"]):
             return None
-        needs = Needs.of_task(
-            task["kind"],
-            task["params"],
-            task["requires"],
-            client=task["owner"] or None,
-            module_bytes=module_bytes,
-        )
         reasons: dict[str, int] = {}
         for d in self.ctx.devices.values():
             if d.state not in ("active", "stale"):

@@ -68,6 +68,22 @@ class Needs:
             module_bytes=module_bytes if wasm else None,
         )
 
+    @classmethod
+    def of_stored(
+        cls, kind: str, params: Mapping[str, Any], placement: Mapping[str, Any], owner: str | None
+    ) -> Needs:
+        """The needs of a task as the coordinator keeps it: ``placement`` is its client's
+        ``requires`` plus, for a WASM task, ``module_bytes``; ``owner`` its owner id
+        (empty or None for a task from before owners)."""
+        requires = {k: v for k, v in placement.items() if k != "module_bytes"}
+        return cls.of_task(
+            kind,
+            params,
+            requires,
+            client=owner or None,
+            module_bytes=placement.get("module_bytes"),
+        )
+
 
 def device_tags(caps: Capabilities, operator_tags: Iterable[str] = ()) -> frozenset[str]:
     """A device's tags: those its owner configured and those the operator gave it."""
