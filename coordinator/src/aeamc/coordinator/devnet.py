@@ -33,7 +33,9 @@ from typing import Any, TextIO
 
 import tomli_w
 
+from aeamc.shared.runtime.coordinatorapi import CoordinatorApi
 from aeamc.shared.runtime.tls import client_context, fingerprint
+from aeamc.shared.taskclient import ClientSettings
 
 from .devnet_procs import DevnetError, Proc, find_anvil, free_port
 
@@ -255,28 +257,21 @@ class Devnet:
     def token(self, role: str) -> str:
         return (self.coord_dir / "state" / "tokens" / f"{role}.token").read_text().strip()
 
-    def call(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        role: str | None = None,
-        *,
-        raw: bytes | None = None,
-        content_type: str = "application/json",
-    ) -> Any:
-        """One API request; its JSON answer. The body is ``body`` as JSON, or ``raw``
-        bytes of ``content_type`` (an upload)."""
-        data = raw
-        if data is None and body is not None:
-            data = json.dumps(body).encode()
+    def call(self, method: str, path: str, body: Any = None, role: str | None = None) -> Any:
+        """One API request; its JSON answer."""
+        data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.api + path, data=data, method=method)  # noqa: S310
         if data is not None:
-            req.add_header("Content-Type", content_type)
+            req.add_header("Content-Type", "application/json")
         if role:
             req.add_header("Authorization", f"Bearer {self.token(role)}")
         with urllib.request.urlopen(req, timeout=30, context=self._tls()) as r:  # noqa: S310
             return json.loads(r.read())
+
+    def client_api(self) -> CoordinatorApi:
+        """The demo's client as a client program talks to the coordinator (uploads)."""
+        settings = ClientSettings(url=self.api, token=self.token("client"), ca_file=self.ca_path)
+        return CoordinatorApi(settings)
 
     @property
     def ca_path(self) -> Path:

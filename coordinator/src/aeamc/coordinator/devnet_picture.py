@@ -14,7 +14,6 @@ unchanged, band after band and chunk after chunk: the PNG's palette only colours
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import math
 import struct
@@ -28,6 +27,7 @@ from typing import Any
 from aeamc.shared.errors import ProtocolError
 from aeamc.shared.proofs import split_output
 from aeamc.shared.runtime.wasmbuild import KernelBuildError, ToolchainMissing, build_wasm
+from aeamc.shared.taskclient import ClientError
 from aeamc.shared.wasmabi import DEFAULT_FUEL
 
 from .devnet import Devnet
@@ -139,15 +139,6 @@ class Picture:
         return [{"task_id": b.task_id, "kind": "wasm"} for b in self.bands]
 
 
-def upload(net: Devnet, path: str, data: bytes, content_type: str) -> str:
-    """Upload ``data`` as the demo's client; its digest, checked to be its SHA-256."""
-    stored = net.call("POST", path, role="client", raw=data, content_type=content_type)
-    digest = hashlib.sha256(data).hexdigest()
-    if stored.get("digest") != digest:
-        raise DevnetError(f"{path} named the upload {stored.get('digest')}, not {digest}")
-    return digest
-
-
 def submit(net: Devnet, module: bytes) -> Picture:
     """Upload the module and the bands' inputs, then submit one ``wasm`` task per band.
 
@@ -155,9 +146,13 @@ def submit(net: Devnet, module: bytes) -> Picture:
     out together, and a device takes at most a couple at a time
     (``max_inflight_per_device``), so the bands spread over the devices that take work.
     """
-    module_digest = upload(net, "/v1/modules", module, "application/wasm")
-    inputs = [band_input(index) for index in range(BANDS)]
-    digests = [upload(net, "/v1/inputs", data, "application/octet-stream") for data in inputs]
+    client = net.client_api()  # what `aeamc task submit` uploads with
+    try:
+        module_digest, _ = client.upload("module", module)
+        inputs = [band_input(index) for index in range(BANDS)]
+        digests = [client.upload("input", data)[0] for data in inputs]
+    except ClientError as exc:
+        raise DevnetError(f"uploading the picture's kernel and inputs: {exc}") from None
     bands = []
     for index, (data, digest) in enumerate(zip(inputs, digests, strict=True)):
         params = {"module": module_digest, "input": digest, "fuel": FUEL, "memory_mb": MEMORY_MB}

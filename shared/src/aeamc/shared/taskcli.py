@@ -17,7 +17,6 @@ Exit status: 0 done; 1 the task failed or was refused; 64 usage; 66 a file is mi
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -167,18 +166,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _upload(api: CoordinatorApi, kind: str, data: bytes) -> str:
     """The digest of ``data``, uploaded unless the coordinator already has it for us."""
-    digest = hashlib.sha256(data).hexdigest()
-    status, _, _ = api.request("HEAD", f"/v1/content/{digest}")
-    if status == 200:
-        print(f"{kind} {digest[:16]}… already uploaded", file=sys.stderr)
-        return digest
-    path, ctype = (
-        ("/v1/modules", "application/wasm")
-        if kind == "module"
-        else ("/v1/inputs", "application/octet-stream")
-    )
-    stored = api.checked("POST", path, raw=data, content_type=ctype)
-    print(f"{kind} {digest[:16]}… uploaded ({stored['size']} bytes)", file=sys.stderr)
+    digest, sent = api.upload(kind, data)
+    shown = f"uploaded ({len(data)} bytes)" if sent else "already uploaded"
+    print(f"{kind} {digest[:16]}… {shown}", file=sys.stderr)
     return digest
 
 

@@ -3,6 +3,7 @@ CA (:mod:`aeamc.shared.taskclient` says where the settings come from), with its 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import ssl
 import urllib.error
@@ -12,6 +13,12 @@ from typing import Any
 
 from ..taskclient import ClientError, ClientSettings
 from .tls import client_context, pem_fingerprint
+
+#: Where each kind of content is uploaded, and as what.
+UPLOADS = {
+    "module": ("/v1/modules", "application/wasm"),
+    "input": ("/v1/inputs", "application/octet-stream"),
+}
 
 
 class CoordinatorApi:
@@ -116,3 +123,20 @@ class CoordinatorApi:
                 code=error.get("code"),
             )
         raise ClientError(f"{method} {path}: HTTP {status}", status=status)
+
+    def upload(self, kind: str, data: bytes) -> tuple[str, bool]:
+        """Make ``data`` (a ``module`` or an ``input``) content of this client's; its
+        SHA-256 and whether it was sent (False: the coordinator already had it for us).
+
+        The digest is computed here, never taken from the coordinator: an answer naming
+        other bytes is a ClientError, so a task never names what was not uploaded."""
+        digest = hashlib.sha256(data).hexdigest()
+        status, _, _ = self.request("HEAD", f"/v1/content/{digest}")
+        if status == 200:
+            return digest, False
+        path, ctype = UPLOADS[kind]
+        stored = self.checked("POST", path, raw=data, content_type=ctype)
+        named = stored.get("digest") if isinstance(stored, dict) else None
+        if named != digest:
+            raise ClientError(f"{self.settings.url}{path} named the upload {named}, not {digest}")
+        return digest, True
