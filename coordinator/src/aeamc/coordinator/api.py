@@ -22,7 +22,6 @@ from aeamc.shared.envelope import INTERNAL
 from aeamc.shared.errors import ProtocolError, ValidationError
 from aeamc.shared.labels import MAX_TAGS, TAG_PATTERN
 from aeamc.shared.refusals import Refusal
-from aeamc.shared.runtime.tls import peer_of
 from aeamc.shared.schema import array, optional, record, text
 
 from . import securitytxt
@@ -35,6 +34,7 @@ from .content_api import add_content_routes
 from .dashboard import add_dashboard_routes
 from .devices import DeviceService
 from .errors import ApiError
+from .forwarding import Forwarding, request_peer
 from .ingestion import MAX_PROOF_BATCH
 from .logs import REQUEST_ID, REQUEST_ID_HEADER, incoming_request_id
 from .metrics import Metrics
@@ -139,15 +139,13 @@ async def enroll(request: web.Request) -> web.Response:
 
 async def heartbeats(request: web.Request) -> web.Response:
     c = request.app[COORDINATOR_KEY]
-    return reply(
-        await c.heartbeats.heartbeat(await json_body(request), peer_of(request.transport)), 202
-    )
+    return reply(await c.heartbeats.heartbeat(await json_body(request), request_peer(request)), 202)
 
 
 async def post_proof(request: web.Request) -> web.Response:
     c = request.app[COORDINATOR_KEY]
     body = await json_body(request, PROOF_SHAPE)
-    return reply(await c.ingestion.accept_proof(body, peer_of(request.transport)), 202)
+    return reply(await c.ingestion.accept_proof(body, request_peer(request)), 202)
 
 
 _Scalar = str | int | float | bool | None
@@ -195,7 +193,7 @@ async def post_proof_batch(request: web.Request) -> web.Response:
         except ValidationError as exc:
             where = f"proofs[{i}]" + (f".{exc.field}" if exc.field else "")
             raise ApiError(400, exc.code, f"{where}: {exc.reason}", field=where) from None
-    outcomes = await c.ingestion.accept_proofs(items, peer_of(request.transport))
+    outcomes = await c.ingestion.accept_proofs(items, request_peer(request))
     results = [
         {"status": 202, "body": o}
         if isinstance(o, dict)
@@ -332,7 +330,7 @@ async def _operator_or_device(request: web.Request, device_id: str, action: str)
             401, "unauthorized", "send the operator token or the device's signed privacy request"
         )
     c.privacy.check_privacy_request(
-        await json_body(request), device_id, action, peer_of(request.transport)
+        await json_body(request), device_id, action, request_peer(request)
     )
     return "device"
 
@@ -523,19 +521,29 @@ async def body_limit_middleware(request: web.Request, handler: Handler) -> web.S
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "body_too_large", message)
     try:
-        return await handler(request.clone(client_max_size=limit))
+        limited = request.clone(client_max_size=limit)
+        if request.remote is not None:
+            # A relayed request keeps the address its worker saw (forwarding.py).
+            limited = limited.clone(remote=request.remote)
+        return await handler(limited)
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(413, "body_too_large", message) from None
 
 
-def build_app(coordinator: Coordinator) -> web.Application:
+def build_app(coordinator: Coordinator, forwarding: Forwarding | None = None) -> web.Application:
+    """The API of one coordinator process; ``forwarding``: one of several worker
+    processes, relaying to the leader what it does not serve itself (forwarding.py)."""
     metrics = Metrics(coordinator)
     limiter = RateLimiter(coordinator.config.limits)
+    relay = [] if forwarding is None else [forwarding.middleware]
     app = web.Application(
+        # Relaying first: a relayed request is counted, limited and logged where it is
+        # answered, with the address and identity the relaying worker saw.
         # Metrics outermost, so they see the status the error middleware chose.
         # Request ids outermost, so every line logged for a request carries its id.
         # Rate limits before any work (even reading the body) is spent on a request.
         middlewares=[
+            *relay,
             request_id_middleware,
             metrics.middleware,
             limiter.middleware,

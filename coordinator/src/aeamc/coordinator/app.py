@@ -4,7 +4,10 @@ stopped together."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import socket
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -21,21 +24,41 @@ from .certs import DeviceCertificates
 from .config import CoordinatorConfig
 from .db import Database
 from .discovery import Discovery
+from .follower import Follower
+from .forwarding import Forwarding
+from .leadership import LeaderLock
 from .peers import AgentClient
 from .scheduler import Scheduler
 from .service import Coordinator, wait_event
 from .spotchecks import SpotChecker
+from .store import devices as device_rows
 from .updates.repository import Repository
 from .updates.rollouts import Rollouts
 
 log = logging.getLogger(__name__)
 
 MAINTENANCE_INTERVAL_S = 3600
+PRUNE_CHANGES_INTERVAL_S = 30
 
 
 class CoordinatorService:
-    def __init__(self, config: CoordinatorConfig, signer: Signer) -> None:
+    """One process of the coordinator: it serves the API and, while it holds the leader
+    lock (leadership.py), runs what must run once. ``workers`` > 1: one of several such
+    processes on the same state directory and port (``listen``: this process's
+    ``SO_REUSEPORT`` socket, workers.py); the others forward to the leader what only it
+    answers (forwarding.py) and follow each other's writes (follower.py)."""
+
+    def __init__(
+        self,
+        config: CoordinatorConfig,
+        signer: Signer,
+        *,
+        workers: int = 1,
+        listen: socket.socket | None = None,
+    ) -> None:
         self.config = config
+        self.workers = workers
+        self._listen = listen
         self.db = Database(config.db_path)
         coordinator_id = device_id_for(signer.public_key)
         self.ca, created = CertificateAuthority.ensure(
@@ -71,26 +94,38 @@ class CoordinatorService:
         self.coordinator.add_status_section(self.rollouts)
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._serving_tasks: list[asyncio.Task[Any]] = []
         self.port = 0
         self.discovery: Discovery | None = None
+        self.lock = LeaderLock(config.state_dir)
+        #: Whether this process runs the leader's duties (set once they have all started).
+        self.leading = False
+        self.forwarding: Forwarding | None = None
+        self.follower: Follower | None = None
+        if workers > 1:
+            self.forwarding = Forwarding(
+                relay_address(config.state_dir), lambda: self.leading, config.server.max_wait_s
+            )
+            self.follower = Follower(self.coordinator)
 
     async def start(self) -> None:
+        """Serve the API; lead now if no other process does, else take over when the
+        leader ends."""
         self.db.open()
         self.coordinator.verifier.start()
         await self.coordinator.load()
-        await self.rollouts.load()
-        # A database restored from a backup may predate some erasures: redo them first.
-        await self.coordinator.privacy.reapply_erasures()
-        await self.client.start()
         s = self.config.server
         self._runner = web.AppRunner(
-            build_app(self.coordinator), access_log=None, keepalive_timeout=s.keepalive_timeout_s
+            build_app(self.coordinator, self.forwarding),
+            access_log=None,
+            keepalive_timeout=s.keepalive_timeout_s,
         )
         await self._runner.setup()
         site = GuardedSite(
             self._runner,
             host=s.host,
             port=s.port,
+            sock=self._listen,
             ssl_context=self.server_ssl,
             limits=EdgeLimits(s.header_timeout_s, s.max_connections_per_address),
         )
@@ -98,18 +133,18 @@ class CoordinatorService:
         server = site._server  # aiohttp keeps the bound sockets here
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self.config.server.port
-        loops = {
-            "scheduler": self.scheduler.run(),
-            "blocks": self._block_loop(),
-            "spot-checks": self.spot_checker.run(),
-            "maintenance": self._maintenance_loop(),
-            "update-metadata": self.rollouts.keep_fresh(),
-        }
-        self._tasks = [asyncio.create_task(coro, name=name) for name, coro in loops.items()]
-        await self.anchoring.start()
-        if self.config.server.mdns:
-            self.discovery = Discovery(self.coordinator, self.port)
-            await self.discovery.start()
+        self._serving_tasks.append(
+            asyncio.create_task(self._certificate_loop(), name="server-certificate")
+        )
+        if self.follower is not None:
+            self._serving_tasks.append(asyncio.create_task(self.follower.run(), name="follower"))
+        if self.lock.try_acquire():
+            await self._lead()
+        else:
+            log.info("another worker leads; serving device requests and relaying the rest")
+            self._serving_tasks.append(
+                asyncio.create_task(self._take_over_when_free(), name="leadership")
+            )
         log.info(
             "coordinator %s listening on https://%s:%d (TLS 1.3; CA fingerprint %s)",
             self.coordinator.coordinator_id,
@@ -117,6 +152,38 @@ class CoordinatorService:
             self.port,
             self.ca.fingerprint,
         )
+
+    async def _take_over_when_free(self) -> None:
+        await self.lock.acquire()
+        log.info("this worker now leads the coordinator")
+        # Everything the old leader committed, read afresh before acting on it.
+        await self.coordinator.load()
+        await self._lead()
+
+    async def _lead(self) -> None:
+        """Start the duties only one process may run, in the order a cold start does."""
+        await self.rollouts.load()
+        # A database restored from a backup may predate some erasures: redo them first.
+        await self.coordinator.privacy.reapply_erasures()
+        await self.client.start()
+        if self.workers > 1:
+            assert self._runner is not None
+            relay = web.UnixSite(self._runner, relay_address(self.config.state_dir))
+            await relay.start()
+        loops = {
+            "scheduler": self.scheduler.run(),
+            "blocks": self._block_loop(),
+            "spot-checks": self.spot_checker.run(),
+            "maintenance": self._maintenance_loop(),
+            "update-metadata": self.rollouts.keep_fresh(),
+            "device-changes": self._prune_changes_loop(),
+        }
+        self._tasks = [asyncio.create_task(coro, name=name) for name, coro in loops.items()]
+        await self.anchoring.start()
+        if self.config.server.mdns:
+            self.discovery = Discovery(self.coordinator, self.port)
+            await self.discovery.start()
+        self.leading = True
 
     def _issue_server_files(self, coordinator_id: str) -> ServerFiles:
         s = self.config.server
@@ -141,24 +208,29 @@ class CoordinatorService:
         return True
 
     async def stop(self) -> None:
+        self.leading = False
         if self.discovery is not None:
             await self.discovery.stop()
             self.discovery = None
-        for task in self._tasks:
+        for task in [*self._serving_tasks, *self._tasks]:
             # Cancel until it is really done: one cancel can be absorbed by a task that
             # was just completing an inner wait.
             while not task.done():
                 task.cancel()
                 await asyncio.wait({task}, timeout=1.0)
         self._tasks = []
+        self._serving_tasks = []
         await self.anchoring.stop()
         await self.scheduler.drain()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.forwarding is not None:
+            await self.forwarding.close()
         await self.client.close()
         self.coordinator.verifier.stop()
         self.db.close()
+        self.lock.release()
 
     async def _block_loop(self) -> None:
         c = self.coordinator
@@ -185,10 +257,37 @@ class CoordinatorService:
                 if forgotten:
                     log.info("deleted %d mDNS candidates past retention", forgotten)
                 await self.coordinator.enrollment.expire_pending()
-                self.renew_server_certificate(self.coordinator.clock())
             except Exception:
                 log.exception("maintenance failed")
             await asyncio.sleep(interval)
+
+    async def _certificate_loop(self) -> None:
+        # Every process renews the certificate it serves with (the CA is in the state
+        # directory); checked as often as maintenance runs.
+        interval = min(MAINTENANCE_INTERVAL_S, self.config.enrollment.pending_ttl_s)
+        while True:
+            try:
+                self.renew_server_certificate(self.coordinator.clock())
+            except Exception:
+                log.exception("renewing the server certificate failed")
+            await asyncio.sleep(interval)
+
+    async def _prune_changes_loop(self) -> None:
+        # The device change log (follower.py) grows with every heartbeat: keep its tail.
+        while True:
+            try:
+                await self.db.write(device_rows.prune_changes)
+            except Exception:
+                log.exception("pruning the device change log failed")
+            await asyncio.sleep(PRUNE_CHANGES_INTERVAL_S)
+
+
+def relay_address(state_dir: Path) -> str:
+    """The leader's socket for requests other workers relay (forwarding.py): in Linux's
+    abstract namespace (no path-length limit, nothing left behind by a crash), named after
+    the state directory; the leader admits only its own user on it."""
+    digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:24]
+    return f"\0aeamc-coordinator-{digest}"
 
 
 def update_repository(config: CoordinatorConfig) -> Repository:

@@ -31,12 +31,29 @@ class DeviceCertificates:
         self.db = db
         self.lifetime_s = lifetime_s
         self.revoked: set[str] = set()
+        #: The latest revocation (rowid) in ``revoked``, for ``follow``.
+        self._cursor = 0
 
     async def load(self) -> None:
         rows = await self.db.read(
-            lambda db: [r["serial"] for r in db.query("SELECT serial FROM revoked_certificates")]
+            lambda db: db.execute("SELECT rowid, serial FROM revoked_certificates").fetchall()
         )
-        self.revoked = set(rows)
+        self.revoked = {serial for _, serial in rows}
+        self._cursor = max((rowid for rowid, _ in rows), default=0)
+
+    async def follow(self) -> int:
+        """Take in revocations committed since ``load`` or the last ``follow`` (by any
+        process on this database: rows are only ever added); how many."""
+        rows = await self.db.read(
+            lambda db: db.execute(
+                "SELECT rowid, serial FROM revoked_certificates WHERE rowid > ? ORDER BY rowid",
+                [self._cursor],
+            ).fetchall()
+        )
+        if rows:
+            self.revoked.update(serial for _, serial in rows)
+            self._cursor = rows[-1][0]
+        return len(rows)
 
     def issue(self, csr_der: bytes, device_id: str) -> tuple[Any, dict[str, Any]]:
         """A certificate for the CSR's key, and the row to store with the enrollment."""

@@ -167,33 +167,69 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyFileError as exc:
         raise CliError(f"configuration error: {exc}", EX_CONFIG) from None
     from .db import StateInUse, lock_state
+    from .workers import Supervisor, worker_command, worker_count
 
+    workers = worker_count(config.server.workers if args.workers is None else args.workers)
+    if workers < 1:
+        raise CliError("--workers must be 0 (one per core) or more", EX_CONFIG)
     try:  # held while running: `db downgrade` refuses to run under a live coordinator
         lock = lock_state(config.state_dir, exclusive=False)
     except StateInUse as exc:
         raise CliError(f"cannot start: {exc}", EX_CONFIG) from None
     try:
-        return asyncio.run(_serve(config, key))
+        if workers == 1 or args.worker_port is not None:
+            return asyncio.run(_serve(config, key, workers, args.worker_port))
+        if not _prepare(config, key):
+            return EX_CONFIG
+        command = worker_command(args.config, args.verbose, workers)
+        return Supervisor(config, command, workers).run()
     finally:
         os.close(lock)
 
 
-async def _serve(config: CoordinatorConfig, key: Any) -> int:
+def _prepare(config: CoordinatorConfig, key: Any) -> bool:
+    """Bring the state directory to what every worker expects before any starts: the
+    schema migrated, the certificate authority and the server certificate made."""
     from .app import CoordinatorService
-
-    service = CoordinatorService(config, key)
     from .db import SchemaTooNew
 
+    service = CoordinatorService(config, key)
     try:
+        service.db.open()
+    except (OSError, SchemaTooNew) as exc:
+        log.error("cannot start: %s", exc)
+        return False
+    finally:
+        service.db.close()
+    return True
+
+
+async def _serve(
+    config: CoordinatorConfig, key: Any, workers: int = 1, worker_port: int | None = None
+) -> int:
+    """Run one coordinator process until SIGTERM/SIGINT: the whole coordinator, or one of
+    ``workers`` on ``worker_port`` under a supervisor (workers.py)."""
+    from .app import CoordinatorService
+    from .db import SchemaTooNew
+    from .workers import listening_socket, report_ready
+
+    service: CoordinatorService | None = None
+    try:
+        listen = None if worker_port is None else listening_socket(config.server.host, worker_port)
+        service = CoordinatorService(config, key, workers=workers, listen=listen)
         await service.start()
     except (OSError, SchemaTooNew) as exc:
         # Exit 78: systemd's RestartPreventExitStatus stops a restart loop that cannot help.
         log.error("cannot start: %s", exc)
-        await service.stop()
+        if service is not None:
+            await service.stop()
         return EX_CONFIG
-    ready = config.state_dir / "coordinator.port"
-    ready.write_text(f"{service.port}\n")
-    notify_systemd("READY=1")  # systemd Type=notify: the API is listening
+    if worker_port is None:
+        ready = config.state_dir / "coordinator.port"
+        ready.write_text(f"{service.port}\n")
+        notify_systemd("READY=1")  # systemd Type=notify: the API is listening
+    else:
+        report_ready()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -360,7 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--cluster-id", type=int)
     init.set_defaults(func=cmd_init)
 
-    sub.add_parser("run", help="run the coordinator").set_defaults(func=cmd_run)
+    rn = sub.add_parser("run", help="run the coordinator")
+    rn.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes sharing the port (default: [server] workers; 0: one per core)",
+    )
+    rn.add_argument("--worker-port", type=int, help=argparse.SUPPRESS)  # set by the supervisor
+    rn.set_defaults(func=cmd_run)
 
     def remote(name: str, help: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help)

@@ -14,7 +14,6 @@ from typing import Any
 from aiohttp import web
 
 from aeamc.shared.messages import CHUNK_FAULT_CODES, MAX_CHUNKS
-from aeamc.shared.runtime.tls import peer_of
 from aeamc.shared.wasmabi import MAX_INPUT_BYTES, MAX_MODULE_BYTES
 
 from .apidoc import errors, json_object_body, path_param
@@ -22,6 +21,7 @@ from .apischemas import DEVICE_ID, HEX32, SIG, TASK_ID, TIMESTAMP, integer
 from .auth import COORDINATOR_KEY, bearer, caller, scope
 from .bodies import json_body, reply
 from .errors import ApiError
+from .forwarding import request_peer
 
 #: Content types each upload accepts.
 _TYPES = {
@@ -64,7 +64,7 @@ async def upload_input(request: web.Request) -> web.Response:
 async def get_content(request: web.Request) -> web.Response:
     content = request.app[COORDINATOR_KEY].content
     digest = request.match_info["digest"]
-    peer = peer_of(request.transport)
+    peer = request_peer(request)
     if bearer(request) is None and peer is not None and peer.role == "device":
         request.app[COORDINATOR_KEY].check_peer(peer, peer.name)
         data = await content.read_for_device(digest, peer.name)
@@ -82,7 +82,7 @@ async def post_chunk_fault(request: web.Request) -> web.Response:
     """A device's signed word that a chunk of its task has no output (faults.py)."""
     c = request.app[COORDINATOR_KEY]
     body = await json_body(request)
-    return reply(await c.faults.report(body, peer_of(request.transport)), 202)
+    return reply(await c.faults.report(body, request_peer(request)), 202)
 
 
 def add_content_routes(app: web.Application) -> None:

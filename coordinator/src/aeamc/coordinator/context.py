@@ -32,6 +32,7 @@ from .certs import DeviceCertificates
 from .config import CoordinatorConfig, IpNetwork, endpoint_networks
 from .db import Database
 from .progress import ProgressBoard
+from .registry import Device
 from .store.registry import DeviceRegistry
 from .verifier import SignatureVerifier
 
@@ -130,6 +131,14 @@ class Context:
     async def load_devices(self) -> None:
         """Fill the registry from the database, with the recent heartbeat times EPS needs."""
         await self.devices.load(self.db, self.clock() - self.eps_config.poa_window_ms)
+
+    async def current_device(self, device_id: str) -> Device | None:
+        """``device_id`` as committed now (registry.refresh): for a request the view alone
+        would refuse, as another worker process may have enrolled, approved or released
+        the device since this one last followed the database."""
+        return await self.devices.refresh(
+            self.db, device_id, self.clock() - self.eps_config.poa_window_ms
+        )
 
     def tls(self) -> DeviceCertificates:
         """The CA's side of mutual TLS (refused when this coordinator has none)."""

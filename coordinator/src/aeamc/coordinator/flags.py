@@ -6,6 +6,8 @@ import logging
 import re
 from typing import Any
 
+import sqlite_utils
+
 from aeamc.shared.flags import in_rollout
 from aeamc.shared.refusals import Fault, Refusal
 
@@ -24,6 +26,7 @@ class FlagService:
         self.ctx = ctx
         #: Feature flags (SPEC §10): name → rollout percent.
         self.flags: dict[str, int] = {}
+        self._history_seen = 0
 
     def flag_on(self, name: str, device_id: str) -> bool:
         """Whether flag ``name`` is on for ``device_id`` (its SPEC §10 cohort bucket)."""
@@ -86,5 +89,21 @@ class FlagService:
 
     async def load(self) -> None:
         """Read every flag's percentage (at start)."""
-        rows = await self.ctx.db.read(lambda db: list(db.query("SELECT name, percent FROM flags")))
-        self.flags = {r["name"]: r["percent"] for r in rows}
+
+        def read(db: sqlite_utils.Database) -> tuple[int, dict[str, int]]:
+            last = db.execute("SELECT COALESCE(MAX(id), 0) FROM flag_history").fetchone()[0]
+            rows = db.query("SELECT name, percent FROM flags")
+            return last, {r["name"]: r["percent"] for r in rows}
+
+        self._history_seen, self.flags = await self.ctx.db.read(read)
+
+    async def follow(self) -> bool:
+        """Read the flags again when any changed since ``load`` (a change made by another
+        process on this database: every change adds to the flags' history)."""
+        last = await self.ctx.db.read(
+            lambda db: db.execute("SELECT COALESCE(MAX(id), 0) FROM flag_history").fetchone()[0]
+        )
+        if last == self._history_seen:
+            return False
+        await self.load()
+        return True

@@ -46,6 +46,8 @@ class HeartbeatService:
         device this coordinator reads it."""
         poa = parse_signed(data, PoA)
         device = self.ctx.devices.get(poa.device_id)
+        if device is None or device.state == "pending" or device.quarantined:
+            device = await self.ctx.current_device(poa.device_id)
         if device is None:
             raise Refusal(Fault.FORBIDDEN, "not_enrolled", "unknown device: enroll first")
         await self.ctx.verifier.verify(poa, device.public_key)
@@ -82,7 +84,7 @@ class HeartbeatService:
                 score=score,
             )
             if not stored:
-                raise Refusal(Fault.CONFLICT, "replay", f"seq {poa.seq} was already used")
+                raise _not_stored(db, poa)
             # Read with the seq's check: what the device holds as this heartbeat is taken.
             held = task_rows.held_chunks(db, poa.device_id, reported) if reported else {}
             return "active", held
@@ -109,3 +111,24 @@ class HeartbeatService:
             "eps": round(score, 4),
             READS_WORK: True,
         }
+
+
+def _not_stored(db: sqlite_utils.Database, poa: PoA) -> Refusal:
+    """Why the store did not take a heartbeat that passed every check on the process's
+    view: the device changed meanwhile (another worker's commit) or the seq was used."""
+    row = db.execute(
+        "SELECT state, last_seq FROM devices WHERE device_id=?", [poa.device_id]
+    ).fetchone()
+    if row is None:
+        return Refusal(Fault.FORBIDDEN, "not_enrolled", "unknown device: enroll first")
+    state, last_seq = row
+    if state == "quarantined":
+        return Refusal(Fault.FORBIDDEN, "quarantined", "this device is quarantined")
+    if state == "pending":
+        return Refusal(Fault.FORBIDDEN, "pending", "enrollment awaits the operator's approval")
+    return Refusal(
+        Fault.CONFLICT,
+        "replay",
+        f"seq {poa.seq} is not above {last_seq}",
+        last_seq=last_seq,
+    )

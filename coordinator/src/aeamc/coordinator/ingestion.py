@@ -67,7 +67,7 @@ class ProofIngestion:
         """Accept one proof: signed by its device, over its certificate, for a live
         assignment, with output and trace matching its commitments; stored (and its task
         settled) in one commit before the answer. A refused proof changes nothing."""
-        pot, device = self._proof_sender(data, peer)
+        pot, device = await self._sender(data, peer)
         row = await self.ctx.db.read(
             lambda db: task_rows.assignment_row(db, pot.task_id, pot.device_id)
         )
@@ -87,7 +87,7 @@ class ProofIngestion:
         senders: list[tuple[int, PoT, Device]] = []
         for i, data in enumerate(items):
             try:
-                pot, device = self._proof_sender(data, peer)
+                pot, device = await self._sender(data, peer)
                 senders.append((i, pot, device))
             except (Refusal, ProtocolError) as exc:
                 results[i] = exc
@@ -136,6 +136,19 @@ class ProofIngestion:
         req = _PROOF_REQUEST(data, "")
         return parse_signed(req["pot"], PoT)
 
+    async def _sender(self, data: Any, peer: Peer | None) -> tuple[PoT, Device]:
+        """``_proof_sender``, asked again of the database when the process's view alone
+        refuses the device (another worker may have enrolled or released it since)."""
+        try:
+            return self._proof_sender(data, peer)
+        except Refusal as exc:
+            if exc.code not in ("not_enrolled", "quarantined"):
+                raise
+            pot = self.parse_submission(data)
+            if await self.ctx.current_device(pot.device_id) is None:
+                raise
+            return self._proof_sender(data, peer)
+
     def _proof_sender(self, data: Any, peer: Peer | None) -> tuple[PoT, Device]:
         """Parse the submission and check who sent it, before anything else is looked up."""
         pot = self.parse_submission(data)
@@ -175,6 +188,13 @@ class ProofIngestion:
 
     def _store_proof(self, db: sqlite_utils.Database, proof: _CheckedProof) -> str:
         pot, now = proof.pot, self.ctx.clock()
+        # The device as committed, not as this process last saw it: another worker may
+        # have quarantined or erased it since.
+        state = device_rows.device_state(db, pot.device_id)
+        if state is None:
+            raise Refusal(Fault.FORBIDDEN, "not_enrolled", "unknown device")
+        if state == "quarantined":
+            raise Refusal(Fault.FORBIDDEN, "quarantined", "this device is quarantined")
         if not task_rows.mark_proved(db, pot.task_id, pot.device_id):
             raise Refusal(Fault.CONFLICT, "duplicate", "a proof for this task was already accepted")
         proof_rows.insert_proof(

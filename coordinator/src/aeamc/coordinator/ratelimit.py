@@ -18,10 +18,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from aeamc.shared.runtime.tls import ROLE_DEVICE, peer_of
+from aeamc.shared.runtime.tls import ROLE_DEVICE
 
 from .config import LimitsConfig
 from .errors import ApiError
+from .forwarding import request_peer
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: Keep at most this many buckets per kind; beyond it the idlest are forgotten.
@@ -94,7 +95,7 @@ class RateLimiter:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        peer = peer_of(request.transport)
+        peer = request_peer(request)
         device_id = peer.name if peer is not None and peer.role == ROLE_DEVICE else None
         try:
             self.check(request.remote, device_id)

@@ -38,6 +38,8 @@ class Device:
     poa_times: tuple[int, ...] = ()
     #: The tags the operator gave the device (its own are in its capabilities).
     operator_tags: tuple[str, ...] = ()
+    #: The stored text of ``capabilities`` when read from a row ("" otherwise).
+    capabilities_json: str = field(default="", compare=False)
 
     @property
     def quarantined(self) -> bool:
@@ -64,13 +66,24 @@ class Device:
         )
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> Device:
-        telemetry = parse(Telemetry, json.loads(row["telemetry"])) if row["telemetry"] else None
+    def from_row(cls, row: dict[str, Any], like: Device | None = None) -> Device:
+        """The device a ``devices`` row holds. ``like``: the same device as read before,
+        whose parsed capabilities and telemetry are reused where the row still holds them
+        (following other processes' writes re-reads a device at each of its heartbeats)."""
+        if like is not None and like.last_seq == row["last_seq"]:
+            telemetry = like.telemetry
+        else:
+            telemetry = parse(Telemetry, json.loads(row["telemetry"])) if row["telemetry"] else None
+        if like is not None and like.capabilities_json == row["capabilities"]:
+            capabilities = like.capabilities
+        else:
+            capabilities = parse(Capabilities, json.loads(row["capabilities"]))
         return cls(
             device_id=row["device_id"],
             public_key=bytes.fromhex(row["public_key"]),
             state=row["state"],
-            capabilities=parse(Capabilities, json.loads(row["capabilities"])),
+            capabilities=capabilities,
+            capabilities_json=row["capabilities"],
             endpoint=row["endpoint"],
             address=row["address"],
             enrolled_at=row["enrolled_at"],

@@ -503,4 +503,29 @@ MIGRATIONS: list[Migration] = [
             "ALTER TABLE devices DROP COLUMN tags",
         ],
     ),
+    # v13: several processes on one database (SPEC §13). ``device_changes``: the id of
+    # every device row written, in commit order (writes are serialised and ids never reused, so they
+    # grow with commits), filled by triggers so that no write anywhere can skip it. Each process
+    # follows it to keep its in-memory view of the fleet in step with the others' writes;
+    # the leader prunes what every process has had time to read.
+    Migration(
+        up=[
+            """CREATE TABLE device_changes (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            device_id TEXT NOT NULL
+        )""",
+            """CREATE TRIGGER device_changes_insert AFTER INSERT ON devices
+            BEGIN INSERT INTO device_changes (device_id) VALUES (NEW.device_id); END""",
+            """CREATE TRIGGER device_changes_update AFTER UPDATE ON devices
+            BEGIN INSERT INTO device_changes (device_id) VALUES (NEW.device_id); END""",
+            """CREATE TRIGGER device_changes_delete AFTER DELETE ON devices
+            BEGIN INSERT INTO device_changes (device_id) VALUES (OLD.device_id); END""",
+        ],
+        down=[
+            "DROP TRIGGER device_changes_delete",
+            "DROP TRIGGER device_changes_update",
+            "DROP TRIGGER device_changes_insert",
+            "DROP TABLE device_changes",
+        ],
+    ),
 ]

@@ -44,6 +44,65 @@ def heartbeat_times(db: sqlite_utils.Database, since: int) -> list[tuple[str, in
     ]
 
 
+# -- following the writes of other processes (store/registry.py) -------------------------
+
+#: ``device_changes`` rows the leader keeps; a process that fell further behind reloads.
+CHANGES_KEPT = 200_000
+
+
+def change_cursor(db: sqlite_utils.Database) -> int:
+    """The id of the latest device change committed (0 before any)."""
+    row = db.execute("SELECT MAX(id) FROM device_changes").fetchone()
+    return int(row[0] or 0)
+
+
+def changes_after(
+    db: sqlite_utils.Database, cursor: int, limit: int
+) -> tuple[int, dict[str, dict[str, Any] | None]] | None:
+    """The devices written after change ``cursor`` (at most ``limit`` changes): the new
+    cursor and each device's row now (None: deleted). None when changes after ``cursor``
+    were pruned, so the caller must reload every device."""
+    first = db.execute("SELECT MIN(id) FROM device_changes").fetchone()[0]
+    if first is not None and first > cursor + 1:
+        return None
+    changed = db.execute(
+        "SELECT id, device_id FROM device_changes WHERE id > ? ORDER BY id LIMIT ?",
+        [cursor, limit],
+    ).fetchall()
+    if not changed:
+        return cursor, {}
+    ids = list(dict.fromkeys(device_id for _, device_id in changed))
+    rows: dict[str, dict[str, Any] | None] = dict.fromkeys(ids)
+    for row in db.query(
+        "SELECT * FROM devices WHERE device_id IN (SELECT value FROM json_each(?))",
+        [json.dumps(ids)],
+    ):
+        rows[row["device_id"]] = row
+    return int(changed[-1][0]), rows
+
+
+def device_heartbeat_times(
+    db: sqlite_utils.Database, device_ids: list[str], since: int
+) -> list[tuple[str, int]]:
+    """(device, receive time) of the heartbeats of ``device_ids`` since ``since``, oldest
+    first."""
+    return db.execute(
+        "SELECT device_id, received_at FROM heartbeats "
+        "WHERE device_id IN (SELECT value FROM json_each(?)) AND received_at >= ? "
+        "ORDER BY received_at",
+        [json.dumps(device_ids), since],
+    ).fetchall()
+
+
+def prune_changes(db: sqlite_utils.Database, keep: int = CHANGES_KEPT) -> int:
+    """Delete all but the latest ``keep`` device changes; how many were deleted."""
+    cur = db.execute(
+        "DELETE FROM device_changes WHERE id <= (SELECT MAX(id) FROM device_changes) - ?",
+        [keep],
+    )
+    return int(cur.rowcount)
+
+
 def is_erased(db: sqlite_utils.Database, device_id: str) -> bool:
     """Whether ``device_id`` was erased (its tombstone refuses the identity for good)."""
     return _first(db, "SELECT 1 FROM erased_devices WHERE device_id=?", [device_id]) is not None
@@ -52,6 +111,17 @@ def is_erased(db: sqlite_utils.Database, device_id: str) -> bool:
 def exists(db: sqlite_utils.Database, device_id: str) -> bool:
     """Whether ``device_id`` is enrolled (its row exists) as the transaction sees it."""
     return db.execute("SELECT 1 FROM devices WHERE device_id=?", [device_id]).fetchone() is not None
+
+
+def device_row(db: sqlite_utils.Database, device_id: str) -> dict[str, Any] | None:
+    """The row of ``device_id`` as committed, or None."""
+    return _first(db, "SELECT * FROM devices WHERE device_id=?", [device_id])
+
+
+def device_state(db: sqlite_utils.Database, device_id: str) -> str | None:
+    """The state of ``device_id`` as the transaction sees it, or None (not enrolled)."""
+    row = db.execute("SELECT state FROM devices WHERE device_id=?", [device_id]).fetchone()
+    return None if row is None else str(row[0])
 
 
 def enrollment_row(db: sqlite_utils.Database, device_id: str) -> dict[str, Any] | None:

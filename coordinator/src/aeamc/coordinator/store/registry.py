@@ -24,6 +24,8 @@ class DeviceRegistry:
 
     def __init__(self) -> None:
         self._devices: dict[str, Device] = {}
+        #: The latest device change (``device_changes``) this view includes.
+        self._cursor = 0
 
     # -- reading ---------------------------------------------------------------------
 
@@ -52,7 +54,9 @@ class DeviceRegistry:
 
     async def load(self, db: Database, poa_since: int) -> None:
         """Fill the registry from the database, with the heartbeat times since
-        ``poa_since`` that EPS needs."""
+        ``poa_since`` that EPS needs; ``follow`` goes on from here."""
+        # The cursor first: a change committed while the rows are read is read again.
+        self._cursor = await db.read(device_rows.change_cursor)
         rows = await db.read(device_rows.all_devices)
         devices = {r["device_id"]: Device.from_row(r) for r in rows}
         recent = await db.read(lambda d: device_rows.heartbeat_times(d, poa_since))
@@ -64,6 +68,62 @@ class DeviceRegistry:
                 poa = tuple(seen[-POA_HISTORY:])
                 devices[device_id] = dataclasses.replace(devices[device_id], poa_times=poa)
         self._devices = devices
+
+    async def follow(self, db: Database, poa_since: int, limit: int = 5000) -> int:
+        """Take in the device writes committed since the last ``load`` or ``follow``, by
+        this process or another one on the same database: each changed device is read
+        again (a deleted one forgotten), its latest heartbeat added to its proofs of
+        availability. Reloads everything when the changes were pruned before they were
+        read. Returns how many devices changed."""
+        got = await db.read(lambda d: device_rows.changes_after(d, self._cursor, limit))
+        if got is None:
+            await self.load(db, poa_since)
+            return len(self._devices)
+        cursor, rows = got
+        new_ids = [i for i, row in rows.items() if row is not None and i not in self._devices]
+        seen: dict[str, list[int]] = {}
+        if new_ids:
+            times = await db.read(
+                lambda d: device_rows.device_heartbeat_times(d, new_ids, poa_since)
+            )
+            for device_id, received_at in times:
+                seen.setdefault(device_id, []).append(received_at)
+        for device_id, row in rows.items():
+            if row is None:
+                self._devices.pop(device_id, None)
+                continue
+            old = self._devices.get(device_id)
+            device = Device.from_row(row, old)
+            if old is None:
+                poa = tuple(seen.get(device_id, ())[-POA_HISTORY:])
+            else:
+                poa = old.poa_times
+                if device.last_seen is not None and (not poa or device.last_seen > poa[-1]):
+                    poa = (*poa, device.last_seen)[-POA_HISTORY:]
+            self._devices[device_id] = dataclasses.replace(device, poa_times=poa)
+        self._cursor = cursor
+        return len(rows)
+
+    async def refresh(self, db: Database, device_id: str, poa_since: int) -> Device | None:
+        """The device as committed now, read again and put in the view (None: not
+        enrolled). For a hot path about to refuse on what the view says — unknown,
+        pending, quarantined — when another process may have changed it since the last
+        ``follow``."""
+        row = await db.read(lambda d: device_rows.device_row(d, device_id))
+        if row is None:
+            self._devices.pop(device_id, None)
+            return None
+        old = self._devices.get(device_id)
+        if old is None:
+            times = await db.read(
+                lambda d: device_rows.device_heartbeat_times(d, [device_id], poa_since)
+            )
+            poa = tuple(t for _, t in times)[-POA_HISTORY:]
+        else:
+            poa = old.poa_times
+        device = dataclasses.replace(Device.from_row(row, old), poa_times=poa)
+        self._devices[device_id] = device
+        return device
 
     def enrolled(
         self,
@@ -95,6 +155,7 @@ class DeviceRegistry:
             device = dataclasses.replace(
                 old,
                 capabilities=capabilities,
+                capabilities_json="",
                 endpoint=endpoint,
                 address=address,
                 state=state,

@@ -14,13 +14,13 @@ from aiohttp import web
 from aeamc.shared.canonical import MAX_SAFE_INT
 from aeamc.shared.refusals import not_found
 from aeamc.shared.releases import OUTCOMES
-from aeamc.shared.runtime.tls import peer_of
 from aeamc.shared.versions import VERSION_PATTERN
 
 from ..apidoc import errors, json_object_body, path_param
 from ..auth import COORDINATOR_KEY, require
 from ..bodies import json_body, reply
 from ..errors import ApiError
+from ..forwarding import request_peer
 from .repository import METADATA_NAME
 from .rollouts import Rollouts
 
@@ -74,7 +74,7 @@ async def get_target(request: web.Request) -> web.StreamResponse:
 async def post_report(request: web.Request) -> web.Response:
     rollouts = _rollouts(request)
     body = await json_body(request)
-    return reply(await rollouts.report(body, peer_of(request.transport)), 202)
+    return reply(await rollouts.report(body, request_peer(request)), 202)
 
 
 # -- operator -----------------------------------------------------------------------------
