@@ -238,8 +238,10 @@ class CoordinatorService:
         while True:
             await wait_event(c.wake_blocks, interval)
             try:
+                # Another block at once while the last one was full: receipts are waiting
+                # (counted in other worker processes too, which this one cannot see).
                 while await c.blocks.form_block() is not None:
-                    if c.unblocked < self.config.blocks.max_receipts:
+                    if not c.blocks.last_block_full:
                         break
             except Exception:
                 log.exception("forming a microblock failed")

@@ -37,6 +37,8 @@ class BlockService:
     def __init__(self, ctx: Context, settlement: Settlement) -> None:
         self.ctx = ctx
         self.settlement = settlement
+        #: Whether the latest block took as many receipts as a block may hold.
+        self.last_block_full = False
 
     async def form_block(self) -> int | None:
         """Commit the next block from receipts not yet in one; ``None`` when there are none.
@@ -90,6 +92,7 @@ class BlockService:
             self.ctx.unblocked = 0
             return None
         height, receipts = formed
+        self.last_block_full = receipts >= self.ctx.config.blocks.max_receipts
         self.ctx.unblocked = max(0, self.ctx.unblocked - receipts)
         self.ctx.count("blocks")
         self.ctx.wake_spot_checks.set()

@@ -1,0 +1,308 @@
+"""Several worker processes on one coordinator (``[server] workers``, SPEC §13), with real
+processes: the workers share the port, relay to the leader what only it answers, keep
+trust decisions exact whichever worker a request reaches, and survive ``kill -9`` of any
+of them under load without losing or repeating anything they acknowledged."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+import pytest
+
+from aeamc.shared import microblock
+from aeamc.shared.messages import Assignment, Privacy, sign
+from tests.support.coordinator import CoordinatorProcess
+from tests.support.device import SimDevice, now_ms
+
+WORKERS = 2
+
+
+def _workers(coord: CoordinatorProcess) -> list[psutil.Process]:
+    assert coord.process is not None
+    return psutil.Process(coord.process.pid).children()
+
+
+def _leader(coord: CoordinatorProcess, timeout: float = 30.0) -> psutil.Process:
+    """The worker holding the leader lock (only the holder keeps the lock file open)."""
+    lock = str(coord.state_dir / "leader.lock")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for w in _workers(coord):
+            try:
+                if any(f.path == lock for f in w.open_files()):
+                    return w
+            except psutil.NoSuchProcess:
+                continue
+        time.sleep(0.1)
+    raise AssertionError("no worker holds the leader lock")
+
+
+def _start(tmp_path: Path, **settings: Any) -> CoordinatorProcess:
+    coord = CoordinatorProcess(
+        tmp_path / "coord", settings={"server": {"workers": WORKERS}, **settings}
+    )
+    coord.init()
+    coord.start()
+    assert len(_workers(coord)) == WORKERS
+    return coord
+
+
+async def _enroll_token(session: aiohttp.ClientSession, coord: CoordinatorProcess) -> str:
+    operator = {"Authorization": f"Bearer {coord.token('operator')}"}
+    async with session.post(
+        f"{coord.url}/v1/tokens", json={"role": "enroll", "uses": 100}, headers=operator
+    ) as resp:
+        assert resp.status == 201, await resp.text()
+        return str((await resp.json())["token"])
+
+
+async def _post_alone(
+    coord: CoordinatorProcess, device: SimDevice, path: str, body: Any, headers: Any = None
+) -> tuple[int, Any]:
+    """POST on a connection of its own (so it may reach any worker), as ``device``."""
+    connector = aiohttp.TCPConnector(ssl=device.client_context(), force_close=True)
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.post(coord.url + path, json=body, headers=headers) as resp,
+    ):
+        return resp.status, await resp.json()
+
+
+async def test_workers_share_the_port_and_every_one_judges_devices_as_the_store_does(
+    tmp_path: Path,
+) -> None:
+    coord = _start(tmp_path)
+    session = coord.session()
+    devices: list[SimDevice] = []
+    try:
+        operator = {"Authorization": f"Bearer {coord.token('operator')}"}
+        token = await _enroll_token(session, coord)
+        devices = [await SimDevice(coord.url).start() for _ in range(16)]
+        # Enrollment is relayed to the leader by whichever worker gets it; the first
+        # heartbeats may reach a worker that has not followed the enrollment yet.
+        for d in devices:
+            await d.join(token)
+        # Kept-alive connections are spread by the kernel over both workers.
+        port = coord.port
+        held = [
+            sum(
+                1
+                for c in w.net_connections()
+                if c.status == "ESTABLISHED" and c.laddr and c.laddr.port == port
+            )
+            for w in _workers(coord)
+        ]
+        assert all(n > 0 for n in held), held
+
+        # One heartbeat sent at once on 12 connections: accepted exactly once, whichever
+        # workers the copies reach (the store's replay counter, not a worker's view).
+        d = devices[0]
+        poa = d.poa()
+        answers = await asyncio.gather(
+            *(_post_alone(coord, d, "/v1/heartbeats", poa) for _ in range(12))
+        )
+        assert sorted(s for s, _ in answers) == [202] + [409] * 11, answers
+        assert all(b["error"]["code"] == "replay" for s, b in answers if s == 409)
+
+        # Quarantine is in force on every worker at once: the very next heartbeat is
+        # refused wherever it lands, though a worker may not have followed the change.
+        for q in devices[8:]:
+            async with session.post(
+                f"{coord.url}/v1/devices/{q.device_id}/quarantine",
+                json={"reason": "test"},
+                headers=operator,
+            ) as resp:
+                assert resp.status == 200, await resp.text()
+            status, body = await _post_alone(coord, q, "/v1/heartbeats", q.poa())
+            # (A worker that followed the revocation of its certificate says that first.)
+            assert status == 403, body
+            assert body["error"]["code"] in ("quarantined", "certificate_revoked"), body
+
+        # A flag set through any worker reaches every worker's answers.
+        async with session.put(
+            f"{coord.url}/v1/flags/everywhere", json={"percent": 100}, headers=operator
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+        for _ in range(100):
+            answers = await asyncio.gather(
+                *(_post_alone(coord, d, "/v1/heartbeats", d.poa()) for d in devices[:8])
+            )
+            if all(s == 202 and "everywhere" in b["flags"] for s, b in answers):
+                break
+            await asyncio.sleep(0.1)
+        assert all(s == 202 and "everywhere" in b["flags"] for s, b in answers), answers
+    finally:
+        await session.close()
+        for d in devices:
+            await d.stop()
+        assert coord.stop() == 0
+
+
+async def test_relay_headers_from_the_network_are_not_believed(tmp_path: Path) -> None:
+    """A LAN host sending the headers a worker adds when it relays (the client's address,
+    its certificate) gets no more than it would without them: on the TLS port they are
+    ignored, whichever worker the connection reaches."""
+    coord = _start(tmp_path)
+    session = coord.session()
+    victim = await SimDevice(coord.url).start()
+    thief = await SimDevice(coord.url).start()
+    try:
+        token = await _enroll_token(session, coord)
+        await victim.join(token)
+        await thief.join(token)
+        forged = {
+            "X-AEAMC-Forwarded-Peer": f"{victim.device_id};device;1",
+            "X-AEAMC-Forwarded-For": "127.0.0.1",
+        }
+        # The victim's own export request, signed by the victim (captured on the LAN), sent
+        # over the thief's connection claiming the victim's certificate: refused by every
+        # worker. The victim itself gets it.
+        for _ in range(8):
+            status, body = await _post_alone(
+                coord,
+                thief,
+                f"/v1/devices/{victim.device_id}/export",
+                _privacy(victim, "export"),
+                headers=forged,
+            )
+            assert status == 403, body
+        status, body = await _post_alone(
+            coord, victim, f"/v1/devices/{victim.device_id}/export", _privacy(victim, "export")
+        )
+        assert status == 200 and body["device"]["device_id"] == victim.device_id, body
+    finally:
+        await session.close()
+        await victim.stop()
+        await thief.stop()
+        coord.stop()
+
+
+def _privacy(device: SimDevice, action: str) -> dict[str, Any]:
+    body = {
+        "type": "privacy",
+        "device_id": device.device_id,
+        "action": action,
+        "timestamp": now_ms(),
+    }
+    return sign(Privacy, body, device.key).to_dict()
+
+
+PROOFS = 600
+DEVICES = 4
+KILL_AFTER = 200
+
+
+async def _chain(session: aiohttp.ClientSession, url: str) -> list[microblock.Microblock]:
+    async with session.get(f"{url}/v1/microblocks?limit=1000") as resp:
+        listing = (await resp.json())["microblocks"]
+    out = []
+    for b in listing:
+        async with session.get(f"{url}/v1/microblocks/{b['height']}/raw") as resp:
+            out.append(microblock.decode(await resp.read()))
+    return out
+
+
+@pytest.mark.parametrize("victim", ["leader", "follower"])
+async def test_kill_9_of_a_worker_under_load_loses_and_repeats_nothing(
+    tmp_path: Path, victim: str
+) -> None:
+    coord = _start(
+        tmp_path,
+        scheduler={"max_inflight_per_device": PROOFS},
+        blocks={"max_receipts": 100, "interval_s": 0.3},
+    )
+    session = coord.session()
+    devices = [await SimDevice(coord.url, auto_prove=False).start() for _ in range(DEVICES)]
+    try:
+        client = {"Authorization": f"Bearer {coord.token('client')}"}
+        token = await _enroll_token(session, coord)
+        for d in devices:
+            await d.join(token)
+        task = {"kind": "sha256-chain", "params": {"seed": "ab" * 32, "iterations": 1}, "chunks": 1}
+        for _ in range(PROOFS):
+            async with session.post(f"{coord.url}/v1/tasks", json=task, headers=client) as resp:
+                assert resp.status == 202
+        for _ in range(600):
+            if sum(len(d.assignments) for d in devices) == PROOFS:
+                break
+            await asyncio.sleep(0.1)
+        work: list[tuple[SimDevice, Assignment]] = [(d, a) for d in devices for a in d.assignments]
+        assert len(work) == PROOFS
+
+        leader = _leader(coord)
+        target = leader if victim == "leader" else next(w for w in _workers(coord) if w != leader)
+        acked: set[tuple[str, str]] = set()
+        beats: list[tuple[SimDevice, dict[str, Any]]] = []
+        killed = asyncio.Event()
+        gate = asyncio.Semaphore(24)
+
+        async def submit(d: SimDevice, a: Assignment) -> None:
+            async with gate:
+                try:
+                    status, _ = await d.post("/v1/proofs", d.proof_for(a))
+                    poa = d.poa()
+                    hb, _ = await d.post("/v1/heartbeats", poa)
+                except (aiohttp.ClientError, OSError):
+                    return
+                if hb == 202:
+                    beats.append((d, poa))
+                if status == 202:
+                    acked.add((a.task_id, d.device_id))
+                    if len(acked) >= KILL_AFTER and not killed.is_set():
+                        killed.set()
+                        os.kill(target.pid, signal.SIGKILL)
+
+        await asyncio.gather(*(submit(d, a) for d, a in work))
+        assert killed.is_set() and len(acked) >= KILL_AFTER
+
+        # The supervisor starts a worker again; a leader serves (the survivor took over
+        # if the leader was the one killed).
+        for _ in range(300):
+            if len(_workers(coord)) == WORKERS and target.pid not in {
+                w.pid for w in _workers(coord)
+            }:
+                break
+            await asyncio.sleep(0.1)
+        assert len(_workers(coord)) == WORKERS
+        new_leader = _leader(coord)
+        if victim == "leader":
+            assert new_leader.pid != leader.pid
+
+        # No acknowledged heartbeat's seq can be used again, on any worker.
+        for d, poa in beats[-20:]:
+            status, body = await _post_alone(coord, d, "/v1/heartbeats", poa)
+            assert (status, body["error"]["code"]) == (409, "replay"), body
+        # Every proof not acknowledged is delivered again: accepted, or refused as a
+        # duplicate when it had been committed before the kill without its 202 arriving.
+        for d, a in work:
+            if (a.task_id, d.device_id) not in acked:
+                for _ in range(50):
+                    try:
+                        status, body = await d.post("/v1/proofs", d.proof_for(a))
+                    except (aiohttp.ClientError, OSError):
+                        await asyncio.sleep(0.1)
+                        continue
+                    break
+                assert status == 202 or body["error"]["code"] == "duplicate", body
+        for _ in range(300):
+            chain = await _chain(session, coord.url)
+            if sum(len(b.receipts) for b in chain) == PROOFS:
+                break
+            await asyncio.sleep(0.2)
+        microblock.verify_chain(chain)  # links from genesis, no receipt twice
+        keys = [r.key for b in chain for r in b.receipts]
+        assert len(keys) == len(set(keys)) == PROOFS
+        assert set(keys) == {(a.task_id, d.device_id) for d, a in work}
+        assert acked <= set(keys)
+    finally:
+        await session.close()
+        for d in devices:
+            await d.stop()
+        coord.stop()
