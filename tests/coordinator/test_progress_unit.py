@@ -1,6 +1,6 @@
-"""The work in hand that heartbeats report (SPEC §2.4), in-process: shown per assignment
-in the task's view, taken only for assignments the reporting device holds and within the
-task's chunks, and gone when the assignment ends."""
+"""The work in hand that heartbeats report (SPEC §2.4), in-process: stored with the
+heartbeat and shown per assignment in the task's view, taken only for assignments the
+reporting device holds and within the task's chunks, and gone when the assignment ends."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 
 from aeamc.coordinator.config import SchedulerConfig
-from aeamc.coordinator.progress import ProgressBoard
+from aeamc.coordinator.progress import kept_reports
+from aeamc.coordinator.store import tasks as task_rows
 from aeamc.shared.messages import MAX_WORK_REPORTS, WorkReport
+from aeamc.shared.refusals import Refusal
+from tests.support.device import GOOD_TELEMETRY
 from tests.support.inprocess import Fleet
 
 
@@ -20,6 +23,11 @@ async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
     scheduler = SchedulerConfig(assignment_timeout_s=60, max_inflight_per_device=1)
     async with Fleet(tmp_path, scheduler=scheduler) as f:
         yield f
+
+
+async def held(fleet: Fleet) -> set[tuple[str, str]]:
+    """Every (task, device) with stored progress."""
+    return await fleet.c.db.read(task_rows.progress_held)
 
 
 async def chunks_done(fleet: Fleet, task_id: str) -> dict[str, int | None]:
@@ -44,13 +52,13 @@ async def test_the_view_shows_what_the_device_last_reported(fleet: Fleet) -> Non
     # A heartbeat without work (an agent too old to report it) leaves nothing known.
     await fleet.heartbeat(d)
     assert await chunks_done(fleet, task_id) == {d.device_id: None}
-    assert len(fleet.c.progress) == 0
+    assert await held(fleet) == set()
     await fleet.heartbeat(d, work=[(task_id, 5)])
     await fleet.prove(d, task_id)
     # Proved: its proof covers every chunk, whatever was last reported.
     assert await chunks_done(fleet, task_id) == {d.device_id: 8}
     assert await fleet.c.maintenance.forget_ended_progress() == 1
-    assert len(fleet.c.progress) == 0
+    assert await held(fleet) == set()
 
 
 async def test_a_device_cannot_report_work_it_does_not_hold(fleet: Fleet) -> None:
@@ -75,8 +83,7 @@ async def test_a_device_cannot_report_work_it_does_not_hold(fleet: Fleet) -> Non
     assert answer["state"] == "active"
     assert await chunks_done(fleet, theirs) == {honest.device_id: 3}
     assert await chunks_done(fleet, own) == {hostile.device_id: None}
-    assert fleet.c.progress.held() == {(theirs, honest.device_id)}
-    assert fleet.c.progress.chunks_done(theirs, hostile.device_id) is None
+    assert await held(fleet) == {(theirs, honest.device_id)}
 
     # Its own task named twice contradicts itself: ignored, even with plausible counts.
     await fleet.heartbeat(hostile, work=[(own, 2), (own, 3)])
@@ -85,7 +92,7 @@ async def test_a_device_cannot_report_work_it_does_not_hold(fleet: Fleet) -> Non
     await fleet.heartbeat(hostile, work=[(own, 8), (theirs, 0)])
     assert await chunks_done(fleet, own) == {hostile.device_id: 8}
     assert await chunks_done(fleet, theirs) == {honest.device_id: 3}
-    assert fleet.c.progress.held() == {(theirs, honest.device_id), (own, hostile.device_id)}
+    assert await held(fleet) == {(theirs, honest.device_id), (own, hostile.device_id)}
 
 
 async def test_progress_goes_when_the_assignment_expires(fleet: Fleet) -> None:
@@ -96,11 +103,11 @@ async def test_progress_goes_when_the_assignment_expires(fleet: Fleet) -> None:
     fleet.clock.advance(61_000)
     assert await fleet.c.maintenance.expire_assignments() == 1
     assert await fleet.assignments(task_id) == {d.device_id: "expired"}
-    assert len(fleet.c.progress) == 0
+    assert await held(fleet) == set()
     assert await chunks_done(fleet, task_id) == {d.device_id: None}
     # The device, not yet aware, reports it again: it no longer holds it.
     await fleet.heartbeat(d, work=[(task_id, 5)])
-    assert len(fleet.c.progress) == 0
+    assert await held(fleet) == set()
 
 
 async def test_progress_of_a_quarantined_device_goes_within_a_heartbeat_window(
@@ -115,28 +122,30 @@ async def test_progress_of_a_quarantined_device_goes_within_a_heartbeat_window(
     await fleet.c.fleet.quarantine(d.device_id, "operator")
     assert await chunks_done(fleet, task_id) == {d.device_id: None}
     await fleet.c.maintenance.expire_assignments()
-    assert len(fleet.c.progress) == 1  # a round with nothing due sweeps once a window
+    assert len(await held(fleet)) == 1  # a round with nothing due sweeps once a window
     fleet.clock.advance(fleet.config.protocol.heartbeat_window_s * 1000)
     await fleet.c.maintenance.expire_assignments()
-    assert len(fleet.c.progress) == 0
+    assert await held(fleet) == set()
 
 
-def test_an_older_heartbeat_changes_nothing() -> None:
-    """Two heartbeats of one device answered out of order: the later seq stands."""
-    board = ProgressBoard()
-    held = {"t": 8}
-    assert board.report("d", 6, (WorkReport("t", 5),), held) == 1
-    assert board.report("d", 5, (WorkReport("t", 2),), held) == 0
-    assert board.chunks_done("t", "d") == 5
-    assert board.report("d", 7, None, held) == 0
-    assert board.chunks_done("t", "d") is None and len(board) == 0
+async def test_an_older_heartbeat_changes_nothing(fleet: Fleet) -> None:
+    """Two heartbeats of one device answered out of order: the later seq stands, as the
+    older one is refused (its seq is not above the newer one's)."""
+    d = await fleet.enroll()
+    task_id = await fleet.submit(chunks=8)
+    assert await fleet.schedule() == 1
+    work = {"work": [{"task_id": task_id, "chunks_done": 2}]}
+    older = d.sim.poa(GOOD_TELEMETRY, timestamp=fleet.clock(), **work)
+    await fleet.heartbeat(d, work=[(task_id, 5)])
+    with pytest.raises(Refusal) as refused:
+        await fleet.c.heartbeats.heartbeat(older, d.peer)
+    assert refused.value.code == "replay"
+    assert await chunks_done(fleet, task_id) == {d.device_id: 5}
 
 
-def test_the_board_keeps_only_live_assignments() -> None:
-    board = ProgressBoard()
-    board.report("d1", 1, (WorkReport("a", 1), WorkReport("b", 0)), {"a": 4, "b": 4})
-    board.report("d2", 1, (WorkReport("a", 2),), {"a": 4})
-    assert board.keep_live({("a", "d1"), ("a", "d2"), ("c", "d3")}) == 1
-    assert board.held() == {("a", "d1"), ("a", "d2")}
-    board.forget("a", "d1")
-    assert board.held() == {("a", "d2")} and board.chunks_done("a", "d1") is None
+def test_only_reports_of_held_tasks_within_their_chunks_are_kept() -> None:
+    held = {"a": 4, "b": 4}
+    work = (WorkReport("a", 1), WorkReport("b", 5), WorkReport("c", 0), WorkReport("d", 1))
+    assert kept_reports(work, held) == {"a": 1}
+    assert kept_reports((WorkReport("a", 1), WorkReport("a", 2)), held) == {}
+    assert kept_reports(None, held) == {}

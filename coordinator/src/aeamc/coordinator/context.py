@@ -31,7 +31,6 @@ from .attached import RolloutsView, StatusSection
 from .certs import DeviceCertificates
 from .config import CoordinatorConfig, IpNetwork, endpoint_networks
 from .db import Database
-from .progress import ProgressBoard
 from .registry import Device
 from .store.registry import DeviceRegistry
 from .verifier import SignatureVerifier
@@ -103,8 +102,6 @@ class Context:
         self.wake_spot_checks = asyncio.Event()
         self.started_at = clock()
         self.counters: dict[str, int] = {}
-        #: Chunks done per live assignment, as heartbeats report them (display data only).
-        self.progress = ProgressBoard()
         #: Receipts accepted but not yet in a block (a hint for forming full blocks early).
         self.unblocked = 0
         self._background: set[asyncio.Future[Any]] = set()

@@ -20,6 +20,7 @@ from aeamc.shared.runtime.tls import Peer
 
 from .context import Context
 from .flags import FlagService
+from .progress import kept_reports
 from .store import devices as device_rows
 from .store import tasks as task_rows
 
@@ -42,7 +43,7 @@ class HeartbeatService:
         carries the device's flags. A replayed or stale heartbeat changes nothing.
 
         Its ``work`` replaces what the device reported before, for the live assignments
-        it holds only (progress.py), in memory; the answer's ``reads_work`` tells the
+        it holds only (progress.py), with the heartbeat; the answer's ``reads_work`` tells the
         device this coordinator reads it."""
         poa = parse_signed(data, PoA)
         device = self.ctx.devices.get(poa.device_id)
@@ -73,7 +74,7 @@ class HeartbeatService:
 
         reported = {w.task_id for w in poa.work or ()}
 
-        def txn(db: sqlite_utils.Database) -> tuple[str, dict[str, int]]:
+        def txn(db: sqlite_utils.Database) -> str:
             stored = device_rows.record_heartbeat(
                 db,
                 device_id=poa.device_id,
@@ -87,10 +88,10 @@ class HeartbeatService:
                 raise _not_stored(db, poa)
             # Read with the seq's check: what the device holds as this heartbeat is taken.
             held = task_rows.held_chunks(db, poa.device_id, reported) if reported else {}
-            return "active", held
+            task_rows.replace_progress(db, poa.device_id, kept_reports(poa.work, held))
+            return "active"
 
-        state, held = await self.ctx.db.write(txn)
-        self.ctx.progress.report(poa.device_id, poa.seq, poa.work, held)
+        state = await self.ctx.db.write(txn)
         was = (self.ctx.devices.get(poa.device_id) or device).state
         device = (
             self.ctx.devices.heartbeat_accepted(poa.device_id, poa.seq, now, poa.telemetry, state)

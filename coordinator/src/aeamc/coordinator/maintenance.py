@@ -52,11 +52,12 @@ class Maintenance:
         progress is held, so an idle round still costs a single read."""
         now = self.ctx.clock()
         window_ms = self.ctx.config.protocol.heartbeat_window_s * 1000
-        if len(self.ctx.progress) == 0 or (not force and now - self._progress_swept_at < window_ms):
+        if not force and now - self._progress_swept_at < window_ms:
             return 0
         self._progress_swept_at = now
-        live = await self.ctx.db.read(task_rows.live_assignments)
-        return self.ctx.progress.keep_live(live)
+        if not await self.ctx.db.read(task_rows.any_progress):
+            return 0
+        return await self.ctx.db.write(task_rows.forget_ended_progress)
 
     async def purge_telemetry(self) -> int:
         """Delete heartbeats older than the telemetry retention; returns how many."""

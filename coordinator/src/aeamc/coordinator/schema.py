@@ -503,13 +503,22 @@ MIGRATIONS: list[Migration] = [
             "ALTER TABLE devices DROP COLUMN tags",
         ],
     ),
-    # v13: several processes on one database (SPEC §13). ``device_changes``: the id of
+    # v13: several processes on one database (SPEC §13). ``progress``: the chunks done
+    # each device last reported of the tasks it holds (progress.py), written with the
+    # heartbeat that reports them, so whichever process shows a task sees them; display
+    # data only, gone with the device. ``device_changes``: the id of
     # every device row written, in commit order (writes are serialised and ids never reused, so they
     # grow with commits), filled by triggers so that no write anywhere can skip it. Each process
     # follows it to keep its in-memory view of the fleet in step with the others' writes;
     # the leader prunes what every process has had time to read.
     Migration(
         up=[
+            """CREATE TABLE progress (
+            device_id TEXT NOT NULL REFERENCES devices(device_id) ON DELETE CASCADE,
+            task_id TEXT NOT NULL,
+            chunks_done INTEGER NOT NULL,
+            PRIMARY KEY (device_id, task_id)
+        ) WITHOUT ROWID""",
             """CREATE TABLE device_changes (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             device_id TEXT NOT NULL
@@ -526,6 +535,7 @@ MIGRATIONS: list[Migration] = [
             "DROP TRIGGER device_changes_update",
             "DROP TRIGGER device_changes_insert",
             "DROP TABLE device_changes",
+            "DROP TABLE progress",
         ],
     ),
 ]

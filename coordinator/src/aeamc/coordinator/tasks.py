@@ -150,6 +150,7 @@ class TaskService:
                     [task_id],
                 )
             )
+            task["progress"] = task_rows.progress_of(db, task_id)
             task["proofs"] = list(
                 db.query(
                     f"SELECT p.device_id, p.accepted_at, {height_of('p.seq')} AS block_height, "  # noqa: S608
@@ -172,8 +173,9 @@ class TaskService:
         needs = Needs.of_stored(task["kind"], task["params"], placement, task["owner"])
         task["requires"] = {k: v for k, v in placement.items() if k != "module_bytes"}
         task["unplaced"] = self._unplaced(task, needs)
+        progress = task.pop("progress")
         for a in task["assignments"]:
-            a["chunks_done"] = self._chunks_done(task, a)
+            a["chunks_done"] = _chunks_done(task, a, progress)
         output = None
         facts = []
         for p in task["proofs"]:
@@ -218,14 +220,6 @@ class TaskService:
             f"{why} ({n} device{'s' * (n > 1)})"
             for why, n in sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
         )
-
-    def _chunks_done(self, task: dict[str, Any], assignment: dict[str, Any]) -> int | None:
-        """The chunks done of one assignment row of ``task_view``, as its docstring says."""
-        if assignment["state"] == "proved":
-            return int(task["chunks"])
-        if assignment["state"] in ("offered", "accepted"):
-            return self.ctx.progress.chunks_done(task["task_id"], assignment["device_id"])
-        return None
 
     async def list_tasks(
         self,
@@ -284,3 +278,15 @@ class TaskService:
             t["verification"] = result.to_dict()
             out.append(t)
         return out
+
+
+def _chunks_done(
+    task: dict[str, Any], assignment: dict[str, Any], progress: dict[str, int]
+) -> int | None:
+    """The chunks done of one assignment row of ``task_view``, as its docstring says
+    (``progress``: what each device last reported of the task)."""
+    if assignment["state"] == "proved":
+        return int(task["chunks"])
+    if assignment["state"] in ("offered", "accepted"):
+        return progress.get(assignment["device_id"])
+    return None

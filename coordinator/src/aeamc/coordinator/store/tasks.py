@@ -112,6 +112,43 @@ def held_chunks(
     return {r["task_id"]: r["chunks"] for r in rows}
 
 
+def replace_progress(db: sqlite_utils.Database, device_id: str, kept: dict[str, int]) -> None:
+    """Make ``kept`` (task id → chunks done) all the progress ``device_id`` has reported."""
+    db.execute("DELETE FROM progress WHERE device_id=?", [device_id])
+    if kept:
+        db.conn.executemany(
+            "INSERT INTO progress (device_id, task_id, chunks_done) VALUES (?,?,?)",
+            [(device_id, task_id, n) for task_id, n in kept.items()],
+        )
+
+
+def progress_of(db: sqlite_utils.Database, task_id: str) -> dict[str, int]:
+    """The chunks done each device reported of ``task_id``, by device."""
+    rows = db.execute("SELECT device_id, chunks_done FROM progress WHERE task_id=?", [task_id])
+    return {device_id: n for device_id, n in rows}
+
+
+def progress_held(db: sqlite_utils.Database) -> set[tuple[str, str]]:
+    """Every (task, device) with reported progress."""
+    rows = db.execute("SELECT task_id, device_id FROM progress")
+    return {(task_id, device_id) for task_id, device_id in rows}
+
+
+def any_progress(db: sqlite_utils.Database) -> bool:
+    """Whether any progress is held."""
+    return db.execute("SELECT 1 FROM progress LIMIT 1").fetchone() is not None
+
+
+def forget_ended_progress(db: sqlite_utils.Database) -> int:
+    """Delete the progress of assignments no longer live; how many rows went."""
+    cur = db.execute(
+        "DELETE FROM progress WHERE NOT EXISTS (SELECT 1 FROM assignments a "
+        "WHERE a.task_id = progress.task_id AND a.device_id = progress.device_id "
+        "AND a.state IN ('offered','accepted'))"
+    )
+    return int(cur.rowcount)
+
+
 def live_assignments(db: sqlite_utils.Database) -> set[tuple[str, str]]:
     """Every live (offered or accepted) assignment, as (task, device)."""
     rows = db.query(
