@@ -71,6 +71,7 @@ def _one_size(
         if profile_dir is not None:
             sampler = spy.record(pid, duration, profile_dir / f"fleet-{devices}.txt")
         cpu0, t0 = procs.cpu_seconds(pid), time.monotonic()
+        by_process = procs.cpu_by_process(pid)
         gen0 = procs.cpu_seconds(gen.pid)
         rss, gen_rss = [], []
         while time.monotonic() - t0 < duration:
@@ -78,6 +79,7 @@ def _one_size(
             gen_rss.append(procs.rss_bytes(gen.pid))
             time.sleep(1.0)
         cpu = (procs.cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
+        cpu_by_process = procs.cores_since(by_process, t0, pid)
         gen_cpu = (procs.cpu_seconds(gen.pid) - gen0) / (time.monotonic() - t0)
         load = os.getloadavg()[0]
         if sampler is not None:
@@ -104,6 +106,7 @@ def _one_size(
         "connect_seconds": result["connect_seconds"],
         "enroll_errors": result["enroll_errors"],
         "coordinator_cpu_cores": cpu,
+        "coordinator_cpu_cores_by_process": cpu_by_process,
         "loadgen_cpu_cores": gen_cpu,
         "load_average_1m": load,
         "coordinator_rss_mb": max(rss) / 2**20 if rss else 0.0,
@@ -117,11 +120,15 @@ def measure(
     duration: float = 20.0,
     interval_s: float = INTERVAL_S,
     profile_dir: Path | None = None,
+    workers: int = 1,
 ) -> dict:
+    """The fleet sizes against their offered rates; ``workers``: the coordinator's worker
+    processes (``[server] workers``)."""
     procs.raise_fd_limit()
+    settings = procs.merge(SETTINGS, {"server": {"workers": workers}})
     with (
         procs.workspace("fleet") as root,
-        procs.Coordinator(root, SETTINGS) as coord,
+        procs.Coordinator(root, settings) as coord,
     ):
         token = coord.enroll_token(max(sizes))
         results = [
@@ -134,6 +141,7 @@ def measure(
     ]
     top = next((r for r in results if r["devices"] == TARGET_DEVICES), None)
     return {
+        "workers": workers,
         "interval_s": interval_s,
         "window_s": duration,
         "sizes": results,
@@ -148,13 +156,16 @@ def measure(
 if __name__ == "__main__":
     args = sys.argv[1:]
     where = None
+    workers = 1
+    if args[:1] == ["--workers"]:
+        workers, args = int(args[1]), args[2:]
     if args[:1] == ["--profile"]:
         where = Path(args[1])
         where.mkdir(parents=True, exist_ok=True)
         args = args[2:]
     sizes = tuple(int(a) for a in args) or (1000,)
     window = 20.0 if where else 10.0  # a profile wants more samples
-    out = measure(sizes, window, profile_dir=where)
+    out = measure(sizes, window, profile_dir=where, workers=workers)
     json.dump(out, sys.stdout, indent=2)
     if where is not None:
         for n in sizes:

@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from typing import Any
 
 from . import procs, stats
@@ -56,7 +57,10 @@ def measure(
     reference_s: float = 2.0,
     devices: int | None = None,
     profile: procs.Path | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
+    """Ingestion rates against the reference; ``workers``: the coordinator's worker
+    processes (``[server] workers``)."""
     with procs.workspace("ingest") as root:
         return _measure(
             root,
@@ -67,6 +71,7 @@ def measure(
             reference_s=reference_s,
             devices=devices or concurrency,
             profile=profile,
+            workers=workers,
         )
 
 
@@ -80,9 +85,11 @@ def _measure(
     reference_s: float,
     devices: int,
     profile: procs.Path | None,
+    workers: int,
 ) -> dict[str, Any]:
     tasks = runs * per_run * 2
-    coord = procs.Coordinator(root, SETTINGS, profile=profile).start()
+    settings = procs.merge(SETTINGS, {"server": {"workers": workers}})
+    coord = procs.Coordinator(root, settings, profile=profile).start()
     log = root / "loadgen.log"
     gen = None
     try:
@@ -106,10 +113,15 @@ def _measure(
         if ready < tasks:
             raise RuntimeError(f"only {ready} of {tasks} assignments arrived; see {log}")
         refs, single, batched, errors = [], [], [], []
+        pid = coord.process.pid if coord.process else 0
+        cpu: dict[str, list[float]] = {}
         for _ in range(runs):
             refs.append(reference_rate(reference_s))
             one = procs.command(gen, f"single {per_run} {concurrency}", "single round")
+            before, t0 = procs.cpu_by_process(pid), time.monotonic()
             many = procs.command(gen, f"batch {per_run} {batch} {concurrency}", "batch round")
+            for name, cores in procs.cores_since(before, t0, pid).items():
+                cpu.setdefault(name, []).append(cores)
             for got, out in ((one, single), (many, batched)):
                 out.append(got["accepted"] / got["seconds"])
                 if got["accepted"] != got["proofs"]:
@@ -126,6 +138,8 @@ def _measure(
         "concurrency": concurrency,
         "devices": devices,
         "cores": os.cpu_count(),
+        "workers": workers,
+        "batched_cpu_cores_by_process": {k: stats.summary(v) for k, v in cpu.items()},
         "reference_verifies_per_s": stats.summary(refs),
         "single_per_s": stats.summary(single),
         "batched_per_s": stats.summary(batched),
@@ -138,9 +152,13 @@ def _measure(
 
 
 if __name__ == "__main__":
-    prof = procs.Path(sys.argv[2]) if len(sys.argv) > 2 else None
+    args = sys.argv[1:]
+    workers = 1
+    if args[:1] == ["--workers"]:
+        workers, args = int(args[1]), args[2:]
+    prof = procs.Path(args[1]) if len(args) > 1 else None
     json.dump(
-        measure(runs=int(sys.argv[1]) if len(sys.argv) > 1 else 2, per_run=300, profile=prof),
+        measure(runs=int(args[0]) if args else 2, per_run=300, profile=prof, workers=workers),
         sys.stdout,
         indent=2,
     )

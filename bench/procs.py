@@ -188,6 +188,33 @@ def stop_process(process: subprocess.Popen[Any] | None) -> None:
             process.wait()
 
 
+def cpu_by_process(pid: int) -> dict[int, float]:
+    """User + system CPU seconds of ``pid`` and of each of its live children, by pid."""
+    out: dict[int, float] = {}
+    try:
+        p = psutil.Process(pid)
+        for proc in [p, *p.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                t = proc.cpu_times()
+                out[proc.pid] = t.user + t.system
+    except psutil.NoSuchProcess:
+        pass
+    return out
+
+
+def cores_since(before: dict[int, float], t0: float, pid: int) -> dict[str, float]:
+    """Cores each process of ``pid``'s tree used since ``before`` was taken at ``t0``:
+    the supervisor as ``main``, its workers as ``worker-1``, ``worker-2``… (busiest
+    first); a single-process coordinator is ``main`` alone."""
+    after = cpu_by_process(pid)
+    elapsed = max(time.monotonic() - t0, 1e-9)
+    used = {p: (after[p] - before.get(p, 0.0)) / elapsed for p in after}
+    out = {"main": used.pop(pid, 0.0)}
+    for i, cores in enumerate(sorted(used.values(), reverse=True), start=1):
+        out[f"worker-{i}"] = cores
+    return out
+
+
 def cpu_seconds(pid: int, children: bool = True) -> float:
     """User + system CPU time of a process (and, by default, its live children)."""
     try:

@@ -35,7 +35,8 @@ def executable() -> str:
 
 def record(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
     """Start sampling ``pid`` for ``seconds``; the caller waits for the process."""
-    cmd = [executable(), "record", "--pid", str(pid), "--duration", str(max(1, int(seconds)))]
+    cmd = [executable(), "record", "--pid", str(pid), "--subprocesses"]
+    cmd += ["--duration", str(max(1, int(seconds)))]
     cmd += ["--rate", str(RATE_HZ), "--format", "raw", "--nonblocking", "--output", str(out)]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

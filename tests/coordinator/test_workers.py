@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,19 @@ async def _post_alone(
         return resp.status, await resp.json()
 
 
+async def _metric(session: aiohttp.ClientSession, coord: CoordinatorProcess, name: str) -> float:
+    async with session.get(f"{coord.url}/metrics") as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+async def _accepted_heartbeats(coord: CoordinatorProcess) -> int:
+    """Heartbeats the database holds (each accepted one is a row)."""
+    with sqlite3.connect(coord.state_dir / "coordinator.db") as db:
+        return int(db.execute("SELECT COUNT(*) FROM heartbeats").fetchone()[0])
+
+
 async def test_workers_share_the_port_and_every_one_judges_devices_as_the_store_does(
     tmp_path: Path,
 ) -> None:
@@ -138,6 +152,15 @@ async def test_workers_share_the_port_and_every_one_judges_devices_as_the_store_
                 break
             await asyncio.sleep(0.1)
         assert all(s == 202 and "everywhere" in b["flags"] for s, b in answers), answers
+
+        # /metrics counts every worker's heartbeats, whichever worker answers the scrape.
+        accepted = await _metric(session, coord, "aeamc_coordinator_heartbeats_total")
+        for _ in range(100):
+            if accepted == await _accepted_heartbeats(coord):
+                break
+            await asyncio.sleep(0.1)
+            accepted = await _metric(session, coord, "aeamc_coordinator_heartbeats_total")
+        assert accepted == await _accepted_heartbeats(coord)
     finally:
         await session.close()
         for d in devices:

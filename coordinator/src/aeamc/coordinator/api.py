@@ -506,6 +506,7 @@ BODY_LIMITS: dict[tuple[str, str], int | None] = {
 #: Every other route (tokens, flags, device actions, updates, the dashboard's login).
 DEFAULT_BODY_LIMIT = SMALL_BODY
 BODY_LIMIT_KEY: web.AppKey[int] = web.AppKey("body_limit_max", int)
+METRICS_KEY: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 
 
 @web.middleware
@@ -533,7 +534,8 @@ async def body_limit_middleware(request: web.Request, handler: Handler) -> web.S
 def build_app(coordinator: Coordinator, forwarding: Forwarding | None = None) -> web.Application:
     """The API of one coordinator process; ``forwarding``: one of several worker
     processes, relaying to the leader what it does not serve itself (forwarding.py)."""
-    metrics = Metrics(coordinator)
+    shared_dir = None if forwarding is None else coordinator.config.state_dir
+    metrics = Metrics(coordinator, shared_dir)
     limiter = RateLimiter(coordinator.config.limits)
     relay = [] if forwarding is None else [forwarding.middleware]
     app = web.Application(
@@ -553,6 +555,7 @@ def build_app(coordinator: Coordinator, forwarding: Forwarding | None = None) ->
         client_max_size=coordinator.config.server.max_body_bytes,
     )
     app[COORDINATOR_KEY] = coordinator
+    app[METRICS_KEY] = metrics
     app[BODY_LIMIT_KEY] = coordinator.config.server.max_body_bytes
     app.router.add_get("/metrics", metrics.handler)
     app.router.add_post("/v1/enroll", enroll)

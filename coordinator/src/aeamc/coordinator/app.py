@@ -18,7 +18,7 @@ from aeamc.shared.runtime.edge import EdgeLimits, GuardedSite
 from aeamc.shared.tasks.registry import discover
 
 from .anchoring.service import AnchoringService
-from .api import build_app
+from .api import METRICS_KEY, build_app
 from .ca import CertificateAuthority, ServerFiles, host_names, issue_server_files
 from .certs import DeviceCertificates
 from .config import CoordinatorConfig
@@ -138,6 +138,9 @@ class CoordinatorService:
         )
         if self.follower is not None:
             self._serving_tasks.append(asyncio.create_task(self.follower.run(), name="follower"))
+        shared = self._runner.app[METRICS_KEY].shared
+        if shared is not None:
+            self._serving_tasks.append(asyncio.create_task(shared.run(), name="metrics"))
         if self.lock.try_acquire():
             await self._lead()
         else:

@@ -1,5 +1,5 @@
 """Keeping one process's in-memory views in step with what the other processes of the
-same coordinator commit (SPEC §13).
+same coordinator commit (SPEC §16).
 
 Each worker process keeps, for its hot paths, a view of the fleet (the device registry),
 the revoked certificates and the feature flags. SQLite is the truth and every write goes

@@ -1,4 +1,4 @@
-"""Requests a worker that does not lead passes to the one that does (SPEC §13).
+"""Requests a worker that does not lead passes to the one that does (SPEC §16).
 
 Every worker process accepts connections on the coordinator's port (``SO_REUSEPORT``), so
 any request can reach any worker. The hot device routes — heartbeats and proofs — are

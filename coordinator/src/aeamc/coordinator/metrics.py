@@ -31,6 +31,7 @@ from prometheus_client.registry import Collector
 from . import __version__
 from .service import Coordinator
 from .updates.rollouts import UpdatesCollector
+from .workermetrics import SharedMetrics, SummedCollector
 
 PREFIX = "aeamc_coordinator"
 DEVICE_STATES = ("pending", "active", "stale", "quarantined")
@@ -69,8 +70,10 @@ OPTIONAL_ANCHORING_GAUGES = (
 
 
 class FleetCollector(Collector):
-    def __init__(self, coordinator: Coordinator) -> None:
+    def __init__(self, coordinator: Coordinator, shared: SharedMetrics | None = None) -> None:
         self.c = coordinator
+        #: The other worker processes' counters (several workers), added to ours.
+        self.shared = shared
 
     def collect(self) -> Iterator[Metric]:
         c = self.c
@@ -88,7 +91,7 @@ class FleetCollector(Collector):
         for state, n in states.items():
             devices.add_metric([state], n)
         yield devices
-        counters = c.counters
+        counters = c.counters if self.shared is None else self.shared.counter_sums()
 
         def counter(name: str, doc: str, key: str) -> CounterMetricFamily:
             return CounterMetricFamily(f"{PREFIX}_{name}", doc, value=counters.get(key, 0))
@@ -171,24 +174,34 @@ class AnchoringCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, coordinator: Coordinator) -> None:
+    """The metrics of one coordinator process; ``shared_dir``: one of several worker
+    processes, whose counts are shared through that state directory (workermetrics.py)."""
+
+    def __init__(self, coordinator: Coordinator, shared_dir: Path | None = None) -> None:
         self.c = coordinator
         self.registry = CollectorRegistry()
         self.requests = Counter(
             f"{PREFIX}_http_requests",
             "HTTP requests by route, method and status",
             ["route", "method", "status"],
-            registry=self.registry,
+            registry=None,
         )
         self.latency = Histogram(
             f"{PREFIX}_http_request_duration_seconds",
             "Time to answer HTTP requests",
             ["route"],
             buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            registry=None,
         )
+        self.shared = (
+            None
+            if shared_dir is None
+            else SharedMetrics(shared_dir, coordinator.counters, [self.requests, self.latency])
+        )
+        self.registry.register(SummedCollector(self.requests, self.shared))
+        self.registry.register(SummedCollector(self.latency, self.shared))
         self.anchoring: dict[str, Any] | None = None
-        self.registry.register(FleetCollector(coordinator))
+        self.registry.register(FleetCollector(coordinator, self.shared))
         self.registry.register(AnchoringCollector(self))
         self.registry.register(UpdatesCollector(coordinator))
         ProcessCollector(registry=self.registry)

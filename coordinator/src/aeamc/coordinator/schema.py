@@ -503,7 +503,7 @@ MIGRATIONS: list[Migration] = [
             "ALTER TABLE devices DROP COLUMN tags",
         ],
     ),
-    # v13: several processes on one database (SPEC §13). ``progress``: the chunks done
+    # v13: several processes on one database (SPEC §16). ``progress``: the chunks done
     # each device last reported of the tasks it holds (progress.py), written with the
     # heartbeat that reports them, so whichever process shows a task sees them; display
     # data only, gone with the device. ``device_changes``: the id of

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from aeamc.shared.exits import EX_CONFIG, EX_OK
 from aeamc.shared.runtime.systemd import notify as notify_systemd
 
+from . import workermetrics
 from .config import CoordinatorConfig
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ class Supervisor:
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; the exit status of the service."""
+        workermetrics.clear(self.config.state_dir)
         reserved = listening_socket(self.config.server.host, self.config.server.port)
         self.port = reserved.getsockname()[1]
         for sig in (signal.SIGTERM, signal.SIGINT):
