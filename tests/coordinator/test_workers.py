@@ -168,6 +168,57 @@ async def test_workers_share_the_port_and_every_one_judges_devices_as_the_store_
         assert coord.stop() == 0
 
 
+async def test_a_proof_from_a_device_quarantined_a_moment_ago_is_refused_by_every_worker(
+    tmp_path: Path,
+) -> None:
+    """The quarantine is committed by the leader; the very next proof of each device,
+    on a connection of its own, reaches a worker that may still see the device active.
+    It is refused all the same (its assignment ended in the quarantine's commit), and
+    nothing of it is stored."""
+    coord = _start(tmp_path, scheduler={"max_inflight_per_device": 1})
+    session = coord.session()
+    devices = [await SimDevice(coord.url, auto_prove=False).start() for _ in range(8)]
+    try:
+        operator = {"Authorization": f"Bearer {coord.token('operator')}"}
+        client = {"Authorization": f"Bearer {coord.token('client')}"}
+        token = await _enroll_token(session, coord)
+        for d in devices:
+            await d.join(token)
+        for i in range(len(devices)):
+            task = {
+                "kind": "sha256-chain",
+                "params": {"seed": f"{i:064x}", "iterations": 1},
+                "chunks": 1,
+            }
+            async with session.post(f"{coord.url}/v1/tasks", json=task, headers=client) as resp:
+                assert resp.status == 202
+        for _ in range(300):
+            if all(d.assignments for d in devices):
+                break
+            await asyncio.sleep(0.1)
+        assert [len(d.assignments) for d in devices] == [1] * len(devices), (
+            [len(d.assignments) for d in devices],
+            coord.log.read_text()[-3000:] if coord.log else "",
+        )
+        for d in devices:
+            (assignment,) = d.assignments
+            async with session.post(
+                f"{coord.url}/v1/devices/{d.device_id}/quarantine",
+                json={"reason": "test"},
+                headers=operator,
+            ) as resp:
+                assert resp.status == 200, await resp.text()
+            status, body = await _post_alone(coord, d, "/v1/proofs", d.proof_for(assignment))
+            assert status in (403, 410), body
+        with sqlite3.connect(coord.state_dir / "coordinator.db") as db:
+            assert db.execute("SELECT COUNT(*) FROM proofs").fetchone()[0] == 0
+    finally:
+        await session.close()
+        for d in devices:
+            await d.stop()
+        coord.stop()
+
+
 async def test_relay_headers_from_the_network_are_not_believed(tmp_path: Path) -> None:
     """A LAN host sending the headers a worker adds when it relays (the client's address,
     its certificate) gets no more than it would without them: on the TLS port they are

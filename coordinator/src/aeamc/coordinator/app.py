@@ -59,7 +59,7 @@ class CoordinatorService:
         self.config = config
         self.workers = workers
         self._listen = listen
-        self.db = Database(config.db_path)
+        self.db = Database(config.db_path, shared=workers > 1)
         coordinator_id = device_id_for(signer.public_key)
         self.ca, created = CertificateAuthority.ensure(
             config.state_dir, config.ca_key, coordinator_id

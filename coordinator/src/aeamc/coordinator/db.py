@@ -18,7 +18,7 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,10 +129,16 @@ def migrate(conn: sqlite3.Connection) -> int:
 
 
 class Database:
-    """The coordinator's only path to SQLite."""
+    """The coordinator's only path to SQLite. ``shared``: several processes write to this
+    database (worker processes, workers.py); their writers then queue on a lock file
+    beside it before each transaction, so one waits for the other's commit in the kernel
+    (woken the moment it ends) rather than in SQLite's busy handler, which polls with
+    sleeps of up to 100 ms."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, shared: bool = False) -> None:
         self.path = path
+        self.shared = shared
+        self._write_lock_fd: int | None = None
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._wconn: sqlite3.Connection | None = None
@@ -144,6 +150,9 @@ class Database:
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.shared:
+            lock = self.path.with_name(self.path.name + "-writer.lock")
+            self._write_lock_fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._wconn = connect(self.path)
         migrate(self._wconn)
         self._writer = threading.Thread(target=self._run_writer, name="db-writer", daemon=True)
@@ -162,6 +171,22 @@ class Database:
         if self._wconn is not None:
             self._wconn.close()
             self._wconn = None
+        if self._write_lock_fd is not None:
+            os.close(self._write_lock_fd)
+            self._write_lock_fd = None
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Hold the writers' lock file for one transaction (only when ``shared``)."""
+        fd = self._write_lock_fd
+        if fd is None:
+            yield
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     # -- writing ---------------------------------------------------------------------
 
@@ -219,10 +244,12 @@ class Database:
         checkpoints = [job for job in batch if job.fn is _CHECKPOINT]
         batch = [job for job in batch if job.fn is not _CHECKPOINT]
         if batch:
-            self._commit_jobs(db, batch, results)
+            with self._writing():
+                self._commit_jobs(db, batch, results)
         for job in checkpoints:
             try:
-                row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                with self._writing():
+                    row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
                 _resolve(job, True, tuple(row))
             except sqlite3.Error as exc:
                 _resolve(job, False, exc)

@@ -188,13 +188,9 @@ class ProofIngestion:
 
     def _store_proof(self, db: sqlite_utils.Database, proof: _CheckedProof) -> str:
         pot, now = proof.pot, self.ctx.clock()
-        # The device as committed, not as this process last saw it: another worker may
-        # have quarantined or erased it since.
-        state = device_rows.device_state(db, pot.device_id)
-        if state is None:
-            raise Refusal(Fault.FORBIDDEN, "not_enrolled", "unknown device")
-        if state == "quarantined":
-            raise Refusal(Fault.FORBIDDEN, "quarantined", "this device is quarantined")
+        # Only a live assignment becomes proved: quarantine and erasure (by any worker)
+        # end the device's assignments in their own commit, so a proof checked on an
+        # older view of the device is refused here.
         if not task_rows.mark_proved(db, pot.task_id, pot.device_id):
             raise Refusal(Fault.CONFLICT, "duplicate", "a proof for this task was already accepted")
         proof_rows.insert_proof(

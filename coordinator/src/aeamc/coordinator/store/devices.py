@@ -81,17 +81,19 @@ def changes_after(
     return int(changed[-1][0]), rows
 
 
-def device_heartbeat_times(
-    db: sqlite_utils.Database, device_ids: list[str], since: int
-) -> list[tuple[str, int]]:
-    """(device, receive time) of the heartbeats of ``device_ids`` since ``since``, oldest
-    first."""
-    return db.execute(
-        "SELECT device_id, received_at FROM heartbeats "
-        "WHERE device_id IN (SELECT value FROM json_each(?)) AND received_at >= ? "
-        "ORDER BY received_at",
-        [json.dumps(device_ids), since],
-    ).fetchall()
+def heartbeat_times_after(db: sqlite_utils.Database, after: dict[str, int]) -> dict[str, list[int]]:
+    """For each device of ``after``, the receive times of its heartbeats after the time
+    given, oldest first (one lookup by the heartbeats' key per device)."""
+    out: dict[str, list[int]] = {}
+    for device_id, since in after.items():
+        rows = db.execute(
+            "SELECT received_at FROM heartbeats WHERE device_id=? AND received_at > ? "
+            "ORDER BY received_at",
+            [device_id, since],
+        ).fetchall()
+        if rows:
+            out[device_id] = [r[0] for r in rows]
+    return out
 
 
 def prune_changes(db: sqlite_utils.Database, keep: int = CHANGES_KEPT) -> int:
@@ -116,12 +118,6 @@ def exists(db: sqlite_utils.Database, device_id: str) -> bool:
 def device_row(db: sqlite_utils.Database, device_id: str) -> dict[str, Any] | None:
     """The row of ``device_id`` as committed, or None."""
     return _first(db, "SELECT * FROM devices WHERE device_id=?", [device_id])
-
-
-def device_state(db: sqlite_utils.Database, device_id: str) -> str | None:
-    """The state of ``device_id`` as the transaction sees it, or None (not enrolled)."""
-    row = db.execute("SELECT state FROM devices WHERE device_id=?", [device_id]).fetchone()
-    return None if row is None else str(row[0])
 
 
 def enrollment_row(db: sqlite_utils.Database, device_id: str) -> dict[str, Any] | None:

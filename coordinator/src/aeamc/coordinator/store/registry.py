@@ -72,35 +72,39 @@ class DeviceRegistry:
     async def follow(self, db: Database, poa_since: int, limit: int = 5000) -> int:
         """Take in the device writes committed since the last ``load`` or ``follow``, by
         this process or another one on the same database: each changed device is read
-        again (a deleted one forgotten), its latest heartbeat added to its proofs of
-        availability. Reloads everything when the changes were pruned before they were
+        again (a deleted one forgotten), the heartbeats it sent since added to its proofs
+        of availability. Reloads everything when the changes were pruned before they were
         read. Returns how many devices changed."""
         got = await db.read(lambda d: device_rows.changes_after(d, self._cursor, limit))
         if got is None:
             await self.load(db, poa_since)
             return len(self._devices)
         cursor, rows = got
-        new_ids = [i for i, row in rows.items() if row is not None and i not in self._devices]
-        seen: dict[str, list[int]] = {}
-        if new_ids:
-            times = await db.read(
-                lambda d: device_rows.device_heartbeat_times(d, new_ids, poa_since)
-            )
-            for device_id, received_at in times:
-                seen.setdefault(device_id, []).append(received_at)
+        # Heartbeat times to read: all recent ones of a device new to this view, those
+        # after the latest known of a device whose seq moved by more than one (several
+        # heartbeats since the last round). A seq one above the last: its row has it.
+        after: dict[str, int] = {}
+        for device_id, row in rows.items():
+            old = self._devices.get(device_id)
+            if row is None:
+                continue
+            if old is None:
+                after[device_id] = poa_since - 1
+            elif row["last_seq"] > old.last_seq + 1:
+                after[device_id] = old.poa_times[-1] if old.poa_times else poa_since - 1
+        seen = await db.read(lambda d: device_rows.heartbeat_times_after(d, after)) if after else {}
         for device_id, row in rows.items():
             if row is None:
                 self._devices.pop(device_id, None)
                 continue
             old = self._devices.get(device_id)
             device = Device.from_row(row, old)
-            if old is None:
-                poa = tuple(seen.get(device_id, ())[-POA_HISTORY:])
-            else:
-                poa = old.poa_times
-                if device.last_seen is not None and (not poa or device.last_seen > poa[-1]):
-                    poa = (*poa, device.last_seen)[-POA_HISTORY:]
-            self._devices[device_id] = dataclasses.replace(device, poa_times=poa)
+            poa = () if old is None else old.poa_times
+            if device_id in seen:
+                poa = (*poa, *seen[device_id])
+            elif device.last_seen is not None and (not poa or device.last_seen > poa[-1]):
+                poa = (*poa, device.last_seen)
+            self._devices[device_id] = dataclasses.replace(device, poa_times=poa[-POA_HISTORY:])
         self._cursor = cursor
         return len(rows)
 
@@ -116,9 +120,9 @@ class DeviceRegistry:
         old = self._devices.get(device_id)
         if old is None:
             times = await db.read(
-                lambda d: device_rows.device_heartbeat_times(d, [device_id], poa_since)
+                lambda d: device_rows.heartbeat_times_after(d, {device_id: poa_since - 1})
             )
-            poa = tuple(t for _, t in times)[-POA_HISTORY:]
+            poa = tuple(times.get(device_id, ()))[-POA_HISTORY:]
         else:
             poa = old.poa_times
         device = dataclasses.replace(Device.from_row(row, old), poa_times=poa)
