@@ -158,7 +158,7 @@ if __name__ == "__main__":
         workers, args = int(args[1]), args[2:]
     prof = procs.Path(args[1]) if len(args) > 1 else None
     json.dump(
-        measure(runs=int(args[0]) if args else 2, per_run=300, profile=prof, workers=workers),
+        measure(runs=int(args[0]) if args else 2, per_run=2000, profile=prof, workers=workers),
         sys.stdout,
         indent=2,
     )

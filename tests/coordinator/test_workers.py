@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -266,6 +267,49 @@ def _privacy(device: SimDevice, action: str) -> dict[str, Any]:
         "timestamp": now_ms(),
     }
     return sign(Privacy, body, device.key).to_dict()
+
+
+def _as_other_user(address: str, request: bytes) -> bytes:
+    """Connect to ``address`` as user ``nobody`` (a forked child), send ``request``, and
+    return the answer's first line."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no Python clean-up, only its answer through the pipe
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(30)
+                sock.connect(address)
+                sock.sendall(request)
+                os.write(write_end, sock.recv(65536).split(b"\r\n", 1)[0])
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_end, "rb") as answer:
+        return answer.read()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another local user")
+async def test_another_local_user_cannot_use_the_relay_socket(tmp_path: Path) -> None:
+    """The leader's relay socket believes the headers a worker adds; a process of another
+    user on the host that connects to it is refused before anything is read."""
+    from aeamc.coordinator.app import relay_address
+
+    coord = _start(tmp_path)
+    try:
+        _leader(coord)
+        request = (
+            b"GET /v1/devices HTTP/1.1\r\nHost: leader\r\n"
+            b"X-AEAMC-Forwarded-For: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        first_line = await asyncio.to_thread(
+            _as_other_user, relay_address(coord.state_dir), request
+        )
+        assert first_line.startswith(b"HTTP/1.1 403"), first_line
+    finally:
+        coord.stop()
 
 
 PROOFS = 600

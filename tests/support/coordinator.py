@@ -38,6 +38,9 @@ FAST_SETTINGS = {
         "port": 0,
         "mdns": False,
         "max_connections_per_address": 100000,
+        # One process: the tests of several worker processes (coordinator/test_workers.py,
+        # the demo network) ask for them.
+        "workers": 1,
     },
     "scheduler": {"tick_s": 0.2, "push_timeout_s": 5.0},
     "blocks": {"interval_s": 0.5},

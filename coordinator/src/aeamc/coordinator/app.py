@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
+import signal
 import socket
 from pathlib import Path
 from typing import Any
@@ -159,9 +161,15 @@ class CoordinatorService:
     async def _take_over_when_free(self) -> None:
         await self.lock.acquire()
         log.info("this worker now leads the coordinator")
-        # Everything the old leader committed, read afresh before acting on it.
-        await self.coordinator.load()
-        await self._lead()
+        try:
+            # Everything the old leader committed, read afresh before acting on it.
+            await self.coordinator.load()
+            await self._lead()
+        except Exception:
+            # Holding the lock without leading would leave the service without a
+            # leader: end this worker (the supervisor starts another), freeing the lock.
+            log.exception("taking over as leader failed; stopping this worker")
+            os.kill(os.getpid(), signal.SIGTERM)
 
     async def _lead(self) -> None:
         """Start the duties only one process may run, in the order a cold start does."""

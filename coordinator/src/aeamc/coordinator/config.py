@@ -53,7 +53,7 @@ class ServerConfig:
     #: Longest ``GET /v1/tasks/{id}?wait_s=`` may hold its answer, in seconds.
     max_wait_s: int = 60
     #: Worker processes serving the port together (SPEC §16); 0: one per core.
-    workers: int = 1
+    workers: int = 0
     mdns: bool = True
     #: Comma-separated IPv4 addresses of the interfaces for mDNS; empty = all of them.
     mdns_interfaces: str = ""

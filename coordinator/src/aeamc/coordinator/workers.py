@@ -42,8 +42,9 @@ log = logging.getLogger(__name__)
 READY_FD = "AEAMC_WORKER_READY_FD"
 #: Seconds a worker may take to start listening.
 START_TIMEOUT_S = 60.0
-#: Seconds workers get to finish after SIGTERM before they are killed.
-STOP_TIMEOUT_S = 30.0
+#: Seconds workers get to finish after SIGTERM before they are killed (within the
+#: unit's TimeoutStopSec=30s).
+STOP_TIMEOUT_S = 25.0
 _PR_SET_PDEATHSIG = 1
 
 
