@@ -48,6 +48,14 @@ def reference_rate(seconds: float) -> float:
     return total
 
 
+def measure_both(**kw: Any) -> dict[str, Any]:
+    """``measure`` with the coordinator's default worker processes (one per core), and
+    again with one process (``one_process``): what the workers add, in the same run."""
+    out = measure(workers=os.cpu_count() or 1, **kw)
+    out["one_process"] = measure(workers=1, **kw)
+    return out
+
+
 def measure(
     *,
     runs: int = 3,

@@ -199,10 +199,36 @@ connections in all, their handshakes made before the timing starts). Between rou
 | raw Ed25519 verifications, all cores (reference) | {_spread(g["reference_verifies_per_s"], 0)} | 1 |
 | PoTs accepted, one per request (`POST /v1/proofs`) | {_spread(g["single_per_s"], 0)} | {_spread(g["single_ratio"], 3)} |
 | PoTs accepted, batches of {g["batch_size"]} (`POST /v1/proofs/batch`, the agent's outbox) | {_spread(g["batched_per_s"], 0)} | {_spread(g["batched_ratio"], 3)} |
+{_one_process_rows(g)}
+{g.get("workers", 1)} worker processes (the default: one per core); while batches were sent
+they used {_cpu_by_process(g.get("batched_cpu_cores_by_process", {}))} cores.
 
 Every proof of every round was accepted{"" if not g["refused"] else " except: " + str(g["refused"])[:300]}.
 Target: batched ≥ {g["target_ratio"]} × the raw rate — {_verdict(g["target_met"], miss)}.
 {"" if g["target_met"] else limits.INGESTION}"""
+
+
+def _one_process_rows(g: dict[str, Any]) -> str:
+    one = g.get("one_process")
+    if not one:
+        return ""
+    return (
+        f"| the same, one process (`server.workers = 1`): one per request "
+        f"| {_spread(one['single_per_s'], 0)} | {_spread(one['single_ratio'], 3)} |\n"
+        f"| the same, one process: batches of {one['batch_size']} "
+        f"| {_spread(one['batched_per_s'], 0)} | {_spread(one['batched_ratio'], 3)} |"
+    )
+
+
+def _cpu_by_process(cpu: dict[str, Any]) -> str:
+    """``worker-1 0.71, worker-2 0.58`` (medians; the supervisor left out when idle)."""
+    parts = []
+    for name, v in cpu.items():
+        value = v["median"] if isinstance(v, dict) else v
+        if name == "main" and value < 0.01 and len(cpu) > 1:
+            continue
+        parts.append(f"{name} {_f(value, 2)}")
+    return ", ".join(parts) or "–"
 
 
 def _fleet_figures(g: dict[str, Any]) -> dict[str, str]:
@@ -242,7 +268,7 @@ def _fleet(g: dict[str, Any]) -> str:
         f"(windows {_f(s['per_window_per_s']['min'], 0)}–{_f(s['per_window_per_s']['max'], 0)}) | {_f(s['ratio_to_offered'], 3)} "
         f"| {_f(s['p50_ms'])} | {_f(s['p99_ms'])} ({_f(s['per_window_p99_ms']['min'])}–"
         f"{_f(s['per_window_p99_ms']['max'])}) | {s['errors'] + s['enroll_errors']} "
-        f"| {_f(s['coordinator_cpu_cores'], 2)} "
+        f"| {_f(s['coordinator_cpu_cores'], 2)} ({_cpu_by_process(s.get('coordinator_cpu_cores_by_process', {}))}) "
         f"| {_f(s['coordinator_cpu_cores'] / s['accepted_per_s'] * 1000 if s['accepted_per_s'] else None, 2)} "
         f"| {_f(s['coordinator_rss_mb'], 0)} "
         f"| {_f(s.get('loadgen_cpu_cores'), 2)} | {_f(s.get('loadgen_rss_mb'), 0)} | {_f(s.get('load_average_1m'))} "
@@ -259,8 +285,9 @@ CA-issued client certificate (so its own SSL context) and sends a signed heartbe
 the spread is over consecutive {_f(g["interval_s"], 0)}-s windows. "enrollment" is every device
 enrolling (its CSR signed by the coordinator's CA) and building its SSL context;
 "connecting" is every device then opening its mutually authenticated connection.
+The coordinator runs {g.get("workers", 1)} worker processes (the default: one per core).
 
-| devices | offered /s | accepted /s (per window) | ÷ offered | p50 ms | p99 ms (per window) | errors | coordinator CPU (cores) | coordinator CPU ms per heartbeat | coordinator RSS MB | load generator CPU (cores) | load generator RSS MB | machine load (1 min) | enrollment s | connecting s |
+| devices | offered /s | accepted /s (per window) | ÷ offered | p50 ms | p99 ms (per window) | errors | coordinator CPU (cores; by process) | coordinator CPU ms per heartbeat | coordinator RSS MB | load generator CPU (cores) | load generator RSS MB | machine load (1 min) | enrollment s | connecting s |
 | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
 {rows}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -32,6 +33,8 @@ from bench import (
 from bench.transport import transport
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The coordinator's default: one worker process per core.
+CORES = os.cpu_count() or 1
 
 #: Each benchmark at full size (``make bench``) and at a tiny one (``--quick``).
 PLANS: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
@@ -41,14 +44,14 @@ PLANS: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
         lambda: blocks.measure((100,), 1),
     ),
     "ingestion": (
-        lambda: ingest.measure(runs=5, per_run=1000, batch=100, concurrency=10),
-        lambda: ingest.measure(
+        lambda: ingest.measure_both(runs=5, per_run=2000, batch=100, concurrency=10),
+        lambda: ingest.measure_both(
             runs=1, per_run=10, batch=5, concurrency=2, reference_s=0.3, devices=2
         ),
     ),
     "fleet": (
-        lambda: fleet.measure((1000, 5000, 10_000), 30.0),
-        lambda: fleet.measure((20,), 1.0, interval_s=0.5),
+        lambda: fleet.measure((1000, 5000, 10_000), 30.0, workers=CORES),
+        lambda: fleet.measure((20,), 1.0, interval_s=0.5, workers=CORES),
     ),
     "agent_footprint": (
         lambda: footprint.measure(60.0, 30.0),
