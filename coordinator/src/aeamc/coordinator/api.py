@@ -1,6 +1,6 @@
 """The coordinator's HTTP JSON API under ``/v1/`` (SPEC §9).
 
-Handlers only translate: HTTP in, a ``Coordinator`` call, HTTP out. One middleware turns
+Handlers only translate: HTTP in, a ``Coordinator`` call, HTTP out. One layer (``Front``) turns
 every failure into ``{"error": {"code", "message"}}`` with a 4xx for anything a client
 sent; a 5xx only ever means a fault of ours, and never carries internals.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated
@@ -37,8 +38,9 @@ from .devices import DeviceService
 from .errors import ApiError
 from .ingestion import MAX_PROOF_BATCH
 from .logs import REQUEST_ID, REQUEST_ID_HEADER, incoming_request_id
-from .metrics import Metrics
+from .metrics import Metrics, route_of
 from .openapi import openapi_document
+from .overload import DEVICE_ROUTES, Admission
 from .ratelimit import RateLimiter
 from .registry import Device
 from .service import Coordinator
@@ -53,47 +55,27 @@ _DECIMAL = re.compile(r"[0-9]{1,16}")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as exc:
+def _error_reply(request: web.Request, exc: Exception) -> web.Response:
+    """The answer to a failure of the handler: 4xx for what a client sent, a bare 500 for
+    a fault of ours. An ``HTTPException`` below 400 (a redirect) is raised again."""
+    if isinstance(exc, ApiError):
         return reply(exc.body(), exc.status)
-    except Refusal as exc:
+    if isinstance(exc, Refusal):
         err = ApiError.from_refusal(exc)
         return reply(err.body(), err.status)
-    except ProtocolError as exc:
+    if isinstance(exc, ProtocolError):
         err = ApiError.from_protocol(exc)
         return reply(err.body(), err.status)
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         err = ApiError.from_status(exc.status, exc.reason)
         resp = reply(err.body(), exc.status)
         if "Allow" in exc.headers:
             resp.headers["Allow"] = exc.headers["Allow"]
         return resp
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return reply({"error": {"code": INTERNAL, "message": "internal error"}}, 500)
-
-
-@web.middleware
-async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give the request an id (a well-formed ``X-Request-ID`` is kept), log under it, echo it."""
-    rid = incoming_request_id(request.headers.get(REQUEST_ID_HEADER))
-    token = REQUEST_ID.set(rid)
-    try:
-        try:
-            resp = await handler(request)
-        except web.HTTPException as exc:
-            exc.headers[REQUEST_ID_HEADER] = rid
-            raise
-        if not resp.prepared:
-            resp.headers[REQUEST_ID_HEADER] = rid
-        return resp
-    finally:
-        REQUEST_ID.reset(token)
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    return reply({"error": {"code": INTERNAL, "message": "internal error"}}, 500)
 
 
 def _device_id(request: web.Request) -> str:
@@ -507,45 +489,97 @@ BODY_LIMITS: dict[tuple[str, str], int | None] = {
 }
 #: Every other route (tokens, flags, device actions, updates, the dashboard's login).
 DEFAULT_BODY_LIMIT = SMALL_BODY
-BODY_LIMIT_KEY: web.AppKey[int] = web.AppKey("body_limit_max", int)
+ADMISSION_KEY: web.AppKey[Admission] = web.AppKey("admission", Admission)
 
 
-@web.middleware
-async def body_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse with 413 a body over its route's limit (``BODY_LIMITS``): by its declared
-    length before it is read, or as soon as a body without one grows past it."""
-    resource = request.match_info.route.resource
-    key = (request.method, resource.canonical if resource is not None else "")
-    limit = BODY_LIMITS.get(key, DEFAULT_BODY_LIMIT)
-    if limit is None:
-        limit = request.app[BODY_LIMIT_KEY]
-    message = f"the body exceeds this route's limit of {limit} bytes"
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, "body_too_large", message)
-    try:
-        return await handler(request.clone(client_max_size=limit))
-    except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, "body_too_large", message) from None
+class Front:
+    """Everything done for every request around its handler, in one layer. In order:
+
+    1. a request id (a well-formed ``X-Request-ID`` is kept), logged under and echoed;
+    2. rate limits (429), before any work — even reading the body — is spent on it;
+    3. admission of device requests (503 ``overloaded``, overload.py), also before the body;
+    4. the route's body limit (``BODY_LIMITS``): 413 by the declared length before the
+       body is read, or as soon as a body sent without one grows past it;
+    5. the handler, whose failures become the API's error body (``_error_reply``);
+    6. metrics, with the status finally answered (429, 503 and errors included).
+    """
+
+    def __init__(
+        self, metrics: Metrics, limiter: RateLimiter, admission: Admission, max_body: int
+    ) -> None:
+        self.metrics = metrics
+        self.limiter = limiter
+        self.admission = admission
+        self.max_body = max_body
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        rid = incoming_request_id(request.headers.get(REQUEST_ID_HEADER))
+        token = REQUEST_ID.set(rid)
+        started = time.perf_counter()
+        try:
+            try:
+                resp = await self._answer(request, handler)
+            except web.HTTPException as exc:  # below 400 only: the rest became answers
+                exc.headers[REQUEST_ID_HEADER] = rid
+                raise
+            if not resp.prepared:
+                resp.headers[REQUEST_ID_HEADER] = rid
+            self.metrics.record(
+                route_of(request), request.method, resp.status, time.perf_counter() - started
+            )
+            return resp
+        finally:
+            REQUEST_ID.reset(token)
+
+    async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        limited = self.limiter.refusal(request)
+        if limited is not None:
+            return limited
+        resource = request.match_info.route.resource
+        key = (request.method, resource.canonical if resource is not None else "")
+        if key not in DEVICE_ROUTES:
+            return await self._handle(request, handler, key)
+        if not self.admission.admit(key[1]):
+            return self.admission.refusal()
+        try:
+            return await self._handle(request, handler, key)
+        finally:
+            self.admission.release()
+
+    async def _handle(
+        self, request: web.Request, handler: Handler, key: tuple[str, str]
+    ) -> web.StreamResponse:
+        limit = BODY_LIMITS.get(key, DEFAULT_BODY_LIMIT)
+        if limit is None:
+            limit = self.max_body
+        try:
+            if request.content_length is not None and request.content_length > limit:
+                raise ApiError(413, "body_too_large", _too_large(limit))
+            # What ``request.clone(client_max_size=limit)`` would give the handler, without
+            # a second request object: ``read()`` refuses a body past this many bytes.
+            request._client_max_size = limit
+            try:
+                return await handler(request)
+            except web.HTTPRequestEntityTooLarge:
+                raise ApiError(413, "body_too_large", _too_large(limit)) from None
+        except Exception as exc:
+            return _error_reply(request, exc)
+
+
+def _too_large(limit: int) -> str:
+    return f"the body exceeds this route's limit of {limit} bytes"
 
 
 def build_app(coordinator: Coordinator) -> web.Application:
+    server = coordinator.config.server
     metrics = Metrics(coordinator)
-    limiter = RateLimiter(coordinator.config.limits)
-    app = web.Application(
-        # Metrics outermost, so they see the status the error middleware chose.
-        # Request ids outermost, so every line logged for a request carries its id.
-        # Rate limits before any work (even reading the body) is spent on a request.
-        middlewares=[
-            request_id_middleware,
-            metrics.middleware,
-            limiter.middleware,
-            error_middleware,
-            body_limit_middleware,
-        ],
-        client_max_size=coordinator.config.server.max_body_bytes,
-    )
+    admission = Admission(server.max_inflight, server.overload_retry_after_s)
+    metrics.admission = admission
+    front = Front(metrics, RateLimiter(coordinator.config.limits), admission, server.max_body_bytes)
+    app = web.Application(middlewares=[front.middleware], client_max_size=server.max_body_bytes)
     app[COORDINATOR_KEY] = coordinator
-    app[BODY_LIMIT_KEY] = coordinator.config.server.max_body_bytes
+    app[ADMISSION_KEY] = admission
     app.router.add_get("/metrics", metrics.handler)
     app.router.add_post("/v1/enroll", enroll)
     app.router.add_post("/v1/heartbeats", heartbeats)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -23,7 +23,6 @@ from aeamc.shared.runtime.tls import ROLE_DEVICE, peer_of
 from .config import LimitsConfig
 from .errors import ApiError
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: Keep at most this many buckets per kind; beyond it the idlest are forgotten.
 MAX_BUCKETS = 50_000
 
@@ -92,14 +91,18 @@ class RateLimiter:
                 retry_after_s=math.ceil(wait),
             )
 
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    def refusal(self, request: web.Request) -> web.Response | None:
+        """The 429 answer to ``request`` when its address or device is over its budget
+        (``None`` when it may go on): decided before anything, its body included, is read."""
+        address = request.remote
+        if address in self.exempt:
+            return None
         peer = peer_of(request.transport)
         device_id = peer.name if peer is not None and peer.role == ROLE_DEVICE else None
         try:
-            self.check(request.remote, device_id)
+            self.check(address, device_id)
         except ApiError as exc:
             resp = web.json_response(exc.body(), status=429)
             resp.headers["Retry-After"] = str(exc.body()["error"]["retry_after_s"])
             return resp
-        return await handler(request)
+        return None
