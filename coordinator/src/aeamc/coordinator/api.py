@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
@@ -26,11 +26,11 @@ from aeamc.shared.refusals import Refusal
 from aeamc.shared.runtime.tls import peer_of
 from aeamc.shared.schema import array, optional, record, text
 
-from . import securitytxt
+from . import securitytxt, wire
 from .anchoring.bundles import receipt_bundle
 from .apischemas import DOCUMENTED_KINDS
 from .auth import COORDINATOR_KEY, caller, require, scope
-from .bodies import BodyShape, json_body, reply
+from .bodies import OFF_LOOP_BYTES, BodyShape, json_body, parse_json, reply
 from .content_api import BODY_LIMITS as CONTENT_BODY_LIMITS
 from .content_api import add_content_routes
 from .dashboard import add_dashboard_routes
@@ -119,16 +119,31 @@ async def enroll(request: web.Request) -> web.Response:
     return reply(await c.enrollment.enroll(await json_body(request), request.remote), 202)
 
 
+async def _device_body(
+    request: web.Request, fast: Callable[[bytes], Any], shape: BodyShape | None = None
+) -> Any:
+    """A device's body, as ``json_body`` reads it, decoded by ``fast`` (wire.py) when that
+    vouches for it, else parsed by ``parse_json``, which says what is wrong."""
+    if request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send Content-Type: application/json")
+    raw = await request.read()
+
+    def parse() -> Any:
+        decoded = fast(raw)
+        return decoded if decoded is not None else parse_json(raw, shape)
+
+    return await asyncio.to_thread(parse) if len(raw) > OFF_LOOP_BYTES else parse()
+
+
 async def heartbeats(request: web.Request) -> web.Response:
     c = request.app[COORDINATOR_KEY]
-    return reply(
-        await c.heartbeats.heartbeat(await json_body(request), peer_of(request.transport)), 202
-    )
+    body = await _device_body(request, wire.decode_poa)
+    return reply(await c.heartbeats.heartbeat(body, peer_of(request.transport)), 202)
 
 
 async def post_proof(request: web.Request) -> web.Response:
     c = request.app[COORDINATOR_KEY]
-    body = await json_body(request, PROOF_SHAPE)
+    body = await _device_body(request, wire.decode_submission, PROOF_SHAPE)
     return reply(await c.ingestion.accept_proof(body, peer_of(request.transport)), 202)
 
 
@@ -159,7 +174,9 @@ PROOF_BATCH_SHAPE = BodyShape(
 async def post_proof_batch(request: web.Request) -> web.Response:
     """Several proofs in one request and one durable commit; a result for each, in order."""
     c = request.app[COORDINATOR_KEY]
-    body = await json_body(request, PROOF_BATCH_SHAPE)
+    body = await _device_body(request, wire.decode_batch, PROOF_BATCH_SHAPE)
+    if isinstance(body, list):  # decoded, every item well formed (wire.py)
+        body = {"proofs": body}
     items = body.get("proofs") if isinstance(body, dict) and set(body) == {"proofs"} else None
     if not isinstance(items, list) or not 1 <= len(items) <= MAX_PROOF_BATCH:
         raise ApiError(
