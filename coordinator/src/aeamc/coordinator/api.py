@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -19,10 +18,8 @@ import msgspec
 from aiohttp import web
 
 from aeamc.shared.canonical import MAX_SAFE_INT
-from aeamc.shared.envelope import INTERNAL
-from aeamc.shared.errors import ProtocolError, ValidationError
+from aeamc.shared.errors import ValidationError
 from aeamc.shared.labels import MAX_TAGS, TAG_PATTERN
-from aeamc.shared.refusals import Refusal
 from aeamc.shared.runtime.tls import peer_of
 from aeamc.shared.schema import array, optional, record, text
 
@@ -31,16 +28,15 @@ from .anchoring.bundles import receipt_bundle
 from .apischemas import DOCUMENTED_KINDS
 from .auth import COORDINATOR_KEY, caller, require, scope
 from .bodies import OFF_LOOP_BYTES, BodyShape, json_body, parse_json, reply
-from .content_api import BODY_LIMITS as CONTENT_BODY_LIMITS
 from .content_api import add_content_routes
 from .dashboard import add_dashboard_routes
 from .devices import DeviceService
 from .errors import ApiError
+from .front import Front
 from .ingestion import MAX_PROOF_BATCH
-from .logs import REQUEST_ID, REQUEST_ID_HEADER, incoming_request_id
-from .metrics import Metrics, route_of
+from .metrics import Metrics
 from .openapi import openapi_document
-from .overload import DEVICE_ROUTES, Admission
+from .overload import Admission
 from .ratelimit import RateLimiter
 from .registry import Device
 from .service import Coordinator
@@ -53,29 +49,6 @@ _DEVICE_ID = re.compile(r"[0-9a-f]{32}")
 #: A decimal in a query or a path: at most 16 digits (2^53 has 16).
 _DECIMAL = re.compile(r"[0-9]{1,16}")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _error_reply(request: web.Request, exc: Exception) -> web.Response:
-    """The answer to a failure of the handler: 4xx for what a client sent, a bare 500 for
-    a fault of ours. An ``HTTPException`` below 400 (a redirect) is raised again."""
-    if isinstance(exc, ApiError):
-        return reply(exc.body(), exc.status)
-    if isinstance(exc, Refusal):
-        err = ApiError.from_refusal(exc)
-        return reply(err.body(), err.status)
-    if isinstance(exc, ProtocolError):
-        err = ApiError.from_protocol(exc)
-        return reply(err.body(), err.status)
-    if isinstance(exc, web.HTTPException):
-        if exc.status < 400:
-            raise exc
-        err = ApiError.from_status(exc.status, exc.reason)
-        resp = reply(err.body(), exc.status)
-        if "Allow" in exc.headers:
-            resp.headers["Allow"] = exc.headers["Allow"]
-        return resp
-    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
-    return reply({"error": {"code": INTERNAL, "message": "internal error"}}, 500)
 
 
 def _device_id(request: web.Request) -> str:
@@ -490,104 +463,6 @@ async def security_txt(request: web.Request) -> web.Response:
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
 
-#: The largest body each route reads, in bytes, by (method, route); ``None`` means
-#: ``server.max_body_bytes``. Checked against Content-Length before anything else is done
-#: for the request (authentication and signatures included), and enforced while reading a
-#: body sent without one. A real enrollment (capabilities and a CSR) is about 1.1 KiB and
-#: a heartbeat about 0.4 KiB: their limit leaves a wide margin and nothing more.
-SMALL_BODY = 128 * 1024
-BODY_LIMITS: dict[tuple[str, str], int | None] = {
-    ("POST", "/v1/enroll"): 64 * 1024,
-    ("POST", "/v1/heartbeats"): 64 * 1024,
-    ("POST", "/v1/proofs"): None,
-    ("POST", "/v1/proofs/batch"): None,
-    ("POST", "/v1/tasks"): 1024 * 1024,
-    **CONTENT_BODY_LIMITS,
-}
-#: Every other route (tokens, flags, device actions, updates, the dashboard's login).
-DEFAULT_BODY_LIMIT = SMALL_BODY
-ADMISSION_KEY: web.AppKey[Admission] = web.AppKey("admission", Admission)
-
-
-class Front:
-    """Everything done for every request around its handler, in one layer. In order:
-
-    1. a request id (a well-formed ``X-Request-ID`` is kept), logged under and echoed;
-    2. rate limits (429), before any work — even reading the body — is spent on it;
-    3. admission of device requests (503 ``overloaded``, overload.py), also before the body;
-    4. the route's body limit (``BODY_LIMITS``): 413 by the declared length before the
-       body is read, or as soon as a body sent without one grows past it;
-    5. the handler, whose failures become the API's error body (``_error_reply``);
-    6. metrics, with the status finally answered (429, 503 and errors included).
-    """
-
-    def __init__(
-        self, metrics: Metrics, limiter: RateLimiter, admission: Admission, max_body: int
-    ) -> None:
-        self.metrics = metrics
-        self.limiter = limiter
-        self.admission = admission
-        self.max_body = max_body
-
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        rid = incoming_request_id(request.headers.get(REQUEST_ID_HEADER))
-        token = REQUEST_ID.set(rid)
-        started = time.perf_counter()
-        try:
-            try:
-                resp = await self._answer(request, handler)
-            except web.HTTPException as exc:  # below 400 only: the rest became answers
-                exc.headers[REQUEST_ID_HEADER] = rid
-                raise
-            if not resp.prepared:
-                resp.headers[REQUEST_ID_HEADER] = rid
-            self.metrics.record(
-                route_of(request), request.method, resp.status, time.perf_counter() - started
-            )
-            return resp
-        finally:
-            REQUEST_ID.reset(token)
-
-    async def _answer(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        limited = self.limiter.refusal(request)
-        if limited is not None:
-            return limited
-        resource = request.match_info.route.resource
-        key = (request.method, resource.canonical if resource is not None else "")
-        if key not in DEVICE_ROUTES:
-            return await self._handle(request, handler, key)
-        if not self.admission.admit(key[1]):
-            return self.admission.refusal()
-        try:
-            return await self._handle(request, handler, key)
-        finally:
-            self.admission.release()
-
-    async def _handle(
-        self, request: web.Request, handler: Handler, key: tuple[str, str]
-    ) -> web.StreamResponse:
-        limit = BODY_LIMITS.get(key, DEFAULT_BODY_LIMIT)
-        if limit is None:
-            limit = self.max_body
-        try:
-            if request.content_length is not None and request.content_length > limit:
-                raise ApiError(413, "body_too_large", _too_large(limit))
-            # What ``request.clone(client_max_size=limit)`` would give the handler, without
-            # a second request object: ``read()`` refuses a body past this many bytes.
-            request._client_max_size = limit
-            try:
-                return await handler(request)
-            except web.HTTPRequestEntityTooLarge:
-                raise ApiError(413, "body_too_large", _too_large(limit)) from None
-        except Exception as exc:
-            return _error_reply(request, exc)
-
-
-def _too_large(limit: int) -> str:
-    return f"the body exceeds this route's limit of {limit} bytes"
-
-
 def build_app(coordinator: Coordinator) -> web.Application:
     server = coordinator.config.server
     metrics = Metrics(coordinator)
@@ -596,7 +471,6 @@ def build_app(coordinator: Coordinator) -> web.Application:
     front = Front(metrics, RateLimiter(coordinator.config.limits), admission, server.max_body_bytes)
     app = web.Application(middlewares=[front.middleware], client_max_size=server.max_body_bytes)
     app[COORDINATOR_KEY] = coordinator
-    app[ADMISSION_KEY] = admission
     app.router.add_get("/metrics", metrics.handler)
     app.router.add_post("/v1/enroll", enroll)
     app.router.add_post("/v1/heartbeats", heartbeats)
