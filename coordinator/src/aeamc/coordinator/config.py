@@ -55,7 +55,7 @@ class ServerConfig:
     #: Heartbeat and proof requests this process handles at once; one more is answered
     #: 503 ``overloaded`` with ``Retry-After`` before its body is read (overload.py).
     #: 0 takes every request, however long the queue grows.
-    max_inflight: int = 256
+    max_inflight: int = 1024
     #: The ``Retry-After`` of that 503, in whole seconds; agents add jitter of their own.
     overload_retry_after_s: int = 5
     mdns: bool = True
