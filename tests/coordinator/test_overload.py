@@ -42,12 +42,15 @@ def devices(coordinator: CoordinatorProcess) -> list[SimDevice]:
     return out
 
 
-def metric(coordinator: CoordinatorProcess, name: str, route: str | None = None) -> float:
+def metric(coordinator: CoordinatorProcess, name: str, route: str = "", **labels: str) -> float:
     status, text = coordinator.request("GET", "/metrics", device=None)
     assert status == 200
-    labels = f'{{route="{route}"}}' if route else ""
-    found = re.search(rf"^{re.escape(name + labels)} (\S+)$", text.decode(), re.M)
-    assert found is not None, f"{name}{labels} is not in /metrics"
+    if route:
+        labels["route"] = route
+    inner = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    labels_text = f"{{{inner}}}" if inner else ""
+    found = re.search(rf"^{re.escape(name + labels_text)} (\S+)$", text.decode(), re.M)
+    assert found is not None, f"{name}{labels_text} is not in /metrics"
     return float(found.group(1))
 
 
@@ -122,6 +125,7 @@ def test_past_capacity_a_heartbeat_is_shed_and_nothing_of_it_stored(
     device = devices[1]
     poa = device.poa()
     before = shed(coordinator, "/v1/heartbeats")
+    rejected = metric(coordinator, "aeamc_coordinator_proofs_total", result="rejected")
     with held(coordinator, MAX_INFLIGHT, "/v1/heartbeats"):
         status, answer = coordinator.request("POST", "/v1/heartbeats", poa)
         assert status == 503, answer
@@ -145,6 +149,8 @@ def test_past_capacity_a_heartbeat_is_shed_and_nothing_of_it_stored(
         status, _ = coordinator.request("GET", "/v1/health", device=None)
         assert status == 200
     assert shed(coordinator, "/v1/heartbeats") == before + 2
+    # A proof shed was never judged: it is not counted as a rejected proof.
+    assert metric(coordinator, "aeamc_coordinator_proofs_total", result="rejected") == rejected
     # Nothing of the shed heartbeat was kept: the same message (its seq unused) is taken.
     status, answer = coordinator.request("POST", "/v1/heartbeats", poa)
     assert status == 202, answer

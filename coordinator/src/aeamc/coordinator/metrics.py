@@ -212,7 +212,8 @@ class Metrics:
         children[0].inc()
         children[1].observe(elapsed)
         self.c.status.observe_request(status, elapsed)
-        if status >= 400 and route == "/v1/proofs":
+        # A proof shed for load (503, overload.py) was not judged: it is not rejected.
+        if status >= 400 and status != 503 and route == "/v1/proofs":
             self.c.count("proofs_rejected")
 
     async def handler(self, request: web.Request) -> web.Response:
