@@ -102,6 +102,7 @@ def _one_size(
         "p99_ms": stats.percentile(lat, 99),
         "per_window_p99_ms": stats.summary([w["p99_ms"] for w in windows]),
         "errors": result["errors"],
+        "shed": result.get("shed", 0),
         "enroll_seconds": result["enroll_seconds"],
         "connect_seconds": result["connect_seconds"],
         "enroll_errors": result["enroll_errors"],

@@ -42,6 +42,8 @@ from .transport import DeviceTls, endpoints_by_name, transport
 
 T = TypeVar("T")
 
+#: Answers that say "not now, come back after Retry-After": load shed, not errors.
+SHED_STATUSES = (429, 503)
 #: What every simulated device reports: healthy, charging, cool and idle.
 TELEMETRY = GOOD_TELEMETRY
 
@@ -344,6 +346,8 @@ class KeepAlive:
         self.host, self.port, self.ctx = host, port, ctx
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        #: The last answer's ``Retry-After`` in seconds (``None`` without one).
+        self.retry_after: int | None = None
 
     async def connect(self) -> None:
         """The TCP connection and the TLS handshake (the certificate, if any, presented)."""
@@ -366,10 +370,13 @@ class KeepAlive:
             # and the next one reconnects (as an agent's would).
             raise ConnectionResetError("the connection was closed before an answer")
         length = 0
+        self.retry_after = None
         while (line := await self.reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.decode("latin-1").partition(":")
             if name.lower() == "content-length":
                 length = int(value)
+            elif name.lower() == "retry-after" and value.strip().isdigit():
+                self.retry_after = int(value)
         raw = await self.reader.readexactly(length) if length else b""
         return int(status_line.split()[1]), raw
 
@@ -460,6 +467,10 @@ async def fleet_mode(args: argparse.Namespace) -> None:
                 conn.close()  # the next heartbeat reconnects, as an agent would
             samples.append((sent, time.perf_counter() - sent, status))
             next_at += args.interval
+            if status in SHED_STATUSES:
+                # As an agent does: not before Retry-After, plus jitter of its own.
+                wait = conn.retry_after or args.interval
+                next_at = max(next_at, time.perf_counter() + wait * rng.uniform(1.0, 1.5))
 
     async def announce() -> None:
         await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
@@ -473,6 +484,8 @@ async def fleet_mode(args: argparse.Namespace) -> None:
             c.close()
     window = [s for s in samples if measure_from <= s[0] < stop_at]
     ok = [s for s in window if s[2] == 202]
+    shed = [s for s in window if s[2] in SHED_STATUSES]
+    served = [s for s in window if s[2] not in SHED_STATUSES]
     emit(
         {
             "devices": len(keys),
@@ -483,9 +496,12 @@ async def fleet_mode(args: argparse.Namespace) -> None:
             "window_s": args.duration,
             "sent": len(window),
             "accepted": len(ok),
-            "errors": len(window) - len(ok),
-            "latencies_ms": [round(s[1] * 1000, 3) for s in window],
-            "seconds_into_window": [round(s[0] - measure_from, 3) for s in window],
+            # Shed (503 overloaded, 429 rate limited: "come back later") apart from errors.
+            "shed": len(shed),
+            "errors": len(window) - len(ok) - len(shed),
+            # Latencies of what was answered in full: a quick 503 would flatter them.
+            "latencies_ms": [round(s[1] * 1000, 3) for s in served],
+            "seconds_into_window": [round(s[0] - measure_from, 3) for s in served],
         }
     )
 

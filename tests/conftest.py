@@ -29,6 +29,7 @@ SAME_WORKER: dict[str, str] = {
     # One coordinator each, started once for the module's tests.
     "coordinator/test_api_contract.py": "api-contract",
     "coordinator/test_content_http.py": "content-http",
+    "coordinator/test_overload.py": "overload",
     # Real mDNS on this host's loopback is one shared medium: a test that lets an agent
     # pick any coordinator it hears must not hear another test's (devnet's included).
     "agent/test_mdns.py": "loopback-mdns",

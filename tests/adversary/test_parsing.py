@@ -36,7 +36,7 @@ async def _post(session: Any, url: str, body: bytes) -> tuple[int, Any]:
 
 
 def test_a_real_enrollment_and_heartbeat_fit_their_limits() -> None:
-    from aeamc.coordinator.api import BODY_LIMITS
+    from aeamc.coordinator.front import BODY_LIMITS
 
     device = SimDevice("https://127.0.0.1:1")
     enroll = json.dumps(device.enroll_message("t" * 64)).encode()

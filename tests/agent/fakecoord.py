@@ -69,6 +69,7 @@ class Scripted:
     status: int
     body: Any = None
     raw: bytes | None = None
+    headers: dict[str, str] | None = None
 
 
 @dataclass
@@ -249,7 +250,7 @@ class FakeCoordinator:
             assert request.transport is not None
             request.transport.close()
             return web.Response(status=500)
-        return web.json_response(answer.body, status=answer.status)
+        return web.json_response(answer.body, status=answer.status, headers=answer.headers)
 
     async def _content(self, request: web.Request, data: Any) -> web.StreamResponse:
         blob = self.content.get(request.match_info["digest"])

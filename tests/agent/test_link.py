@@ -293,6 +293,23 @@ async def test_a_rate_limit_is_waited_out(fake_coordinator, make_agent) -> None:
     assert agent.link._refused("heartbeat", Reply(429, bogus, 0)) <= agent.config.retry_max_s
 
 
+async def test_a_coordinator_at_capacity_is_left_alone_as_long_as_it_asks(
+    fake_coordinator, make_agent
+) -> None:
+    """503 ``overloaded`` with a ``Retry-After`` header (and no hint in the body): the
+    next heartbeat waits at least that long, and no longer than half of it again."""
+    from aeamc.agent.client import Reply
+
+    agent = await make_agent(coordinator_url=fake_coordinator.url)
+    shed = {"error": {"code": "overloaded", "message": "at capacity"}}
+    for _ in range(20):
+        delay = agent.link._refused("heartbeat", Reply(503, shed, 0, retry_after_header=9))
+        assert 9.0 <= delay <= max(13.5, agent.config.retry_max_s)
+    # The longer of the header and the body's hint.
+    hinted = {"error": {"code": "overloaded", "message": "", "retry_after_s": 12}}
+    assert agent.link._refused("heartbeat", Reply(503, hinted, 0, retry_after_header=9)) >= 12
+
+
 async def test_an_ambiguous_heartbeat_answer_changes_nothing(
     fake_coordinator, make_agent, caplog
 ) -> None:

@@ -101,6 +101,15 @@ async def test_full_outbox_refuses_new_assignments(fake_coordinator, make_agent)
     assert agent.refusal_reason() == "outbox_full"
 
 
+def test_a_retry_after_is_waited_out_with_jitter_above_it() -> None:
+    top = Backoff(1.0, 8.0, uniform=lambda lo, hi: hi)
+    bottom = Backoff(1.0, 8.0, uniform=lambda lo, hi: lo)
+    assert bottom.after(7) == 7.0  # never sooner than asked
+    assert top.after(7) == 10.5  # spread over half of it again: a fleet does not return in step
+    assert top.after(1) == 2.0  # the backoff itself, when it is longer
+    assert top.failures == 2
+
+
 def test_backoff_grows_to_the_cap_with_jitter() -> None:
     b = Backoff(1.0, 8.0, uniform=lambda lo, hi: hi)
     assert [b.next_delay() for _ in range(6)] == [1, 2, 4, 8, 8, 8]
@@ -236,6 +245,37 @@ async def test_transient_failures_keep_and_retry(sender, fake_coordinator, answe
     assert sender.outbox.count == 1
     assert await sender.deliver_all(fake_coordinator.url) is None  # next attempt gets through
     assert fake_coordinator.proofs[0][0] == pot
+
+
+async def test_a_shed_proof_waits_out_retry_after(sender, fake_coordinator) -> None:
+    """503 ``overloaded`` with ``Retry-After``: the proof is kept, and the next attempt is
+    not sooner than the header says (the sender's own backoff here is 0.05 s at most)."""
+    _, pot = queue_for(fake_coordinator, sender.outbox, "t-1")
+    shed = Scripted(
+        503, {"error": {"code": "overloaded", "message": "x"}}, headers={"Retry-After": "6"}
+    )
+    fake_coordinator.queue("/v1/proofs", shed)
+    delay = await sender.deliver_all(fake_coordinator.url)
+    assert delay is not None and delay >= 6
+    assert sender.outbox.count == 1
+    assert await sender.deliver_all(fake_coordinator.url) is None
+    assert fake_coordinator.proofs[0][0] == pot
+
+
+async def test_a_shed_batch_waits_out_retry_after(sender, fake_coordinator) -> None:
+    await restart_with_batches(fake_coordinator)
+    for t in ("t-1", "t-2"):
+        queue_for(fake_coordinator, sender.outbox, t)
+    shed = Scripted(
+        503, {"error": {"code": "overloaded", "message": "x"}}, headers={"Retry-After": "6"}
+    )
+    fake_coordinator.queue("/v1/proofs/batch", shed)
+    delay = await sender.deliver_all(fake_coordinator.url)
+    assert delay is not None and delay >= 6
+    assert sender.outbox.count == 2
+    # Once delivered, a later failure without a hint backs off as usual again.
+    assert await sender.deliver_all(fake_coordinator.url) is None
+    assert sender.outbox.count == 0
 
 
 async def test_retries_through_an_outage_until_the_coordinator_returns(

@@ -253,6 +253,8 @@ def test_openapi_matches_routes(coordinator: CoordinatorProcess) -> None:
         class config:  # mimics the attribute path build_app reads
             class server:
                 max_body_bytes = 1024
+                max_inflight = 0
+                overload_retry_after_s = 5
 
             limits = LimitsConfig()
 

@@ -122,3 +122,62 @@ def test_rank_prefers_eps_times_reputation() -> None:
         "a" * 32,
         "b" * 32,
     ]
+
+
+def _reference(t: Telemetry, config: EpsConfig) -> Fraction:
+    """SPEC §4 term by term in Fractions: what the integer arithmetic must equal."""
+
+    def exact(x: float | int) -> Fraction:
+        return Fraction(str(x)) if isinstance(x, float) else Fraction(x)
+
+    half = Fraction(1, 2)
+    if t.battery_pct is None:
+        fb, fc = Fraction(1), Fraction(1)
+    else:
+        fb, fc = Fraction(t.battery_pct, 100), Fraction(1 if t.charging else 0)
+    cap_t, cap_n = config.max_temp_c * 1000, config.max_latency_ms * 1000
+    ft = half if t.cpu_temp_mc is None else 1 - Fraction(min(max(t.cpu_temp_mc, 0), cap_t), cap_t)
+    fn = half if t.net_latency_us is None else 1 - Fraction(min(t.net_latency_us, cap_n), cap_n)
+    return (
+        exact(config.w_battery) * fb
+        + exact(config.w_charging) * fc
+        + exact(config.w_temperature) * ft
+        + exact(config.w_network) * fn
+    )
+
+
+def test_eps_equals_the_term_by_term_sum_on_random_telemetry() -> None:
+    """Bit for bit: ``eps`` is the float of the exact sum, ``eps_exact`` the sum itself."""
+    import random
+
+    rng = random.Random(20_24)
+    weights = [
+        (0.4, 0.2, 0.2, 0.2),
+        (0.1, 0.2, 0.3, 0.4),
+        (0.25, 0.25, 0.25, 0.25),
+        (1, 0, 0, 0),
+        (0.7, 0.1, 0.1, 0.1),
+        (0.33, 0.33, 0.33, 0.01),
+    ]
+    for _ in range(5000):
+        wb, wc, wt, wn = rng.choice(weights)
+        config = EpsConfig(
+            w_battery=wb,
+            w_charging=wc,
+            w_temperature=wt,
+            w_network=wn,
+            max_temp_c=rng.choice((80, 1, 7, 200)),
+            max_latency_ms=rng.choice((500, 1, 3, 10_000)),
+        )
+        t = Telemetry(
+            battery_pct=rng.choice((None, rng.randint(0, 100))),
+            charging=rng.choice((None, True, False)),
+            cpu_temp_mc=rng.choice((None, rng.randint(-60_000, 200_000))),
+            cpu_load_permille=rng.randint(0, 1000),
+            net_latency_us=rng.choice((None, rng.randint(0, 3_600_000_000), rng.randint(0, 9999))),
+            mem_available_kb=None,
+        )
+        expected = _reference(t, config)
+        assert eps_exact(t, config) == expected
+        assert eps(t, config) == float(expected)
+        assert eps(t, config).hex() == float(expected).hex()

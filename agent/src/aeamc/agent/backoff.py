@@ -10,6 +10,9 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+#: How much later than a server's ``Retry-After`` a retry may come, as a share of it.
+RETRY_AFTER_SPREAD = 0.5
+
 
 class Backoff:
     def __init__(
@@ -30,6 +33,13 @@ class Backoff:
         self.failures += 1
         # Never less than a tenth of the initial delay: a zero wait would busy-loop.
         return max(self.initial_s / 10, self._uniform(0.0, ceiling))
+
+    def after(self, wait_s: float) -> float:
+        """Record a failure the server answered with ``Retry-After: wait_s``: never sooner
+        than that, and up to ``RETRY_AFTER_SPREAD`` of it later, so a fleet told the same
+        wait at the same moment does not come back in step."""
+        least = wait_s * (1.0 + self._uniform(0.0, RETRY_AFTER_SPREAD))
+        return max(self.next_delay(), least)
 
     def reset(self) -> None:
         self.failures = 0

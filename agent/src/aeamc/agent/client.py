@@ -61,11 +61,41 @@ def answer_body(url: str, raw: bytes) -> Any:
         return None
 
 
+#: The longest ``Retry-After`` taken at its word; a longer one counts as none.
+MAX_RETRY_AFTER_S = 3600
+
+
+def retry_after_header(value: str | None) -> int | None:
+    """``Retry-After`` in delta-seconds (what the coordinator sends); an HTTP-date or
+    anything else is ``None``."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value.isascii() or not value.isdigit() or len(value) > 9:
+        return None
+    return int(value)
+
+
 @dataclass(frozen=True)
 class Reply:
     status: int
     body: Any
     rtt_us: int
+    #: The answer's ``Retry-After`` header in seconds, when it has one (delta-seconds).
+    retry_after_header: int | None = None
+
+    @property
+    def retry_after_s(self) -> int | None:
+        """How long the coordinator asks to be left alone (a 429 or 503): the longer of
+        the ``Retry-After`` header and the error body's ``retry_after_s``; ``None`` when
+        neither says, or says nonsense."""
+        hints = [self.retry_after_header, self.error.get("retry_after_s")]
+        waits = [
+            w
+            for w in hints
+            if isinstance(w, int) and not isinstance(w, bool) and 0 < w <= MAX_RETRY_AFTER_S
+        ]
+        return max(waits) if waits else None
 
     @property
     def error_code(self) -> str | None:
@@ -118,6 +148,7 @@ class CoordinatorClient:
                 ) as resp:
                     raw = await resp.read()
                     status = resp.status
+                    retry_after = retry_after_header(resp.headers.get("Retry-After"))
                 break
             except aiohttp.ClientConnectorCertificateError as exc:
                 raise CertificateRefused(f"{url}: {exc.certificate_error}") from None
@@ -134,7 +165,7 @@ class CoordinatorClient:
                 raise Unreachable(f"{url}: {exc.__class__.__name__}: {exc}") from None
         rtt_us = (time.perf_counter_ns() - started) // 1000
         self.last_rtt_us = rtt_us
-        return Reply(status, answer_body(url, raw), rtt_us)
+        return Reply(status, answer_body(url, raw), rtt_us, retry_after)
 
     async def fetch(self, url: str, max_bytes: int) -> tuple[int, bytes]:
         """GET ``url`` (update metadata and files); at most ``max_bytes`` of the body."""

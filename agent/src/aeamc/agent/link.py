@@ -281,10 +281,10 @@ class CoordinatorLink:
         code = reply.error_code
         message = f"{what} refused: HTTP {reply.status} {code or ''} {reply.error_message}".strip()
         if reply.status >= 500 or reply.status in (408, 429):
-            delay = self.backoff.next_delay()
-            wait = reply.error.get("retry_after_s")  # a rate limit says how long
-            if isinstance(wait, int) and not isinstance(wait, bool) and 0 < wait <= 3600:
-                delay = max(delay, float(wait))
+            # A rate limit (429) or a coordinator at capacity (503) says how long: never
+            # sooner, and with jitter, so a fleet shed at once does not return at once.
+            wait = reply.retry_after_s
+            delay = self.backoff.next_delay() if wait is None else self.backoff.after(wait)
             self._set_error(message)
             log.warning("%s; retrying in %.1f s", message, delay)
             return delay

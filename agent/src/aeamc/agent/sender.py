@@ -12,7 +12,8 @@ What each answer means for the queued proof:
 ``unknown_assignment``), other 4xx          reason
 403 ``not_enrolled`` / ``pending``,         keep; wait for enrollment (which also renews
 401/403 ``certificate_*``                   the certificate), retry with backoff
-5xx, 408, 429, no answer                    keep; retry with backoff
+5xx, 408, 429, no answer                    keep; retry with backoff (a 429 or 503 with
+                                            ``Retry-After``: not sooner than it says)
 ==========================================  =================================================
 
 Delivery is in order: a proof that cannot be delivered now blocks the ones behind it, so
@@ -91,6 +92,8 @@ class OutboxSender:
         self._just_resigned: Path | None = None
         #: ``False`` once the coordinator has shown it has no batch endpoint.
         self.batch_supported = True
+        #: The longest ``Retry-After`` of the answers since the last delivery attempt.
+        self._retry_after: int | None = None
 
     def wake(self) -> None:
         """Something was queued, or the coordinator is back: try now."""
@@ -121,7 +124,9 @@ class OutboxSender:
             else:
                 result = await self.deliver(url, entries[0])
             if result == RETRY:
-                return self.backoff.next_delay()
+                wait, self._retry_after = self._retry_after, None
+                return self.backoff.next_delay() if wait is None else self.backoff.after(wait)
+            self._retry_after = None
             self.backoff.reset()
 
     async def deliver_batch(self, url: str, entries: list[Entry]) -> str:
@@ -150,6 +155,7 @@ class OutboxSender:
         if reply.status != 200 or not isinstance(results, list) or len(results) != len(loaded):
             if reply.status >= 500 or reply.status in _RETRY_STATUSES:
                 self._error(f"{len(loaded)} proofs: HTTP {reply.status}")
+                self._note_retry_after(reply)
                 return RETRY
             # Not a batch answer (a proxy, a limit): let single requests say what is wrong.
             return await self.deliver(url, loaded[0][0])
@@ -225,8 +231,15 @@ class OutboxSender:
         self._just_resigned = None
         if reply.status >= 500 or reply.status in _RETRY_STATUSES or code in _WAIT_CODES:
             self._error(f"proof {entry.task_id}: HTTP {reply.status} {code or ''}".rstrip())
+            self._note_retry_after(reply)
             return RETRY
         return self._reject(entry, reply)
+
+    def _note_retry_after(self, reply: Reply) -> None:
+        """Keep a 429's or 503's ``Retry-After``: the next attempt waits at least that."""
+        wait = reply.retry_after_s
+        if wait is not None and reply.status in (429, 503):
+            self._retry_after = max(wait, self._retry_after or 0)
 
     async def _sleep(self, delay: float | None) -> None:
         if delay is None:

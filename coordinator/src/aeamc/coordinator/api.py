@@ -1,6 +1,6 @@
 """The coordinator's HTTP JSON API under ``/v1/`` (SPEC §9).
 
-Handlers only translate: HTTP in, a ``Coordinator`` call, HTTP out. One middleware turns
+Handlers only translate: HTTP in, a ``Coordinator`` call, HTTP out. One layer (``Front``) turns
 every failure into ``{"error": {"code", "message"}}`` with a 4xx for anything a client
 sent; a 5xx only ever means a fault of ours, and never carries internals.
 """
@@ -12,33 +12,31 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
 
 from aeamc.shared.canonical import MAX_SAFE_INT
-from aeamc.shared.envelope import INTERNAL
-from aeamc.shared.errors import ProtocolError, ValidationError
+from aeamc.shared.errors import ValidationError
 from aeamc.shared.labels import MAX_TAGS, TAG_PATTERN
-from aeamc.shared.refusals import Refusal
 from aeamc.shared.schema import array, optional, record, text
 
-from . import securitytxt
+from . import securitytxt, wire
 from .anchoring.bundles import receipt_bundle
 from .apischemas import DOCUMENTED_KINDS
 from .auth import COORDINATOR_KEY, caller, require, scope
-from .bodies import BodyShape, json_body, reply
-from .content_api import BODY_LIMITS as CONTENT_BODY_LIMITS
+from .bodies import OFF_LOOP_BYTES, BodyShape, json_body, parse_json, reply
 from .content_api import add_content_routes
 from .dashboard import add_dashboard_routes
 from .devices import DeviceService
 from .errors import ApiError
 from .forwarding import Forwarding, request_peer
+from .front import Front
 from .ingestion import MAX_PROOF_BATCH
-from .logs import REQUEST_ID, REQUEST_ID_HEADER, incoming_request_id
 from .metrics import Metrics
 from .openapi import openapi_document
+from .overload import Admission
 from .ratelimit import RateLimiter
 from .registry import Device
 from .service import Coordinator
@@ -51,49 +49,6 @@ _DEVICE_ID = re.compile(r"[0-9a-f]{32}")
 #: A decimal in a query or a path: at most 16 digits (2^53 has 16).
 _DECIMAL = re.compile(r"[0-9]{1,16}")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return reply(exc.body(), exc.status)
-    except Refusal as exc:
-        err = ApiError.from_refusal(exc)
-        return reply(err.body(), err.status)
-    except ProtocolError as exc:
-        err = ApiError.from_protocol(exc)
-        return reply(err.body(), err.status)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        err = ApiError.from_status(exc.status, exc.reason)
-        resp = reply(err.body(), exc.status)
-        if "Allow" in exc.headers:
-            resp.headers["Allow"] = exc.headers["Allow"]
-        return resp
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return reply({"error": {"code": INTERNAL, "message": "internal error"}}, 500)
-
-
-@web.middleware
-async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give the request an id (a well-formed ``X-Request-ID`` is kept), log under it, echo it."""
-    rid = incoming_request_id(request.headers.get(REQUEST_ID_HEADER))
-    token = REQUEST_ID.set(rid)
-    try:
-        try:
-            resp = await handler(request)
-        except web.HTTPException as exc:
-            exc.headers[REQUEST_ID_HEADER] = rid
-            raise
-        if not resp.prepared:
-            resp.headers[REQUEST_ID_HEADER] = rid
-        return resp
-    finally:
-        REQUEST_ID.reset(token)
 
 
 def _device_id(request: web.Request) -> str:
@@ -137,14 +92,31 @@ async def enroll(request: web.Request) -> web.Response:
     return reply(await c.enrollment.enroll(await json_body(request), request.remote), 202)
 
 
+async def _device_body(
+    request: web.Request, fast: Callable[[bytes], Any], shape: BodyShape | None = None
+) -> Any:
+    """A device's body, as ``json_body`` reads it, decoded by ``fast`` (wire.py) when that
+    vouches for it, else parsed by ``parse_json``, which says what is wrong."""
+    if request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send Content-Type: application/json")
+    raw = await request.read()
+
+    def parse() -> Any:
+        decoded = fast(raw)
+        return decoded if decoded is not None else parse_json(raw, shape)
+
+    return await asyncio.to_thread(parse) if len(raw) > OFF_LOOP_BYTES else parse()
+
+
 async def heartbeats(request: web.Request) -> web.Response:
     c = request.app[COORDINATOR_KEY]
-    return reply(await c.heartbeats.heartbeat(await json_body(request), request_peer(request)), 202)
+    body = await _device_body(request, wire.decode_poa)
+    return reply(await c.heartbeats.heartbeat(body, request_peer(request)), 202)
 
 
 async def post_proof(request: web.Request) -> web.Response:
     c = request.app[COORDINATOR_KEY]
-    body = await json_body(request, PROOF_SHAPE)
+    body = await _device_body(request, wire.decode_submission, PROOF_SHAPE)
     return reply(await c.ingestion.accept_proof(body, request_peer(request)), 202)
 
 
@@ -175,7 +147,9 @@ PROOF_BATCH_SHAPE = BodyShape(
 async def post_proof_batch(request: web.Request) -> web.Response:
     """Several proofs in one request and one durable commit; a result for each, in order."""
     c = request.app[COORDINATOR_KEY]
-    body = await json_body(request, PROOF_BATCH_SHAPE)
+    body = await _device_body(request, wire.decode_batch, PROOF_BATCH_SHAPE)
+    if isinstance(body, list):  # decoded, every item well formed (wire.py)
+        body = {"proofs": body}
     items = body.get("proofs") if isinstance(body, dict) and set(body) == {"proofs"} else None
     if not isinstance(items, list) or not 1 <= len(items) <= MAX_PROOF_BATCH:
         raise ApiError(
@@ -489,74 +463,27 @@ async def security_txt(request: web.Request) -> web.Response:
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
 
-#: The largest body each route reads, in bytes, by (method, route); ``None`` means
-#: ``server.max_body_bytes``. Checked against Content-Length before anything else is done
-#: for the request (authentication and signatures included), and enforced while reading a
-#: body sent without one. A real enrollment (capabilities and a CSR) is about 1.1 KiB and
-#: a heartbeat about 0.4 KiB: their limit leaves a wide margin and nothing more.
-SMALL_BODY = 128 * 1024
-BODY_LIMITS: dict[tuple[str, str], int | None] = {
-    ("POST", "/v1/enroll"): 64 * 1024,
-    ("POST", "/v1/heartbeats"): 64 * 1024,
-    ("POST", "/v1/proofs"): None,
-    ("POST", "/v1/proofs/batch"): None,
-    ("POST", "/v1/tasks"): 1024 * 1024,
-    **CONTENT_BODY_LIMITS,
-}
-#: Every other route (tokens, flags, device actions, updates, the dashboard's login).
-DEFAULT_BODY_LIMIT = SMALL_BODY
-BODY_LIMIT_KEY: web.AppKey[int] = web.AppKey("body_limit_max", int)
+#: The app's metrics (the service shares a worker's counters through them).
 METRICS_KEY: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
-
-
-@web.middleware
-async def body_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse with 413 a body over its route's limit (``BODY_LIMITS``): by its declared
-    length before it is read, or as soon as a body without one grows past it."""
-    resource = request.match_info.route.resource
-    key = (request.method, resource.canonical if resource is not None else "")
-    limit = BODY_LIMITS.get(key, DEFAULT_BODY_LIMIT)
-    if limit is None:
-        limit = request.app[BODY_LIMIT_KEY]
-    message = f"the body exceeds this route's limit of {limit} bytes"
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, "body_too_large", message)
-    try:
-        limited = request.clone(client_max_size=limit)
-        if request.remote is not None:
-            # A relayed request keeps the address its worker saw (forwarding.py).
-            limited = limited.clone(remote=request.remote)
-        return await handler(limited)
-    except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, "body_too_large", message) from None
 
 
 def build_app(coordinator: Coordinator, forwarding: Forwarding | None = None) -> web.Application:
     """The API of one coordinator process; ``forwarding``: one of several worker
     processes, relaying to the leader what it does not serve itself (forwarding.py)."""
+    server = coordinator.config.server
     shared_dir = None if forwarding is None else coordinator.config.state_dir
     metrics = Metrics(coordinator, shared_dir)
-    limiter = RateLimiter(coordinator.config.limits)
+    admission = Admission(server.max_inflight, server.overload_retry_after_s)
+    metrics.admission = admission
+    front = Front(metrics, RateLimiter(coordinator.config.limits), admission, server.max_body_bytes)
+    # Relaying first: a relayed request is counted, limited and logged where it is
+    # answered, with the address and identity the relaying worker saw.
     relay = [] if forwarding is None else [forwarding.middleware]
     app = web.Application(
-        # Relaying first: a relayed request is counted, limited and logged where it is
-        # answered, with the address and identity the relaying worker saw.
-        # Metrics outermost, so they see the status the error middleware chose.
-        # Request ids outermost, so every line logged for a request carries its id.
-        # Rate limits before any work (even reading the body) is spent on a request.
-        middlewares=[
-            *relay,
-            request_id_middleware,
-            metrics.middleware,
-            limiter.middleware,
-            error_middleware,
-            body_limit_middleware,
-        ],
-        client_max_size=coordinator.config.server.max_body_bytes,
+        middlewares=[*relay, front.middleware], client_max_size=server.max_body_bytes
     )
     app[COORDINATOR_KEY] = coordinator
     app[METRICS_KEY] = metrics
-    app[BODY_LIMIT_KEY] = coordinator.config.server.max_body_bytes
     app.router.add_get("/metrics", metrics.handler)
     app.router.add_post("/v1/enroll", enroll)
     app.router.add_post("/v1/heartbeats", heartbeats)

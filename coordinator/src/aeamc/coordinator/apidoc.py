@@ -23,7 +23,8 @@ _WHY = {
     413: "the body exceeds this route's limit; nothing was read",
     415: "the body is not of a media type this operation takes; nothing changed",
     422: "well formed, but its commitments do not check out; nothing changed",
-    503: "a service this operation needs is not available here",
+    503: "a service this operation needs is not available here, or (code overloaded) the "
+    "coordinator is at capacity: retry after the Retry-After header's seconds",
 }
 
 

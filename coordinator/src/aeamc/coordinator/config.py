@@ -54,6 +54,12 @@ class ServerConfig:
     max_wait_s: int = 60
     #: Worker processes serving the port together (SPEC §16); 0: one per core.
     workers: int = 0
+    #: Heartbeat and proof requests this process handles at once; one more is answered
+    #: 503 ``overloaded`` with ``Retry-After`` before its body is read (overload.py).
+    #: 0 takes every request, however long the queue grows.
+    max_inflight: int = 1024
+    #: The ``Retry-After`` of that 503, in whole seconds; agents add jitter of their own.
+    overload_retry_after_s: int = 5
     mdns: bool = True
     #: Comma-separated IPv4 addresses of the interfaces for mDNS; empty = all of them.
     mdns_interfaces: str = ""
@@ -399,6 +405,11 @@ def validate(config: CoordinatorConfig) -> None:
             "server.max_connections_per_address must be ≥ 1",
         ),
         (0 <= config.server.max_wait_s <= 600, "server.max_wait_s must be 0..600"),
+        (config.server.max_inflight >= 0, "server.max_inflight must be ≥ 0 (0: no bound)"),
+        (
+            1 <= config.server.overload_retry_after_s <= 3600,
+            "server.overload_retry_after_s must be 1..3600",
+        ),
         (0 <= config.protocol.cluster_id <= 0xFFFFFFFF, "protocol.cluster_id must fit in u32"),
         (config.protocol.heartbeat_window_s > 0, "protocol.heartbeat_window_s must be > 0"),
         (config.protocol.pot_window_s > 0, "protocol.pot_window_s must be > 0"),

@@ -45,7 +45,8 @@ class HeartbeatService:
         Its ``work`` replaces what the device reported before, for the live assignments
         it holds only (progress.py), with the heartbeat; the answer's ``reads_work`` tells the
         device this coordinator reads it."""
-        poa = parse_signed(data, PoA)
+        # Parsed already by the API's compiled decoder (wire.py), or else parsed here.
+        poa = data if isinstance(data, PoA) else parse_signed(data, PoA)
         device = self.ctx.devices.get(poa.device_id)
         if device is None or device.state == "pending" or device.quarantined:
             device = await self.ctx.current_device(poa.device_id)

@@ -132,7 +132,11 @@ class ProofIngestion:
     @staticmethod
     def parse_submission(data: Any) -> PoT:
         """``data`` as a well-formed submission ``{"pot", "output"}``: its PoT (nothing
-        verified). Raises ``ValidationError``."""
+        verified). Raises ``ValidationError``. A submission the API's compiled decoder
+        already parsed (``wire.ParsedSubmission``) carries its PoT."""
+        parsed = getattr(data, "pot", None)
+        if isinstance(parsed, PoT):
+            return parsed
         req = _PROOF_REQUEST(data, "")
         return parse_signed(req["pot"], PoT)
 

@@ -3,15 +3,14 @@
 thousand devices must not become ten thousand series). The standard ``process_`` and
 ``python_`` metrics of prometheus_client (CPU, memory, open files) come alongside.
 
-Request metrics are recorded by a middleware; everything about the fleet is read from
-the coordinator when Prometheus scrapes, so no second bookkeeping can drift from it.
+Request metrics are recorded by the API's front layer (api.py); everything about the fleet
+is read from the coordinator when Prometheus scrapes, so no second bookkeeping can drift from it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from . import __version__
+from .overload import DEVICE_ROUTES, Admission
 from .service import Coordinator
 from .updates.rollouts import UpdatesCollector
 from .workermetrics import SharedMetrics, SummedCollector
@@ -37,7 +37,8 @@ PREFIX = "aeamc_coordinator"
 DEVICE_STATES = ("pending", "active", "stale", "quarantined")
 VERDICTS = ("passed", "failed", "unanswered")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: The routes whose shed requests are counted (always exported, 0 until one is).
+SHED_ROUTES = tuple(sorted({route for _, route in DEVICE_ROUTES}))
 
 
 def database_size_bytes(path: Path) -> int:
@@ -201,24 +202,32 @@ class Metrics:
         self.registry.register(SummedCollector(self.requests, self.shared))
         self.registry.register(SummedCollector(self.latency, self.shared))
         self.anchoring: dict[str, Any] | None = None
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        #: The API's admission of device requests (overload.py), read at each scrape.
+        self.admission: Admission | None = None
+        self.registry.register(AdmissionCollector(self))
         self.registry.register(FleetCollector(coordinator, self.shared))
         self.registry.register(AnchoringCollector(self))
         self.registry.register(UpdatesCollector(coordinator))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
 
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        started = time.perf_counter()
-        response = await handler(request)
-        route = _route(request)
-        elapsed = time.perf_counter() - started
-        self.requests.labels(route, request.method, str(response.status)).inc()
-        self.latency.labels(route).observe(elapsed)
-        self.c.status.observe_request(response.status, elapsed)
-        if route == "/v1/proofs" and response.status >= 400:
+    def record(self, route: str, method: str, status: int, elapsed: float) -> None:
+        """Count one answered request (by the status the API's error layer chose)."""
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            # A labelled child is looked up under a lock: once per (route, method, status).
+            children = self._children[key] = (
+                self.requests.labels(route, method, str(status)),
+                self.latency.labels(route),
+            )
+        children[0].inc()
+        children[1].observe(elapsed)
+        self.c.status.observe_request(status, elapsed)
+        # A proof shed for load (503, overload.py) was not judged: it is not rejected.
+        if status >= 400 and status != 503 and route == "/v1/proofs":
             self.c.count("proofs_rejected")
-        return response
 
     async def handler(self, request: web.Request) -> web.Response:
         self.anchoring = await self.c.status.anchoring()
@@ -226,7 +235,32 @@ class Metrics:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def _route(request: web.Request) -> str:
+class AdmissionCollector(Collector):
+    """Device requests in flight, and those answered 503 ``overloaded`` (overload.py)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        admission = self.m.admission
+        if admission is None:
+            return
+        yield GaugeMetricFamily(
+            f"{PREFIX}_http_requests_inflight",
+            "Heartbeat and proof requests being handled now (bounded by server.max_inflight)",
+            value=admission.inflight,
+        )
+        shed = CounterMetricFamily(
+            f"{PREFIX}_http_requests_shed",
+            "Heartbeat and proof requests refused with 503 overloaded before their body was read",
+            labels=["route"],
+        )
+        for route in SHED_ROUTES:
+            shed.add_metric([route], admission.shed.get(route, 0))
+        yield shed
+
+
+def route_of(request: web.Request) -> str:
     """The route template (``/v1/tasks/{task_id}``), never the raw path: bounded labels."""
     info = request.match_info
     resource = info.route.resource if info.route is not None else None

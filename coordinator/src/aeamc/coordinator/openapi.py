@@ -103,7 +103,7 @@ def openapi_document(
                 "Proof-of-Availability heartbeat",
                 requestBody=_body("PoA", POA_EXAMPLE),
                 ok=_ACCEPTED,
-                refusals=(*_BODY, 401, 403, 409),
+                refusals=(*_BODY, 401, 403, 409, 503),
             )
         },
         "/v1/proofs": {
@@ -111,7 +111,7 @@ def openapi_document(
                 "Submit a Proof-of-Task with its output",
                 requestBody=_body("ProofSubmission"),
                 ok=_ACCEPTED,
-                refusals=(*_BODY, 401, 403, 409, 410, 422),
+                refusals=(*_BODY, 401, 403, 409, 410, 422, 503),
             )
         },
         "/v1/proofs/batch": {
@@ -127,7 +127,7 @@ def openapi_document(
                         "content": {"application/json": {}},
                     }
                 },
-                refusals=_BODY,
+                refusals=(*_BODY, 503),
             )
         },
         "/v1/tasks": {

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -24,7 +24,6 @@ from .config import LimitsConfig
 from .errors import ApiError
 from .forwarding import request_peer
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: Keep at most this many buckets per kind; beyond it the idlest are forgotten.
 MAX_BUCKETS = 50_000
 
@@ -93,14 +92,18 @@ class RateLimiter:
                 retry_after_s=math.ceil(wait),
             )
 
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    def refusal(self, request: web.Request) -> web.Response | None:
+        """The 429 answer to ``request`` when its address or device is over its budget
+        (``None`` when it may go on): decided before anything, its body included, is read."""
+        address = request.remote
+        if address in self.exempt:
+            return None
         peer = request_peer(request)
         device_id = peer.name if peer is not None and peer.role == ROLE_DEVICE else None
         try:
-            self.check(request.remote, device_id)
+            self.check(address, device_id)
         except ApiError as exc:
             resp = web.json_response(exc.body(), status=429)
             resp.headers["Retry-After"] = str(exc.body()["error"]["retry_after_s"])
             return resp
-        return await handler(request)
+        return None

@@ -36,6 +36,7 @@ class EpsConfig:
     min_poas: int = 2
     poa_window_ms: int = 120_000
     _weights: tuple[Fraction, ...] = field(init=False, repr=False, compare=False)
+    _terms: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         weights = (self.w_battery, self.w_charging, self.w_temperature, self.w_network)
@@ -57,44 +58,54 @@ class EpsConfig:
         if not isinstance(self.poa_window_ms, int) or self.poa_window_ms <= 0:
             raise ValidationError("eps.poa_window_ms", "must be a positive integer")
         object.__setattr__(self, "_weights", exact)
+        object.__setattr__(self, "_terms", _terms(self))
 
 
-def eps_exact(t: Telemetry, config: EpsConfig = EpsConfig()) -> Fraction:
-    # The weighted sum of SPEC §4, over one common denominator in integers: the same
-    # exact value as summing Fractions term by term, with one reduction instead of a
-    # dozen (this runs for every heartbeat and every candidate of every task).
+def _terms(config: EpsConfig) -> tuple[int, ...]:
+    """SPEC §4's weighted sum over one common denominator, for ``config``: that
+    denominator ``den`` and, for each factor, what one unit of its numerator adds to
+    the sum's numerator (battery in percent, charging 0/1, temperature and latency in
+    their caps' units), with the caps ``t_cap`` and ``n_cap``.
+
+    Each factor is an integer over its own denominator: battery/100, charging/1,
+    temperature/t_cap, latency/n_cap; an unknown temperature or latency counts one
+    half, which is (cap/2)/cap exactly, since both caps are multiples of 1000."""
     wb, wc, wt, wn = config._weights
     t_cap = config.max_temp_c * 1000
     n_cap = config.max_latency_ms * 1000
+    dens = (wb.denominator * 100, wc.denominator, wt.denominator * t_cap, wn.denominator * n_cap)
+    den = dens[0] * dens[1] * dens[2] * dens[3]
+    nums = (wb.numerator, wc.numerator, wt.numerator, wn.numerator)
+    kb, kc, kt, kn = (n * (den // d) for n, d in zip(nums, dens, strict=True))
+    return (den, kb, kc, kt, kn, t_cap, n_cap)
+
+
+def _numerator(t: Telemetry, config: EpsConfig) -> tuple[int, int]:
+    """The weighted sum of SPEC §4 as (numerator, denominator), in integers: the same
+    exact value as summing Fractions term by term, with no reduction at all (this runs
+    for every heartbeat and every candidate of every task)."""
+    den, kb, kc, kt, kn, t_cap, n_cap = config._terms
     if t.battery_pct is None:
         # No battery: the device is on mains, the best case for both energy terms.
-        fb_num, fc = 100, 1
+        fb, fc = 100, 1
     else:
-        fb_num, fc = t.battery_pct, 1 if t.charging else 0
-    # Each factor f as an integer over its own denominator: fb/100, ft/t_cap, fn/n_cap
-    # (an unknown temperature or latency counts as one half).
-    ft_num = t_cap - min(max(t.cpu_temp_mc, 0), t_cap) if t.cpu_temp_mc is not None else None
-    fn_num = n_cap - min(t.net_latency_us, n_cap) if t.net_latency_us is not None else None
-    ft_den, fn_den = (t_cap, n_cap)
-    if ft_num is None:
-        ft_num, ft_den = 1, 2
-    if fn_num is None:
-        fn_num, fn_den = 1, 2
-    terms = (
-        (wb.numerator * fb_num, wb.denominator * 100),
-        (wc.numerator * fc, wc.denominator),
-        (wt.numerator * ft_num, wt.denominator * ft_den),
-        (wn.numerator * fn_num, wn.denominator * fn_den),
-    )
-    den = 1
-    for _, d in terms:
-        den *= d
-    num = sum(n * (den // d) for n, d in terms)
+        fb, fc = t.battery_pct, 1 if t.charging else 0
+    temp, latency = t.cpu_temp_mc, t.net_latency_us
+    ft = t_cap // 2 if temp is None else t_cap - min(max(temp, 0), t_cap)
+    fn = n_cap // 2 if latency is None else n_cap - min(latency, n_cap)
+    return kb * fb + kc * fc + kt * ft + kn * fn, den
+
+
+def eps_exact(t: Telemetry, config: EpsConfig = EpsConfig()) -> Fraction:
+    num, den = _numerator(t, config)
     return Fraction(num, den)
 
 
 def eps(t: Telemetry, config: EpsConfig = EpsConfig()) -> float:
-    return float(eps_exact(t, config))
+    # The correctly rounded quotient of the two integers: what float() of the reduced
+    # Fraction gives (same rational, and int / int rounds correctly), without reducing.
+    num, den = _numerator(t, config)
+    return num / den
 
 
 @dataclass(frozen=True)

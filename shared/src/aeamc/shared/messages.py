@@ -61,12 +61,29 @@ class Model:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            if value is None and _is_optional(self.FIELDS[f.name]):
+        for name, is_optional in _members(type(self)):
+            value = getattr(self, name)
+            if value is None and is_optional:
                 continue
-            out[f.name] = _plain(value)
+            out[name] = value if type(value) in _SCALARS else _plain(value)
         return out
+
+
+#: Each model's members in declaration order, and whether each is optional: read once per
+#: class rather than from ``dataclasses.fields`` for every message serialised.
+_MEMBERS: dict[type, tuple[tuple[str, bool], ...]] = {}
+#: Values that serialise as they are (exact types: a subclass goes the long way).
+_SCALARS = frozenset({str, int, bool, type(None)})
+
+
+def _members(cls: type[Model]) -> tuple[tuple[str, bool], ...]:
+    members = _MEMBERS.get(cls)
+    if members is None:
+        members = _MEMBERS[cls] = tuple(
+            (f.name, _is_optional(cls.FIELDS[f.name]))
+            for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        )
+    return members
 
 
 def _is_optional(spec: Any) -> bool:
@@ -74,6 +91,8 @@ def _is_optional(spec: Any) -> bool:
 
 
 def _plain(value: Any) -> Any:
+    if type(value) in _SCALARS:
+        return value
     if isinstance(value, Model):
         return value.to_dict()
     if isinstance(value, (list, tuple)):
