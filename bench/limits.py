@@ -9,58 +9,40 @@ target was missed in the run being reported.
 """
 
 INGESTION = """
-**What limits it.** Per proof, timed step by step on this machine (µs, one core, same
-minute): parsing the request body 4, the request schema 2, parsing the PoT 11, the
-signature check 75 (of which the Ed25519 verification itself is 57 — the reference's
-unit), parsing the stored assignment 12, the commitment checks (output digest, chunk
-split, Merkle root, checkpoint) 12, the PoT's JSON for storage 14; then, in the writer
-thread, six SQL statements inside a savepoint and the group commit. The Python work
-around the signature is about 1.3× the signature itself, and **all of it runs in one
-process**: under the GIL the checks, the HTTP handling and the SQLite writer share one
-core, while the reference uses every core. That alone caps the ratio near
-1 / (2 cores × 2.3) ≈ 0.2 before storage and HTTP are counted; one proof per request adds
-aiohttp's request handling, the middlewares (request id, metrics, errors), the TLS
-records of each request and answer (decrypted and encrypted on the same loop) and a commit
-per group of concurrent requests, which is why batching is several times faster. Signature checks
-of a batch already run on a worker thread, but the Python work stays behind the GIL. Since
-block formation reads receipts through an index of their own (schema v7, section 3), each
-stored proof also writes an entry there: measured back to back against the code before it
-(`python -m bench.ingest 3`, twice each), batched ingestion went from 0.095–0.096 to
-0.088–0.092 of the reference — about 5 %, paid for a block formation five times faster.
+**What limits it.** The cores, and the Python around each signature. Per batched proof the
+coordinator's event loop spends about 156 µs in the handlers (py-spy; decoding and
+schema 35, the signature check, the commitment checks, the stored PoT's JSON), and the
+writer thread six SQL statements in a savepoint plus its share of the group commit; with
+TLS, HTTP and the answer that is about 0.6 ms of CPU per proof, against ~60 µs for the
+Ed25519 verification that is the reference's unit. The coordinator runs one worker
+process per core (SPEC §16), each doing its own connections' TLS, parsing and checks, so
+the work is no longer bound to one core — but this machine has two, and the load
+generator needs a large share of them: the workers' CPU above is what was left. At 0.6 ms
+per proof two whole cores would give ~3,300 proofs/s, about 0.11 of the reference; the
+target asks for five times less work per proof than that.
 
-**What would close it.** (1) Several ingestion processes sharing the port
-(`SO_REUSEPORT`), each doing the parsing and all the checks on its own core and handing
-verified proofs to the one process that writes SQLite — this needs the device registry
-and the replay counters, today in the coordinator's memory, to move to the writer (or to
-be sharded by device id); (2) a compiled parser for the signed messages (e.g. msgspec
-structures) to bring the per-proof Python work well below the signature's cost; (3)
-set-based SQL per batch (one `executemany` per statement and one task-settling query for
-the whole batch instead of six statements per proof).
+**What would close it.** Less Python per proof: set-based SQL for a batch (one
+`executemany` per statement and one settling query for the whole batch instead of six
+statements per proof, which also takes work off the GIL the event loop shares with the
+writer), the canonical form of a PoT built once for the signature check and storage, and
+the HTTP/TLS front in compiled code. The reference grows with cores and so do the
+workers; on a machine where the load generator does not share the coordinator's cores
+the ratio rises with them.
 """
 
 FLEET = """
 **What limits it.** One heartbeat costs the coordinator {ms_lo}–{ms_hi} ms of CPU in this run
-(the table's "ms per heartbeat"), almost all of it on the one event loop, which now also
-decrypts every request and encrypts every answer (TLS 1.3 records through asyncio's SSL
-protocol). A sampling profile of 5,000 devices with TLS on (1,000 heartbeats/s; py-spy
-at 200 Hz over a 20-s window, `python -m bench.fleet --profile DIR 5000`) finds no hot spot
-left on the loop: of its samples, reading and writing TLS records (`SSLObject.read`/`write`)
-14 %, the socket sends 7 %, the transport's buffers and the loop's own dispatch (callbacks,
-wake-ups by the SQLite and Ed25519 threads) about 12 %, aiohttp's request handling
-(reading, routing, the response) about 8 %, JSON 4 %, the four middlewares 4 %, EPS 3 %,
-parsing and validating the PoA about 2 %, and a long tail — the cost is spread over the
-HTTP-over-TLS stack and the protocol's Python. (Earlier single hot spots are gone: a
-`getrandom` call per request for its request id, 6 % of the loop, and a `Condition` per
-database write.) Replacing asyncio's event loop by uvloop, measured back to back at 5,000
-and 10,000 devices, did not move the saturation point (10,000 devices: 1,776 heartbeats/s
-accepted with uvloop, 1,812 without) though it lowered the RSS by a quarter, so it is not
-used. {devices} devices
-offer {offered} heartbeats/s, which needs ~{cores_lo}–{cores_hi} cores of a loop that can use one —
-on a machine whose other core runs the load generator and whose load average (in the
-table) shows it is shared with other work: at {devices} devices the coordinator's process
-used {cpu} cores (the loop plus its SQLite and Ed25519 threads) and accepted {accepted}
-heartbeats/s. Past saturation the queue grows without bound, so the p99 is seconds, not a
-little over the line: the figure to read is the largest fleet held.
+(the table's "ms per heartbeat", summed over its worker processes). On the event loop a
+heartbeat now takes about 0.39 ms (py-spy, 3,000 devices: TLS records 66 µs, the socket
+61, aiohttp 95, asyncio 40, canonical JSON 33, decoding 28, the front layer 22, EPS 5);
+the rest is the SQLite writer (one `UPDATE`, one `INSERT`, the change log's trigger row and
+the group commit), the Ed25519 check and, with several workers, each worker following
+the others' device changes. {devices} devices offer {offered} heartbeats/s, which needs
+~{cores_lo}–{cores_hi} cores; the coordinator's workers used {cpu} cores and accepted
+{accepted} heartbeats/s, on a machine whose other core runs the load generator. Past
+saturation requests wait in the workers' queues (up to `server.max_inflight` each, then
+they are shed with 503), so the p99 is seconds, not a little over the line: the figure to
+read is the largest fleet held.
 
 **Memory.** Each device costs the coordinator about {rss_per_device} KB — its TLS connection
 and its state in memory (the growth of the RSS from the smallest to the largest fleet,
@@ -69,20 +51,11 @@ buffer of its own; the product bounds it at 32 KiB (`aeamc.shared.runtime.tls`),
 the coordinator at 10,000 devices from 3,148 MB to 945 MB. The load generator holds an SSL
 context per device as well ({loadgen_rss} MB at {devices}).
 
-**What was done.** Heartbeats no longer start a scheduling round each (a round walks
-every device and writes a transaction: in a 30-s profile of 3,000 devices 2,800 rounds
-had spent 1.9 s of the loop on the walk alone; now 224 rounds, 0.08 s); the canonical
-JSON of signed messages is built by the standard library's C encoder whenever it is
-provably identical to RFC 8785 (3.6× faster for a heartbeat; a property test compares
-the two); EPS is computed exactly with integers in one reduction instead of a dozen
-Fraction operations (2.6× faster); the Ed25519 check runs on its own thread, in batches
-(libsodium releases the GIL).
-
-**What would close it.** The same as for ingestion: several worker processes sharing the
-port (`SO_REUSEPORT`) with the device state owned by the writer or sharded by device id —
-each heartbeat is independent of every other device's, and each worker would do its own
-connections' TLS — and a compiled message parser. With the per-heartbeat loop cost
-halved, one process would hold 10,000 devices at 5 s.
+**What would close it.** Cores the load generator does not take: the workers scale with
+them (each heartbeat is independent of the others, and the store, not a worker, decides
+replays). On this machine, about half the per-heartbeat CPU again: heartbeats stored as
+the device's latest state with a sampled history instead of a row each (and no change-log
+row for the heartbeat-only columns), and the TLS and HTTP handling in compiled code.
 """
 
 BLOCKS = """
@@ -197,6 +170,8 @@ figures move, the direction and size of each change did not.
 | each TLS connection's read buffer bounded at 32 KiB instead of asyncio's 256 KiB | coordinator RSS with 10,000 devices connected 3,148 → 945 MB |
 | `aeamc-agent run` reaches the launcher without the command-line module (no HTTP client, signatures, certificates or telemetry in it); the daemon runs TUF checks and certificate work in helper processes and loads zeroconf only with mDNS | idle agent RSS (launcher + daemon) 113.8 → 60.5 MB, 1.98 → 1.04 × the dependencies-only process (launcher 51.3 → 16.6 MB, daemon 62.6 → 43.9 MB; PSS 39.7 MB) |
 | the agent keeps its connection to the coordinator open past its longest heartbeat gap (it was aiohttp's 15 s, under the 30-s interval) | 6,337 → 926 bytes on the wire per heartbeat; no new TLS connection per heartbeat |
+| heartbeats and proofs decoded into their models by compiled msgspec decoders when valid (anything else goes through the strict parser, which refuses it as before); the five middlewares merged into one layer that no longer copies the request; exact EPS over a per-configuration common denominator; models serialised from a per-class member list | event loop per heartbeat (py-spy, 3,000 devices, TLS handshakes apart) 605 → 389 µs: JSON and schema 66 → 28, middlewares 80 → 22, EPS 18 → 5, canonical JSON 38 → 33; per proof in the handlers: single 1,206 → 708 µs, batched 354 → 156 µs; batched ingestion 1,250 → 1,600 proofs/s |
+| one worker process per core sharing the port (`SO_REUSEPORT`), the store deciding replays and duplicates, one leader (SPEC §16) | 5,000 devices at 5 s (1,000 heartbeats/s offered): 626 → 1,009 accepted/s, coordinator 1.06 → 1.34 cores (0.68 + 0.66); batched ingestion 1,699 → 1,780 proofs/s (0.69 + 0.58 cores): the load generator holds the rest of the two cores |
 """
 
 HOW_TO_PROFILE = """## How these figures are taken, and how to profile
