@@ -14,13 +14,14 @@ from aiohttp import web
 
 import aeamc.coordinator.app as app_module
 from aeamc.coordinator.dashboard.web import DASHBOARD_KEY, add_dashboard_routes
+from aeamc.coordinator.forwarding import Forwarding
 from aeamc.coordinator.service import Coordinator
 
 _build_app = app_module.build_app
 
 
-def build_app(coordinator: Coordinator) -> web.Application:
-    app = _build_app(coordinator)
+def build_app(coordinator: Coordinator, forwarding: Forwarding | None = None) -> web.Application:
+    app = _build_app(coordinator, forwarding)
     if DASHBOARD_KEY not in app:
         add_dashboard_routes(app, coordinator)
     return app
