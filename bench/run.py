@@ -44,7 +44,7 @@ PLANS: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
         lambda: blocks.measure((100,), 1),
     ),
     "ingestion": (
-        lambda: ingest.measure_both(runs=5, per_run=2000, batch=100, concurrency=10),
+        lambda: ingest.measure_both(runs=5, per_run=1000, batch=100, concurrency=10),
         lambda: ingest.measure_both(
             runs=1, per_run=10, batch=5, concurrency=2, reference_s=0.3, devices=2
         ),
