@@ -247,35 +247,26 @@ async def test_transient_failures_keep_and_retry(sender, fake_coordinator, answe
     assert fake_coordinator.proofs[0][0] == pot
 
 
-async def test_a_shed_proof_waits_out_retry_after(sender, fake_coordinator) -> None:
-    """503 ``overloaded`` with ``Retry-After``: the proof is kept, and the next attempt is
-    not sooner than the header says (the sender's own backoff here is 0.05 s at most)."""
-    _, pot = queue_for(fake_coordinator, sender.outbox, "t-1")
-    shed = Scripted(
-        503, {"error": {"code": "overloaded", "message": "x"}}, headers={"Retry-After": "6"}
-    )
-    fake_coordinator.queue("/v1/proofs", shed)
-    delay = await sender.deliver_all(fake_coordinator.url)
-    assert delay is not None and delay >= 6
-    assert sender.outbox.count == 1
-    assert await sender.deliver_all(fake_coordinator.url) is None
-    assert fake_coordinator.proofs[0][0] == pot
-
-
-async def test_a_shed_batch_waits_out_retry_after(sender, fake_coordinator) -> None:
-    await restart_with_batches(fake_coordinator)
-    for t in ("t-1", "t-2"):
+@pytest.mark.parametrize("route", ["/v1/proofs", "/v1/proofs/batch"])
+async def test_a_shed_delivery_waits_out_retry_after(sender, fake_coordinator, route) -> None:
+    """503 ``overloaded`` with ``Retry-After``, to one proof or to a batch: every proof is
+    kept, and the next attempt is not sooner than the header says (the sender's own
+    backoff here is 0.05 s at most); once delivered, nothing is left."""
+    if route == "/v1/proofs/batch":
+        await restart_with_batches(fake_coordinator)
+    tasks = ("t-1", "t-2")
+    for t in tasks:
         queue_for(fake_coordinator, sender.outbox, t)
     shed = Scripted(
         503, {"error": {"code": "overloaded", "message": "x"}}, headers={"Retry-After": "6"}
     )
-    fake_coordinator.queue("/v1/proofs/batch", shed)
+    fake_coordinator.queue(route, shed)
     delay = await sender.deliver_all(fake_coordinator.url)
     assert delay is not None and delay >= 6
-    assert sender.outbox.count == 2
-    # Once delivered, a later failure without a hint backs off as usual again.
+    assert sender.outbox.count == len(tasks)
     assert await sender.deliver_all(fake_coordinator.url) is None
     assert sender.outbox.count == 0
+    assert len(fake_coordinator.proofs) == len(tasks)
 
 
 async def test_retries_through_an_outage_until_the_coordinator_returns(

@@ -12,7 +12,7 @@ import aiohttp
 
 from aeamc.shared import microblock
 from aeamc.shared.messages import Assignment
-from tests.support.coordinator import CoordinatorProcess
+from tests.support.coordinator import CoordinatorProcess, microblock_chain
 from tests.support.device import SimDevice
 
 PROOFS = 1000
@@ -23,14 +23,6 @@ KILL_AFTER = 300
 async def _get(session: aiohttp.ClientSession, url: str, **kw: Any) -> Any:
     async with session.get(url, **kw) as resp:
         return await (resp.json() if resp.content_type == "application/json" else resp.read())
-
-
-async def _chain(session: aiohttp.ClientSession, url: str) -> list[microblock.Microblock]:
-    listing = (await _get(session, f"{url}/v1/microblocks?limit=1000"))["microblocks"]
-    return [
-        microblock.decode(await _get(session, f"{url}/v1/microblocks/{b['height']}/raw"))
-        for b in listing
-    ]
 
 
 async def test_kill_9_under_load_loses_no_acknowledged_proof(tmp_path: Path) -> None:
@@ -91,7 +83,9 @@ async def test_kill_9_under_load_loses_no_acknowledged_proof(tmp_path: Path) -> 
             d.coordinator_url = coord.url
         # Every acknowledged proof is in a block once the restarted coordinator catches up.
         for _ in range(300):
-            receipts = {r.key for b in await _chain(session, coord.url) for r in b.receipts}
+            receipts = {
+                r.key for b in await microblock_chain(session, coord.url) for r in b.receipts
+            }
             if acked <= receipts:
                 break
             await asyncio.sleep(0.2)
@@ -103,7 +97,7 @@ async def test_kill_9_under_load_loses_no_acknowledged_proof(tmp_path: Path) -> 
                 status, body = await d.post("/v1/proofs", d.proof_for(a))
                 assert status == 202 or body["error"]["code"] == "duplicate", body
         for _ in range(300):
-            chain = await _chain(session, coord.url)
+            chain = await microblock_chain(session, coord.url)
             if sum(len(b.receipts) for b in chain) == PROOFS:
                 break
             await asyncio.sleep(0.2)

@@ -7,9 +7,13 @@ head that announces a body and then sends nothing, so its handler waits for the 
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
 import re
+import signal
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -166,3 +170,39 @@ def test_shed_requests_are_in_the_request_metrics_with_their_status(
     assert status == 200
     line = f'{name}{{method="POST",route="/v1/heartbeats",status="503"}}'
     assert line in text.decode()
+
+
+STALL_S = 3.0
+
+
+def test_a_coordinator_behind_its_loop_sheds_until_it_catches_up(tmp_path: Path) -> None:
+    """A process whose event loop runs late (here: stopped for 3 s, as a loop stuck behind a
+    backlog in its sockets is) sheds heartbeats that arrive meanwhile, though none is in
+    flight, and takes them again once it has caught up."""
+    settings = {"server": {"max_loop_lag_ms": 20, "overload_retry_after_s": RETRY_AFTER_S}}
+    with running_coordinator(tmp_path, settings) as coord:
+        token = coord.issue_token("enroll")
+        device = SimDevice(coord.url, port=1)
+        status, answer = coord.request("POST", "/v1/enroll", device.enroll_message(token))
+        assert status == 202, answer
+        poa = device.poa()
+        assert coord.process is not None
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            os.kill(coord.process.pid, signal.SIGSTOP)
+            try:
+                # Connected and sent while the process is stopped: it reads the request
+                # only after it has woken, and found how late its loop is.
+                late = pool.submit(coord.request, "POST", "/v1/heartbeats", poa)
+                time.sleep(STALL_S)
+            finally:
+                os.kill(coord.process.pid, signal.SIGCONT)
+            status, answer = late.result(timeout=60)
+        assert status == 503 and answer["error"]["code"] == "overloaded", answer
+        assert answer["error"]["retry_after_s"] == RETRY_AFTER_S
+        assert shed(coord, "/v1/heartbeats") == 1
+        assert inflight(coord) == 0
+        # Caught up, the loop is on time again and the same heartbeat (its seq unused) is
+        # taken.
+        coord.wait_for(lambda: metric(coord, "aeamc_coordinator_event_loop_lag_seconds") < 0.02, 30)
+        status, answer = coord.request("POST", "/v1/heartbeats", poa)
+        assert status == 202, answer

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import signal
 import socket
 import sqlite3
@@ -18,9 +19,11 @@ import aiohttp
 import psutil
 import pytest
 
+from aeamc.coordinator.forwarding import new_relay_address, publish_relay, published_relay
+from aeamc.coordinator.leadership import LeaderLock
 from aeamc.shared import microblock
 from aeamc.shared.messages import Assignment, Privacy, sign
-from tests.support.coordinator import CoordinatorProcess
+from tests.support.coordinator import CoordinatorProcess, microblock_chain
 from tests.support.device import SimDevice, now_ms
 
 WORKERS = 2
@@ -77,6 +80,21 @@ async def _post_alone(
         return resp.status, await resp.json()
 
 
+async def _quarantine(
+    session: aiohttp.ClientSession,
+    coord: CoordinatorProcess,
+    device: SimDevice,
+    operator: dict[str, str],
+) -> None:
+    """The operator quarantines ``device`` (through whichever worker takes the request)."""
+    async with session.post(
+        f"{coord.url}/v1/devices/{device.device_id}/quarantine",
+        json={"reason": "test"},
+        headers=operator,
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+
+
 async def _metric(session: aiohttp.ClientSession, coord: CoordinatorProcess, name: str) -> float:
     async with session.get(f"{coord.url}/metrics") as resp:
         assert resp.status == 200
@@ -129,12 +147,7 @@ async def test_workers_share_the_port_and_every_one_judges_devices_as_the_store_
         # Quarantine is in force on every worker at once: the very next heartbeat is
         # refused wherever it lands, though a worker may not have followed the change.
         for q in devices[8:]:
-            async with session.post(
-                f"{coord.url}/v1/devices/{q.device_id}/quarantine",
-                json={"reason": "test"},
-                headers=operator,
-            ) as resp:
-                assert resp.status == 200, await resp.text()
+            await _quarantine(session, coord, q, operator)
             status, body = await _post_alone(coord, q, "/v1/heartbeats", q.poa())
             # (A worker that followed the revocation of its certificate says that first.)
             assert status == 403, body
@@ -203,12 +216,7 @@ async def test_a_proof_from_a_device_quarantined_a_moment_ago_is_refused_by_ever
         )
         for d in devices:
             (assignment,) = d.assignments
-            async with session.post(
-                f"{coord.url}/v1/devices/{d.device_id}/quarantine",
-                json={"reason": "test"},
-                headers=operator,
-            ) as resp:
-                assert resp.status == 200, await resp.text()
+            await _quarantine(session, coord, d, operator)
             status, body = await _post_alone(coord, d, "/v1/proofs", d.proof_for(assignment))
             assert status in (403, 410), body
         with sqlite3.connect(coord.state_dir / "coordinator.db") as db:
@@ -295,36 +303,198 @@ def _as_other_user(address: str, request: bytes) -> bytes:
 async def test_another_local_user_cannot_use_the_relay_socket(tmp_path: Path) -> None:
     """The leader's relay socket believes the headers a worker adds; a process of another
     user on the host that connects to it is refused before anything is read."""
-    from aeamc.coordinator.app import relay_address
-
     coord = _start(tmp_path)
     try:
         _leader(coord)
+        address = published_relay(coord.state_dir)
+        assert address is not None
         request = (
             b"GET /v1/devices HTTP/1.1\r\nHost: leader\r\n"
             b"X-AEAMC-Forwarded-For: 127.0.0.1\r\nConnection: close\r\n\r\n"
         )
-        first_line = await asyncio.to_thread(
-            _as_other_user, relay_address(coord.state_dir), request
-        )
+        first_line = await asyncio.to_thread(_as_other_user, address, request)
         assert first_line.startswith(b"HTTP/1.1 403"), first_line
     finally:
+        coord.stop()
+
+
+def _log(coord: CoordinatorProcess) -> str:
+    """What the supervisor and its workers logged."""
+    assert coord.log is not None
+    return coord.log.read_text(errors="replace")
+
+
+def _held_lock(coord: CoordinatorProcess) -> LeaderLock:
+    """The leader lock, taken by the test: no worker can lead until it is released."""
+    lock = LeaderLock(coord.state_dir)
+    assert lock.try_acquire()
+    return lock
+
+
+async def _relayed_status(coord: CoordinatorProcess) -> tuple[int, dict[str, Any], str]:
+    """``GET /v1/status`` as the operator (a relayed route) over a new connection: the
+    status, the body and the ``Retry-After`` header."""
+    async with (
+        coord.session() as session,
+        session.get(
+            f"{coord.url}/v1/status",
+            headers={"Authorization": f"Bearer {coord.token('operator')}"},
+        ) as resp,
+    ):
+        return resp.status, await resp.json(), resp.headers.get("Retry-After", "")
+
+
+async def test_while_no_worker_leads_relayed_routes_are_503_and_devices_are_served(
+    tmp_path: Path,
+) -> None:
+    """With the leader lock held elsewhere (a leader that hangs), every worker still takes
+    heartbeats; what only a leader answers is 503 ``unavailable`` with ``Retry-After``,
+    until a worker can lead."""
+    coord = _start(tmp_path)
+    devices = [SimDevice(coord.url, port=1) for _ in range(2)]
+    token = coord.issue_token("enroll", uses=len(devices) + 1)
+    for d in devices:
+        status, body = coord.request("POST", "/v1/enroll", d.enroll_message(token))
+        assert status == 202, body
+    assert coord.stop() == 0
+    lock = _held_lock(coord)
+    try:
+        coord.start()
+        for _ in range(3):
+            for d in devices:
+                status, body = coord.request("POST", "/v1/heartbeats", d.poa())
+                assert status == 202, body
+        late = SimDevice(coord.url, port=1)
+        status, body = coord.request("POST", "/v1/enroll", late.enroll_message(token))
+        assert (status, body["error"]["code"]) == (503, "unavailable"), body
+        status, body, retry_after = await _relayed_status(coord)
+        assert (status, body["error"]["code"], retry_after) == (503, "unavailable", "1"), body
+        lock.release()
+        _leader(coord)
+        for _ in range(100):
+            status, body, _ = await _relayed_status(coord)
+            if status == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert status == 200, body
+        # The refused enrollment changed nothing: the token still has its last use.
+        status, body = coord.request("POST", "/v1/enroll", late.enroll_message(token))
+        assert status == 202, body
+    finally:
+        lock.release()
+        coord.stop()
+
+
+def _squat(address: str, ready: int, stop: int, got: int) -> None:
+    """As user ``nobody`` (a forked child): listen on ``address``, say so on ``ready``,
+    then write to ``got`` every byte any connection sends, until ``stop`` has data."""
+    os.setgid(65534)
+    os.setuid(65534)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(address)
+        listener.listen(16)
+        listener.setblocking(False)
+        os.write(ready, b"1")
+        conns: list[socket.socket] = []
+        while True:
+            readable, _, _ = select.select([listener, stop, *conns], [], [], 5)
+            if stop in readable:
+                return
+            for r in readable:
+                if r is listener:
+                    conns.append(listener.accept()[0])
+                else:
+                    data = r.recv(65536)
+                    if data:
+                        os.write(got, data)
+                    else:
+                        conns.remove(r)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another local user")
+async def test_a_relay_socket_held_by_another_user_is_sent_nothing(tmp_path: Path) -> None:
+    """Another local user binds the relay name last published (as it could once the leader
+    that bound it died): workers find it is not their user's and send it nothing, not
+    even the operator's token; they answer 503 until a new leader publishes its own."""
+    coord = CoordinatorProcess(tmp_path / "coord", settings={"server": {"workers": WORKERS}})
+    coord.init()
+    squatted = new_relay_address()
+    publish_relay(coord.state_dir, squatted)
+    ready_r, ready_w = os.pipe()
+    stop_r, stop_w = os.pipe()
+    got_r, got_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no Python clean-up
+        try:
+            _squat(squatted, ready_w, stop_r, got_w)
+        finally:
+            os._exit(0)
+    os.close(got_w)
+    lock = _held_lock(coord)  # after the fork: the child must not share the lock
+    try:
+        assert os.read(ready_r, 1) == b"1"
+        coord.start()
+        for _ in range(4):  # new connections: different workers
+            status, body, retry_after = await _relayed_status(coord)
+            assert (status, body["error"]["code"], retry_after) == (503, "unavailable", "1")
+        lock.release()
+        _leader(coord)
+        for _ in range(100):
+            status, body, _ = await _relayed_status(coord)
+            if status == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert status == 200, body
+        assert published_relay(coord.state_dir) not in (None, squatted)
+    finally:
+        lock.release()
+        os.write(stop_w, b"1")
+        os.waitpid(pid, 0)
+        coord.stop()
+    with os.fdopen(got_r, "rb") as got:
+        assert got.read() == b""
+
+
+async def test_a_worker_that_cannot_take_over_frees_the_lock(tmp_path: Path) -> None:
+    """A worker that gets the lock but cannot start the leader's duties (here: it cannot
+    publish its relay socket) gives the lock up and goes on serving devices; the workers
+    try again, each waiting longer, and once the fault is gone one of them leads."""
+    coord = CoordinatorProcess(tmp_path / "coord", settings={"server": {"workers": WORKERS}})
+    coord.init()
+    lock = _held_lock(coord)
+    blocker = coord.state_dir / "leader.relay"
+    blocker.mkdir()  # what the leader writes cannot be replaced
+    try:
+        coord.start()
+        pids = {w.pid for w in _workers(coord)}
+        lock.release()
+        # A worker takes the lock, fails and gives it up; one that takes it next fails too.
+        failed = "starting the leader's duties failed"
+        for _ in range(300):
+            if _log(coord).count(failed) >= 2:
+                break
+            await asyncio.sleep(0.1)
+        assert _log(coord).count(failed) >= 2
+        # No worker ended: devices are served all along, relayed routes wait for a leader.
+        assert {w.pid for w in _workers(coord)} == pids
+        status, body, _ = await _relayed_status(coord)
+        assert (status, body["error"]["code"]) == (503, "unavailable"), body
+        blocker.rmdir()
+        _leader(coord, timeout=90)  # (each worker waits longer between its attempts)
+        for _ in range(100):
+            status, body, _ = await _relayed_status(coord)
+            if status == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert status == 200, body
+    finally:
+        lock.release()
         coord.stop()
 
 
 PROOFS = 600
 DEVICES = 4
 KILL_AFTER = 200
-
-
-async def _chain(session: aiohttp.ClientSession, url: str) -> list[microblock.Microblock]:
-    async with session.get(f"{url}/v1/microblocks?limit=1000") as resp:
-        listing = (await resp.json())["microblocks"]
-    out = []
-    for b in listing:
-        async with session.get(f"{url}/v1/microblocks/{b['height']}/raw") as resp:
-            out.append(microblock.decode(await resp.read()))
-    return out
 
 
 @pytest.mark.parametrize("victim", ["leader", "follower"])
@@ -410,7 +580,7 @@ async def test_kill_9_of_a_worker_under_load_loses_and_repeats_nothing(
                     break
                 assert status == 202 or body["error"]["code"] == "duplicate", body
         for _ in range(300):
-            chain = await _chain(session, coord.url)
+            chain = await microblock_chain(session, coord.url)
             if sum(len(b.receipts) for b in chain) == PROOFS:
                 break
             await asyncio.sleep(0.2)
@@ -419,6 +589,14 @@ async def test_kill_9_of_a_worker_under_load_loses_and_repeats_nothing(
         assert len(keys) == len(set(keys)) == PROOFS
         assert set(keys) == {(a.task_id, d.device_id) for d, a in work}
         assert acked <= set(keys)
+        # Every worker reads the proofs waiting for a block from the store: none now, though
+        # some were accepted by a worker that forms no blocks.
+        for _ in range(8):  # new connections: different workers
+            fresh = coord.session()
+            try:
+                assert await _metric(fresh, coord, "aeamc_coordinator_unblocked_receipts") == 0
+            finally:
+                await fresh.close()
     finally:
         await session.close()
         for d in devices:

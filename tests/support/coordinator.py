@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import aiohttp
+
+from aeamc.shared import microblock
 from aeamc.shared.runtime.tls import client_context
 
 from .commands import run_module
@@ -41,6 +44,10 @@ FAST_SETTINGS = {
         # One process: the tests of several worker processes (coordinator/test_workers.py,
         # the demo network) ask for them.
         "workers": 1,
+        # A test machine running many coordinators at once stalls each of them now and
+        # then; shedding on the event loop's lateness is tested where it is asked for
+        # (coordinator/test_overload.py).
+        "max_loop_lag_ms": 0,
     },
     "scheduler": {"tick_s": 0.2, "push_timeout_s": 5.0},
     "blocks": {"interval_s": 0.5},
@@ -256,3 +263,17 @@ def running_coordinator(
 
 def env_without_coverage() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE")}
+
+
+async def microblock_chain(session: aiohttp.ClientSession, url: str) -> list[microblock.Microblock]:
+    """Every microblock the coordinator at ``url`` serves, decoded from its raw bytes, from
+    genesis up (for ``microblock.verify_chain``)."""
+    async with session.get(f"{url}/v1/microblocks?limit=1000") as resp:
+        assert resp.status == 200, await resp.text()
+        listing = (await resp.json())["microblocks"]
+    out = []
+    for b in listing:
+        async with session.get(f"{url}/v1/microblocks/{b['height']}/raw") as resp:
+            assert resp.status == 200, await resp.text()
+            out.append(microblock.decode(await resp.read()))
+    return out

@@ -36,7 +36,7 @@ from .front import Front
 from .ingestion import MAX_PROOF_BATCH
 from .metrics import Metrics
 from .openapi import openapi_document
-from .overload import Admission
+from .overload import Admission, LoopLag
 from .ratelimit import RateLimiter
 from .registry import Device
 from .service import Coordinator
@@ -473,7 +473,12 @@ def build_app(coordinator: Coordinator, forwarding: Forwarding | None = None) ->
     server = coordinator.config.server
     shared_dir = None if forwarding is None else coordinator.config.state_dir
     metrics = Metrics(coordinator, shared_dir)
-    admission = Admission(server.max_inflight, server.overload_retry_after_s)
+    admission = Admission(
+        server.max_inflight,
+        server.overload_retry_after_s,
+        max_lag_s=server.max_loop_lag_ms / 1000,
+        lag=LoopLag(),
+    )
     metrics.admission = admission
     front = Front(metrics, RateLimiter(coordinator.config.limits), admission, server.max_body_bytes)
     # Relaying first: a relayed request is counted, limited and logged where it is
@@ -484,6 +489,7 @@ def build_app(coordinator: Coordinator, forwarding: Forwarding | None = None) ->
     )
     app[COORDINATOR_KEY] = coordinator
     app[METRICS_KEY] = metrics
+    app.cleanup_ctx.append(admission.watching)
     app.router.add_get("/metrics", metrics.handler)
     app.router.add_post("/v1/enroll", enroll)
     app.router.add_post("/v1/heartbeats", heartbeats)

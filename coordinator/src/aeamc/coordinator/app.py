@@ -4,12 +4,8 @@ stopped together."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import os
-import signal
 import socket
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -27,7 +23,7 @@ from .config import CoordinatorConfig
 from .db import Database
 from .discovery import Discovery
 from .follower import Follower
-from .forwarding import Forwarding
+from .forwarding import Forwarding, new_relay_address, publish_relay
 from .leadership import LeaderLock
 from .peers import AgentClient
 from .scheduler import Scheduler
@@ -40,6 +36,10 @@ from .updates.rollouts import Rollouts
 log = logging.getLogger(__name__)
 
 MAINTENANCE_INTERVAL_S = 3600
+#: After a failed attempt to lead, a worker waits this long (doubling, up to the maximum)
+#: before it tries again; other workers may take the lead meanwhile.
+LEAD_RETRY_S = 1.0
+LEAD_RETRY_MAX_S = 60.0
 PRUNE_CHANGES_INTERVAL_S = 30
 
 
@@ -103,10 +103,12 @@ class CoordinatorService:
         #: Whether this process runs the leader's duties (set once they have all started).
         self.leading = False
         self.forwarding: Forwarding | None = None
+        #: The leader's relay socket, while this worker leads (several workers).
+        self._relay: web.UnixSite | None = None
         self.follower: Follower | None = None
         if workers > 1:
             self.forwarding = Forwarding(
-                relay_address(config.state_dir), lambda: self.leading, config.server.max_wait_s
+                config.state_dir, lambda: self.leading, config.server.max_wait_s
             )
             self.follower = Follower(self.coordinator)
 
@@ -143,12 +145,15 @@ class CoordinatorService:
         shared = self._runner.app[METRICS_KEY].shared
         if shared is not None:
             self._serving_tasks.append(asyncio.create_task(shared.run(), name="metrics"))
-        if self.lock.try_acquire():
-            await self._lead()
-        else:
+        locked = self.lock.try_acquire()
+        if locked and self.forwarding is None:
+            await self._lead()  # one process: it leads, or it does not run
+        elif not locked or not await self._lead_or_step_down():
             log.info("another worker leads; serving device requests and relaying the rest")
+            # After a failed attempt of its own, this worker lets another try first.
+            wait_s = LEAD_RETRY_S if locked else 0.0
             self._serving_tasks.append(
-                asyncio.create_task(self._take_over_when_free(), name="leadership")
+                asyncio.create_task(self._take_over_when_free(wait_s), name="leadership")
             )
         log.info(
             "coordinator %s listening on https://%s:%d (TLS 1.3; CA fingerprint %s)",
@@ -158,18 +163,51 @@ class CoordinatorService:
             self.ca.fingerprint,
         )
 
-    async def _take_over_when_free(self) -> None:
-        await self.lock.acquire()
-        log.info("this worker now leads the coordinator")
+    async def _take_over_when_free(self, wait_s: float = 0.0) -> None:
+        """Wait for the lock and lead; after a failed attempt, wait longer each time
+        before the next (serving devices all along)."""
+        await asyncio.sleep(wait_s)
+        retry_s = LEAD_RETRY_S
+        while True:
+            await self.lock.acquire()
+            log.info("this worker now leads the coordinator")
+            if await self._lead_or_step_down(reload=True):
+                return
+            await asyncio.sleep(retry_s)
+            retry_s = min(retry_s * 2, LEAD_RETRY_MAX_S)
+
+    async def _lead_or_step_down(self, *, reload: bool = False) -> bool:
+        """With the lock held: start the leader's duties (``reload``: after reading afresh
+        everything the old leader committed). If that fails, undo what started and give
+        the lock up, so the service is not left with a leader that does not lead while
+        this worker goes on serving devices; returns whether it leads."""
         try:
-            # Everything the old leader committed, read afresh before acting on it.
-            await self.coordinator.load()
+            if reload:
+                await self.coordinator.load()
             await self._lead()
+            return True
         except Exception:
-            # Holding the lock without leading would leave the service without a
-            # leader: end this worker (the supervisor starts another), freeing the lock.
-            log.exception("taking over as leader failed; stopping this worker")
-            os.kill(os.getpid(), signal.SIGTERM)
+            log.exception("starting the leader's duties failed; giving the lead up")
+            await self._step_down()
+            return False
+
+    async def _step_down(self, *, release: bool = True) -> None:
+        """End whatever part of the leader's duties runs; with ``release``, release the
+        lock too."""
+        self.leading = False
+        if self.discovery is not None:
+            await self.discovery.stop()
+            self.discovery = None
+        await _cancel_all(self._tasks)
+        self._tasks = []
+        await self.anchoring.stop()
+        await self.scheduler.drain()
+        if self._relay is not None:
+            await self._relay.stop()
+            self._relay = None
+        await self.client.close()
+        if release:
+            self.lock.release()
 
     async def _lead(self) -> None:
         """Start the duties only one process may run, in the order a cold start does."""
@@ -179,8 +217,10 @@ class CoordinatorService:
         await self.client.start()
         if self.workers > 1:
             assert self._runner is not None
-            relay = web.UnixSite(self._runner, relay_address(self.config.state_dir))
-            await relay.start()
+            address = new_relay_address()
+            self._relay = web.UnixSite(self._runner, address)
+            await self._relay.start()
+            publish_relay(self.config.state_dir, address)
         loops = {
             "scheduler": self.scheduler.run(),
             "blocks": self._block_loop(),
@@ -219,26 +259,15 @@ class CoordinatorService:
         return True
 
     async def stop(self) -> None:
-        self.leading = False
-        if self.discovery is not None:
-            await self.discovery.stop()
-            self.discovery = None
-        for task in [*self._serving_tasks, *self._tasks]:
-            # Cancel until it is really done: one cancel can be absorbed by a task that
-            # was just completing an inner wait.
-            while not task.done():
-                task.cancel()
-                await asyncio.wait({task}, timeout=1.0)
-        self._tasks = []
+        # The lock is kept to the end: no other worker leads while this one still answers.
+        await self._step_down(release=False)
+        await _cancel_all(self._serving_tasks)
         self._serving_tasks = []
-        await self.anchoring.stop()
-        await self.scheduler.drain()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
         if self.forwarding is not None:
             await self.forwarding.close()
-        await self.client.close()
         self.coordinator.verifier.stop()
         self.db.close()
         self.lock.release()
@@ -295,12 +324,13 @@ class CoordinatorService:
             await asyncio.sleep(PRUNE_CHANGES_INTERVAL_S)
 
 
-def relay_address(state_dir: Path) -> str:
-    """The leader's socket for requests other workers relay (forwarding.py): in Linux's
-    abstract namespace (no path-length limit, nothing left behind by a crash), named after
-    the state directory; the leader admits only its own user on it."""
-    digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:24]
-    return f"\0aeamc-coordinator-{digest}"
+async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        # Cancel until it is really done: one cancel can be absorbed by a task that was
+        # just completing an inner wait.
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
 
 
 def update_repository(config: CoordinatorConfig) -> Repository:

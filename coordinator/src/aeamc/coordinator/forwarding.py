@@ -6,27 +6,37 @@ served where they arrive: their checks need nothing but the database and views e
 worker keeps in step (``follower.py``). Every other route (enrollment, the operator's and
 clients' API, the dashboard, updates) is answered by the leader (``leadership.py``), the
 one process whose in-memory state — sessions, rollouts, the scheduler's wake-ups — is
-the coordinator's; the worker relays it over the leader's Unix socket in the state
-directory, unchanged, with the client's address and verified TLS identity in two
-headers.
+the coordinator's; the worker relays it over the leader's Unix socket, unchanged, with
+the client's address and verified TLS identity in two headers.
 
-Those headers are believed only on that socket, which only the coordinator's own user
-can open: on the TLS port they are ignored, so no client can claim another's address or
-certificate by sending them.
+That socket is in Linux's abstract namespace (no path-length limit, nothing left behind
+by a crash), which has no permissions, so both ends check who is at the other one:
+
+- the leader believes the two headers only on that socket, and only from a process of
+  its own user (``SO_PEERCRED``); on the TLS port they are ignored, so no client can claim
+  another's address or certificate by sending them;
+- each leader binds a new random name and publishes it in ``leader.relay`` in the state
+  directory; a worker relays only to a listener of its own user there. Another local user
+  can neither take the name before a leader binds it (it is unknown until then), nor, by
+  taking an old leader's name after that leader died, receive what clients send (their
+  tokens): a worker finds the listener is not its user's and answers 503 instead.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 import struct
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from aeamc.shared.runtime.files import atomic_write
 from aeamc.shared.runtime.tls import Peer, peer_of
 
 log = logging.getLogger(__name__)
@@ -62,6 +72,58 @@ _HOP_BY_HOP = frozenset(
 )
 #: Seconds to wait for the leader's answer beyond the longest a request may be held.
 _ANSWER_MARGIN_S = 30.0
+#: The file in the state directory naming the current leader's relay socket.
+RELAY_FILE = "leader.relay"
+_RELAY_PREFIX = "aeamc-coordinator-"
+
+
+def new_relay_address() -> str:
+    """A relay socket name no one can know before the leader binds it (abstract
+    namespace: the leading NUL)."""
+    return f"\0{_RELAY_PREFIX}{secrets.token_hex(16)}"
+
+
+def publish_relay(state_dir: Path, address: str) -> None:
+    """Name ``address`` (bound by this leader) as the relay, for the workers to read."""
+    atomic_write(state_dir / RELAY_FILE, address.lstrip("\0").encode(), mode=0o600)
+
+
+def published_relay(state_dir: Path) -> str | None:
+    """The relay socket the last leader published; None before any did (or if what the
+    file holds is not a relay name)."""
+    try:
+        name = (state_dir / RELAY_FILE).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeError):
+        return None
+    if not name.startswith(_RELAY_PREFIX) or not name.isascii() or not name.isprintable():
+        return None
+    return f"\0{name}"
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The user id of the process at the other end of a Unix socket (``SO_PEERCRED``)."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[1])
+
+
+class ForeignListener(aiohttp.ClientConnectionError):
+    """The relay socket is held by a process of another user: nothing is sent to it."""
+
+
+class _OwnUserConnector(aiohttp.UnixConnector):
+    """A Unix connector that hands over a connection only when the listener runs as this
+    process's user; otherwise it closes it, unused, and raises ``ForeignListener``."""
+
+    async def _create_connection(self, req: Any, traces: Any, timeout: Any) -> Any:
+        proto = await super()._create_connection(req, traces, timeout)
+        transport = proto.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        uid = None if sock is None else peer_uid(sock)
+        if uid != os.getuid():
+            if transport is not None:
+                transport.abort()
+            raise ForeignListener(f"the relay socket is held by user {uid}, not by this one")
+        return proto
 
 
 def request_peer(request: web.Request) -> Peer | None:
@@ -79,9 +141,7 @@ def relayed_by_worker(request: web.Request) -> bool:
     sock = transport.get_extra_info("socket") if transport is not None else None
     if sock is None or sock.family != socket.AF_UNIX:
         return False
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _, uid, _ = struct.unpack("3i", creds)
-    if uid != os.getuid():
+    if peer_uid(sock) != os.getuid():
         raise web.HTTPForbidden(reason="relay socket: another user")
     return True
 
@@ -100,9 +160,13 @@ def _decode_peer(value: str) -> Peer | None:
 class Forwarding:
     """The relay of one worker process (see the module docstring)."""
 
-    def __init__(self, address: str, leading: Callable[[], bool], answer_timeout_s: float) -> None:
-        #: The leader's relay socket (app.relay_address).
-        self.address = address
+    def __init__(
+        self, state_dir: Path, leading: Callable[[], bool], answer_timeout_s: float
+    ) -> None:
+        #: Where the leader publishes its relay socket (``RELAY_FILE``).
+        self.state_dir = state_dir
+        #: The relay socket ``_session`` connects to.
+        self.address: str | None = None
         self.leading = leading
         self.timeout = aiohttp.ClientTimeout(
             total=None, connect=5.0, sock_read=answer_timeout_s + _ANSWER_MARGIN_S
@@ -133,9 +197,15 @@ class Forwarding:
     async def relay(self, request: web.Request) -> web.StreamResponse:
         """Send ``request`` to the leader as it came and stream its answer back; 503 with
         ``Retry-After`` while no process leads (a takeover is under way)."""
-        if self._session is None:
+        address = published_relay(self.state_dir)
+        if address is None:
+            log.warning("no leader to relay %s %s to yet", request.method, request.path)
+            return _unavailable()
+        if self._session is None or address != self.address:
+            await self.close()  # a new leader: a new socket
+            self.address = address
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.UnixConnector(path=self.address),
+                connector=_OwnUserConnector(path=address),
                 timeout=self.timeout,
                 auto_decompress=False,
             )
@@ -152,6 +222,9 @@ class Forwarding:
                 allow_redirects=False,
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             )
+        except ForeignListener as exc:
+            log.error("not relaying %s %s: %s", request.method, request.path, exc)
+            return _unavailable()
         except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionError) as exc:
             log.warning("no leader to relay %s %s to: %s", request.method, request.path, exc)
             return _unavailable()

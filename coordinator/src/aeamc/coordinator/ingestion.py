@@ -141,21 +141,22 @@ class ProofIngestion:
         return parse_signed(req["pot"], PoT)
 
     async def _sender(self, data: Any, peer: Peer | None) -> tuple[PoT, Device]:
-        """``_proof_sender``, asked again of the database when the process's view alone
+        """Parse the submission and check who sent it, before anything else is looked up
+        (``_proof_sender``); asked again of the database when the process's view alone
         refuses the device (another worker may have enrolled or released it since)."""
+        pot = self.parse_submission(data)
         try:
-            return self._proof_sender(data, peer)
+            return pot, self._proof_sender(pot, peer)
         except Refusal as exc:
             if exc.code not in ("not_enrolled", "quarantined"):
                 raise
-            pot = self.parse_submission(data)
             if await self.ctx.current_device(pot.device_id) is None:
                 raise
-            return self._proof_sender(data, peer)
+            return pot, self._proof_sender(pot, peer)
 
-    def _proof_sender(self, data: Any, peer: Peer | None) -> tuple[PoT, Device]:
-        """Parse the submission and check who sent it, before anything else is looked up."""
-        pot = self.parse_submission(data)
+    def _proof_sender(self, pot: PoT, peer: Peer | None) -> Device:
+        """The enrolled, not quarantined device that signed ``pot`` over its own
+        certificate, as this process's view has it."""
         device = self.ctx.devices.get(pot.device_id)
         if device is None:
             raise Refusal(Fault.FORBIDDEN, "not_enrolled", "unknown device")
@@ -165,7 +166,7 @@ class ProofIngestion:
         pot.verify(device.public_key, signer_id=pot.device_id)
         # Then the connection: the proof must come over this device's own certificate.
         self.ctx.check_peer(peer, pot.device_id)
-        return pot, device
+        return device
 
     def _check_proof(
         self, data: Any, pot: PoT, device: Device, row: dict[str, Any] | None

@@ -71,10 +71,11 @@ OPTIONAL_ANCHORING_GAUGES = (
 
 
 class FleetCollector(Collector):
-    def __init__(self, coordinator: Coordinator, shared: SharedMetrics | None = None) -> None:
-        self.c = coordinator
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+        self.c = metrics.c
         #: The other worker processes' counters (several workers), added to ours.
-        self.shared = shared
+        self.shared = metrics.shared
 
     def collect(self) -> Iterator[Metric]:
         c = self.c
@@ -127,7 +128,7 @@ class FleetCollector(Collector):
         yield GaugeMetricFamily(
             f"{PREFIX}_unblocked_receipts",
             "Accepted proofs waiting for a microblock",
-            value=c.unblocked,
+            value=self.m.unblocked,
         )
         yield GaugeMetricFamily(
             f"{PREFIX}_database_size_bytes",
@@ -202,11 +203,13 @@ class Metrics:
         self.registry.register(SummedCollector(self.requests, self.shared))
         self.registry.register(SummedCollector(self.latency, self.shared))
         self.anchoring: dict[str, Any] | None = None
+        #: Accepted proofs not yet in a block, read from the store just before the scrape.
+        self.unblocked = 0
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         #: The API's admission of device requests (overload.py), read at each scrape.
         self.admission: Admission | None = None
         self.registry.register(AdmissionCollector(self))
-        self.registry.register(FleetCollector(coordinator, self.shared))
+        self.registry.register(FleetCollector(self))
         self.registry.register(AnchoringCollector(self))
         self.registry.register(UpdatesCollector(coordinator))
         ProcessCollector(registry=self.registry)
@@ -231,6 +234,7 @@ class Metrics:
 
     async def handler(self, request: web.Request) -> web.Response:
         self.anchoring = await self.c.status.anchoring()
+        self.unblocked = await self.c.status.unblocked_receipts()
         body = generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -250,6 +254,13 @@ class AdmissionCollector(Collector):
             "Heartbeat and proof requests being handled now (bounded by server.max_inflight)",
             value=admission.inflight,
         )
+        if admission.lag is not None:
+            yield GaugeMetricFamily(
+                f"{PREFIX}_event_loop_lag_seconds",
+                "How late this process's event loop runs what is due, smoothed (sheds "
+                "heartbeats and proofs past server.max_loop_lag_ms)",
+                value=admission.lag.lag_s,
+            )
         shed = CounterMetricFamily(
             f"{PREFIX}_http_requests_shed",
             "Heartbeat and proof requests refused with 503 overloaded before their body was read",

@@ -54,6 +54,10 @@ class StatusService:
         """Remember recent requests for the coordinator's own alert evaluation."""
         self.ctx.recent_requests.append((self.ctx.clock(), status, seconds))
 
+    async def unblocked_receipts(self) -> int:
+        """Accepted proofs not yet in a microblock, as committed (by any worker)."""
+        return await self.ctx.db.read(_unblocked)
+
     async def summary(self) -> dict[str, Any]:
         """Counts of tasks, checks, credits, blocks and devices, with each attached status
         section (anchoring, updates)."""
@@ -69,9 +73,7 @@ class StatusService:
                 ),
                 "proofs": counts("SELECT credit AS k, count(*) AS n FROM proofs GROUP BY credit"),
                 "blocks": next(iter(db.query("SELECT count(*) AS n FROM blocks")))["n"],
-                "unblocked_receipts": next(
-                    iter(db.query(f"SELECT count(*) AS n FROM proofs p WHERE {not_in_block()}"))  # noqa: S608
-                )["n"],
+                "unblocked_receipts": _unblocked(db),
             }
 
         out = await self.ctx.db.read(q)
@@ -85,3 +87,8 @@ class StatusService:
         for name, section in self.ctx.status_sections.items():
             out[name] = await section.status()
         return out
+
+
+def _unblocked(db: sqlite_utils.Database) -> int:
+    query = f"SELECT count(*) AS n FROM proofs p WHERE {not_in_block()}"  # noqa: S608
+    return int(next(iter(db.query(query)))["n"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, ValuesView
+from typing import Any
 
 from aeamc.shared.messages import Capabilities, Telemetry
 
@@ -80,6 +81,24 @@ class DeviceRegistry:
             await self.load(db, poa_since)
             return len(self._devices)
         cursor, rows = got
+        await self._take_in(db, rows, poa_since)
+        self._cursor = cursor
+        return len(rows)
+
+    async def refresh(self, db: Database, device_id: str, poa_since: int) -> Device | None:
+        """The device as committed now, read again and put in the view (None: not
+        enrolled). For a hot path about to refuse on what the view says — unknown,
+        pending, quarantined — when another process may have changed it since the last
+        ``follow``."""
+        row = await db.read(lambda d: device_rows.device_row(d, device_id))
+        await self._take_in(db, {device_id: row}, poa_since)
+        return self._devices.get(device_id)
+
+    async def _take_in(
+        self, db: Database, rows: dict[str, dict[str, Any] | None], poa_since: int
+    ) -> None:
+        """Put committed device rows in the view (``None``: the device is gone), with the
+        heartbeats each sent since the view last had it."""
         # Heartbeat times to read: all recent ones of a device new to this view, those
         # after the latest known of a device whose seq moved by more than one (several
         # heartbeats since the last round). A seq one above the last: its row has it.
@@ -105,29 +124,6 @@ class DeviceRegistry:
             elif device.last_seen is not None and (not poa or device.last_seen > poa[-1]):
                 poa = (*poa, device.last_seen)
             self._devices[device_id] = dataclasses.replace(device, poa_times=poa[-POA_HISTORY:])
-        self._cursor = cursor
-        return len(rows)
-
-    async def refresh(self, db: Database, device_id: str, poa_since: int) -> Device | None:
-        """The device as committed now, read again and put in the view (None: not
-        enrolled). For a hot path about to refuse on what the view says — unknown,
-        pending, quarantined — when another process may have changed it since the last
-        ``follow``."""
-        row = await db.read(lambda d: device_rows.device_row(d, device_id))
-        if row is None:
-            self._devices.pop(device_id, None)
-            return None
-        old = self._devices.get(device_id)
-        if old is None:
-            times = await db.read(
-                lambda d: device_rows.heartbeat_times_after(d, {device_id: poa_since - 1})
-            )
-            poa = tuple(times.get(device_id, ()))[-POA_HISTORY:]
-        else:
-            poa = old.poa_times
-        device = dataclasses.replace(Device.from_row(row, old), poa_times=poa)
-        self._devices[device_id] = device
-        return device
 
     def enrolled(
         self,

@@ -1,0 +1,80 @@
+"""Admission's two signals, alone: the requests in flight and the event loop's lateness."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+
+from aeamc.coordinator.overload import Admission, LoopLag
+
+ROUTE = "/v1/heartbeats"
+
+
+def lagging(lag_s: float) -> LoopLag:
+    lag = LoopLag()
+    lag.lag_s = lag_s
+    return lag
+
+
+@pytest.mark.parametrize(
+    ("lag_s", "share"),
+    [(0.0, 0.0), (0.1, 0.0), (0.125, 0.25), (0.15, 0.5), (0.2, 1.0), (3.0, 1.0)],
+)
+def test_the_share_shed_grows_with_the_lateness_past_the_bound(lag_s: float, share: float) -> None:
+    admission = Admission(0, 5, max_lag_s=0.1, lag=lagging(lag_s))
+    assert admission.shed_share() == pytest.approx(share)
+
+
+def test_a_request_is_shed_when_the_draw_falls_in_the_share() -> None:
+    draws = iter([0.49, 0.51])
+    admission = Admission(0, 5, max_lag_s=0.1, lag=lagging(0.15), uniform=lambda: next(draws))
+    assert admission.admit(ROUTE) is False
+    assert admission.admit(ROUTE) is True
+    assert (admission.inflight, admission.shed[ROUTE]) == (1, 1)
+
+
+def test_lateness_is_ignored_when_off() -> None:
+    """``max_lag_s`` 0, or no monitor: only the bound on requests in flight sheds."""
+    for admission in (
+        Admission(1, 5, max_lag_s=0.0, lag=lagging(10.0)),
+        Admission(1, 5, max_lag_s=0.1, lag=None),
+    ):
+        assert admission.shed_share() == 0.0
+        assert admission.admit(ROUTE) is True
+        assert admission.admit(ROUTE) is False  # the bound of one in flight
+        admission.release()
+        assert admission.admit(ROUTE) is True
+        assert admission.shed[ROUTE] == 1
+
+
+def test_smoothing_takes_a_third_of_each_sample_and_ignores_early_wakeups() -> None:
+    lag = LoopLag()
+    lag.sample(0.3)
+    assert lag.lag_s == pytest.approx(0.1)
+    lag.sample(-0.01)  # woken early (clock granularity): no lateness
+    assert lag.lag_s == pytest.approx(0.1 * 2 / 3)
+
+
+async def _until(predicate: Callable[[], bool], rounds: int = 200) -> bool:
+    for _ in range(rounds):
+        if predicate():
+            return True
+        await asyncio.sleep(0.005)
+    return predicate()
+
+
+async def test_a_blocked_loop_is_measured_late() -> None:
+    """A callback that holds the loop 0.3 s makes the monitor's next wakeup at least that
+    much late (a third of it in the smoothed lateness); the loop then on time, it decays."""
+    lag = LoopLag(interval_s=0.01)
+    task = asyncio.get_running_loop().create_task(lag.run())
+    try:
+        await asyncio.sleep(0.05)
+        time.sleep(0.3)  # the point: the loop is held
+        assert await _until(lambda: lag.lag_s >= 0.29 / 3 - 0.01)
+        assert await _until(lambda: lag.lag_s < 0.01)
+    finally:
+        task.cancel()
