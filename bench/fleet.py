@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,34 @@ def _windows(result: dict[str, Any], width: float) -> list[dict[str, float]]:
         lat = [ms for t, ms in pairs if w * width <= t < (w + 1) * width]
         out.append({"per_s": len(lat) / width, "p99_ms": stats.percentile(lat, 99)})
     return out
+
+
+_BUCKET = re.compile(
+    r'^aeamc_coordinator_http_request_duration_seconds_bucket\{le="([^"]+)",'
+    r'route="/v1/heartbeats"\} (\S+)$',
+    re.M,
+)
+
+
+def _handler_buckets(coord: procs.Coordinator) -> dict[float, float]:
+    """The coordinator's own histogram of heartbeat handling times (every worker's, summed
+    by ``/metrics``): upper bound in seconds -> requests at most that long, so far."""
+    with urllib.request.urlopen(
+        coord.url + "/metrics", timeout=60, context=coord.ssl_context()
+    ) as r:
+        text = r.read().decode()
+    return {float(le): float(n) for le, n in _BUCKET.findall(text)}
+
+
+def _bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """The upper bound (ms) of the histogram bucket holding quantile ``q`` of the requests
+    handled between two scrapes (inf: past the last bound)."""
+    deltas = sorted((le, after.get(le, 0.0) - before.get(le, 0.0)) for le in after)
+    total = deltas[-1][1] if deltas else 0.0
+    for le, n in deltas:
+        if total and n >= q * total:
+            return le * 1000
+    return float("inf")
 
 
 def _one_size(
@@ -70,6 +100,7 @@ def _one_size(
         sampler = None
         if profile_dir is not None:
             sampler = spy.record(pid, duration, profile_dir / f"fleet-{devices}.txt")
+        buckets0 = _handler_buckets(coord)
         cpu0, t0 = procs.cpu_seconds(pid), time.monotonic()
         by_process = procs.cpu_by_process(pid)
         gen0 = procs.cpu_seconds(gen.pid)
@@ -82,6 +113,7 @@ def _one_size(
         cpu_by_process = procs.cores_since(by_process, t0, pid)
         gen_cpu = (procs.cpu_seconds(gen.pid) - gen0) / (time.monotonic() - t0)
         load = os.getloadavg()[0]
+        buckets = _handler_buckets(coord)
         if sampler is not None:
             sampler.wait(timeout=duration + 30)
         result = procs.read_json_line(gen, "the fleet's results")
@@ -101,6 +133,11 @@ def _one_size(
         "p50_ms": stats.percentile(lat, 50),
         "p99_ms": stats.percentile(lat, 99),
         "per_window_p99_ms": stats.summary([w["p99_ms"] for w in windows]),
+        # The same requests as the coordinator's handlers timed them (from the head read to
+        # the answer): what the devices wait beyond this waits in sockets, before a worker
+        # reads the request, or in the load generator itself.
+        "handler_p50_ms_at_most": _bucket_quantile(buckets0, buckets, 0.5),
+        "handler_p99_ms_at_most": _bucket_quantile(buckets0, buckets, 0.99),
         "errors": result["errors"],
         "shed": result.get("shed", 0),
         "enroll_seconds": result["enroll_seconds"],
