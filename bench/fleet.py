@@ -106,7 +106,7 @@ def _one_size(
         gen0 = procs.cpu_seconds(gen.pid)
         rss, gen_rss = [], []
         while time.monotonic() - t0 < duration:
-            rss.append(procs.rss_bytes(pid))
+            rss.append(procs.rss_bytes(pid, children=True))  # the supervisor and its workers
             gen_rss.append(procs.rss_bytes(gen.pid))
             time.sleep(1.0)
         cpu = (procs.cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)

@@ -39,10 +39,23 @@ the rest is the SQLite writer (one `UPDATE`, one `INSERT`, the change log's trig
 the group commit), the Ed25519 check and, with several workers, each worker following
 the others' device changes. {devices} devices offer {offered} heartbeats/s, which needs
 ~{cores_lo}–{cores_hi} cores; the coordinator's workers used {cpu} cores and accepted
-{accepted} heartbeats/s, on a machine whose other core runs the load generator. Past
-saturation requests wait in the workers' queues (up to `server.max_inflight` each, then
-they are shed with 503), so the p99 is seconds, not a little over the line: the figure to
-read is the largest fleet held.
+{accepted} heartbeats/s, on a machine whose other core runs the load generator: the load
+generator needs about as much CPU per heartbeat as the coordinator (TLS, JSON, an Ed25519
+signature each), so the two together saturate the two cores well before 10,000 devices,
+and past that point the devices' latency includes the load generator's own queue.
+
+**Where the wait is.** Below saturation the handlers answer in a few ms (p50), but their
+p99 already reaches hundreds of ms with the workers' cores far from busy: now and then a
+request waits that long inside the coordinator (a sampling profile does not show what
+holds it; candidates are work done in one piece on the event loop — following thousands
+of device changes, the scheduler's pass over the fleet, garbage collection of the
+per-device objects — and the workers' turns at the write lock). A stall past `server.max_loop_lag_ms` sheds heartbeats (503 with
+`Retry-After`, the column in brackets) rather than let the queue grow. Past saturation
+most of the wait is in the sockets, before a worker reads the request at all, so the p99
+is seconds, not a little over the line: the figure to read is the largest fleet held.
+With two workers on two cores, each worker also follows the other's writes and they
+take turns at the database's write lock; on this machine, with the load generator taking
+most of a core, that costs about as much as the second worker brings.
 
 **Memory.** Each device costs the coordinator about {rss_per_device} KB — its TLS connection
 and its state in memory (the growth of the RSS from the smallest to the largest fleet,
@@ -55,7 +68,10 @@ context per device as well ({loadgen_rss} MB at {devices}).
 them (each heartbeat is independent of the others, and the store, not a worker, decides
 replays). On this machine, about half the per-heartbeat CPU again: heartbeats stored as
 the device's latest state with a sampled history instead of a row each (and no change-log
-row for the heartbeat-only columns), and the TLS and HTTP handling in compiled code.
+row for the heartbeat-only columns), and the TLS and HTTP handling in compiled code; and
+for the p99, the loop's long pieces of work split into short ones (the follower and the
+scheduler in slices, fewer long-lived objects per device), once a trace of the stalls
+names which.
 """
 
 BLOCKS = """

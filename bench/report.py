@@ -267,7 +267,9 @@ def _fleet(g: dict[str, Any]) -> str:
         f"| {s['devices']:,} | {_f(s['offered_per_s'], 0)} | {_f(s['accepted_per_s'], 0)} "
         f"(windows {_f(s['per_window_per_s']['min'], 0)}–{_f(s['per_window_per_s']['max'], 0)}) | {_f(s['ratio_to_offered'], 3)} "
         f"| {_f(s['p50_ms'])} | {_f(s['p99_ms'])} ({_f(s['per_window_p99_ms']['min'])}–"
-        f"{_f(s['per_window_p99_ms']['max'])}) | {s['errors'] + s['enroll_errors']} ({s.get('shed', 0)}) "
+        f"{_f(s['per_window_p99_ms']['max'])}) "
+        f"| {_f(s.get('handler_p50_ms_at_most'))} / {_f(s.get('handler_p99_ms_at_most'))} "
+        f"| {s['errors'] + s['enroll_errors']} ({s.get('shed', 0)}) "
         f"| {_f(s['coordinator_cpu_cores'], 2)} ({_cpu_by_process(s.get('coordinator_cpu_cores_by_process', {}))}) "
         f"| {_f(s['coordinator_cpu_cores'] / s['accepted_per_s'] * 1000 if s['accepted_per_s'] else None, 2)} "
         f"| {_f(s['coordinator_rss_mb'], 0)} "
@@ -282,15 +284,19 @@ enrollment token and a CSR, holds its own keep-alive TLS 1.3 connection with its
 CA-issued client certificate (so its own SSL context) and sends a signed heartbeat every
 {_f(g["interval_s"], 0)} s at a random phase; after one interval (every device has sent once),
 {_f(g["window_s"], 0)} s are measured. The reference is the rate offered (devices ÷ interval);
-the spread is over consecutive {_f(g["interval_s"], 0)}-s windows. Latencies are of
+the spread is over consecutive {_f(g["interval_s"], 0)}-s windows. The coordinator's own
+times (its request histogram, every worker's, from the head read to the answer; given as
+the upper bound of the histogram's bucket) show how much of the devices' wait is in its
+handlers; the rest is in sockets before a worker reads the request, or in the load
+generator. Latencies are of
 accepted heartbeats; a heartbeat shed (503 or 429, then retried after `Retry-After`) is
 counted apart and means the fleet was not held. "enrollment" is every device
 enrolling (its CSR signed by the coordinator's CA) and building its SSL context;
 "connecting" is every device then opening its mutually authenticated connection.
 The coordinator runs {g.get("workers", 1)} worker processes (the default: one per core).
 
-| devices | offered /s | accepted /s (per window) | ÷ offered | p50 ms | p99 ms (per window) | errors (shed: 503/429) | coordinator CPU (cores; by process) | coordinator CPU ms per heartbeat | coordinator RSS MB | load generator CPU (cores) | load generator RSS MB | machine load (1 min) | enrollment s | connecting s |
-| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+| devices | offered /s | accepted /s (per window) | ÷ offered | p50 ms | p99 ms (per window) | in the coordinator's handlers: p50 / p99 ms, at most | errors (shed: 503/429) | coordinator CPU (cores; by process) | coordinator CPU ms per heartbeat | coordinator RSS MB | load generator CPU (cores) | load generator RSS MB | machine load (1 min) | enrollment s | connecting s |
+| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
 {rows}
 
 Largest fleet held with p99 < 500 ms (the runbook's alert line) and no error:
