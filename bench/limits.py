@@ -49,7 +49,7 @@ p99 already reaches hundreds of ms with the workers' cores far from busy: now an
 request waits that long inside the coordinator (a sampling profile does not show what
 holds it; candidates are work done in one piece on the event loop — following thousands
 of device changes, the scheduler's pass over the fleet, garbage collection of the
-per-device objects — and the workers' turns at the write lock). A stall past `server.max_loop_lag_ms` sheds heartbeats (503 with
+per-device objects — and the workers' turns at the write lock). A stall past `server.max_queue_delay_ms` sheds heartbeats (503 with
 `Retry-After`, the column in brackets) rather than let the queue grow. Past saturation
 most of the wait is in the sockets, before a worker reads the request at all, so the p99
 is seconds, not a little over the line: the figure to read is the largest fleet held.

@@ -428,14 +428,23 @@ async def fleet_mode(args: argparse.Namespace) -> None:
             first.close()
 
     async def connect(i: int) -> None:
-        """The device's own mutually authenticated keep-alive connection (its handshake)."""
+        """The device's own mutually authenticated keep-alive connection (its handshake),
+        and at once its first heartbeat on it, as an agent sends one as soon as it has
+        connected: the coordinator closes a connection that sends no request head within
+        ``server.header_timeout_s`` of its opening (slowloris), and thousands of
+        handshakes take longer than that."""
         conn = conns[i]
         assert conn is not None
+        body = json.dumps(poa_body(keys[i], now_ms())).encode()
         try:
             await conn.connect()
-        except OSError as exc:
+            status = await asyncio.wait_for(conn.post("/v1/heartbeats", body), 30)
+        except (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError) as exc:
             enroll_errors.append(f"{type(exc).__name__}: {exc}")
             conns[i] = None
+            return
+        if status != 202 and status not in SHED_STATUSES:
+            enroll_errors.append(f"first heartbeat: HTTP {status}")
 
     await gather_limited([enroll(i) for i in range(len(keys))], 256)
     pool.shutdown()

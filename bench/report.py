@@ -292,7 +292,9 @@ generator. Latencies are of
 accepted heartbeats; a heartbeat shed (503 or 429, then retried after `Retry-After`) is
 counted apart and means the fleet was not held. "enrollment" is every device
 enrolling (its CSR signed by the coordinator's CA) and building its SSL context;
-"connecting" is every device then opening its mutually authenticated connection.
+"connecting" is every device then opening its mutually authenticated connection and
+sending its first heartbeat on it (as an agent does: a connection that sends no request
+within `server.header_timeout_s` of opening is closed).
 The coordinator runs {g.get("workers", 1)} worker processes (the default: one per core).
 
 | devices | offered /s | accepted /s (per window) | ÷ offered | p50 ms | p99 ms (per window) | in the coordinator's handlers: p50 / p99 ms, at most | errors (shed: 503/429) | coordinator CPU (cores; by process) | coordinator CPU ms per heartbeat | coordinator RSS MB | load generator CPU (cores) | load generator RSS MB | machine load (1 min) | enrollment s | connecting s |

@@ -255,7 +255,7 @@ def test_openapi_matches_routes(coordinator: CoordinatorProcess) -> None:
                 max_body_bytes = 1024
                 max_inflight = 0
                 overload_retry_after_s = 5
-                max_loop_lag_ms = 0
+                max_queue_delay_ms = 0
 
             limits = LimitsConfig()
 

@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import ssl
 import time
 from collections.abc import Iterator
@@ -179,7 +180,7 @@ def test_a_coordinator_behind_its_loop_sheds_until_it_catches_up(tmp_path: Path)
     """A process whose event loop runs late (here: stopped for 3 s, as a loop stuck behind a
     backlog in its sockets is) sheds heartbeats that arrive meanwhile, though none is in
     flight, and takes them again once it has caught up."""
-    settings = {"server": {"max_loop_lag_ms": 20, "overload_retry_after_s": RETRY_AFTER_S}}
+    settings = {"server": {"max_queue_delay_ms": 20, "overload_retry_after_s": RETRY_AFTER_S}}
     with running_coordinator(tmp_path, settings) as coord:
         token = coord.issue_token("enroll")
         device = SimDevice(coord.url, port=1)
@@ -203,6 +204,46 @@ def test_a_coordinator_behind_its_loop_sheds_until_it_catches_up(tmp_path: Path)
         assert inflight(coord) == 0
         # Caught up, the loop is on time again and the same heartbeat (its seq unused) is
         # taken.
-        coord.wait_for(lambda: metric(coord, "aeamc_coordinator_event_loop_lag_seconds") < 0.02, 30)
+        coord.wait_for(lambda: metric(coord, "aeamc_coordinator_queue_delay_seconds") < 0.02, 30)
         status, answer = coord.request("POST", "/v1/heartbeats", poa)
+        assert status == 202, answer
+
+
+HOLD_S = 1.5
+
+
+def test_heartbeats_that_all_waited_for_the_database_shed_the_next(tmp_path: Path) -> None:
+    """Another writer holds the database (as a slow disk or a long write would): the
+    heartbeats that arrive meanwhile wait for it, none of them quick, and once they are
+    answered the next one is shed — though the event loop was never late — until quick
+    answers show the queue is gone."""
+    settings = {"server": {"max_queue_delay_ms": 100, "overload_retry_after_s": RETRY_AFTER_S}}
+    with running_coordinator(tmp_path, settings) as coord:
+        token = coord.issue_token("enroll", uses=4)
+        devices = [SimDevice(coord.url, port=1) for _ in range(4)]
+        for d in devices:
+            status, answer = coord.request("POST", "/v1/enroll", d.enroll_message(token))
+            assert status == 202, answer
+        held = sqlite3.connect(coord.state_dir / "coordinator.db", isolation_level=None)
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            held.execute("BEGIN IMMEDIATE")
+            try:
+                waiting = [
+                    pool.submit(coord.request, "POST", "/v1/heartbeats", d.poa())
+                    for d in devices[:3]
+                ]
+                coord.wait_for(lambda: inflight(coord) == 3)
+                time.sleep(HOLD_S)
+            finally:
+                held.execute("ROLLBACK")
+                held.close()
+            assert [f.result(timeout=60)[0] for f in waiting] == [202] * 3
+        time.sleep(0.15)  # their interval is over: its quickest heartbeat took over a second
+        assert metric(coord, "aeamc_coordinator_queue_delay_seconds") > 1.0
+        status, answer = coord.request("POST", "/v1/heartbeats", devices[3].poa())
+        assert status == 503 and answer["error"]["code"] == "overloaded", answer
+        assert shed(coord, "/v1/heartbeats") == 1
+        # The figure stops counting a second after; then the same heartbeat is taken.
+        coord.wait_for(lambda: metric(coord, "aeamc_coordinator_queue_delay_seconds") < 0.1, 30)
+        status, answer = coord.request("POST", "/v1/heartbeats", devices[3].poa())
         assert status == 202, answer

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from aeamc.coordinator.overload import Admission, LoopLag
+from aeamc.coordinator.overload import Admission, LoopLag, StandingDelay
 
 ROUTE = "/v1/heartbeats"
 
@@ -24,28 +24,28 @@ def lagging(lag_s: float) -> LoopLag:
     [(0.0, 0.0), (0.1, 0.0), (0.125, 0.25), (0.15, 0.5), (0.2, 1.0), (3.0, 1.0)],
 )
 def test_the_share_shed_grows_with_the_lateness_past_the_bound(lag_s: float, share: float) -> None:
-    admission = Admission(0, 5, max_lag_s=0.1, lag=lagging(lag_s))
+    admission = Admission(0, 5, max_delay_s=0.1, lag=lagging(lag_s))
     assert admission.shed_share() == pytest.approx(share)
 
 
 def test_a_request_is_shed_when_the_draw_falls_in_the_share() -> None:
     draws = iter([0.49, 0.51])
-    admission = Admission(0, 5, max_lag_s=0.1, lag=lagging(0.15), uniform=lambda: next(draws))
+    admission = Admission(0, 5, max_delay_s=0.1, lag=lagging(0.15), uniform=lambda: next(draws))
     assert admission.admit(ROUTE) is False
     assert admission.admit(ROUTE) is True
     assert (admission.inflight, admission.shed[ROUTE]) == (1, 1)
 
 
 def test_lateness_is_ignored_when_off() -> None:
-    """``max_lag_s`` 0, or no monitor: only the bound on requests in flight sheds."""
+    """``max_delay_s`` 0, or no measure: only the bound on requests in flight sheds."""
     for admission in (
-        Admission(1, 5, max_lag_s=0.0, lag=lagging(10.0)),
-        Admission(1, 5, max_lag_s=0.1, lag=None),
+        Admission(1, 5, max_delay_s=0.0, lag=lagging(10.0)),
+        Admission(1, 5, max_delay_s=0.1, lag=None),
     ):
         assert admission.shed_share() == 0.0
         assert admission.admit(ROUTE) is True
         assert admission.admit(ROUTE) is False  # the bound of one in flight
-        admission.release()
+        admission.release(ROUTE, 0.001)
         assert admission.admit(ROUTE) is True
         assert admission.shed[ROUTE] == 1
 
@@ -78,3 +78,49 @@ async def test_a_blocked_loop_is_measured_late() -> None:
         assert await _until(lambda: lag.lag_s < 0.01)
     finally:
         task.cancel()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_standing_delay_is_the_quickest_heartbeat_of_the_last_full_interval() -> None:
+    clock = Clock()
+    standing = StandingDelay(clock)
+    for seconds in (0.4, 0.25, 0.9):  # all slow: a queue every one of them waited in
+        standing.observe(seconds)
+    assert standing.delay_s == 0.0  # the interval is not over yet
+    clock.now += StandingDelay.INTERVAL_S + 0.001
+    assert standing.delay_s == pytest.approx(0.25)
+    # A burst: one slow heartbeat among quick ones is no standing queue.
+    for seconds in (0.9, 0.002, 0.5):
+        standing.observe(seconds)
+    clock.now += StandingDelay.INTERVAL_S + 0.001
+    assert standing.delay_s == pytest.approx(0.002)
+    # With no heartbeat since, the last figure stops counting.
+    clock.now += StandingDelay.STALE_S + StandingDelay.INTERVAL_S
+    assert standing.delay_s == 0.0
+
+
+def test_the_larger_delay_counts_and_only_heartbeats_are_measured() -> None:
+    clock = Clock()
+    standing = StandingDelay(clock)
+    admission = Admission(
+        0, 5, max_delay_s=0.1, lag=lagging(0.02), standing=standing, uniform=lambda: 0.99
+    )
+    for _ in range(3):
+        assert admission.admit("/v1/proofs/batch")
+        admission.release("/v1/proofs/batch", 5.0)  # a big batch: its own work, not a queue
+    clock.now += StandingDelay.INTERVAL_S + 0.001
+    assert admission.delay_s() == pytest.approx(0.02)
+    assert admission.admit(ROUTE)
+    admission.release(ROUTE, 0.3)
+    clock.now += StandingDelay.INTERVAL_S + 0.001
+    assert admission.delay_s() == pytest.approx(0.3)
+    assert admission.shed_share() == 1.0
+    assert admission.admit("/v1/proofs") is False  # every device route is shed
+    assert admission.shed["/v1/proofs"] == 1

@@ -47,7 +47,7 @@ FAST_SETTINGS = {
         # A test machine running many coordinators at once stalls each of them now and
         # then; shedding on the event loop's lateness is tested where it is asked for
         # (coordinator/test_overload.py).
-        "max_loop_lag_ms": 0,
+        "max_queue_delay_ms": 0,
     },
     "scheduler": {"tick_s": 0.2, "push_timeout_s": 5.0},
     "blocks": {"interval_s": 0.5},

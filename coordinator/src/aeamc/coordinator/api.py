@@ -36,7 +36,7 @@ from .front import Front
 from .ingestion import MAX_PROOF_BATCH
 from .metrics import Metrics
 from .openapi import openapi_document
-from .overload import Admission, LoopLag
+from .overload import Admission, LoopLag, StandingDelay
 from .ratelimit import RateLimiter
 from .registry import Device
 from .service import Coordinator
@@ -476,8 +476,9 @@ def build_app(coordinator: Coordinator, forwarding: Forwarding | None = None) ->
     admission = Admission(
         server.max_inflight,
         server.overload_retry_after_s,
-        max_lag_s=server.max_loop_lag_ms / 1000,
+        max_delay_s=server.max_queue_delay_ms / 1000,
         lag=LoopLag(),
+        standing=StandingDelay(),
     )
     metrics.admission = admission
     front = Front(metrics, RateLimiter(coordinator.config.limits), admission, server.max_body_bytes)

@@ -58,10 +58,11 @@ class ServerConfig:
     #: 503 ``overloaded`` with ``Retry-After`` before its body is read (overload.py).
     #: 0 takes every request, however long the queue grows.
     max_inflight: int = 1024
-    #: How late (ms, smoothed) this process's event loop may run what is due before
-    #: heartbeats and proofs are shed with that 503 too: a share growing with the excess,
-    #: all of them at twice it (overload.py). 0: the loop's lateness sheds nothing.
-    max_loop_lag_ms: int = 100
+    #: How long (ms) requests may wait in this process — the event loop's lateness, or the
+    #: shortest handling time of the last 100 ms of heartbeats — before heartbeats and
+    #: proofs are shed with that 503 too: a share growing with the excess, all of them at
+    #: twice it (overload.py). 0: the delay sheds nothing.
+    max_queue_delay_ms: int = 100
     #: The ``Retry-After`` of that 503, in whole seconds; agents add jitter of their own.
     overload_retry_after_s: int = 5
     mdns: bool = True
@@ -411,8 +412,8 @@ def validate(config: CoordinatorConfig) -> None:
         (0 <= config.server.max_wait_s <= 600, "server.max_wait_s must be 0..600"),
         (config.server.max_inflight >= 0, "server.max_inflight must be ≥ 0 (0: no bound)"),
         (
-            0 <= config.server.max_loop_lag_ms <= 60_000,
-            "server.max_loop_lag_ms must be 0..60000 (0: off)",
+            0 <= config.server.max_queue_delay_ms <= 60_000,
+            "server.max_queue_delay_ms must be 0..60000 (0: off)",
         ),
         (
             1 <= config.server.overload_retry_after_s <= 3600,

@@ -95,10 +95,11 @@ class Front:
             return await self._handle(request, handler, key)
         if not self.admission.admit(key[1]):
             return self.admission.refusal()
+        started = time.perf_counter()
         try:
             return await self._handle(request, handler, key)
         finally:
-            self.admission.release()
+            self.admission.release(key[1], time.perf_counter() - started)
 
     async def _handle(
         self, request: web.Request, handler: Handler, key: tuple[str, str]

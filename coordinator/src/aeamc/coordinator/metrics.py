@@ -257,10 +257,16 @@ class AdmissionCollector(Collector):
         if admission.lag is not None:
             yield GaugeMetricFamily(
                 f"{PREFIX}_event_loop_lag_seconds",
-                "How late this process's event loop runs what is due, smoothed (sheds "
-                "heartbeats and proofs past server.max_loop_lag_ms)",
+                "How late this process's event loop runs what is due, smoothed",
                 value=admission.lag.lag_s,
             )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_queue_delay_seconds",
+            "How long device requests wait in this process: the loop's lateness or the "
+            "heartbeats' standing delay (sheds heartbeats and proofs past "
+            "server.max_queue_delay_ms)",
+            value=admission.delay_s(),
+        )
         shed = CounterMetricFamily(
             f"{PREFIX}_http_requests_shed",
             "Heartbeat and proof requests refused with 503 overloaded before their body was read",

@@ -4,15 +4,23 @@ A coordinator that takes every request it is sent holds them all once it falls b
 each waits its turn for the event loop, the signature threads and the database writer,
 answers come back seconds late, agents time out and send again, and the backlog grows.
 ``Admission`` guards the hot device routes (heartbeats and proofs) of this process with
-two signals, and answers a request it sheds at once, before its body is read, with 503
+two bounds, and answers a request it sheds at once, before its body is read, with 503
 ``overloaded`` and a ``Retry-After`` (whole seconds) that agents wait out, with jitter of
 their own, before they come back:
 
 - the requests in flight: past ``max_inflight``, every new one is shed;
-- how late the event loop runs what is due (``LoopLag``). Most of a saturated process's
-  queue is not in its handlers but in its sockets, read one by one as the loop gets to
-  them, where no count of requests in flight sees it; the loop's lateness does. Past
-  ``max_lag_s`` a share of new requests is shed that grows with the excess (all of them
+- how long requests wait in this process, ``max_delay_s``, measured two ways, the larger
+  counting:
+
+  - how late the event loop runs what is due (``LoopLag``). Most of a saturated
+    process's queue is not in its handlers but in its sockets, read one by one as the
+    loop gets to them, where no count of requests in flight sees it;
+  - the shortest time a heartbeat took to be handled over the last 100 ms
+    (``StandingDelay``, CoDel's signal). A heartbeat's own work takes a few ms; when even
+    the quickest one took longer than the bound, every one waited behind others — for
+    the database, the signature thread — not a burst that drains by itself.
+
+  Past the bound a share of new requests is shed that grows with the excess (all of them
   at twice the bound), so the load steps down as far as it must, not all at once.
 
 Nothing of a shed request is stored, so it is as if it had never been sent, and its
@@ -22,6 +30,7 @@ sender sends it again.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections import Counter
@@ -40,6 +49,9 @@ DEVICE_ROUTES = frozenset(
     }
 )
 OVERLOADED = "overloaded"
+#: The route whose handling times measure the standing delay: the most frequent, and
+#: the same small work each time.
+HEARTBEATS = "/v1/heartbeats"
 
 
 class LoopLag:
@@ -71,36 +83,81 @@ class LoopLag:
             self.sample(self.clock() - due)
 
 
+class StandingDelay:
+    """The shortest handling time of the heartbeats of the last full ``INTERVAL_S``: the
+    delay every one of them met, which a burst does not cause and a standing queue does.
+    It counts for ``STALE_S`` after that interval; with no heartbeat since, it is 0."""
+
+    INTERVAL_S = 0.1
+    STALE_S = 1.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._start = clock()
+        self._least = math.inf  # of the interval under way
+        self._last = 0.0  # of the last full interval with a heartbeat in it
+        self._last_end = -math.inf
+
+    def observe(self, seconds: float) -> None:
+        """One heartbeat was handled in ``seconds``."""
+        self._roll(self.clock())
+        self._least = min(self._least, seconds)
+
+    def _roll(self, now: float) -> None:
+        if now - self._start >= self.INTERVAL_S:
+            if self._least != math.inf:
+                self._last, self._last_end = self._least, self._start + self.INTERVAL_S
+            self._start, self._least = now, math.inf
+
+    @property
+    def delay_s(self) -> float:
+        now = self.clock()
+        self._roll(now)
+        return self._last if now - self._last_end <= self.STALE_S else 0.0
+
+
 class Admission:
     """Whether one more device request may be handled now (see the module's text).
 
-    ``max_inflight`` 0 turns the bound on requests in flight off; ``max_lag_s`` 0 (or no
-    ``lag``) turns off shedding on the event loop's lateness."""
+    ``max_inflight`` 0 turns the bound on requests in flight off; ``max_delay_s`` 0 turns
+    off shedding on the delay (``lag``: the loop's lateness, ``standing``: the heartbeats'
+    standing delay; either may be left out)."""
 
     def __init__(
         self,
         max_inflight: int,
         retry_after_s: int,
         *,
-        max_lag_s: float = 0.0,
+        max_delay_s: float = 0.0,
         lag: LoopLag | None = None,
+        standing: StandingDelay | None = None,
         uniform: Callable[[], float] = random.random,
     ) -> None:
         self.max_inflight = max_inflight
         self.retry_after_s = retry_after_s
-        self.max_lag_s = max_lag_s
+        self.max_delay_s = max_delay_s
         self.lag = lag
+        self.standing = standing
         self._uniform = uniform
         self.inflight = 0
         #: Requests answered 503 ``overloaded``, by route.
         self.shed: Counter[str] = Counter()
 
+    def delay_s(self) -> float:
+        """How long requests wait in this process now: the larger of the two measures."""
+        lag = self.lag.lag_s if self.lag is not None else 0.0
+        standing = self.standing.delay_s if self.standing is not None else 0.0
+        return max(lag, standing)
+
     def shed_share(self) -> float:
-        """The share of new requests the loop's lateness sheds now: 0 up to ``max_lag_s``,
-        rising linearly to 1 at twice it."""
-        if self.lag is None or not self.max_lag_s or self.lag.lag_s <= self.max_lag_s:
+        """The share of new requests the delay sheds now: 0 up to ``max_delay_s``, rising
+        linearly to 1 at twice it."""
+        if not self.max_delay_s:
             return 0.0
-        return min(1.0, (self.lag.lag_s - self.max_lag_s) / self.max_lag_s)
+        delay = self.delay_s()
+        if delay <= self.max_delay_s:
+            return 0.0
+        return min(1.0, (delay - self.max_delay_s) / self.max_delay_s)
 
     def admit(self, route: str) -> bool:
         """Count one more request in flight on ``route``; ``False`` (and counted as shed)
@@ -116,7 +173,7 @@ class Admission:
 
     async def watching(self, _app: web.Application) -> AsyncIterator[None]:
         """An aiohttp cleanup context: the loop's lateness is measured while the app runs."""
-        if self.lag is None or not self.max_lag_s:
+        if self.lag is None or not self.max_delay_s:
             yield
             return
         task = asyncio.get_running_loop().create_task(self.lag.run())
@@ -125,8 +182,11 @@ class Admission:
         finally:
             task.cancel()
 
-    def release(self) -> None:
+    def release(self, route: str, seconds: float) -> None:
+        """An admitted request on ``route`` was answered after ``seconds``."""
         self.inflight -= 1
+        if route == HEARTBEATS and self.standing is not None:
+            self.standing.observe(seconds)
 
     def refusal(self) -> web.Response:
         """The answer to a shed request: the API's error body, and ``Retry-After``."""
