@@ -39,23 +39,24 @@ the rest is the SQLite writer (one `UPDATE`, one `INSERT`, the change log's trig
 the group commit), the Ed25519 check and, with several workers, each worker following
 the others' device changes. {devices} devices offer {offered} heartbeats/s, which needs
 ~{cores_lo}–{cores_hi} cores; the coordinator's workers used {cpu} cores and accepted
-{accepted} heartbeats/s, on a machine whose other core runs the load generator: the load
-generator needs about as much CPU per heartbeat as the coordinator (TLS, JSON, an Ed25519
-signature each), so the two together saturate the two cores well before 10,000 devices,
-and past that point the devices' latency includes the load generator's own queue.
+{accepted} heartbeats/s, sharing the machine's two cores with the load generator, which
+needs about 0.4 ms of CPU per heartbeat of its own (TLS, JSON, an Ed25519 signature each).
 
-**Where the wait is.** Below saturation the handlers answer in a few ms (p50), but their
-p99 already reaches hundreds of ms with the workers' cores far from busy: now and then a
-request waits that long inside the coordinator (a sampling profile does not show what
-holds it; candidates are work done in one piece on the event loop — following thousands
-of device changes, the scheduler's pass over the fleet, garbage collection of the
-per-device objects — and the workers' turns at the write lock). A stall past `server.max_queue_delay_ms` sheds heartbeats (503 with
-`Retry-After`, the column in brackets) rather than let the queue grow. Past saturation
-most of the wait is in the sockets, before a worker reads the request at all, so the p99
-is seconds, not a little over the line: the figure to read is the largest fleet held.
-With two workers on two cores, each worker also follows the other's writes and they
-take turns at the database's write lock; on this machine, with the load generator taking
-most of a core, that costs about as much as the second worker brings.
+**Where the wait is.** Below saturation the handlers answer in a few ms (p50) and the
+devices' p99 is a few hundred ms: now and then a request waits that long inside the
+coordinator (a sampling profile does not show what holds it; candidates are work done in
+one piece on the event loop — following thousands of device changes, the scheduler's pass
+over the fleet, garbage collection of the per-device objects — and the workers' turns at
+the write lock). Past saturation the coordinator sheds: once requests wait longer than
+`server.max_queue_delay_ms` — the event loop runs that late, or even the quickest
+heartbeat of the last 100 ms took that long — a growing share of heartbeats gets 503 with
+`Retry-After` (the column in brackets) instead of a place in a queue, so the devices' p99
+stays in seconds rather than tens of seconds and nothing times out. The share shed
+overshoots: the coordinator then accepts fewer heartbeats than it could, because the
+delay signals stay high while thousands of connections are read at all. With two
+workers on two cores, each worker also follows the other's writes and they take turns at
+the database's write lock; on this machine, with the load generator taking much of a
+core, that costs a good part of what the second worker brings.
 
 **Memory.** Each device costs the coordinator about {rss_per_device} KB — its TLS connection
 and its state in memory (the growth of the RSS from the smallest to the largest fleet,
@@ -188,6 +189,7 @@ figures move, the direction and size of each change did not.
 | the agent keeps its connection to the coordinator open past its longest heartbeat gap (it was aiohttp's 15 s, under the 30-s interval) | 6,337 → 926 bytes on the wire per heartbeat; no new TLS connection per heartbeat |
 | heartbeats and proofs decoded into their models by compiled msgspec decoders when valid (anything else goes through the strict parser, which refuses it as before); the five middlewares merged into one layer that no longer copies the request; exact EPS over a per-configuration common denominator; models serialised from a per-class member list | event loop per heartbeat (py-spy, 3,000 devices, TLS handshakes apart) 605 → 389 µs: JSON and schema 66 → 28, middlewares 80 → 22, EPS 18 → 5, canonical JSON 38 → 33; per proof in the handlers: single 1,206 → 708 µs, batched 354 → 156 µs; batched ingestion 1,250 → 1,600 proofs/s |
 | one worker process per core sharing the port (`SO_REUSEPORT`), the store deciding replays and duplicates, one leader (SPEC §16) | 5,000 devices at 5 s (1,000 heartbeats/s offered): 626 → 1,009 accepted/s, coordinator 1.06 → 1.34 cores (0.68 + 0.66); batched ingestion 1,699 → 1,780 proofs/s (0.69 + 0.58 cores): the load generator holds the rest of the two cores |
+| load shedding on how long requests wait (`server.max_queue_delay_ms`: the event loop's lateness, or the heartbeats' standing delay), not only on requests in flight; the benchmark's devices send their first heartbeat as they connect, as agents do (before, thousands of connections opened early sat idle past `server.header_timeout_s`, were closed, and reconnected together) | `make bench`, 10,000 devices, two workers: errors 9,508 → 0, p99 23.9 → 3.9 s (32,352 heartbeats shed with `Retry-After` instead); 5,000 devices: accepted 662 → 925 of 1,000 heartbeats/s, p99 10.2 → 0.58 s, errors 111 → 0 |
 """
 
 HOW_TO_PROFILE = """## How these figures are taken, and how to profile
