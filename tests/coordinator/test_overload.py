@@ -210,6 +210,8 @@ def test_a_coordinator_behind_its_loop_sheds_until_it_catches_up(tmp_path: Path)
 
 
 HOLD_S = 1.5
+#: Heartbeats that wait for the database together: enough for the standing delay.
+WAITING = 8
 
 
 def test_heartbeats_that_all_waited_for_the_database_shed_the_next(tmp_path: Path) -> None:
@@ -219,31 +221,31 @@ def test_heartbeats_that_all_waited_for_the_database_shed_the_next(tmp_path: Pat
     answers show the queue is gone."""
     settings = {"server": {"max_queue_delay_ms": 100, "overload_retry_after_s": RETRY_AFTER_S}}
     with running_coordinator(tmp_path, settings) as coord:
-        token = coord.issue_token("enroll", uses=4)
-        devices = [SimDevice(coord.url, port=1) for _ in range(4)]
+        token = coord.issue_token("enroll", uses=WAITING + 1)
+        devices = [SimDevice(coord.url, port=1) for _ in range(WAITING + 1)]
         for d in devices:
             status, answer = coord.request("POST", "/v1/enroll", d.enroll_message(token))
             assert status == 202, answer
         held = sqlite3.connect(coord.state_dir / "coordinator.db", isolation_level=None)
-        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        with concurrent.futures.ThreadPoolExecutor(WAITING) as pool:
             held.execute("BEGIN IMMEDIATE")
             try:
                 waiting = [
                     pool.submit(coord.request, "POST", "/v1/heartbeats", d.poa())
-                    for d in devices[:3]
+                    for d in devices[:WAITING]
                 ]
-                coord.wait_for(lambda: inflight(coord) == 3)
+                coord.wait_for(lambda: inflight(coord) == WAITING)
                 time.sleep(HOLD_S)
             finally:
                 held.execute("ROLLBACK")
                 held.close()
-            assert [f.result(timeout=60)[0] for f in waiting] == [202] * 3
+            assert [f.result(timeout=60)[0] for f in waiting] == [202] * WAITING
         time.sleep(0.15)  # their interval is over: its quickest heartbeat took over a second
         assert metric(coord, "aeamc_coordinator_queue_delay_seconds") > 1.0
-        status, answer = coord.request("POST", "/v1/heartbeats", devices[3].poa())
+        status, answer = coord.request("POST", "/v1/heartbeats", devices[WAITING].poa())
         assert status == 503 and answer["error"]["code"] == "overloaded", answer
         assert shed(coord, "/v1/heartbeats") == 1
         # The figure stops counting a second after; then the same heartbeat is taken.
         coord.wait_for(lambda: metric(coord, "aeamc_coordinator_queue_delay_seconds") < 0.1, 30)
-        status, answer = coord.request("POST", "/v1/heartbeats", devices[3].poa())
+        status, answer = coord.request("POST", "/v1/heartbeats", devices[WAITING].poa())
         assert status == 202, answer

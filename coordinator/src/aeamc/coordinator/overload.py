@@ -86,28 +86,35 @@ class LoopLag:
 class StandingDelay:
     """The shortest handling time of the heartbeats of the last full ``INTERVAL_S``: the
     delay every one of them met, which a burst does not cause and a standing queue does.
-    It counts for ``STALE_S`` after that interval; with no heartbeat since, it is 0."""
+    It counts for ``STALE_S`` after that interval; with no heartbeat since, it is 0.
+
+    An interval with fewer than ``MIN_HEARTBEATS`` heartbeats says nothing: at that rate
+    there is no queue to speak of, and a heartbeat's time is its own work and its commit
+    (on slow storage, an fsync of tens of ms), which shedding would not shorten."""
 
     INTERVAL_S = 0.1
     STALE_S = 1.0
+    MIN_HEARTBEATS = 8
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._start = clock()
         self._least = math.inf  # of the interval under way
-        self._last = 0.0  # of the last full interval with a heartbeat in it
+        self._count = 0  # heartbeats of the interval under way
+        self._last = 0.0  # of the last full interval with enough heartbeats in it
         self._last_end = -math.inf
 
     def observe(self, seconds: float) -> None:
         """One heartbeat was handled in ``seconds``."""
         self._roll(self.clock())
         self._least = min(self._least, seconds)
+        self._count += 1
 
     def _roll(self, now: float) -> None:
         if now - self._start >= self.INTERVAL_S:
-            if self._least != math.inf:
+            if self._count >= self.MIN_HEARTBEATS:
                 self._last, self._last_end = self._least, self._start + self.INTERVAL_S
-            self._start, self._least = now, math.inf
+            self._start, self._least, self._count = now, math.inf, 0
 
     @property
     def delay_s(self) -> float:
