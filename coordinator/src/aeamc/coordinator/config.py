@@ -55,13 +55,10 @@ class ServerConfig:
     #: Worker processes serving the port together (SPEC §16); 0: one per core.
     workers: int = 0
     #: Heartbeat and proof requests this process handles at once; one more is answered
-    #: 503 ``overloaded`` with ``Retry-After`` before its body is read (overload.py).
-    #: 0 takes every request, however long the queue grows.
+    #: 503 ``overloaded`` with ``Retry-After`` before its body is read (overload.py); 0: any.
     max_inflight: int = 1024
-    #: How long (ms) requests may wait in this process — the event loop's lateness, or the
-    #: shortest handling time of the last 100 ms of heartbeats — before heartbeats and
-    #: proofs are shed with that 503 too: a share growing with the excess, all of them at
-    #: twice it (overload.py). 0: the delay sheds nothing.
+    #: How long (ms) requests may wait in this process before heartbeats and proofs are
+    #: shed with that 503 too (overload.py); 0: off.
     max_queue_delay_ms: int = 100
     #: The ``Retry-After`` of that 503, in whole seconds; agents add jitter of their own.
     overload_retry_after_s: int = 5
@@ -411,10 +408,7 @@ def validate(config: CoordinatorConfig) -> None:
         ),
         (0 <= config.server.max_wait_s <= 600, "server.max_wait_s must be 0..600"),
         (config.server.max_inflight >= 0, "server.max_inflight must be ≥ 0 (0: no bound)"),
-        (
-            0 <= config.server.max_queue_delay_ms <= 60_000,
-            "server.max_queue_delay_ms must be 0..60000 (0: off)",
-        ),
+        (0 <= config.server.max_queue_delay_ms <= 60_000, "server.max_queue_delay_ms: 0..60000"),
         (
             1 <= config.server.overload_retry_after_s <= 3600,
             "server.overload_retry_after_s must be 1..3600",
