@@ -112,14 +112,21 @@ def test_an_update_waits_for_the_running_task(device) -> None:  # type: ignore[n
     assert "/cryptography/" not in Path(f"/proc/{waiting['pid']}/maps").read_text()
     agent.set_profile([{"at_s": 0, **GOOD_TELEMETRY}])
     agent.wait_status(lambda s: s["version"] == GOOD and not _updates(s).get("trial"), 60)
+
     # The task ran to its end on the old release and its proof was accepted.
-    wait_for(
-        lambda: (
+    def task_state() -> str:
+        return str(
             coord.request("GET", f"/v1/tasks/{task_id}", token=coord.token("client"))[1]["state"]
-            == "completed"
-        ),
-        30,
-    )
+        )
+
+    try:
+        wait_for(lambda: task_state() == "completed", 60)
+    except AssertionError as exc:  # what both sides said, for a failure on a busy host
+        coordinator_log = coord.log.read_text(errors="replace")[-4000:] if coord.log else ""
+        raise AssertionError(
+            f"{exc}; task {task_state()}\ncoordinator:\n{coordinator_log}\n"
+            f"agent:\n{agent.log_text()[-4000:]}"
+        ) from None
     log = agent.log_text()
     finished = log.index(f"task {task_id} done")
     restarted = log.index(f"release {GOOD} installed; restarting into it")
