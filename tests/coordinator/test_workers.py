@@ -344,6 +344,16 @@ async def _relayed_status(coord: CoordinatorProcess) -> tuple[int, dict[str, Any
         return resp.status, await resp.json(), resp.headers.get("Retry-After", "")
 
 
+async def _served_by_a_leader(coord: CoordinatorProcess) -> None:
+    """Until a relayed route is answered 200: a worker leads and its relay works."""
+    for _ in range(100):
+        status, body, _ = await _relayed_status(coord)
+        if status == 200:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no leader answers: {status} {body}")
+
+
 async def test_while_no_worker_leads_relayed_routes_are_503_and_devices_are_served(
     tmp_path: Path,
 ) -> None:
@@ -371,12 +381,7 @@ async def test_while_no_worker_leads_relayed_routes_are_503_and_devices_are_serv
         assert (status, body["error"]["code"], retry_after) == (503, "unavailable", "1"), body
         lock.release()
         _leader(coord)
-        for _ in range(100):
-            status, body, _ = await _relayed_status(coord)
-            if status == 200:
-                break
-            await asyncio.sleep(0.1)
-        assert status == 200, body
+        await _served_by_a_leader(coord)
         # The refused enrollment changed nothing: the token still has its last use.
         status, body = coord.request("POST", "/v1/enroll", late.enroll_message(token))
         assert status == 202, body
@@ -439,12 +444,7 @@ async def test_a_relay_socket_held_by_another_user_is_sent_nothing(tmp_path: Pat
             assert (status, body["error"]["code"], retry_after) == (503, "unavailable", "1")
         lock.release()
         _leader(coord)
-        for _ in range(100):
-            status, body, _ = await _relayed_status(coord)
-            if status == 200:
-                break
-            await asyncio.sleep(0.1)
-        assert status == 200, body
+        await _served_by_a_leader(coord)
         assert published_relay(coord.state_dir) not in (None, squatted)
     finally:
         lock.release()
@@ -481,12 +481,7 @@ async def test_a_worker_that_cannot_take_over_frees_the_lock(tmp_path: Path) -> 
         assert (status, body["error"]["code"]) == (503, "unavailable"), body
         blocker.rmdir()
         _leader(coord, timeout=90)  # (each worker waits longer between its attempts)
-        for _ in range(100):
-            status, body, _ = await _relayed_status(coord)
-            if status == 200:
-                break
-            await asyncio.sleep(0.1)
-        assert status == 200, body
+        await _served_by_a_leader(coord)
     finally:
         lock.release()
         coord.stop()
