@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from . import procs, spy, stats
 
@@ -39,13 +40,6 @@ def _windows(result: dict[str, Any], width: float) -> list[dict[str, float]]:
     return out
 
 
-_BUCKET = re.compile(
-    r'^aeamc_coordinator_http_request_duration_seconds_bucket\{le="([^"]+)",'
-    r'route="/v1/heartbeats"\} (\S+)$',
-    re.M,
-)
-
-
 def _handler_buckets(coord: procs.Coordinator) -> dict[float, float]:
     """The coordinator's own histogram of heartbeat handling times (every worker's, summed
     by ``/metrics``): upper bound in seconds -> requests at most that long, so far."""
@@ -53,7 +47,13 @@ def _handler_buckets(coord: procs.Coordinator) -> dict[float, float]:
         coord.url + "/metrics", timeout=60, context=coord.ssl_context()
     ) as r:
         text = r.read().decode()
-    return {float(le): float(n) for le, n in _BUCKET.findall(text)}
+    return {
+        float(sample.labels["le"]): sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "aeamc_coordinator_http_request_duration_seconds"
+        for sample in family.samples
+        if sample.name.endswith("_bucket") and sample.labels.get("route") == "/v1/heartbeats"
+    }
 
 
 def _bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
