@@ -191,9 +191,11 @@ class CoordinatorService:
             await self._step_down()
             return False
 
-    async def _step_down(self, *, release: bool = True) -> None:
-        """End whatever part of the leader's duties runs; with ``release``, release the
-        lock too."""
+    async def _step_down(self, *, stopping: bool = False) -> None:
+        """End whatever part of the leader's duties runs and release the lock; when
+        ``stopping``, the agent client and the lock are left to ``stop``, which ends them
+        last (requests still being answered may use the one, and no other worker may lead
+        before they are)."""
         self.leading = False
         if self.discovery is not None:
             await self.discovery.stop()
@@ -205,8 +207,8 @@ class CoordinatorService:
         if self._relay is not None:
             await self._relay.stop()
             self._relay = None
-        await self.client.close()
-        if release:
+        if not stopping:
+            await self.client.close()
             self.lock.release()
 
     async def _lead(self) -> None:
@@ -259,8 +261,7 @@ class CoordinatorService:
         return True
 
     async def stop(self) -> None:
-        # The lock is kept to the end: no other worker leads while this one still answers.
-        await self._step_down(release=False)
+        await self._step_down(stopping=True)
         await _cancel_all(self._serving_tasks)
         self._serving_tasks = []
         if self._runner is not None:
@@ -268,6 +269,7 @@ class CoordinatorService:
             self._runner = None
         if self.forwarding is not None:
             await self.forwarding.close()
+        await self.client.close()
         self.coordinator.verifier.stop()
         self.db.close()
         self.lock.release()
