@@ -6,8 +6,9 @@ import shutil
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
-from tests.support.coordinator import CoordinatorProcess
+from tests.support.coordinator import CoordinatorProcess, merge
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = "0.1.0"
@@ -28,10 +29,15 @@ NEVER_HEARTBEATS = (
 )
 
 
-def release_coordinator(root: Path) -> tuple[CoordinatorProcess, Path]:
+def release_coordinator(
+    root: Path, settings: dict[str, Any] | None = None
+) -> tuple[CoordinatorProcess, Path]:
     """A started coordinator under ``root/coord`` whose update repository is initialised
-    with new offline role keys (in ``root/keys``, returned), ready to publish releases."""
-    coord = CoordinatorProcess(root / "coord", settings={"updates": {"resign_check_s": 60.0}})
+    with new offline role keys (in ``root/keys``, returned), ready to publish releases.
+    ``settings`` are added to its configuration."""
+    coord = CoordinatorProcess(
+        root / "coord", settings=merge({"updates": {"resign_check_s": 60.0}}, settings or {})
+    )
     coord.init()
     keys = root / "keys"
     coord.cli("release", "keygen", str(keys))

@@ -40,7 +40,11 @@ def device(
             GOOD: builder.submit(build_release, root / "build", GOOD),
             UNHEALTHY: builder.submit(build_release, root / "build", UNHEALTHY, NEVER_HEARTBEATS),
         }
-        coord, keys = release_coordinator(root)
+        # The agent restarts into a release right after it delivered a proof, and that
+        # proof's spot-check may come while it is down: on a busy machine the restart
+        # takes longer than the fast test settings' retries (0.5 s doubling, 5 attempts),
+        # and the check would go unanswered. The default's order of magnitude bridges it.
+        coord, keys = release_coordinator(root, {"spot_checks": {"retry_s": 5.0}})
         _, token = coord.request(
             "POST", "/v1/tokens", {"role": "enroll"}, token=coord.token("operator")
         )

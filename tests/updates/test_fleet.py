@@ -249,6 +249,25 @@ def _repo(update_fleet: Fleet) -> Path:
     return update_fleet.coord.state_dir / "updates"
 
 
+def _wait_for_reports(update_fleet: Fleet, version: str, devices: set[str]) -> None:
+    """Until the coordinator holds a report on ``version`` from each of ``devices``; a
+    timeout shows what the coordinator and the first silent device said."""
+
+    def missing() -> set[str]:
+        return devices - {r["device_id"] for r in update_fleet.detail(version)["reports"]}
+
+    try:
+        wait_for(lambda: not missing(), 30)
+    except AssertionError as exc:
+        silent = next(a for a in update_fleet.agents if a.device_id in missing())
+        log = update_fleet.coord.log
+        raise AssertionError(
+            f"{exc}: no report from {sorted(missing())}\ncoordinator:\n"
+            f"{log.read_text(errors='replace')[-4000:] if log else ''}\n"
+            f"agent {silent.device_id}:\n{silent.log_text()[-4000:]}"
+        ) from None
+
+
 def test_tampered_package_is_refused(update_fleet: Fleet) -> None:
     update_fleet.publish(TAMPERED, 0)
     [wheel] = (_repo(update_fleet) / "targets" / "agent" / TAMPERED).glob("*.aeamc_agent-*.whl")
@@ -271,7 +290,7 @@ def test_tampered_package_is_refused(update_fleet: Fleet) -> None:
         assert (a.status_file() or {})["version"] == GOOD
         assert updates["installed"] == [GOOD]
         assert not (a.state_dir / "releases" / TAMPERED).exists()
-    wait_for(lambda: len(update_fleet.detail(TAMPERED)["reports"]) == len(refused), 30)
+    _wait_for_reports(update_fleet, TAMPERED, refused)
     detail = update_fleet.detail(TAMPERED)
     assert {r["outcome"] for r in detail["reports"]} == {"refused"}
     assert "failed" in detail["halt_reason"]
