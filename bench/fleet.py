@@ -128,6 +128,8 @@ def _one_size(
         "devices": devices,
         "offered_per_s": offered,
         "accepted_per_s": accepted_per_s,
+        # Every heartbeat answered, shed ones included: the divisor of a profile's cost.
+        "answered_per_s": (result["accepted"] + result.get("shed", 0)) / result["window_s"],
         "ratio_to_offered": accepted_per_s / offered,
         "per_window_per_s": stats.summary([w["per_s"] for w in windows]),
         "p50_ms": stats.percentile(lat, 50),
@@ -210,5 +212,9 @@ if __name__ == "__main__":
     out = measure(sizes, window, profile_dir=where, workers=workers)
     json.dump(out, sys.stdout, indent=2)
     if where is not None:
-        for n in sizes:
-            print(f"\n{n} devices:", spy.render(spy.summarize(where / f"fleet-{n}.txt", window)))
+        for n, size in zip(sizes, out["sizes"], strict=True):
+            raw = where / f"fleet-{n}.txt"
+            print(f"\n{n} devices:", spy.render(spy.summarize(raw, window)))
+            answered = round(size["answered_per_s"] * window)
+            table = spy.render_stages(spy.stages(raw, answered))
+            print(f"\nper heartbeat ({answered} answered):\n{table}")

@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from . import procs, stats
+from . import procs, spy, stats
 
 TARGET_RATIO = 0.5
 SETTINGS = {
@@ -66,9 +66,11 @@ def measure(
     devices: int | None = None,
     profile: procs.Path | None = None,
     workers: int = 1,
+    spy_dir: procs.Path | None = None,
 ) -> dict[str, Any]:
     """Ingestion rates against the reference; ``workers``: the coordinator's worker
-    processes (``[server] workers``)."""
+    processes (``[server] workers``); ``spy_dir``: sample every batched round with py-spy
+    there and report the microseconds per batched proof by stage (``spy.stages``)."""
     with procs.workspace("ingest") as root:
         return _measure(
             root,
@@ -80,6 +82,7 @@ def measure(
             devices=devices or concurrency,
             profile=profile,
             workers=workers,
+            spy_dir=spy_dir,
         )
 
 
@@ -94,6 +97,7 @@ def _measure(
     devices: int,
     profile: procs.Path | None,
     workers: int,
+    spy_dir: procs.Path | None,
 ) -> dict[str, Any]:
     tasks = runs * per_run * 2
     settings = procs.merge(SETTINGS, {"server": {"workers": workers}})
@@ -123,11 +127,18 @@ def _measure(
         refs, single, batched, errors = [], [], [], []
         pid = coord.process.pid if coord.process else 0
         cpu: dict[str, list[float]] = {}
-        for _ in range(runs):
+        samples = []
+        for i in range(runs):
             refs.append(reference_rate(reference_s))
             one = procs.command(gen, f"single {per_run} {concurrency}", "single round")
             before, t0 = procs.cpu_by_process(pid), time.monotonic()
+            if spy_dir is not None:
+                samples.append(spy_dir / f"batch-{i}.txt")
+                sampler = spy.record(pid, None, samples[-1])
+                time.sleep(0.5)  # py-spy attached to every worker before the round
             many = procs.command(gen, f"batch {per_run} {batch} {concurrency}", "batch round")
+            if spy_dir is not None:
+                spy.stop(sampler)
             for name, cores in procs.cores_since(before, t0, pid).items():
                 cpu.setdefault(name, []).append(cores)
             for got, out in ((one, single), (many, batched)):
@@ -140,7 +151,10 @@ def _measure(
             gen.wait()
         coord.stop()
     batched_ratio = stats.ratio_summary(batched, refs)
+    stage_us = spy.stages(samples, runs * per_run) if samples else None
     return {
+        # µs per batched proof by stage (py-spy over the batched rounds), when sampled.
+        "batched_stages_us": stage_us,
         "proofs_per_round": per_run,
         "batch_size": batch,
         "concurrency": concurrency,
@@ -162,11 +176,24 @@ def _measure(
 if __name__ == "__main__":
     args = sys.argv[1:]
     workers = 1
+    where = None
     if args[:1] == ["--workers"]:
         workers, args = int(args[1]), args[2:]
+    if args[:1] == ["--spy"]:
+        where = procs.Path(args[1])
+        where.mkdir(parents=True, exist_ok=True)
+        args = args[2:]
     prof = procs.Path(args[1]) if len(args) > 1 else None
-    json.dump(
-        measure(runs=int(args[0]) if args else 2, per_run=2000, profile=prof, workers=workers),
-        sys.stdout,
-        indent=2,
+    out = measure(
+        runs=int(args[0]) if args else 2,
+        # Not more per round: the load generator's devices send no heartbeats, so the
+        # coordinator counts them gone after its staleness window, and every task of the
+        # whole measurement is assigned first.
+        per_run=2000,
+        profile=prof,
+        workers=workers,
+        spy_dir=where,
     )
+    json.dump(out, sys.stdout, indent=2)
+    if out["batched_stages_us"]:
+        print("\nper batched proof:\n" + spy.render_stages(out["batched_stages_us"]))

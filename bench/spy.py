@@ -12,6 +12,7 @@ window; ``python -m bench.spy FILE`` prints the summary of a profile taken that 
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -22,8 +23,52 @@ RATE_HZ = 200
 #: Frames of threads started by ``threading``: everything else is the event loop's thread.
 _THREAD_ROOTS = ("Thread.run", "Thread._bootstrap")
 #: Innermost frames that mean "waiting", which sampling without pausing the process cannot
-#: always tell from running: the loop's poll, and threads waiting for work.
-_IDLE = ("EpollSelector.select", "Condition.wait", "SimpleQueue.get", "Queue.get")
+#: always tell from running: the loop's poll, and threads waiting for work (the SQLite
+#: writer and the Ed25519 thread block in C on their queues, so their own frame is the
+#: innermost one py-spy sees).
+_IDLE = (
+    "EpollSelector.select",
+    "Condition.wait",
+    "SimpleQueue.get",
+    "Queue.get",
+    "Database._run_writer",
+    "SignatureVerifier._run",
+)
+
+#: Where a sample's innermost frame lies → the stage of request handling it belongs to.
+#: First match wins; a frame that matches none is "coordinator logic" when it is the
+#: project's code and "other" when it is not.
+STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("TLS", ("ssl.py", "asyncio/sslproto.py")),
+    ("sockets and asyncio", ("asyncio/", "selectors.py")),
+    ("HTTP (aiohttp)", ("aiohttp/", "multidict/", "yarl/")),
+    ("JSON", ("json/", "msgspec/")),
+    (
+        "decoding, schema, canonical form",
+        ("coordinator/wire.py", "shared/schema.py", "shared/messages.py", "shared/canonical.py"),
+    ),
+    ("Ed25519", ("nacl/", "coordinator/verifier.py", "shared/identity.py")),
+    # A writer's own frame innermost is a statement in C: BEGIN, SAVEPOINT and mostly COMMIT,
+    # whose fsync runs with the GIL released.
+    ("SQLite", ("sqlite_utils/", "coordinator/db.py", "coordinator/store/", "sqlite3/")),
+    (
+        "middleware, metrics, logs",
+        (
+            "coordinator/front.py",
+            "coordinator/status.py",
+            "coordinator/metrics.py",
+            "coordinator/overload.py",
+            "coordinator/ratelimit.py",
+            "coordinator/dashboard/",
+            "coordinator/logs.py",
+            "prometheus_client/",
+            "logging/",
+        ),
+    ),
+)
+_OWN = ("coordinator/", "shared/")
+#: The writer's own frame innermost: BEGIN, SAVEPOINT, RELEASE or COMMIT running in C.
+_COMMIT = ("Database._commit_jobs",)
 
 
 def executable() -> str:
@@ -33,12 +78,20 @@ def executable() -> str:
     return found
 
 
-def record(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
-    """Start sampling ``pid`` for ``seconds``; the caller waits for the process."""
+def record(pid: int, seconds: float | None, out: Path) -> subprocess.Popen[bytes]:
+    """Start sampling ``pid`` for ``seconds``, or until ``stop`` when None; the caller waits
+    for the process."""
     cmd = [executable(), "record", "--pid", str(pid), "--subprocesses"]
-    cmd += ["--duration", str(max(1, int(seconds)))]
+    if seconds is not None:
+        cmd += ["--duration", str(max(1, int(seconds)))]
     cmd += ["--rate", str(RATE_HZ), "--format", "raw", "--nonblocking", "--output", str(out)]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop(sampler: subprocess.Popen[bytes]) -> None:
+    """End a recording started without a duration; py-spy writes its profile on SIGINT."""
+    sampler.send_signal(signal.SIGINT)
+    sampler.wait(timeout=60)
 
 
 @dataclass(frozen=True)
@@ -73,6 +126,54 @@ def summarize(path: Path, seconds: float, top: int = 25) -> Summary:
     total = sum(loop.values())
     shares = [(n / total, frame) for frame, n in loop.most_common(top)] if total else []
     return Summary(seconds, total, threads, shares)
+
+
+def stage_of(frame: str) -> str:
+    """The stage (``STAGES``) of a sample whose innermost frame is ``frame``."""
+    if frame.startswith(_COMMIT):
+        return "SQLite transaction control (mostly COMMIT's fsync, GIL released)"
+    where = frame[frame.rfind("(") + 1 :]
+    for stage, prefixes in STAGES:
+        if where.startswith(prefixes):
+            return stage
+    return "coordinator logic" if where.startswith(_OWN) else "other"
+
+
+def stages(paths: Path | list[Path], requests: int) -> dict[str, dict[str, float]]:
+    """Microseconds per request by stage, on the event loop and on other threads, from raw
+    py-spy profiles of windows in which the process answered ``requests`` requests in all.
+
+    Every process's samples count (``--subprocesses``): with several workers this is
+    the cost per request of the whole coordinator. Waiting is left out (``_IDLE``)."""
+    per_sample_us = 1e6 / RATE_HZ / max(requests, 1)
+    out: dict[str, dict[str, float]] = {}
+    lines = [line for p in ([paths] if isinstance(paths, Path) else paths) for line in _lines(p)]
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        if frames[-1].startswith(_IDLE):
+            continue
+        where = "threads" if any(f.startswith(_THREAD_ROOTS) for f in frames) else "loop"
+        row = out.setdefault(stage_of(frames[-1]), {"loop": 0.0, "threads": 0.0})
+        row[where] += int(count) * per_sample_us
+    return dict(sorted(out.items(), key=lambda kv: -(kv[1]["loop"] + kv[1]["threads"])))
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def render_stages(table: dict[str, dict[str, float]]) -> str:
+    """``stages`` as a Markdown table, with the totals."""
+    lines = ["| stage | µs on the loop | µs on other threads |", "| --- | ---: | ---: |"]
+    for stage, row in table.items():
+        lines.append(f"| {stage} | {row['loop']:.0f} | {row['threads']:.0f} |")
+    loop = sum(r["loop"] for r in table.values())
+    threads = sum(r["threads"] for r in table.values())
+    lines.append(f"| **all** | **{loop:.0f}** | **{threads:.0f}** |")
+    return "\n".join(lines)
 
 
 def render(s: Summary) -> str:
