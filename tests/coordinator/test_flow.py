@@ -243,6 +243,17 @@ async def test_proof_batch_judges_each_proof_alone_in_one_commit(
         operator = coordinator.token("operator")
         summary = coordinator.request("GET", "/v1/status", token=operator)[1]
         assert sum(summary["proofs"].values()) == 2
+        # Each stored proof counted once on the device's record, in the store as in the view.
+        dev = coordinator.request("GET", f"/v1/devices/{device.device_id}", token=operator)[1]
+        assert dev["record"]["completed"] == 2
+        with sqlite3.connect(coordinator.state_dir / "coordinator.db") as db:
+            row = db.execute(
+                "SELECT completed FROM devices WHERE device_id=?", [device.device_id]
+            ).fetchone()
+        assert row == (2,)
+        # A proof accepted in a batch is a duplicate in the next one.
+        status, body = await device.post("/v1/proofs/batch", {"proofs": [good_b]})
+        assert [r["error"]["code"] for r in body["results"]] == ["duplicate"]
         for bad in ({"proofs": []}, {"proofs": [good_a] * 257}, {"proof": [good_a]}, []):
             status, body = await device.post("/v1/proofs/batch", bad)
             assert (status, body["error"]["code"]) == (400, "invalid_message"), bad

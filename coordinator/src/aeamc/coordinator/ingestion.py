@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,8 +73,10 @@ class ProofIngestion:
             lambda db: task_rows.assignment_row(db, pot.task_id, pot.device_id)
         )
         checked = self._check_proof(data, pot, device, row)
-        task_state = await self.ctx.db.write(lambda db: self._store_proof(db, checked))
-        return self._proof_accepted(checked, task_state)
+        [stored] = await self.ctx.db.write(lambda db: self._store_proofs(db, [checked]))
+        if isinstance(stored, Refusal):
+            raise stored
+        return self._proof_accepted(checked, stored)
 
     async def accept_proofs(self, items: list[Any], peer: Peer | None = None) -> list[Outcome]:
         """Accept a batch of proofs: one read, one durable commit, one outcome per item.
@@ -85,12 +88,17 @@ class ProofIngestion:
         """
         results: list[Outcome | None] = [None] * len(items)
         senders: list[tuple[int, PoT, Device]] = []
-        for i, data in enumerate(items):
-            try:
-                pot, device = await self._sender(data, peer)
-                senders.append((i, pot, device))
-            except (Refusal, ProtocolError) as exc:
-                results[i] = exc
+        # All at once: the signatures reach the verifier's thread as one batch.
+        found = await asyncio.gather(
+            *(self._sender(data, peer) for data in items), return_exceptions=True
+        )
+        for i, got in enumerate(found):
+            if isinstance(got, Refusal | ProtocolError):
+                results[i] = got
+            elif isinstance(got, BaseException):
+                raise got
+            else:
+                senders.append((i, *got))
         keys = [(pot.task_id, pot.device_id) for _, pot, _ in senders]
         rows = await self.ctx.db.read(
             lambda db: [task_rows.assignment_row(db, t, d) for t, d in keys]
@@ -107,22 +115,12 @@ class ProofIngestion:
 
         checked = await asyncio.to_thread(check_all)
 
-        def txn(db: sqlite_utils.Database) -> list[tuple[bool, Any]]:
-            out: list[tuple[bool, Any]] = []
-            for _, proof in checked:
-                db.conn.execute("SAVEPOINT item")
-                try:
-                    out.append((True, self._store_proof(db, proof)))
-                    db.conn.execute("RELEASE item")
-                except Refusal as exc:
-                    db.conn.execute("ROLLBACK TO item")
-                    db.conn.execute("RELEASE item")
-                    out.append((False, exc))
-            return out
-
-        stored = await self.ctx.db.write(txn) if checked else []
-        for (i, proof), (ok, value) in zip(checked, stored, strict=True):
-            results[i] = self._proof_accepted(proof, value) if ok else value
+        proofs = [proof for _, proof in checked]
+        stored = (
+            await self.ctx.db.write(lambda db: self._store_proofs(db, proofs)) if proofs else []
+        )
+        for (i, proof), value in zip(checked, stored, strict=True):
+            results[i] = value if isinstance(value, Refusal) else self._proof_accepted(proof, value)
         out = [r for r in results if r is not None]
         refused = sum(1 for r in out if not isinstance(r, dict))
         if refused:
@@ -146,15 +144,15 @@ class ProofIngestion:
         refuses the device (another worker may have enrolled or released it since)."""
         pot = self.parse_submission(data)
         try:
-            return pot, self._proof_sender(pot, peer)
+            return pot, await self._proof_sender(pot, peer)
         except Refusal as exc:
             if exc.code not in ("not_enrolled", "quarantined"):
                 raise
             if await self.ctx.current_device(pot.device_id) is None:
                 raise
-            return pot, self._proof_sender(pot, peer)
+            return pot, await self._proof_sender(pot, peer)
 
-    def _proof_sender(self, pot: PoT, peer: Peer | None) -> Device:
+    async def _proof_sender(self, pot: PoT, peer: Peer | None) -> Device:
         """The enrolled, not quarantined device that signed ``pot`` over its own
         certificate, as this process's view has it."""
         device = self.ctx.devices.get(pot.device_id)
@@ -163,7 +161,8 @@ class ProofIngestion:
         if device.quarantined:
             raise Refusal(Fault.FORBIDDEN, "quarantined", "this device is quarantined")
         # Identity and signature first: a forged message learns nothing about assignments.
-        pot.verify(device.public_key, signer_id=pot.device_id)
+        # The Ed25519 check runs on the verifier's thread, off the event loop.
+        await self.ctx.verifier.verify(pot, device.public_key, signer_id=pot.device_id)
         # Then the connection: the proof must come over this device's own certificate.
         self.ctx.check_peer(peer, pot.device_id)
         return device
@@ -191,26 +190,51 @@ class ProofIngestion:
         pot_json = json.dumps(pot.to_dict(), sort_keys=True)
         return _CheckedProof(pot, device, output, pot_json, assignment.chunks)
 
-    def _store_proof(self, db: sqlite_utils.Database, proof: _CheckedProof) -> str:
-        pot, now = proof.pot, self.ctx.clock()
-        # Only a live assignment becomes proved: quarantine and erasure (by any worker)
-        # end the device's assignments in their own commit, so a proof checked on an
-        # older view of the device is refused here.
-        if not task_rows.mark_proved(db, pot.task_id, pot.device_id):
-            raise Refusal(Fault.CONFLICT, "duplicate", "a proof for this task was already accepted")
-        proof_rows.insert_proof(
+    def _store_proofs(
+        self, db: sqlite_utils.Database, proofs: list[_CheckedProof]
+    ) -> list[str | Refusal]:
+        """Store checked proofs in the caller's transaction, set-based (one statement per
+        table for the whole batch, one settling query): per proof its task's state, or the
+        refusal of a duplicate, which stores nothing of it.
+
+        Only a live assignment becomes proved: quarantine and erasure (by any worker) end
+        the device's assignments in their own commit, so a proof checked on an older view
+        of the device is refused here, as is a second copy of a proof in the same batch."""
+        now = self.ctx.clock()
+        live = task_rows.mark_proved_many(db, [(p.pot.task_id, p.pot.device_id) for p in proofs])
+        kept: list[_CheckedProof] = []
+        for proof in proofs:
+            key = (proof.pot.task_id, proof.pot.device_id)
+            if key in live:
+                live.discard(key)
+                kept.append(proof)
+        proof_rows.insert_proofs(
             db,
-            task_id=pot.task_id,
-            device_id=pot.device_id,
-            pot=proof.pot_json,
-            signature=bytes.fromhex(pot.signature),
-            output=proof.output,
-            output_digest=pot.output_digest,
-            now=now,
-            chunks=proof.chunks,
+            [
+                (
+                    p.pot.task_id,
+                    p.pot.device_id,
+                    p.pot_json,
+                    bytes.fromhex(p.pot.signature),
+                    p.output,
+                    p.pot.output_digest,
+                    p.chunks,
+                )
+                for p in kept
+            ],
+            now,
         )
-        device_rows.count(db, pot.device_id, "completed")
-        return self.settlement.settle_task(db, pot.task_id, now)
+        device_rows.count_many(db, "completed", Counter(p.pot.device_id for p in kept))
+        states = self.settlement.settle_tasks(
+            db, list(dict.fromkeys(p.pot.task_id for p in kept)), now
+        )
+        stored = {id(p) for p in kept}
+        return [
+            states[p.pot.task_id]
+            if id(p) in stored
+            else Refusal(Fault.CONFLICT, "duplicate", "a proof for this task was already accepted")
+            for p in proofs
+        ]
 
     def _proof_accepted(self, proof: _CheckedProof, task_state: str) -> dict[str, Any]:
         """After the commit: update the in-memory view, wake the loops, and answer."""
@@ -224,7 +248,10 @@ class ProofIngestion:
             task_state,
             extra={"task_id": pot.task_id, "device_id": pot.device_id},
         )
-        self.ctx.wake_scheduler.set()
+        if self.ctx.work_waiting:
+            # The device's slot is free for waiting work. With none waiting, a round for
+            # each of thousands of proofs a second would read the open tasks for nothing.
+            self.ctx.wake_scheduler.set()
         self.ctx.unblocked += 1
         if self.ctx.unblocked >= self.ctx.config.blocks.max_receipts:
             self.ctx.wake_blocks.set()

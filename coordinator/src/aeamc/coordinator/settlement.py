@@ -41,22 +41,39 @@ class Settlement:
     def settle_task(self, db: sqlite_utils.Database, task_id: str, now: int) -> str:
         """After a proof is stored: complete the task when enough replicas agree, or mark it
         disputed (scheduling the re-execution of the differing chunks); returns its state."""
-        task = task_rows.task_row(db, task_id)
-        assert task is not None  # its proof, just stored, references it
-        digests = [
-            r["output_digest"]
-            for r in db.query(
-                "SELECT output_digest FROM proofs WHERE task_id=? AND credit != 'void'", [task_id]
-            )
-        ]
-        if len(digests) < task["replicas"]:
-            return str(task["state"])
-        if len(set(digests)) == 1:
-            task_rows.complete_task(db, task_id, digests[0], now)
-            return "completed"
-        task_rows.dispute_task(
-            db, task_id, now, f"{len(set(digests))} different outputs from {len(digests)} devices"
-        )
+        return self.settle_tasks(db, [task_id], now)[task_id]
+
+    def settle_tasks(
+        self, db: sqlite_utils.Database, task_ids: list[str], now: int
+    ) -> dict[str, str]:
+        """``settle_task`` for each of ``task_ids`` (each task once), set-based: one query
+        reads every task's live outputs and one statement completes the tasks whose
+        replicas all agree; a dispute, rare, is settled task by task. Returns each task's
+        state."""
+        states: dict[str, str] = {}
+        agreed: list[tuple[str, str]] = []
+        for row in proof_rows.live_outputs(db, task_ids):
+            task_id = row["task_id"]
+            if row["live"] < row["replicas"]:
+                states[task_id] = str(row["state"])
+            elif row["outputs"] == 1:
+                agreed.append((task_id, row["digest"]))
+                states[task_id] = "completed"
+            else:
+                self._dispute(
+                    db,
+                    task_id,
+                    f"{row['outputs']} different outputs from {row['live']} devices",
+                    now,
+                )
+                states[task_id] = "disputed"
+        task_rows.complete_tasks(db, agreed, now)
+        missing = set(task_ids) - states.keys()
+        assert not missing, f"proofs stored for unknown tasks {missing}"
+        return states
+
+    def _dispute(self, db: sqlite_utils.Database, task_id: str, detail: str, now: int) -> None:
+        task_rows.dispute_task(db, task_id, now, detail)
         # Every replica of a disputed task is spot-checked, whatever its device's record.
         for p in db.query(
             f"SELECT p.device_id, b.height AS block_height FROM proofs p "  # noqa: S608
@@ -66,7 +83,6 @@ class Settlement:
             self.schedule_dispute_check(
                 db, task_id=task_id, device_id=p["device_id"], height=p["block_height"], now=now
             )
-        return "disputed"
 
     def release_assignments(
         self, db: sqlite_utils.Database, device_id: str, state: str, reason: str

@@ -296,6 +296,16 @@ def count(db: sqlite_utils.Database, device_id: str, column: str) -> None:
     db.execute(f"UPDATE devices SET {column}={column}+1 WHERE device_id=?", [device_id])  # noqa: S608
 
 
+def count_many(db: sqlite_utils.Database, column: str, counts: dict[str, int]) -> None:
+    """Add ``counts[device_id]`` to ``column`` of each device's record, in one statement."""
+    if column not in RECORD_COLUMNS:
+        raise ValueError(f"no record column {column!r}")
+    db.conn.executemany(
+        f"UPDATE devices SET {column}={column}+? WHERE device_id=?",  # noqa: S608
+        [(n, device_id) for device_id, n in counts.items()],
+    )
+
+
 def delete_device(db: sqlite_utils.Database, device_id: str) -> None:
     """Delete a device row: only the pending sweep (SPEC §15.2) and erasure do."""
     db.execute("DELETE FROM devices WHERE device_id=?", [device_id])

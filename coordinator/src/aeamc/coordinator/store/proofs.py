@@ -67,6 +67,34 @@ def insert_proof(
     )
 
 
+def insert_proofs(db: sqlite_utils.Database, rows: list[tuple[Any, ...]], now: int) -> None:
+    """Store accepted proofs in order, unverified, in one statement: each row is
+    ``(task_id, device_id, pot, signature, output, output_digest, chunks)``."""
+    db.conn.executemany(
+        "INSERT INTO proofs (task_id, device_id, pot, signature, output, output_digest, "
+        "chunks, accepted_at) VALUES (?,?,?,?,?,?,?,?)",
+        [(*row, now) for row in rows],
+    )
+
+
+def live_outputs(db: sqlite_utils.Database, task_ids: list[str]) -> list[dict[str, Any]]:
+    """Per task of ``task_ids``: its state, its replicas, how many proofs are not void
+    (``live``), how many distinct outputs they have (``outputs``) and one of them
+    (``digest``), in one query."""
+    if not task_ids:
+        return []
+    marks = ",".join("?" * len(task_ids))
+    return list(
+        db.query(
+            "SELECT t.task_id, t.state, t.replicas, COUNT(p.task_id) AS live, "  # noqa: S608
+            "COUNT(DISTINCT p.output_digest) AS outputs, MIN(p.output_digest) AS digest "
+            "FROM tasks t LEFT JOIN proofs p ON p.task_id = t.task_id AND p.credit != 'void' "
+            f"WHERE t.task_id IN ({marks}) GROUP BY t.task_id",
+            task_ids,
+        )
+    )
+
+
 def verify_credit(db: sqlite_utils.Database, task_id: str, device_id: str) -> None:
     """An unverified proof whose check passed becomes verified."""
     db.execute(

@@ -183,6 +183,14 @@ def complete_task(
     )
 
 
+def complete_tasks(db: sqlite_utils.Database, done: list[tuple[str, str]], now: int) -> None:
+    """``complete_task`` for each ``(task_id, digest)`` in ``done``, in one statement."""
+    db.conn.executemany(
+        "UPDATE tasks SET state='completed', output_digest=?, completed_at=? WHERE task_id=?",
+        [(digest, now, task_id) for task_id, digest in done],
+    )
+
+
 def dispute_task(db: sqlite_utils.Database, task_id: str, now: int, detail: str) -> None:
     """Mark a task whose live proofs disagree as disputed."""
     db.execute(
@@ -283,6 +291,30 @@ def mark_proved(db: sqlite_utils.Database, task_id: str, device_id: str) -> bool
         [task_id, device_id],
     )
     return bool(cur.rowcount == 1)
+
+
+def mark_proved_many(
+    db: sqlite_utils.Database, keys: list[tuple[str, str]]
+) -> set[tuple[str, str]]:
+    """``mark_proved`` for each ``(task_id, device_id)`` in ``keys``, in one statement per
+    device (a batch comes from one); returns the keys whose assignment was live (the
+    others are duplicates)."""
+    by_device: dict[str, list[str]] = {}
+    for task_id, device_id in keys:
+        by_device.setdefault(device_id, []).append(task_id)
+    live: set[tuple[str, str]] = set()
+    for device_id, task_ids in by_device.items():
+        marks = ",".join("?" * len(task_ids))
+        # The device and the task list reach the primary key; a row-value IN over both
+        # columns is planned as a scan of every live assignment instead.
+        cur = db.conn.execute(
+            "UPDATE assignments SET state='proved' "  # noqa: S608
+            f"WHERE device_id=? AND task_id IN ({marks}) AND state IN ('offered','accepted') "
+            "RETURNING task_id",
+            [device_id, *task_ids],
+        )
+        live.update((row[0], device_id) for row in cur.fetchall())
+    return live
 
 
 def expire(db: sqlite_utils.Database, task_id: str, device_id: str, reason: str) -> None:
