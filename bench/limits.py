@@ -9,35 +9,44 @@ target was missed in the run being reported.
 """
 
 INGESTION = """
-**What limits it.** The cores, and the Python around each signature. Per batched proof the
-coordinator's event loop spends about 156 µs in the handlers (py-spy; decoding and
-schema 35, the signature check, the commitment checks, the stored PoT's JSON), and the
-writer thread six SQL statements in a savepoint plus its share of the group commit; with
-TLS, HTTP and the answer that is about 0.6 ms of CPU per proof, against ~60 µs for the
-Ed25519 verification that is the reference's unit. The coordinator runs one worker
-process per core (SPEC §16), each doing its own connections' TLS, parsing and checks, so
-the work is no longer bound to one core — but this machine has two, and the load
-generator needs a large share of them: the workers' CPU above is what was left. At 0.6 ms
-per proof two whole cores would give ~3,300 proofs/s, about 0.11 of the reference; the
-target asks for five times less work per proof than that.
+**What limits it.** The cores, and the Python and SQLite work around each signature.
+Per batched proof (py-spy over the batched rounds, one worker process:
+`python -m bench.ingest --workers 1 --spy DIR 3`) the event loop spends about 260 µs —
+TLS, sockets and aiohttp ~70, decoding and schema ~35, the front layer ~45, the handlers'
+own logic the rest — and the other threads about 600 µs of samples: SQLite ~450 (the
+batch's own statements, now set-based, ~240; the scheduler's read of the open tasks at
+each tick ~130, as it re-counts the live assignments of every running task — 12,000 in
+this benchmark; the assignment reads before the checks the rest), the Ed25519 checks
+~160 and the output and trace checks. That is about 0.6 ms of CPU per proof against
+~60 µs for the Ed25519 verification that is the reference's unit. The coordinator runs
+one worker process per core (SPEC §16), each doing its own connections' TLS, parsing and
+checks, so the work is no longer bound to one core — but this machine has two, and the
+load generator needs a large share of them: the workers' CPU above is what was left. At
+0.6 ms per proof two whole cores would give ~3,300 proofs/s, about 0.11–0.15 of the
+reference; the target asks for five times less work per proof than that.
 
-**What would close it.** Less Python per proof: set-based SQL for a batch (one
-`executemany` per statement and one settling query for the whole batch instead of six
-statements per proof, which also takes work off the GIL the event loop shares with the
-writer), the canonical form of a PoT built once for the signature check and storage, and
-the HTTP/TLS front in compiled code. The reference grows with cores and so do the
-workers; on a machine where the load generator does not share the coordinator's cores
-the ratio rises with them.
+**What would close it.** Less work per proof, where the profile puts it: a scheduler
+that reads only the tasks still short of devices (a live-assignment count kept on the
+task row, or an index on it) instead of re-counting every running task at each tick; the
+assignment rows read in one query per batch; the HTTP/TLS front in compiled code. Set-based
+SQL for a batch (one statement per table instead of six per proof) is in place and did not
+move the figure: the statements' time is SQLite's own (index and trigger work per row),
+not the Python around them. The reference grows with cores and so do the workers; on a
+machine where the load generator does not share the coordinator's cores the ratio rises
+with them.
 """
 
 FLEET = """
 **What limits it.** One heartbeat costs the coordinator {ms_lo}–{ms_hi} ms of CPU in this run
-(the table's "ms per heartbeat", summed over its worker processes). On the event loop a
-heartbeat now takes about 0.39 ms (py-spy, 3,000 devices: TLS records 66 µs, the socket
-61, aiohttp 95, asyncio 40, canonical JSON 33, decoding 28, the front layer 22, EPS 5);
-the rest is the SQLite writer (one `UPDATE`, one `INSERT`, the change log's trigger row and
-the group commit), the Ed25519 check and, with several workers, each worker following
-the others' device changes. {devices} devices offer {offered} heartbeats/s, which needs
+(the table's "ms per heartbeat", summed over its worker processes). With one worker
+process a heartbeat costs 1.1–1.5 ms of CPU (four runs of 3,000 devices, median 1.36 ms);
+on the event loop, by py-spy's samples (medians of the four): aiohttp 154 µs, sockets
+and asyncio 152, TLS 109, the handlers' logic 74, decoding, schema and canonical form
+50, the front layer, metrics and logs 46, JSON 40, the Ed25519 hand-off 21; off the loop
+the SQLite writer (one `UPDATE`, one `INSERT`, the change log's trigger row: 116 µs of
+samples, and the group commit's fsync, which does not hold the GIL) and the Ed25519
+check (115). With several workers each also follows the others' device changes: two
+workers spent 1.58 ms of CPU per heartbeat where one spent 1.07 in the same minutes. {devices} devices offer {offered} heartbeats/s, which needs
 ~{cores_lo}–{cores_hi} cores; the coordinator's workers used {cpu} cores and accepted
 {accepted} heartbeats/s, sharing the machine's two cores with the load generator, which
 needs about 0.4 ms of CPU per heartbeat of its own (TLS, JSON, an Ed25519 signature each).
@@ -187,9 +196,10 @@ figures move, the direction and size of each change did not.
 | each TLS connection's read buffer bounded at 32 KiB instead of asyncio's 256 KiB | coordinator RSS with 10,000 devices connected 3,148 → 945 MB |
 | `aeamc-agent run` reaches the launcher without the command-line module (no HTTP client, signatures, certificates or telemetry in it); the daemon runs TUF checks and certificate work in helper processes and loads zeroconf only with mDNS | idle agent RSS (launcher + daemon) 113.8 → 60.5 MB, 1.98 → 1.04 × the dependencies-only process (launcher 51.3 → 16.6 MB, daemon 62.6 → 43.9 MB; PSS 39.7 MB) |
 | the agent keeps its connection to the coordinator open past its longest heartbeat gap (it was aiohttp's 15 s, under the 30-s interval) | 6,337 → 926 bytes on the wire per heartbeat; no new TLS connection per heartbeat |
-| heartbeats and proofs decoded into their models by compiled msgspec decoders when valid (anything else goes through the strict parser, which refuses it as before); the five middlewares merged into one layer that no longer copies the request; exact EPS over a per-configuration common denominator; models serialised from a per-class member list | event loop per heartbeat (py-spy, 3,000 devices, TLS handshakes apart) 605 → 389 µs: JSON and schema 66 → 28, middlewares 80 → 22, EPS 18 → 5, canonical JSON 38 → 33; per proof in the handlers: single 1,206 → 708 µs, batched 354 → 156 µs; batched ingestion 1,250 → 1,600 proofs/s |
+| heartbeats and proofs decoded into their models by compiled msgspec decoders when valid (anything else goes through the strict parser, which refuses it as before); the five middlewares merged into one layer that no longer copies the request; exact EPS over a per-configuration common denominator; models serialised from a per-class member list | event loop per heartbeat (py-spy, 3,000 devices, TLS handshakes apart) 605 → 389 µs: JSON and schema 66 → 28, middlewares 80 → 22, EPS 18 → 5, canonical JSON 38 → 33; per proof in the handlers: single 1,206 → 708 µs, batched 354 → 156 µs; batched ingestion 1,250 → 1,600 proofs/s; single runs: four interleaved pairs of 3,000-device runs later (66bcaef against the code with worker processes, one worker) gave the same medians before and after, 697 and 696 µs on the loop and 1.35 and 1.36 ms of CPU per heartbeat, each code spreading 464–1,101 µs between runs, so this row's heartbeat figures are within this machine's noise |
 | one worker process per core sharing the port (`SO_REUSEPORT`), the store deciding replays and duplicates, one leader (SPEC §16) | 5,000 devices at 5 s (1,000 heartbeats/s offered): 626 → 1,009 accepted/s, coordinator 1.06 → 1.34 cores (0.68 + 0.66); batched ingestion 1,699 → 1,780 proofs/s (0.69 + 0.58 cores): the load generator holds the rest of the two cores |
 | load shedding on how long requests wait (`server.max_queue_delay_ms`: the event loop's lateness, or the heartbeats' standing delay), not only on requests in flight; the benchmark's devices send their first heartbeat as they connect, as agents do (before, thousands of connections opened early sat idle past `server.header_timeout_s`, were closed, and reconnected together) | `make bench`, 10,000 devices, two workers: errors 9,508 → 0, p99 23.9 → 3.9 s (32,352 heartbeats shed with `Retry-After` instead); 5,000 devices: accepted 662 → 925 of 1,000 heartbeats/s, p99 10.2 → 0.58 s, errors 111 → 0 |
+| a batch of proofs stored set-based (one `UPDATE` per device, one `INSERT`, one record count and one settling query per batch, instead of six statements in a savepoint per proof); a batch's signatures checked together on the verifier's thread, off the event loop; an accepted proof wakes the scheduler only when tasks wait for devices | per batched proof, one worker (py-spy, the same minutes, 66bcaef → this code): event loop 393 → 263 µs (Ed25519 75 → 4, the handlers' logic 129 → 52); the writer's statements and settling 248 → 237 µs, unchanged within noise; 1,231 → 1,455 proofs/s with the reference at 22,238 and 17,999/s |
 """
 
 HOW_TO_PROFILE = """## How these figures are taken, and how to profile
@@ -201,6 +211,13 @@ HOW_TO_PROFILE = """## How these figures are taken, and how to profile
   `python -m bench.ingest 1 /tmp/ingest.prof` (the second argument runs the coordinator
   under cProfile and writes its profile there), `python -m bench.blocks 10000`,
   `python -m bench.latency 40`, `python -m bench.wasm` (`--quick` for the tiny sizes).
+- Sampling profiles by stage: `python -m bench.fleet --workers 1 --profile DIR 3000` and
+  `python -m bench.ingest --workers 1 --spy DIR 3` sample every coordinator process with
+  py-spy and print the microseconds per heartbeat or per batched proof by stage (TLS,
+  HTTP, decoding, Ed25519, SQLite …), on the event loop and on other threads
+  (`bench/spy.py`). py-spy counts a thread that is ready but waiting for a core as
+  running, so on a busy machine every stage grows: compare runs made in the same minutes,
+  several of each, interleaved.
 - `bench/transport.py` is the one place the benchmarks' transport (URL scheme, TLS
   contexts, client certificates, the daemons' transport settings) is chosen.
 """
