@@ -292,6 +292,7 @@ def test_tampered_package_is_refused(update_fleet: Fleet) -> None:
         assert not (a.state_dir / "releases" / TAMPERED).exists()
     _wait_for_reports(update_fleet, TAMPERED, refused)
     detail = update_fleet.detail(TAMPERED)
+    assert {r["device_id"] for r in detail["reports"]} == refused
     assert {r["outcome"] for r in detail["reports"]} == {"refused"}
     assert "failed" in detail["halt_reason"]
 
