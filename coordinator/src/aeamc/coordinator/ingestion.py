@@ -229,12 +229,7 @@ class ProofIngestion:
             db, list(dict.fromkeys(p.pot.task_id for p in kept)), now
         )
         stored = {id(p) for p in kept}
-        return [
-            states[p.pot.task_id]
-            if id(p) in stored
-            else Refusal(Fault.CONFLICT, "duplicate", "a proof for this task was already accepted")
-            for p in proofs
-        ]
+        return [states[p.pot.task_id] if id(p) in stored else _not_live(db, p.pot) for p in proofs]
 
     def _proof_accepted(self, proof: _CheckedProof, task_state: str) -> dict[str, Any]:
         """After the commit: update the in-memory view, wake the loops, and answer."""
@@ -261,3 +256,15 @@ class ProofIngestion:
             "status": "accepted",
             "task_state": task_state,
         }
+
+
+def _not_live(db: sqlite_utils.Database, pot: PoT) -> Refusal:
+    """The refusal of a proof whose assignment was no longer live when it was stored: a
+    duplicate when it is proved (by this batch or an earlier one), else what it became
+    since it was read (lost to a quarantine, expired) or gone, as ``_check_proof`` says it."""
+    row = task_rows.assignment_row(db, pot.task_id, pot.device_id)
+    if row is None:
+        return Refusal(Fault.GONE, "unknown_assignment", "no such assignment for this device")
+    if row["state"] == "proved":
+        return Refusal(Fault.CONFLICT, "duplicate", "a proof for this task was already accepted")
+    return Refusal(Fault.GONE, "assignment_expired", f"the assignment is {row['state']}")
