@@ -194,8 +194,8 @@ class ProofIngestion:
         self, db: sqlite_utils.Database, proofs: list[_CheckedProof]
     ) -> list[str | Refusal]:
         """Store checked proofs in the caller's transaction, set-based (one statement per
-        table for the whole batch, one settling query): per proof its task's state, or the
-        refusal of a duplicate, which stores nothing of it.
+        table for the whole batch, one settling query): per proof its task's state, or its
+        refusal (a duplicate, an assignment no longer live), which stores nothing of it.
 
         Only a live assignment becomes proved: quarantine and erasure (by any worker) end
         the device's assignments in their own commit, so a proof checked on an older view

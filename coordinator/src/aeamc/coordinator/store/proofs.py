@@ -47,26 +47,6 @@ CHECK_ALL_SQL = (
 # -- proofs ------------------------------------------------------------------------------
 
 
-def insert_proof(
-    db: sqlite_utils.Database,
-    *,
-    task_id: str,
-    device_id: str,
-    pot: str,
-    signature: bytes,
-    output: bytes,
-    output_digest: str,
-    now: int,
-    chunks: int,
-) -> None:
-    """Store an accepted proof, unverified (its seq places it after every earlier one)."""
-    db.execute(
-        "INSERT INTO proofs (task_id, device_id, pot, signature, output, output_digest, "
-        "accepted_at, chunks) VALUES (?,?,?,?,?,?,?,?)",
-        [task_id, device_id, pot, signature, output, output_digest, now, chunks],
-    )
-
-
 def insert_proofs(db: sqlite_utils.Database, rows: list[tuple[Any, ...]], now: int) -> None:
     """Store accepted proofs in order, unverified, in one statement: each row is
     ``(task_id, device_id, pot, signature, output, output_digest, chunks)``."""

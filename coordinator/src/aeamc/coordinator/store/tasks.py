@@ -283,22 +283,12 @@ def refuse_offer(db: sqlite_utils.Database, task_id: str, device_id: str, reason
     return bool(cur.rowcount)
 
 
-def mark_proved(db: sqlite_utils.Database, task_id: str, device_id: str) -> bool:
-    """A live assignment got its proof; False when it was not live (a duplicate)."""
-    cur = db.execute(
-        "UPDATE assignments SET state='proved' WHERE task_id=? AND device_id=? "
-        "AND state IN ('offered','accepted')",
-        [task_id, device_id],
-    )
-    return bool(cur.rowcount == 1)
-
-
 def mark_proved_many(
     db: sqlite_utils.Database, keys: list[tuple[str, str]]
 ) -> set[tuple[str, str]]:
-    """``mark_proved`` for each ``(task_id, device_id)`` in ``keys``, in one statement per
-    device (a batch comes from one); returns the keys whose assignment was live (the
-    others are duplicates)."""
+    """Mark the live assignments among ``keys`` (``(task_id, device_id)``) proved, in one
+    statement per device (a batch comes from one); returns the keys that were live. Only
+    a live assignment becomes proved: a proof for any other is refused by the caller."""
     by_device: dict[str, list[str]] = {}
     for task_id, device_id in keys:
         by_device.setdefault(device_id, []).append(task_id)
