@@ -212,7 +212,7 @@ async def test_a_proof_from_a_device_quarantined_a_moment_ago_is_refused_by_ever
             await asyncio.sleep(0.1)
         assert [len(d.assignments) for d in devices] == [1] * len(devices), (
             [len(d.assignments) for d in devices],
-            coord.log.read_text()[-3000:] if coord.log else "",
+            coord.log_text()[-3000:],
         )
         for d in devices:
             (assignment,) = d.assignments
@@ -316,12 +316,6 @@ async def test_another_local_user_cannot_use_the_relay_socket(tmp_path: Path) ->
         assert first_line.startswith(b"HTTP/1.1 403"), first_line
     finally:
         coord.stop()
-
-
-def _log(coord: CoordinatorProcess) -> str:
-    """What the supervisor and its workers logged."""
-    assert coord.log is not None
-    return coord.log.read_text(errors="replace")
 
 
 def _held_lock(coord: CoordinatorProcess) -> LeaderLock:
@@ -471,10 +465,10 @@ async def test_a_worker_that_cannot_take_over_frees_the_lock(tmp_path: Path) -> 
         # A worker takes the lock, fails and gives it up; one that takes it next fails too.
         failed = "starting the leader's duties failed"
         for _ in range(300):
-            if _log(coord).count(failed) >= 2:
+            if coord.log_text().count(failed) >= 2:
                 break
             await asyncio.sleep(0.1)
-        assert _log(coord).count(failed) >= 2
+        assert coord.log_text().count(failed) >= 2
         # No worker ended: devices are served all along, relayed routes wait for a leader.
         assert {w.pid for w in _workers(coord)} == pids
         status, body, _ = await _relayed_status(coord)

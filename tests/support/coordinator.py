@@ -143,6 +143,11 @@ class CoordinatorProcess(DaemonFolder):
         """The command line of ``aeamc-coordinator run`` on this configuration."""
         return [sys.executable, "-m", self.daemon_module, "--config", str(self.config_path), "run"]
 
+    def log_text(self) -> str:
+        """What this run of the coordinator (the supervisor and its workers) logged so far;
+        empty before it is started."""
+        return self.log.read_text(errors="replace") if self.log is not None else ""
+
     def start(self, timeout: float = 30) -> None:
         """Runs :meth:`run_command`; returns once the coordinator has written its port."""
         port_file = self.state_dir / "coordinator.port"

@@ -123,14 +123,14 @@ def test_an_update_waits_for_the_running_task(device) -> None:  # type: ignore[n
             coord.request("GET", f"/v1/tasks/{task_id}", token=coord.token("client"))[1]["state"]
         )
 
-    try:
-        wait_for(lambda: task_state() == "completed", 60)
-    except AssertionError as exc:  # what both sides said, for a failure on a busy host
-        coordinator_log = coord.log.read_text(errors="replace")[-4000:] if coord.log else ""
-        raise AssertionError(
-            f"{exc}; task {task_state()}\ncoordinator:\n{coordinator_log}\n"
+    wait_for(
+        lambda: task_state() == "completed",
+        60,
+        explain=lambda: (  # what both sides said, for a failure on a busy host
+            f"task {task_state()}\ncoordinator:\n{coord.log_text()[-4000:]}\n"
             f"agent:\n{agent.log_text()[-4000:]}"
-        ) from None
+        ),
+    )
     log = agent.log_text()
     finished = log.index(f"task {task_id} done")
     restarted = log.index(f"release {GOOD} installed; restarting into it")

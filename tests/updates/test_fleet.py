@@ -256,16 +256,15 @@ def _wait_for_reports(update_fleet: Fleet, version: str, devices: set[str]) -> N
     def missing() -> set[str]:
         return devices - {r["device_id"] for r in update_fleet.detail(version)["reports"]}
 
-    try:
-        wait_for(lambda: not missing(), 30)
-    except AssertionError as exc:
+    def explain() -> str:
         silent = next(a for a in update_fleet.agents if a.device_id in missing())
-        log = update_fleet.coord.log
-        raise AssertionError(
-            f"{exc}: no report from {sorted(missing())}\ncoordinator:\n"
-            f"{log.read_text(errors='replace')[-4000:] if log else ''}\n"
+        return (
+            f"no report from {sorted(missing())}\n"
+            f"coordinator:\n{update_fleet.coord.log_text()[-4000:]}\n"
             f"agent {silent.device_id}:\n{silent.log_text()[-4000:]}"
-        ) from None
+        )
+
+    wait_for(lambda: not missing(), 30, explain=explain)
 
 
 def test_tampered_package_is_refused(update_fleet: Fleet) -> None:
