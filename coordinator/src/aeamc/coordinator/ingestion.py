@@ -170,12 +170,10 @@ class ProofIngestion:
     def _check_proof(
         self, data: Any, pot: PoT, device: Device, row: dict[str, Any] | None
     ) -> _CheckedProof:
-        if row is None:
-            raise Refusal(Fault.GONE, "unknown_assignment", "no such assignment for this device")
-        if row["state"] == "proved":
-            raise Refusal(Fault.CONFLICT, "duplicate", "a proof for this task was already accepted")
-        if row["state"] not in ("offered", "accepted"):
-            raise Refusal(Fault.GONE, "assignment_expired", f"the assignment is {row['state']}")
+        refusal = _not_live(row)
+        if refusal is not None:
+            raise refusal
+        assert row is not None
         assignment = parse(Assignment, json.loads(row["message"]))
         output = bytes.fromhex(data["output"])
         verify_pot(
@@ -202,12 +200,12 @@ class ProofIngestion:
         of the device is refused here, as is a second copy of a proof in the same batch."""
         now = self.ctx.clock()
         live = task_rows.mark_proved_many(db, [(p.pot.task_id, p.pot.device_id) for p in proofs])
-        kept: list[_CheckedProof] = []
+        marked: list[bool] = []  # per proof: its assignment was marked proved (once per key)
         for proof in proofs:
             key = (proof.pot.task_id, proof.pot.device_id)
-            if key in live:
-                live.discard(key)
-                kept.append(proof)
+            marked.append(key in live)
+            live.discard(key)
+        kept = [p for p, ok in zip(proofs, marked, strict=True) if ok]
         proof_rows.insert_proofs(
             db,
             [
@@ -228,8 +226,10 @@ class ProofIngestion:
         states = self.settlement.settle_tasks(
             db, list(dict.fromkeys(p.pot.task_id for p in kept)), now
         )
-        stored = {id(p) for p in kept}
-        return [states[p.pot.task_id] if id(p) in stored else _not_live(db, p.pot) for p in proofs]
+        return [
+            states[p.pot.task_id] if ok else _refusal_now(db, p.pot)
+            for p, ok in zip(proofs, marked, strict=True)
+        ]
 
     def _proof_accepted(self, proof: _CheckedProof, task_state: str) -> dict[str, Any]:
         """After the commit: update the in-memory view, wake the loops, and answer."""
@@ -258,13 +258,23 @@ class ProofIngestion:
         }
 
 
-def _not_live(db: sqlite_utils.Database, pot: PoT) -> Refusal:
-    """The refusal of a proof whose assignment was no longer live when it was stored: a
-    duplicate when it is proved (by this batch or an earlier one), else what it became
-    since it was read (lost to a quarantine, expired) or gone, as ``_check_proof`` says it."""
-    row = task_rows.assignment_row(db, pot.task_id, pot.device_id)
+def _not_live(row: dict[str, Any] | None) -> Refusal | None:
+    """Why a proof for the assignment ``row`` (None: there is none) cannot be taken, or
+    None when the assignment is live: the one judgement of the assignment, whether read
+    before the checks or again when storing found it no longer live."""
     if row is None:
         return Refusal(Fault.GONE, "unknown_assignment", "no such assignment for this device")
     if row["state"] == "proved":
         return Refusal(Fault.CONFLICT, "duplicate", "a proof for this task was already accepted")
-    return Refusal(Fault.GONE, "assignment_expired", f"the assignment is {row['state']}")
+    if row["state"] not in ("offered", "accepted"):
+        return Refusal(Fault.GONE, "assignment_expired", f"the assignment is {row['state']}")
+    return None
+
+
+def _refusal_now(db: sqlite_utils.Database, pot: PoT) -> Refusal:
+    """The refusal of a proof whose assignment was not live when it was stored: proved
+    (by this batch or an earlier one), or what it became since it was read (lost to a
+    quarantine, expired) or gone."""
+    refusal = _not_live(task_rows.assignment_row(db, pot.task_id, pot.device_id))
+    assert refusal is not None  # it was not live in this same transaction
+    return refusal

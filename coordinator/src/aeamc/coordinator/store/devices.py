@@ -291,9 +291,7 @@ def quarantine(db: sqlite_utils.Database, device_id: str, reason: str) -> None:
 
 def count(db: sqlite_utils.Database, device_id: str, column: str) -> None:
     """Add one to ``column`` of the device's record (one of ``RECORD_COLUMNS``)."""
-    if column not in RECORD_COLUMNS:
-        raise ValueError(f"no record column {column!r}")
-    db.execute(f"UPDATE devices SET {column}={column}+1 WHERE device_id=?", [device_id])  # noqa: S608
+    count_many(db, column, {device_id: 1})
 
 
 def count_many(db: sqlite_utils.Database, column: str, counts: dict[str, int]) -> None:

@@ -171,10 +171,7 @@ def complete_task(
 ) -> None:
     """Complete a task with the output ``digest`` (``detail``: why, replacing the last)."""
     if detail is None:
-        db.execute(
-            "UPDATE tasks SET state='completed', output_digest=?, completed_at=? WHERE task_id=?",
-            [digest, now, task_id],
-        )
+        complete_tasks(db, [(task_id, digest)], now)
         return
     db.execute(
         "UPDATE tasks SET state='completed', output_digest=?, completed_at=?, detail=? "
