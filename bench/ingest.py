@@ -13,6 +13,7 @@ that), so a round times ingestion alone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -132,13 +133,12 @@ def _measure(
             refs.append(reference_rate(reference_s))
             one = procs.command(gen, f"single {per_run} {concurrency}", "single round")
             before, t0 = procs.cpu_by_process(pid), time.monotonic()
+            sampled = contextlib.nullcontext()
             if spy_dir is not None:
                 samples.append(spy_dir / f"batch-{i}.txt")
-                sampler = spy.record(pid, None, samples[-1])
-                time.sleep(0.5)  # py-spy attached to every worker before the round
-            many = procs.command(gen, f"batch {per_run} {batch} {concurrency}", "batch round")
-            if spy_dir is not None:
-                spy.stop(sampler)
+                sampled = spy.sampling(pid, samples[-1])
+            with sampled:
+                many = procs.command(gen, f"batch {per_run} {batch} {concurrency}", "batch round")
             for name, cores in procs.cores_since(before, t0, pid).items():
                 cpu.setdefault(name, []).append(cores)
             for got, out in ((one, single), (many, batched)):

@@ -11,11 +11,14 @@ window; ``python -m bench.spy FILE`` prints the summary of a profile taken that 
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,10 +91,17 @@ def record(pid: int, seconds: float | None, out: Path) -> subprocess.Popen[bytes
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def stop(sampler: subprocess.Popen[bytes]) -> None:
-    """End a recording started without a duration; py-spy writes its profile on SIGINT."""
-    sampler.send_signal(signal.SIGINT)
-    sampler.wait(timeout=60)
+@contextlib.contextmanager
+def sampling(pid: int, out: Path) -> Iterator[None]:
+    """Sample ``pid`` and its children into ``out`` for as long as the block runs; py-spy
+    writes its profile when it is interrupted."""
+    sampler = record(pid, None, out)
+    time.sleep(0.5)  # attached to every process before the block starts
+    try:
+        yield
+    finally:
+        sampler.send_signal(signal.SIGINT)
+        sampler.wait(timeout=60)
 
 
 @dataclass(frozen=True)
@@ -108,21 +118,32 @@ class Summary:
         return self.loop_samples / (self.seconds * RATE_HZ)
 
 
+def _samples(paths: Path | list[Path]) -> Iterator[tuple[str, bool, int]]:
+    """Each non-waiting sample of raw py-spy profiles (a missing file has none): its
+    innermost frame, whether it was on the event loop's thread, and its count."""
+    for path in [paths] if isinstance(paths, Path) else paths:
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not stack or not count.isdigit():
+                continue
+            frames = stack.split(";")
+            if frames[-1].startswith(_IDLE):
+                continue
+            on_loop = not any(f.startswith(_THREAD_ROOTS) for f in frames)
+            yield frames[-1], on_loop, int(count)
+
+
 def summarize(path: Path, seconds: float, top: int = 25) -> Summary:
     """Self time by innermost frame, for the loop thread, waiting left out."""
     loop: Counter[str] = Counter()
     threads = 0
-    for line in path.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        frames = stack.split(";")
-        if frames[-1].startswith(_IDLE):
-            continue
-        if any(f.startswith(_THREAD_ROOTS) for f in frames):
-            threads += int(count)
+    for frame, on_loop, count in _samples(path):
+        if on_loop:
+            loop[frame] += count
         else:
-            loop[frames[-1]] += int(count)
+            threads += count
     total = sum(loop.values())
     shares = [(n / total, frame) for frame, n in loop.most_common(top)] if total else []
     return Summary(seconds, total, threads, shares)
@@ -147,22 +168,10 @@ def stages(paths: Path | list[Path], requests: int) -> dict[str, dict[str, float
     the cost per request of the whole coordinator. Waiting is left out (``_IDLE``)."""
     per_sample_us = 1e6 / RATE_HZ / max(requests, 1)
     out: dict[str, dict[str, float]] = {}
-    lines = [line for p in ([paths] if isinstance(paths, Path) else paths) for line in _lines(p)]
-    for line in lines:
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        frames = stack.split(";")
-        if frames[-1].startswith(_IDLE):
-            continue
-        where = "threads" if any(f.startswith(_THREAD_ROOTS) for f in frames) else "loop"
-        row = out.setdefault(stage_of(frames[-1]), {"loop": 0.0, "threads": 0.0})
-        row[where] += int(count) * per_sample_us
+    for frame, on_loop, count in _samples(paths):
+        row = out.setdefault(stage_of(frame), {"loop": 0.0, "threads": 0.0})
+        row["loop" if on_loop else "threads"] += count * per_sample_us
     return dict(sorted(out.items(), key=lambda kv: -(kv[1]["loop"] + kv[1]["threads"])))
-
-
-def _lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
 
 
 def render_stages(table: dict[str, dict[str, float]]) -> str:
