@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from aeamc.shared import microblock, spotcheck
+from aeamc.shared.identity import SigningKey, sign_message
 from tests.support.coordinator import CoordinatorProcess
 from tests.support.device import SimDevice
 
@@ -225,11 +226,15 @@ async def test_proof_batch_judges_each_proof_alone_in_one_commit(
         good_a, good_b = device.proof_for(a), device.proof_for(b)
         forged = device.proof_for(b)
         forged["pot"] = {**forged["pot"], "signature": "00" * 64}
+        # Signed, but by another key than the device's, under the device's id.
+        other_key = SigningKey.from_seed(b"\x07" * 32)
+        impostor = device.proof_for(b)
+        impostor["pot"] = sign_message(impostor["pot"], other_key)
         # A malformed submission makes the whole batch malformed: refused, nothing judged.
         malformed = {"proofs": [good_a, {"pot": {}, "output": "zz"}, good_b]}
         status, body = await device.post("/v1/proofs/batch", malformed)
         assert (status, body["error"]["field"]) == (400, "proofs[1].output"), body
-        batch = {"proofs": [good_a, good_b, good_a, forged]}
+        batch = {"proofs": [good_a, good_b, good_a, forged, impostor]}
         status, body = await device.post("/v1/proofs/batch", batch)
         assert status == 200, body
         got = [(r["status"], r.get("error", {}).get("code")) for r in body["results"]]
@@ -237,6 +242,7 @@ async def test_proof_batch_judges_each_proof_alone_in_one_commit(
             (202, None),
             (202, None),
             (409, "duplicate"),
+            (401, "bad_signature"),
             (401, "bad_signature"),
         ]
         assert body["results"][0]["body"]["task_state"] == "completed"
