@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support import stores
 
 VECTORS_PATH = Path(__file__).parent / "vectors" / "v1.json"
 TESTS = Path(__file__).parent
@@ -59,6 +62,22 @@ LONGEST_FIRST: tuple[str, ...] = (
 )
 
 
+#: Tests that run once per store, SQLite then PostgreSQL (``store``): the coordinator's
+#: store, service and end-to-end tests, by path below tests/. Tests that read or copy the
+#: SQLite file themselves, or test SQLite's own machinery, run on SQLite only.
+BOTH_STORES: tuple[str, ...] = (
+    "coordinator/test_attached_unit.py",
+    "coordinator/test_content_unit.py",
+    "coordinator/test_devices_unit.py",
+    "coordinator/test_ingestion_unit.py",
+    "coordinator/test_placement.py",
+    "coordinator/test_progress_unit.py",
+    "coordinator/test_scheduler_unit.py",
+    "coordinator/test_spotchecks_unit.py",
+    "coordinator/test_store_on_both.py",
+)
+
+
 def _where(nodeid: str) -> str:
     """A test id's path below tests/ (ids are relative to the repository root)."""
     return nodeid.split("::", 1)[0].removeprefix("tests/")
@@ -95,6 +114,22 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             return worker_group(nodeid)
 
     return GroupScheduling(config, log)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run the ``BOTH_STORES`` tests once per store (module-scoped, so a module's shared
+    coordinator is started once per store, after the store is chosen)."""
+    if any(_where(metafunc.definition.nodeid).startswith(p) for p in BOTH_STORES):
+        metafunc.parametrize("store", stores.STORES, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def store(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The store the coordinators of these tests use (``tests/support/stores.py``)."""
+    wanted = getattr(request, "param", stores.current())
+    before = stores.select(wanted)
+    yield wanted
+    stores.select(before)
 
 
 @pytest.fixture(scope="session")

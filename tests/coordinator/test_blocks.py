@@ -20,7 +20,7 @@ from aeamc.coordinator.db import Database, connect
 from aeamc.coordinator.membership import height_of
 from aeamc.coordinator.schema import MIGRATIONS
 from aeamc.coordinator.service import Coordinator
-from aeamc.coordinator.store.proofs import CHECK_ALL_SQL
+from aeamc.coordinator.store.proofs import check_all_sql
 from aeamc.shared import microblock, proofs, spotcheck
 from aeamc.shared.identity import SigningKey
 from aeamc.shared.lifecycle import TASK_LIFECYCLE
@@ -194,7 +194,7 @@ async def test_v6_to_v7_keeps_every_receipt_in_its_block_and_the_chain_goes_on(
         assert derived == heights  # exactly, the waiting ones included (None)
         assert c.execute("SELECT indices FROM spot_checks").fetchall() == [("[3, 1]",)]
         # Forming a block reads the narrow index, never the proof rows with PoT and output.
-        for sql, args in ((RECEIPTS_SQL, [0, 10]), (CHECK_ALL_SQL, [0, 0, 0, 1, 2, "[]"])):
+        for sql, args in ((RECEIPTS_SQL, [0, 10]), (check_all_sql(1), [0, 0, 0, 1, 2, "d"])):
             plan = " ".join(r[3] for r in c.execute(f"EXPLAIN QUERY PLAN {sql}", args))
             assert "USING COVERING INDEX proofs_receipts" in plan, plan
         _check_membership(c)

@@ -4,7 +4,6 @@ or expire the assignment in between)."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import pytest
 from aeamc.coordinator.config import SchedulerConfig
 from aeamc.coordinator.store import tasks as task_rows
 from aeamc.shared.refusals import Refusal
+from tests.support import stores
 from tests.support.inprocess import Fleet, LinkedDevice
 
 
@@ -32,12 +32,12 @@ def _ending_after_check(fleet: Fleet, task_id: str, device_id: str, state: str) 
     def checked_then_ended(*args: Any) -> Any:
         out = check(*args)
         if args[1].task_id == task_id:
-            with sqlite3.connect(fleet.c.db.path) as other:
-                other.execute(
-                    "UPDATE assignments SET state=?, reason='ended by another worker' "
-                    "WHERE task_id=? AND device_id=?",
-                    [state, task_id, device_id],
-                )
+            stores.execute_elsewhere(
+                fleet.c.db,
+                "UPDATE assignments SET state=?, reason='ended by another worker' "
+                "WHERE task_id=? AND device_id=?",
+                [state, task_id, device_id],
+            )
         return out
 
     fleet.c.ingestion._check_proof = checked_then_ended  # type: ignore[method-assign]

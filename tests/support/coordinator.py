@@ -27,6 +27,7 @@ import aiohttp
 from aeamc.shared import microblock
 from aeamc.shared.runtime.tls import client_context
 
+from . import stores
 from .commands import run_module
 from .daemon import DaemonFolder
 from .device import SimDevice, device_for_body
@@ -135,6 +136,8 @@ class CoordinatorProcess(DaemonFolder):
     def init(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         settings = merge(FAST_SETTINGS, self.settings)
+        if "database" not in settings and (url := stores.database_url()):
+            settings["database"] = {"url": url}
         settings = {"state_dir": str(self.state_dir), **settings}
         self.config_path.write_text(_toml(settings))
         self.cli("init")

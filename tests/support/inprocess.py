@@ -12,6 +12,7 @@ round can be driven one at a time, and its outcome read back from the database.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,17 +21,18 @@ from typing import Any
 from aeamc.coordinator.ca import CertificateAuthority
 from aeamc.coordinator.certs import DeviceCertificates
 from aeamc.coordinator.config import CoordinatorConfig
-from aeamc.coordinator.db import Database
 from aeamc.coordinator.peers import DEFAULT_MAX_REPLY_BYTES, Reply
 from aeamc.coordinator.scheduler import Scheduler
 from aeamc.coordinator.service import Coordinator, now_ms
 from aeamc.coordinator.spotchecks import SpotChecker
+from aeamc.coordinator.storage import DatabaseConfig, open_database
 from aeamc.shared import proofs
 from aeamc.shared.envelope import decode_reply
 from aeamc.shared.identity import SigningKey
 from aeamc.shared.messages import Assignment, Challenge, parse_signed
 from aeamc.shared.runtime import tls
 from aeamc.shared.tasks.registry import discover
+from tests.support import stores
 from tests.support.device import GOOD_TELEMETRY, SimDevice
 
 #: How a device answers a challenge.
@@ -153,9 +155,11 @@ class Fleet:
         """``config``, or the defaults with ``sections`` (``scheduler=SchedulerConfig(...)``)."""
         state_dir.mkdir(parents=True, exist_ok=True)
         config = config or CoordinatorConfig(state_dir=state_dir, **sections)
+        if not config.database.url and (url := stores.database_url()):
+            config = dataclasses.replace(config, database=DatabaseConfig(url))
         self.config = config
         self.clock = ManualClock()
-        self.db = Database(state_dir / "coordinator.db")
+        self.db = open_database(config.database, state_dir / "coordinator.db")
         self.db.open()
         signer = SigningKey.from_seed(bytes(range(32)))
         ca, _ = CertificateAuthority.ensure(state_dir, config.ca_key, signer.device_id)

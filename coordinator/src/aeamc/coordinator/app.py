@@ -20,7 +20,6 @@ from .api import METRICS_KEY, build_app
 from .ca import CertificateAuthority, ServerFiles, host_names, issue_server_files
 from .certs import DeviceCertificates
 from .config import CoordinatorConfig
-from .db import Database
 from .discovery import Discovery
 from .follower import Follower
 from .forwarding import Forwarding, new_relay_address, publish_relay
@@ -29,6 +28,7 @@ from .peers import AgentClient
 from .scheduler import Scheduler
 from .service import Coordinator, wait_event
 from .spotchecks import SpotChecker
+from .storage import open_database
 from .store import devices as device_rows
 from .updates.repository import Repository
 from .updates.rollouts import Rollouts
@@ -61,7 +61,7 @@ class CoordinatorService:
         self.config = config
         self.workers = workers
         self._listen = listen
-        self.db = Database(config.db_path, shared=workers > 1)
+        self.db = open_database(config.database, config.db_path, shared=workers > 1)
         coordinator_id = device_id_for(signer.public_key)
         self.ca, created = CertificateAuthority.ensure(
             config.state_dir, config.ca_key, coordinator_id

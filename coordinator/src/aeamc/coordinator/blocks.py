@@ -7,13 +7,12 @@ import logging
 import secrets
 from typing import Any
 
-import sqlite_utils
-
 from aeamc.shared import microblock, spotcheck
 from aeamc.shared.refusals import not_found
 
 from .attached import ANCHORING
 from .context import Context
+from .dbtx import Tx
 from .membership import LAST_BLOCKED_SEQ
 from .settlement import Settlement
 from .store import blocks as block_rows
@@ -51,10 +50,10 @@ class BlockService:
         cfg = self.ctx.config
         now = self.ctx.clock()
 
-        def txn(db: sqlite_utils.Database) -> tuple[int, int] | None:
+        def txn(db: Tx) -> tuple[int, int] | None:
             # Plain tuples, not sqlite-utils dicts, and set-based statements: this runs
             # once per receipt, for blocks of up to 65,535 of them.
-            c = db.conn
+            c = db
             after = c.execute(f"SELECT {LAST_BLOCKED_SEQ}").fetchone()[0]
             rows = c.execute(RECEIPTS_SQL, [after, cfg.blocks.max_receipts]).fetchall()
             if not rows:
@@ -101,7 +100,7 @@ class BlockService:
 
     def _schedule_block_checks(
         self,
-        db: sqlite_utils.Database,
+        db: Tx,
         rows: list[tuple[Any, ...]],
         height: int,
         now: int,
@@ -115,7 +114,7 @@ class BlockService:
         by one. No indices are stored for these; they are derived when the challenge is sent.
         """
         checks = self.ctx.config.spot_checks
-        c = db.conn
+        c = db
         first, last = rows[0][0], rows[-1][0]
         # Disputed tasks are few (found through the tasks' state index): asking for them
         # once is cheaper than looking up every receipt's task.
@@ -175,7 +174,7 @@ class BlockService:
         rows = await self.ctx.db.read(
             lambda db: list(
                 db.query(
-                    "SELECT height, hex(hash) AS hash, hex(previous_hash) AS previous_hash, "
+                    "SELECT height, hash, previous_hash, "
                     "timestamp, receipt_count FROM blocks WHERE height >= ? "
                     "ORDER BY height LIMIT ?",
                     [start, limit],
@@ -183,7 +182,7 @@ class BlockService:
             )
         )
         for r in rows:
-            r["hash"], r["previous_hash"] = r["hash"].lower(), r["previous_hash"].lower()
+            r["hash"], r["previous_hash"] = bytes(r["hash"]).hex(), bytes(r["previous_hash"]).hex()
         return rows
 
     async def block_bytes(self, height: int) -> bytes:

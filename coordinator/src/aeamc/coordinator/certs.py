@@ -20,13 +20,13 @@ from aeamc.shared.refusals import Fault, Refusal
 from aeamc.shared.runtime import tls
 
 from .ca import CaError, CertificateAuthority, device_csr_key
-from .db import Database
+from .groupcommit import GroupCommit
 
 log = logging.getLogger(__name__)
 
 
 class DeviceCertificates:
-    def __init__(self, ca: CertificateAuthority, db: Database, lifetime_s: int) -> None:
+    def __init__(self, ca: CertificateAuthority, db: GroupCommit, lifetime_s: int) -> None:
         self.ca = ca
         self.db = db
         self.lifetime_s = lifetime_s

@@ -138,11 +138,11 @@ def _redacted(ref: Any) -> str:
 async def _initial_tokens(config: CoordinatorConfig, key: Any, tokens_dir: Path) -> dict[str, str]:
     from aeamc.shared.tasks.registry import discover
 
-    from .db import Database
     from .service import Coordinator
+    from .storage import open_database
 
     created: dict[str, str] = {}
-    db = Database(config.db_path)
+    db = open_database(config.database, config.db_path)
     db.open()
     try:
         c = Coordinator(config, key, db, discover())

@@ -29,6 +29,7 @@ from aeamc.shared.runtime.pkcs11 import Pkcs11Error, Pkcs11Uri, is_pkcs11_uri
 from .alerts import AlertsConfig, alerts_checks
 from .privacypolicy import PrivacyConfig, privacy_checks
 from .securitytxt import SecurityConfig, security_checks
+from .storage import DatabaseConfig, database_checks
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -300,6 +301,7 @@ class CoordinatorConfig:
     updates: UpdatesConfig = field(default_factory=UpdatesConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
 
     @property
     def db_path(self) -> Path:
@@ -331,22 +333,12 @@ class CoordinatorConfig:
         return self.identity_key if is_pkcs11_uri(self.identity_key) else self.key_path
 
 
-_SECTIONS = {
-    "server": ServerConfig,
-    "protocol": ProtocolConfig,
-    "scheduler": SchedulerConfig,
-    "blocks": BlockConfig,
-    "spot_checks": SpotCheckConfig,
-    "eps": EpsSection,
-    "chain": ChainConfig,
-    "alerts": AlertsConfig,
-    "tls": TlsConfig,
-    "limits": LimitsConfig,
-    "enrollment": EnrollmentConfig,
-    "tokens": TokensConfig,
-    "updates": UpdatesConfig,
-    "security": SecurityConfig,
-    "privacy": PrivacyConfig,
+#: Each ``[section]`` of the file and its dataclass: the fields of the configuration that
+#: are sections.
+_SECTIONS: dict[str, type] = {
+    f.name: f.default_factory  # type: ignore[misc]
+    for f in dataclasses.fields(CoordinatorConfig)
+    if f.default_factory is not dataclasses.MISSING
 }
 
 
@@ -453,6 +445,7 @@ def validate(config: CoordinatorConfig) -> None:
         *_updates_checks(config.updates),
         *security_checks(config.security),
         *privacy_checks(config.privacy),
+        *database_checks(config.database),
         (config.enrollment.pending_ttl_s >= 1, "enrollment.pending_ttl_s must be ≥ 1"),
         (config.enrollment.max_pending >= 0, "enrollment.max_pending must be ≥ 0"),
         (

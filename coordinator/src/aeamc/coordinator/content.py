@@ -56,7 +56,7 @@ class ContentService:
 
     @property
     def directory(self) -> Path:
-        return self.ctx.db.path.with_name("content")
+        return self.ctx.config.state_dir / "content"
 
     def _path(self, digest: str) -> Path:
         return self.directory / digest

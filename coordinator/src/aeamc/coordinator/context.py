@@ -30,7 +30,7 @@ from .alerts import AlertTracker
 from .attached import RolloutsView, StatusSection
 from .certs import DeviceCertificates
 from .config import CoordinatorConfig, IpNetwork, endpoint_networks
-from .db import Database
+from .groupcommit import GroupCommit
 from .registry import Device
 from .store.registry import DeviceRegistry
 from .verifier import SignatureVerifier
@@ -75,7 +75,7 @@ class Context:
         self,
         config: CoordinatorConfig,
         signer: Signer,
-        db: Database,
+        db: GroupCommit,
         kinds: KindRegistry,
         clock: Callable[[], int] = now_ms,
         *,

@@ -1,46 +1,28 @@
-"""SQLite storage: one writer thread with group commit, readers on their own connections.
+"""SQLite storage: the embedded default (``pgdb`` is the PostgreSQL one).
 
-A heartbeat or proof is answered 202 only after its transaction is committed with
-``synchronous=FULL``, so an acknowledged message survives ``kill -9`` and power loss. To
-keep that affordable, the writer drains every queued operation into one transaction and
-one fsync (group commit); each operation runs in its own savepoint, so one failing write
-never takes its neighbours down. SQLite never runs on the event loop.
+The group commit, the writer thread and the readers are ``groupcommit``'s; here is how a
+SQLite file is opened (WAL, ``synchronous=FULL``, foreign keys, ``secure_delete``), its
+migrations, and the state directory's locks.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import json
 import logging
 import os
-import queue
 import sqlite3
-import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
-
-import sqlite_utils
+from typing import Any
 
 from . import lifecycle_triggers
+from .dbtx import SQLITE, SqliteTx, Tx
+from .groupcommit import GroupCommit
 from .schema import DOWNGRADES_STORED_FROM, MIGRATIONS
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-WriteFn = Callable[[sqlite_utils.Database], T]
-
-_MAX_BATCH = 512
-
-
-@dataclass
-class _Job:
-    fn: Callable[[sqlite_utils.Database], Any]
-    loop: asyncio.AbstractEventLoop | None
-    future: Any
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -128,52 +110,57 @@ def migrate(conn: sqlite3.Connection) -> int:
     return len(MIGRATIONS)
 
 
-class Database:
-    """The coordinator's only path to SQLite. ``shared``: several processes write to this
+class Database(GroupCommit):
+    """The coordinator's SQLite database. ``shared``: several processes write to this
     database (worker processes, workers.py); their writers then queue on a lock file
     beside it before each transaction, so one waits for the other's commit in the kernel
     (woken the moment it ends) rather than in SQLite's busy handler, which polls with
-    sleeps of up to 100 ms."""
+    sleeps of up to 100 ms. Commits are ``synchronous=FULL``."""
+
+    dialect = SQLITE
 
     def __init__(self, path: Path, *, shared: bool = False) -> None:
+        super().__init__()
         self.path = path
         self.shared = shared
         self._write_lock_fd: int | None = None
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._writer: threading.Thread | None = None
-        self._wconn: sqlite3.Connection | None = None
-        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="db-read")
-        self._local = threading.local()
-        self._reader_conns: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        self.commits = 0
 
-    def open(self) -> None:
+    def _open_writer(self) -> Tx:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.shared:
             lock = self.path.with_name(self.path.name + "-writer.lock")
             self._write_lock_fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self._wconn = connect(self.path)
-        migrate(self._wconn)
-        self._writer = threading.Thread(target=self._run_writer, name="db-writer", daemon=True)
-        self._writer.start()
+        conn = connect(self.path)
+        migrate(conn)
+        return SqliteTx(conn)
+
+    def _open_reader(self) -> tuple[Tx, Any]:
+        conn = connect(self.path)
+        conn.execute("PRAGMA query_only=ON")
+        return SqliteTx(conn), conn
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._queue.put(None)
-            self._writer.join()
-            self._writer = None
-        self._readers.shutdown(wait=True)
-        with self._lock:
-            for conn in self._reader_conns:
-                conn.close()
-            self._reader_conns.clear()
-        if self._wconn is not None:
-            self._wconn.close()
-            self._wconn = None
+        super().close()
         if self._write_lock_fd is not None:
             os.close(self._write_lock_fd)
             self._write_lock_fd = None
+
+    def _begin(self, tx: Tx) -> None:
+        tx.execute("BEGIN IMMEDIATE")
+
+    def size_bytes(self) -> int:
+        """Bytes of the database file and its write-ahead log (either may be missing)."""
+        total = 0
+        for file in (self.path, self.path.with_name(self.path.name + "-wal")):
+            with contextlib.suppress(FileNotFoundError):
+                total += file.stat().st_size
+        return total
+
+    def _checkpoint(self, tx: Tx) -> Any:
+        """Copy the WAL into the database file and truncate it to zero bytes, so no older
+        copy of an erased row's pages is left in the WAL file (``secure_delete`` zeroes
+        them in the database file itself)."""
+        return tuple(tx.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone())
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
@@ -187,134 +174,3 @@ class Database:
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
-
-    # -- writing ---------------------------------------------------------------------
-
-    async def write(self, fn: WriteFn[T]) -> T:
-        """Run ``fn`` in the writer's transaction; return once it is durably committed."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Job(fn, loop, future))
-        return await future
-
-    def write_sync(self, fn: WriteFn[T]) -> T:
-        """Blocking variant for command-line tools and start-up (not on the event loop)."""
-        from concurrent.futures import Future
-
-        future: Future[T] = Future()
-        self._queue.put(_Job(fn, None, future))
-        return future.result()
-
-    def checkpoint_sync(self) -> None:
-        """Copy the WAL into the database file and truncate it to zero bytes.
-
-        Runs on the writer's connection, between its transactions; readers finish first.
-        After an erasure this leaves no older copy of the deleted pages in the WAL file.
-        """
-        self.write_sync(_CHECKPOINT)
-
-    async def checkpoint(self) -> None:
-        await self.write(_CHECKPOINT)
-
-    def _run_writer(self) -> None:
-        assert self._wconn is not None
-        db = sqlite_utils.Database(self._wconn)
-        while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            batch = [job]
-            stop = False
-            while len(batch) < _MAX_BATCH:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-            self._commit_batch(db, batch)
-            if stop:
-                return
-
-    def _commit_batch(self, db: sqlite_utils.Database, batch: list[_Job]) -> None:
-        conn = db.conn
-        results: list[tuple[bool, Any]] = []
-        checkpoints = [job for job in batch if job.fn is _CHECKPOINT]
-        batch = [job for job in batch if job.fn is not _CHECKPOINT]
-        if batch:
-            with self._writing():
-                self._commit_jobs(db, batch, results)
-        for job in checkpoints:
-            try:
-                with self._writing():
-                    row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-                _resolve(job, True, tuple(row))
-            except sqlite3.Error as exc:
-                _resolve(job, False, exc)
-
-    def _commit_jobs(
-        self, db: sqlite_utils.Database, batch: list[_Job], results: list[tuple[bool, Any]]
-    ) -> None:
-        conn = db.conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for job in batch:
-                conn.execute("SAVEPOINT job")
-                try:
-                    results.append((True, job.fn(db)))
-                    conn.execute("RELEASE job")
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                    results.append((False, exc))
-            conn.execute("COMMIT")
-            self.commits += 1
-        except Exception as exc:  # the commit itself failed: nobody's write is durable
-            log.exception("database commit failed")
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            results = [(False, exc)] * len(batch)
-        for job, (ok, value) in zip(batch, results, strict=True):
-            _resolve(job, ok, value)
-
-    # -- reading ---------------------------------------------------------------------
-
-    def _reader(self) -> sqlite_utils.Database:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            conn = connect(self.path)
-            conn.execute("PRAGMA query_only=ON")
-            with self._lock:
-                self._reader_conns.append(conn)
-            db = sqlite_utils.Database(conn)
-            self._local.db = db
-        return db
-
-    async def read(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, lambda: fn(self._reader()))
-
-    def read_sync(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
-        return self._readers.submit(lambda: fn(self._reader())).result()
-
-
-def _CHECKPOINT(db: sqlite_utils.Database) -> None:
-    """Marker job: the writer runs a WAL checkpoint outside any transaction."""
-
-
-def _resolve(job: _Job, ok: bool, value: Any) -> None:
-    def settle() -> None:
-        if job.future.done():
-            return
-        if ok:
-            job.future.set_result(value)
-        else:
-            job.future.set_exception(value)
-
-    if job.loop is None:
-        settle()
-    else:
-        with contextlib.suppress(RuntimeError):  # loop already closed during shutdown
-            job.loop.call_soon_threadsafe(settle)

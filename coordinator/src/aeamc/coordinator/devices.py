@@ -6,13 +6,12 @@ import dataclasses
 import logging
 from typing import Any
 
-import sqlite_utils
-
 from aeamc.shared.eps import eps, ineligibility
 from aeamc.shared.labels import MAX_TAGS
 from aeamc.shared.refusals import Fault, Refusal, not_found
 
 from .context import Context
+from .dbtx import Tx
 from .registry import Device
 from .settlement import Settlement
 from .store import devices as device_rows
@@ -56,7 +55,7 @@ class DeviceService:
         device = self._get(device_id)
         now = self.ctx.clock()
 
-        def txn(db: sqlite_utils.Database) -> list[str]:
+        def txn(db: Tx) -> list[str]:
             device_rows.set_device_state(db, device_id, "quarantined", reason, now)
             return self.settlement.quarantine_in(db, device_id, reason, now)
 
@@ -155,7 +154,7 @@ class DeviceService:
         if not silent:
             return []
 
-        def txn(db: sqlite_utils.Database) -> None:
+        def txn(db: Tx) -> None:
             for device_id in silent:
                 device_rows.mark_stale(db, device_id)
                 self.settlement.release_assignments(db, device_id, "lost", "device went stale")

@@ -12,8 +12,6 @@ import json
 import logging
 from typing import Any
 
-import sqlite_utils
-
 from aeamc.shared.discovery import (
     AGENT_SERVICE_TYPE,
     COORDINATOR_SERVICE_TYPE,
@@ -25,6 +23,7 @@ from aeamc.shared.runtime.mdns import Mdns, ipv4_addresses
 from aeamc.shared.runtime.services import REMOVED, ServiceEvent
 
 from . import __version__
+from .dbtx import Tx
 from .service import Coordinator
 from .store import devices as device_rows
 
@@ -93,7 +92,7 @@ class Discovery:
         recorded again). Whether it was recorded."""
         device_id = row["device_id"]
 
-        def txn(db: sqlite_utils.Database) -> bool:
+        def txn(db: Tx) -> bool:
             if device_rows.is_erased(db, device_id) or device_rows.exists(db, device_id):
                 return False
             device_rows.see_candidate(db, row)

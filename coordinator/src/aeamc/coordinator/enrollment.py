@@ -9,7 +9,6 @@ import logging
 import urllib.parse
 from typing import Any
 
-import sqlite_utils
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from aeamc.shared.messages import (
@@ -20,6 +19,7 @@ from aeamc.shared.messages import (
 from aeamc.shared.refusals import Fault, Refusal
 
 from .context import Context
+from .dbtx import Tx
 from .store import certificates
 from .store import devices as device_rows
 from .tokens import TokenService
@@ -105,7 +105,7 @@ class EnrollmentService:
         pending_since = now - self.ctx.config.enrollment.pending_ttl_s * 1000
         device_id = msg.device_id
 
-        def txn(db: sqlite_utils.Database) -> str:
+        def txn(db: Tx) -> str:
             if device_rows.is_erased(db, msg.device_id):
                 raise Refusal(Fault.FORBIDDEN, "erased", ERASED_MESSAGE)
             row = device_rows.enrollment_row(db, msg.device_id)
@@ -200,9 +200,7 @@ class EnrollmentService:
             address=seen,
         )
 
-    def _admit_pending(
-        self, db: sqlite_utils.Database, address: str | None, pending_since: int
-    ) -> None:
+    def _admit_pending(self, db: Tx, address: str | None, pending_since: int) -> None:
         """Refuse one more identity waiting for approval past the caps (in the caller's
         write transaction, so concurrent enrollments cannot overshoot them)."""
         e = self.ctx.config.enrollment
@@ -228,7 +226,7 @@ class EnrollmentService:
         since = self.ctx.clock() - self.ctx.config.enrollment.pending_ttl_s * 1000
         now = self.ctx.clock()
 
-        def txn(db: sqlite_utils.Database) -> tuple[list[str], list[str]]:
+        def txn(db: Tx) -> tuple[list[str], list[str]]:
             gone = device_rows.expired_pending(db, since)
             revoked: list[str] = []
             for device_id in gone:

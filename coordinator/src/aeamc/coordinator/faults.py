@@ -30,8 +30,6 @@ import json
 import logging
 from typing import Any
 
-import sqlite_utils
-
 from aeamc.shared.errors import ChunkFault
 from aeamc.shared.messages import ChunkFaultReport, check_fresh, parse_signed
 from aeamc.shared.refusals import Fault, Refusal, not_found
@@ -39,6 +37,7 @@ from aeamc.shared.runtime.tls import Peer
 from aeamc.shared.tasks.wasm_kernel import MissingBlob
 
 from .context import Context
+from .dbtx import Tx
 from .enrollment import ERASED_MESSAGE
 from .store import devices as device_rows
 from .store import tasks as task_rows
@@ -71,7 +70,7 @@ class ChunkFaults:
         )
         self.ctx.check_peer(peer, msg.device_id)
 
-        def look(db: sqlite_utils.Database) -> tuple[Any, Any]:
+        def look(db: Tx) -> tuple[Any, Any]:
             return (
                 task_rows.task_row(db, msg.task_id),
                 task_rows.assignment_row(db, msg.task_id, msg.device_id),
@@ -118,7 +117,7 @@ class ChunkFaults:
         now = self.ctx.clock()
         detail = f"chunk {msg.chunk} has no output: {fault}"
 
-        def txn(db: sqlite_utils.Database) -> None:
+        def txn(db: Tx) -> None:
             task_rows.end_live_assignments(db, msg.task_id, "lost", KERNEL_FAULT)
             task_rows.fail_task(db, msg.task_id, now, detail)
 
@@ -132,7 +131,7 @@ class ChunkFaults:
         refuse the report with how the device stands now (module docstring)."""
         reason = "claimed a chunk fault the coordinator's run does not have"
 
-        def txn(db: sqlite_utils.Database) -> str | None:
+        def txn(db: Tx) -> str | None:
             if device_rows.is_erased(db, msg.device_id):
                 return "erased"
             assignment = task_rows.assignment_row(db, msg.task_id, msg.device_id)

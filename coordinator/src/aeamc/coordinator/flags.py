@@ -6,12 +6,11 @@ import logging
 import re
 from typing import Any
 
-import sqlite_utils
-
 from aeamc.shared.flags import in_rollout
 from aeamc.shared.refusals import Fault, Refusal
 
 from .context import Context
+from .dbtx import Tx
 from .store import flags as flag_rows
 
 log = logging.getLogger(__name__)
@@ -90,7 +89,7 @@ class FlagService:
     async def load(self) -> None:
         """Read every flag's percentage (at start)."""
 
-        def read(db: sqlite_utils.Database) -> tuple[int, dict[str, int]]:
+        def read(db: Tx) -> tuple[int, dict[str, int]]:
             last = db.execute("SELECT COALESCE(MAX(id), 0) FROM flag_history").fetchone()[0]
             rows = db.query("SELECT name, percent FROM flags")
             return last, {r["name"]: r["percent"] for r in rows}

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import sqlite_utils
-
 from aeamc.shared.eps import eps
 from aeamc.shared.messages import (
     READS_WORK,
@@ -19,6 +17,7 @@ from aeamc.shared.refusals import Fault, Refusal
 from aeamc.shared.runtime.tls import Peer
 
 from .context import Context
+from .dbtx import Tx
 from .flags import FlagService
 from .progress import kept_reports
 from .store import devices as device_rows
@@ -75,7 +74,7 @@ class HeartbeatService:
 
         reported = {w.task_id for w in poa.work or ()}
 
-        def txn(db: sqlite_utils.Database) -> str:
+        def txn(db: Tx) -> str:
             stored = device_rows.record_heartbeat(
                 db,
                 device_id=poa.device_id,
@@ -115,7 +114,7 @@ class HeartbeatService:
         }
 
 
-def _not_stored(db: sqlite_utils.Database, poa: PoA) -> Refusal:
+def _not_stored(db: Tx, poa: PoA) -> Refusal:
     """Why the store did not take a heartbeat that passed every check on the process's
     view: the device changed meanwhile (another worker's commit) or the seq was used."""
     row = db.execute(

@@ -10,8 +10,6 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-import sqlite_utils
-
 from aeamc.shared.errors import ProtocolError
 from aeamc.shared.messages import (
     Assignment,
@@ -25,6 +23,7 @@ from aeamc.shared.runtime.tls import Peer
 from aeamc.shared.schema import hex_bytes, record
 
 from .context import Context
+from .dbtx import Tx
 from .registry import Device
 from .settlement import Settlement
 from .store import devices as device_rows
@@ -188,9 +187,7 @@ class ProofIngestion:
         pot_json = json.dumps(pot.to_dict(), sort_keys=True)
         return _CheckedProof(pot, device, output, pot_json, assignment.chunks)
 
-    def _store_proofs(
-        self, db: sqlite_utils.Database, proofs: list[_CheckedProof]
-    ) -> list[str | Refusal]:
+    def _store_proofs(self, db: Tx, proofs: list[_CheckedProof]) -> list[str | Refusal]:
         """Store checked proofs in the caller's transaction, set-based (one statement per
         table for the whole batch, one settling query): per proof its task's state, or its
         refusal (a duplicate, an assignment no longer live), which stores nothing of it.
@@ -271,7 +268,7 @@ def _not_live(row: dict[str, Any] | None) -> Refusal | None:
     return None
 
 
-def _refusal_now(db: sqlite_utils.Database, pot: PoT) -> Refusal:
+def _refusal_now(db: Tx, pot: PoT) -> Refusal:
     """The refusal of a proof whose assignment was not live when it was stored: proved
     (by this batch or an earlier one), or what it became since it was read (lost to a
     quarantine, expired) or gone."""

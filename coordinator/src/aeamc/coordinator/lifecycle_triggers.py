@@ -93,6 +93,43 @@ def install(conn: sqlite3.Connection) -> bool:
     return True
 
 
+def render_postgresql() -> list[str]:
+    """The same rules as PostgreSQL statements: per lifecycle column, one PL/pgSQL
+    function and one trigger on ``INSERT`` and on ``UPDATE OF`` the column, each created
+    or replaced (so running them again is how they are kept equal to the tables)."""
+    out: list[str] = []
+    for lifecycle, table, column in STORED:
+        name = f"{PREFIX}{table}_{column}"
+        initial = _ordered(lifecycle, lifecycle.initial)
+        allowed = " OR ".join(f"NEW.{column} = {_quote(s)}" for s in initial)
+        edges = [
+            f"(OLD.{column} = {_quote(old)} AND "
+            f"{_any(f'NEW.{column} = {_quote(new)}' for new in _ordered(lifecycle, targets))})"
+            for old, targets in _items(lifecycle)
+            if targets
+        ]
+        legal = " OR ".join(edges) if edges else "FALSE"
+        out.append(
+            f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$\n"
+            "BEGIN\n"
+            f"    IF TG_OP = 'INSERT' AND NOT ({allowed}) THEN\n"
+            f"        RAISE EXCEPTION {_quote(f'illegal initial {lifecycle.name} state')}\n"
+            "            USING ERRCODE = 'integrity_constraint_violation';\n"
+            f"    ELSIF TG_OP = 'UPDATE' AND NEW.{column} IS DISTINCT FROM OLD.{column}\n"
+            f"        AND NOT ({legal}) THEN\n"
+            f"        RAISE EXCEPTION {_quote(f'illegal {lifecycle.name} transition')}\n"
+            "            USING ERRCODE = 'integrity_constraint_violation';\n"
+            "    END IF;\n"
+            "    RETURN NEW;\n"
+            "END $$"
+        )
+        out.append(
+            f"CREATE OR REPLACE TRIGGER {name} BEFORE INSERT OR UPDATE OF {column} ON {table}\n"
+            f"    FOR EACH ROW EXECUTE FUNCTION {name}()"
+        )
+    return out
+
+
 def _insert_trigger(lifecycle: Lifecycle[StrEnum], table: str, column: str, name: str) -> str:
     initial = _ordered(lifecycle, lifecycle.initial)
     allowed = " OR ".join(f"NEW.{column} = {_quote(s)}" for s in initial)

@@ -3,9 +3,8 @@ telemetry and candidate retention."""
 
 from __future__ import annotations
 
-import sqlite_utils
-
 from .context import Context
+from .dbtx import Tx
 from .store import devices as device_rows
 from .store import tasks as task_rows
 
@@ -29,7 +28,7 @@ class Maintenance:
             await self.forget_ended_progress(force=False)
             return 0
 
-        def txn(db: sqlite_utils.Database) -> list[str]:
+        def txn(db: Tx) -> list[str]:
             rows = task_rows.overdue_assignments(db, now)
             for r in rows:
                 task_rows.expire(db, r["task_id"], r["device_id"], "no proof in time")

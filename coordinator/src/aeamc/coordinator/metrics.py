@@ -9,7 +9,6 @@ is read from the coordinator when Prometheus scrapes, so no second bookkeeping c
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,15 +38,6 @@ VERDICTS = ("passed", "failed", "unanswered")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 #: The routes whose shed requests are counted (always exported, 0 until one is).
 SHED_ROUTES = tuple(sorted({route for _, route in DEVICE_ROUTES}))
-
-
-def database_size_bytes(path: Path) -> int:
-    """Bytes of the SQLite database file and its write-ahead log (either may be missing)."""
-    total = 0
-    for file in (path, path.with_name(path.name + "-wal")):
-        with contextlib.suppress(FileNotFoundError):
-            total += file.stat().st_size
-    return total
 
 
 #: (status key, metric name, help) of the anchoring gauges exported only when known.
@@ -132,8 +122,8 @@ class FleetCollector(Collector):
         )
         yield GaugeMetricFamily(
             f"{PREFIX}_database_size_bytes",
-            "Bytes of the SQLite database and its write-ahead log",
-            value=database_size_bytes(c.db.path),
+            "Bytes of the database (SQLite: the file and its write-ahead log)",
+            value=c.db.size_bytes(),
         )
 
 

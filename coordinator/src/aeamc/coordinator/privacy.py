@@ -10,8 +10,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from aeamc.shared.messages import (
     Privacy,
     check_fresh,
@@ -22,6 +20,7 @@ from aeamc.shared.runtime.tls import Peer
 
 from .blocks import BlockService
 from .context import Context
+from .dbtx import Tx, hex_text
 from .membership import block_of, height_of, not_in_block
 from .settlement import Settlement
 from .store import certificates
@@ -88,7 +87,7 @@ class PrivacyService:
         or one only seen over mDNS (then ``device`` is null and only ``mdns_candidate``
         holds anything). Not found when the id is neither."""
 
-        def q(db: sqlite_utils.Database) -> dict[str, Any] | None:
+        def q(db: Tx) -> dict[str, Any] | None:
             def rows(sql: str) -> list[dict[str, Any]]:
                 return list(db.query(sql, [device_id]))
 
@@ -108,8 +107,8 @@ class PrivacyService:
                     "FROM assignments WHERE device_id=? ORDER BY issued_at"
                 ),
                 "proofs": rows(
-                    "SELECT task_id, pot, lower(hex(signature)) AS signature, "  # noqa: S608
-                    "lower(hex(output)) AS output, output_digest, accepted_at, "
+                    f"SELECT task_id, pot, {hex_text(db, 'signature')} AS signature, "  # noqa: S608
+                    f"{hex_text(db, 'output')} AS output, output_digest, accepted_at, "
                     f"{height_of('p.seq')} AS block_height, credit FROM proofs p "
                     "WHERE device_id=? ORDER BY seq"
                 ),
@@ -122,7 +121,7 @@ class PrivacyService:
                     "WHERE s.device_id=? ORDER BY s.created_at"
                 ),
                 "receipts": rows(
-                    "SELECT p.task_id, b.height AS height, lower(hex(b.hash)) AS block_hash "  # noqa: S608
+                    f"SELECT p.task_id, b.height AS height, {hex_text(db, 'b.hash')} AS block_hash "  # noqa: S608
                     f"FROM proofs p JOIN {block_of()} "
                     "WHERE p.device_id=? ORDER BY p.seq"
                 ),
@@ -199,7 +198,7 @@ class PrivacyService:
             await self._journal(device_id, now)
         revoked: list[str] = []
 
-        def txn(db: sqlite_utils.Database) -> dict[str, int]:
+        def txn(db: Tx) -> dict[str, int]:
             released = self.settlement.release_assignments(db, device_id, "lost", "device erased")
             # Erasure is no escape from a check: a result still waiting for one is voided
             # and its task runs again elsewhere, before the check itself is deleted.
@@ -262,7 +261,7 @@ class PrivacyService:
             raise not_found(f"device {device_id}")
         await self._journal(device_id, now)  # first, as for a device
 
-        def txn(db: sqlite_utils.Database) -> int:
+        def txn(db: Tx) -> int:
             if device_rows.exists(db, device_id):
                 return -1  # it enrolled meanwhile: erase it as a device
             deleted = device_rows.forget_candidate(db, device_id)
@@ -293,7 +292,7 @@ class PrivacyService:
 
         It outlives a restore of ``coordinator.db`` from a backup taken before some
         erasures, so that :meth:`reapply_erasures` can carry them out again."""
-        return self.ctx.db.path.with_name(ERASURE_JOURNAL)
+        return self.ctx.config.state_dir / ERASURE_JOURNAL
 
     async def _journal(self, device_id: str, erased_at: int) -> None:
         def append() -> None:
@@ -325,7 +324,7 @@ class PrivacyService:
                 await self.erase_device(device_id, journal=False)
             else:
 
-                def tombstone(db: sqlite_utils.Database, d: str = device_id) -> None:
+                def tombstone(db: Tx, d: str = device_id) -> None:
                     device_rows.forget_candidate(db, d)
                     device_rows.erase_device(db, d, now)
 

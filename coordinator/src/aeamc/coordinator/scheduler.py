@@ -14,13 +14,12 @@ import json
 import logging
 from typing import Any
 
-import sqlite_utils
-
 from aeamc.shared.eps import rank
 from aeamc.shared.messages import Assignment, sign
 from aeamc.shared.placement import Needs
 
 from .context import repeat
+from .dbtx import Tx
 from .logs import REQUEST_ID, task_request_id
 from .peers import DeviceLink
 from .service import Coordinator
@@ -121,7 +120,7 @@ class Scheduler:
         )
         message = json.dumps(assignment.to_dict(), sort_keys=True)
 
-        def txn(db: sqlite_utils.Database) -> bool:
+        def txn(db: Tx) -> bool:
             # The device may have been erased since this round read the registry.
             if not device_rows.exists(db, device_id):
                 return False
@@ -166,7 +165,7 @@ class Scheduler:
         # recorded (so it is not offered again at once), never held against it.
         held_against = reason != OUTSIDE_POLICY
 
-        def txn(db: sqlite_utils.Database) -> None:
+        def txn(db: Tx) -> None:
             refused = task_rows.refuse_offer(db, assignment.task_id, assignment.device_id, reason)
             if refused and held_against:
                 device_rows.count(db, assignment.device_id, "refusals")
@@ -180,7 +179,7 @@ class Scheduler:
 
 
 def _open_work(
-    db: sqlite_utils.Database,
+    db: Tx,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
     """Tasks that still need devices (oldest first), their assignments, and per-device load."""
     tasks = list(

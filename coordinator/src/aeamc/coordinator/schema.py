@@ -19,10 +19,12 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Migration:
-    """One schema version: what makes it (``up``) and what takes it back (``down``)."""
+    """One schema version: what makes it (``up``) and what takes it back (``down``), on
+    SQLite; from v14 on also what makes it on PostgreSQL (``pg_up``, see ``pgschema``)."""
 
     up: list[str]
     down: list[str]
+    pg_up: list[str] | None = None
 
 
 # v1's tables that v7 rebuilt: v7's down statements make them again with the same text.

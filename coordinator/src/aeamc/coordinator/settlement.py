@@ -3,11 +3,10 @@ voiding, re-queueing, disputes and the one quarantine cascade."""
 
 from __future__ import annotations
 
-import sqlite_utils
-
 from aeamc.shared import proofs
 
 from .context import Context
+from .dbtx import Tx
 from .membership import block_of
 from .store import certificates
 from .store import devices as device_rows
@@ -18,7 +17,7 @@ MAX_CHALLENGE_INDICES = 256
 
 
 def _differing_chunks(
-    db: sqlite_utils.Database, task_id: str, chunks: int, *, cap: int | None = MAX_CHALLENGE_INDICES
+    db: Tx, task_id: str, chunks: int, *, cap: int | None = MAX_CHALLENGE_INDICES
 ) -> list[int]:
     """Chunk indices on which the replicas of a task disagree (at most ``cap`` of them;
     with a cap, never empty: replicas whose digests differ are checked on chunk 0 at least)."""
@@ -38,14 +37,12 @@ class Settlement:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
-    def settle_task(self, db: sqlite_utils.Database, task_id: str, now: int) -> str:
+    def settle_task(self, db: Tx, task_id: str, now: int) -> str:
         """After a proof is stored: complete the task when enough replicas agree, or mark it
         disputed (scheduling the re-execution of the differing chunks); returns its state."""
         return self.settle_tasks(db, [task_id], now)[task_id]
 
-    def settle_tasks(
-        self, db: sqlite_utils.Database, task_ids: list[str], now: int
-    ) -> dict[str, str]:
+    def settle_tasks(self, db: Tx, task_ids: list[str], now: int) -> dict[str, str]:
         """``settle_task`` for each of ``task_ids`` (each task once), set-based: one query
         reads every task's live outputs and one statement completes the tasks whose
         replicas all agree; a dispute, rare, is settled task by task. Returns each task's
@@ -72,7 +69,7 @@ class Settlement:
         assert not missing, f"proofs stored for unknown tasks {missing}"
         return states
 
-    def _dispute(self, db: sqlite_utils.Database, task_id: str, detail: str, now: int) -> None:
+    def _dispute(self, db: Tx, task_id: str, detail: str, now: int) -> None:
         task_rows.dispute_task(db, task_id, now, detail)
         # Every replica of a disputed task is spot-checked, whatever its device's record.
         for p in db.query(
@@ -84,16 +81,14 @@ class Settlement:
                 db, task_id=task_id, device_id=p["device_id"], height=p["block_height"], now=now
             )
 
-    def release_assignments(
-        self, db: sqlite_utils.Database, device_id: str, state: str, reason: str
-    ) -> list[str]:
+    def release_assignments(self, db: Tx, device_id: str, state: str, reason: str) -> list[str]:
         """Give a device's in-flight assignments back to the queue (state ``state``, with
         ``reason``); returns their task ids."""
         return task_rows.release_assignments(db, device_id, state, reason)
 
     def quarantine_in(
         self,
-        db: sqlite_utils.Database,
+        db: Tx,
         device_id: str,
         reason: str,
         now: int,
@@ -136,7 +131,7 @@ class Settlement:
 
     def void_proof(
         self,
-        db: sqlite_utils.Database,
+        db: Tx,
         task_id: str,
         device_id: str,
         why: str,
@@ -153,7 +148,7 @@ class Settlement:
         self.reopen_task(db, task_id, f"re-queued: {why}", now)
         return True
 
-    def reopen_task(self, db: sqlite_utils.Database, task_id: str, detail: str, now: int) -> None:
+    def reopen_task(self, db: Tx, task_id: str, detail: str, now: int) -> None:
         """After a proof of ``task_id`` lost its credit: a disputed task is settled by its
         re-executed checks; a completed or running one goes back to the queue, its result
         withdrawn. A failed task (deadline passed) stays failed."""
@@ -165,7 +160,7 @@ class Settlement:
             return
         task_rows.requeue(db, task_id, detail, ("completed", "running"))
 
-    def settle_dispute(self, db: sqlite_utils.Database, task_id: str, now: int) -> None:
+    def settle_dispute(self, db: Tx, task_id: str, now: int) -> None:
         """End a dispute once every live replica's differing chunks were re-executed by the
         coordinator: the task completes with the output that survived, or, when none did
         (or more chunks differed than one check re-executes), goes back to the queue.
@@ -205,7 +200,7 @@ class Settlement:
         )
 
     def schedule_dispute_check(
-        self, db: sqlite_utils.Database, *, task_id: str, device_id: str, height: int, now: int
+        self, db: Tx, *, task_id: str, device_id: str, height: int, now: int
     ) -> None:
         """Queue the challenge of a disputed task's replica on the chunks that differ: the
         evidence is specific, so these indices are stored, not derived."""

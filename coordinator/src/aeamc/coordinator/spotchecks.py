@@ -24,14 +24,13 @@ import json
 import logging
 from typing import Any
 
-import sqlite_utils
-
 from aeamc.shared import proofs
 from aeamc.shared.errors import ProtocolError
 from aeamc.shared.messages import Challenge, Opening, PoT, parse, parse_signed, sign
 from aeamc.shared.tasks.wasm_kernel import MissingBlob
 
 from .context import repeat
+from .dbtx import Tx
 from .logs import REQUEST_ID, task_request_id
 from .peers import DeviceLink
 from .service import Coordinator
@@ -107,9 +106,9 @@ class SpotChecker:
                 "type": "challenge",
                 "task_id": row["task_id"],
                 "device_id": row["device_id"],
-                "block_hash": row["block_hash"].lower(),
+                "block_hash": bytes(row["block_hash"]).hex(),
                 "indices": self.c.blocks.challenge_indices(
-                    row["indices"], bytes.fromhex(row["block_hash"]), row["task_id"], row["chunks"]
+                    row["indices"], bytes(row["block_hash"]), row["task_id"], row["chunks"]
                 ),
                 "issued_at": self.c.clock(),
             },
@@ -201,7 +200,7 @@ class SpotChecker:
         next_at = self.c.clock() + int(delay_s * 1000)
         why = f"waiting for the coordinator's content: {exc}"
 
-        def txn(db: sqlite_utils.Database) -> None:
+        def txn(db: Tx) -> None:
             proof_rows.defer_check(
                 db, task_id=task_id, device_id=device_id, next_at=next_at, why=why
             )
@@ -226,7 +225,7 @@ class SpotChecker:
             return proofs.UNANSWERED
         next_at = self.c.clock() + int(cfg.retry_s * 1000 * 2 ** (attempts - 1))
 
-        def txn(db: sqlite_utils.Database) -> None:
+        def txn(db: Tx) -> None:
             proof_rows.retry_check(
                 db,
                 task_id=row["task_id"],
@@ -240,10 +239,10 @@ class SpotChecker:
         return None
 
 
-def _due(db: sqlite_utils.Database, now: int) -> list[dict[str, Any]]:
+def _due(db: Tx, now: int) -> list[dict[str, Any]]:
     return list(
         db.query(
-            "SELECT s.task_id, s.device_id, s.indices, s.attempts, hex(b.hash) AS block_hash, "
+            "SELECT s.task_id, s.device_id, s.indices, s.attempts, b.hash AS block_hash, "
             "p.pot, p.output, t.kind, t.params, t.chunks FROM spot_checks s "
             "JOIN blocks b ON b.height = s.block_height "
             "JOIN proofs p ON p.task_id = s.task_id AND p.device_id = s.device_id "

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import sqlite_utils
-
 from .alerts import evaluate as evaluate_alerts
 from .attached import ANCHORING
 from .context import Context
+from .dbtx import Tx
 from .membership import not_in_block
 
 
-def _oldest_unanchored_block(db: sqlite_utils.Database) -> int | None:
+def _oldest_unanchored_block(db: Tx) -> int | None:
     row = next(
         iter(
             db.query(
@@ -62,7 +61,7 @@ class StatusService:
         """Counts of tasks, checks, credits, blocks and devices, with each attached status
         section (anchoring, updates)."""
 
-        def q(db: sqlite_utils.Database) -> dict[str, Any]:
+        def q(db: Tx) -> dict[str, Any]:
             def counts(sql: str) -> dict[str, int]:
                 return {r["k"]: r["n"] for r in db.query(sql)}
 
@@ -89,6 +88,6 @@ class StatusService:
         return out
 
 
-def _unblocked(db: sqlite_utils.Database) -> int:
+def _unblocked(db: Tx) -> int:
     query = f"SELECT count(*) AS n FROM proofs p WHERE {not_in_block()}"  # noqa: S608
     return int(next(iter(db.query(query)))["n"])

@@ -6,8 +6,6 @@ import json
 import secrets
 from typing import Any
 
-import sqlite_utils
-
 from aeamc.shared import verification
 from aeamc.shared.messages import (
     TASK_ID_PATTERN,
@@ -18,6 +16,7 @@ from aeamc.shared.schema import integer, json_object, optional, record, text
 
 from .content import ContentService
 from .context import Context
+from .dbtx import Tx, marks
 from .membership import height_of
 from .store import tasks as task_rows
 from .tokens import OWNER_BYTES
@@ -101,7 +100,7 @@ class TaskService:
             "placement": json.dumps(placement, sort_keys=True) if placement else None,
         }
 
-        def txn(db: sqlite_utils.Database) -> str:
+        def txn(db: Tx) -> str:
             while task_rows.task_exists(db, row["task_id"]):
                 if ref:
                     raise Refusal(
@@ -139,7 +138,7 @@ class TaskService:
         heartbeat reported (null before any), for a proved one all the task's chunks (its
         proof covers them), else null. It is display data (progress.py), never a result."""
 
-        def q(db: sqlite_utils.Database) -> dict[str, Any] | None:
+        def q(db: Tx) -> dict[str, Any] | None:
             task = next(iter(db.query("SELECT * FROM tasks WHERE task_id=?", [task_id])), None)
             if task is None or (owner is not None and task["owner"] != owner):
                 return None
@@ -155,8 +154,8 @@ class TaskService:
                 db.query(
                     f"SELECT p.device_id, p.accepted_at, {height_of('p.seq')} AS block_height, "  # noqa: S608
                     "p.credit, "
-                    "p.output_digest, hex(p.output) AS output, s.state AS spot_check, "
-                    "s.indices IS NOT NULL AS dispute_check "
+                    "p.output_digest, p.output, s.state AS spot_check, "
+                    "CASE WHEN s.indices IS NULL THEN 0 ELSE 1 END AS dispute_check "
                     "FROM proofs p LEFT JOIN spot_checks s "
                     "ON s.task_id = p.task_id AND s.device_id = p.device_id "
                     "WHERE p.task_id=? ORDER BY p.seq",
@@ -183,7 +182,7 @@ class TaskService:
             del p["dispute_check"]
             facts.append(fact)
             p["verification"] = verification.proof_verification(fact).to_dict()
-            p["output"] = p["output"].lower() if with_output else None
+            p["output"] = bytes(p["output"]).hex() if with_output else None
             if (
                 output is None
                 and p["output_digest"] == task["output_digest"]
@@ -249,17 +248,20 @@ class TaskService:
         sql += " ORDER BY created_at DESC LIMIT ?"
         args.append(limit)
 
-        def q(db: sqlite_utils.Database) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        def q(db: Tx) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
             tasks = list(db.query(sql, args))
-            ids = json.dumps([t["task_id"] for t in tasks])
+            ids = [t["task_id"] for t in tasks]
+            if not ids:
+                return tasks, []
             rows = list(
                 db.query(
                     f"SELECT p.task_id, p.output_digest, p.credit, {height_of('p.seq')} "  # noqa: S608
-                    "AS block_height, s.state AS spot_check, s.indices IS NOT NULL AS "
-                    "dispute_check FROM proofs p LEFT JOIN spot_checks s ON "
+                    "AS block_height, s.state AS spot_check, "
+                    "CASE WHEN s.indices IS NULL THEN 0 ELSE 1 END AS dispute_check "
+                    "FROM proofs p LEFT JOIN spot_checks s ON "
                     "s.task_id = p.task_id AND s.device_id = p.device_id "
-                    "WHERE p.task_id IN (SELECT value FROM json_each(?))",
-                    [ids],
+                    f"WHERE p.task_id IN ({marks(len(ids))})",
+                    ids,
                 )
             )
             return tasks, rows

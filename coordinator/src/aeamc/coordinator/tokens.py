@@ -9,11 +9,10 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-import sqlite_utils
-
 from aeamc.shared.refusals import Fault, Refusal
 
 from .context import Context
+from .dbtx import Tx
 from .store import tokens as token_rows
 
 ROLES = ("operator", "client", "enroll")
@@ -79,7 +78,7 @@ class TokenService:
             "uses_left": uses,
         }
 
-        def txn(db: sqlite_utils.Database) -> str:
+        def txn(db: Tx) -> str:
             # A fresh owner id, unique among all tokens ever made (they are never deleted),
             # so no token can come to own another's tasks.
             while True:
@@ -123,7 +122,7 @@ class TokenService:
         return dataclasses.replace(info, uses_left=left)
 
     @staticmethod
-    def consume_enroll_token(db: sqlite_utils.Database, token: str, now: int) -> None:
+    def consume_enroll_token(db: Tx, token: str, now: int) -> None:
         """Spend one use of a valid enrollment token in the caller's transaction, or refuse
         it (unknown, expired, used up) so the enrollment changes nothing."""
         row = token_rows.enroll_token_row(db, hash_token(token))

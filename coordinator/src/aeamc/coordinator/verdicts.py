@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 
-import sqlite_utils
-
 from .context import Context
+from .dbtx import Tx
 from .settlement import Settlement
 from .store import devices as device_rows
 from .store import proofs as proof_rows
@@ -44,7 +43,7 @@ class VerdictService:
         now = self.ctx.clock()
         column = {"passed": "passes", "failed": "failures", "unanswered": "unanswered"}[verdict]
 
-        def txn(db: sqlite_utils.Database) -> tuple[bool, str | None, list[str]]:
+        def txn(db: Tx) -> tuple[bool, str | None, list[str]]:
             concluded = proof_rows.conclude_check(
                 db,
                 task_id=task_id,
@@ -87,7 +86,7 @@ class VerdictService:
         self.ctx.wake_scheduler.set()
 
     def _unanswered_rule(
-        self, db: sqlite_utils.Database, task_id: str, device_id: str, refused: bool, now: int
+        self, db: Tx, task_id: str, device_id: str, refused: bool, now: int
     ) -> str | None:
         """Why an unanswered check quarantines its device, or ``None`` when it does not.
 

@@ -9,22 +9,21 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import sqlite_utils
-
 from aeamc.shared import merkle, microblock
 from aeamc.shared.bundle import build_bundle
 from aeamc.shared.messages import PoT, parse_signed
 from aeamc.shared.refusals import Fault, Refusal, not_found
 
-from ..db import Database
+from ..dbtx import Tx
+from ..groupcommit import GroupCommit
 from ..membership import height_of
 
 
-def _one(db: sqlite_utils.Database, sql: str, args: list[Any]) -> dict[str, Any] | None:
+def _one(db: Tx, sql: str, args: list[Any]) -> dict[str, Any] | None:
     return next(iter(db.query(sql, args)), None)
 
 
-def _gather(db: sqlite_utils.Database, task_id: str, device_id: str) -> dict[str, Any]:
+def _gather(db: Tx, task_id: str, device_id: str) -> dict[str, Any]:
     proof = _one(
         db,
         f"SELECT pot, {height_of('p.seq')} AS block_height FROM proofs p "  # noqa: S608
@@ -84,7 +83,7 @@ def _gather(db: sqlite_utils.Database, task_id: str, device_id: str) -> dict[str
     }
 
 
-async def receipt_bundle(db: Database, task_id: str, device_id: str) -> dict[str, Any]:
+async def receipt_bundle(db: GroupCommit, task_id: str, device_id: str) -> dict[str, Any]:
     """The bundle for one receipt; 404 if unknown, 409 ``not_anchored`` until final."""
     g = await db.read(lambda d: _gather(d, task_id, device_id))
     a = g["anchor"]

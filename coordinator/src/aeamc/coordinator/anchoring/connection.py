@@ -23,7 +23,7 @@ from .wallet import TxSigner, WalletError, ensure_wallet
 
 if TYPE_CHECKING:
     from ..config import CoordinatorConfig
-    from ..db import Database
+    from ..groupcommit import GroupCommit
     from .chain import Chain
 
 log = logging.getLogger(LOGGER)
@@ -35,7 +35,7 @@ class NotReady(Exception):
 
 async def connect(
     config: CoordinatorConfig,
-    db: Database,
+    db: GroupCommit,
     *,
     clock: Callable[[], int],
     calls: ChainCalls,

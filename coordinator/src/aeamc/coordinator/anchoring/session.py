@@ -22,7 +22,7 @@ from .wallet import TxSigner
 
 if TYPE_CHECKING:
     from ..config import ChainConfig
-    from ..db import Database
+    from ..groupcommit import GroupCommit
     from .chain import Chain
 
 log = logging.getLogger(LOGGER)
@@ -48,7 +48,7 @@ class Session:
     chain: Chain
     wallet: TxSigner
     target: Target
-    db: Database
+    db: GroupCommit
     clock: Callable[[], int]
     calls: ChainCalls
     status: ChainStatus

@@ -21,7 +21,7 @@ from .store import Target
 
 if TYPE_CHECKING:
     from ..config import ChainConfig
-    from ..db import Database
+    from ..groupcommit import GroupCommit
 
 #: The logger name of every anchoring step, as operators filter the log on it.
 LOGGER = "aeamc.coordinator.anchoring.service"
@@ -102,7 +102,7 @@ class ChainStatus:
 
 
 async def anchoring_status(
-    db: Database,
+    db: GroupCommit,
     cc: ChainConfig,
     status: ChainStatus,
     clock: Callable[[], int],

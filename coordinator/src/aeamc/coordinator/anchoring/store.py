@@ -13,10 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import sqlite_utils
-
 from aeamc.shared.anchoring import LIVE, Fees, Inclusion, Receipt, State, Tracked
 
+from ..dbtx import Tx
 from .wallet import SignedTx
 
 _LIVE_SQL = "('pending','sent','included')"
@@ -49,7 +48,7 @@ class Attempt:
     signed: SignedTx
 
 
-def _one(db: sqlite_utils.Database, sql: str, args: Sequence[Any] = ()) -> dict[str, Any] | None:
+def _one(db: Tx, sql: str, args: Sequence[Any] = ()) -> dict[str, Any] | None:
     return next(iter(db.query(sql, list(args))), None)
 
 
@@ -65,7 +64,7 @@ def _target_args(t: Target) -> list[Any]:
 # -- start-up ----------------------------------------------------------------------------------
 
 
-def release_foreign(db: sqlite_utils.Database, target: Target, now: int) -> int:
+def release_foreign(db: Tx, target: Target, now: int) -> int:
     """Give back blocks held by anchors that are not on ``target``'s chain any more.
 
     An embedded chain dies with the process, so all its anchors are abandoned at start;
@@ -93,7 +92,7 @@ def release_foreign(db: sqlite_utils.Database, target: Target, now: int) -> int:
     return int(cur.rowcount)
 
 
-def stored_next_nonce(db: sqlite_utils.Database, target: Target) -> int | None:
+def stored_next_nonce(db: Tx, target: Target) -> int | None:
     """The next nonce stored with the last intent for ``target``; ``None`` if none yet."""
     row = _one(db, "SELECT value FROM meta WHERE key=?", [target.nonce_key])
     return int(row["value"]) if row else None
@@ -102,7 +101,7 @@ def stored_next_nonce(db: sqlite_utils.Database, target: Target) -> int | None:
 # -- reads -------------------------------------------------------------------------------------
 
 
-def live_anchor(db: sqlite_utils.Database, target: Target) -> dict[str, Any] | None:
+def live_anchor(db: Tx, target: Target) -> dict[str, Any] | None:
     """The one anchor in flight, if any: the service starts no other until it settles."""
     return _one(
         db,
@@ -112,7 +111,7 @@ def live_anchor(db: sqlite_utils.Database, target: Target) -> dict[str, Any] | N
     )
 
 
-def anchor_txs(db: sqlite_utils.Database, anchor_id: int) -> list[dict[str, Any]]:
+def anchor_txs(db: Tx, anchor_id: int) -> list[dict[str, Any]]:
     """Every transaction signed for the anchor, oldest first; the last is the current one."""
     return list(
         db.query(
@@ -142,9 +141,7 @@ def tracked(row: dict[str, Any], txs: Sequence[dict[str, Any]]) -> Tracked:
     )
 
 
-def sibling_txs(
-    db: sqlite_utils.Database, target: Target, nonce: int, anchor_id: int
-) -> list[dict[str, Any]]:
+def sibling_txs(db: Tx, target: Target, nonce: int, anchor_id: int) -> list[dict[str, Any]]:
     """Transactions of reorged anchors at ``nonce``: one of them may still be mined."""
     return list(
         db.query(
@@ -156,7 +153,7 @@ def sibling_txs(
     )
 
 
-def unresolved_reorged(db: sqlite_utils.Database, target: Target) -> list[dict[str, Any]]:
+def unresolved_reorged(db: Tx, target: Target) -> list[dict[str, Any]]:
     """Reorged anchors whose nonce no final anchor has used since: a transaction of theirs
     could still be mined, so a new anchor must either reuse the nonce or check first."""
     rows = list(
@@ -177,7 +174,7 @@ def unresolved_reorged(db: sqlite_utils.Database, target: Target) -> list[dict[s
     return rows
 
 
-def unanchored_blocks(db: sqlite_utils.Database) -> list[tuple[int, bytes]]:
+def unanchored_blocks(db: Tx) -> list[tuple[int, bytes]]:
     """Blocks waiting for a root, in chain order."""
     return [
         (r["height"], bytes(r["hash"]))
@@ -188,7 +185,7 @@ def unanchored_blocks(db: sqlite_utils.Database) -> list[tuple[int, bytes]]:
 # -- writes ------------------------------------------------------------------------------------
 
 
-def _take_blocks(db: sqlite_utils.Database, anchor_id: int, heights: Sequence[int]) -> None:
+def _take_blocks(db: Tx, anchor_id: int, heights: Sequence[int]) -> None:
     for leaf_index, height in enumerate(heights):
         db.execute(
             "INSERT INTO anchor_leaves (anchor_id, leaf_index, height) VALUES (?,?,?)",
@@ -203,7 +200,7 @@ def _take_blocks(db: sqlite_utils.Database, anchor_id: int, heights: Sequence[in
 
 
 def create_intent(
-    db: sqlite_utils.Database,
+    db: Tx,
     target: Target,
     *,
     root: bytes,
@@ -215,7 +212,7 @@ def create_intent(
     cur = db.execute(
         "INSERT INTO anchors (root, tree_size, chain_id, contract, embedded, sender, nonce, "
         "state, max_fee_per_gas, max_priority_fee_per_gas, tx_hash, created_at) "
-        "VALUES (?,?,?,?,?,?,?, 'pending', ?,?,?,?)",
+        "VALUES (?,?,?,?,?,?,?, 'pending', ?,?,?,?) RETURNING id",
         [
             root,
             len(heights),
@@ -230,7 +227,7 @@ def create_intent(
             now,
         ],
     )
-    anchor_id = int(cur.lastrowid or 0)
+    anchor_id = int(cur.fetchone()[0])
     _insert_tx(db, anchor_id, attempt, now)
     _take_blocks(db, anchor_id, heights)
     db.execute(
@@ -242,7 +239,7 @@ def create_intent(
 
 
 def create_adopted(
-    db: sqlite_utils.Database,
+    db: Tx,
     target: Target,
     *,
     root: bytes,
@@ -254,7 +251,7 @@ def create_adopted(
     cur = db.execute(
         "INSERT INTO anchors (root, tree_size, chain_id, contract, embedded, sender, state, "
         "tx_hash, block_number, block_hash, gas_used, effective_gas_price, created_at, "
-        "included_at, detail) VALUES (?,?,?,?,?,?, 'included', ?,?,?,?,?,?,?, ?)",
+        "included_at, detail) VALUES (?,?,?,?,?,?, 'included', ?,?,?,?,?,?,?, ?) RETURNING id",
         [
             root,
             len(heights),
@@ -272,12 +269,12 @@ def create_adopted(
             "the root was already anchored; adopted from the chain",
         ],
     )
-    anchor_id = int(cur.lastrowid or 0)
+    anchor_id = int(cur.fetchone()[0])
     _take_blocks(db, anchor_id, heights)
     return anchor_id
 
 
-def _insert_tx(db: sqlite_utils.Database, anchor_id: int, attempt: Attempt, now: int) -> None:
+def _insert_tx(db: Tx, anchor_id: int, attempt: Attempt, now: int) -> None:
     fees = attempt.fees
     db.execute(
         "INSERT INTO anchor_txs (tx_hash, anchor_id, nonce, max_fee_per_gas, "
@@ -295,7 +292,7 @@ def _insert_tx(db: sqlite_utils.Database, anchor_id: int, attempt: Attempt, now:
     )
 
 
-def add_replacement(db: sqlite_utils.Database, anchor_id: int, attempt: Attempt, now: int) -> None:
+def add_replacement(db: Tx, anchor_id: int, attempt: Attempt, now: int) -> None:
     """Store a same-nonce replacement; it becomes the current transaction, not yet sent."""
     _insert_tx(db, anchor_id, attempt, now)
     fees = attempt.fees
@@ -306,7 +303,7 @@ def add_replacement(db: sqlite_utils.Database, anchor_id: int, attempt: Attempt,
     )
 
 
-def mark_broadcast(db: sqlite_utils.Database, anchor_id: int, now: int) -> None:
+def mark_broadcast(db: Tx, anchor_id: int, now: int) -> None:
     """A node accepted the current transaction: ``pending`` becomes ``sent``; the first
     broadcast time is kept, the last one updated."""
     db.execute(
@@ -316,9 +313,7 @@ def mark_broadcast(db: sqlite_utils.Database, anchor_id: int, now: int) -> None:
     )
 
 
-def mark_included(
-    db: sqlite_utils.Database, anchor_id: int, receipt: Receipt, now: int, detail: str
-) -> None:
+def mark_included(db: Tx, anchor_id: int, receipt: Receipt, now: int, detail: str) -> None:
     """The anchor is in the block ``receipt`` names; confirmations count from there."""
     db.execute(
         "UPDATE anchors SET state='included', tx_hash=?, block_number=?, block_hash=?, "
@@ -336,7 +331,7 @@ def mark_included(
     )
 
 
-def mark_final(db: sqlite_utils.Database, anchor_id: int, now: int, detail: str) -> None:
+def mark_final(db: Tx, anchor_id: int, now: int, detail: str) -> None:
     """The anchor is final: its blocks are anchored for good."""
     db.execute(
         "UPDATE anchors SET state='final', final_at=?, detail=? WHERE id=?",
@@ -344,7 +339,7 @@ def mark_final(db: sqlite_utils.Database, anchor_id: int, now: int, detail: str)
     )
 
 
-def requeue(db: sqlite_utils.Database, anchor_id: int, state: State, detail: str) -> int:
+def requeue(db: Tx, anchor_id: int, state: State, detail: str) -> int:
     """The anchor gives up; its blocks wait for the next root. Returns how many."""
     if state in LIVE or state is State.FINAL:
         raise ValueError(f"{state} does not give blocks back")
@@ -355,9 +350,7 @@ def requeue(db: sqlite_utils.Database, anchor_id: int, state: State, detail: str
     return int(cur.rowcount)
 
 
-def revive(
-    db: sqlite_utils.Database, anchor_id: int, receipt: Receipt, now: int, detail: str
-) -> None:
+def revive(db: Tx, anchor_id: int, receipt: Receipt, now: int, detail: str) -> None:
     """A reorged anchor's transaction was mined after all: it owns its blocks again.
 
     Its blocks are free at this point (the caller has dropped whichever anchor held them),
@@ -375,7 +368,7 @@ def revive(
             raise RuntimeError(f"block {leaf['height']} is held by another anchor")
 
 
-def anchor_of_tx(db: sqlite_utils.Database, tx_hash: str) -> int | None:
+def anchor_of_tx(db: Tx, tx_hash: str) -> int | None:
     """The anchor that signed ``tx_hash``; ``None`` for a transaction not ours."""
     row = _one(db, "SELECT anchor_id FROM anchor_txs WHERE tx_hash=?", [tx_hash])
     return int(row["anchor_id"]) if row else None
@@ -384,7 +377,7 @@ def anchor_of_tx(db: sqlite_utils.Database, tx_hash: str) -> int | None:
 # -- status ------------------------------------------------------------------------------------
 
 
-def summary(db: sqlite_utils.Database, target: Target | None) -> dict[str, Any]:
+def summary(db: Tx, target: Target | None) -> dict[str, Any]:
     """Block counts (anchored, unanchored, queued) and, once a target is known, anchors
     per state, live anchors and the last final anchor: the stored half of the status."""
     blocks = _one(

@@ -17,7 +17,7 @@ Two table groups have their owners elsewhere, next to the code that gives them m
 blocks, and its nonce in meta) and ``updates/`` (``rollouts.py``: releases;
 ``reports.py``: update_reports).
 
-Every write function takes the writer's transaction handle (the ``sqlite_utils.Database``
+Every write function takes the writer's transaction handle (the ``Tx``
 that ``Database.write`` passes), so a service that calls several of them still commits
 once: the service decides what happens, the store says how it is written. State changes
 are checked against ``aeamc.shared.lifecycle`` in Python where the old state is known; the

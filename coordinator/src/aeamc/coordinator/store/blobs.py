@@ -7,15 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import sqlite_utils
+from ..dbtx import Tx, json_text
 
 
-def blob_row(db: sqlite_utils.Database, digest: str) -> dict[str, Any] | None:
+def blob_row(db: Tx, digest: str) -> dict[str, Any] | None:
     """The blob named ``digest`` (kind, size, created_at), or None."""
     return next(iter(db.query("SELECT * FROM blobs WHERE digest = ?", [digest])), None)
 
 
-def owns(db: sqlite_utils.Database, digest: str, owner: str) -> bool:
+def owns(db: Tx, digest: str, owner: str) -> bool:
     """Whether ``owner`` uploaded the blob ``digest``."""
     found = db.execute(
         "SELECT 1 FROM blob_owners WHERE digest = ? AND owner = ?", [digest, owner]
@@ -23,9 +23,7 @@ def owns(db: sqlite_utils.Database, digest: str, owner: str) -> bool:
     return found is not None
 
 
-def add_blob(
-    db: sqlite_utils.Database, digest: str, kind: str, size: int, *, owner: str, now: int
-) -> bool:
+def add_blob(db: Tx, digest: str, kind: str, size: int, *, owner: str, now: int) -> bool:
     """Record the blob (if new) and ``owner`` as one who uploaded it; whether it was new."""
     new = blob_row(db, digest) is None
     if new:
@@ -34,21 +32,22 @@ def add_blob(
             [digest, kind, size, now],
         )
     db.execute(
-        "INSERT OR IGNORE INTO blob_owners (digest, owner, added_at) VALUES (?, ?, ?)",
+        "INSERT INTO blob_owners (digest, owner, added_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
         [digest, owner, now],
     )
     return new
 
 
-def assigned_digest(db: sqlite_utils.Database, device_id: str, digest: str) -> bool:
+def assigned_digest(db: Tx, device_id: str, digest: str) -> bool:
     """Whether ``device_id`` was given a WASM task naming ``digest`` (as its module or its
     input) that it has not let go of (offered, accepted or proved, for its spot-checks):
     the only content a device may fetch."""
     found = db.execute(
-        "SELECT 1 FROM assignments a JOIN tasks t ON t.task_id = a.task_id "
+        "SELECT 1 FROM assignments a JOIN tasks t ON t.task_id = a.task_id "  # noqa: S608
         "WHERE a.device_id = ? AND a.state IN ('offered', 'accepted', 'proved') "
         "AND t.kind = 'wasm' "
-        "AND (json_extract(t.params, '$.module') = ? OR json_extract(t.params, '$.input') = ?)",
+        f"AND ({json_text(db, 't.params', 'module')} = ? "
+        f"OR {json_text(db, 't.params', 'input')} = ?)",
         [device_id, digest, digest],
     ).fetchone()
     return found is not None

@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import sqlite_utils
+from ..dbtx import Tx
 
 
 def insert_block(
-    db: sqlite_utils.Database,
+    db: Tx,
     *,
     height: int,
     block_hash: bytes,
@@ -21,7 +21,7 @@ def insert_block(
 ) -> None:
     """Append block ``height`` holding the receipts of proofs ``first_seq``..``last_seq``
     (its height and hash are unique, so it is never written twice)."""
-    db.conn.execute(
+    db.execute(
         "INSERT INTO blocks (height, hash, previous_hash, timestamp, receipt_count, "
         "header, payload, first_seq, last_seq) VALUES (?,?,?,?,?,?,?,?,?)",
         [

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import sqlite_utils
-
 from aeamc.shared.lifecycle import DEVICE_LIFECYCLE, check_transition
+
+from ..dbtx import Tx, insert, marks, upsert
 
 #: The columns of a device's record (reputation inputs) that a count may increase.
 RECORD_COLUMNS = frozenset(
@@ -20,19 +20,19 @@ RECORD_COLUMNS = frozenset(
 )
 
 
-def _first(db: sqlite_utils.Database, sql: str, args: list[Any]) -> dict[str, Any] | None:
+def _first(db: Tx, sql: str, args: list[Any]) -> dict[str, Any] | None:
     return next(iter(db.query(sql, args)), None)
 
 
 # -- reads -------------------------------------------------------------------------------
 
 
-def all_devices(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+def all_devices(db: Tx) -> list[dict[str, Any]]:
     """Every device row (the registry's load)."""
     return list(db.query("SELECT * FROM devices"))
 
 
-def heartbeat_times(db: sqlite_utils.Database, since: int) -> list[tuple[str, int]]:
+def heartbeat_times(db: Tx, since: int) -> list[tuple[str, int]]:
     """(device, receive time) of every heartbeat received since ``since``, oldest first."""
     return [
         (r["device_id"], r["received_at"])
@@ -50,14 +50,14 @@ def heartbeat_times(db: sqlite_utils.Database, since: int) -> list[tuple[str, in
 CHANGES_KEPT = 200_000
 
 
-def change_cursor(db: sqlite_utils.Database) -> int:
+def change_cursor(db: Tx) -> int:
     """The id of the latest device change committed (0 before any)."""
     row = db.execute("SELECT MAX(id) FROM device_changes").fetchone()
     return int(row[0] or 0)
 
 
 def changes_after(
-    db: sqlite_utils.Database, cursor: int, limit: int
+    db: Tx, cursor: int, limit: int
 ) -> tuple[int, dict[str, dict[str, Any] | None]] | None:
     """The devices written after change ``cursor`` (at most ``limit`` changes): the new
     cursor and each device's row now (None: deleted). None when changes after ``cursor``
@@ -74,14 +74,14 @@ def changes_after(
     ids = list(dict.fromkeys(device_id for _, device_id in changed))
     rows: dict[str, dict[str, Any] | None] = dict.fromkeys(ids)
     for row in db.query(
-        "SELECT * FROM devices WHERE device_id IN (SELECT value FROM json_each(?))",
-        [json.dumps(ids)],
+        f"SELECT * FROM devices WHERE device_id IN ({marks(len(ids))})",  # noqa: S608
+        ids,
     ):
         rows[row["device_id"]] = row
     return int(changed[-1][0]), rows
 
 
-def heartbeat_times_after(db: sqlite_utils.Database, after: dict[str, int]) -> dict[str, list[int]]:
+def heartbeat_times_after(db: Tx, after: dict[str, int]) -> dict[str, list[int]]:
     """For each device of ``after``, the receive times of its heartbeats after the time
     given, oldest first (one lookup by the heartbeats' key per device)."""
     out: dict[str, list[int]] = {}
@@ -96,7 +96,7 @@ def heartbeat_times_after(db: sqlite_utils.Database, after: dict[str, int]) -> d
     return out
 
 
-def prune_changes(db: sqlite_utils.Database, keep: int = CHANGES_KEPT) -> int:
+def prune_changes(db: Tx, keep: int = CHANGES_KEPT) -> int:
     """Delete all but the latest ``keep`` device changes; how many were deleted."""
     cur = db.execute(
         "DELETE FROM device_changes WHERE id <= (SELECT MAX(id) FROM device_changes) - ?",
@@ -105,35 +105,35 @@ def prune_changes(db: sqlite_utils.Database, keep: int = CHANGES_KEPT) -> int:
     return int(cur.rowcount)
 
 
-def is_erased(db: sqlite_utils.Database, device_id: str) -> bool:
+def is_erased(db: Tx, device_id: str) -> bool:
     """Whether ``device_id`` was erased (its tombstone refuses the identity for good)."""
     return _first(db, "SELECT 1 FROM erased_devices WHERE device_id=?", [device_id]) is not None
 
 
-def exists(db: sqlite_utils.Database, device_id: str) -> bool:
+def exists(db: Tx, device_id: str) -> bool:
     """Whether ``device_id`` is enrolled (its row exists) as the transaction sees it."""
     return db.execute("SELECT 1 FROM devices WHERE device_id=?", [device_id]).fetchone() is not None
 
 
-def device_row(db: sqlite_utils.Database, device_id: str) -> dict[str, Any] | None:
+def device_row(db: Tx, device_id: str) -> dict[str, Any] | None:
     """The row of ``device_id`` as committed, or None."""
     return _first(db, "SELECT * FROM devices WHERE device_id=?", [device_id])
 
 
-def enrollment_row(db: sqlite_utils.Database, device_id: str) -> dict[str, Any] | None:
+def enrollment_row(db: Tx, device_id: str) -> dict[str, Any] | None:
     """The state, enrollment and approval times of ``device_id``, or None."""
     return _first(
         db, "SELECT state, enrolled_at, approved_at FROM devices WHERE device_id = ?", [device_id]
     )
 
 
-def waiting_for_approval(
-    db: sqlite_utils.Database, address: str | None, since: int
-) -> tuple[int, int]:
+def waiting_for_approval(db: Tx, address: str | None, since: int) -> tuple[int, int]:
     """How many identities wait for approval since ``since``: overall, and from ``address``."""
     row = _first(
         db,
-        "SELECT COUNT(*) AS n, COALESCE(SUM(address IS ?), 0) AS here FROM devices "
+        "SELECT COUNT(*) AS n, "
+        "COALESCE(SUM(CASE WHEN address IS NOT DISTINCT FROM ? THEN 1 ELSE 0 END), 0) AS here "
+        "FROM devices "
         "WHERE state='pending' AND approved_at IS NULL AND enrolled_at >= ?",
         [address, since],
     )
@@ -141,7 +141,7 @@ def waiting_for_approval(
     return int(row["n"]), int(row["here"])
 
 
-def expired_pending(db: sqlite_utils.Database, since: int) -> list[str]:
+def expired_pending(db: Tx, since: int) -> list[str]:
     """The identities that have waited for approval since before ``since``."""
     return [
         r["device_id"]
@@ -153,13 +153,14 @@ def expired_pending(db: sqlite_utils.Database, since: int) -> list[str]:
     ]
 
 
-def passes(db: sqlite_utils.Database, device_ids: list[str]) -> dict[str, int]:
-    """The passed spot-checks of each of ``device_ids`` (bound once, as a JSON list)."""
+def passes(db: Tx, device_ids: list[str]) -> dict[str, int]:
+    """The passed spot-checks of each of ``device_ids``, in one query."""
+    if not device_ids:
+        return {}
     return dict(
-        db.conn.execute(
-            "SELECT device_id, passes FROM devices "
-            "WHERE device_id IN (SELECT value FROM json_each(?))",
-            [json.dumps(device_ids)],
+        db.execute(
+            f"SELECT device_id, passes FROM devices WHERE device_id IN ({marks(len(device_ids))})",  # noqa: S608
+            device_ids,
         ).fetchall()
     )
 
@@ -168,7 +169,7 @@ def passes(db: sqlite_utils.Database, device_ids: list[str]) -> dict[str, int]:
 
 
 def insert_device(
-    db: sqlite_utils.Database,
+    db: Tx,
     *,
     device_id: str,
     public_key: str,
@@ -180,7 +181,9 @@ def insert_device(
 ) -> None:
     """Enroll a new device in an initial state (approved at once when it is active)."""
     check_transition(DEVICE_LIFECYCLE, None, state)
-    db.table("devices").insert(
+    insert(
+        db,
+        "devices",
         {
             "device_id": device_id,
             "public_key": public_key,
@@ -190,12 +193,12 @@ def insert_device(
             "address": address,
             "enrolled_at": now,
             "approved_at": now if state == "active" else None,
-        }
+        },
     )
 
 
 def reenroll_device(
-    db: sqlite_utils.Database,
+    db: Tx,
     *,
     device_id: str,
     old_state: str,
@@ -219,7 +222,7 @@ def reenroll_device(
     )
 
 
-def set_tags(db: sqlite_utils.Database, device_id: str, tags: list[str]) -> bool:
+def set_tags(db: Tx, device_id: str, tags: list[str]) -> bool:
     """Give the device exactly the operator's ``tags`` (sorted, distinct); False when it
     is not enrolled."""
     cur = db.execute(
@@ -229,7 +232,7 @@ def set_tags(db: sqlite_utils.Database, device_id: str, tags: list[str]) -> bool
 
 
 def record_heartbeat(
-    db: sqlite_utils.Database,
+    db: Tx,
     *,
     device_id: str,
     seq: int,
@@ -256,9 +259,7 @@ def record_heartbeat(
     return True
 
 
-def set_device_state(
-    db: sqlite_utils.Database, device_id: str, state: str, reason: str, now: int
-) -> None:
+def set_device_state(db: Tx, device_id: str, state: str, reason: str, now: int) -> None:
     """Move a device to ``state`` for ``reason`` along the device lifecycle; becoming
     active records its first approval time."""
     row = db.execute("SELECT state FROM devices WHERE device_id=?", [device_id]).fetchone()
@@ -272,7 +273,7 @@ def set_device_state(
     )
 
 
-def mark_stale(db: sqlite_utils.Database, device_id: str) -> None:
+def mark_stale(db: Tx, device_id: str) -> None:
     """An active device that missed its heartbeats becomes stale (any other stays)."""
     db.execute(
         "UPDATE devices SET state='stale', state_reason='missed heartbeats' "
@@ -281,7 +282,7 @@ def mark_stale(db: sqlite_utils.Database, device_id: str) -> None:
     )
 
 
-def quarantine(db: sqlite_utils.Database, device_id: str, reason: str) -> None:
+def quarantine(db: Tx, device_id: str, reason: str) -> None:
     """Quarantine a device (reachable from every state, never left)."""
     db.execute(
         "UPDATE devices SET state='quarantined', state_reason=? WHERE device_id=?",
@@ -289,63 +290,63 @@ def quarantine(db: sqlite_utils.Database, device_id: str, reason: str) -> None:
     )
 
 
-def count(db: sqlite_utils.Database, device_id: str, column: str) -> None:
+def count(db: Tx, device_id: str, column: str) -> None:
     """Add one to ``column`` of the device's record (one of ``RECORD_COLUMNS``)."""
     count_many(db, column, {device_id: 1})
 
 
-def count_many(db: sqlite_utils.Database, column: str, counts: dict[str, int]) -> None:
+def count_many(db: Tx, column: str, counts: dict[str, int]) -> None:
     """Add ``counts[device_id]`` to ``column`` of each device's record, in one statement."""
     if column not in RECORD_COLUMNS:
         raise ValueError(f"no record column {column!r}")
-    db.conn.executemany(
+    db.executemany(
         f"UPDATE devices SET {column}={column}+? WHERE device_id=?",  # noqa: S608
         [(n, device_id) for device_id, n in counts.items()],
     )
 
 
-def delete_device(db: sqlite_utils.Database, device_id: str) -> None:
+def delete_device(db: Tx, device_id: str) -> None:
     """Delete a device row: only the pending sweep (SPEC §15.2) and erasure do."""
     db.execute("DELETE FROM devices WHERE device_id=?", [device_id])
 
 
-def erase_device(db: sqlite_utils.Database, device_id: str, now: int) -> None:
+def erase_device(db: Tx, device_id: str, now: int) -> None:
     """Delete an erased device's row and leave the tombstone that refuses its identity
     for good (SPEC §11)."""
     delete_device(db, device_id)
     db.execute(
-        "INSERT OR IGNORE INTO erased_devices (device_id, erased_at) VALUES (?,?)",
+        "INSERT INTO erased_devices (device_id, erased_at) VALUES (?,?) ON CONFLICT DO NOTHING",
         [device_id, now],
     )
 
 
-def delete_heartbeats(db: sqlite_utils.Database, device_id: str) -> int:
+def delete_heartbeats(db: Tx, device_id: str) -> int:
     """Delete a device's heartbeat history; how many rows."""
     return int(db.execute("DELETE FROM heartbeats WHERE device_id=?", [device_id]).rowcount)
 
 
-def purge_heartbeats(db: sqlite_utils.Database, cutoff: int) -> int:
+def purge_heartbeats(db: Tx, cutoff: int) -> int:
     """Delete heartbeats received before ``cutoff`` (telemetry retention); how many."""
     return int(db.execute("DELETE FROM heartbeats WHERE received_at < ?", [cutoff]).rowcount)
 
 
-def see_candidate(db: sqlite_utils.Database, row: dict[str, Any]) -> None:
+def see_candidate(db: Tx, row: dict[str, Any]) -> None:
     """Keep the latest mDNS advert of a device not enrolled (one row per device)."""
-    db.table("candidates").upsert(row, pk="device_id")
+    upsert(db, "candidates", row, key="device_id")
 
 
-def candidate(db: sqlite_utils.Database, device_id: str) -> dict[str, Any] | None:
+def candidate(db: Tx, device_id: str) -> dict[str, Any] | None:
     """The mDNS candidate row of ``device_id``, or None."""
     return _first(db, "SELECT * FROM candidates WHERE device_id=?", [device_id])
 
 
-def purge_candidates(db: sqlite_utils.Database, cutoff: int) -> int:
+def purge_candidates(db: Tx, cutoff: int) -> int:
     """Delete candidates whose latest advert came before ``cutoff`` (their retention);
     how many."""
     return int(db.execute("DELETE FROM candidates WHERE last_seen < ?", [cutoff]).rowcount)
 
 
-def forget_erased_candidates(db: sqlite_utils.Database) -> int:
+def forget_erased_candidates(db: Tx) -> int:
     """Delete every candidate row of an erased identity; how many."""
     return int(
         db.execute(
@@ -354,12 +355,12 @@ def forget_erased_candidates(db: sqlite_utils.Database) -> int:
     )
 
 
-def is_candidate(db: sqlite_utils.Database, device_id: str) -> bool:
+def is_candidate(db: Tx, device_id: str) -> bool:
     """Whether ``device_id`` has an mDNS candidate row (seen advertising, not enrolled)."""
     found = db.execute("SELECT 1 FROM candidates WHERE device_id=?", [device_id]).fetchone()
     return found is not None
 
 
-def forget_candidate(db: sqlite_utils.Database, device_id: str) -> int:
+def forget_candidate(db: Tx, device_id: str) -> int:
     """Delete a device's mDNS candidate row (it enrolled, or is erased); how many rows."""
     return int(db.execute("DELETE FROM candidates WHERE device_id=?", [device_id]).rowcount)

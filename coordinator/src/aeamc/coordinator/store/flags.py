@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite_utils
+from ..dbtx import Tx
 
 
-def set_flag(db: sqlite_utils.Database, name: str, percent: int, now: int, by: str) -> int | None:
+def set_flag(db: Tx, name: str, percent: int, now: int, by: str) -> int | None:
     """Set flag ``name`` to ``percent`` and record the change in its history, together;
     returns the percentage before (None: the flag was unset)."""
     row = db.execute("SELECT percent FROM flags WHERE name=?", [name]).fetchone()

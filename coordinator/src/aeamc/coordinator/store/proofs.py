@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import sqlite_utils
-
 from aeamc.shared.lifecycle import (
     CREDIT_LIFECYCLE,
     SPOT_CHECK_LIFECYCLE,
     check_transition,
 )
 
+from ..dbtx import Tx, marks
 from ..membership import height_of, not_in_block
 
 for _old, _new in (("unverified", "verified"), ("unverified", "void"), ("verified", "void")):
@@ -30,52 +29,55 @@ check_transition(SPOT_CHECK_LIFECYCLE, "passed", "pending")
 #: A random spot-check (SPEC §14.2): never replaces a check already scheduled.
 #: Its indices stay NULL: they are derived from the block hash when the challenge is sent.
 RANDOM_CHECK_SQL = (
-    "INSERT OR IGNORE INTO spot_checks (task_id, device_id, block_height, indices, state, "
-    "next_attempt_at, created_at) VALUES (?,?,?, NULL, 'pending', ?, ?)"
+    "INSERT INTO spot_checks (task_id, device_id, block_height, indices, state, "
+    "next_attempt_at, created_at) VALUES (?,?,?, NULL, 'pending', ?, ?) ON CONFLICT DO NOTHING"
 )
+
 
 #: The random checks of every receipt of a block from devices checked on every task, in
 #: one statement (binding 10,000 rows one by one cost three times as much).
-CHECK_ALL_SQL = (
-    "INSERT OR IGNORE INTO spot_checks (task_id, device_id, block_height, indices, state, "
-    "next_attempt_at, created_at) SELECT p.task_id, p.device_id, ?, NULL, 'pending', ?, ? "
-    "FROM proofs p WHERE p.seq BETWEEN ? AND ? "
-    "AND p.device_id IN (SELECT value FROM json_each(?))"
-)
+def check_all_sql(devices: int) -> str:
+    """The statement scheduling a random check of every receipt in a seq range from
+    ``devices`` devices (bound as height, now, now, first, last, then each device id)."""
+    return (
+        "INSERT INTO spot_checks (task_id, device_id, block_height, indices, state, "  # noqa: S608
+        "next_attempt_at, created_at) SELECT p.task_id, p.device_id, ?, NULL, 'pending', ?, ? "
+        "FROM proofs p WHERE p.seq BETWEEN ? AND ? "
+        f"AND p.device_id IN ({marks(devices)}) ON CONFLICT DO NOTHING"
+    )
 
 
 # -- proofs ------------------------------------------------------------------------------
 
 
-def insert_proofs(db: sqlite_utils.Database, rows: list[tuple[Any, ...]], now: int) -> None:
+def insert_proofs(db: Tx, rows: list[tuple[Any, ...]], now: int) -> None:
     """Store accepted proofs in order, unverified, in one statement: each row is
     ``(task_id, device_id, pot, signature, output, output_digest, chunks)``."""
-    db.conn.executemany(
+    db.executemany(
         "INSERT INTO proofs (task_id, device_id, pot, signature, output, output_digest, "
         "chunks, accepted_at) VALUES (?,?,?,?,?,?,?,?)",
         [(*row, now) for row in rows],
     )
 
 
-def live_outputs(db: sqlite_utils.Database, task_ids: list[str]) -> list[dict[str, Any]]:
+def live_outputs(db: Tx, task_ids: list[str]) -> list[dict[str, Any]]:
     """Per task of ``task_ids``: its state, its replicas, how many proofs are not void
     (``live``), how many distinct outputs they have (``outputs``) and one of them
     (``digest``), in one query."""
     if not task_ids:
         return []
-    marks = ",".join("?" * len(task_ids))
     return list(
         db.query(
             "SELECT t.task_id, t.state, t.replicas, COUNT(p.task_id) AS live, "  # noqa: S608
             "COUNT(DISTINCT p.output_digest) AS outputs, MIN(p.output_digest) AS digest "
             "FROM tasks t LEFT JOIN proofs p ON p.task_id = t.task_id AND p.credit != 'void' "
-            f"WHERE t.task_id IN ({marks}) GROUP BY t.task_id",
+            f"WHERE t.task_id IN ({marks(len(task_ids))}) GROUP BY t.task_id",
             task_ids,
         )
     )
 
 
-def verify_credit(db: sqlite_utils.Database, task_id: str, device_id: str) -> None:
+def verify_credit(db: Tx, task_id: str, device_id: str) -> None:
     """An unverified proof whose check passed becomes verified."""
     db.execute(
         "UPDATE proofs SET credit='verified' WHERE task_id=? AND device_id=? "
@@ -84,9 +86,7 @@ def verify_credit(db: sqlite_utils.Database, task_id: str, device_id: str) -> No
     )
 
 
-def void_credit(
-    db: sqlite_utils.Database, task_id: str, device_id: str, *, verified: bool = False
-) -> bool:
+def void_credit(db: Tx, task_id: str, device_id: str, *, verified: bool = False) -> bool:
     """Void a proof's credit if unverified (with ``verified``, also if verified); whether
     it was voided."""
     credits = "('unverified','verified')" if verified else "('unverified')"
@@ -98,7 +98,7 @@ def void_credit(
     return bool(cur.rowcount == 1)
 
 
-def delete_unblocked_proofs(db: sqlite_utils.Database, device_id: str) -> int:
+def delete_unblocked_proofs(db: Tx, device_id: str) -> int:
     """Delete an erased device's proofs not yet in a block; how many."""
     return int(
         db.execute(
@@ -108,7 +108,7 @@ def delete_unblocked_proofs(db: sqlite_utils.Database, device_id: str) -> int:
     )
 
 
-def strip_receipts(db: sqlite_utils.Database, device_id: str) -> int:
+def strip_receipts(db: Tx, device_id: str) -> int:
     """Keep of an erased device's blocked proofs only what receipts need: the signed PoT
     goes and the acceptance time becomes the block's; how many."""
     return int(
@@ -124,7 +124,7 @@ def strip_receipts(db: sqlite_utils.Database, device_id: str) -> int:
 
 
 def schedule_dispute_check(
-    db: sqlite_utils.Database,
+    db: Tx,
     *,
     task_id: str,
     device_id: str,
@@ -145,7 +145,7 @@ def schedule_dispute_check(
 
 
 def check_every_receipt(
-    db: sqlite_utils.Database,
+    db: Tx,
     *,
     height: int,
     now: int,
@@ -155,17 +155,18 @@ def check_every_receipt(
 ) -> None:
     """Schedule a random check of every receipt in seqs ``first``..``last`` from
     ``device_ids`` (one statement; a check already scheduled stays)."""
-    db.conn.execute(CHECK_ALL_SQL, [height, now, now, first, last, json.dumps(device_ids)])
+    if device_ids:
+        db.execute(check_all_sql(len(device_ids)), [height, now, now, first, last, *device_ids])
 
 
-def check_drawn(db: sqlite_utils.Database, drawn: list[tuple[Any, ...]]) -> None:
+def check_drawn(db: Tx, drawn: list[tuple[Any, ...]]) -> None:
     """Schedule the random checks drawn, each (task, device, height, now, now); a check
     already scheduled stays."""
-    db.conn.executemany(RANDOM_CHECK_SQL, drawn)
+    db.executemany(RANDOM_CHECK_SQL, drawn)
 
 
 def conclude_check(
-    db: sqlite_utils.Database,
+    db: Tx,
     *,
     task_id: str,
     device_id: str,
@@ -185,7 +186,7 @@ def conclude_check(
 
 
 def retry_check(
-    db: sqlite_utils.Database,
+    db: Tx,
     *,
     task_id: str,
     device_id: str,
@@ -201,9 +202,7 @@ def retry_check(
     )
 
 
-def defer_check(
-    db: sqlite_utils.Database, *, task_id: str, device_id: str, next_at: int, why: str
-) -> None:
+def defer_check(db: Tx, *, task_id: str, device_id: str, next_at: int, why: str) -> None:
     """A pending check that cannot conclude for a reason that is not the device's is
     tried again at ``next_at``, its attempts unchanged (none is used up)."""
     db.execute(
@@ -213,6 +212,6 @@ def defer_check(
     )
 
 
-def delete_device_checks(db: sqlite_utils.Database, device_id: str) -> int:
+def delete_device_checks(db: Tx, device_id: str) -> int:
     """Delete every spot-check of an erased device; how many."""
     return int(db.execute("DELETE FROM spot_checks WHERE device_id=?", [device_id]).rowcount)

@@ -15,7 +15,7 @@ from typing import Any
 
 from aeamc.shared.messages import Capabilities, Telemetry
 
-from ..db import Database
+from ..groupcommit import GroupCommit
 from ..registry import POA_HISTORY, Device
 from . import devices as device_rows
 
@@ -53,7 +53,7 @@ class DeviceRegistry:
 
     # -- changing (only after the write that the change mirrors has committed) ---------
 
-    async def load(self, db: Database, poa_since: int) -> None:
+    async def load(self, db: GroupCommit, poa_since: int) -> None:
         """Fill the registry from the database, with the heartbeat times since
         ``poa_since`` that EPS needs; ``follow`` goes on from here."""
         # The cursor first: a change committed while the rows are read is read again.
@@ -70,7 +70,7 @@ class DeviceRegistry:
                 devices[device_id] = dataclasses.replace(devices[device_id], poa_times=poa)
         self._devices = devices
 
-    async def follow(self, db: Database, poa_since: int, limit: int = 5000) -> int:
+    async def follow(self, db: GroupCommit, poa_since: int, limit: int = 5000) -> int:
         """Take in the device writes committed since the last ``load`` or ``follow``, by
         this process or another one on the same database: each changed device is read
         again (a deleted one forgotten), the heartbeats it sent since added to its proofs
@@ -85,7 +85,7 @@ class DeviceRegistry:
         self._cursor = cursor
         return len(rows)
 
-    async def refresh(self, db: Database, device_id: str, poa_since: int) -> Device | None:
+    async def refresh(self, db: GroupCommit, device_id: str, poa_since: int) -> Device | None:
         """The device as committed now, read again and put in the view (None: not
         enrolled). For a hot path about to refuse on what the view says — unknown,
         pending, quarantined — when another process may have changed it since the last
@@ -95,7 +95,7 @@ class DeviceRegistry:
         return self._devices.get(device_id)
 
     async def _take_in(
-        self, db: Database, rows: dict[str, dict[str, Any] | None], poa_since: int
+        self, db: GroupCommit, rows: dict[str, dict[str, Any] | None], poa_since: int
     ) -> None:
         """Put committed device rows in the view (``None``: the device is gone), with the
         heartbeats each sent since the view last had it."""

@@ -8,11 +8,8 @@ tables once, here, at import (the database's triggers check every row besides).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection
 from typing import Any
-
-import sqlite_utils
 
 from aeamc.shared.lifecycle import (
     ASSIGNMENT_LIFECYCLE,
@@ -21,6 +18,8 @@ from aeamc.shared.lifecycle import (
     TaskState,
     check_transition,
 )
+
+from ..dbtx import Tx, insert, marks
 
 
 def _edges_task(old: tuple[str, ...], new: str) -> None:
@@ -50,17 +49,17 @@ _edges_assignment(("offered", "accepted", "proved"), "lost")
 # -- reads -------------------------------------------------------------------------------
 
 
-def task_row(db: sqlite_utils.Database, task_id: str) -> dict[str, Any] | None:
+def task_row(db: Tx, task_id: str) -> dict[str, Any] | None:
     """The task ``task_id`` as stored, or None."""
     return next(iter(db.query("SELECT * FROM tasks WHERE task_id=?", [task_id])), None)
 
 
-def task_exists(db: sqlite_utils.Database, task_id: str) -> bool:
+def task_exists(db: Tx, task_id: str) -> bool:
     """Whether a task ``task_id`` exists."""
     return next(iter(db.query("SELECT 1 FROM tasks WHERE task_id=?", [task_id])), None) is not None
 
 
-def assignment_row(db: sqlite_utils.Database, task_id: str, device_id: str) -> Any:
+def assignment_row(db: Tx, task_id: str, device_id: str) -> Any:
     """The state, reason and signed message of ``device_id``'s assignment of ``task_id``,
     or None."""
     return next(
@@ -75,7 +74,7 @@ def assignment_row(db: sqlite_utils.Database, task_id: str, device_id: str) -> A
     )
 
 
-def overdue_work(db: sqlite_utils.Database, now: int) -> bool:
+def overdue_work(db: Tx, now: int) -> bool:
     """Whether an assignment is past its time or a live task past its deadline."""
     return bool(
         db.execute(
@@ -87,7 +86,7 @@ def overdue_work(db: sqlite_utils.Database, now: int) -> bool:
     )
 
 
-def overdue_assignments(db: sqlite_utils.Database, now: int) -> list[dict[str, Any]]:
+def overdue_assignments(db: Tx, now: int) -> list[dict[str, Any]]:
     """The live assignments (task, device) past their time."""
     return list(
         db.query(
@@ -98,48 +97,49 @@ def overdue_assignments(db: sqlite_utils.Database, now: int) -> list[dict[str, A
     )
 
 
-def held_chunks(
-    db: sqlite_utils.Database, device_id: str, task_ids: Collection[str]
-) -> dict[str, int]:
+def held_chunks(db: Tx, device_id: str, task_ids: Collection[str]) -> dict[str, int]:
     """Of ``task_ids``, those ``device_id`` holds a live (offered or accepted) assignment
     of, each with its task's chunks. Looked up by primary key: one heartbeat's few ids."""
+    ids = sorted(set(task_ids))
+    if not ids:
+        return {}
     rows = db.query(
-        "SELECT a.task_id, t.chunks FROM assignments a JOIN tasks t ON t.task_id = a.task_id "
+        "SELECT a.task_id, t.chunks FROM assignments a JOIN tasks t ON t.task_id = a.task_id "  # noqa: S608
         "WHERE a.device_id=? AND a.state IN ('offered','accepted') "
-        "AND a.task_id IN (SELECT value FROM json_each(?))",
-        [device_id, json.dumps(sorted(set(task_ids)))],
+        f"AND a.task_id IN ({marks(len(ids))})",
+        [device_id, *ids],
     )
     return {r["task_id"]: r["chunks"] for r in rows}
 
 
-def replace_progress(db: sqlite_utils.Database, device_id: str, kept: dict[str, int]) -> None:
+def replace_progress(db: Tx, device_id: str, kept: dict[str, int]) -> None:
     """Make ``kept`` (task id → chunks done) all the progress ``device_id`` has reported."""
     db.execute("DELETE FROM progress WHERE device_id=?", [device_id])
     if kept:
-        db.conn.executemany(
+        db.executemany(
             "INSERT INTO progress (device_id, task_id, chunks_done) VALUES (?,?,?)",
             [(device_id, task_id, n) for task_id, n in kept.items()],
         )
 
 
-def progress_of(db: sqlite_utils.Database, task_id: str) -> dict[str, int]:
+def progress_of(db: Tx, task_id: str) -> dict[str, int]:
     """The chunks done each device reported of ``task_id``, by device."""
     rows = db.execute("SELECT device_id, chunks_done FROM progress WHERE task_id=?", [task_id])
     return {device_id: n for device_id, n in rows}
 
 
-def progress_held(db: sqlite_utils.Database) -> set[tuple[str, str]]:
+def progress_held(db: Tx) -> set[tuple[str, str]]:
     """Every (task, device) with reported progress."""
     rows = db.execute("SELECT task_id, device_id FROM progress")
     return {(task_id, device_id) for task_id, device_id in rows}
 
 
-def any_progress(db: sqlite_utils.Database) -> bool:
+def any_progress(db: Tx) -> bool:
     """Whether any progress is held."""
     return db.execute("SELECT 1 FROM progress LIMIT 1").fetchone() is not None
 
 
-def forget_ended_progress(db: sqlite_utils.Database) -> int:
+def forget_ended_progress(db: Tx) -> int:
     """Delete the progress of assignments no longer live; how many rows went."""
     cur = db.execute(
         "DELETE FROM progress WHERE NOT EXISTS (SELECT 1 FROM assignments a "
@@ -149,7 +149,7 @@ def forget_ended_progress(db: sqlite_utils.Database) -> int:
     return int(cur.rowcount)
 
 
-def live_assignments(db: sqlite_utils.Database) -> set[tuple[str, str]]:
+def live_assignments(db: Tx) -> set[tuple[str, str]]:
     """Every live (offered or accepted) assignment, as (task, device)."""
     rows = db.query(
         "SELECT task_id, device_id FROM assignments WHERE state IN ('offered','accepted')"
@@ -160,15 +160,13 @@ def live_assignments(db: sqlite_utils.Database) -> set[tuple[str, str]]:
 # -- tasks -------------------------------------------------------------------------------
 
 
-def insert_task(db: sqlite_utils.Database, row: dict[str, Any]) -> None:
+def insert_task(db: Tx, row: dict[str, Any]) -> None:
     """Queue a new task (the row's state must be an initial one)."""
     check_transition(TASK_LIFECYCLE, None, row["state"])
-    db.table("tasks").insert(row)
+    insert(db, "tasks", row)
 
 
-def complete_task(
-    db: sqlite_utils.Database, task_id: str, digest: str, now: int, detail: str | None = None
-) -> None:
+def complete_task(db: Tx, task_id: str, digest: str, now: int, detail: str | None = None) -> None:
     """Complete a task with the output ``digest`` (``detail``: why, replacing the last)."""
     if detail is None:
         complete_tasks(db, [(task_id, digest)], now)
@@ -180,15 +178,15 @@ def complete_task(
     )
 
 
-def complete_tasks(db: sqlite_utils.Database, done: list[tuple[str, str]], now: int) -> None:
+def complete_tasks(db: Tx, done: list[tuple[str, str]], now: int) -> None:
     """``complete_task`` for each ``(task_id, digest)`` in ``done``, in one statement."""
-    db.conn.executemany(
+    db.executemany(
         "UPDATE tasks SET state='completed', output_digest=?, completed_at=? WHERE task_id=?",
         [(digest, now, task_id) for task_id, digest in done],
     )
 
 
-def dispute_task(db: sqlite_utils.Database, task_id: str, now: int, detail: str) -> None:
+def dispute_task(db: Tx, task_id: str, now: int, detail: str) -> None:
     """Mark a task whose live proofs disagree as disputed."""
     db.execute(
         "UPDATE tasks SET state='disputed', completed_at=?, detail=? WHERE task_id=?",
@@ -196,9 +194,7 @@ def dispute_task(db: sqlite_utils.Database, task_id: str, now: int, detail: str)
     )
 
 
-def requeue(
-    db: sqlite_utils.Database, task_id: str, detail: str, from_states: tuple[str, ...]
-) -> None:
+def requeue(db: Tx, task_id: str, detail: str, from_states: tuple[str, ...]) -> None:
     """Put a task in one of ``from_states`` back in the queue, its result withdrawn."""
     for state in from_states:
         check_transition(TASK_LIFECYCLE, state, TaskState.QUEUED)
@@ -210,7 +206,7 @@ def requeue(
     )
 
 
-def fail_past_deadline(db: sqlite_utils.Database, now: int) -> None:
+def fail_past_deadline(db: Tx, now: int) -> None:
     """Fail every queued or running task past its deadline, expiring its live assignments
     with it, so no late proof can complete a failed task (failed is never left)."""
     db.execute(
@@ -227,7 +223,7 @@ def fail_past_deadline(db: sqlite_utils.Database, now: int) -> None:
     )
 
 
-def fail_task(db: sqlite_utils.Database, task_id: str, now: int, detail: str) -> None:
+def fail_task(db: Tx, task_id: str, now: int, detail: str) -> None:
     """Fail a queued or running task for good (``detail``: why)."""
     db.execute(
         "UPDATE tasks SET state='failed', completed_at=?, detail=? "
@@ -240,7 +236,7 @@ def fail_task(db: sqlite_utils.Database, task_id: str, now: int, detail: str) ->
 
 
 def assign(
-    db: sqlite_utils.Database,
+    db: Tx,
     task_id: str,
     device_id: str,
     now: int,
@@ -261,7 +257,7 @@ def assign(
     db.execute("UPDATE tasks SET state='running' WHERE task_id=? AND state='queued'", [task_id])
 
 
-def accept_offer(db: sqlite_utils.Database, task_id: str, device_id: str) -> None:
+def accept_offer(db: Tx, task_id: str, device_id: str) -> None:
     """The device's endpoint took an offered assignment."""
     db.execute(
         "UPDATE assignments SET state='accepted' WHERE task_id=? AND device_id=? "
@@ -270,7 +266,7 @@ def accept_offer(db: sqlite_utils.Database, task_id: str, device_id: str) -> Non
     )
 
 
-def refuse_offer(db: sqlite_utils.Database, task_id: str, device_id: str, reason: str) -> bool:
+def refuse_offer(db: Tx, task_id: str, device_id: str, reason: str) -> bool:
     """The device did not take an offered assignment; whether it was still offered."""
     cur = db.execute(
         "UPDATE assignments SET state='refused', reason=? WHERE task_id=? AND "
@@ -280,9 +276,7 @@ def refuse_offer(db: sqlite_utils.Database, task_id: str, device_id: str, reason
     return bool(cur.rowcount)
 
 
-def mark_proved_many(
-    db: sqlite_utils.Database, keys: list[tuple[str, str]]
-) -> set[tuple[str, str]]:
+def mark_proved_many(db: Tx, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
     """Mark the live assignments among ``keys`` (``(task_id, device_id)``) proved, in one
     statement per device (a batch comes from one); returns the keys that were live. Only
     a live assignment becomes proved: a proof for any other is refused by the caller."""
@@ -294,7 +288,7 @@ def mark_proved_many(
         marks = ",".join("?" * len(task_ids))
         # The device and the task list reach the primary key; a row-value IN over both
         # columns is planned as a scan of every live assignment instead.
-        cur = db.conn.execute(
+        cur = db.execute(
             "UPDATE assignments SET state='proved' "  # noqa: S608
             f"WHERE device_id=? AND task_id IN ({marks}) AND state IN ('offered','accepted') "
             "RETURNING task_id",
@@ -304,7 +298,7 @@ def mark_proved_many(
     return live
 
 
-def expire(db: sqlite_utils.Database, task_id: str, device_id: str, reason: str) -> None:
+def expire(db: Tx, task_id: str, device_id: str, reason: str) -> None:
     """An assignment past its time expires."""
     db.execute(
         "UPDATE assignments SET state='expired', reason=? WHERE task_id=? AND device_id=?",
@@ -312,9 +306,7 @@ def expire(db: sqlite_utils.Database, task_id: str, device_id: str, reason: str)
     )
 
 
-def release_assignments(
-    db: sqlite_utils.Database, device_id: str, state: str, reason: str
-) -> list[str]:
+def release_assignments(db: Tx, device_id: str, state: str, reason: str) -> list[str]:
     """Take a device's live assignments back (to ``state``, with ``reason``), so their
     tasks go to other devices; returns their task ids."""
     _edges_assignment(("offered", "accepted"), state)
@@ -333,9 +325,7 @@ def release_assignments(
     return tasks
 
 
-def end_assignment(
-    db: sqlite_utils.Database, task_id: str, device_id: str, state: str, reason: str
-) -> None:
+def end_assignment(db: Tx, task_id: str, device_id: str, state: str, reason: str) -> None:
     """End one live (offered or accepted) assignment, in ``state`` with ``reason``."""
     _edges_assignment(("offered", "accepted"), state)
     db.execute(
@@ -345,7 +335,7 @@ def end_assignment(
     )
 
 
-def end_live_assignments(db: sqlite_utils.Database, task_id: str, state: str, reason: str) -> None:
+def end_live_assignments(db: Tx, task_id: str, state: str, reason: str) -> None:
     """End every live (offered or accepted) assignment of ``task_id``."""
     _edges_assignment(("offered", "accepted"), state)
     db.execute(
@@ -355,7 +345,7 @@ def end_live_assignments(db: sqlite_utils.Database, task_id: str, state: str, re
     )
 
 
-def has_live_assignments(db: sqlite_utils.Database, task_id: str) -> bool:
+def has_live_assignments(db: Tx, task_id: str) -> bool:
     """Whether some device still holds ``task_id`` (offered or accepted)."""
     found = db.execute(
         "SELECT 1 FROM assignments WHERE task_id=? AND state IN ('offered','accepted')",
@@ -364,7 +354,7 @@ def has_live_assignments(db: sqlite_utils.Database, task_id: str) -> bool:
     return found is not None
 
 
-def lose_proved(db: sqlite_utils.Database, task_id: str, device_id: str, reason: str) -> None:
+def lose_proved(db: Tx, task_id: str, device_id: str, reason: str) -> None:
     """A proved assignment whose proof was voided is lost: the task is never offered to
     that device again."""
     db.execute(
@@ -374,6 +364,6 @@ def lose_proved(db: sqlite_utils.Database, task_id: str, device_id: str, reason:
     )
 
 
-def delete_device_assignments(db: sqlite_utils.Database, device_id: str) -> int:
+def delete_device_assignments(db: Tx, device_id: str) -> int:
     """Delete every assignment of an erased device; how many."""
     return int(db.execute("DELETE FROM assignments WHERE device_id=?", [device_id]).rowcount)

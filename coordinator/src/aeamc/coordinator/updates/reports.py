@@ -6,12 +6,12 @@ device's reports through here). Each function runs in the caller's transaction.
 
 from __future__ import annotations
 
-import sqlite_utils
-
 from aeamc.shared.releases import UpdateReport
 
+from ..dbtx import Tx
 
-def upsert_report(db: sqlite_utils.Database, msg: UpdateReport, now: int) -> bool:
+
+def upsert_report(db: Tx, msg: UpdateReport, now: int) -> bool:
     """Keep the device's latest report on the release; whether this one was newer."""
     cur = db.execute(
         "INSERT INTO update_reports (device_id, release, version, outcome, detail, timestamp, "
@@ -24,6 +24,6 @@ def upsert_report(db: sqlite_utils.Database, msg: UpdateReport, now: int) -> boo
     return bool(cur.rowcount == 1)
 
 
-def delete_device_reports(db: sqlite_utils.Database, device_id: str) -> int:
+def delete_device_reports(db: Tx, device_id: str) -> int:
     """Delete every report of an erased device; how many."""
     return int(db.execute("DELETE FROM update_reports WHERE device_id=?", [device_id]).rowcount)

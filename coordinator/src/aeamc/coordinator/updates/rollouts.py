@@ -25,7 +25,6 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-import sqlite_utils
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -46,6 +45,7 @@ from aeamc.shared.runtime.tls import Peer
 from aeamc.shared.versions import is_version, version_key
 
 from ..attached import UPDATES
+from ..dbtx import Tx, insert
 from ..service import Coordinator
 from . import reports
 from .repository import Repository, RepositoryError
@@ -210,7 +210,7 @@ class Rollouts:
                 "halt_reason": None,
                 "counted_from": 0,
             }
-            await self.c.db.write(lambda db: db.table("releases").insert(row))
+            await self.c.db.write(lambda db: insert(db, "releases", row))
             self.releases[version] = row
             await self.c.flags.set_flag(flag_for(version), percent, by)
         log.info("release %s rolling out to %d %% by %s", version, percent, by)
@@ -225,7 +225,7 @@ class Rollouts:
             # A resume starts a new count: failures reported before it cannot re-halt.
             counted_from = self.c.clock() if release["state"] == HALTED else release["counted_from"]
 
-            def txn(db: sqlite_utils.Database) -> None:
+            def txn(db: Tx) -> None:
                 db.execute(
                     "UPDATE releases SET percent=?, state=?, halted_at=NULL, halt_reason=NULL, "
                     "counted_from=? WHERE version=?",
@@ -254,7 +254,7 @@ class Rollouts:
     async def _halt(self, version: str, reason: str, by: str) -> None:
         now = self.c.clock()
 
-        def txn(db: sqlite_utils.Database) -> None:
+        def txn(db: Tx) -> None:
             db.execute(
                 "UPDATE releases SET state=?, halted_at=?, halt_reason=? WHERE version=?",
                 [HALTED, now, reason, version],
