@@ -19,7 +19,8 @@ import pytest
 from aeamc.coordinator import pgschema
 from aeamc.coordinator.dbtx import Tx
 from aeamc.coordinator.groupcommit import GroupCommit
-from aeamc.coordinator.pgdb import placeholders
+from aeamc.coordinator.leadership import DatabaseLeaderLock
+from aeamc.coordinator.pgdb import LeadershipLost, placeholders
 from aeamc.coordinator.schema import MIGRATIONS
 from aeamc.coordinator.storage import DatabaseConfig, open_database
 from tests.support import stores
@@ -186,6 +187,39 @@ async def test_postgresql_has_sqlites_tables_and_columns(tmp_path: Path, store: 
     for table, column in rows:
         pg.setdefault(table, []).append(column)
     assert pg.pop("schema_version") == ["version"]
-    assert pg["revoked_certificates"].pop() == "rowid"  # SQLite's implicit column, made real
+    for table in ("revoked_certificates", "anchor_txs"):
+        assert pg[table].pop() == "rowid"  # SQLite's implicit column, made real
     assert pg == _sqlite_columns(tmp_path)
     assert len(MIGRATIONS) >= pgschema.BASELINE_VERSION
+
+
+async def test_a_node_whose_leader_lock_session_ended_writes_nothing(
+    tmp_path: Path, store: str
+) -> None:
+    """The fence: from the moment the lock's session is gone (its host died, the server
+    ended it) the old leader's writes are refused, before it has noticed and stepped
+    down; the lock is free for another node at once."""
+    if store != stores.POSTGRESQL:
+        pytest.skip("the leader lock of several nodes is PostgreSQL's")
+    url = stores.database_url()
+    db = _open(tmp_path, url)
+    lock, other = DatabaseLeaderLock(url, check_s=0.1), DatabaseLeaderLock(url)
+    try:
+        assert lock.try_acquire() and not other.try_acquire()
+        db.fence = lambda: lock.fence
+        await db.write(_device("a"))
+        ended = lock.fence
+        stores.execute_elsewhere(db, "SELECT pg_terminate_backend(?)", [ended])
+        with pytest.raises(LeadershipLost):
+            await db.write(_device("b"))
+        await asyncio.wait_for(lock.lost(), 10)
+        assert not lock.held and lock.fence is None
+        assert other.try_acquire()
+        db.fence = None  # stepped down: a follower's writes need no lock
+        await db.write(_device("c"))
+        ids = await db.read(lambda t: [r[0] for r in t.execute("SELECT device_id FROM devices")])
+        assert sorted(ids) == ["a", "c"]
+    finally:
+        lock.release()
+        other.release()
+        db.close()

@@ -98,7 +98,8 @@ class CoordinatorProcess(DaemonFolder):
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        host = self.settings.get("server", {}).get("host", "127.0.0.1")
+        return f"https://{host}:{self.port}"
 
     @property
     def ca_pem(self) -> str:
@@ -138,6 +139,7 @@ class CoordinatorProcess(DaemonFolder):
         settings = merge(FAST_SETTINGS, self.settings)
         if "database" not in settings and (url := stores.database_url()):
             settings["database"] = {"url": url}
+            settings.setdefault("cluster", {}).setdefault("relay_address", "127.0.0.1")
         settings = {"state_dir": str(self.state_dir), **settings}
         self.config_path.write_text(_toml(settings))
         self.cli("init")

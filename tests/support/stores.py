@@ -13,6 +13,7 @@ import atexit
 import contextlib
 import os
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 from aeamc.coordinator import pgdb
@@ -66,3 +67,14 @@ def execute_elsewhere(db: GroupCommit, sql: str, params: list[Any]) -> None:
     assert isinstance(db, Database)
     with contextlib.closing(sqlite3.connect(db.path)) as conn, conn:
         conn.execute(sql, params)
+
+
+def pg_rows(url: str) -> Callable[[str], list[dict[str, Any]]]:
+    """A reader of the PostgreSQL database at ``url`` for a test's assertions: SQL in,
+    rows as dicts out, each query on a connection of its own."""
+
+    def q(sql: str) -> list[dict[str, Any]]:
+        with pgdb.connect(url) as conn:
+            return list(PgTx(conn).query(sql))
+
+    return q

@@ -45,6 +45,7 @@ OWNERS: dict[str, frozenset[str]] = {
     ),
     "releases": frozenset({"updates/rollouts.py"}),
     "update_reports": frozenset({"updates/reports.py"}),
+    "leaders": frozenset({"store/leaders.py"}),
 }
 
 EXCEPTED = frozenset({"schema.py", "lifecycle_triggers.py"})

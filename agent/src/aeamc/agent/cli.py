@@ -37,6 +37,7 @@ from .config import (
     ConfigError,
     config_from_mapping,
     config_path,
+    coordinator_urls,
     load_config,
     render_config,
 )
@@ -234,7 +235,7 @@ def cmd_privacy(args: argparse.Namespace) -> int:
     if pin.state == ERASED:
         print("aeamc-agent: this device was already erased from its coordinator", file=sys.stderr)
         return EX_FAILURE
-    url = config.coordinator_url or pin.url
+    url = next(iter(coordinator_urls(config.coordinator_url)), None) or pin.url
     if not url:
         print("aeamc-agent: no coordinator URL (set coordinator_url)", file=sys.stderr)
         return EX_FAILURE

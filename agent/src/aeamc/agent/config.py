@@ -43,7 +43,9 @@ class AgentConfig:
     #: Device identity: a key file path or a ``pkcs11:`` URI (docs/security-keys.md);
     #: unset = ``state_dir/identity.key``.
     identity_key: str | None = None
-    #: Fixed coordinator base URL; unset means "find it over mDNS".
+    #: Fixed coordinator base URL, or the URLs of several nodes of one coordinator
+    #: separated by commas (tried in turn when one is unreachable); unset means "find it
+    #: over mDNS".
     coordinator_url: str | None = None
     #: Enrollment token from the coordinator's operator; without it enrollment is pending.
     enrollment_token: str | None = None
@@ -337,9 +339,16 @@ def _number(key: str, value: Any, where: str) -> float:
     return float(value)
 
 
+def coordinator_urls(value: str | None) -> list[str]:
+    """The base URLs in ``coordinator_url``: one, or several separated by commas."""
+    if value is None:
+        return []
+    return [u.strip().rstrip("/") for u in value.split(",") if u.strip()] or [value]
+
+
 def _validate(c: AgentConfig) -> None:
-    if c.coordinator_url is not None:
-        parts = urlsplit(c.coordinator_url)
+    for url in coordinator_urls(c.coordinator_url):
+        parts = urlsplit(url)
         if parts.scheme == "http":
             raise ConfigError(
                 "coordinator_url: the coordinator speaks TLS 1.3 only; use https:// (same "

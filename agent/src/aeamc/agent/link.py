@@ -158,6 +158,7 @@ class CoordinatorLink:
                 )
                 log.error("%s", self.last_error)
             except Unreachable as exc:
+                self.locator.unreachable(url)  # the next node, if several are configured
                 delay = self.backoff.next_delay()
                 self._set_error(f"coordinator unreachable: {exc}")
                 log.warning("coordinator unreachable (%s); retrying in %.1f s", exc, delay)

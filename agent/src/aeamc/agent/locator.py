@@ -1,6 +1,9 @@
 """Where the coordinator is: a configured URL, or what mDNS currently says.
 
-With ``coordinator_url`` set the answer never changes. Otherwise the agent browses
+With ``coordinator_url`` set the answer is that URL; with several (the nodes of one
+coordinator, docs/high-availability.md), the first until it is unreachable, then the next
+in turn (:meth:`CoordinatorLocator.unreachable`) — every node serves devices, so any that
+answers will do. Otherwise the agent browses
 ``_aeamc-coord._tcp.local.`` and follows the advert: a new address or port (an
 ``updated`` event) moves the agent there; a goodbye makes it wait for the next advert.
 Adverts whose TXT record is inconsistent (``pk`` not hashing to ``id``) are ignored, and
@@ -39,11 +42,27 @@ class CoordinatorLocator:
         pinned_id: str | None = None,
         expected_ca: str | None = None,
     ) -> None:
-        self.fixed_url = fixed_url.rstrip("/") if fixed_url else None
+        self.fixed_urls = [u.strip().rstrip("/") for u in (fixed_url or "").split(",") if u.strip()]
+        self._turn = 0
         self.pinned_id = pinned_id
         self.expected_ca = expected_ca.replace(":", "").lower() if expected_ca else None
         self._candidates: dict[str, tuple[CoordinatorAdvert, str]] = {}
         self._changed = asyncio.Event()
+
+    @property
+    def fixed_url(self) -> str | None:
+        """The configured URL in use (None: found over mDNS)."""
+        return self.fixed_urls[self._turn % len(self.fixed_urls)] if self.fixed_urls else None
+
+    def unreachable(self, url: str) -> bool:
+        """``url`` did not answer: move to the next configured URL, if there is another;
+        whether the agent now uses another one (then it should try it without waiting)."""
+        if len(self.fixed_urls) < 2 or url != self.fixed_url:
+            return False
+        self._turn += 1
+        log.warning("coordinator at %s unreachable; trying %s", url, self.fixed_url)
+        self._changed.set()
+        return True
 
     @property
     def url(self) -> str | None:

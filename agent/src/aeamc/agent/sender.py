@@ -142,6 +142,7 @@ class OutboxSender:
         try:
             reply = await self.client.post(url, "/v1/proofs/batch", body)
         except Unreachable as exc:
+            self.locator.unreachable(url)  # the next node, if several are configured
             self._error(f"{len(loaded)} proofs: coordinator unreachable ({exc})")
             for _ in loaded:
                 self.on_result(RETRY)
@@ -200,6 +201,7 @@ class OutboxSender:
         try:
             reply = await self.client.post(url, "/v1/proofs", proof.body(), request_id=rid)
         except Unreachable as exc:
+            self.locator.unreachable(url)  # the next node, if several are configured
             self._error(f"proof {entry.task_id}: coordinator unreachable ({exc})")
             self.on_result(RETRY)
             return RETRY

@@ -438,6 +438,16 @@ async def health(request: web.Request) -> web.Response:
     )
 
 
+async def node(request: web.Request) -> web.Response:
+    """This node, answered by the process the request reached (never relayed): its name,
+    whether it leads, and the term it leads in (docs/high-availability.md)."""
+    c = request.app[COORDINATOR_KEY]
+    section = c.status_sections.get("leadership")
+    if section is None:  # a coordinator built without the service shell (tests)
+        return reply({"node": None, "leading": True, "term": None})
+    return reply(section.node_view())  # type: ignore[attr-defined]
+
+
 async def ca_certificate(request: web.Request) -> web.Response:
     """The CA certificate, public: an agent that was given its fingerprint checks it before
     it sends anything (its enrollment token included) to this coordinator."""
@@ -518,6 +528,7 @@ def build_app(coordinator: Coordinator, forwarding: Forwarding | None = None) ->
     app.router.add_get("/v1/microblocks/{height}/raw", get_block_raw)
     app.router.add_get("/v1/receipts/{task_id}/{device_id}/proof", receipt_proof)
     app.router.add_get("/v1/health", health)
+    app.router.add_get("/v1/node", node)
     app.router.add_get("/v1/ca", ca_certificate)
     app.router.add_get("/v1/openapi.json", openapi)
     app.router.add_get("/.well-known/security.txt", security_txt)

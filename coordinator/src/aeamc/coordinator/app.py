@@ -19,17 +19,19 @@ from .anchoring.service import AnchoringService
 from .api import METRICS_KEY, build_app
 from .ca import CertificateAuthority, ServerFiles, host_names, issue_server_files
 from .certs import DeviceCertificates
+from .cluster import Leadership, RelayListener, leader_url, node_name
 from .config import CoordinatorConfig
 from .discovery import Discovery
 from .follower import Follower
-from .forwarding import Forwarding, new_relay_address, publish_relay
-from .leadership import LeaderLock
+from .forwarding import ClusterRelay, Forwarding, new_relay_address, publish_relay
+from .leadership import DatabaseLeaderLock, LeaderLock
 from .peers import AgentClient
 from .scheduler import Scheduler
 from .service import Coordinator, wait_event
 from .spotchecks import SpotChecker
-from .storage import open_database
+from .storage import is_postgresql, open_database
 from .store import devices as device_rows
+from .store import leaders as leader_rows
 from .updates.repository import Repository
 from .updates.rollouts import Rollouts
 
@@ -99,18 +101,45 @@ class CoordinatorService:
         self._serving_tasks: list[asyncio.Task[Any]] = []
         self.port = 0
         self.discovery: Discovery | None = None
-        self.lock = LeaderLock(config.state_dir)
-        #: Whether this process runs the leader's duties (set once they have all started).
-        self.leading = False
+        #: Several nodes on one PostgreSQL database (cluster.py), or one host.
+        self.clustered = is_postgresql(config.database)
+        self.lock: LeaderLock | DatabaseLeaderLock = (
+            DatabaseLeaderLock(config.database.url)
+            if self.clustered
+            else LeaderLock(config.state_dir)
+        )
+        self.leadership = Leadership(self.db, node_name(config.cluster), self.clustered)
+        self.coordinator.add_status_section(self.leadership)
         self.forwarding: Forwarding | None = None
         #: The leader's relay socket, while this worker leads (several workers).
         self._relay: web.UnixSite | None = None
+        #: The leader's relay port, while this node leads (several nodes).
+        self.relay_listener: RelayListener | None = None
         self.follower: Follower | None = None
-        if workers > 1:
+        if workers > 1 or self.clustered:
+            cluster = None
+            if self.clustered:
+                s, cc = config.server, config.cluster
+                self.relay_listener = RelayListener(
+                    self.coordinator.coordinator_id,
+                    self.db,
+                    self.server_ssl,
+                    host=s.host,
+                    address=cc.relay_address or s.advertise_address,
+                    port=cc.relay_port,
+                )
+                cluster = ClusterRelay(
+                    lambda: leader_url(self.db), self.client_ssl, self.relay_listener
+                )
             self.forwarding = Forwarding(
-                config.state_dir, lambda: self.leading, config.server.max_wait_s
+                config.state_dir, lambda: self.leading, config.server.max_wait_s, cluster=cluster
             )
             self.follower = Follower(self.coordinator)
+
+    @property
+    def leading(self) -> bool:
+        """Whether this process runs the leader's duties (set once they have all started)."""
+        return self.leadership.leading
 
     async def start(self) -> None:
         """Serve the API; lead now if no other process does, else take over when the
@@ -145,7 +174,7 @@ class CoordinatorService:
         shared = self._runner.app[METRICS_KEY].shared
         if shared is not None:
             self._serving_tasks.append(asyncio.create_task(shared.run(), name="metrics"))
-        locked = self.lock.try_acquire()
+        locked = await asyncio.to_thread(self.lock.try_acquire)
         if locked and self.forwarding is None:
             await self._lead()  # one process: it leads, or it does not run
         elif not locked or not await self._lead_or_step_down():
@@ -196,7 +225,8 @@ class CoordinatorService:
         ``stopping``, the agent client and the lock are left to ``stop``, which ends them
         last (requests still being answered may use the one, and no other worker may lead
         before they are)."""
-        self.leading = False
+        self.leadership.leading = False
+        self.db.fence = None
         if self.discovery is not None:
             await self.discovery.stop()
             self.discovery = None
@@ -207,12 +237,17 @@ class CoordinatorService:
         if self._relay is not None:
             await self._relay.stop()
             self._relay = None
+        if self.relay_listener is not None:
+            await self.relay_listener.close()
         if not stopping:
             await self.client.close()
             self.lock.release()
 
     async def _lead(self) -> None:
         """Start the duties only one process may run, in the order a cold start does."""
+        if self.clustered:
+            # From here on each write checks first that this node still holds the lock.
+            self.db.fence = lambda: self.lock.fence
         await self.rollouts.load()
         # A database restored from a backup may predate some erasures: redo them first.
         await self.coordinator.privacy.reapply_erasures()
@@ -223,6 +258,14 @@ class CoordinatorService:
             self._relay = web.UnixSite(self._runner, address)
             await self._relay.start()
             publish_relay(self.config.state_dir, address)
+        if self.relay_listener is not None:
+            assert self._runner is not None
+            url = await self.relay_listener.open(self._runner)
+            node, now = self.leadership.node, self.coordinator.clock()
+            self.leadership.term = await self.db.write(
+                lambda db: leader_rows.begin_term(db, node, url, now)
+            )
+            log.info("node %s leads, term %d", node, self.leadership.term)
         loops = {
             "scheduler": self.scheduler.run(),
             "blocks": self._block_loop(),
@@ -230,17 +273,31 @@ class CoordinatorService:
             "maintenance": self._maintenance_loop(),
             "update-metadata": self.rollouts.keep_fresh(),
             "device-changes": self._prune_changes_loop(),
+            "leader-lock": self._watch_lock(),
         }
         self._tasks = [asyncio.create_task(coro, name=name) for name, coro in loops.items()]
         await self.anchoring.start()
         if self.config.server.mdns:
             self.discovery = Discovery(self.coordinator, self.port)
             await self.discovery.start()
-        self.leading = True
+        self.leadership.leading = True
+
+    async def _watch_lock(self) -> None:
+        """Step down as soon as the lock is lost (the database ended its session), and
+        wait to lead again, serving devices meanwhile."""
+        await self.lock.lost()
+        log.error("lost the leader lock: stepping down; another node may lead now")
+
+        async def step_down_and_wait() -> None:
+            await self._step_down()
+            await self._take_over_when_free(LEAD_RETRY_S)
+
+        self._serving_tasks.append(asyncio.create_task(step_down_and_wait(), name="leadership"))
 
     def _issue_server_files(self, coordinator_id: str) -> ServerFiles:
         s = self.config.server
-        names = host_names(s.host, s.advertise_address, self.config.tls.server_names)
+        extra = f"{self.config.tls.server_names},{self.config.cluster.relay_address}"
+        names = host_names(s.host, s.advertise_address, extra)
         return issue_server_files(
             self.ca,
             self.config.state_dir,

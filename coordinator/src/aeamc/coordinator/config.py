@@ -27,6 +27,7 @@ from aeamc.shared.runtime.files import atomic_write
 from aeamc.shared.runtime.pkcs11 import Pkcs11Error, Pkcs11Uri, is_pkcs11_uri
 
 from .alerts import AlertsConfig, alerts_checks
+from .cluster import ClusterConfig, cluster_checks
 from .privacypolicy import PrivacyConfig, privacy_checks
 from .securitytxt import SecurityConfig, security_checks
 from .storage import DatabaseConfig, database_checks
@@ -302,6 +303,7 @@ class CoordinatorConfig:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @property
     def db_path(self) -> Path:
@@ -446,6 +448,7 @@ def validate(config: CoordinatorConfig) -> None:
         *security_checks(config.security),
         *privacy_checks(config.privacy),
         *database_checks(config.database),
+        *cluster_checks(config.cluster, bool(config.database.url), config.server.advertise_address),
         (config.enrollment.pending_ttl_s >= 1, "enrollment.pending_ttl_s must be ≥ 1"),
         (config.enrollment.max_pending >= 0, "enrollment.max_pending must be ≥ 0"),
         (

@@ -28,16 +28,21 @@ import logging
 import os
 import secrets
 import socket
+import ssl
 import struct
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
 
 from aeamc.shared.runtime.files import atomic_write
 from aeamc.shared.runtime.tls import Peer, peer_of
+
+if TYPE_CHECKING:
+    from .cluster import RelayListener
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,8 @@ HOT_ROUTES = frozenset(
         ("POST", "/v1/heartbeats"),
         ("POST", "/v1/proofs"),
         ("POST", "/v1/proofs/batch"),
+        # What this node itself is (a load balancer's or an operator's probe of one node).
+        ("GET", "/v1/node"),
     }
 )
 FORWARDED_FOR = "X-AEAMC-Forwarded-For"
@@ -161,10 +168,17 @@ class Forwarding:
     """The relay of one worker process (see the module docstring)."""
 
     def __init__(
-        self, state_dir: Path, leading: Callable[[], bool], answer_timeout_s: float
+        self,
+        state_dir: Path,
+        leading: Callable[[], bool],
+        answer_timeout_s: float,
+        *,
+        cluster: ClusterRelay | None = None,
     ) -> None:
         #: Where the leader publishes its relay socket (``RELAY_FILE``).
         self.state_dir = state_dir
+        #: On several nodes: the leader's relay port instead of a Unix socket.
+        self.cluster = cluster
         #: The relay socket ``_session`` connects to.
         self.address: str | None = None
         self.leading = leading
@@ -183,7 +197,9 @@ class Forwarding:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Outermost: adopt what the relaying worker saw on a relayed request; relay a
         request this worker does not serve while another leads; serve the rest."""
-        if relayed_by_worker(request):
+        if relayed_by_worker(request) or (
+            self.cluster is not None and self.cluster.listener.relayed(request)
+        ):
             remote = request.headers.get(FORWARDED_FOR, "")
             relayed = request.clone(remote=remote) if remote else request
             relayed[PEER_KEY] = _decode_peer(request.headers.get(FORWARDED_PEER, ""))
@@ -197,17 +213,25 @@ class Forwarding:
     async def relay(self, request: web.Request) -> web.StreamResponse:
         """Send ``request`` to the leader as it came and stream its answer back; 503 with
         ``Retry-After`` while no process leads (a takeover is under way)."""
-        address = published_relay(self.state_dir)
+        if self.cluster is not None:
+            address = await self.cluster.locate()
+            base = address or ""
+        else:
+            address = published_relay(self.state_dir)
+            base = "http://leader"
         if address is None:
             log.warning("no leader to relay %s %s to yet", request.method, request.path)
             return _unavailable()
         if self._session is None or address != self.address:
             await self.close()  # a new leader: a new socket
             self.address = address
+            connector: aiohttp.BaseConnector = (
+                aiohttp.TCPConnector(ssl=self.cluster.client_ssl)
+                if self.cluster is not None
+                else _OwnUserConnector(path=address)
+            )
             self._session = aiohttp.ClientSession(
-                connector=_OwnUserConnector(path=address),
-                timeout=self.timeout,
-                auto_decompress=False,
+                connector=connector, timeout=self.timeout, auto_decompress=False
             )
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         headers[FORWARDED_FOR] = request.remote or ""
@@ -216,7 +240,7 @@ class Forwarding:
         try:
             upstream = await self._session.request(
                 request.method,
-                f"http://leader{request.rel_url}",
+                f"{base}{request.rel_url}",
                 headers=headers,
                 data=body,
                 allow_redirects=False,
@@ -241,6 +265,17 @@ class Forwarding:
             await response.write_eof()
         self.relayed += 1
         return response
+
+
+@dataclass
+class ClusterRelay:
+    """How a node of a cluster relays: to the URL ``locate`` finds (the latest leader's
+    relay port), over TLS with ``client_ssl``; and ``listener``, its own relay port while
+    it leads (``cluster.py``)."""
+
+    locate: Callable[[], Awaitable[str | None]]
+    client_ssl: ssl.SSLContext
+    listener: RelayListener
 
 
 def _unavailable() -> web.Response:

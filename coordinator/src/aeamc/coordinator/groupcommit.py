@@ -51,6 +51,9 @@ class GroupCommit:
         self._reader_handles: list[Any] = []
         self._lock = threading.Lock()
         self.commits = 0
+        #: While this process leads a cluster: the leader lock's session, which every
+        #: write transaction checks first (``pgdb``); None otherwise, and on SQLite.
+        self.fence: Callable[[], int | None] | None = None
 
     # -- what an engine provides ------------------------------------------------------
 

@@ -120,6 +120,16 @@ class FleetCollector(Collector):
             "Accepted proofs waiting for a microblock",
             value=self.m.unblocked,
         )
+        leadership: Any = c.status_sections.get("leadership")
+        if leadership is not None:
+            leader = GaugeMetricFamily(
+                f"{PREFIX}_leader",
+                "1 on the node (process) that leads, labelled with its name and term",
+                labels=["node", "term"],
+            )
+            view = leadership.node_view()
+            leader.add_metric([view["node"], str(view["term"] or "")], 1 if view["leading"] else 0)
+            yield leader
         yield GaugeMetricFamily(
             f"{PREFIX}_database_size_bytes",
             "Bytes of the database (SQLite: the file and its write-ahead log)",

@@ -366,6 +366,9 @@ def openapi_document(
             ),
         },
         "/v1/health": {"get": _op("Liveness, what is degraded, the CA fingerprint")},
+        "/v1/node": {
+            "get": _op("This node, answered by itself: its name, whether it leads, its term")
+        },
         "/v1/ca": {
             "get": _op(
                 "The CA certificate (PEM) and its SHA-256 fingerprint, for pinning",

@@ -101,6 +101,23 @@ def connect(url: str, **settings: Any) -> psycopg.Connection[Any]:
     )
 
 
+class LeadershipLost(RuntimeError):
+    """A write of a node that no longer holds the leader lock: refused, nothing written."""
+
+
+def _holds_leader_lock(tx: Tx, pid: int) -> bool:
+    """Whether the session ``pid`` still holds the leader lock (read under the write
+    lock, so no other node can start leading between this check and the commit without
+    this transaction's writes being ordered before everything it writes)."""
+    key = pgschema.LEADER_LOCK
+    row = tx.execute(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+        "AND pid = ? AND classid = ? AND objid = ? AND objsubid = 1",
+        [pid, key >> 32, key & 0xFFFFFFFF],
+    ).fetchone()
+    return bool(row[0])
+
+
 class PostgresDatabase(GroupCommit):
     """The coordinator's database on a PostgreSQL server (see the module docstring)."""
 
@@ -126,6 +143,12 @@ class PostgresDatabase(GroupCommit):
     def _begin(self, tx: Tx) -> None:
         tx.execute("BEGIN")
         tx.execute("SELECT pg_advisory_xact_lock(?)", [pgschema.WRITE_LOCK])
+        holder = self.fence() if self.fence is not None else None
+        if holder is not None and not _holds_leader_lock(tx, holder):
+            raise LeadershipLost(
+                "this node's leader lock session has ended: another node may lead, so "
+                "this node writes nothing until it has stepped down"
+            )
 
     def _recover(self) -> None:
         """A broken connection (the server restarted, the network went) is replaced; the

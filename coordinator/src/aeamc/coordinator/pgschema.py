@@ -5,8 +5,9 @@ one transaction, and every later migration in ``schema.py`` carries its PostgreS
 beside its SQLite one (``Migration.pg_up``), so both engines stay at the same version
 and ``tests/coordinator/test_pgschema.py`` compares them table by table. Types map
 one to one: SQLite's 64-bit INTEGER is BIGINT, REAL is DOUBLE PRECISION, BLOB is BYTEA;
-an AUTOINCREMENT key is an identity column. ``revoked_certificates`` gets an explicit
-``rowid`` identity, the column SQLite gives every table and the revocation follower reads.
+an AUTOINCREMENT key is an identity column. ``revoked_certificates`` and ``anchor_txs`` get
+an explicit ``rowid`` identity: the column SQLite gives every table, which their readers
+order by.
 
 The version is the single row of ``schema_version``. Migrations run under a session
 advisory lock, so nodes started together migrate once, one after the other.
@@ -221,7 +222,8 @@ BASELINE: list[str] = [
         max_priority_fee_per_gas BIGINT NOT NULL,
         gas_limit BIGINT NOT NULL,
         raw BYTEA NOT NULL,
-        created_at BIGINT NOT NULL
+        created_at BIGINT NOT NULL,
+        rowid BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE
     )""",
     "CREATE INDEX anchor_txs_anchor ON anchor_txs(anchor_id, created_at)",
     """CREATE VIEW block_anchors AS

@@ -540,4 +540,27 @@ MIGRATIONS: list[Migration] = [
             "DROP TABLE progress",
         ],
     ),
+    # v14: several coordinator nodes on one PostgreSQL database (docs/high-availability.md).
+    # Each term of leadership, in order: the node that took the lead and the address where
+    # it takes the requests other nodes relay to it (``cluster.py``). The last row names
+    # the leader; the rows before are the history an operator reads after a fail-over.
+    Migration(
+        up=[
+            """CREATE TABLE leaders (
+            term INTEGER PRIMARY KEY,
+            node TEXT NOT NULL,
+            relay_url TEXT NOT NULL,
+            started_at INTEGER NOT NULL
+        )""",
+        ],
+        down=["DROP TABLE leaders"],
+        pg_up=[
+            """CREATE TABLE leaders (
+            term BIGINT PRIMARY KEY,
+            node TEXT NOT NULL,
+            relay_url TEXT NOT NULL,
+            started_at BIGINT NOT NULL
+        )""",
+        ],
+    ),
 ]

@@ -9,6 +9,7 @@ One module per group of tables written together, each the only writer of its tab
 - ``tokens``: tokens;
 - ``flags``: flags and flag_history;
 - ``certificates``: certificates and revoked_certificates;
+- ``leaders``: leaders (the terms of leadership of a cluster);
 - ``registry``: not a table but the live device view (``DeviceRegistry``), the only thing
   that changes the in-memory ``Device`` entries.
 
