@@ -66,6 +66,14 @@ LONGEST_FIRST: tuple[str, ...] = (
 #: store, service and end-to-end tests, by path below tests/. Tests that read or copy the
 #: SQLite file themselves, or test SQLite's own machinery, run on SQLite only.
 BOTH_STORES: tuple[str, ...] = (
+    "coordinator/test_api.py",
+    "coordinator/test_content_http.py",
+    "coordinator/test_crash.py",
+    "coordinator/test_flow.py",
+    "coordinator/test_tls.py",
+    "e2e/test_agent_coordinator.py",
+    "e2e/test_network_loss.py",
+    "e2e/test_wasm_work.py",
     "coordinator/test_attached_unit.py",
     "coordinator/test_content_unit.py",
     "coordinator/test_devices_unit.py",
@@ -117,8 +125,9 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Run the ``BOTH_STORES`` tests once per store (module-scoped, so a module's shared
-    coordinator is started once per store, after the store is chosen)."""
+    """Run the ``BOTH_STORES`` tests once per store, module by module. A module-scoped
+    fixture that starts a coordinator must ask for ``store``, or pytest would keep the
+    first store's coordinator for both."""
     if any(_where(metafunc.definition.nodeid).startswith(p) for p in BOTH_STORES):
         metafunc.parametrize("store", stores.STORES, indirect=True, scope="module")
 

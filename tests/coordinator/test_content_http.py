@@ -16,7 +16,10 @@ from tests.support.kernels import kernels, mandelbrot_input
 
 
 @pytest.fixture(scope="module")
-def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoordinatorProcess]:
+def coordinator(
+    tmp_path_factory: pytest.TempPathFactory, store: str
+) -> Iterator[CoordinatorProcess]:
+    """One coordinator per store (asking for ``store`` makes pytest start one for each)."""
     with running_coordinator(tmp_path_factory.mktemp("content")) as coord:
         yield coord
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import subprocess
 import sys
 from typing import Any
@@ -86,13 +85,9 @@ async def test_happy_path(coordinator: CoordinatorProcess, enroll_token: str) ->
         assert dev["record"]["passes"] == 1 and dev["state"] == "active"
         assert dev["reputation"] > 0.5
         # The proof row carries its task's chunk count, which sets its check probability.
-        db = sqlite3.connect(coordinator.state_dir / "coordinator.db")
-        try:
-            assert db.execute(
-                "SELECT chunks FROM proofs WHERE task_id=?", [task_id]
-            ).fetchall() == [(SHA_TASK["chunks"],)]
-        finally:
-            db.close()
+        assert coordinator.rows("SELECT chunks FROM proofs WHERE task_id=?", [task_id]) == [
+            (SHA_TASK["chunks"],)
+        ]
     finally:
         await device.stop()
 
@@ -252,11 +247,10 @@ async def test_proof_batch_judges_each_proof_alone_in_one_commit(
         # Each stored proof counted once on the device's record, in the store as in the view.
         dev = coordinator.request("GET", f"/v1/devices/{device.device_id}", token=operator)[1]
         assert dev["record"]["completed"] == 2
-        with sqlite3.connect(coordinator.state_dir / "coordinator.db") as db:
-            row = db.execute(
-                "SELECT completed FROM devices WHERE device_id=?", [device.device_id]
-            ).fetchone()
-        assert row == (2,)
+        row = coordinator.rows(
+            "SELECT completed FROM devices WHERE device_id=?", [device.device_id]
+        )
+        assert row == [(2,)]
         # A proof accepted in a batch is a duplicate in the next one.
         status, body = await device.post("/v1/proofs/batch", {"proofs": [good_b]})
         assert [r["error"]["code"] for r in body["results"]] == ["duplicate"]

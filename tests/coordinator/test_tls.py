@@ -7,7 +7,6 @@ import asyncio
 import asyncio.sslproto
 import json
 import shutil
-import sqlite3
 import ssl
 import urllib.error
 import urllib.request
@@ -107,9 +106,7 @@ async def test_device_routes_need_the_devices_own_certificate(
         coordinator.cli("devices", "quarantine", d.device_id, "--reason", "test")
         serials = {tls.serial_hex(tls.load_pem(pem)) for pem in d.certificates}
         assert len(serials) == 2
-        db = sqlite3.connect(coordinator.state_dir / "coordinator.db")
-        revoked = {r[0] for r in db.execute("SELECT serial FROM revoked_certificates")}
-        db.close()
+        revoked = {r[0] for r in coordinator.rows("SELECT serial FROM revoked_certificates")}
         assert revoked == serials
         assert error_code(await d.heartbeat()) == (403, "quarantined")
         # The export shows the revocation.

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -138,11 +139,26 @@ class CoordinatorProcess(DaemonFolder):
         self.root.mkdir(parents=True, exist_ok=True)
         settings = merge(FAST_SETTINGS, self.settings)
         if "database" not in settings and (url := stores.database_url()):
-            settings["database"] = {"url": url}
-            settings.setdefault("cluster", {}).setdefault("relay_address", "127.0.0.1")
+            self.settings = merge(
+                self.settings,
+                {"database": {"url": url}, "cluster": {"relay_address": "127.0.0.1"}},
+            )
+            settings = merge(FAST_SETTINGS, self.settings)
         settings = {"state_dir": str(self.state_dir), **settings}
         self.config_path.write_text(_toml(settings))
         self.cli("init")
+
+    def rows(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+        """Rows of ``sql`` read straight from this coordinator's database, whichever store
+        it is on (SQLite file or PostgreSQL), as tuples; ``?`` placeholders."""
+        url = self.settings.get("database", {}).get("url", "")
+        if url:
+            from aeamc.coordinator import pgdb
+
+            with pgdb.connect(url) as conn:
+                return [tuple(r) for r in pgdb.PgTx(conn).execute(sql, params or [])]
+        with contextlib.closing(sqlite3.connect(self.state_dir / "coordinator.db")) as conn:
+            return [tuple(r) for r in conn.execute(sql, params or [])]
 
     def run_command(self) -> list[str]:
         """The command line of ``aeamc-coordinator run`` on this configuration."""

@@ -45,6 +45,10 @@ class ClusterConfig:
     #: The address other nodes reach this one at; empty: ``server.advertise_address``,
     #: else ``server.host``. Must be a name or address in this node's certificate.
     relay_address: str = ""
+    #: Where clients' WebAssembly modules and inputs are kept; empty: ``state_dir/content``.
+    #: With several nodes: a directory every node mounts, since the leader of the moment
+    #: serves them to devices and re-executes them for spot-checks.
+    content_dir: str = ""
 
 
 def cluster_checks(

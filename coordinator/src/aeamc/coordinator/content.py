@@ -56,7 +56,8 @@ class ContentService:
 
     @property
     def directory(self) -> Path:
-        return self.ctx.config.state_dir / "content"
+        shared = self.ctx.config.cluster.content_dir
+        return Path(shared) if shared else self.ctx.config.state_dir / "content"
 
     def _path(self, digest: str) -> Path:
         return self.directory / digest
