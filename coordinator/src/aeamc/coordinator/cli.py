@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -262,6 +263,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"{'CA':12} SHA-256 {health.get('ca_fingerprint')}")
     if "anchoring" in summary:
         print(f"{'anchoring':12} {_anchoring_line(summary['anchoring'])}")
+    for term in summary.get("leadership", {}).get("terms", [])[:3]:  # several nodes
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(term["started_at"] / 1000))
+        print(f"{'leader':12} term {term['term']}: node {term['node']} since {since} UTC")
     for alert in health.get("alerts", []):
         print(f"{'ALERT':12} {alert['name']} ({alert['severity']}): {alert['summary']}")
         print(f"{'':12} runbook: {alert['runbook_url']}")

@@ -20,6 +20,10 @@ by a crash), which has no permissions, so both ends check who is at the other on
   can neither take the name before a leader binds it (it is unknown until then), nor, by
   taking an old leader's name after that leader died, receive what clients send (their
   tokens): a worker finds the listener is not its user's and answers 503 instead.
+
+On several nodes over PostgreSQL the leader may be on another host: there the relay is
+the leader's relay port over TLS, found in the latest term of ``leaders``, and the rule
+for who may use it is in ``cluster.py``.
 """
 
 from __future__ import annotations
