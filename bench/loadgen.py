@@ -202,23 +202,26 @@ async def proofs_mode(args: argparse.Namespace) -> None:
     ``single N CONNECTIONS`` or ``batch N BATCH CONNECTIONS``. Each device sends only its
     own proofs, over its own mutually authenticated connections (as an agent does)."""
     ca_pem = read_ca(args.ca)
+    # Several coordinator nodes (``--url a,b``): device i talks to node i mod n.
+    urls = args.url.split(",")
     with tempfile.TemporaryDirectory(prefix="aeamc-bench-devices-") as tls_dir:
         devs = ProofDevices(args.devices, ca_pem, Path(tls_dir))
+        to = {k.device_id: urls[i % len(urls)] for i, k in enumerate(devs.keys)}
         async with session(transport().client_ssl(ca_pem), 64) as s:
             for key in devs.keys:
                 dev = devs.tls[key.device_id]
                 body = enroll_body(key, args.enroll_token, dev.csr_hex(), devs.endpoint(key))
-                status, answer = await post_json(s, args.url + "/v1/enroll", body)
+                status, answer = await post_json(s, to[key.device_id] + "/v1/enroll", body)
                 assert status == 202 and answer["state"] == "active", answer
                 dev.accept(answer)
             await devs.start()
             for key in devs.keys:
                 async with session(devs.tls[key.device_id].client_ssl(), 1) as own:
                     for seq in (1, 2):
-                        url = args.url + "/v1/heartbeats"
+                        url = to[key.device_id] + "/v1/heartbeats"
                         status, answer = await post_json(own, url, poa_body(key, seq))
                         assert status == 202, answer
-            await _submit_tasks(s, args)
+            await _submit_tasks(s, args, urls[0])
         deadline = time.monotonic() + 300
         while devs.ready_count() < args.tasks and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
@@ -229,20 +232,20 @@ async def proofs_mode(args: argparse.Namespace) -> None:
             # Signed now: fresh.
             bodies = {d: [devs.submission(t, d) for t in ts] for d, ts in taken.items()}
             if line[0] == "single":
-                emit(await _send_single(args.url, devs, bodies, int(line[2])))
+                emit(await _send_single(to, devs, bodies, int(line[2])))
             else:
-                emit(await _send_batches(args.url, devs, bodies, int(line[2]), int(line[3])))
+                emit(await _send_batches(to, devs, bodies, int(line[2]), int(line[3])))
         await devs.stop()
 
 
-async def _submit_tasks(s: aiohttp.ClientSession, args: argparse.Namespace) -> None:
+async def _submit_tasks(s: aiohttp.ClientSession, args: argparse.Namespace, url: str) -> None:
     auth = {"Authorization": f"Bearer {args.client_token}"}
     task = {"kind": "sha256-chain", "chunks": 4}
     await gather_limited(
         [
             post_json(
                 s,
-                args.url + "/v1/tasks",
+                url + "/v1/tasks",
                 {**task, "params": {"seed": os.urandom(32).hex(), "iterations": 1}},
                 headers=auth,
             )
@@ -253,7 +256,7 @@ async def _submit_tasks(s: aiohttp.ClientSession, args: argparse.Namespace) -> N
 
 
 async def _timed(
-    url: str,
+    to: dict[str, str],
     path: str,
     devs: ProofDevices,
     payloads: dict[str, list[bytes]],
@@ -268,13 +271,14 @@ async def _timed(
     sessions = {d: session(devs.tls[d].client_ssl(), per_device) for d in busy}
     try:
         # The handshakes first (one per connection), so they are not in the timing.
-        await asyncio.gather(*(_warm(sessions[d], url) for d in busy for _ in range(per_device)))
+        await asyncio.gather(*(_warm(sessions[d], to[d]) for d in busy for _ in range(per_device)))
 
         async def worker(device_id: str) -> None:
             queue = payloads[device_id]
             while queue:
                 data = queue.pop(0)
-                async with sessions[device_id].post(url + path, data=data, headers=headers) as r:
+                url = to[device_id] + path
+                async with sessions[device_id].post(url, data=data, headers=headers) as r:
                     statuses.append((r.status, json.loads(await r.read())))
 
         start = time.perf_counter()
@@ -296,10 +300,10 @@ def _encode(obj: Any) -> bytes:
 
 
 async def _send_single(
-    url: str, devs: ProofDevices, bodies: dict[str, list[dict[str, Any]]], conc: int
+    to: dict[str, str], devs: ProofDevices, bodies: dict[str, list[dict[str, Any]]], conc: int
 ) -> dict[str, Any]:
     payloads = {d: [_encode(b) for b in bs] for d, bs in bodies.items()}
-    got = await _timed(url, "/v1/proofs", devs, payloads, conc)
+    got = await _timed(to, "/v1/proofs", devs, payloads, conc)
     ok = sum(1 for st, _ in got["replies"] if st == 202)
     errors = [b for st, b in got["replies"] if st != 202][:3]
     return {
@@ -313,13 +317,17 @@ async def _send_single(
 
 
 async def _send_batches(
-    url: str, devs: ProofDevices, bodies: dict[str, list[dict[str, Any]]], batch: int, conc: int
+    to: dict[str, str],
+    devs: ProofDevices,
+    bodies: dict[str, list[dict[str, Any]]],
+    batch: int,
+    conc: int,
 ) -> dict[str, Any]:
     payloads = {
         d: [_encode({"proofs": bs[i : i + batch]}) for i in range(0, len(bs), batch)]
         for d, bs in bodies.items()
     }
-    got = await _timed(url, "/v1/proofs/batch", devs, payloads, conc)
+    got = await _timed(to, "/v1/proofs/batch", devs, payloads, conc)
     results = [r for st, b in got["replies"] if st == 200 for r in b["results"]]
     ok = sum(1 for r in results if r["status"] == 202)
     errors = [r for r in results if r["status"] != 202][:3]

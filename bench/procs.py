@@ -96,11 +96,13 @@ class Coordinator(DaemonFolder):
     #: When set, ``run`` executes under cProfile and writes its profile here (the
     #: evidence behind the limits docs/performance.md names).
     profile: Path | None = None
+    #: The address it listens on (``server.host`` must say the same).
+    host: str = "127.0.0.1"
     _ssl: ssl.SSLContext | None = None
 
     @property
     def url(self) -> str:
-        return transport().url(self.port)
+        return transport().url(self.port, self.host)
 
     @property
     def ca_file(self) -> Path:

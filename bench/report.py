@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from . import limits
+from . import cluster, limits
 
 
 def _f(x: Any, digits: int = 1) -> str:
@@ -74,6 +74,7 @@ Raw results: `bench/results/<date>.json`.
         ("verification_economy", _economy),
         ("latency", _latency),
         ("wasm_sandbox", _wasm),
+        ("cluster", lambda g: cluster.render(g, r)),
     ):
         if key in r:
             parts.append(fn(r[key]))

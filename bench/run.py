@@ -21,6 +21,7 @@ from typing import Any
 from bench import (
     anchor_gas,
     blocks,
+    cluster,
     economy,
     fleet,
     footprint,
@@ -65,6 +66,35 @@ PLANS: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
     "wasm_sandbox": (
         lambda: wasm.measure(wasm.FULL, runs=3, overhead_runs=2000),
         lambda: wasm.measure(wasm.QUICK, runs=1, overhead_runs=50),
+    ),
+    # Two nodes over PostgreSQL: benchmark 1's rounds and benchmark 2's sizes, the devices
+    # split over the nodes.
+    "cluster": (
+        lambda: cluster.measure(
+            ingestion={
+                "runs": 5,
+                "per_run": 1000,
+                "batch": 100,
+                "concurrency": 10,
+                "reference_s": 2.0,
+                "devices": 10,
+            },
+            sizes=(1000, 5000, 10_000),
+            duration=30.0,
+        ),
+        lambda: cluster.measure(
+            ingestion={
+                "runs": 1,
+                "per_run": 10,
+                "batch": 5,
+                "concurrency": 2,
+                "reference_s": 0.3,
+                "devices": 2,
+            },
+            sizes=(20,),
+            duration=1.0,
+            interval_s=0.5,
+        ),
     ),
 }
 

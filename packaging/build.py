@@ -366,8 +366,12 @@ def shlib_depends(stage: Path, work: Path) -> list[str]:
     tree = work / "shlibdeps"
     (tree / "debian").mkdir(parents=True, exist_ok=True)
     (tree / "debian" / "control").write_text("Source: x\n\nPackage: x\nArchitecture: any\n")
+    # Libraries a wheel vendors (auditwheel's ``<name>.libs``, found through $ORIGIN) are
+    # part of the package: named as search paths, they need no Debian package.
+    vendored = sorted({p.parent for p in objects if p.parent.name.endswith(".libs")})
     out = run(
         ["dpkg-shlibdeps", "-O", "--ignore-missing-info", "--warnings=0"]
+        + [f"-l{d}" for d in vendored]
         + [f"-e{p}" for p in objects],
         cwd=tree,
     )

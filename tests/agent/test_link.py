@@ -226,14 +226,17 @@ async def test_adaptive_heartbeat_flag_slows_idle_battery_devices(make_agent) ->
         # Off: the configured 0.2 s interval.
         a = await make_agent(coordinator_url=off.url, subdir="off")
         await eventually(lambda: len(off.heartbeats) >= 7, timeout=8)
-        assert _median_gap_ms(off.heartbeats[1:]) < 300
+        off_gap = _median_gap_ms(off.heartbeats[1:])
         assert a.link.heartbeat_interval_s() == a.config.heartbeat_interval_s
 
         # On, idle, on battery (the profile says not charging): twice the interval.
         b = await make_agent(coordinator_url=on.url, subdir="on")
         await eventually(lambda: len(on.heartbeats) >= 7, timeout=8)
         assert b.link.flags == {ADAPTIVE_HEARTBEAT: True}
-        assert _median_gap_ms(on.heartbeats[1:]) >= 340
+        # At least twice the interval (a busy machine only lengthens gaps), and longer than
+        # the same agent's gaps with the flag off, measured under the same load.
+        on_gap = _median_gap_ms(on.heartbeats[1:])
+        assert on_gap >= 340 and on_gap > off_gap
         assert b.link.heartbeat_interval_s() == 2 * b.config.heartbeat_interval_s
 
         # With work to do, the configured interval again.

@@ -224,6 +224,7 @@ def test_the_drops_are_listed_before_anything_is_done(tmp_path: Path) -> None:
         "table blobs (0 rows)",
         "table device_changes (1 row)",
         "column devices.tags (1 non-null value)",
+        "table leaders (0 rows)",
         "table progress (0 rows)",
         "column tasks.owner (3 non-null values)",
         "column tasks.placement (0 non-null values)",

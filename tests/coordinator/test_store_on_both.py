@@ -209,7 +209,8 @@ async def test_a_node_whose_leader_lock_session_ended_writes_nothing(
         db.fence = lambda: lock.fence
         await db.write(_device("a"))
         ended = lock.fence
-        stores.execute_elsewhere(db, "SELECT pg_terminate_backend(?)", [ended])
+        # Ended by the server (as after a dead host), waiting until it has exited.
+        stores.execute_elsewhere(db, "SELECT pg_terminate_backend(?, 10000)", [ended])
         with pytest.raises(LeadershipLost):
             await db.write(_device("b"))
         await asyncio.wait_for(lock.lost(), 10)

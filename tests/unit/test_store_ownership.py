@@ -6,8 +6,8 @@ string literals (f-strings with their placeholders blanked): ``INSERT [OR ...] I
 ``REPLACE INTO t``, ``UPDATE t`` and ``DELETE FROM t``; and in sqlite-utils calls:
 ``.insert/.insert_all/.upsert/.upsert_all/.update/.delete/.delete_where`` on
 ``db.table("t")`` or ``db["t"]``. Docstrings are prose, not SQL, and are skipped;
-``schema.py`` (the migrations) and ``lifecycle_triggers.py`` (the triggers' DDL) are
-excepted. Registry mutations are item assignment or deletion on ``….devices[…]``,
+``schema.py`` and ``pgschema.py`` (the migrations) and ``lifecycle_triggers.py`` (the
+triggers' DDL) are excepted. Registry mutations are item assignment or deletion on ``….devices[…]``,
 replacing another object's ``devices``, the dict mutators on ``….devices``, appending to
 ``poa_times``, ``object.__setattr__``, building a ``Device`` outside the store and, in a
 module that reaches the registry (names ``….devices`` or ``Device``), assigning a field
@@ -48,7 +48,7 @@ OWNERS: dict[str, frozenset[str]] = {
     "leaders": frozenset({"store/leaders.py"}),
 }
 
-EXCEPTED = frozenset({"schema.py", "lifecycle_triggers.py"})
+EXCEPTED = frozenset({"schema.py", "pgschema.py", "lifecycle_triggers.py"})
 
 _SQL_WRITE = re.compile(
     r"\b(?:INSERT(?:\s+OR\s+[A-Z]+)?\s+INTO|REPLACE\s+INTO|UPDATE|DELETE\s+FROM)\s+"

@@ -15,6 +15,7 @@ advisory lock, so nodes started together migrate once, one after the other.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any
 
@@ -22,6 +23,9 @@ from . import lifecycle_triggers
 from .schema import MIGRATIONS
 
 log = logging.getLogger(__name__)
+
+#: The ``meta`` key holding the digest of the lifecycle triggers installed.
+_TRIGGERS_KEY = "lifecycle_triggers_sha256"
 
 #: The schema version the baseline makes.
 BASELINE_VERSION = 13
@@ -319,6 +323,28 @@ BASELINE: list[str] = [
 ]
 
 
+def _install_triggers(conn: Any) -> None:
+    """Make the lifecycle triggers the rendered ones, only when they differ (their digest
+    is kept in ``meta``), under the write lock: replacing a trigger locks its table, and a
+    node starting while others write must neither deadlock with them nor make them wait
+    at each start."""
+    wanted = lifecycle_triggers.render_postgresql()
+    digest = hashlib.sha256("\n".join(wanted).encode()).hexdigest()
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", [WRITE_LOCK])
+        row = conn.execute("SELECT value FROM meta WHERE key = %s", [_TRIGGERS_KEY]).fetchone()
+        if row is not None and row[0] == digest:
+            return
+        for sql in wanted:
+            conn.execute(sql)
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (%s, %s) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [_TRIGGERS_KEY, digest],
+        )
+    log.info("database lifecycle triggers installed")
+
+
 class SchemaTooNewError(RuntimeError):
     """The database was written by a newer version: refuse rather than damage it."""
 
@@ -356,14 +382,14 @@ def migrate(conn: Any) -> int:
             if version <= current:
                 continue
             with conn.transaction():
+                # Running nodes' writers wait: no write meets a half-made schema.
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", [WRITE_LOCK])
                 for sql in statements:
                     conn.execute(sql)
                 conn.execute("DELETE FROM schema_version")
                 conn.execute("INSERT INTO schema_version (version) VALUES (%s)", [version])
             log.info("database migrated to schema v%d", version)
-        with conn.transaction():
-            for sql in lifecycle_triggers.render_postgresql():
-                conn.execute(sql)
+        _install_triggers(conn)
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", [MIGRATION_LOCK])
     return latest
