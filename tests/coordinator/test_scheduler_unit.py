@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from aeamc.coordinator.config import SchedulerConfig
+from tests.support import stores
 from tests.support.inprocess import Fleet
 
 HIGH, LOW, TOO_LOW = 95, 60, 20  # battery percentages: EPS ≈ 0.68, 0.54 and 0.38 (min 0.5)
@@ -154,3 +155,23 @@ async def test_a_refusal_for_the_owners_limits_is_not_held_against_the_device(
     assert fleet.c.devices[careful.device_id].record.refusals == 0
     row = await fleet.row("SELECT refusals FROM devices WHERE device_id=?", [careful.device_id])
     assert row["refusals"] == 0
+
+
+async def test_a_device_quarantined_after_the_round_read_it_is_offered_nothing(
+    fleet: Fleet,
+) -> None:
+    """Another process quarantines the device (and so ends its assignments) after this
+    round picked it from its view and before the offer is written: the write refuses, or
+    the device would hold the task, quarantined, until the assignment expired."""
+    device = await fleet.enroll()
+    task_id = await fleet.submit()
+    stores.execute_elsewhere(
+        fleet.c.db,
+        "UPDATE devices SET state='quarantined', state_reason='failed spot-check' "
+        "WHERE device_id=?",
+        [device.device_id],
+    )
+    assert fleet.c.devices[device.device_id].state == "active"  # this process's view
+    assert await fleet.schedule() == 0
+    assert await fleet.assignments(task_id) == {}
+    assert device.assignments == []

@@ -192,7 +192,8 @@ def test_agent_unplugged_mid_task_delivers_every_proof_once(tmp_path: Path, lan:
 
         ids = []
         for i in range(n):
-            task = sha_task(0x90 + i, iterations=200_000, chunks=4)
+            # Long enough that a loaded machine still unplugs the cable mid-work.
+            task = sha_task(0x90 + i, iterations=600_000, chunks=4)
             status, body = coordinator.request(
                 "POST", "/v1/tasks", task, token=coordinator.token("client")
             )

@@ -121,8 +121,9 @@ class Scheduler:
         message = json.dumps(assignment.to_dict(), sort_keys=True)
 
         def txn(db: Tx) -> bool:
-            # The device may have been erased since this round read the registry.
-            if not device_rows.exists(db, device_id):
+            # Since this round read the registry the device may have been erased, or
+            # quarantined (which ended its assignments) or gone stale: the database says.
+            if not device_rows.takes_work(db, device_id):
                 return False
             task_rows.assign(
                 db, task["task_id"], device_id, now, expires_at=expires, message=message

@@ -115,6 +115,13 @@ def exists(db: Tx, device_id: str) -> bool:
     return db.execute("SELECT 1 FROM devices WHERE device_id=?", [device_id]).fetchone() is not None
 
 
+def takes_work(db: Tx, device_id: str) -> bool:
+    """Whether ``device_id`` is enrolled and active as the transaction sees it: the only
+    state in which it may be offered work."""
+    row = db.execute("SELECT state FROM devices WHERE device_id=?", [device_id]).fetchone()
+    return row is not None and row[0] == "active"
+
+
 def device_row(db: Tx, device_id: str) -> dict[str, Any] | None:
     """The row of ``device_id`` as committed, or None."""
     return _first(db, "SELECT * FROM devices WHERE device_id=?", [device_id])
