@@ -175,3 +175,23 @@ async def test_a_device_quarantined_after_the_round_read_it_is_offered_nothing(
     assert await fleet.schedule() == 0
     assert await fleet.assignments(task_id) == {}
     assert device.assignments == []
+
+
+async def test_an_offer_left_unanswered_by_a_leader_that_ended_is_pushed_again(
+    fleet: Fleet,
+) -> None:
+    """The last leader wrote the offer and died before the device's answer was recorded:
+    the next leader pushes the stored, signed offer again instead of leaving the task to
+    wait for the assignment to expire."""
+    device = await fleet.enroll()
+    task_id = await fleet.submit()
+    task = await fleet.row("SELECT * FROM tasks WHERE task_id=?", [task_id])
+    offer = await fleet.scheduler._offer(task, {}, device.device_id, fleet.clock())
+    assert offer is not None  # written, never pushed: the leader "died" here
+    assert await fleet.assignments(task_id) == {device.device_id: "offered"}
+
+    assert await fleet.scheduler.resume_offers() == 1
+    await fleet.scheduler.drain()
+    assert await fleet.assignments(task_id) == {device.device_id: "accepted"}
+    assert [a.signature for a in device.assignments] == [offer.signature]
+    assert await fleet.scheduler.resume_offers() == 0  # nothing is pushed twice

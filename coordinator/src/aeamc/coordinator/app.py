@@ -276,6 +276,7 @@ class CoordinatorService:
             "leader-lock": self._watch_lock(),
         }
         self._tasks = [asyncio.create_task(coro, name=name) for name, coro in loops.items()]
+        await self.scheduler.resume_offers()
         await self.anchoring.start()
         if self.config.server.mdns:
             self.discovery = Discovery(self.coordinator, self.port)

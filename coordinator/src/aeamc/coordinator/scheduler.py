@@ -15,7 +15,7 @@ import logging
 from typing import Any
 
 from aeamc.shared.eps import rank
-from aeamc.shared.messages import Assignment, sign
+from aeamc.shared.messages import Assignment, parse_signed, sign
 from aeamc.shared.placement import Needs
 
 from .context import repeat
@@ -133,6 +133,22 @@ class Scheduler:
         if not await self.c.db.write(txn):
             return None
         return assignment
+
+    async def resume_offers(self) -> int:
+        """Push again every offer whose answer was never recorded: a leader that ended
+        mid-push (``kill -9``, a fail-over) left it ``offered``, and without this the task
+        would wait for the assignment to expire. The stored, signed message is sent as it
+        was; an agent that already took it answers with the work's state (a retry), so
+        nothing is done twice. Called once by each new leader; returns how many."""
+        messages = await self.c.db.read(task_rows.open_offers)
+        for message in messages:
+            assignment = parse_signed(json.loads(message), Assignment)
+            push = asyncio.create_task(self._push(assignment))
+            self._pushes.add(push)
+            push.add_done_callback(self._pushes.discard)
+        if messages:
+            log.info("pushing again %d offers left unanswered by the last leader", len(messages))
+        return len(messages)
 
     async def _push(self, assignment: Assignment) -> None:
         rid = task_request_id(assignment.task_id)

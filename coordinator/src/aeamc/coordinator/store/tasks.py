@@ -257,6 +257,11 @@ def assign(
     db.execute("UPDATE tasks SET state='running' WHERE task_id=? AND state='queued'", [task_id])
 
 
+def open_offers(db: Tx) -> list[str]:
+    """The signed messages of every assignment still offered: pushed, answer unrecorded."""
+    return [r[0] for r in db.execute("SELECT message FROM assignments WHERE state='offered'")]
+
+
 def accept_offer(db: Tx, task_id: str, device_id: str) -> None:
     """The device's endpoint took an offered assignment."""
     db.execute(
