@@ -241,22 +241,20 @@ def measure(
     }
 
 
-if __name__ == "__main__":
-    print(
-        measure(
-            ingestion={
-                "runs": 1,
-                "per_run": 10,
-                "batch": 5,
-                "concurrency": 2,
-                "reference_s": 0.3,
-                "devices": 2,
-            },
-            sizes=(20,),
-            duration=1.0,
-            interval_s=0.5,
-        ),
-        file=sys.stdout,
+def quick() -> dict[str, Any]:
+    """Tiny sizes: a check of the harness, not a measurement (``--quick``)."""
+    return measure(
+        ingestion={
+            "runs": 1,
+            "per_run": 10,
+            "batch": 5,
+            "concurrency": 2,
+            "reference_s": 0.3,
+            "devices": 2,
+        },
+        sizes=(20,),
+        duration=1.0,
+        interval_s=0.5,
     )
 
 
@@ -325,3 +323,7 @@ what a second host adds.
 {chr(10).join(fleet_rows)}
 
 Every proof of every round was accepted{refused}."""
+
+
+if __name__ == "__main__":
+    print(quick(), file=sys.stdout)

@@ -82,19 +82,7 @@ PLANS: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
             sizes=(1000, 5000, 10_000),
             duration=30.0,
         ),
-        lambda: cluster.measure(
-            ingestion={
-                "runs": 1,
-                "per_run": 10,
-                "batch": 5,
-                "concurrency": 2,
-                "reference_s": 0.3,
-                "devices": 2,
-            },
-            sizes=(20,),
-            duration=1.0,
-            interval_s=0.5,
-        ),
+        cluster.quick,
     ),
 }
 
