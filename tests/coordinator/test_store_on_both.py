@@ -17,12 +17,14 @@ from typing import Any
 import pytest
 
 from aeamc.coordinator import pgschema
+from aeamc.coordinator.config import parse_config
 from aeamc.coordinator.dbtx import Tx
 from aeamc.coordinator.groupcommit import GroupCommit
 from aeamc.coordinator.leadership import DatabaseLeaderLock
 from aeamc.coordinator.pgdb import LeadershipLost, placeholders
 from aeamc.coordinator.schema import MIGRATIONS
 from aeamc.coordinator.storage import DatabaseConfig, open_database
+from aeamc.shared.runtime.configfiles import ConfigError
 from tests.support import stores
 
 
@@ -224,3 +226,23 @@ async def test_a_node_whose_leader_lock_session_ended_writes_nothing(
         lock.release()
         other.release()
         db.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://aeamc:s3cret@db.lan/aeamc",
+        "postgresql://aeamc@db.lan/aeamc?sslmode=require&password=s3cret",
+    ],
+)
+def test_a_database_url_holding_a_password_is_refused(url: str) -> None:
+    """The configuration file is readable by the service's group: a password written into
+    the URL would be readable with it, so the coordinator refuses to start on one."""
+    with pytest.raises(ConfigError, match="must not hold a password"):
+        parse_config({"database": {"url": url}, "cluster": {"relay_address": "10.0.0.1"}})
+    parse_config(
+        {
+            "database": {"url": "postgresql://aeamc@db.lan/aeamc"},
+            "cluster": {"relay_address": "10.0.0.1"},
+        }
+    )
