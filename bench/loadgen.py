@@ -221,6 +221,9 @@ async def proofs_mode(args: argparse.Namespace) -> None:
                         url = to[key.device_id] + "/v1/heartbeats"
                         status, answer = await post_json(own, url, poa_body(key, seq))
                         assert status == 202, answer
+            # As agents do: a device that stops heartbeating goes stale and is offered
+            # nothing more, however long preparing or measuring takes.
+            alive = asyncio.create_task(_keep_alive(devs, to, first_seq=3))
             await _submit_tasks(s, args, urls[0])
         deadline = time.monotonic() + 300
         while devs.ready_count() < args.tasks and time.monotonic() < deadline:
@@ -235,7 +238,33 @@ async def proofs_mode(args: argparse.Namespace) -> None:
                 emit(await _send_single(to, devs, bodies, int(line[2])))
             else:
                 emit(await _send_batches(to, devs, bodies, int(line[2]), int(line[3])))
+        alive.cancel()
         await devs.stop()
+
+
+async def _keep_alive(
+    devs: ProofDevices, to: dict[str, str], first_seq: int, every_s: float = 20.0
+) -> None:
+    """A signed heartbeat from every device each ``every_s``, until cancelled."""
+    seq = first_seq
+    sessions = {d: session(devs.tls[d].client_ssl(), 1) for d in to}
+    try:
+        while True:
+            await asyncio.sleep(every_s)
+            for key in devs.keys:
+                url = to[key.device_id] + "/v1/heartbeats"
+                try:
+                    status, answer = await post_json(
+                        sessions[key.device_id], url, poa_body(key, seq)
+                    )
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    status, answer = 0, repr(exc)
+                if status != 202:
+                    print(f"heartbeat of {key.device_id}: {status} {answer}", file=sys.stderr)
+            seq += 1
+    finally:
+        for own in sessions.values():
+            await own.close()
 
 
 async def _submit_tasks(s: aiohttp.ClientSession, args: argparse.Namespace, url: str) -> None:

@@ -186,8 +186,10 @@ async def test_an_offer_left_unanswered_by_a_leader_that_ended_is_pushed_again(
     device = await fleet.enroll()
     task_id = await fleet.submit()
     task = await fleet.row("SELECT * FROM tasks WHERE task_id=?", [task_id])
-    offer = await fleet.scheduler._offer(task, {}, device.device_id, fleet.clock())
-    assert offer is not None  # written, never pushed: the leader "died" here
+    now = fleet.clock()
+    picked = fleet.scheduler._assignment(task, {}, device.device_id, now)
+    [offer] = await fleet.scheduler._offer([picked], now)  # written, never pushed: the
+    # leader "died" here
     assert await fleet.assignments(task_id) == {device.device_id: "offered"}
 
     assert await fleet.scheduler.resume_offers() == 1

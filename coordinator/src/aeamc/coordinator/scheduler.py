@@ -70,7 +70,7 @@ class Scheduler:
             if a["state"] != "refused" or a["issued_at"] > now - REFUSAL_COOLDOWN_MS:
                 held.setdefault(a["task_id"], set()).add(a["device_id"])
         limit = self.c.config.scheduler.max_inflight_per_device
-        offered = 0
+        picks: list[Assignment] = []
         for task in tasks:
             needed = task["replicas"] - task["live"]
             if needed <= 0:
@@ -85,24 +85,23 @@ class Scheduler:
                 if d.device_id not in excluded and d.endpoint and d.misfit(needs) is None
             ]
             for device_id in rank(candidates, task["kind"], now, self.c.eps_config)[:needed]:
-                assignment = await self._offer(task, params, device_id, now)
-                if assignment is None:  # erased meanwhile
-                    continue
+                picks.append(self._assignment(task, params, device_id, now))
                 inflight[device_id] = inflight.get(device_id, 0) + 1
-                offered += 1
-                push = asyncio.create_task(self._push(assignment))
-                self._pushes.add(push)
-                push.add_done_callback(self._pushes.discard)
-        return offered
+        offers = await self._offer(picks, now)
+        for assignment in offers:
+            push = asyncio.create_task(self._push(assignment))
+            self._pushes.add(push)
+            push.add_done_callback(self._pushes.discard)
+        return len(offers)
 
-    async def _offer(
+    def _assignment(
         self, task: dict[str, Any], params: dict[str, Any], device_id: str, now: int
-    ) -> Assignment | None:
+    ) -> Assignment:
         timeout_ms = self.c.config.scheduler.assignment_timeout_s * 1000
         expires = now + timeout_ms
         if task["deadline"] is not None:
             expires = min(expires, task["deadline"])
-        assignment = sign(
+        return sign(
             Assignment,
             {
                 "type": "assignment",
@@ -118,21 +117,37 @@ class Scheduler:
             },
             self.c.signer,
         )
-        message = json.dumps(assignment.to_dict(), sort_keys=True)
 
-        def txn(db: Tx) -> bool:
-            # Since this round read the registry the device may have been erased, or
-            # quarantined (which ended its assignments) or gone stale: the database says.
-            if not device_rows.takes_work(db, device_id):
-                return False
-            task_rows.assign(
-                db, task["task_id"], device_id, now, expires_at=expires, message=message
-            )
-            return True
+    async def _offer(self, picks: list[Assignment], now: int) -> list[Assignment]:
+        """Commit a round's offers in one transaction and return those written: all of
+        them, but for a device erased, quarantined or gone stale since the round read the
+        registry (the database says, in the same transaction). Only what this returns is
+        pushed, so no device is ever sent an offer the database does not hold."""
+        if not picks:
+            return []
+        messages = [json.dumps(a.to_dict(), sort_keys=True) for a in picks]
 
-        if not await self.c.db.write(txn):
-            return None
-        return assignment
+        def txn(db: Tx) -> list[Assignment]:
+            active: dict[str, bool] = {}
+            written = []
+            for assignment, message in zip(picks, messages, strict=True):
+                device_id = assignment.device_id
+                if device_id not in active:
+                    active[device_id] = device_rows.takes_work(db, device_id)
+                if not active[device_id]:
+                    continue
+                task_rows.assign(
+                    db,
+                    assignment.task_id,
+                    device_id,
+                    now,
+                    expires_at=assignment.expires_at,
+                    message=message,
+                )
+                written.append(assignment)
+            return written
+
+        return await self.c.db.write(txn)
 
     async def resume_offers(self) -> int:
         """Push again every offer whose answer was never recorded: a leader that ended
