@@ -118,7 +118,11 @@ class FakeCoordinator:
             self.dir = self.ca_dir
         self.ca, _ = CertificateAuthority.ensure(self.dir, "", self.coordinator_id)
         files = issue_server_files(
-            self.ca, self.dir, self.coordinator_id, names=["127.0.0.1"], lifetime_s=3600
+            self.ca,
+            self.dir,
+            self.coordinator_id,
+            names=["127.0.0.1", "localhost"],
+            lifetime_s=3600,
         )
         self.server_ssl = tls.server_context(
             files.cert_file, files.key_file, ca_pem=self.ca.cert_pem

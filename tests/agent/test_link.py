@@ -199,6 +199,22 @@ async def test_backoff_while_the_coordinator_is_away(fake_coordinator, make_agen
     await eventually(lambda: len(fake_coordinator.heartbeats) > n, timeout=5)
 
 
+async def test_a_node_that_cannot_serve_is_left_for_the_next(fake_coordinator, make_agent) -> None:
+    """With several nodes configured, a 5xx answer to a heartbeat (that node has lost its
+    database, say, while the agent still reaches it) moves the agent to the next node,
+    as no answer at all does; with one, it stays and backs off."""
+    other = f"https://localhost:{fake_coordinator.port}"
+    agent = await make_agent(coordinator_url=f"{fake_coordinator.url},{other}")
+    await eventually(lambda: fake_coordinator.heartbeats)
+    assert agent.link.locator.url == fake_coordinator.url
+    fake_coordinator.queue(
+        "/v1/heartbeats", Scripted(503, {"error": {"code": "unavailable", "message": ""}})
+    )
+    await eventually(lambda: agent.link.locator.url == other)
+    n = len(fake_coordinator.heartbeats)
+    await eventually(lambda: len(fake_coordinator.heartbeats) > n)  # served there
+
+
 async def test_other_refusals_are_logged_and_retried(fake_coordinator, make_agent, caplog) -> None:
     await make_agent(coordinator_url=fake_coordinator.url)
     await eventually(lambda: fake_coordinator.heartbeats)

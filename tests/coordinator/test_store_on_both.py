@@ -19,13 +19,14 @@ import pytest
 from aeamc.coordinator import pgschema
 from aeamc.coordinator.config import parse_config
 from aeamc.coordinator.dbtx import Tx
-from aeamc.coordinator.groupcommit import GroupCommit
+from aeamc.coordinator.groupcommit import GroupCommit, StoreUnavailable
 from aeamc.coordinator.leadership import DatabaseLeaderLock
 from aeamc.coordinator.pgdb import LeadershipLost, placeholders
 from aeamc.coordinator.schema import MIGRATIONS
 from aeamc.coordinator.storage import DatabaseConfig, open_database
 from aeamc.shared.runtime.configfiles import ConfigError
 from tests.support import stores
+from tests.support.silence import SilentRelay
 
 
 def _open(tmp_path: Path, url: str) -> GroupCommit:
@@ -226,6 +227,94 @@ async def test_a_node_whose_leader_lock_session_ended_writes_nothing(
         lock.release()
         other.release()
         db.close()
+
+
+async def test_connections_the_server_ended_are_replaced_without_failing_a_request(
+    tmp_path: Path, store: str
+) -> None:
+    """After an outage (the server restarted, the network was out long enough for the
+    server to end the sessions) every pooled connection is dead, and the first read or
+    write on each would fail. A read is run again on a new connection; a write batch
+    whose ``BEGIN`` found its connection dead is begun again on a new one, since none
+    of it had run. Either way the caller gets its answer, not an error."""
+    if store != stores.POSTGRESQL:
+        pytest.skip("SQLite's connections are files: nothing ends them")
+    db = _open(tmp_path, stores.database_url())
+    try:
+        await db.write(_device("a"))
+        count = "SELECT count(*) FROM devices"
+        assert await db.read(lambda t: t.execute(count).fetchone()[0]) == 1
+        stores.execute_elsewhere(
+            db,
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            [],
+        )
+        await db.write(_device("b"))
+        assert await db.read(lambda t: t.execute(count).fetchone()[0]) == 2
+    finally:
+        db.close()
+
+
+async def test_a_database_out_of_reach_is_said_to_be_so(tmp_path: Path, store: str) -> None:
+    """With the database unreachable, reads and writes fail with ``StoreUnavailable``
+    (which the HTTP edge answers with 503 and ``Retry-After``), not with the engine's
+    own error (a bare 500); nothing is written."""
+    if store != stores.POSTGRESQL:
+        pytest.skip("SQLite is a file on this host: it is never out of reach")
+    url = stores.database_url()
+    address = url.split("@", 1)[1].split("/", 1)[0]
+    host, port = address.rsplit(":", 1)
+    relay = SilentRelay((host, int(port)))
+    db = _open(tmp_path, url.replace(address, f"127.0.0.1:{relay.port}"))
+    try:
+        await db.write(_device("a"))
+        relay.close()  # connections cut, and no new one taken
+        with pytest.raises(StoreUnavailable):
+            await db.read(lambda t: t.execute("SELECT count(*) FROM devices").fetchone())
+        with pytest.raises(StoreUnavailable):
+            await db.write(_device("b"))
+    finally:
+        db.close()
+    assert [r["device_id"] for r in stores.pg_rows(url)("SELECT device_id FROM devices")] == ["a"]
+
+
+async def test_a_leader_that_loses_sight_of_the_database_steps_down_within_its_lease(
+    store: str,
+) -> None:
+    """A silent network (no error, no closed connection: the cable is out) leaves the lock
+    session's question unanswered. The leader steps down within its lease while the
+    server still keeps the lock for it (no other node can lead yet, so never two at
+    once), and once the network is back the session is closed, which frees the lock."""
+    if store != stores.POSTGRESQL:
+        pytest.skip("the leader lock of several nodes is PostgreSQL's")
+    url = stores.database_url()
+    address = url.split("@", 1)[1].split("/", 1)[0]
+    host, port = address.rsplit(":", 1)
+    relay = SilentRelay((host, int(port)))
+    lock = DatabaseLeaderLock(url.replace(address, f"127.0.0.1:{relay.port}"), check_s=0.1)
+    lock.lease_s = 1.0
+    other = DatabaseLeaderLock(url)
+    try:
+        assert lock.try_acquire() and not other.try_acquire()
+        # Still referenced elsewhere (a traceback, a log record): only closing it ends it.
+        session = lock._conn
+        relay.silence()
+        await asyncio.wait_for(lock.lost(), 10)
+        assert not lock.held and lock.fence is None
+        assert not other.try_acquire()  # the server has heard nothing: the lock is kept
+        relay.speak()
+        for _ in range(100):
+            if other.try_acquire():
+                break
+            await asyncio.sleep(0.1)
+        assert other.held, "the silent session was never closed: the lock stays taken"
+        assert session.closed
+    finally:
+        relay.speak()
+        lock.release()
+        other.release()
+        relay.close()
 
 
 @pytest.mark.parametrize(

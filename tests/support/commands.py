@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Sequence
 
 
 def run_module(
-    module: str, *args: str, env: dict[str, str] | None = None
+    module: str, *args: str, env: dict[str, str] | None = None, prefix: Sequence[str] = ()
 ) -> subprocess.CompletedProcess[str]:
     """``python -m MODULE ARGS`` (what the installed command runs), output captured as text.
 
     A non-zero exit does not raise: the tests assert on the status themselves. Standard
     input is empty and not a terminal, as under systemd or in a script. The timeout only
-    catches a command that hangs: a loaded test machine can take a minute to start one."""
+    catches a command that hangs: a loaded test machine can take a minute to start one.
+    ``prefix`` runs it through another command (``ip netns exec NS``)."""
     return subprocess.run(
-        [sys.executable, "-m", module, *args],
+        [*prefix, sys.executable, "-m", module, *args],
         capture_output=True,
         stdin=subprocess.DEVNULL,
         text=True,

@@ -129,7 +129,12 @@ class CoordinatorProcess(DaemonFolder):
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         proc = run_module(
-            "aeamc.coordinator.cli", "--config", str(self.config_path), *args, env=self.env
+            "aeamc.coordinator.cli",
+            "--config",
+            str(self.config_path),
+            *args,
+            env=self.env,
+            prefix=self.command_prefix(),
         )
         if check and proc.returncode != 0:
             raise AssertionError(f"aeamc-coordinator {args} failed: {proc.stderr}")
@@ -160,9 +165,21 @@ class CoordinatorProcess(DaemonFolder):
         with contextlib.closing(sqlite3.connect(self.state_dir / "coordinator.db")) as conn:
             return [tuple(r) for r in conn.execute(sql, params or [])]
 
+    def command_prefix(self) -> list[str]:
+        """What the daemon and its commands run through (nothing: run here)."""
+        return []
+
     def run_command(self) -> list[str]:
         """The command line of ``aeamc-coordinator run`` on this configuration."""
-        return [sys.executable, "-m", self.daemon_module, "--config", str(self.config_path), "run"]
+        return [
+            *self.command_prefix(),
+            sys.executable,
+            "-m",
+            self.daemon_module,
+            "--config",
+            str(self.config_path),
+            "run",
+        ]
 
     def log_text(self) -> str:
         """What this run of the coordinator (the supervisor and its workers) logged so far;

@@ -169,8 +169,8 @@ class NetnsCoordinator(CoordinatorProcess):
     def url(self) -> str:
         return f"https://{self.address}:{self.port}"
 
-    def run_command(self) -> list[str]:
-        return ["ip", "netns", "exec", self.ns, *super().run_command()]
+    def command_prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.ns]
 
     def log_text(self) -> str:
         return "".join(p.read_text(errors="replace") for p in self.root.glob("coordinator-*.log"))

@@ -42,7 +42,10 @@ def _free_port() -> int:
 class PostgresServer:
     """One PostgreSQL cluster, started by :meth:`start` and removed by :meth:`stop`."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, listen: str = "127.0.0.1", netns: str | None = None) -> None:
+        """``listen``: the address it takes TCP connections on (trusted for its /24);
+        ``netns``: the network namespace it runs in (its Unix socket, in the temporary
+        directory, is reachable from any namespace: :meth:`local_url`)."""
         bindir = binaries()
         if bindir is None:
             raise RuntimeError("PostgreSQL is not installed (Debian: apt-get install postgresql)")
@@ -50,12 +53,16 @@ class PostgresServer:
         self.root = Path(tempfile.mkdtemp(prefix="aeamc-pg-"))
         self.data = self.root / "data"
         self.port = _free_port()
+        self.listen = listen
+        self.netns = netns
         self._user = "nobody" if os.geteuid() == 0 else None
 
     def _run(self, *argv: str) -> None:
         cmd = [str(self.bindir / argv[0]), *argv[1:]]
         if self._user is not None:
             cmd = ["runuser", "-u", self._user, "--", *cmd]
+        if self.netns is not None:
+            cmd = ["ip", "netns", "exec", self.netns, *cmd]
         subprocess.run(cmd, check=True, capture_output=True, timeout=120, cwd="/")
 
     def start(self) -> PostgresServer:
@@ -64,8 +71,12 @@ class PostgresServer:
             os.chown(self.root, user.pw_uid, user.pw_gid)
         self.root.chmod(0o700)
         self._run("initdb", "-D", str(self.data), "-U", ROLE, "--auth=trust", "-E", "UTF8")
+        if self.listen != "127.0.0.1":
+            network = ".".join(self.listen.split(".")[:3]) + ".0/24"
+            with (self.data / "pg_hba.conf").open("a") as hba:
+                hba.write(f"host all {ROLE} {network} trust\n")
         options = (
-            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+            f"-p {self.port} -k {self.root} -c listen_addresses={self.listen} "
             "-c fsync=on -c max_connections=200 -c shared_buffers=32MB"
         )
         self._run(
@@ -87,12 +98,17 @@ class PostgresServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def url(self, dbname: str = "postgres") -> str:
-        return f"postgresql://{ROLE}@127.0.0.1:{self.port}/{dbname}"
+        """Over TCP, at the listening address."""
+        return f"postgresql://{ROLE}@{self.listen}:{self.port}/{dbname}"
+
+    def local_url(self, dbname: str = "postgres") -> str:
+        """Over the Unix socket: from this machine, whatever its network namespace."""
+        return f"postgresql://{ROLE}@/{dbname}?host={self.root}&port={self.port}"
 
     def new_database(self) -> str:
-        """A new empty database; its URL."""
+        """A new empty database; its URL (over TCP)."""
         name = "t_" + uuid.uuid4().hex[:16]
-        with psycopg.connect(self.url(), autocommit=True) as conn:
+        with psycopg.connect(self.local_url(), autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {name}")
         return self.url(name)
 

@@ -44,8 +44,8 @@ class AgentConfig:
     #: unset = ``state_dir/identity.key``.
     identity_key: str | None = None
     #: Fixed coordinator base URL, or the URLs of several nodes of one coordinator
-    #: separated by commas (tried in turn when one is unreachable); unset means "find it
-    #: over mDNS".
+    #: separated by commas (tried in turn when one is unreachable or answers 5xx); unset: find it
+    #: over mDNS.
     coordinator_url: str | None = None
     #: Enrollment token from the coordinator's operator; without it enrollment is pending.
     enrollment_token: str | None = None

@@ -261,6 +261,10 @@ class CoordinatorLink:
             self._accept_heartbeat(reply.body)
             return self._interval()
         self.on_heartbeat("refused")
+        if reply.status >= 500:
+            # This node cannot serve now (its database out of its reach, overloaded): with
+            # several nodes configured, the next one may.
+            self.locator.unreachable(url)
         return self._refused("heartbeat", reply, sent_work=bool(work))
 
     def heartbeat_interval_s(self) -> float:

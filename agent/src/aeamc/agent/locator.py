@@ -55,8 +55,9 @@ class CoordinatorLocator:
         return self.fixed_urls[self._turn % len(self.fixed_urls)] if self.fixed_urls else None
 
     def unreachable(self, url: str) -> bool:
-        """``url`` did not answer: move to the next configured URL, if there is another;
-        whether the agent now uses another one (then it should try it without waiting)."""
+        """``url`` did not answer, or answered that it cannot serve (5xx): move to the
+        next configured URL, if there is another; whether the agent now uses another one
+        (then it should try it without waiting)."""
         if len(self.fixed_urls) < 2 or url != self.fixed_url:
             return False
         self._turn += 1

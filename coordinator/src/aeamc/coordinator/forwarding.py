@@ -45,6 +45,8 @@ from aiohttp import web
 from aeamc.shared.runtime.files import atomic_write
 from aeamc.shared.runtime.tls import Peer, peer_of
 
+from .groupcommit import StoreUnavailable
+
 if TYPE_CHECKING:
     from .cluster import RelayListener
 
@@ -218,7 +220,11 @@ class Forwarding:
         """Send ``request`` to the leader as it came and stream its answer back; 503 with
         ``Retry-After`` while no process leads (a takeover is under way)."""
         if self.cluster is not None:
-            address = await self.cluster.locate()
+            try:
+                address = await self.cluster.locate()
+            except StoreUnavailable as exc:  # the latest term is in the database
+                log.warning("no leader found for %s %s: %s", request.method, request.path, exc)
+                return _unavailable()
             base = address or ""
         else:
             address = published_relay(self.state_dir)

@@ -18,6 +18,7 @@ from aeamc.shared.refusals import Refusal
 from .bodies import reply
 from .content_api import BODY_LIMITS as CONTENT_BODY_LIMITS
 from .errors import ApiError
+from .groupcommit import StoreUnavailable
 from .logs import REQUEST_ID, REQUEST_ID_HEADER, incoming_request_id
 from .metrics import Metrics, route_of
 from .overload import DEVICE_ROUTES, Admission
@@ -126,8 +127,9 @@ def _too_large(limit: int) -> str:
 
 
 def _error_reply(request: web.Request, exc: Exception) -> web.Response:
-    """The answer to a failure of the handler: 4xx for what a client sent, a bare 500 for
-    a fault of ours. An ``HTTPException`` below 400 (a redirect) is raised again."""
+    """The answer to a failure of the handler: 4xx for what a client sent, 503 with
+    ``Retry-After`` while the database is out of reach, a bare 500 for a fault of ours.
+    An ``HTTPException`` below 400 (a redirect) is raised again."""
     if isinstance(exc, ApiError):
         return reply(exc.body(), exc.status)
     if isinstance(exc, Refusal):
@@ -144,5 +146,18 @@ def _error_reply(request: web.Request, exc: Exception) -> web.Response:
         if "Allow" in exc.headers:
             resp.headers["Allow"] = exc.headers["Allow"]
         return resp
+    if isinstance(exc, StoreUnavailable):
+        log.warning("%s %s: %s", request.method, request.path, exc)
+        return reply(
+            {
+                "error": {
+                    "code": "unavailable",
+                    "message": "the coordinator cannot reach its database; retry shortly",
+                    "retry_after_s": 1,
+                }
+            },
+            503,
+            headers={"Retry-After": "1"},
+        )
     log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
     return reply({"error": {"code": INTERNAL, "message": "internal error"}}, 500)

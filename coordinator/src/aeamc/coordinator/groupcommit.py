@@ -30,6 +30,11 @@ WriteFn = Callable[[Tx], T]
 _MAX_BATCH = 512
 
 
+class StoreUnavailable(RuntimeError):
+    """The database cannot be reached now (its server restarting, the network out):
+    the request was not carried out, or not known to be; the caller may retry shortly."""
+
+
 @dataclass
 class _Job:
     fn: Callable[[Tx], Any]
@@ -82,6 +87,19 @@ class GroupCommit:
 
     def _recover(self) -> None:
         """After a failed commit: make the writer's connection usable again."""
+
+    def _lost(self, exc: Exception) -> bool:
+        """Whether ``exc`` says the database is out of reach (not that a statement was
+        wrong): the engine's to tell."""
+        return False
+
+    def _unavailable(self, exc: Exception) -> Exception:
+        """``exc``, or a :class:`StoreUnavailable` saying why, if it is an outage."""
+        if isinstance(exc, StoreUnavailable) or not self._lost(exc):
+            return exc
+        unavailable = StoreUnavailable(f"the database is out of reach: {exc}")
+        unavailable.__cause__ = exc
+        return unavailable
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
@@ -178,7 +196,7 @@ class GroupCommit:
         tx = self._tx()
         results: list[tuple[bool, Any]] = []
         try:
-            self._begin(tx)
+            tx = self._started()
             for job in batch:
                 tx.execute("SAVEPOINT job")
                 try:
@@ -195,9 +213,24 @@ class GroupCommit:
             with contextlib.suppress(Exception):
                 tx.execute("ROLLBACK")
             self._recover()
-            results = [(False, exc)] * len(batch)
+            results = [(False, self._unavailable(exc))] * len(batch)
         for job, (ok, value) in zip(batch, results, strict=True):
             _resolve(job, ok, value)
+
+    def _started(self) -> Tx:
+        """A transaction begun on the writer's connection. A connection found dead at
+        ``BEGIN`` (the server restarted, the network was out for a while) is replaced and
+        the ``BEGIN`` tried once more: nothing of the batch has run on it yet."""
+        tx = self._tx()
+        try:
+            self._begin(tx)
+        except Exception:
+            if self._usable(tx):
+                raise
+            self._recover()
+            tx = self._tx()
+            self._begin(tx)
+        return tx
 
     # -- reading ---------------------------------------------------------------------
 
@@ -213,12 +246,28 @@ class GroupCommit:
     def _usable(self, tx: Tx) -> bool:
         return True
 
+    def _read(self, fn: Callable[[Tx], T]) -> T:
+        """``fn`` on this thread's reader. A read that failed because its connection died
+        under it (the server restarted, the network was out for a while) is run once more
+        on a new one: reading changes nothing, so the caller gets an answer, not an
+        error, from the first request after an outage."""
+        try:
+            tx = self._reader()
+            try:
+                return fn(tx)
+            except Exception:
+                if self._usable(tx):
+                    raise
+                return fn(self._reader())
+        except Exception as exc:
+            raise self._unavailable(exc) from exc
+
     async def read(self, fn: Callable[[Tx], T]) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, lambda: fn(self._reader()))
+        return await loop.run_in_executor(self._readers, self._read, fn)
 
     def read_sync(self, fn: Callable[[Tx], T]) -> T:
-        return self._readers.submit(lambda: fn(self._reader())).result()
+        return self._readers.submit(self._read, fn).result()
 
 
 def _CHECKPOINT(db: Tx) -> None:

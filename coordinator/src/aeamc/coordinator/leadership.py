@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 from pathlib import Path
@@ -73,13 +74,10 @@ class LeaderLock:
         return None
 
 
-#: Server-side settings of the lock's session: the server notices a holder that went
-#: silent (its host died, its network went) within about 5 s, and then ends the session,
-#: which releases the lock for another node.
-_LOCK_SESSION = (
-    "-c tcp_keepalives_idle=2 -c tcp_keepalives_interval=1 -c tcp_keepalives_count=3 "
-    "-c tcp_user_timeout=5000"
-)
+#: A leader that has not seen its lock session answer for this long steps down, before
+#: the database can free the lock for another node (``pgdb.SERVER_OPTIONS``: about 8 s
+#: of silence): a host cut off from the database stops leading on its own.
+LEASE_S = 3.0
 
 
 class DatabaseLeaderLock:
@@ -88,11 +86,18 @@ class DatabaseLeaderLock:
     holder ends (``kill -9``, a dead host, a cut network: within the keepalive time),
     and the holder learns it has lost it from :meth:`lost` — and, before that, from
     every write it tries, since ``pgdb`` fences the leader's writes on this session
-    (:attr:`fence`): no write of a deposed leader commits once another may lead."""
+    (:attr:`fence`): no write of a deposed leader commits once another may lead.
 
-    def __init__(self, url: str, *, check_s: float = 1.0) -> None:
+    The session is asked every ``check_s``. An answer that does not come within
+    ``lease_s`` (a cut cable leaves the question unanswered rather than failed) counts as
+    the lock lost: the holder steps down while the server still keeps the lock from every
+    other node, and the session is closed when the question ends, which frees the lock at
+    once if the network came back first."""
+
+    def __init__(self, url: str, *, check_s: float = 0.5, lease_s: float = LEASE_S) -> None:
         self.url = url
         self.check_s = check_s
+        self.lease_s = lease_s
         self._conn: Any = None
         self._held = False
 
@@ -113,7 +118,7 @@ class DatabaseLeaderLock:
             return True
         try:
             if self._conn is None or self._conn.closed or self._conn.broken:
-                self._conn = pgdb.connect(self.url, options=_LOCK_SESSION)
+                self._conn = pgdb.connect(self.url)
             row = self._conn.execute(
                 "SELECT pg_try_advisory_lock(%s)", [pgschema.LEADER_LOCK]
             ).fetchone()
@@ -140,18 +145,44 @@ class DatabaseLeaderLock:
                 self._conn.close()
             self._conn = None
 
-    def _alive(self) -> bool:
+    @staticmethod
+    def _alive(conn: Any) -> bool:
         try:
-            self._conn.execute("SELECT 1").fetchone()
+            conn.execute("SELECT 1").fetchone()
             return True
         except Exception:
             return False
 
     async def lost(self) -> None:
-        """Return once the lock, while held, is no longer: its session has ended."""
+        """Return once the lock, while held, is no longer: its session has ended, or has
+        not answered within ``lease_s``."""
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.check_s)
-            if self._held and not await asyncio.to_thread(self._alive):
+            if not self._held:
+                continue
+            conn = self._conn
+            asked = loop.run_in_executor(None, self._alive, conn)
+            try:
+                alive = await asyncio.wait_for(asyncio.shield(asked), self.lease_s)
+            except TimeoutError:
+                log.warning(
+                    "the database has not answered the leader lock's session for %.1f s; "
+                    "stepping down",
+                    self.lease_s,
+                )
+                self._held = False
+                self._conn = None
+                # Closed once the question ends (an error, or the network back): never
+                # from here, while another thread is using the connection.
+                asked.add_done_callback(functools.partial(_close_quietly, conn))
+                return
+            if not alive:
                 self._held = False
                 self._close()
                 return
+
+
+def _close_quietly(conn: Any, _: object = None) -> None:
+    with contextlib.suppress(Exception):
+        conn.close()

@@ -26,20 +26,32 @@ import psycopg
 
 from . import pgschema
 from .dbtx import POSTGRESQL, Cursor, Params, Tx
-from .groupcommit import GroupCommit
+from .groupcommit import GroupCommit, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-#: Connection settings every node's sessions use: a dead peer is noticed within seconds
-#: (keepalives), and no statement waits forever on a lock.
+#: Client-side settings of every session: a dead network is noticed within seconds, by
+#: keepalives when the session is idle and by the TCP user timeout when data waits for an
+#: acknowledgement, so a statement sent into a cut cable fails instead of hanging.
 CONNECT_ARGS: dict[str, Any] = {
     "keepalives": 1,
-    "keepalives_idle": 5,
-    "keepalives_interval": 2,
+    "keepalives_idle": 2,
+    "keepalives_interval": 1,
     "keepalives_count": 3,
+    "tcp_user_timeout": 5000,
     "connect_timeout": 10,
     "application_name": "microblock-coordinator",
 }
+
+#: Server-side settings of every session: the server ends the session of a node that
+#: went silent (its host died, its network was cut) after about 8 s, which rolls back
+#: its open transaction (freeing the write lock) and, for the leader lock's session,
+#: frees leadership. A leader steps down sooner, within ``leadership.LEASE_S`` of losing
+#: sight of the database, so it has stopped before another node can start.
+SERVER_OPTIONS = (
+    "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=1 -c tcp_keepalives_count=3 "
+    "-c tcp_user_timeout=8000"
+)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -91,17 +103,23 @@ class PgTx:
             yield dict(zip(keys, row, strict=True))
 
 
-def connect(url: str, **settings: Any) -> psycopg.Connection[Any]:
-    """An autocommit connection that binds parameters client side."""
+def connect(url: str, *, options: str = "", **settings: Any) -> psycopg.Connection[Any]:
+    """An autocommit connection that binds parameters client side, with the keepalive
+    settings above; ``options`` are server settings added to those of the URL, if any."""
+    given = psycopg.conninfo.conninfo_to_dict(url).get("options") or ""
     return psycopg.connect(
         url,
         autocommit=True,
         cursor_factory=psycopg.ClientCursor,
-        **{**CONNECT_ARGS, **settings},
+        **{
+            **CONNECT_ARGS,
+            **settings,
+            "options": " ".join(o for o in (SERVER_OPTIONS, str(given), options) if o),
+        },
     )
 
 
-class LeadershipLost(RuntimeError):
+class LeadershipLost(StoreUnavailable):
     """A write of a node that no longer holds the leader lock: refused, nothing written."""
 
 
@@ -149,6 +167,14 @@ class PostgresDatabase(GroupCommit):
                 "this node's leader lock session has ended: another node may lead, so "
                 "this node writes nothing until it has stepped down"
             )
+
+    def _lost(self, exc: Exception) -> bool:
+        # Errors of the connection itself (no SQLSTATE: libpq's own; class 08), or the
+        # server ending the session (57P: shut down, restarted, the session terminated).
+        code = getattr(exc, "sqlstate", None)
+        return isinstance(exc, psycopg.OperationalError) and (
+            code is None or code.startswith(("08", "57P"))
+        )
 
     def _recover(self) -> None:
         """A broken connection (the server restarted, the network went) is replaced; the
