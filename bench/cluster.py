@@ -1,4 +1,4 @@
-"""Benchmark 8, several nodes: the ingestion and fleet loads of benchmarks 1 and 2 on two
+"""Benchmark 9, several nodes: the ingestion and fleet loads of benchmarks 1 and 2 on two
 coordinator nodes over one PostgreSQL database, against one node on SQLite in the same run.
 
 The loads are those of ``ingest`` and ``fleet`` (real enrolled devices, real assignments,
@@ -28,7 +28,7 @@ from typing import Any
 
 from tests.support.postgres import PostgresServer
 
-from . import fleet, ingest, procs, stats
+from . import fleet, ingest, limits, procs, stats
 
 ADDRESSES = ("127.0.0.2", "127.0.0.3")
 
@@ -291,14 +291,14 @@ def render(g: dict[str, Any], r: dict[str, Any]) -> str:
         base = single_fleet.get(s["devices"])
         same = (
             f"{base['accepted_per_s']:,.0f} /s, p99 {base['p99_ms']:,.1f} ms, "
-            f"{base['errors'] + base['enroll_errors']} errors, {base.get('shed', 0)} shed"
+            f"{base['errors'] + base['enroll_errors']:,} errors, {base.get('shed', 0):,} shed"
             if base
             else "–"
         )
         fleet_rows.append(
             f"| {s['devices']:,} | {s['offered_per_s']:,.0f} | {same} "
             f"| {s['accepted_per_s']:,.0f} /s, p99 {s['p99_ms']:,.1f} ms, "
-            f"{s['errors'] + s['enroll_errors']} errors, {s['shed']} shed "
+            f"{s['errors'] + s['enroll_errors']:,} errors, {s['shed']:,} shed "
             f"| {_cores(s['cpu_cores_by_process'])} |"
         )
     cpu = _cores(ing["batched_cpu_cores_by_process"])
@@ -324,7 +324,32 @@ what a second host adds.
 | ---: | ---: | --- | --- | --- |
 {chr(10).join(fleet_rows)}
 
-Every proof of every round was accepted{refused}."""
+Every proof of every round was accepted{refused}.
+{_analysis(g, r)}"""
+
+
+def _analysis(g: dict[str, Any], r: dict[str, Any]) -> str:
+    """``limits.CLUSTER`` with this run's figures (empty without the single node's)."""
+    ing, one = g["ingestion"], r.get("ingestion")
+    sizes = {s["devices"]: s for s in g["fleet"]["sizes"]}
+    if not one or not sizes:
+        return ""
+    busy = sizes.get(5000) or sizes[max(sizes)]
+    cpu = ing["batched_cpu_cores_by_process"]
+    nodes = [k for k in cpu if k != "postgresql"]
+
+    def share(key: str) -> str:
+        return f"{ing[key]['median'] / one[key]['median']:.2f}"
+
+    return limits.CLUSTER.format(
+        pg=f"{cpu['postgresql']['median']:.2f}",
+        nodes=" and ".join(f"{cpu[k]['median']:.2f}" for k in nodes),
+        batched=share("batched_per_s"),
+        single=share("single_per_s"),
+        devices=f"{busy['devices']:,}",
+        cpu=f"{sum(busy['cpu_cores_by_process'].values()):.2f}",
+        shed=f"{busy['shed']:,}",
+    )
 
 
 if __name__ == "__main__":

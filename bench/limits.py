@@ -175,6 +175,31 @@ again and its proof answered 409 `duplicate`: compute lost, never a proof), and 
 and the outbox entry could share one file and one fsync.
 """
 
+CLUSTER = """
+**What limits it.** Both nodes and the PostgreSQL server run on this machine's cores,
+beside the load generator, so these figures say what the shared database costs, not what
+a second host adds.
+
+- *Ingestion* is bound by CPU. While batches were sent, PostgreSQL alone used {pg} cores
+  and the nodes {nodes}; SQLite does the same work inside the coordinator's process, with
+  no server and no round trip per statement. Two nodes reached {batched} of one SQLite
+  node's batched rate and {single} of its one-per-request rate.
+- *Heartbeats* are bound by round trips, not CPU: at {devices} devices the nodes and
+  PostgreSQL used {cpu} cores together, and {shed} heartbeats were shed. Every write of
+  every node takes the one write lock, so the nodes' writers take turns, and each
+  statement a writer sends waits for the server's answer. A profile of one node at 5,000
+  devices (py-spy, 20 s, made apart from this run) found its writer thread waiting on
+  PostgreSQL in 91 % of its samples. A heartbeat costs five round trips: `SAVEPOINT`, the
+  device's `UPDATE`, the heartbeat's `INSERT`, the progress statement and `RELEASE`. The
+  savepoints, which keep one failing heartbeat from failing the others of its batch, were
+  29 % of that wait; `BEGIN` with the write lock and the fence check another 9 %. As
+  commits queue, the heartbeats' standing delay passes `server.max_queue_delay_ms` and
+  the nodes shed, as one node does past saturation.
+- *What would lift it*: fewer round trips per write (a job's savepoint sent with its first
+  statement, or psycopg's pipeline mode) and, on real hosts, nodes that do not share
+  their cores with the database and the load generator.
+"""
+
 OPTIMISATIONS = """## What was optimised, before and after
 
 Each pair measured on this machine in the same few minutes (development runs of the
