@@ -181,23 +181,28 @@ beside the load generator, so these figures say what the shared database costs, 
 a second host adds.
 
 - *Ingestion* is bound by CPU. While batches were sent, PostgreSQL alone used {pg} cores
-  and the nodes {nodes}; SQLite does the same work inside the coordinator's process, with
-  no server and no round trip per statement. Two nodes reached {batched} of one SQLite
-  node's batched rate and {single} of its one-per-request rate.
-- *Heartbeats* are bound by round trips, not CPU: at {devices} devices the nodes and
-  PostgreSQL used {cpu} cores together, and {shed} heartbeats were shed. Every write of
-  every node takes the one write lock, so the nodes' writers take turns, and each
-  statement a writer sends waits for the server's answer. A profile of one node at 5,000
-  devices (py-spy, 20 s, made apart from this run) found its writer thread waiting on
-  PostgreSQL in 91 % of its samples. A heartbeat costs five round trips: `SAVEPOINT`, the
-  device's `UPDATE`, the heartbeat's `INSERT`, the progress statement and `RELEASE`. The
-  savepoints, which keep one failing heartbeat from failing the others of its batch, were
-  29 % of that wait; `BEGIN` with the write lock and the fence check another 9 %. As
-  commits queue, the heartbeats' standing delay passes `server.max_queue_delay_ms` and
-  the nodes shed, as one node does past saturation.
-- *What would lift it*: fewer round trips per write (a job's savepoint sent with its first
-  statement, or psycopg's pipeline mode) and, on real hosts, nodes that do not share
-  their cores with the database and the load generator.
+  and the nodes {nodes}, beside the load generator signing the proofs; SQLite does the
+  same work inside the coordinator's process, with no server and no round trip per
+  statement. Two nodes reached {batched} of one SQLite node's batched rate and {single}
+  of its one-per-request rate. The proofs are split evenly between the nodes, yet one
+  node used several times the other's CPU; why is not yet known.
+- *Heartbeats* are bound by how long each node holds the write lock, not by CPU: at
+  {devices} devices the nodes and PostgreSQL used {cpu} cores together (the machine was
+  about 70 % busy in a run made apart from this one), and {shed} heartbeats were shed.
+  Every write of every node takes the one write lock, so the nodes' writers take turns.
+  Sampling PostgreSQL's sessions every 20 ms at 5,000 devices (apart from this run)
+  showed where a writer's open transaction spends its time: 51 % waiting for the node's
+  next statement, 38 % waiting for the other node's write lock, at most 10 % executing
+  and 1 % syncing the WAL. So the lock is mostly held while the node's Python code runs
+  between statements, and that code shares the interpreter with the node's event loop.
+  Sending the savepoints with the next statement (three round trips per heartbeat
+  instead of five) moved 383 to 394 accepted heartbeats/s in the same minutes, within
+  the noise, so it was not kept. As commits queue, the heartbeats' standing delay passes
+  `server.max_queue_delay_ms` and the nodes shed, as one node does past saturation.
+- *What would lift it*: holding the lock for one round trip per batch, by storing a
+  batch of heartbeats set-based as batches of proofs already are (one `UPDATE … FROM
+  (VALUES …)`, one `INSERT`); and, on real hosts, nodes that do not share their cores
+  with the database and the load generator.
 """
 
 OPTIMISATIONS = """## What was optimised, before and after
