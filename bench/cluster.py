@@ -96,7 +96,8 @@ def _ingestion(
     devices: int,
 ) -> dict[str, Any]:
     """Benchmark 1's rounds with the devices spread over the nodes (device i talks to node
-    i mod n): one load generator, so every task goes to a device it holds."""
+    i mod n) and the tasks over the devices: one load generator, so every task goes to a
+    device it holds."""
     tasks = runs * per_run * 2
     gen = procs.spawn_loadgen(
         [
@@ -229,7 +230,12 @@ def measure(
     procs.raise_fd_limit()
     with procs.workspace("cluster") as root, _database() as (url, server):
         ingest_url = server.new_database()
-        with two_nodes(root / "ingestion", ingest_url, ingest.SETTINGS) as nodes:
+        # Each device may hold only its share of the tasks: without that limit the
+        # best-ranked device would be given them all, and so would its node.
+        tasks = ingestion["runs"] * ingestion["per_run"] * 2
+        share = -(-tasks // ingestion["devices"])
+        settings = procs.merge(ingest.SETTINGS, {"scheduler": {"max_inflight_per_device": share}})
+        with two_nodes(root / "ingestion", ingest_url, settings) as nodes:
             proofs = _ingestion(nodes, server, **ingestion)
         with two_nodes(root / "fleet", url, fleet.SETTINGS) as nodes:
             heartbeats = _fleet(nodes, server, sizes, duration, interval_s)
@@ -308,9 +314,10 @@ def render(g: dict[str, Any], r: dict[str, Any]) -> str:
 
 The loads of benchmarks 1 and 2, split evenly over two coordinator nodes (one worker
 each) on one PostgreSQL database, on this same machine: half the devices talk to each
-node. The single-node figures are sections 1 and 2 of this run (SQLite, a worker per
-core). Both nodes and the PostgreSQL server share this machine's {g["cores"]} cores, so
-this measures what the shared store, the write lock across nodes and the relay cost, not
+node, and in the ingestion rounds each device holds an equal share of the tasks. The
+single-node figures are sections 1 and 2 of this run (SQLite, a worker per core). Both
+nodes and the PostgreSQL server share this machine's {g["cores"]} cores, so this
+measures what the shared store, the write lock across nodes and the relay cost, not
 what a second host adds.
 
 **Ingestion** ({ing["proofs_per_round"]} proofs per round, batches of {ing["batch_size"]},

@@ -184,8 +184,7 @@ a second host adds.
   and the nodes {nodes}, beside the load generator signing the proofs; SQLite does the
   same work inside the coordinator's process, with no server and no round trip per
   statement. Two nodes reached {batched} of one SQLite node's batched rate and {single}
-  of its one-per-request rate. The proofs are split evenly between the nodes, yet one
-  node used several times the other's CPU; why is not yet known.
+  of its one-per-request rate.
 - *Heartbeats* are bound by how long each node holds the write lock, not by CPU: at
   {devices} devices the nodes and PostgreSQL used {cpu} cores together (the machine was
   about 70 % busy in a run made apart from this one), and {shed} heartbeats were shed.
