@@ -299,7 +299,7 @@ def test_the_leader_cut_off_steps_down_and_the_other_node_takes_over(
         answers: list[int] = []
 
         def devices_via_n1() -> bool:
-            status, body = n1.request("GET", "/v1/devices", token=n1.token("operator"))
+            status, _ = n1.request("GET", "/v1/devices", token=n1.token("operator"))
             answers.append(status)
             return status == 200
 
