@@ -78,6 +78,8 @@ class LeaderLock:
 #: the database can free the lock for another node (``pgdb.SERVER_OPTIONS``: about 8 s
 #: of silence): a host cut off from the database stops leading on its own.
 LEASE_S = 3.0
+#: A timer that fires this much later than asked means the process itself was stopped.
+_LATE_S = 1.0
 
 
 class DatabaseLeaderLock:
@@ -163,9 +165,8 @@ class DatabaseLeaderLock:
                 continue
             conn = self._conn
             asked = loop.run_in_executor(None, self._alive, conn)
-            try:
-                alive = await asyncio.wait_for(asyncio.shield(asked), self.lease_s)
-            except TimeoutError:
+            alive = await self._answer(asked)
+            if alive is None:
                 log.warning(
                     "the database has not answered the leader lock's session for %.1f s; "
                     "stepping down",
@@ -181,6 +182,24 @@ class DatabaseLeaderLock:
                 self._held = False
                 self._close()
                 return
+
+    async def _answer(self, asked: asyncio.Future[bool]) -> bool | None:
+        """The lock session's answer, or None if it gave none within ``lease_s`` of this
+        process's own running time. A process that was itself stopped (``SIGSTOP``, a
+        paused virtual machine) wakes with the timer expired and the answer not yet read,
+        though the database may answer at once: the lease then counts again from the
+        waking, rather than deposing a leader whose session never stopped holding the
+        lock."""
+        loop = asyncio.get_running_loop()
+        since = loop.time()
+        while True:
+            try:
+                return await asyncio.wait_for(asyncio.shield(asked), self.lease_s)
+            except TimeoutError:
+                woke = loop.time()
+                if woke - since <= self.lease_s + _LATE_S:
+                    return None
+                since = woke
 
 
 def _close_quietly(conn: Any, _: object = None) -> None:
