@@ -20,6 +20,7 @@ import fcntl
 import functools
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,10 @@ class DatabaseLeaderLock:
         self.lease_s = lease_s
         self._conn: Any = None
         self._held = False
+        # A thread of its own: the question must not wait behind other work handed to
+        # threads (spot-checks re-executing chunks after an outage), or a busy leader
+        # would count that wait against its lease.
+        self._asker = ThreadPoolExecutor(1, thread_name_prefix="leader-lock")
 
     @property
     def held(self) -> bool:
@@ -164,7 +169,7 @@ class DatabaseLeaderLock:
             if not self._held:
                 continue
             conn = self._conn
-            asked = loop.run_in_executor(None, self._alive, conn)
+            asked = loop.run_in_executor(self._asker, self._alive, conn)
             alive = await self._answer(asked)
             if alive is None:
                 log.warning(
