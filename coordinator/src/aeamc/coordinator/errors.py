@@ -8,12 +8,14 @@ envelope itself (its body, codes and protocol statuses) is shared with the agent
 
 from __future__ import annotations
 
+from aiohttp import web
+
 from aeamc.shared import envelope
 from aeamc.shared.envelope import STATUS_BY_CODE
 from aeamc.shared.errors import ProtocolError
 from aeamc.shared.refusals import Fault, Refusal
 
-__all__ = ["STATUS_BY_CODE", "STATUS_BY_FAULT", "ApiError", "http_status"]
+__all__ = ["STATUS_BY_CODE", "STATUS_BY_FAULT", "ApiError", "http_status", "retry_later"]
 
 #: A refusal's fault → HTTP status: the one place a service's refusal becomes a status.
 STATUS_BY_FAULT = {
@@ -52,3 +54,11 @@ class ApiError(envelope.ApiError):
 def http_status(exc: Exception) -> int:
     """The HTTP status a refusal, protocol error or ``ApiError`` is answered with."""
     return ApiError.from_exception(exc).status
+
+
+def retry_later(code: str, message: str, retry_after_s: int = 1) -> web.Response:
+    """A ``503`` in the API's error shape with ``Retry-After``: the request was not carried
+    out now and may be sent again after that many seconds (load shed, no leader, the
+    database out of reach)."""
+    body = ApiError(503, code, message, retry_after_s=retry_after_s).body()
+    return web.json_response(body, status=503, headers={"Retry-After": str(retry_after_s)})

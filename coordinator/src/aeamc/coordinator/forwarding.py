@@ -45,6 +45,7 @@ from aiohttp import web
 from aeamc.shared.runtime.files import atomic_write
 from aeamc.shared.runtime.tls import Peer, peer_of
 
+from .errors import retry_later
 from .groupcommit import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -289,14 +290,6 @@ class ClusterRelay:
 
 
 def _unavailable() -> web.Response:
-    return web.json_response(
-        {
-            "error": {
-                "code": "unavailable",
-                "message": "the coordinator is changing its leading worker; retry shortly",
-                "retry_after_s": 1,
-            }
-        },
-        status=503,
-        headers={"Retry-After": "1"},
+    return retry_later(
+        "unavailable", "the coordinator is changing its leading worker; retry shortly"
     )

@@ -17,7 +17,7 @@ from aeamc.shared.refusals import Refusal
 
 from .bodies import reply
 from .content_api import BODY_LIMITS as CONTENT_BODY_LIMITS
-from .errors import ApiError
+from .errors import ApiError, retry_later
 from .groupcommit import StoreUnavailable
 from .logs import REQUEST_ID, REQUEST_ID_HEADER, incoming_request_id
 from .metrics import Metrics, route_of
@@ -148,16 +148,8 @@ def _error_reply(request: web.Request, exc: Exception) -> web.Response:
         return resp
     if isinstance(exc, StoreUnavailable):
         log.warning("%s %s: %s", request.method, request.path, exc)
-        return reply(
-            {
-                "error": {
-                    "code": "unavailable",
-                    "message": "the coordinator cannot reach its database; retry shortly",
-                    "retry_after_s": 1,
-                }
-            },
-            503,
-            headers={"Retry-After": "1"},
+        return retry_later(
+            "unavailable", "the coordinator cannot reach its database; retry shortly"
         )
     log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
     return reply({"error": {"code": INTERNAL, "message": "internal error"}}, 500)

@@ -38,7 +38,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from .errors import ApiError
+from .errors import retry_later
 
 #: (method, route) of the requests admission counts: what every device sends, often.
 DEVICE_ROUTES = frozenset(
@@ -197,11 +197,8 @@ class Admission:
 
     def refusal(self) -> web.Response:
         """The answer to a shed request: the API's error body, and ``Retry-After``."""
-        wait = self.retry_after_s
-        err = ApiError(
-            503,
+        return retry_later(
             OVERLOADED,
             "the coordinator is at capacity; retry after the time given",
-            retry_after_s=wait,
+            self.retry_after_s,
         )
-        return web.json_response(err.body(), status=503, headers={"Retry-After": str(wait)})
