@@ -256,6 +256,21 @@ async def test_connections_the_server_ended_are_replaced_without_failing_a_reque
         db.close()
 
 
+async def test_a_wrong_statement_is_its_own_error_not_an_outage(tmp_path: Path, store: str) -> None:
+    """Only an outage becomes ``StoreUnavailable`` (503): a statement the database refuses
+    is raised as the engine raised it (a fault of ours, 500), on a connection that stays
+    in use."""
+    db = _open(tmp_path, stores.database_url())
+    try:
+        with pytest.raises(Exception) as info:
+            await db.read(lambda t: t.execute("SELECT * FROM no_such_table").fetchone())
+        assert not isinstance(info.value, StoreUnavailable)
+        assert info.value.__cause__ is not info.value
+        assert await db.read(lambda t: t.execute("SELECT 1").fetchone()[0]) == 1
+    finally:
+        db.close()
+
+
 async def test_a_database_out_of_reach_is_said_to_be_so(tmp_path: Path, store: str) -> None:
     """With the database unreachable, reads and writes fail with ``StoreUnavailable``
     (which the HTTP edge answers with 503 and ``Retry-After``), not with the engine's

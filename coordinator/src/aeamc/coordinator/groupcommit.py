@@ -260,7 +260,10 @@ class GroupCommit:
                     raise
                 return fn(self._reader())
         except Exception as exc:
-            raise self._unavailable(exc) from exc
+            outage = self._unavailable(exc)
+            if outage is exc:
+                raise
+            raise outage from exc
 
     async def read(self, fn: Callable[[Tx], T]) -> T:
         loop = asyncio.get_running_loop()
