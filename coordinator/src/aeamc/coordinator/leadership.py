@@ -148,8 +148,7 @@ class DatabaseLeaderLock:
 
     def _close(self) -> None:
         if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.close()
+            _close_quietly(self._conn)
             self._conn = None
 
     @staticmethod
