@@ -6,7 +6,6 @@ work that the coordinator spot-checks. Needs root and ``ip netns``; skipped othe
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import pytest
 from aeamc.shared import microblock
 from aeamc.shared.proofs import Trace
 from aeamc.shared.tasks.registry import discover
-from tests.support.netns import Lan, NetnsAgent, NetnsCoordinator, existing_namespaces, unavailable
+from tests.support.netns import Lan, NetnsAgent, NetnsCoordinator, running_lan, unavailable
 from tests.support.waiting import wait_for
 
 from .test_agent_coordinator import receipts, sha_task, task_view
@@ -30,15 +29,8 @@ N_TASKS, CHUNKS = 6, 4
 
 @pytest.fixture
 def lan() -> Iterator[Lan]:
-    pid = os.getpid()
-    # Unique per run; the subnet is also derived from the pid so two runs never overlap.
-    net = Lan(prefix=f"ae{pid}", hosts=["coord", "a1", "a2"], subnet=pid % 250 + 1)
-    try:
-        yield net.up()
-    finally:
-        failed = net.close()
-        assert not failed, f"namespaces left behind: {failed}"
-        assert not {ns for ns in existing_namespaces() if ns.startswith(net.prefix)}
+    with running_lan("ae", ["coord", "a1", "a2"]) as net:
+        yield net
 
 
 def lan_coordinator(tmp_path: Path, lan: Lan, **scheduler: Any) -> NetnsCoordinator:

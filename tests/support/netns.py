@@ -15,11 +15,13 @@ Needs root and iproute2 with ``ip netns``; ``unavailable()`` says why not, or No
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +105,21 @@ class Lan:
         """``up`` or ``down``: plug or unplug a host's cable (its port on the bridge)."""
         port = f"p{self.hosts.index(host) + 1}"
         ip("link", "set", port, state, ns=self.bridge_ns)
+
+
+@contextlib.contextmanager
+def running_lan(prefix: str, hosts: list[str]) -> Iterator[Lan]:
+    """A LAN of ``hosts`` for the duration, named after ``prefix`` and this process (so
+    two runs never share a namespace or a subnet), checked to leave no namespace
+    behind."""
+    pid = os.getpid()
+    net = Lan(prefix=f"{prefix}{pid}", hosts=hosts, subnet=pid % 250 + 1)
+    try:
+        yield net.up()
+    finally:
+        failed = net.close()
+        assert not failed, f"namespaces left behind: {failed}"
+        assert not {ns for ns in existing_namespaces() if ns.startswith(net.prefix)}
 
 
 def existing_namespaces() -> set[str]:
