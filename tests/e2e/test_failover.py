@@ -27,6 +27,7 @@ from tests.fixtures.anvil import AnvilNode, anvil, anvil_bin  # noqa: F401
 from tests.support import stores
 from tests.support.agent import AgentProcess
 from tests.support.coordinator import CoordinatorProcess
+from tests.support.settling import owed
 from tests.support.waiting import wait_for
 
 CHAIN = {"anchor_interval_s": 0.3, "poll_s": 0.1, "confirmations": 2, "rpc_timeout_s": 3.0}
@@ -235,19 +236,7 @@ def test_the_leader_killed_mid_block_and_mid_anchor_hands_over_and_nothing_is_lo
         accepted = list(client.accepted)
 
         def settled() -> bool:
-            waiting = rows(
-                "SELECT count(*) AS n FROM tasks "
-                "WHERE state NOT IN ('completed', 'disputed', 'failed')"
-            )[0]["n"]
-            unblocked = rows(
-                "SELECT count(*) AS n FROM proofs "
-                "WHERE seq > (SELECT coalesce(max(last_seq), 0) FROM blocks)"
-            )[0]["n"]
-            unanchored = rows(
-                "SELECT count(*) AS n FROM blocks b LEFT JOIN anchors x ON x.id = b.anchor_id "
-                "WHERE x.state IS DISTINCT FROM 'final'"
-            )[0]["n"]
-            return waiting == 0 and unblocked == 0 and unanchored == 0
+            return not any(owed(rows).values())
 
         with miner(anvil, 0.15):
             wait_for(

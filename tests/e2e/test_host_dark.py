@@ -16,7 +16,6 @@ are printed. Needs root, ``ip netns`` and PostgreSQL; skipped otherwise.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -28,10 +27,11 @@ from typing import Any
 
 import pytest
 
-from aeamc.coordinator import pgdb
 from tests.e2e.test_agent_coordinator import decoded_chain, receipts
-from tests.support.netns import Lan, NetnsAgent, NetnsCoordinator, existing_namespaces, unavailable
+from tests.support import stores
+from tests.support.netns import Lan, NetnsAgent, NetnsCoordinator, running_lan, unavailable
 from tests.support.postgres import PostgresServer, binaries
+from tests.support.settling import owed
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.skipif(
@@ -115,13 +115,8 @@ class Lines:
 
 @pytest.fixture
 def lan() -> Iterator[Lan]:
-    net = Lan(prefix=f"hd{os.getpid()}", hosts=HOSTS, subnet=os.getpid() % 250 + 1)
-    try:
-        yield net.up()
-    finally:
-        failed = net.close()
-        assert not failed, f"namespaces left behind: {failed}"
-        assert not {ns for ns in existing_namespaces() if ns.startswith(net.prefix)}
+    with running_lan("hd", HOSTS) as net:
+        yield net
 
 
 @pytest.fixture
@@ -194,13 +189,7 @@ def test_the_leader_cut_off_steps_down_and_the_other_node_takes_over(
     tmp_path: Path, lan: Lan, database: PostgresServer
 ) -> None:
     url = database.new_database()
-    rows_url = database.local_url(url.rsplit("/", 1)[1])
-
-    def rows(sql: str) -> list[dict[str, Any]]:
-        with pgdb.connect(rows_url) as conn:
-            cur = conn.execute(sql)
-            names = [d.name for d in cur.description or []]
-            return [dict(zip(names, r, strict=True)) for r in cur]
+    rows = stores.pg_rows(database.local_url(url.rsplit("/", 1)[1]))
 
     n1, n2 = _node(tmp_path, lan, "n1", url), _node(tmp_path, lan, "n2", url)
     agents: list[NetnsAgent] = []
@@ -309,18 +298,7 @@ def test_the_leader_cut_off_steps_down_and_the_other_node_takes_over(
         client.stop()
         accepted = [x for x in client.lines if isinstance(x, str)]
 
-        def settled() -> bool:
-            waiting = rows(
-                "SELECT count(*) AS n FROM tasks "
-                "WHERE state NOT IN ('completed', 'disputed', 'failed')"
-            )[0]["n"]
-            unblocked = rows(
-                "SELECT count(*) AS n FROM proofs "
-                "WHERE seq > (SELECT coalesce(max(last_seq), 0) FROM blocks)"
-            )[0]["n"]
-            return waiting == 0 and unblocked == 0
-
-        wait_for(settled, timeout=120, interval=0.3)
+        wait_for(lambda: not any(owed(rows, "tasks", "proofs").values()), timeout=120, interval=0.3)
         chain = decoded_chain(n1)  # served by the follower, read from the shared database
     finally:
         for script in scripts:
