@@ -26,7 +26,7 @@ from aeamc.coordinator.schema import MIGRATIONS
 from aeamc.coordinator.storage import DatabaseConfig, open_database
 from aeamc.shared.runtime.configfiles import ConfigError
 from tests.support import stores
-from tests.support.silence import SilentRelay
+from tests.support.silence import relayed
 
 
 def _open(tmp_path: Path, url: str) -> GroupCommit:
@@ -278,10 +278,8 @@ async def test_a_database_out_of_reach_is_said_to_be_so(tmp_path: Path, store: s
     if store != stores.POSTGRESQL:
         pytest.skip("SQLite is a file on this host: it is never out of reach")
     url = stores.database_url()
-    address = url.split("@", 1)[1].split("/", 1)[0]
-    host, port = address.rsplit(":", 1)
-    relay = SilentRelay((host, int(port)))
-    db = _open(tmp_path, url.replace(address, f"127.0.0.1:{relay.port}"))
+    relay, through = relayed(url)
+    db = _open(tmp_path, through)
     try:
         await db.write(_device("a"))
         relay.close()  # connections cut, and no new one taken
@@ -304,11 +302,8 @@ async def test_a_leader_that_loses_sight_of_the_database_steps_down_within_its_l
     if store != stores.POSTGRESQL:
         pytest.skip("the leader lock of several nodes is PostgreSQL's")
     url = stores.database_url()
-    address = url.split("@", 1)[1].split("/", 1)[0]
-    host, port = address.rsplit(":", 1)
-    relay = SilentRelay((host, int(port)))
-    lock = DatabaseLeaderLock(url.replace(address, f"127.0.0.1:{relay.port}"), check_s=0.1)
-    lock.lease_s = 1.0
+    relay, through = relayed(url)
+    lock = DatabaseLeaderLock(through, check_s=0.1, lease_s=1.0)
     other = DatabaseLeaderLock(url)
     try:
         assert lock.try_acquire() and not other.try_acquire()

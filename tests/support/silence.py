@@ -76,3 +76,11 @@ class SilentRelay:
                         data.clear()
         a.close()
         b.close()
+
+
+def relayed(url: str) -> tuple[SilentRelay, str]:
+    """A relay to the server of the PostgreSQL ``url`` and the same URL through it."""
+    address = url.split("@", 1)[1].split("/", 1)[0]
+    host, port = address.rsplit(":", 1)
+    relay = SilentRelay((host, int(port)))
+    return relay, url.replace(address, f"127.0.0.1:{relay.port}", 1)
