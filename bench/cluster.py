@@ -99,25 +99,8 @@ def _ingestion(
     i mod n) and the tasks over the devices: one load generator, so every task goes to a
     device it holds."""
     tasks = runs * per_run * 2
-    gen = procs.spawn_loadgen(
-        [
-            "proofs",
-            "--url",
-            ",".join(n.url for n in nodes),
-            f"--ca={nodes[0].ca_file}",
-            f"--enroll-token={nodes[0].enroll_token(devices)}",
-            f"--client-token={nodes[0].token('client')}",
-            "--devices",
-            str(devices),
-            "--tasks",
-            str(tasks),
-        ],
-        nodes[0].root / "loadgen.log",
-    )
+    gen = ingest.proof_devices(nodes, devices, tasks, nodes[0].root / "loadgen.log")
     try:
-        ready = procs.read_json_line(gen, "assignments")["ready"]
-        if ready < tasks:
-            raise RuntimeError(f"only {ready} of {tasks} assignments arrived")
         refs, single, batched, errors = [], [], [], []
         pids = _pids(nodes, server)
         cores: dict[str, list[float]] = {}

@@ -30,6 +30,39 @@ SETTINGS = {
 }
 
 
+def proof_devices(
+    nodes: list[procs.Coordinator], devices: int, tasks: int, log: procs.Path
+) -> subprocess.Popen[bytes]:
+    """The load generator in ``proofs`` mode, returned once all ``tasks`` (submitted to the
+    first node) are assigned to its ``devices`` (device i enrolled at node i mod n), ready
+    for timed rounds; raises, the generator stopped, if some never are."""
+    first = nodes[0]
+    gen = procs.spawn_loadgen(
+        [
+            "proofs",
+            "--url",
+            ",".join(n.url for n in nodes),
+            f"--ca={first.ca_file}",
+            f"--enroll-token={first.enroll_token(devices)}",
+            f"--client-token={first.token('client')}",
+            "--devices",
+            str(devices),
+            "--tasks",
+            str(tasks),
+        ],
+        log,
+    )
+    try:
+        ready = procs.read_json_line(gen, "assignments")["ready"]
+        if ready < tasks:
+            raise RuntimeError(f"only {ready} of {tasks} assignments arrived; see {log}")
+    except BaseException:
+        gen.kill()
+        gen.wait()
+        raise
+    return gen
+
+
 def reference_rate(seconds: float) -> float:
     """Raw Ed25519 verifications/s of all cores: one verifying process per core, at once."""
     cores = os.cpu_count() or 1
@@ -106,25 +139,7 @@ def _measure(
     log = root / "loadgen.log"
     gen = None
     try:
-        token = coord.enroll_token(devices)
-        gen = procs.spawn_loadgen(
-            [
-                "proofs",
-                "--url",
-                coord.url,
-                f"--ca={coord.ca_file}",
-                f"--enroll-token={token}",
-                f"--client-token={coord.token('client')}",
-                "--devices",
-                str(devices),
-                "--tasks",
-                str(tasks),
-            ],
-            log,
-        )
-        ready = procs.read_json_line(gen, "assignments")["ready"]
-        if ready < tasks:
-            raise RuntimeError(f"only {ready} of {tasks} assignments arrived; see {log}")
+        gen = proof_devices([coord], devices, tasks, log)
         refs, single, batched, errors = [], [], [], []
         pid = coord.process.pid if coord.process else 0
         cpu: dict[str, list[float]] = {}

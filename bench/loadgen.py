@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -239,6 +240,8 @@ async def proofs_mode(args: argparse.Namespace) -> None:
             else:
                 emit(await _send_batches(to, devs, bodies, int(line[2]), int(line[3])))
         alive.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await alive  # its sessions closed before the loop ends
         await devs.stop()
 
 
