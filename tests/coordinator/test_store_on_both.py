@@ -9,7 +9,9 @@ serialised, so identity values are handed out in commit order.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -325,6 +327,27 @@ async def test_a_leader_that_loses_sight_of_the_database_steps_down_within_its_l
         lock.release()
         other.release()
         relay.close()
+
+
+async def test_a_busy_leader_is_not_deposed_by_its_own_work(store: str) -> None:
+    """The lease measures the database's silence, not the leader's own load: with every
+    shared thread busy (spot-checks re-executing chunks after an outage), the lock
+    session is still asked and answers, and the leader keeps the lock."""
+    if store != stores.POSTGRESQL:
+        pytest.skip("the leader lock of several nodes is PostgreSQL's")
+    lock = DatabaseLeaderLock(stores.database_url(), check_s=0.05, lease_s=0.5)
+    loop = asyncio.get_running_loop()
+    try:
+        assert lock.try_acquire()
+        # As many sleepers as asyncio's default pool has threads, each for four leases.
+        threads = min(32, (os.cpu_count() or 1) + 4)
+        busy = [loop.run_in_executor(None, time.sleep, 2.0) for _ in range(threads)]
+        with pytest.raises(TimeoutError):  # lost() did not return: the lock is kept
+            await asyncio.wait_for(lock.lost(), 1.5)
+        assert lock.held
+        await asyncio.gather(*busy)
+    finally:
+        lock.release()
 
 
 @pytest.mark.parametrize(
