@@ -4,6 +4,8 @@ the work in hand they report (progress.py)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aeamc.shared.eps import eps
@@ -16,6 +18,7 @@ from aeamc.shared.messages import (
 from aeamc.shared.refusals import Fault, Refusal
 from aeamc.shared.runtime.tls import Peer
 
+from .coalesce import Coalescer
 from .context import Context
 from .dbtx import Tx
 from .flags import FlagService
@@ -35,6 +38,8 @@ class HeartbeatService:
     def __init__(self, ctx: Context, flags: FlagService) -> None:
         self.ctx = ctx
         self.flags = flags
+        #: Heartbeats that arrive while the writer is busy are stored together.
+        self.writes: Coalescer[_Heartbeat, Refusal | None] = Coalescer(ctx.db, _store)
 
     async def heartbeat(self, data: Any, peer: Peer | None = None) -> dict[str, Any]:
         """Accept a signed, fresh heartbeat whose ``seq`` is above every earlier one, over
@@ -70,28 +75,22 @@ class HeartbeatService:
                 last_seq=device.last_seq,
             )
         score = eps(poa.telemetry, self.ctx.eps_config)
-        telemetry_json = json.dumps(poa.telemetry.to_dict(), sort_keys=True)
-
-        reported = {w.task_id for w in poa.work or ()}
-
-        def txn(db: Tx) -> str:
-            stored = device_rows.record_heartbeat(
-                db,
-                device_id=poa.device_id,
-                seq=poa.seq,
-                timestamp=poa.timestamp,
-                now=now,
-                telemetry=telemetry_json,
-                score=score,
+        refusal = await self.writes.submit(
+            _Heartbeat(
+                poa,
+                device_rows.Beat(
+                    device_id=poa.device_id,
+                    seq=poa.seq,
+                    timestamp=poa.timestamp,
+                    now=now,
+                    telemetry=json.dumps(poa.telemetry.to_dict(), sort_keys=True),
+                    score=score,
+                ),
             )
-            if not stored:
-                raise _not_stored(db, poa)
-            # Read with the seq's check: what the device holds as this heartbeat is taken.
-            held = task_rows.held_chunks(db, poa.device_id, reported) if reported else {}
-            task_rows.replace_progress(db, poa.device_id, kept_reports(poa.work, held))
-            return "active"
-
-        state = await self.ctx.db.write(txn)
+        )
+        if refusal is not None:
+            raise refusal
+        state = "active"
         was = (self.ctx.devices.get(poa.device_id) or device).state
         device = (
             self.ctx.devices.heartbeat_accepted(poa.device_id, poa.seq, now, poa.telemetry, state)
@@ -112,6 +111,30 @@ class HeartbeatService:
             "eps": round(score, 4),
             READS_WORK: True,
         }
+
+
+@dataclass(frozen=True)
+class _Heartbeat:
+    poa: PoA
+    beat: device_rows.Beat
+
+
+def _store(db: Tx, heartbeats: Sequence[_Heartbeat]) -> list[Refusal | None]:
+    """Store each heartbeat that may still be taken (its device active or stale, its seq
+    above the device's last), with the work it reports; for each, None if stored, else
+    why not. A device's progress is what its last stored heartbeat here reports, read
+    against what the device holds in this transaction (progress.py)."""
+    stored = device_rows.record_heartbeats(db, [h.beat for h in heartbeats])
+    last: dict[str, PoA] = {}
+    for i in sorted(stored):
+        last[heartbeats[i].poa.device_id] = heartbeats[i].poa
+    task_rows.clear_progress(db, last)
+    for device_id, poa in last.items():
+        reported = {w.task_id for w in poa.work or ()}
+        if reported:
+            held = task_rows.held_chunks(db, device_id, reported)
+            task_rows.replace_progress(db, device_id, kept_reports(poa.work, held))
+    return [None if i in stored else _not_stored(db, h.poa) for i, h in enumerate(heartbeats)]
 
 
 def _not_stored(db: Tx, poa: PoA) -> Refusal:
