@@ -185,22 +185,25 @@ a second host adds.
   same work inside the coordinator's process, with no server and no round trip per
   statement. Two nodes reached {batched} of one SQLite node's batched rate and {single}
   of its one-per-request rate.
-- *Heartbeats* are bound by how long each node holds the write lock, not by CPU: at
-  {devices} devices the nodes and PostgreSQL used {cpu} cores together (the machine was
-  about 70 % busy in a run made apart from this one), and {shed} heartbeats were shed.
-  Every write of every node takes the one write lock, so the nodes' writers take turns.
-  Sampling PostgreSQL's sessions every 20 ms at 5,000 devices (apart from this run)
-  showed where a writer's open transaction spends its time: 51 % waiting for the node's
-  next statement, 38 % waiting for the other node's write lock, at most 10 % executing
-  and 1 % syncing the WAL. So the lock is mostly held while the node's Python code runs
-  between statements, and that code shares the interpreter with the node's event loop.
-  Sending the savepoints with the next statement (three round trips per heartbeat
-  instead of five) moved 383 to 394 accepted heartbeats/s in the same minutes, within
-  the noise, so it was not kept. As commits queue, the heartbeats' standing delay passes
-  `server.max_queue_delay_ms` and the nodes shed, as one node does past saturation.
-- *What would lift it*: holding the lock for one round trip per batch, by storing a
-  batch of heartbeats set-based as batches of proofs already are (one `UPDATE … FROM
-  (VALUES …)`, one `INSERT`); and, on real hosts, nodes that do not share their cores
+- *Heartbeats* are bound by the one write lock that every write of every node takes in
+  turn, and by the machine's two cores that the nodes, PostgreSQL and the load generator
+  share: at {devices} devices the nodes and PostgreSQL used {cpu} cores together, and
+  {shed} heartbeats were shed. Heartbeats that wait for a node's writer are stored by one
+  job in a few set-based statements (`coalesce.py`: one `UPDATE … FROM (VALUES …)
+  RETURNING`, one `INSERT`), so the lock is held for a handful of round trips per group
+  instead of five per heartbeat. In two runs apart from this one, the same minutes
+  before and after that change, two nodes at 5,000 devices accepted 353 and then 990 of
+  the 1,000 heartbeats/s offered; the figure moves much from run to run here (this
+  document's run is one more). Sampling PostgreSQL's sessions every 20 ms at 5,000
+  devices shows where a writer's open transaction spends its time: before the change,
+  51 % waiting for the node's next statement, 38 % waiting for the other node's write
+  lock, at most 10 % executing and 1 % syncing the WAL; after it (965 heartbeats/s
+  accepted), 51 %, 20 %, 25 % and 3 %. As commits queue, the heartbeats' standing delay
+  passes `server.max_queue_delay_ms` and the nodes shed, as one node does past
+  saturation.
+- *What would lift it*: the other writes grouped as heartbeats now are (each proof
+  batch, scheduling round and spot-check still has a savepoint of its own, two round
+  trips around its statements), and, on real hosts, nodes that do not share their cores
   with the database and the load generator.
 """
 
@@ -229,6 +232,7 @@ figures move, the direction and size of each change did not.
 | one worker process per core sharing the port (`SO_REUSEPORT`), the store deciding replays and duplicates, one leader (SPEC §16) | 5,000 devices at 5 s (1,000 heartbeats/s offered): 626 → 1,009 accepted/s, coordinator 1.06 → 1.34 cores (0.68 + 0.66); batched ingestion 1,699 → 1,780 proofs/s (0.69 + 0.58 cores): the load generator holds the rest of the two cores |
 | load shedding on how long requests wait (`server.max_queue_delay_ms`: the event loop's lateness, or the heartbeats' standing delay), not only on requests in flight; the benchmark's devices send their first heartbeat as they connect, as agents do (before, thousands of connections opened early sat idle past `server.header_timeout_s`, were closed, and reconnected together) | `make bench`, 10,000 devices, two workers: errors 9,508 → 0, p99 23.9 → 3.9 s (32,352 heartbeats shed with `Retry-After` instead); 5,000 devices: accepted 662 → 925 of 1,000 heartbeats/s, p99 10.2 → 0.58 s, errors 111 → 0 |
 | a batch of proofs stored set-based (one `UPDATE` per device, one `INSERT`, one record count and one settling query per batch, instead of six statements in a savepoint per proof); a batch's signatures checked together on the verifier's thread, off the event loop; an accepted proof wakes the scheduler only when tasks wait for devices | per batched proof, one worker (py-spy, the same minutes, 66bcaef → this code): event loop 393 → 263 µs (Ed25519 75 → 4, the handlers' logic 129 → 52); the writer's statements and settling 248 → 237 µs, unchanged within noise; 1,231 → 1,455 proofs/s with the reference at 22,238 and 17,999/s |
+| heartbeats that wait for the writer stored by one job in set-based statements (`coalesce.py`; each still answered as if stored alone, and written alone if the group's write fails) | two nodes over PostgreSQL, `make bench ARGS="--only cluster"` at 589816d then at this code, the same minutes: 5,000 devices 353 → 990 of 1,000 heartbeats/s offered, shed 15,120 → 288, p99 977 → 329 ms; 10,000 devices 413 → 793/s; proofs within noise (batched 2,031 → 2,181/s, one per request 374 → 320/s) |
 """
 
 HOW_TO_PROFILE = """## How these figures are taken, and how to profile
