@@ -71,6 +71,7 @@ BOTH_STORES: tuple[str, ...] = (
     "coordinator/test_crash.py",
     "coordinator/test_flow.py",
     "coordinator/test_heartbeat_batches.py",
+    "coordinator/test_proof_groups.py",
     "coordinator/test_tls.py",
     "e2e/test_agent_coordinator.py",
     "e2e/test_network_loss.py",

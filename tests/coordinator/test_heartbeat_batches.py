@@ -3,15 +3,13 @@ wait for the database's writer are written by one job in a few statements, and e
 answered exactly as if it had been stored alone — a replay, a device heard twice, a
 device quarantined meanwhile, or one write that fails never changes a neighbour's answer.
 
-The writer is held busy by a job of the test's own, so the group each test builds is
+The writer is held busy (``tests.support.held``), so the group each test builds is
 known, not left to timing."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,45 +17,17 @@ import pytest
 
 from aeamc.coordinator.coalesce import Coalescer
 from aeamc.coordinator.dbtx import Tx
-from aeamc.coordinator.groupcommit import GroupCommit
 from aeamc.coordinator.store import devices as device_rows
 from aeamc.shared.refusals import Refusal
 from tests.support.device import GOOD_TELEMETRY
+from tests.support.held import queued, writer_held
 from tests.support.inprocess import Fleet, LinkedDevice
-from tests.support.waiting import wait_for_async
 
 
 @pytest.fixture
 async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
     async with Fleet(tmp_path) as f:
         yield f
-
-
-@asynccontextmanager
-async def writer_held(
-    db: GroupCommit, then: Callable[[Tx], None] | None = None
-) -> AsyncIterator[None]:
-    """The database's writer busy with a job that ends when the block does, doing
-    ``then`` last: a write committed with, and just before, what waited meanwhile."""
-    entered, release = threading.Event(), threading.Event()
-
-    def hold(tx: Tx) -> None:
-        entered.set()
-        release.wait(30)
-        if then is not None:
-            then(tx)
-
-    job = asyncio.ensure_future(db.write(hold))
-    await asyncio.to_thread(entered.wait, 30)
-    try:
-        yield
-    finally:
-        release.set()
-        await job
-
-
-async def queued(coalescer: Coalescer[Any, Any], n: int) -> None:
-    await wait_for_async(lambda: coalescer.waiting == n, interval=0.01)
 
 
 def heartbeat_body(fleet: Fleet, device: LinkedDevice) -> dict[str, Any]:

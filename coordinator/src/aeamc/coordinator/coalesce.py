@@ -1,11 +1,12 @@
 """Many requests' writes of one kind, made by one job of the database's writer.
 
 Group commit (groupcommit.py) already shares one transaction among every write queued
-while the writer was busy, but each write still runs its own statements. Over a network
-each statement costs a round trip with the write lock held, so thousands of heartbeats a
-second pay for thousands of round trips. A :class:`Coalescer` hands the writer one job
-for everything of its kind that arrived meanwhile, and that job writes them all with a
-few set-based statements. Each caller is answered only after the commit, with its own
+while the writer was busy, but each write still runs its own statements in its own
+savepoint. Over a network each statement costs a round trip with the write lock held, so
+thousands of heartbeats or proofs a second pay for thousands of round trips. A
+:class:`Coalescer` hands the writer one job for everything of its kind that arrived
+meanwhile (heartbeats; proofs, single or in batches), and that job writes them all with
+a few set-based statements. Each caller is answered only after the commit, with its own
 outcome, exactly as if it had written alone.
 """
 
@@ -49,16 +50,28 @@ class Coalescer(Generic[I, R]):
     async def submit(self, item: I) -> R:
         """``item``'s outcome, once it is durably committed. Raises what the write raised:
         the database's error, or :class:`StoreUnavailable` when it could not be reached."""
+        [future] = self._enqueue([item])
+        return await future
+
+    async def submit_all(self, items: Sequence[I]) -> list[R | BaseException]:
+        """Each item's outcome, or what its write raised, in order, once committed: the
+        items are written by one job, with whatever else waits."""
+        futures = self._enqueue(items)
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    def _enqueue(self, items: Sequence[I]) -> list[asyncio.Future[R]]:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[R] = loop.create_future()
+        futures: list[asyncio.Future[R]] = [loop.create_future() for _ in items]
+        if not futures:
+            return futures
         with self._lock:
-            self._pending.append((item, future))
-            first = len(self._pending) == 1
-        if first:  # no job is yet queued that will take this item: queue one
+            first = not self._pending
+            self._pending.extend(zip(items, futures, strict=True))
+        if first:  # no job is yet queued that will take these items: queue one
             task = loop.create_task(self._flush())
             self._flushes.add(task)
             task.add_done_callback(self._flushes.discard)
-        return await future
+        return futures
 
     async def _flush(self) -> None:
         taken: list[tuple[I, asyncio.Future[R]]] = []

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from aeamc.shared.refusals import Fault, Refusal
 from aeamc.shared.runtime.tls import Peer
 from aeamc.shared.schema import hex_bytes, record
 
+from .coalesce import Coalescer
 from .context import Context
 from .dbtx import Tx
 from .registry import Device
@@ -62,6 +64,8 @@ class ProofIngestion:
     def __init__(self, ctx: Context, settlement: Settlement) -> None:
         self.ctx = ctx
         self.settlement = settlement
+        #: Proofs that wait for the writer, alone or in batches, are stored together.
+        self.writes: Coalescer[_CheckedProof, str | Refusal] = Coalescer(ctx.db, self._store_proofs)
 
     async def accept_proof(self, data: Any, peer: Peer | None = None) -> dict[str, Any]:
         """Accept one proof: signed by its device, over its certificate, for a live
@@ -72,7 +76,7 @@ class ProofIngestion:
             lambda db: task_rows.assignment_row(db, pot.task_id, pot.device_id)
         )
         checked = self._check_proof(data, pot, device, row)
-        [stored] = await self.ctx.db.write(lambda db: self._store_proofs(db, [checked]))
+        stored = await self.writes.submit(checked)
         if isinstance(stored, Refusal):
             raise stored
         return self._proof_accepted(checked, stored)
@@ -114,11 +118,10 @@ class ProofIngestion:
 
         checked = await asyncio.to_thread(check_all)
 
-        proofs = [proof for _, proof in checked]
-        stored = (
-            await self.ctx.db.write(lambda db: self._store_proofs(db, proofs)) if proofs else []
-        )
+        stored = await self.writes.submit_all([proof for _, proof in checked])
         for (i, proof), value in zip(checked, stored, strict=True):
+            if isinstance(value, BaseException) and not isinstance(value, Refusal):
+                raise value
             results[i] = value if isinstance(value, Refusal) else self._proof_accepted(proof, value)
         out = [r for r in results if r is not None]
         refused = sum(1 for r in out if not isinstance(r, dict))
@@ -187,7 +190,7 @@ class ProofIngestion:
         pot_json = json.dumps(pot.to_dict(), sort_keys=True)
         return _CheckedProof(pot, device, output, pot_json, assignment.chunks)
 
-    def _store_proofs(self, db: Tx, proofs: list[_CheckedProof]) -> list[str | Refusal]:
+    def _store_proofs(self, db: Tx, proofs: Sequence[_CheckedProof]) -> list[str | Refusal]:
         """Store checked proofs in the caller's transaction, set-based (one statement per
         table for the whole batch, one settling query): per proof its task's state, or its
         refusal (a duplicate, an assignment no longer live), which stores nothing of it.
