@@ -129,11 +129,12 @@ def _store(db: Tx, heartbeats: Sequence[_Heartbeat]) -> list[Refusal | None]:
     for i in sorted(stored):
         last[heartbeats[i].poa.device_id] = heartbeats[i].poa
     task_rows.clear_progress(db, last)
+    kept: dict[str, dict[str, int]] = {}
     for device_id, poa in last.items():
-        reported = {w.task_id for w in poa.work or ()}
-        if reported:
+        if reported := {w.task_id for w in poa.work or ()}:
             held = task_rows.held_chunks(db, device_id, reported)
-            task_rows.replace_progress(db, device_id, kept_reports(poa.work, held))
+            kept[device_id] = kept_reports(poa.work, held)
+    task_rows.add_progress(db, kept)
     return [None if i in stored else _not_stored(db, h.poa) for i, h in enumerate(heartbeats)]
 
 

@@ -240,37 +240,9 @@ def set_tags(db: Tx, device_id: str, tags: list[str]) -> bool:
     return cur.rowcount == 1
 
 
-def record_heartbeat(
-    db: Tx,
-    *,
-    device_id: str,
-    seq: int,
-    timestamp: int,
-    now: int,
-    telemetry: str,
-    score: float,
-) -> bool:
-    """Store a heartbeat of an active or stale device whose ``seq`` is above every earlier
-    one (a stale device becomes active); False, with nothing written, for a replay."""
-    cur = db.execute(
-        "UPDATE devices SET last_seq=?, last_seen=?, telemetry=?, eps=?, "
-        "state=CASE WHEN state='stale' THEN 'active' ELSE state END "
-        "WHERE device_id=? AND last_seq < ? AND state IN ('active','stale')",
-        [seq, now, telemetry, score, device_id, seq],
-    )
-    if cur.rowcount != 1:
-        return False
-    db.execute(
-        "INSERT INTO heartbeats (device_id, seq, timestamp, received_at, telemetry) "
-        "VALUES (?,?,?,?,?)",
-        [device_id, seq, timestamp, now, telemetry],
-    )
-    return True
-
-
 @dataclass(frozen=True)
 class Beat:
-    """One heartbeat to store: what :func:`record_heartbeat` takes, as a row."""
+    """One heartbeat to store, as its row: received at ``now``, scored ``score``."""
 
     device_id: str
     seq: int
@@ -286,10 +258,11 @@ _BEATS_PER_STATEMENT = 400
 
 
 def record_heartbeats(db: Tx, beats: Sequence[Beat]) -> set[int]:
-    """Store many heartbeats as :func:`record_heartbeat` stores each, in a few statements
-    whatever their number: the indexes into ``beats`` of those stored. A device named
-    twice has its heartbeats taken in their order, each against the one before, exactly
-    as one at a time; nothing is written for a replay or a device not active or stale.
+    """Store each heartbeat of an active or stale device whose ``seq`` is above every
+    earlier one (a stale device becomes active), in a few statements whatever their
+    number: the indexes into ``beats`` of those stored. A device named twice has its
+    heartbeats taken in their order, each against the one before, exactly as one at a
+    time; nothing is written for a replay or a device not active or stale.
 
     Why: over a network, a statement costs a round trip while the write lock is held, so
     a heartbeat a statement caps the whole cluster's heartbeat rate (docs/performance.md)."""

@@ -112,13 +112,13 @@ def held_chunks(db: Tx, device_id: str, task_ids: Collection[str]) -> dict[str, 
     return {r["task_id"]: r["chunks"] for r in rows}
 
 
-def replace_progress(db: Tx, device_id: str, kept: dict[str, int]) -> None:
-    """Make ``kept`` (task id → chunks done) all the progress ``device_id`` has reported."""
-    db.execute("DELETE FROM progress WHERE device_id=?", [device_id])
-    if kept:
+def add_progress(db: Tx, reports: dict[str, dict[str, int]]) -> None:
+    """Add what each device reported (device id → task id → chunks done) to progress its
+    earlier word was cleared from (:func:`clear_progress`), in one statement."""
+    rows = [(d, t, n) for d, kept in reports.items() for t, n in kept.items()]
+    if rows:
         db.executemany(
-            "INSERT INTO progress (device_id, task_id, chunks_done) VALUES (?,?,?)",
-            [(device_id, task_id, n) for task_id, n in kept.items()],
+            "INSERT INTO progress (device_id, task_id, chunks_done) VALUES (?,?,?)", rows
         )
 
 
