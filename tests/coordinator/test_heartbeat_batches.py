@@ -149,6 +149,29 @@ async def test_a_device_quarantined_while_its_heartbeat_waits_is_refused_alone(
     assert row["state"] == "quarantined"
 
 
+async def test_a_device_erased_while_its_heartbeat_waits_is_not_brought_back(
+    fleet: Fleet,
+) -> None:
+    """A device erases itself (SPEC §11) while a heartbeat of its waits: the heartbeat
+    is refused, writes nothing under the erased identity, and its neighbour is stored."""
+    d, other = await fleet.enroll(), await fleet.enroll()
+    body, bystander = heartbeat_body(fleet, d), heartbeat_body(fleet, other)
+
+    def erase(tx: Tx) -> None:
+        device_rows.delete_heartbeats(tx, d.device_id)
+        device_rows.erase_device(tx, d.device_id, fleet.clock())
+
+    async with writer_held(fleet.c.db, then=erase):
+        tasks = await send_in_order(fleet, [(d, body), (other, bystander)])
+    await asyncio.wait_for(_all(tasks), 30)
+    refusal = tasks[0].exception()
+    assert isinstance(refusal, Refusal) and refusal.code == "not_enrolled"
+    assert tasks[1].result()["state"] == "active"
+    assert await stored_seqs(fleet, d) == []
+    assert await fleet.rows("SELECT 1 FROM devices WHERE device_id=?", [d.device_id]) == []
+    assert bystander["seq"] in await stored_seqs(fleet, other)
+
+
 async def test_a_write_that_fails_costs_its_neighbours_nothing(fleet: Fleet) -> None:
     def write_many(tx: Tx, items: Sequence[str]) -> list[str]:
         for item in items:
