@@ -72,6 +72,7 @@ BOTH_STORES: tuple[str, ...] = (
     "coordinator/test_flow.py",
     "coordinator/test_heartbeat_batches.py",
     "coordinator/test_proof_groups.py",
+    "coordinator/test_record_mirror.py",
     "coordinator/test_tls.py",
     "e2e/test_agent_coordinator.py",
     "e2e/test_network_loss.py",

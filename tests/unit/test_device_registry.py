@@ -57,7 +57,7 @@ def test_heartbeat_raises_the_replay_counter_and_never_lowers_it() -> None:
 def test_state_and_record_changes_replace_the_entry() -> None:
     registry = DeviceRegistry()
     before = _enrolled(registry)
-    registry.count("dev-1", "completed")
+    registry.counted("dev-1", "completed", 1)
     registry.set_state("dev-1", "quarantined", "failed spot-check")
     after = registry.get("dev-1")
     assert after is not None
@@ -67,6 +67,21 @@ def test_state_and_record_changes_replace_the_entry() -> None:
         1,
     )
     assert (before.state, before.record.completed) == ("active", 0)
+
+
+def test_a_count_is_mirrored_as_the_committed_total_never_lowered() -> None:
+    """The same commit taken in twice (the writer's mirror, the follower's read) counts
+    once; an older total arriving after a newer one changes nothing."""
+    registry = DeviceRegistry()
+    _enrolled(registry)
+    registry.counted("dev-1", "passes", 2)
+    registry.counted("dev-1", "passes", 2)
+    registry.counted("dev-1", "passes", 1)
+    registry.counted("dev-1", "passes", None)  # the device's row was gone at the commit
+    registry.counted("nobody", "passes", 5)
+    device = registry.get("dev-1")
+    assert device is not None and device.record.passes == 2
+    assert "nobody" not in registry
 
 
 def test_reenrolling_an_expired_pending_identity_restarts_its_wait() -> None:
@@ -92,3 +107,23 @@ def test_the_pending_sweep_forgets_only_pending_devices() -> None:
     assert "dev-1" in registry
     registry.remove("dev-1")
     assert "dev-1" not in registry and len(registry) == 0
+
+
+def test_a_mirror_never_takes_a_device_out_of_quarantine() -> None:
+    """A heartbeat or state change committed before a quarantine, mirrored after the
+    view took the quarantine in (its own mirror, or the follower), is older than it."""
+    registry = DeviceRegistry()
+    _enrolled(registry)
+    registry.set_state("dev-1", "quarantined", "failed spot-check")
+    registry.heartbeat_accepted("dev-1", 9, 5_000, TELEMETRY, "active")
+    assert registry.set_state("dev-1", "stale", "missed heartbeats") is not None
+    device = registry.get("dev-1")
+    assert device is not None
+    assert (device.state, device.state_reason, device.last_seq) == (
+        "quarantined",
+        "failed spot-check",
+        9,
+    )
+    registry.set_state("dev-1", "quarantined", "again")
+    after = registry.get("dev-1")
+    assert after is not None and after.state_reason == "again"

@@ -131,19 +131,20 @@ class ChunkFaults:
         refuse the report with how the device stands now (module docstring)."""
         reason = "claimed a chunk fault the coordinator's run does not have"
 
-        def txn(db: Tx) -> str | None:
+        def txn(db: Tx) -> tuple[str | None, int | None]:
+            """(why the claim cannot be held against the device, or None; its refusals)."""
             if device_rows.is_erased(db, msg.device_id):
-                return "erased"
+                return "erased", None
             assignment = task_rows.assignment_row(db, msg.task_id, msg.device_id)
             if assignment is None or assignment["state"] not in ("offered", "accepted"):
-                return str(assignment["state"]) if assignment else "gone"
+                return (str(assignment["state"]) if assignment else "gone"), None
             task_rows.end_assignment(db, msg.task_id, msg.device_id, "lost", reason)
-            device_rows.count(db, msg.device_id, "refusals")
+            total = device_rows.count(db, msg.device_id, "refusals")
             if not task_rows.has_live_assignments(db, msg.task_id):
                 task_rows.requeue(db, msg.task_id, "re-queued: " + reason, ("running",))
-            return None
+            return None, total
 
-        ended = await self.ctx.db.write(txn)
+        ended, total = await self.ctx.db.write(txn)
         if ended == "erased":
             raise Refusal(Fault.FORBIDDEN, "erased", ERASED_MESSAGE)
         if ended is not None:
@@ -153,6 +154,6 @@ class ChunkFaults:
                 f"this device's assignment of the task is {ended} (it ended while the "
                 "coordinator ran the chunk)",
             )
-        self.ctx.devices.count(msg.device_id, "refusals")
+        self.ctx.devices.counted(msg.device_id, "refusals", total)
         self.ctx.wake_scheduler.set()
         log.warning("task %s: device %s %s", msg.task_id, msg.device_id, reason)

@@ -54,6 +54,15 @@ class _CheckedProof:
     chunks: int
 
 
+@dataclass(frozen=True)
+class _Stored:
+    """A proof as its commit left things: its task's state, its device's count of
+    completed tasks (None: the device is gone)."""
+
+    task_state: str
+    completed: int | None
+
+
 #: One batch item's outcome: the answer a single request would get, or its refusal.
 Outcome = dict[str, Any] | Refusal | ProtocolError
 
@@ -65,7 +74,9 @@ class ProofIngestion:
         self.ctx = ctx
         self.settlement = settlement
         #: Proofs that wait for the writer, alone or in batches, are stored together.
-        self.writes: Coalescer[_CheckedProof, str | Refusal] = Coalescer(ctx.db, self._store_proofs)
+        self.writes: Coalescer[_CheckedProof, _Stored | Refusal] = Coalescer(
+            ctx.db, self._store_proofs
+        )
 
     async def accept_proof(self, data: Any, peer: Peer | None = None) -> dict[str, Any]:
         """Accept one proof: signed by its device, over its certificate, for a live
@@ -190,10 +201,11 @@ class ProofIngestion:
         pot_json = json.dumps(pot.to_dict(), sort_keys=True)
         return _CheckedProof(pot, device, output, pot_json, assignment.chunks)
 
-    def _store_proofs(self, db: Tx, proofs: Sequence[_CheckedProof]) -> list[str | Refusal]:
+    def _store_proofs(self, db: Tx, proofs: Sequence[_CheckedProof]) -> list[_Stored | Refusal]:
         """Store checked proofs in the caller's transaction, set-based (one statement per
-        table for the whole batch, one settling query): per proof its task's state, or its
-        refusal (a duplicate, an assignment no longer live), which stores nothing of it.
+        table for the whole batch, one settling query): per proof its task's state and its
+        device's count of completed tasks, or its refusal (a duplicate, an assignment no
+        longer live), which stores nothing of it.
 
         Only a live assignment becomes proved: quarantine and erasure (by any worker) end
         the device's assignments in their own commit, so a proof checked on an older view
@@ -222,25 +234,27 @@ class ProofIngestion:
             ],
             now,
         )
-        device_rows.count_many(db, "completed", Counter(p.pot.device_id for p in kept))
+        totals = device_rows.count_many(db, "completed", Counter(p.pot.device_id for p in kept))
         states = self.settlement.settle_tasks(
             db, list(dict.fromkeys(p.pot.task_id for p in kept)), now
         )
         return [
-            states[p.pot.task_id] if ok else _refusal_now(db, p.pot)
+            _Stored(states[p.pot.task_id], totals.get(p.pot.device_id))
+            if ok
+            else _refusal_now(db, p.pot)
             for p, ok in zip(proofs, marked, strict=True)
         ]
 
-    def _proof_accepted(self, proof: _CheckedProof, task_state: str) -> dict[str, Any]:
+    def _proof_accepted(self, proof: _CheckedProof, stored: _Stored) -> dict[str, Any]:
         """After the commit: update the in-memory view, wake the loops, and answer."""
         pot = proof.pot
-        self.ctx.devices.count(pot.device_id, "completed")
+        self.ctx.devices.counted(pot.device_id, "completed", stored.completed)
         self.ctx.count("proofs_accepted")
         log.info(
             "proof for task %s from %s accepted; task %s",
             pot.task_id,
             pot.device_id,
-            task_state,
+            stored.task_state,
             extra={"task_id": pot.task_id, "device_id": pot.device_id},
         )
         if self.ctx.work_waiting:
@@ -254,7 +268,7 @@ class ProofIngestion:
             "task_id": pot.task_id,
             "device_id": pot.device_id,
             "status": "accepted",
-            "task_state": task_state,
+            "task_state": stored.task_state,
         }
 
 

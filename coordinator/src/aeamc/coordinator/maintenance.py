@@ -3,6 +3,8 @@ telemetry and candidate retention."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 from .context import Context
 from .dbtx import Tx
 from .store import devices as device_rows
@@ -28,19 +30,19 @@ class Maintenance:
             await self.forget_ended_progress(force=False)
             return 0
 
-        def txn(db: Tx) -> list[str]:
+        def txn(db: Tx) -> tuple[int, dict[str, int]]:
             rows = task_rows.overdue_assignments(db, now)
             for r in rows:
                 task_rows.expire(db, r["task_id"], r["device_id"], "no proof in time")
-                device_rows.count(db, r["device_id"], "timeouts")
             task_rows.fail_past_deadline(db, now)
-            return [r["device_id"] for r in rows]
+            totals = device_rows.count_many(db, "timeouts", Counter(r["device_id"] for r in rows))
+            return len(rows), totals
 
-        timed_out = await self.ctx.db.write(txn)
-        for device_id in timed_out:
-            self.ctx.devices.count(device_id, "timeouts")
+        expired, totals = await self.ctx.db.write(txn)
+        for device_id, total in totals.items():
+            self.ctx.devices.counted(device_id, "timeouts", total)
         await self.forget_ended_progress(force=True)
-        return len(timed_out)
+        return expired
 
     async def forget_ended_progress(self, *, force: bool = True) -> int:
         """Drop the reported chunks done (progress.py) of assignments no longer live;

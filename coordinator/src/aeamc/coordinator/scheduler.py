@@ -197,14 +197,14 @@ class Scheduler:
         # recorded (so it is not offered again at once), never held against it.
         held_against = reason != OUTSIDE_POLICY
 
-        def txn(db: Tx) -> None:
+        def txn(db: Tx) -> int | None:
             refused = task_rows.refuse_offer(db, assignment.task_id, assignment.device_id, reason)
             if refused and held_against:
-                device_rows.count(db, assignment.device_id, "refusals")
+                return device_rows.count(db, assignment.device_id, "refusals")
+            return None
 
-        await self.c.db.write(txn)
-        if held_against:
-            self.c.devices.count(assignment.device_id, "refusals")
+        total = await self.c.db.write(txn)
+        self.c.devices.counted(assignment.device_id, "refusals", total)
         self.c.count("assignments_refused")
         log.info("task %s refused by %s: %s", assignment.task_id, assignment.device_id, reason)
         self.c.wake_scheduler.set()

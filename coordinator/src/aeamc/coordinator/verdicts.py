@@ -43,7 +43,7 @@ class VerdictService:
         now = self.ctx.clock()
         column = {"passed": "passes", "failed": "failures", "unanswered": "unanswered"}[verdict]
 
-        def txn(db: Tx) -> tuple[bool, str | None, list[str]]:
+        def txn(db: Tx) -> tuple[bool, int | None, str | None, list[str]]:
             concluded = proof_rows.conclude_check(
                 db,
                 task_id=task_id,
@@ -54,8 +54,8 @@ class VerdictService:
                 reexecuted=reexecuted,
             )
             if not concluded:
-                return False, None, []
-            device_rows.count(db, device_id, column)
+                return False, None, None, []
+            total = device_rows.count(db, device_id, column)
             quarantine: str | None = None
             if verdict == "passed":
                 proof_rows.verify_credit(db, task_id, device_id)
@@ -70,16 +70,16 @@ class VerdictService:
                     db, device_id, quarantine, now, cheated=verdict == "failed" or refused
                 )
             self.settlement.settle_dispute(db, task_id, now)
-            return True, quarantine, revoked
+            return True, total, quarantine, revoked
 
-        recorded, quarantine, revoked = await self.ctx.db.write(txn)
+        recorded, total, quarantine, revoked = await self.ctx.db.write(txn)
         if not recorded:
             return
         if self.ctx.certs is not None:
             self.ctx.certs.revoked_now(revoked)
         self.ctx.count(f"spot_checks_{verdict}")
         if device_id in self.ctx.devices:
-            self.ctx.devices.count(device_id, column)
+            self.ctx.devices.counted(device_id, column, total)
             if quarantine is not None:
                 self.ctx.devices.set_state(device_id, "quarantined", quarantine)
                 log.warning("device %s quarantined: %s", device_id, quarantine)

@@ -83,18 +83,22 @@ def changes_after(
     return int(changed[-1][0]), rows
 
 
-def heartbeat_times_after(db: Tx, after: dict[str, int]) -> dict[str, list[int]]:
-    """For each device of ``after``, the receive times of its heartbeats after the time
-    given, oldest first (one lookup by the heartbeats' key per device)."""
-    out: dict[str, list[int]] = {}
-    for device_id, since in after.items():
+def heartbeat_times_after(
+    db: Tx, after: dict[str, int], since: int
+) -> dict[str, list[tuple[int, int]]]:
+    """For each device of ``after``, (seq, receive time) of its heartbeats with a seq
+    above the one given, received at ``since`` or later, in their order (one range of the
+    heartbeats' key per device). By seq, not by time: two heartbeats may share a
+    millisecond, and each is one proof of availability."""
+    out: dict[str, list[tuple[int, int]]] = {}
+    for device_id, seq in after.items():
         rows = db.execute(
-            "SELECT received_at FROM heartbeats WHERE device_id=? AND received_at > ? "
-            "ORDER BY received_at",
-            [device_id, since],
+            "SELECT seq, received_at FROM heartbeats WHERE device_id=? AND seq > ? "
+            "AND received_at >= ? ORDER BY seq",
+            [device_id, seq, since],
         ).fetchall()
         if rows:
-            out[device_id] = [r[0] for r in rows]
+            out[device_id] = [(r[0], r[1]) for r in rows]
     return out
 
 
@@ -252,9 +256,9 @@ class Beat:
     score: float
 
 
-#: Heartbeats per statement in :func:`record_heartbeats`: 5 parameters each keeps a
-#: statement far below both engines' limits on parameters.
-_BEATS_PER_STATEMENT = 400
+#: Devices per statement in :func:`record_heartbeats` and :func:`count_many`: at most 5
+#: parameters each keeps a statement far below both engines' limits on parameters.
+_ROWS_PER_STATEMENT = 400
 
 
 def record_heartbeats(db: Tx, beats: Sequence[Beat]) -> set[int]:
@@ -276,8 +280,8 @@ def record_heartbeats(db: Tx, beats: Sequence[Beat]) -> set[int]:
             rounds.append([])
         rounds[n].append(i)
     for indexes in rounds:  # a device at most once in each: one UPDATE row per device
-        for start in range(0, len(indexes), _BEATS_PER_STATEMENT):
-            part = indexes[start : start + _BEATS_PER_STATEMENT]
+        for start in range(0, len(indexes), _ROWS_PER_STATEMENT):
+            part = indexes[start : start + _ROWS_PER_STATEMENT]
             stored |= _record_once_each(db, [(i, beats[i]) for i in part])
     return stored
 
@@ -343,19 +347,35 @@ def quarantine(db: Tx, device_id: str, reason: str) -> None:
     )
 
 
-def count(db: Tx, device_id: str, column: str) -> None:
-    """Add one to ``column`` of the device's record (one of ``RECORD_COLUMNS``)."""
-    count_many(db, column, {device_id: 1})
+def count(db: Tx, device_id: str, column: str) -> int | None:
+    """Add one to ``column`` of the device's record (one of ``RECORD_COLUMNS``): its new
+    total, None when the device has no row (erased meanwhile)."""
+    return count_many(db, column, {device_id: 1}).get(device_id)
 
 
-def count_many(db: Tx, column: str, counts: dict[str, int]) -> None:
-    """Add ``counts[device_id]`` to ``column`` of each device's record, in one statement."""
+def count_many(db: Tx, column: str, counts: dict[str, int]) -> dict[str, int]:
+    """Add ``counts[device_id]`` to ``column`` of each device's record, in one statement
+    per few hundred devices: each counted device's new total (a device without a row is
+    left out).
+
+    Totals, not increments, are what the registry mirrors: its view takes in the same
+    committed row again when it follows the database (store/registry.py), and a total
+    taken in twice is still counted once, where an increment would count twice."""
     if column not in RECORD_COLUMNS:
         raise ValueError(f"no record column {column!r}")
-    db.executemany(
-        f"UPDATE devices SET {column}={column}+? WHERE device_id=?",  # noqa: S608
-        [(n, device_id) for device_id, n in counts.items()],
-    )
+    totals: dict[str, int] = {}
+    items = list(counts.items())
+    for start in range(0, len(items), _ROWS_PER_STATEMENT):
+        part = items[start : start + _ROWS_PER_STATEMENT]
+        rows = db.execute(
+            f"UPDATE devices SET {column}=devices.{column}+c.n "  # noqa: S608
+            "FROM (SELECT column1 AS device_id, column2 AS n "
+            f"FROM (VALUES {','.join(['(?,?)'] * len(part))}) AS v) AS c "
+            f"WHERE devices.device_id=c.device_id RETURNING devices.device_id, devices.{column}",
+            [x for pair in part for x in pair],
+        ).fetchall()
+        totals.update((row[0], int(row[1])) for row in rows)
+    return totals
 
 
 def delete_device(db: Tx, device_id: str) -> None:

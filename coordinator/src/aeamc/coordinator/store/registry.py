@@ -5,6 +5,12 @@ committed, so a crash loses nothing but the view itself. ``DeviceRegistry`` is t
 thing that changes it: its ``Device`` entries are frozen, and each change (enrollment,
 an accepted heartbeat with its replay counter, a state change, a record count, erasure)
 is one method here, so the view could later live outside one process's memory.
+
+Two sources change a device here, in either order: this process's mirror of its own
+commit, and ``follow``, which reads the same rows back (this process's commits
+included). Each change keeps the later of what it brings and what the view holds — the
+higher seq, the larger record count, the state the device lifecycle leads to — so a
+commit taken in twice counts once and an older one never takes the view back.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ import dataclasses
 from collections.abc import Iterator, ValuesView
 from typing import Any
 
+from aeamc.shared.lifecycle import DEVICE, DeviceState
 from aeamc.shared.messages import Capabilities, Telemetry
+from aeamc.shared.reputation import Record
 
 from ..groupcommit import GroupCommit
 from ..registry import POA_HISTORY, Device
@@ -99,30 +107,42 @@ class DeviceRegistry:
     ) -> None:
         """Put committed device rows in the view (``None``: the device is gone), with the
         heartbeats each sent since the view last had it."""
-        # Heartbeat times to read: all recent ones of a device new to this view, those
-        # after the latest known of a device whose seq moved by more than one (several
-        # heartbeats since the last round). A seq one above the last: its row has it.
+        # Heartbeat times to read: the recent ones of a device new to this view, and of a
+        # device whose seq moved by more than one (several heartbeats since the view had
+        # it) those above its seq. A seq one above the view's: the row has its time.
         after: dict[str, int] = {}
         for device_id, row in rows.items():
             old = self._devices.get(device_id)
             if row is None:
                 continue
             if old is None:
-                after[device_id] = poa_since - 1
+                after[device_id] = -1
             elif row["last_seq"] > old.last_seq + 1:
-                after[device_id] = old.poa_times[-1] if old.poa_times else poa_since - 1
-        seen = await db.read(lambda d: device_rows.heartbeat_times_after(d, after)) if after else {}
+                after[device_id] = old.last_seq
+        seen = (
+            await db.read(lambda d: device_rows.heartbeat_times_after(d, after, poa_since))
+            if after
+            else {}
+        )
         for device_id, row in rows.items():
             if row is None:
                 self._devices.pop(device_id, None)
                 continue
+            # The view as it is now: a mirror of a later commit may have come in during
+            # the read, and the row is no newer than that commit.
             old = self._devices.get(device_id)
             device = Device.from_row(row, old)
-            poa = () if old is None else old.poa_times
-            if device_id in seen:
-                poa = (*poa, *seen[device_id])
-            elif device.last_seen is not None and (not poa or device.last_seen > poa[-1]):
-                poa = (*poa, device.last_seen)
+            if old is None:
+                poa = tuple(t for _, t in seen.get(device_id, ()))
+            else:
+                if device_id in seen:
+                    new = tuple(t for seq, t in seen[device_id] if seq > old.last_seq)
+                elif device.last_seq == old.last_seq + 1 and device.last_seen is not None:
+                    new = (device.last_seen,)
+                else:
+                    new = ()
+                poa = (*old.poa_times, *new)
+                device = _newer(old, device)
             self._devices[device_id] = dataclasses.replace(device, poa_times=poa[-POA_HISTORY:])
 
     def enrolled(
@@ -180,37 +200,53 @@ class DeviceRegistry:
     def heartbeat_accepted(
         self, device_id: str, seq: int, now: int, telemetry: Telemetry, state: str
     ) -> Device | None:
-        """Mirror a committed heartbeat: its seq becomes the replay counter (never lowered),
-        its time a proof of availability. None when the device is gone meanwhile."""
+        """Mirror a committed heartbeat: its seq becomes the replay counter, its time a
+        proof of availability, ``state`` its state unless the view already holds a later
+        one (``_mirrored``). None when the device is gone meanwhile.
+
+        A heartbeat whose seq the view already has was taken in by ``follow`` first (or
+        a later one was): mirrored again, its time would count twice as availability,
+        which EPS requires a minimum of before a device gets work."""
         old = self._devices.get(device_id)
         if old is None:
             return None
+        if seq <= old.last_seq:
+            return old
         device = dataclasses.replace(
             old,
-            last_seq=max(old.last_seq, seq),
+            last_seq=seq,
             last_seen=now,
             telemetry=telemetry,
-            state=state,
+            state=_mirrored(old.state, state),
             poa_times=(*old.poa_times, now)[-POA_HISTORY:],
         )
         self._devices[device_id] = device
         return device
 
     def set_state(self, device_id: str, state: str, reason: str) -> Device | None:
-        """Mirror a committed state change of ``device_id`` (None when it is gone)."""
+        """Mirror a committed state change of ``device_id`` (None when it is gone). A
+        change the lifecycle does not allow from the state the view holds is older than
+        that state (``_mirrored``) and changes nothing."""
         old = self._devices.get(device_id)
         if old is None:
             return None
+        if _mirrored(old.state, state) != state:
+            return old
         device = dataclasses.replace(old, state=state, state_reason=reason)
         self._devices[device_id] = device
         return device
 
-    def count(self, device_id: str, column: str) -> None:
-        """Mirror one committed count of ``column`` of the device's record."""
+    def counted(self, device_id: str, column: str, total: int | None) -> None:
+        """Mirror a committed count of ``column`` of the device's record: ``total`` is the
+        column as that commit left it (``store.devices.count``; None: the device is gone).
+
+        A total, never an increment: ``follow`` may already have taken in the same commit
+        (or a later one) between the commit and this call, and a record only grows, so
+        the larger of the two is the committed one."""
         old = self._devices.get(device_id)
-        if old is None:
+        if old is None or total is None or total <= getattr(old.record, column):
             return
-        record = dataclasses.replace(old.record, **{column: getattr(old.record, column) + 1})
+        record = dataclasses.replace(old.record, **{column: total})
         self._devices[device_id] = dataclasses.replace(old, record=record)
 
     def remove(self, device_id: str, *, only_state: str | None = None) -> None:
@@ -219,3 +255,33 @@ class DeviceRegistry:
         device = self._devices.get(device_id)
         if device is not None and (only_state is None or device.state == only_state):
             del self._devices[device_id]
+
+
+def _mirrored(held: str, committed: str) -> str:
+    """The state a mirror of a commit that left ``committed`` gives a device the view
+    holds as ``held``: ``committed``, unless the device lifecycle cannot lead from
+    ``held`` to it. Then ``follow`` (or another mirror) has already taken in a later
+    commit — a quarantine, which nothing leaves — and the view keeps it."""
+    if held == committed or DeviceState(committed) in DEVICE[DeviceState(held)]:
+        return committed
+    return held
+
+
+def _newer(view: Device, row: Device) -> Device:
+    """``row``, a device as read from the database, with what ``view`` holds that is later
+    than it: a row read before a commit this process has since mirrored is older in what
+    that commit changed. Heartbeat fields go with the larger seq, a record's counts only
+    grow, and a state the lifecycle cannot leave for the row's is kept (``_mirrored``)."""
+    if view.last_seq > row.last_seq:
+        row = dataclasses.replace(
+            row, last_seq=view.last_seq, last_seen=view.last_seen, telemetry=view.telemetry
+        )
+    record = Record(
+        **{
+            f.name: max(getattr(view.record, f.name), getattr(row.record, f.name))
+            for f in dataclasses.fields(Record)
+        }
+    )
+    if _mirrored(view.state, row.state) != row.state:
+        row = dataclasses.replace(row, state=view.state, state_reason=view.state_reason)
+    return dataclasses.replace(row, record=record)
