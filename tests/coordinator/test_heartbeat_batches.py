@@ -9,7 +9,9 @@ known, not left to timing."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import pytest
 
 from aeamc.coordinator.coalesce import Coalescer
 from aeamc.coordinator.dbtx import Tx
+from aeamc.coordinator.pgdb import LeadershipLost, PostgresDatabase
 from aeamc.coordinator.store import devices as device_rows
 from aeamc.shared.refusals import Refusal
 from tests.support.device import GOOD_TELEMETRY
@@ -191,6 +194,60 @@ async def test_a_write_that_fails_costs_its_neighbours_nothing(fleet: Fleet) -> 
     assert isinstance(tasks[1].exception(), ValueError)
     rows = await fleet.rows("SELECT key FROM meta WHERE key LIKE 'coalesced-%' ORDER BY key")
     assert [r["key"] for r in rows] == ["coalesced-a", "coalesced-c"]
+
+
+@asynccontextmanager
+async def writes_refused_before_they_begin(fleet: Fleet) -> AsyncIterator[type[Exception]]:
+    """Every write fails at ``BEGIN``, before any job of it runs, as it does for real: on
+    PostgreSQL the node's leader lock is gone (its writes are fenced off); on SQLite
+    another process holds the write lock past the writer's busy timeout. Yields the
+    error the writes fail with."""
+    db = fleet.c.db
+    if isinstance(db, PostgresDatabase):
+        db.fence = lambda: 0  # no session 0 holds the leader lock
+        try:
+            yield LeadershipLost
+        finally:
+            db.fence = None
+        return
+    await db.write(lambda tx: tx.execute("PRAGMA busy_timeout=200"))
+    other = sqlite3.connect(fleet.db.path, isolation_level=None)  # type: ignore[attr-defined]
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        yield sqlite3.OperationalError
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+        await db.write(lambda tx: tx.execute("PRAGMA busy_timeout=30000"))
+
+
+async def test_heartbeats_whose_write_never_began_are_answered_and_strand_nothing(
+    fleet: Fleet,
+) -> None:
+    """A group whose write fails before it begins took nothing yet: every heartbeat that
+    waited for it is answered with that failure (the agent retries), and the next
+    heartbeat is written by a job of its own. Unanswered, they would hold their requests
+    open for good, and every later heartbeat would queue behind them with no job to take
+    it: the node would accept no heartbeat again."""
+    a, b = await fleet.enroll(), await fleet.enroll()
+    writes = fleet.c.heartbeats.writes
+    async with writes_refused_before_they_begin(fleet) as refused:
+        tasks = [
+            asyncio.ensure_future(fleet.c.heartbeats.heartbeat(heartbeat_body(fleet, d), d.peer))
+            for d in (a, b)
+        ]
+        await asyncio.wait_for(_all(tasks), 30)
+    assert [type(t.exception()) for t in tasks] == [refused, refused]
+    assert writes.waiting == 0
+    seqs = [await last_seq(fleet, d) for d in (a, b)]
+    answers = await asyncio.wait_for(
+        asyncio.gather(
+            *(fleet.c.heartbeats.heartbeat(heartbeat_body(fleet, d), d.peer) for d in (a, b))
+        ),
+        30,
+    )
+    assert len(answers) == 2
+    assert [await last_seq(fleet, d) for d in (a, b)] == [s + 2 for s in seqs]
 
 
 async def _all(tasks: Sequence[asyncio.Task[Any]]) -> list[asyncio.Task[Any]]:

@@ -29,7 +29,9 @@ class Coalescer(Generic[I, R]):
     outcome per item, in order, and write nothing for an item it refuses (its outcome
     says so). If ``write_many`` fails as a whole (not an outage), each item of the group
     is written again on its own, so one bad item never costs its neighbours their
-    write — the isolation each job's savepoint gives in group commit."""
+    write — the isolation each job's savepoint gives in group commit. A write that
+    fails before its job began (the database out of reach, leadership lost) answers
+    every item waiting with that failure: none is ever left without a job to take it."""
 
     def __init__(self, db: GroupCommit, write_many: Callable[[Tx, Sequence[I]], list[R]]) -> None:
         self._db = db
@@ -76,11 +78,14 @@ class Coalescer(Generic[I, R]):
     async def _flush(self) -> None:
         taken: list[tuple[I, asyncio.Future[R]]] = []
         abandoned = False
+        ran = False
 
         def job(tx: Tx) -> list[R]:
+            nonlocal ran
             with self._lock:  # what arrives from now on waits for the next job
                 if abandoned:
                     return []
+                ran = True
                 taken.extend(self._pending)
                 self._pending.clear()
             return self._write_many(tx, [item for item, _ in taken])
@@ -95,11 +100,17 @@ class Coalescer(Generic[I, R]):
             for _, future in waiting:
                 future.cancel()
             raise
-        except StoreUnavailable as exc:
-            _settle(taken, exc)
-            return
         except Exception as exc:
-            if len(taken) <= 1:
+            with self._lock:
+                if not ran:
+                    # The write failed before the job began (the database out of reach at
+                    # BEGIN, leadership lost): what waits was to be in this job, and no
+                    # other job is queued for it. It gets this job's answer, so the next
+                    # item submitted queues a job of its own.
+                    abandoned = True
+                    taken.extend(self._pending)
+                    self._pending.clear()
+            if isinstance(exc, StoreUnavailable) or len(taken) <= 1:
                 _settle(taken, exc)
                 return
             await asyncio.gather(*(self._alone(item, future) for item, future in taken))
