@@ -1,26 +1,31 @@
-"""The tests' one way of waiting: the first truthy value, or a failure that says why."""
+"""``runtime.waiting.wait_set``: the daemons' loops sleep with it until woken or timed
+out, and each is stopped by cancelling it, so a cancellation must never be lost — not
+even one arriving as the event is set (Python 3.11's ``wait_for`` loses that one)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from tests.support.waiting import wait_for, wait_for_async
+from aeamc.shared.runtime.waiting import wait_set
 
 
-def test_a_wait_returns_the_first_truthy_value_and_asks_for_no_explanation() -> None:
-    answers = iter([None, 0, "ready"])
-    asked: list[str] = []
-    got = wait_for(lambda: next(answers), 5, 0, explain=lambda: asked.append("x") or "")
-    assert (got, asked) == ("ready", [])
+@pytest.mark.parametrize("timeout_s", [30.0, None])
+async def test_a_wait_cancelled_as_the_event_is_set_is_cancelled(timeout_s: float | None) -> None:
+    event = asyncio.Event()
+    waiting = asyncio.ensure_future(wait_set(event, timeout_s))
+    await asyncio.sleep(0)  # it waits
+    event.set()  # woken …
+    waiting.cancel()  # … in the same moment as the daemon stops
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
 
 
-def test_a_timeout_names_the_last_value_and_adds_the_explanation() -> None:
-    with pytest.raises(AssertionError) as failed:
-        wait_for(lambda: [], 0.05, 0.01, explain=lambda: "the log ends: boom")
-    assert str(failed.value) == "condition not met in 0.05 s (last: [])\nthe log ends: boom"
-
-
-async def test_the_async_wait_explains_a_timeout_too() -> None:
-    with pytest.raises(AssertionError) as failed:
-        await wait_for_async(lambda: False, 0.05, 0.01, explain=lambda: "still down")
-    assert str(failed.value).endswith("(last: False)\nstill down")
+async def test_it_says_whether_the_event_was_set_in_time() -> None:
+    event = asyncio.Event()
+    assert await wait_set(event, 0.01) is False
+    assert await wait_set(event, 0) is False
+    asyncio.get_running_loop().call_soon(event.set)
+    assert await wait_set(event, 30) is True
+    assert await wait_set(event, None) is True  # already set

@@ -23,6 +23,7 @@ import logging
 from aeamc.shared.discovery import CoordinatorAdvert, parse_coordinator_txt
 from aeamc.shared.errors import ProtocolError
 from aeamc.shared.runtime.services import REMOVED, ServiceEvent, ServiceRecord
+from aeamc.shared.runtime.waiting import wait_set
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +89,7 @@ class CoordinatorLocator:
     async def wait_changed(self, timeout_s: float) -> bool:
         """Sleep up to ``timeout_s``; return early (True) if the coordinator moved."""
         self._changed.clear()
-        try:
-            await asyncio.wait_for(self._changed.wait(), timeout_s)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_set(self._changed, timeout_s)
 
     def pin(self, coordinator_id: str) -> None:
         """From now on, only this coordinator's adverts count."""

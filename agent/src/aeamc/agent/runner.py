@@ -42,6 +42,7 @@ from aeamc.shared.identity import Signer
 from aeamc.shared.messages import MAX_WORK_REPORTS, Assignment, WorkReport
 from aeamc.shared.proofs import Trace, build_pot
 from aeamc.shared.runtime.logs import REQUEST_ID
+from aeamc.shared.runtime.waiting import wait_set
 from aeamc.shared.tasks.wasm_kernel import MissingBlob
 
 from . import logs
@@ -235,8 +236,7 @@ class TaskRunner:
                 entry = self.queue.head()
                 if entry is None or retry_s is not None:
                     timeout, retry_s = retry_s, None
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), timeout)
+                    await wait_set(self._wake, timeout)
                     continue
                 outcome = await self._run(entry)
             except Exception as exc:  # the queue cannot be written (disk full?), or a bug
@@ -395,8 +395,7 @@ class TaskRunner:
                 self.on_change()
             self._wake.clear()
             remaining_s = (a.expires_at - self.clock_ms()) / 1000
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, remaining_s))
+            await wait_set(self._wake, max(0.0, remaining_s))
 
     def _already_in_outbox(self, entry: QueuedTask) -> bool:
         a = entry.assignment

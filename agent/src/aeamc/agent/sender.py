@@ -28,7 +28,6 @@ that endpoint (404/405) gets them one by one from then on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +36,7 @@ from aeamc.shared.errors import ProtocolError
 from aeamc.shared.identity import Signer
 from aeamc.shared.messages import PoT, sign
 from aeamc.shared.runtime.logs import REQUEST_ID
+from aeamc.shared.runtime.waiting import wait_set
 
 from . import logs
 from .backoff import Backoff
@@ -244,11 +244,7 @@ class OutboxSender:
             self._retry_after = max(wait, self._retry_after or 0)
 
     async def _sleep(self, delay: float | None) -> None:
-        if delay is None:
-            await self._wake.wait()
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), delay)
+        await wait_set(self._wake, delay)
 
     def _resign(self, entry: Entry, proof: QueuedProof) -> str:
         body = proof.pot.to_dict()

@@ -14,7 +14,6 @@ the composition root, ``service.Coordinator``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -24,6 +23,7 @@ from aeamc.shared.identity import Signer, device_id_for
 from aeamc.shared.refusals import Fault, Refusal
 from aeamc.shared.runtime.clock import now_ms
 from aeamc.shared.runtime.tls import Peer
+from aeamc.shared.runtime.waiting import wait_set
 from aeamc.shared.tasks.registry import KindRegistry
 
 from .alerts import AlertTracker
@@ -39,14 +39,9 @@ log = logging.getLogger(__name__)
 
 
 async def wait_event(event: asyncio.Event, timeout: float) -> None:
-    """Wait until ``event`` is set or ``timeout`` passes, then clear it.
-
-    ``asyncio.timeout`` rather than ``wait_for``: on Python 3.11 ``wait_for`` can swallow a
-    cancellation that arrives as the inner wait completes, leaving a loop that never stops.
-    """
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(timeout):
-            await event.wait()
+    """Wait until ``event`` is set or ``timeout`` passes, then clear it; cancellable at
+    every moment (``runtime.waiting``)."""
+    await wait_set(event, timeout)
     event.clear()
 
 

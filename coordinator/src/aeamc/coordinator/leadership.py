@@ -193,17 +193,22 @@ class DatabaseLeaderLock:
         paused virtual machine) wakes with the timer expired and the answer not yet read,
         though the database may answer at once: the lease then counts again from the
         waking, rather than deposing a leader whose session never stopped holding the
-        lock."""
+        lock.
+
+        Cancelling the caller always cancels it, even when the answer arrives in the same
+        moment: ``asyncio.wait``, not ``wait_for``, whose Python 3.11 form returns the
+        answer and drops the cancellation then (``lost`` would go on asking for good, and
+        a node stopping would wait for it forever)."""
         loop = asyncio.get_running_loop()
         since = loop.time()
         while True:
-            try:
-                return await asyncio.wait_for(asyncio.shield(asked), self.lease_s)
-            except TimeoutError:
-                woke = loop.time()
-                if woke - since <= self.lease_s + _LATE_S:
-                    return None
-                since = woke
+            done, _ = await asyncio.wait({asked}, timeout=self.lease_s)
+            if done:
+                return asked.result()
+            woke = loop.time()
+            if woke - since <= self.lease_s + _LATE_S:
+                return None
+            since = woke
 
 
 def _close_quietly(conn: Any, _: object = None) -> None:
