@@ -105,7 +105,26 @@ def test_discovery_and_verified_work_across_a_bridge(tmp_path: Path, lan: Lan) -
                 interval=0.2,
             )
 
-        tasks = [sha_task(0x70 + i, iterations=40_000, chunks=CHUNKS) for i in range(N_TASKS)]
+        # Half the tasks for each agent: the operator tags each device with its host's name
+        # and each task requires one of them. Left to the scheduler, whichever device ranks
+        # first would take every task that arrives while it has a free slot, and a task
+        # done raises its reputation: which agents get work would be left to timing.
+        hosts = ("a1", "a2")
+        for agent, host in zip(agents, hosts, strict=True):
+            status, body = coordinator.request(
+                "POST",
+                f"/v1/devices/{agent.device_id}/tags",
+                {"add": [host]},
+                token=coordinator.token("operator"),
+            )
+            assert status == 200, body
+        tasks = [
+            {
+                **sha_task(0x70 + i, iterations=40_000, chunks=CHUNKS),
+                "requires": {"tags": [hosts[i % 2]]},
+            }
+            for i in range(N_TASKS)
+        ]
         ids = []
         for task in tasks:
             status, body = coordinator.request(
@@ -138,8 +157,7 @@ def test_discovery_and_verified_work_across_a_bridge(tmp_path: Path, lan: Lan) -
             ).output
             assert bytes.fromhex(view["output"]) == expected
         # Work crossed the bridge to both agents, and each one's proofs passed spot-checks.
-        assert set(by_device) == {a.device_id for a in agents}, by_device
-        assert sum(by_device.values()) == N_TASKS
+        assert by_device == {a.device_id: N_TASKS // 2 for a in agents}, by_device
 
         def chain() -> list[microblock.Microblock] | None:
             listing = coordinator.request("GET", "/v1/microblocks?limit=1000")[1]["microblocks"]
