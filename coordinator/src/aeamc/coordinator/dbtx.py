@@ -13,7 +13,7 @@ said alike (a JSON field, the row id of a table without a key column) asks
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import sqlite_utils
 
@@ -21,6 +21,11 @@ SQLITE = "sqlite"
 POSTGRESQL = "postgresql"
 
 Params = Sequence[Any] | dict[str, Any] | None
+T = TypeVar("T")
+
+#: Rows per statement for a statement that carries its rows' values (``values``): a few
+#: parameters each keeps it far below both engines' limits on parameters.
+ROWS_PER_STATEMENT = 400
 
 
 class Cursor(Protocol):
@@ -61,6 +66,29 @@ class SqliteTx(sqlite_utils.Database):
 def marks(n: int) -> str:
     """``?, ?, …`` for an ``IN`` list of ``n`` values (at least one: ``IN ()`` is no SQL)."""
     return ", ".join("?" * max(1, n))
+
+
+def chunked(items: Sequence[T], size: int = ROWS_PER_STATEMENT) -> Iterator[Sequence[T]]:
+    """``items`` in consecutive slices of at most ``size``, in order: one statement per
+    slice keeps each within the engines' limits (``itertools.batched`` is Python 3.12's)."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def values(rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
+    """``VALUES (?,…), (?,…), …`` for ``rows`` (at least one, all of one length), and
+    their values in order: many rows written or joined by one statement."""
+    row = "(" + ",".join("?" * len(rows[0])) + ")"
+    return "VALUES " + ",".join([row] * len(rows)), [x for r in rows for x in r]
+
+
+def values_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
+    """``rows`` as a derived table whose columns are named ``columns``, for ``UPDATE …
+    FROM`` and joins, and its values. Both engines name a ``VALUES`` list's columns
+    ``column1``, ``column2``, …; this gives them their names."""
+    sql, params = values(rows)
+    named = ", ".join(f"column{i} AS {c}" for i, c in enumerate(columns, start=1))
+    return f"(SELECT {named} FROM ({sql}) AS v)", params  # noqa: S608 (names are the caller's)
 
 
 def insert(db: Tx, table: str, row: Mapping[str, Any]) -> None:

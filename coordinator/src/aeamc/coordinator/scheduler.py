@@ -19,7 +19,7 @@ from aeamc.shared.messages import Assignment, parse_signed, sign
 from aeamc.shared.placement import Needs
 
 from .context import repeat
-from .dbtx import Tx
+from .dbtx import Tx, chunked, marks
 from .logs import REQUEST_ID, task_request_id
 from .peers import DeviceLink
 from .service import Coordinator
@@ -228,10 +228,8 @@ def _open_work(
     )
     ids = [t["task_id"] for t in tasks]
     assignments: list[dict[str, Any]] = []
-    for start in range(0, len(ids), 250):
-        part = ids[start : start + 250]
-        marks = ",".join("?" * len(part))  # placeholders only: the ids are bound, not spliced
-        sql = f"SELECT task_id, device_id, state, issued_at FROM assignments WHERE task_id IN ({marks})"  # noqa: S608, E501
+    for part in chunked(ids, 250):
+        sql = f"SELECT task_id, device_id, state, issued_at FROM assignments WHERE task_id IN ({marks(len(part))})"  # noqa: S608, E501
         assignments += db.query(sql, part)
     inflight = {
         r["device_id"]: r["n"]

@@ -14,7 +14,7 @@ from typing import Any
 
 from aeamc.shared.lifecycle import DEVICE_LIFECYCLE, check_transition
 
-from ..dbtx import Tx, insert, marks, upsert
+from ..dbtx import Tx, chunked, insert, marks, upsert, values, values_table
 
 #: The columns of a device's record (reputation inputs) that a count may increase.
 RECORD_COLUMNS = frozenset(
@@ -256,11 +256,6 @@ class Beat:
     score: float
 
 
-#: Devices per statement in :func:`record_heartbeats` and :func:`count_many`: at most 5
-#: parameters each keeps a statement far below both engines' limits on parameters.
-_ROWS_PER_STATEMENT = 400
-
-
 def record_heartbeats(db: Tx, beats: Sequence[Beat]) -> set[int]:
     """Store each heartbeat of an active or stale device whose ``seq`` is above every
     earlier one (a stale device becomes active), in a few statements whatever their
@@ -280,38 +275,33 @@ def record_heartbeats(db: Tx, beats: Sequence[Beat]) -> set[int]:
             rounds.append([])
         rounds[n].append(i)
     for indexes in rounds:  # a device at most once in each: one UPDATE row per device
-        for start in range(0, len(indexes), _ROWS_PER_STATEMENT):
-            part = indexes[start : start + _ROWS_PER_STATEMENT]
+        for part in chunked(indexes):
             stored |= _record_once_each(db, [(i, beats[i]) for i in part])
     return stored
 
 
 def _record_once_each(db: Tx, part: list[tuple[int, Beat]]) -> set[int]:
-    values = ",".join(["(?,?,?,?,?)"] * len(part))
+    table, params = values_table(
+        ("device_id", "seq", "seen", "telemetry", "score"),
+        [(b.device_id, b.seq, b.now, b.telemetry, b.score) for _, b in part],
+    )
     rows = db.execute(
         "UPDATE devices SET last_seq=b.seq, last_seen=b.seen, telemetry=b.telemetry, "  # noqa: S608
         "eps=b.score, state=CASE WHEN devices.state='stale' THEN 'active' ELSE devices.state "
-        "END FROM (SELECT column1 AS device_id, column2 AS seq, column3 AS seen, "
-        f"column4 AS telemetry, column5 AS score FROM (VALUES {values}) AS v) AS b "
+        f"END FROM {table} AS b "
         "WHERE devices.device_id=b.device_id AND devices.last_seq < b.seq "
         "AND devices.state IN ('active','stale') RETURNING devices.device_id",
-        [
-            x
-            for _, beat in part
-            for x in (beat.device_id, beat.seq, beat.now, beat.telemetry, beat.score)
-        ],
+        params,
     ).fetchall()
     taken = {row[0] for row in rows}
     kept = [(i, beat) for i, beat in part if beat.device_id in taken]
     if kept:
+        sql, params = values(
+            [(b.device_id, b.seq, b.timestamp, b.now, b.telemetry) for _, b in kept]
+        )
         db.execute(
-            "INSERT INTO heartbeats (device_id, seq, timestamp, received_at, telemetry) "  # noqa: S608
-            f"VALUES {','.join(['(?,?,?,?,?)'] * len(kept))}",
-            [
-                x
-                for _, beat in kept
-                for x in (beat.device_id, beat.seq, beat.timestamp, beat.now, beat.telemetry)
-            ],
+            f"INSERT INTO heartbeats (device_id, seq, timestamp, received_at, telemetry) {sql}",
+            params,
         )
     return {i for i, _ in kept}
 
@@ -364,15 +354,12 @@ def count_many(db: Tx, column: str, counts: dict[str, int]) -> dict[str, int]:
     if column not in RECORD_COLUMNS:
         raise ValueError(f"no record column {column!r}")
     totals: dict[str, int] = {}
-    items = list(counts.items())
-    for start in range(0, len(items), _ROWS_PER_STATEMENT):
-        part = items[start : start + _ROWS_PER_STATEMENT]
+    for part in chunked(list(counts.items())):
+        table, params = values_table(("device_id", "n"), part)
         rows = db.execute(
-            f"UPDATE devices SET {column}=devices.{column}+c.n "  # noqa: S608
-            "FROM (SELECT column1 AS device_id, column2 AS n "
-            f"FROM (VALUES {','.join(['(?,?)'] * len(part))}) AS v) AS c "
+            f"UPDATE devices SET {column}=devices.{column}+c.n FROM {table} AS c "  # noqa: S608
             f"WHERE devices.device_id=c.device_id RETURNING devices.device_id, devices.{column}",
-            [x for pair in part for x in pair],
+            params,
         ).fetchall()
         totals.update((row[0], int(row[1])) for row in rows)
     return totals

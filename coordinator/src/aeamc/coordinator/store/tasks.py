@@ -19,7 +19,7 @@ from aeamc.shared.lifecycle import (
     check_transition,
 )
 
-from ..dbtx import Tx, insert, marks
+from ..dbtx import Tx, chunked, insert, marks, values
 
 
 def _edges_task(old: tuple[str, ...], new: str) -> None:
@@ -114,19 +114,17 @@ def held_chunks(db: Tx, device_id: str, task_ids: Collection[str]) -> dict[str, 
 
 def add_progress(db: Tx, reports: dict[str, dict[str, int]]) -> None:
     """Add what each device reported (device id → task id → chunks done) to progress its
-    earlier word was cleared from (:func:`clear_progress`), in one statement."""
+    earlier word was cleared from (:func:`clear_progress`), in one statement per few
+    hundred reports."""
     rows = [(d, t, n) for d, kept in reports.items() for t, n in kept.items()]
-    if rows:
-        db.executemany(
-            "INSERT INTO progress (device_id, task_id, chunks_done) VALUES (?,?,?)", rows
-        )
+    for part in chunked(rows):
+        sql, params = values(part)
+        db.execute(f"INSERT INTO progress (device_id, task_id, chunks_done) {sql}", params)
 
 
 def clear_progress(db: Tx, device_ids: Collection[str]) -> None:
     """Forget everything ``device_ids`` have reported, in one statement per 500 devices."""
-    ids = sorted(set(device_ids))
-    for start in range(0, len(ids), 500):
-        part = ids[start : start + 500]
+    for part in chunked(sorted(set(device_ids)), 500):
         db.execute(f"DELETE FROM progress WHERE device_id IN ({marks(len(part))})", part)  # noqa: S608
 
 
