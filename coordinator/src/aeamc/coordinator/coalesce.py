@@ -107,7 +107,6 @@ class Coalescer(Generic[I, R]):
                     # BEGIN, leadership lost): what waits was to be in this job, and no
                     # other job is queued for it. It gets this job's answer, so the next
                     # item submitted queues a job of its own.
-                    abandoned = True
                     taken.extend(self._pending)
                     self._pending.clear()
             if isinstance(exc, StoreUnavailable) or len(taken) <= 1:

@@ -135,13 +135,7 @@ class DeviceRegistry:
             if old is None:
                 poa = tuple(t for _, t in seen.get(device_id, ()))
             else:
-                if device_id in seen:
-                    new = tuple(t for seq, t in seen[device_id] if seq > old.last_seq)
-                elif device.last_seq == old.last_seq + 1 and device.last_seen is not None:
-                    new = (device.last_seen,)
-                else:
-                    new = ()
-                poa = (*old.poa_times, *new)
+                poa = (*old.poa_times, *_times_not_held(old, device, seen.get(device_id)))
                 device = _newer(old, device)
             self._devices[device_id] = dataclasses.replace(device, poa_times=poa[-POA_HISTORY:])
 
@@ -265,6 +259,19 @@ def _mirrored(held: str, committed: str) -> str:
     if held == committed or DeviceState(committed) in DEVICE[DeviceState(held)]:
         return committed
     return held
+
+
+def _times_not_held(
+    view: Device, row: Device, read: list[tuple[int, int]] | None
+) -> tuple[int, ...]:
+    """The receive times of the heartbeats ``row`` has and ``view`` does not: of those
+    read back (``read``: (seq, time), when the seq moved by more than one), the ones above
+    the view's seq; else the row's own, when its seq is the next one."""
+    if read is not None:
+        return tuple(t for seq, t in read if seq > view.last_seq)
+    if row.last_seq == view.last_seq + 1 and row.last_seen is not None:
+        return (row.last_seen,)
+    return ()
 
 
 def _newer(view: Device, row: Device) -> Device:
