@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,22 @@ async def send_in_order(
         tasks.append(asyncio.ensure_future(fleet.c.heartbeats.heartbeat(body, device.peer)))
         await queued(writes, before + 1)
     return tasks
+
+
+async def beside_a_neighbour(
+    fleet: Fleet, d: LinkedDevice, other: LinkedDevice, then: Callable[[Tx], None]
+) -> tuple[Refusal, dict[str, Any]]:
+    """``d``'s and then ``other``'s next heartbeats, waiting in one group while ``then``
+    commits just before it: ``d``'s refusal, and ``other``'s heartbeat, which must have
+    been accepted (one refused item never costs its neighbour its write)."""
+    body, bystander = heartbeat_body(fleet, d), heartbeat_body(fleet, other)
+    async with writer_held(fleet.c.db, then=then):
+        tasks = await send_in_order(fleet, [(d, body), (other, bystander)])
+    await asyncio.wait_for(_all(tasks), 30)
+    refusal = tasks[0].exception()
+    assert isinstance(refusal, Refusal), refusal
+    assert tasks[1].result()["state"] == "active"
+    return refusal, bystander
 
 
 async def stored_seqs(fleet: Fleet, device: LinkedDevice) -> list[int]:
@@ -135,18 +151,13 @@ async def test_a_device_quarantined_while_its_heartbeat_waits_is_refused_alone(
     fleet: Fleet,
 ) -> None:
     d, other = await fleet.enroll(), await fleet.enroll()
-    body, bystander = heartbeat_body(fleet, d), heartbeat_body(fleet, other)
     before = await stored_seqs(fleet, d)
 
     def quarantine(tx: Tx) -> None:  # the cascade of a failed spot-check, say
         device_rows.quarantine(tx, d.device_id, "failed a spot-check")
 
-    async with writer_held(fleet.c.db, then=quarantine):
-        tasks = await send_in_order(fleet, [(d, body), (other, bystander)])
-    await asyncio.wait_for(_all(tasks), 30)
-    refusal = tasks[0].exception()
-    assert isinstance(refusal, Refusal) and refusal.code == "quarantined"
-    assert tasks[1].result()["state"] == "active"
+    refusal, _ = await beside_a_neighbour(fleet, d, other, quarantine)
+    assert refusal.code == "quarantined"
     assert await stored_seqs(fleet, d) == before
     row = await fleet.row("SELECT state FROM devices WHERE device_id=?", [d.device_id])
     assert row["state"] == "quarantined"
@@ -158,18 +169,13 @@ async def test_a_device_erased_while_its_heartbeat_waits_is_not_brought_back(
     """A device erases itself (SPEC §11) while a heartbeat of its waits: the heartbeat
     is refused, writes nothing under the erased identity, and its neighbour is stored."""
     d, other = await fleet.enroll(), await fleet.enroll()
-    body, bystander = heartbeat_body(fleet, d), heartbeat_body(fleet, other)
 
     def erase(tx: Tx) -> None:
         device_rows.delete_heartbeats(tx, d.device_id)
         device_rows.erase_device(tx, d.device_id, fleet.clock())
 
-    async with writer_held(fleet.c.db, then=erase):
-        tasks = await send_in_order(fleet, [(d, body), (other, bystander)])
-    await asyncio.wait_for(_all(tasks), 30)
-    refusal = tasks[0].exception()
-    assert isinstance(refusal, Refusal) and refusal.code == "not_enrolled"
-    assert tasks[1].result()["state"] == "active"
+    refusal, bystander = await beside_a_neighbour(fleet, d, other, erase)
+    assert refusal.code == "not_enrolled"
     assert await stored_seqs(fleet, d) == []
     assert await fleet.rows("SELECT 1 FROM devices WHERE device_id=?", [d.device_id]) == []
     assert bystander["seq"] in await stored_seqs(fleet, other)

@@ -13,7 +13,9 @@ there, committed after a heartbeat and mirrored before it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +23,7 @@ import pytest
 
 from aeamc.coordinator.config import CoordinatorConfig, SchedulerConfig, SpotCheckConfig
 from aeamc.coordinator.follower import Follower
+from aeamc.coordinator.groupcommit import GroupCommit
 from aeamc.coordinator.store.registry import DeviceRegistry
 from aeamc.shared.messages import Telemetry, parse
 from tests.support.inprocess import GOOD_TELEMETRY, Fleet, LinkedDevice
@@ -40,20 +43,47 @@ async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
         yield f
 
 
+@dataclass
+class Calls:
+    """How many calls a hooked method has had."""
+
+    n: int = 0
+
+
+@contextmanager
+def after_each(
+    db: GroupCommit, method: str, then: Callable[[int], Awaitable[None]]
+) -> Iterator[Calls]:
+    """Within the block, each call of ``db.<method>`` (``"write"`` or ``"read"``) runs
+    ``then(n)`` (``n``: which call, from 1) once it has returned, before its caller
+    resumes: something else happens in exactly that moment, through the real store."""
+    calls = Calls()
+    original = getattr(db, method)
+
+    async def hooked(job: Callable[[Any], T]) -> T:
+        done = await original(job)
+        calls.n += 1
+        await then(calls.n)
+        return done
+
+    setattr(db, method, hooked)
+    try:
+        yield calls
+    finally:
+        setattr(db, method, original)
+
+
 @pytest.fixture
-def follow_after_each_write(fleet: Fleet) -> Follower:
+def follow_after_each_write(fleet: Fleet) -> Iterator[Follower]:
     """Every write of the coordinator is followed, before its caller resumes, by a round
     of the follower: the view takes in the committed rows before any mirror of them."""
     follower = Follower(fleet.c)
-    write = fleet.c.db.write
 
-    async def write_then_follow(job: Callable[[Any], T]) -> T:
-        done = await write(job)
+    async def follow(_: int) -> None:
         await follower.step()
-        return done
 
-    fleet.c.db.write = write_then_follow  # type: ignore[method-assign]
-    return follower
+    with after_each(fleet.c.db, "write", follow):
+        yield follower
 
 
 async def record(fleet: Fleet, device: LinkedDevice) -> tuple[dict[str, int], dict[str, int]]:
@@ -125,19 +155,14 @@ async def test_a_heartbeat_mirrored_after_a_quarantine_does_not_undo_it(fleet: F
     mirror (state active) must not take the device out of quarantine in the view, where
     the scheduler and the proof checks would read it as active."""
     device = await fleet.enroll()
-    write = fleet.c.db.write
-    quarantined: list[str] = []
 
-    async def quarantine_after_the_heartbeat(job: Callable[[Any], T]) -> T:
-        done = await write(job)
-        if not quarantined:
-            quarantined.append(device.device_id)
+    async def quarantine_after_the_heartbeat(n: int) -> None:
+        if n == 1:  # the heartbeat's write (the quarantine's own is the second)
             await fleet.c.fleet.quarantine(device.device_id, "operator: stolen phone")
-        return done
 
-    fleet.c.db.write = quarantine_after_the_heartbeat  # type: ignore[method-assign]
-    await fleet.heartbeat(device)
-    assert quarantined
+    with after_each(fleet.c.db, "write", quarantine_after_the_heartbeat) as calls:
+        await fleet.heartbeat(device)
+    assert calls.n == 2
     row = await fleet.row("SELECT state FROM devices WHERE device_id=?", [device.device_id])
     view = fleet.c.devices[device.device_id]
     assert (row["state"], view.state, view.state_reason) == (
@@ -180,20 +205,15 @@ async def test_a_row_read_before_a_later_mirror_does_not_take_the_view_back(
     await follower.step()
     fleet.clock.advance(1_000)
     await fleet.heartbeat(device)  # seq 3: a change the follower has not read
-    read = fleet.c.db.read
-    armed = [True]
 
-    async def read_then_heartbeat(job: Callable[[Any], T]) -> T:
-        done = await read(job)
-        if armed.pop() if armed else False:
+    async def heartbeat_after_the_first_read(n: int) -> None:
+        if n == 1:  # the follower's read of the changed rows
             fleet.clock.advance(1_000)
             await fleet.heartbeat(device)  # seq 4, committed and mirrored meanwhile
-        return done
 
-    fleet.c.db.read = read_then_heartbeat  # type: ignore[method-assign]
-    await follower.step()
-    assert not armed
-    fleet.c.db.read = read  # type: ignore[method-assign]
+    with after_each(fleet.c.db, "read", heartbeat_after_the_first_read) as calls:
+        await follower.step()
+    assert calls.n >= 1
     await follower.step()  # takes in seq 4's row: nothing new for the view
     rows = await fleet.rows(
         "SELECT received_at FROM heartbeats WHERE device_id=? ORDER BY seq",
@@ -222,20 +242,14 @@ async def test_a_mirror_landing_while_the_follower_reads_heartbeats_counts_once(
         fleet.clock.advance(1_000)
         await fleet.heartbeat(device)
         sent.append(fleet.clock())
-    read = fleet.db.read
-    reads = [0]
 
-    async def mirror_during_the_second_read(job: Callable[[Any], T]) -> T:
-        done = await read(job)
-        reads[0] += 1
-        if reads[0] == 2:  # the follower's read of the heartbeats' times
+    async def mirror_after_the_second_read(n: int) -> None:
+        if n == 2:  # the follower's read of the heartbeats' times
             view.heartbeat_accepted(device.device_id, 3, sent[0], TELEMETRY, "active")
-        return done
 
-    fleet.db.read = mirror_during_the_second_read  # type: ignore[method-assign]
-    await view.follow(fleet.db, since)
-    fleet.db.read = read  # type: ignore[method-assign]
-    assert reads[0] == 2
+    with after_each(fleet.db, "read", mirror_after_the_second_read) as calls:
+        await view.follow(fleet.db, since)
+    assert calls.n == 2
     rows = await fleet.rows(
         "SELECT received_at FROM heartbeats WHERE device_id=? ORDER BY seq",
         [device.device_id],
