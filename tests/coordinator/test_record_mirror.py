@@ -256,3 +256,24 @@ async def test_a_mirror_landing_while_the_follower_reads_heartbeats_counts_once(
     )
     got = view[device.device_id]
     assert (got.last_seq, list(got.poa_times)) == (4, [r["received_at"] for r in rows])
+
+
+async def test_a_refusal_of_an_offer_already_withdrawn_is_held_against_no_one(
+    fleet: Fleet,
+) -> None:
+    """A device refuses an offer the coordinator withdrew while the offer was on its way
+    (the operator quarantined the device meanwhile): the store records no refusal, and
+    the view, which reputation reads, must not count one either."""
+    device = await fleet.enroll()
+    device.refuse = "battery low"
+    post = fleet.link.post
+
+    async def quarantined_while_the_offer_travels(*args: Any, **kwargs: Any) -> Any:
+        await fleet.c.fleet.quarantine(device.device_id, "operator: stolen phone")
+        return await post(*args, **kwargs)
+
+    fleet.link.post = quarantined_while_the_offer_travels  # type: ignore[method-assign]
+    task_id = await fleet.submit()
+    assert await fleet.schedule() == 1
+    assert await fleet.assignments(task_id) == {device.device_id: "lost"}
+    await settled(fleet, device, refusals=0)
